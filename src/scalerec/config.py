@@ -1,0 +1,232 @@
+"""One validated Settings object, read from scalerec.toml and SCALEREC_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from scalerec.errors import ConfigError
+
+CONFIG_FILE_ENV = "SCALEREC_CONFIG"
+DEFAULT_CONFIG_FILE = "scalerec.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EventType(_Section):
+    """How one event type counts in the interaction matrix."""
+
+    weight: float = Field(1.0, gt=0, description="contribution of one event to the matrix cell")
+    polarity: Literal[1, -1] = Field(1, description="-1 for negative types (return, dislike) that subtract")
+    use_value: bool = Field(False, description="multiply the weight by the event's value (ratings, quantities)")
+
+
+def _default_event_types() -> dict[str, EventType]:
+    return {
+        "view": EventType(weight=1.0),
+        "click": EventType(weight=1.0),
+        "add_to_cart": EventType(weight=4.0),
+        "purchase": EventType(weight=10.0),
+        "rating": EventType(weight=1.0, use_value=True),
+        "like": EventType(weight=4.0),
+        "dislike": EventType(weight=4.0, polarity=-1),
+        "return": EventType(weight=10.0, polarity=-1),
+    }
+
+
+class DataSettings(_Section):
+    dir: Path = Field(Path("data"), description="the data directory holding catalog.db, events/, models/")
+    catalog_url: str | None = Field(
+        None, description="catalogue store URL; default sqlite:///<dir>/catalog.db"
+    )
+    import_chunk_rows: int = Field(1_000_000, ge=1_000, description="rows read per chunk on import")
+    compact_min_files: int = Field(8, ge=2, description="compact a day partition once it has this many files")
+
+    @field_validator("catalog_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite://",)):
+            raise ValueError("only sqlite:///PATH catalogue URLs are supported in this version")
+        return v
+
+    def resolved_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.dir / 'catalog.db'}"
+
+
+class EventSettings(_Section):
+    types: dict[str, EventType] = Field(default_factory=_default_event_types)
+    allow_unknown_types: bool = Field(False, description="accept event types not listed in [events.types]")
+    unknown_type_weight: float = Field(1.0, gt=0, description="weight of unlisted types when allowed")
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _merge_defaults(cls, v: Any) -> Any:
+        # Types named in the config file are added to (or override) the defaults, so a shop
+        # that adds "wishlist" keeps view/purchase/...; set a default's weight to change it.
+        if isinstance(v, dict):
+            return {**_default_event_types(), **v}
+        return v
+
+    @field_validator("types")
+    @classmethod
+    def _check_names(cls, v: dict[str, EventType]) -> dict[str, EventType]:
+        for name in v:
+            if not name or not name.replace("_", "").isalnum() or name != name.lower():
+                raise ValueError(f"event type name {name!r} must be lower-case letters, digits and '_'")
+        if not v:
+            raise ValueError("at least one event type must be configured")
+        return v
+
+
+class MatrixSettings(_Section):
+    window_days: float | None = Field(None, gt=0, description="only events from the last N days; none = all")
+    half_life_days: float | None = Field(None, gt=0, description="time decay half-life; none = no decay")
+    min_user_interactions: int = Field(1, ge=1)
+    min_item_interactions: int = Field(1, ge=1)
+    binary: bool = Field(False, description="store 1 for every positive cell instead of the summed weight")
+
+
+class ModelSettings(_Section):
+    ease_max_items: int = Field(20_000, ge=10, description="EASE refuses catalogues larger than this")
+    enabled: list[str] = Field(
+        default_factory=lambda: ["popular", "itemknn", "ease", "als"],
+        description="model families the training pipeline searches",
+    )
+
+
+class TrainingSettings(_Section):
+    primary_metric: str = "ndcg@20"
+    split: Literal["temporal", "leave_last", "random", "users"] = "temporal"
+    test_days: float = Field(30.0, gt=0)
+    trials: int = Field(20, ge=1)
+    timeout_minutes: float | None = Field(None, gt=0)
+    jobs: int = Field(1, ge=1)
+    promotion_tolerance: float = Field(0.0, ge=0, description="max relative drop vs production still promoted")
+    keep_archived: int = Field(5, ge=0)
+    schedule_interval_minutes: float | None = Field(None, gt=0)
+    schedule_min_new_events: int = Field(0, ge=0)
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    exact_index_max_items: int = Field(50_000, ge=1, description="above this, FAISS ANN retrieval")
+    max_batch_events: int = Field(10_000, ge=1)
+    max_n: int = Field(500, ge=1)
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    history_events: int = Field(200, ge=1, description="recent events used for fold-in")
+
+
+class ClusterSettings(_Section):
+    address: str | None = Field(None, description="'auto' or 'ray://host:port'; none = local execution")
+
+
+class Settings(BaseSettings):
+    """All settings, one section per concern. See scalerec.example.toml for every key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCALEREC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    data: DataSettings = Field(default_factory=DataSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    matrix: MatrixSettings = Field(default_factory=MatrixSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+
+    _toml_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _CURRENT_TOML.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir)
+
+    def event_weights(self) -> dict[str, EventType]:
+        return dict(self.events.types)
+
+
+_CURRENT_TOML: dict[str, Path | None] = {"path": None}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err.get("loc", ()))
+    value = err.get("input")
+    msg = err.get("msg", "invalid")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"setting '{key}' = {shown}: {msg}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the Settings: keyword overrides > SCALEREC_* environment > TOML file > defaults.
+
+    The TOML file is ``config_file``, else ``$SCALEREC_CONFIG``, else ``./scalerec.toml`` if present.
+    Raises ConfigError naming the key, the value and what is allowed.
+    """
+    path: Path | None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing scalerec.toml")
+    elif os.environ.get(CONFIG_FILE_ENV):
+        path = Path(os.environ[CONFIG_FILE_ENV])
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_FILE_ENV}={str(path)!r} does not exist; point it at a scalerec.toml")
+    else:
+        path = Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
+    _CURRENT_TOML["path"] = path
+    try:
+        settings = Settings(**overrides)
+    except PydanticValidationError as exc:
+        errs = exc.errors()
+        lines = "; ".join(_describe(e) for e in errs[:5])
+        where = f" (from {path})" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {lines}", details=[_describe(e) for e in errs]) from None
+    except Exception as exc:  # a TOML syntax error
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    finally:
+        _CURRENT_TOML["path"] = None
+    settings._toml_file = path
+    return settings
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data (paths as strings), for `scalerec config show`."""
+    return settings.model_dump(mode="json")

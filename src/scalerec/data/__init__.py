@@ -1,0 +1,1 @@
+"""Data layer: entities and validation, event log, catalogue store, importers, generator, matrices."""
