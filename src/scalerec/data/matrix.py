@@ -1,0 +1,277 @@
+"""Interaction matrices: from the event log to a CSR user x item matrix plus its id mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+
+from scalerec.errors import EmptyDataError, ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scalerec.config import EventType, Settings
+
+MATRIX_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]
+
+
+@dataclass(frozen=True)
+class InteractionMatrix:
+    """A user x item matrix of summed, weighted interactions and the external ids of its axes.
+
+    ``matrix`` is CSR float32 of shape (n_users, n_items); ``user_ids[i]`` / ``item_ids[j]`` are the
+    external string ids of row i / column j, sorted so that the mapping is deterministic.
+    """
+
+    matrix: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.matrix.shape != (len(self.user_ids), len(self.item_ids)):
+            raise ValidationError(
+                f"matrix shape {self.matrix.shape} does not match {len(self.user_ids)} user ids "
+                f"x {len(self.item_ids)} item ids"
+            )
+
+    @property
+    def n_users(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.nnz)
+
+    def _index(self, vocab: np.ndarray, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids, dtype=object).astype(str)
+        if len(vocab) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(vocab, ids)
+        pos = np.clip(pos, 0, len(vocab) - 1)
+        found = vocab[pos] == ids
+        return np.where(found, pos, -1).astype(np.int64)
+
+    def user_index(self, ids: Any) -> np.ndarray:
+        """Row indices of external user ids; -1 where unknown. Vectorised (binary search)."""
+        return self._index(self.user_ids, ids)
+
+    def item_index(self, ids: Any) -> np.ndarray:
+        """Column indices of external item ids; -1 where unknown."""
+        return self._index(self.item_ids, ids)
+
+    def sparsity(self) -> float:
+        cells = self.n_users * self.n_items
+        return 1.0 - self.nnz / cells if cells else 1.0
+
+
+def _as_lazy(source: Any) -> pl.LazyFrame:
+    """A polars LazyFrame over the matrix columns of any supported event source."""
+    try:
+        from scalerec.data.eventlog import EventLog
+    except ImportError:  # pragma: no cover - only while the data layer is being built
+        EventLog = ()  # type: ignore[assignment,misc]
+
+    def _from_arrow(table: pa.Table) -> pl.LazyFrame:
+        missing = [c for c in MATRIX_COLUMNS if c not in table.column_names and c != "value"]
+        if missing:
+            raise ValidationError(f"event table lacks columns {missing}; it has {table.column_names}")
+        cols = [c for c in MATRIX_COLUMNS if c in table.column_names]
+        df = pl.from_arrow(table.select(cols))
+        assert isinstance(df, pl.DataFrame)
+        if "value" not in df.columns:
+            df = df.with_columns(pl.lit(1.0, dtype=pl.Float32).alias("value"))
+        return df.lazy()
+
+    if isinstance(source, pl.LazyFrame):
+        return source.select(MATRIX_COLUMNS)
+    if isinstance(source, pl.DataFrame):
+        return source.lazy().select(MATRIX_COLUMNS)
+    if isinstance(source, pa.Table):
+        return _from_arrow(source)
+    if isinstance(source, pa.RecordBatch):
+        return _from_arrow(pa.Table.from_batches([source]))
+    if isinstance(source, EventLog):
+        files = [str(f) for f in source.files()]
+        if not files:
+            return _empty_frame()
+        return pl.scan_parquet(files, hive_partitioning=False).select(MATRIX_COLUMNS)
+    log = getattr(source, "log", None)
+    if log is not None and isinstance(log, EventLog):  # a DataStore: the log plus pending (not yet compacted) events
+        frames = [_as_lazy(log)]
+        pending = source.catalog.pending_events_table()
+        if pending.num_rows:
+            frames.append(_from_arrow(pending).pipe(_cast_frame))
+        return pl.concat([_cast_frame(f) for f in frames], how="vertical")
+    if isinstance(source, Iterable):
+        batches = list(source)
+        if not batches:
+            return _empty_frame()
+        return _from_arrow(pa.Table.from_batches(batches))
+    raise ValidationError(f"cannot build a matrix from {type(source).__name__}")
+
+
+def _empty_frame() -> pl.LazyFrame:
+    return pl.LazyFrame(
+        schema={
+            "user_id": pl.String,
+            "item_id": pl.String,
+            "event_type": pl.String,
+            "timestamp": pl.Datetime("us", "UTC"),
+            "value": pl.Float32,
+        }
+    )
+
+
+def _cast_frame(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return lf.with_columns(
+        pl.col("user_id").cast(pl.String),
+        pl.col("item_id").cast(pl.String),
+        pl.col("event_type").cast(pl.String),
+        pl.col("timestamp").cast(pl.Datetime("us", "UTC")),
+        pl.col("value").cast(pl.Float32),
+    )
+
+
+def _to_utc(ts: datetime | str | None) -> datetime | None:
+    if ts is None:
+        return None
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc)
+
+
+def build_matrix(
+    source: Any,
+    *,
+    event_types: Mapping[str, "EventType"],
+    unknown_type_weight: float | None = None,
+    window_days: float | None = None,
+    half_life_days: float | None = None,
+    now: datetime | str | None = None,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    min_user_interactions: int = 1,
+    min_item_interactions: int = 1,
+    binary: bool = False,
+    user_ids: np.ndarray | None = None,
+    item_ids: np.ndarray | None = None,
+) -> InteractionMatrix:
+    """Aggregate events into a CSR user x item matrix.
+
+    Each event contributes ``weight * polarity * (value if use_value else 1)`` of its type, times
+    ``0.5 ** (age / half_life_days)`` when a half-life is set (age measured from ``now``, default the
+    newest event kept). Cells summing to <= 0 (e.g. bought then returned) are dropped. Events are
+    kept when ``start <= timestamp < end`` and, with ``window_days``, newer than ``now - window``.
+    Users/items with fewer than the minimum number of distinct interactions are dropped (items
+    first, then users, one pass). ``user_ids`` / ``item_ids`` fix the vocabulary, e.g. to build a
+    test matrix aligned to a training matrix; events outside it are dropped. Anonymous events
+    (null user_id) are skipped. The work runs in polars' native engine over the Parquet files, so
+    memory stays about the size of the aggregated output, never the event log as Python objects.
+    """
+    if min_user_interactions < 1 or min_item_interactions < 1:
+        raise ValidationError("minimum interaction counts must be >= 1")
+    lf = _cast_frame(_as_lazy(source)).filter(pl.col("user_id").is_not_null())
+
+    start_ts, end_ts, now_ts = _to_utc(start), _to_utc(end), _to_utc(now)
+    if start_ts is not None:
+        lf = lf.filter(pl.col("timestamp") >= start_ts)
+    if end_ts is not None:
+        lf = lf.filter(pl.col("timestamp") < end_ts)
+    if (window_days is not None or half_life_days is not None) and now_ts is None:
+        newest = lf.select(pl.col("timestamp").max()).collect().item()
+        now_ts = newest if newest is not None else datetime.now(timezone.utc)
+    if window_days is not None:
+        assert now_ts is not None
+        lf = lf.filter(pl.col("timestamp") > now_ts - timedelta(days=window_days))
+
+    types = pl.DataFrame(
+        {
+            "event_type": list(event_types),
+            "_w": [float(t.weight * t.polarity) for t in event_types.values()],
+            "_use_value": [bool(t.use_value) for t in event_types.values()],
+        }
+    ).lazy()
+    how = "left" if unknown_type_weight is not None else "inner"
+    lf = lf.join(types, on="event_type", how=how)
+    w = pl.col("_w")
+    if unknown_type_weight is not None:
+        w = w.fill_null(float(unknown_type_weight))
+    contribution = w * pl.when(pl.col("_use_value").fill_null(False)).then(pl.col("value")).otherwise(1.0)
+    if half_life_days is not None:
+        assert now_ts is not None
+        age_days = (pl.lit(now_ts) - pl.col("timestamp")).dt.total_microseconds() / 86_400e6
+        contribution = contribution * (0.5 ** (age_days.clip(lower_bound=0.0) / half_life_days))
+    cells = (
+        lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
+        .group_by("user_id", "item_id")
+        .agg(pl.col("w").sum())
+        .filter(pl.col("w") > 0)
+    )
+    if user_ids is not None:
+        cells = cells.join(pl.LazyFrame({"user_id": np.asarray(user_ids, dtype=str)}), on="user_id", how="semi")
+    if item_ids is not None:
+        cells = cells.join(pl.LazyFrame({"item_id": np.asarray(item_ids, dtype=str)}), on="item_id", how="semi")
+    if min_item_interactions > 1:
+        keep = cells.group_by("item_id").len().filter(pl.col("len") >= min_item_interactions).select("item_id")
+        cells = cells.join(keep, on="item_id", how="semi")
+    if min_user_interactions > 1:
+        keep = cells.group_by("user_id").len().filter(pl.col("len") >= min_user_interactions).select("user_id")
+        cells = cells.join(keep, on="user_id", how="semi")
+    df = cells.collect()
+
+    if user_ids is None:
+        users = np.sort(df.get_column("user_id").unique().to_numpy().astype(str))
+    else:
+        users = np.asarray(user_ids, dtype=str)
+    if item_ids is None:
+        items = np.sort(df.get_column("item_id").unique().to_numpy().astype(str))
+    else:
+        items = np.asarray(item_ids, dtype=str)
+    rows = _codes(df.get_column("user_id"), users)
+    cols = _codes(df.get_column("item_id"), items)
+    values = np.ones(len(df), dtype=np.float32) if binary else df.get_column("w").to_numpy().astype(np.float32)
+    matrix = sp.csr_matrix((values, (rows, cols)), shape=(len(users), len(items)), dtype=np.float32)
+    matrix.sort_indices()
+    return InteractionMatrix(matrix=matrix, user_ids=users, item_ids=items)
+
+
+def _codes(column: pl.Series, vocab: np.ndarray) -> np.ndarray:
+    """Positions of each value of ``column`` in the sorted/fixed ``vocab`` (all present)."""
+    if len(vocab) == 0:
+        return np.zeros(0, dtype=np.int32)
+    lookup = pl.DataFrame({"_k": vocab, "_i": np.arange(len(vocab), dtype=np.int32)})
+    joined = pl.DataFrame({"_k": column}).join(lookup, on="_k", how="left", maintain_order="left")
+    return joined.get_column("_i").to_numpy()
+
+
+def matrix_from_settings(store: Any, settings: "Settings", **overrides: Any) -> InteractionMatrix:
+    """Build the matrix of a DataStore with the [matrix] and [events] settings (overridable)."""
+    m = settings.matrix
+    kwargs: dict[str, Any] = dict(
+        event_types=settings.events.types,
+        unknown_type_weight=settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,
+        window_days=m.window_days,
+        half_life_days=m.half_life_days,
+        min_user_interactions=m.min_user_interactions,
+        min_item_interactions=m.min_item_interactions,
+        binary=m.binary,
+    )
+    kwargs.update(overrides)
+    result = build_matrix(store, **kwargs)
+    if result.nnz == 0:
+        raise EmptyDataError(
+            "no interactions in the selected window: import events first (`scalerec import events FILE`) "
+            "or widen [matrix] window_days / lower the minimum counts"
+        )
+    return result

@@ -1,0 +1,129 @@
+"""Interaction-matrix builder: weights, polarity, decay, windows, filters and fixed vocabularies."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from scalerec.config import Settings
+from scalerec.data.matrix import InteractionMatrix, build_matrix
+from scalerec.data.schema import EVENT_SCHEMA
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def _events(n: int = 3000, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    types = np.array(["view", "add_to_cart", "purchase", "return", "rating"])
+    users = rng.integers(0, 60, n).astype(str).astype(object)
+    users[rng.random(n) < 0.05] = None  # anonymous session events
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.string()),
+            "item_id": pa.array(("i" + rng.integers(0, 40, n).astype(str)).astype(object), pa.string()),
+            "event_type": pa.array(types[rng.integers(0, 5, n)]),
+            "timestamp": pa.array(
+                [T0 + timedelta(minutes=int(m)) for m in rng.integers(0, 60 * 24 * 60, n)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "value": pa.array(rng.integers(1, 6, n).astype(np.float32)),
+            "session_id": pa.array(["s"] * n),
+            "recommendation_id": pa.nulls(n, pa.string()),
+            "context": pa.nulls(n, EVENT_SCHEMA.field("context").type),
+        },
+        schema=EVENT_SCHEMA,
+    )
+
+
+def _reference(table: pa.Table, settings: Settings, *, half_life=None, now=None, window=None) -> dict:
+    """Obvious per-row Python computation of every cell."""
+    cells: dict[tuple[str, str], float] = defaultdict(float)
+    rows = table.to_pylist()
+    newest = max(r["timestamp"] for r in rows)
+    now = now or newest
+    for r in rows:
+        if r["user_id"] is None:
+            continue
+        if window is not None and not r["timestamp"] > now - timedelta(days=window):
+            continue
+        t = settings.events.types[r["event_type"]]
+        w = t.weight * t.polarity * (r["value"] if t.use_value else 1.0)
+        if half_life is not None:
+            age = (now - r["timestamp"]).total_seconds() / 86400
+            w *= 0.5 ** (age / half_life)
+        cells[(r["user_id"], r["item_id"])] += w
+    return {k: v for k, v in cells.items() if v > 0}
+
+
+def _as_dict(m: InteractionMatrix) -> dict:
+    coo = m.matrix.tocoo()
+    return {(m.user_ids[r], m.item_ids[c]): float(v) for r, c, v in zip(coo.row, coo.col, coo.data)}
+
+
+@pytest.mark.parametrize("half_life,window", [(None, None), (7.0, None), (None, 20.0), (10.0, 30.0)])
+def test_cells_match_reference(half_life, window):
+    settings = Settings()
+    table = _events()
+    m = build_matrix(table, event_types=settings.events.types, half_life_days=half_life, window_days=window)
+    ref = _reference(table, settings, half_life=half_life, window=window)
+    got = _as_dict(m)
+    assert set(got) == set(ref)
+    for key, value in ref.items():
+        assert got[key] == pytest.approx(value, rel=1e-5)
+    assert m.matrix.dtype == np.float32
+    assert list(m.user_ids) == sorted(m.user_ids) and list(m.item_ids) == sorted(m.item_ids)
+
+
+def test_returns_subtract_and_drop_cells():
+    settings = Settings()
+    table = pa.table(
+        {
+            "user_id": ["u1", "u1", "u2"],
+            "item_id": ["a", "a", "a"],
+            "event_type": ["purchase", "return", "view"],
+            "timestamp": pa.array([T0, T0 + timedelta(hours=1), T0], pa.timestamp("us", tz="UTC")),
+            "value": pa.array([1, 1, 1], pa.float32()),
+        }
+    )
+    m = build_matrix(table, event_types=settings.events.types)
+    assert list(m.user_ids) == ["u2"] and m.matrix.toarray().tolist() == [[1.0]]
+
+
+def test_min_counts_binary_and_fixed_vocabulary():
+    settings = Settings()
+    table = _events()
+    full = build_matrix(table, event_types=settings.events.types, binary=True)
+    assert set(np.unique(full.matrix.data)) == {1.0}
+    filtered = build_matrix(table, event_types=settings.events.types, min_item_interactions=30, min_user_interactions=15)
+    item_counts = np.diff(full.matrix.tocsc().indptr)
+    assert set(filtered.item_ids) <= set(full.item_ids[item_counts >= 30])
+    assert (np.diff(filtered.matrix.indptr) >= 15).all()
+
+    vocab_users, vocab_items = full.user_ids[:10], full.item_ids[5:25]
+    aligned = build_matrix(table, event_types=settings.events.types, binary=True, user_ids=vocab_users, item_ids=vocab_items)
+    assert aligned.matrix.shape == (10, 20)
+    np.testing.assert_array_equal(aligned.matrix.toarray(), full.matrix[:10, 5:25].toarray())
+
+
+def test_time_range_and_index_lookup():
+    settings = Settings()
+    table = _events()
+    start, end = T0 + timedelta(days=10), T0 + timedelta(days=20)
+    m = build_matrix(table, event_types=settings.events.types, start=start, end=end, binary=True)
+    ts = table.column("timestamp").to_pylist()
+    users = table.column("user_id").to_pylist()
+    expected_users = {u for u, t in zip(users, ts) if u is not None and start <= t < end}
+    assert set(m.user_ids) <= expected_users
+    idx = m.user_index([m.user_ids[3], "nobody", m.user_ids[0]])
+    assert idx.tolist() == [3, -1, 0]
+    assert m.item_index(["zzz"]).tolist() == [-1]
+
+
+def test_empty_source_gives_empty_matrix():
+    settings = Settings()
+    m = build_matrix(_events().slice(0, 0), event_types=settings.events.types)
+    assert m.matrix.shape == (0, 0) and m.nnz == 0
