@@ -127,3 +127,16 @@ def test_empty_source_gives_empty_matrix():
     settings = Settings()
     m = build_matrix(_events().slice(0, 0), event_types=settings.events.types)
     assert m.matrix.shape == (0, 0) and m.nnz == 0
+
+
+def test_save_load_round_trip_memory_mapped(tmp_path):
+    from scalerec.data.matrix import load_matrix, save_matrix
+
+    settings = Settings()
+    m = build_matrix(_events(), event_types=settings.events.types)
+    save_matrix(m, tmp_path / "m")
+    back = load_matrix(tmp_path / "m", mmap=True)
+    assert isinstance(np.load(tmp_path / "m" / "data.npy", mmap_mode="r"), np.memmap)
+    assert (back.matrix != m.matrix).nnz == 0
+    assert list(back.user_ids) == list(m.user_ids) and list(back.item_ids) == list(m.item_ids)
+    assert back.user_index([m.user_ids[5]]).tolist() == [5]

@@ -275,3 +275,36 @@ def matrix_from_settings(store: Any, settings: "Settings", **overrides: Any) -> 
             "or widen [matrix] window_days / lower the minimum counts"
         )
     return result
+
+
+def save_matrix(m: InteractionMatrix, path: "str | Path") -> None:
+    """Write the matrix as plain .npy arrays (CSR parts and id vocabularies), memory-mappable."""
+    from pathlib import Path
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "indptr.npy", m.matrix.indptr)
+    np.save(out / "indices.npy", m.matrix.indices)
+    np.save(out / "data.npy", m.matrix.data)
+    np.save(out / "user_ids.npy", np.asarray(m.user_ids, dtype=str))
+    np.save(out / "item_ids.npy", np.asarray(m.item_ids, dtype=str))
+
+
+def load_matrix(path: "str | Path", *, mmap: bool = True) -> InteractionMatrix:
+    """Read a matrix written by :func:`save_matrix`; arrays are memory-mapped when ``mmap``."""
+    from pathlib import Path
+
+    src = Path(path)
+    mode = "r" if mmap else None
+    try:
+        indptr = np.load(src / "indptr.npy", mmap_mode=mode)
+        indices = np.load(src / "indices.npy", mmap_mode=mode)
+        data = np.load(src / "data.npy", mmap_mode=mode)
+        users = np.load(src / "user_ids.npy", mmap_mode=mode)
+        items = np.load(src / "item_ids.npy", mmap_mode=mode)
+    except (OSError, ValueError) as exc:
+        from scalerec.errors import StorageError
+
+        raise StorageError(f"cannot read matrix in {src}: {exc}") from exc
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(len(users), len(items)), copy=False)
+    return InteractionMatrix(matrix=matrix, user_ids=users, item_ids=items)
