@@ -1,0 +1,1 @@
+"""Offline evaluation: splitters, top-k metrics, model comparison and reports."""
