@@ -1,0 +1,32 @@
+"""Model zoo: one Recommender contract, a registry of families and a factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scalerec.errors import ValidationError
+from scalerec.models.base import Recommender
+from scalerec.models.popular import MostPopular, Trending
+
+MODELS: dict[str, type[Recommender]] = {
+    cls.family: cls for cls in (MostPopular, Trending)
+}
+
+
+def make_model(name: str, **params: Any) -> Recommender:
+    """A new, unfitted model of family ``name`` (a key of MODELS) with these hyperparameters."""
+    try:
+        klass = MODELS[name]
+    except KeyError:
+        raise ValidationError(
+            f"unknown model family {name!r}; choose one of {', '.join(sorted(MODELS))}"
+        ) from None
+    try:
+        return klass(**params)
+    except TypeError as exc:
+        raise ValidationError(
+            f"bad hyperparameters for {name!r}: {exc}; valid: {sorted(klass._param_names())}"
+        ) from None
+
+
+__all__ = ["MODELS", "Recommender", "make_model", "MostPopular", "Trending"]

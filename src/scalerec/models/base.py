@@ -1,0 +1,428 @@
+"""The Recommender contract: hyperparameters, fitted state, batch top-k, fold-in, save/load."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from scalerec.errors import (
+    NotFittedError,
+    StorageError,
+    UnknownItemError,
+    UnknownUserError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from scalerec.data.matrix import InteractionMatrix
+
+#: ``progress(done, total)``: called by long fits after each unit of work (an ALS iteration, a
+#: block of items); units are model-specific, ``done == total`` at the end.
+Progress = Callable[[int, int], None]
+
+FORMAT_VERSION = 1
+PARAMS_FILE = "params.json"
+
+
+class Recommender(ABC):
+    """Base class of every model: one contract for fitting, batch top-k, fold-in and persistence.
+
+    Hyperparameters are keyword-only ``__init__`` arguments stored unchanged (validated in
+    ``fit``); everything learned ends in ``_``. Items are column indices of the training
+    :class:`~scalerec.data.matrix.InteractionMatrix`, users are its row indices; mapping external
+    ids is the caller's job (``InteractionMatrix.user_index`` / ``item_index``).
+
+    Subclasses implement ``_fit`` and the three dense scorers ``_score_block`` (known users),
+    ``_score_history`` (fold-in) and ``_similar_scores``; the base turns dense score blocks into
+    top-n lists (exclusions, candidate restriction, partial sort, padding) for all of them.
+    """
+
+    #: registry key, e.g. "als"
+    family: ClassVar[str] = ""
+    #: bytes of dense scores held per block; bounds memory whatever the catalogue size
+    block_bytes: ClassVar[int] = 64 * 1024 * 1024
+    #: most rows scored per block (BLAS is efficient well below this)
+    max_block_rows: ClassVar[int] = 4096
+
+    n_users_: int
+    n_items_: int
+
+    # ------------------------------------------------------------------ hyperparameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters as given to ``__init__`` (JSON-serialisable values)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change hyperparameters (before the next ``fit``); unknown names raise ValidationError."""
+        names = set(self._param_names())
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValidationError(
+                f"{type(self).__name__} has no hyperparameter(s) {unknown}; valid: {sorted(names)}"
+            )
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    @abstractmethod
+    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+        """Hyperparameters suggested by an Optuna trial, as ``__init__`` kwargs."""
+
+    def matrix_overrides(self) -> dict[str, Any]:
+        """``build_matrix`` keyword overrides this model needs (e.g. Trending's decay); default none."""
+        return {}
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: "InteractionMatrix | sp.spmatrix", *, progress: Progress | None = None) -> Self:
+        """Learn from an InteractionMatrix (or a bare user x item sparse matrix). Returns self."""
+        matrix = _as_csr(getattr(X, "matrix", X))
+        if matrix.shape[0] == 0 or matrix.shape[1] == 0 or matrix.nnz == 0:
+            from scalerec.errors import EmptyDataError
+
+            raise EmptyDataError(
+                f"cannot fit {type(self).__name__} on an empty matrix {matrix.shape} with {matrix.nnz} "
+                "interactions; import events or widen the matrix window first"
+            )
+        self._validate_params()
+        self._fit(matrix, progress)
+        self.n_users_ = int(matrix.shape[0])
+        self.n_items_ = int(matrix.shape[1])
+        return self
+
+    def _validate_params(self) -> None:
+        """Raise ValidationError for hyperparameters out of range (called at the start of fit)."""
+
+    @abstractmethod
+    def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
+        """Learn the ``_``-suffixed state from a CSR float32 user x item matrix."""
+
+    def check_is_fitted(self) -> None:
+        """Raise NotFittedError unless ``fit`` or ``load`` has run."""
+        if not hasattr(self, "n_items_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(matrix) or "
+                f"{type(self).__name__}.load(path) before recommending"
+            )
+
+    # ------------------------------------------------------------------ scoring hooks
+    @abstractmethod
+    def _score_block(self, users: np.ndarray) -> np.ndarray:
+        """Dense float32 scores [len(users), n_items] for training rows; a fresh writable array."""
+
+    @abstractmethod
+    def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        """Dense float32 scores [n_rows, n_items] for history rows over the model's items (fold-in)."""
+
+    @abstractmethod
+    def _similar_scores(self, items: np.ndarray) -> np.ndarray:
+        """Dense float32 item-to-item scores [len(items), n_items]; the base removes the item itself."""
+
+    # ------------------------------------------------------------------ public top-k API
+    def recommend(
+        self,
+        users: Any,
+        n: int,
+        *,
+        exclude: sp.spmatrix | None = None,
+        candidates: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` items for training users (row indices).
+
+        Returns ``(ids int64 [len(users), n], scores float32 [len(users), n])``, best first; a row
+        has ``-1`` / ``-inf`` padding when fewer than ``n`` items are eligible. ``exclude`` is a
+        sparse matrix [len(users), n_items] whose stored entries are never returned (typically the
+        users' own history rows); ``candidates`` restricts results to these item indices.
+        Raises UnknownUserError / UnknownItemError for indices outside the model.
+        """
+        self.check_is_fitted()
+        users = self._check_users(users)
+        return self._top_n(self._score_block, users, len(users), n, exclude, candidates)
+
+    def recommend_history(
+        self,
+        history: sp.spmatrix,
+        n: int,
+        *,
+        exclude: sp.spmatrix | None = None,
+        candidates: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` items for users not in the model, given their history rows (fold-in).
+
+        ``history`` is sparse [n_rows, n_items] over the model's item index (weights as in the
+        training matrix). Same output and options as :meth:`recommend`; nothing is excluded
+        unless ``exclude`` says so (pass ``exclude=history`` to drop already-seen items).
+        """
+        self.check_is_fitted()
+        history = _as_csr(history)
+        if history.shape[1] != self.n_items_:
+            raise ValidationError(
+                f"history has {history.shape[1]} columns but the model has {self.n_items_} items; "
+                "build it over the model's item index (InteractionMatrix.item_index)"
+            )
+
+        def score(rows: np.ndarray) -> np.ndarray:
+            return self._score_history(history[rows[0] : rows[-1] + 1])
+
+        return self._top_n(score, np.arange(history.shape[0]), history.shape[0], n, exclude, candidates)
+
+    def similar_items(
+        self, items: Any, n: int, *, candidates: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` most similar items to each of ``items`` (never the item itself).
+
+        Returns ``(ids int64 [len(items), n], scores float32 [len(items), n])`` padded like
+        :meth:`recommend`. Raises UnknownItemError for indices outside the model.
+        """
+        self.check_is_fitted()
+        items = self._check_items(items, "items")
+        itself = sp.csr_matrix(
+            (np.ones(len(items), dtype=np.float32), items, np.arange(len(items) + 1)),
+            shape=(len(items), self.n_items_),
+        )
+        return self._top_n(self._similar_scores, items, len(items), n, itself, candidates)
+
+    # ------------------------------------------------------------------ top-k machinery
+    def block_rows(self) -> int:
+        """Rows scored per block so that a dense block stays within ``block_bytes``."""
+        per_row = 4 * max(1, getattr(self, "n_items_", 1))
+        return int(max(1, min(self.max_block_rows, self.block_bytes // per_row)))
+
+    def _top_n(
+        self,
+        score: Callable[[np.ndarray], np.ndarray],
+        keys: np.ndarray,
+        n_rows: int,
+        n: int,
+        exclude: sp.spmatrix | None,
+        candidates: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n = _check_n(n)
+        if exclude is not None:
+            exclude = _as_csr(exclude)
+            if exclude.shape != (n_rows, self.n_items_):
+                raise ValidationError(
+                    f"exclude has shape {exclude.shape}; expected ({n_rows}, {self.n_items_}): one row "
+                    "per requested user over the model's items"
+                )
+        cand = None if candidates is None else np.unique(self._check_items(candidates, "candidates"))
+        ids = np.full((n_rows, n), -1, dtype=np.int64)
+        scores = np.full((n_rows, n), -np.inf, dtype=np.float32)
+        step = self.block_rows()
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            block = score(keys[start:stop])
+            if exclude is not None:
+                _mask_rows(block, exclude[start:stop])
+            if cand is not None:
+                block = block[:, cand]
+            b_ids, b_scores = top_k(block, n)
+            if cand is not None:
+                b_ids = np.where(b_ids >= 0, cand[np.maximum(b_ids, 0)], -1)
+            ids[start:stop] = b_ids
+            scores[start:stop] = b_scores
+        return ids, scores
+
+    def _check_users(self, users: Any) -> np.ndarray:
+        users = _as_index_array(users, "users")
+        bad = (users < 0) | (users >= self.n_users_)
+        if bad.any():
+            raise UnknownUserError(
+                f"user index(es) {users[bad][:10].tolist()} are not in the model (it has {self.n_users_} "
+                "users); map ids with InteractionMatrix.user_index and use recommend_history for new users",
+                details={"unknown": users[bad][:100].tolist()},
+            )
+        return users
+
+    def _check_items(self, items: Any, what: str) -> np.ndarray:
+        items = _as_index_array(items, what)
+        bad = (items < 0) | (items >= self.n_items_)
+        if bad.any():
+            raise UnknownItemError(
+                f"{what}: item index(es) {items[bad][:10].tolist()} are not in the model (it has "
+                f"{self.n_items_} items); map ids with InteractionMatrix.item_index and drop unknown ones",
+                details={"unknown": items[bad][:100].tolist()},
+            )
+        return items
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model to directory ``path``: params.json plus one .npy per learned array.
+
+        Sparse state is stored as ``<name>.data/.indices/.indptr.npy``. The directory is written
+        beside ``path`` and renamed into place, so an interrupted save leaves nothing partial.
+        """
+        self.check_is_fitted()
+        path = Path(path)
+        state: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        sparse: dict[str, list[int]] = {}
+        for name, value in vars(self).items():
+            if not name.endswith("_") or name.startswith("_"):
+                continue
+            if isinstance(value, np.ndarray):
+                arrays[name] = value
+            elif sp.issparse(value):
+                csr = _as_csr(value, dtype=value.dtype)
+                arrays[f"{name}.data"] = csr.data
+                arrays[f"{name}.indices"] = csr.indices
+                arrays[f"{name}.indptr"] = csr.indptr
+                sparse[name] = list(csr.shape)
+            elif isinstance(value, np.generic):
+                state[name] = value.item()
+            else:
+                state[name] = value
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "family": self.family,
+            "class": type(self).__name__,
+            "params": self.get_params(),
+            "state": state,
+            "arrays": sorted(arrays),
+            "sparse": sparse,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            for name, arr in arrays.items():
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            (tmp / PARAMS_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mmap: bool = True) -> "Recommender":
+        """Read a model saved by :meth:`save`; ``mmap`` maps arrays read-only instead of copying.
+
+        Called on the base class it returns the saved family's class; called on a subclass it
+        checks the family matches.
+        """
+        path = Path(path)
+        try:
+            meta = json.loads((path / PARAMS_FILE).read_text())
+        except FileNotFoundError:
+            raise StorageError(f"{path} is not a saved model: {PARAMS_FILE} is missing") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StorageError(f"cannot read model {path / PARAMS_FILE}: {exc}") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StorageError(
+                f"model {path} has format version {meta.get('format_version')}; this scalerec reads "
+                f"version {FORMAT_VERSION}: retrain the model"
+            )
+        from scalerec.models import MODELS
+
+        klass = MODELS.get(meta["family"])
+        if klass is None:
+            raise StorageError(f"model {path} is of unknown family {meta['family']!r}; known: {sorted(MODELS)}")
+        if cls is not Recommender and not issubclass(klass, cls):
+            raise StorageError(f"model {path} is a {klass.__name__}, not a {cls.__name__}")
+        model = klass(**meta["params"])
+        mode = "r" if mmap else None
+        try:
+            loaded = {name: np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in meta["arrays"]}
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read model arrays in {path}: {exc}") from None
+        for name, shape in meta["sparse"].items():
+            m = sp.csr_matrix(
+                (loaded.pop(f"{name}.data"), loaded.pop(f"{name}.indices"), loaded.pop(f"{name}.indptr")),
+                shape=tuple(shape),
+                copy=False,
+            )
+            setattr(model, name, m)
+        for name, arr in loaded.items():
+            setattr(model, name, arr)
+        for name, value in meta["state"].items():
+            setattr(model, name, value)
+        return model
+
+
+# ---------------------------------------------------------------------- helpers
+def top_k(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``n`` of a dense float32 block [b, m]: (column ids [b, n], scores [b, n]).
+
+    Best first; ``-inf`` entries are ineligible and come back as ``-1`` / ``-inf`` padding, as do
+    the slots beyond ``m``. Ties are ordered by column index.
+    """
+    b, m = scores.shape
+    k = min(n, m)
+    ids = np.full((b, n), -1, dtype=np.int64)
+    vals = np.full((b, n), -np.inf, dtype=np.float32)
+    if k == 0 or b == 0:
+        return ids, vals
+    if k < m:
+        part = np.argpartition(scores, m - k, axis=1)[:, m - k :]
+    else:
+        part = np.broadcast_to(np.arange(m), (b, m))
+    part = np.sort(part, axis=1)  # so the stable sort below breaks ties by column index
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    top_ids = np.take_along_axis(part, order, axis=1)
+    top_vals = np.take_along_axis(top, order, axis=1)
+    eligible = top_vals > -np.inf
+    ids[:, :k] = np.where(eligible, top_ids, -1)
+    vals[:, :k] = top_vals
+    return ids, vals
+
+
+def _mask_rows(block: np.ndarray, rows: sp.csr_matrix) -> None:
+    """Set block[r, c] = -inf for every stored entry (r, c) of ``rows`` (in place, vectorised)."""
+    if rows.nnz:
+        r = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+        block[r, rows.indices] = -np.inf
+
+
+def _as_csr(m: Any, dtype: Any = np.float32) -> sp.csr_matrix:
+    if not sp.issparse(m):
+        raise ValidationError(f"expected a scipy sparse matrix, got {type(m).__name__}")
+    m = m.tocsr() if m.format != "csr" else m
+    if dtype is not None and m.dtype != dtype:
+        m = m.astype(dtype)
+    if not isinstance(m, sp.csr_matrix):  # csr_array -> csr_matrix so row slicing and @ behave the same
+        m = sp.csr_matrix(m)
+    return m
+
+
+def _as_index_array(values: Any, what: str) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(values))
+    if arr.ndim != 1:
+        raise ValidationError(f"{what} must be a 1-d array of indices, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValidationError(f"{what} must be integer indices, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValidationError(f"n must be a positive integer, got {n!r}")
+    return int(n)
