@@ -1,0 +1,1 @@
+"""Serving: RecommendService (no web imports), retrieval index, filters, real-time fold-in, auth."""

@@ -1,0 +1,242 @@
+"""Item retrieval for embedding models: exact inner-product search, or FAISS (HNSW/IVF) above a size.
+
+Both indexes answer ``search(queries, k, allowed=mask)`` with exactly ``min(k, allowed.sum())``
+results per query: the approximate one searches with a FAISS ``IDSelectorBitmap`` (so filtered-out
+items never take result slots), widens its search when the graph walk comes back short, and falls
+back to exact scoring over the allowed subset when the filter is very selective.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from scalerec.errors import ValidationError
+from scalerec.models.base import top_k
+
+IndexKind = Literal["exact", "hnsw", "ivf"]
+
+#: Below this many allowed items, exact scoring of the subset is cheaper than a filtered ANN walk.
+SUBSET_EXACT_MAX = 4096
+
+
+class ItemIndex(Protocol):
+    """Maximum-inner-product search over item vectors [n_items, d]."""
+
+    kind: str
+    n_items: int
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (ids int64 [q, k], scores float32 [q, k]) per query row; -1/-inf padding."""
+        ...
+
+    def memory_bytes(self) -> int:
+        ...
+
+
+def _as_queries(queries: np.ndarray, d: int) -> np.ndarray:
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if q.shape[1] != d:
+        raise ValidationError(f"query vectors have {q.shape[1]} dimensions; the index has {d}")
+    return q
+
+
+class ExactIndex:
+    """Brute-force inner product (one GEMM + partial sort); exact, O(n_items x d) per query."""
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors  # may be a read-only memory map shared by worker processes
+        self.n_items, self.dim = vectors.shape
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = _as_queries(queries, self.dim)
+        if allowed is not None and allowed.sum() <= SUBSET_EXACT_MAX:
+            return exact_subset(self.vectors, q, k, np.flatnonzero(allowed))
+        scores = q @ self.vectors.T
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        return top_k(scores, k)
+
+    def memory_bytes(self) -> int:
+        return int(self.vectors.nbytes)
+
+
+def exact_subset(
+    vectors: np.ndarray, q: np.ndarray, k: int, subset: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` restricted to item indices ``subset`` (ids are global indices)."""
+    if len(subset) == 0:
+        return (np.full((len(q), k), -1, np.int64), np.full((len(q), k), -np.inf, np.float32))
+    scores = q @ np.asarray(vectors[subset]).T
+    ids, vals = top_k(scores, k)
+    return np.where(ids >= 0, subset[np.maximum(ids, 0)], -1), vals
+
+
+class FaissIndex:
+    """Approximate inner-product search with FAISS: HNSW (default) or IVF-Flat.
+
+    ``ef_search`` (HNSW) / ``nprobe`` (IVF) set the base accuracy; filtered searches run with a
+    bitmap selector and widen (x4, up to 3 times) when fewer than ``k`` allowed items come back.
+    """
+
+    def __init__(self, index: object, vectors: np.ndarray, kind: IndexKind, *, ef_search: int = 128, nprobe: int = 16):
+        import faiss
+
+        self._faiss = faiss
+        self.index = index
+        self.vectors = vectors
+        self.kind = kind
+        self.n_items, self.dim = vectors.shape
+        self.ef_search = ef_search
+        self.nprobe = nprobe
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        kind: IndexKind = "hnsw",
+        *,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        nlist: int | None = None,
+        nprobe: int = 16,
+    ) -> "FaissIndex":
+        """Build an index over item vectors [n_items, d] (float32)."""
+        import faiss
+
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = x.shape
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+            index.add(x)
+        elif kind == "ivf":
+            nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            sample = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)]
+            index.train(sample)
+            index.add(x)
+        else:
+            raise ValidationError(f"unknown index kind {kind!r}; use 'exact', 'hnsw' or 'ivf'")
+        return cls(index, vectors, kind, ef_search=ef_search, nprobe=nprobe)
+
+    @classmethod
+    def load(cls, path: Path, vectors: np.ndarray, kind: IndexKind, **kw: int) -> "FaissIndex":
+        import faiss
+
+        return cls(faiss.read_index(str(path)), vectors, kind, **kw)
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file + rename) so concurrent workers never read half an index."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            self._faiss.write_index(self.index, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _params(self, width: int, selector: object | None) -> object:
+        faiss = self._faiss
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(width)) if selector is not None else \
+                faiss.SearchParametersHNSW(efSearch=int(width))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(width)) if selector is not None else \
+            faiss.SearchParametersIVF(nprobe=int(width))
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = _as_queries(queries, self.dim)
+        n_allowed = self.n_items if allowed is None else int(allowed.sum())
+        want = min(k, n_allowed)
+        if allowed is not None and n_allowed <= max(SUBSET_EXACT_MAX, 2 * k):
+            return exact_subset(self.vectors, q, k, np.flatnonzero(allowed))
+        selector = None
+        bitmap = None
+        if allowed is not None and n_allowed < self.n_items:
+            bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit i as (b[i>>3] >> (i&7)) & 1
+            selector = self._faiss.IDSelectorBitmap(self.n_items, self._faiss.swig_ptr(bitmap))
+        base = self.ef_search if self.kind == "hnsw" else self.nprobe
+        width = max(base, k) if self.kind == "hnsw" else base
+        ids = scores = None
+        for _ in range(4):
+            scores, ids = self.index.search(q, k, params=self._params(width, selector))
+            if (ids[:, :want] >= 0).all():
+                break
+            width *= 4
+            if self.kind == "ivf" and width >= getattr(self.index, "nlist", width):
+                width = self.index.nlist
+        assert ids is not None and scores is not None
+        short = ~(ids[:, :want] >= 0).all(axis=1)
+        if short.any():  # a very selective filter the graph walk could not satisfy: exact over the subset
+            subset = np.flatnonzero(allowed) if allowed is not None else np.arange(self.n_items)
+            e_ids, e_scores = exact_subset(self.vectors, q[short], k, subset)
+            ids[short], scores[short] = e_ids, e_scores
+        del bitmap  # kept alive until here: the selector points into it
+        ids = ids.astype(np.int64, copy=False)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32, copy=False)
+        return ids, scores
+
+    def memory_bytes(self) -> int:
+        """Bytes of the serialised index (vectors + graph/lists), an estimate of its RAM."""
+        return int(self._faiss.serialize_index(self.index).nbytes)
+
+
+_build_lock = threading.Lock()
+
+
+def build_index(
+    vectors: np.ndarray,
+    *,
+    exact_max_items: int,
+    kind: IndexKind = "hnsw",
+    cache_path: Path | None = None,
+) -> ItemIndex:
+    """The retrieval index for item vectors: exact up to ``exact_max_items``, FAISS above.
+
+    With ``cache_path`` the FAISS index is read from there if present, else built and written
+    there, so several worker processes build it once per model version.
+    """
+    n = vectors.shape[0]
+    if n <= exact_max_items or kind == "exact":
+        return ExactIndex(vectors)
+    if cache_path is not None and cache_path.exists():
+        try:
+            return FaissIndex.load(cache_path, vectors, kind)
+        except RuntimeError:
+            cache_path.unlink(missing_ok=True)  # a corrupt cache file: rebuild below
+    with _build_lock:
+        lock_fd = None
+        if cache_path is not None:
+            import fcntl
+
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(str(cache_path) + ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # another worker may be building it right now
+        try:
+            if cache_path is not None and cache_path.exists():
+                return FaissIndex.load(cache_path, vectors, kind)
+            index = FaissIndex.build(vectors, kind)
+            if cache_path is not None:
+                index.save(cache_path)
+            return index
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
