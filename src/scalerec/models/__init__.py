@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from scalerec.errors import ValidationError
+from scalerec.models.als import ALS, BPR
 from scalerec.models.base import Recommender
+from scalerec.models.ease import EASE
+from scalerec.models.knn import ItemKNN
 from scalerec.models.popular import MostPopular, Trending
 
+#: model families by registry name, cheapest first
 MODELS: dict[str, type[Recommender]] = {
-    cls.family: cls for cls in (MostPopular, Trending)
+    cls.family: cls for cls in (MostPopular, Trending, ItemKNN, EASE, ALS, BPR)
 }
 
 
@@ -29,4 +33,4 @@ def make_model(name: str, **params: Any) -> Recommender:
         ) from None
 
 
-__all__ = ["MODELS", "Recommender", "make_model", "MostPopular", "Trending"]
+__all__ = ["ALS", "BPR", "EASE", "MODELS", "ItemKNN", "MostPopular", "Recommender", "Trending", "make_model"]

@@ -1,0 +1,283 @@
+"""Matrix factorisation: implicit-feedback ALS and BPR (trained by `implicit`, scored by a GEMM)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from scalerec.errors import ValidationError
+from scalerec.models.base import Progress, Recommender
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+#: entries per chunk when accumulating per-user Gram matrices (bounds memory to ~64 MiB at f=64)
+_FOLD_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+class FactorModel(Recommender):
+    """Shared scoring for factor models: scores = user_factors_[users] @ item_factors_ᵀ.
+
+    Attributes
+    ----------
+    user_factors_ : float32 [n_users, f];  item_factors_ : float32 [n_items, f]
+    """
+
+    user_factors_: np.ndarray
+    item_factors_: np.ndarray
+
+    def _score_block(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors_[users] @ self.item_factors_.T
+
+    def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        return self.fold_in(history) @ self.item_factors_.T
+
+    def _similar_scores(self, items: np.ndarray) -> np.ndarray:
+        # Cosine of item factors, as implicit's similar_items.
+        V = self.item_factors_
+        norms = getattr(self, "_item_norms", None)
+        if norms is None or len(norms) != len(V):
+            norms = np.linalg.norm(V, axis=1).astype(np.float32)
+            norms[norms == 0] = 1.0
+            self._item_norms = norms
+        return (V[items] @ V.T) / (norms[items, None] * norms[None, :])
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """User factors float32 [n_rows, f] for history rows, with the item factors held fixed."""
+        raise NotImplementedError
+
+
+class ALS(FactorModel):
+    """Implicit-feedback alternating least squares (Hu, Koren, Volinsky 2008) via ``implicit``.
+
+    Fitting runs ``implicit.cpu.als.AlternatingLeastSquares`` on the user x item matrix
+    (confidence = ``alpha`` x cell value; conjugate-gradient solver); only the two factor arrays
+    are kept. Fold-in (``recommend_history``) solves each new user's least-squares problem
+    exactly against the item factors: ``x_u = (YᵀY + λI + Yᵀ(C_u - I)Y)⁻¹ Yᵀ C_u p_u``, batched
+    across users. Because fitting uses a few CG steps and updates the items after the users, the
+    fold-in of a training row is close to, not bitwise equal to, its trained factors.
+
+    Parameters
+    ----------
+    factors, regularization, alpha, iterations : as ``implicit`` (reference: 64, 0.01, 1.0, 15)
+    random_state : int seed of the factor initialisation
+    num_threads : threads for fitting (0 = all cores)
+    """
+
+    family = "als"
+
+    def __init__(
+        self,
+        *,
+        factors: int = 64,
+        regularization: float = 0.01,
+        alpha: float = 1.0,
+        iterations: int = 15,
+        random_state: int | None = 0,
+        num_threads: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    @classmethod
+    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+        return {
+            "factors": trial.suggest_categorical("factors", [32, 64, 128, 256]),
+            "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
+            "alpha": trial.suggest_float("alpha", 0.5, 100.0, log=True),
+            "iterations": trial.suggest_int("iterations", 5, 30),
+        }
+
+    def _validate_params(self) -> None:
+        _check_positive_int(self, "factors", "iterations")
+        if not self.regularization >= 0 or not self.alpha > 0:
+            raise ValidationError(
+                f"ALS needs regularization >= 0 and alpha > 0, got {self.regularization!r}, {self.alpha!r}"
+            )
+
+    def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        # implicit parallelises over users itself (and warns when BLAS is threaded too).
+        with _single_threaded_blas():
+            model = AlternatingLeastSquares(
+                factors=int(self.factors),
+                regularization=float(self.regularization),
+                alpha=float(self.alpha),
+                iterations=int(self.iterations),
+                random_state=self.random_state,
+                num_threads=int(self.num_threads),
+                dtype=np.float32,
+            )
+            model.fit(X, show_progress=False, callback=_callback(progress, int(self.iterations)))
+        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        Y = self.item_factors_
+        gram = getattr(self, "_gram_cache", None)  # YᵀY + λI, derived state: not saved
+        if gram is None:
+            gram = self._gram_cache = _gram(Y, self.regularization)
+        return solve_users(Y, gram, history, float(self.alpha))
+
+
+class BPR(FactorModel):
+    """Bayesian personalised ranking (Rendle et al. 2009) via ``implicit``'s CPU SGD.
+
+    ``implicit`` appends an item-bias column: item_factors_ is [n_items, f + 1] and every user
+    vector ends in 1. Fold-in (deterministic, no SGD at serving time): the direction is the ridge
+    regression of the history's indicator onto the item factors, ``(YᵀY + μI)⁻¹ Yᵀ 1_u`` with μ the
+    mean eigenvalue of YᵀY, scaled to ``user_norm_`` (the median length of trained user vectors)
+    and followed by the bias 1. BPR ignores history weights, and so does the fold-in. On a training
+    row it shares most (not all) top items with the trained vector.
+
+    Parameters
+    ----------
+    factors, learning_rate, regularization, iterations : as ``implicit`` (default 64, 0.01, 0.01, 100)
+    random_state : int seed
+    num_threads : SGD threads (0 = all cores; > 1 is Hogwild, so only 1 is bit-reproducible)
+    """
+
+    family = "bpr"
+
+    def __init__(
+        self,
+        *,
+        factors: int = 64,
+        learning_rate: float = 0.01,
+        regularization: float = 0.01,
+        iterations: int = 100,
+        random_state: int | None = 0,
+        num_threads: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.iterations = iterations
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    @classmethod
+    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+        return {
+            "factors": trial.suggest_categorical("factors", [32, 64, 128, 256]),
+            "learning_rate": trial.suggest_float("learning_rate", 1e-3, 0.1, log=True),
+            "regularization": trial.suggest_float("regularization", 1e-4, 0.1, log=True),
+            "iterations": trial.suggest_int("iterations", 20, 300, log=True),
+        }
+
+    def _validate_params(self) -> None:
+        _check_positive_int(self, "factors", "iterations")
+        if not self.learning_rate > 0 or not self.regularization >= 0:
+            raise ValidationError(
+                f"BPR needs learning_rate > 0 and regularization >= 0, got {self.learning_rate!r}, "
+                f"{self.regularization!r}"
+            )
+
+    def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        with _single_threaded_blas():
+            model = BayesianPersonalizedRanking(
+                factors=int(self.factors),
+                learning_rate=float(self.learning_rate),
+                regularization=float(self.regularization),
+                iterations=int(self.iterations),
+                random_state=self.random_state,
+                num_threads=int(self.num_threads),
+                dtype=np.float32,
+            )
+            model.fit(X, show_progress=False, callback=_callback(progress, int(self.iterations)))
+        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        active = np.diff(X.indptr) > 0
+        personal = np.linalg.norm(self.user_factors_[active, :-1], axis=1)
+        self.user_norm_ = float(np.median(personal)) if personal.size else 1.0
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        Y = self.item_factors_[:, :-1].astype(np.float64)
+        gram = getattr(self, "_gram_cache", None)  # derived state: not saved
+        if gram is None:
+            gram = self._gram_cache = Y.T @ Y
+        # Ridge direction towards the history items, shrunk by the mean eigenvalue of YᵀY so the
+        # amount of shrinkage does not depend on the scale SGD left the factors at.
+        shrink = np.trace(gram) / Y.shape[1] + float(self.regularization)
+        liked = (history > 0).astype(np.float64)
+        x = np.linalg.solve(gram + shrink * np.eye(Y.shape[1]), (liked @ Y).T).T
+        # BPR's scores are not calibrated to 0/1 targets: give the direction the typical length of
+        # a trained user vector so it weighs against the item bias as trained users do.
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x * float(self.user_norm_), norms, out=np.zeros_like(x), where=norms > 0)
+        return np.hstack([x, np.ones((x.shape[0], 1))]).astype(np.float32)
+
+
+def solve_users(
+    Y: np.ndarray,
+    YtY_reg: np.ndarray,
+    history: sp.csr_matrix,
+    alpha: float,
+    *,
+    rhs_offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact implicit-ALS user factors for history rows, item factors Y [n_items, f] fixed.
+
+    Confidence c = alpha x value (implicit's convention: negative values are dislikes with
+    confidence |c| and preference 0); solves (YᵀY + λI + Σ_i (|c_i| - 1) y_i y_iᵀ) x = Σ_{c_i>0}
+    c_i y_i (+ ``rhs_offset``) for every row at once. Rows without history get zeros.
+    Returns float32 [n_rows, f].
+    """
+    history = sp.csr_matrix(history, dtype=np.float64)
+    n_rows, f = history.shape[0], Y.shape[1]
+    C = history * alpha
+    rhs = (C.multiply(C > 0)).tocsr() @ Y.astype(np.float64)
+    if rhs_offset is not None:
+        rhs = rhs + rhs_offset
+    rows = np.repeat(np.arange(n_rows), np.diff(C.indptr))
+    w = np.abs(C.data) - 1.0
+    active = w != 0
+    if not active.any():
+        # Unit confidences (e.g. binary data, alpha 1): every row shares one matrix.
+        x = np.linalg.solve(YtY_reg, rhs.T).T
+    else:
+        A = np.repeat(YtY_reg[None, :, :], n_rows, axis=0)
+        r, idx, w = rows[active], C.indices[active], w[active]
+        chunk = max(1, _FOLD_CHUNK_BYTES // (8 * f * f))
+        for s in range(0, len(r), chunk):
+            rr, yy = r[s : s + chunk], Y[idx[s : s + chunk]].astype(np.float64)
+            outer = np.einsum("n,ni,nj->nij", w[s : s + chunk], yy, yy)
+            starts = np.flatnonzero(np.r_[True, rr[1:] != rr[:-1]])  # rows are sorted in CSR order
+            A[rr[starts]] += np.add.reduceat(outer, starts, axis=0)
+        x = np.linalg.solve(A, rhs[:, :, None])[:, :, 0]
+    x[np.diff(C.indptr) == 0] = 0.0
+    return x.astype(np.float32)
+
+
+def _single_threaded_blas() -> Any:
+    """implicit parallelises over users itself; threaded BLAS inside each solve oversubscribes."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, "blas")
+
+
+def _gram(Y: np.ndarray, regularization: float) -> np.ndarray:
+    Y64 = Y.astype(np.float64)
+    return Y64.T @ Y64 + float(regularization) * np.eye(Y.shape[1])
+
+
+def _callback(progress: Progress | None, total: int) -> Any:
+    if progress is None:
+        return None
+    return lambda iteration, *_: progress(iteration + 1, total)
+
+
+def _check_positive_int(model: Recommender, *names: str) -> None:
+    for name in names:
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValidationError(f"{type(model).__name__} {name} must be a positive integer, got {value!r}")
