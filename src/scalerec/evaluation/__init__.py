@@ -1,1 +1,52 @@
 """Offline evaluation: splitters, top-k metrics, model comparison and reports."""
+
+from scalerec.evaluation.evaluate import ALL_METRICS, ComparisonResult, ModelResult, compare, evaluate
+from scalerec.evaluation.metrics import (
+    coverage,
+    hit_rate_at_k,
+    map_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    popularity_bias,
+    precision_at_k,
+    recall_at_k,
+)
+from scalerec.evaluation.report import render_html_report, write_html_report
+from scalerec.evaluation.splits import (
+    ONLINE_RETAIL_ATTRIBUTION,
+    SPLITS,
+    Split,
+    make_split,
+    online_retail_protocol,
+    split_leave_last,
+    split_random,
+    split_temporal,
+    split_users,
+)
+
+__all__ = [
+    "ALL_METRICS",
+    "ComparisonResult",
+    "ModelResult",
+    "ONLINE_RETAIL_ATTRIBUTION",
+    "SPLITS",
+    "Split",
+    "compare",
+    "coverage",
+    "evaluate",
+    "hit_rate_at_k",
+    "make_split",
+    "map_at_k",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "online_retail_protocol",
+    "popularity_bias",
+    "precision_at_k",
+    "recall_at_k",
+    "render_html_report",
+    "split_leave_last",
+    "split_random",
+    "split_temporal",
+    "split_users",
+    "write_html_report",
+]

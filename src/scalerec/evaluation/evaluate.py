@@ -1,0 +1,311 @@
+"""Evaluate fitted models on a Split (full-catalogue top-k in user blocks) and compare families."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from scalerec.errors import ValidationError
+from scalerec.evaluation.metrics import (
+    RANKING_METRICS,
+    item_popularity_percentile,
+    ranking_metrics,
+)
+from scalerec.evaluation.splits import Split
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from scalerec.models.base import Recommender
+
+__all__ = ["ALL_METRICS", "ComparisonResult", "ModelResult", "compare", "evaluate", "parse_metric_key"]
+
+#: Catalogue-level metrics computed beside the per-user ranking metrics.
+CATALOGUE_METRICS = ("coverage", "popularity_bias")
+ALL_METRICS: tuple[str, ...] = tuple(RANKING_METRICS) + CATALOGUE_METRICS
+#: Metrics where smaller is better (everything else: larger is better).
+LOWER_IS_BETTER = frozenset({"popularity_bias"})
+
+#: ``progress(done, total)`` over evaluated users.
+Progress = Callable[[int, int], None]
+
+
+def _check_ks(k: int | Iterable[int], n_items: int) -> tuple[int, ...]:
+    ks = (k,) if isinstance(k, (int, np.integer)) else tuple(k)
+    if not ks:
+        raise ValidationError("give at least one cut-off k")
+    for value in ks:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValidationError(f"k must be a positive integer; got {value!r}")
+        if value > n_items:
+            raise ValidationError(
+                f"k={value} is larger than the catalogue: the training data has only {n_items} items; "
+                f"use --k {n_items} or less"
+            )
+    return tuple(sorted({int(v) for v in ks}))
+
+
+def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(metrics))
+    unknown = [m for m in names if m not in ALL_METRICS]
+    if unknown or not names:
+        raise ValidationError(f"unknown metrics {unknown}; choose from {', '.join(ALL_METRICS)}")
+    return names
+
+
+def parse_metric_key(key: str) -> tuple[str, int]:
+    """``"ndcg@20"`` -> ("ndcg", 20)."""
+    name, _, k = key.partition("@")
+    if name not in ALL_METRICS or not k.isdigit():
+        raise ValidationError(f"metric key {key!r} must look like 'ndcg@20'; metrics: {', '.join(ALL_METRICS)}")
+    return name, int(k)
+
+
+def _evaluate(
+    model: "Recommender",
+    split: Split,
+    ks: tuple[int, ...],
+    names: tuple[str, ...],
+    on: str,
+    block_users: int,
+    progress: Progress | None,
+) -> tuple[dict[str, float], float]:
+    """Metric means and the seconds spent inside the model's recommend calls."""
+    relevant, rows = split.relevant(on)
+    n_items = split.train.n_items
+    n = max(ks)
+    ranking = tuple(m for m in names if m in RANKING_METRICS)
+    sums: dict[str, float] = {f"{m}@{k}": 0.0 for k in ks for m in ranking}
+    recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
+    pop_sum = dict.fromkeys(ks, 0.0)
+    pop_count = dict.fromkeys(ks, 0)
+    percentile = item_popularity_percentile(split.train.matrix) if "popularity_bias" in names else None
+    recommend_s = 0.0
+    total = len(rows)
+    for start in range(0, total, block_users):  # one iteration per block of users
+        block = rows[start : start + block_users]
+        history = split.history(block, on=on)
+        t0 = time.perf_counter()
+        if split.strong_generalisation:
+            ids, _ = model.recommend_history(history, n, exclude=history)
+        else:
+            ids, _ = model.recommend(block, n, exclude=history)
+        recommend_s += time.perf_counter() - t0
+        ids = np.asarray(ids)
+        if ids.shape != (len(block), n):
+            raise ValidationError(
+                f"{type(model).__name__} returned recommendations of shape {ids.shape}, expected {(len(block), n)}"
+            )
+        if ranking:
+            for key, values in ranking_metrics(ids, relevant[block], ks, ranking).items():
+                sums[key] += float(values.sum())
+        for k in ks:
+            top = ids[:, :k]
+            top = top[(top >= 0) & (top < n_items)]
+            recommended[k][top] = True
+            if percentile is not None:
+                pop_sum[k] += float(percentile[top].sum())
+                pop_count[k] += int(top.size)
+        if progress is not None:
+            progress(min(start + block_users, total), total)
+    out: dict[str, float] = {}
+    for k in ks:
+        for m in names:
+            key = f"{m}@{k}"
+            if m in RANKING_METRICS:
+                out[key] = sums[key] / total if total else 0.0
+            elif m == "coverage":
+                out[key] = float(recommended[k].sum() / n_items)
+            elif m == "popularity_bias":
+                out[key] = pop_sum[k] / pop_count[k] if pop_count[k] else 0.0
+    return out, recommend_s
+
+
+def evaluate(
+    model: "Recommender",
+    split: Split,
+    *,
+    k: int | Iterable[int] = (20,),
+    metrics: Sequence[str] = ALL_METRICS,
+    on: str = "test",
+    block_users: int = 2048,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Mean metrics of a fitted ``model`` over the split's test (or ``on="valid"``) users.
+
+    Full-catalogue ranking: for blocks of ``block_users`` users the model returns its top max(k)
+    items with the users' known items (training rows; fold-in rows for held-out users) excluded.
+    Returns ``{"<metric>@<k>": value}``: ranking metrics averaged over users, ``coverage@k`` the
+    share of the catalogue recommended to anyone, ``popularity_bias@k`` the mean popularity
+    percentile of recommended items (0..1).
+    """
+    ks = _check_ks(k, split.train.n_items)
+    names = _check_metrics(metrics)
+    if block_users < 1:
+        raise ValidationError(f"block_users must be >= 1; got {block_users}")
+    return _evaluate(model, split, ks, names, on, block_users, progress)[0]
+
+
+@dataclass
+class ModelResult:
+    """One model's row of a comparison: its metrics and timings (seconds)."""
+
+    name: str
+    family: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    fit_s: float
+    recommend_s: float
+    n_users: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "params": self.params,
+            "metrics": self.metrics,
+            "fit_s": self.fit_s,
+            "recommend_s": self.recommend_s,
+            "n_users": self.n_users,
+        }
+
+
+@dataclass
+class ComparisonResult:
+    """Metrics and timings of several models on one split, in the order they were given."""
+
+    split: dict[str, Any]
+    ks: tuple[int, ...]
+    metric_names: tuple[str, ...]
+    results: list[ModelResult] = field(default_factory=list)
+    attribution: str | None = None
+    on: str = "test"
+
+    @property
+    def metric_keys(self) -> list[str]:
+        return [f"{m}@{k}" for k in self.ks for m in self.metric_names]
+
+    def best(self, key: str) -> ModelResult:
+        """The model with the best value of ``key`` (e.g. "ndcg@20")."""
+        name, _ = parse_metric_key(key)
+        if not self.results:
+            raise ValidationError("the comparison has no results")
+        sign = -1.0 if name in LOWER_IS_BETTER else 1.0
+        return max(self.results, key=lambda r: sign * r.metrics.get(key, float("-inf")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "on": self.on,
+            "k": list(self.ks),
+            "metrics": list(self.metric_names),
+            "models": [r.to_dict() for r in self.results],
+            "attribution": self.attribution,
+        }
+
+    def table(self, *, title: str | None = None, transpose: bool | None = None) -> "Table":
+        """A rich table of metrics and timings; the best value of each metric in bold green.
+
+        One row per model, or — with many metric columns (``transpose`` None picks) — one row
+        per metric and one column per model, which stays readable in a terminal.
+        """
+        from rich.table import Table
+
+        keys = self.metric_keys
+        if transpose is None:
+            transpose = len(keys) > 6
+        split = self.split
+        # The licence attribution is printed by the caller under the table: as a caption it
+        # would wrap to the table's (narrow) width.
+        table = Table(
+            title=title or f"split {split.get('name', '?')} ({self.on}): {split.get('n_test_users', '?')} users, "
+            f"{split.get('n_items', '?')} items"
+        )
+        best = {key: self.best(key).name for key in keys} if len(self.results) > 1 else {}
+
+        def cell(r: ModelResult, key: str) -> str:
+            text = f"{r.metrics[key]:.4f}"
+            return f"[bold green]{text}[/]" if best.get(key) == r.name else text
+
+        if transpose:
+            table.add_column("metric", style="bold")
+            for r in self.results:
+                table.add_column(r.name, justify="right")
+            for key in keys:
+                table.add_row(key, *(cell(r, key) for r in self.results))
+            table.add_section()
+            table.add_row("fit s", *(f"{r.fit_s:.2f}" for r in self.results))
+            table.add_row("recommend s", *(f"{r.recommend_s:.2f}" for r in self.results))
+            return table
+        table.add_column("model", style="bold")
+        table.add_column("params", overflow="fold", max_width=30)
+        for key in keys:
+            table.add_column(key, justify="right")
+        table.add_column("fit s", justify="right")
+        table.add_column("recommend s", justify="right")
+        for r in self.results:
+            params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+            table.add_row(r.name, params, *(cell(r, key) for key in keys), f"{r.fit_s:.2f}", f"{r.recommend_s:.2f}")
+        return table
+
+
+def compare(
+    models: Mapping[str, "Recommender"],
+    split: Split,
+    k: int | Iterable[int] = (20,),
+    *,
+    metrics: Sequence[str] = ALL_METRICS,
+    on: str = "test",
+    block_users: int = 2048,
+    progress: Callable[[str, str], None] | None = None,
+) -> ComparisonResult:
+    """Fit each model on ``split.train`` and evaluate it; timings in seconds (wall clock).
+
+    ``progress(name, stage)`` is called with stage "fit" / "evaluate" / "done" per model. Errors of
+    a model (e.g. ModelCapacityError from EASE on a large catalogue) propagate unchanged.
+    """
+    if not models:
+        raise ValidationError("compare needs at least one model")
+    ks = _check_ks(k, split.train.n_items)
+    names = _check_metrics(metrics)
+    result = ComparisonResult(
+        split=split.summary(), ks=ks, metric_names=names, attribution=split.attribution, on=on
+    )
+    n_users = len(split.relevant(on)[1])
+    for name, model in models.items():
+        if progress is not None:
+            progress(name, "fit")
+        train = split.train_for(model)
+        t0 = time.perf_counter()
+        model.fit(train)
+        fit_s = time.perf_counter() - t0
+        if progress is not None:
+            progress(name, "evaluate")
+        values, recommend_s = _evaluate(model, split, ks, names, on, block_users, None)
+        result.results.append(
+            ModelResult(
+                name=name,
+                family=getattr(model, "family", "") or type(model).__name__,
+                params=_jsonable(model.get_params()) if hasattr(model, "get_params") else {},
+                metrics=values,
+                fit_s=fit_s,
+                recommend_s=recommend_s,
+                n_users=n_users,
+            )
+        )
+        if progress is not None:
+            progress(name, "done")
+    return result
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, (np.generic,)):
+            value = value.item()
+        out[key] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
+    return out

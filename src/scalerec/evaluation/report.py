@@ -1,0 +1,195 @@
+"""Self-contained HTML report of a model comparison: tables and inline SVG bar charts, no external assets."""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from scalerec.errors import StorageError
+from scalerec.evaluation.evaluate import LOWER_IS_BETTER, ComparisonResult, parse_metric_key
+
+__all__ = ["render_html_report", "write_html_report"]
+
+# Colour-blind-safe palette (Okabe-Ito), one colour per model in the order given.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+
+METRIC_HELP = {
+    "precision": "share of the top k that is relevant",
+    "recall": "share of the relevant items found in the top k",
+    "ndcg": "rank-discounted hits, 1 = ideal order",
+    "map": "mean average precision",
+    "mrr": "1 / rank of the first hit",
+    "hit_rate": "users with at least one hit",
+    "coverage": "share of the catalogue recommended to anyone",
+    "popularity_bias": "mean popularity percentile of recommended items (lower = more long tail)",
+}
+
+CSS = """
+:root { --fg:#1d2433; --muted:#5b6477; --line:#e3e7ef; --bg:#f6f8fb; --card:#fff; --accent:#0072B2; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.5 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color:var(--fg);
+       background:var(--bg); }
+header { background:#17324d; color:#fff; padding:24px 40px; }
+header h1 { margin:0 0 4px; font-size:22px; font-weight:600; }
+header p { margin:0; color:#c9d6e6; }
+main { max-width:1180px; margin:0 auto; padding:24px 40px 40px; }
+h2 { font-size:17px; margin:28px 0 12px; }
+.facts { display:flex; flex-wrap:wrap; gap:10px; }
+.fact { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:8px 14px; min-width:130px; }
+.fact b { display:block; font-size:17px; }
+.fact span { color:var(--muted); font-size:12px; }
+table { border-collapse:collapse; width:100%; background:var(--card); border:1px solid var(--line);
+        border-radius:8px; overflow:hidden; }
+th, td { padding:7px 10px; border-bottom:1px solid var(--line); text-align:right; white-space:nowrap; }
+th:first-child, td:first-child { text-align:left; }
+th { background:#eef2f8; font-weight:600; font-size:12px; color:var(--muted); }
+td.best { font-weight:700; color:#00734f; }
+.swatch { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:6px; }
+.grid { display:grid; grid-template-columns:repeat(auto-fill, minmax(350px, 1fr)); gap:14px; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 14px; }
+.card h3 { margin:0; font-size:14px; }
+.card p { margin:2px 0 8px; color:var(--muted); font-size:12px; }
+code { font-size:12px; background:#eef2f8; padding:1px 4px; border-radius:3px; }
+footer { color:var(--muted); font-size:12px; border-top:1px solid var(--line); margin-top:32px; padding-top:12px; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: float, seconds: bool = False) -> str:
+    if seconds:
+        return f"{value:.2f} s" if value >= 0.01 else f"{value * 1000:.1f} ms"
+    return f"{value:.4f}"
+
+
+def _bar_chart(labels: list[str], values: list[float], colours: list[str], *, seconds: bool = False) -> str:
+    """Horizontal bar chart as inline SVG: one bar per model, value printed at the bar's end."""
+    label_w, chart_w, value_w, bar_h, gap = 120, 190, 62, 20, 8
+    width = label_w + chart_w + value_w
+    height = len(values) * (bar_h + gap) + gap
+    top = max(values) if values and max(values) > 0 else 1.0
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
+        f'role="img" style="max-width:{width}px">'
+    ]
+    for i, (label, value, colour) in enumerate(zip(labels, values, colours)):
+        y = gap + i * (bar_h + gap)
+        w = max(1.0, chart_w * value / top) if value > 0 else 0.0
+        short = label if len(label) <= 16 else label[:15] + "…"
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + bar_h * 0.7:.1f}" text-anchor="end" font-size="12" '
+            f'fill="#1d2433">{_e(short)}<title>{_e(label)}</title></text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="3" fill="{colour}">'
+            f"<title>{_e(label)}: {_e(_fmt(value, seconds))}</title></rect>"
+            f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7:.1f}" font-size="12" fill="#5b6477">'
+            f"{_e(_fmt(value, seconds))}</text>"
+        )
+    parts.append(
+        f'<line x1="{label_w}" y1="0" x2="{label_w}" y2="{height}" stroke="#c5ccd8" stroke-width="1"/></svg>'
+    )
+    return "".join(parts)
+
+
+def render_html_report(result: ComparisonResult, *, title: str = "scalerec evaluation report") -> str:
+    """The report as one HTML string (CSS and SVG inline; nothing is fetched from the network)."""
+    names = [r.name for r in result.results]
+    colours = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+    keys = result.metric_keys
+    best = {key: result.best(key).name for key in keys} if len(names) > 1 else {}
+    split = result.split
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    facts = [
+        (split.get("name", "?"), "split"),
+        (result.on, "evaluated on"),
+        (f"{split.get('n_test_users', 0):,}", "evaluated users"),
+        (f"{split.get('n_train_users', 0):,}", "training users"),
+        (f"{split.get('n_items', 0):,}", "items"),
+        (f"{split.get('train_interactions', 0):,}", "training interactions"),
+    ]
+    if split.get("test_start"):
+        facts.append((f"{str(split['test_start'])[:16].replace('T', ' ')}", "test window starts (UTC)"))
+    if split.get("strong_generalisation"):
+        facts.append(("yes", "held-out users (fold-in)"))
+
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<header><h1>{_e(title)}</h1><p>{len(names)} model(s) on split <b>{_e(split.get('name', '?'))}</b>"
+        f" · cut-offs k = {_e(', '.join(str(k) for k in result.ks))} · generated {_e(generated)}</p></header>",
+        "<main>",
+        "<h2>Split</h2><div class='facts'>",
+        *(f"<div class='fact'><b>{_e(v)}</b><span>{_e(label)}</span></div>" for v, label in facts),
+        "</div>",
+        "<h2>Results</h2><table><thead><tr><th>model</th>",
+        *(f"<th>{_e(key)}</th>" for key in keys),
+        "<th>fit</th><th>recommend</th></tr></thead><tbody>",
+    ]
+    for r, colour in zip(result.results, colours):
+        row = [f"<tr><td><span class='swatch' style='background:{colour}'></span>{_e(r.name)}</td>"]
+        for key in keys:
+            css = " class='best'" if best.get(key) == r.name else ""
+            row.append(f"<td{css}>{_fmt(r.metrics[key])}</td>")
+        row.append(f"<td>{_fmt(r.fit_s, True)}</td><td>{_fmt(r.recommend_s, True)}</td></tr>")
+        out.append("".join(row))
+    out.append("</tbody></table>")
+    if best:
+        out.append("<p style='color:#5b6477;font-size:12px'>Bold green: best value of the column "
+                   "(lowest for popularity_bias).</p>")
+
+    out.append("<h2>Metrics</h2><div class='grid'>")
+    for key in keys:
+        name, k = parse_metric_key(key)
+        direction = "lower is better" if name in LOWER_IS_BETTER else "higher is better"
+        chart = _bar_chart(names, [r.metrics[key] for r in result.results], colours)
+        out.append(
+            f"<div class='card'><h3>{_e(key)}</h3><p>{_e(METRIC_HELP.get(name, ''))} · {direction}</p>{chart}</div>"
+        )
+    out.append("</div><h2>Time</h2><div class='grid'>")
+    out.append(
+        "<div class='card'><h3>fit time</h3><p>wall-clock seconds to fit on the training matrix</p>"
+        f"{_bar_chart(names, [r.fit_s for r in result.results], colours, seconds=True)}</div>"
+    )
+    out.append(
+        f"<div class='card'><h3>recommend time</h3><p>wall-clock seconds for the top {max(result.ks)} of "
+        f"all {split.get('n_test_users', 0):,} evaluated users</p>"
+        f"{_bar_chart(names, [r.recommend_s for r in result.results], colours, seconds=True)}</div>"
+    )
+    out.append("</div><h2>Models</h2><table><thead><tr><th>model</th><th>family</th>"
+               "<th style='text-align:left'>parameters</th></tr></thead><tbody>")
+    for r in result.results:
+        params = ", ".join(f"{k}={v}" for k, v in r.params.items()) or "defaults"
+        out.append(f"<tr><td>{_e(r.name)}</td><td>{_e(r.family)}</td>"
+                   f"<td style='text-align:left;white-space:normal'><code>{_e(params)}</code></td></tr>")
+    out.append("</tbody></table><footer>")
+    if result.attribution:
+        out.append(f"<p><b>Data attribution.</b> {_e(result.attribution)}</p>")
+    out.append("<p>Generated by scalerec. Full-catalogue ranking with each user's known items excluded; "
+               "ranking metrics are averaged over the evaluated users.</p></footer></main></body></html>")
+    return "\n".join(out)
+
+
+def write_html_report(result: ComparisonResult, path: str | Path, *, title: str = "scalerec evaluation report") -> Path:
+    """Write the report to ``path`` atomically (a temporary file renamed into place). Returns the path."""
+    path = Path(path)
+    text = render_html_report(result, title=title)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise StorageError(f"cannot write the report to {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

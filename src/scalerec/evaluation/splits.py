@@ -1,0 +1,710 @@
+"""Train/test splitters over event logs: temporal, leave-last-k, random, held-out users, named protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+
+from scalerec.config import EventType, Settings
+from scalerec.data.matrix import InteractionMatrix, build_matrix
+from scalerec.errors import EmptyDataError, ValidationError
+
+__all__ = [
+    "ONLINE_RETAIL_ATTRIBUTION",
+    "SPLITS",
+    "Split",
+    "load_events",
+    "make_split",
+    "online_retail_protocol",
+    "split_leave_last",
+    "split_random",
+    "split_temporal",
+    "split_users",
+]
+
+#: The columns a splitter reads from the event log (nothing else is materialised).
+SPLIT_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]
+
+ONLINE_RETAIL_ATTRIBUTION = (
+    'Online Retail data: Daqing Chen, "Online Retail", UCI Machine Learning Repository '
+    "(doi:10.24432/C5BW33), licensed under Creative Commons Attribution 4.0 International "
+    "(CC BY 4.0, https://creativecommons.org/licenses/by/4.0/)."
+)
+
+_FRAME_SCHEMA = {
+    "user_id": pl.String,
+    "item_id": pl.String,
+    "event_type": pl.String,
+    "timestamp": pl.Datetime("us", "UTC"),
+    "value": pl.Float32,
+}
+
+
+@dataclass
+class Split:
+    """A train matrix and the relevant items to predict, aligned to it.
+
+    - ``train``: the matrix models are fitted on (n_users x n_items).
+    - ``test``: csr of relevant items (1.0) with ``train.n_items`` columns. Rows are the train
+      users, except with ``strong_generalisation`` where rows are the held-out users of
+      ``fold_in_user_ids`` (not in ``train``).
+    - ``test_users``: int rows of ``test`` with at least one relevant item (the users evaluated).
+    - ``valid`` / ``valid_users``: optional validation relevance, same layout as ``test`` (for
+      tuning on a model fitted on ``train``).
+    - ``fold_in``: with ``strong_generalisation``, the held-out users' histories (rows aligned to
+      ``test``), which models see through ``recommend_history``.
+    - ``info``: what the split did (cut-offs, counts) for reports; ``attribution`` is shown
+      wherever results on the data are shown (licence).
+    """
+
+    train: InteractionMatrix
+    test: sp.csr_matrix
+    test_users: np.ndarray
+    valid: sp.csr_matrix | None = None
+    valid_users: np.ndarray | None = None
+    fold_in: sp.csr_matrix | None = None
+    fold_in_user_ids: np.ndarray | None = None
+    strong_generalisation: bool = False
+    name: str = "custom"
+    info: dict[str, Any] = field(default_factory=dict)
+    attribution: str | None = None
+    #: rebuilds the training matrix with build_matrix overrides on the same vocabulary
+    rebuild_train: Callable[..., InteractionMatrix] | None = field(default=None, repr=False, compare=False)
+
+    def train_for(self, model: Any) -> InteractionMatrix:
+        """The training matrix for ``model``: ``train``, or rebuilt with ``model.matrix_overrides()``.
+
+        A model such as Trending needs time decay in its matrix; the rebuilt matrix keeps the
+        rows and columns of ``train`` so the test part stays aligned.
+        """
+        overrides = getattr(model, "matrix_overrides", dict)()
+        if not overrides:
+            return self.train
+        if self.rebuild_train is None:
+            raise ValidationError(
+                f"{type(model).__name__} needs a training matrix built with {overrides}, but split "
+                f"{self.name!r} was made without its events; build it with a scalerec.evaluation splitter"
+            )
+        return self.rebuild_train(**overrides)
+
+    def relevant(self, on: str = "test") -> tuple[sp.csr_matrix, np.ndarray]:
+        """(relevant csr, evaluated rows) of the ``"test"`` or ``"valid"`` part."""
+        if on == "test":
+            return self.test, self.test_users
+        if on == "valid":
+            if self.valid is None or self.valid_users is None:
+                raise ValidationError(f"split {self.name!r} has no validation part; evaluate on 'test'")
+            return self.valid, self.valid_users
+        raise ValidationError(f"on must be 'test' or 'valid', not {on!r}")
+
+    def history(self, rows: np.ndarray, on: str = "test") -> sp.csr_matrix:
+        """csr [len(rows), n_items]: what the evaluated users are known to have interacted with.
+
+        These rows are excluded from their recommendations (and, for held-out users, are the
+        fold-in histories given to the model). Evaluating ``"test"`` on a split with a
+        validation part also excludes the validation items, which are known by then.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.strong_generalisation:
+            assert self.fold_in is not None
+            return self.fold_in[rows]
+        known = self.train.matrix[rows]
+        if on == "test" and self.valid is not None:
+            known = sp.csr_matrix(known + self.valid[rows])
+        return known
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data description (sizes, cut-offs) for JSON output and reports."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "n_train_users": self.train.n_users,
+            "n_items": self.train.n_items,
+            "train_interactions": self.train.nnz,
+            "n_test_users": int(len(self.test_users)),
+            "test_interactions": int(self.test[self.test_users].nnz) if len(self.test_users) else 0,
+            "strong_generalisation": self.strong_generalisation,
+        }
+        if self.valid_users is not None:
+            out["n_valid_users"] = int(len(self.valid_users))
+        out.update({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.info.items()})
+        return out
+
+
+# ---- reading events ---------------------------------------------------------------------------
+
+
+def load_events(source: Any, columns: Sequence[str] = SPLIT_COLUMNS) -> pl.DataFrame:
+    """The ``columns`` of every event of ``source`` as one polars frame (Arrow memory, no Python rows).
+
+    ``source``: a ``pa.Table`` / ``pa.RecordBatch`` / polars frame in EVENT_SCHEMA, a DataStore
+    (``.events(columns=...)``: log plus pending events), an EventLog (``.scan``) or an iterable of
+    record batches. Only the needed columns are read.
+    """
+    cols = list(columns)
+    if isinstance(source, pl.LazyFrame):
+        source = source.collect()
+    if isinstance(source, pl.DataFrame):
+        frames = [source]
+    elif isinstance(source, pa.Table):
+        frames = [_frame_from_arrow(source, cols)]
+    elif isinstance(source, pa.RecordBatch):
+        frames = [_frame_from_arrow(pa.Table.from_batches([source]), cols)]
+    else:
+        if callable(getattr(source, "events", None)):  # DataStore
+            batches: Iterable[Any] = source.events(columns=cols)
+        elif callable(getattr(source, "scan", None)):  # EventLog
+            batches = source.scan(columns=cols)
+        elif isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
+            batches = source
+        else:
+            raise ValidationError(
+                f"cannot read events from {type(source).__name__}: pass a DataStore, an EventLog, "
+                "a pyarrow Table or an iterable of record batches in EVENT_SCHEMA"
+            )
+        # One iteration per record batch (thousands of events each), never per event.
+        frames = [_frame_from_arrow(pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b, cols)
+                  for b in batches]
+    frames = [_cast(f, cols) for f in frames if f.height]
+    if not frames:
+        return pl.DataFrame(schema={c: _FRAME_SCHEMA.get(c, pl.String) for c in cols})
+    return pl.concat(frames, how="vertical", rechunk=False)
+
+
+def _frame_from_arrow(table: pa.Table, cols: list[str]) -> pl.DataFrame:
+    missing = [c for c in cols if c not in table.column_names and c != "value"]
+    if missing:
+        raise ValidationError(f"event table lacks columns {missing}; it has {table.column_names}")
+    df = pl.from_arrow(table.select([c for c in cols if c in table.column_names]))
+    assert isinstance(df, pl.DataFrame)
+    if "value" in cols and "value" not in df.columns:
+        df = df.with_columns(pl.lit(1.0, dtype=pl.Float32).alias("value"))
+    return df
+
+
+def _cast(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    return df.select([pl.col(c).cast(_FRAME_SCHEMA[c]) if c in _FRAME_SCHEMA else pl.col(c) for c in cols])
+
+
+# ---- shared machinery -------------------------------------------------------------------------
+
+
+@dataclass
+class _MatrixOptions:
+    """How event rows become matrix cells (from settings, overridable per split)."""
+
+    event_types: Mapping[str, EventType]
+    unknown_type_weight: float | None
+    binary: bool
+    half_life_days: float | None
+    window_days: float | None
+    min_user_interactions: int
+    min_item_interactions: int
+    relevant_types: tuple[str, ...] | None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None,
+        *,
+        event_types: Mapping[str, EventType] | None = None,
+        binary: bool | None = None,
+        relevant_types: Sequence[str] | None = None,
+    ) -> "_MatrixOptions":
+        settings = settings if settings is not None else Settings()
+        types = dict(event_types) if event_types is not None else dict(settings.events.types)
+        if relevant_types is not None:
+            unknown = sorted(set(relevant_types) - set(types))
+            if unknown:
+                raise ValidationError(
+                    f"relevant event types {unknown} are not configured; configured: {sorted(types)}"
+                )
+        m = settings.matrix
+        return cls(
+            event_types=types,
+            unknown_type_weight=(
+                settings.events.unknown_type_weight
+                if settings.events.allow_unknown_types and event_types is None
+                else None
+            ),
+            binary=m.binary if binary is None else binary,
+            half_life_days=m.half_life_days,
+            window_days=m.window_days,
+            min_user_interactions=m.min_user_interactions,
+            min_item_interactions=m.min_item_interactions,
+            relevant_types=tuple(relevant_types) if relevant_types is not None else None,
+        )
+
+    def usable(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Events that can become cells: a known user and (unless unknown types count) a known type."""
+        df = df.filter(pl.col("user_id").is_not_null())
+        if self.unknown_type_weight is None:
+            df = df.filter(pl.col("event_type").is_in(list(self.event_types)))
+        return df
+
+    def train_matrix(self, df: pl.DataFrame, now: datetime | None, **overrides: Any) -> InteractionMatrix:
+        kwargs: dict[str, Any] = dict(
+            event_types=self.event_types,
+            unknown_type_weight=self.unknown_type_weight,
+            window_days=self.window_days,
+            half_life_days=self.half_life_days,
+            now=now,
+            min_user_interactions=self.min_user_interactions,
+            min_item_interactions=self.min_item_interactions,
+            binary=self.binary,
+        )
+        kwargs.update(overrides)
+        return build_matrix(df.to_arrow(), **kwargs)
+
+    def rebuilder(
+        self, df: pl.DataFrame, now: datetime | None, train: InteractionMatrix
+    ) -> Callable[..., InteractionMatrix]:
+        """A function rebuilding ``train`` from its events with overrides, on the same vocabulary."""
+
+        def rebuild(**overrides: Any) -> InteractionMatrix:
+            return self.train_matrix(
+                df, now, **{**overrides, "user_ids": train.user_ids, "item_ids": train.item_ids,
+                            "min_user_interactions": 1, "min_item_interactions": 1}
+            )
+
+        return rebuild
+
+    def aligned(
+        self, df: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, *, relevance: bool
+    ) -> sp.csr_matrix:
+        """csr [len(user_ids), len(item_ids)]; binary 1.0 cells of positive net weight when ``relevance``."""
+        if relevance and self.relevant_types is not None:
+            df = df.filter(pl.col("event_type").is_in(list(self.relevant_types)))
+        matrix = build_matrix(
+            df.to_arrow(),
+            event_types=self.event_types,
+            unknown_type_weight=self.unknown_type_weight,
+            binary=relevance or self.binary,
+            user_ids=user_ids,
+            item_ids=item_ids,
+        ).matrix
+        return sp.csr_matrix(matrix)
+
+
+def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
+    """Cells of ``a`` whose position is not stored (non-zero) in ``b``; same shape."""
+    b_mask = b.copy()
+    b_mask.data = np.ones_like(b_mask.data)
+    out = sp.csr_matrix(a - a.multiply(b_mask))
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def _rows_with_items(m: sp.csr_matrix) -> np.ndarray:
+    return np.flatnonzero(np.diff(m.indptr) > 0).astype(np.int64)
+
+
+def _require_events(df: pl.DataFrame, what: str) -> None:
+    if df.height == 0:
+        raise EmptyDataError(
+            f"no events to split for {what}: the data has no events with a user id of a configured "
+            "type; import events first (`scalerec import events FILE`)"
+        )
+
+
+def _require_train(train: InteractionMatrix, what: str) -> None:
+    if train.nnz == 0:
+        raise EmptyDataError(f"the training part of {what} is empty: no interactions left to fit a model on")
+
+
+def _require_users(users: np.ndarray, what: str, hint: str) -> None:
+    if len(users) == 0:
+        raise EmptyDataError(f"{what} has no test user with a relevant item known in training; {hint}")
+
+
+def _pair_ranks(df: pl.DataFrame) -> pl.DataFrame:
+    """Distinct (user, item) pairs with ``n_pairs`` per user and ``rank_from_last`` (0 = newest).
+
+    Pairs are ordered by their first event's time (ties by item id), so "the last k" are the k
+    items the user came to most recently; all events of a pair stay together (no pair leaks).
+    """
+    return (
+        df.group_by("user_id", "item_id")
+        .agg(pl.col("timestamp").min().alias("first_ts"))
+        .sort(["user_id", "first_ts", "item_id"], descending=[False, True, True])
+        .with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int64).over("user_id").alias("rank_from_last"),
+            pl.len().over("user_id").cast(pl.Int64).alias("n_pairs"),
+        )
+    )
+
+
+def _attach_part(df: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    return df.join(pairs.select("user_id", "item_id", "part"), on=["user_id", "item_id"], how="left")
+
+
+def _pairwise_split(
+    df: pl.DataFrame, opts: _MatrixOptions, name: str, info: dict[str, Any], hint: str
+) -> Split:
+    """Train/valid/test from events carrying a ``part`` column ("train" / "valid" / "test")."""
+    train_df = df.filter(pl.col("part") == "train")
+    train = opts.train_matrix(train_df, now=None)
+    _require_train(train, name)
+    seen = train.matrix
+    test = _minus(opts.aligned(df.filter(pl.col("part") == "test"), train.user_ids, train.item_ids, relevance=True), seen)
+    test_users = _rows_with_items(test)
+    _require_users(test_users, f"the {name} split", hint)
+    valid = valid_users = None
+    if (df.get_column("part") == "valid").any():
+        valid = _minus(
+            opts.aligned(df.filter(pl.col("part") == "valid"), train.user_ids, train.item_ids, relevance=True), seen
+        )
+        valid_users = _rows_with_items(valid)
+    info = {**info, "train_events": train_df.height, "test_events": int((df.get_column("part") == "test").sum())}
+    return Split(
+        train=train, test=test, test_users=test_users, valid=valid, valid_users=valid_users, name=name, info=info,
+        rebuild_train=opts.rebuilder(train_df, None, train),
+    )
+
+
+def _to_datetime(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+# ---- the splitters ----------------------------------------------------------------------------
+
+
+def split_temporal(
+    events: Any,
+    *,
+    test_days: float,
+    valid_days: float | None = None,
+    now: datetime | None = None,
+    exclude_seen: bool = True,
+    relevant_types: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    event_types: Mapping[str, EventType] | None = None,
+    binary: bool | None = None,
+) -> Split:
+    """Global temporal hold-out: the last ``test_days`` days before ``now`` are the test window.
+
+    ``now`` defaults to the newest event (of any type, anonymous included). Training is every
+    event before the window (before the validation window of ``valid_days`` if given). A user's
+    relevant items are those with positive net weight in the test window (only ``relevant_types``
+    when given), restricted to users and items of the training matrix, and — with
+    ``exclude_seen`` — not interacted with in training (or validation). Users without a relevant
+    item are skipped. Weights and matrix options come from ``settings`` (overridable by
+    ``event_types`` / ``binary``).
+    """
+    if not test_days > 0:
+        raise ValidationError(f"test_days must be > 0; got {test_days!r}")
+    if valid_days is not None and not valid_days > 0:
+        raise ValidationError(f"valid_days must be > 0; got {valid_days!r}")
+    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    return _split_temporal(load_events(events), opts, test_days=test_days, valid_days=valid_days, now=now,
+                           exclude_seen=exclude_seen)
+
+
+def _split_temporal(
+    raw: pl.DataFrame,
+    opts: _MatrixOptions,
+    *,
+    test_days: float,
+    valid_days: float | None,
+    now: datetime | None,
+    exclude_seen: bool,
+) -> Split:
+    _require_events(raw, "the temporal split")
+    end = _to_datetime(now) if now is not None else raw.get_column("timestamp").max()
+    assert isinstance(end, datetime)
+    test_start = end - timedelta(days=test_days)
+    train_end = test_start - timedelta(days=valid_days) if valid_days is not None else test_start
+    df = opts.usable(raw).filter(pl.col("timestamp") <= end)
+    _require_events(df, "the temporal split")
+    ts = pl.col("timestamp")
+    train_df = df.filter(ts < train_end)
+    test_df = df.filter(ts >= test_start)
+    window = f"test window {test_start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC (last {test_days:g} days)"
+    if train_df.height == 0:
+        raise EmptyDataError(
+            f"the training window (before {train_end:%Y-%m-%d %H:%M} UTC) has no events: all {df.height} "
+            f"events fall in the {window}; use fewer --test-days"
+        )
+    if test_df.height == 0:
+        raise EmptyDataError(f"the {window} has no events (of {df.height}); use more --test-days")
+    train = opts.train_matrix(train_df, now=train_end)
+    _require_train(train, f"the temporal split before {train_end:%Y-%m-%d %H:%M} UTC")
+    test = opts.aligned(test_df, train.user_ids, train.item_ids, relevance=True)
+    seen = train.matrix
+    valid = valid_users = None
+    if valid_days is not None:
+        valid_df = df.filter((ts >= train_end) & (ts < test_start))
+        valid_all = opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=False)
+        valid = _minus(opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=True), seen) if exclude_seen \
+            else opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=True)
+        valid_users = _rows_with_items(valid)
+        seen = seen + valid_all
+    if exclude_seen:
+        test = _minus(test, seen)
+    test_users = _rows_with_items(test)
+    _require_users(
+        test_users,
+        f"the {window}, {test_df.height} events,",
+        "its users or items never occur in training, or they only repeat training items; "
+        "use more --test-days or exclude_seen=False",
+    )
+    info = {
+        "test_start": test_start,
+        "test_end": end,
+        "train_end": train_end,
+        "test_days": float(test_days),
+        "train_events": train_df.height,
+        "test_events": test_df.height,
+        "exclude_seen": exclude_seen,
+    }
+    if valid_days is not None:
+        info["valid_days"] = float(valid_days)
+    return Split(
+        train=train, test=test, test_users=test_users, valid=valid, valid_users=valid_users, name="temporal", info=info,
+        rebuild_train=opts.rebuilder(train_df, train_end, train),
+    )
+
+
+def split_leave_last(
+    events: Any,
+    k: int = 1,
+    *,
+    valid_k: int = 0,
+    relevant_types: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    event_types: Mapping[str, EventType] | None = None,
+    binary: bool | None = None,
+) -> Split:
+    """Per user, the ``k`` items reached most recently (by first interaction) are the test set.
+
+    With ``valid_k``, the ``valid_k`` items before those are the validation set. Only users with
+    more than ``k + valid_k`` distinct items are held out (the rest train fully), so every
+    evaluated user keeps at least one training item. All events of a held-out (user, item) pair
+    leave training.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValidationError(f"k (items held out per user) must be a positive integer; got {k!r}")
+    if isinstance(valid_k, bool) or not isinstance(valid_k, (int, np.integer)) or valid_k < 0:
+        raise ValidationError(f"valid_k must be a non-negative integer; got {valid_k!r}")
+    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    df = opts.usable(load_events(events))
+    _require_events(df, "the leave-last split")
+    held = k + valid_k
+    pairs = _pair_ranks(df).with_columns(
+        pl.when(pl.col("n_pairs") <= held)
+        .then(pl.lit("train"))
+        .when(pl.col("rank_from_last") < k)
+        .then(pl.lit("test"))
+        .when(pl.col("rank_from_last") < held)
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("train"))
+        .alias("part")
+    )
+    return _pairwise_split(
+        _attach_part(df, pairs),
+        opts,
+        "leave-last",
+        {"k": int(k), "valid_k": int(valid_k)},
+        f"no user has more than {held} distinct items; use a smaller k",
+    )
+
+
+def split_random(
+    events: Any,
+    ratios: Sequence[float] = (0.8, 0.2),
+    seed: int = 0,
+    *,
+    relevant_types: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    event_types: Mapping[str, EventType] | None = None,
+    binary: bool | None = None,
+) -> Split:
+    """Per-user random split of each user's distinct items into train / (valid /) test.
+
+    ``ratios`` is (train, test) or (train, valid, test), summing to 1. A user with n items gets
+    round(n * test) test and round(n * valid) validation items (half up), always keeping at least
+    one training item. Deterministic for a given ``seed`` whatever the order of the events.
+    """
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) not in (2, 3) or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6 or ratios[0] <= 0:
+        raise ValidationError(
+            f"ratios must be (train, test) or (train, valid, test), non-negative with train > 0, "
+            f"summing to 1; got {ratios}"
+        )
+    r_valid = ratios[1] if len(ratios) == 3 else 0.0
+    r_test = ratios[-1]
+    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    df = opts.usable(load_events(events))
+    _require_events(df, "the random split")
+    # Sorting the distinct pairs first makes the random keys independent of event order.
+    pairs = df.select("user_id", "item_id").unique().sort(["user_id", "item_id"])
+    rng = np.random.default_rng(seed)
+    pairs = (
+        pairs.with_columns(pl.Series("_key", rng.random(pairs.height)))
+        .with_columns(
+            pl.col("_key").rank("ordinal").over("user_id").cast(pl.Int64).sub(1).alias("_pos"),
+            pl.len().over("user_id").cast(pl.Int64).alias("_n"),
+        )
+        .with_columns(
+            pl.min_horizontal((pl.col("_n") * r_test + 0.5).floor().cast(pl.Int64), pl.col("_n") - 1).alias("_n_test"),
+        )
+        .with_columns(
+            pl.min_horizontal(
+                (pl.col("_n") * r_valid + 0.5).floor().cast(pl.Int64), pl.col("_n") - 1 - pl.col("_n_test")
+            ).alias("_n_valid")
+        )
+        .with_columns(
+            pl.when(pl.col("_pos") < pl.col("_n_test"))
+            .then(pl.lit("test"))
+            .when(pl.col("_pos") < pl.col("_n_test") + pl.col("_n_valid"))
+            .then(pl.lit("valid"))
+            .otherwise(pl.lit("train"))
+            .alias("part")
+        )
+    )
+    return _pairwise_split(
+        _attach_part(df, pairs),
+        opts,
+        "random",
+        {"ratios": list(ratios), "seed": int(seed)},
+        "users need at least 2 distinct items to be held out; use a larger test ratio",
+    )
+
+
+def split_users(
+    events: Any,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    *,
+    holdout_ratio: float = 0.2,
+    relevant_types: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    event_types: Mapping[str, EventType] | None = None,
+    binary: bool | None = None,
+) -> Split:
+    """Strong generalisation: ``test_fraction`` of the users (with >= 2 items) leave training.
+
+    Each held-out user's distinct items are ordered by first interaction; the newest
+    round(n * holdout_ratio) (at least 1, at most n - 1) are the test set, the rest the fold-in
+    history that models receive through ``recommend_history``. Items are the training matrix's.
+    Rows of ``test`` / ``fold_in`` are the held-out users (``fold_in_user_ids``).
+    """
+    if not 0 < test_fraction < 1:
+        raise ValidationError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction!r}")
+    if not 0 < holdout_ratio < 1:
+        raise ValidationError(f"holdout_ratio must be between 0 and 1 (exclusive); got {holdout_ratio!r}")
+    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    df = opts.usable(load_events(events))
+    _require_events(df, "the held-out-users split")
+    pairs = _pair_ranks(df)
+    users = pairs.group_by("user_id").agg(pl.col("n_pairs").first()).sort("user_id")
+    n_users = users.height
+    eligible = users.filter(pl.col("n_pairs") >= 2).get_column("user_id").to_numpy().astype(str)
+    n_held = min(len(eligible), int(round(test_fraction * n_users)))
+    if n_held == 0:
+        raise EmptyDataError(
+            f"no user can be held out: {n_users} users, {len(eligible)} with at least 2 distinct items, "
+            f"test_fraction {test_fraction}; use a larger test_fraction or more data"
+        )
+    rng = np.random.default_rng(seed)
+    held_ids = np.sort(rng.choice(eligible, size=n_held, replace=False))
+    held = pl.DataFrame({"user_id": held_ids})
+    pairs = pairs.join(held, on="user_id", how="semi").with_columns(
+        pl.min_horizontal(
+            pl.max_horizontal((pl.col("n_pairs") * holdout_ratio + 0.5).floor().cast(pl.Int64), pl.lit(1)),
+            pl.col("n_pairs") - 1,
+        ).alias("_n_test")
+    ).with_columns(
+        pl.when(pl.col("rank_from_last") < pl.col("_n_test")).then(pl.lit("test")).otherwise(pl.lit("fold_in")).alias("part")
+    )
+    train_df = df.join(held, on="user_id", how="anti")
+    train = opts.train_matrix(train_df, now=None)
+    _require_train(train, "the held-out-users split")
+    held_df = _attach_part(df.join(held, on="user_id", how="semi"), pairs)
+    fold_in = opts.aligned(held_df.filter(pl.col("part") == "fold_in"), held_ids, train.item_ids, relevance=False)
+    test = _minus(opts.aligned(held_df.filter(pl.col("part") == "test"), held_ids, train.item_ids, relevance=True), fold_in)
+    # A user needs a history to fold in and something to find.
+    has_history = np.diff(fold_in.indptr) > 0
+    test_users = np.flatnonzero((np.diff(test.indptr) > 0) & has_history).astype(np.int64)
+    _require_users(test_users, "the held-out-users split", "use a larger test_fraction")
+    info = {
+        "test_fraction": float(test_fraction),
+        "holdout_ratio": float(holdout_ratio),
+        "seed": int(seed),
+        "n_held_out_users": int(n_held),
+        "train_events": train_df.height,
+        "test_events": int((held_df.get_column("part") == "test").sum()),
+    }
+    return Split(
+        train=train,
+        test=test,
+        test_users=test_users,
+        fold_in=fold_in,
+        fold_in_user_ids=held_ids,
+        strong_generalisation=True,
+        name="users",
+        info=info,
+        rebuild_train=opts.rebuilder(train_df, None, train),
+    )
+
+
+def online_retail_protocol(events: Any, *, test_days: float = 30.0) -> Split:
+    """The reference protocol of the Online Retail dataset README (expect 1,271 test users).
+
+    Purchases with a user (the importer's ``purchase`` events; cancellations are ``return``
+    events and anonymous rows have no user), binary (user, item) interactions; the test window is
+    the last 30 days before the newest event of the data; relevant = distinct items bought in the
+    window and not in training, restricted to users and items of training.
+    """
+    raw = load_events(events)
+    _require_events(raw, "the Online Retail protocol")
+    end = raw.get_column("timestamp").max()
+    purchases = raw.filter(pl.col("event_type") == "purchase")
+    if purchases.filter(pl.col("user_id").is_not_null()).height == 0:
+        raise EmptyDataError(
+            f"the Online Retail protocol needs 'purchase' events with a user id; the data has {raw.height} events "
+            "and none is one: import the file with `scalerec import events FILE --preset online-retail`"
+        )
+    # The protocol is fixed: no window, decay or minimum counts from the configuration.
+    opts = _MatrixOptions(
+        event_types={"purchase": EventType(weight=1.0)},
+        unknown_type_weight=None,
+        binary=True,
+        half_life_days=None,
+        window_days=None,
+        min_user_interactions=1,
+        min_item_interactions=1,
+        relevant_types=None,
+    )
+    split = _split_temporal(purchases, opts, test_days=test_days, valid_days=None, now=end, exclude_seen=True)
+    split.name = "online-retail"
+    split.attribution = ONLINE_RETAIL_ATTRIBUTION
+    return split
+
+
+# ---- named splits -----------------------------------------------------------------------------
+
+#: Named splits for ``scalerec evaluate --split NAME``: each takes (events, **options).
+SPLITS: dict[str, Callable[..., Split]] = {
+    "online-retail": online_retail_protocol,
+    "temporal": split_temporal,
+    "leave-last": split_leave_last,
+    "random": split_random,
+    "users": split_users,
+}
+
+
+def make_split(name: str, events: Any, **options: Any) -> Split:
+    """Run the named split of ``SPLITS`` on ``events``; options are that splitter's keywords."""
+    try:
+        fn = SPLITS[name]
+    except KeyError:
+        raise ValidationError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}") from None
+    return fn(events, **options)
