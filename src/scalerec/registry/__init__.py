@@ -1,0 +1,5 @@
+"""Model registry: immutable versioned model artefacts, stages, promotion gate, rollback, retention."""
+
+from scalerec.registry.registry import STAGES, LoadedVersion, ModelVersion, Registry, read_manifest
+
+__all__ = ["STAGES", "LoadedVersion", "ModelVersion", "Registry", "read_manifest"]

@@ -1,0 +1,493 @@
+"""Hyperparameter search: one resumable Optuna study per model family in ``<data_dir>/tuning.db``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scalerec.errors import ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from scalerec.cluster.executor import Executor
+    from scalerec.evaluation.splits import Split
+
+#: Optuna study names: ``<family>-<data fingerprint>-<search config hash>``
+STUDY_SEP = "-"
+#: A family stops early after this many trials in a row that re-propose an evaluated configuration.
+MAX_DUPLICATES_IN_A_ROW = 5
+#: Metrics recorded per trial (the primary one is always added).
+TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+
+
+def storage_url(data_dir: Path) -> str:
+    """SQLAlchemy URL of the tuning database ``<data_dir>/tuning.db``."""
+    return f"sqlite:///{Path(data_dir).resolve() / 'tuning.db'}"
+
+
+def open_storage(url: str) -> "optuna.storages.BaseStorage":
+    """An Optuna RDB storage that waits for the sqlite lock instead of failing at once."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def study_name(family: str, fingerprint: str, config: dict[str, Any]) -> str:
+    """``<family>-<fingerprint[:12]>-<hash of the search config[:8]>``.
+
+    The same family on the same data with the same split/metric resumes the same study; any
+    change (new events, another split or metric) starts a new one, since their scores are not
+    comparable.
+    """
+    conf = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return STUDY_SEP.join((family, fingerprint[:12], conf))
+
+
+def parse_metric(key: str) -> tuple[str, int, bool]:
+    """``"ndcg@20"`` -> ("ndcg", 20, higher_is_better)."""
+    from scalerec.evaluation.evaluate import LOWER_IS_BETTER, parse_metric_key
+
+    name, k = parse_metric_key(key.lower())
+    return name, k, name not in LOWER_IS_BETTER
+
+
+# ---------------------------------------------------------------------------------- worker side
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a worker process rebuilds the split: events (a Parquet snapshot), splitter, options.
+
+    Splits hold closures (to rebuild training matrices), so they are recomputed in each worker
+    once and cached by ``key`` rather than pickled. In-process runs prime the cache directly.
+    """
+
+    key: str
+    name: str
+    options: dict[str, Any]
+    settings: dict[str, Any]
+    events_path: str | None = None
+
+    def build(self) -> "Split":
+        import polars as pl
+
+        from scalerec.config import Settings
+        from scalerec.evaluation.splits import make_split
+
+        if self.events_path is None:
+            raise ValidationError(f"split {self.key} was not shared with worker processes (no events snapshot)")
+        events = pl.read_parquet(self.events_path)
+        opts = dict(self.options)
+        if self.name != "online-retail":
+            opts["settings"] = Settings(**self.settings)
+        return make_split(self.name, events, **opts)
+
+
+_SPLITS: dict[str, "Split"] = {}
+
+
+def prime_split(spec: SplitSpec, split: "Split") -> None:
+    """Make ``split`` available to in-process trials under ``spec.key`` (no recomputation)."""
+    _SPLITS[spec.key] = split
+
+
+def get_split(spec: SplitSpec) -> "Split":
+    split = _SPLITS.get(spec.key)
+    if split is None:
+        _SPLITS.clear()  # one training at a time per worker: drop older splits
+        split = _SPLITS[spec.key] = spec.build()
+    return split
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """One configuration to fit and evaluate (picklable: sent to worker processes)."""
+
+    family: str
+    params: dict[str, Any]
+    split: SplitSpec
+    metric: str
+    on: str = "test"
+
+
+@dataclass
+class TrialResult:
+    value: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    fit_s: float = 0.0
+    eval_s: float = 0.0
+    error: str | None = None
+
+
+def fit_and_evaluate(
+    family: str,
+    params: dict[str, Any],
+    split: "Split",
+    metric: str,
+    *,
+    on: str = "test",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[Any, TrialResult]:
+    """Fit ``family(**params)`` on the split's training matrix and evaluate it; (model, result).
+
+    ``progress(stage, done, total)`` with stage "fit" or "evaluate". Raises what the model raises.
+    """
+    from scalerec.evaluation.evaluate import evaluate
+    from scalerec.models import make_model
+
+    name, k, _ = parse_metric(metric)
+    model = make_model(family, **params)
+    t0 = time.perf_counter()
+    fit_cb = (lambda d, t: progress("fit", d, t)) if progress else None
+    model.fit(split.train_for(model), progress=fit_cb)
+    fit_s = time.perf_counter() - t0
+    names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
+    eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
+    t1 = time.perf_counter()
+    metrics = evaluate(model, split, k=(k,), metrics=names, on=on, progress=eval_cb)
+    eval_s = time.perf_counter() - t1
+    return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s)
+
+
+def run_trial(task: TrialTask) -> TrialResult:
+    """Worker entry point: fit and evaluate one configuration; model errors become a failed result.
+
+    A configuration the model refuses (ModelCapacityError, a diverging fit, out of memory) is a
+    failed trial, not a failed search.
+    """
+    try:
+        split = get_split(task.split)
+        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on)
+    except Exception as exc:  # noqa: BLE001 - reported on the trial; all trials failing is reported per family
+        return TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
+    if result.value is None or not math.isfinite(result.value):
+        result.error = f"metric {task.metric} is {result.value}"
+        result.value = None
+    return result
+
+
+# ---------------------------------------------------------------------------------- parent side
+@dataclass
+class FamilyResult:
+    """Outcome of the search for one model family."""
+
+    family: str
+    study: str
+    trials_total: int = 0
+    trials_new: int = 0
+    trials_failed: int = 0
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    default_value: float | None = None
+    default_params: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    stopped: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+@dataclass
+class SearchEvent:
+    """Progress of a search: ``done`` of ``total`` trials of ``family`` finished (total may be None)."""
+
+    family: str
+    done: int
+    total: int | None
+    best: float | None
+    last: TrialResult | None = None
+
+
+def _simple(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _default_params(klass: type) -> dict[str, Any]:
+    """Keyword defaults of a model class that an Optuna trial can hold (None, bool, numbers, str)."""
+    import inspect
+
+    sig = inspect.signature(klass.__init__)
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty and _simple(p.default)
+    }
+
+
+def _probe_defaults(klass: type) -> dict[str, Any] | None:
+    """The class defaults restricted to what its search space suggests, or None if they don't fit it."""
+    import optuna
+
+    defaults = _default_params(klass)
+    probe = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    probe.enqueue_trial(defaults)
+    trial = probe.ask()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            klass.search_space(trial)
+    except (ValueError, TypeError):
+        return None
+    return {k: v for k, v in trial.params.items()}
+
+
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _finished(trial: "optuna.trial.FrozenTrial") -> bool:
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted", False)
+
+
+def tune_family(
+    family: str,
+    *,
+    storage: str,
+    name: str,
+    split_spec: SplitSpec,
+    executor: "Executor",
+    n_trials: int | None,
+    deadline: float | None,
+    metric: str,
+    on: str = "test",
+    seed: int = 0,
+    progress: Callable[[SearchEvent], None] | None = None,
+) -> FamilyResult:
+    """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
+    trials or ``deadline`` (``time.monotonic()`` seconds) passes.
+
+    TPE sampler seeded with ``seed`` + trials already in the study (a resumed search does not
+    replay the same random start); the configuration of the model's defaults is tried first; up
+    to ``executor.jobs`` trials run at once (asked and told here, fitted by the executor).
+    Trials left RUNNING by an interrupted run are marked failed and their configurations retried
+    first. On Ctrl-C the running trials are marked interrupted (retried next time) and the
+    KeyboardInterrupt propagates.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from scalerec.models import MODELS
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    klass = MODELS[family]
+    _, _, higher = parse_metric(metric)
+    started = time.monotonic()
+    store = open_storage(storage)
+    new_study = name not in optuna.study.get_all_study_names(store)
+    jobs = max(1, int(getattr(executor, "jobs", 1)))
+    n_before = 0 if new_study else len(optuna.load_study(study_name=name, storage=store).trials)
+    budget = n_trials if n_trials is not None else 10_000
+    sampler = optuna.samplers.TPESampler(
+        seed=seed + n_before,
+        n_startup_trials=max(3, min(10, budget // 3)),
+        constant_liar=jobs > 1,
+    )
+    study = optuna.create_study(
+        study_name=name,
+        storage=store,
+        sampler=sampler,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
+        direction="maximize" if higher else "minimize",
+        load_if_exists=True,
+    )
+    result = FamilyResult(family=family, study=name)
+    if new_study:
+        study.set_user_attr("family", family)
+        study.set_user_attr("metric", metric)
+        defaults = _probe_defaults(klass)
+        if defaults is not None:
+            study.enqueue_trial(defaults, user_attrs={"default": True})
+    # Trials left RUNNING belong to a run that died (training holds a lock, so none is live).
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs=dict(t.user_attrs, interrupted=False), skip_if_exists=True)
+
+    seen: dict[str, TrialResult] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}))
+    done = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
+    running: dict[Future[TrialResult], "optuna.Trial"] = {}
+    launching: "optuna.Trial | None" = None
+    duplicates = 0
+    stop = ""
+
+    def _emit(last: TrialResult | None) -> None:
+        if progress is not None:
+            best = _best_value(study)
+            progress(SearchEvent(family, done, n_trials, best, last))
+
+    def _record(trial: "optuna.Trial", res: TrialResult) -> None:
+        nonlocal done
+        trial.set_user_attr("metrics", res.metrics)
+        trial.set_user_attr("fit_s", round(res.fit_s, 4))
+        trial.set_user_attr("eval_s", round(res.eval_s, 4))
+        if res.error is not None or res.value is None:
+            trial.set_user_attr("error", res.error)
+            study.tell(trial, state=TrialState.FAIL)
+            result.trials_failed += 1
+        else:
+            study.tell(trial, res.value)
+            seen.setdefault(_params_key(trial.params), res)
+        done += 1
+        result.trials_new += 1
+        _emit(res)
+
+    _emit(None)
+    try:
+        while True:
+            # Launch while there is budget, time and a free slot.
+            while len(running) < jobs and done + len(running) < budget:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stop = stop or "time budget reached"
+                    break
+                if duplicates >= MAX_DUPLICATES_IN_A_ROW:
+                    stop = stop or "search space exhausted (the sampler only repeats evaluated configurations)"
+                    break
+                trial = study.ask()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
+                    try:
+                        params = klass.search_space(trial)
+                    except ValueError as exc:
+                        study.tell(trial, state=TrialState.FAIL)
+                        trial_err = TrialResult(value=None, error=f"search space: {exc}")
+                        result.trials_failed += 1
+                        _emit(trial_err)
+                        continue
+                key = _params_key(trial.params)
+                if key in seen:
+                    # TPE re-proposed a configuration already evaluated: reuse its score, no refit.
+                    duplicates += 1
+                    trial.set_user_attr("duplicate", True)
+                    _record(trial, seen[key])
+                    continue
+                duplicates = 0
+                launching = trial  # in-process executors run the trial inside submit()
+                running[executor.submit(run_trial, TrialTask(family, params, split_spec, metric, on))] = trial
+                launching = None
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                trial = running.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # a worker died (killed, out of memory): the trial failed
+                    res = TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
+                _record(trial, res)
+    except BaseException:
+        interrupted = list(running.items()) + ([(None, launching)] if launching is not None else [])
+        for fut, trial in interrupted:
+            if fut is not None:
+                fut.cancel()
+            try:
+                trial.set_user_attr("interrupted", True)
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, skip_if_exists=True)
+            except Exception:  # the interrupt matters more than bookkeeping; resume re-checks
+                pass
+        raise
+
+    result.stopped = stop or ("trial budget reached" if done >= budget else "")
+    result.trials_total = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        result.best_value = best.value
+        result.best_params = _model_params(klass, best.params)
+        result.best_metrics = dict(best.user_attrs.get("metrics", {}))
+        defaults = [t for t in complete if t.user_attrs.get("default")]
+        if defaults:
+            result.default_value = defaults[0].value
+            result.default_params = _model_params(klass, defaults[0].params)
+    else:
+        errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
+        result.error = errors[-1] if errors else "no trial completed"
+    result.wall_s = time.monotonic() - started
+    return result
+
+
+def _model_params(klass: type, trial_params: dict[str, Any]) -> dict[str, Any]:
+    """The ``__init__`` kwargs of a trial: replay the search space on its fixed parameters.
+
+    A search space may add constants or derived values beside the suggested ones, so the trial's
+    params alone are not always the model's kwargs.
+    """
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dict(klass.search_space(optuna.trial.FixedTrial(dict(trial_params))))
+
+
+def _best_value(study: "optuna.Study") -> float | None:
+    try:
+        return float(study.best_value)
+    except ValueError:  # no completed trial yet
+        return None
+
+
+def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any]]:
+    """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
+
+    Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error"}``.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = Path(data_dir) / "tuning.db"
+    if not path.is_file():
+        return []
+    store = open_storage(storage_url(Path(data_dir)))
+    out: list[dict[str, Any]] = []
+    for summary in optuna.study.get_all_study_summaries(store, include_best_trial=False):
+        fam = summary.user_attrs.get("family") or summary.study_name.split(STUDY_SEP)[0]
+        if family is not None and fam != family:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=store)
+        trials = []
+        for t in study.get_trials(deepcopy=False):
+            trials.append(
+                {
+                    "number": t.number,
+                    "state": t.state.name.lower(),
+                    "value": t.value,
+                    "params": t.params,
+                    "fit_s": t.user_attrs.get("fit_s"),
+                    "default": bool(t.user_attrs.get("default")),
+                    "error": t.user_attrs.get("error"),
+                    "started": t.datetime_start.isoformat() if t.datetime_start else None,
+                }
+            )
+        best = None
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            b = study.best_trial
+            best = {"number": b.number, "value": b.value, "params": b.params, "metrics": b.user_attrs.get("metrics", {})}
+        out.append(
+            {
+                "study": summary.study_name,
+                "family": fam,
+                "metric": summary.user_attrs.get("metric"),
+                "direction": summary.direction.name.lower() if summary.direction else None,
+                "started": summary.datetime_start.isoformat() if summary.datetime_start else None,
+                "trials": trials,
+                "best": best,
+            }
+        )
+    return out
