@@ -44,12 +44,12 @@ def _check_ks(k: int | Iterable[int], n_items: int) -> tuple[int, ...]:
         if value > n_items:
             raise ValidationError(
                 f"k={value} is larger than the catalogue: the training data has only {n_items} items; "
-                f"use --k {n_items} or less"
+                f"use k <= {n_items}"
             )
     return tuple(sorted({int(v) for v in ks}))
 
 
-def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(metrics))
     unknown = [m for m in names if m not in ALL_METRICS]
     if unknown or not names:
@@ -144,7 +144,7 @@ def evaluate(
     percentile of recommended items (0..1).
     """
     ks = _check_ks(k, split.train.n_items)
-    names = _check_metrics(metrics)
+    names = check_metrics(metrics)
     if block_users < 1:
         raise ValidationError(f"block_users must be >= 1; got {block_users}")
     return _evaluate(model, split, ks, names, on, block_users, progress)[0]
@@ -271,7 +271,7 @@ def compare(
     if not models:
         raise ValidationError("compare needs at least one model")
     ks = _check_ks(k, split.train.n_items)
-    names = _check_metrics(metrics)
+    names = check_metrics(metrics)
     result = ComparisonResult(
         split=split.summary(), ks=ks, metric_names=names, attribution=split.attribution, on=on
     )

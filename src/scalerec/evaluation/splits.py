@@ -451,7 +451,7 @@ def _split_temporal(
     test_users = _rows_with_items(test)
     _require_users(
         test_users,
-        f"the {window}, {test_df.height} events,",
+        f"the {window} ({test_df.height} events)",
         "its users or items never occur in training, or they only repeat training items; "
         "use more --test-days or exclude_seen=False",
     )

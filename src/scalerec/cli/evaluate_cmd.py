@@ -1,0 +1,172 @@
+"""`scalerec evaluate`: split the data directory's events, fit model families, compare them offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from scalerec.cli._app import app, console, err_console, get_settings, get_store
+from scalerec.errors import ValidationError
+
+SPLIT_NAMES = ("online-retail", "temporal", "leave-last", "random", "users")
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """"10,20" -> (10, 20); ValidationError naming the option otherwise."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValidationError(f"{what} must be comma-separated integers like 10,20; got {text!r}") from None
+    if not values:
+        raise ValidationError(f"{what} needs at least one value")
+    return values
+
+
+def parse_value(text: str) -> Any:
+    """A --param value: int, float, true/false, none, else the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(items: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
+    """["als.factors=64", ...] -> {"als": {"factors": 64}}; every model must be in ``models``."""
+    out: dict[str, dict[str, Any]] = {m: {} for m in models}
+    for item in items:
+        key, sep, value = item.partition("=")
+        model, dot, name = key.strip().partition(".")
+        if not sep or not dot or not model or not name:
+            raise ValidationError(f"--param must look like MODEL.NAME=VALUE (e.g. als.factors=64); got {item!r}")
+        if model not in out:
+            raise ValidationError(f"--param {item!r} names model {model!r}, which is not in --models {','.join(models)}")
+        out[model][name] = parse_value(value)
+    return out
+
+
+def build_models(names: list[str], params: dict[str, dict[str, Any]], ease_max_items: int) -> dict[str, Any]:
+    """Unfitted models by family name (the registry validates names and hyperparameters)."""
+    from scalerec.models import make_model
+
+    models: dict[str, Any] = {}
+    for name in names:
+        kwargs = dict(params.get(name, {}))
+        if name == "ease":
+            kwargs.setdefault("max_items", ease_max_items)
+        models[name] = make_model(name, **kwargs)
+    return models
+
+
+def split_options(
+    split: str,
+    *,
+    test_days: float | None,
+    leave_k: int,
+    ratios: str,
+    test_fraction: float,
+    seed: int,
+    default_test_days: float,
+) -> dict[str, Any]:
+    """Keyword options of the named splitter from the command-line flags."""
+    if split == "online-retail":
+        return {"test_days": test_days if test_days is not None else 30.0}
+    if split == "temporal":
+        return {"test_days": test_days if test_days is not None else default_test_days}
+    if split == "leave-last":
+        return {"k": leave_k}
+    if split == "random":
+        try:
+            values = tuple(float(v) for v in ratios.split(","))
+        except ValueError:
+            raise ValidationError(f"--ratios must be like 0.8,0.2 or 0.8,0.1,0.1; got {ratios!r}") from None
+        return {"ratios": values, "seed": seed}
+    return {"test_fraction": test_fraction, "seed": seed}
+
+
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    split: Optional[str] = typer.Option(
+        None, "--split", "-s",
+        help="online-retail | temporal | leave-last | random | users (default: config training.split).",
+    ),
+    test_days: Optional[float] = typer.Option(
+        None, "--test-days", help="Test window in days for temporal splits (default: config training.test_days; 30 for online-retail)."
+    ),
+    k: str = typer.Option("20", "--k", help="Cut-off(s), comma-separated, e.g. 10,20."),
+    models: Optional[str] = typer.Option(
+        None, "--models", "-m", help="Comma-separated model families (default: config models.enabled)."
+    ),
+    param: list[str] = typer.Option([], "--param", "-p", help="MODEL.NAME=VALUE hyperparameter, repeatable."),
+    metrics: str = typer.Option(
+        "precision,recall,ndcg,map,mrr,hit_rate,coverage,popularity_bias", "--metrics", help="Metrics to compute."
+    ),
+    leave_k: int = typer.Option(1, "--leave-k", help="Items held out per user (leave-last split)."),
+    ratios: str = typer.Option("0.8,0.2", "--ratios", help="train,test or train,valid,test (random split)."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of users held out (users split)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (random and users splits)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+) -> None:
+    """Compare model families offline on a split of the data directory's events.
+
+    For the Online Retail reference protocol, import the file first:
+    `scalerec import events online_retail.csv.gz --preset online-retail`, then
+    `scalerec evaluate --split online-retail`.
+    """
+    from scalerec.evaluation import compare, make_split, write_html_report
+    from scalerec.evaluation.evaluate import check_metrics
+
+    settings = get_settings(ctx)
+    split_name = (split or settings.training.split).replace("_", "-")
+    if split_name not in SPLIT_NAMES:
+        raise ValidationError(f"unknown split {split_name!r}; choose one of {', '.join(SPLIT_NAMES)}")
+    ks = parse_ints(k, "--k")
+    metric_names = check_metrics([m.strip() for m in metrics.split(",") if m.strip()])
+    model_names = [m.strip() for m in (models.split(",") if models else settings.models.enabled) if m.strip()]
+    if not model_names:
+        raise ValidationError("--models needs at least one model family, e.g. popular,ease")
+    params = parse_params(param, model_names)
+    # Build (and validate) the models before the possibly long split.
+    zoo = build_models(model_names, params, settings.models.ease_max_items)
+    options = split_options(
+        split_name, test_days=test_days, leave_k=leave_k, ratios=ratios, test_fraction=test_fraction,
+        seed=seed, default_test_days=settings.training.test_days,
+    )
+    if split_name not in ("online-retail",):
+        options["settings"] = settings
+
+    store = get_store(ctx)
+    with err_console.status(f"splitting events ({split_name})…"):
+        the_split = make_split(split_name, store, **options)
+
+    status = err_console.status("")
+
+    def progress(name: str, stage: str) -> None:
+        status.update(f"{stage} {name}…")
+
+    with status:
+        result = compare(zoo, the_split, ks, metrics=metric_names, progress=progress)
+
+    report_path = write_html_report(result, report) if report is not None else None
+    if as_json:
+        data = result.to_dict()
+        if report_path is not None:
+            data["report"] = str(report_path)
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    console.print(result.table())
+    if result.attribution:
+        console.print(result.attribution, style="dim", markup=False, highlight=False)
+    if report_path is not None:
+        console.print(f"report written to {report_path}", markup=False, highlight=False)
