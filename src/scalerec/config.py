@@ -130,8 +130,25 @@ class ServingSettings(_Section):
     history_events: int = Field(200, ge=1, description="recent events used for fold-in")
 
 
+class ClusterServeSettings(_Section):
+    """Ray Serve autoscaling of the recommendation service (`scalerec serve --cluster ...`)."""
+
+    min_replicas: int = Field(1, ge=0, description="replicas kept running even when idle")
+    max_replicas: int = Field(4, ge=1, description="most replicas under load")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="in-flight requests per replica to aim for")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "ClusterServeSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        return self
+
+
 class ClusterSettings(_Section):
     address: str | None = Field(None, description="'auto' or 'ray://host:port'; none = local execution")
+    task_retries: int = Field(3, ge=0, description="times Ray reruns a task whose worker or node died")
+    serve: ClusterServeSettings = Field(default_factory=ClusterServeSettings)
 
 
 class Settings(BaseSettings):
