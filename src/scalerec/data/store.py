@@ -1,0 +1,342 @@
+"""DataStore: one data directory — the event log, the catalogue store and the pending-event buffer.
+
+Layout (created by :meth:`DataStore.open`)::
+
+    <data_dir>/catalog.db     catalogue store (SQLite, WAL) unless [data] catalog_url names another
+    <data_dir>/events/        the event log (see scalerec.data.eventlog)
+    <data_dir>/models/        model versions (owned by the registry)
+
+Readers see the log plus the pending events. Moving pending events into the log
+(:meth:`DataStore.flush_pending`) never loses or duplicates one: the batch is claimed under a
+token, written to the log in a transaction whose id *is* that token, and only then deleted from
+the buffer. If a crash hits between the log commit and the delete, the next flush (or open) finds
+the token in the log files' metadata and deletes the batch; if it hit before the commit, the token
+is absent and the batch is released to be drained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scalerec.config import Settings
+from scalerec.data.catalog import CatalogStore, open_catalog
+from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
+from scalerec.data.schema import EVENT_SCHEMA, TIMESTAMP
+from scalerec.errors import StorageError, UnknownUserError, ValidationError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["DataStore"]
+
+#: Pending events moved into the log per batch by flush_pending.
+FLUSH_BATCH_ROWS = 200_000
+_US_PER_DAY = 86_400_000_000
+
+
+class _ViewLock:
+    """Readers of "log + pending" take it shared; the commit+ack step of a flush takes it exclusive.
+
+    Without it a reader could list the log just before a flush commits and read the pending
+    buffer just after it acknowledged (missing the batch), or the other way round (seeing it twice).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def _hold(self, mode: int, blocking: bool) -> Iterator[bool]:
+        depth = getattr(self._local, "depth", 0)
+        if depth:  # re-entrant within a thread (e.g. flushing while holding the exclusive lock)
+            self._local.depth = depth + 1
+            try:
+                yield True
+            finally:
+                self._local.depth -= 1
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fh.fileno(), mode | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield False
+                    return
+            self._local.depth = 1
+            try:
+                yield True
+            finally:
+                self._local.depth = 0
+        finally:
+            fh.close()  # closing the descriptor releases the flock
+
+    def shared(self) -> contextlib.AbstractContextManager[bool]:
+        return self._hold(fcntl.LOCK_SH if fcntl else 0, True)
+
+    def exclusive(self, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return self._hold(fcntl.LOCK_EX if fcntl else 0, blocking)
+
+
+class DataStore:
+    """The data of one store: ``.log`` (EventLog), ``.catalog`` (CatalogStore) and pending events."""
+
+    def __init__(self, settings: Settings, *, catalog: CatalogStore | None = None) -> None:
+        self.settings = settings
+        self.dir = Path(settings.data.dir)
+        self.events_dir = self.dir / "events"
+        self.models_dir = self.dir / "models"
+        self.log = EventLog(self.events_dir)
+        self._catalog = catalog
+        self._catalog_guard = threading.Lock()
+        self._view_lock = _ViewLock(self.events_dir / ".view.lock")
+
+    def __repr__(self) -> str:
+        return f"DataStore({str(self.dir)!r})"
+
+    @classmethod
+    def open(cls, settings: Settings) -> "DataStore":
+        """Open the data directory, creating its layout (``init``) and finishing interrupted work."""
+        root = Path(settings.data.dir)
+        try:
+            for d in (root, root / "events", root / "models"):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create data directory {str(root)!r}: {exc.strerror}; choose a writable path") from None
+        if not os.access(root, os.W_OK):
+            raise StorageError(f"data directory {str(root)!r} is not writable; fix its permissions or pick another")
+        store = cls(settings)
+        store.catalog  # creates catalog.db
+        store.recover()
+        return store
+
+    @property
+    def catalog(self) -> CatalogStore:
+        if self._catalog is None:
+            with self._catalog_guard:
+                if self._catalog is None:
+                    self._catalog = open_catalog(self.settings.data.resolved_catalog_url())
+        return self._catalog
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    def __enter__(self) -> "DataStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------
+    def events(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        columns: Sequence[str] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream every event in [start, end): the log (day by day), then the pending events.
+
+        Holds a shared lock while iterating so a concurrent flush cannot make a batch appear
+        twice or not at all; close the iterator (or exhaust it) to release it.
+        """
+        cols = list(columns) if columns is not None else list(EVENT_SCHEMA.names)
+        with self._view_lock.shared():
+            yield from self.log.scan(start=start, end=end, columns=cols)
+            pending = self.catalog.pending_events_table()
+            pending = _time_filter(pending, start, end)
+            if pending.num_rows:
+                yield from pending.select(cols).to_batches()
+
+    # -- pending events -------------------------------------------------------------------
+    def flush_pending(self, *, max_rows: int = FLUSH_BATCH_ROWS, blocking: bool = True) -> int:
+        """Move pending events into the event log in batches; returns the number moved.
+
+        With ``blocking=False`` it returns 0 instead of waiting for readers of ``events()``.
+        """
+        moved = 0
+        with self.log.lock():
+            self._recover_pending()
+            while True:
+                with self._view_lock.exclusive(blocking=blocking) as ok:
+                    if not ok:
+                        return moved
+                    table, token = self.catalog.drain_pending_events(max_rows)
+                    if table.num_rows == 0:
+                        self.catalog.release_pending(token)
+                        return moved
+                    try:
+                        with self.log.transaction(txid=token) as tx:
+                            tx.write(table)
+                    except BaseException:
+                        # Nothing reached the log (the transaction rolled back): unclaim the batch.
+                        with contextlib.suppress(Exception):
+                            self.catalog.release_pending(token)
+                        raise
+                    self.catalog.ack_pending(token)
+                    moved += table.num_rows
+                if table.num_rows < max_rows:
+                    return moved
+
+    def _recover_pending(self) -> dict[str, int]:
+        """Resolve batches claimed by a flush that died: acknowledge if logged, else release."""
+        out = {"acked": 0, "released": 0}
+        for token in self.catalog.pending_claims():
+            claimed = self.catalog.claimed_pending_table(token)
+            days = _days(claimed)
+            if token in self.log.txids(days):
+                out["acked"] += self.catalog.ack_pending(token)
+            else:
+                out["released"] += self.catalog.release_pending(token)
+        return out
+
+    def recover(self) -> dict[str, int]:
+        """Finish interrupted log transactions/rewrites and pending-event flushes (run on open)."""
+        with self.log.lock():
+            stats = dict(self.log.recover())
+            stats.update(self._recover_pending())
+        return stats
+
+    # -- maintenance ----------------------------------------------------------------------
+    def compact(self, *, all_partitions: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+        """Flush pending events, then merge day partitions with many files (all if ``all_partitions``)."""
+        flushed = self.flush_pending()
+        min_files = 2 if all_partitions else self.settings.data.compact_min_files
+        result = self.log.compact(min_files=min_files, progress=progress)
+        return {"flushed_pending": flushed, **result}
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything stored about one user: logged and pending events and the user record.
+
+        Raises UnknownUserError if the user is found nowhere. Models trained before still hold the
+        user until the next training run.
+        """
+        user_id = str(user_id)
+        if not user_id.strip():
+            raise ValidationError("user_id is empty; pass the id of the user whose data to delete")
+        with self.log.lock():
+            self._recover_pending()
+            with self._view_lock.exclusive():
+                pending = self.catalog.delete_user_pending_events(user_id)
+                logged = self.log.delete_users([user_id])
+                record = self.catalog.delete_user(user_id)
+        if not (pending or logged or record):
+            raise UnknownUserError(
+                f"user {user_id!r} has no events and no user record; check the id (ids are case-sensitive)"
+            )
+        return {"log_events": logged, "pending_events": pending, "user_record": int(record)}
+
+    # -- statistics -----------------------------------------------------------------------
+    def stats(self, top: int = 10) -> dict[str, Any]:
+        """Summary of the data: counts, date range, events per type, sparsity, top items.
+
+        Computed by DuckDB over the Parquet files plus the pending buffer (columnar, streamed).
+        """
+        import duckdb
+
+        with self._view_lock.shared():
+            files = [str(p) for p in self.log.files()]
+            pending = self.catalog.pending_events_table().select(["user_id", "item_id", "event_type", "timestamp"])
+            con = duckdb.connect()
+            try:
+                con.execute("SET threads TO 2")
+                con.register("pending_events", pending)
+                sources = ["SELECT user_id, item_id, event_type, timestamp FROM pending_events"]
+                if files:
+                    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                    con.execute(
+                        "CREATE TEMP VIEW logged AS SELECT user_id, item_id, event_type, timestamp "
+                        f"FROM read_parquet([{listing}])"
+                    )
+                    sources.insert(0, "SELECT * FROM logged")
+                con.execute(f"CREATE TEMP VIEW ev AS {' UNION ALL '.join(sources)}")
+                row = con.execute(
+                    "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id), epoch_us(min(timestamp)), "
+                    "epoch_us(max(timestamp)), count(*) FILTER (WHERE user_id IS NULL) FROM ev"
+                ).fetchone()
+                pairs = con.execute(
+                    "SELECT count(*) FROM (SELECT DISTINCT user_id, item_id FROM ev WHERE user_id IS NOT NULL)"
+                ).fetchone()[0]
+                items_with_users = con.execute(
+                    "SELECT count(DISTINCT item_id) FROM ev WHERE user_id IS NOT NULL"
+                ).fetchone()[0]
+                per_type = con.execute(
+                    "SELECT event_type, count(*) AS n FROM ev GROUP BY event_type ORDER BY n DESC, event_type"
+                ).fetchall()
+                top_rows = con.execute(
+                    "SELECT item_id, count(*) AS n, count(DISTINCT user_id) AS u FROM ev "
+                    "GROUP BY item_id ORDER BY n DESC, item_id LIMIT ?",
+                    [int(top)],
+                ).fetchall()
+            except duckdb.IOException as exc:
+                raise StorageError(f"cannot read the event log ({exc}); if a compaction is running, retry") from None
+            finally:
+                con.close()
+        n_events, n_users, n_items_seen, tmin, tmax, n_anon = row
+        cells = n_users * items_with_users
+        sparsity = 1.0 - pairs / cells if cells else None
+        top_items = []
+        for item_id, n, u in top_rows:
+            item = self.catalog.get_item(item_id)
+            top_items.append({"item_id": item_id, "title": item["title"] if item else None, "events": int(n), "users": int(u)})
+        return {
+            "data_dir": str(self.dir),
+            "n_events": int(n_events),
+            "n_logged_events": sum(self.log._info(Path(f)).num_rows for f in files),
+            "n_pending_events": int(pending.num_rows),
+            "n_anonymous_events": int(n_anon),
+            "n_users": int(n_users),
+            "n_users_catalog": int(self.catalog.count_users()),
+            "n_items_catalog": int(self.catalog.count_items()),
+            "n_items_seen": int(n_items_seen),
+            "n_files": len(files),
+            "first_event": _iso(tmin),
+            "last_event": _iso(tmax),
+            "events_per_type": {t: int(n) for t, n in per_type},
+            "n_user_item_pairs": int(pairs),
+            "sparsity": sparsity,
+            "top_items": top_items,
+        }
+
+
+def _iso(us: int | None) -> str | None:
+    """UTC microseconds since the epoch as an ISO 8601 string."""
+    if us is None:
+        return None
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))).isoformat()
+
+
+def _time_filter(table: pa.Table, start: TimeLike, end: TimeLike) -> pa.Table:
+    lo = _to_utc_us(start, "start")
+    hi = _to_utc_us(end, "end")
+    if table.num_rows == 0 or (lo is None and hi is None):
+        return table
+    ts = table.column("timestamp")
+    mask = pa.array(np.ones(table.num_rows, dtype=bool))
+    if lo is not None:
+        mask = pc.and_(mask, pc.greater_equal(ts, pa.scalar(lo, TIMESTAMP)))
+    if hi is not None:
+        mask = pc.and_(mask, pc.less(ts, pa.scalar(hi, TIMESTAMP)))
+    return table.filter(mask)
+
+
+def _days(table: pa.Table) -> set[dt.date]:
+    if table.num_rows == 0:
+        return set()
+    us = table.column("timestamp").cast(pa.int64()).to_numpy()
+    days = np.unique(np.floor_divide(us, _US_PER_DAY))
+    return {dt.date(1970, 1, 1) + dt.timedelta(days=int(d)) for d in days}
