@@ -11,6 +11,7 @@ from scalerec.errors import ScalerecError
 
 # Command groups register themselves on `app` when imported.
 from scalerec.cli import config_cmd  # noqa: E402,F401
+from scalerec.cli import data_cmds  # noqa: E402,F401
 from scalerec.cli import evaluate_cmd  # noqa: E402,F401
 
 __all__ = ["app", "main"]

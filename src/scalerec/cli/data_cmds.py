@@ -1,0 +1,135 @@
+"""Data-directory commands: `scalerec init`, `stats`, `compact` and `users delete`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from scalerec.cli._app import app, console, get_settings, get_store
+
+users_app = typer.Typer(help="Manage users' data (deletion requests).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@app.command("init")
+def init(ctx: typer.Context) -> None:
+    """Create the data directory layout (catalog.db, events/, models/) and say where it is."""
+    settings = get_settings(ctx)
+    existed = (settings.data_dir / "catalog.db").exists()
+    store = get_store(ctx)
+    verb = "Using existing" if existed else "Created"
+    console.print(f"{verb} data directory [bold]{escape(str(store.dir.resolve()))}[/bold]", highlight=False)
+    console.print(f"  catalogue  {store.catalog.url}", markup=False, highlight=False)
+    console.print(f"  events     {store.events_dir.resolve()}", markup=False, highlight=False)
+    console.print(f"  models     {store.models_dir.resolve()}", markup=False, highlight=False)
+    console.print(
+        "Next: import data with `scalerec import ...` (see scalerec.example.toml for settings).",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _fmt_int(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _stats_tables(stats: dict[str, Any]) -> list[Table]:
+    counts = Table(title=f"Data in {stats['data_dir']}", show_header=False)
+    counts.add_column("what")
+    counts.add_column("value", justify="right")
+    counts.add_row("events", _fmt_int(stats["n_events"]))
+    counts.add_row("  in the log / pending", f"{_fmt_int(stats['n_logged_events'])} / {_fmt_int(stats['n_pending_events'])}")
+    counts.add_row("  anonymous (no user_id)", _fmt_int(stats["n_anonymous_events"]))
+    counts.add_row("users with events", _fmt_int(stats["n_users"]))
+    counts.add_row("users in catalogue", _fmt_int(stats["n_users_catalog"]))
+    counts.add_row("items in catalogue", _fmt_int(stats["n_items_catalog"]))
+    counts.add_row("items with events", _fmt_int(stats["n_items_seen"]))
+    counts.add_row("first event (UTC)", stats["first_event"] or "-")
+    counts.add_row("last event (UTC)", stats["last_event"] or "-")
+    counts.add_row("distinct user-item pairs", _fmt_int(stats["n_user_item_pairs"]))
+    sp = stats["sparsity"]
+    counts.add_row("sparsity", "-" if sp is None else f"{sp:.6f}")
+    counts.add_row("log files", _fmt_int(stats["n_files"]))
+
+    per_type = Table(title="Events per type")
+    per_type.add_column("event_type")
+    per_type.add_column("events", justify="right")
+    per_type.add_column("share", justify="right")
+    total = stats["n_events"] or 1
+    for name, n in stats["events_per_type"].items():
+        per_type.add_row(name, _fmt_int(n), f"{100 * n / total:.1f}%")
+
+    top = Table(title="Top items by events")
+    top.add_column("item_id")
+    top.add_column("title")
+    top.add_column("events", justify="right")
+    top.add_column("users", justify="right")
+    for row in stats["top_items"]:
+        top.add_row(row["item_id"], row["title"] or "", _fmt_int(row["events"]), _fmt_int(row["users"]))
+    return [counts, per_type, top]
+
+
+@app.command("stats")
+def stats(
+    ctx: typer.Context,
+    top: int = typer.Option(10, "--top", min=0, max=1000, help="How many top items to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Summarise the data: counts, date range, sparsity, events per type, top items."""
+    result = get_store(ctx).stats(top=top)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    tables = _stats_tables(result)
+    console.print(tables[0])
+    if result["n_events"] == 0:
+        console.print("No events yet: import some with `scalerec import`.", markup=False, highlight=False)
+        return
+    for table in tables[1:]:
+        console.print(table)
+
+
+@app.command("compact")
+def compact(
+    ctx: typer.Context,
+    all_partitions: bool = typer.Option(
+        False, "--all", help="Merge every day with more than one file (default: days with >= [data] compact_min_files)."
+    ),
+) -> None:
+    """Move pending events into the log and merge small Parquet files of each day."""
+    store = get_store(ctx)
+    with console.status("compacting the event log"):
+        result = store.compact(all_partitions=all_partitions)
+    console.print(
+        f"moved {result['flushed_pending']:,} pending events into the log; merged {result['files_before']:,} files "
+        f"of {result['partitions']:,} days into {result['files_after']:,} ({result['rows']:,} events)",
+        markup=False,
+        highlight=False,
+    )
+
+
+@users_app.command("delete")
+def users_delete(
+    ctx: typer.Context,
+    user_id: str = typer.Argument(..., help="The user whose events and record to delete."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete all stored data of one user (a data-deletion request): events, pending events, record."""
+    store = get_store(ctx)
+    if not yes:
+        typer.confirm(
+            f"Delete every event and the record of user {user_id!r} from {store.dir}? This cannot be undone",
+            abort=True,
+        )
+    result = store.delete_user(user_id)
+    console.print(
+        f"deleted user {user_id!r}: {result['log_events']:,} logged events, {result['pending_events']:,} pending "
+        f"events, {'the' if result['user_record'] else 'no'} user record. Models trained earlier still contain "
+        "this user until the next training run.",
+        markup=False,
+        highlight=False,
+    )
