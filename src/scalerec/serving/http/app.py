@@ -1,0 +1,145 @@
+"""FastAPI app factory: ``create_app(service_or_settings)`` with /v1 routers, auth, limits, metrics."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from scalerec.errors import ConfigError, PayloadTooLargeError
+from scalerec.monitoring import metrics
+from scalerec.serving.auth import ApiKeyStore, Authenticator
+from scalerec.serving.http.errors import error_response, install_error_handlers
+from scalerec.serving.http.routers import events, health, items, models, recommendations, users
+from scalerec.serving.service import RecommendService
+
+API_PREFIX = "/v1"
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware: request-size limit (413) and per-route request count + latency."""
+
+    def __init__(self, app: Any, max_request_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_request_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = {"code": 500}
+        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            resp = error_response(
+                413, "payload_too_large",
+                f"request body of {int(length)} bytes is over the limit of {self.max_bytes} bytes "
+                "(serving.max_request_bytes); split it into smaller batches",
+            )
+            await resp(scope, receive, send)
+            self._observe(scope, 413, t0)
+            return
+        received = 0
+        max_bytes = self.max_bytes
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_bytes:  # a chunked body without Content-Length
+                    raise PayloadTooLargeError(
+                        f"request body is over the limit of {max_bytes} bytes; split it into smaller batches"
+                    )
+            return message
+
+        async def observed_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, observed_send)
+        finally:
+            self._observe(scope, status["code"], t0)
+
+    @staticmethod
+    def _observe(scope: dict, status: int, t0: float) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)).inc()
+        metrics.LATENCY.labels(endpoint=endpoint, method=method).observe(time.perf_counter() - t0)
+
+
+def create_app(
+    service_or_settings: Any,
+    *,
+    insecure_dev: bool = False,
+    watch: bool = True,
+) -> FastAPI:
+    """The HTTP API over a RecommendService (or one built from Settings).
+
+    Refuses to build (ConfigError) when no API key exists unless ``insecure_dev``; with
+    ``insecure_dev`` and no keys every request is admitted. ``watch`` starts the hot-swap watcher
+    of a service built here.
+    """
+    if isinstance(service_or_settings, RecommendService):
+        service, owned = service_or_settings, False
+    else:
+        service, owned = RecommendService(service_or_settings, watch=False), True
+    settings = service.settings
+    keys = ApiKeyStore.from_settings(settings)
+    n_keys = keys.count_active()
+    if n_keys == 0 and not insecure_dev:
+        raise ConfigError(
+            "no API keys exist, so the API would be open to anyone: create one with "
+            "`scalerec keys create --role admin` (and read/write keys for the shop), or pass --insecure-dev "
+            "for local development only"
+        )
+    auth = Authenticator(keys, enabled=n_keys > 0 or not insecure_dev)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if watch:
+            service.start()
+        try:
+            yield
+        finally:
+            if owned:
+                service.close()
+
+    app = FastAPI(
+        title="scalerec",
+        version="1",
+        description=(
+            "Real-time recommendations for an online store. Authenticate with `Authorization: Bearer <key>` "
+            "or `X-API-Key: <key>`; roles: read (recommendations) < write (events, catalogue) < admin (models). "
+            'Every error is `{"error": {"type", "message", "details"}}`.'
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.auth = auth
+    install_error_handlers(app)
+    for module in (recommendations, events, users, items, models, health):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.add_middleware(LimitsAndMetrics, max_request_bytes=settings.serving.max_request_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` worker processes: settings passed by `scalerec serve`."""
+    import json
+    import os
+
+    from scalerec.config import Settings
+
+    raw = os.environ.get("SCALEREC_SERVE_SETTINGS")
+    if not raw:
+        raise ConfigError("SCALEREC_SERVE_SETTINGS is not set; start the server with `scalerec serve`")
+    settings = Settings(**json.loads(raw))
+    insecure = os.environ.get("SCALEREC_SERVE_INSECURE_DEV") == "1"
+    return create_app(settings, insecure_dev=insecure, watch=True)

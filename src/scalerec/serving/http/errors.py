@@ -1,0 +1,88 @@
+"""One error handler: every failure becomes ``{"error": {"type", "message", "details"}}`` with its status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from scalerec.errors import ScalerecError
+from scalerec.monitoring import metrics
+
+log = logging.getLogger("scalerec.serving.http")
+
+_HTTP_TYPES = {
+    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, type_: str, message: str, details: Any = None, headers: dict | None = None) -> Response:
+    body = json.dumps({"error": {"type": type_, "message": message, "details": details}}, default=str)
+    return Response(body.encode(), status_code=status, media_type="application/json", headers=headers)
+
+
+def _endpoint(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[int, str, str, list[dict[str, Any]]]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        err = next(e for e in errors if e.get("type") == "json_invalid")
+        pos = (err.get("ctx") or {}).get("error") or err.get("msg")
+        return 400, "malformed_json", f"the request body is not valid JSON ({pos}); send a JSON object", []
+    details = []
+    for e in errors[:50]:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")] or [str(p) for p in e.get("loc", ())]
+        details.append({"field": ".".join(loc), "message": e.get("msg"), "input": _short(e.get("input"))})
+    first = details[0] if details else {"field": "?", "message": "invalid"}
+    where = "query/path parameter" if errors and errors[0].get("loc", ("",))[0] in ("query", "path") else "field"
+    msg = f"invalid {where} '{first['field']}': {first['message']}"
+    if len(details) > 1:
+        msg += f" (and {len(details) - 1} more problem(s), see details)"
+    return 422, "validation_error", msg, details
+
+
+def _short(value: Any) -> Any:
+    text = repr(value) if not isinstance(value, (str, int, float, bool, type(None))) else value
+    if isinstance(text, str) and len(text) > 80:
+        return text[:77] + "..."
+    return text
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the single handler for our errors, request validation, HTTP errors and crashes."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        headers = None
+        if isinstance(exc, ScalerecError):
+            status, type_, message, details = exc.status, exc.type, exc.message, exc.details
+            if status == 401:
+                headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, RequestValidationError):
+            status, type_, message, details = _validation_details(exc)
+        elif isinstance(exc, StarletteHTTPException):
+            status = exc.status_code
+            type_ = _HTTP_TYPES.get(status, "http_error")
+            message = str(exc.detail)
+            if status == 404:
+                message = f"no such endpoint {request.method} {request.url.path}; see /docs for the API"
+            details = None
+            headers = getattr(exc, "headers", None)
+        else:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            status, type_, message, details = 500, "internal_error", "internal error; the server log has details", None
+        metrics.ERRORS.labels(endpoint=_endpoint(request), type=type_).inc()
+        return error_response(status, type_, message, details, headers)
+
+    app.add_exception_handler(ScalerecError, handle)
+    app.add_exception_handler(RequestValidationError, handle)
+    app.add_exception_handler(StarletteHTTPException, handle)
+    app.add_exception_handler(Exception, handle)

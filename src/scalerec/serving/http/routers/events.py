@@ -1,0 +1,31 @@
+"""Event ingestion: one event or a batch, acknowledged once durable."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from fastapi import APIRouter, Body
+from starlette.responses import Response
+
+from scalerec.serving.http.deps import Service, WriteRole, json_response
+from scalerec.serving.http.schemas import EventBatch, EventIn, EventsAccepted
+
+router = APIRouter(tags=["events"], dependencies=[WriteRole])
+
+
+@router.post("/events", status_code=202, response_model=EventsAccepted)
+def post_events(
+    service: Service,
+    body: Union[EventBatch, list[EventIn], EventIn] = Body(
+        description='one event, a JSON list of events, or {"events": [...]} (up to 10,000)'
+    ),
+) -> Response:
+    """Store events durably (all or nothing); the user's next recommendations reflect them."""
+    if isinstance(body, EventBatch):
+        events = body.events
+    elif isinstance(body, list):
+        events = body
+    else:
+        events = [body]
+    rows = [e.__dict__ for e in events]  # pydantic already checked the types
+    return json_response(service.ingest_events(rows), status_code=202)

@@ -1,0 +1,34 @@
+"""Items: create/replace, read, patch (e.g. availability), delete; changes apply to lists at once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from starlette.responses import Response
+
+from scalerec.serving.http.deps import Service, WriteRole, json_response
+from scalerec.serving.http.schemas import Entity, ItemIn, ItemPatch
+
+router = APIRouter(tags=["items"], dependencies=[WriteRole])
+Id = Annotated[str, Path(min_length=1, max_length=256)]
+
+
+@router.put("/items/{item_id}", response_model=Entity)
+def put_item(service: Service, item_id: Id, body: ItemIn) -> Response:
+    return json_response(service.put_item(item_id, body.model_dump(exclude_unset=True)))
+
+
+@router.get("/items/{item_id}", response_model=Entity)
+def get_item(service: Service, item_id: Id) -> Response:
+    return json_response(service.get_item(item_id))
+
+
+@router.patch("/items/{item_id}", response_model=Entity)
+def patch_item(service: Service, item_id: Id, body: ItemPatch) -> Response:
+    return json_response(service.patch_item(item_id, body.model_dump(exclude_unset=True)))
+
+
+@router.delete("/items/{item_id}", response_model=Entity)
+def delete_item(service: Service, item_id: Id) -> Response:
+    return json_response(service.delete_item(item_id))

@@ -1,0 +1,78 @@
+"""Recommendation endpoints: per user, similar items, popular, trending, rank, anonymous sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
+
+from scalerec.serving.filters import ItemFilter
+from scalerec.serving.http.deps import Context, Filters, ReadRole, Service, json_response
+from scalerec.serving.http.schemas import RankRequest, RankResponse, RecommendationList, SessionRequest
+
+# The GET endpoints are `async def`: their work is a few hundred microseconds of numpy and one
+# indexed SQLite read, cheaper on the event loop than a hop through the thread pool.
+router = APIRouter(tags=["recommendations"], dependencies=[ReadRole])
+
+N = Annotated[int, Query(ge=1, le=10_000, description="number of items (at most serving.max_n, 500 by default)")]
+Id = Annotated[str, Path(min_length=1, max_length=256)]
+
+
+@router.get("/users/{user_id}/recommendations", response_model=RecommendationList)
+async def user_recommendations(
+    service: Service, user_id: Id, flt: Filters, ctx: Context, n: N = 20,
+    exclude_seen: Annotated[bool, Query(description="drop items the user already interacted with")] = True,
+    boost: Annotated[list[str] | None, Query(description="item ids pinned first when eligible (reason boosted)")] = None,
+) -> Response:
+    """Top-n items for a user; fresh events count at once (fold-in); unknown users get trending."""
+    return json_response(service.recommend_user(
+        user_id, n, flt, exclude_seen=exclude_seen, boost_items=list(ItemFilter.split(boost)), context=ctx
+    ))
+
+
+@router.get("/items/{item_id}/similar", response_model=RecommendationList)
+async def similar_items(service: Service, item_id: Id, flt: Filters, ctx: Context, n: N = 20) -> Response:
+    """Items most similar to one item (never itself)."""
+    return json_response(service.similar_items(item_id, n, flt, context=ctx))
+
+
+@router.get("/popular", response_model=RecommendationList)
+async def popular(
+    service: Service, n: N = 20,
+    category: Annotated[list[str] | None, Query(description="only these categories")] = None,
+    available_only: bool = True,
+) -> Response:
+    """The most popular items overall or in some categories."""
+    return json_response(service.popular(n, ItemFilter(categories=ItemFilter.split(category), available_only=available_only)))
+
+
+@router.get("/trending", response_model=RecommendationList)
+async def trending(
+    service: Service, n: N = 20,
+    category: Annotated[list[str] | None, Query(description="only these categories")] = None,
+    available_only: bool = True,
+) -> Response:
+    """The items with the highest recent (time-decayed) activity."""
+    return json_response(service.trending(n, ItemFilter(categories=ItemFilter.split(category), available_only=available_only)))
+
+
+@router.post("/rank", response_model=RankResponse)
+def rank(service: Service, body: RankRequest) -> Response:
+    """A caller's list of items in the user's personalised order."""
+    return json_response(service.rank(body.user_id, body.item_ids, available_only=body.available_only))
+
+
+@router.post("/sessions/recommendations", response_model=RecommendationList)
+def session_recommendations(service: Service, body: SessionRequest) -> Response:
+    """Recommendations for an anonymous visitor from the items they touched."""
+    flt = ItemFilter(
+        categories=ItemFilter.split(body.category), exclude_categories=ItemFilter.split(body.exclude_category),
+        min_price=body.min_price, max_price=body.max_price, available_only=body.available_only,
+        max_per_category=body.max_per_category,
+    )
+    ctx = {k: str(v) for k, v in (body.context or {}).items()}
+    return json_response(service.recommend_session(
+        body.item_ids, body.n, flt, exclude_seen=body.exclude_seen, event_types=body.event_types, context=ctx
+    ))
+

@@ -1,0 +1,30 @@
+"""Users: create/replace, read, delete (with all their events and personalisation)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from starlette.responses import Response
+
+from scalerec.serving.http.deps import Service, WriteRole, json_response
+from scalerec.serving.http.schemas import Entity, UserIn
+
+router = APIRouter(tags=["users"], dependencies=[WriteRole])
+Id = Annotated[str, Path(min_length=1, max_length=256)]
+
+
+@router.put("/users/{user_id}", response_model=Entity)
+def put_user(service: Service, user_id: Id, body: UserIn) -> Response:
+    return json_response(service.put_user(user_id, body.model_dump(exclude_unset=True)))
+
+
+@router.get("/users/{user_id}", response_model=Entity)
+def get_user(service: Service, user_id: Id) -> Response:
+    return json_response(service.get_user(user_id))
+
+
+@router.delete("/users/{user_id}", response_model=Entity)
+def delete_user(service: Service, user_id: Id) -> Response:
+    """Remove the user's events (log and pending), catalogue row and personalisation."""
+    return json_response(service.delete_user(user_id))

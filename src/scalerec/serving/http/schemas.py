@@ -1,0 +1,104 @@
+"""Request and response schemas of the HTTP API (requests validated; responses documented)."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scalar = Union[str, int, float, bool]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float | None
+    reason: str = Field(description="model | similar_to:<item> | popular | trending | boosted (rank: unranked)")
+
+
+class RecommendationList(BaseModel):
+    recommendation_id: str = Field(description="echo it in events (recommendation_id) for attribution")
+    model_version: str
+    strategy: str = Field(description="model | fold_in | fallback | popular | trending")
+    user_id: str | None = None
+    item_id: str | None = None
+    items: list[RecommendedItem]
+
+
+class RankRequest(_In):
+    user_id: str = Field(min_length=1, max_length=256)
+    item_ids: list[str] = Field(min_length=1, max_length=5000)
+    available_only: bool = True
+
+
+class RankResponse(RecommendationList):
+    removed: list[str] = Field(default_factory=list, description="ids dropped as unavailable or deleted")
+
+
+class SessionRequest(_In):
+    item_ids: list[str] = Field(min_length=1, max_length=1000, description="items the visitor touched, oldest first")
+    event_types: list[str] | None = Field(None, description="one per item (default view)")
+    n: int = Field(20, ge=1)
+    category: list[str] | None = None
+    exclude_category: list[str] | None = None
+    min_price: float | None = Field(None, ge=0)
+    max_price: float | None = Field(None, ge=0)
+    available_only: bool = True
+    exclude_seen: bool = True
+    max_per_category: int | None = Field(None, ge=1, le=1000)
+    context: dict[str, Scalar] | None = None
+
+
+class EventIn(_In):
+    user_id: str | None = Field(None, max_length=256, description="null for an anonymous visitor (then session_id)")
+    item_id: str = Field(max_length=256)
+    event_type: str = Field(max_length=64, description="view, add_to_cart, purchase, rating, ... ([events.types])")
+    timestamp: str | float | None = Field(None, description="ISO 8601 or epoch seconds; default now")
+    value: float | None = Field(None, description="rating or quantity; default 1")
+    session_id: str | None = Field(None, max_length=256)
+    recommendation_id: str | None = Field(None, max_length=64)
+    context: dict[str, Scalar] | None = None
+
+
+class EventBatch(_In):
+    events: list[EventIn] = Field(description="up to serving.max_batch_events (10,000) events")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class UserIn(_In):
+    attributes: dict[str, Scalar | None] | None = None
+    created_at: str | None = None
+
+
+class ItemIn(_In):
+    title: str | None = None
+    description: str | None = None
+    categories: list[str] | None = None
+    price: float | None = Field(None, ge=0)
+    available: bool = True
+    attributes: dict[str, Scalar | None] | None = None
+    created_at: str | None = None
+
+
+class ItemPatch(_In):
+    title: str | None = None
+    description: str | None = None
+    categories: list[str] | None = None
+    price: float | None = Field(None, ge=0)
+    available: bool | None = None
+    attributes: dict[str, Scalar | None] | None = None
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ModelsResponse(BaseModel):
+    serving: str | None
+    versions: list[dict[str, Any]]
