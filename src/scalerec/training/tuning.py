@@ -74,6 +74,8 @@ class SplitSpec:
     options: dict[str, Any]
     settings: dict[str, Any]
     events_path: str | None = None
+    #: a handle with ``.get()`` (e.g. RayExecutor.share) to the events frame, for remote workers
+    events_ref: Any = None
 
     def build(self) -> "Split":
         import polars as pl
@@ -81,9 +83,12 @@ class SplitSpec:
         from scalerec.config import Settings
         from scalerec.evaluation.splits import make_split
 
-        if self.events_path is None:
+        if self.events_ref is not None:
+            events = self.events_ref.get()
+        elif self.events_path is not None:
+            events = pl.read_parquet(self.events_path)
+        else:
             raise ValidationError(f"split {self.key} was not shared with worker processes (no events snapshot)")
-        events = pl.read_parquet(self.events_path)
         opts = dict(self.options)
         if self.name != "online-retail":
             opts["settings"] = Settings(**self.settings)
@@ -264,6 +269,7 @@ def tune_family(
     metric: str,
     on: str = "test",
     seed: int = 0,
+    fixed: dict[str, Any] | None = None,
     progress: Callable[[SearchEvent], None] | None = None,
 ) -> FamilyResult:
     """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
@@ -274,7 +280,8 @@ def tune_family(
     to ``executor.jobs`` trials run at once (asked and told here, fitted by the executor).
     Trials left RUNNING by an interrupted run are marked failed and their configurations retried
     first. On Ctrl-C the running trials are marked interrupted (retried next time) and the
-    KeyboardInterrupt propagates.
+    KeyboardInterrupt propagates. ``fixed`` are keyword arguments given to every configuration
+    (e.g. EASE's ``max_items`` from the settings), not searched.
     """
     import optuna
     from optuna.trial import TrialState
@@ -283,6 +290,7 @@ def tune_family(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     klass = MODELS[family]
+    fixed_params = dict(fixed or {})
     _, _, higher = parse_metric(metric)
     started = time.monotonic()
     store = open_storage(storage)
@@ -377,7 +385,8 @@ def tune_family(
                     continue
                 duplicates = 0
                 launching = trial  # in-process executors run the trial inside submit()
-                running[executor.submit(run_trial, TrialTask(family, params, split_spec, metric, on))] = trial
+                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on)
+                running[executor.submit(run_trial, task)] = trial
                 launching = None
             if not running:
                 break
@@ -408,12 +417,12 @@ def tune_family(
     if complete:
         best = study.best_trial
         result.best_value = best.value
-        result.best_params = _model_params(klass, best.params)
+        result.best_params = {**fixed_params, **_model_params(klass, best.params)}
         result.best_metrics = dict(best.user_attrs.get("metrics", {}))
         defaults = [t for t in complete if t.user_attrs.get("default")]
         if defaults:
             result.default_value = defaults[0].value
-            result.default_params = _model_params(klass, defaults[0].params)
+            result.default_params = {**fixed_params, **_model_params(klass, defaults[0].params)}
     else:
         errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
         result.error = errors[-1] if errors else "no trial completed"

@@ -1,0 +1,305 @@
+"""`scalerec train`, `scalerec tune report` and `scalerec models list|show|promote|rollback|delete`."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+from rich.table import Table
+
+from scalerec.cli._app import app, console, get_settings, get_store
+from scalerec.errors import ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scalerec.registry import ModelVersion
+    from scalerec.training.pipeline import TrainResult
+
+tune_app = typer.Typer(help="Inspect hyperparameter searches (tuning.db).", no_args_is_help=True)
+models_app = typer.Typer(help="Registered model versions: list, inspect, promote, roll back, delete.", no_args_is_help=True)
+app.add_typer(tune_app, name="tune")
+app.add_typer(models_app, name="models")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _params(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "-"
+    return ", ".join(f"{k}={_fmt(v, 4) if isinstance(v, float) else v}" for k, v in params.items())
+
+
+# ---------------------------------------------------------------------------------- train
+class _ProgressView:
+    """Renders pipeline ProgressEvents as rich progress bars, one per stage (and per family)."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, ev: Any) -> None:
+        key = f"{ev.stage}:{ev.family}" if ev.stage == "search" else ev.stage
+        label = f"search {ev.family}" if ev.stage == "search" else ev.stage
+        detail = ev.detail if ev.stage != "search" else (f"best {ev.best:.4f}" if ev.best is not None else "")
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(label, total=ev.total, detail=detail)
+        self.progress.update(self.tasks[key], completed=ev.done, total=ev.total, detail=detail)
+
+
+def _summary(result: "TrainResult") -> None:
+    table = Table(title=f"search ({result.metric}; best of each family)", show_lines=False)
+    for col in ("family", "trials (new)", "failed", "default", "best", "best configuration", "wall s", "note"):
+        table.add_column(col, justify="right" if col in ("trials (new)", "failed", "default", "best", "wall s") else "left")
+    for f in result.families:
+        mark = " *" if f.family == result.best_family else ""
+        table.add_row(
+            f.family + mark,
+            f"{f.trials_total} ({f.trials_new})",
+            str(f.trials_failed),
+            _fmt(f.default_value),
+            _fmt(f.best_value),
+            _params(f.best_params),
+            f"{f.wall_s:.1f}",
+            f.error or f.stopped,
+        )
+    console.print(table)
+    v = result.version
+    p = result.promotion
+    info = Table(show_header=False, box=None)
+    info.add_column(style="bold")
+    info.add_column()
+    assert v is not None
+    info.add_row("version", f"{v.version} ({v.stage})")
+    info.add_row("model", f"{result.best_family} {_params(result.best_params)}")
+    info.add_row(result.metric, _fmt(result.metrics.get(result.metric)))
+    info.add_row("data", f"{result.snapshot.get('event_count', 0):,} events, "
+                 f"{result.snapshot.get('min_timestamp', '?')[:19]} .. {result.snapshot.get('max_timestamp', '?')[:19]}")
+    info.add_row("refit", f"{result.fit_s:.1f} s, peak memory {_bytes(result.peak_rss_bytes)}")
+    verdict = "promoted to production" if p.get("promoted") else "kept as candidate"
+    info.add_row("gate", f"{verdict}: {p.get('reason')}" + (" [forced]" if p.get("forced") else ""))
+    console.print(info)
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per model family (default [training] trials)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget of the whole search, in minutes."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Trials run in parallel."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default [models] enabled)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric, e.g. ndcg@20, recall@10."),
+    split: Optional[str] = typer.Option(None, "--split", help="temporal | leave-last | random | users | online-retail."),
+    test_days: Optional[float] = typer.Option(None, "--test-days", help="Held-out window of a temporal split, days."),
+    valid_days: Optional[float] = typer.Option(
+        None, "--valid-days", help="Tune on a validation window this long before the test window (temporal)."
+    ),
+    if_new_events: Optional[int] = typer.Option(
+        None, "--if-new-events", min=0, help="Train only if at least N events arrived since production's snapshot."
+    ),
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (recorded)."),
+    no_promote: bool = typer.Option(False, "--no-promote", help="Register as a candidate only."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bars)."),
+) -> None:
+    """Search each model family, refit the best on all data, register it, promote it if it passes the gate."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scalerec.training.pipeline import TrainOptions, train
+
+    if force and no_promote:
+        raise ValidationError("--force and --no-promote contradict each other; pass one of them")
+    settings = get_settings(ctx)
+    families = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    options = TrainOptions(
+        models=families, trials=trials, minutes=minutes, jobs=jobs, metric=metric, split=split,
+        test_days=test_days, valid_days=valid_days, if_new_events=if_new_events, force=force,
+        promote=not no_promote, seed=seed,
+    )
+    store = get_store(ctx)
+    if as_json:
+        result = train(settings, options, store=store)
+    else:
+        columns = (
+            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+        )
+        with Progress(*columns, console=console, transient=False) as bar:
+            result = train(settings, options, store=store, progress=_ProgressView(bar))
+    if result.status == "skipped":
+        if as_json:
+            console.print_json(json.dumps({"status": "skipped", "reason": result.reason, "new_events": result.new_events}))
+        else:
+            console.print(f"skipped: {result.reason}")
+        return
+    if as_json:
+        v = result.version
+        console.print_json(
+            json.dumps(
+                {
+                    "status": result.status,
+                    "version": v.version if v else None,
+                    "stage": v.stage if v else None,
+                    "family": result.best_family,
+                    "params": result.best_params,
+                    "metrics": result.metrics,
+                    "promotion": result.promotion,
+                    "fit_s": result.fit_s,
+                    "peak_rss_bytes": result.peak_rss_bytes,
+                    "families": [f.to_dict() for f in result.families],
+                },
+                default=str,
+            )
+        )
+    else:
+        _summary(result)
+
+
+# ---------------------------------------------------------------------------------- tune report
+@tune_app.command("report")
+def tune_report(
+    ctx: typer.Context,
+    family: Optional[str] = typer.Option(None, "--family", help="Only this model family."),
+    top: int = typer.Option(10, "--top", min=0, help="Trials shown per study, best first (0 = all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print the trials of each study in tuning.db and the best configuration per family."""
+    from scalerec.training.tuning import load_report
+
+    settings = get_settings(ctx)
+    studies = load_report(settings.data.dir, family)
+    if as_json:
+        console.print_json(json.dumps(studies, default=str))
+        return
+    if not studies:
+        console.print("no searches yet: run `scalerec train`")
+        return
+    best_per_family: dict[str, tuple[float, dict[str, Any], str]] = {}
+    for st in studies:
+        higher = st.get("direction") != "minimize"
+        trials = st["trials"]
+        done = [t for t in trials if t["value"] is not None]
+        done.sort(key=lambda t: t["value"], reverse=higher)
+        shown = done if top == 0 else done[:top]
+        states: dict[str, int] = {}
+        for t in trials:
+            states[t["state"]] = states.get(t["state"], 0) + 1
+        title = f"{st['study']}  ({st.get('metric') or '?'}; " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
+        table = Table(title=title, title_justify="left")
+        for col in ("#", "value", "params", "fit s", "note"):
+            table.add_column(col, justify="right" if col in ("#", "value", "fit s") else "left")
+        for t in shown:
+            table.add_row(str(t["number"]), _fmt(t["value"]), _params(t["params"]), _fmt(t["fit_s"], 2),
+                          "default" if t["default"] else "")
+        failed = [t for t in trials if t["state"] == "fail" and t["error"]]
+        if failed:
+            table.caption = f"{len(failed)} failed; last: {failed[-1]['error']}"
+        console.print(table)
+        if st["best"] is not None:
+            fam = st["family"]
+            val = st["best"]["value"]
+            cur = best_per_family.get(fam)
+            if cur is None or (val > cur[0] if higher else val < cur[0]):
+                best_per_family[fam] = (val, st["best"]["params"], st["study"])
+    summary = Table(title="best configuration per family", title_justify="left")
+    for col in ("family", "value", "params", "study"):
+        summary.add_column(col)
+    for fam, (val, params, name) in sorted(best_per_family.items()):
+        summary.add_row(fam, _fmt(val), _params(params), name)
+    console.print(summary)
+
+
+# ---------------------------------------------------------------------------------- models
+def _registry(ctx: typer.Context) -> Any:
+    from scalerec.registry import Registry
+
+    return Registry(get_settings(ctx))
+
+
+def _version_row(v: "ModelVersion") -> list[str]:
+    return [
+        v.version,
+        v.stage + (" (forced)" if v.forced else ""),
+        v.family or "-",
+        f"{v.metric} {_fmt(v.score)}" if v.metric else "-",
+        v.created_at[:19],
+        "ok" if v.error is None else f"[red]broken: {v.error}[/red]",
+    ]
+
+
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    stage: Optional[str] = typer.Option(None, "--stage", help="candidate | production | archived."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List model versions with their stage, score and health (a broken version is never served)."""
+    versions = _registry(ctx).list(stage)
+    if as_json:
+        console.print_json(json.dumps([{**vars(v), "path": str(v.path)} for v in versions], default=str))
+        return
+    if not versions:
+        console.print("no model versions yet: run `scalerec train`")
+        return
+    table = Table()
+    for col in ("version", "stage", "family", "score", "created (UTC)", "health"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(*_version_row(v))
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="Version name (see `models list`).")) -> None:
+    """Print a version's stage and manifest (model, data snapshot, metrics, timings, promotion decision)."""
+    v = _registry(ctx).get(version)
+    out: dict[str, Any] = {"version": v.version, "stage": v.stage, "promoted_at": v.promoted_at,
+                           "archived_at": v.archived_at, "forced": v.forced, "note": v.note, "health": v.error or "ok"}
+    try:
+        out["manifest"] = v.manifest()
+    except Exception as exc:  # noqa: BLE001 - a broken version is shown with its error
+        out["manifest"] = None
+        out["health"] = str(exc)
+    console.print_json(json.dumps(out, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Version to put in production."),
+    force: bool = typer.Option(False, "--force", help="Promote even if the promotion gate refused it (recorded)."),
+) -> None:
+    """Make VERSION the production model (the current one is archived)."""
+    v = _registry(ctx).promote(version, force=force)
+    console.print(f"{v.version} is now in production" + (" (forced)" if v.forced else ""))
+
+
+@models_app.command("rollback")
+def models_rollback(ctx: typer.Context) -> None:
+    """Put the previously promoted version back in production."""
+    reg = _registry(ctx)
+    before = reg.production()
+    v = reg.rollback()
+    console.print(f"rolled back: {v.version} is in production again (was {before.version if before else '-'})")
+
+
+@models_app.command("delete")
+def models_delete(ctx: typer.Context, version: str = typer.Argument(..., help="A candidate or archived version.")) -> None:
+    """Delete a version that is not in production (its directory and its row)."""
+    _registry(ctx).delete(version)
+    console.print(f"deleted {version}")

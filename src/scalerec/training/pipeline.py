@@ -1,0 +1,749 @@
+"""The training pipeline: snapshot -> matrix -> split -> tune -> refit -> gate -> register."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import resource
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+import scalerec
+from scalerec.errors import ConflictError, EmptyDataError, ScalerecError, ValidationError
+from scalerec.training.tuning import (
+    FamilyResult,
+    SearchEvent,
+    SplitSpec,
+    fit_and_evaluate,
+    parse_metric,
+    prime_split,
+    storage_url,
+    study_name,
+    tune_family,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from scalerec.cluster.executor import Executor
+    from scalerec.config import Settings
+    from scalerec.data.matrix import InteractionMatrix
+    from scalerec.evaluation.splits import Split
+    from scalerec.models.base import Recommender
+    from scalerec.registry import ModelVersion, Registry
+
+#: Serving's trending fallback: events of the last TRENDING_WINDOW_DAYS, halved every TRENDING_HALF_LIFE_DAYS.
+TRENDING_HALF_LIFE_DAYS = 7.0
+TRENDING_WINDOW_DAYS = 30.0
+#: The config's split names use "_"; the evaluation package's named splits use "-".
+_SPLIT_ALIASES = {"leave_last": "leave-last", "online_retail": "online-retail"}
+
+
+@dataclass
+class ProgressEvent:
+    """One step of a long stage: ``done`` of ``total`` units (total None when unknown).
+
+    Stages: "snapshot", "split", "search" (units: trials of ``family``), "fit", "evaluate",
+    "gate", "register". ``detail`` is a short human-readable note.
+    """
+
+    stage: str
+    done: float
+    total: float | None
+    detail: str = ""
+    family: str | None = None
+    best: float | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class TrainOptions:
+    """What ``scalerec train`` was asked to do; None means "from settings.training"."""
+
+    models: list[str] | None = None
+    trials: int | None = None
+    minutes: float | None = None
+    jobs: int | None = None
+    metric: str | None = None
+    split: str | None = None
+    test_days: float | None = None
+    valid_days: float | None = None
+    if_new_events: int | None = None
+    force: bool = False
+    promote: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Snapshot:
+    """The events a training run sees, fixed at its start: counts, range, fingerprint and the frame."""
+
+    events: "pl.DataFrame"
+    event_count: int
+    min_timestamp: datetime | None
+    max_timestamp: datetime | None
+    fingerprint: str
+    n_files: int
+    pending_count: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "event_count": self.event_count,
+            "min_timestamp": self.min_timestamp.isoformat() if self.min_timestamp else None,
+            "max_timestamp": self.max_timestamp.isoformat() if self.max_timestamp else None,
+            "fingerprint": self.fingerprint,
+            "log_files": self.n_files,
+            "pending_events": self.pending_count,
+        }
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: registered a version (and maybe promoted it) or skipped."""
+
+    status: str  # "registered" | "skipped"
+    reason: str
+    version: "ModelVersion | None" = None
+    families: list[FamilyResult] = field(default_factory=list)
+    best_family: str | None = None
+    best_params: dict[str, Any] | None = None
+    metric: str = "ndcg@20"
+    metrics: dict[str, float] = field(default_factory=dict)
+    promotion: dict[str, Any] = field(default_factory=dict)
+    fit_s: float = 0.0
+    peak_rss_bytes: int = 0
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    new_events: int | None = None
+
+
+# ---------------------------------------------------------------------------------- measuring
+@contextlib.contextmanager
+def measure_peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, int]]:
+    """Peak resident memory (bytes) of this process during the block, in ``out["peak_rss_bytes"]``.
+
+    A psutil sampler thread records the highest RSS every ``interval_s``; when the block raises
+    the process-wide high-water mark (``ru_maxrss``), that exact figure is used instead, so short
+    spikes between samples are not missed.
+    """
+    import psutil
+
+    proc = psutil.Process()
+    out = {"peak_rss_bytes": int(proc.memory_info().rss)}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval_s):
+            out["peak_rss_bytes"] = max(out["peak_rss_bytes"], int(proc.memory_info().rss))
+
+    before_hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    thread = threading.Thread(target=sample, name="peak-rss", daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out["peak_rss_bytes"] = max(out["peak_rss_bytes"], int(proc.memory_info().rss))
+        after_hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if after_hwm > before_hwm:  # Linux reports KiB
+            out["peak_rss_bytes"] = max(out["peak_rss_bytes"], int(after_hwm) * 1024)
+
+
+# ---------------------------------------------------------------------------------- data
+def event_count(store: Any) -> int:
+    """Events in the store now (log + pending), from Parquet metadata: cheap."""
+    return int(store.log.count()) + int(store.catalog.pending_events_table().num_rows)
+
+
+def data_fingerprint(store: Any) -> str:
+    """A cheap identity of the store's events: log file names and sizes plus the pending count."""
+    h = hashlib.sha256()
+    root = Path(store.log.root)
+    for f in sorted(store.log.files()):
+        p = Path(f)
+        try:
+            rel = p.relative_to(root).as_posix()
+        except ValueError:
+            rel = p.name
+        h.update(f"{rel}:{p.stat().st_size}\n".encode())
+    h.update(f"pending:{store.catalog.pending_events_table().num_rows}".encode())
+    return h.hexdigest()
+
+
+def take_snapshot(store: Any) -> Snapshot:
+    """Read the events the run trains on once (the columns matrices need: Arrow memory, no rows)."""
+    import polars as pl
+
+    from scalerec.evaluation.splits import load_events
+
+    fingerprint = data_fingerprint(store)
+    n_files = len(store.log.files())
+    pending = int(store.catalog.pending_events_table().num_rows)
+    events = load_events(store)
+    if events.height == 0:
+        raise EmptyDataError(
+            f"the data directory has no events to train on: import some with `scalerec import events FILE` "
+            f"(or `scalerec synth` for a demo store)"
+        )
+    ts = events.select(pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi")).row(0)
+    return Snapshot(events, events.height, ts[0], ts[1], fingerprint, n_files, pending)
+
+
+def _split_options(name: str, settings: "Settings", options: TrainOptions) -> dict[str, Any]:
+    test_days = options.test_days if options.test_days is not None else settings.training.test_days
+    if name == "temporal":
+        return {"test_days": test_days, "valid_days": options.valid_days}
+    if name == "online-retail":
+        return {"test_days": test_days}
+    if name == "leave-last":
+        return {"k": 1, "valid_k": 1 if options.valid_days else 0}
+    if name == "random":
+        return {"ratios": (0.8, 0.2), "seed": options.seed}
+    if name == "users":
+        return {"test_fraction": 0.1, "seed": options.seed}
+    return {}
+
+
+def make_run_split(snapshot: Snapshot, settings: "Settings", options: TrainOptions) -> tuple["Split", SplitSpec]:
+    """The split the search and the gate use, and the spec worker processes rebuild it from."""
+    from scalerec.evaluation.splits import SPLITS, make_split
+
+    name = options.split or settings.training.split
+    name = _SPLIT_ALIASES.get(name, name)
+    if name not in SPLITS:
+        raise ValidationError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+    opts = {k: v for k, v in _split_options(name, settings, options).items() if v is not None}
+    call = dict(opts) if name == "online-retail" else {**opts, "settings": settings}
+    split = make_split(name, snapshot.events, **call)
+    key = hashlib.sha256(f"{snapshot.fingerprint}|{name}|{sorted(opts.items())}".encode()).hexdigest()[:16]
+    spec = SplitSpec(key=key, name=name, options=opts, settings=settings.model_dump(mode="json"))
+    return split, spec
+
+
+def full_matrix(snapshot: Snapshot, settings: "Settings", **overrides: Any) -> "InteractionMatrix":
+    """The all-data matrix of the snapshot with the [matrix] settings (plus a model's overrides)."""
+    from scalerec.data.matrix import matrix_from_settings
+
+    return matrix_from_settings(snapshot.events, settings, **overrides)
+
+
+def fallback_scores(snapshot: Snapshot, settings: "Settings", item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(popular, trending) float32 per item of ``item_ids`` for serving's fallbacks.
+
+    popular: column sums of the all-data matrix; trending: column sums of the matrix of the last
+    30 days with a 7-day half-life (both on this vocabulary, so they align with the model).
+    """
+    from scalerec.data.matrix import build_matrix
+
+    kw: dict[str, Any] = dict(
+        event_types=settings.events.types,
+        unknown_type_weight=settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,
+        item_ids=item_ids,
+    )
+    pop = build_matrix(snapshot.events, **kw).matrix
+    trend = build_matrix(
+        snapshot.events, window_days=TRENDING_WINDOW_DAYS, half_life_days=TRENDING_HALF_LIFE_DAYS, **kw
+    ).matrix
+    return (
+        np.asarray(pop.sum(axis=0), dtype=np.float32).ravel(),
+        np.asarray(trend.sum(axis=0), dtype=np.float32).ravel(),
+    )
+
+
+# ---------------------------------------------------------------------------------- the gate
+class _VocabAdapter:
+    """Presents a loaded production model on the split's item index (for evaluate()).
+
+    Users are given to the production model as fold-in histories: their rows of the split's
+    training matrix mapped to production's items. Only items both know can be recommended;
+    items production never saw simply cannot be, as in serving.
+    """
+
+    def __init__(self, loaded: Any, split: "Split") -> None:
+        self.model = loaded.model
+        self.split = split
+        prod_items = np.asarray(loaded.matrix.item_ids).astype(str)
+        split_items = np.asarray(split.train.item_ids).astype(str)
+        self.to_prod = loaded.matrix.item_index(split_items)  # split col -> prod col (-1)
+        self.to_split = np.full(len(prod_items), -1, dtype=np.int64)
+        known = self.to_prod >= 0
+        self.to_split[self.to_prod[known]] = np.flatnonzero(known)
+        self.candidates = np.flatnonzero(self.to_split >= 0)
+        self.n_prod = len(prod_items)
+
+    def _map(self, m: sp.spmatrix | None) -> sp.csr_matrix | None:
+        if m is None:
+            return None
+        m = sp.coo_matrix(m)
+        cols = self.to_prod[m.col]
+        keep = cols >= 0
+        return sp.csr_matrix((m.data[keep], (m.row[keep], cols[keep])), shape=(m.shape[0], self.n_prod), dtype=np.float32)
+
+    def recommend_history(self, history: sp.spmatrix, n: int, *, exclude: Any = None, candidates: Any = None):
+        hist = self._map(history)
+        ids, scores = self.model.recommend_history(hist, n, exclude=self._map(exclude), candidates=self.candidates)
+        return np.where(ids >= 0, self.to_split[np.maximum(ids, 0)], -1), scores
+
+    def recommend(self, users: Any, n: int, *, exclude: Any = None, candidates: Any = None):
+        users = np.asarray(users, dtype=np.int64)
+        return self.recommend_history(self.split.train.matrix[users], n, exclude=exclude)
+
+
+def gate_decision(
+    candidate_score: float,
+    production_score: float | None,
+    *,
+    tolerance: float,
+    higher_is_better: bool = True,
+    force: bool = False,
+    production_version: str | None = None,
+    method: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The promotion decision: pass when the candidate is not worse than production by more than
+    ``tolerance`` (relative), e.g. 0.02 = at most 2% below. No production (or an unusable one)
+    passes. ``force`` promotes whatever the outcome and is recorded.
+    """
+    if production_score is None:
+        passed = True
+        reason = note or "no production model to compare with"
+    else:
+        if higher_is_better:
+            threshold = production_score * (1.0 - tolerance) if production_score >= 0 else production_score * (1 + tolerance)
+            passed = candidate_score >= threshold
+        else:
+            threshold = production_score * (1.0 + tolerance)
+            passed = candidate_score <= threshold
+        cmp = "within" if passed else "worse than"
+        reason = (
+            f"candidate {candidate_score:.4f} vs production {production_score:.4f}: {cmp} the tolerance "
+            f"of {tolerance:.1%}"
+        )
+    promoted = passed or force
+    if force and not passed:
+        reason = f"forced: {reason}"
+    return {
+        "promoted": bool(promoted),
+        "gate_passed": bool(passed),
+        "forced": bool(force),
+        "reason": reason,
+        "candidate_score": float(candidate_score),
+        "production_score": None if production_score is None else float(production_score),
+        "production_version": production_version,
+        "tolerance": float(tolerance),
+        "method": method,
+    }
+
+
+def production_score(
+    registry: "Registry",
+    split: "Split",
+    metric: str,
+    *,
+    on: str,
+    split_start: datetime | None,
+    progress: ProgressFn | None = None,
+) -> tuple[float | None, str | None, str | None, str | None]:
+    """Score of the production version on ``split``: (score, version, method, note).
+
+    Fairness: the candidate's score comes from a model fitted on the split's training part
+    only. If production was trained only on data before the split's held-out window (its
+    snapshot ends before ``split_start``), the production artefact itself is evaluated
+    ("artifact": its users folded in from their split-training rows, on the items it knows).
+    Otherwise the artefact has seen the held-out events and would be scored unfairly high, so its
+    recipe — class and parameters from its manifest — is refitted on the split's training part
+    and evaluated the same way as the candidate ("recipe"). A production that cannot be loaded
+    or refitted yields (None, version, None, why) and the candidate passes the gate.
+    """
+    from scalerec.evaluation.evaluate import evaluate
+
+    prod = registry.production()
+    if prod is None:
+        return None, None, None, None
+    try:
+        manifest = prod.manifest()
+        snap_end = (manifest.get("data") or {}).get("max_timestamp")
+        snap_end_dt = datetime.fromisoformat(snap_end) if snap_end else None
+        name, k, _ = parse_metric(metric)
+        if split_start is not None and snap_end_dt is not None and snap_end_dt < split_start:
+            loaded = registry.load(prod.version)
+            adapter = _VocabAdapter(loaded, split)
+            metrics = evaluate(adapter, split, k=(k,), metrics=(name,), on=on)  # type: ignore[arg-type]
+            return float(metrics[metric]), prod.version, "artifact", None
+        model_info = manifest.get("model") or {}
+        family, params = model_info.get("family"), model_info.get("params") or {}
+        if progress:
+            progress(ProgressEvent("gate", 0, 1, f"refitting production {prod.version} ({family}) on the split"))
+        _, res = fit_and_evaluate(family, params, split, metric, on=on)
+        return res.value, prod.version, "recipe", None
+    except ScalerecError as exc:
+        return None, prod.version, None, f"production {prod.version} cannot be evaluated: {exc.message}"
+
+
+# ---------------------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def training_lock(data_dir: Path) -> Iterator[None]:
+    """One training per data directory at a time (an OS lock: released if the process dies)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ".train.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = Path(path).read_text().strip() or "?"
+            raise ConflictError(
+                f"another training is running on {data_dir} (pid {other}); wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------- the pipeline
+def _emit(progress: ProgressFn | None, *args: Any, **kwargs: Any) -> None:
+    if progress is not None:
+        progress(ProgressEvent(*args, **kwargs))
+
+
+def resolve_families(settings: "Settings", models: list[str] | None) -> list[str]:
+    from scalerec.models import MODELS
+
+    families = list(models) if models else list(settings.models.enabled)
+    unknown = [f for f in families if f not in MODELS]
+    if unknown:
+        raise ValidationError(f"unknown model families {unknown}; choose from {', '.join(sorted(MODELS))}")
+    if not families:
+        raise ValidationError("no model family to train: pass --models or set [models] enabled")
+    return list(dict.fromkeys(families))
+
+
+def train(
+    settings: "Settings",
+    options: TrainOptions | None = None,
+    *,
+    store: Any = None,
+    executor: "Executor | None" = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Run the whole pipeline once and return what it did.
+
+    With ``options.if_new_events`` it first checks that at least that many events arrived since
+    the production version's snapshot, else returns status "skipped". Ctrl-C (KeyboardInterrupt)
+    leaves no version and no temporary files; finished trials stay in tuning.db and the next run
+    resumes the search.
+    """
+    from scalerec.cluster.executor import get_executor
+    from scalerec.data.store import DataStore
+    from scalerec.registry import Registry
+
+    options = options or TrainOptions()
+    cfg = settings.training
+    data_dir = Path(settings.data.dir)
+    metric = (options.metric or cfg.primary_metric).lower()
+    _, _, higher = parse_metric(metric)
+    families = resolve_families(settings, options.models)
+    jobs = options.jobs or cfg.jobs
+    minutes = options.minutes if options.minutes is not None else cfg.timeout_minutes
+    trials = options.trials if options.trials is not None else (None if options.minutes is not None else cfg.trials)
+    if trials is None and minutes is None:
+        trials = cfg.trials
+    if trials is not None and trials < 1:
+        raise ValidationError(f"--trials must be >= 1, got {trials}")
+    if minutes is not None and minutes <= 0:
+        raise ValidationError(f"--minutes must be > 0, got {minutes}")
+
+    timings: dict[str, float] = {}
+    store = store if store is not None else DataStore.open(settings)
+    registry = Registry(settings)
+
+    with training_lock(data_dir):
+        if options.if_new_events is not None:
+            from scalerec.training.retrain import should_retrain
+
+            decision = should_retrain(settings, options.if_new_events, store=store, registry=registry)
+            if not decision.retrain:
+                return TrainResult(status="skipped", reason=decision.reason, metric=metric, new_events=decision.new_events)
+
+        t = time.perf_counter()
+        _emit(progress, "snapshot", 0, 1, "reading events")
+        snapshot = take_snapshot(store)
+        _emit(progress, "snapshot", 1, 1, f"{snapshot.event_count:,} events")
+        timings["snapshot_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        _emit(progress, "split", 0, 1, "building the split")
+        split, spec = make_run_split(snapshot, settings, options)
+        on = "valid" if split.valid is not None and split.valid_users is not None and len(split.valid_users) else "test"
+        _emit(progress, "split", 1, 1, f"{split.name}: {len(split.test_users):,} test users")
+        timings["split_s"] = time.perf_counter() - t
+
+        work = data_dir / "tmp" / f"train-{uuid.uuid4().hex[:12]}"
+        own_executor = executor is None
+        executor = executor or get_executor(settings, jobs)
+        try:
+            from dataclasses import replace
+
+            from scalerec.cluster.executor import LocalExecutor
+
+            if hasattr(executor, "share"):  # a cluster: workers get the events through its object store
+                spec = replace(spec, events_ref=executor.share(snapshot.events))
+            elif not (isinstance(executor, LocalExecutor) and executor.jobs == 1):
+                # Local worker processes rebuild the split from a Parquet copy of the snapshot.
+                work.mkdir(parents=True, exist_ok=True)
+                events_path = work / "events.parquet"
+                snapshot.events.write_parquet(events_path, compression="zstd")
+                spec = replace(spec, events_path=str(events_path))
+            prime_split(spec, split)
+            families_out = _search(
+                families, settings, snapshot, spec, executor, trials, minutes, metric, on, options.seed, progress
+            )
+            timings["search_s"] = sum(f.wall_s for f in families_out)
+
+            ok = [f for f in families_out if f.best_value is not None]
+            if not ok:
+                errors = "; ".join(f"{f.family}: {f.error}" for f in families_out)
+                raise ScalerecError(f"every model family failed to train: {errors}")
+            sign = 1.0 if higher else -1.0
+            best = max(ok, key=lambda f: sign * float(f.best_value))  # type: ignore[arg-type]
+            assert best.best_params is not None and best.best_value is not None
+
+            # Refit the winner on all data of the window (on the cluster when it has a twin).
+            from scalerec.models import make_model
+
+            t = time.perf_counter()
+            model = make_model(best.family, **best.best_params)
+            if hasattr(executor, "adapt_model"):
+                model = executor.adapt_model(model)
+            _emit(progress, "fit", 0, None, f"refitting {best.family} on all data")
+            with measure_peak_rss() as mem:
+                t_fit = time.perf_counter()
+                matrix = full_matrix(snapshot, settings, **model.matrix_overrides())
+
+                def fit_progress(done: int, total: int) -> None:
+                    _emit(progress, "fit", done, total, f"{best.family}", family=best.family)
+
+                model.fit(matrix, progress=fit_progress)
+                fit_s = time.perf_counter() - t_fit
+            _emit(progress, "fit", 1, 1, f"{best.family} fitted in {fit_s:.1f}s", family=best.family)
+            timings["refit_s"] = time.perf_counter() - t
+        finally:
+            if own_executor:
+                executor.shutdown(cancel=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+        # Gate: production on the same split, judged the same way as the candidate.
+        t = time.perf_counter()
+        _emit(progress, "gate", 0, 1, "comparing with production")
+        split_start = _held_out_start(split, on)
+        prod_score, prod_version, method, note = production_score(
+            registry, split, metric, on=on, split_start=split_start, progress=progress
+        )
+        decision = gate_decision(
+            float(best.best_value),
+            prod_score,
+            tolerance=cfg.promotion_tolerance,
+            higher_is_better=higher,
+            force=options.force,
+            production_version=prod_version,
+            method=method,
+            note=note,
+        )
+        if not options.promote:
+            decision["promoted"] = False
+            decision["reason"] = f"not promoted (--no-promote); gate: {decision['reason']}"
+        _emit(progress, "gate", 1, 1, decision["reason"])
+        timings["gate_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        popular, trending = fallback_scores(snapshot, settings, matrix.item_ids)
+        manifest = _manifest(
+            model, best, families_out, snapshot, split, settings, metric, on, matrix, fit_s,
+            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes,
+        )
+
+        def reg_progress(done: int, total: int) -> None:
+            _emit(progress, "register", done, total, "writing the version")
+
+        version = registry.register(
+            model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress
+        )
+        if decision["promoted"]:
+            version = registry.promote(version.version, force=options.force)
+        else:
+            registry.prune()
+        timings["register_s"] = time.perf_counter() - t
+        _emit(progress, "register", 1, 1, f"registered {version.version} ({version.stage})")
+
+    return TrainResult(
+        status="registered",
+        reason=decision["reason"],
+        version=version,
+        families=families_out,
+        best_family=best.family,
+        best_params=best.best_params,
+        metric=metric,
+        metrics=best.best_metrics,
+        promotion=decision,
+        fit_s=fit_s,
+        peak_rss_bytes=int(mem["peak_rss_bytes"]),
+        snapshot=snapshot.describe(),
+        split=split.summary(),
+        timings=timings,
+    )
+
+
+def _held_out_start(split: "Split", on: str) -> datetime | None:
+    """Start of the held-out window the split scores on (temporal splits), else None."""
+    info = split.info or {}
+    key = "valid_start" if on == "valid" else "test_start"
+    value = info.get(key) or (info.get("train_end") if on == "valid" else None)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value if isinstance(value, datetime) else None
+
+
+def fixed_params(family: str, settings: "Settings") -> dict[str, Any]:
+    """Model keyword arguments that come from the settings rather than the search."""
+    if family == "ease":
+        return {"max_items": settings.models.ease_max_items}
+    return {}
+
+
+def _search(
+    families: list[str],
+    settings: "Settings",
+    snapshot: Snapshot,
+    spec: SplitSpec,
+    executor: "Executor",
+    trials: int | None,
+    minutes: float | None,
+    metric: str,
+    on: str,
+    seed: int,
+    progress: ProgressFn | None,
+) -> list[FamilyResult]:
+    """Tune each family in turn; a minutes budget is shared out as the search goes."""
+    url = storage_url(Path(settings.data.dir))
+    config = {
+        "split": spec.name,
+        "split_options": spec.options,
+        "metric": metric,
+        "on": on,
+        "matrix": settings.matrix.model_dump(mode="json"),
+        "events": settings.events.model_dump(mode="json"),
+    }
+    end = time.monotonic() + minutes * 60 if minutes is not None else None
+    out: list[FamilyResult] = []
+    for i, family in enumerate(families):
+        deadline = None
+        if end is not None:
+            # Each family gets an equal share of what is left, so time a fast family does not use
+            # goes to the next ones.
+            deadline = time.monotonic() + max(0.0, end - time.monotonic()) / (len(families) - i)
+
+        def on_event(ev: SearchEvent, family: str = family) -> None:
+            _emit(progress, "search", ev.done, ev.total, family, family=family, best=ev.best)
+
+        out.append(
+            tune_family(
+                family,
+                storage=url,
+                name=study_name(family, snapshot.fingerprint, config),
+                split_spec=spec,
+                executor=executor,
+                n_trials=trials,
+                deadline=deadline,
+                metric=metric,
+                on=on,
+                seed=seed,
+                fixed=fixed_params(family, settings),
+                progress=on_event,
+            )
+        )
+    return out
+
+
+def _manifest(
+    model: "Recommender",
+    best: FamilyResult,
+    families: list[FamilyResult],
+    snapshot: Snapshot,
+    split: "Split",
+    settings: "Settings",
+    metric: str,
+    on: str,
+    matrix: "InteractionMatrix",
+    fit_s: float,
+    peak_rss_bytes: int,
+    decision: dict[str, Any],
+    options: TrainOptions,
+    jobs: int,
+    trials: int | None,
+    minutes: float | None,
+) -> dict[str, Any]:
+    import platform
+
+    from scalerec.models import MODELS
+
+    klass = MODELS.get(best.family, type(model))  # a cluster twin saves as its base family
+    return {
+        "model": {
+            "family": best.family,
+            "class": f"{klass.__module__}.{klass.__qualname__}",
+            "params": model.get_params(),
+            "matrix_overrides": model.matrix_overrides(),
+        },
+        "primary_metric": metric,
+        "data": {
+            **snapshot.describe(),
+            "n_users": matrix.n_users,
+            "n_items": matrix.n_items,
+            "nnz": matrix.nnz,
+            "matrix_settings": settings.matrix.model_dump(mode="json"),
+        },
+        "split": {**_jsonable(split.summary()), "scored_on": on},
+        "metrics": {split.name: dict(best.best_metrics)},
+        "search": {
+            "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},
+            "families": {f.family: _jsonable(f.to_dict()) for f in families},
+        },
+        "fit_seconds": round(fit_s, 4),
+        "peak_rss_bytes": int(peak_rss_bytes),
+        "promotion": decision,
+        "scalerec_version": scalerec.__version__,
+        "python": platform.python_version(),
+        "trained_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
