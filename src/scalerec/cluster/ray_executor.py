@@ -191,8 +191,7 @@ class RayExecutor:
         from scalerec.cluster.knn import DistributedItemKNN
 
         for twin in (DistributedALS, DistributedItemKNN):
-            base = twin.__mro__[1]
-            if type(model) is base:
+            if type(model) is twin.local_class():
                 return twin.from_model(model, address=self.address)
         return model
 

@@ -1,0 +1,47 @@
+"""Cluster twins: a model whose fit runs on Ray but which saves, loads and serves as its local family."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Self
+
+from scalerec.models.base import Recommender
+
+
+class ClusterTwin(Recommender):
+    """Mixin for ``class DistributedX(ClusterTwin, X)``: same hyperparameters as X plus cluster options.
+
+    Only ``fit`` differs. :meth:`to_local` returns the plain X with the learned state, and
+    :meth:`save` writes that, so a version trained on a cluster is an ordinary X for the registry,
+    for serving and for ``Recommender.load``.
+    """
+
+    #: hyperparameters that only steer the distributed fit (absent from the local family)
+    cluster_params: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def local_class(cls) -> type[Recommender]:
+        for klass in cls.__mro__[1:]:
+            if issubclass(klass, Recommender) and not issubclass(klass, ClusterTwin) and klass.family == cls.family:
+                return klass
+        raise TypeError(f"{cls.__name__} has no local model family")  # pragma: no cover
+
+    @classmethod
+    def from_model(cls, model: Recommender, **cluster_options: Any) -> Self:
+        """The twin of an unfitted local model: its hyperparameters plus ``cluster_options``."""
+        options = {k: v for k, v in cluster_options.items() if k in cls.cluster_params}
+        return cls(**model.get_params(), **options)
+
+    def to_local(self) -> Recommender:
+        """The local-family model with this model's hyperparameters and learned state."""
+        klass = self.local_class()
+        names = set(klass._param_names())
+        local = klass(**{k: v for k, v in self.get_params().items() if k in names})
+        for name, value in vars(self).items():
+            if name.endswith("_") and not name.startswith("_"):
+                setattr(local, name, value)
+        return local
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save as the local family (see :meth:`to_local`)."""
+        self.to_local().save(path)
