@@ -181,14 +181,14 @@ def _check_schema(table: pa.Table, schema: pa.Schema, what: str, validator: str)
             f"{what} rows lack column(s) {', '.join(missing)}; pass them through scalerec.data.validate.{validator}"
         )
     table = table.select(schema.names)
-    if not table.schema.equals(schema):
-        try:
-            table = table.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise ValidationError(f"{what} rows do not match the schema ({exc}); use {validator} first") from None
     for f in schema:
         if not f.nullable and table.column(f.name).null_count:
             raise ValidationError(f"{what} column {f.name!r} has nulls but is required; use {validator} first")
+    if not table.schema.equals(schema):
+        try:
+            table = table.cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise ValidationError(f"{what} rows do not match the schema ({exc}); use {validator} first") from None
     return table
 
 

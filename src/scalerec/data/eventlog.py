@@ -175,19 +175,19 @@ def _conform(table: pa.Table | pa.RecordBatch) -> pa.Table:
             "pass them through scalerec.data.validate.validate_events first"
         )
     table = table.select(EVENT_SCHEMA.names)
-    if not table.schema.equals(EVENT_SCHEMA):
-        try:
-            table = table.cast(EVENT_SCHEMA)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise ValidationError(
-                f"event rows do not match the event schema ({exc}); validate them with validate_events first"
-            ) from None
     for f in EVENT_SCHEMA:
         if not f.nullable and table.column(f.name).null_count:
             raise ValidationError(
                 f"event column {f.name!r} has {table.column(f.name).null_count} null value(s) but is required; "
                 "validate the rows with validate_events first"
             )
+    if not table.schema.equals(EVENT_SCHEMA):
+        try:
+            table = table.cast(EVENT_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise ValidationError(
+                f"event rows do not match the event schema ({exc}); validate them with validate_events first"
+            ) from None
     return table
 
 
