@@ -73,12 +73,7 @@ class ItemKNN(Recommender):
 
     def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
         n_items = X.shape[1]
-        positive = X.multiply(X > 0).tocsr().astype(np.float64)
-        if self.similarity == "cosine":
-            norms = np.sqrt(np.asarray(positive.multiply(positive).sum(axis=0)).ravel())
-            weighted = positive @ sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0))
-        else:
-            weighted = bm25_weight(positive.T, K1=self.bm25_k1, B=self.bm25_b).T
+        weighted = self.weighted_matrix(X)
         k = n_items if self.neighbors is None else min(int(self.neighbors), n_items)
         # Ask for one more than k: the item itself is usually among its own nearest and is dropped.
         S = all_pairs_knn(sp.csr_matrix(weighted), min(k + 1, n_items), show_progress=False, num_threads=0)
@@ -93,6 +88,18 @@ class ItemKNN(Recommender):
         self.user_items_ = X
         if progress is not None:
             progress(1, 1)
+
+    def weighted_matrix(self, X: sp.csr_matrix) -> sp.spmatrix:
+        """The user x item float64 matrix whose column dot products are the similarities.
+
+        Only positive cells count; cosine: L2-normalised columns; bm25: implicit's BM25 weights.
+        Shared with the cluster's block-wise fit (scalerec.cluster.knn).
+        """
+        positive = X.multiply(X > 0).tocsr().astype(np.float64)
+        if self.similarity == "cosine":
+            norms = np.sqrt(np.asarray(positive.multiply(positive).sum(axis=0)).ravel())
+            return positive @ sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0))
+        return bm25_weight(positive.T, K1=self.bm25_k1, B=self.bm25_b).T
 
     def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
         return (history @ self.similarity_).toarray().astype(np.float32, copy=False)
