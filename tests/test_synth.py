@@ -314,3 +314,107 @@ def test_default_period_is_fixed_and_start_is_honoured():
     users = make_users(20, seed=1, days=10, start="2023-03-05")
     ts = pa.concat_tables(event_chunks(b, users, n_events=2_000, seed=1)).column("timestamp")
     assert pc.min(ts).as_py() >= b.start and pc.max(ts).as_py() < b.start + timedelta(days=11)
+
+
+# -- into a store and from the command line -------------------------------------------------
+
+
+def _store(path):
+    from scalerec.config import Settings
+    from scalerec.data.store import DataStore
+
+    return DataStore.open(Settings(data={"dir": path}))
+
+
+def test_generate_store_writes_events_items_and_users(tmp_path):
+    from scalerec.config import Settings
+    from scalerec.data.synth import generate_store
+    from scalerec.data.validate import validate_events
+
+    store = _store(tmp_path)
+    calls: list[tuple[int, int]] = []
+    report = generate_store(
+        store, n_users=300, n_items=80, n_events=20_000, seed=3, days=20, chunk_events=3_000,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert store.log.count() == 20_000 == report.n_events == sum(report.event_counts.values())
+    assert store.catalog.count_items() == 80 and store.catalog.count_users() == 300
+    assert calls[0] == (0, 20_000) and calls[-1] == (20_000, 20_000)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+    # The log holds exactly the generated rows, and they pass the project's own validation.
+    catalog, users = make_catalog(80, seed=3, days=20), make_users(300, seed=3, days=20)
+    expected = pa.concat_tables(event_chunks(catalog, users, n_events=20_000, seed=3))
+    logged = store.log.read()
+    key = [("session_id", "ascending"), ("timestamp", "ascending"), ("event_type", "ascending")]
+    assert logged.sort_by(key).drop(["context"]).equals(expected.sort_by(key).drop(["context"]))
+    valid, rejects = validate_events(logged, Settings(data={"dir": tmp_path}))
+    assert rejects.num_rows == 0 and valid.num_rows == 20_000
+    assert store.catalog.items_table(["item_id"]).column("item_id").to_pylist() == catalog.item_ids.to_pylist()
+    assert report.first_event >= catalog.start
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path):
+    from scalerec.data.synth import generate_store
+
+    store = _store(tmp_path)
+
+    def stop(done: int, total: int) -> None:
+        if done >= 6_000:  # after two chunks went into the transaction
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_store(store, n_users=100, n_items=50, n_events=20_000, seed=1, days=10, chunk_events=3_000, progress=stop)
+    assert store.log.count() == 0
+    assert not list((tmp_path / "events").rglob("*.parquet"))
+    assert store.catalog.count_items() == 0 and store.catalog.count_users() == 0
+
+
+def test_cli_synth_and_refuses_a_store_with_events(tmp_path, capsys):
+    from scalerec.cli import main
+
+    args = ["--data-dir", str(tmp_path), "synth", "--users", "200", "--items", "60", "--events", "5000",
+            "--seed", "4", "--days", "15"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "Synthetic shop" in out and "5,000" in out
+    assert _store(tmp_path).log.count() == 5_000
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "already holds 5,000 events" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--data-dir", str(tmp_path / "other"), "synth", "--items", "10", "--events", "10"])
+    assert exc.value.code == 2 and "n_items must be" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_leaves_nothing_behind(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("scalerec")
+    proc = subprocess.Popen(
+        [str(exe), "--data-dir", str(tmp_path), "synth", "--users", "1000", "--items", "200",
+         "--events", "50000000", "--chunk-events", "20000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # wait until the transaction has staged data files
+        while not list((tmp_path / "events").glob(".tmp-*/date=*/*.parquet")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert not list((tmp_path / "events").rglob("*.parquet"))
+    assert not list((tmp_path / "events").glob(".tmp-*"))
+    assert _store(tmp_path).log.count() == 0

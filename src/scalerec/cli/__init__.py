@@ -23,7 +23,7 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Entry point: errors become one line on stderr and a non-zero exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except ScalerecError as exc:
         err_console.print(f"error: {exc.message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -38,3 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    # Not standalone, typer returns Ctrl-C (as 130) and `raise typer.Exit(n)` as an exit code.
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == 130:
+            err_console.print("interrupted", markup=False)
+        sys.exit(code)
