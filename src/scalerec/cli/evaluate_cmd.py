@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from scalerec.cli._app import app, console, err_console, get_settings, get_store
-from scalerec.errors import ValidationError
+from scalerec.errors import EmptyDataError, ValidationError
 
 SPLIT_NAMES = ("online-retail", "temporal", "leave-last", "random", "users")
 
@@ -147,8 +147,11 @@ def evaluate_command(
         options["settings"] = settings
 
     store = get_store(ctx)
-    with err_console.status(f"splitting events ({split_name})…"):
-        the_split = make_split(split_name, store, **options)
+    try:
+        with err_console.status(f"splitting events ({split_name})…"):
+            the_split = make_split(split_name, store, **options)
+    except EmptyDataError as exc:
+        raise EmptyDataError(f"{exc.message} (data directory {settings.data.dir})", details=exc.details) from None
 
     status = err_console.status("")
 

@@ -161,6 +161,8 @@ class ModelResult:
     fit_s: float
     recommend_s: float
     n_users: int
+    #: the hyperparameters that differ from the family's defaults (what the table shows)
+    changed_params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +173,7 @@ class ModelResult:
             "fit_s": self.fit_s,
             "recommend_s": self.recommend_s,
             "n_users": self.n_users,
+            "changed_params": self.changed_params,
         }
 
 
@@ -217,7 +220,7 @@ class ComparisonResult:
 
         keys = self.metric_keys
         if transpose is None:
-            transpose = len(keys) > 6
+            transpose = len(keys) > 2
         split = self.split
         # The licence attribution is printed by the caller under the table: as a caption it
         # would wrap to the table's (narrow) width.
@@ -234,21 +237,24 @@ class ComparisonResult:
         if transpose:
             table.add_column("metric", style="bold")
             for r in self.results:
-                table.add_column(r.name, justify="right")
+                table.add_column(r.name, justify="right", overflow="fold", max_width=max(10, 60 // len(self.results)))
             for key in keys:
                 table.add_row(key, *(cell(r, key) for r in self.results))
             table.add_section()
             table.add_row("fit s", *(f"{r.fit_s:.2f}" for r in self.results))
             table.add_row("recommend s", *(f"{r.recommend_s:.2f}" for r in self.results))
+            table.add_row(
+                "params", *(", ".join(f"{k}={v}" for k, v in r.changed_params.items()) or "defaults" for r in self.results)
+            )
             return table
         table.add_column("model", style="bold")
-        table.add_column("params", overflow="fold", max_width=30)
+        table.add_column("params", overflow="fold", max_width=24)
         for key in keys:
             table.add_column(key, justify="right")
         table.add_column("fit s", justify="right")
         table.add_column("recommend s", justify="right")
         for r in self.results:
-            params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+            params = ", ".join(f"{k}={v}" for k, v in r.changed_params.items()) or "defaults"
             table.add_row(r.name, params, *(cell(r, key) for key in keys), f"{r.fit_s:.2f}", f"{r.recommend_s:.2f}")
         return table
 
@@ -286,11 +292,13 @@ def compare(
         if progress is not None:
             progress(name, "evaluate")
         values, recommend_s = _evaluate(model, split, ks, names, on, block_users, None)
+        params = _jsonable(model.get_params()) if hasattr(model, "get_params") else {}
         result.results.append(
             ModelResult(
                 name=name,
                 family=getattr(model, "family", "") or type(model).__name__,
-                params=_jsonable(model.get_params()) if hasattr(model, "get_params") else {},
+                params=params,
+                changed_params=_changed(model, params),
                 metrics=values,
                 fit_s=fit_s,
                 recommend_s=recommend_s,
@@ -309,3 +317,15 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
             value = value.item()
         out[key] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
     return out
+
+
+def _changed(model: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters that differ from the defaults of the model's ``__init__``."""
+    import inspect
+
+    try:
+        signature = inspect.signature(type(model).__init__)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return dict(params)
+    defaults = {p.name: p.default for p in signature.parameters.values() if p.default is not inspect.Parameter.empty}
+    return {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}

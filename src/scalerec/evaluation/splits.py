@@ -664,7 +664,11 @@ def online_retail_protocol(events: Any, *, test_days: float = 30.0) -> Split:
     window and not in training, restricted to users and items of training.
     """
     raw = load_events(events)
-    _require_events(raw, "the Online Retail protocol")
+    if raw.height == 0:
+        raise EmptyDataError(
+            "the Online Retail protocol found no events: import the file first with "
+            "`scalerec import events online_retail.csv.gz --preset online-retail`"
+        )
     end = raw.get_column("timestamp").max()
     purchases = raw.filter(pl.col("event_type") == "purchase")
     if purchases.filter(pl.col("user_id").is_not_null()).height == 0:
