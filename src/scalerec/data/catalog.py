@@ -278,8 +278,10 @@ class SqliteCatalog:
         self._all: list[sqlite3.Connection] = []
         self._all_guard = threading.Lock()
         self._closed = False
-        # An in-memory database lives as long as one connection to it is open: keep one.
+        # An in-memory database lives as long as one connection to it is open: keep one, and
+        # share it between threads under a lock (shared-cache tables lock without busy waiting).
         self._keepalive = self._connect() if self._uri else None
+        self._serial = threading.RLock() if self._uri else None
         conn = self._conn()
         try:
             conn.executescript(
@@ -316,28 +318,38 @@ class SqliteCatalog:
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
             raise StorageError("the catalogue store is closed; open it again")
+        if self._keepalive is not None:
+            return self._keepalive
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
 
     class _Txn:
-        def __init__(self, conn: sqlite3.Connection, immediate: bool) -> None:
-            self.conn, self.immediate = conn, immediate
+        def __init__(self, conn: sqlite3.Connection, serial: Any) -> None:
+            self.conn, self.serial = conn, serial
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE" if self.immediate else "BEGIN")
+            if self.serial is not None:
+                self.serial.acquire()
+            try:
+                # BEGIN IMMEDIATE takes the write lock up front, so read-then-write cannot deadlock.
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                if self.serial is not None:
+                    self.serial.release()
+                raise StorageError(f"cannot write to the catalogue: {exc}") from None
             return self.conn
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-            if exc_type is None:
-                self.conn.execute("COMMIT")
-            else:
-                self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                if self.serial is not None:
+                    self.serial.release()
 
-    def _write(self, conn: sqlite3.Connection | None = None) -> "_Txn":
-        # BEGIN IMMEDIATE takes the write lock up front, so a read-then-write cannot deadlock.
-        return self._Txn(conn or self._conn(), immediate=True)
+    def _write(self) -> "_Txn":
+        return self._Txn(self._conn(), self._serial)
 
     def close(self) -> None:
         """Close every connection of every thread."""
@@ -357,8 +369,12 @@ class SqliteCatalog:
         self.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        conn = self._conn()
         try:
-            return self._conn().execute(sql, params).fetchall()
+            if self._serial is None:
+                return conn.execute(sql, params).fetchall()
+            with self._serial:
+                return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
             raise StorageError(f"catalogue query failed: {exc}") from None
 
