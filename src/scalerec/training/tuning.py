@@ -322,7 +322,7 @@ def tune_family(
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs=dict(t.user_attrs, interrupted=False), skip_if_exists=True)
+        _requeue(study, t.params, {k: v for k, v in t.user_attrs.items() if k != "interrupted"})
 
     seen: dict[str, TrialResult] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -359,7 +359,8 @@ def tune_family(
         while True:
             # Launch while there is budget, time and a free slot.
             while len(running) < jobs and done + len(running) < budget:
-                if deadline is not None and time.monotonic() >= deadline:
+                # At least one trial per family even when the time is up, so every family has a result.
+                if deadline is not None and time.monotonic() >= deadline and (done or running):
                     stop = stop or "time budget reached"
                     break
                 if duplicates >= MAX_DUPLICATES_IN_A_ROW:
@@ -406,7 +407,7 @@ def tune_family(
             try:
                 trial.set_user_attr("interrupted", True)
                 study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, skip_if_exists=True)
+                _requeue(study, trial.params, {k: v for k, v in trial.user_attrs.items() if k != "interrupted"})
             except Exception:  # the interrupt matters more than bookkeeping; resume re-checks
                 pass
         raise
@@ -428,6 +429,16 @@ def tune_family(
         result.error = errors[-1] if errors else "no trial completed"
     result.wall_s = time.monotonic() - started
     return result
+
+
+def _requeue(study: "optuna.Study", params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+    """Queue an interrupted configuration to run first next time (once, however often it was cut)."""
+    from optuna.trial import TrialState
+
+    key = _params_key(params)
+    if any(_params_key(t.params) == key for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        return
+    study.enqueue_trial(params, user_attrs=user_attrs)
 
 
 def _model_params(klass: type, trial_params: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,296 @@
+"""Training pipeline on tiny synthetic stores: search, resume, gate, retraining, Ctrl-C safety."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import scipy.sparse as sp
+
+from scalerec.config import Settings
+from scalerec.data.store import DataStore
+from scalerec.data.synth import generate_store
+from scalerec.models import MODELS
+from scalerec.models.popular import MostPopular
+from scalerec.registry import Registry
+from scalerec.training import TrainOptions, run_training_subprocess, should_retrain, train
+from scalerec.training.pipeline import event_count, measure_peak_rss
+from scalerec.training.retrain import TrainingSchedule
+from scalerec.training.tuning import load_report, storage_url
+
+START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def tiny_store(path: Path, *, n_events: int = 6000, days: int = 60, start: datetime = START, seed: int = 7,
+               settings: dict[str, Any] | None = None) -> tuple[Settings, DataStore]:
+    """A small synthetic shop (150 users, 60 items) in ``path``; shared with test_cli_train."""
+    s = Settings(data={"dir": path}, **(settings or {}))
+    store = DataStore.open(s)
+    generate_store(store, n_users=150, n_items=60, n_events=n_events, seed=seed, days=days, start=start)
+    return s, store
+
+
+def _versions_on_disk(settings: Settings) -> list[str]:
+    root = Path(settings.data.dir) / "models"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def _finished_trials(settings: Settings, family: str) -> int:
+    return sum(
+        1 for st in load_report(Path(settings.data.dir), family) for t in st["trials"] if t["state"] in ("complete", "pruned")
+    )
+
+
+class LeastPopular(MostPopular):
+    """A deliberately bad model: recommends the least popular items first."""
+
+    family = "worst"
+
+    def _fit(self, X: sp.csr_matrix, progress: Any) -> None:
+        super()._fit(X, progress)
+        self.popularity_ = -self.popularity_
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[Settings, DataStore]:
+    return tiny_store(tmp_path / "data")
+
+
+def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, DataStore]) -> None:
+    settings, ds = store
+    events: list[Any] = []
+    result = train(settings, TrainOptions(models=["popular", "ease"], trials=3), store=ds, progress=events.append)
+    assert result.status == "registered"
+    v = result.version
+    assert v is not None and v.stage == "production"
+    m = v.manifest()
+    # the snapshot is the store's: same event count and range
+    assert m["data"]["event_count"] == event_count(ds)
+    lo, hi = ds.log.time_range()
+    assert m["data"]["min_timestamp"] == lo.isoformat() and m["data"]["max_timestamp"] == hi.isoformat()
+    assert len(m["data"]["fingerprint"]) == 64
+    assert m["model"]["family"] == result.best_family and m["model"]["params"] == {
+        **MODELS[result.best_family]().get_params(), **result.best_params
+    }
+    assert m["metrics"]["temporal"]["ndcg@20"] == pytest.approx(result.metrics["ndcg@20"])
+    assert m["fit_seconds"] > 0 and m["peak_rss_bytes"] > 10_000_000
+    assert m["promotion"]["promoted"] and m["promotion"]["production_score"] is None
+    assert m["scalerec_version"]
+    # each family ran its 3 trials, the first being the model's defaults
+    assert {f.family: f.trials_total for f in result.families} == {"popular": 3, "ease": 3}
+    ease = next(f for f in result.families if f.family == "ease")
+    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0}
+    assert ease.best_value >= ease.default_value
+    # fallbacks: popular = column sums of the all-data matrix, aligned with the model's items
+    loaded = Registry(settings).load()
+    assert loaded.popular.shape == (loaded.matrix.n_items,) and loaded.popular.sum() > 0
+    assert (loaded.trending >= 0).all() and loaded.trending.sum() > 0
+    assert {e.stage for e in events} >= {"snapshot", "split", "search", "fit", "gate", "register"}
+
+
+def test_gate_refuses_a_bad_candidate_and_force_is_recorded(store, monkeypatch) -> None:
+    settings, ds = store
+    monkeypatch.setitem(MODELS, "worst", LeastPopular)
+    first = train(settings, TrainOptions(models=["popular"], trials=2), store=ds)
+    assert first.version.stage == "production"
+
+    bad = train(settings, TrainOptions(models=["worst"], trials=1), store=ds)
+    p = bad.version.manifest()["promotion"]
+    assert not p["promoted"] and not p["gate_passed"] and not p["forced"]
+    assert p["candidate_score"] < p["production_score"]
+    assert p["production_version"] == first.version.version and p["method"] == "recipe"
+    reg = Registry(settings)
+    assert reg.production().version == first.version.version
+    assert reg.get(bad.version.version).stage == "candidate"
+
+    forced = train(settings, TrainOptions(models=["worst"], trials=1, force=True), store=ds)
+    p = forced.version.manifest()["promotion"]
+    assert p["promoted"] and p["forced"] and not p["gate_passed"] and p["reason"].startswith("forced")
+    assert reg.production().version == forced.version.version and reg.production().forced
+
+
+def test_gate_tolerance_lets_a_slightly_worse_candidate_through(tmp_path: Path, monkeypatch) -> None:
+    settings, ds = tiny_store(tmp_path / "d", settings={"training": {"promotion_tolerance": 1.0}})
+    monkeypatch.setitem(MODELS, "worst", LeastPopular)
+    train(settings, TrainOptions(models=["popular"], trials=1), store=ds)
+    r = train(settings, TrainOptions(models=["worst"], trials=1), store=ds)
+    assert r.promotion["gate_passed"] and r.version.stage == "production"  # 100% tolerance: anything passes
+
+
+def test_gate_evaluates_an_older_production_artifact_itself(tmp_path: Path) -> None:
+    # production is trained on days 0..40; 40 more days arrive; the test window (last 30 days)
+    # is entirely newer than production's data, so the artefact itself is scored (no leak).
+    settings, ds = tiny_store(tmp_path / "d", days=40)
+    first = train(settings, TrainOptions(models=["popular"], trials=1, test_days=10), store=ds)
+    generate_store(ds, n_users=150, n_items=60, n_events=6000, seed=8, days=40,
+                   start=datetime(2025, 2, 15, tzinfo=timezone.utc))
+    second = train(settings, TrainOptions(models=["popular"], trials=1, test_days=30), store=ds)
+    p = second.promotion
+    assert p["method"] == "artifact" and p["production_version"] == first.version.version
+    assert 0.0 < p["production_score"] <= 1.0
+
+
+def test_search_resumes_across_runs(store) -> None:
+    settings, ds = store
+    r1 = train(settings, TrainOptions(models=["ease"], trials=2), store=ds)
+    assert r1.families[0].trials_new == 2 and _finished_trials(settings, "ease") == 2
+    r2 = train(settings, TrainOptions(models=["ease"], trials=4), store=ds)
+    # same data, same split: the same study continues, only the missing trials run
+    assert r2.families[0].study == r1.families[0].study
+    assert r2.families[0].trials_new == 2 and _finished_trials(settings, "ease") == 4
+
+
+def test_ctrl_c_during_search_leaves_nothing_and_the_search_resumes(store) -> None:
+    settings, ds = store
+
+    def interrupt_after_first_trial(ev) -> None:
+        if ev.stage == "search" and ev.done >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, TrainOptions(models=["ease"], trials=3), store=ds, progress=interrupt_after_first_trial)
+    assert _versions_on_disk(settings) == []
+    assert not any((Path(settings.data.dir) / "tmp").glob("*"))
+    assert Registry(settings).list() == []
+    assert _finished_trials(settings, "ease") == 1
+
+    r = train(settings, TrainOptions(models=["ease"], trials=3), store=ds)
+    assert r.families[0].trials_new == 2 and r.families[0].trials_total == 3
+    assert _versions_on_disk(settings) == [r.version.version]
+
+
+def test_ctrl_c_while_writing_the_version_leaves_nothing(store) -> None:
+    settings, ds = store
+
+    def interrupt_in_register(ev) -> None:
+        if ev.stage == "register" and ev.done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, TrainOptions(models=["popular"], trials=1), store=ds, progress=interrupt_in_register)
+    assert _versions_on_disk(settings) == []
+    assert Registry(settings).list() == []
+
+
+def test_stale_running_trial_is_retried(store) -> None:
+    settings, ds = store
+    r = train(settings, TrainOptions(models=["ease"], trials=1), store=ds)
+    # simulate a run killed mid-trial: a RUNNING trial left in the study
+    study = optuna.load_study(study_name=r.families[0].study, storage=storage_url(Path(settings.data.dir)))
+    dead = study.ask({"l2": optuna.distributions.FloatDistribution(1.0, 1e4, log=True)})
+    killed_l2 = dead.params["l2"]
+    r2 = train(settings, TrainOptions(models=["ease"], trials=2), store=ds)
+    trials = optuna.load_study(study_name=r.families[0].study, storage=storage_url(Path(settings.data.dir))).trials
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[dead.number].user_attrs["interrupted"]
+    retried = [t for t in trials[dead.number + 1 :] if t.state == optuna.trial.TrialState.COMPLETE]
+    assert retried and retried[0].params["l2"] == pytest.approx(killed_l2)
+    assert r2.families[0].trials_total == 2
+
+
+def test_if_new_events_skips_then_runs(store) -> None:
+    settings, ds = store
+    first = train(settings, TrainOptions(models=["popular"], trials=1, if_new_events=100), store=ds)
+    assert first.status == "registered"  # no production yet: always due
+    skipped = train(settings, TrainOptions(models=["popular"], trials=1, if_new_events=100), store=ds)
+    assert skipped.status == "skipped" and skipped.new_events == 0 and "nothing to do" in skipped.reason
+    before = event_count(ds)
+    generate_store(ds, n_users=150, n_items=60, n_events=300, seed=9, days=3, start=datetime(2025, 3, 2, tzinfo=timezone.utc))
+    added = event_count(ds) - before
+    d = should_retrain(settings, added, store=ds)
+    assert d.retrain and d.new_events == added
+    assert not should_retrain(settings, added + 1, store=ds).retrain
+    again = train(settings, TrainOptions(models=["popular"], trials=1, if_new_events=added), store=ds)
+    assert again.status == "registered"
+    assert again.version.manifest()["data"]["event_count"] == event_count(ds)
+
+
+def test_minutes_budget_stops_the_search(store) -> None:
+    settings, ds = store
+    r = train(settings, TrainOptions(models=["ease"], minutes=0.0005), store=ds)  # 30 ms
+    f = r.families[0]
+    assert f.stopped == "time budget reached" and 1 <= f.trials_total < 50
+
+
+def test_exhausted_search_space_stops_early(store) -> None:
+    settings, ds = store
+    r = train(settings, TrainOptions(models=["popular"], trials=40), store=ds)
+    f = r.families[0]
+    assert "exhausted" in f.stopped and f.trials_total < 40
+    # only two distinct configurations exist; each is fitted once, repeats reuse the score
+    fitted = [t for st in load_report(Path(settings.data.dir), "popular") for t in st["trials"] if t["fit_s"]]
+    assert len({str(t["params"]) for t in fitted}) == 2
+
+
+def test_every_family_failing_is_an_error(tmp_path: Path) -> None:
+    settings, ds = tiny_store(tmp_path / "d", settings={"models": {"ease_max_items": 10}})
+    with pytest.raises(Exception, match="ease.*EASE refuses"):
+        train(settings, TrainOptions(models=["ease"], trials=2), store=ds)
+    assert _versions_on_disk(settings) == []
+
+
+def test_empty_store_is_a_clear_error(tmp_path: Path) -> None:
+    from scalerec.errors import EmptyDataError
+
+    settings = Settings(data={"dir": tmp_path})
+    with pytest.raises(EmptyDataError, match="import"):
+        train(settings, TrainOptions(models=["popular"], trials=1))
+
+
+def test_parallel_jobs_search_in_worker_processes(store) -> None:
+    settings, ds = store
+    r = train(settings, TrainOptions(models=["ease", "itemknn"], trials=4, jobs=2), store=ds)
+    assert r.status == "registered"
+    assert [f.trials_total for f in r.families] == [4, 4]
+    assert all(f.trials_failed == 0 for f in r.families)
+    assert not any((Path(settings.data.dir) / "tmp").glob("*"))  # the worker snapshot is removed
+
+
+def test_training_subprocess_and_schedule(store, tmp_path: Path) -> None:
+    settings, ds = store
+    ds.close()
+    log = tmp_path / "train.log"
+    rc = run_training_subprocess(settings, "--models", "popular", "--trials", "1", log_path=log)
+    assert rc == 0, log.read_text()
+    assert Registry(settings).production() is not None
+    sched = TrainingSchedule(interval_minutes=60, min_new_events=10)
+    assert sched.due()
+    assert sched.run_once(settings, log_path=log) == 0  # no new events: skipped, still success
+    assert "skipped" in log.read_text()
+    assert not sched.due()  # the next attempt waits for the interval
+    assert len(Registry(settings).list()) == 1
+    # a failing training returns its exit status; the caller lives on
+    rc = run_training_subprocess(settings, "--models", "nope", log_path=log)
+    assert rc == 2 and "unknown model families" in log.read_text()
+
+
+def test_measure_peak_rss_sees_an_allocation() -> None:
+    with measure_peak_rss() as base:
+        pass
+    with measure_peak_rss() as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        block.sum()
+        del block
+    assert mem["peak_rss_bytes"] >= base["peak_rss_bytes"] + 48 * 2**20
+
+
+def test_training_lock_refuses_a_second_run(store) -> None:
+    from scalerec.errors import ConflictError
+    from scalerec.training.pipeline import training_lock
+
+    settings, ds = store
+    with training_lock(Path(settings.data.dir)):
+        with pytest.raises(ConflictError, match="another training"):
+            train(settings, TrainOptions(models=["popular"], trials=1), store=ds)
+
+
+def test_python_m_scalerec_entry_point_exists() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "scalerec", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "train" in out.stdout and "models" in out.stdout
