@@ -11,11 +11,9 @@ from fastapi import FastAPI
 from scalerec.errors import ConfigError, PayloadTooLargeError
 from scalerec.monitoring import metrics
 from scalerec.serving.auth import ApiKeyStore, Authenticator
-from scalerec.serving.http.errors import error_response, install_error_handlers
+from scalerec.serving.http.errors import API_PREFIX, error_response, install_error_handlers, route_template
 from scalerec.serving.http.routers import events, health, items, models, recommendations, users
 from scalerec.serving.service import RecommendService
-
-API_PREFIX = "/v1"
 
 
 class LimitsAndMetrics:
@@ -67,8 +65,7 @@ class LimitsAndMetrics:
 
     @staticmethod
     def _observe(scope: dict, status: int, t0: float) -> None:
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
+        endpoint = route_template(scope)
         method = scope.get("method", "")
         metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)).inc()
         metrics.LATENCY.labels(endpoint=endpoint, method=method).observe(time.perf_counter() - t0)

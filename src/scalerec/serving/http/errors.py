@@ -16,6 +16,8 @@ from scalerec.monitoring import metrics
 
 log = logging.getLogger("scalerec.serving.http")
 
+API_PREFIX = "/v1"
+
 _HTTP_TYPES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
@@ -27,9 +29,20 @@ def error_response(status: int, type_: str, message: str, details: Any = None, h
     return Response(body.encode(), status_code=status, media_type="application/json", headers=headers)
 
 
+def route_template(scope: dict) -> str:
+    """The matched route's path template (e.g. /v1/users/{user_id}/recommendations): bounded label
+    values for metrics, never the raw URL."""
+    path = getattr(scope.get("route"), "path", None)
+    if not path:
+        return "unmatched"
+    prefix = scope.get("path", "")[: len(API_PREFIX)]
+    if prefix == API_PREFIX and not path.startswith(API_PREFIX):  # routers report their own path
+        path = API_PREFIX + path
+    return path
+
+
 def _endpoint(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    return route_template(request.scope)
 
 
 def _validation_details(exc: RequestValidationError) -> tuple[int, str, str, list[dict[str, Any]]]:
