@@ -919,9 +919,14 @@ def event_chunks(
             buffered += int(sizes[b])
             while buffered >= chunk_events:
                 table = pa.concat_tables(buffer)
-                yield table.slice(0, chunk_events)
                 rest = table.slice(chunk_events)
+                head = table.slice(0, chunk_events)
+                # Drop our references before yielding, so only the yielded chunk and the rest
+                # of the last block stay alive while the consumer works on it.
+                del table
                 buffer, buffered = ([rest] if rest.num_rows else []), rest.num_rows
+                yield head
+                del head
     if buffered:
         yield pa.concat_tables(buffer)
 
