@@ -121,10 +121,13 @@ def users_delete(
     """Delete all stored data of one user (a data-deletion request): events, pending events, record."""
     store = get_store(ctx)
     if not yes:
-        typer.confirm(
+        confirmed = typer.confirm(
             f"Delete every event and the record of user {user_id!r} from {store.dir}? This cannot be undone",
-            abort=True,
+            default=False,
         )
+        if not confirmed:
+            console.print("cancelled: nothing was deleted", markup=False, highlight=False)
+            raise typer.Exit(1)
     result = store.delete_user(user_id)
     console.print(
         f"deleted user {user_id!r}: {result['log_events']:,} logged events, {result['pending_events']:,} pending "
