@@ -13,6 +13,7 @@ between those steps is resolved without losing or duplicating events.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -343,10 +344,19 @@ class SqliteCatalog:
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
             try:
-                self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                try:
+                    self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                except sqlite3.OperationalError as err:
+                    if exc_type is None:
+                        with contextlib.suppress(sqlite3.Error):
+                            self.conn.execute("ROLLBACK")
+                        raise StorageError(f"cannot commit to the catalogue: {err}") from None
             finally:
                 if self.serial is not None:
                     self.serial.release()
+            if exc_type is not None and issubclass(exc_type, sqlite3.OperationalError):
+                # "database is locked" after the busy timeout, "disk I/O error", "database or disk is full"
+                raise StorageError(f"catalogue write failed: {exc}; nothing was changed") from None
 
     def _write(self) -> "_Txn":
         return self._Txn(self._conn(), self._serial)

@@ -23,6 +23,7 @@ a crash in between is harmless to readers and is cleaned up by :meth:`EventLog.r
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import json
@@ -251,6 +252,26 @@ def _stat_us(value: Any) -> int | None:
     if isinstance(value, (int, np.integer)):
         return int(value)
     return None
+
+
+def _may_contain(path: Path, column: str, values: list[str]) -> bool:
+    """False only if the column's row-group min/max statistics rule out every value (sorted)."""
+    md = pq.read_metadata(path)
+    idx = md.schema.to_arrow_schema().get_field_index(column)
+    if idx < 0:
+        return True
+    for g in range(md.num_row_groups):
+        st = md.row_group(g).column(idx).statistics
+        if st is None or not st.has_min_max:
+            return True
+        lo, hi = st.min, st.max
+        if isinstance(lo, bytes) or isinstance(hi, bytes):
+            return True
+        # values is sorted: is any value within [lo, hi]?
+        j = bisect.bisect_left(values, lo)
+        if j < len(values) and values[j] <= hi:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -747,6 +768,13 @@ class EventLog:
             assert ok
             yield
 
+    @contextlib.contextmanager
+    def try_lock(self) -> Iterator[bool]:
+        """Like :meth:`lock` but yields False at once instead of waiting for another holder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _RootLock.for_root(self.root).hold(blocking=False) as ok:
+            yield ok
+
     def _replace(self, part_dir: Path, old: list[Path], new_tmp: Path | None) -> None:
         """Atomically replace the files ``old`` of one partition by ``new_tmp`` (or by nothing)."""
         if new_tmp is None:
@@ -903,7 +931,12 @@ class EventLog:
             all_files = [(d, p) for _, d in self.partitions() for p in self._visible_files(d)]
             tmp = self._rewrite_tmp()
             try:
+                wanted = ids.to_pylist()
                 for i, (d, p) in enumerate(all_files):
+                    if not _may_contain(p, "user_id", wanted):
+                        if progress is not None:
+                            progress(i + 1, len(all_files))
+                        continue
                     users = pq.read_table(p, columns=["user_id"]).column("user_id")
                     hit = pc.is_in(users, value_set=ids)
                     n_hit = pc.sum(hit).as_py() or 0

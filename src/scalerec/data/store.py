@@ -205,11 +205,24 @@ class DataStore:
         return out
 
     def recover(self) -> dict[str, int]:
-        """Finish interrupted log transactions/rewrites and pending-event flushes (run on open)."""
-        with self.log.lock():
+        """Finish interrupted log transactions/rewrites and pending-event flushes (run on open).
+
+        Skipped (returns {}) while another process holds the log's maintenance lock: that process
+        is compacting, deleting or flushing, and recovers first itself.
+        """
+        with self.log.try_lock() as ok:
+            if not ok:
+                return {}
             stats = dict(self.log.recover())
             stats.update(self._recover_pending())
         return stats
+
+    @contextlib.contextmanager
+    def consistent_view(self) -> Iterator[None]:
+        """Hold while reading ``log.files()``/``log.scan()`` together with the pending events, so a
+        concurrent flush cannot move a batch between the two reads (``events()`` does this itself)."""
+        with self._view_lock.shared():
+            yield
 
     # -- maintenance ----------------------------------------------------------------------
     def compact(self, *, all_partitions: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
@@ -228,12 +241,11 @@ class DataStore:
         user_id = str(user_id)
         if not user_id.strip():
             raise ValidationError("user_id is empty; pass the id of the user whose data to delete")
-        with self.log.lock():
+        with self.log.lock():  # no flush may move this user's pending events meanwhile
             self._recover_pending()
-            with self._view_lock.exclusive():
-                pending = self.catalog.delete_user_pending_events(user_id)
-                logged = self.log.delete_users([user_id])
-                record = self.catalog.delete_user(user_id)
+            pending = self.catalog.delete_user_pending_events(user_id)
+            logged = self.log.delete_users([user_id])
+            record = self.catalog.delete_user(user_id)
         if not (pending or logged or record):
             raise UnknownUserError(
                 f"user {user_id!r} has no events and no user record; check the id (ids are case-sensitive)"
