@@ -8,6 +8,9 @@ they meet in production:
   and ~5% out of stock at the end (no carts or purchases after they sold out);
 - customers with a Dirichlet taste over categories (kept as their top ``N_FAVOURITES``), a home
   city, a preferred device, a heavy-tailed activity level and a sign-up date (no events before it);
+- a latent style (one of ``N_STYLES``) of every item and customer: customers pick items of their
+  style ``1 + STYLE_BOOST`` times as often, so there is item-level signal for collaborative
+  filtering beyond category taste and popularity (the item's brand reveals its style);
 - sessions with a view -> add_to_cart -> purchase funnel: a purchase always follows a cart and a
   view of the same item in the same session;
 - daily, weekly and yearly cycles (evenings and weekends are busier; Black Friday, Christmas);
@@ -23,7 +26,7 @@ depends only on the arguments that shape the world, not on ``chunk_events``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -68,6 +71,9 @@ DEFAULT_END = date(2025, 1, 1)
 BLOCK_EVENTS = 1 << 18
 #: How many of a customer's top categories are kept (the rest of a sparse Dirichlet is tiny).
 N_FAVOURITES = 4
+#: Latent styles; an item of the customer's own style is (1 + STYLE_BOOST) times as likely.
+N_STYLES = 8
+STYLE_BOOST = 4.0
 #: Share of sessions by customers who are not logged in (``user_id`` null, ``session_id`` set).
 ANONYMOUS_FRACTION = 0.05
 
@@ -286,8 +292,9 @@ class Catalog:
     stockout_day: np.ndarray  # int32; day from which it is out of stock; >= days = never
     adjective: np.ndarray  # int16 into ADJECTIVES
     noun: np.ndarray  # int16 into the category's nouns
-    brand: np.ndarray  # int16 into BRANDS
+    brand: np.ndarray  # int16 into BRANDS (two brands per style)
     color: np.ndarray  # int16 into COLORS
+    style: np.ndarray  # int8, latent style in [0, N_STYLES)
     start: datetime
     days: int
 
@@ -304,10 +311,6 @@ class Catalog:
     def launch_us(self) -> np.ndarray:
         """int64 [n_items]: launch time in UTC microseconds (midnight of the launch day)."""
         return _start_us(self.start) + self.launch_day.astype(np.int64) * US_PER_DAY
-
-    def category_names(self) -> np.ndarray:
-        """str [n_items]: each item's leaf category name."""
-        return np.array([c.name for c in CATEGORIES], dtype=object)[self.category]
 
     def to_table(self) -> pa.Table:
         """The catalogue in ITEM_SCHEMA; ``categories`` is [leaf category, department]."""
@@ -387,6 +390,8 @@ def make_catalog(n_items: int, *, seed: int, days: int = 180, start: date | date
 
     n_nouns = np.array([len(c.nouns) for c in CATEGORIES])
     noun = np.floor(rng.random(n) * n_nouns[category]).astype(np.int16)
+    style = rng.integers(0, N_STYLES, n).astype(np.int8)
+    brand = (style.astype(np.int16) * (len(BRANDS) // N_STYLES) + rng.integers(0, len(BRANDS) // N_STYLES, n)).astype(np.int16)
     return Catalog(
         item_ids=_fixed_width_ids("i", np.arange(1, n + 1), _id_width(n)),
         category=category,
@@ -396,8 +401,9 @@ def make_catalog(n_items: int, *, seed: int, days: int = 180, start: date | date
         stockout_day=stockout_day,
         adjective=rng.integers(0, len(ADJECTIVES), n).astype(np.int16),
         noun=noun,
-        brand=rng.integers(0, len(BRANDS), n).astype(np.int16),
+        brand=brand,
         color=rng.integers(0, len(COLORS), n).astype(np.int16),
+        style=style,
         start=start_dt,
         days=days,
     )
@@ -420,6 +426,7 @@ class Users:
     gender: np.ndarray  # int8 into GENDERS
     fav_categories: np.ndarray  # int16, top categories by taste, most liked first
     fav_weights: np.ndarray  # float32, taste weights of fav_categories (rows sum to 1)
+    style: np.ndarray  # int8, latent style in [0, N_STYLES)
     start: datetime
     days: int
 
@@ -461,7 +468,7 @@ def make_users(n_users: int, *, seed: int, days: int = 180, start: date | dateti
     new = rng.random(n) < 0.35
     u = rng.random(n)
     created = np.where(new, t0 + u * (days * US_PER_DAY), t0 - (1 - u) * (730 * US_PER_DAY)).astype(np.int64)
-    created[0] = min(created[0], t0 - US_PER_DAY)
+    created[0] = min(created[0], t0 - int((1 + u[0]) * US_PER_DAY))
     city = _categorical(rng, [c.share for c in CITIES], n).astype(np.int8)
     device = _categorical(rng, DEVICE_SHARES, n).astype(np.int8)
     activity = rng.lognormal(0.0, 1.0, n).astype(np.float32)
@@ -491,6 +498,7 @@ def make_users(n_users: int, *, seed: int, days: int = 180, start: date | dateti
         gender=gender,
         fav_categories=fav_cat,
         fav_weights=fav_w,
+        style=rng.integers(0, N_STYLES, n).astype(np.int8),
         start=start_dt,
         days=days,
     )
@@ -632,10 +640,14 @@ class _World:
         self.start_us = _start_us(catalog.start)
         self.weather = make_weather(seed=seed, days=self.days, start=self.start)
         self.mult = _category_multipliers(self.start, self.days, self.weather)
-        # Items grouped by category: category c occupies [cat_lo[c], cat_lo[c+1]) of by_cat.
-        self.by_cat = np.argsort(catalog.category, kind="stable")
+        # Items grouped by category, then style: category c occupies [cat_lo[c], cat_lo[c+1]) of
+        # by_cat, and its items of style s [cs_lo[c * N_STYLES + s], cs_lo[c * N_STYLES + s + 1]).
+        self.by_cat = np.lexsort((catalog.style, catalog.category))
         counts = np.bincount(catalog.category, minlength=len(CATEGORIES))
         self.cat_lo = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        cs_counts = np.bincount(catalog.category.astype(np.int64) * N_STYLES + catalog.style,
+                                minlength=len(CATEGORIES) * N_STYLES)
+        self.cs_lo = np.concatenate([[0], np.cumsum(cs_counts)]).astype(np.int64)
         self.pop_sorted = catalog.popularity[self.by_cat]
         self.launch_sorted = catalog.launch_day[self.by_cat]
         self.stockout_sorted = catalog.stockout_day[self.by_cat]
@@ -686,21 +698,32 @@ class _World:
 
     # -- draws ------------------------------------------------------------------------------
 
-    def draw_items(self, rng: np.random.Generator, cat: np.ndarray) -> np.ndarray:
-        """Item positions (into by_cat order) for categories ``cat``, by today's item weights."""
-        u = rng.random(len(cat))
+    def draw_items(self, rng: np.random.Generator, cat: np.ndarray, style: np.ndarray) -> np.ndarray:
+        """Item positions (into by_cat order) for categories ``cat`` by today's item weights, items
+        of the customer's ``style`` boosted: an exact mixture of "any item of the category" and
+        "an item of the category and style", each an inverse-CDF draw on a contiguous range."""
+        u_mix, u = rng.random(len(cat)), rng.random(len(cat))
         pos = np.empty(len(cat), dtype=np.int64)
-        # One inverse-CDF search per category block (a loop over categories, not events): the
-        # block's cumulative weights fit in cache, which is several times faster than searching
-        # the whole catalogue's array with random targets.
+        # One search per category block (a loop over categories, not events): the block's
+        # cumulative weights fit in cache, several times faster than searching the whole
+        # catalogue's array with random targets.
         order = np.argsort(cat, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(cat, minlength=len(CATEGORIES)))])
         for c in np.flatnonzero(np.diff(bounds)):
             rows = order[bounds[c] : bounds[c + 1]]
             lo, hi = int(self.cat_lo[c]), int(self.cat_lo[c + 1])
             cum = self.item_cum[lo : hi + 1]
-            target = cum[0] + u[rows] * (cum[-1] - cum[0])
-            pos[rows] = lo + np.minimum(np.searchsorted(cum, target, side="right") - 1, hi - lo - 1)
+            total = cum[-1] - cum[0]
+            s_lo = self.cs_lo[c * N_STYLES + style[rows]] - lo
+            s_hi = self.cs_lo[c * N_STYLES + style[rows] + 1] - lo
+            own = cum[s_hi] - cum[s_lo]
+            # P(item i) = w_i (1 + B [style_i = s]) / (W + B W_s) = mixture with P(style part) below
+            pick = u_mix[rows] * (total + STYLE_BOOST * own) < STYLE_BOOST * own
+            a = np.where(pick, s_lo, 0)
+            b = np.where(pick, s_hi, hi - lo)
+            target = cum[a] + u[rows] * (cum[b] - cum[a])
+            local = np.searchsorted(cum, target, side="right") - 1
+            pos[rows] = lo + np.clip(local, a, b - 1)
         return pos
 
     def draw_favourite(self, rng: np.random.Generator, user: np.ndarray, city: np.ndarray, d: int) -> np.ndarray:
@@ -777,7 +800,7 @@ def _draw_sessions(world: _World, rng: np.random.Generator, d: int, b: int, n_bl
     view_cat[taste] = world.draw_favourite(rng, user[ts], city[ts], d)
     shop = source >= P_FOCUS + P_TASTE
     view_cat[shop] = world.draw_shop_category(rng, city[sess_of_view[shop]])
-    pos = world.draw_items(rng, view_cat)
+    pos = world.draw_items(rng, view_cat, users.style[user][sess_of_view])
     item = world.by_cat[pos]
     cart = rng.random(n_v) < world.p_cart[item] * world.in_stock_sorted[pos]
     buy = cart & (rng.random(n_v) < P_BUY)
@@ -949,7 +972,6 @@ class SynthReport:
     first_event: datetime | None
     last_event: datetime | None
     elapsed_s: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def events_per_s(self) -> float:
