@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from scalerec.errors import ModelCapacityError, ValidationError
+from scalerec.errors import ModelCapacityError, NotFittedError, ValidationError
 from scalerec.evaluation import compare, evaluate, split_temporal, split_users
 from scalerec.models import make_model
 from test_evaluation_splits import T0, events_table
@@ -98,6 +98,11 @@ def test_evaluate_rejects_bad_k_and_metrics(split) -> None:
         evaluate(model, split, k=3, metrics=("auc",))
     with pytest.raises(ValidationError, match="no validation part"):
         evaluate(model, split, k=3, on="valid")
+    with pytest.raises(NotFittedError):
+        evaluate(make_model("popular"), split, k=3)
+    other = split_temporal(events_table(popularity_rows()[:30] + [("u00", "extra", "view", 80.0)]), test_days=40)
+    with pytest.raises(ValidationError, match="fitted on"):
+        evaluate(make_model("popular").fit(other.train), split, k=3)
 
 
 def test_compare_collects_metrics_timings_and_renders(split) -> None:

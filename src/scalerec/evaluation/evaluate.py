@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scalerec.errors import ValidationError
+from scalerec.errors import NotFittedError, ValidationError
 from scalerec.evaluation.metrics import (
     RANKING_METRICS,
     item_popularity_percentile,
@@ -77,6 +77,14 @@ def _evaluate(
     """Metric means and the seconds spent inside the model's recommend calls."""
     relevant, rows = split.relevant(on)
     n_items = split.train.n_items
+    model_items = getattr(model, "n_items_", None)
+    if model_items is None:
+        raise NotFittedError(f"{type(model).__name__} is not fitted: fit it on split.train before evaluate()")
+    if model_items != n_items:
+        raise ValidationError(
+            f"{type(model).__name__} was fitted on {model_items} items but the split has {n_items}: "
+            "fit it on this split's training matrix (split.train)"
+        )
     n = max(ks)
     ranking = tuple(m for m in names if m in RANKING_METRICS)
     sums: dict[str, float] = {f"{m}@{k}": 0.0 for k in ks for m in ranking}

@@ -76,7 +76,7 @@ def _bar_chart(labels: list[str], values: list[float], colours: list[str], *, se
     top = max(values) if values and max(values) > 0 else 1.0
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
-        f'role="img" style="max-width:{width}px">'
+        f'role="img" font-family="Segoe UI, Roboto, Helvetica, Arial, sans-serif" style="max-width:{width}px">'
     ]
     for i, (label, value, colour) in enumerate(zip(labels, values, colours)):
         y = gap + i * (bar_h + gap)
