@@ -145,7 +145,7 @@ def train_cmd(
         if as_json:
             console.print_json(json.dumps({"status": "skipped", "reason": result.reason, "new_events": result.new_events}))
         else:
-            console.print(f"skipped: {result.reason}")
+            console.print(f"skipped: {result.reason}", soft_wrap=True)
         return
     if as_json:
         v = result.version
@@ -205,7 +205,7 @@ def tune_report(
             table.add_column(col, justify="right" if col in ("#", "value", "fit s") else "left")
         for t in shown:
             table.add_row(str(t["number"]), _fmt(t["value"]), _params(t["params"]), _fmt(t["fit_s"], 2),
-                          "default" if t["default"] else "")
+                          "default" if t["default"] else ("repeat (not refitted)" if t.get("duplicate") else ""))
         failed = [t for t in trials if t["state"] == "fail" and t["error"]]
         if failed:
             table.caption = f"{len(failed)} failed; last: {failed[-1]['error']}"
@@ -218,7 +218,7 @@ def tune_report(
                 best_per_family[fam] = (val, st["best"]["params"], st["study"])
     summary = Table(title="best configuration per family", title_justify="left")
     for col in ("family", "value", "params", "study"):
-        summary.add_column(col)
+        summary.add_column(col, overflow="fold")
     for fam, (val, params, name) in sorted(best_per_family.items()):
         summary.add_row(fam, _fmt(val), _params(params), name)
     console.print(summary)
@@ -237,7 +237,6 @@ def _version_row(v: "ModelVersion") -> list[str]:
         v.stage + (" (forced)" if v.forced else ""),
         v.family or "-",
         f"{v.metric} {_fmt(v.score)}" if v.metric else "-",
-        v.created_at[:19],
         "ok" if v.error is None else f"[red]broken: {v.error}[/red]",
     ]
 
@@ -256,9 +255,11 @@ def models_list(
     if not versions:
         console.print("no model versions yet: run `scalerec train`")
         return
-    table = Table()
-    for col in ("version", "stage", "family", "score", "created (UTC)", "health"):
-        table.add_column(col)
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD)  # the version name already says when (UTC) it was made
+    for col in ("version", "stage", "family", "score", "health"):
+        table.add_column(col, no_wrap=col != "health", overflow="fold")
     for v in versions:
         table.add_row(*_version_row(v))
     console.print(table)
@@ -286,7 +287,7 @@ def models_promote(
 ) -> None:
     """Make VERSION the production model (the current one is archived)."""
     v = _registry(ctx).promote(version, force=force)
-    console.print(f"{v.version} is now in production" + (" (forced)" if v.forced else ""))
+    console.print(f"{v.version} is now in production" + (" (forced)" if v.forced else ""), soft_wrap=True)
 
 
 @models_app.command("rollback")
@@ -295,11 +296,11 @@ def models_rollback(ctx: typer.Context) -> None:
     reg = _registry(ctx)
     before = reg.production()
     v = reg.rollback()
-    console.print(f"rolled back: {v.version} is in production again (was {before.version if before else '-'})")
+    console.print(f"rolled back: {v.version} is in production again (was {before.version if before else '-'})", soft_wrap=True)
 
 
 @models_app.command("delete")
 def models_delete(ctx: typer.Context, version: str = typer.Argument(..., help="A candidate or archived version.")) -> None:
     """Delete a version that is not in production (its directory and its row)."""
     _registry(ctx).delete(version)
-    console.print(f"deleted {version}")
+    console.print(f"deleted {version}", soft_wrap=True)

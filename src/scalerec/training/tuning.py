@@ -491,6 +491,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                     "params": t.params,
                     "fit_s": t.user_attrs.get("fit_s"),
                     "default": bool(t.user_attrs.get("default")),
+                    "duplicate": bool(t.user_attrs.get("duplicate")),
                     "error": t.user_attrs.get("error"),
                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 }

@@ -1,0 +1,64 @@
+"""The Executor seam: LocalExecutor in-process and in a spawned process pool, and the factory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from scalerec.cluster import Executor, LocalExecutor, get_executor
+from scalerec.config import Settings
+from scalerec.errors import ValidationError
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _worker_info(_: int) -> tuple[int, int]:
+    """(pid, the largest BLAS/OpenMP thread count seen by threadpoolctl) inside the task."""
+    import numpy  # noqa: F401 - load a BLAS so threadpoolctl has something to report
+    from threadpoolctl import threadpool_info
+
+    counts = [int(p["num_threads"]) for p in threadpool_info()]
+    return os.getpid(), max(counts) if counts else 1
+
+
+def _fail(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+def test_in_process_executor_runs_inline() -> None:
+    ex = LocalExecutor(1)
+    assert isinstance(ex, Executor)
+    assert ex.map(_square, range(5)) == [0, 1, 4, 9, 16]
+    pid, _ = ex.submit(_worker_info, 0).result()
+    assert pid == os.getpid()
+    fut = ex.submit(_fail, 3)
+    with pytest.raises(ValueError, match="bad 3"):
+        fut.result()
+
+
+def test_process_pool_runs_in_workers_with_one_blas_thread_each() -> None:
+    with LocalExecutor(2, threads_per_job=1) as ex:
+        assert ex.map(_square, range(6)) == [0, 1, 4, 9, 16, 25]
+        infos = ex.map(_worker_info, range(4))
+        with pytest.raises(ValueError, match="bad 1"):
+            ex.submit(_fail, 1).result()
+    assert all(pid != os.getpid() for pid, _ in infos)
+    assert all(threads == 1 for _, threads in infos)  # 2 jobs on 2 cores do not oversubscribe
+
+
+def test_cancel_shutdown_stops_workers() -> None:
+    ex = LocalExecutor(2)
+    ex.map(_square, range(2))
+    procs = list(ex._pool._processes.values())  # type: ignore[union-attr]
+    ex.shutdown(cancel=True)
+    assert all(not p.is_alive() for p in procs)
+
+
+def test_factory_and_validation() -> None:
+    ex = get_executor(Settings(), jobs=3)
+    assert isinstance(ex, LocalExecutor) and ex.jobs == 3
+    with pytest.raises(ValidationError):
+        LocalExecutor(0)
