@@ -370,3 +370,23 @@ def test_writes_reject_rows_outside_the_schema(tmp_path):
     with pytest.raises(ValidationError, match="item_id"):
         log.append(bad)
     assert log.files() == []
+
+
+def test_scan_of_a_day_with_more_files_than_the_open_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(eventlog_module, "MAX_OPEN_FILES", 2)
+    log = EventLog(tmp_path / "events")
+    chunks = [make_events(40, days=1, seed=s) for s in range(4)]
+    for c in chunks:
+        log.append(c)
+    assert len(log.files()) == 4
+    assert rows(log.read()) == rows(pa.concat_tables(chunks))
+
+
+def test_compaction_limited_to_some_days(tmp_path):
+    log = EventLog(tmp_path / "events")
+    for s in range(3):
+        log.append(make_events(60, days=3, seed=s))
+    first_day = T0.date()
+    result = log.compact(min_files=2, days=[first_day])
+    assert result["partitions"] == 1
+    assert [len(log.files(start=T0 + dt.timedelta(days=k), end=T0 + dt.timedelta(days=k + 1))) for k in range(3)] == [1, 3, 3]

@@ -210,3 +210,14 @@ def test_compact_flushes_and_merges(store, settings):
     assert result["partitions"] == 1 and result["files_before"] == 3 and result["files_after"] == 1
     assert len(store.log.files(start="2021-05-01", end="2021-05-02")) == 1
     assert event_keys(store.events()) == before
+
+
+def test_flush_keeps_the_days_it_touches_compact(tmp_path):
+    settings = Settings(data={"dir": tmp_path / "s", "compact_min_files": 2})
+    store = DataStore.open(settings)
+    for k in range(3):
+        store.catalog.add_pending_events(make_events(settings, [(f"u{k}", "mug", "view", "2021-06-01 10:00")]))
+        assert store.flush_pending() == 1
+        assert len(store.log.files()) == 1  # the second file of the day triggered a merge
+    assert store.log.count() == 3
+    store.close()

@@ -78,6 +78,8 @@ MAX_OPEN_WRITERS = 128
 #: Compaction sorts a merged day by timestamp when it has at most this many rows (better
 #: statistics and compression); bigger days are streamed unsorted to keep memory flat.
 SORT_MAX_ROWS = 2_000_000
+#: A scan opens all files of a day up front (a consistent snapshot) unless it has more than this.
+MAX_OPEN_FILES = 256
 _US_PER_DAY = 86_400_000_000
 
 Progress = Callable[[int, int], None]
@@ -638,29 +640,49 @@ class EventLog:
                 read_cols.append("timestamp")
             handles = self._open_partition(part_dir)
             try:
-                for pf in handles:
-                    yield from self._scan_file(pf, read_cols, cols, out_schema, lo, hi, need_ts, filter, batch_size)
+                for h in handles:
+                    pf = h if isinstance(h, pq.ParquetFile) else self._open_late(h)
+                    try:
+                        yield from self._scan_file(pf, read_cols, cols, out_schema, lo, hi, need_ts, filter, batch_size)
+                    finally:
+                        pf.close(force=True)
             finally:
-                for pf in handles:
-                    pf.close(force=True)
+                for h in handles:
+                    if isinstance(h, pq.ParquetFile):
+                        h.close(force=True)
 
-    def _open_partition(self, part_dir: Path) -> list[pq.ParquetFile]:
+    def _open_partition(self, part_dir: Path) -> list[pq.ParquetFile | Path]:
         # Open every file of the day up front: a concurrent compaction may delete old files right
         # after we list them, and an open handle keeps reading that (still consistent) snapshot on
-        # POSIX. If a file vanished between listing and opening, list again.
+        # POSIX. If a file vanished between listing and opening, list again. A day with very many
+        # files (not compacted) is opened file by file instead, to bound open descriptors.
         for _attempt in range(5):
-            handles: list[pq.ParquetFile] = []
+            paths = self._visible_files(part_dir)
+            if len(paths) > MAX_OPEN_FILES:
+                return list(paths)
+            handles: list[pq.ParquetFile | Path] = []
             try:
-                for path in self._visible_files(part_dir):
+                for path in paths:
                     handles.append(pq.ParquetFile(path))
                 return handles
             except FileNotFoundError:
                 for pf in handles:
-                    pf.close(force=True)
+                    if isinstance(pf, pq.ParquetFile):
+                        pf.close(force=True)
                 time.sleep(0.01)
         raise StorageError(
             f"files in {part_dir} keep changing while reading (a compaction or deletion is running); retry"
         )
+
+    @staticmethod
+    def _open_late(path: Path) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise StorageError(
+                f"{path} was compacted away while being read (its day has over {MAX_OPEN_FILES} files); "
+                "run `scalerec compact` and retry the read"
+            ) from None
 
     def _scan_file(
         self,
@@ -874,18 +896,30 @@ class EventLog:
         )
         return tmp
 
-    def compact(self, *, min_files: int = 8, progress: Progress | None = None) -> dict[str, int]:
+    def compact(
+        self,
+        *,
+        min_files: int = 8,
+        days: Iterable[dt.date] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, int]:
         """Merge each day partition with >= ``min_files`` visible files into one file.
 
-        Every row is kept exactly once: the merged file is written to a staging dir, then swapped
-        in with a switch record (see the module docstring). Returns counts of partitions and files.
+        ``days`` limits the work to those UTC days. Every row is kept exactly once: the merged file
+        is written to a staging dir, then swapped in with a switch record (see the module
+        docstring). Returns counts of partitions, files before/after and rows.
         """
+        wanted = None if days is None else set(days)
         if min_files < 2:
             raise ValidationError(f"min_files={min_files} must be at least 2 (a single file is already compact)")
         result = {"partitions": 0, "files_before": 0, "files_after": 0, "rows": 0}
         with self.lock():
             self.recover()
-            todo = [(day, d, self._visible_files(d)) for day, d in self.partitions()]
+            todo = [
+                (day, d, self._visible_files(d))
+                for day, d in self.partitions()
+                if wanted is None or day in wanted
+            ]
             todo = [t for t in todo if len(t[2]) >= min_files]
             tmp = self._rewrite_tmp()
             try:

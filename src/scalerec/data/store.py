@@ -189,6 +189,8 @@ class DataStore:
                         raise
                     self.catalog.ack_pending(token)
                     moved += table.num_rows
+                # Each flush adds a file to every day it touches: keep those days compact.
+                self.log.compact(min_files=self.settings.data.compact_min_files, days=tx.days)
                 if table.num_rows < max_rows:
                     return moved
 
