@@ -151,7 +151,10 @@ def load_events(source: Any, columns: Sequence[str] = SPLIT_COLUMNS) -> pl.DataF
     if isinstance(source, pl.LazyFrame):
         source = source.collect()
     if isinstance(source, pl.DataFrame):
-        frames = [source]
+        missing = [c for c in cols if c not in source.columns]
+        if missing:
+            raise ValidationError(f"event frame lacks columns {missing}; it has {source.columns}")
+        frames = [source.select(cols)]
     elif isinstance(source, pa.Table):
         frames = [_frame_from_arrow(source, cols)]
     elif isinstance(source, pa.RecordBatch):
@@ -353,7 +356,9 @@ def _pairwise_split(
     train = opts.train_matrix(train_df, now=None)
     _require_train(train, name)
     seen = train.matrix
-    test = _minus(opts.aligned(df.filter(pl.col("part") == "test"), train.user_ids, train.item_ids, relevance=True), seen)
+    test = _minus(
+        opts.aligned(df.filter(pl.col("part") == "test"), train.user_ids, train.item_ids, relevance=True), seen
+    )
     test_users = _rows_with_items(test)
     _require_users(test_users, f"the {name} split", hint)
     valid = valid_users = None
@@ -441,11 +446,12 @@ def _split_temporal(
     valid = valid_users = None
     if valid_days is not None:
         valid_df = df.filter((ts >= train_end) & (ts < test_start))
-        valid_all = opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=False)
-        valid = _minus(opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=True), seen) if exclude_seen \
-            else opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=True)
+        valid = opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=True)
+        if exclude_seen:
+            valid = _minus(valid, seen)
         valid_users = _rows_with_items(valid)
-        seen = seen + valid_all
+        # Everything the user did in the validation window is known by the time of the test window.
+        seen = seen + opts.aligned(valid_df, train.user_ids, train.item_ids, relevance=False)
     if exclude_seen:
         test = _minus(test, seen)
     test_users = _rows_with_items(test)
@@ -622,14 +628,19 @@ def split_users(
             pl.col("n_pairs") - 1,
         ).alias("_n_test")
     ).with_columns(
-        pl.when(pl.col("rank_from_last") < pl.col("_n_test")).then(pl.lit("test")).otherwise(pl.lit("fold_in")).alias("part")
+        pl.when(pl.col("rank_from_last") < pl.col("_n_test"))
+        .then(pl.lit("test"))
+        .otherwise(pl.lit("fold_in"))
+        .alias("part")
     )
     train_df = df.join(held, on="user_id", how="anti")
     train = opts.train_matrix(train_df, now=None)
     _require_train(train, "the held-out-users split")
     held_df = _attach_part(df.join(held, on="user_id", how="semi"), pairs)
     fold_in = opts.aligned(held_df.filter(pl.col("part") == "fold_in"), held_ids, train.item_ids, relevance=False)
-    test = _minus(opts.aligned(held_df.filter(pl.col("part") == "test"), held_ids, train.item_ids, relevance=True), fold_in)
+    test = _minus(
+        opts.aligned(held_df.filter(pl.col("part") == "test"), held_ids, train.item_ids, relevance=True), fold_in
+    )
     # A user needs a history to fold in and something to find.
     has_history = np.diff(fold_in.indptr) > 0
     test_users = np.flatnonzero((np.diff(test.indptr) > 0) & has_history).astype(np.int64)
