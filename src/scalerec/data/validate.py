@@ -300,7 +300,14 @@ def _categories(arr: pa.Array, name: str, delimiter: str) -> tuple[pa.Array, pa.
     if pa.types.is_null(t):
         return pa.nulls(n, pa.list_(pa.string())), none
     if _is_texty(t):
-        lists = pc.split_pattern(_trim(arr), pattern=delimiter)
+        text = _trim(arr)
+        lists = pc.split_pattern(text, pattern=delimiter)
+        is_json = pc.fill_null(pc.match_substring_regex(text, r"^\[.*\]$"), False)
+        if pc.any(is_json).as_py():
+            # '["a", "b"]' (a JSON array, as exported by many tools) instead of "a|b"
+            parsed = _json_string_lists(pc.if_else(is_json, text, pa.scalar(None, pa.string())))
+            bad = pc.and_(is_json, pc.is_null(parsed))
+            return _clean_lists(pc.if_else(is_json, parsed, lists)), bad
     elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         if pa.types.is_nested(t.value_type):
             raise _type_error(name, arr, "lists of category names")
@@ -308,6 +315,21 @@ def _categories(arr: pa.Array, name: str, delimiter: str) -> tuple[pa.Array, pa.
     else:
         raise _type_error(name, arr, "category lists")
     return _clean_lists(lists), none
+
+
+def _json_string_lists(texts: pa.Array) -> pa.Array:
+    """JSON arrays of scalars to list<string> (null where not a flat JSON array), via DuckDB."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("src", pa.table({"i": np.arange(len(texts), dtype=np.int64), "s": texts}))
+        out = con.sql(
+            "SELECT try_cast(try_cast(s AS JSON) AS VARCHAR[]) AS v FROM src ORDER BY i"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return _arr(out.column("v")).cast(pa.list_(pa.string()))
 
 
 def _clean_lists(lists: pa.Array) -> pa.Array:
@@ -386,7 +408,7 @@ def _struct_to_map(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     all_vals = pa.concat_arrays(texts)
     order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
     values = all_vals.take(pa.array(order))
-    keys = pa.array(np.tile(np.array(names, dtype=object), n), pa.string())
+    keys = pa.array(names, pa.string()).take(pa.array(np.tile(np.arange(k), n)))
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     return _build_map(offsets, keys, values, arr.is_null()), bad
 
@@ -486,14 +508,20 @@ def _finish(
 
 
 def validate_events(
-    table: pa.Table | pa.RecordBatch, settings: "Settings", *, first_line: int = 1
+    table: pa.Table | pa.RecordBatch, settings: "Settings | None", *, first_line: int = 1
 ) -> tuple[pa.Table, pa.Table]:
     """Validate raw event rows into EVENT_SCHEMA.
 
     Requires ``item_id``, ``event_type``, ``timestamp`` and ``user_id`` (or ``session_id`` for
-    anonymous events). ``value`` defaults to 1.0. Returns ``(valid, rejects)``; see the module
-    docstring. Raises DataImportError when a required column is missing.
+    anonymous events). ``value`` defaults to 1.0. Event types must be configured in
+    ``settings.events.types`` (None = the default settings) unless ``allow_unknown_types``.
+    Returns ``(valid, rejects)``; see the module docstring. Raises DataImportError when a
+    required column is missing or a column has a type that cannot be converted.
     """
+    if settings is None:
+        from scalerec.config import Settings
+
+        settings = Settings()
     table = _as_table(table)
     _require(table, ["user_id", "item_id", "event_type", "timestamp"], "event", {"user_id": "session_id"})
     n = table.num_rows
@@ -581,7 +609,11 @@ def validate_items(
     for name in ("title", "description"):
         out[name] = _texts(col(name), name) if has(name) else pa.nulls(n, pa.string())
     if has("categories"):
-        out["categories"], _ = _categories(col("categories"), "categories", category_delimiter)
+        out["categories"], cat_bad = _categories(col("categories"), "categories", category_delimiter)
+        problems.add(
+            cat_bad, "categories ", ("col", "categories"),
+            f" is neither a JSON list nor '{category_delimiter}'-separated names",
+        )
     else:
         out["categories"] = pa.nulls(n, pa.list_(pa.string()))
     if has("price"):
