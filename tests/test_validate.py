@@ -203,9 +203,11 @@ def test_items_categories_from_lists_and_bool_columns():
     assert rejects.num_rows == 0
     assert valid.column("categories").to_pylist() == [["x", "y"], []]
     as_json = pa.table({"item_id": ["a", "b", "c"], "categories": ['["x", "y z"]', "p|q", "[a, b]"]})
-    valid, rejects = validate_items(as_json)
-    assert valid.column("categories").to_pylist() == [["x", "y z"], ["p", "q"]]
-    assert rejects.column("reason").to_pylist() == ["categories '[a, b]' is neither a JSON list nor '|'-separated names"]
+    from_json, json_rejects = validate_items(as_json)
+    assert from_json.column("categories").to_pylist() == [["x", "y z"], ["p", "q"]]
+    assert json_rejects.column("reason").to_pylist() == [
+        "categories '[a, b]' is neither a JSON list nor '|'-separated names"
+    ]
     assert valid.column("available").to_pylist() == [True, False]
     assert valid.column("price").to_pylist() == [1.0, 2.0]
 
