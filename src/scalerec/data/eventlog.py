@@ -114,10 +114,6 @@ def _to_utc_us(value: TimeLike, name: str) -> int | None:
     raise ValidationError(f"{name}={value!r} is not a date-time; pass a datetime, date or ISO string")
 
 
-def _day_of_us(us: int) -> dt.date:
-    return dt.date(1970, 1, 1) + dt.timedelta(days=us // _US_PER_DAY)
-
-
 def _partition_date(name: str) -> dt.date | None:
     if not name.startswith(PARTITION_PREFIX):
         return None
@@ -529,7 +525,15 @@ class EventLog:
                 if dst.parent not in touched and not dst.parent.is_dir():
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     created = True
-                os.replace(src, dst)
+                try:
+                    os.replace(src, dst)
+                except FileNotFoundError:
+                    if not src.exists():
+                        raise
+                    # recover() removed the (empty) day folder meanwhile: create it again
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    created = True
+                    os.replace(src, dst)
                 touched.add(dst.parent)
         _fsync_many(touched, dirs=True)
         if created or not touched:
