@@ -35,7 +35,7 @@ def test_train_prints_progress_and_summary_and_registers(data_dir: Path) -> None
     for text in ("search popular", "search ease", "fit", "register", prod.version, "promoted to production", "ndcg@20"):
         assert text in r.output
     # the summary table: one row per family with its trial count
-    assert "2 (2)" in r.output
+    assert "2 (+2)" in r.output
 
 
 def test_train_json_and_if_new_events_skip(data_dir: Path) -> None:

@@ -63,20 +63,25 @@ class _ProgressView:
 
 
 def _summary(result: "TrainResult") -> None:
-    table = Table(title=f"search ({result.metric}; best of each family)", show_lines=False)
-    for col in ("family", "trials (new)", "failed", "default", "best", "best configuration", "wall s", "note"):
-        table.add_column(col, justify="right" if col in ("trials (new)", "failed", "default", "best", "wall s") else "left")
+    from rich import box
+
+    table = Table(title=f"search: best {result.metric} per family (* = chosen)", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("family", no_wrap=True)
+    table.add_column("trials", justify="right", no_wrap=True)
+    table.add_column("default", justify="right", no_wrap=True)
+    table.add_column("best", justify="right", no_wrap=True)
+    table.add_column("wall s", justify="right", no_wrap=True)
+    table.add_column("best configuration", overflow="fold")
     for f in result.families:
-        mark = " *" if f.family == result.best_family else ""
+        trials = f"{f.trials_total} (+{f.trials_new})" + (f", {f.trials_failed} failed" if f.trials_failed else "")
+        note = f.error or (f.stopped if f.stopped and f.stopped != "trial budget reached" else "")
         table.add_row(
-            f.family + mark,
-            f"{f.trials_total} ({f.trials_new})",
-            str(f.trials_failed),
+            f.family + (" *" if f.family == result.best_family else ""),
+            trials,
             _fmt(f.default_value),
             _fmt(f.best_value),
-            _params(f.best_params),
             f"{f.wall_s:.1f}",
-            f.error or f.stopped,
+            _params(f.best_params) + (f" [dim]({note})[/dim]" if note else ""),
         )
     console.print(table)
     v = result.version
