@@ -123,12 +123,19 @@ class RayExecutor:
         self._inflight: set[Any] = set()
         self._lock = threading.Lock()
 
+    def _remote(self, fn: Callable[..., Any]) -> Any:
+        # Named after the function, so workers show up as ``ray::<name>`` in ps and the dashboard.
+        return _REMOTE_CALL.options(
+            name=getattr(fn, "__name__", "task"),
+            num_cpus=self.cpus_per_task,
+            max_retries=self.task_retries,
+            retry_exceptions=False,
+        )
+
     # ------------------------------------------------------------------ Executor protocol
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
         """Start ``fn(*args, **kwargs)`` as a Ray task; its Future raises the task's exception."""
-        ref = _REMOTE_CALL.options(
-            num_cpus=self.cpus_per_task, max_retries=self.task_retries, retry_exceptions=False
-        ).remote(fn, args, kwargs)
+        ref = self._remote(fn).remote(fn, args, kwargs)
         with self._lock:
             self._inflight.add(ref)
         fut: Future[T] = ref.future()
@@ -148,9 +155,7 @@ class RayExecutor:
         try:
             while nxt < len(items) or pending:
                 while nxt < len(items) and len(pending) < self.jobs:
-                    ref = _REMOTE_CALL.options(
-                        num_cpus=self.cpus_per_task, max_retries=self.task_retries, retry_exceptions=False
-                    ).remote(fn, (items[nxt],), {})
+                    ref = self._remote(fn).remote(fn, (items[nxt],), {})
                     pending[ref] = nxt
                     nxt += 1
                 done, _ = ray.wait(list(pending), num_returns=1)

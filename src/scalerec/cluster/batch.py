@@ -1,0 +1,289 @@
+"""Sharded batch inference: top-n for every user of a model version, one Parquet file per user shard.
+
+Runs on any Executor: in-process, a local process pool, or Ray (the model goes through the object
+store once; each task scores one contiguous range of users and writes ``part-<shard>.parquet``).
+Files are written under a temporary name and renamed, so a shard file either is complete or does
+not exist; a rerun with the same settings skips the finished shards (resume after Ctrl-C or a
+lost node). On a multi-node cluster ``out_dir`` must be on storage every node can write.
+
+Output schema, one row per user: ``user_id string, item_ids list<string>, scores list<float32>``
+(best first; shorter than n when fewer items are eligible).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scalerec.errors import ConflictError, ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import scipy.sparse as sp
+
+    from scalerec.cluster.executor import Executor
+    from scalerec.config import Settings
+    from scalerec.models.base import Recommender
+
+MANIFEST = "_batch.json"
+SUCCESS = "_SUCCESS"
+BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("scores", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+#: at most this many users per shard by default (about 40 MB of output at n=100)
+MAX_SHARD_USERS = 100_000
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What a shard task needs: the model, the users' seen items and the id vocabularies."""
+
+    model: "Recommender"
+    seen: "sp.csr_matrix"
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    version: str
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How a worker process gets the Scorer: from the registry on disk (memory-mapped, cached)."""
+
+    data_dir: str
+    version: str
+
+
+_CACHE: dict[tuple[str, str], Scorer] = {}
+
+
+def load_scorer(data_dir: str | os.PathLike[str], version: str | None = None) -> Scorer:
+    """The Scorer of a registered version (default: production), arrays memory-mapped."""
+    from scalerec.registry import Registry
+
+    lv = Registry(Path(data_dir)).load(version, mmap=True)
+    return Scorer(lv.model, lv.matrix.matrix, lv.matrix.user_ids, lv.matrix.item_ids, lv.version)
+
+
+def _resolve(source: Any) -> Scorer:
+    if isinstance(source, Scorer):
+        return source
+    if isinstance(source, SourceSpec):
+        key = (source.data_dir, source.version)
+        if key not in _CACHE:
+            _CACHE.clear()  # one batch at a time per worker
+            _CACHE[key] = load_scorer(source.data_dir, source.version)
+        return _CACHE[key]
+    from scalerec.cluster.ray_executor import resolve  # a Shared handle: only exists with Ray
+
+    return resolve(source)
+
+
+def recommend_shard(scorer: Scorer, start: int, stop: int, n: int, exclude_seen: bool) -> pa.Table:
+    """Top-``n`` of users ``[start, stop)`` as a table of BATCH_SCHEMA."""
+    users = np.arange(start, stop, dtype=np.int64)
+    exclude = scorer.seen[start:stop] if exclude_seen else None
+    ids, scores = scorer.model.recommend(users, n, exclude=exclude)
+    valid = ids >= 0
+    counts = valid.sum(axis=1)
+    offsets = np.zeros(len(users) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    item_ids = np.asarray(scorer.item_ids)[ids[valid]]
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.asarray(scorer.user_ids)[users].astype(object), type=pa.string()),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(item_ids.astype(object), type=pa.string())),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores[valid], type=pa.float32())),
+        ],
+        schema=BATCH_SCHEMA,
+    )
+
+
+def write_shard(source: Any, shard: int, start: int, stop: int, n: int, exclude_seen: bool, out_dir: str) -> int:
+    """Task body: score one shard and publish ``part-<shard>.parquet`` atomically; returns its users."""
+    table = recommend_shard(_resolve(source), start, stop, n, exclude_seen)
+    out = Path(out_dir)
+    final = out / part_name(shard)
+    tmp = out / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)  # a retried task (worker died after writing) just replaces it
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return table.num_rows
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did; ``users_per_s``: users scored and written per second of this run's scoring."""
+
+    out_dir: str
+    version: str
+    n: int
+    n_users: int
+    shard_users: int
+    shards_total: int
+    shards_done: int
+    shards_skipped: int
+    seconds: float
+    users_per_s: float
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _plan(out: Path, expected: dict[str, Any], overwrite: bool) -> None:
+    """Create ``out`` with its manifest, or check that an existing run was started with the same plan."""
+    manifest = out / MANIFEST
+    if manifest.is_file() and not overwrite:
+        found = json.loads(manifest.read_text())
+        diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+        if diff:
+            detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+            raise ConflictError(
+                f"{out} holds a batch run with other settings ({detail}); resume it with the same options, "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConflictError(f"{out} is not empty and is not a batch output; choose another --out or pass --overwrite")
+        for p in out.iterdir():
+            if p.is_file() and (p.name.startswith("part-") or p.name.startswith(".part-") or p.name in (MANIFEST, SUCCESS)):
+                p.unlink()
+            else:
+                raise ConflictError(f"--overwrite only replaces batch outputs, but {p} is something else; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(expected, indent=2, sort_keys=True))
+    os.replace(tmp, manifest)
+
+
+def batch_recommend(
+    settings: "Settings",
+    out_dir: str | os.PathLike[str],
+    *,
+    n: int = 100,
+    version: str | None = None,
+    executor: "Executor | None" = None,
+    shard_users: int | None = None,
+    exclude_seen: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchResult:
+    """Write the top-``n`` items of every user of ``version`` (default production) under ``out_dir``.
+
+    Users are split into shards of ``shard_users`` contiguous rows (default: about four shards per
+    parallel job, at most ``MAX_SHARD_USERS``), scored by ``executor`` (default
+    ``get_executor(settings)``: Ray when ``[cluster] address`` is set). ``progress(done, total)``
+    counts shards. Rerunning with the same options resumes; other options raise ConflictError
+    unless ``overwrite``. Raises ModelNotFoundError when there is no such version.
+    """
+    from scalerec.cluster.executor import LocalExecutor, get_executor
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValidationError(f"n must be a positive integer, got {n!r}")
+    if shard_users is not None and (isinstance(shard_users, bool) or int(shard_users) < 1):
+        raise ValidationError(f"shard_users must be a positive integer, got {shard_users!r}")
+    t0 = time.perf_counter()
+    data_dir = Path(settings.data.dir).resolve()
+    scorer = load_scorer(data_dir, version)
+    n_users = len(scorer.user_ids)
+    own = executor is None
+    executor = executor or get_executor(settings, 1)
+    try:
+        out = Path(out_dir).resolve()
+        jobs = max(1, int(getattr(executor, "jobs", 1)))
+        previous = out / MANIFEST
+        if shard_users is None and previous.is_file() and not overwrite:
+            shard_users = int(json.loads(previous.read_text()).get("shard_users", 0)) or None
+        if shard_users is None:
+            shard_users = max(1, min(MAX_SHARD_USERS, math.ceil(n_users / (4 * jobs))))
+        n_shards = math.ceil(n_users / shard_users) if n_users else 0
+        plan = {
+            "version": scorer.version,
+            "n": int(n),
+            "n_users": n_users,
+            "shard_users": int(shard_users),
+            "shards": n_shards,
+            "exclude_seen": bool(exclude_seen),
+        }
+        _plan(out, plan, overwrite)
+        for stale in out.glob(".part-*.tmp"):  # left by workers killed mid-write
+            stale.unlink(missing_ok=True)
+        (out / SUCCESS).unlink(missing_ok=True)
+        todo = [s for s in range(n_shards) if not (out / part_name(s)).is_file()]
+        skipped = n_shards - len(todo)
+
+        if hasattr(executor, "share"):
+            source: Any = executor.share(scorer)  # type: ignore[attr-defined]
+        elif isinstance(executor, LocalExecutor) and executor.jobs == 1:
+            source = scorer
+        else:
+            source = SourceSpec(str(data_dir), scorer.version)  # workers memory-map it themselves
+
+        done_users = 0
+        finished = skipped
+        if progress is not None:
+            progress(finished, n_shards)
+        futures = {}
+        t_compute = time.perf_counter()
+        try:
+            for s in todo:
+                start, stop = s * shard_users, min((s + 1) * shard_users, n_users)
+                fut = executor.submit(write_shard, source, s, start, stop, int(n), bool(exclude_seen), str(out))
+                futures[fut] = s
+            pending = set(futures)
+            while pending:
+                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    done_users += fut.result()
+                    finished += 1
+                    if progress is not None:
+                        progress(finished, n_shards)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            if own:
+                executor.shutdown(cancel=True)
+                own = False
+            raise
+        seconds = time.perf_counter() - t0
+        compute_s = time.perf_counter() - t_compute
+        (out / SUCCESS).write_text(json.dumps({"users": n_users, "shards": n_shards, "seconds": round(seconds, 3)}))
+        return BatchResult(
+            out_dir=str(out),
+            version=scorer.version,
+            n=int(n),
+            n_users=n_users,
+            shard_users=int(shard_users),
+            shards_total=n_shards,
+            shards_done=len(todo),
+            shards_skipped=skipped,
+            seconds=seconds,
+            users_per_s=done_users / compute_s if compute_s > 0 else 0.0,
+            files=[part_name(s) for s in range(n_shards)],
+        )
+    finally:
+        if own:
+            executor.shutdown()
