@@ -228,13 +228,13 @@ class _SeparatorRewriter(io.RawIOBase):
             if not data:
                 out, self._carry = self._carry, b""
                 return out
-            data = self._carry + data
+            data = (self._carry + data).replace(self._sep, self._rep)
             # Keep back a separator's prefix at the end: its rest may start the next read.
             keep = next((k for k in range(len(self._sep) - 1, 0, -1) if data.endswith(self._sep[:k])), 0)
             self._carry = data[len(data) - keep:] if keep else b""
             data = data[: len(data) - keep] if keep else data
             if data:
-                return data.replace(self._sep, self._rep)
+                return data
 
 
 def _sniff(path: Path, spec: SourceSpec, size: int = 1 << 20) -> bytes:
@@ -296,6 +296,15 @@ def _csv_header(sample: bytes, spec: SourceSpec, encoding: str) -> list[str]:
     return names
 
 
+def _block_size(sample: bytes, chunk_rows: int) -> int:
+    """Bytes read per chunk: about ``chunk_rows`` rows of the sample's width, at most MAX_BLOCK_BYTES,
+    and at least a few of its longest lines (a block must hold whole rows)."""
+    lines = sample.split(b"\n")
+    bytes_per_row = max(len(sample) / max(len(lines) - 1, 1), 8.0)
+    longest = max((len(x) for x in lines), default=0)
+    return int(min(max(bytes_per_row * chunk_rows * 1.05, 4 * longest + 1024, 16 << 10), MAX_BLOCK_BYTES))
+
+
 def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[_Chunk]:
     sample = _sniff(path, spec)
     encoding = _detect_encoding(sample, spec.encoding)
@@ -311,11 +320,7 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[_Chunk]
         names = [f"f{i}" for i in range(len(first.split(spec.delimiter)))]
     if not names:
         return
-    n_lines = max(sample.count(b"\n"), 1)
-    bytes_per_row = max(len(sample) / n_lines, 8.0)
-    # One pyarrow block is about one chunk of rows: big blocks keep the per-batch overhead low,
-    # and the clamp keeps peak memory flat whatever the row width.
-    block_size = int(min(max(bytes_per_row * chunk_rows * 1.05, 1 << 20), MAX_BLOCK_BYTES))
+    block_size = _block_size(sample, chunk_rows)
 
     malformed: list[tuple[int | None, str, str]] = []
 
@@ -390,8 +395,7 @@ def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[_Chunk]:
 def _iter_jsonl(path: Path, spec: SourceSpec, chunk_rows: int, string_columns: set[str]) -> Iterator[_Chunk]:
     sample = _sniff(path, spec)
     encoding = _detect_encoding(sample, spec.encoding)
-    bytes_per_row = max(len(sample) / max(sample.count(b"\n"), 1), 8.0)
-    block = int(min(max(bytes_per_row * chunk_rows, 1 << 20), MAX_BLOCK_BYTES))
+    block = _block_size(sample, chunk_rows)
     raw, stream = _open_stream(path, spec.compression)
     line = 1
     carry = b""
@@ -945,8 +949,12 @@ def _retail_frame(src: pa.Table, lines: np.ndarray) -> tuple[pl.DataFrame, list[
             if len(idx):
                 rejects.append((idx, _quoted(f"{column} ", _combine(src.column(column)).take(pa.array(idx)), why)))
             bad |= mask
+    quantity, _ = parse_number(src.column("Quantity"))
+    is_return = pc.fill_null(pc.starts_with(_text(src.column("InvoiceNo")), "C"), False)
+    sale = pc.fill_null(pc.and_(pc.greater(quantity, 0), pc.invert(is_return)), False)
     frame = pl.from_arrow(pa.table({
         "item": _text(src.column("StockCode")),
+        "sale": sale,
         "user": _customer_ids(src.column("CustomerID")),
         "title": pc.if_else(pc.equal(desc, ""), _NULL, desc),
         "price": price,
@@ -960,11 +968,12 @@ def _retail_frame(src: pa.Table, lines: np.ndarray) -> tuple[pl.DataFrame, list[
 
 
 class _RetailItems(_Aggregator):
-    """One item per StockCode: title = most frequent non-empty Description, price = median UnitPrice
-    (> 0), attributes.country = country it sells to most, created_at = first sale, available."""
+    """One item per StockCode: title = most frequent non-empty Description; over its sales (Quantity > 0,
+    not a "C" invoice): price = lower median of UnitPrice > 0, attributes.country = the country it sells
+    to most; created_at = first time it appears; available = true."""
 
     key = "item"
-    needs = ("StockCode", "Description", "UnitPrice", "InvoiceDate", "Country", "CustomerID")
+    needs = _RETAIL_COLUMNS
 
     def add(self, src: pa.Table, lines: np.ndarray) -> list[tuple[np.ndarray, pa.Array]]:
         frame, rejects = _retail_frame(src, lines)
@@ -975,8 +984,9 @@ class _RetailItems(_Aggregator):
             frame = frame.filter(pl.col("item").is_not_null())
         self._push("first", frame, ["item"], [pl.col("ts").min().alias("first_ts"), pl.col("line").min().alias("first_line")])
         self._push("title", frame.filter(pl.col("title").is_not_null()), ["item", "title"], [pl.len().alias("n")])
-        self._push("price", frame.filter(pl.col("price") > 0), ["item", "price"], [pl.len().alias("n")])
-        self._push("country", frame.filter(pl.col("country").is_not_null()), ["item", "country"], [pl.len().alias("n")])
+        sales = frame.filter(pl.col("sale"))
+        self._push("price", sales.filter(pl.col("price") > 0), ["item", "price"], [pl.len().alias("n")])
+        self._push("country", sales.filter(pl.col("country").is_not_null()), ["item", "country"], [pl.len().alias("n")])
         return rejects
 
     def finish(self) -> tuple[pa.Table, np.ndarray]:
@@ -1002,7 +1012,7 @@ class _RetailUsers(_Aggregator):
     """One user per CustomerID: attributes.country = most frequent Country, created_at = first invoice."""
 
     key = "user"
-    needs = ("CustomerID", "InvoiceDate", "Country", "StockCode", "Description", "UnitPrice")
+    needs = _RETAIL_COLUMNS
 
     def add(self, src: pa.Table, lines: np.ndarray) -> list[tuple[np.ndarray, pa.Array]]:
         frame, rejects = _retail_frame(src, lines)
@@ -1165,6 +1175,7 @@ class _Rejects:
         self.quarantine = quarantine
         self._tmp: Path | None = None
         self._writer: pacsv.CSVWriter | None = None
+        self._schema: pa.Schema | None = None
         self._columns: list[str] | None = None
         self._chunk: list[RejectedRow] = []
         self._json = False
@@ -1180,6 +1191,7 @@ class _Rejects:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.quarantine.name}.", suffix=".tmp", dir=self.quarantine.parent)
         os.close(fd)
         self._tmp = Path(tmp)
+        self._schema = schema
         self._writer = pacsv.CSVWriter(str(self._tmp), schema)
 
     def add(self, lines: np.ndarray, reasons: pa.Array | list[str], values: pa.Table | None = None,
@@ -1206,7 +1218,7 @@ class _Rejects:
                     text[c] = pa.nulls(n, pa.string())
         line_arr = pa.array(np.asarray(lines, dtype=np.int64), mask=np.asarray(lines) < 0)
         if self._writer is not None:
-            self._writer.write_table(pa.table({"line": line_arr, "reason": reasons, **text}, schema=self._writer.schema))
+            self._writer.write_table(pa.table({"line": line_arr, "reason": reasons, **text}, schema=self._schema))
         # Keep the first rows (by line) of each call; end_chunk sorts and trims across calls.
         head = np.argsort(lines, kind="stable")[: max(REPORTED_REJECTS, MESSAGE_REJECTS)]
         if len(head):
