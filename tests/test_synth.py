@@ -80,6 +80,17 @@ def test_other_seed_other_data(world):
     assert pc.mean(same_item.cast(pa.float64())).as_py() < 0.2
 
 
+def test_item_search_strategies_agree(world, monkeypatch):
+    import scalerec.data.synth as synth
+
+    catalog, users, table = world
+    # force the category-by-category search that big catalogues use
+    monkeypatch.setattr(synth, "_CACHED_ITEMS", 0)
+    monkeypatch.setattr(synth, "_SMALL_DRAW", 0)
+    blocked = pa.concat_tables(event_chunks(catalog, users, n_events=N_EVENTS, seed=SEED))
+    assert blocked.equals(table)
+
+
 @pytest.mark.parametrize("n_events, chunk_events", [(0, 10), (1, 10), (12_345, 1_000), (30_001, 30_000)])
 def test_counts_exact(n_events, chunk_events):
     catalog, users = make_catalog(40, seed=1, days=30), make_users(50, seed=1, days=30)

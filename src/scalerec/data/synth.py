@@ -74,6 +74,10 @@ N_FAVOURITES = 4
 #: Latent styles; an item of the customer's own style is (1 + STYLE_BOOST) times as likely.
 N_STYLES = 8
 STYLE_BOOST = 4.0
+#: Item draws search the whole catalogue's cumulative weights at once when they fit in cache (or
+#: the draw is small), else category by category.
+_CACHED_ITEMS = 1 << 17
+_SMALL_DRAW = 1 << 14
 #: Share of sessions by customers who are not logged in (``user_id`` null, ``session_id`` set).
 ANONYMOUS_FRACTION = 0.05
 
@@ -702,29 +706,32 @@ class _World:
         """Item positions (into by_cat order) for categories ``cat`` by today's item weights, items
         of the customer's ``style`` boosted: an exact mixture of "any item of the category" and
         "an item of the category and style", each an inverse-CDF draw on a contiguous range."""
-        u_mix, u = rng.random(len(cat)), rng.random(len(cat))
-        pos = np.empty(len(cat), dtype=np.int64)
-        # One search per category block (a loop over categories, not events): the block's
-        # cumulative weights fit in cache, several times faster than searching the whole
-        # catalogue's array with random targets.
-        order = np.argsort(cat, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(cat, minlength=len(CATEGORIES)))])
-        for c in np.flatnonzero(np.diff(bounds)):
-            rows = order[bounds[c] : bounds[c + 1]]
-            lo, hi = int(self.cat_lo[c]), int(self.cat_lo[c + 1])
-            cum = self.item_cum[lo : hi + 1]
-            total = cum[-1] - cum[0]
-            s_lo = self.cs_lo[c * N_STYLES + style[rows]] - lo
-            s_hi = self.cs_lo[c * N_STYLES + style[rows] + 1] - lo
-            own = cum[s_hi] - cum[s_lo]
-            # P(item i) = w_i (1 + B [style_i = s]) / (W + B W_s) = mixture with P(style part) below
-            pick = u_mix[rows] * (total + STYLE_BOOST * own) < STYLE_BOOST * own
-            a = np.where(pick, s_lo, 0)
-            b = np.where(pick, s_hi, hi - lo)
-            target = cum[a] + u[rows] * (cum[b] - cum[a])
-            local = np.searchsorted(cum, target, side="right") - 1
-            pos[rows] = lo + np.clip(local, a, b - 1)
-        return pos
+        n = len(cat)
+        u_mix, u = rng.random(n), rng.random(n)
+        cum = self.item_cum
+        lo, hi = self.cat_lo[cat], self.cat_lo[cat + 1]
+        key = cat * N_STYLES + style
+        s_lo, s_hi = self.cs_lo[key], self.cs_lo[key + 1]
+        own = cum[s_hi] - cum[s_lo]
+        # P(item i) = w_i (1 + B [style_i = s]) / (W + B W_s): the style range with this probability
+        pick = u_mix * (cum[hi] - cum[lo] + STYLE_BOOST * own) < STYLE_BOOST * own
+        a = np.where(pick, s_lo, lo)
+        b = np.where(pick, s_hi, hi)
+        target = cum[a] + u * (cum[b] - cum[a])
+        if len(cum) <= _CACHED_ITEMS or n <= _SMALL_DRAW:
+            found = np.searchsorted(cum, target, side="right")
+        else:
+            # One search per category block (a loop over categories, not events): a block's
+            # cumulative weights fit in cache, several times faster than searching the whole
+            # catalogue's array with random targets. Same result as the global search.
+            found = np.empty(n, dtype=np.int64)
+            order = np.argsort(cat, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(cat, minlength=len(CATEGORIES)))])
+            for c in np.flatnonzero(np.diff(bounds)):
+                rows = order[bounds[c] : bounds[c + 1]]
+                c_lo, c_hi = int(self.cat_lo[c]), int(self.cat_lo[c + 1])
+                found[rows] = c_lo + np.searchsorted(cum[c_lo : c_hi + 1], target[rows], side="right")
+        return np.clip(found - 1, a, b - 1)
 
     def draw_favourite(self, rng: np.random.Generator, user: np.ndarray, city: np.ndarray, d: int) -> np.ndarray:
         """A category per row from the customer's favourites x today's multiplier in their city."""
