@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+import typer
 
 from scalerec.cli._app import app, console, err_console
 from scalerec.errors import ScalerecError
@@ -24,22 +25,25 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: errors become one line on stderr and a non-zero exit code."""
+    # typer >= 0.29 bundles its own click: its usage errors derive from typer.TyperException and
+    # Abort/Exit live in typer.exceptions, so both families are caught here.
     try:
         code = app(args=argv, standalone_mode=False)
     except ScalerecError as exc:
         err_console.print(f"error: {exc.message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted", markup=False)
         sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except (click.ClickException, typer.TyperException) as exc:
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"error: {exc}", markup=False)
+        sys.exit(getattr(exc, "exit_code", 2))
     # Not standalone, typer returns Ctrl-C (as 130) and `raise typer.Exit(n)` as an exit code.
     if isinstance(code, int) and not isinstance(code, bool) and code != 0:
         if code == 130:

@@ -181,6 +181,37 @@ def build_matrix(
     """
     if min_user_interactions < 1 or min_item_interactions < 1:
         raise ValidationError("minimum interaction counts must be >= 1")
+    options = dict(
+        event_types=event_types, unknown_type_weight=unknown_type_weight, window_days=window_days,
+        half_life_days=half_life_days, now=now, start=start, end=end,
+        min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
+        binary=binary, user_ids=user_ids, item_ids=item_ids,
+    )
+    view = getattr(source, "consistent_view", None)
+    if callable(view):
+        # A DataStore: hold its shared lock so a concurrent flush or compaction cannot move a batch
+        # of pending events (or swap Parquet files) between listing and reading them.
+        with view():
+            return _build(source, **options)
+    return _build(source, **options)
+
+
+def _build(
+    source: Any,
+    *,
+    event_types: Mapping[str, "EventType"],
+    unknown_type_weight: float | None,
+    window_days: float | None,
+    half_life_days: float | None,
+    now: datetime | str | None,
+    start: datetime | str | None,
+    end: datetime | str | None,
+    min_user_interactions: int,
+    min_item_interactions: int,
+    binary: bool,
+    user_ids: np.ndarray | None,
+    item_ids: np.ndarray | None,
+) -> InteractionMatrix:
     lf = _cast_frame(_as_lazy(source)).filter(pl.col("user_id").is_not_null())
 
     start_ts, end_ts, now_ts = _to_utc(start), _to_utc(end), _to_utc(now)
