@@ -1,0 +1,303 @@
+"""Serving benchmark: wrk over loopback against `scalerec serve` and a FastAPI hello world (the
+ceiling) in the same run; batched durable event ingestion; recall@20 and memory of the ANN index.
+
+    .venv/bin/python bench/bench_serving.py --users 1000000 --items 100000 --events 10000000
+
+Builds (or reuses) a synthetic store in --data-dir, fits ALS directly (no tuning: the serving
+path is measured, not the model search) and registers it as production. Prints a table and
+appends one JSON line to bench/results/serving.jsonl. Needs `wrk` (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "serving.jsonl"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 600) -> None:
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not become ready in {timeout_s} s")
+
+
+def build_store(data_dir: Path, users: int, items: int, events: int, factors: int) -> dict:
+    """Synthetic store + ALS version in production (reused when it already exists)."""
+    from scalerec.config import Settings
+    from scalerec.data.matrix import matrix_from_settings
+    from scalerec.data.store import DataStore
+    from scalerec.data.synth import generate_store
+    from scalerec.models import make_model
+    from scalerec.registry import Registry
+
+    settings = Settings(data={"dir": data_dir})
+    reg = Registry(settings)
+    if reg.production() is not None:
+        log(f"reusing {data_dir} ({reg.production().version})")
+        return {"reused": True}
+    shutil.rmtree(data_dir, ignore_errors=True)
+    store = DataStore.open(settings)
+    reg = Registry(settings)
+    t = time.perf_counter()
+    report = generate_store(store, n_users=users, n_items=items, n_events=events, seed=0, days=90)
+    synth_s = time.perf_counter() - t
+    log(f"synth: {report.n_events:,} events in {synth_s:.0f} s")
+    t = time.perf_counter()
+    X = matrix_from_settings(store, settings)
+    matrix_s = time.perf_counter() - t
+    t = time.perf_counter()
+    model = make_model("als", factors=factors, iterations=8).fit(X)
+    fit_s = time.perf_counter() - t
+    log(f"matrix {X.n_users:,} x {X.n_items:,} ({X.nnz:,} nnz) in {matrix_s:.0f} s; ALS fit {fit_s:.0f} s")
+    popular = np.bincount(X.matrix.indices, minlength=X.n_items).astype(np.float32)
+    trending = np.bincount(X.matrix.indices, weights=X.matrix.data, minlength=X.n_items).astype(np.float32)
+    tr = report.last_event.isoformat() if report.last_event else None
+    v = reg.register(model=model, matrix=X, popular=popular, trending=trending, manifest={
+        "model": {"family": "als", "params": model.get_params()},
+        "data": {"max_timestamp": tr, "n_users": X.n_users, "n_items": X.n_items, "nnz": X.nnz},
+    })
+    reg.promote(v.version, force=True)
+    store.close()
+    return {"synth_s": round(synth_s, 1), "matrix_s": round(matrix_s, 1), "fit_s": round(fit_s, 1),
+            "n_users": X.n_users, "n_items": X.n_items, "nnz": X.nnz}
+
+
+def measure_index(data_dir: Path, queries: int = 1000) -> dict:
+    """recall@20 of the production HNSW index against exact search, its memory and build time."""
+    from scalerec.config import Settings
+    from scalerec.registry import Registry
+    from scalerec.serving.index import ExactIndex, FaissIndex
+
+    lv = Registry(Settings(data={"dir": data_dir})).load(None)
+    V = np.ascontiguousarray(lv.model.item_factors_)
+    U = lv.model.user_factors_
+    rng = np.random.default_rng(0)
+    q = np.ascontiguousarray(U[rng.choice(len(U), size=min(queries, len(U)), replace=False)])
+    exact = ExactIndex(V)
+    out = {}
+    for kind in ("hnsw", "ivf"):
+        t = time.perf_counter()
+        idx = FaissIndex.build(V, kind)
+        build_s = time.perf_counter() - t
+        ids_a, _ = idx.search(q, 20)
+        ids_e, _ = exact.search(q, 20)
+        recall = float(np.mean([len(set(a) & set(e)) / 20 for a, e in zip(ids_a, ids_e)]))
+        allowed = rng.random(len(V)) < 0.1  # a 10% filter (e.g. a category)
+        ids_f, _ = idx.search(q[:200], 20, allowed=allowed)
+        ids_fe, _ = exact.search(q[:200], 20, allowed=allowed)
+        recall_f = float(np.mean([len(set(a) & set(e)) / 20 for a, e in zip(ids_f, ids_fe)]))
+        t = time.perf_counter()
+        for row in q[:500]:
+            idx.search(row[None, :], 20)
+        per_q = (time.perf_counter() - t) / 500
+        out[kind] = {"recall_at_20": round(recall, 4), "recall_at_20_filtered_10pct": round(recall_f, 4),
+                     "memory_bytes": idx.memory_bytes(), "build_s": round(build_s, 1),
+                     "query_us": round(per_q * 1e6, 1)}
+    t = time.perf_counter()
+    for row in q[:200]:
+        exact.search(row[None, :], 20)
+    out["exact"] = {"memory_bytes": exact.memory_bytes(), "query_us": round((time.perf_counter() - t) / 200 * 1e6, 1)}
+    return out
+
+
+def run_wrk(url: str, *, connections: int, duration_s: int, env: dict, threads: int = 1) -> dict:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s",
+           "-s", str(ROOT / "wrk_users.lua"), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=duration_s + 60)
+    m = re.search(r"WRK_JSON (\{.*\})", out.stdout)
+    if not m:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    r = json.loads(m.group(1))
+    r["rps"] = round(r["requests"] / (r["duration_us"] / 1e6), 1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    r["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    r["connections"] = connections
+    for k in ("p50_us", "p95_us", "p99_us", "max_us"):
+        r[k.replace("_us", "_ms")] = round(r.pop(k) / 1000, 2)
+    return r
+
+
+def start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+    f = open(log_path, "w")
+    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def ingest(base: str, key: str, user_width: int, n_users: int, n_items: int, batches: int, batch: int, clients: int) -> dict:
+    """Batched POST /events from ``clients`` threads; events/s acknowledged (durable)."""
+    import httpx
+
+    rng = np.random.default_rng(1)
+    uw = user_width
+    iw = max(6, len(str(n_items)))
+    bodies = []
+    for b in range(batches):
+        users = rng.integers(1, n_users + 1, size=batch)
+        items = rng.integers(1, n_items + 1, size=batch)
+        events = [{"user_id": f"u{u:0{uw}d}", "item_id": f"i{i:0{iw}d}", "event_type": "view",
+                   "timestamp": "2025-06-01T12:00:00Z", "context": {"device": "mobile"}} for u, i in zip(users, items)]
+        bodies.append(json.dumps({"events": events}).encode())
+    lock = threading.Lock()
+    done = {"events": 0, "errors": 0}
+    todo = list(range(batches))
+
+    def worker() -> None:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                          timeout=120) as c:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    b = todo.pop()
+                r = c.post("/v1/events", content=bodies[b])
+                with lock:
+                    if r.status_code == 202:
+                        done["events"] += r.json()["accepted"]
+                    else:
+                        done["errors"] += 1
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    el = time.perf_counter() - t
+    return {"events": done["events"], "errors": done["errors"], "seconds": round(el, 2),
+            "events_per_s": round(done["events"] / el, 0), "batch": batch, "clients": clients,
+            "request_bytes": len(bodies[0])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=Path("/tmp/scalerec-bench-serving"))
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--connections", default="1,4,16,64")
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--ingest-batches", type=int, default=20)
+    p.add_argument("--skip-index", action="store_true")
+    p.add_argument("--build-only", action="store_true", help="build the store and model, then stop")
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    build = build_store(args.data_dir, args.users, args.items, args.events, args.factors)
+    if args.build_only:
+        print(json.dumps(build))
+        return
+    index = {} if args.skip_index else measure_index(args.data_dir)
+    if index:
+        log(f"index: {index}")
+
+    from scalerec.config import Settings
+    from scalerec.serving.auth import ApiKeyStore
+
+    settings = Settings(data={"dir": args.data_dir})
+    key = ApiKeyStore.from_settings(settings).create("admin", "bench")[0]
+    py = sys.executable
+    port_h, port_s = free_port(), free_port()
+    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    tmp = args.data_dir / "bench-logs"
+    tmp.mkdir(exist_ok=True)
+    hello = start([py, "-m", "uvicorn", "hello_app:app", "--app-dir", str(ROOT), "--port", str(port_h),
+                   "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"], env, tmp / "hello.log")
+    server = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_s),
+                    "--workers", str(args.workers)], env, tmp / "serve.log")
+    rows = []
+    try:
+        wait_http(f"http://127.0.0.1:{port_h}/hello/x")
+        t = time.perf_counter()
+        wait_http(f"http://127.0.0.1:{port_s}/v1/health/ready")
+        log(f"server ready in {time.perf_counter() - t:.0f} s")
+        width = max(6, len(str(args.users)))
+        wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
+        # warm up (page in the memory-mapped arrays a little, JIT-free but caches)
+        run_wrk(f"http://127.0.0.1:{port_s}", connections=8, duration_s=3, env=wenv)
+        for c in [int(x) for x in args.connections.split(",")]:
+            h = run_wrk(f"http://127.0.0.1:{port_h}", connections=c, duration_s=args.duration,
+                        env={**wenv, "SR_PATH": "/hello/%s"})
+            s = run_wrk(f"http://127.0.0.1:{port_s}", connections=c, duration_s=args.duration, env=wenv)
+            rows.append({"connections": c, "hello": h, "scalerec": s})
+            log(f"c={c}: hello {h['rps']} rps p99 {h['p99_ms']} ms | scalerec {s['rps']} rps "
+                f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms, non-2xx {s['non_2xx']}")
+        ing = ingest(f"http://127.0.0.1:{port_s}", key, width, args.users, args.items,
+                     args.ingest_batches, 10_000, clients=2)
+        log(f"ingest: {ing}")
+    finally:
+        stop(server)
+        stop(hello)
+    max_h = max(r["hello"]["rps"] for r in rows)
+    max_s = max(r["scalerec"]["rps"] for r in rows)
+    half = min(rows, key=lambda r: abs(r["scalerec"]["rps"] - max_s / 2))
+    result = {
+        "bench": "serving", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "store": {"users": args.users, "items": args.items, "events": args.events, **build},
+        "workers": args.workers, "wrk": rows, "index": index, "ingest": ing,
+        "summary": {
+            "max_rps_hello": max_h, "max_rps_scalerec": max_s, "ratio": round(max_s / max_h, 3),
+            "p99_ms_near_half_max": half["scalerec"]["p99_ms"], "rps_near_half_max": half["scalerec"]["rps"],
+            "events_per_s": ing["events_per_s"],
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print()
+    print(f"{'conns':>5} | {'hello rps':>9} {'p99 ms':>7} | {'scalerec rps':>12} {'p50':>6} {'p95':>6} {'p99':>6} {'non2xx':>6}")
+    for r in rows:
+        h, s = r["hello"], r["scalerec"]
+        print(f"{r['connections']:>5} | {h['rps']:>9.0f} {h['p99_ms']:>7.2f} | {s['rps']:>12.0f} {s['p50_ms']:>6.2f} "
+              f"{s['p95_ms']:>6.2f} {s['p99_ms']:>6.2f} {s['non_2xx']:>6}")
+    print(json.dumps(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()
