@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.errors import (
+    EmptyDataError,
     NotFittedError,
     StorageError,
     UnknownItemError,
@@ -102,8 +103,6 @@ class Recommender(ABC):
         """Learn from an InteractionMatrix (or a bare user x item sparse matrix). Returns self."""
         matrix = _as_csr(getattr(X, "matrix", X))
         if matrix.shape[0] == 0 or matrix.shape[1] == 0 or matrix.nnz == 0:
-            from scalerec.errors import EmptyDataError
-
             raise EmptyDataError(
                 f"cannot fit {type(self).__name__} on an empty matrix {matrix.shape} with {matrix.nnz} "
                 "interactions; import events or widen the matrix window first"
@@ -223,7 +222,7 @@ class Recommender(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         n = _check_n(n)
         if exclude is not None:
-            exclude = _as_csr(exclude)
+            exclude = _as_csr(exclude, dtype=None)  # only the positions matter: no float copy
             if exclude.shape != (n_rows, self.n_items_):
                 raise ValidationError(
                     f"exclude has shape {exclude.shape}; expected ({n_rows}, {self.n_items_}): one row "

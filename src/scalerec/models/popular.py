@@ -43,7 +43,6 @@ class MostPopular(Recommender):
         values = np.where(positive, X.data, 0.0) if self.weighted else positive.astype(np.float64)
         pop = np.bincount(X.indices, weights=values, minlength=X.shape[1])
         self.popularity_ = pop.astype(np.float32)
-        self.n_users_ = int(X.shape[0])
         if progress is not None:
             progress(1, 1)
 
