@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,9 +45,9 @@ class FactorModel(Recommender):
             self._item_norms = norms
         return (V[items] @ V.T) / (norms[items, None] * norms[None, :])
 
+    @abstractmethod
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """User factors float32 [n_rows, f] for history rows, with the item factors held fixed."""
-        raise NotImplementedError
 
 
 class ALS(FactorModel):
