@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from scalerec.serving.filters import ItemFilter
-from scalerec.serving.http.deps import Context, Filters, ReadRole, Service, json_response
+from scalerec.serving.http import query
+from scalerec.serving.http.deps import ReadRole, Service, json_response
 from scalerec.serving.http.schemas import RankRequest, RankResponse, RecommendationList, SessionRequest
 
 # The GET endpoints are `async def`: their work is a few hundred microseconds of numpy and one
@@ -19,22 +20,23 @@ N = Annotated[int, Query(ge=1, le=10_000, description="number of items (at most 
 Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
-@router.get("/users/{user_id}/recommendations", response_model=RecommendationList)
-async def user_recommendations(
-    service: Service, user_id: Id, flt: Filters, ctx: Context, n: N = 20,
-    exclude_seen: Annotated[bool, Query(description="drop items the user already interacted with")] = True,
-    boost: Annotated[list[str] | None, Query(description="item ids pinned first when eligible (reason boosted)")] = None,
-) -> Response:
+@router.get("/users/{user_id}/recommendations", response_model=RecommendationList,
+            openapi_extra=query.openapi(query.USER_PARAMS))
+async def user_recommendations(service: Service, user_id: Id, request: Request) -> Response:
     """Top-n items for a user; fresh events count at once (fold-in); unknown users get trending."""
+    q = query.parse(request.query_params, query.USER_PARAMS)
     return json_response(service.recommend_user(
-        user_id, n, flt, exclude_seen=exclude_seen, boost_items=list(ItemFilter.split(boost)), context=ctx
+        user_id, q["n"], query.item_filter(q), exclude_seen=q["exclude_seen"],
+        boost_items=list(ItemFilter.split(q["boost"])), context=query.context(q),
     ))
 
 
-@router.get("/items/{item_id}/similar", response_model=RecommendationList)
-async def similar_items(service: Service, item_id: Id, flt: Filters, ctx: Context, n: N = 20) -> Response:
+@router.get("/items/{item_id}/similar", response_model=RecommendationList,
+            openapi_extra=query.openapi(query.SIMILAR_PARAMS))
+async def similar_items(service: Service, item_id: Id, request: Request) -> Response:
     """Items most similar to one item (never itself)."""
-    return json_response(service.similar_items(item_id, n, flt, context=ctx))
+    q = query.parse(request.query_params, query.SIMILAR_PARAMS)
+    return json_response(service.similar_items(item_id, q["n"], query.item_filter(q), context=query.context(q)))
 
 
 @router.get("/popular", response_model=RecommendationList)
