@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from scalerec.cli._app import app, console, err_console, get_settings
+from scalerec.cli._cluster import cluster_option, with_cluster
 from scalerec.errors import ConfigError
 
 keys_app = typer.Typer(help="API keys: create, list and revoke (roles read < write < admin).", no_args_is_help=True)
@@ -24,8 +25,12 @@ def serve(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes sharing memory-mapped models."),
     insecure_dev: bool = typer.Option(False, "--insecure-dev", help="Allow starting without API keys (no auth): development only."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (slower)."),
+    cluster: Optional[str] = cluster_option(),
 ) -> None:
-    """Serve the production model over HTTP (/v1/..., docs at /docs) until Ctrl-C."""
+    """Serve the production model over HTTP (/v1/..., docs at /docs) until Ctrl-C.
+
+    With --cluster (or the cluster.address setting) the app runs as an autoscaled Ray Serve deployment.
+    """
     import uvicorn
 
     from scalerec.data.store import DataStore
@@ -33,7 +38,7 @@ def serve(
     from scalerec.serving.auth import ApiKeyStore
     from scalerec.serving.schedule import RetrainScheduler
 
-    settings = get_settings(ctx)
+    settings = with_cluster(get_settings(ctx), cluster)
     host = host or settings.serving.host
     port = port or settings.serving.port
     workers = workers or settings.serving.workers
@@ -54,6 +59,19 @@ def serve(
     scheduler = RetrainScheduler(settings)
     if scheduler.start():
         console.print(f"background retraining every {settings.training.schedule_interval_minutes} min", markup=False)
+    if settings.cluster.address:
+        from scalerec.cluster.serve import serve_until_interrupted
+
+        def ready(url: str) -> None:
+            s = settings.cluster.serve
+            console.print(f"serving {settings.data_dir} on Ray Serve at {url}/v1 (docs: {url}/docs), "
+                          f"{s.min_replicas}..{s.max_replicas} replicas", markup=False, highlight=False)
+
+        try:
+            serve_until_interrupted(settings, host=host, port=port, insecure_dev=insecure_dev, on_ready=ready)
+        finally:
+            scheduler.stop()
+        return
     console.print(f"serving {settings.data_dir} on http://{host}:{port}/v1 (docs: http://{host}:{port}/docs), "
                   f"{workers} worker(s)", markup=False, highlight=False)
     try:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from scalerec.cli._app import app, console, get_settings, get_store
+from scalerec.cli._cluster import cluster_option, with_cluster
 from scalerec.errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,6 +122,7 @@ def train_cmd(
     no_promote: bool = typer.Option(False, "--no-promote", help="Register as a candidate only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bars)."),
+    cluster: Optional[str] = cluster_option(),
 ) -> None:
     """Search each model family, refit the best on all data, register it, promote it if it passes the gate."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -129,7 +131,7 @@ def train_cmd(
 
     if force and no_promote:
         raise ValidationError("--force and --no-promote contradict each other; pass one of them")
-    settings = get_settings(ctx)
+    settings = with_cluster(get_settings(ctx), cluster)
     families = [m.strip() for m in models.split(",") if m.strip()] if models else None
     options = TrainOptions(
         models=families, trials=trials, minutes=minutes, jobs=jobs, metric=metric, split=split,
