@@ -286,6 +286,7 @@ class _VocabAdapter:
         self.to_split[self.to_prod[known]] = np.flatnonzero(known)
         self.candidates = np.flatnonzero(self.to_split >= 0)
         self.n_prod = len(prod_items)
+        self.n_items_ = split.train.n_items  # it answers on the split's item index
 
     def _map(self, m: sp.spmatrix | None) -> sp.csr_matrix | None:
         if m is None:
@@ -384,13 +385,22 @@ def production_score(
         if split_start is not None and snap_end_dt is not None and snap_end_dt < split_start:
             loaded = registry.load(prod.version)
             adapter = _VocabAdapter(loaded, split)
-            metrics = evaluate(adapter, split, k=(k,), metrics=(name,), on=on)  # type: ignore[arg-type]
+
+            def eval_progress(done: int, total: int) -> None:
+                _emit(progress, "evaluate", done, total, f"production {prod.version} on the split")
+
+            metrics = evaluate(adapter, split, k=(k,), metrics=(name,), on=on, progress=eval_progress)  # type: ignore[arg-type]
             return float(metrics[metric]), prod.version, "artifact", None
         model_info = manifest.get("model") or {}
         family, params = model_info.get("family"), model_info.get("params") or {}
-        if progress:
-            progress(ProgressEvent("gate", 0, 1, f"refitting production {prod.version} ({family}) on the split"))
-        _, res = fit_and_evaluate(family, params, split, metric, on=on)
+        _emit(progress, "gate", 0, 1, f"refitting production {prod.version} ({family}) on the split")
+
+        def step(stage: str, done: int, total: int) -> None:
+            # its fit shows on the gate's bar (the "fit" bar is the candidate's refit)
+            _emit(progress, "gate" if stage == "fit" else "evaluate", done, total,
+                  f"production {prod.version} ({family}) on the split")
+
+        _, res = fit_and_evaluate(family, params, split, metric, on=on, progress=step)
         return res.value, prod.version, "recipe", None
     except ScalerecError as exc:
         return None, prod.version, None, f"production {prod.version} cannot be evaluated: {exc.message}"

@@ -193,6 +193,7 @@ class FamilyResult:
     best_metrics: dict[str, float] = field(default_factory=dict)
     default_value: float | None = None
     default_params: dict[str, Any] | None = None
+    default_metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     stopped: str = ""
     error: str | None = None
@@ -423,6 +424,7 @@ def tune_family(
         defaults = [t for t in complete if t.user_attrs.get("default")]
         if defaults:
             result.default_value = defaults[0].value
+            result.default_metrics = dict(defaults[0].user_attrs.get("metrics", {}))
             result.default_params = {**fixed_params, **_model_params(klass, defaults[0].params)}
     else:
         errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
