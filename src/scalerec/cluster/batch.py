@@ -199,91 +199,123 @@ def batch_recommend(
     counts shards. Rerunning with the same options resumes; other options raise ConflictError
     unless ``overwrite``. Raises ModelNotFoundError when there is no such version.
     """
-    from scalerec.cluster.executor import LocalExecutor, get_executor
+    from scalerec.cluster.executor import get_executor
 
+    _check_options(n, shard_users)
+    data_dir = Path(settings.data.dir).resolve()
+    scorer = load_scorer(data_dir, version)
+    own = executor is None
+    executor = executor or get_executor(settings, 1)
+    try:
+        return run_batch(
+            scorer, out_dir, executor=executor, n=n, shard_users=shard_users, exclude_seen=exclude_seen,
+            overwrite=overwrite, progress=progress, spec=SourceSpec(str(data_dir), scorer.version),
+        )
+    except BaseException:
+        if own:
+            executor.shutdown(cancel=True)
+            own = False
+        raise
+    finally:
+        if own:
+            executor.shutdown()
+
+
+def _check_options(n: Any, shard_users: Any) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValidationError(f"n must be a positive integer, got {n!r}")
     if shard_users is not None and (isinstance(shard_users, bool) or int(shard_users) < 1):
         raise ValidationError(f"shard_users must be a positive integer, got {shard_users!r}")
+
+
+def run_batch(
+    scorer: Scorer,
+    out_dir: str | os.PathLike[str],
+    *,
+    executor: "Executor",
+    n: int = 100,
+    shard_users: int | None = None,
+    exclude_seen: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    spec: SourceSpec | None = None,
+) -> BatchResult:
+    """:func:`batch_recommend` for an already loaded Scorer (any model and users, e.g. in benchmarks).
+
+    ``spec`` lets local worker processes memory-map the version themselves instead of receiving
+    the pickled scorer with every shard.
+    """
+    from scalerec.cluster.executor import LocalExecutor
+
+    _check_options(n, shard_users)
     t0 = time.perf_counter()
-    data_dir = Path(settings.data.dir).resolve()
-    scorer = load_scorer(data_dir, version)
     n_users = len(scorer.user_ids)
-    own = executor is None
-    executor = executor or get_executor(settings, 1)
+    out = Path(out_dir).resolve()
+    jobs = max(1, int(getattr(executor, "jobs", 1)))
+    previous = out / MANIFEST
+    if shard_users is None and previous.is_file() and not overwrite:
+        shard_users = int(json.loads(previous.read_text()).get("shard_users", 0)) or None
+    if shard_users is None:
+        shard_users = max(1, min(MAX_SHARD_USERS, math.ceil(n_users / (4 * jobs))))
+    n_shards = math.ceil(n_users / shard_users) if n_users else 0
+    plan = {
+        "version": scorer.version,
+        "n": int(n),
+        "n_users": n_users,
+        "shard_users": int(shard_users),
+        "shards": n_shards,
+        "exclude_seen": bool(exclude_seen),
+    }
+    _plan(out, plan, overwrite)
+    for stale in out.glob(".part-*.tmp"):  # left by workers killed mid-write
+        stale.unlink(missing_ok=True)
+    (out / SUCCESS).unlink(missing_ok=True)
+    todo = [s for s in range(n_shards) if not (out / part_name(s)).is_file()]
+    skipped = n_shards - len(todo)
+
+    if hasattr(executor, "share"):
+        source: Any = executor.share(scorer)  # type: ignore[attr-defined]
+    elif (isinstance(executor, LocalExecutor) and executor.jobs == 1) or spec is None:
+        source = scorer
+    else:
+        source = spec  # worker processes memory-map the version themselves
+
+    done_users = 0
+    finished = skipped
+    if progress is not None:
+        progress(finished, n_shards)
+    futures = {}
+    t_compute = time.perf_counter()
     try:
-        out = Path(out_dir).resolve()
-        jobs = max(1, int(getattr(executor, "jobs", 1)))
-        previous = out / MANIFEST
-        if shard_users is None and previous.is_file() and not overwrite:
-            shard_users = int(json.loads(previous.read_text()).get("shard_users", 0)) or None
-        if shard_users is None:
-            shard_users = max(1, min(MAX_SHARD_USERS, math.ceil(n_users / (4 * jobs))))
-        n_shards = math.ceil(n_users / shard_users) if n_users else 0
-        plan = {
-            "version": scorer.version,
-            "n": int(n),
-            "n_users": n_users,
-            "shard_users": int(shard_users),
-            "shards": n_shards,
-            "exclude_seen": bool(exclude_seen),
-        }
-        _plan(out, plan, overwrite)
-        for stale in out.glob(".part-*.tmp"):  # left by workers killed mid-write
-            stale.unlink(missing_ok=True)
-        (out / SUCCESS).unlink(missing_ok=True)
-        todo = [s for s in range(n_shards) if not (out / part_name(s)).is_file()]
-        skipped = n_shards - len(todo)
-
-        if hasattr(executor, "share"):
-            source: Any = executor.share(scorer)  # type: ignore[attr-defined]
-        elif isinstance(executor, LocalExecutor) and executor.jobs == 1:
-            source = scorer
-        else:
-            source = SourceSpec(str(data_dir), scorer.version)  # workers memory-map it themselves
-
-        done_users = 0
-        finished = skipped
-        if progress is not None:
-            progress(finished, n_shards)
-        futures = {}
-        t_compute = time.perf_counter()
-        try:
-            for s in todo:
-                start, stop = s * shard_users, min((s + 1) * shard_users, n_users)
-                fut = executor.submit(write_shard, source, s, start, stop, int(n), bool(exclude_seen), str(out))
-                futures[fut] = s
-            pending = set(futures)
-            while pending:
-                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in ready:
-                    done_users += fut.result()
-                    finished += 1
-                    if progress is not None:
-                        progress(finished, n_shards)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            if own:
-                executor.shutdown(cancel=True)
-                own = False
-            raise
-        seconds = time.perf_counter() - t0
-        compute_s = time.perf_counter() - t_compute
-        (out / SUCCESS).write_text(json.dumps({"users": n_users, "shards": n_shards, "seconds": round(seconds, 3)}))
-        return BatchResult(
-            out_dir=str(out),
-            version=scorer.version,
-            n=int(n),
-            n_users=n_users,
-            shard_users=int(shard_users),
-            shards_total=n_shards,
-            shards_done=len(todo),
-            shards_skipped=skipped,
-            seconds=seconds,
-            users_per_s=done_users / compute_s if compute_s > 0 else 0.0,
-            files=[part_name(s) for s in range(n_shards)],
-        )
-    finally:
-        if own:
-            executor.shutdown()
+        for s in todo:
+            start, stop = s * shard_users, min((s + 1) * shard_users, n_users)
+            fut = executor.submit(write_shard, source, s, start, stop, int(n), bool(exclude_seen), str(out))
+            futures[fut] = s
+        pending = set(futures)
+        while pending:
+            ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                done_users += fut.result()
+                finished += 1
+                if progress is not None:
+                    progress(finished, n_shards)
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+    compute_s = time.perf_counter() - t_compute
+    seconds = time.perf_counter() - t0
+    (out / SUCCESS).write_text(json.dumps({"users": n_users, "shards": n_shards, "seconds": round(seconds, 3)}))
+    return BatchResult(
+        out_dir=str(out),
+        version=scorer.version,
+        n=int(n),
+        n_users=n_users,
+        shard_users=int(shard_users),
+        shards_total=n_shards,
+        shards_done=len(todo),
+        shards_skipped=skipped,
+        seconds=seconds,
+        users_per_s=done_users / compute_s if compute_s > 0 else 0.0,
+        files=[part_name(s) for s in range(n_shards)],
+    )
