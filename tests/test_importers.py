@@ -276,12 +276,21 @@ def test_interrupt_mid_import_leaves_nothing(store, tmp_path):
     assert snapshot(store) == before
 
 
-def test_malformed_csv_row_is_rejected_not_fatal(store, tmp_path):
-    f = write(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp\nu1,i1,view,2024-01-01\nu2,i2\nu3,i3,view,2024-01-03\n")
-    with pytest.raises(DataImportError, match="expected 4 columns, found 2"):
+def test_malformed_csv_row_is_rejected_with_its_line_not_fatal(store, tmp_path):
+    f = write(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp\nu1,i1,view,2024-01-01\nu2,i2\n"
+                                  "u3,i3,view,2024-01-03\nu4,i4,nope,2024-01-04\n")
+    with pytest.raises(DataImportError, match="line 3: expected 4 columns, found 2"):
         import_file(store, "events", f)
     report = import_file(store, "events", f, on_error="skip")
-    assert (report.rows_read, report.imported, report.rejected) == (3, 2, 1)
+    assert (report.rows_read, report.imported, report.rejected) == (4, 2, 2)
+    # The row after the malformed one keeps its own line number.
+    assert [(r.line, r.reason.split()[0]) for r in report.rejects] == [(3, "expected"), (5, "event_type")]
+
+
+def test_quoted_line_breaks_and_commas(store, tmp_path):
+    f = write(tmp_path / "items.csv", 'item_id,title,description\nm1,"Mug, large","Holds 1 l.\nDishwasher safe"\nm2,Lamp,\n')
+    assert import_file(store, "items", f).imported == 2
+    assert store.catalog.get_item("m1")["description"] == "Holds 1 l.\nDishwasher safe"
 
 
 def test_latin1_file_is_detected(store, tmp_path):
@@ -361,6 +370,24 @@ def test_big_items_file_is_staged_on_disk_and_cleaned_up(store, tmp_path, monkey
     assert report.imported == 3000 and store.catalog.count_items() == 3000
     assert store.catalog.get_item("it2999")["price"] == 2999 % 13
     assert not list(store.dir.glob(".import-*"))
+
+
+def test_catalogue_batches_go_in_one_transaction(store, tmp_path):
+    """The importer upserts staged batches through one catalogue transaction: stopping half-way
+    (Ctrl-C while the second batch is being produced) leaves the catalogue as it was."""
+    from scalerec.data.validate import validate_items
+
+    first, _ = validate_items(pa.table({"item_id": ["a", "b"], "title": ["A", "B"]}), store.settings)
+
+    def batches():
+        yield first
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.catalog.upsert_items(batches())
+    assert store.catalog.count_items() == 0
+    assert store.catalog.upsert_items(iter([first, first.slice(1)])) == 3
+    assert store.catalog.count_items() == 2
 
 
 def test_users_import(store, tmp_path):

@@ -108,6 +108,8 @@ def _import_summary(report: Any) -> list[Table]:
     if report.quarantine_path:
         table.add_row("rejected rows written to", escape(report.quarantine_path))
     table.add_row("time", f"{report.seconds:.1f} s ({report.rows_per_s:,.0f} rows/s)")
+    for note in report.notes:
+        table.add_row("note", escape(note))
     tables = [table]
     if report.rejects:
         rejects = Table(title=f"First rejected rows ({len(report.rejects)} of {report.rejected:,})")

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,8 +86,8 @@ class CatalogStore(Protocol):
 
     url: str
 
-    def upsert_items(self, table: pa.Table) -> int: ...
-    def upsert_users(self, table: pa.Table) -> int: ...
+    def upsert_items(self, table: pa.Table | Iterable[pa.Table]) -> int: ...
+    def upsert_users(self, table: pa.Table | Iterable[pa.Table]) -> int: ...
     def get_item(self, item_id: str) -> dict[str, Any] | None: ...
     def get_user(self, user_id: str) -> dict[str, Any] | None: ...
     def delete_item(self, item_id: str) -> bool: ...
@@ -171,6 +171,11 @@ def _json_maps(texts: pa.Array) -> pa.Array:
 
 def _ts_column(values: list[int | None]) -> pa.Array:
     return pa.array(values, pa.int64()).cast(TIMESTAMP)
+
+
+def _batches(table: pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]) -> Iterable[pa.Table | pa.RecordBatch]:
+    """One table, or the tables of an iterable (upserted in one transaction)."""
+    return [table] if isinstance(table, (pa.Table, pa.RecordBatch)) else table
 
 
 def _check_schema(table: pa.Table, schema: pa.Schema, what: str, validator: str) -> pa.Table:
@@ -389,28 +394,14 @@ class SqliteCatalog:
             raise StorageError(f"catalogue query failed: {exc}") from None
 
     # -- items ----------------------------------------------------------------------------
-    def upsert_items(self, table: pa.Table) -> int:
+    def upsert_items(self, table: pa.Table | Iterable[pa.Table]) -> int:
         """Insert or replace items (ITEM_SCHEMA rows, e.g. from validate_items) in one transaction.
 
-        A null ``created_at`` keeps the stored one (or is set to now for a new item).
+        A null ``created_at`` keeps the stored one (or is set to now for a new item). ``table`` may
+        also be an iterable of tables (the batches of a big import): all go in the one transaction,
+        converted to SQLite rows one batch at a time.
         """
-        table = _check_schema(table, ITEM_SCHEMA, "item", "validate_items")
-        if table.num_rows == 0:
-            return 0
         now = _now_us()
-        rows = list(
-            zip(
-                _column(table, "item_id").to_pylist(),
-                _column(table, "title").to_pylist(),
-                _column(table, "description").to_pylist(),
-                _to_json_texts(_column(table, "categories")),
-                _column(table, "price").to_pylist(),
-                _column(table, "available").cast(pa.int64()).to_pylist(),
-                _to_json_texts(_column(table, "attributes")),
-                _column(table, "created_at").cast(pa.int64()).to_pylist(),
-                [now] * table.num_rows,
-            )
-        )
         # ?8 = created_at (may be null), ?9 = now
         sql = """
             INSERT INTO items(item_id, title, description, categories, price, available, attributes,
@@ -422,9 +413,28 @@ class SqliteCatalog:
                 created_at=CASE WHEN ?8 IS NULL THEN items.created_at ELSE excluded.created_at END,
                 updated_at=excluded.updated_at
         """
+        n = 0
         with self._write() as conn:
-            conn.executemany(sql, rows)
-        return len(rows)
+            for batch in _batches(table):
+                batch = _check_schema(batch, ITEM_SCHEMA, "item", "validate_items")
+                if batch.num_rows == 0:
+                    continue
+                rows = list(
+                    zip(
+                        _column(batch, "item_id").to_pylist(),
+                        _column(batch, "title").to_pylist(),
+                        _column(batch, "description").to_pylist(),
+                        _to_json_texts(_column(batch, "categories")),
+                        _column(batch, "price").to_pylist(),
+                        _column(batch, "available").cast(pa.int64()).to_pylist(),
+                        _to_json_texts(_column(batch, "attributes")),
+                        _column(batch, "created_at").cast(pa.int64()).to_pylist(),
+                        [now] * batch.num_rows,
+                    )
+                )
+                conn.executemany(sql, rows)
+                n += len(rows)
+        return n
 
     def get_item(self, item_id: str) -> dict[str, Any] | None:
         """One item as a dict (ITEM_SCHEMA fields + ``updated_at``), or None."""
@@ -498,29 +508,33 @@ class SqliteCatalog:
         return int(self._query("SELECT count(*) FROM items")[0][0])
 
     # -- users ----------------------------------------------------------------------------
-    def upsert_users(self, table: pa.Table) -> int:
-        """Insert or replace users (USER_SCHEMA rows) in one transaction."""
-        table = _check_schema(table, USER_SCHEMA, "user", "validate_users")
-        if table.num_rows == 0:
-            return 0
+    def upsert_users(self, table: pa.Table | Iterable[pa.Table]) -> int:
+        """Insert or replace users (USER_SCHEMA rows) in one transaction; ``table`` may also be an
+        iterable of tables, all upserted in that one transaction (see upsert_items)."""
         now = _now_us()
-        rows = list(
-            zip(
-                _column(table, "user_id").to_pylist(),
-                _to_json_texts(_column(table, "attributes")),
-                _column(table, "created_at").cast(pa.int64()).to_pylist(),
-                [now] * table.num_rows,
-            )
-        )
         sql = """
             INSERT INTO users(user_id, attributes, created_at, updated_at) VALUES (?1, ?2, coalesce(?3, ?4), ?4)
             ON CONFLICT(user_id) DO UPDATE SET attributes=excluded.attributes,
                 created_at=CASE WHEN ?3 IS NULL THEN users.created_at ELSE excluded.created_at END,
                 updated_at=excluded.updated_at
         """
+        n = 0
         with self._write() as conn:
-            conn.executemany(sql, rows)
-        return len(rows)
+            for batch in _batches(table):
+                batch = _check_schema(batch, USER_SCHEMA, "user", "validate_users")
+                if batch.num_rows == 0:
+                    continue
+                rows = list(
+                    zip(
+                        _column(batch, "user_id").to_pylist(),
+                        _to_json_texts(_column(batch, "attributes")),
+                        _column(batch, "created_at").cast(pa.int64()).to_pylist(),
+                        [now] * batch.num_rows,
+                    )
+                )
+                conn.executemany(sql, rows)
+                n += len(rows)
+        return n
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         rows = self._query(

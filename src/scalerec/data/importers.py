@@ -92,6 +92,8 @@ class ImportReport:
     counts_by_type: dict[str, int] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
     quarantine_path: str | None = None
+    #: things the user should know about how the data was read (e.g. a preset's time zone assumption)
+    notes: list[str] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
 
@@ -117,6 +119,7 @@ class ImportReport:
             "counts_by_type": dict(self.counts_by_type),
             "ignored_columns": list(self.ignored_columns),
             "quarantine_path": self.quarantine_path,
+            "notes": list(self.notes),
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows_per_s, 1),
@@ -325,6 +328,7 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[_Chunk]
     malformed: list[tuple[int | None, str, str]] = []
 
     def on_invalid(row: Any) -> str:
+        # row.number counts records from 1 including the header, as our line numbers do.
         line = None if row.number is None else int(row.number)
         malformed.append((line, f"expected {row.expected_columns} columns, found {row.actual_columns}", row.text))
         return "skip"
@@ -338,11 +342,13 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[_Chunk]
             source,
             read_options=pacsv.ReadOptions(
                 column_names=names, skip_rows=1 if header else 0, block_size=block_size,
-                encoding=encoding, use_threads=True,
+                # Serial parsing: pyarrow then numbers malformed rows (so rejects name their line), and
+                # it measured less CPU than threaded parsing; writing already runs on another thread.
+                encoding=encoding, use_threads=False,
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter=spec.delimiter, quote_char='"' if spec.quoting else False,
-                invalid_row_handler=on_invalid,
+                newlines_in_values=spec.quoting, invalid_row_handler=on_invalid,
             ),
             # Everything is read as text: a column typed from its first block would make one bad
             # value later in the file fail the whole import instead of rejecting that one row.
@@ -359,7 +365,10 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[_Chunk]
                 break
             bad, malformed[:] = list(malformed), []
             n = batch.num_rows
-            lines = np.arange(line, line + n, dtype=np.int64)
+            lines = np.arange(line, line + n + len(bad), dtype=np.int64)
+            if bad:  # the good rows are the record numbers that were not malformed
+                known = np.array([b[0] for b in bad if b[0] is not None], dtype=np.int64)
+                lines = np.setdiff1d(lines, known, assume_unique=True)[:n] if len(known) else lines[:n]
             line += n + len(bad)
             yield _Chunk(pa.Table.from_batches([batch]), lines, raw.tell(), bad)
         if malformed:
@@ -459,8 +468,14 @@ def _parse_jsonl_block(data: bytes, first_line: int, encoding: str, string_colum
         rows = np.asarray(good, dtype=np.int64)
         lines = first_line + rows
         body = b"\n".join(data[starts[r]:ends[r]] for r in rows)
-        df = pl.read_ndjson(io.BytesIO(body), infer_schema_length=None,
-                            schema_overrides={c: pl.String for c in string_columns} or None) if len(rows) else pl.DataFrame()
+        try:
+            df = pl.read_ndjson(io.BytesIO(body), infer_schema_length=None,
+                                schema_overrides={c: pl.String for c in string_columns} or None) if len(rows) else pl.DataFrame()
+        except Exception as exc:  # noqa: BLE001 - valid JSON that polars cannot tabulate
+            raise DataImportError(
+                f"cannot read the JSON lines {first_line}-{first_line + len(starts) - 1} as a table ({exc}); "
+                "give each key one kind of value (text, number, object) throughout the file"
+            ) from None
     table = _normalise_strings(df.to_arrow()) if df.width else pa.table({})
     if table.num_rows != len(rows):  # should not happen; keep line numbers honest if it does
         lines = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
@@ -562,7 +577,10 @@ def parse_timestamps(arr: pa.Array | pa.ChunkedArray, fmt: str | None) -> tuple[
     if fmt in ("unix", "unix_ms"):
         scale = 1_000_000 if fmt == "unix" else 1_000
         if pa.types.is_integer(t):
-            return pc.multiply_checked(pc.cast(arr, pa.int64()), scale).cast(TIMESTAMP), None
+            try:
+                return pc.multiply_checked(pc.cast(arr, pa.int64()), scale).cast(TIMESTAMP), None
+            except pa.ArrowInvalid:  # overflow: the float path below marks the huge values bad
+                pass
         seconds, bad = parse_number(arr)
         values = seconds.to_numpy(zero_copy_only=False) * scale
         with np.errstate(invalid="ignore"):
@@ -585,8 +603,8 @@ def parse_timestamps(arr: pa.Array | pa.ChunkedArray, fmt: str | None) -> tuple[
 def pack_map(n: int, columns: Mapping[str, pa.Array | pa.ChunkedArray]) -> pa.Array:
     """One map<string,string> column of length ``n`` from {key: column}; null values leave their key out.
 
-    Vectorised: the k columns are laid out row-major (entry j of row i at i*k + j) with one take,
-    then null values are dropped with one filter; rows without any entry are null.
+    Vectorised: one take lays the k columns out row-major (entry j of row i after the entries
+    before it), taking only non-null values; rows without any entry are null.
     """
     if not columns:
         return pa.nulls(n, FLAT_MAP)
@@ -731,7 +749,7 @@ def map_columns(
         out[prefix] = _combine(table.column(resolved[prefix]))
     elif keyed:
         out[prefix] = pack_map(n, keyed)
-    return pa.table(out) if out else pa.table({"_": pa.nulls(n)}).drop(["_"])
+    return pa.table(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -795,6 +813,8 @@ class Preset:
     aggregator: Callable[[], "_Aggregator"] | None = None
     #: source columns that must be present
     needs: tuple[str, ...] = ()
+    #: shown in the report
+    note: str | None = None
 
 
 def _need(table: pa.Table, columns: tuple[str, ...], preset: str, path_name: str) -> None:
@@ -1128,10 +1148,12 @@ MOVIELENS_FILES: dict[str, Preset] = {
                       "attributes.occupation": "occupation", "attributes.zip": "zip"}),
 }
 
+RETAIL_NOTE = ("InvoiceDate is UK local time in the source and was taken as UTC "
+               "(times during British Summer Time are one hour late)")
 ONLINE_RETAIL: dict[str, Preset] = {
-    "events": Preset("online-retail", "events", transform=_retail_events, needs=_RETAIL_COLUMNS),
-    "items": Preset("online-retail", "items", aggregator=_RetailItems, needs=_RetailItems.needs),
-    "users": Preset("online-retail", "users", aggregator=_RetailUsers, needs=_RetailUsers.needs),
+    "events": Preset("online-retail", "events", transform=_retail_events, needs=_RETAIL_COLUMNS, note=RETAIL_NOTE),
+    "items": Preset("online-retail", "items", aggregator=_RetailItems, needs=_RETAIL_COLUMNS, note=RETAIL_NOTE),
+    "users": Preset("online-retail", "users", aggregator=_RetailUsers, needs=_RETAIL_COLUMNS, note=RETAIL_NOTE),
 }
 
 
@@ -1305,13 +1327,22 @@ class _Staging:
             return
         self._writer.write_table(table)
 
-    def table(self) -> pa.Table | None:
-        """All staged rows in file order (read back from disk when they were spilled)."""
+    def batches(self, batch_rows: int = 100_000) -> Iterator[pa.Table]:
+        """All staged rows in file order, in tables of about ``batch_rows`` (read back from disk
+        when they were spilled), for one catalogue transaction that converts a batch at a time."""
         if self._writer is not None and self._dir is not None:
             self._writer.close()
             self._writer = None
-            return pq.read_table(str(Path(self._dir.name) / "rows.parquet"))
-        return pa.concat_tables(self._tables) if self._tables else None
+            pf = pq.ParquetFile(str(Path(self._dir.name) / "rows.parquet"))
+            try:
+                for batch in pf.iter_batches(batch_size=batch_rows):
+                    yield pa.Table.from_batches([batch])
+            finally:
+                pf.close()
+            return
+        for table in self._tables:
+            for start in range(0, table.num_rows, batch_rows):
+                yield table.slice(start, batch_rows)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -1386,7 +1417,9 @@ def import_file(
         raise ValidationError(f"chunk_rows={chunk_rows} must be at least 1")
 
     plan = _Plan.make(kind, path, fmt, preset, mapping, constants, timestamp_format, encoding)
-    report = ImportReport(kind=kind, path=str(path), format=plan.format_name, preset=plan.preset.name if plan.preset else None)
+    report = ImportReport(kind=kind, path=str(path), format=plan.format_name,
+                          preset=plan.preset.name if plan.preset else None,
+                          notes=[plan.preset.note] if plan.preset and plan.preset.note else [])
     rejects = _Rejects(report, on_error, Path(quarantine_path) if on_error == "quarantine" and quarantine_path else None,
                        path.name)
     validator = _validator(kind)
@@ -1456,12 +1489,15 @@ def import_file(
                     at = bad.column("line").to_numpy()
                     rejects.add(lines[at], _combine(bad.column("reason")), None)
                 rejects.end_chunk(report.rows_read)
-            else:
-                valid = staging.table() if staging is not None else None
-            if valid is not None and valid.num_rows:
-                upsert = store.catalog.upsert_items if kind == "items" else store.catalog.upsert_users
-                upsert(valid)
+            upsert = store.catalog.upsert_items if kind == "items" else store.catalog.upsert_users
+            if aggregator is not None:
+                if valid.num_rows:
+                    upsert(valid)
                 report.imported = valid.num_rows
+            elif staging is not None and staging.rows:
+                # One catalogue transaction over all staged batches: all or nothing, memory per batch.
+                upsert(staging.batches())
+                report.imported = staging.rows
         report.quarantine_path = rejects.commit()
     except BaseException:
         rejects.discard()
