@@ -411,7 +411,20 @@ class RecommendService:
             return ranked
         taken = np.zeros(live.model.n_items, dtype=bool)
         taken[ranked.ids] = True
-        extra = order[allowed[order] & ~taken[order]]
+        need = n - len(ranked.ids)
+        if flt.max_per_category is None:
+            # Scan the ordering in growing chunks: the first eligible items are usually near its top.
+            start, step, parts, found = 0, max(64, 4 * need), [], 0
+            while start < len(order) and found < need:
+                chunk = order[start : start + step]
+                hit = chunk[allowed[chunk] & ~taken[chunk]]
+                parts.append(hit)
+                found += len(hit)
+                start += step
+                step *= 4
+            extra = np.concatenate(parts) if parts else order[:0]
+        else:
+            extra = order[allowed[order] & ~taken[order]]
         if flt.max_per_category is not None:
             both = np.concatenate([ranked.ids, extra])
             keep = cap_per_group(both, live.items.primary_category, flt.max_per_category)
