@@ -140,3 +140,15 @@ def test_save_load_round_trip_memory_mapped(tmp_path):
     assert (back.matrix != m.matrix).nnz == 0
     assert list(back.user_ids) == list(m.user_ids) and list(back.item_ids) == list(m.item_ids)
     assert back.user_index([m.user_ids[5]]).tolist() == [5]
+
+
+def test_cap_clips_summed_cells_after_decay():
+    settings = Settings()
+    table = _events()
+    ref = _reference(table, settings, half_life=10.0)
+    m = build_matrix(table, event_types=settings.events.types, half_life_days=10.0, cap=1.0)
+    got = _as_dict(m)
+    assert set(got) == set(ref)
+    for key, value in ref.items():
+        assert got[key] == pytest.approx(min(value, 1.0), rel=1e-5)
+    assert m.matrix.data.max() <= 1.0 and (m.matrix.data < 1.0).any()

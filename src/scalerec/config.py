@@ -96,6 +96,7 @@ class MatrixSettings(_Section):
     min_user_interactions: int = Field(1, ge=1)
     min_item_interactions: int = Field(1, ge=1)
     binary: bool = Field(False, description="store 1 for every positive cell instead of the summed weight")
+    cap: float | None = Field(None, gt=0, description="clip each summed cell at this value; none = no clip")
 
 
 class ModelSettings(_Section):
