@@ -140,9 +140,11 @@ def main() -> None:
     table.add_row("peak RSS (generator)", f"{gen['rss_peak_mib']:,.0f} MiB")
     if store is not None:
         table.add_row("store: generate + write", f"{store['elapsed_s']:.2f} s")
-        table.add_row("store rate (wall / per CPU s)", f"{store['events_per_s']:,} / {store['events_per_cpu_s']:,} events/s")
+        table.add_row("store rate (wall / per CPU s)",
+                      f"{store['events_per_s']:,} / {store['events_per_cpu_s']:,} events/s")
         table.add_row("store: peak RSS", f"{store['rss_peak_mib']:,.0f} MiB")
-        table.add_row("event log on disk", f"{store['log_bytes'] / MIB:,.1f} MiB ({store['log_bytes_per_event']} B/event)")
+        table.add_row("event log on disk",
+                      f"{store['log_bytes'] / MIB:,.1f} MiB ({store['log_bytes_per_event']} B/event)")
     console.print(table)
     console.print("goals: > 1,000,000 events/s; peak RSS flat in the number of events")
 

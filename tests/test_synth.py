@@ -44,7 +44,9 @@ def events(world) -> pl.DataFrame:
         **{key: pl.Series(pc.map_lookup(ctx, key, "first")) for key in ("device", "location", "weather", "temp_c")}
     )
     items = pl.from_arrow(catalog.to_table().select(["item_id", "categories", "created_at"]))
-    items = items.select("item_id", pl.col("categories").list.first().alias("category"), pl.col("created_at").alias("launch"))
+    items = items.select(
+        "item_id", pl.col("categories").list.first().alias("category"), pl.col("created_at").alias("launch")
+    )
     return df.join(items, on="item_id", how="left")
 
 
@@ -237,7 +239,10 @@ def test_out_of_stock_items_are_not_sold_after_they_sold_out(events, world):
     catalog, _, _ = world
     start_us = int(catalog.start.timestamp()) * 1_000_000
     sold_out_at = pl.DataFrame(
-        {"item_id": catalog.item_ids.to_pylist(), "sold_out": start_us + catalog.stockout_day.astype(np.int64) * 86_400_000_000}
+        {
+            "item_id": catalog.item_ids.to_pylist(),
+            "sold_out": start_us + catalog.stockout_day.astype(np.int64) * 86_400_000_000,
+        }
     ).filter(~pl.Series(catalog.available))
     sales = events.filter(pl.col("event_type") != "view").join(sold_out_at, on="item_id")
     assert sales.height > 0  # they sold before
@@ -390,7 +395,9 @@ def test_interrupted_generation_leaves_nothing(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        generate_store(store, n_users=100, n_items=50, n_events=20_000, seed=1, days=10, chunk_events=3_000, progress=stop)
+        generate_store(
+            store, n_users=100, n_items=50, n_events=20_000, seed=1, days=10, chunk_events=3_000, progress=stop
+        )
     assert store.log.count() == 0
     assert not list((tmp_path / "events").rglob("*.parquet"))
     assert store.catalog.count_items() == 0 and store.catalog.count_users() == 0
@@ -431,8 +438,8 @@ def test_cli_ctrl_c_leaves_nothing_behind(tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        # wait until the transaction has staged data files
-        while not list((tmp_path / "events").glob(".tmp-*/date=*/*.parquet")):
+        # wait until the transaction has staged data files (in the log's hidden staging dir)
+        while not list((tmp_path / "events").glob(".tmp-*/**/*.parquet")):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGINT)

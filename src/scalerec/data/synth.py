@@ -395,7 +395,8 @@ def make_catalog(n_items: int, *, seed: int, days: int = 180, start: date | date
     n_nouns = np.array([len(c.nouns) for c in CATEGORIES])
     noun = np.floor(rng.random(n) * n_nouns[category]).astype(np.int16)
     style = rng.integers(0, N_STYLES, n).astype(np.int8)
-    brand = (style.astype(np.int16) * (len(BRANDS) // N_STYLES) + rng.integers(0, len(BRANDS) // N_STYLES, n)).astype(np.int16)
+    per_style = len(BRANDS) // N_STYLES  # the brand gives the style away, as in a real shop
+    brand = (style.astype(np.int16) * per_style + rng.integers(0, per_style, n)).astype(np.int16)
     return Catalog(
         item_ids=_fixed_width_ids("i", np.arange(1, n + 1), _id_width(n)),
         category=category,
@@ -607,7 +608,9 @@ def _holiday_factor(d: date) -> float:
     return 1.0
 
 
-def day_event_counts(n_events: int, *, seed: int, days: int = 180, start: date | datetime | str | None = None) -> np.ndarray:
+def day_event_counts(
+    n_events: int, *, seed: int, days: int = 180, start: date | datetime | str | None = None
+) -> np.ndarray:
     """int64 [days]: how many of ``n_events`` fall on each day (sums exactly to ``n_events``):
     weekly cycle, holidays, 30% growth over the period and a little daily noise."""
     start_dt = resolve_start(start, days)
