@@ -222,6 +222,20 @@ def test_line_numbers_stay_right_across_chunks(store, tmp_path):
     assert report.imported == 4995 and store.log.count() == 4995
 
 
+def test_jsonl_line_numbers_across_chunks(store, tmp_path):
+    lines = []
+    for i in range(4000):
+        kind = "nope" if i % 1000 == 500 else "view"
+        lines.append(json.dumps({"user_id": f"u{i}", "item_id": "i", "event_type": kind, "timestamp": 1704067200 + i}))
+        if i % 700 == 0:
+            lines.append("")  # blank lines are not rows but still count as lines
+    f = write(tmp_path / "e.jsonl.gz", "\n".join(lines) + "\n")
+    report = import_file(store, "events", f, on_error="skip", chunk_rows=1000)
+    expected = [n + 1 for n, text in enumerate(lines) if '"nope"' in text]
+    assert [r.line for r in report.rejects] == expected
+    assert report.rows_read == 4000 and report.imported == 3996
+
+
 def test_empty_files(store, tmp_path):
     with pytest.raises(EmptyDataError):
         import_file(store, "events", write(tmp_path / "empty.csv", ""))

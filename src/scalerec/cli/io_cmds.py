@@ -144,7 +144,7 @@ def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], m
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=as_json,
+        disable=as_json or not console.is_terminal,
     )
     with progress:
         task = progress.add_task("import", total=file.stat().st_size if file.is_file() else None)
@@ -212,7 +212,7 @@ def _export(ctx: typer.Context, kind: str, out: Path, fmt: Optional[str], start:
     store = get_store(ctx)
     progress = Progress(
         TextColumn(f"[bold]exporting {kind}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        console=console, transient=True, disable=not console.is_terminal,
     )
     with progress:
         task = progress.add_task("export", total=None)

@@ -1277,6 +1277,8 @@ class _Rejects:
         if self.on_error == "fail":
             shown = "; ".join(r.describe() for r in first[:MESSAGE_REJECTS])
             more = self.report.rejected - min(len(first), MESSAGE_REJECTS)
+            if any("not a date-time" in r.reason for r in first):
+                shown += ' (for another time layout pass --timestamp-format, e.g. "%d/%m/%Y %H:%M")'
             raise DataImportError(
                 f"{self.path_name}: {self.report.rejected} bad row(s) in the first {rows_read:,} rows, so nothing "
                 f"was imported — {shown}{f' (and {more} more)' if more > 0 else ''}. Fix the file, or import the "
