@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scalerec.errors import ModelCapacityError
-from scalerec.models import make_model
+from scalerec.models import Recommender, make_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models.jsonl"
 
@@ -77,7 +81,11 @@ def load_input(args: argparse.Namespace) -> tuple[sp.csr_matrix, str]:
 
 
 class PeakRSS:
-    """Samples this process's RSS every few ms; ``peak_mib`` is the rise above the start."""
+    """Samples this process's RSS every few ms; ``peak_mib`` is the rise above the start.
+
+    Each fit runs in a fresh (spawned) process, so memory freed by an earlier model cannot hide
+    a later one's allocations.
+    """
 
     def __init__(self, interval_s: float = 0.005) -> None:
         self.proc = psutil.Process()
@@ -105,18 +113,31 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
-def bench_fit(name: str, params: dict[str, Any], X: sp.csr_matrix, rec_users: np.ndarray) -> dict[str, Any]:
+def _fit_in_child(name: str, params: dict[str, Any], X: sp.csr_matrix, out: str) -> dict[str, Any]:
+    """Fit in a fresh process, so its peak memory is the model's alone; save it for the parent."""
     model = make_model(name, **params)
-    row: dict[str, Any] = {"family": name, "params": params}
     try:
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             model.fit(X)
-            row["fit_s"] = time.perf_counter() - t0
-        row["fit_peak_mib"] = mem.peak_mib
+            fit_s = time.perf_counter() - t0
     except ModelCapacityError as exc:
-        row["skipped"] = exc.message
+        return {"skipped": exc.message}
+    model.save(out)
+    return {"fit_s": fit_s, "fit_peak_mib": mem.peak_mib}
+
+
+def bench_fit(
+    name: str, params: dict[str, Any], X: sp.csr_matrix, rec_users: np.ndarray, workdir: Path
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"family": name, "params": params}
+    out = workdir / name
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        row.update(pool.submit(_fit_in_child, name, params, X, str(out)).result())
+    if "skipped" in row:
         return row
+    model = Recommender.load(out, mmap=True)
+    model.recommend(rec_users[:10], 20, exclude=X[rec_users[:10]])  # page the arrays in
     t0 = time.perf_counter()
     model.recommend(rec_users, 20, exclude=X[rec_users])
     row["recommend_users_per_s"] = len(rec_users) / (time.perf_counter() - t0)
@@ -183,6 +204,8 @@ def main() -> None:
     ap.add_argument("--top-n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rec-sample", type=int, default=20_000, help="users timed in each model's recommend")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="BLAS and FAISS threads for the top-k comparison (0 = all cores; 1 is steadiest on a busy host)")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/models.jsonl")
     args = ap.parse_args()
     console = Console()
@@ -195,12 +218,13 @@ def main() -> None:
     rec_users = np.sort(rng.choice(X.shape[0], min(args.rec_sample, X.shape[0]), replace=False))
 
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="bench-models-"))
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         console.print(f"fitting {name} ...")
-        rows.append(bench_fit(name, CONFIGS.get(name, {}), X, rec_users))
+        rows.append(bench_fit(name, CONFIGS.get(name, {}), X, rec_users, workdir))
 
     table = Table(title=f"model fit ({source}, {os.cpu_count()} cores)")
-    for col in ("family", "fit s", "peak MiB", "recommend users/s (top 20)"):
+    for col in ("family", "fit s", "fit peak MiB", "recommend users/s (top 20)"):
         table.add_column(col, justify="right" if col != "family" else "left")
     for r in rows:
         if "skipped" in r:
@@ -213,8 +237,18 @@ def main() -> None:
     topk = None
     als = next((r["model"] for r in rows if r["family"] == "als" and "model" in r), None)
     if als is not None:
-        topk = bench_topk(als, X, args.top_n, args.repeats)
-        t = Table(title=f"ALS batch recommend, all users, top {args.top_n}, history excluded")
+        if args.threads:
+            import faiss
+            from threadpoolctl import threadpool_limits
+
+            faiss.omp_set_num_threads(args.threads)
+            with threadpool_limits(args.threads, "blas"):
+                topk = bench_topk(als, X, args.top_n, args.repeats)
+        else:
+            topk = bench_topk(als, X, args.top_n, args.repeats)
+        topk["threads"] = args.threads or os.cpu_count()
+        t = Table(title=f"ALS batch recommend, all users, top {args.top_n}, history excluded, "
+                        f"{topk['threads']} thread(s)")
         for col in ("users", "block rows", "GEMM s", "recommend s", "ratio", "CPU ratio", "users/s"):
             t.add_column(col, justify="right")
         t.add_row(f"{topk['users']:,}", str(topk["block_rows"]), f"{topk['gemm_s']:.3f}",
@@ -236,6 +270,7 @@ def main() -> None:
         "models": [{k: v for k, v in r.items() if k != "model"} for r in rows],
         "als_topk": topk,
     }
+    shutil.rmtree(workdir, ignore_errors=True)
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
