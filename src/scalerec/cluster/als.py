@@ -35,6 +35,8 @@ CG_BLOCK_NNZ = 8192
 #: nonzeros per block of the loss computation
 LOSS_BLOCK_NNZ = 1 << 16
 SOLVERS = ("cg", "cholesky")
+#: as scalerec.cluster.ray_executor.DEFAULT_TASK_RETRIES (not imported: that module needs Ray)
+DEFAULT_TASK_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ class DistributedALS(ClusterTwin, ALS):
         pass over the data per iteration) into ``loss_history_``
     address : Ray cluster to connect to if this process is not connected yet (see
         :func:`scalerec.cluster.ray_executor.connect`)
+    task_retries : times Ray reruns a shard task whose worker or node died
 
     Attributes
     ----------
@@ -275,7 +278,9 @@ class DistributedALS(ClusterTwin, ALS):
     shard_stats_ : dict with shard counts, nonzeros and object-store bytes moved per half-step
     """
 
-    cluster_params: ClassVar[tuple[str, ...]] = ("shards", "solver", "cg_steps", "calculate_training_loss", "address")
+    cluster_params: ClassVar[tuple[str, ...]] = (
+        "shards", "solver", "cg_steps", "calculate_training_loss", "address", "task_retries"
+    )
 
     def __init__(
         self,
@@ -291,6 +296,7 @@ class DistributedALS(ClusterTwin, ALS):
         cg_steps: int = 3,
         calculate_training_loss: bool = False,
         address: str | None = None,
+        task_retries: int = DEFAULT_TASK_RETRIES,
     ) -> None:
         super().__init__(
             factors=factors,
@@ -305,6 +311,7 @@ class DistributedALS(ClusterTwin, ALS):
         self.cg_steps = cg_steps
         self.calculate_training_loss = calculate_training_loss
         self.address = address
+        self.task_retries = task_retries
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -318,7 +325,7 @@ class DistributedALS(ClusterTwin, ALS):
     def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
         import ray
 
-        from scalerec.cluster.ray_executor import DEFAULT_TASK_RETRIES, cluster_cpus, connect
+        from scalerec.cluster.ray_executor import cluster_cpus, connect
 
         connect(self.address)
         f, reg = int(self.factors), float(self.regularization)
@@ -349,8 +356,9 @@ class DistributedALS(ClusterTwin, ALS):
         u_refs = [ray.put(s) for s in user_shards]
         i_refs = [ray.put(s) for s in item_shards]
 
-        solve = ray.remote(_solve_task).options(num_returns=2, num_cpus=1, max_retries=DEFAULT_TASK_RETRIES)
-        loss = ray.remote(_loss_task).options(num_cpus=1, max_retries=DEFAULT_TASK_RETRIES)
+        retries = int(self.task_retries)
+        solve = ray.remote(_solve_task).options(num_returns=2, num_cpus=1, max_retries=retries)
+        loss = ray.remote(_loss_task).options(num_cpus=1, max_retries=retries)
         eye = reg * np.eye(f)
         cholesky = self.solver == "cholesky"
         inflight: list[Any] = []

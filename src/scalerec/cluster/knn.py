@@ -57,9 +57,10 @@ class DistributedItemKNN(ClusterTwin, ItemKNN):
     block_items : items per task; None = sized so one block's product stays near
         ``BLOCK_ENTRIES`` entries, and at least two blocks per cluster CPU
     address : Ray cluster to connect to if not connected yet
+    task_retries : times Ray reruns a block task whose worker or node died
     """
 
-    cluster_params: ClassVar[tuple[str, ...]] = ("block_items", "address")
+    cluster_params: ClassVar[tuple[str, ...]] = ("block_items", "address", "task_retries")
 
     def __init__(
         self,
@@ -70,10 +71,12 @@ class DistributedItemKNN(ClusterTwin, ItemKNN):
         bm25_b: float = 0.75,
         block_items: int | None = None,
         address: str | None = None,
+        task_retries: int = 3,
     ) -> None:
         super().__init__(similarity=similarity, neighbors=neighbors, bm25_k1=bm25_k1, bm25_b=bm25_b)
         self.block_items = block_items
         self.address = address
+        self.task_retries = task_retries
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -83,7 +86,7 @@ class DistributedItemKNN(ClusterTwin, ItemKNN):
     def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
         import ray
 
-        from scalerec.cluster.ray_executor import DEFAULT_TASK_RETRIES, cluster_cpus, connect
+        from scalerec.cluster.ray_executor import cluster_cpus, connect
 
         connect(self.address)
         n_items = X.shape[1]
@@ -95,7 +98,7 @@ class DistributedItemKNN(ClusterTwin, ItemKNN):
         else:
             block = max(1, min(BLOCK_ENTRIES // max(1, n_items), math.ceil(n_items / (2 * cluster_cpus()))))
         starts = list(range(0, n_items, block))
-        task = ray.remote(_block_task).options(num_cpus=1, max_retries=DEFAULT_TASK_RETRIES)
+        task = ray.remote(_block_task).options(num_cpus=1, max_retries=int(self.task_retries))
         W_ref, Wt_ref = ray.put(W), ray.put(Wt)
         refs = [task.remote(Wt_ref, W_ref, a, min(a + block, n_items), k) for a in starts]
         parts: dict[Any, sp.csr_matrix] = {}

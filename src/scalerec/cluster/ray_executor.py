@@ -197,7 +197,7 @@ class RayExecutor:
 
         for twin in (DistributedALS, DistributedItemKNN):
             if type(model) is twin.local_class():
-                return twin.from_model(model, address=self.address)
+                return twin.from_model(model, address=self.address, task_retries=self.task_retries)
         return model
 
     def __repr__(self) -> str:
