@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.errors import ValidationError
-from scalerec.models.base import Progress, Recommender
+from scalerec.models.base import Progress, Recommender, suggest_recency
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -78,6 +78,7 @@ class ALS(FactorModel):
         iterations: int = 15,
         random_state: int | None = 0,
         num_threads: int = 0,
+        recency_half_life_days: float | None = None,
     ) -> None:
         self.factors = factors
         self.regularization = regularization
@@ -85,6 +86,7 @@ class ALS(FactorModel):
         self.iterations = iterations
         self.random_state = random_state
         self.num_threads = num_threads
+        self.recency_half_life_days = recency_half_life_days
 
     @classmethod
     def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
@@ -93,6 +95,7 @@ class ALS(FactorModel):
             "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
             "alpha": trial.suggest_float("alpha", 0.5, 100.0, log=True),
             "iterations": trial.suggest_int("iterations", 5, 30),
+            "recency_half_life_days": suggest_recency(trial),
         }
 
     def _validate_params(self) -> None:
@@ -156,6 +159,7 @@ class BPR(FactorModel):
         iterations: int = 100,
         random_state: int | None = 0,
         num_threads: int = 0,
+        recency_half_life_days: float | None = None,
     ) -> None:
         self.factors = factors
         self.learning_rate = learning_rate
@@ -163,6 +167,7 @@ class BPR(FactorModel):
         self.iterations = iterations
         self.random_state = random_state
         self.num_threads = num_threads
+        self.recency_half_life_days = recency_half_life_days
 
     @classmethod
     def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
@@ -171,6 +176,7 @@ class BPR(FactorModel):
             "learning_rate": trial.suggest_float("learning_rate", 1e-3, 0.1, log=True),
             "regularization": trial.suggest_float("regularization", 1e-4, 0.1, log=True),
             "iterations": trial.suggest_int("iterations", 20, 300, log=True),
+            "recency_half_life_days": suggest_recency(trial),
         }
 
     def _validate_params(self) -> None:

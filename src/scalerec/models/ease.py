@@ -9,7 +9,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from scalerec.errors import ModelCapacityError, ValidationError
-from scalerec.models.base import Progress, Recommender
+from scalerec.models.base import Progress, Recommender, suggest_recency
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -44,14 +44,25 @@ class EASE(Recommender):
 
     family = "ease"
 
-    def __init__(self, *, l2: float = 500.0, dtype: str = "float64", max_items: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        l2: float = 500.0,
+        dtype: str = "float64",
+        max_items: int | None = None,
+        recency_half_life_days: float | None = None,
+    ) -> None:
         self.l2 = l2
         self.dtype = dtype
         self.max_items = max_items
+        self.recency_half_life_days = recency_half_life_days
 
     @classmethod
     def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
-        return {"l2": trial.suggest_float("l2", 1.0, 1e4, log=True)}
+        return {
+            "l2": trial.suggest_float("l2", 1.0, 1e4, log=True),
+            "recency_half_life_days": suggest_recency(trial),
+        }
 
     def _validate_params(self) -> None:
         if not self.l2 > 0:

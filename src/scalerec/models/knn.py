@@ -10,7 +10,7 @@ from implicit._nearest_neighbours import all_pairs_knn
 from implicit.nearest_neighbours import bm25_weight
 
 from scalerec.errors import ValidationError
-from scalerec.models.base import Progress, Recommender
+from scalerec.models.base import Progress, Recommender, suggest_recency
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -48,11 +48,13 @@ class ItemKNN(Recommender):
         neighbors: int | None = 100,
         bm25_k1: float = 1.2,
         bm25_b: float = 0.75,
+        recency_half_life_days: float | None = None,
     ) -> None:
         self.similarity = similarity
         self.neighbors = neighbors
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
+        self.recency_half_life_days = recency_half_life_days
 
     @classmethod
     def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
@@ -63,6 +65,7 @@ class ItemKNN(Recommender):
         if params["similarity"] == "bm25":
             params["bm25_k1"] = trial.suggest_float("bm25_k1", 0.5, 100.0, log=True)
             params["bm25_b"] = trial.suggest_float("bm25_b", 0.0, 1.0)
+        params["recency_half_life_days"] = suggest_recency(trial)
         return params
 
     def _validate_params(self) -> None:
