@@ -39,6 +39,6 @@ def test_search_space_explores_recency(family):
         value = params["recency_half_life_days"]
         seen.add(value is None)
         if value is not None:
-            assert 7.0 <= value <= 365.0
+            assert 14.0 <= value <= 365.0
         study.tell(trial, 0.0)
     assert seen == {True, False}

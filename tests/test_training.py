@@ -84,7 +84,7 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     # each family ran its 3 trials, the first being the model's defaults
     assert {f.family: f.trials_total for f in result.families} == {"popular": 3, "ease": 3}
     ease = next(f for f in result.families if f.family == "ease")
-    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0}
+    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0, "recency_half_life_days": None}
     assert ease.best_value >= ease.default_value
     # fallbacks: popular = column sums of the all-data matrix, aligned with the model's items
     loaded = Registry(settings).load()
@@ -294,3 +294,17 @@ def test_python_m_scalerec_entry_point_exists() -> None:
 
     out = subprocess.run([sys.executable, "-m", "scalerec", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "train" in out.stdout and "models" in out.stdout
+
+
+def test_new_data_warm_starts_from_the_previous_best(store) -> None:
+    settings, ds = store
+    first = train(settings, TrainOptions(models=["ease"], trials=4), store=ds)
+    generate_store(ds, n_users=150, n_items=60, n_events=300, seed=9, days=3, start=datetime(2025, 3, 2, tzinfo=timezone.utc))
+    second = train(settings, TrainOptions(models=["ease"], trials=2), store=ds)
+    assert second.families[0].study != first.families[0].study  # new data: a new study
+    trials = optuna.load_study(study_name=second.families[0].study, storage=storage_url(Path(settings.data.dir))).trials
+    # defaults first, then the previous search's winner (unless the defaults won)
+    assert trials[0].user_attrs.get("default")
+    if first.families[0].best_params != first.families[0].default_params:
+        assert trials[1].user_attrs.get("warm_start")
+        assert trials[1].params["l2"] == pytest.approx(first.families[0].best_params["l2"])

@@ -36,13 +36,17 @@ Progress = Callable[[int, int], None]
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.json"
+#: half-lives (days) the tuner tries for recency weighting; None = plain matrix
+RECENCY_CHOICES: tuple[float | None, ...] = (None, 14.0, 30.0, 45.0, 90.0, 180.0, 365.0)
 
 
 def suggest_recency(trial: "optuna.Trial") -> float | None:
-    """Search-space helper: no recency weighting, or a half-life between a week and a year."""
-    if trial.suggest_categorical("recency", [False, True]):
-        return trial.suggest_float("recency_half_life_days", 7.0, 365.0, log=True)
-    return None
+    """Search-space helper: no recency weighting (the default) or a half-life from 2 weeks to a year.
+
+    One categorical parameter named like the hyperparameter, so a trial enqueued with the class
+    defaults (``None``) fits the space unchanged.
+    """
+    return trial.suggest_categorical("recency_half_life_days", RECENCY_CHOICES)
 
 
 class Recommender(ABC):
