@@ -257,6 +257,7 @@ def bench_spark(C: sp.csr_matrix, factors: int, iterations: tuple[int, int], mem
         .config("spark.driver.memory", f"{memory_gb}g")
         .config("spark.sql.shuffle.partitions", str(2 * cores))
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.local.dir", str(work))
         .getOrCreate()
     )
