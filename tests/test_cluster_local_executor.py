@@ -62,3 +62,16 @@ def test_factory_and_validation() -> None:
     assert isinstance(ex, LocalExecutor) and ex.jobs == 3
     with pytest.raises(ValidationError):
         LocalExecutor(0)
+
+
+def _die(_: int) -> int:
+    os._exit(3)  # a worker killed mid-task (as by the OOM killer)
+
+
+def test_a_dead_worker_fails_its_task_and_the_pool_recovers() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with LocalExecutor(2) as ex:
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(_die, 0).result()
+        assert ex.submit(_square, 7).result() == 49

@@ -111,7 +111,14 @@ class LocalExecutor:
             except Exception as exc:  # KeyboardInterrupt and SystemExit propagate at once
                 fut.set_exception(exc)
             return fut
-        return self._get_pool().submit(_call_limited, fn, args, kwargs)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._get_pool().submit(_call_limited, fn, args, kwargs)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): its tasks failed; start fresh workers for the rest.
+            self.shutdown(cancel=True)
+            return self._get_pool().submit(_call_limited, fn, args, kwargs)
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
         """``[fn(x) for x in items]``, ``jobs`` at a time, results in input order."""

@@ -482,7 +482,9 @@ def train(
         raise ValidationError(f"--minutes must be > 0, got {minutes}")
 
     timings: dict[str, float] = {}
-    store = store if store is not None else DataStore.open(settings)
+    if store is None:
+        with DataStore.open(settings) as own_store:  # closed again when the run ends
+            return train(settings, options, store=own_store, executor=executor, progress=progress)
     registry = Registry(settings)
 
     with training_lock(data_dir):

@@ -7,6 +7,7 @@ import json
 import math
 import time
 import warnings
+from datetime import datetime
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -319,6 +320,10 @@ def tune_family(
         defaults = _probe_defaults(klass)
         if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"default": True})
+        # Warm start: new data means a new study, but the last search's winner is a strong guess.
+        previous = _previous_best(store, name)
+        if previous is not None and _params_key(previous) != _params_key(defaults or {}):
+            study.enqueue_trial(previous, user_attrs={"warm_start": True})
     # Trials left RUNNING belong to a run that died (training holds a lock, so none is live).
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
@@ -431,6 +436,26 @@ def tune_family(
         result.error = errors[-1] if errors else "no trial completed"
     result.wall_s = time.monotonic() - started
     return result
+
+
+def _previous_best(store: "optuna.storages.BaseStorage", name: str) -> dict[str, Any] | None:
+    """Best params of the most recent other study of the same family and search config, if any.
+
+    Study names are ``<family>-<fingerprint>-<config>``: same family and config, other data.
+    """
+    import optuna
+
+    family, _, rest = name.partition(STUDY_SEP)
+    config = rest.rpartition(STUDY_SEP)[2]
+    candidates = [
+        s for s in optuna.study.get_all_study_summaries(store, include_best_trial=True)
+        if s.study_name != name and s.study_name.startswith(family + STUDY_SEP)
+        and s.study_name.endswith(STUDY_SEP + config) and s.best_trial is not None
+    ]
+    if not candidates:
+        return None
+    latest = max(candidates, key=lambda s: s.datetime_start or datetime.min)
+    return dict(latest.best_trial.params)  # type: ignore[union-attr]
 
 
 def _requeue(study: "optuna.Study", params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
