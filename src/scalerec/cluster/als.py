@@ -261,8 +261,8 @@ class DistributedALS(ClusterTwin, ALS):
 
     Parameters
     ----------
-    factors, regularization, alpha, iterations, random_state, num_threads : as :class:`ALS`
-        (``num_threads`` is unused: each task runs on the CPU Ray gives it)
+    **params : every :class:`ALS` hyperparameter (factors, regularization, alpha, iterations,
+        random_state, ...); ``num_threads`` is unused: each task runs on the CPU Ray gives it
     shards : user shards and item shards per half-step; None = 2 per cluster CPU
     solver : "cg" (``cg_steps`` warm-started conjugate-gradient steps, as implicit) or "cholesky"
     calculate_training_loss : compute implicit's training loss after every iteration (one more
@@ -285,27 +285,15 @@ class DistributedALS(ClusterTwin, ALS):
     def __init__(
         self,
         *,
-        factors: int = 64,
-        regularization: float = 0.01,
-        alpha: float = 1.0,
-        iterations: int = 15,
-        random_state: int | None = 0,
-        num_threads: int = 0,
         shards: int | None = None,
         solver: str = "cg",
         cg_steps: int = 3,
         calculate_training_loss: bool = False,
         address: str | None = None,
         task_retries: int = DEFAULT_TASK_RETRIES,
+        **params: Any,
     ) -> None:
-        super().__init__(
-            factors=factors,
-            regularization=regularization,
-            alpha=alpha,
-            iterations=iterations,
-            random_state=random_state,
-            num_threads=num_threads,
-        )
+        super().__init__(**params)  # ALS's hyperparameters, unchanged
         self.shards = shards
         self.solver = solver
         self.cg_steps = cg_steps

@@ -53,7 +53,7 @@ class DistributedItemKNN(ClusterTwin, ItemKNN):
 
     Parameters
     ----------
-    similarity, neighbors, bm25_k1, bm25_b : as :class:`ItemKNN`
+    **params : every :class:`ItemKNN` hyperparameter (similarity, neighbors, ...)
     block_items : items per task; None = sized so one block's product stays near
         ``BLOCK_ENTRIES`` entries, and at least two blocks per cluster CPU
     address : Ray cluster to connect to if not connected yet
@@ -65,15 +65,12 @@ class DistributedItemKNN(ClusterTwin, ItemKNN):
     def __init__(
         self,
         *,
-        similarity: str = "cosine",
-        neighbors: int | None = 100,
-        bm25_k1: float = 1.2,
-        bm25_b: float = 0.75,
         block_items: int | None = None,
         address: str | None = None,
         task_retries: int = 3,
+        **params: Any,
     ) -> None:
-        super().__init__(similarity=similarity, neighbors=neighbors, bm25_k1=bm25_k1, bm25_b=bm25_b)
+        super().__init__(**params)  # ItemKNN's hyperparameters, unchanged
         self.block_items = block_items
         self.address = address
         self.task_retries = task_retries

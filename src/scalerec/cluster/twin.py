@@ -20,6 +20,12 @@ class ClusterTwin(Recommender):
     cluster_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
+    def _param_names(cls) -> list[str]:
+        # The local family's hyperparameters (whatever they become) plus the cluster options:
+        # twins take the former as **params and pass them through, so they never fall behind.
+        return [*cls.local_class()._param_names(), *cls.cluster_params]
+
+    @classmethod
     def local_class(cls) -> type[Recommender]:
         for klass in cls.__mro__[1:]:
             if issubclass(klass, Recommender) and not issubclass(klass, ClusterTwin) and klass.family == cls.family:
