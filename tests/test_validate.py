@@ -278,3 +278,36 @@ def test_online_retail_sample_validates():
     assert first["user_id"] == "17850" and first["item_id"] == "85123A"
     assert first["timestamp"] == dt.datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
     assert first["value"] == 6.0
+
+
+def test_clean_columns_pass_unchanged_and_dirty_edges_are_still_trimmed(settings):
+    # Clean columns skip the trim; any edge that might be whitespace (ASCII or not) still gets it,
+    # also in a sliced array (non-zero offset) and next to nulls.
+    raw = pa.array(["zz", "u1", " u2", "u3\t", "\u00a0u4\u00a0", "u 5", "   ", None, "u6"])
+    valid, rejects = validate_events(
+        pa.table({"user_id": raw.slice(1), "item_id": ["i"] * 8, "event_type": ["view"] * 8,
+                  "timestamp": ["2021-01-01"] * 8}),
+        settings,
+    )
+    assert valid.column("user_id").to_pylist() == ["u1", "u2", "u3", "u4", "u 5", "u6"]
+    assert rejects.column("line").to_pylist() == [6, 7]  # blank and missing user ids
+    clean = pa.array(["a1", "b2", "c3"])
+    valid, _ = validate_events(events(item_id=clean), settings)
+    assert valid.column("item_id").chunk(0).equals(clean)
+
+
+def test_event_types_from_dictionary_columns_and_repeated_values(settings):
+    et = pa.array(["View", "view", None, "PURCHASE", "wishlist", "view"]).dictionary_encode()
+    valid, rejects = validate_events(events(event_type=et), settings)
+    assert valid.column("event_type").to_pylist() == ["view", "view", "purchase", "view"]
+    assert rejects.column("line").to_pylist() == [3, 5]
+    assert rejects.column("reason").to_pylist()[1].startswith("event_type 'wishlist' is not configured")
+
+
+def test_flat_maps_keep_null_free_maps_and_drop_null_values(settings):
+    ctx = pa.array([[("device", "mobile")], [("device", None), ("city", "Oslo")], None, []], pa.map_(pa.string(), pa.string()))
+    valid, _ = validate_events(events(context=ctx), settings)
+    assert valid.column("context").to_pylist() == [[("device", "mobile")], [("city", "Oslo")], None, []]
+    no_nulls = pa.array([[("device", "mobile")], None], pa.map_(pa.string(), pa.string()))
+    valid, _ = validate_events(events(context=no_nulls.slice(0)), settings)
+    assert valid.column("context").to_pylist() == [[("device", "mobile")], None]

@@ -105,8 +105,49 @@ def _as_text(arr: pa.Array) -> pa.Array:
 
 def _trim(arr: pa.Array) -> pa.Array:
     """Strings trimmed; empty strings become null (a missing value in CSV)."""
+    if pa.types.is_string(arr.type) and _edges_clean(arr):
+        return arr  # the common clean column: no copy
     s = pc.utf8_trim_whitespace(arr)
     return pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+
+
+def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets[n + 1] relative to the data buffer, data bytes) of a utf8 array, without copies."""
+    n = len(arr)
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def _edges_clean(arr: pa.Array) -> bool:
+    """True when trimming cannot change ``arr`` (utf8): no non-null value is empty, and none
+    starts or ends with an ASCII space/control byte or a non-ASCII byte (which might belong to
+    a Unicode space). Reads the first and last byte of each value: a few ns per value."""
+    n = len(arr)
+    if n == 0 or arr.null_count == n:
+        return True
+    offsets, data = _string_buffers(arr)
+    nonempty = offsets[1:] > offsets[:-1]
+    if arr.null_count:
+        if np.any(np.asarray(arr.is_valid()) & ~nonempty):
+            return False
+        first, last = offsets[:-1][nonempty], offsets[1:][nonempty] - 1
+    else:
+        if not nonempty.all():
+            return False
+        first, last = offsets[:-1], offsets[1:] - 1
+    # uint8 arithmetic: (b - 0x21) wraps <= 0x20 to >= 0xE0, so one compare finds both ends of the range
+    edge = np.concatenate((data[first], data[last])) - np.uint8(0x21)
+    return not np.any(edge >= 0x5F)
+
+
+def _contains_byte(arr: pa.Array, byte: int) -> bool:
+    """Whether any utf8 value of ``arr`` may contain ``byte`` (its data buffer does)."""
+    if len(arr) == 0 or arr.null_count == len(arr):
+        return False
+    offsets, data = _string_buffers(arr)
+    return bool(np.any(data[offsets[0] : offsets[-1]] == byte))
 
 
 def _is_texty(t: pa.DataType) -> bool:
@@ -152,7 +193,7 @@ def _ids(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
         s = _trim(arr)
         # A column of integer-looking strings where some end in ".0" came through a float column:
         # strip the suffix. Decided per column so a real id like "2.0" in a text column survives.
-        valid = pc.drop_null(s)
+        valid = pc.drop_null(s) if _contains_byte(s, ord(".")) else []
         if len(valid) and pc.any(pc.match_substring_regex(valid, _FLOAT_INT_RE)).as_py():
             if pc.all(pc.match_substring_regex(valid, _INT_LIKE_RE)).as_py():
                 s = pc.replace_substring_regex(s, r"\.0+$", "")
@@ -171,6 +212,26 @@ def _texts(arr: pa.Array, name: str) -> pa.Array:
     s = arr if _is_texty(arr.type) else pc.cast(arr, pa.string())
     s = s.cast(pa.string())
     return pc.if_else(pc.equal(pc.utf8_trim_whitespace(s), ""), pa.scalar(None, pa.string()), s)
+
+
+def _dictionary(arr: pa.Array, name: str) -> pa.DictionaryArray:
+    """A text-like column as a dictionary array (distinct values once, int32 codes)."""
+    if pa.types.is_dictionary(arr.type):
+        if _is_texty(arr.type.value_type) or pa.types.is_null(arr.type.value_type):
+            return arr
+        arr = arr.dictionary_decode()
+    if pa.types.is_nested(arr.type):
+        raise _type_error(name, arr, "text")
+    if pa.types.is_null(arr.type):
+        arr = arr.cast(pa.string())
+    return pc.dictionary_encode(arr)
+
+
+def _event_type_names(values: pa.Array) -> pa.Array:
+    """Event type names normalised: trimmed, lower case, runs of spaces/dashes as "_"; empty = null."""
+    et = _texts(values, "event_type")
+    et = pc.replace_substring_regex(pc.utf8_lower(pc.utf8_trim_whitespace(et)), r"[\s\-]+", "_")
+    return pc.if_else(pc.equal(et, ""), pa.scalar(None, pa.string()), et)
 
 
 def _floats(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
@@ -357,6 +418,8 @@ def _flat_maps(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
     if pa.types.is_struct(t):
         return _struct_to_map(arr)
     if pa.types.is_map(t):
+        if t.key_type == pa.string() and t.item_type == pa.string() and arr.items.null_count == 0:
+            return (arr if t.equals(FLAT_MAP) else arr.cast(FLAT_MAP)), none  # already flat, no null values
         keys = pc.cast(arr.keys, pa.string())
         vals = arr.items
         nested = pa.types.is_nested(vals.type)
@@ -474,9 +537,14 @@ def _as_table(table: pa.Table | pa.RecordBatch) -> pa.Table:
 def _finish(
     table: pa.Table, columns: dict[str, pa.Array], schema: pa.Schema, problems: _Problems, first_line: int
 ) -> tuple[pa.Table, pa.Table]:
+    valid = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+    if not problems.checks:  # every row passed: no filter pass over the data, no reasons
+        rejects = {"line": pa.array([], pa.int64()), "reason": pa.array([], pa.string())}
+        for name in table.column_names:
+            rejects[name if name not in rejects else f"{name}_original"] = pa.array([], pa.string())
+        return valid, pa.table(rejects)
     bad = problems.bad()
-    good = pc.invert(bad)
-    valid = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema).filter(good)
+    valid = valid.filter(pc.invert(bad))
     bad_idx = pc.indices_nonzero(bad)
     n_bad = len(bad_idx)
     # Reasons: every failed check of a row, joined by "; " — built only for the rejected rows.
@@ -541,23 +609,25 @@ def validate_events(
         "user_id is missing (anonymous events need a session_id)",
     )
 
-    et = _texts(col("event_type"), "event_type")
-    et = pc.replace_substring_regex(pc.utf8_lower(pc.utf8_trim_whitespace(et)), r"[\s\-]+", "_")
-    et = pc.if_else(pc.equal(et, ""), pa.scalar(None, pa.string()), et)
+    # A handful of distinct types: normalise and check the distinct values, then map them back.
+    et_codes = _dictionary(col("event_type"), "event_type")
+    names = _event_type_names(et_codes.dictionary)
+    et = names.take(et_codes.indices)
     out["event_type"] = et
     problems.add(pc.is_null(et), "event_type is missing")
     if not settings.events.allow_unknown_types:
         known = sorted(settings.events.types)
-        unknown = pc.and_(pc.is_valid(et), pc.invert(pc.is_in(et, value_set=pa.array(known, pa.string()))))
+        unknown = pc.and_(pc.is_valid(names), pc.invert(pc.is_in(names, value_set=pa.array(known, pa.string()))))
         problems.add(
-            unknown,
+            unknown.take(et_codes.indices),
             "event_type ", ("col", "event_type"),
             f" is not configured (known: {', '.join(known)}); add it under [events.types] "
             "or set events.allow_unknown_types = true",
         )
     else:
+        malformed = pc.invert(pc.fill_null(pc.match_substring_regex(names, r"^[a-z0-9_]+$"), True))
         problems.add(
-            pc.invert(pc.fill_null(pc.match_substring_regex(et, r"^[a-z0-9_]+$"), True)),
+            malformed.take(et_codes.indices),
             "event_type ", ("col", "event_type"), " must be letters, digits and '_'",
         )
 
