@@ -390,3 +390,74 @@ def test_compaction_limited_to_some_days(tmp_path):
     result = log.compact(min_files=2, days=[first_day])
     assert result["partitions"] == 1
     assert [len(log.files(start=T0 + dt.timedelta(days=k), end=T0 + dt.timedelta(days=k + 1))) for k in range(3)] == [1, 3, 3]
+
+
+def _day_of_rows(path: Path) -> set[dt.date]:
+    ts = pq.read_table(path, columns=["timestamp"]).column("timestamp").to_pylist()
+    return {t.date() for t in ts}
+
+
+def test_rows_in_long_runs_and_shuffled_rows_land_in_their_days(tmp_path, monkeypatch):
+    # Long single-day runs are sliced without copying, short runs gathered by day: every row
+    # must still reach exactly its own day's partition.
+    monkeypatch.setattr(eventlog_module, "MIN_RUN_ROWS", 50)
+    ordered = make_events(400, days=4, seed=3)
+    ordered = ordered.take(pc.sort_indices(ordered.column("timestamp")))
+    shuffled = make_events(300, days=6, seed=4)
+    data = pa.concat_tables([ordered.slice(0, 200), shuffled, ordered.slice(200)])
+    log = EventLog(tmp_path / "events")
+    log.append(data)
+    assert rows(log.read()) == rows(data)
+    for f in log.files():
+        assert _day_of_rows(f) == {dt.date.fromisoformat(f.parent.name.removeprefix("date="))}
+
+
+def test_time_ordered_writes_close_finished_days(tmp_path, monkeypatch):
+    monkeypatch.setattr(eventlog_module, "MIN_RUN_ROWS", 10)
+    data = make_events(3000, days=30, seed=5)
+    data = data.take(pc.sort_indices(data.column("timestamp")))
+    log = EventLog(tmp_path / "events")
+    with log.transaction() as tx:
+        for b in data.to_batches(max_chunksize=70):
+            tx.write(b)
+            assert len(tx._writers) <= 2  # only the current day(s) stay open
+    assert rows(log.read()) == rows(data)
+    assert len(log.files()) == 30  # still one file per day
+
+
+def test_write_async_commits_everything_and_a_background_failure_rolls_back(tmp_path):
+    log = EventLog(tmp_path / "events")
+    data = make_events(500, days=3, seed=6)
+    with log.transaction() as tx:
+        for b in data.to_batches(max_chunksize=90):
+            assert tx.write_async(b) == b.num_rows
+    assert tx.rows == 500 and rows(log.read()) == rows(data)
+
+    before = log.files()
+    with pytest.raises(OSError):
+        with log.transaction() as tx:
+            tx.write_async(make_events(50, days=1, seed=7))
+            tx.wait()
+            # the staging dir turns into a file: writing out the finished first day fails on
+            # the background thread, and the failure surfaces at the commit
+            import shutil
+
+            shutil.rmtree(tx.dir)
+            tx.dir.write_bytes(b"")
+            tx.write_async(make_events(50, days=1, seed=8, start=T0 + dt.timedelta(days=9)))
+    tx.dir.unlink()
+    assert log.files() == before and log.count() == 500
+    with pytest.raises(ValidationError):  # schema problems are raised by the call itself
+        with log.transaction() as tx:
+            tx.write_async(make_events(5).drop_columns(["item_id"]))
+
+
+def test_files_keep_statistics_where_readers_use_them(tmp_path):
+    log = EventLog(tmp_path / "events")
+    log.append(make_events(200, days=1, seed=9))
+    md = pq.read_metadata(log.files()[0])
+    cols = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(md.num_columns)}
+    assert cols["timestamp"].is_stats_set and cols["user_id"].is_stats_set
+    assert "DELTA_BINARY_PACKED" in cols["timestamp"].encodings
+    assert "RLE_DICTIONARY" in cols["event_type"].encodings
+    assert log.time_range() is not None
