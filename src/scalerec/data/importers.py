@@ -9,7 +9,6 @@ import os
 import re
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1483,13 +1482,12 @@ def import_file(
     try:
         if kind == "events":
             with store.log.transaction() as tx:
-                writer = _BackgroundWriter(tx.write)
-                try:
-                    for chunk in chunks:
-                        consume(chunk, writer)
-                    writer.wait()
-                finally:
-                    writer.close()  # the in-flight write ends before the transaction commits or rolls back
+                # Encoding chunk i (Parquet, zstd: GIL released) overlaps parsing and validating
+                # chunk i+1; the transaction waits for the write in flight before it commits or
+                # rolls back, and holds at most one table in flight.
+                for chunk in chunks:
+                    consume(chunk, tx.write_async)
+                tx.wait()
                 _check_not_empty(report, path)
                 report.imported = tx.rows
         else:
@@ -1528,30 +1526,6 @@ def import_file(
         progress(total_bytes, total_bytes)
     report.seconds = time.perf_counter() - started
     return report
-
-
-class _BackgroundWriter:
-    """Runs ``write(table)`` on one background thread, one table at a time, so writing chunk i
-    (Parquet encoding, compression: GIL released) overlaps parsing and validating chunk i+1.
-    At most one table waits, so memory stays at about two chunks."""
-
-    def __init__(self, write: Callable[[pa.Table], Any]) -> None:
-        self._write = write
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalerec-import-write")
-        self._pending: Future[Any] | None = None
-
-    def __call__(self, table: pa.Table) -> None:
-        self.wait()
-        self._pending = self._pool.submit(self._write, table)
-
-    def wait(self) -> None:
-        """Block until the last write is done; re-raises its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 def _no_write(table: pa.Table) -> None:  # pragma: no cover - aggregators collect instead
