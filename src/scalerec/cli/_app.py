@@ -23,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help texts name settings as [section] key: print them literally, not as rich markup.
+    rich_markup_mode=None,
 )
 
 
@@ -38,7 +40,7 @@ class CliState:
 def _root(
     ctx: typer.Context,
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", "-d", help="Data directory (overrides the data.dir setting and SCALEREC_DATA__DIR)."
+        None, "--data-dir", "-d", help="Data directory (overrides [data] dir and SCALEREC_DATA__DIR)."
     ),
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Config file (default: $SCALEREC_CONFIG or ./scalerec.toml)."
