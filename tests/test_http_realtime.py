@@ -227,3 +227,63 @@ def test_watcher_swaps_without_being_asked(api1) -> None:
         assert body["model_version"] == new and len(body["items"]) == 5
     finally:
         service_mod.MODEL_POLL_S = saved
+
+
+def test_events_stored_by_another_process_count_at_the_next_request(api1) -> None:
+    """Read-your-writes across workers: each process keeps the set of users with fresh events in
+    memory and polls one number per request, so an event another process acknowledged is seen
+    by the very next request here, with no refresh call."""
+    import subprocess
+    import sys
+
+    st = api1.service.live.model
+    known = _heavy_user(api1)
+    items = st.item_ids[st.popular_order[:3]].tolist()
+    assert api1.get("/v1/users/other-proc-user/recommendations?n=5").json()["strategy"] == "fallback"
+    assert api1.get(f"/v1/users/{known}/recommendations?n=5").json()["strategy"] == "model"
+    code = (
+        "import sys, datetime as dt, pyarrow as pa\n"
+        "from scalerec.data.catalog import open_catalog\n"
+        "from scalerec.data.schema import EVENT_SCHEMA\n"
+        "now = dt.datetime.now(dt.timezone.utc)\n"
+        "rows = [dict(user_id=u, item_id=i, event_type='purchase', timestamp=now, value=1.0, session_id=None,\n"
+        "             recommendation_id=None, context=None) for u in sys.argv[2:4] for i in sys.argv[4:]]\n"
+        "print(open_catalog(sys.argv[1]).add_pending_events(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, api1.settings.data.resolved_catalog_url(),
+                          "other-proc-user", known, *items], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == str(2 * len(items)), out.stderr
+    new = api1.get("/v1/users/other-proc-user/recommendations?n=5").json()
+    assert new["strategy"] == "fold_in" and not set(items) & set(i["item_id"] for i in new["items"])
+    again = api1.get(f"/v1/users/{known}/recommendations?n=5").json()
+    assert again["strategy"] == "fold_in" and not set(items) & set(i["item_id"] for i in again["items"])
+
+
+def test_installing_a_version_prunes_recent_events_it_contains(api1) -> None:
+    """serving_recent_events (pending events a compactor moved) shrinks when a model trained on
+    them goes into production: rows older than its snapshot go, fold-in keeps what it uses."""
+    import sqlite3
+
+    from scalerec.serving.realtime import _since_us
+
+    from datetime import timedelta
+
+    user = "prune-user"
+    after = api1.service.live.model.snapshot + timedelta(seconds=1)  # keeps the training split as it was
+    stamps = ["2020-01-01T00:00:00Z", after.isoformat()]  # long before the model's data, and just after
+    api1.post("/v1/events", json=[{"user_id": user, "item_id": "i000003", "event_type": "view", "timestamp": t}
+                                  for t in stamps])
+    assert api1.service.store.flush_pending() == 2
+    db = api1.settings.data.resolved_catalog_url().removeprefix("sqlite:///")
+
+    def kept() -> list[int]:
+        with sqlite3.connect(db) as conn:
+            return [r[0] for r in conn.execute("SELECT timestamp FROM serving_recent_events ORDER BY timestamp")]
+
+    assert len(kept()) == 2
+    version = train_version(api1.settings, "popular").version  # trained on the log, which now has both
+    assert api1.service.refresh() is True and api1.service.live.model.version == version
+    snapshot = api1.service.live.model.snapshot
+    assert snapshot is not None
+    assert kept() == [_since_us(after)] and _since_us(snapshot) == _since_us(after), "the old row went"
+    assert api1.service.prune_recent_events() == 0

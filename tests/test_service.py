@@ -147,3 +147,110 @@ def test_keys_cli_and_serve_refuses_without_keys(tmp_path) -> None:
     listed = json.loads(runner.invoke(app, ["--data-dir", d, "keys", "list", "--json"]).stdout)
     assert [k["key_id"] for k in listed] == [created["key_id"]] and "key" not in listed[0]
     assert runner.invoke(app, ["--data-dir", d, "keys", "revoke", created["key_id"]]).exit_code == 0
+
+
+# ---------------------------------------------------------------------- fresh users (realtime)
+def _events(rows: list[tuple[str | None, str, str]]) -> pa.Table:
+    """EVENT_SCHEMA rows of (user_id, item_id, ISO timestamp), event type view."""
+    from datetime import datetime
+
+    from scalerec.data.schema import EVENT_SCHEMA
+
+    return pa.Table.from_pylist(
+        [{"user_id": u, "item_id": i, "event_type": "view", "timestamp": datetime.fromisoformat(t), "value": 1.0,
+          "session_id": None if u else "s", "recommendation_id": None, "context": None} for u, i, t in rows],
+        schema=EVENT_SCHEMA,
+    )
+
+
+def _feed_db(tmp_path):
+    from scalerec.data.catalog import open_catalog
+    from scalerec.serving.realtime import ChangeFeed
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    catalog = open_catalog(url)  # creates pending_events before the feed adds its triggers
+    return catalog, ChangeFeed(tmp_path / "catalog.db"), url
+
+
+def test_fresh_users_follow_new_events_from_other_connections(tmp_path) -> None:
+    from datetime import datetime, timezone
+
+    from scalerec.data.catalog import open_catalog
+    from scalerec.serving.realtime import FreshUsers
+
+    catalog, feed, url = _feed_db(tmp_path)
+    snapshot = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    catalog.add_pending_events(_events([("old", "i1", "2024-12-31T23:59:00+00:00"),
+                                        ("new", "i1", "2025-01-02T00:00:00+00:00"), (None, "i1", "2025-01-03T00:00:00+00:00")]))
+    fresh = FreshUsers(feed, snapshot)
+    assert "new" in fresh and "old" not in fresh, "only events at/after the snapshot make a user fresh"
+    assert len(fresh) == 1 and fresh.poll() == 0, "nothing new: the poll reads no rows"
+    other = open_catalog(url)  # another connection, as another worker process would have
+    other.add_pending_events(_events([("later", "i2", "2025-02-01T00:00:00+00:00"),
+                                      ("late-but-old", "i2", "2024-06-01T00:00:00+00:00")]))
+    assert fresh.has_fresh("later") and not fresh.has_fresh("late-but-old")
+    assert fresh.cursor == 5 and fresh.poll() == 0
+
+
+def test_fresh_users_see_events_compacted_between_two_polls(tmp_path) -> None:
+    """A compactor may move rows out of pending_events before a process polled them: they are then
+    found in serving_recent_events by their pending id."""
+    from datetime import datetime, timezone
+
+    from scalerec.serving.realtime import FreshUsers
+
+    catalog, feed, _ = _feed_db(tmp_path)
+    fresh = FreshUsers(feed, datetime(2025, 1, 1, tzinfo=timezone.utc))
+    catalog.add_pending_events(_events([("moved", "i1", "2025-03-01T00:00:00+00:00")]))
+    table, token = catalog.drain_pending_events(100)  # what DataStore.flush_pending does
+    assert table.num_rows == 1 and catalog.ack_pending(token) == 1
+    assert catalog.count_pending_events() == 0
+    assert fresh.has_fresh("moved")
+    assert feed.recent_rows("moved", None, 10) == [("i1", "view", 1.0)]
+
+
+def test_change_feed_migrates_a_database_made_before_pending_ids(tmp_path) -> None:
+    import sqlite3
+
+    from scalerec.serving.realtime import ChangeFeed
+
+    catalog, _, _ = _feed_db(tmp_path)
+    db = tmp_path / "catalog.db"
+    with sqlite3.connect(db) as conn:  # the v1 layout: no pending_id, the v1 trigger
+        conn.executescript(
+            "DROP TRIGGER serving_keep_compacted_v2; DROP TABLE serving_recent_events;"
+            "CREATE TABLE serving_recent_events (user_id TEXT NOT NULL, item_id TEXT NOT NULL, event_type TEXT "
+            "NOT NULL, timestamp INTEGER NOT NULL, value REAL NOT NULL);"
+            "INSERT INTO serving_recent_events VALUES ('kept', 'i1', 'view', 1, 1.0);"
+            "CREATE TRIGGER serving_keep_compacted AFTER DELETE ON pending_events WHEN OLD.claim IS NOT NULL "
+            "BEGIN INSERT INTO serving_recent_events VALUES (OLD.user_id, OLD.item_id, OLD.event_type, "
+            "OLD.timestamp, OLD.value); END;"
+        )
+    ChangeFeed(db)
+    ChangeFeed(db)  # idempotent: a second worker starting on the migrated database
+    catalog.add_pending_events(_events([("u", "i1", "2025-03-01T00:00:00+00:00")]))
+    _, token = catalog.drain_pending_events(10)
+    catalog.ack_pending(token)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT user_id, pending_id FROM serving_recent_events ORDER BY rowid").fetchall()
+        triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert rows == [("kept", None), ("u", 1)], "old rows kept, new ones carry their pending id, no duplicate copy"
+    assert "serving_keep_compacted" not in triggers and "serving_keep_compacted_v2" in triggers
+
+
+def test_prune_recent_keeps_what_fold_in_can_use(tmp_path) -> None:
+    import sqlite3
+    from datetime import datetime, timezone
+
+    catalog, feed, _ = _feed_db(tmp_path)
+    stamps = ["2024-12-01T00:00:00+00:00", "2025-01-01T00:00:00+00:00", "2025-02-01T00:00:00+00:00"]
+    catalog.add_pending_events(_events([("u", f"i{k}", t) for k, t in enumerate(stamps)]))
+    _, token = catalog.drain_pending_events(10)
+    catalog.ack_pending(token)
+    snapshot = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    assert feed.prune_recent(snapshot) == 1
+    assert feed.prune_recent(snapshot) == 0
+    with sqlite3.connect(tmp_path / "catalog.db") as conn:
+        left = [r[0] for r in conn.execute("SELECT item_id FROM serving_recent_events ORDER BY item_id")]
+    assert left == ["i1", "i2"]
+    assert [r[0] for r in feed.recent_rows("u", snapshot, 10)] == ["i2", "i1"], "newest first, none lost"

@@ -194,6 +194,17 @@ class ItemAttributes:
 
     def mask(self, flt: ItemFilter) -> np.ndarray:
         """Bool [n_items]: items that pass ``flt`` (never unlisted items). A fresh array."""
+        return self._filter_mask(flt).copy()
+
+    def _filter_mask(self, flt: ItemFilter) -> np.ndarray:
+        # Cached read-only per filter: requests repeat a few filters, and a copy of the cached
+        # mask (a few us at 100k items) is cheaper than re-applying the price/category tests.
+        key = ("flt", flt.categories, flt.exclude_categories, flt.min_price, flt.max_price, flt.available_only)
+        with self._lock:
+            hit = self._mask_cache.get(key)
+            if hit is not None:
+                self._mask_cache.move_to_end(key)
+                return hit
         m = self.available.copy() if flt.available_only else self.listed.copy()
         if flt.categories:
             m &= self._category_mask(flt.categories)
@@ -203,6 +214,11 @@ class ItemAttributes:
             m &= self.price >= flt.min_price
         if flt.max_price is not None:
             m &= self.price <= flt.max_price
+        m.flags.writeable = False
+        with self._lock:
+            self._mask_cache[key] = m
+            while len(self._mask_cache) > 256:
+                self._mask_cache.popitem(last=False)
         return m
 
     def servable(self, ids: np.ndarray) -> np.ndarray:

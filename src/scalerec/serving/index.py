@@ -1,6 +1,6 @@
 """Item retrieval for embedding models: exact inner-product search, or FAISS (HNSW/IVF) above a size.
 
-Both indexes answer ``search(queries, k, allowed=mask)`` with exactly ``min(k, allowed.sum())``
+Both indexes answer ``search(queries, k, allowed=mask)`` with exactly ``min(k, count_nonzero(allowed))``
 results per query: the approximate one searches with a FAISS ``IDSelectorBitmap`` (so filtered-out
 items never take result slots), widens its search when the graph walk comes back short, and falls
 back to exact scoring over the allowed subset when the filter is very selective.
@@ -81,7 +81,7 @@ class ExactIndex:
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         q = _as_queries(queries, self.dim)
-        if allowed is not None and allowed.sum() <= SUBSET_EXACT_MAX:
+        if allowed is not None and np.count_nonzero(allowed) <= SUBSET_EXACT_MAX:
             return exact_subset(self.vectors, q, k, np.flatnonzero(allowed))
         scores = q @ self.vectors.T
         if allowed is not None:
@@ -120,6 +120,7 @@ class FaissIndex:
         self.n_items, self.dim = vectors.shape
         self.ef_search = ef_search
         self.nprobe = nprobe
+        self._plain_params: dict[int, object] = {}
 
     @classmethod
     def build(
@@ -174,6 +175,17 @@ class FaissIndex:
 
     def _params(self, width: int, selector: object | None) -> object:
         faiss = self._faiss
+        if selector is None:
+            # Unfiltered parameters are reused (a SWIG object per call costs more than the lookup).
+            hit = self._plain_params.get(width)
+            if hit is None:
+                if len(self._plain_params) > 256:  # widths follow k and the filter: bounded anyway
+                    self._plain_params.clear()
+                hit = self._plain_params[width] = (
+                    faiss.SearchParametersHNSW(efSearch=int(width)) if self.kind == "hnsw"
+                    else faiss.SearchParametersIVF(nprobe=int(width))
+                )
+            return hit
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(sel=selector, efSearch=int(width)) if selector is not None else \
                 faiss.SearchParametersHNSW(efSearch=int(width))
@@ -184,7 +196,7 @@ class FaissIndex:
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         q = _as_queries(queries, self.dim)
-        n_allowed = self.n_items if allowed is None else int(allowed.sum())
+        n_allowed = self.n_items if allowed is None else int(np.count_nonzero(allowed))  # ~10x sum()
         want = min(k, n_allowed)
         if allowed is not None and n_allowed <= max(SUBSET_EXACT_MAX, 2 * k):
             return exact_subset(self.vectors, q, k, np.flatnonzero(allowed))
@@ -195,6 +207,13 @@ class FaissIndex:
             fetch = min(self.n_items, int(k * self.n_items / n_allowed * 1.5) + 16)
             scores, ids = self.index.search(q, fetch, params=self._params(max(self.ef_search, fetch), None))
             ok = (ids >= 0) & allowed[np.maximum(ids, 0)]
+            if len(q) == 1 and np.count_nonzero(ok) >= want:  # one request's query: plain masking
+                keep = np.flatnonzero(ok[0])[:k]
+                out_ids = np.full((1, k), -1, dtype=np.int64)
+                out_scores = np.full((1, k), -np.inf, dtype=np.float32)
+                out_ids[0, : len(keep)] = ids[0, keep]
+                out_scores[0, : len(keep)] = scores[0, keep]
+                return out_ids, out_scores
             if (ok.sum(axis=1) >= want).all():
                 order = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # kept ones first, rank preserved
                 ids = np.take_along_axis(np.where(ok, ids, -1), order, axis=1).astype(np.int64)

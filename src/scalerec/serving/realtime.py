@@ -62,14 +62,32 @@ def history_from_events(
     """
     if events.num_rows == 0:
         return EMPTY_HISTORY
-    names, w, use_value, unknown = type_table
-    items = events.column("item_id").to_numpy(zero_copy_only=False).astype(str)
-    types = events.column("event_type").to_numpy(zero_copy_only=False).astype(str)
+    items = events.column("item_id").to_numpy(zero_copy_only=False)
+    types = events.column("event_type").to_numpy(zero_copy_only=False)
     values = (
-        events.column("value").fill_null(1.0).to_numpy(zero_copy_only=False).astype(np.float64)
+        events.column("value").fill_null(1.0).to_numpy(zero_copy_only=False)
         if "value" in events.column_names
         else np.ones(events.num_rows)
     )
+    return history_from_arrays(items, types, values, item_ids, type_table)
+
+
+def history_from_arrays(
+    items: Any,
+    types: Any,
+    values: Any,
+    item_ids: np.ndarray,
+    type_table: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+) -> FreshHistory:
+    """:func:`history_from_events` over parallel sequences [n_events] of item ids, event types and
+    values (e.g. the rows of one user's recent events, without building an Arrow table)."""
+    n_events = len(items)
+    if n_events == 0:
+        return EMPTY_HISTORY
+    names, w, use_value, unknown = type_table
+    items = np.asarray(items).astype(str)
+    types = np.asarray(types).astype(str)
+    values = np.asarray(values, dtype=np.float64)
     t = _lookup(names, types)
     known = t >= 0
     weight = np.where(known, w[np.maximum(t, 0)], unknown)
@@ -77,10 +95,10 @@ def history_from_events(
     cols = _lookup(item_ids, items)
     ok = (cols >= 0) & (weight != 0)
     if not ok.any():
-        return FreshHistory(np.zeros(0, np.int64), np.zeros(0, np.float32), events.num_rows)
+        return FreshHistory(np.zeros(0, np.int64), np.zeros(0, np.float32), n_events)
     uniq, inv = np.unique(cols[ok], return_inverse=True)
     summed = np.bincount(inv, weights=weight[ok]).astype(np.float32)
-    return FreshHistory(uniq.astype(np.int64), summed, events.num_rows)
+    return FreshHistory(uniq.astype(np.int64), summed, n_events)
 
 
 # ---------------------------------------------------------------------- change feed
@@ -90,7 +108,8 @@ CREATE TABLE IF NOT EXISTS serving_recent_events (
     item_id    TEXT NOT NULL,
     event_type TEXT NOT NULL,
     timestamp  INTEGER NOT NULL,
-    value      REAL NOT NULL
+    value      REAL NOT NULL,
+    pending_id INTEGER          -- its id in pending_events (NULL for rows kept before this column)
 );
 CREATE INDEX IF NOT EXISTS serving_recent_events_user ON serving_recent_events(user_id, timestamp);
 CREATE TABLE IF NOT EXISTS serving_changes (
@@ -114,12 +133,13 @@ _TRIGGERS = {
 
 #: Pending events that a compactor moved into the log (deleted from pending_events while claimed)
 #: are kept in serving_recent_events, so fold-in still sees events newer than the model snapshot
-#: until a model trained on them is in production (then they are pruned).
+#: until a model trained on them is in production (then they are pruned). The row keeps its
+#: pending id, so a process that polls pending ids finds rows a compaction moved meanwhile.
 _KEEP_COMPACTED = (
-    "CREATE TRIGGER IF NOT EXISTS serving_keep_compacted AFTER DELETE ON pending_events "
+    "CREATE TRIGGER IF NOT EXISTS serving_keep_compacted_v2 AFTER DELETE ON pending_events "
     "WHEN OLD.claim IS NOT NULL AND OLD.user_id IS NOT NULL BEGIN "
-    "INSERT INTO serving_recent_events (user_id, item_id, event_type, timestamp, value) "
-    "VALUES (OLD.user_id, OLD.item_id, OLD.event_type, OLD.timestamp, OLD.value); END"
+    "INSERT INTO serving_recent_events (user_id, item_id, event_type, timestamp, value, pending_id) "
+    "VALUES (OLD.user_id, OLD.item_id, OLD.event_type, OLD.timestamp, OLD.value, OLD.id); END"
 )
 _FORGET_DELETED_USER = (
     "CREATE TRIGGER IF NOT EXISTS serving_users_del_events AFTER DELETE ON users BEGIN "
@@ -144,6 +164,9 @@ class ChangeFeed:
         conn = self._conn()
         with conn:
             conn.executescript(_FEED_SCHEMA)
+        # One writer at a time: several serving processes may start together on an older database.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             for table, triggers in _TRIGGERS.items():
                 if table not in tables:
@@ -153,14 +176,25 @@ class ChangeFeed:
                         f"CREATE TRIGGER IF NOT EXISTS {name} {when} ON {table} BEGIN "
                         f"INSERT INTO serving_changes (kind, key) VALUES ('{kind}', {key}); END"
                     )
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(serving_recent_events)")}
+            if "pending_id" not in columns:  # databases made before fresh-user polling
+                conn.execute("ALTER TABLE serving_recent_events ADD COLUMN pending_id INTEGER")
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS serving_recent_events_pending ON serving_recent_events(pending_id)"
+            )
             if "pending_events" in tables:
                 # (user_id, timestamp) makes the per-request fold-in lookup one index range scan.
                 conn.execute(
                     "CREATE INDEX IF NOT EXISTS pending_events_user_time ON pending_events(user_id, timestamp)"
                 )
+                conn.execute("DROP TRIGGER IF EXISTS serving_keep_compacted")  # v1 did not keep the id
                 conn.execute(_KEEP_COMPACTED)
             if "users" in tables:
                 conn.execute(_FORGET_DELETED_USER)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -199,8 +233,7 @@ class ChangeFeed:
     def recent_events(self, user_id: str, since: datetime | None, limit: int) -> pa.Table:
         """The user's newest ``limit`` events with timestamp >= ``since`` from pending events and
         recently compacted ones: a table of item_id, event_type, value (newest first)."""
-        since_us = -(2**62) if since is None else int(since.timestamp() * 1_000_000)
-        rows = self._conn().execute(_RECENT_SQL, (user_id, since_us, int(limit))).fetchall()
+        rows = self.recent_rows(user_id, since, limit)
         if not rows:
             return _EMPTY_EVENTS
         items, types, values = zip(*rows)
@@ -210,17 +243,104 @@ class ChangeFeed:
             "value": pa.array(values, pa.float64()),
         })
 
+    def recent_rows(self, user_id: str, since: datetime | None, limit: int) -> list[tuple[str, str, float]]:
+        """:meth:`recent_events` as (item_id, event_type, value) tuples (the per-request form)."""
+        return self._conn().execute(_RECENT_SQL, (user_id, _since_us(since), int(limit))).fetchall()
+
     def forget_user(self, user_id: str) -> None:
         with self._conn() as conn:
             conn.execute("DELETE FROM serving_recent_events WHERE user_id = ?", (user_id,))
 
     def prune_recent(self, before: datetime) -> int:
-        """Drop kept compacted events older than ``before`` (the production model has them)."""
-        with self._conn() as conn:
-            cur = conn.execute(
-                "DELETE FROM serving_recent_events WHERE timestamp < ?", (int(before.timestamp() * 1_000_000),)
-            )
+        """Drop kept compacted events older than ``before`` (the production model has them).
+
+        Every serving process calls this when it installs a version: all but the first find
+        nothing, so they look before they take the write lock (ingestion waits on that lock).
+        """
+        before_us = int(before.timestamp() * 1_000_000)
+        conn = self._conn()
+        if conn.execute("SELECT 1 FROM serving_recent_events WHERE timestamp < ? LIMIT 1", (before_us,)).fetchone() is None:
+            return 0
+        with conn:
+            cur = conn.execute("DELETE FROM serving_recent_events WHERE timestamp < ?", (before_us,))
         return cur.rowcount
+
+
+_PENDING_HEAD_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'pending_events'"
+_FRESH_ALL_SQL = (
+    "SELECT user_id FROM pending_events WHERE timestamp >= ?1 AND user_id IS NOT NULL"
+    " UNION SELECT user_id FROM serving_recent_events WHERE timestamp >= ?1"
+)
+# Rows a compaction moved between two polls are found in serving_recent_events by their pending id.
+_FRESH_SINCE_SQL = (
+    "SELECT user_id FROM pending_events WHERE id > ?1 AND id <= ?2 AND timestamp >= ?3 AND user_id IS NOT NULL"
+    " UNION ALL SELECT user_id FROM serving_recent_events WHERE pending_id > ?1 AND pending_id <= ?2"
+    " AND timestamp >= ?3"
+)
+
+
+class FreshUsers:
+    """The users that have events at/after a model snapshot, kept in memory by one process.
+
+    A request for a user outside this set needs no fold-in query. ``poll()`` (once per request)
+    reads one number, the AUTOINCREMENT head of ``pending_events``; only when it moved does it
+    read the new rows, by id range. An event acknowledged by any process or connection was
+    committed before the acknowledgement, so the next request anywhere sees it (read-your-writes
+    across workers). The set only grows: a user whose events were deleted costs one empty query.
+    """
+
+    def __init__(self, feed: "ChangeFeed", snapshot: datetime | None) -> None:
+        self.feed = feed
+        self.since_us = _since_us(snapshot)
+        self._users: set[str] = set()
+        self._lock = threading.Lock()
+        conn = feed._conn()
+        conn.execute("BEGIN")  # the head and the scan from one consistent read snapshot
+        try:
+            self._cursor = _head(conn)
+            self._users.update(r[0] for r in conn.execute(_FRESH_ALL_SQL, (self.since_us,)))
+        finally:
+            conn.execute("COMMIT")
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    @property
+    def cursor(self) -> int:
+        """The newest pending-event id applied."""
+        return self._cursor
+
+    def poll(self) -> int:
+        """Add the users of events stored since the last poll; returns how many rows were read."""
+        conn = self.feed._conn()
+        head = _head(conn)
+        if head <= self._cursor:
+            return 0
+        with self._lock:
+            cursor = self._cursor
+            if head <= cursor:  # another thread applied it meanwhile
+                return 0
+            rows = conn.execute(_FRESH_SINCE_SQL, (cursor, head, self.since_us)).fetchall()
+            self._users.update(r[0] for r in rows)
+            self._cursor = head
+        return len(rows)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._users
+
+    def has_fresh(self, user_id: str) -> bool:
+        """Whether ``user_id`` may have events newer than the snapshot (polls first)."""
+        self.poll()
+        return user_id in self._users
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    row = conn.execute(_PENDING_HEAD_SQL).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _since_us(since: datetime | None) -> int:
+    return -(2**62) if since is None else int(since.timestamp() * 1_000_000)
 
 
 _EMPTY_EVENTS = pa.table({

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -39,7 +40,9 @@ from scalerec.serving.realtime import (
     EMPTY_HISTORY,
     ChangeFeed,
     FreshHistory,
+    FreshUsers,
     event_type_weights,
+    history_from_arrays,
     history_from_events,
 )
 
@@ -47,6 +50,12 @@ log = logging.getLogger("scalerec.serving")
 
 #: How often a process checks the registry for a new production version (seconds).
 MODEL_POLL_S = 2.0
+#: Memoised non-personal lists (per filter and n) kept per live state before the memo is cleared.
+LIST_CACHE_MAX = 256
+
+# Bound once: ``labels()`` is a dict lookup plus argument checks on every call otherwise.
+_FALLBACK_UNKNOWN_USER = metrics.FALLBACKS.labels(kind="unknown_user")
+_FALLBACK_BACKFILL = metrics.FALLBACKS.labels(kind="backfill")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class ModelState:
     snapshot: datetime | None  # events at/after this are not in the model (fold-in reads them)
     created_at: str
     loaded_at: float
+    fresh_users: FreshUsers | None = None  # users with events at/after ``snapshot`` (polled per request)
 
     @property
     def n_items(self) -> int:
@@ -95,6 +105,8 @@ class LiveState:
     items: ItemAttributes
     deleted_users: frozenset[str] = frozenset()
     feed_cursor: int = 0
+    # (which, n, filter) -> rendered trending/popular list; valid as long as this state (items) is.
+    lists: dict[tuple[Any, ...], "Ranked"] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _find(vocab: np.ndarray, key: str) -> int:
@@ -175,6 +187,17 @@ class Ranked:
     ids: np.ndarray
     scores: np.ndarray
     reasons: list[str] = field(default_factory=list)
+    rendered: tuple[list[str], list[dict[str, Any]]] | None = None  # (item ids, response items) when final
+
+
+def _render(live: LiveState, ranked: Ranked) -> tuple[list[str], list[dict[str, Any]]]:
+    """The list's item ids and response items ({item_id, score, reason}); scores rounded to 6 places."""
+    item_ids = live.model.item_ids[ranked.ids].tolist() if len(ranked.ids) else []
+    scores = ranked.scores.astype(np.float64)
+    if not np.isfinite(scores).all():
+        scores = np.nan_to_num(scores, neginf=0.0, posinf=0.0)
+    scores = scores.round(6).tolist()
+    return item_ids, [{"item_id": i, "score": s, "reason": r} for i, s, r in zip(item_ids, scores, ranked.reasons)]
 
 
 class RecommendService:
@@ -312,6 +335,7 @@ class RecommendService:
             created_at=str(lv.manifest.get("created_at") or ""),
             loaded_at=time.time(),
         )
+        state = replace(state, fresh_users=FreshUsers(self.feed, state.snapshot))
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - t0)
         return state
 
@@ -327,6 +351,22 @@ class RecommendService:
         if previous is not None:
             metrics.MODEL_SWAPS.inc()
         log.info("serving model %s (%s, %d items)", state.version, state.family, state.n_items)
+        self.prune_recent_events(state)
+
+    def prune_recent_events(self, state: ModelState | None = None) -> int:
+        """Drop kept compacted events older than the served model's snapshot (the model has them).
+
+        Runs when a version is installed, so ``serving_recent_events`` holds only what fold-in
+        can still use. Returns the number of rows deleted (0 when the snapshot is unknown).
+        """
+        state = state or (self._live.model if self._live else None)
+        if state is None or state.snapshot is None:
+            return 0
+        try:
+            return self.feed.prune_recent(state.snapshot)
+        except sqlite3.Error:  # best effort: a busy database is pruned at the next version
+            log.warning("could not prune serving_recent_events", exc_info=True)
+            return 0
 
     def apply_changes(self) -> int:
         """Apply catalogue changes recorded since the last call (items and deleted users)."""
@@ -362,11 +402,14 @@ class RecommendService:
     # ------------------------------------------------------------------ helpers
     def _fresh(self, live: LiveState, user_id: str) -> FreshHistory:
         """The user's events not in the model, as a history over the model's items."""
-        limit = self.settings.serving.history_events
-        table = self.feed.recent_events(user_id, live.model.snapshot, limit)
-        if table.num_rows == 0:
+        fresh_users = live.model.fresh_users
+        if fresh_users is not None and not fresh_users.has_fresh(user_id):
+            return EMPTY_HISTORY  # one cached number read, no per-user query
+        rows = self.feed.recent_rows(user_id, live.model.snapshot, self.settings.serving.history_events)
+        if not rows:
             return EMPTY_HISTORY
-        return history_from_events(table, live.model.item_ids, self._types)
+        items, types, values = zip(*rows)
+        return history_from_arrays(items, types, values, live.model.item_ids, self._types)
 
     def _check_n(self, n: int) -> int:
         max_n = self.settings.serving.max_n
@@ -388,9 +431,7 @@ class RecommendService:
         context: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         rid = self._new_id()
-        item_ids = live.model.item_ids[ranked.ids].tolist() if len(ranked.ids) else []
-        scores = np.nan_to_num(ranked.scores.astype(np.float64), neginf=0.0, posinf=0.0).round(6).tolist()
-        items = [{"item_id": i, "score": s, "reason": r} for i, s, r in zip(item_ids, scores, ranked.reasons)]
+        item_ids, items = ranked.rendered if ranked.rendered is not None else _render(live, ranked)
         self.reclog.add(
             {"recommendation_id": rid, "at": time.time(), "kind": kind, **subject,
              "model_version": live.model.version, "strategy": strategy, "items": item_ids, "context": context or {}}
@@ -445,7 +486,7 @@ class RecommendService:
         ``fetch`` returns only allowed items (best first, -1 padded); with ``max_per_category`` it
         over-fetches x4 until ``n`` items remain after capping or every allowed item was seen.
         """
-        n_allowed = int(allowed.sum())
+        n_allowed = int(np.count_nonzero(allowed))
         if n_allowed == 0:
             return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), [])
         k = min(n, n_allowed) if flt.max_per_category is None else min(n_allowed, max(4 * n, 50))
@@ -512,6 +553,12 @@ class RecommendService:
         if row >= 0 and user_id in live.deleted_users:
             row = -1  # the user's data was deleted after this model was built
         fresh = self._fresh(live, user_id)
+        if row < 0 and fresh.empty and not boost_items:
+            # Nothing personal and nothing to exclude: the same trending list as everyone's.
+            _FALLBACK_UNKNOWN_USER.inc()
+            ranked = self._fallback_list(live, "trending", n, flt)
+            return self._response(live, ranked, kind="user", strategy="fallback", subject={"user_id": user_id},
+                                  context=context)
         allowed = live.items.mask(flt)
         seen_cols = np.zeros(0, np.int64)
         history = None
@@ -528,7 +575,7 @@ class RecommendService:
         if history is None and row < 0:
             strategy = "fallback"
             ranked = Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), [])
-            metrics.FALLBACKS.labels(kind="unknown_user").inc()
+            _FALLBACK_UNKNOWN_USER.inc()
         else:
             strategy = "fold_in" if history is not None else "model"
             if history is not None:
@@ -539,7 +586,7 @@ class RecommendService:
         ranked = self._backfill(live, ranked, n, allowed, flt, st.trending_order, "trending")
         ranked = self._backfill(live, ranked, n, allowed, flt, st.popular_order, "popular")
         if strategy != "fallback" and len(ranked.ids) > before:
-            metrics.FALLBACKS.labels(kind="backfill").inc()
+            _FALLBACK_BACKFILL.inc()
         return self._response(live, ranked, kind="user", strategy=strategy, subject={"user_id": user_id}, context=context)
 
     def _pins(self, live: LiveState, boost_items: list[str] | None, allowed: np.ndarray, n: int) -> Ranked:
@@ -594,15 +641,31 @@ class RecommendService:
 
     def _ordered(self, which: str, n: int, flt: ItemFilter | None) -> dict[str, Any]:
         n = self._check_n(n)
-        flt = flt or ItemFilter()
         live = self.live
+        ranked = self._fallback_list(live, which, n, flt or ItemFilter())
+        return self._response(live, ranked, kind=which, strategy=which, subject={})
+
+    def _fallback_list(self, live: LiveState, which: str, n: int, flt: ItemFilter) -> "Ranked":
+        """The top-``n`` trending (then popular) or popular items under ``flt``, rendered.
+
+        The same for every caller, so memoised on the live state (a catalogue change or a new
+        model makes a new state, hence a fresh memo). The result is shared: never mutate it.
+        """
+        key = (which, n, flt)
+        hit = live.lists.get(key)
+        if hit is not None:
+            return hit
         allowed = live.items.mask(flt)
         empty = Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), [])
         order = live.model.trending_order if which == "trending" else live.model.popular_order
         ranked = self._backfill(live, empty, n, allowed, flt, order, which)
         if which == "trending":  # items with no recent activity: continue with all-time popularity
             ranked = self._backfill(live, ranked, n, allowed, flt, live.model.popular_order, "popular")
-        return self._response(live, ranked, kind=which, strategy=which, subject={})
+        ranked = replace(ranked, rendered=_render(live, ranked))
+        if len(live.lists) >= LIST_CACHE_MAX:
+            live.lists.clear()
+        live.lists[key] = ranked
+        return ranked
 
     def rank(self, user_id: str, item_ids: list[str], *, available_only: bool = True) -> dict[str, Any]:
         """``item_ids`` in the user's personalised order, best first.
@@ -864,15 +927,17 @@ class RecommendService:
 
 # ---------------------------------------------------------------------- module helpers
 def _history_row(n_items: int, cols: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
-    """One history row [1, n_items] (duplicate columns summed; non-positive sums dropped)."""
-    cols = np.asarray(cols, dtype=np.int64)
-    m = sp.csr_matrix(
-        (np.asarray(weights, dtype=np.float32), (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n_items)
-    )
-    m.sum_duplicates()
-    m.data[m.data < 0] = 0
-    m.eliminate_zeros()
-    return m
+    """One history row [1, n_items] (duplicate columns summed; non-positive sums dropped).
+
+    Built from (data, indices, indptr) directly: the COO route (sum_duplicates, eliminate_zeros)
+    cost ~100 us of scipy bookkeeping per fold-in request.
+    """
+    uniq, inv = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
+    summed = np.bincount(inv, weights=np.asarray(weights, dtype=np.float64), minlength=len(uniq))
+    keep = summed > 0
+    data = summed[keep].astype(np.float32)
+    indices = uniq[keep].astype(np.int32)
+    return sp.csr_matrix((data, indices, np.array([0, len(data)], dtype=np.int32)), shape=(1, n_items))
 
 
 def _prepend(first: Ranked, rest: Ranked) -> Ranked:
