@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import Request
 
 from _serving_fixtures import api1, base_store  # noqa: F401  (fixtures)
 
@@ -172,3 +173,33 @@ def test_not_ready_without_a_model(tmp_path) -> None:
     e = _assert_error(client.get("/v1/users/u/recommendations"), 503, "unavailable")
     assert "scalerec train" in e["message"]
     svc.close()
+
+
+async def _audit() -> None:
+    """A dependency a HotRoute handler would not run."""
+
+
+async def _hot_endpoint(request: Request, user_id: str) -> None:
+    return None
+
+
+def test_hot_routes_check_path_ids_and_refuse_dependencies_they_would_skip(api1) -> None:
+    from fastapi import APIRouter, Depends, FastAPI
+
+    from scalerec.errors import ConfigError
+    from scalerec.serving.http.deps import HotRoute, ReadRole
+
+    e = _assert_error(api1.get("/v1/users/" + "u" * 257 + "/recommendations"), 422, "validation_error")
+    assert e["details"][0]["field"] == "user_id"
+    _assert_error(api1.get("/v1/items/" + "i" * 257 + "/similar"), 422, "validation_error")
+
+    router = APIRouter(dependencies=[ReadRole], route_class=HotRoute)
+    router.add_api_route("/ok/{user_id}", _hot_endpoint, methods=["GET"])  # a role check only: fine
+    with pytest.raises(ConfigError, match="_audit"):
+        router.add_api_route("/x/{user_id}", _hot_endpoint, methods=["GET"], dependencies=[Depends(_audit)])
+    app = FastAPI()
+    app.include_router(router, dependencies=[Depends(_audit)])
+    with pytest.raises(ConfigError, match="_audit"):  # also when the include adds one
+        from fastapi.testclient import TestClient
+
+        TestClient(app).get("/ok/u")

@@ -92,6 +92,18 @@ def _one(p: Param, raw: str) -> Any:
     return v
 
 
+def path_id(name: str, value: str, max_length: int = 256) -> str:
+    """A path id checked as its ``Path(min_length=1, max_length=256)`` declaration says (hot routes
+    do not run FastAPI's validation); ValidationError (422) otherwise."""
+    if not value or len(value) > max_length:
+        message = "must not be empty" if not value else f"is longer than {max_length} characters"
+        raise ValidationError(
+            f"invalid path parameter '{name}': {message}",
+            details=[{"field": name, "message": message, "input": value[:40] + "..." if len(value) > 40 else value}],
+        )
+    return value
+
+
 def parse(query: QueryParams, params: tuple[Param, ...]) -> dict[str, Any]:
     """Typed values of ``params`` from a query string (defaults where absent); ValidationError (422)."""
     out: dict[str, Any] = {}

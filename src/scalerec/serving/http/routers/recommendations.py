@@ -9,8 +9,9 @@ from starlette.responses import Response
 
 from scalerec.serving.filters import ItemFilter
 from scalerec.serving.http import query
-from scalerec.serving.http.deps import ReadRole, Service, json_response
+from scalerec.serving.http.deps import HotRoute, ReadRole, Service, json_response
 from scalerec.serving.http.schemas import RankRequest, RankResponse, RecommendationList, SessionRequest
+from scalerec.serving.service import RecommendService
 
 # The GET endpoints are `async def`: their work is a few hundred microseconds of numpy and one
 # indexed SQLite read, cheaper on the event loop than a hop through the thread pool.
@@ -20,23 +21,33 @@ N = Annotated[int, Query(ge=1, le=10_000, description="number of items (at most 
 Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
-@router.get("/users/{user_id}/recommendations", response_model=RecommendationList,
-            openapi_extra=query.openapi(query.USER_PARAMS))
-async def user_recommendations(service: Service, user_id: Id, request: Request) -> Response:
+# The two hot GET endpoints are HotRoutes: documented from these signatures, served without
+# FastAPI's per-request parameter and dependency solving (see deps.HotRoute).
+async def user_recommendations(request: Request, user_id: Id) -> Response:
     """Top-n items for a user; fresh events count at once (fold-in); unknown users get trending."""
+    user_id = query.path_id("user_id", user_id)
     q = query.parse(request.query_params, query.USER_PARAMS)
+    service: RecommendService = request.app.state.service
     return json_response(service.recommend_user(
         user_id, q["n"], query.item_filter(q), exclude_seen=q["exclude_seen"],
-        boost_items=list(ItemFilter.split(q["boost"])), context=query.context(q),
+        boost_items=list(ItemFilter.split(q["boost"])) if q["boost"] else None, context=query.context(q),
     ))
 
 
-@router.get("/items/{item_id}/similar", response_model=RecommendationList,
-            openapi_extra=query.openapi(query.SIMILAR_PARAMS))
-async def similar_items(service: Service, item_id: Id, request: Request) -> Response:
+async def similar_items(request: Request, item_id: Id) -> Response:
     """Items most similar to one item (never itself)."""
+    item_id = query.path_id("item_id", item_id)
     q = query.parse(request.query_params, query.SIMILAR_PARAMS)
+    service: RecommendService = request.app.state.service
     return json_response(service.similar_items(item_id, q["n"], query.item_filter(q), context=query.context(q)))
+
+
+router.add_api_route("/users/{user_id}/recommendations", user_recommendations, methods=["GET"],
+                     response_model=RecommendationList, openapi_extra=query.openapi(query.USER_PARAMS),
+                     route_class_override=HotRoute)
+router.add_api_route("/items/{item_id}/similar", similar_items, methods=["GET"],
+                     response_model=RecommendationList, openapi_extra=query.openapi(query.SIMILAR_PARAMS),
+                     route_class_override=HotRoute)
 
 
 @router.get("/popular", response_model=RecommendationList)
