@@ -461,3 +461,16 @@ def test_files_keep_statistics_where_readers_use_them(tmp_path):
     assert "DELTA_BINARY_PACKED" in cols["timestamp"].encodings
     assert "RLE_DICTIONARY" in cols["event_type"].encodings
     assert log.time_range() is not None
+
+
+def test_writes_out_of_time_order_keep_day_files_open(tmp_path):
+    # Once a write starts before the previous one's last day, days stay open for more rows:
+    # shuffled input over a few days ends with at most two files per day, not one per write.
+    data = make_events(1000, days=3, seed=11)
+    log = EventLog(tmp_path / "events")
+    with log.transaction() as tx:
+        for b in data.to_batches(max_chunksize=100):
+            tx.write(b)
+    assert rows(log.read()) == rows(data)
+    per_day = [len(list(d.glob("*.parquet"))) for _, d in log.partitions()]
+    assert len(per_day) == 3 and max(per_day) <= 2

@@ -394,8 +394,8 @@ class LogTransaction:
 
     Each ``write`` groups its rows by UTC day; rows of one day accumulate in one part file per
     transaction (while its writer stays open), written in row groups of about ``FLUSH_ROWS``.
-    A day is finished (buffer written, file closed) as soon as a write starts after it, so
-    time-ordered input keeps two or three files open and buffers only the current days.
+    A day is finished (buffer written, file closed) as soon as the input has moved past it, so
+    time-ordered input keeps one or two files open and buffers at most the last day's rows.
     :meth:`write_async` overlaps the Parquet encoding with the caller producing the next table.
     """
 
@@ -410,6 +410,8 @@ class LogTransaction:
         self._buffers: dict[int, list[pa.Table]] = {}
         self._buffered_by_day: dict[int, int] = {}
         self._buffered = 0
+        self._last_day: int | None = None
+        self._in_order = True
         self._closed = False
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
@@ -476,11 +478,16 @@ class LogTransaction:
             self.days.add(_EPOCH_DATE + dt.timedelta(days=day))
             if self._buffered_by_day.get(day, 0) >= FLUSH_ROWS:
                 self._flush_day(day)
-        # Days before the earliest day of this write are most likely complete (time-ordered
-        # input): write them out and close their files now. A later row for such a day just
-        # starts another part file.
-        first = min(touched)
-        for day in [d for d in {*self._buffers, *self._writers} if d < first]:
+        # Finish days that are most likely complete: write them out and close their files. While
+        # the writes come in time order (none starts before the previous one's last day) that is
+        # every day before this write's last; otherwise every day before its first. A later row
+        # for a finished day just starts another part file.
+        first, last = min(touched), max(touched)
+        if self._last_day is not None and first < self._last_day:
+            self._in_order = False
+        self._last_day = last if self._last_day is None else max(self._last_day, last)
+        done_before = last if self._in_order else first
+        for day in [d for d in {*self._buffers, *self._writers} if d < done_before]:
             self._flush_day(day)
             writer = self._writers.pop(day, None)
             if writer is not None:
