@@ -4,12 +4,14 @@ plain `pyarrow.csv.read_csv` of the same file (the ceiling: parsing alone, no va
 Usage:
     .venv/bin/python bench/bench_import.py                      # the shared Online Retail file
     .venv/bin/python bench/bench_import.py --csv events.csv     # also a large events CSV
-    .venv/bin/python bench/bench_import.py --make-csv 20000000 bench/work/events20m.csv   # write one
+    .venv/bin/python bench/bench_import.py --make-csv 20000000 /tmp/ev20m.csv   # write one (~2.2 GB)
 
 A large events CSV comes from `scalerec synth` then `scalerec export events out.csv` (or --make-csv,
 which does the same without a data directory). Each measurement runs in a fresh child process; its
 peak RSS is the kernel's high-water mark for that process (os.wait4), so nothing is missed between
-samples. Prints a rich table and appends one JSON line to bench/results/import.jsonl.
+samples. The imported store lives in a temporary directory under --work-dir (default /tmp) and is
+deleted afterwards. Prints a rich table and appends one JSON line to bench/results/import.jsonl.
+Goals (foundation issue): >= 1,000,000 rows/s and peak RSS < 1.5 GB for a 20M-row file.
 """
 
 from __future__ import annotations
@@ -17,22 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from _common import append_result, load_line, machine_info, run_child as _run
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "import.jsonl"
-WORK = HERE / "work"
 RETAIL = HERE.parents[1] / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
 
 
@@ -56,23 +55,19 @@ def child_import(path: str, data_dir: str, preset: str | None, chunk_rows: int |
     report = import_file(store, "events", path, preset=preset, chunk_rows=chunk_rows)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     logged = store.log.count()
-    files = len(store.log.files())
+    files = store.log.files()
+    log_bytes = sum(f.stat().st_size for f in files)
     store.close()
-    return {"rows": report.rows_read, "imported": report.imported, "logged": logged, "log_files": files,
+    return {"rows": report.rows_read, "imported": report.imported, "logged": logged, "log_files": len(files),
+            "log_bytes": log_bytes,
             "rejected": report.rejected, "seconds": seconds, "cpu_s": cpu}
 
 
 def run_child(args: list[str]) -> dict[str, Any]:
     """Run this script as a child; returns its JSON result plus its peak RSS (MiB) from wait4."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {' '.join(args)} failed with exit code {proc.returncode}")
+    out, peak_mib = _run([__file__, "--child", *args])
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    result["peak_rss_mib"] = peak_mib
     return result
 
 
@@ -116,9 +111,9 @@ def make_csv(n_events: int, out: Path, seed: int = 0) -> None:
 
 # -- the benchmark -------------------------------------------------------------------------------------
 
-def bench_file(path: Path, preset: str | None, chunk_rows: int | None) -> dict[str, Any]:
-    WORK.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="import-", dir=WORK))
+def bench_file(path: Path, preset: str | None, chunk_rows: int | None, work_dir: Path) -> dict[str, Any]:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="scalerec-import-", dir=work_dir))
     try:
         imp = run_child(["import", str(path), str(data_dir), preset or "", str(chunk_rows or 0)])
     finally:
@@ -131,23 +126,17 @@ def bench_file(path: Path, preset: str | None, chunk_rows: int | None) -> dict[s
         "rows": imp["rows"],
         "imported": imp["imported"],
         "log_files": imp["log_files"],
+        "log_bytes": imp["log_bytes"],
         "import_s": imp["seconds"],
         "import_cpu_s": imp["cpu_s"],
         "import_rows_per_s": imp["rows"] / imp["seconds"],
         "import_peak_rss_mib": imp["peak_rss_mib"],
         "read_csv_s": ceiling["seconds"],
+        "read_csv_cpu_s": ceiling["cpu_s"],
         "read_csv_rows_per_s": ceiling["rows"] / ceiling["seconds"],
         "read_csv_peak_rss_mib": ceiling["peak_rss_mib"],
         "chunk_rows": chunk_rows,
     }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=HERE)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):  # pragma: no cover
-        return None
 
 
 def main() -> None:
@@ -167,6 +156,8 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default: the setting)")
     ap.add_argument("--make-csv", nargs=2, metavar=("N_EVENTS", "OUT"), help="write a synthetic events CSV and exit")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/import.jsonl")
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
+                    help="where the temporary data directory goes (default: the system temp dir)")
     args = ap.parse_args()
     if args.make_csv:
         make_csv(int(args.make_csv[0]), Path(args.make_csv[1]))
@@ -179,38 +170,30 @@ def main() -> None:
     if not args.no_retail:
         inputs.append((RETAIL, "online-retail"))
     inputs += [(p, None) for p in args.csv]
+    machine = machine_info()
     results = []
     for path, preset in inputs:
         console.print(f"importing {path.name} ...", highlight=False)
-        results.append(bench_file(path, preset, args.chunk_rows))
+        results.append(bench_file(path, preset, args.chunk_rows, args.work_dir))
 
     table = Table(title="scalerec import events (ceiling: pyarrow.csv.read_csv of the same file)")
-    for col in ("input", "rows", "MB", "import s", "rows/s", "peak RSS MiB", "cpu s", "read_csv s",
-                "read_csv rows/s", "import / read_csv"):
+    for col in ("input", "rows", "MB", "import s", "rows/s", "peak RSS MiB", "cpu s", "log B/row", "read_csv s",
+                "read_csv cpu s", "read_csv rows/s", "read_csv peak MiB", "import / read_csv"):
         table.add_column(col, justify="left" if col == "input" else "right")
     for r in results:
         table.add_row(
             r["input"] + (f" ({r['preset']})" if r["preset"] else ""), f"{r['rows']:,}", f"{r['bytes'] / 1e6:,.0f}",
             f"{r['import_s']:.2f}", f"{r['import_rows_per_s']:,.0f}", f"{r['import_peak_rss_mib']:,.0f}",
-            f"{r['import_cpu_s']:.2f}", f"{r['read_csv_s']:.2f}", f"{r['read_csv_rows_per_s']:,.0f}",
+            f"{r['import_cpu_s']:.2f}", f"{r['log_bytes'] / max(r['imported'], 1):.1f}", f"{r['read_csv_s']:.2f}",
+            f"{r['read_csv_cpu_s']:.2f}", f"{r['read_csv_rows_per_s']:,.0f}", f"{r['read_csv_peak_rss_mib']:,.0f}",
             f"{r['import_s'] / r['read_csv_s']:.1f}x",
         )
     console.print(table)
-    load = os.getloadavg()
-    console.print(f"load average before/after: {load[0]:.1f} (1 min); {os.cpu_count()} CPUs", highlight=False)
+    console.print(load_line(machine), highlight=False)
+    console.print("goal: >= 1,000,000 rows/s and peak RSS < 1.5 GB on a 20M-row file", highlight=False)
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        line = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(),
-            "host": platform.node(),
-            "cpus": os.cpu_count(),
-            "load_1min": round(load[0], 2),
-            "results": results,
-        }
-        with RESULTS.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        console.print(f"appended to {RESULTS}", highlight=False)
+        path = append_result("import", {"results": results}, machine=machine)
+        console.print(f"appended to {path}", highlight=False)
 
 
 if __name__ == "__main__":

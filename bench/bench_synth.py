@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python bench/bench_synth.py                         # 100M events (the lead's run)
     .venv/bin/python bench/bench_synth.py --events 5000000        # a quick check
-    .venv/bin/python bench/bench_synth.py --events 5000000 --store bench/work/synth   # + write a store
+    .venv/bin/python bench/bench_synth.py --events 5000000 --store /tmp/synth --overwrite   # + write a store
 
 The generator alone (event_chunks, chunks discarded) is timed first; with ``--store`` the same
 shop is then written through ``generate_store`` (event log + catalogue) into that directory, which
@@ -15,12 +15,9 @@ bench/results/synth.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench_models import PeakRSS, git_commit  # one RSS sampler for every benchmark
+from _common import MIB, PeakRSS, append_result, load_line, machine_info
 from scalerec.data.synth import event_chunks, make_catalog, make_users
-
-RESULTS = Path(__file__).resolve().parent / "results" / "synth.jsonl"
-MIB = 2**20
 
 
 def _progress(console: Console, label: str) -> Progress:
@@ -102,6 +96,9 @@ def bench_store(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "events_per_s": round(report.events_per_s),
         "cpu_s": round(cpu_s, 3),
         "events_per_cpu_s": round(report.n_events / cpu_s) if cpu_s > 0 else None,
+        # the events alone (generate + write the log), without the catalogue and customer upserts
+        "events_only_s": round(report.events_s, 3),
+        "events_only_per_s": round(report.events_only_per_s),
         "rss_peak_mib": round(mem.peak / MIB, 1),
         "log_bytes": disk,
         "log_bytes_per_event": round(disk / max(report.n_events, 1), 2),
@@ -117,11 +114,12 @@ def main() -> None:
     ap.add_argument("--start", default=None, help="first day YYYY-MM-DD (default: the period ends 2025-01-01)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk-events", type=int, default=1_000_000)
-    ap.add_argument("--store", help="also write the shop into this data directory (e.g. bench/work/synth)")
+    ap.add_argument("--store", help="also write the shop into this data directory (e.g. /tmp/synth; 100M events ~1 GB)")
     ap.add_argument("--overwrite", action="store_true", help="delete --store first")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/synth.jsonl")
     args = ap.parse_args()
     console = Console()
+    machine = machine_info()
 
     gen = bench_generator(args, console)
     store = bench_store(args, console) if args.store else None
@@ -142,17 +140,16 @@ def main() -> None:
         table.add_row("store: generate + write", f"{store['elapsed_s']:.2f} s")
         table.add_row("store rate (wall / per CPU s)",
                       f"{store['events_per_s']:,} / {store['events_per_cpu_s']:,} events/s")
+        table.add_row("store: events alone (generate + write log)",
+                      f"{store['events_only_s']:.2f} s, {store['events_only_per_s']:,} events/s")
         table.add_row("store: peak RSS", f"{store['rss_peak_mib']:,.0f} MiB")
         table.add_row("event log on disk",
                       f"{store['log_bytes'] / MIB:,.1f} MiB ({store['log_bytes_per_event']} B/event)")
     console.print(table)
     console.print("goals: > 1,000,000 events/s; peak RSS flat in the number of events")
 
+    console.print(load_line(machine), highlight=False)
     record = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
         "n_events": args.events,
         "n_users": args.users,
         "n_items": args.items,
@@ -163,10 +160,8 @@ def main() -> None:
         "store": store,
     }
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        console.print(f"appended to {RESULTS}")
+        path = append_result("synth", record, machine=machine)
+        console.print(f"appended to {path}")
 
 
 if __name__ == "__main__":
