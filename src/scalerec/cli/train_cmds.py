@@ -105,10 +105,10 @@ def _summary(result: "TrainResult") -> None:
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per model family (default [training] trials)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per model family (default: setting training.trials)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget of the whole search, in minutes."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Trials run in parallel."),
-    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default [models] enabled)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default: setting models.enabled)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric, e.g. ndcg@20, recall@10."),
     split: Optional[str] = typer.Option(None, "--split", help="temporal | leave-last | random | users | online-retail."),
     test_days: Optional[float] = typer.Option(None, "--test-days", help="Held-out window of a temporal split, days."),
