@@ -377,11 +377,9 @@ def tune_family(
                     warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
                     try:
                         params = klass.search_space(trial)
-                    except ValueError as exc:
-                        study.tell(trial, state=TrialState.FAIL)
+                    except ValueError as exc:  # e.g. a warm-start value the space no longer allows
                         trial_err = TrialResult(value=None, error=f"search space: {exc}")
-                        result.trials_failed += 1
-                        _emit(trial_err)
+                        _record(trial, trial_err)  # counts against the budget: no endless loop
                         continue
                 key = _params_key(trial.params)
                 if key in seen:
