@@ -287,6 +287,8 @@ class _VocabAdapter:
         self.candidates = np.flatnonzero(self.to_split >= 0)
         self.n_prod = len(prod_items)
         self.n_items_ = split.train.n_items  # it answers on the split's item index
+        # The users' split-training rows built the way this model learns (e.g. recency-weighted).
+        self.history = split.train_for(self.model).matrix
 
     def _map(self, m: sp.spmatrix | None) -> sp.csr_matrix | None:
         if m is None:
@@ -303,7 +305,7 @@ class _VocabAdapter:
 
     def recommend(self, users: Any, n: int, *, exclude: Any = None, candidates: Any = None):
         users = np.asarray(users, dtype=np.int64)
-        return self.recommend_history(self.split.train.matrix[users], n, exclude=exclude)
+        return self.recommend_history(self.history[users], n, exclude=exclude)
 
 
 def gate_decision(
