@@ -18,6 +18,7 @@ import pytest
 from scalerec.config import Settings
 from scalerec.data import importers as im
 from scalerec.data.importers import import_file
+from scalerec.data.schema import FLAT_MAP
 from scalerec.data.store import DataStore
 from scalerec.errors import DataImportError, EmptyDataError, ValidationError
 
@@ -557,6 +558,18 @@ def test_pack_map_leaves_out_nulls_and_keeps_row_order():
                         "c": pa.array([1.0, 2.5, None, None])})
     assert m.to_pylist() == [[("a", "1"), ("c", "1")], [("b", "x"), ("c", "2.5")], [("a", "3"), ("b", "y")], None]
     assert im.pack_map(2, {}).to_pylist() == [None, None]
+
+
+def test_pack_map_of_complete_columns_sliced_and_non_ascii_keys():
+    # Columns without nulls take the path that builds the repeated keys from raw buffers.
+    a = pa.array(["skip", "x", "y", "z"]).slice(1)
+    m = im.pack_map(3, {"device": a, "température": pa.array([20, 21, 22]), "w": pa.array(["", "b", "c"])})
+    assert m.type == FLAT_MAP
+    assert m.to_pylist() == [[("device", "x"), ("température", "20"), ("w", "")],
+                             [("device", "y"), ("température", "21"), ("w", "b")],
+                             [("device", "z"), ("température", "22"), ("w", "c")]]
+    assert im.pack_map(2, {"only": pa.array(["p", "q"])}).to_pylist() == [[("only", "p")], [("only", "q")]]
+    assert im.pack_map(0, {"a": pa.array([], pa.string()), "b": pa.array([], pa.string())}).to_pylist() == []
 
 
 def test_parse_number_marks_only_bad_text():

@@ -624,6 +624,15 @@ def pack_map(n: int, columns: Mapping[str, pa.Array | pa.ChunkedArray]) -> pa.Ar
     names = list(columns)
     k = len(names)
     texts = [_text(columns[name]) for name in names]
+    if not any(t.null_count for t in texts):
+        # Every row has every key (the usual context.* columns): no validity bookkeeping.
+        offsets = np.arange(0, n * k + 1, k, dtype=np.int32)
+        if k == 1:
+            return pa.MapArray.from_arrays(pa.array(offsets), _repeated_keys(names, n), texts[0], type=FLAT_MAP)
+        idx_type = np.int32 if n * k < 2**31 else np.int64
+        order = np.add.outer(np.arange(n, dtype=idx_type), np.arange(k, dtype=idx_type) * n).ravel()
+        values = pa.concat_arrays(texts).take(pa.array(order))
+        return pa.MapArray.from_arrays(pa.array(offsets), _repeated_keys(names, n), values, type=FLAT_MAP)
     valid = np.empty((n, k), dtype=bool)
     for j, text in enumerate(texts):
         valid[:, j] = text.is_valid().to_numpy(zero_copy_only=False) if text.null_count else True
@@ -644,6 +653,17 @@ def pack_map(n: int, columns: Mapping[str, pa.Array | pa.ChunkedArray]) -> pa.Ar
         keys = pa.DictionaryArray.from_arrays(pa.array(key_idx), pa.array(names, pa.string())).dictionary_decode()
     return pa.MapArray.from_arrays(pa.array(offsets), keys, values, type=FLAT_MAP,
                                    mask=pa.array(counts == 0) if not counts.all() else None)
+
+
+def _repeated_keys(names: list[str], n: int) -> pa.Array:
+    """The key names repeated ``n`` times (n * len(names) strings), built from raw buffers."""
+    encoded = [name.encode("utf-8") for name in names]
+    data = np.tile(np.frombuffer(b"".join(encoded), dtype=np.uint8), n)
+    if len(data) >= 2**31:
+        raise DataImportError(f"{n:,} rows x {len(names)} map keys is too much for one chunk; use smaller chunks")
+    offsets = np.zeros(n * len(names) + 1, dtype=np.int32)
+    np.cumsum(np.tile(np.array([len(b) for b in encoded], dtype=np.int32), n), out=offsets[1:])
+    return pa.StringArray.from_buffers(n * len(names), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 # --------------------------------------------------------------------------------------------------
