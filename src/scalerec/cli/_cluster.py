@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import typer
+
+from scalerec.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from scalerec.config import Settings
@@ -27,3 +31,14 @@ def with_cluster(settings: "Settings", cluster: str | None) -> "Settings":
     address = None if cluster.strip().lower() in ("", "none", "off") else cluster.strip()
     settings.cluster = settings.cluster.model_copy(update={"address": address})
     return settings
+
+
+def cluster_module(name: str) -> ModuleType:
+    """``scalerec.cluster.<name>`` (which needs Ray), or ConfigError saying how to install Ray."""
+    try:
+        return importlib.import_module(f"scalerec.cluster.{name}")
+    except ImportError as exc:
+        raise ConfigError(
+            f"a Ray cluster is configured but the Ray backend is not available ({exc}); install it with "
+            "`pip install 'scalerec[ray]'`, or pass --cluster none to run on this machine"
+        ) from None

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from scalerec.cli._app import app, console, err_console, get_settings
-from scalerec.cli._cluster import cluster_option, with_cluster
+from scalerec.cli._cluster import cluster_module, cluster_option, with_cluster
 from scalerec.errors import ConfigError
 
 keys_app = typer.Typer(help="API keys: create, list and revoke (roles read < write < admin).", no_args_is_help=True)
@@ -60,7 +60,7 @@ def serve(
     if scheduler.start():
         console.print(f"background retraining every {settings.training.schedule_interval_minutes} min", markup=False)
     if settings.cluster.address:
-        from scalerec.cluster.serve import serve_until_interrupted
+        serve_until_interrupted = cluster_module("serve").serve_until_interrupted
 
         def ready(url: str) -> None:
             s = settings.cluster.serve
