@@ -70,6 +70,10 @@ def test_solve_users_handles_dislikes_and_empty_rows(X: sp.csr_matrix) -> None:
         pref = (c > 0).astype(np.float64)
         A = Y64.T @ (conf[:, None] * Y64) + 0.3 * np.eye(4)
         np.testing.assert_allclose(got[u], np.linalg.solve(A, Y64.T @ (conf * pref)), rtol=1e-4, atol=1e-6)
+    # One row at a time (the serving path for a single history) solves the same systems.
+    for u in range(6):
+        np.testing.assert_allclose(solve_users(Y, Y.T.astype(np.float64) @ Y + 0.3 * np.eye(4), history[u], 1.5)[0],
+                                   got[u], rtol=1e-5, atol=1e-7)
 
 
 def test_bpr_equals_implicit_with_one_thread(X: sp.csr_matrix) -> None:

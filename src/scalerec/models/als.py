@@ -246,6 +246,15 @@ def solve_users(
     # Numpy on the CSR arrays rather than scipy element-wise ops (scaling, comparison, multiply,
     # column slicing): those cost ~0.5 ms of bookkeeping per serving request's one-row fold-in.
     c = np.asarray(history.data, dtype=np.float64) * alpha
+    if n_rows == 1:
+        # One history (a serving request's fold-in): dense products over its items only, no
+        # sparse matrix built (scipy's constructor checks were most of the remaining cost).
+        yy = np.asarray(Y[indices], dtype=np.float64)
+        rhs1 = np.maximum(c, 0.0) @ yy + (0.0 if rhs_offset is None else np.reshape(rhs_offset, (-1, f))[0])
+        if len(c) == 0:
+            return np.zeros((1, f), dtype=np.float32)
+        x1 = np.linalg.solve(YtY_reg + (yy * (np.abs(c) - 1.0)[:, None]).T @ yy, rhs1)
+        return x1[None, :].astype(np.float32)
     # Only the items in the histories: casting all of Y per call cost ~10 ms at 100k items, which
     # is most of a serving request's fold-in (same float64 products either way).
     used, col = np.unique(indices, return_inverse=True)
@@ -259,10 +268,6 @@ def solve_users(
     if not active.any():
         # Unit confidences (e.g. binary data, alpha 1): every row shares one matrix.
         x = np.linalg.solve(YtY_reg, rhs.T).T
-    elif n_rows == 1:
-        # One history (a serving request's fold-in): one small GEMM, no per-item outer products.
-        yy = np.asarray(Y[indices[active]], dtype=np.float64)
-        x = np.linalg.solve(YtY_reg + (yy * w[active, None]).T @ yy, rhs[0])[None, :]
     else:
         A = np.repeat(YtY_reg[None, :, :], n_rows, axis=0)
         r, idx, w = rows[active], indices[active], w[active]
