@@ -203,3 +203,21 @@ def test_hot_routes_check_path_ids_and_refuse_dependencies_they_would_skip(api1)
         from fastapi.testclient import TestClient
 
         TestClient(app).get("/ok/u")
+
+
+def test_list_query_memo_is_bounded_and_never_keeps_errors() -> None:
+    from scalerec.errors import ValidationError
+    from scalerec.serving.http import query
+
+    scope = {"query_string": b"n=7&category=Garden,Toys&device=mobile&context=ab:b"}
+    first = query.list_query(scope, query.USER_PARAMS)
+    assert first.values["n"] == 7 and first.filter.categories == ("Garden", "Toys")
+    assert first.context == {"device": "mobile", "ab": "b"} and first.boost == ()
+    assert query.list_query(dict(scope), query.USER_PARAMS) is first, "same query string: parsed once"
+    assert query.list_query(scope, query.SIMILAR_PARAMS) is not first, "memo is per parameter table"
+    for _ in range(2):  # an invalid query fails every time
+        with pytest.raises(ValidationError, match="min_price"):
+            query.list_query({"query_string": b"min_price=9&max_price=1"}, query.USER_PARAMS)
+    for k in range(query.PARSED_CACHE_MAX + 10):
+        query.list_query({"query_string": f"n={1 + k % 400}&device=d{k}".encode()}, query.USER_PARAMS)
+    assert len(query._PARSED) <= query.PARSED_CACHE_MAX

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -109,9 +110,14 @@ def create_app(
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         if watch:
             service.start()
+        # Everything loaded so far (modules, the model state: ~120k objects) out of the cyclic
+        # collector's reach: a full collection over them took ~100 ms and was the tail of the
+        # latency under load (p95 > 100 ms at 16 connections). Refcounting still frees them.
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # collectable again at exit (extension types check for leaks then)
             if owned:
                 service.close()
 

@@ -26,20 +26,20 @@ Id = Annotated[str, Path(min_length=1, max_length=256)]
 async def user_recommendations(request: Request, user_id: Id) -> Response:
     """Top-n items for a user; fresh events count at once (fold-in); unknown users get trending."""
     user_id = query.path_id("user_id", user_id)
-    q = query.parse(request.query_params, query.USER_PARAMS)
+    q = query.list_query(request.scope, query.USER_PARAMS)
     service: RecommendService = request.app.state.service
     return json_response(service.recommend_user(
-        user_id, q["n"], query.item_filter(q), exclude_seen=q["exclude_seen"],
-        boost_items=list(ItemFilter.split(q["boost"])) if q["boost"] else None, context=query.context(q),
+        user_id, q.values["n"], q.filter, exclude_seen=q.values["exclude_seen"],
+        boost_items=list(q.boost) if q.boost else None, context=q.context,
     ))
 
 
 async def similar_items(request: Request, item_id: Id) -> Response:
     """Items most similar to one item (never itself)."""
     item_id = query.path_id("item_id", item_id)
-    q = query.parse(request.query_params, query.SIMILAR_PARAMS)
+    q = query.list_query(request.scope, query.SIMILAR_PARAMS)
     service: RecommendService = request.app.state.service
-    return json_response(service.similar_items(item_id, q["n"], query.item_filter(q), context=query.context(q)))
+    return json_response(service.similar_items(item_id, q.values["n"], q.filter, context=q.context))
 
 
 router.add_api_route("/users/{user_id}/recommendations", user_recommendations, methods=["GET"],
