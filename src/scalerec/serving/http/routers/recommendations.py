@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from starlette.responses import Response
 
 from scalerec.serving.filters import ItemFilter
@@ -42,12 +42,16 @@ async def similar_items(request: Request, item_id: Id) -> Response:
     return json_response(service.similar_items(item_id, q.values["n"], q.filter, context=q.context))
 
 
-router.add_api_route("/users/{user_id}/recommendations", user_recommendations, methods=["GET"],
-                     response_model=RecommendationList, openapi_extra=query.openapi(query.USER_PARAMS),
-                     route_class_override=HotRoute)
-router.add_api_route("/items/{item_id}/similar", similar_items, methods=["GET"],
-                     response_model=RecommendationList, openapi_extra=query.openapi(query.SIMILAR_PARAMS),
-                     route_class_override=HotRoute)
+def add_hot_routes(app: FastAPI, prefix: str) -> None:
+    """Add the two hot endpoints to ``app`` itself (same tags, role and docs as this router's):
+    matching a route of an included router cost ~20 us more per request than a direct one."""
+    for path, endpoint, params in (
+        ("/users/{user_id}/recommendations", user_recommendations, query.USER_PARAMS),
+        ("/items/{item_id}/similar", similar_items, query.SIMILAR_PARAMS),
+    ):
+        app.router.add_api_route(prefix + path, endpoint, methods=["GET"], response_model=RecommendationList,
+                                 openapi_extra=query.openapi(params), tags=["recommendations"],
+                                 dependencies=[ReadRole], route_class_override=HotRoute)
 
 
 @router.get("/popular", response_model=RecommendationList)
