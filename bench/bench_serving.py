@@ -6,6 +6,15 @@ ceiling) in the same run; batched durable event ingestion; recall@20 and memory 
 Builds (or reuses) a synthetic store in --data-dir, fits ALS directly (no tuning: the serving
 path is measured, not the model search) and registers it as production. Prints a table and
 appends one JSON line to bench/results/serving.jsonl. Needs `wrk` (apt-get install wrk).
+
+Both servers run under uvicorn with the same settings (workers, event loop and HTTP parser:
+uvloop and httptools when installed, which the result records). After the closed-loop sweep,
+a paced run (each connection waits between requests) holds scalerec near half its maximum
+throughput for the p99 goal. ``--baseline-src DIR`` also serves an older checkout's ``src``
+(e.g. ``git archive <commit> src | tar -x -C DIR``) on the same store in the same run, so a
+before/after comparison shares the machine's load. The events the ingestion phase posts are
+deleted afterwards (``--keep-ingested`` keeps them), so repeated runs see the same share of
+users with fresh events (fold-in).
 """
 
 from __future__ import annotations
@@ -134,6 +143,56 @@ def measure_index(data_dir: Path, queries: int = 1000) -> dict:
     return out
 
 
+def server_stack() -> dict:
+    """What uvicorn's "auto" picks for both servers (same interpreter, same packages)."""
+    import importlib.util
+
+    def has(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {"loop": "uvloop" if has("uvloop") else "asyncio", "http": "httptools" if has("httptools") else "h11",
+            "json": "orjson" if has("orjson") else "stdlib"}
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def fresh_share(data_dir: Path, n_users: int) -> dict:
+    """How many users have events newer than the production snapshot (those requests fold in)."""
+    import sqlite3
+
+    from scalerec.config import Settings
+    from scalerec.registry import Registry
+    from scalerec.serving.service import _snapshot_time
+
+    settings = Settings(data={"dir": data_dir})
+    prod = Registry(settings).production()
+    snap = _snapshot_time(prod.manifest()) if prod else None
+    since = -(2**62) if snap is None else int(snap.timestamp() * 1e6)
+    with sqlite3.connect(data_dir / "catalog.db") as conn:
+        n = conn.execute(
+            "SELECT count(*) FROM (SELECT user_id FROM pending_events WHERE timestamp >= ?1 AND user_id IS NOT NULL "
+            "UNION SELECT user_id FROM serving_recent_events WHERE timestamp >= ?1)", (since,)).fetchone()[0]
+    return {"users_with_fresh_events": n, "share": round(n / n_users, 4)}
+
+
+def pending_head(data_dir: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "catalog.db") as conn:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'pending_events'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def drop_ingested(data_dir: Path, after_id: int) -> int:
+    """Delete the pending events this run posted (ids above ``after_id``)."""
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "catalog.db") as conn:
+        return conn.execute("DELETE FROM pending_events WHERE id > ?", (after_id,)).rowcount
+
+
 def run_wrk(url: str, *, connections: int, duration_s: int, env: dict, threads: int = 1) -> dict:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s",
            "-s", str(ROOT / "wrk_users.lua"), url]
@@ -146,6 +205,7 @@ def run_wrk(url: str, *, connections: int, duration_s: int, env: dict, threads: 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
     r["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
     r["connections"] = connections
+    r["delay_ms"] = int(env.get("SR_DELAY_MS", 0))
     for k in ("p50_us", "p95_us", "p99_us", "max_us"):
         r[k.replace("_us", "_ms")] = round(r.pop(k) / 1000, 2)
     return r
@@ -225,6 +285,12 @@ def main() -> None:
     p.add_argument("--ingest-batches", type=int, default=20)
     p.add_argument("--skip-index", action="store_true")
     p.add_argument("--build-only", action="store_true", help="build the store and model, then stop")
+    p.add_argument("--skip-ingest", action="store_true")
+    p.add_argument("--keep-ingested", action="store_true", help="leave the ingested events in the store")
+    p.add_argument("--baseline-src", type=Path, default=None,
+                   help="an older checkout's src/ folder served too, on the same store, in the same run")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file the result is appended to")
+    p.add_argument("--note", default="", help="free text stored with the result (e.g. the code version)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -242,60 +308,110 @@ def main() -> None:
     settings = Settings(data={"dir": args.data_dir})
     key = ApiKeyStore.from_settings(settings).create("admin", "bench")[0]
     py = sys.executable
-    port_h, port_s = free_port(), free_port()
+    port_h, port_s, port_b = free_port(), free_port(), free_port()
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     tmp = args.data_dir / "bench-logs"
     tmp.mkdir(exist_ok=True)
+    fresh = fresh_share(args.data_dir, args.users)
+    log(f"users with events newer than the model: {fresh}")
+    load_before = load_avg()
     hello = start([py, "-m", "uvicorn", "hello_app:app", "--app-dir", str(ROOT), "--port", str(port_h),
                    "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"], env, tmp / "hello.log")
     server = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_s),
                     "--workers", str(args.workers)], env, tmp / "serve.log")
+    servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, None)}
+    baseline = None
+    if args.baseline_src is not None:
+        # The older code on the same store; its workers import scalerec from --baseline-src.
+        baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
+                          "--workers", str(args.workers)],
+                         {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
+        servers["baseline"] = (port_b, None)
     rows = []
+    ing: dict = {}
+    head = pending_head(args.data_dir)
     try:
         wait_http(f"http://127.0.0.1:{port_h}/hello/x")
         t = time.perf_counter()
-        wait_http(f"http://127.0.0.1:{port_s}/v1/health/ready")
-        log(f"server ready in {time.perf_counter() - t:.0f} s")
+        for name, (port, _) in servers.items():
+            if name != "hello":
+                wait_http(f"http://127.0.0.1:{port}/v1/health/ready")
+        log(f"servers ready in {time.perf_counter() - t:.0f} s")
         width = max(6, len(str(args.users)))
         wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
-        # warm up (page in the memory-mapped arrays a little, JIT-free but caches)
-        run_wrk(f"http://127.0.0.1:{port_s}", connections=8, duration_s=3, env=wenv)
+
+        def measure(name: str, c: int, duration: int, **extra: str) -> dict:
+            port, path = servers[name]
+            e = {**wenv, **({"SR_PATH": path} if path else {}), **extra}
+            return run_wrk(f"http://127.0.0.1:{port}", connections=c, duration_s=duration, env=e)
+
+        for name in servers:  # warm up (page in the memory-mapped arrays, fill caches)
+            measure(name, 8, 3)
         for c in [int(x) for x in args.connections.split(",")]:
-            h = run_wrk(f"http://127.0.0.1:{port_h}", connections=c, duration_s=args.duration,
-                        env={**wenv, "SR_PATH": "/hello/%s"})
-            s = run_wrk(f"http://127.0.0.1:{port_s}", connections=c, duration_s=args.duration, env=wenv)
-            rows.append({"connections": c, "hello": h, "scalerec": s})
-            log(f"c={c}: hello {h['rps']} rps p99 {h['p99_ms']} ms | scalerec {s['rps']} rps "
-                f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms, non-2xx {s['non_2xx']}")
-        ing = ingest(f"http://127.0.0.1:{port_s}", key, width, args.users, args.items,
-                     args.ingest_batches, 10_000, clients=2)
-        log(f"ingest: {ing}")
+            row = {"connections": c, "load": load_avg()}
+            for name in servers:  # alternately, so each sees about the same background load
+                row[name] = measure(name, c, args.duration)
+            rows.append(row)
+            s, h = row["scalerec"], row["hello"]
+            line = (f"c={c}: hello {h['rps']} rps p99 {h['p99_ms']} ms | scalerec {s['rps']} rps "
+                    f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms, non-2xx {s['non_2xx']}")
+            if "baseline" in row:
+                line += f" | baseline {row['baseline']['rps']} rps p99 {row['baseline']['p99_ms']} ms"
+            log(line + f" (load {row['load'][0]})")
+        max_s = max(r["scalerec"]["rps"] for r in rows)
+        # Paced: 16 connections, each pausing so the total is about half of the maximum.
+        p50_s = min(r["scalerec"]["p50_ms"] for r in rows)
+        delay = max(1, round(16 * 1000 / (max_s / 2) - p50_s))
+        paced = {"load": load_avg(), "scalerec": measure("scalerec", 16, args.duration, SR_DELAY_MS=str(delay))}
+        if "baseline" in servers:
+            max_b = max(r["baseline"]["rps"] for r in rows)
+            delay_b = max(1, round(16 * 1000 / (max_b / 2) - min(r["baseline"]["p50_ms"] for r in rows)))
+            paced["baseline"] = measure("baseline", 16, args.duration, SR_DELAY_MS=str(delay_b))
+        log(f"paced near half max: {paced}")
+        if not args.skip_ingest:
+            ing = ingest(f"http://127.0.0.1:{port_s}", key, width, args.users, args.items,
+                         args.ingest_batches, 10_000, clients=2)
+            log(f"ingest: {ing}")
     finally:
         stop(server)
         stop(hello)
+        if baseline is not None:
+            stop(baseline)
+        if not args.keep_ingested:
+            log(f"dropped {drop_ingested(args.data_dir, head)} ingested events (the store stays as it was)")
     max_h = max(r["hello"]["rps"] for r in rows)
-    max_s = max(r["scalerec"]["rps"] for r in rows)
-    half = min(rows, key=lambda r: abs(r["scalerec"]["rps"] - max_s / 2))
+    half = paced["scalerec"]
+    summary = {
+        "max_rps_hello": max_h, "max_rps_scalerec": max_s, "ratio": round(max_s / max_h, 3),
+        "p99_ms_near_half_max": half["p99_ms"], "rps_near_half_max": half["rps"],
+        "events_per_s": ing.get("events_per_s"), "load_before": load_before, "load_after": load_avg(),
+    }
+    if "baseline" in servers:
+        max_b = max(r["baseline"]["rps"] for r in rows)
+        summary.update({"max_rps_baseline": max_b, "ratio_baseline": round(max_b / max_h, 3),
+                        "p99_ms_near_half_max_baseline": paced["baseline"]["p99_ms"],
+                        "rps_near_half_max_baseline": paced["baseline"]["rps"]})
     result = {
         "bench": "serving", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "note": args.note,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "store": {"users": args.users, "items": args.items, "events": args.events, **build},
-        "workers": args.workers, "wrk": rows, "index": index, "ingest": ing,
-        "summary": {
-            "max_rps_hello": max_h, "max_rps_scalerec": max_s, "ratio": round(max_s / max_h, 3),
-            "p99_ms_near_half_max": half["scalerec"]["p99_ms"], "rps_near_half_max": half["scalerec"]["rps"],
-            "events_per_s": ing["events_per_s"],
-        },
+        "server": {"workers": args.workers, **server_stack(), "wrk_threads": 1},
+        "store": {"users": args.users, "items": args.items, "events": args.events, **build, "fresh": fresh},
+        "workers": args.workers, "wrk": rows, "paced": paced, "index": index, "ingest": ing,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+        "summary": summary,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as f:
         f.write(json.dumps(result) + "\n")
     print()
-    print(f"{'conns':>5} | {'hello rps':>9} {'p99 ms':>7} | {'scalerec rps':>12} {'p50':>6} {'p95':>6} {'p99':>6} {'non2xx':>6}")
+    print(f"{'conns':>5} | {'hello rps':>9} {'p99 ms':>7} | {'scalerec rps':>12} {'p50':>6} {'p95':>6} {'p99':>6} "
+          f"{'non2xx':>6} | {'baseline rps':>12} {'p99':>6}")
     for r in rows:
-        h, s = r["hello"], r["scalerec"]
+        h, s, b = r["hello"], r["scalerec"], r.get("baseline")
+        tail = f" | {b['rps']:>12.0f} {b['p99_ms']:>6.2f}" if b else ""
         print(f"{r['connections']:>5} | {h['rps']:>9.0f} {h['p99_ms']:>7.2f} | {s['rps']:>12.0f} {s['p50_ms']:>6.2f} "
-              f"{s['p95_ms']:>6.2f} {s['p99_ms']:>6.2f} {s['non_2xx']:>6}")
+              f"{s['p95_ms']:>6.2f} {s['p99_ms']:>6.2f} {s['non_2xx']:>6}{tail}")
     print(json.dumps(result["summary"]))
 
 

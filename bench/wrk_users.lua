@@ -1,11 +1,13 @@
 -- wrk script: GET a random user's recommendations (ids u<zero-padded n>), print percentiles as JSON.
--- Environment: SR_PATH (a format with %s for the user id), SR_KEY, SR_USERS, SR_WIDTH, SR_PREFIX.
+-- Environment: SR_PATH (a format with %s for the user id), SR_KEY, SR_USERS, SR_WIDTH, SR_PREFIX,
+-- SR_DELAY_MS (pause before each request of a connection: a paced load below the maximum).
 local path_fmt = os.getenv("SR_PATH") or "/v1/users/%s/recommendations?n=20"
 local key = os.getenv("SR_KEY") or ""
 local n_users = tonumber(os.getenv("SR_USERS") or "1000")
 local width = tonumber(os.getenv("SR_WIDTH") or "7")
 local prefix = os.getenv("SR_PREFIX") or "u"
 local fmt = prefix .. "%0" .. width .. "d"
+local delay_ms = tonumber(os.getenv("SR_DELAY_MS") or "0")
 
 function setup(thread)
   thread:set("seed", math.random(1, 1000000))
@@ -19,6 +21,12 @@ end
 function request()
   local user = string.format(fmt, math.random(1, n_users))
   return wrk.format("GET", string.format(path_fmt, user))
+end
+
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
 end
 
 function done(summary, latency, requests)
