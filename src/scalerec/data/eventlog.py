@@ -68,7 +68,8 @@ TXIDS_KEY = b"scalerec.txids"
 
 COMPRESSION = "zstd"
 #: zstd level: pyarrow's default for zstd is 1 (files are byte-identical with level=1); on
-#: event rows level 3 measured ~5% more CPU for no smaller files.
+#: synthetic event rows with these encodings level 3 took ~5% more CPU and gave 8.33 instead of
+#: 8.04 bytes/event.
 COMPRESSION_LEVEL = 1
 #: Columns worth a dictionary: few distinct values per row group. Dictionaries on ids with
 #: ~1 distinct value per session (user_id, session_id), on timestamps or on values only cost CPU
@@ -88,8 +89,8 @@ FLUSH_ROWS = ROW_GROUP_ROWS
 BUFFER_ROWS = 1_000_000
 #: Open Parquet writers per transaction (one per day); older ones are closed (LRU), and a later
 #: write to that day starts a new part file. Each open writer holds ~0.7 MB of encoder buffers,
-#: and time-ordered input needs only two or three: a day is closed as soon as a write starts
-#: after it (see LogTransaction), so only input in no time order spreads over many days at once.
+#: and time-ordered input needs only one or two: a day is closed as soon as the input has moved
+#: past it (see LogTransaction), so only input in no time order spreads over many days at once.
 MAX_OPEN_WRITERS = 16
 #: Rows of a write are grouped by day without copying where they come in runs of one day at
 #: least this long (time-ordered input); shorter runs (rows in no time order, sessions that run
