@@ -36,10 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import optuna
-import polars as pl
 from rich.console import Console
 from rich.table import Table
+
+# numpy/polars/optuna are imported inside functions: --jobs 2 workers re-import this module when
+# they start, and must set their thread limits before those libraries load.
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
@@ -142,7 +143,7 @@ def part_search(settings: Any, store: Any, args: argparse.Namespace) -> tuple[li
     return [record], result
 
 
-def _spec_for(events: pl.DataFrame, key: str, work: Path) -> Any:
+def _spec_for(events: Any, key: str, work: Path) -> Any:
     from scalerec.config import Settings
     from scalerec.training.tuning import SplitSpec
 
@@ -153,6 +154,8 @@ def _spec_for(events: pl.DataFrame, key: str, work: Path) -> Any:
 
 
 def part_nested(store: Any, family: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    import polars as pl
+
     from scalerec.cluster import LocalExecutor
     from scalerec.evaluation.splits import load_events, online_retail_protocol
     from scalerec.training.pipeline import fixed_params
@@ -197,6 +200,7 @@ def part_nested(store: Any, family: str, args: argparse.Namespace, work: Path) -
 
 
 def part_speedup(store: Any, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    import optuna
     from scalerec.cluster import LocalExecutor
     from scalerec.config import Settings
     from scalerec.evaluation.splits import load_events, online_retail_protocol
@@ -251,6 +255,8 @@ def part_speedup(store: Any, args: argparse.Namespace, work: Path) -> list[dict[
 
 def _random_configs(family: str, n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` configurations of ``family``'s search space drawn at random (seeded), as trial params."""
+    import optuna
+
     from scalerec.models import MODELS
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -289,6 +295,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: search,nested,speedup")
     args = ap.parse_args()
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     skip = set(filter(None, args.skip.split(",")))
 

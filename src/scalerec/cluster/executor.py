@@ -24,6 +24,7 @@ _THREAD_ENV = (
     "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
+    "POLARS_MAX_THREADS",  # matrix rebuilds inside trials (e.g. recency-weighted) run in polars
 )
 
 _WORKER_THREADS: int | None = None  # set in worker processes by _init_worker
