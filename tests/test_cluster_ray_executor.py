@@ -20,12 +20,18 @@ def _square(x: int) -> int:
     return x * x
 
 
-def _node_of(_: int) -> str:
+def _node_of(args: tuple[int, str]) -> str:
+    """Node of a task that waits until its sibling runs too: with one CPU per node, two tasks
+    running at the same time must be on two nodes, however slowly the second node starts."""
     import time
 
     import ray
 
-    time.sleep(0.2)  # long enough that both nodes get work
+    index, rendezvous = args
+    Path(rendezvous, str(index)).touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(rendezvous).iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return ray.get_runtime_context().get_node_id()
 
 
@@ -66,10 +72,10 @@ def test_get_executor_picks_ray_by_settings_only(ray_cluster) -> None:  # noqa: 
     assert isinstance(get_executor(Settings(), jobs=1), LocalExecutor)
 
 
-def test_map_and_submit_keep_order_and_use_both_nodes(executor) -> None:
+def test_map_and_submit_keep_order_and_use_both_nodes(executor, tmp_path: Path) -> None:
     assert executor.map(_square, range(7)) == [x * x for x in range(7)]
     assert executor.submit(_square, 12).result(timeout=60) == 144
-    nodes = set(executor.map(_node_of, range(4)))
+    nodes = set(executor.map(_node_of, [(i, str(tmp_path)) for i in range(2)]))
     assert len(nodes) == 2
 
 
