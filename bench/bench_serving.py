@@ -50,11 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout_s: float = 600) -> None:
+def wait_http(url: str, timeout_s: float = 600, proc: subprocess.Popen | None = None) -> None:
     import httpx
 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {proc.returncode}; see its log in bench-logs/")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -321,21 +323,21 @@ def main() -> None:
                     "--workers", str(args.workers)], env, tmp / "serve.log")
     servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, None)}
     baseline = None
-    if args.baseline_src is not None:
-        # The older code on the same store; its workers import scalerec from --baseline-src.
-        baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
-                          "--workers", str(args.workers)],
-                         {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
-        servers["baseline"] = (port_b, None)
     rows = []
     ing: dict = {}
     head = pending_head(args.data_dir)
     try:
-        wait_http(f"http://127.0.0.1:{port_h}/hello/x")
+        wait_http(f"http://127.0.0.1:{port_h}/hello/x", proc=hello)
         t = time.perf_counter()
-        for name, (port, _) in servers.items():
-            if name != "hello":
-                wait_http(f"http://127.0.0.1:{port}/v1/health/ready")
+        wait_http(f"http://127.0.0.1:{port_s}/v1/health/ready", proc=server)
+        if args.baseline_src is not None:
+            # The older code on the same store (its workers import scalerec from --baseline-src),
+            # started once the first server is up: both prepare the same metrics folder at start.
+            baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
+                              "--workers", str(args.workers)],
+                             {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
+            servers["baseline"] = (port_b, None)
+            wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
         log(f"servers ready in {time.perf_counter() - t:.0f} s")
         width = max(6, len(str(args.users)))
         wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}

@@ -86,7 +86,7 @@ def prepare_multiprocess_dir(path: Path) -> None:
     """Empty ``path`` (stale files from a previous run would be summed in) and export it."""
     path.mkdir(parents=True, exist_ok=True)
     for f in path.glob("*.db"):
-        f.unlink()
+        f.unlink(missing_ok=True)  # another server starting on the same data directory may race us
     os.environ[MULTIPROC_ENV] = str(path)
 
 
