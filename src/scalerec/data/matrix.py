@@ -247,49 +247,84 @@ def _build(
         assert now_ts is not None
         age_days = (pl.lit(now_ts) - pl.col("timestamp")).dt.total_microseconds() / 86_400e6
         contribution = contribution * (0.5 ** (age_days.clip(lower_bound=0.0) / half_life_days))
-    cells = (
-        lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
-        .group_by("user_id", "item_id")
-        .agg(pl.col("w").sum())
-        .filter(pl.col("w") > 0)
+    events = lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
+    # Small vocabularies first, then integer codes through sorted Enums: the aggregation runs on
+    # (u32, u32, f64) triples summed by scipy rather than a hash group-by over two string columns,
+    # which took ~2.4 GB and ~10 s for 20M events against ~0.1 GB of output.
+    users, items = _vocabularies(events, user_ids, item_ids)
+    if len(users) == 0 or len(items) == 0:
+        return _finish(sp.csr_matrix((len(users), len(items)), dtype=np.float32), users, items,
+                       user_ids is None, item_ids is None, min_user_interactions, min_item_interactions, binary, cap)
+    coded = (
+        events.select(
+            pl.col("user_id").cast(pl.Enum(users.tolist()), strict=False).to_physical().alias("u"),
+            pl.col("item_id").cast(pl.Enum(items.tolist()), strict=False).to_physical().alias("i"),
+            "w",
+        )
+        .drop_nulls()  # ids outside a fixed vocabulary
+        .collect()
     )
-    if user_ids is not None:
-        cells = cells.join(pl.LazyFrame({"user_id": np.asarray(user_ids, dtype=str)}), on="user_id", how="semi")
-    if item_ids is not None:
-        cells = cells.join(pl.LazyFrame({"item_id": np.asarray(item_ids, dtype=str)}), on="item_id", how="semi")
-    if min_item_interactions > 1:
-        keep = cells.group_by("item_id").len().filter(pl.col("len") >= min_item_interactions).select("item_id")
-        cells = cells.join(keep, on="item_id", how="semi")
-    if min_user_interactions > 1:
-        keep = cells.group_by("user_id").len().filter(pl.col("len") >= min_user_interactions).select("user_id")
-        cells = cells.join(keep, on="user_id", how="semi")
-    df = cells.collect()
+    rows = coded.get_column("u").to_numpy()
+    cols = coded.get_column("i").to_numpy()
+    weights = coded.get_column("w").to_numpy()
+    del coded
+    summed = sp.coo_matrix((weights, (rows, cols)), shape=(len(users), len(items))).tocsr()  # sums duplicates
+    del rows, cols, weights
+    return _finish(summed, users, items, user_ids is None, item_ids is None,
+                   min_user_interactions, min_item_interactions, binary, cap)
 
-    if user_ids is None:
-        users = np.sort(df.get_column("user_id").unique().to_numpy().astype(str))
-    else:
-        users = np.asarray(user_ids, dtype=str)
-    if item_ids is None:
-        items = np.sort(df.get_column("item_id").unique().to_numpy().astype(str))
-    else:
-        items = np.asarray(item_ids, dtype=str)
-    rows = _codes(df.get_column("user_id"), users)
-    cols = _codes(df.get_column("item_id"), items)
-    values = np.ones(len(df), dtype=np.float32) if binary else df.get_column("w").to_numpy().astype(np.float32)
-    if cap is not None and not binary:
-        np.minimum(values, np.float32(cap), out=values)
-    matrix = sp.csr_matrix((values, (rows, cols)), shape=(len(users), len(items)), dtype=np.float32)
+
+def _vocabularies(
+    events: pl.LazyFrame, user_ids: np.ndarray | None, item_ids: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct user and item ids of ``events`` (or the fixed vocabularies given)."""
+    wanted = [(c, v) for c, v in (("user_id", user_ids), ("item_id", item_ids)) if v is None]
+    found = pl.collect_all([events.select(pl.col(c).unique()) for c, _ in wanted]) if wanted else []
+    by_name = {c: np.sort(f.get_column(c).to_numpy().astype(str)) for (c, _), f in zip(wanted, found)}
+    users = by_name["user_id"] if user_ids is None else np.asarray(user_ids, dtype=str)
+    items = by_name["item_id"] if item_ids is None else np.asarray(item_ids, dtype=str)
+    return users, items
+
+
+def _finish(
+    summed: sp.csr_matrix,
+    users: np.ndarray,
+    items: np.ndarray,
+    trim_users: bool,
+    trim_items: bool,
+    min_user_interactions: int,
+    min_item_interactions: int,
+    binary: bool,
+    cap: float | None,
+) -> InteractionMatrix:
+    """Drop non-positive cells, apply the minimum counts (items, then users: one pass), drop the
+    users/items left without cells (unless their vocabulary was fixed), binarise or cap."""
+    summed.data[summed.data <= 0] = 0
+    summed.eliminate_zeros()
+    if min_item_interactions > 1:
+        per_item = np.bincount(summed.indices, minlength=summed.shape[1])
+        summed = summed @ sp.diags((per_item >= min_item_interactions).astype(summed.dtype))
+        summed.eliminate_zeros()
+    if min_user_interactions > 1:
+        per_user = np.diff(summed.indptr)
+        summed = sp.diags((per_user >= min_user_interactions).astype(summed.dtype)) @ summed
+        summed.eliminate_zeros()
+    summed = summed.tocsr()
+    if trim_users:
+        keep = np.flatnonzero(np.diff(summed.indptr) > 0)
+        if len(keep) < summed.shape[0]:
+            summed, users = summed[keep], users[keep]
+    if trim_items:
+        keep = np.flatnonzero(np.bincount(summed.indices, minlength=summed.shape[1]) > 0)
+        if len(keep) < summed.shape[1]:
+            summed, items = summed[:, keep], items[keep]
+    matrix = sp.csr_matrix(summed, dtype=np.float32)
+    if binary:
+        matrix.data[:] = 1.0
+    elif cap is not None:
+        np.minimum(matrix.data, np.float32(cap), out=matrix.data)
     matrix.sort_indices()
     return InteractionMatrix(matrix=matrix, user_ids=users, item_ids=items)
-
-
-def _codes(column: pl.Series, vocab: np.ndarray) -> np.ndarray:
-    """Positions of each value of ``column`` in the sorted/fixed ``vocab`` (all present)."""
-    if len(vocab) == 0:
-        return np.zeros(0, dtype=np.int32)
-    lookup = pl.DataFrame({"_k": vocab, "_i": np.arange(len(vocab), dtype=np.int32)})
-    joined = pl.DataFrame({"_k": column}).join(lookup, on="_k", how="left", maintain_order="left")
-    return joined.get_column("_i").to_numpy()
 
 
 def matrix_from_settings(store: Any, settings: "Settings", **overrides: Any) -> InteractionMatrix:
