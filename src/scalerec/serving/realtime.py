@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,7 @@ class FreshUsers:
         conn.execute("BEGIN")  # the head and the scan from one consistent read snapshot
         try:
             self._cursor = _head(conn)
-            self._users.update(r[0] for r in conn.execute(_FRESH_ALL_SQL, (self.since_us,)))
+            self._users.update(map(_first, conn.execute(_FRESH_ALL_SQL, (self.since_us,))))
         finally:
             conn.execute("COMMIT")
 
@@ -321,7 +322,7 @@ class FreshUsers:
             if head <= cursor:  # another thread applied it meanwhile
                 return 0
             rows = conn.execute(_FRESH_SINCE_SQL, (cursor, head, self.since_us)).fetchall()
-            self._users.update(r[0] for r in rows)
+            self._users.update(map(_first, rows))  # C-level iteration, no Python frame per event
             self._cursor = head
         return len(rows)
 
@@ -332,6 +333,9 @@ class FreshUsers:
         """Whether ``user_id`` may have events newer than the snapshot (polls first)."""
         self.poll()
         return user_id in self._users
+
+
+_first = itemgetter(0)
 
 
 def _head(conn: sqlite3.Connection) -> int:
