@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from rich.console import Console
 from rich.table import Table
 
+from _common import PeakRSS, git_commit
 from scalerec.errors import ModelCapacityError
 from scalerec.models import Recommender, make_model
 
@@ -78,39 +79,6 @@ def load_input(args: argparse.Namespace) -> tuple[sp.csr_matrix, str]:
         return matrix_from_settings(DataStore(settings), settings).matrix, f"data:{args.data_dir}"
     X = synthetic_matrix(args.users, args.items, args.nnz, args.seed)
     return X, f"synthetic:{args.users}x{args.items}:{args.nnz}"
-
-
-class PeakRSS:
-    """Samples this process's RSS every few ms; ``peak_mib`` is the rise above the start.
-
-    Each fit runs in a fresh (spawned) process, so memory freed by an earlier model cannot hide
-    a later one's allocations.
-    """
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self.proc = psutil.Process()
-        self.interval_s = interval_s
-        self.start = self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def peak_mib(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def _fit_in_child(name: str, params: dict[str, Any], X: sp.csr_matrix, out: str) -> dict[str, Any]:
@@ -182,14 +150,6 @@ def bench_topk(model: Any, X: sp.csr_matrix, n: int, repeats: int) -> dict[str, 
         "users_per_s": len(users) / rec_s,
         "load_avg_1m": os.getloadavg()[0],
     }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def main() -> None:
