@@ -274,6 +274,27 @@ def _build(
                    min_user_interactions, min_item_interactions, binary, cap)
 
 
+def shape_cells(values: np.ndarray, *, binary: bool = False, cap: float | None = None) -> np.ndarray:
+    """Apply the matrix's cell convention in place to positive summed cells: 1 when ``binary``,
+    else clipped at ``cap``. Serving shapes fold-in histories with it, so a user's fresh events
+    reach a model on the scale it was trained on."""
+    if binary:
+        values[:] = 1.0
+    elif cap is not None:
+        np.minimum(values, np.asarray(cap, dtype=values.dtype), out=values)
+    return values
+
+
+def cell_options(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``binary`` and ``cap`` of the matrix a registered model was trained on (settings then the
+    model's own overrides, as recorded in its manifest)."""
+    data = manifest.get("data") or {}
+    model = manifest.get("model") or {}
+    effective = {**(data.get("matrix_settings") or {}), **(model.get("matrix_overrides") or {})}
+    cap = effective.get("cap")
+    return {"binary": bool(effective.get("binary", False)), "cap": None if cap is None else float(cap)}
+
+
 def _vocabularies(
     events: pl.LazyFrame, user_ids: np.ndarray | None, item_ids: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -319,10 +340,7 @@ def _finish(
         if len(keep) < summed.shape[1]:
             summed, items = summed[:, keep], items[keep]
     matrix = sp.csr_matrix(summed, dtype=np.float32)
-    if binary:
-        matrix.data[:] = 1.0
-    elif cap is not None:
-        np.minimum(matrix.data, np.float32(cap), out=matrix.data)
+    shape_cells(matrix.data, binary=binary, cap=cap)
     matrix.sort_indices()
     return InteractionMatrix(matrix=matrix, user_ids=users, item_ids=items)
 

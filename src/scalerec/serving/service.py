@@ -33,6 +33,7 @@ from scalerec.errors import (
     UnknownUserError,
     ValidationError,
 )
+from scalerec.data.matrix import cell_options, shape_cells
 from scalerec.monitoring import metrics
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes, ItemFilter, cap_per_group, item_table_from_rows
 from scalerec.serving.index import ItemIndex, build_index, exact_subset
@@ -81,6 +82,8 @@ class ModelState:
     created_at: str
     loaded_at: float
     fresh_users: FreshUsers | None = None  # users with events at/after ``snapshot`` (polled per request)
+    # the training matrix's cell convention ({"binary", "cap"}), applied to fold-in histories
+    cells: dict[str, Any] = field(default_factory=lambda: {"binary": False, "cap": None})
 
     @property
     def n_items(self) -> int:
@@ -338,6 +341,7 @@ class RecommendService:
             snapshot=_snapshot_time(lv.manifest),
             created_at=str(lv.manifest.get("created_at") or ""),
             loaded_at=time.time(),
+            cells=cell_options(lv.manifest),
         )
         state = replace(state, fresh_users=FreshUsers(self.feed, state.snapshot))
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - t0)
@@ -569,9 +573,9 @@ class RecommendService:
         if row >= 0:
             seen_cols, seen_w = st.seen(row)
             if not fresh.empty:
-                history = _history_row(st.n_items, np.r_[seen_cols, fresh.cols], np.r_[seen_w, fresh.weights])
+                history = _history_row(st, np.r_[seen_cols, fresh.cols], np.r_[seen_w, fresh.weights])
         elif not fresh.empty and (fresh.weights > 0).any():
-            history = _history_row(st.n_items, fresh.cols, fresh.weights)
+            history = _history_row(st, fresh.cols, fresh.weights)
         if exclude_seen:
             allowed[seen_cols] = False
             allowed[fresh.cols] = False
@@ -712,7 +716,7 @@ class RecommendService:
             if not fresh.empty:
                 strategy = "fold_in"
                 sc, sw = st.seen(row) if row >= 0 else (np.zeros(0, np.int64), np.zeros(0, np.float32))
-                history = _history_row(st.n_items, np.r_[sc, fresh.cols], np.r_[sw, fresh.weights])
+                history = _history_row(st, np.r_[sc, fresh.cols], np.r_[sw, fresh.weights])
             uniq = np.unique(kcols)
             if history is None:
                 order_cols, order_scores = st.model.recommend(np.array([row]), len(uniq), candidates=uniq)
@@ -778,7 +782,7 @@ class RecommendService:
             metrics.FALLBACKS.labels(kind="empty_session").inc()
         else:
             strategy = "fold_in"
-            history = _history_row(st.n_items, fresh.cols, fresh.weights)
+            history = _history_row(st, fresh.cols, fresh.weights)
             ranked = self._personal(live, n, allowed, flt, row=-1, history=history)
             vecs = getattr(st.model, "item_factors_", None)
             seeds = fresh.positive
@@ -930,8 +934,9 @@ class RecommendService:
 
 
 # ---------------------------------------------------------------------- module helpers
-def _history_row(n_items: int, cols: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
-    """One history row [1, n_items] (duplicate columns summed; non-positive sums dropped).
+def _history_row(st: ModelState, cols: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
+    """One history row [1, n_items] over ``st``'s items (duplicate columns summed; non-positive
+    sums dropped; shaped like the model's training cells: binary or capped).
 
     Built from (data, indices, indptr) directly: the COO route (sum_duplicates, eliminate_zeros)
     cost ~100 us of scipy bookkeeping per fold-in request.
@@ -939,9 +944,9 @@ def _history_row(n_items: int, cols: np.ndarray, weights: np.ndarray) -> sp.csr_
     uniq, inv = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
     summed = np.bincount(inv, weights=np.asarray(weights, dtype=np.float64), minlength=len(uniq))
     keep = summed > 0
-    data = summed[keep].astype(np.float32)
+    data = shape_cells(summed[keep].astype(np.float32), **st.cells)
     indices = uniq[keep].astype(np.int32)
-    return sp.csr_matrix((data, indices, np.array([0, len(data)], dtype=np.int32)), shape=(1, n_items))
+    return sp.csr_matrix((data, indices, np.array([0, len(data)], dtype=np.int32)), shape=(1, st.n_items))
 
 
 def _prepend(first: Ranked, rest: Ranked) -> Ranked:
