@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from scalerec.errors import ValidationError
+from scalerec.models.base import top_k  # one row-wise top-k for models and serving
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
 
@@ -38,27 +39,6 @@ class ItemIndex(Protocol):
 
     def memory_bytes(self) -> int:
         ...
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-``k`` of a small dense block [q, m] (a request's few rows): argpartition +
-    sort of k, no thread pool (OpenMP start-up costs more than the work for one row).
-    Returns (ids int64 [q, k], scores float32 [q, k]) best first; -inf entries become -1 padding."""
-    q, m = scores.shape
-    ids = np.full((q, k), -1, dtype=np.int64)
-    vals = np.full((q, k), -np.inf, dtype=np.float32)
-    kk = min(k, m)
-    if kk == 0 or q == 0:
-        return ids, vals
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else np.broadcast_to(np.arange(m), (q, m))
-    top = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    top_ids = np.take_along_axis(part, order, axis=1)
-    top_vals = np.take_along_axis(top, order, axis=1)
-    ok = top_vals > -np.inf
-    ids[:, :kk] = np.where(ok, top_ids, -1)
-    vals[:, :kk] = top_vals
-    return ids, vals
 
 
 def _as_queries(queries: np.ndarray, d: int) -> np.ndarray:
