@@ -15,3 +15,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # CI has ../shared beside the clone: there, a missing file must fail the run, not skip it.
     if os.environ.get("CI") and not ONLINE_RETAIL.is_file():
         pytest.exit(f"CI run without the Online Retail data at {ONLINE_RETAIL}; shared/ must sit beside the clone", returncode=1)
+
+
+#: Every catalogue backend the contract suite (tests/test_catalog.py) runs against: id -> URL for a
+#: test's tmp_path. A new backend is one entry here (skipping when its server is absent).
+CATALOG_BACKENDS = {
+    "sqlite-file": lambda tmp_path: f"sqlite:///{tmp_path / 'catalog.db'}",
+    "sqlite-memory": lambda tmp_path: "sqlite:///:memory:",
+}
+
+
+@pytest.fixture(params=list(CATALOG_BACKENDS))
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return CATALOG_BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def catalog(catalog_url: str):
+    """An empty catalogue store of each backend in CATALOG_BACKENDS."""
+    from scalerec.data.catalog import open_catalog
+
+    store = open_catalog(catalog_url)
+    yield store
+    store.close()

@@ -1,10 +1,12 @@
-"""Catalogue store contract (run against every backend) and SQLite specifics: WAL, durability, threads."""
+"""Catalogue store contract (run against every backend: items, users, pending events, metadata, the
+change feed, API keys, model stages), URL parsing and SQLite specifics: WAL, durability, threads, locks."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -18,12 +20,7 @@ from scalerec.errors import ConfigError, StorageError, UnknownItemError, Validat
 UTC = dt.timezone.utc
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
-def catalog(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'catalog.db'}" if request.param == "sqlite-file" else "sqlite:///:memory:"
-    store = open_catalog(url)
-    yield store
-    store.close()
+# The `catalog` fixture (one store per backend) is in conftest.py.
 
 
 def items_table() -> pa.Table:
@@ -211,6 +208,187 @@ def test_concurrent_writers_from_threads(catalog):
     assert catalog.count_pending_events() == 4 * 5 * 4
 
 
+# --- change feed (what serving follows) --------------------------------------------------------
+
+
+def _user_events(user: str, stamps: list[int]) -> pa.Table:
+    """EVENT_SCHEMA rows of one user, one per unix-second timestamp, items i<ts>."""
+    valid, rejects = validate_events(
+        pa.table({"user_id": [user] * len(stamps), "item_id": [f"i{t}" for t in stamps],
+                  "event_type": ["view"] * len(stamps), "timestamp": stamps, "value": [1.0] * len(stamps)}),
+        Settings(),
+    )
+    assert rejects.num_rows == 0
+    return valid
+
+
+def test_every_item_and_user_write_records_a_change(catalog):
+    head = catalog.change_head()
+    catalog.upsert_items(items_table())
+    catalog.patch_item("a", price=9.0)
+    assert catalog.delete_item("b") and not catalog.delete_item("b")
+    catalog.upsert_users(validate_users(pa.table({"user_id": ["u1"]}))[0])
+    assert catalog.delete_user("u1")
+    changes = catalog.changes_since(head)
+    assert [(kind, key) for _, kind, key in changes] == [
+        ("item", "a"), ("item", "b"), ("item", "c"), ("item", "a"), ("item", "b"), ("user_deleted", "u1")
+    ]
+    seqs = [seq for seq, _, _ in changes]
+    assert seqs == sorted(seqs) and catalog.change_head() == seqs[-1] > head
+    assert catalog.changes_since(seqs[-2]) == changes[-1:]
+    assert catalog.changes_since(head, limit=2) == changes[:2]
+    catalog.record_change("user_deleted", "u9")
+    assert catalog.changes_since(seqs[-1]) == [(seqs[-1] + 1, "user_deleted", "u9")]
+    assert catalog.deleted_users_since(None) == {"u1", "u9"}
+    assert catalog.deleted_users_since("2000-01-01T00:00:00") == {"u1", "u9"}
+    assert catalog.deleted_users_since("2999-01-01T00:00:00+00:00") == set()
+
+
+def test_recent_events_cover_pending_and_compacted_ones(catalog):
+    catalog.add_pending_events(_user_events("u", [100, 200, 300]))
+    catalog.add_pending_events(_user_events("other", [250]))
+    us = 1_000_000
+    assert catalog.recent_user_events("u", 0, 10) == [("i300", "view", 1.0), ("i200", "view", 1.0), ("i100", "view", 1.0)]
+    assert catalog.recent_user_events("u", 200 * us, 10) == [("i300", "view", 1.0), ("i200", "view", 1.0)]
+    assert catalog.recent_user_events("u", 0, 1) == [("i300", "view", 1.0)]
+    _, token = catalog.drain_pending_events(2)  # u@100, u@200 go to the log
+    assert catalog.ack_pending(token) == 2 and catalog.count_pending_events() == 2
+    assert [r[0] for r in catalog.recent_user_events("u", 0, 10)] == ["i300", "i200", "i100"], "compacted rows kept"
+    assert catalog.prune_recent_events(150 * us) == 1 and catalog.prune_recent_events(150 * us) == 0
+    assert [r[0] for r in catalog.recent_user_events("u", 0, 10)] == ["i300", "i200"]
+    assert catalog.forget_recent_events("u") == 1
+    assert [r[0] for r in catalog.recent_user_events("u", 0, 10)] == ["i300"], "pending events are not forgotten"
+
+
+def test_deleting_a_user_drops_their_kept_events(catalog):
+    catalog.upsert_users(validate_users(pa.table({"user_id": ["u"]}))[0])
+    catalog.add_pending_events(_user_events("u", [100]))
+    _, token = catalog.drain_pending_events(10)
+    catalog.ack_pending(token)
+    assert catalog.recent_user_events("u", 0, 10) != []
+    catalog.delete_user("u")
+    assert catalog.recent_user_events("u", 0, 10) == []
+
+
+def test_fresh_users_by_pending_id(catalog):
+    us = 1_000_000
+    assert catalog.pending_head() == 0 and catalog.fresh_users_snapshot(0) == (0, [])
+    catalog.add_pending_events(_user_events("old", [100]))
+    catalog.add_pending_events(_user_events("new", [300, 400]))
+    head, users = catalog.fresh_users_snapshot(200 * us)
+    assert head == catalog.pending_head() == 3 and users == ["new"]
+    catalog.add_pending_events(_user_events("later", [500]))
+    catalog.add_pending_events(_user_events("stale", [50]))
+    _, token = catalog.drain_pending_events(100)
+    catalog.ack_pending(token)  # compacted before anyone polled: found by pending id
+    assert catalog.pending_head() == 5, "ids are never reused"
+    assert catalog.fresh_users_between(3, 5, 200 * us) == ["later"]
+    assert sorted(catalog.fresh_users_between(0, 5, 0)) == ["later", "new", "new", "old", "stale"]
+
+
+def test_change_feed_and_fresh_users_over_any_backend(catalog):
+    """The serving classes are thin users of the protocol: they run on an open store of any backend."""
+    from scalerec.serving.realtime import ChangeFeed, FreshUsers
+
+    feed = ChangeFeed(catalog)
+    snapshot = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    fresh = FreshUsers(feed, snapshot)
+    assert len(fresh) == 0 and fresh.poll() == 0
+    catalog.add_pending_events(_user_events("u", [int(snapshot.timestamp()) + 60]))
+    assert fresh.has_fresh("u") and fresh.cursor == 1 and fresh.poll() == 0
+    assert feed.recent_events("u", snapshot, 5).column("item_id").to_pylist() == [f"i{int(snapshot.timestamp()) + 60}"]
+    catalog.upsert_items(items_table())
+    assert [k for _, _, k in feed.since(0)] == ["a", "b", "c"] and feed.head() == 3
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+def test_api_key_rows(catalog):
+    assert catalog.api_key_rows() == [] and catalog.count_active_api_keys() == 0
+    catalog.add_api_key("k1", "h1", "read", "shop", "2025-01-01T00:00:00+00:00")
+    catalog.add_api_key("k2", "h2", "admin", None, "2025-01-02T00:00:00+00:00")
+    assert catalog.api_key_role("h1") == "read" and catalog.api_key_role("nope") is None
+    assert catalog.revoke_api_key("k1", "2025-02-01T00:00:00+00:00") is True
+    assert catalog.revoke_api_key("k1", "2025-03-01T00:00:00+00:00") is False, "already revoked"
+    assert catalog.revoke_api_key("k9", "2025-03-01T00:00:00+00:00") is None, "no such key"
+    assert catalog.api_key_role("h1") is None and catalog.count_active_api_keys() == 1
+    assert catalog.api_key_rows() == [
+        ("k1", "read", "shop", "2025-01-01T00:00:00+00:00", "2025-02-01T00:00:00+00:00"),
+        ("k2", "admin", None, "2025-01-02T00:00:00+00:00", None),
+    ]
+    assert catalog.api_key_rows(include_revoked=False) == [("k2", "admin", None, "2025-01-02T00:00:00+00:00", None)]
+    with pytest.raises(StorageError):  # a hash is unique; the driver's error never escapes
+        catalog.add_api_key("k3", "h2", "read", None, "2025-01-03T00:00:00+00:00")
+    with pytest.raises(StorageError):
+        catalog.add_api_key("k4", "h4", "superuser", None, "2025-01-03T00:00:00+00:00")
+
+
+def test_api_key_store_over_any_backend(catalog):
+    from scalerec.serving.auth import ApiKeyStore, Authenticator
+
+    keys = ApiKeyStore(catalog)
+    key, rec = keys.create("write", "shop")
+    assert Authenticator(keys).check(key, "read") == "write"
+    assert [k.key_id for k in keys.list()] == [rec.key_id] and keys.count_active() == 1
+    assert keys.revoke(f"sr_{rec.key_id}").revoked_at is not None and keys.role_of(key) is None
+
+
+# --- model stages ------------------------------------------------------------------------------
+
+
+def _version(name: str, created: str = "2025-01-01T00:00:00") -> dict:
+    return {"version": name, "stage": "candidate", "created_at": created, "family": "popular", "metric": "ndcg@20",
+            "score": 0.5}
+
+
+def test_model_stages(catalog):
+    assert catalog.model_versions() == [] and catalog.production_version() is None
+    with catalog.stage_transaction() as tx:
+        assert tx.version_names() == []
+        tx.insert_version(_version("v0001"))
+        tx.insert_version(_version("v0002"))
+        assert sorted(tx.version_names()) == ["v0001", "v0002"]
+    row = catalog.model_version("v0001")
+    assert row == {**_version("v0001"), "promoted_at": None, "archived_at": None, "forced": False, "note": None}
+    assert catalog.model_version("v0009") is None
+    with catalog.stage_transaction() as tx:
+        tx.promote("v0001", "2025-01-05", forced=False, note=None)
+    assert catalog.production_version()["version"] == "v0001"
+    with catalog.stage_transaction() as tx:
+        tx.promote("v0002", "2025-01-06", forced=True, note="by hand")
+    prod = catalog.production_version()
+    assert prod["version"] == "v0002" and prod["forced"] is True and prod["note"] == "by hand"
+    assert [r["version"] for r in catalog.model_versions("archived")] == ["v0001"]
+    assert [r["version"] for r in catalog.promoted_before("2025-01-06")] == ["v0001"]
+    with catalog.stage_transaction() as tx:
+        tx.restore("v0002", "v0001", "2025-01-07")
+    assert catalog.production_version()["version"] == "v0001"
+    assert catalog.model_version("v0002")["note"] == "rolled back"
+    assert catalog.model_version("v0001")["promoted_at"] == "2025-01-05", "a rollback keeps promoted_at"
+    with catalog.stage_transaction() as tx:
+        tx.delete_version("v0002")
+    assert [r["version"] for r in catalog.model_versions()] == ["v0001"]
+    assert catalog.adopt_model_version({**_version("v0003"), "note": "adopted"}) is True
+    assert catalog.adopt_model_version(_version("v0003")) is False
+    assert catalog.model_version("v0003")["stage"] == "candidate"
+
+
+def test_stage_transaction_rolls_back_on_error(catalog):
+    with pytest.raises(OSError):
+        with catalog.stage_transaction() as tx:
+            tx.insert_version(_version("v0001"))
+            raise OSError("the rename failed")
+    assert catalog.model_versions() == []
+    with catalog.stage_transaction() as tx:
+        tx.insert_version(_version("v0001"))
+    with pytest.raises(StorageError):  # duplicate version: the seam's error, not the driver's
+        with catalog.stage_transaction() as tx:
+            tx.insert_version(_version("v0002"))
+            tx.insert_version(_version("v0001"))
+    assert [r["version"] for r in catalog.model_versions()] == ["v0001"]
+
+
 # --- SQLite specifics -------------------------------------------------------------------------
 
 
@@ -257,3 +435,95 @@ def test_closed_store_refuses_work(tmp_path):
     cat.close()
     with pytest.raises(StorageError, match="closed"):
         cat.count_items()
+
+
+def test_parse_catalog_url():
+    from scalerec.data.catalog import CatalogURL, parse_catalog_url
+
+    assert parse_catalog_url("sqlite:///rel/c.db") == CatalogURL("sqlite", "sqlite:///rel/c.db", "rel/c.db")
+    assert parse_catalog_url("sqlite:////abs/c.db").path == "/abs/c.db"
+    assert parse_catalog_url("SQLITE:///x.db").scheme == "sqlite"
+    assert parse_catalog_url("plain/c.db") == CatalogURL("sqlite", "sqlite:///plain/c.db", "plain/c.db")
+    assert parse_catalog_url(Path("/a/b.db")).path == "/a/b.db"
+    for bad in ("sqlite://", "sqlite:///", "sqlite://host/x.db", ""):
+        with pytest.raises(ConfigError):
+            parse_catalog_url(bad)
+    with pytest.raises(ConfigError, match="supported: sqlite:///PATH"):
+        parse_catalog_url("postgresql://db/scalerec")
+
+
+def test_register_backend_makes_a_scheme_openable(tmp_path, monkeypatch):
+    import scalerec.data.catalog as catalog_pkg
+
+    monkeypatch.setattr(catalog_pkg, "_BACKENDS", dict(catalog_pkg._BACKENDS))
+    seen = []
+
+    def factory(url, *, create_dirs):
+        seen.append((url, create_dirs))
+        return SqliteCatalog(tmp_path / "other.db")
+
+    catalog_pkg.register_backend("fake", factory, usage="fake://HOST/DB")
+    assert "fake://HOST/DB" in catalog_pkg.supported_schemes()
+    store = open_catalog("fake://host/db", create_dirs=True)
+    assert isinstance(store, CatalogStore)
+    assert seen == [(catalog_pkg.CatalogURL("fake", "fake://host/db"), True)]
+    store.close()
+
+
+def test_open_creates_missing_directories_only_when_asked(tmp_path):
+    cat = open_catalog(tmp_path / "new" / "dir" / "c.db", create_dirs=True)
+    assert cat.path.exists()
+    cat.close()
+
+
+def test_a_database_made_before_the_feed_tables_opens_and_gets_them(tmp_path):
+    """Existing data directories open: the backend adds the serving tables and triggers it now owns."""
+    path = tmp_path / "catalog.db"
+    raw = sqlite3.connect(path)
+    raw.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE items (item_id TEXT PRIMARY KEY, title TEXT, description TEXT, categories TEXT, price REAL,"
+        " available INTEGER NOT NULL DEFAULT 1, attributes TEXT, created_at INTEGER, updated_at INTEGER NOT NULL);"
+        "INSERT INTO items (item_id, title, updated_at) VALUES ('old', 'Old mug', 1);"
+    )
+    raw.close()
+    cat = SqliteCatalog(path)
+    assert cat.get_item("old")["title"] == "Old mug" and cat.get_meta("schema_version") == "1"
+    cat.patch_item("old", price=1.0)
+    assert [k for _, _, k in cat.changes_since(0)] == ["old"]
+    cat.close()
+
+
+def test_opening_a_current_database_takes_no_write_lock(tmp_path):
+    path = tmp_path / "catalog.db"
+    SqliteCatalog(path).close()
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")  # another writer holds the lock (an ingestion, a compactor)
+    try:
+        cat = SqliteCatalog(path)  # a serving worker starting meanwhile does not wait for it
+        assert cat.count_items() == 0
+        cat.close()
+    finally:
+        raw.execute("ROLLBACK")
+        raw.close()
+
+
+def test_a_locked_database_raises_storage_busy(tmp_path):
+    from scalerec.errors import StorageBusyError
+
+    path = tmp_path / "catalog.db"
+    cat = SqliteCatalog(path)
+    cat._conn().execute("PRAGMA busy_timeout=50")  # instead of 30 s
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageBusyError, match="locked"):
+            cat.record_change("item", "x")
+        with pytest.raises(StorageBusyError):
+            cat.add_api_key("k", "h", "read", None, "2025-01-01")
+    finally:
+        raw.execute("ROLLBACK")
+        raw.close()
+    cat.record_change("item", "x")  # nothing stuck
+    assert cat.change_head() == 1
+    cat.close()

@@ -110,3 +110,7 @@ class StorageError(ScalerecError):
 
     status = 500
     type = "storage_error"
+
+
+class StorageBusyError(StorageError):
+    """The catalogue database stayed locked by another writer past the busy timeout; retrying may work."""

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scalerec.data.catalog import CatalogStore, StageTransaction, open_catalog
 from scalerec.errors import ConflictError, ModelNotFoundError, StorageError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,24 +32,6 @@ MANIFEST_FORMAT = 1
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS model_versions (
-    version      TEXT PRIMARY KEY,
-    stage        TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'archived')),
-    created_at   TEXT NOT NULL,
-    family       TEXT,
-    metric       TEXT,
-    score        REAL,
-    promoted_at  TEXT,
-    archived_at  TEXT,
-    forced       INTEGER NOT NULL DEFAULT 0,
-    note         TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS model_versions_one_production
-    ON model_versions (stage) WHERE stage = 'production';
-"""
-
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -186,48 +168,23 @@ class Registry:
         if isinstance(settings_or_data_dir, Settings):
             settings = settings_or_data_dir
             self.data_dir = Path(settings.data.dir)
-            url = settings.data.resolved_catalog_url()
-            self.db_path = Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else self.data_dir / "catalog.db"
+            url: str | Path = settings.data.resolved_catalog_url()
             default_keep = settings.training.keep_archived
         else:
             self.data_dir = Path(settings_or_data_dir)
-            self.db_path = self.data_dir / "catalog.db"
+            url = self.data_dir / "catalog.db"
             default_keep = 5
         self.keep_archived = default_keep if keep_archived is None else keep_archived
         self.root = self.data_dir / "models"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            self.catalog: CatalogStore = open_catalog(url, create_dirs=True)  # the stage table lives there
+        except (OSError, StorageError) as exc:
             raise StorageError(f"cannot open the model registry in {self.data_dir}: {exc}") from exc
+        self.db_path = getattr(self.catalog, "path", None)
 
     # ------------------------------------------------------------------ database
-    @contextlib.contextmanager
-    def _connect(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection; ``write`` takes the write lock up front (BEGIN IMMEDIATE)."""
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            if write:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            else:
-                yield db
-        except sqlite3.Error as exc:
-            raise StorageError(f"model registry database {self.db_path}: {exc}") from exc
-        finally:
-            db.close()
-
-    def _row_to_version(self, row: sqlite3.Row, *, check: bool = True) -> ModelVersion:
+    def _row_to_version(self, row: dict[str, Any], *, check: bool = True) -> ModelVersion:
         path = self.root / row["version"]
         error = self.health(path) if check else None
         return ModelVersion(
@@ -258,9 +215,9 @@ class Registry:
         return _check_files(path, manifest)
 
     # ------------------------------------------------------------------ naming
-    def _next_version(self, db: sqlite3.Connection, now: datetime) -> str:
+    def _next_version(self, db: StageTransaction, now: datetime) -> str:
         numbers = [0]
-        for (name,) in db.execute("SELECT version FROM model_versions"):
+        for name in db.version_names():
             m = _VERSION_RE.match(name)
             if m:
                 numbers.append(int(m.group(1)))
@@ -315,7 +272,7 @@ class Registry:
                 progress(3, steps)
             files = _write_readonly_files(tmp)
             created = _now()
-            with _sigint_deferred(), self._connect(write=True) as db:
+            with _sigint_deferred(), self.catalog.stage_transaction() as db:
                 version = self._next_version(db, created)
                 body = {
                     "format": MANIFEST_FORMAT,
@@ -329,10 +286,8 @@ class Registry:
                 model_info = body.get("model") or {}
                 metric = body.get("primary_metric")
                 score = _score_of(body)
-                db.execute(
-                    "INSERT INTO model_versions (version, stage, created_at, family, metric, score) VALUES (?,?,?,?,?,?)",
-                    (version, stage, body["created_at"], model_info.get("family"), metric, score),
-                )
+                db.insert_version({"version": version, "stage": stage, "created_at": body["created_at"],
+                                   "family": model_info.get("family"), "metric": metric, "score": score})
                 # Rename last, inside the transaction: if it fails the row is rolled back.
                 os.rename(tmp, self.root / version)
             if progress:
@@ -352,18 +307,13 @@ class Registry:
         if stage is not None and stage not in STAGES:
             raise ValidationError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
         self._adopt_orphans()
-        with self._connect() as db:
-            if stage is None:
-                rows = db.execute("SELECT * FROM model_versions ORDER BY version").fetchall()
-            else:
-                rows = db.execute("SELECT * FROM model_versions WHERE stage = ? ORDER BY version", (stage,)).fetchall()
+        rows = self.catalog.model_versions(stage)
         return [self._row_to_version(r, check=check) for r in rows]
 
     def _adopt_orphans(self) -> None:
         if not self.root.is_dir():
             return
-        with self._connect() as db:
-            known = {r[0] for r in db.execute("SELECT version FROM model_versions")}
+        known = {r["version"] for r in self.catalog.model_versions()}
         for p in sorted(self.root.iterdir()):
             if p.name in known or not _VERSION_RE.match(p.name) or not p.is_dir():
                 continue
@@ -371,22 +321,18 @@ class Registry:
                 body = read_manifest(p)
             except StorageError:
                 continue
-            with self._connect(write=True) as db:
-                db.execute(
-                    "INSERT OR IGNORE INTO model_versions (version, stage, created_at, family, metric, score, note) "
-                    "VALUES (?, 'candidate', ?, ?, ?, ?, 'adopted: directory found without a registry row')",
-                    (p.name, body.get("created_at") or _iso(_now()), (body.get("model") or {}).get("family"),
-                     body.get("primary_metric"), _score_of(body)),
-                )
+            self.catalog.adopt_model_version(
+                {"version": p.name, "created_at": body.get("created_at") or _iso(_now()),
+                 "family": (body.get("model") or {}).get("family"), "metric": body.get("primary_metric"),
+                 "score": _score_of(body), "note": "adopted: directory found without a registry row"}
+            )
 
     def get(self, version: str) -> ModelVersion:
         """One version by name; ModelNotFoundError (404) when there is none."""
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM model_versions WHERE version = ?", (version,)).fetchone()
+        row = self.catalog.model_version(version)
         if row is None:
             self._adopt_orphans()
-            with self._connect() as db:
-                row = db.execute("SELECT * FROM model_versions WHERE version = ?", (version,)).fetchone()
+            row = self.catalog.model_version(version)
         if row is None:
             raise ModelNotFoundError(
                 f"no model version {version!r}; list them with `scalerec models list`",
@@ -396,8 +342,7 @@ class Registry:
 
     def production(self) -> ModelVersion | None:
         """The production version, or None before the first promotion."""
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM model_versions WHERE stage = 'production'").fetchone()
+        row = self.catalog.production_version()
         return None if row is None else self._row_to_version(row)
 
     def load(self, version: str | None = None, *, mmap: bool = True) -> LoadedVersion:
@@ -459,20 +404,8 @@ class Registry:
                 details=decision,
             )
         now = _iso(_now())
-        with self._connect(write=True) as db:
-            db.execute(
-                "UPDATE model_versions SET stage = 'archived', archived_at = ? WHERE stage = 'production'", (now,)
-            )
-            db.execute(
-                "UPDATE model_versions SET stage = 'archived', archived_at = ?, "
-                "note = COALESCE(note, 'superseded candidate') WHERE stage = 'candidate' AND version < ?",
-                (now, version),
-            )
-            db.execute(
-                "UPDATE model_versions SET stage = 'production', promoted_at = ?, archived_at = NULL, "
-                "forced = ?, note = COALESCE(?, note) WHERE version = ?",
-                (now, int(bool(force and refused)), note, version),
-            )
+        with self.catalog.stage_transaction() as db:
+            db.promote(version, now, forced=bool(force and refused), note=note)
         self.prune()
         return self.get(version)
 
@@ -485,12 +418,7 @@ class Registry:
         current = self.production()
         if current is None:
             raise ConflictError("nothing to roll back: there is no production model")
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM model_versions WHERE stage = 'archived' AND promoted_at IS NOT NULL "
-                "AND promoted_at < ? ORDER BY promoted_at DESC",
-                (current.promoted_at or "",),
-            ).fetchall()
+        rows = self.catalog.promoted_before(current.promoted_at or "")
         for row in rows:
             target = self._row_to_version(row)
             if target.error is not None:
@@ -500,17 +428,8 @@ class Registry:
             except StorageError:
                 continue
             now = _iso(_now())
-            with self._connect(write=True) as db:
-                db.execute(
-                    "UPDATE model_versions SET stage = 'archived', archived_at = ?, note = 'rolled back' "
-                    "WHERE version = ?",
-                    (now, current.version),
-                )
-                # promoted_at keeps its original value so a second rollback goes further back.
-                db.execute(
-                    "UPDATE model_versions SET stage = 'production', archived_at = NULL WHERE version = ?",
-                    (target.version,),
-                )
+            with self.catalog.stage_transaction() as db:
+                db.restore(current.version, target.version, now)  # target keeps its promoted_at
             return self.get(target.version)
         raise ConflictError(
             f"cannot roll back from {current.version}: no earlier production version is still available "
@@ -530,8 +449,8 @@ class Registry:
         # Rename first so a half-deleted directory never looks like a version.
         path = self.root / version
         trash = self.root / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
-        with self._connect(write=True) as db:
-            db.execute("DELETE FROM model_versions WHERE version = ?", (version,))
+        with self.catalog.stage_transaction() as db:
+            db.delete_version(version)
             if path.exists():
                 os.rename(path, trash)
         _rmtree_readonly(trash)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scalerec.data.catalog import CatalogStore, open_catalog, parse_catalog_url
 from scalerec.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ValidationError
 
 ROLES = ("read", "write", "admin")
@@ -23,17 +22,6 @@ ROLE_LEVEL = {role: i for i, role in enumerate(ROLES)}
 KEY_PREFIX = "sr_"
 #: How long a key check is cached in a process; a revocation elsewhere takes effect within this.
 CACHE_TTL_S = 2.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id     TEXT PRIMARY KEY,
-    key_hash   TEXT NOT NULL UNIQUE,
-    role       TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
-    name       TEXT,
-    created_at TEXT NOT NULL,
-    revoked_at TEXT
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -60,34 +48,28 @@ def hash_key(key: str) -> str:
 
 def db_path_from_url(url: str) -> Path:
     """The file of a ``sqlite:///PATH`` catalogue URL."""
-    if not url.startswith("sqlite:///"):
+    parsed = parse_catalog_url(url)
+    if parsed.scheme != "sqlite" or parsed.path is None:
         raise ValidationError(f"API keys need a sqlite:/// catalogue, got {url!r}")
-    return Path(url[len("sqlite:///"):])
+    return Path(parsed.path)
 
 
 class ApiKeyStore:
-    """Create, list, revoke and check API keys in the catalogue database."""
+    """Create, list, revoke and check API keys in the catalogue database (its ``api_keys`` table).
 
-    def __init__(self, db_path: str | Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+    ``source`` is a catalogue URL, a SQLite path (its directory is created), or an open store.
+    """
+
+    def __init__(self, source: str | Path | CatalogStore) -> None:
+        self.catalog: CatalogStore = (
+            source if isinstance(source, CatalogStore) else open_catalog(source, create_dirs=True)
+        )
+        self.db_path = getattr(self.catalog, "path", None)
         self._cache: dict[str, tuple[float, str | None]] = {}
-        with self._conn() as conn:
-            conn.execute(_SCHEMA)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ApiKeyStore":
-        return cls(db_path_from_url(settings.data.resolved_catalog_url()))
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
+        return cls(settings.data.resolved_catalog_url())
 
     def create(self, role: str, name: str | None = None) -> tuple[str, ApiKey]:
         """A new key of ``role``: returns (the secret key, shown once; its stored record)."""
@@ -96,35 +78,21 @@ class ApiKeyStore:
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._conn() as conn:
-            conn.execute(
-                "INSERT INTO api_keys (key_id, key_hash, role, name, created_at) VALUES (?, ?, ?, ?, ?)",
-                (key_id, hash_key(key), role, name, now),
-            )
+        self.catalog.add_api_key(key_id, hash_key(key), role, name, now)
         return key, ApiKey(key_id, role, name, now, None)
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
-        sql = "SELECT key_id, role, name, created_at, revoked_at FROM api_keys"
-        if not include_revoked:
-            sql += " WHERE revoked_at IS NULL"
-        rows = self._conn().execute(sql + " ORDER BY created_at, key_id").fetchall()
-        return [ApiKey(*r) for r in rows]
+        return [ApiKey(*r) for r in self.catalog.api_key_rows(include_revoked)]
 
     def count_active(self) -> int:
-        return int(self._conn().execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
+        return self.catalog.count_active_api_keys()
 
     def revoke(self, key_id: str) -> ApiKey:
         """Revoke by public id (the part after ``sr_`` shown by ``keys list``)."""
         key_id = key_id.removeprefix(KEY_PREFIX).split("_")[0]
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._conn() as conn:
-            cur = conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (now, key_id)
-            )
-            if cur.rowcount == 0:
-                exists = conn.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
-                if not exists:
-                    raise NotFoundError(f"no API key with id {key_id!r}; `scalerec keys list` shows the ids")
+        if self.catalog.revoke_api_key(key_id, now) is None:
+            raise NotFoundError(f"no API key with id {key_id!r}; `scalerec keys list` shows the ids")
         self._cache.clear()
         return next(k for k in self.list() if k.key_id == key_id)
 
@@ -135,10 +103,7 @@ class ApiKeyStore:
         hit = self._cache.get(h)
         if hit is not None and now - hit[0] < CACHE_TTL_S:
             return hit[1]
-        row = self._conn().execute(
-            "SELECT role FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (h,)
-        ).fetchone()
-        role = row[0] if row else None
+        role = self.catalog.api_key_role(h)
         if len(self._cache) > 10_000:  # bounded: random invalid keys must not grow memory
             self._cache.clear()
         self._cache[h] = (now, role)

@@ -1,0 +1,842 @@
+"""The SQLite catalogue backend: every table of ``catalog.db`` (WAL) behind :class:`CatalogStore`.
+
+Events are durable when ``add_pending_events`` returns (``synchronous=FULL``). The serving change
+feed is kept by triggers that are part of this schema, so every writer (the API, ``scalerec
+import``, another serving machine) records what changed without knowing about serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from scalerec.data.catalog import CatalogURL, parse_catalog_url
+from scalerec.data.catalog._convert import (
+    _ITEM_COLS,
+    _PATCHABLE,
+    _arrow_column,
+    _batches,
+    _check_schema,
+    _column,
+    _event_rows,
+    _events_from_rows,
+    _json_maps,
+    _now_us,
+    _patch_value,
+    _to_json_texts,
+    _ts_column,
+    _us_to_dt,
+)
+from scalerec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
+from scalerec.errors import StorageBusyError, StorageError, UnknownItemError, ValidationError
+
+__all__ = ["SqliteCatalog"]
+
+SCHEMA_VERSION = "1"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    title TEXT,
+    description TEXT,
+    categories TEXT,            -- JSON list of strings
+    price REAL,
+    available INTEGER NOT NULL DEFAULT 1,
+    attributes TEXT,            -- JSON object of strings
+    created_at INTEGER,         -- UTC microseconds since the epoch
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    attributes TEXT,
+    created_at INTEGER,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT,
+    item_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    value REAL NOT NULL,
+    session_id TEXT,
+    recommendation_id TEXT,
+    context TEXT,
+    claim TEXT                  -- drain token while a compactor moves the row into the log
+);
+CREATE INDEX IF NOT EXISTS pending_events_claim ON pending_events(claim);
+CREATE INDEX IF NOT EXISTS pending_events_user ON pending_events(user_id);
+-- (user_id, timestamp) makes the per-request fold-in lookup one index range scan.
+CREATE INDEX IF NOT EXISTS pending_events_user_time ON pending_events(user_id, timestamp);
+CREATE TABLE IF NOT EXISTS serving_recent_events (
+    user_id    TEXT NOT NULL,
+    item_id    TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp  INTEGER NOT NULL,
+    value      REAL NOT NULL,
+    pending_id INTEGER          -- its id in pending_events (NULL for rows kept before this column)
+);
+CREATE INDEX IF NOT EXISTS serving_recent_events_user ON serving_recent_events(user_id, timestamp);
+CREATE TABLE IF NOT EXISTS serving_changes (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind  TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id     TEXT PRIMARY KEY,
+    key_hash   TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+    name       TEXT,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    version      TEXT PRIMARY KEY,
+    stage        TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'archived')),
+    created_at   TEXT NOT NULL,
+    family       TEXT,
+    metric       TEXT,
+    score        REAL,
+    promoted_at  TEXT,
+    archived_at  TEXT,
+    forced       INTEGER NOT NULL DEFAULT 0,
+    note         TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS model_versions_one_production
+    ON model_versions (stage) WHERE stage = 'production';
+"""
+
+#: Change-feed triggers: (name, event, table, key, kind). Any writer records what changed in
+#: serving_changes, and every serving process applies just those rows.
+_CHANGE_TRIGGERS = [
+    ("serving_items_ins", "AFTER INSERT", "items", "NEW.item_id", "item"),
+    ("serving_items_upd", "AFTER UPDATE", "items", "NEW.item_id", "item"),
+    ("serving_items_del", "AFTER DELETE", "items", "OLD.item_id", "item"),
+    ("serving_users_del", "AFTER DELETE", "users", "OLD.user_id", "user_deleted"),
+]
+#: Pending events that a compactor moved into the log (deleted from pending_events while claimed)
+#: are kept in serving_recent_events, so fold-in still sees events newer than the model snapshot
+#: until a model trained on them is in production (then they are pruned). The row keeps its
+#: pending id, so a process that polls pending ids finds rows a compaction moved meanwhile.
+_KEEP_COMPACTED = (
+    "CREATE TRIGGER IF NOT EXISTS serving_keep_compacted_v2 AFTER DELETE ON pending_events "
+    "WHEN OLD.claim IS NOT NULL AND OLD.user_id IS NOT NULL BEGIN "
+    "INSERT INTO serving_recent_events (user_id, item_id, event_type, timestamp, value, pending_id) "
+    "VALUES (OLD.user_id, OLD.item_id, OLD.event_type, OLD.timestamp, OLD.value, OLD.id); END"
+)
+_FORGET_DELETED_USER = (
+    "CREATE TRIGGER IF NOT EXISTS serving_users_del_events AFTER DELETE ON users BEGIN "
+    "DELETE FROM serving_recent_events WHERE user_id = OLD.user_id; END"
+)
+#: Every named object of the current schema: when all exist (and no obsolete one), opening needs
+#: no write lock (several workers start at once while ingestion writes).
+_EXPECTED = frozenset(
+    {
+        ("table", t)
+        for t in ("meta", "items", "users", "pending_events", "serving_recent_events", "serving_changes",
+                  "api_keys", "model_versions")
+    }
+    | {
+        ("index", i)
+        for i in ("pending_events_claim", "pending_events_user", "pending_events_user_time",
+                  "serving_recent_events_user", "serving_recent_events_pending", "model_versions_one_production")
+    }
+    | {("trigger", t[0]) for t in _CHANGE_TRIGGERS}
+    | {("trigger", "serving_keep_compacted_v2"), ("trigger", "serving_users_del_events")}
+)
+_OBSOLETE = frozenset({("trigger", "serving_keep_compacted")})  # v1 did not keep the pending id
+
+# -- change feed queries
+_RECENT_SQL = (
+    "SELECT item_id, event_type, value FROM ("
+    " SELECT item_id, event_type, value, timestamp FROM pending_events WHERE user_id = ?1 AND timestamp >= ?2"
+    " UNION ALL"
+    " SELECT item_id, event_type, value, timestamp FROM serving_recent_events WHERE user_id = ?1 AND timestamp >= ?2"
+    ") ORDER BY timestamp DESC LIMIT ?3"
+)
+_CHANGE_HEAD_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'serving_changes'"
+_PENDING_HEAD_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'pending_events'"
+_FRESH_ALL_SQL = (
+    "SELECT user_id FROM pending_events WHERE timestamp >= ?1 AND user_id IS NOT NULL"
+    " UNION SELECT user_id FROM serving_recent_events WHERE timestamp >= ?1"
+)
+# Rows a compaction moved between two polls are found in serving_recent_events by their pending id.
+_FRESH_SINCE_SQL = (
+    "SELECT user_id FROM pending_events WHERE id > ?1 AND id <= ?2 AND timestamp >= ?3 AND user_id IS NOT NULL"
+    " UNION ALL SELECT user_id FROM serving_recent_events WHERE pending_id > ?1 AND pending_id <= ?2"
+    " AND timestamp >= ?3"
+)
+_VERSION_COLS = ("version", "stage", "created_at", "family", "metric", "score", "promoted_at", "archived_at",
+                 "forced", "note")
+_VERSION_SELECT = f"SELECT {', '.join(_VERSION_COLS)} FROM model_versions"
+_first = itemgetter(0)
+
+
+def _storage_error(exc: sqlite3.Error, what: str) -> StorageError:
+    """A driver error as the seam's typed error ("database is locked" past the busy timeout: busy)."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StorageBusyError(f"{what}: {text}; another writer held the catalogue too long, retry")
+    return StorageError(f"{what}: {text}")
+
+
+_EVENT_SELECT = (
+    "SELECT user_id, item_id, event_type, timestamp, value, session_id, recommendation_id, context "
+    "FROM pending_events"
+)
+
+
+class SqliteCatalog:
+    """Catalogue store in one SQLite file (WAL): one connection per thread, writes serialised by SQLite.
+
+    ``url_or_path`` is ``sqlite:///path/catalog.db``, a plain path, or ``sqlite:///:memory:`` (a
+    private in-memory database shared by this object's threads, for tests).
+    """
+
+    def __init__(self, url_or_path: str | Path | CatalogURL, *, create_dirs: bool = False) -> None:
+        parsed = url_or_path if isinstance(url_or_path, CatalogURL) else parse_catalog_url(url_or_path)
+        if parsed.scheme != "sqlite" or parsed.path is None:
+            raise StorageError(f"{parsed.url!r} is not a SQLite catalogue URL; use sqlite:///PATH")
+        path = parsed.path
+        self.url = parsed.url
+        if path == ":memory:":
+            self._target = f"file:scalerec-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            self._uri = True
+        else:
+            p = Path(path)
+            if create_dirs:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            elif p.parent and not p.parent.exists():
+                raise StorageError(
+                    f"catalogue directory {str(p.parent)!r} does not exist; run `scalerec init` or create it"
+                )
+            self._target = str(p)
+            self._uri = False
+        self.path = None if self._uri else Path(self._target)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_guard = threading.Lock()
+        self._closed = False
+        # An in-memory database lives as long as one connection to it is open: keep one, and
+        # share it between threads under a lock (shared-cache tables lock without busy waiting).
+        self._keepalive = self._connect() if self._uri else None
+        self._serial = threading.RLock() if self._uri else None
+        try:
+            self._ensure_schema(self._conn())
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(exc, f"cannot open catalogue {self._target!r}") from None
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open catalogue {self._target!r}: {exc}; is it a SQLite file?") from None
+
+    @classmethod
+    def from_url(cls, url: CatalogURL, *, create_dirs: bool = False) -> "SqliteCatalog":
+        """The backend factory registered for ``sqlite://``."""
+        return cls(url, create_dirs=create_dirs)
+
+    @staticmethod
+    def _ensure_schema(conn: sqlite3.Connection) -> None:
+        """Create or migrate every table, index and trigger; a read only when all are current."""
+        present = set(conn.execute("SELECT type, name FROM sqlite_master").fetchall())
+        if _EXPECTED <= present and not _OBSOLETE & present:
+            return
+        conn.executescript("BEGIN IMMEDIATE;\n" + _DDL)  # the script leaves the transaction open
+        try:
+            conn.execute(f"INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}')")
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(serving_recent_events)")}
+            if "pending_id" not in columns:  # databases made before fresh-user polling
+                conn.execute("ALTER TABLE serving_recent_events ADD COLUMN pending_id INTEGER")
+            conn.execute("CREATE INDEX IF NOT EXISTS serving_recent_events_pending ON serving_recent_events(pending_id)")
+            for name, when, table, key, kind in _CHANGE_TRIGGERS:
+                conn.execute(
+                    f"CREATE TRIGGER IF NOT EXISTS {name} {when} ON {table} BEGIN "
+                    f"INSERT INTO serving_changes (kind, key) VALUES ('{kind}', {key}); END"
+                )
+            conn.execute("DROP TRIGGER IF EXISTS serving_keep_compacted")
+            conn.execute(_KEEP_COMPACTED)
+            conn.execute(_FORGET_DELETED_USER)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqliteCatalog({self.url!r})"
+
+    # -- connections ----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # check_same_thread=False only so close() may close every thread's connection; each
+            # connection is otherwise used by the thread that created it (thread-local).
+            conn = sqlite3.connect(
+                self._target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=self._uri
+            )
+            if not self._uri:
+                conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit returns only after the WAL is fsynced, so acknowledged events survive
+            # power loss (NORMAL would only survive a process crash).
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open catalogue {self._target!r}: {exc}") from None
+        with self._all_guard:
+            self._all.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError("the catalogue store is closed; open it again")
+        if self._keepalive is not None:
+            return self._keepalive
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    class _Txn:
+        def __init__(self, conn: sqlite3.Connection, serial: Any) -> None:
+            self.conn, self.serial = conn, serial
+
+        def __enter__(self) -> sqlite3.Connection:
+            if self.serial is not None:
+                self.serial.acquire()
+            try:
+                # BEGIN IMMEDIATE takes the write lock up front, so read-then-write cannot deadlock.
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                if self.serial is not None:
+                    self.serial.release()
+                raise _storage_error(exc, "cannot write to the catalogue") from None
+            return self.conn
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            try:
+                try:
+                    self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                except sqlite3.Error as err:
+                    if exc_type is None:
+                        with contextlib.suppress(sqlite3.Error):
+                            self.conn.execute("ROLLBACK")
+                        raise _storage_error(err, "cannot commit to the catalogue") from None
+            finally:
+                if self.serial is not None:
+                    self.serial.release()
+            if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+                # "database is locked" after the busy timeout, "disk I/O error", "database or disk is full"
+                raise _storage_error(exc, "catalogue write failed (nothing was changed)") from None
+
+    def _write(self) -> "_Txn":
+        return self._Txn(self._conn(), self._serial)
+
+    def close(self) -> None:
+        """Close every connection of every thread."""
+        self._closed = True
+        with self._all_guard:
+            conns, self._all = self._all, []
+        for c in conns:
+            try:
+                c.close()
+            except sqlite3.Error:  # pragma: no cover
+                pass
+
+    def __enter__(self) -> "SqliteCatalog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        conn = self._conn()
+        try:
+            if self._serial is None:
+                return conn.execute(sql, params).fetchall()
+            with self._serial:
+                return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "catalogue query failed") from None
+
+    # -- items ----------------------------------------------------------------------------
+    def upsert_items(self, table: pa.Table | Iterable[pa.Table]) -> int:
+        """Insert or replace items (ITEM_SCHEMA rows, e.g. from validate_items) in one transaction.
+
+        A null ``created_at`` keeps the stored one (or is set to now for a new item). ``table`` may
+        also be an iterable of tables (the batches of a big import): all go in the one transaction,
+        converted to SQLite rows one batch at a time.
+        """
+        now = _now_us()
+        # ?8 = created_at (may be null), ?9 = now
+        sql = """
+            INSERT INTO items(item_id, title, description, categories, price, available, attributes,
+                              created_at, updated_at)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(?8, ?9), ?9)
+            ON CONFLICT(item_id) DO UPDATE SET
+                title=excluded.title, description=excluded.description, categories=excluded.categories,
+                price=excluded.price, available=excluded.available, attributes=excluded.attributes,
+                created_at=CASE WHEN ?8 IS NULL THEN items.created_at ELSE excluded.created_at END,
+                updated_at=excluded.updated_at
+        """
+        n = 0
+        with self._write() as conn:
+            for batch in _batches(table):
+                batch = _check_schema(batch, ITEM_SCHEMA, "item", "validate_items")
+                if batch.num_rows == 0:
+                    continue
+                rows = list(
+                    zip(
+                        _column(batch, "item_id").to_pylist(),
+                        _column(batch, "title").to_pylist(),
+                        _column(batch, "description").to_pylist(),
+                        _to_json_texts(_column(batch, "categories")),
+                        _column(batch, "price").to_pylist(),
+                        _column(batch, "available").cast(pa.int64()).to_pylist(),
+                        _to_json_texts(_column(batch, "attributes")),
+                        _column(batch, "created_at").cast(pa.int64()).to_pylist(),
+                        [now] * batch.num_rows,
+                    )
+                )
+                conn.executemany(sql, rows)
+                n += len(rows)
+        return n
+
+    def get_item(self, item_id: str) -> dict[str, Any] | None:
+        """One item as a dict (ITEM_SCHEMA fields + ``updated_at``), or None."""
+        rows = self._query(
+            "SELECT item_id, title, description, categories, price, available, attributes, created_at, "
+            "updated_at FROM items WHERE item_id = ?",
+            (str(item_id),),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {
+            "item_id": r[0],
+            "title": r[1],
+            "description": r[2],
+            "categories": json.loads(r[3]) if r[3] is not None else None,
+            "price": r[4],
+            "available": bool(r[5]),
+            "attributes": json.loads(r[6]) if r[6] is not None else None,
+            "created_at": _us_to_dt(r[7]),
+            "updated_at": _us_to_dt(r[8]),
+        }
+
+    def delete_item(self, item_id: str) -> bool:
+        """Delete one item; True if it existed."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM items WHERE item_id = ?", (str(item_id),))
+        return cur.rowcount > 0
+
+    def patch_item(self, item_id: str, **fields: Any) -> dict[str, Any]:
+        """Change some fields of one item; returns the updated item. Raises UnknownItemError."""
+        unknown = sorted(set(fields) - _PATCHABLE)
+        if unknown:
+            raise ValidationError(
+                f"cannot patch item field(s) {', '.join(unknown)}; patchable: {', '.join(sorted(_PATCHABLE))}"
+            )
+        sets: list[str] = []
+        params: list[Any] = []
+        for name, value in fields.items():
+            sets.append(f"{name} = ?")
+            params.append(_patch_value(name, value))
+        if not sets:
+            item = self.get_item(item_id)
+            if item is None:
+                raise UnknownItemError(f"item {item_id!r} is not in the catalogue; add it with an item import first")
+            return item
+        sets.append("updated_at = ?")
+        params.append(_now_us())
+        with self._write() as conn:
+            cur = conn.execute(f"UPDATE items SET {', '.join(sets)} WHERE item_id = ?", (*params, str(item_id)))
+        if cur.rowcount == 0:
+            raise UnknownItemError(f"item {item_id!r} is not in the catalogue; add it with an item import first")
+        item = self.get_item(item_id)
+        assert item is not None
+        return item
+
+    def items_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """All items in ITEM_SCHEMA (or its ``columns``), ordered by item_id."""
+        cols = list(columns) if columns is not None else list(_ITEM_COLS)
+        bad = [c for c in cols if c not in _ITEM_COLS]
+        if bad:
+            raise ValidationError(f"unknown item column(s) {', '.join(bad)}; available: {', '.join(_ITEM_COLS)}")
+        rows = self._query(f"SELECT {', '.join(cols)} FROM items ORDER BY item_id")
+        data = list(zip(*rows)) if rows else [[] for _ in cols]
+        arrays = []
+        for name, values in zip(cols, data):
+            arrays.append(_arrow_column(name, list(values)))
+        return pa.Table.from_arrays(arrays, schema=pa.schema([ITEM_SCHEMA.field(c) for c in cols]))
+
+    def count_items(self) -> int:
+        return int(self._query("SELECT count(*) FROM items")[0][0])
+
+    # -- users ----------------------------------------------------------------------------
+    def upsert_users(self, table: pa.Table | Iterable[pa.Table]) -> int:
+        """Insert or replace users (USER_SCHEMA rows) in one transaction; ``table`` may also be an
+        iterable of tables, all upserted in that one transaction (see upsert_items)."""
+        now = _now_us()
+        sql = """
+            INSERT INTO users(user_id, attributes, created_at, updated_at) VALUES (?1, ?2, coalesce(?3, ?4), ?4)
+            ON CONFLICT(user_id) DO UPDATE SET attributes=excluded.attributes,
+                created_at=CASE WHEN ?3 IS NULL THEN users.created_at ELSE excluded.created_at END,
+                updated_at=excluded.updated_at
+        """
+        n = 0
+        with self._write() as conn:
+            for batch in _batches(table):
+                batch = _check_schema(batch, USER_SCHEMA, "user", "validate_users")
+                if batch.num_rows == 0:
+                    continue
+                rows = list(
+                    zip(
+                        _column(batch, "user_id").to_pylist(),
+                        _to_json_texts(_column(batch, "attributes")),
+                        _column(batch, "created_at").cast(pa.int64()).to_pylist(),
+                        [now] * batch.num_rows,
+                    )
+                )
+                conn.executemany(sql, rows)
+                n += len(rows)
+        return n
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?", (str(user_id),)
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {
+            "user_id": r[0],
+            "attributes": json.loads(r[1]) if r[1] is not None else None,
+            "created_at": _us_to_dt(r[2]),
+            "updated_at": _us_to_dt(r[3]),
+        }
+
+    def delete_user(self, user_id: str) -> bool:
+        """Delete the user's row (not their events: see DataStore.delete_user); True if it existed."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM users WHERE user_id = ?", (str(user_id),))
+        return cur.rowcount > 0
+
+    def users_table(self) -> pa.Table:
+        rows = self._query("SELECT user_id, attributes, created_at FROM users ORDER BY user_id")
+        data = list(zip(*rows)) if rows else [[], [], []]
+        return pa.Table.from_arrays(
+            [
+                pa.array(data[0], pa.string()),
+                _json_maps(pa.array(data[1], pa.string())),
+                _ts_column(list(data[2])),
+            ],
+            schema=USER_SCHEMA,
+        )
+
+    def count_users(self) -> int:
+        return int(self._query("SELECT count(*) FROM users")[0][0])
+
+    # -- pending events -------------------------------------------------------------------
+    def add_pending_events(self, table: pa.Table) -> int:
+        """Append events (EVENT_SCHEMA) to the pending buffer; durable (fsynced) when this returns."""
+        table = _check_schema(table, EVENT_SCHEMA, "event", "validate_events")
+        if table.num_rows == 0:
+            return 0
+        rows = _event_rows(table)
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO pending_events(user_id, item_id, event_type, timestamp, value, session_id, "
+                "recommendation_id, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def pending_events_table(self, *, user_id: str | None = None) -> pa.Table:
+        """Pending events (EVENT_SCHEMA) in arrival order, optionally of one user only."""
+        if user_id is None:
+            rows = self._query(f"{_EVENT_SELECT} ORDER BY id")
+        else:
+            rows = self._query(f"{_EVENT_SELECT} WHERE user_id = ? ORDER BY id", (str(user_id),))
+        return _events_from_rows(rows)
+
+    def count_pending_events(self) -> int:
+        return int(self._query("SELECT count(*) FROM pending_events")[0][0])
+
+    def drain_pending_events(self, max_rows: int) -> tuple[pa.Table, str]:
+        """Claim up to ``max_rows`` unclaimed pending events (oldest first) under a new token.
+
+        Claimed rows stay in the buffer (still visible to readers) until ``ack_pending(token)``
+        deletes them or ``release_pending(token)`` returns them to the unclaimed pool.
+        """
+        if max_rows < 1:
+            raise ValidationError(f"max_rows={max_rows} must be at least 1")
+        token = uuid.uuid4().hex
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE pending_events SET claim = ? WHERE id IN "
+                "(SELECT id FROM pending_events WHERE claim IS NULL ORDER BY id LIMIT ?)",
+                (token, int(max_rows)),
+            )
+            rows = conn.execute(f"{_EVENT_SELECT} WHERE claim = ? ORDER BY id", (token,)).fetchall()
+        return _events_from_rows(rows), token
+
+    def ack_pending(self, token: str) -> int:
+        """Delete the events claimed under ``token`` (they are now in the log); returns how many."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM pending_events WHERE claim = ?", (token,))
+        return cur.rowcount
+
+    def release_pending(self, token: str | None = None) -> int:
+        """Unclaim the events of ``token`` (or of every token) so a later drain takes them again."""
+        with self._write() as conn:
+            if token is None:
+                cur = conn.execute("UPDATE pending_events SET claim = NULL WHERE claim IS NOT NULL")
+            else:
+                cur = conn.execute("UPDATE pending_events SET claim = NULL WHERE claim = ?", (token,))
+        return cur.rowcount
+
+    def pending_claims(self) -> list[str]:
+        """Tokens that currently hold claimed (drained, not yet acknowledged) events."""
+        return [r[0] for r in self._query("SELECT DISTINCT claim FROM pending_events WHERE claim IS NOT NULL")]
+
+    def claimed_pending_table(self, token: str) -> pa.Table:
+        """The events claimed under ``token`` (EVENT_SCHEMA)."""
+        return _events_from_rows(self._query(f"{_EVENT_SELECT} WHERE claim = ? ORDER BY id", (token,)))
+
+    def delete_user_pending_events(self, user_id: str) -> int:
+        """Delete every pending event of one user; returns how many."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM pending_events WHERE user_id = ?", (str(user_id),))
+        return cur.rowcount
+
+    # -- metadata -------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or with None delete) one metadata value."""
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (key, str(value)),
+                )
+
+
+
+    # -- change feed (serving) ------------------------------------------------------------
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        """One row (the per-request path: no list built)."""
+        conn = self._conn()
+        try:
+            if self._serial is None:
+                return conn.execute(sql, params).fetchone()
+            with self._serial:
+                return conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "catalogue query failed") from None
+
+    def change_head(self) -> int:
+        """The newest change sequence number (0 when none); one primary-key lookup."""
+        row = self._one(_CHANGE_HEAD_SQL)
+        return int(row[0]) if row else 0
+
+    def changes_since(self, cursor: int, limit: int = 100_000) -> list[tuple[int, str, str]]:
+        """Changes (seq, kind, key) after ``cursor``, oldest first; kinds: item, user_deleted."""
+        return self._query(
+            "SELECT seq, kind, key FROM serving_changes WHERE seq > ? ORDER BY seq LIMIT ?", (int(cursor), int(limit))
+        )
+
+    def record_change(self, kind: str, key: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO serving_changes (kind, key) VALUES (?, ?)", (kind, key))
+
+    def deleted_users_since(self, since_iso: str | None) -> set[str]:
+        """Users deleted at or after ``since_iso`` (UTC ISO text; None: ever)."""
+        sql = "SELECT DISTINCT key FROM serving_changes WHERE kind = 'user_deleted'"
+        if not since_iso:
+            return set(map(_first, self._query(sql)))
+        return set(map(_first, self._query(sql + " AND at >= ?", (since_iso[:19],))))
+
+    def recent_user_events(self, user_id: str, since_us: int, limit: int) -> list[tuple[str, str, float]]:
+        """The user's newest ``limit`` (item_id, event_type, value) at/after ``since_us``, pending and
+        kept compacted ones, newest first."""
+        return self._query(_RECENT_SQL, (user_id, int(since_us), int(limit)))
+
+    def forget_recent_events(self, user_id: str) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM serving_recent_events WHERE user_id = ?", (user_id,)).rowcount
+
+    def prune_recent_events(self, before_us: int) -> int:
+        """Drop kept compacted events older than ``before_us``; looks before it takes the write lock
+        (every serving process calls this on a model swap, all but the first find nothing)."""
+        if self._one("SELECT 1 FROM serving_recent_events WHERE timestamp < ? LIMIT 1", (int(before_us),)) is None:
+            return 0
+        with self._write() as conn:
+            return conn.execute("DELETE FROM serving_recent_events WHERE timestamp < ?", (int(before_us),)).rowcount
+
+    def pending_head(self) -> int:
+        """The newest pending-event id ever assigned (AUTOINCREMENT: never reused); one lookup."""
+        row = self._one(_PENDING_HEAD_SQL)
+        return int(row[0]) if row else 0
+
+    def fresh_users_snapshot(self, since_us: int) -> tuple[int, list[str]]:
+        """(pending head, users with events at/after ``since_us``) from one consistent read."""
+        conn = self._conn()
+        lock = self._serial if self._serial is not None else contextlib.nullcontext()
+        try:
+            with lock:
+                conn.execute("BEGIN")
+                try:
+                    row = conn.execute(_PENDING_HEAD_SQL).fetchone()
+                    users = list(map(_first, conn.execute(_FRESH_ALL_SQL, (int(since_us),))))
+                finally:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "catalogue query failed") from None
+        return (int(row[0]) if row else 0), users
+
+    def fresh_users_between(self, after_id: int, upto_id: int, since_us: int) -> list[str]:
+        """Users of pending ids in (after_id, upto_id] at/after ``since_us`` (one per event), including
+        those a compaction moved meanwhile."""
+        rows = self._query(_FRESH_SINCE_SQL, (int(after_id), int(upto_id), int(since_us)))
+        return list(map(_first, rows))  # C-level iteration, no Python frame per event
+
+    # -- API keys -------------------------------------------------------------------------
+    def add_api_key(self, key_id: str, key_hash: str, role: str, name: str | None, created_at: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (key_id, key_hash, role, name, created_at) VALUES (?, ?, ?, ?, ?)",
+                (key_id, key_hash, role, name, created_at),
+            )
+
+    def api_key_rows(self, include_revoked: bool = True) -> list[tuple[str, str, str | None, str, str | None]]:
+        """(key_id, role, name, created_at, revoked_at), oldest first."""
+        sql = "SELECT key_id, role, name, created_at, revoked_at FROM api_keys"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        return self._query(sql + " ORDER BY created_at, key_id")
+
+    def count_active_api_keys(self) -> int:
+        return int(self._query("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")[0][0])
+
+    def revoke_api_key(self, key_id: str, at: str) -> bool | None:
+        """True when revoked now, False when it already was, None when there is no such key."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (at, key_id))
+            if cur.rowcount:
+                return True
+            exists = conn.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return False if exists else None
+
+    def api_key_role(self, key_hash: str) -> str | None:
+        """The role of an unrevoked key by its hash, else None."""
+        row = self._one("SELECT role FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,))
+        return row[0] if row else None
+
+    # -- model stages (registry) ----------------------------------------------------------
+    def model_versions(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """Every version row (oldest first), optionally of one stage."""
+        if stage is None:
+            rows = self._query(f"{_VERSION_SELECT} ORDER BY version")
+        else:
+            rows = self._query(f"{_VERSION_SELECT} WHERE stage = ? ORDER BY version", (stage,))
+        return [_version_row(r) for r in rows]
+
+    def model_version(self, version: str) -> dict[str, Any] | None:
+        row = self._one(f"{_VERSION_SELECT} WHERE version = ?", (version,))
+        return None if row is None else _version_row(row)
+
+    def production_version(self) -> dict[str, Any] | None:
+        row = self._one(f"{_VERSION_SELECT} WHERE stage = 'production'")
+        return None if row is None else _version_row(row)
+
+    def promoted_before(self, promoted_at: str) -> list[dict[str, Any]]:
+        """Archived versions that were production before ``promoted_at``, newest promotion first."""
+        rows = self._query(
+            f"{_VERSION_SELECT} WHERE stage = 'archived' AND promoted_at IS NOT NULL AND promoted_at < ? "
+            "ORDER BY promoted_at DESC",
+            (promoted_at,),
+        )
+        return [_version_row(r) for r in rows]
+
+    def adopt_model_version(self, row: dict[str, Any]) -> bool:
+        """Record a version found on disk as a candidate unless it has a row; True if added."""
+        with self._write() as conn:
+            return _SqliteStages(conn).insert_version({**row, "stage": "candidate"}, or_ignore=True)
+
+    @contextlib.contextmanager
+    def stage_transaction(self) -> Iterator["_SqliteStages"]:
+        """Stage writes under the write lock; the caller's file steps inside roll back with it."""
+        with self._write() as conn:
+            yield _SqliteStages(conn)
+
+
+def _version_row(r: tuple) -> dict[str, Any]:
+    row = dict(zip(_VERSION_COLS, r))
+    row["forced"] = bool(row["forced"])
+    return row
+
+
+class _SqliteStages:
+    """The stage writes of one transaction (see ModelStageTable.stage_transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def version_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT version FROM model_versions")]
+
+    def insert_version(self, row: dict[str, Any], *, or_ignore: bool = False) -> bool:
+        """Insert a version row (version, stage, created_at, family, metric, score[, note])."""
+        cols = [c for c in ("version", "stage", "created_at", "family", "metric", "score", "note") if c in row]
+        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+        cur = self.conn.execute(
+            f"{verb} INTO model_versions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [row[c] for c in cols],
+        )
+        return cur.rowcount > 0
+
+    def promote(self, version: str, at: str, *, forced: bool, note: str | None) -> None:
+        """Make ``version`` production: the previous one and older candidates become archived."""
+        self.conn.execute(
+            "UPDATE model_versions SET stage = 'archived', archived_at = ? WHERE stage = 'production'", (at,)
+        )
+        self.conn.execute(
+            "UPDATE model_versions SET stage = 'archived', archived_at = ?, "
+            "note = COALESCE(note, 'superseded candidate') WHERE stage = 'candidate' AND version < ?",
+            (at, version),
+        )
+        self.conn.execute(
+            "UPDATE model_versions SET stage = 'production', promoted_at = ?, archived_at = NULL, "
+            "forced = ?, note = COALESCE(?, note) WHERE version = ?",
+            (at, int(bool(forced)), note, version),
+        )
+
+    def restore(self, current: str, target: str, at: str) -> None:
+        """Roll back: ``current`` becomes archived, ``target`` production again."""
+        self.conn.execute(
+            "UPDATE model_versions SET stage = 'archived', archived_at = ?, note = 'rolled back' WHERE version = ?",
+            (at, current),
+        )
+        # promoted_at keeps its original value so a second rollback goes further back.
+        self.conn.execute(
+            "UPDATE model_versions SET stage = 'production', archived_at = NULL WHERE version = ?", (target,)
+        )
+
+    def delete_version(self, version: str) -> None:
+        self.conn.execute("DELETE FROM model_versions WHERE version = ?", (version,))
