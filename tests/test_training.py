@@ -14,13 +14,14 @@ import pytest
 import scipy.sparse as sp
 
 from scalerec.config import Settings
+from scalerec.data.snapshot import event_count
 from scalerec.data.store import DataStore
 from scalerec.data.synth import generate_store
 from scalerec.models import MODELS
 from scalerec.models.popular import MostPopular
 from scalerec.registry import Registry
 from scalerec.training import TrainOptions, run_training_subprocess, should_retrain, train
-from scalerec.training.pipeline import event_count, measure_peak_rss
+from scalerec.training.pipeline import measure_peak_rss
 from scalerec.training.retrain import TrainingSchedule
 from scalerec.training.tuning import load_report, storage_url
 
