@@ -298,6 +298,12 @@ SPEC_FIELDS = (
 )
 
 
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """build_matrix keywords as (spec fields, the rest: now / start / end / user_ids / item_ids)."""
+    spec = {k: v for k, v in overrides.items() if k in SPEC_FIELDS}
+    return spec, {k: v for k, v in overrides.items() if k not in SPEC_FIELDS}
+
+
 @dataclass(frozen=True, eq=True)
 class MatrixSpec:
     """How events become matrix cells: event weights, window, decay, minimum counts, binary/cap.
@@ -471,8 +477,7 @@ def matrix_from_settings(store: Any, settings: "Settings", **overrides: Any) -> 
     ``overrides`` may be spec fields (a model's ``matrix_overrides()``) or build_matrix's
     now / start / end / user_ids / item_ids. EmptyDataError when no cell is left.
     """
-    spec_part = {k: v for k, v in overrides.items() if k in SPEC_FIELDS}
-    where = {k: v for k, v in overrides.items() if k not in SPEC_FIELDS}
+    spec_part, where = split_overrides(overrides)
     result = MatrixSpec.from_settings(settings, spec_part).build(store, **where)
     if result.nnz == 0:
         raise EmptyDataError(

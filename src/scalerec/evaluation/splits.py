@@ -12,7 +12,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from scalerec.config import EventType, Settings
-from scalerec.data.matrix import SPEC_FIELDS, InteractionMatrix, MatrixSpec
+from scalerec.data.matrix import InteractionMatrix, MatrixSpec, split_overrides
 from scalerec.data.snapshot import SNAPSHOT_COLUMNS, load_events
 from scalerec.errors import EmptyDataError, ValidationError
 
@@ -172,8 +172,7 @@ class _MatrixOptions(MatrixSpec):
 
     def train_matrix(self, df: pl.DataFrame, now: datetime | None, **overrides: Any) -> InteractionMatrix:
         """The training matrix of ``df``; ``overrides``: spec fields (a model's) and build keywords."""
-        spec_part = {k: v for k, v in overrides.items() if k in SPEC_FIELDS}
-        where = {k: v for k, v in overrides.items() if k not in SPEC_FIELDS}
+        spec_part, where = split_overrides(overrides)
         return self.spec.with_overrides(spec_part).build(df.to_arrow(), now=now, **where)
 
     def rebuilder(
