@@ -290,3 +290,19 @@ def test_online_retail_protocol_rules() -> None:
     assert [split.train.user_ids[u] for u in split.test_users] == ["1", "2"]
     with pytest.raises(EmptyDataError, match="purchase"):
         online_retail_protocol(events_table([("1", "A", "view", 0)]))
+
+
+@pytest.mark.parametrize("splitter", ["temporal", "leave-last", "random", "users"])
+def test_splits_train_on_the_configured_cap(splitter: str) -> None:
+    """[matrix] cap reaches the split's training part (it used to be dropped there only)."""
+    rows = [(f"u{u}", f"i{i}", "purchase", d) for u in range(12) for i in range(6) for d in (1, 2, 3 + i)]
+    rows += [(f"u{u}", f"i{6 + u}", "purchase", d) for u in range(3) for d in (1, 2, 3)]  # i6..i8 known in training
+    rows += [(f"u{u}", "i9", "purchase", 20) for u in range(3)]  # (so leave-last keeps i6..i8 in training)
+    rows += [(f"u{u}", f"i{6 + u % 3}", "purchase", 40) for u in range(3, 12)]  # each user's newest, unseen item
+    options = {"temporal": {"test_days": 5}, "users": {"test_fraction": 0.3}}.get(splitter, {})
+    capped = make_split(splitter, events_table(rows), settings=Settings(matrix={"cap": 15.0}), **options)
+    plain = make_split(splitter, events_table(rows), settings=Settings(), **options)
+    assert float(plain.train.matrix.data.max()) > 15.0
+    assert float(capped.train.matrix.data.max()) == 15.0
+    if capped.fold_in is not None:  # held-out users' histories are shaped like training cells
+        assert float(capped.fold_in.data.max()) <= 15.0

@@ -152,3 +152,40 @@ def test_cap_clips_summed_cells_after_decay():
     for key, value in ref.items():
         assert got[key] == pytest.approx(min(value, 1.0), rel=1e-5)
     assert m.matrix.data.max() <= 1.0 and (m.matrix.data < 1.0).any()
+
+
+def test_matrix_spec_from_settings_overrides_and_round_trip() -> None:
+    from scalerec.data.matrix import MatrixSpec, matrix_from_settings
+    from scalerec.errors import ValidationError
+
+    settings = Settings(matrix={"cap": 2.0, "half_life_days": 10.0, "min_item_interactions": 2})
+    spec = MatrixSpec.from_settings(settings)
+    assert (spec.cap, spec.half_life_days, spec.min_item_interactions, spec.binary) == (2.0, 10.0, 2, False)
+    assert spec.event_types == dict(settings.events.types)
+    over = MatrixSpec.from_settings(settings, {"cap": 1.0, "binary": True})
+    assert (over.cap, over.binary, over.half_life_days) == (1.0, True, 10.0)
+    assert over.cells() == {"binary": True, "cap": 1.0}
+    with pytest.raises(ValidationError, match="not matrix options"):
+        MatrixSpec.from_settings(settings, {"now": T0})
+    assert MatrixSpec.from_dict(spec.to_dict()) == spec
+    counts = spec.counts()
+    assert (counts.cap, counts.half_life_days, counts.min_item_interactions) == (None, None, 1)
+    # the spec builds what matrix_from_settings builds, cap included
+    events = _events()
+    built = spec.build(events, now=T0 + timedelta(days=60))
+    same = matrix_from_settings(events, settings, now=T0 + timedelta(days=60))
+    assert (built.matrix != same.matrix).nnz == 0 and float(built.matrix.data.max()) <= 2.0
+    values = np.array([0.5, 3.0], dtype=np.float32)
+    assert spec.shape_cells(values).tolist() == [0.5, 2.0]
+
+
+def test_matrix_spec_of_old_and_new_manifests() -> None:
+    from scalerec.data.matrix import MatrixSpec, cell_options
+
+    old = {"data": {"matrix_settings": {"binary": True, "cap": None}},
+           "model": {"matrix_overrides": {"half_life_days": 30.0, "cap": 1.0, "binary": False}}}
+    spec = MatrixSpec.from_manifest_dict(old)
+    assert (spec.binary, spec.cap, spec.half_life_days) == (False, 1.0, 30.0)
+    new = {"data": {"matrix_spec": MatrixSpec.from_settings(Settings(matrix={"cap": 5.0})).to_dict()}}
+    assert cell_options(new) == {"binary": False, "cap": 5.0}
+    assert MatrixSpec.from_manifest_dict({}) == MatrixSpec()

@@ -202,3 +202,69 @@ def test_gate_decision(cand: float, prod: float, tol: float, higher: bool, passe
 def test_gate_without_production_passes() -> None:
     d = gate_decision(0.01, None, tolerance=0.0)
     assert d["promoted"] and d["production_score"] is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"max_timestamp": "2025-03-01T12:00:00+00:00"},
+        {"snapshot_at": "2025-03-01T12:00:00Z"},
+        {"end": "2025-03-01T12:00:00"},
+        {"newest_event": "2025-03-01T12:00:00+00:00"},
+        {"time_max": "2025-03-01T13:00:00+01:00"},
+        {"taken_at": "2025-03-01T12:00:00Z"},
+        {"time_range": ["2025-01-01T00:00:00Z", "2025-03-01T12:00:00Z"]},
+        {"date_range": ["2025-01-01", "2025-03-01T12:00:00"]},
+        {"end": "not a time", "max_timestamp": "2025-03-01T12:00:00Z"},
+    ],
+)
+@pytest.mark.parametrize("section", ["data", "snapshot"])
+def test_manifest_reads_every_spelling_of_the_snapshot_end(data: dict, section: str) -> None:
+    from datetime import datetime, timezone
+
+    from scalerec.registry import Manifest
+
+    m = Manifest.from_dict({section: data})
+    assert m.snapshot_end == datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
+    assert Manifest.from_dict(m.to_dict()).snapshot_end == m.snapshot_end
+    assert Manifest.from_dict({}).snapshot_end is None
+
+
+def test_manifest_round_trips_what_training_writes(reg: Registry) -> None:
+    from scalerec.data.matrix import MatrixSpec
+    from scalerec.registry import Manifest
+
+    v = _register(reg, 3)
+    body = v.manifest()
+    typed = v.typed_manifest()
+    assert (typed.family, typed.event_count, typed.primary_metric, typed.score) == ("popular", 103, "ndcg@20", 0.13)
+    again = typed.to_dict()
+    # the same keys with the same values, plus the recorded matrix spec
+    assert again.keys() >= body.keys()
+    for key, value in body.items():
+        if key == "data":
+            assert {k: again["data"][k] for k in value} == value
+        elif key != "model":
+            assert again[key] == value, key
+    assert again["model"]["family"] == "popular" and again["model"]["params"] == body["model"]["params"]
+    assert MatrixSpec.from_dict(again["data"]["matrix_spec"]) == typed.matrix
+    assert not typed.gate_refused and Manifest.from_dict({"promotion": {"gate_passed": False}}).gate_refused
+
+
+def test_register_accepts_a_typed_manifest(reg: Registry) -> None:
+    from datetime import datetime, timezone
+
+    from scalerec.data.matrix import MatrixSpec
+    from scalerec.registry import Manifest
+
+    m = _matrix(1)
+    model = make_model("popular").fit(m)
+    pop = np.asarray(m.matrix.sum(axis=0), dtype=np.float32).ravel()
+    end = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    manifest = Manifest(family="popular", params=model.get_params(), matrix=MatrixSpec(cap=2.0), snapshot_end=end,
+                        fingerprint="f" * 64, event_count=7, primary_metric="ndcg@20", metrics={"t": {"ndcg@20": 0.5}})
+    v = reg.register(model=model, matrix=m, manifest=manifest, popular=pop, trending=pop)
+    body = v.manifest()
+    assert body["data"]["max_timestamp"] == end.isoformat() and body["data"]["event_count"] == 7
+    assert v.score == 0.5 and v.typed_manifest().matrix.cells() == {"binary": False, "cap": 2.0}
+    assert list(body)[:4] == ["format", "version", "created_at", "model"] and list(body)[-1] == "files"

@@ -14,13 +14,14 @@ import pytest
 import scipy.sparse as sp
 
 from scalerec.config import Settings
+from scalerec.data.snapshot import event_count
 from scalerec.data.store import DataStore
 from scalerec.data.synth import generate_store
 from scalerec.models import MODELS
 from scalerec.models.popular import MostPopular
 from scalerec.registry import Registry
 from scalerec.training import TrainOptions, run_training_subprocess, should_retrain, train
-from scalerec.training.pipeline import event_count, measure_peak_rss
+from scalerec.training.pipeline import measure_peak_rss
 from scalerec.training.retrain import TrainingSchedule
 from scalerec.training.tuning import load_report, storage_url
 
@@ -312,3 +313,66 @@ def test_new_data_warm_starts_from_the_previous_best(store) -> None:
     assert first.families[0].best_params != first.families[0].default_params  # (on this fixture)
     assert trials[1].user_attrs.get("warm_start")
     assert trials[1].params["l2"] == pytest.approx(first.families[0].best_params["l2"])
+
+
+def _same_cells(a: Any, b: Any) -> bool:
+    """Same vocabularies and the same cells (float32 tolerance)."""
+    if list(a.user_ids) != list(b.user_ids) or list(a.item_ids) != list(b.item_ids):
+        return False
+    diff = (a.matrix - b.matrix).tocsr()
+    return a.nnz == b.nnz and (diff.nnz == 0 or float(abs(diff).max()) < 1e-5)
+
+
+@pytest.mark.parametrize("recency", [None, 20.0])
+def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(tmp_path: Path, recency: float | None) -> None:
+    """One MatrixSpec for the split's train part (search), the gate's fold-in rows, the refit and the
+    served fold-in cells: with [matrix] cap set, all of them are capped the same way."""
+    from scalerec.data.matrix import MatrixSpec, cell_options, shape_cells
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.models import make_model
+    from scalerec.registry import Manifest
+    from scalerec.training.pipeline import _VocabAdapter, full_matrix, make_run_split
+
+    settings, ds = tiny_store(tmp_path / "data", settings={"matrix": {"cap": 3.0}})
+    result = train(settings, TrainOptions(models=["itemknn"], trials=1), store=ds)
+    loaded = Registry(settings).load()
+    snapshot = take_snapshot(ds)
+    model = make_model("itemknn", **{**loaded.model.get_params(), "recency_half_life_days": recency})
+    overrides = model.matrix_overrides()
+    spec = MatrixSpec.from_settings(settings, overrides)
+    assert spec.cap == (1.0 if recency else 3.0)
+
+    # refitted: the registered (production) matrix is the spec's matrix of the snapshot
+    assert result.version is not None
+    manifest = Manifest.from_dict(result.version.manifest())
+    assert manifest.matrix == MatrixSpec.from_settings(settings, loaded.model.matrix_overrides())
+    assert manifest.matrix.cap == 3.0 and manifest.snapshot_end == snapshot.end
+    assert _same_cells(loaded.matrix, manifest.matrix.build(snapshot.events))
+    refit = full_matrix(snapshot, settings, **overrides)
+    assert _same_cells(refit, spec.build(snapshot.events))
+    assert float(refit.matrix.data.max()) == pytest.approx(spec.cap)  # the cap binds on this data
+
+    # tuned: the split's training part, built from the events before its cut-off with the same spec
+    split, _ = make_run_split(snapshot, settings, TrainOptions())
+    tuned = split.train_for(model)
+    train_end = split.info["train_end"]
+    before = snapshot.events.filter(snapshot.events["timestamp"] < train_end)
+    expected = spec.with_overrides({"min_user_interactions": 1, "min_item_interactions": 1}).build(
+        before, now=train_end, user_ids=tuned.user_ids, item_ids=tuned.item_ids
+    )
+    assert _same_cells(tuned, expected)
+    assert float(tuned.matrix.data.max()) <= spec.cap + 1e-6
+
+    # gated: production is handed the users' split-training rows, the tuned matrix itself
+    prod = type(loaded)(loaded.version, loaded.manifest, model, loaded.matrix, loaded.popular, loaded.trending)
+    gate_rows = _VocabAdapter(prod, split).history
+    assert (gate_rows != tuned.matrix).nnz == 0
+
+    # served: fold-in histories are summed weights shaped by the manifest's cell convention
+    served = manifest.matrix
+    assert cell_options(result.version.manifest()) == served.cells() == {"binary": False, "cap": 3.0}
+    raw = served.counts().build(snapshot.events, user_ids=loaded.matrix.user_ids, item_ids=loaded.matrix.item_ids)
+    assert float(raw.matrix.data.max()) > 3.0
+    shaped = raw.matrix.copy()
+    shape_cells(shaped.data, **cell_options(result.version.manifest()))
+    assert (abs(shaped - loaded.matrix.matrix) > 1e-5).nnz == 0

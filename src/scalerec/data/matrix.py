@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -277,7 +277,7 @@ def _build(
 def shape_cells(values: np.ndarray, *, binary: bool = False, cap: float | None = None) -> np.ndarray:
     """Apply the matrix's cell convention in place to positive summed cells: 1 when ``binary``,
     else clipped at ``cap``. Serving shapes fold-in histories with it, so a user's fresh events
-    reach a model on the scale it was trained on."""
+    reach a model on the scale it was trained on (``MatrixSpec.shape_cells`` is the same)."""
     if binary:
         values[:] = 1.0
     elif cap is not None:
@@ -286,13 +286,139 @@ def shape_cells(values: np.ndarray, *, binary: bool = False, cap: float | None =
 
 
 def cell_options(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """``binary`` and ``cap`` of the matrix a registered model was trained on (settings then the
-    model's own overrides, as recorded in its manifest)."""
-    data = manifest.get("data") or {}
-    model = manifest.get("model") or {}
-    effective = {**(data.get("matrix_settings") or {}), **(model.get("matrix_overrides") or {})}
-    cap = effective.get("cap")
-    return {"binary": bool(effective.get("binary", False)), "cap": None if cap is None else float(cap)}
+    """``binary`` and ``cap`` of the matrix a registered model was trained on (kept for callers of
+    the manifest dict; ``Manifest.from_dict(m).matrix.cells()`` is the typed way)."""
+    return MatrixSpec.from_manifest_dict(manifest).cells()
+
+
+#: The build_matrix keywords that describe how events become cells (the rest say which events/ids).
+SPEC_FIELDS = (
+    "event_types", "unknown_type_weight", "window_days", "half_life_days",
+    "min_user_interactions", "min_item_interactions", "binary", "cap",
+)
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """build_matrix keywords as (spec fields, the rest: now / start / end / user_ids / item_ids)."""
+    spec = {k: v for k, v in overrides.items() if k in SPEC_FIELDS}
+    return spec, {k: v for k, v in overrides.items() if k not in SPEC_FIELDS}
+
+
+@dataclass(frozen=True, eq=True)
+class MatrixSpec:
+    """How events become matrix cells: event weights, window, decay, minimum counts, binary/cap.
+
+    The one translation of ``[events]`` + ``[matrix]`` settings (plus a model's
+    ``matrix_overrides()``) into matrix options: splits, the refit, the fallback lists and
+    serving's fold-in cells all use it, so a model is tuned, gated, refitted and served on the
+    same kind of matrix.
+    """
+
+    event_types: Mapping[str, "EventType"] = field(default_factory=dict)
+    unknown_type_weight: float | None = None
+    window_days: float | None = None
+    half_life_days: float | None = None
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+    binary: bool = False
+    cap: float | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: "Settings | None",
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        event_types: Mapping[str, "EventType"] | None = None,
+    ) -> "MatrixSpec":
+        """The spec of ``settings`` (default settings when None), then ``overrides`` (e.g. a model's
+        ``matrix_overrides()``). Explicit ``event_types`` replace the configured ones and turn the
+        unknown-type weight off (only the given types count)."""
+        if settings is None:
+            from scalerec.config import Settings
+
+            settings = Settings()
+        m = settings.matrix
+        spec = cls(
+            event_types=dict(event_types) if event_types is not None else dict(settings.events.types),
+            unknown_type_weight=(
+                settings.events.unknown_type_weight
+                if settings.events.allow_unknown_types and event_types is None
+                else None
+            ),
+            window_days=m.window_days,
+            half_life_days=m.half_life_days,
+            min_user_interactions=m.min_user_interactions,
+            min_item_interactions=m.min_item_interactions,
+            binary=m.binary,
+            cap=m.cap,
+        )
+        return spec.with_overrides(overrides or {})
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "MatrixSpec":
+        """This spec with some fields replaced; ValidationError for a key that is not a field."""
+        unknown = sorted(set(overrides) - set(SPEC_FIELDS))
+        if unknown:
+            raise ValidationError(f"matrix overrides {unknown} are not matrix options; use {', '.join(SPEC_FIELDS)}")
+        return replace(self, **overrides) if overrides else self
+
+    def counts(self) -> "MatrixSpec":
+        """Only the event weights: summed weighted events, no window, decay, minimum counts or shaping
+        (popularity, relevance and fold-in sums start from it)."""
+        return MatrixSpec(event_types=self.event_types, unknown_type_weight=self.unknown_type_weight)
+
+    def cells(self) -> dict[str, Any]:
+        """The cell convention: ``{"binary", "cap"}`` (keywords of :func:`shape_cells`)."""
+        return {"binary": bool(self.binary), "cap": None if self.cap is None else float(self.cap)}
+
+    def shape_cells(self, values: np.ndarray) -> np.ndarray:
+        """Shape positive summed cells in place like this spec's matrix cells (fold-in histories)."""
+        return shape_cells(values, **self.cells())
+
+    def build(self, source: Any, **where: Any) -> InteractionMatrix:
+        """``build_matrix(source)`` with this spec; ``where``: now / start / end / user_ids / item_ids."""
+        clash = sorted(set(where) & set(SPEC_FIELDS))
+        if clash:
+            raise ValidationError(f"{clash} are part of the matrix spec; pass them through with_overrides()")
+        return build_matrix(source, **self.build_kwargs(), **where)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SPEC_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (the manifest's ``data.matrix_spec``)."""
+        out = self.build_kwargs()
+        out["event_types"] = {
+            k: (t.model_dump(mode="json") if hasattr(t, "model_dump") else dict(t)) for k, t in self.event_types.items()
+        }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MatrixSpec":
+        """The inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are ignored."""
+        from scalerec.config import EventType
+
+        kwargs: dict[str, Any] = {k: data[k] for k in SPEC_FIELDS if k in data and k != "event_types"}
+        kwargs["event_types"] = {
+            str(k): v if isinstance(v, EventType) else EventType(**v) for k, v in (data.get("event_types") or {}).items()
+        }
+        for name, kind in (("min_user_interactions", int), ("min_item_interactions", int), ("binary", bool)):
+            if kwargs.get(name) is not None:
+                kwargs[name] = kind(kwargs[name])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_manifest_dict(cls, manifest: Mapping[str, Any]) -> "MatrixSpec":
+        """The spec a registered model was trained on: ``data.matrix_spec`` when recorded, else the
+        recorded ``[matrix]`` settings then the model's ``matrix_overrides`` (older manifests;
+        their event weights were not recorded)."""
+        data = manifest.get("data") or {}
+        recorded = data.get("matrix_spec")
+        if isinstance(recorded, Mapping):
+            return cls.from_dict(recorded)
+        model = manifest.get("model") or {}
+        merged = {**(data.get("matrix_settings") or {}), **(model.get("matrix_overrides") or {})}
+        return cls.from_dict({k: v for k, v in merged.items() if k in SPEC_FIELDS})
 
 
 def _vocabularies(
@@ -346,20 +472,13 @@ def _finish(
 
 
 def matrix_from_settings(store: Any, settings: "Settings", **overrides: Any) -> InteractionMatrix:
-    """Build the matrix of a DataStore with the [matrix] and [events] settings (overridable)."""
-    m = settings.matrix
-    kwargs: dict[str, Any] = dict(
-        event_types=settings.events.types,
-        unknown_type_weight=settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,
-        window_days=m.window_days,
-        half_life_days=m.half_life_days,
-        min_user_interactions=m.min_user_interactions,
-        min_item_interactions=m.min_item_interactions,
-        binary=m.binary,
-        cap=m.cap,
-    )
-    kwargs.update(overrides)
-    result = build_matrix(store, **kwargs)
+    """Build the matrix of a DataStore with the [matrix] and [events] settings (overridable).
+
+    ``overrides`` may be spec fields (a model's ``matrix_overrides()``) or build_matrix's
+    now / start / end / user_ids / item_ids. EmptyDataError when no cell is left.
+    """
+    spec_part, where = split_overrides(overrides)
+    result = MatrixSpec.from_settings(settings, spec_part).build(store, **where)
     if result.nnz == 0:
         raise EmptyDataError(
             "no interactions in the selected window: import events first (`scalerec import events FILE`) "

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import scipy.sparse as sp
 
 from scalerec.config import EventType, Settings
-from scalerec.data.matrix import InteractionMatrix, build_matrix
+from scalerec.data.matrix import InteractionMatrix, MatrixSpec, split_overrides
+from scalerec.data.snapshot import SNAPSHOT_COLUMNS, load_events
 from scalerec.errors import EmptyDataError, ValidationError
 
 __all__ = [
@@ -30,22 +30,13 @@ __all__ = [
 ]
 
 #: The columns a splitter reads from the event log (nothing else is materialised).
-SPLIT_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]
+SPLIT_COLUMNS = SNAPSHOT_COLUMNS
 
 ONLINE_RETAIL_ATTRIBUTION = (
     'Online Retail data: Daqing Chen, "Online Retail", UCI Machine Learning Repository '
     "(doi:10.24432/C5BW33), licensed under Creative Commons Attribution 4.0 International "
     "(CC BY 4.0, https://creativecommons.org/licenses/by/4.0/)."
 )
-
-_FRAME_SCHEMA = {
-    "user_id": pl.String,
-    "item_id": pl.String,
-    "event_type": pl.String,
-    "timestamp": pl.Datetime("us", "UTC"),
-    "value": pl.Float32,
-}
-
 
 @dataclass
 class Split:
@@ -137,82 +128,18 @@ class Split:
         return out
 
 
-# ---- reading events ---------------------------------------------------------------------------
-
-
-def load_events(source: Any, columns: Sequence[str] = SPLIT_COLUMNS) -> pl.DataFrame:
-    """The ``columns`` of every event of ``source`` as one polars frame (Arrow memory, no Python rows).
-
-    ``source``: a ``pa.Table`` / ``pa.RecordBatch`` / polars frame in EVENT_SCHEMA, a DataStore
-    (``.events(columns=...)``: log plus pending events), an EventLog (``.scan``) or an iterable of
-    record batches. Only the needed columns are read.
-    """
-    cols = list(columns)
-    if isinstance(source, pl.LazyFrame):
-        source = source.collect()
-    if isinstance(source, pl.DataFrame):
-        missing = [c for c in cols if c not in source.columns]
-        if missing:
-            raise ValidationError(f"event frame lacks columns {missing}; it has {source.columns}")
-        frames = [source.select(cols)]
-    elif isinstance(source, pa.Table):
-        frames = [_frame_from_arrow(source, cols)]
-    elif isinstance(source, pa.RecordBatch):
-        frames = [_frame_from_arrow(pa.Table.from_batches([source]), cols)]
-    else:
-        if callable(getattr(source, "events", None)):  # DataStore
-            batches: Iterable[Any] = source.events(columns=cols)
-        elif callable(getattr(source, "scan", None)):  # EventLog
-            batches = source.scan(columns=cols)
-        elif isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
-            batches = source
-        else:
-            raise ValidationError(
-                f"cannot read events from {type(source).__name__}: pass a DataStore, an EventLog, "
-                "a pyarrow Table or an iterable of record batches in EVENT_SCHEMA"
-            )
-        # One iteration per record batch (thousands of events each), never per event.
-        frames = [_frame_from_arrow(pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b, cols)
-                  for b in batches]
-    frames = [_cast(f, cols) for f in frames if f.height]
-    if not frames:
-        return pl.DataFrame(schema={c: _FRAME_SCHEMA.get(c, pl.String) for c in cols})
-    return pl.concat(frames, how="vertical", rechunk=False)
-
-
-def _frame_from_arrow(table: pa.Table, cols: list[str]) -> pl.DataFrame:
-    missing = [c for c in cols if c not in table.column_names and c != "value"]
-    if missing:
-        raise ValidationError(f"event table lacks columns {missing}; it has {table.column_names}")
-    df = pl.from_arrow(table.select([c for c in cols if c in table.column_names]))
-    assert isinstance(df, pl.DataFrame)
-    if "value" in cols and "value" not in df.columns:
-        df = df.with_columns(pl.lit(1.0, dtype=pl.Float32).alias("value"))
-    return df
-
-
-def _cast(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
-    return df.select([pl.col(c).cast(_FRAME_SCHEMA[c]) if c in _FRAME_SCHEMA else pl.col(c) for c in cols])
-
-
 # ---- shared machinery -------------------------------------------------------------------------
 
 
-@dataclass
-class _MatrixOptions:
-    """How event rows become matrix cells (from settings, overridable per split)."""
+@dataclass(frozen=True)
+class _MatrixOptions(MatrixSpec):
+    """A split's matrix spec (from settings, overridable per split) plus the event types that count
+    as relevant in the held-out part."""
 
-    event_types: Mapping[str, EventType]
-    unknown_type_weight: float | None
-    binary: bool
-    half_life_days: float | None
-    window_days: float | None
-    min_user_interactions: int
-    min_item_interactions: int
-    relevant_types: tuple[str, ...] | None
+    relevant_types: tuple[str, ...] | None = None
 
     @classmethod
-    def from_settings(
+    def for_split(
         cls,
         settings: Settings | None,
         *,
@@ -220,29 +147,21 @@ class _MatrixOptions:
         binary: bool | None = None,
         relevant_types: Sequence[str] | None = None,
     ) -> "_MatrixOptions":
-        settings = settings if settings is not None else Settings()
-        types = dict(event_types) if event_types is not None else dict(settings.events.types)
+        spec = MatrixSpec.from_settings(
+            settings, {} if binary is None else {"binary": binary}, event_types=event_types
+        )
         if relevant_types is not None:
-            unknown = sorted(set(relevant_types) - set(types))
+            unknown = sorted(set(relevant_types) - set(spec.event_types))
             if unknown:
                 raise ValidationError(
-                    f"relevant event types {unknown} are not configured; configured: {sorted(types)}"
+                    f"relevant event types {unknown} are not configured; configured: {sorted(spec.event_types)}"
                 )
-        m = settings.matrix
-        return cls(
-            event_types=types,
-            unknown_type_weight=(
-                settings.events.unknown_type_weight
-                if settings.events.allow_unknown_types and event_types is None
-                else None
-            ),
-            binary=m.binary if binary is None else binary,
-            half_life_days=m.half_life_days,
-            window_days=m.window_days,
-            min_user_interactions=m.min_user_interactions,
-            min_item_interactions=m.min_item_interactions,
-            relevant_types=tuple(relevant_types) if relevant_types is not None else None,
-        )
+        return cls(**spec.build_kwargs(), relevant_types=tuple(relevant_types) if relevant_types is not None else None)
+
+    @property
+    def spec(self) -> MatrixSpec:
+        """The matrix spec alone (without the split's relevance rule)."""
+        return MatrixSpec(**self.build_kwargs())
 
     def usable(self, df: pl.DataFrame) -> pl.DataFrame:
         """Events that can become cells: a known user and (unless unknown types count) a known type."""
@@ -252,18 +171,9 @@ class _MatrixOptions:
         return df
 
     def train_matrix(self, df: pl.DataFrame, now: datetime | None, **overrides: Any) -> InteractionMatrix:
-        kwargs: dict[str, Any] = dict(
-            event_types=self.event_types,
-            unknown_type_weight=self.unknown_type_weight,
-            window_days=self.window_days,
-            half_life_days=self.half_life_days,
-            now=now,
-            min_user_interactions=self.min_user_interactions,
-            min_item_interactions=self.min_item_interactions,
-            binary=self.binary,
-        )
-        kwargs.update(overrides)
-        return build_matrix(df.to_arrow(), **kwargs)
+        """The training matrix of ``df``; ``overrides``: spec fields (a model's) and build keywords."""
+        spec_part, where = split_overrides(overrides)
+        return self.spec.with_overrides(spec_part).build(df.to_arrow(), now=now, **where)
 
     def rebuilder(
         self, df: pl.DataFrame, now: datetime | None, train: InteractionMatrix
@@ -281,17 +191,13 @@ class _MatrixOptions:
     def aligned(
         self, df: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, *, relevance: bool
     ) -> sp.csr_matrix:
-        """csr [len(user_ids), len(item_ids)]; binary 1.0 cells of positive net weight when ``relevance``."""
+        """csr [len(user_ids), len(item_ids)]: binary 1.0 cells of positive net weight when
+        ``relevance``, else summed weights shaped like training cells (binary / cap), as serving
+        shapes a fold-in history."""
         if relevance and self.relevant_types is not None:
             df = df.filter(pl.col("event_type").is_in(list(self.relevant_types)))
-        matrix = build_matrix(
-            df.to_arrow(),
-            event_types=self.event_types,
-            unknown_type_weight=self.unknown_type_weight,
-            binary=relevance or self.binary,
-            user_ids=user_ids,
-            item_ids=item_ids,
-        ).matrix
+        cells = {"binary": True} if relevance else self.cells()
+        matrix = self.counts().with_overrides(cells).build(df.to_arrow(), user_ids=user_ids, item_ids=item_ids).matrix
         return sp.csr_matrix(matrix)
 
 
@@ -407,7 +313,7 @@ def split_temporal(
         raise ValidationError(f"test_days must be > 0; got {test_days!r}")
     if valid_days is not None and not valid_days > 0:
         raise ValidationError(f"valid_days must be > 0; got {valid_days!r}")
-    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     return _split_temporal(load_events(events), opts, test_days=test_days, valid_days=valid_days, now=now,
                            exclude_seen=exclude_seen)
 
@@ -499,7 +405,7 @@ def split_leave_last(
         raise ValidationError(f"k (items held out per user) must be a positive integer; got {k!r}")
     if isinstance(valid_k, bool) or not isinstance(valid_k, (int, np.integer)) or valid_k < 0:
         raise ValidationError(f"valid_k must be a non-negative integer; got {valid_k!r}")
-    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     df = opts.usable(load_events(events))
     _require_events(df, "the leave-last split")
     held = k + valid_k
@@ -546,7 +452,7 @@ def split_random(
         )
     r_valid = ratios[1] if len(ratios) == 3 else 0.0
     r_test = ratios[-1]
-    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     df = opts.usable(load_events(events))
     _require_events(df, "the random split")
     # Sorting the distinct pairs first makes the random keys independent of event order.
@@ -606,7 +512,7 @@ def split_users(
         raise ValidationError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction!r}")
     if not 0 < holdout_ratio < 1:
         raise ValidationError(f"holdout_ratio must be between 0 and 1 (exclusive); got {holdout_ratio!r}")
-    opts = _MatrixOptions.from_settings(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
+    opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     df = opts.usable(load_events(events))
     _require_events(df, "the held-out-users split")
     pairs = _pair_ranks(df)

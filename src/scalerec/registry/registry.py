@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scalerec.config import Settings
     from scalerec.data.matrix import InteractionMatrix
     from scalerec.models.base import Recommender
+    from scalerec.registry.manifest import Manifest
 
 STAGES = ("candidate", "production", "archived")
 MANIFEST = "manifest.json"
@@ -69,6 +70,12 @@ class ModelVersion:
     def manifest(self) -> dict[str, Any]:
         """The parsed manifest.json; StorageError when it is missing or unreadable."""
         return read_manifest(self.path)
+
+    def typed_manifest(self) -> "Manifest":
+        """The manifest as a :class:`~scalerec.registry.manifest.Manifest`; StorageError when unreadable."""
+        from scalerec.registry.manifest import Manifest
+
+        return Manifest.from_dict(read_manifest(self.path))
 
 
 @dataclass
@@ -233,7 +240,7 @@ class Registry:
         *,
         model: "Recommender",
         matrix: "InteractionMatrix",
-        manifest: dict[str, Any],
+        manifest: "Manifest | dict[str, Any]",
         popular: np.ndarray,
         trending: np.ndarray,
         stage: str = "candidate",
@@ -241,7 +248,7 @@ class Registry:
     ) -> ModelVersion:
         """Write a new immutable version and record it with ``stage`` (default candidate).
 
-        ``manifest`` is the caller's content (model, data snapshot, metrics, ...); the registry
+        ``manifest`` is the caller's content (a Manifest or its dict: model, data snapshot, metrics, ...); the registry
         adds ``version``, ``created_at``, ``format`` and ``files`` (path -> size, the health check).
         ``popular`` / ``trending`` are float32 [matrix.n_items]. Nothing is left behind if this is
         interrupted (Ctrl-C included) before the version is complete. Use :meth:`promote` to make
@@ -249,6 +256,8 @@ class Registry:
         """
         from scalerec.data.matrix import save_matrix
 
+        if not isinstance(manifest, dict):
+            manifest = manifest.to_dict()
         if stage not in ("candidate", "archived"):
             raise ValidationError(f"register() stage must be 'candidate' or 'archived', got {stage!r}; use promote()")
         popular = np.asarray(popular, dtype=np.float32)

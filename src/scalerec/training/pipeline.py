@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 
 import scalerec
-from scalerec.errors import ConflictError, EmptyDataError, ScalerecError, ValidationError
+from scalerec.data.snapshot import Snapshot, data_fingerprint, event_count, take_snapshot  # noqa: F401 - old import path
+from scalerec.errors import ConflictError, ScalerecError, ValidationError
 from scalerec.training.tuning import (
     FamilyResult,
     SearchEvent,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scalerec.data.matrix import InteractionMatrix
     from scalerec.evaluation.splits import Split
     from scalerec.models.base import Recommender
-    from scalerec.registry import ModelVersion, Registry
+    from scalerec.registry import Manifest, ModelVersion, Registry
 
 #: Serving's trending fallback: events of the last TRENDING_WINDOW_DAYS, halved every TRENDING_HALF_LIFE_DAYS.
 TRENDING_HALF_LIFE_DAYS = 7.0
@@ -86,29 +87,6 @@ class TrainOptions:
     force: bool = False
     promote: bool = True
     seed: int = 0
-
-
-@dataclass
-class Snapshot:
-    """The events a training run sees, fixed at its start: counts, range, fingerprint and the frame."""
-
-    events: "pl.DataFrame"
-    event_count: int
-    min_timestamp: datetime | None
-    max_timestamp: datetime | None
-    fingerprint: str
-    n_files: int
-    pending_count: int
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "event_count": self.event_count,
-            "min_timestamp": self.min_timestamp.isoformat() if self.min_timestamp else None,
-            "max_timestamp": self.max_timestamp.isoformat() if self.max_timestamp else None,
-            "fingerprint": self.fingerprint,
-            "log_files": self.n_files,
-            "pending_events": self.pending_count,
-        }
 
 
 @dataclass
@@ -166,45 +144,6 @@ def measure_peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------- data
-def event_count(store: Any) -> int:
-    """Events in the store now (log + pending), from Parquet metadata: cheap."""
-    return int(store.log.count()) + int(store.catalog.pending_events_table().num_rows)
-
-
-def data_fingerprint(store: Any) -> str:
-    """A cheap identity of the store's events: log file names and sizes plus the pending count."""
-    h = hashlib.sha256()
-    root = Path(store.log.root)
-    for f in sorted(store.log.files()):
-        p = Path(f)
-        try:
-            rel = p.relative_to(root).as_posix()
-        except ValueError:
-            rel = p.name
-        h.update(f"{rel}:{p.stat().st_size}\n".encode())
-    h.update(f"pending:{store.catalog.pending_events_table().num_rows}".encode())
-    return h.hexdigest()
-
-
-def take_snapshot(store: Any) -> Snapshot:
-    """Read the events the run trains on once (the columns matrices need: Arrow memory, no rows)."""
-    import polars as pl
-
-    from scalerec.evaluation.splits import load_events
-
-    fingerprint = data_fingerprint(store)
-    n_files = len(store.log.files())
-    pending = int(store.catalog.pending_events_table().num_rows)
-    events = load_events(store)
-    if events.height == 0:
-        raise EmptyDataError(
-            f"the data directory has no events to train on: import some with `scalerec import events FILE` "
-            f"(or `scalerec synth` for a demo store)"
-        )
-    ts = events.select(pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi")).row(0)
-    return Snapshot(events, events.height, ts[0], ts[1], fingerprint, n_files, pending)
-
-
 def _split_options(name: str, settings: "Settings", options: TrainOptions) -> dict[str, Any]:
     test_days = options.test_days if options.test_days is not None else settings.training.test_days
     if name == "temporal":
@@ -246,20 +185,16 @@ def full_matrix(snapshot: Snapshot, settings: "Settings", **overrides: Any) -> "
 def fallback_scores(snapshot: Snapshot, settings: "Settings", item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(popular, trending) float32 per item of ``item_ids`` for serving's fallbacks.
 
-    popular: column sums of the all-data matrix; trending: column sums of the matrix of the last
+    popular: column sums of the all-data weighted counts; trending: the same over the last
     30 days with a 7-day half-life (both on this vocabulary, so they align with the model).
     """
-    from scalerec.data.matrix import build_matrix
+    from scalerec.data.matrix import MatrixSpec
 
-    kw: dict[str, Any] = dict(
-        event_types=settings.events.types,
-        unknown_type_weight=settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,
-        item_ids=item_ids,
-    )
-    pop = build_matrix(snapshot.events, **kw).matrix
-    trend = build_matrix(
-        snapshot.events, window_days=TRENDING_WINDOW_DAYS, half_life_days=TRENDING_HALF_LIFE_DAYS, **kw
-    ).matrix
+    counts = MatrixSpec.from_settings(settings).counts()
+    pop = counts.build(snapshot.events, item_ids=item_ids).matrix
+    trend = counts.with_overrides(
+        {"window_days": TRENDING_WINDOW_DAYS, "half_life_days": TRENDING_HALF_LIFE_DAYS}
+    ).build(snapshot.events, item_ids=item_ids).matrix
     return (
         np.asarray(pop.sum(axis=0), dtype=np.float32).ravel(),
         np.asarray(trend.sum(axis=0), dtype=np.float32).ravel(),
@@ -380,9 +315,8 @@ def production_score(
     if prod is None:
         return None, None, None, None
     try:
-        manifest = prod.manifest()
-        snap_end = (manifest.get("data") or {}).get("max_timestamp")
-        snap_end_dt = datetime.fromisoformat(snap_end) if snap_end else None
+        manifest = prod.typed_manifest()
+        snap_end_dt = manifest.snapshot_end
         name, k, _ = parse_metric(metric)
         if split_start is not None and snap_end_dt is not None and snap_end_dt < split_start:
             loaded = registry.load(prod.version)
@@ -393,8 +327,7 @@ def production_score(
 
             metrics = evaluate(adapter, split, k=(k,), metrics=(name,), on=on, progress=eval_progress)  # type: ignore[arg-type]
             return float(metrics[metric]), prod.version, "artifact", None
-        model_info = manifest.get("model") or {}
-        family, params = model_info.get("family"), model_info.get("params") or {}
+        family, params = manifest.family, manifest.params
         _emit(progress, "gate", 0, 1, f"refitting production {prod.version} ({family}) on the split")
 
         def step(stage: str, done: int, total: int) -> None:
@@ -715,40 +648,49 @@ def _manifest(
     jobs: int,
     trials: int | None,
     minutes: float | None,
-) -> dict[str, Any]:
+) -> "Manifest":
     import platform
 
+    from scalerec.data.matrix import MatrixSpec
     from scalerec.models import MODELS
+    from scalerec.registry import Manifest
 
     klass = MODELS.get(best.family, type(model))  # a cluster twin saves as its base family
-    return {
-        "model": {
-            "family": best.family,
-            "class": f"{klass.__module__}.{klass.__qualname__}",
-            "params": model.get_params(),
-            "matrix_overrides": model.matrix_overrides(),
-        },
-        "primary_metric": metric,
-        "data": {
-            **snapshot.describe(),
+    overrides = model.matrix_overrides()
+    return Manifest(
+        family=best.family,
+        model_class=f"{klass.__module__}.{klass.__qualname__}",
+        params=model.get_params(),
+        matrix_overrides=overrides,
+        matrix=MatrixSpec.from_settings(settings, overrides),
+        matrix_settings=settings.matrix.model_dump(mode="json"),
+        snapshot_start=snapshot.min_timestamp,
+        snapshot_end=snapshot.end,
+        fingerprint=snapshot.fingerprint,
+        event_count=snapshot.event_count,
+        data_extra={
+            **{k: v for k, v in snapshot.describe().items()
+               if k not in ("event_count", "min_timestamp", "max_timestamp", "fingerprint")},
             "n_users": matrix.n_users,
             "n_items": matrix.n_items,
             "nnz": matrix.nnz,
-            "matrix_settings": settings.matrix.model_dump(mode="json"),
         },
-        "split": {**_jsonable(split.summary()), "scored_on": on},
-        "metrics": {split.name: dict(best.best_metrics)},
-        "search": {
-            "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},
-            "families": {f.family: _jsonable(f.to_dict()) for f in families},
+        primary_metric=metric,
+        metrics={split.name: dict(best.best_metrics)},
+        fit_seconds=round(fit_s, 4),
+        peak_rss_bytes=int(peak_rss_bytes),
+        promotion=decision,
+        extra={
+            "split": {**_jsonable(split.summary()), "scored_on": on},
+            "search": {
+                "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},
+                "families": {f.family: _jsonable(f.to_dict()) for f in families},
+            },
+            "scalerec_version": scalerec.__version__,
+            "python": platform.python_version(),
+            "trained_at": datetime.now(timezone.utc).isoformat(),
         },
-        "fit_seconds": round(fit_s, 4),
-        "peak_rss_bytes": int(peak_rss_bytes),
-        "promotion": decision,
-        "scalerec_version": scalerec.__version__,
-        "python": platform.python_version(),
-        "trained_at": datetime.now(timezone.utc).isoformat(),
-    }
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -39,9 +39,9 @@ def should_retrain(
     manifest cannot be read) training is always due. Deleting a user's events lowers the count,
     so deletions delay the next retrain rather than trigger one.
     """
+    from scalerec.data.snapshot import event_count
     from scalerec.data.store import DataStore
     from scalerec.registry import Registry
-    from scalerec.training.pipeline import event_count
 
     if min_new_events < 0:
         from scalerec.errors import ValidationError
@@ -54,8 +54,9 @@ def should_retrain(
     if prod is None:
         return RetrainDecision(True, "no production model yet", None)
     try:
-        snap = prod.manifest().get("data") or {}
-        before = int(snap["event_count"])
+        before = prod.typed_manifest().event_count
+        if before is None:
+            raise KeyError("event_count")
     except Exception as exc:  # noqa: BLE001 - an unreadable production is a reason to retrain
         return RetrainDecision(True, f"production {prod.version} has no readable snapshot ({exc})", None, prod.version)
     new = now_count - before
