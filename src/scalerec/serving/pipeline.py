@@ -99,7 +99,11 @@ def filter_allowed(req: Request, c: Candidates) -> Candidates:
     """Drop padding, non-finite scores and anything not allowed (defence in depth: retrievers
     return allowed items only, but a filtered item must never leak)."""
     ids = c.ids
-    keep = (ids >= 0) & req.allowed[np.maximum(ids, 0)] & np.isfinite(c.scores)
+    keep = ids >= 0
+    if keep.all():  # the usual case: no padding, so no clamped copy of the ids
+        keep = req.allowed[ids] & np.isfinite(c.scores)
+    else:
+        keep &= req.allowed[np.maximum(ids, 0)] & np.isfinite(c.scores)
     return c if keep.all() else _keep(c, keep)
 
 
@@ -125,7 +129,7 @@ def explain_by_seeds(req: Request, c: Candidates) -> Candidates:
     model = st.model
     if not isinstance(model, EmbeddingRecommender) or not len(c.ids) or not len(req.seeds):
         return c
-    vecs = model.item_factors_
+    vecs = np.asarray(model.item_factors_)  # a plain view: np.memmap indexing costs ~5 us a call
     a = np.asarray(vecs[c.ids], dtype=np.float32)
     b = np.asarray(vecs[req.seeds], dtype=np.float32)
     sim = (a @ b.T) / (np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None, :] + 1e-12)
