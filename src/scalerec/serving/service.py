@@ -68,9 +68,6 @@ _NO_FILTER = ItemFilter()
 _PERSONAL_FILLS = ("trending", "popular")
 _POPULAR_FILL = ("popular",)
 
-#: old name of the one-row history builder (now in state, beside the matrix conventions)
-_history_row = history_row
-
 
 class RecommendService:
     """Answers recommendation, catalogue and event requests for one data directory.
