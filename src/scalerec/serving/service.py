@@ -68,6 +68,9 @@ _NO_FILTER = ItemFilter()
 _PERSONAL_FILLS = ("trending", "popular")
 _POPULAR_FILL = ("popular",)
 
+#: the one-row history builder's old name (it moved to state.py, beside the matrix conventions)
+_history_row = history_row
+
 
 class RecommendService:
     """Answers recommendation, catalogue and event requests for one data directory.
