@@ -194,3 +194,49 @@ def test_n_bounds_are_honoured(api1, which: str) -> None:
     assert len(r.json()["items"]) == n
     more = api1.get(f"/v1/users/{_known_user(api1)}/recommendations?n={n_model + 20}&exclude_seen=false&available_only=false")
     assert len(more.json()["items"]) == n_model, "fewer than n eligible: all of them, no padding"
+
+
+@pytest.mark.parametrize("which", ["popular", "trending"])
+def test_popular_and_trending_take_every_list_filter(api1, which: str) -> None:
+    cat = _catalog(api1)
+    counts = Counter(c for r in cat.values() if r["available"] for c in (r["categories"] or []))
+    category, _ = counts.most_common(1)[0]
+    r = api1.get(f"/v1/{which}", params={"n": 25, "exclude_category": category})
+    assert r.status_code == 200, r.text
+    assert len(_ids(r)) == 25 and all(category not in (cat[i]["categories"] or []) for i in _ids(r))
+
+    prices = sorted(p["price"] for p in cat.values() if p["price"] is not None and p["available"])
+    lo, hi = prices[len(prices) // 4], prices[len(prices) // 2]
+    eligible = {i for i, p in cat.items() if p["available"] and p["price"] is not None and lo <= p["price"] <= hi}
+    got = _ids(api1.get(f"/v1/{which}", params={"n": 500, "min_price": lo, "max_price": hi}))
+    assert set(got) == eligible & set(api1.service.live.model.item_ids.tolist()), "exactly the eligible items"
+
+    capped = _ids(api1.get(f"/v1/{which}", params={"n": 8, "max_per_category": 1}))
+    firsts = [(cat[i]["categories"] or [None])[0] for i in capped]
+    assert len(capped) == 8 and len(set(firsts)) == 8
+
+    unavailable = {i for i, r in cat.items() if not r["available"]}
+    assert not unavailable & set(_ids(api1.get(f"/v1/{which}?n=150")))
+    assert unavailable & set(_ids(api1.get(f"/v1/{which}?n=150&available_only=false")))
+
+    both = api1.get(f"/v1/{which}", params={"n": 10, "category": category, "max_per_category": 100})
+    assert len(_ids(both)) == 10 and all(category in cat[i]["categories"] for i in _ids(both))
+
+
+@pytest.mark.parametrize("which", ["popular", "trending"])
+def test_popular_and_trending_reject_bad_filters(api1, which: str) -> None:
+    r = api1.get(f"/v1/{which}", params={"min_price": 9, "max_price": 1})
+    assert r.status_code == 422 and "min_price" in r.json()["error"]["message"]
+    r = api1.get(f"/v1/{which}", params={"max_per_category": 0})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "max_per_category"
+    assert api1.get(f"/v1/{which}?n=0").status_code == 422
+
+
+def test_every_list_endpoint_documents_the_same_filters(api1) -> None:
+    spec = api1.client.get("/openapi.json").json()["paths"]
+    filters = {"category", "exclude_category", "min_price", "max_price", "available_only", "max_per_category"}
+    for path in ("/v1/users/{user_id}/recommendations", "/v1/items/{item_id}/similar", "/v1/popular", "/v1/trending"):
+        names = {p["name"] for p in spec[path]["get"]["parameters"] if p["in"] == "query"}
+        assert filters | {"n"} <= names, path
+    session = spec["/v1/sessions/recommendations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert session["$ref"].endswith("SessionRequest")

@@ -12,6 +12,8 @@ from scalerec.serving.filters import ItemAttributes, ItemFilter, cap_per_group
 from scalerec.serving.index import ExactIndex, FaissIndex, build_index
 from scalerec.serving.realtime import event_type_weights, history_from_events
 
+from _serving_fixtures import api1, base_store  # noqa: F401  (fixtures)
+
 
 def _items(n: int = 200, seed: int = 0) -> tuple[np.ndarray, pa.Table]:
     rng = np.random.default_rng(seed)
@@ -254,3 +256,88 @@ def test_prune_recent_keeps_what_fold_in_can_use(tmp_path) -> None:
         left = [r[0] for r in conn.execute("SELECT item_id FROM serving_recent_events ORDER BY item_id")]
     assert left == ["i1", "i2"]
     assert [r[0] for r in feed.recent_rows("u", snapshot, 10)] == ["i2", "i1"], "newest first, none lost"
+
+
+# ---------------------------------------------------------------------- retrieval and the pipeline
+def _matrix(n_users: int = 60, n_items: int = 40, seed: int = 1):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.15).astype(np.float32)
+    return sp.csr_matrix(dense)
+
+
+def test_embedding_models_declare_the_capability_and_retrieve_through_the_index() -> None:
+    from scalerec.models import ALS, BPR, EASE, ItemKNN
+    from scalerec.models.base import EmbeddingRecommender
+    from scalerec.serving.index import IndexedRecommender, ModelRetriever, retriever_for
+
+    assert issubclass(ALS, EmbeddingRecommender) and issubclass(BPR, EmbeddingRecommender)
+    assert not issubclass(EASE, EmbeddingRecommender) and not issubclass(ItemKNN, EmbeddingRecommender)
+    X = _matrix()
+    als = ALS(factors=8, iterations=3, num_threads=1).fit(X)
+    allowed = np.ones(X.shape[1], dtype=bool)
+    allowed[::3] = False
+    r = retriever_for(als, exact_max_items=1_000)
+    assert isinstance(r, IndexedRecommender) and r.index is not None and r.index.kind == "exact"
+    ids, scores = r.search(r.user_query(5), 7, allowed)
+    want, want_scores = als.recommend(np.array([5]), 7, candidates=np.flatnonzero(allowed))
+    assert ids.tolist() == want[0].tolist() and np.allclose(scores, want_scores[0], atol=1e-5)
+    ids, _ = r.search(r.history_query(X[5]), 7, allowed)
+    assert allowed[ids].all() and len(ids) == 7
+    sim, _ = r.search(r.item_query(4), 5, allowed)
+    assert sim.tolist() == als.similar_items(np.array([4]), 5, candidates=np.flatnonzero(allowed))[0][0].tolist()
+
+    knn = ItemKNN().fit(X)
+    r = retriever_for(knn, exact_max_items=1_000)
+    assert type(r) is ModelRetriever and r.index is None
+    ids, _ = r.search(r.user_query(3), 6, allowed)
+    assert ids.tolist() == knn.recommend(np.array([3]), 6, candidates=np.flatnonzero(allowed))[0][0].tolist()
+
+
+def test_a_reranker_plugs_into_the_pipeline_and_filters_still_hold(api1) -> None:
+    from scalerec.serving.pipeline import DEFAULT, Candidates, Request
+    from scalerec.serving.service import RecommendService
+
+    def reverse(req: Request, c: Candidates) -> Candidates:
+        # a stand-in learned reranker: worst first, its own reasons
+        return Candidates(c.ids[::-1].copy(), c.scores[::-1].copy(), [f"reranked:{r}" for r in c.reasons[::-1]], c.k)
+
+    plain = api1.service
+    reranked = RecommendService(plain.settings, pipeline=DEFAULT.with_rerank(reverse))
+    try:
+        st = plain.live.model
+        user = str(st.user_ids[int(np.argmax(np.diff(np.asarray(st.seen_indptr))))])
+        flt = ItemFilter(max_per_category=2)
+        a = plain.recommend_user(user, 10, flt)
+        b = reranked.recommend_user(user, 10, flt)
+        reasons = [i["reason"] for i in b["items"] if i["reason"] not in ("trending", "popular")]
+        assert len(b["items"]) == 10 and reasons and all(r == "reranked:model" for r in reasons)
+        assert [i["item_id"] for i in a["items"]] != [i["item_id"] for i in b["items"]]
+        cats = reranked.live.items.primary_category[[st.item_col(i["item_id"]) for i in b["items"]]]
+        assert np.bincount(cats[cats >= 0]).max() <= 2, "the cap runs after the reranker"
+        seen = set(st.item_ids[st.seen(st.user_row(user))[0]].tolist())
+        assert not seen & {i["item_id"] for i in b["items"]}
+        # lists that are the same for everyone do not go through the reranker
+        assert reranked.popular(5)["items"] == plain.popular(5)["items"]
+    finally:
+        reranked.close()
+
+
+def test_pipeline_stages_each_keep_their_one_contract(api1) -> None:
+    from scalerec.serving import pipeline as pl
+
+    live = api1.service.live
+    st = live.model
+    allowed = live.items.mask(ItemFilter(max_per_category=1))
+    pins = pl.resolve_pins(live, [str(st.item_ids[st.popular_order[0]]), "no-such-item"], allowed, 5)
+    assert len(pins) == 1 and not allowed[pins].any(), "a pinned item is not retrieved again"
+    req = pl.Request(live, 6, ItemFilter(max_per_category=1), allowed, st.retriever.user_query(0), "model", pins,
+                     ("trending", "popular"))
+    got = pl.DEFAULT.run(req)
+    assert got.rendered is not None and got.rendered[0] == st.item_ids[got.ids].tolist()
+    assert got.reasons[0] == "boosted" and len(got) == 6 and len(set(got.ids.tolist())) == 6
+    padded = pl.Candidates(np.array([3, -1, 5]), np.array([1.0, -np.inf, np.nan], np.float32), ["a", "b", "c"])
+    kept = pl.filter_allowed(pl.Request(live, 3, ItemFilter(), np.ones(st.n_items, bool)), padded)
+    assert kept.ids.tolist() == [3] and kept.reasons == ["a"] and padded.ids.tolist() == [3, -1, 5]
+    assert pl.rerank(req, got) is got

@@ -27,7 +27,8 @@ def test_shape_cells_and_manifest_options() -> None:
 def test_service_folds_in_on_the_scale_the_model_learned(tmp_path) -> None:
     from scalerec.data.store import DataStore
     from scalerec.data.synth import generate_store
-    from scalerec.serving.service import RecommendService, _history_row
+    from scalerec.serving.service import RecommendService
+    from scalerec.serving.state import history_row
     from scalerec.training.pipeline import TrainOptions, train
 
     settings = Settings(data={"dir": tmp_path / "data"}, matrix={"half_life_days": 30.0, "cap": 1.0})
@@ -42,7 +43,7 @@ def test_service_folds_in_on_the_scale_the_model_learned(tmp_path) -> None:
         st = service._live.model
         assert st.cells == {"binary": False, "cap": 1.0}
         # purchases weigh 10 in [events.types]; the model only ever saw cells <= 1
-        row = _history_row(st, np.array([0, 1, 1]), np.array([10.0, 10.0, 4.0]))
+        row = history_row(st, np.array([0, 1, 1]), np.array([10.0, 10.0, 4.0]))
         assert row.data.tolist() == [1.0, 1.0]
         trained = st.seen_data
         assert trained.max() <= 1.0

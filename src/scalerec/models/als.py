@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from scalerec.errors import ValidationError
-from scalerec.models.base import Progress, Recommender, suggest_recency
+from scalerec.models.base import EmbeddingRecommender, Progress, Recommender, suggest_recency
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -18,39 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _FOLD_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-class FactorModel(Recommender):
-    """Shared scoring for factor models: scores = user_factors_[users] @ item_factors_ᵀ.
-
-    Attributes
-    ----------
-    user_factors_ : float32 [n_users, f];  item_factors_ : float32 [n_items, f]
-    """
-
-    user_factors_: np.ndarray
-    item_factors_: np.ndarray
-
-    def _score_block(self, users: np.ndarray) -> np.ndarray:
-        return self.user_factors_[users] @ self.item_factors_.T
-
-    def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
-        return self.fold_in(history) @ self.item_factors_.T
-
-    def _similar_scores(self, items: np.ndarray) -> np.ndarray:
-        # Cosine of item factors, as implicit's similar_items.
-        V = self.item_factors_
-        norms = getattr(self, "_item_norms", None)
-        if norms is None or len(norms) != len(V):
-            norms = np.linalg.norm(V, axis=1).astype(np.float32)
-            norms[norms == 0] = 1.0
-            self._item_norms = norms
-        return (V[items] @ V.T) / (norms[items, None] * norms[None, :])
-
-    @abstractmethod
-    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
-        """User factors float32 [n_rows, f] for history rows, with the item factors held fixed."""
-
-
-class ALS(FactorModel):
+class ALS(EmbeddingRecommender):
     """Implicit-feedback alternating least squares (Hu, Koren, Volinsky 2008) via ``implicit``.
 
     Fitting runs ``implicit.cpu.als.AlternatingLeastSquares`` on the user x item matrix
@@ -131,7 +98,7 @@ class ALS(FactorModel):
         return solve_users(Y, gram, history, float(self.alpha))
 
 
-class BPR(FactorModel):
+class BPR(EmbeddingRecommender):
     """Bayesian personalised ranking (Rendle et al. 2009) via ``implicit``'s CPU SGD.
 
     ``implicit`` appends an item-bias column: item_factors_ is [n_items, f + 1] and every user

@@ -1,4 +1,5 @@
-"""The Recommender contract: hyperparameters, fitted state, batch top-k, fold-in, save/load."""
+"""The Recommender contract (hyperparameters, fitted state, batch top-k, fold-in, save/load) and the
+embedding capability (EmbeddingRecommender) that factor models declare."""
 
 from __future__ import annotations
 
@@ -393,6 +394,44 @@ class Recommender(ABC):
         for name, value in meta["state"].items():
             setattr(model, name, value)
         return model
+
+
+
+class EmbeddingRecommender(Recommender):
+    """A recommender that scores by inner products of learned user and item vectors (ALS, BPR).
+
+    Declaring this base is the capability serving relies on: it retrieves through an ANN index
+    over ``item_factors_`` with ``user_factors_[row]`` (known users) or ``fold_in(history)`` (new
+    ones) as queries, as implicit's ``FaissModel`` wraps a factor model. Subclasses implement
+    ``_fit`` (setting both factor arrays) and ``fold_in``.
+
+    Attributes
+    ----------
+    user_factors_ : float32 [n_users, f];  item_factors_ : float32 [n_items, f]
+    """
+
+    user_factors_: np.ndarray
+    item_factors_: np.ndarray
+
+    @abstractmethod
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """User vectors float32 [n_rows, f] for history rows, with the item factors held fixed."""
+
+    def _score_block(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors_[users] @ self.item_factors_.T
+
+    def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        return self.fold_in(history) @ self.item_factors_.T
+
+    def _similar_scores(self, items: np.ndarray) -> np.ndarray:
+        # Cosine of item factors, as implicit's similar_items.
+        V = self.item_factors_
+        norms = getattr(self, "_item_norms", None)
+        if norms is None or len(norms) != len(V):
+            norms = np.linalg.norm(V, axis=1).astype(np.float32)
+            norms[norms == 0] = 1.0
+            self._item_norms = norms
+        return (V[items] @ V.T) / (norms[items, None] * norms[None, :])
 
 
 # ---------------------------------------------------------------------- helpers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from threading import Lock
 from typing import Any
@@ -58,6 +58,20 @@ class ItemFilter:
         for v in values:
             out.extend(p.strip() for p in str(v).split(",") if p.strip())
         return tuple(dict.fromkeys(out))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "ItemFilter":
+        """The filter of a list request's values, keyed as the API names them (``category``,
+        ``exclude_category``, ``min_price``, ``max_price``, ``available_only``, ``max_per_category``):
+        the one mapping used by query strings and JSON bodies alike."""
+        return cls(
+            categories=cls.split(values.get("category")),
+            exclude_categories=cls.split(values.get("exclude_category")),
+            min_price=values.get("min_price"),
+            max_price=values.get("max_price"),
+            available_only=True if values.get("available_only") is None else bool(values["available_only"]),
+            max_per_category=values.get("max_per_category"),
+        )
 
     def without_availability(self) -> "ItemFilter":
         return replace(self, available_only=False)

@@ -1,4 +1,5 @@
-"""Item retrieval for embedding models: exact inner-product search, or FAISS (HNSW/IVF) above a size.
+"""Item retrieval: exact inner-product search or FAISS (HNSW/IVF) above a size for embedding models,
+wrapped with the model into one :class:`Retriever` (:func:`retriever_for`) that serving searches.
 
 Both indexes answer ``search(queries, k, allowed=mask)`` with exactly ``min(k, count_nonzero(allowed))``
 results per query: the approximate one searches with a FAISS ``IDSelectorBitmap`` (so filtered-out
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from scalerec.errors import ValidationError
-from scalerec.models.base import top_k  # one row-wise top-k for models and serving
+from scalerec.models.base import EmbeddingRecommender, Recommender, top_k  # one row-wise top-k for models and serving
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
 
@@ -275,3 +277,102 @@ def build_index(
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
+
+
+# ---------------------------------------------------------------------- retrieval over a model
+class Retriever(Protocol):
+    """Top-k items for one query among the allowed ones: the single retrieval path of serving.
+
+    A query is prepared once per request (:meth:`user_query`, :meth:`history_query`,
+    :meth:`item_query`) and searched with a growing ``k`` when filters leave too few. ``search``
+    returns 1-d (ids int64, scores float32), best first, -1/-inf padded; only allowed items.
+    """
+
+    model: Recommender
+
+    def user_query(self, row: int) -> object: ...
+
+    def history_query(self, history: sp.csr_matrix) -> object: ...
+
+    def item_query(self, col: int) -> object: ...
+
+    def search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class _ItemQuery(int):
+    """An item column to find similar items to (typed so ``search`` tells it from a user row)."""
+
+
+def _candidates(allowed: np.ndarray) -> np.ndarray | None:
+    return None if allowed.all() else np.flatnonzero(allowed)
+
+
+class ModelRetriever:
+    """Retrieval by the model's own scoring (``recommend`` / ``recommend_history`` /
+    ``similar_items`` restricted to the allowed items): models without item vectors."""
+
+    index: ItemIndex | None = None
+
+    def __init__(self, model: Recommender) -> None:
+        self.model = model
+
+    def user_query(self, row: int) -> object:
+        return int(row)
+
+    def history_query(self, history: sp.csr_matrix) -> object:
+        return history
+
+    def item_query(self, col: int) -> object:
+        return _ItemQuery(col)
+
+    def search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cand = _candidates(allowed)
+        if isinstance(query, _ItemQuery):
+            ids, scores = self.model.similar_items(np.array([int(query)]), k, candidates=cand)
+        elif isinstance(query, int):
+            ids, scores = self.model.recommend(np.array([query]), k, candidates=cand)
+        else:
+            ids, scores = self.model.recommend_history(query, k, candidates=cand)
+        return ids[0], scores[0]
+
+
+class IndexedRecommender(ModelRetriever):
+    """An :class:`~scalerec.models.base.EmbeddingRecommender` served through an :class:`ItemIndex`
+    over its item vectors (as implicit's ``FaissModel`` wraps a fitted model).
+
+    User queries are the model's user vectors (known users) or its fold-in of a history (new
+    ones); similar items stay the model's exact cosine, restricted to the allowed items.
+    """
+
+    def __init__(self, model: EmbeddingRecommender, index: ItemIndex) -> None:
+        super().__init__(model)
+        self.index = index
+        # Plain ndarray views of the memory maps (no copy, pages still shared by workers):
+        # indexing a np.memmap pays ~5 us of subclass bookkeeping per call on the hot path.
+        self.user_vectors = np.asarray(model.user_factors_)
+        self.item_vectors = np.asarray(model.item_factors_)
+
+    def user_query(self, row: int) -> object:
+        return np.asarray(self.user_vectors[row : row + 1], dtype=np.float32)
+
+    def history_query(self, history: sp.csr_matrix) -> object:
+        return self.model.fold_in(history)
+
+    def search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(query, _ItemQuery):
+            return super().search(query, k, allowed)
+        ids, scores = self.index.search(query, k, allowed=allowed)  # type: ignore[union-attr, arg-type]
+        return ids[0], scores[0]
+
+
+def retriever_for(
+    model: Recommender, *, exact_max_items: int, cache_path: Path | None = None
+) -> ModelRetriever:
+    """The retrieval path of a fitted model: an index over its item vectors when it declares the
+    embedding capability, its own scoring otherwise."""
+    if isinstance(model, EmbeddingRecommender):
+        index = build_index(
+            np.asarray(model.item_factors_), exact_max_items=exact_max_items, cache_path=cache_path
+        )
+        return IndexedRecommender(model, index)
+    return ModelRetriever(model)

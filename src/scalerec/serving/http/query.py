@@ -52,6 +52,8 @@ USER_PARAMS = (
     *CONTEXT_PARAMS,
 )
 SIMILAR_PARAMS = (N_PARAM, *FILTER_PARAMS, *CONTEXT_PARAMS)
+#: popular and trending: the same filters as every other list
+LIST_PARAMS = (N_PARAM, *FILTER_PARAMS)
 
 
 def _bad(p: Param, raw: Any, message: str) -> ValidationError:
@@ -118,14 +120,7 @@ def parse(query: QueryParams, params: tuple[Param, ...]) -> dict[str, Any]:
 
 
 def item_filter(values: dict[str, Any]) -> ItemFilter:
-    return ItemFilter(
-        categories=ItemFilter.split(values.get("category")),
-        exclude_categories=ItemFilter.split(values.get("exclude_category")),
-        min_price=values.get("min_price"),
-        max_price=values.get("max_price"),
-        available_only=values.get("available_only", True),
-        max_per_category=values.get("max_per_category"),
-    )
+    return ItemFilter.from_values(values)
 
 
 def context(values: dict[str, Any]) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Request
 from starlette.responses import Response
 
 from scalerec.serving.filters import ItemFilter
@@ -17,7 +17,6 @@ from scalerec.serving.service import RecommendService
 # indexed SQLite read, cheaper on the event loop than a hop through the thread pool.
 router = APIRouter(tags=["recommendations"], dependencies=[ReadRole])
 
-N = Annotated[int, Query(ge=1, le=10_000, description="number of items (at most serving.max_n, 500 by default)")]
 Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
@@ -54,24 +53,24 @@ def add_hot_routes(app: FastAPI, prefix: str) -> None:
                                  dependencies=[ReadRole], route_class_override=HotRoute)
 
 
-@router.get("/popular", response_model=RecommendationList)
-async def popular(
-    service: Service, n: N = 20,
-    category: Annotated[list[str] | None, Query(description="only these categories")] = None,
-    available_only: bool = True,
-) -> Response:
-    """The most popular items overall or in some categories."""
-    return json_response(service.popular(n, ItemFilter(categories=ItemFilter.split(category), available_only=available_only)))
+async def popular(request: Request) -> Response:
+    """The most popular items, under the same filters as every list."""
+    q = query.list_query(request.scope, query.LIST_PARAMS)
+    service: RecommendService = request.app.state.service
+    return json_response(service.popular(q.values["n"], q.filter))
 
 
-@router.get("/trending", response_model=RecommendationList)
-async def trending(
-    service: Service, n: N = 20,
-    category: Annotated[list[str] | None, Query(description="only these categories")] = None,
-    available_only: bool = True,
-) -> Response:
-    """The items with the highest recent (time-decayed) activity."""
-    return json_response(service.trending(n, ItemFilter(categories=ItemFilter.split(category), available_only=available_only)))
+async def trending(request: Request) -> Response:
+    """The items with the highest recent (time-decayed) activity, under the same filters as every list."""
+    q = query.list_query(request.scope, query.LIST_PARAMS)
+    service: RecommendService = request.app.state.service
+    return json_response(service.trending(q.values["n"], q.filter))
+
+
+# Filters parsed and documented from the one table (query.LIST_PARAMS), as the hot routes are.
+for _path, _endpoint in (("/popular", popular), ("/trending", trending)):
+    router.add_api_route(_path, _endpoint, methods=["GET"], response_model=RecommendationList,
+                         openapi_extra=query.openapi(query.LIST_PARAMS), route_class_override=HotRoute)
 
 
 @router.post("/rank", response_model=RankResponse)
@@ -83,11 +82,7 @@ def rank(service: Service, body: RankRequest) -> Response:
 @router.post("/sessions/recommendations", response_model=RecommendationList)
 def session_recommendations(service: Service, body: SessionRequest) -> Response:
     """Recommendations for an anonymous visitor from the items they touched."""
-    flt = ItemFilter(
-        categories=ItemFilter.split(body.category), exclude_categories=ItemFilter.split(body.exclude_category),
-        min_price=body.min_price, max_price=body.max_price, available_only=body.available_only,
-        max_per_category=body.max_per_category,
-    )
+    flt = ItemFilter.from_values(body.model_dump())
     ctx = {k: str(v) for k, v in (body.context or {}).items()}
     return json_response(service.recommend_session(
         body.item_ids, body.n, flt, exclude_seen=body.exclude_seen, event_types=body.event_types, context=ctx
