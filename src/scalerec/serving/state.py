@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from scalerec.data.matrix import cell_options, shape_cells
+from scalerec.data.matrix import shape_cells
+from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
 from scalerec.monitoring import metrics
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes, item_table_from_rows
@@ -100,30 +101,15 @@ def _find(vocab: np.ndarray, key: str) -> int:
 
 
 # ---------------------------------------------------------------------- the model's data conventions
-# The only place serving reads the manifest's data window and matrix cell convention.
-def _snapshot_time(manifest: dict[str, Any]) -> datetime | None:
-    """When the model's data ends, from the manifest (several spellings accepted); None if unknown."""
-    data = manifest.get("data") or manifest.get("snapshot") or {}
-    candidates = []
-    if isinstance(data, dict):
-        for key in ("snapshot_at", "end", "max_timestamp", "newest_event", "time_max", "taken_at"):
-            if data.get(key):
-                candidates.append(data[key])
-        rng = data.get("time_range") or data.get("date_range")
-        if isinstance(rng, (list, tuple)) and len(rng) == 2 and rng[1]:
-            candidates.append(rng[1])
-    for c in candidates:
-        try:
-            ts = datetime.fromisoformat(str(c).replace("Z", "+00:00"))
-            return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-    return None
-
-
 def data_conventions(manifest: dict[str, Any]) -> tuple[datetime | None, dict[str, Any]]:
-    """(snapshot time, cell options) of a model version, from its manifest."""
-    return _snapshot_time(manifest), cell_options(manifest)
+    """(snapshot end, cell options) of a model version: the typed manifest is the one reader."""
+    typed = Manifest.from_dict(manifest)
+    return typed.snapshot_end, typed.matrix.cells()
+
+
+def _snapshot_time(manifest: dict[str, Any]) -> datetime | None:
+    """When the model's data ends, from the manifest; None if unknown."""
+    return Manifest.from_dict(manifest).snapshot_end
 
 
 def history_row(st: ModelState, cols: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
