@@ -32,11 +32,14 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def fresh_registries(monkeypatch):
+def fresh_registries():
     """Registrations made by a test disappear after it (copies of the registry dicts)."""
-    for module, names in ((presets_module, ("_ENTRIES", "_KEYS")), (splits_module, ("_SPLIT_ENTRIES", "_SPLIT_KEYS"))):
-        for name in names:
-            monkeypatch.setattr(module, name, dict(getattr(module, name)))
+    registries = (presets_module.PRESET_REGISTRY, splits_module.SPLIT_REGISTRY)
+    split_names()  # built-ins first, as in a real run (they load on the first lookup)
+    states = [r.snapshot() for r in registries]
+    yield
+    for registry, state in zip(registries, states):
+        registry.restore(state)
 
 
 def events_table(n_users: int = 6, days: int = 40) -> pa.Table:

@@ -14,11 +14,13 @@ import scipy.sparse as sp
 
 from scalerec.config import EventType, Settings
 from scalerec.data.matrix import InteractionMatrix, build_matrix
-from scalerec.errors import ConfigError, EmptyDataError, ValidationError
+from scalerec.errors import EmptyDataError, ValidationError
+from scalerec.plugins import NamedRegistry
 
 __all__ = [
     "SPLITS",
     "Split",
+    "SPLIT_REGISTRY",
     "SplitEntry",
     "load_events",
     "make_split",
@@ -684,12 +686,10 @@ class SplitEntry:
     help: str = ""
 
 
-_SPLIT_ENTRIES: dict[str, SplitEntry] = {}
-_SPLIT_KEYS: dict[str, str] = {}
-
-
-def _split_key(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
+#: The named splits (core ones below, dataset protocols from scalerec.datasets).
+SPLIT_REGISTRY: NamedRegistry[SplitEntry] = NamedRegistry(
+    "split", lambda name, names: ValidationError(f"unknown split {name!r}; choose one of {', '.join(names)}")
+)
 
 
 def register_split(
@@ -708,54 +708,32 @@ def register_split(
     by another split; registering the same name again replaces it.
     """
     entry = SplitEntry(name, fn, uses_settings, tuple(options), default_test_days, tuple(aliases), help)
-    keys = {_split_key(name), *map(_split_key, aliases)}
-    for key in keys:
-        owner = _SPLIT_KEYS.get(key)
-        if owner is not None and owner != name:
-            raise ConfigError(f"split name {key!r} is taken by split {owner!r}; register {name!r} under another name")
-    for key in [k for k, v in _SPLIT_KEYS.items() if v == name]:
-        del _SPLIT_KEYS[key]
-    _SPLIT_ENTRIES[name] = entry
-    for key in keys:
-        _SPLIT_KEYS[key] = name
-    return entry
-
-
-def _load_plugins() -> None:
-    from scalerec.data.importers.presets import load_builtin_plugins
-
-    load_builtin_plugins()
+    return SPLIT_REGISTRY.add(name, entry, tuple(aliases))
 
 
 def split_names() -> tuple[str, ...]:
     """Registered split names, core splits first."""
-    _load_plugins()
-    return tuple(_SPLIT_ENTRIES)
+    return SPLIT_REGISTRY.names()
 
 
 def split_entry(name: str) -> SplitEntry:
     """The split registered as ``name`` or one of its aliases; ValidationError naming the choices."""
-    _load_plugins()
-    owner = _SPLIT_KEYS.get(_split_key(name))
-    if owner is None:
-        raise ValidationError(f"unknown split {name!r}; choose one of {', '.join(_SPLIT_ENTRIES)}")
-    return _SPLIT_ENTRIES[owner]
+    return SPLIT_REGISTRY.get(name)
 
 
 class _SplitTable(Mapping[str, Callable[..., Split]]):
     """``SPLITS``: name -> function, a read-only view of the registry (plug-ins loaded on first use)."""
 
     def __getitem__(self, name: str) -> Callable[..., Split]:
-        _load_plugins()
-        return _SPLIT_ENTRIES[name].fn
+        if name not in SPLIT_REGISTRY.names():
+            raise KeyError(name)
+        return SPLIT_REGISTRY.get(name).fn
 
     def __iter__(self):  # noqa: ANN204 - Mapping protocol
-        _load_plugins()
-        return iter(list(_SPLIT_ENTRIES))
+        return iter(SPLIT_REGISTRY.names())
 
     def __len__(self) -> int:
-        _load_plugins()
-        return len(_SPLIT_ENTRIES)
+        return len(SPLIT_REGISTRY.names())
 
 
 #: Named splits for ``scalerec evaluate --split NAME``: each takes (events, **options).

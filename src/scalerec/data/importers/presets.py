@@ -1,12 +1,11 @@
 """Import stage 4, presets: named recipes for well-known files and the registry they live in.
 
 A dataset plug-in (``scalerec.datasets``) calls ``register_preset``; ``--preset NAME`` looks the
-name up here. The built-in plug-ins are imported on the first lookup, so the core never names them.
+name up here. The built-in plug-ins are imported on the first lookup (scalerec.plugins).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +17,13 @@ import pyarrow as pa
 
 from scalerec.data.importers.mapping import Stage
 from scalerec.data.importers.sources import SourceSpec
-from scalerec.errors import ConfigError, DataImportError
+from scalerec.errors import DataImportError
+from scalerec.plugins import NamedRegistry
 
 __all__ = [
-    "Aggregator", "Preset", "PresetEntry", "need_columns", "preset_entry", "preset_help", "preset_names",
+    "PRESET_REGISTRY", "Aggregator", "Preset", "PresetEntry", "need_columns", "preset_entry", "preset_help", "preset_names",
     "register_preset", "resolve_preset",
 ]
-
-#: The package whose import registers the built-in presets (and dataset splits).
-BUILTIN_PLUGINS = "scalerec.datasets"
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -138,13 +134,9 @@ class PresetEntry:
     help: str = ""
 
 
-_ENTRIES: dict[str, PresetEntry] = {}
-_KEYS: dict[str, str] = {}  # normalised name or alias -> name
-_builtins_loaded = False
-
-
-def _key(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
+PRESET_REGISTRY: NamedRegistry[PresetEntry] = NamedRegistry(
+    "preset", lambda name, names: DataImportError(f"unknown preset {name!r}; use one of {', '.join(names)}")
+)
 
 
 def _by_kind(name: str, presets: Mapping[str, Preset]) -> PresetResolver:
@@ -170,48 +162,22 @@ def register_preset(
     Raises ConfigError when the name or an alias is taken by another preset.
     """
     resolve = _by_kind(name, presets) if isinstance(presets, Mapping) else presets
-    entry = PresetEntry(name, resolve, tuple(aliases), help)
-    for key in {_key(name), *map(_key, aliases)}:
-        owner = _KEYS.get(key)
-        if owner is not None and owner != name:
-            raise ConfigError(f"preset name {key!r} is taken by preset {owner!r}; register {name!r} under another name")
-    previous = _ENTRIES.pop(name, None)
-    if previous is not None:  # re-registration replaces the entry and its aliases
-        for key in [k for k, v in _KEYS.items() if v == name]:
-            del _KEYS[key]
-    _ENTRIES[name] = entry
-    for key in {_key(name), *map(_key, aliases)}:
-        _KEYS[key] = name
-    return entry
-
-
-def load_builtin_plugins() -> None:
-    """Import the built-in dataset plug-ins once (they register their presets and splits)."""
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        importlib.import_module(BUILTIN_PLUGINS)
+    return PRESET_REGISTRY.add(name, PresetEntry(name, resolve, tuple(aliases), help), tuple(aliases))
 
 
 def preset_names() -> tuple[str, ...]:
     """Registered preset names, in registration order."""
-    load_builtin_plugins()
-    return tuple(_ENTRIES)
+    return PRESET_REGISTRY.names()
 
 
 def preset_entry(name: str) -> PresetEntry:
     """The entry registered as ``name`` or one of its aliases (case, '_' and '-' alike)."""
-    load_builtin_plugins()
-    owner = _KEYS.get(_key(name))
-    if owner is None:
-        raise DataImportError(f"unknown preset {name!r}; use one of {', '.join(_ENTRIES)}")
-    return _ENTRIES[owner]
+    return PRESET_REGISTRY.get(name)
 
 
 def preset_help() -> str:
     """'a (what a reads) or b (...)': the --preset help, from the registry."""
-    load_builtin_plugins()
-    parts = [f"{e.name} ({e.help})" if e.help else e.name for e in _ENTRIES.values()]
+    parts = [f"{e.name} ({e.help})" if e.help else e.name for e in PRESET_REGISTRY.entries()]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
