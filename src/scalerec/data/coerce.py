@@ -343,17 +343,23 @@ def parse_timestamps(arr: pa.Array | pa.ChunkedArray, fmt: str | None) -> tuple[
 
 def json_string_lists(texts: pa.Array) -> pa.Array:
     """JSON arrays of scalars to list<string> (null where not a flat JSON array), via DuckDB."""
+    out = _duckdb_rows(texts, "SELECT try_cast(try_cast(s AS JSON) AS VARCHAR[]) AS v FROM src ORDER BY i")
+    return combine(out.column("v")).cast(pa.list_(pa.string()))
+
+
+def _duckdb_rows(s: pa.Array, sql: str) -> pa.Table:
+    """Run ``sql`` over table ``src`` (columns ``i``: row number, ``s``: the values) in DuckDB.
+
+    The row number keeps the output in input order whatever DuckDB's parallelism does.
+    """
     import duckdb
 
     con = duckdb.connect()
     try:
-        con.register("src", pa.table({"i": np.arange(len(texts), dtype=np.int64), "s": texts}))
-        out = con.sql(
-            "SELECT try_cast(try_cast(s AS JSON) AS VARCHAR[]) AS v FROM src ORDER BY i"
-        ).to_arrow_table()
+        con.register("src", pa.table({"i": np.arange(len(s), dtype=np.int64), "s": s}))
+        return con.sql(sql).to_arrow_table()
     finally:
         con.close()
-    return combine(out.column("v")).cast(pa.list_(pa.string()))
 
 
 def to_flat_maps(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
@@ -430,14 +436,9 @@ def _struct_to_map(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 def json_maps(s: pa.Array) -> tuple[pa.Array, pa.Array]:
     """JSON-object strings to flat maps, parsed vectorised by DuckDB's JSON extension."""
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        # The row number keeps the output in input order whatever DuckDB's parallelism does.
-        con.register("src", pa.table({"i": np.arange(len(s), dtype=np.int64), "s": s}))
-        q = con.sql(
-            """
+    q = _duckdb_rows(
+        s,
+        """
             WITH p AS (SELECT i, s, try_cast(try_cast(s AS JSON) AS MAP(VARCHAR, JSON)) AS m FROM src)
             SELECT s IS NOT NULL AND m IS NULL AS not_object,
                    coalesce(list_bool_or(list_transform(map_values(m),
@@ -445,10 +446,8 @@ def json_maps(s: pa.Array) -> tuple[pa.Array, pa.Array]:
                    map_from_entries(list_transform(map_entries(m),
                        lambda e: {'key': e.key, 'value': e.value ->> '$'})) AS mm
             FROM p ORDER BY i
-            """
-        ).to_arrow_table()
-    finally:
-        con.close()
+            """,
+    )
     mm = combine(q.column("mm"))
     bad = pc.or_(combine(q.column("not_object")), combine(q.column("nested")))
     maps = build_map(mm.offsets, pc.cast(mm.keys, pa.string()), pc.cast(mm.items, pa.string()), mm.is_null())
@@ -617,12 +616,5 @@ def json_texts(arr: pa.Array) -> pa.Array:
     arr = combine(arr)
     if arr.null_count == len(arr):
         return pa.nulls(len(arr), pa.string())
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("src", pa.table({"i": np.arange(len(arr), dtype=np.int64), "v": arr}))
-        out = con.sql("SELECT CAST(to_json(v) AS VARCHAR) AS v FROM src ORDER BY i").to_arrow_table()
-    finally:
-        con.close()
+    out = _duckdb_rows(arr, "SELECT CAST(to_json(s) AS VARCHAR) AS v FROM src ORDER BY i")
     return combine(out.column("v")).cast(pa.string())
