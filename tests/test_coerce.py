@@ -90,3 +90,10 @@ def test_json_texts_round_trip_through_json_maps_and_lists() -> None:
     lists = coerce.json_texts(pa.array([["x", "y"]], pa.list_(pa.string())))
     assert coerce.json_string_lists(lists).to_pylist() == [["x", "y"]]
     assert coerce.json_texts(pa.nulls(2, FLAT_MAP)).to_pylist() == [None, None]
+
+
+def test_all_null_columns_skip_duckdb() -> None:
+    maps, bad = coerce.json_maps(pa.nulls(3, pa.string()))
+    assert maps.type == FLAT_MAP and maps.to_pylist() == [None] * 3 and bad.to_pylist() == [False] * 3
+    lists = coerce.json_string_lists(pa.nulls(2, pa.string()))
+    assert lists.type == pa.list_(pa.string()) and lists.to_pylist() == [None, None]

@@ -343,6 +343,8 @@ def parse_timestamps(arr: pa.Array | pa.ChunkedArray, fmt: str | None) -> tuple[
 
 def json_string_lists(texts: pa.Array) -> pa.Array:
     """JSON arrays of scalars to list<string> (null where not a flat JSON array), via DuckDB."""
+    if texts.null_count == len(texts):
+        return pa.nulls(len(texts), pa.list_(pa.string()))
     out = _duckdb_rows(texts, "SELECT try_cast(try_cast(s AS JSON) AS VARCHAR[]) AS v FROM src ORDER BY i")
     return combine(out.column("v")).cast(pa.list_(pa.string()))
 
@@ -436,6 +438,8 @@ def _struct_to_map(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 def json_maps(s: pa.Array) -> tuple[pa.Array, pa.Array]:
     """JSON-object strings to flat maps, parsed vectorised by DuckDB's JSON extension."""
+    if s.null_count == len(s):
+        return pa.nulls(len(s), FLAT_MAP), pa.array(np.zeros(len(s), dtype=bool))
     q = _duckdb_rows(
         s,
         """
