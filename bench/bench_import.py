@@ -101,7 +101,7 @@ def make_csv(n_events: int, out: Path, seed: int = 0) -> None:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    from scalerec.data import synth
+    from scalerec.datasets import synth
     from scalerec.data.export import csv_schema, flatten_for_csv
     from scalerec.data.schema import EVENT_SCHEMA
 

@@ -65,7 +65,7 @@ def child_make_store(root: str, events: int, users: int, items: int, days: int, 
     """Generate the synthetic store (in a child: the parent stays small, see ensure_store)."""
     from scalerec.config import Settings
     from scalerec.data.store import DataStore
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
 
     store = DataStore.open(Settings(data={"dir": root}))
     report = generate_store(store, n_users=users, n_items=items, n_events=events, seed=seed, days=days)

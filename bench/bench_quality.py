@@ -35,7 +35,8 @@ from scalerec.config import Settings
 from scalerec.data.importers import import_file
 from scalerec.data.matrix import InteractionMatrix
 from scalerec.data.store import DataStore
-from scalerec.evaluation import Split, compare, online_retail_protocol
+from scalerec.datasets.online_retail import online_retail_protocol
+from scalerec.evaluation import Split, compare
 from scalerec.models import make_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """RecommendService in-process: this checkout against an older one on the same store, in one run.
 
-Builds a synthetic store (``scalerec.data.synth``) with one trained ALS version, extracts the
+Builds a synthetic store (``scalerec.datasets.synth``) with one trained ALS version, extracts the
 baseline's ``src`` (``git archive <ref>``, default ``main``) unless ``--baseline-src`` is given,
 then times ``recommend_user`` / ``similar_items`` / ``popular`` / ``trending`` /
 ``recommend_session`` per call in child processes, one per code version, alternating
@@ -39,7 +39,7 @@ OPS = ("user", "user_filtered", "user_boosted", "similar", "similar_filtered", "
 def build_store(data_dir: Path, users: int, items: int, events: int) -> None:
     from scalerec.config import Settings
     from scalerec.data.store import DataStore
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
     from scalerec.training.pipeline import TrainOptions, train
 
     settings = Settings(data={"dir": data_dir})

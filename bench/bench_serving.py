@@ -71,7 +71,7 @@ def build_store(data_dir: Path, users: int, items: int, events: int, factors: in
     from scalerec.config import Settings
     from scalerec.data.matrix import matrix_from_settings
     from scalerec.data.store import DataStore
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
     from scalerec.models import make_model
     from scalerec.registry import Registry
 

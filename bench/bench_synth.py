@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from _common import MIB, PeakRSS, append_result, load_line, machine_info
-from scalerec.data.synth import event_chunks, make_catalog, make_users
+from scalerec.datasets.synth import event_chunks, make_catalog, make_users
 
 
 def _progress(console: Console, label: str) -> Progress:
@@ -72,7 +72,7 @@ def bench_store(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Time generate_store into ``args.store`` (event log + catalogue), end to end."""
     from scalerec.config import Settings
     from scalerec.data.store import DataStore
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
 
     root = Path(args.store)
     if root.exists() and args.overwrite:

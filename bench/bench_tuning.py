@@ -157,7 +157,8 @@ def part_nested(store: Any, family: str, args: argparse.Namespace, work: Path) -
     import polars as pl
 
     from scalerec.cluster import LocalExecutor
-    from scalerec.evaluation.splits import load_events, online_retail_protocol
+    from scalerec.datasets.online_retail import online_retail_protocol
+    from scalerec.evaluation.splits import load_events
     from scalerec.training.pipeline import fixed_params
     from scalerec.training.tuning import fit_and_evaluate, prime_split, tune_family
 
@@ -203,7 +204,8 @@ def part_speedup(store: Any, args: argparse.Namespace, work: Path) -> list[dict[
     import optuna
     from scalerec.cluster import LocalExecutor
     from scalerec.config import Settings
-    from scalerec.evaluation.splits import load_events, online_retail_protocol
+    from scalerec.datasets.online_retail import online_retail_protocol
+    from scalerec.evaluation.splits import load_events
     from scalerec.training.pipeline import fixed_params
     from scalerec.training.tuning import prime_split, tune_family
     from threadpoolctl import threadpool_limits

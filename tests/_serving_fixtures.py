@@ -18,7 +18,7 @@ N_USERS, N_ITEMS, N_EVENTS = 300, 150, 20_000
 def build_store(data_dir: Path, *, family: str = "als") -> Settings:
     """Synthetic shop + one trained, promoted version of ``family`` (a few seconds)."""
     from scalerec.data.store import DataStore
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
     from scalerec.training.pipeline import TrainOptions, train
 
     settings = Settings(data={"dir": data_dir})

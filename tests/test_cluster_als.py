@@ -179,7 +179,8 @@ def test_online_retail_protocol_loss_and_recall_match_single_machine_within_1pct
     from scalerec.config import Settings
     from scalerec.data.importers import import_file
     from scalerec.data.store import DataStore
-    from scalerec.evaluation import evaluate, online_retail_protocol
+    from scalerec.datasets.online_retail import online_retail_protocol
+    from scalerec.evaluation import evaluate
 
     store = DataStore.open(Settings(data={"dir": tmp_path}))
     import_file(store, "events", CSV, preset="online-retail")

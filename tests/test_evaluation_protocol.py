@@ -10,7 +10,8 @@ import pytest
 from scalerec.config import Settings
 from scalerec.data.importers import import_file
 from scalerec.data.store import DataStore
-from scalerec.evaluation import evaluate, online_retail_protocol
+from scalerec.datasets.online_retail import online_retail_protocol
+from scalerec.evaluation import evaluate
 from scalerec.models import make_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "online-retail"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from scalerec.errors import StorageError
-from scalerec.evaluation import compare, online_retail_protocol, split_temporal, write_html_report
-from scalerec.evaluation.splits import ONLINE_RETAIL_ATTRIBUTION
+from scalerec.datasets.online_retail import ONLINE_RETAIL_ATTRIBUTION, online_retail_protocol
+from scalerec.evaluation import compare, split_temporal, write_html_report
 from scalerec.models import make_model
 from test_evaluation_evaluate import popularity_rows
 from test_evaluation_splits import events_table

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pytest
 
 from scalerec.config import Settings
+from scalerec.datasets.online_retail import online_retail_protocol
 from scalerec.data.schema import EVENT_SCHEMA
 from scalerec.errors import EmptyDataError, ValidationError
 from scalerec.evaluation.splits import (
     SPLITS,
     Split,
     make_split,
-    online_retail_protocol,
     split_leave_last,
     split_random,
     split_temporal,

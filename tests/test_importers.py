@@ -18,8 +18,11 @@ import pytest
 from scalerec.config import Settings
 from scalerec.data import importers as im
 from scalerec.data.importers import import_file
+from scalerec.data.importers.report import Staging
+from scalerec.data.importers.sources import _SeparatorRewriter
 from scalerec.data.schema import FLAT_MAP
 from scalerec.data.store import DataStore
+from scalerec.datasets import online_retail
 from scalerec.errors import DataImportError, EmptyDataError, ValidationError
 
 UTC = dt.timezone.utc
@@ -379,7 +382,7 @@ def test_failed_items_import_leaves_the_catalogue_unchanged(store, tmp_path):
 
 
 def test_big_items_file_is_staged_on_disk_and_cleaned_up(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(im._Staging, "MEMORY_BYTES", 1)  # spill from the first chunk on
+    monkeypatch.setattr(Staging, "MEMORY_BYTES", 1)  # spill from the first chunk on
     rows = "".join(f"it{i},Item {i},{i % 13}\n" for i in range(3000))
     report = import_file(store, "items", write(tmp_path / "items.csv", "item_id,title,price\n" + rows), chunk_rows=1000)
     assert report.imported == 3000 and store.catalog.count_items() == 3000
@@ -427,7 +430,7 @@ C536379,85123A,WHITE HANGING HEART,-2,2010-12-01 09:41:00,2.95,17850.0,United Ki
 def test_online_retail_events(store, tmp_path):
     report = import_file(store, "events", write(tmp_path / "retail.csv", RETAIL), preset="online-retail")
     assert (report.rows_read, report.imported, report.rejected) == (7, 6, 0)
-    assert report.filtered == {im._RETAIL_ADJUSTMENT: 1}  # 536545: negative quantity, not a "C" invoice
+    assert report.filtered == {online_retail._RETAIL_ADJUSTMENT: 1}  # 536545: negative quantity, not a "C" invoice
     rows = store.log.read().to_pylist()
     by_invoice = {(r["context"] and dict(r["context"])["invoice"], r["item_id"]): r for r in rows}
     ret = by_invoice[("C536379", "85123A")]
@@ -543,7 +546,7 @@ def test_generic_dat_file_has_numbered_columns(store, tmp_path):
 
 def test_separator_rewriter_handles_separators_split_across_reads():
     data = b"1::abc::x:y::2\n33::4::5\n"
-    stream = im._SeparatorRewriter(pa.BufferReader(data), "::", "\x1f")
+    stream = _SeparatorRewriter(pa.BufferReader(data), "::", "\x1f")
     out = b""
     while True:
         piece = stream.read(3)  # tiny reads: "::" lands on every boundary position

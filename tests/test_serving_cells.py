@@ -26,7 +26,7 @@ def test_shape_cells_and_manifest_options() -> None:
 @pytest.mark.slow
 def test_service_folds_in_on_the_scale_the_model_learned(tmp_path) -> None:
     from scalerec.data.store import DataStore
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
     from scalerec.serving.service import RecommendService
     from scalerec.serving.state import history_row
     from scalerec.training.pipeline import TrainOptions, train

@@ -10,7 +10,7 @@ import pytest
 from scalerec.config import Settings
 from scalerec.data.snapshot import data_fingerprint, event_count, load_events, take_snapshot
 from scalerec.data.store import DataStore
-from scalerec.data.synth import generate_store
+from scalerec.datasets.synth import generate_store
 from scalerec.errors import EmptyDataError
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from scalerec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
-from scalerec.data.synth import (
+from scalerec.datasets.synth import (
     CATEGORIES,
     CITIES,
     DEVICES,
@@ -83,7 +83,7 @@ def test_other_seed_other_data(world):
 
 
 def test_item_search_strategies_agree(world, monkeypatch):
-    import scalerec.data.synth as synth
+    import scalerec.datasets.synth as synth
 
     catalog, users, table = world
     # force the category-by-category search that big catalogues use
@@ -359,7 +359,7 @@ def _store(path):
 
 def test_generate_store_writes_events_items_and_users(tmp_path):
     from scalerec.config import Settings
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
     from scalerec.data.validate import validate_events
 
     store = _store(tmp_path)
@@ -386,7 +386,7 @@ def test_generate_store_writes_events_items_and_users(tmp_path):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path):
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
 
     store = _store(tmp_path)
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from scalerec.config import Settings
 from scalerec.data.snapshot import event_count
 from scalerec.data.store import DataStore
-from scalerec.data.synth import generate_store
+from scalerec.datasets.synth import generate_store
 from scalerec.models import MODELS
 from scalerec.models.popular import MostPopular
 from scalerec.registry import Registry

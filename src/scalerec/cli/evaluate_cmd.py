@@ -9,9 +9,8 @@ from typing import Any, Optional
 import typer
 
 from scalerec.cli._app import app, console, err_console, get_settings, get_store
+from scalerec.cli._registry_help import RegistryHelpCommand
 from scalerec.errors import EmptyDataError, ValidationError
-
-SPLIT_NAMES = ("online-retail", "temporal", "leave-last", "random", "users")
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -67,6 +66,10 @@ def build_models(names: list[str], params: dict[str, dict[str, Any]], ease_max_i
     return models
 
 
+#: Splits whose flags are mapped below; other (plug-in) splits take what their registry entry declares.
+_CORE_SPLITS = ("temporal", "leave-last", "random", "users")
+
+
 def split_options(
     split: str,
     *,
@@ -78,8 +81,13 @@ def split_options(
     default_test_days: float,
 ) -> dict[str, Any]:
     """Keyword options of the named splitter from the command-line flags."""
-    if split == "online-retail":
-        return {"test_days": test_days if test_days is not None else 30.0}
+    from scalerec.evaluation.splits import split_entry
+
+    entry = split_entry(split)
+    split = entry.name
+    if split not in _CORE_SPLITS:  # a dataset protocol: only the options it declares
+        days = test_days if test_days is not None else entry.default_test_days or default_test_days
+        return {"test_days": days} if "test_days" in entry.options else {}
     if split == "temporal":
         return {"test_days": test_days if test_days is not None else default_test_days}
     if split == "leave-last":
@@ -93,15 +101,15 @@ def split_options(
     return {"test_fraction": test_fraction, "seed": seed}
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=RegistryHelpCommand)
 def evaluate_command(
     ctx: typer.Context,
     split: Optional[str] = typer.Option(
         None, "--split", "-s",
-        help="online-retail | temporal | leave-last | random | users (default: config training.split).",
+        help="{SPLITS} (default: config training.split).",
     ),
     test_days: Optional[float] = typer.Option(
-        None, "--test-days", help="Test window in days for temporal splits (default: config training.test_days; 30 for online-retail)."
+        None, "--test-days", help="Test window in days for temporal splits (default: config training.test_days; {PROTOCOL_TEST_DAYS})."
     ),
     k: str = typer.Option("20", "--k", help="Cut-off(s), comma-separated, e.g. 10,20."),
     models: Optional[str] = typer.Option(
@@ -128,9 +136,9 @@ def evaluate_command(
     from scalerec.evaluation.evaluate import check_metrics
 
     settings = get_settings(ctx)
-    split_name = (split or settings.training.split).replace("_", "-")
-    if split_name not in SPLIT_NAMES:
-        raise ValidationError(f"unknown split {split_name!r}; choose one of {', '.join(SPLIT_NAMES)}")
+    from scalerec.evaluation.splits import split_entry
+
+    split_name = split_entry(split or settings.training.split).name
     ks = parse_ints(k, "--k")
     metric_names = check_metrics([m.strip() for m in metrics.split(",") if m.strip()])
     model_names = [m.strip() for m in (models.split(",") if models else settings.models.enabled) if m.strip()]
@@ -143,13 +151,11 @@ def evaluate_command(
         split_name, test_days=test_days, leave_k=leave_k, ratios=ratios, test_fraction=test_fraction,
         seed=seed, default_test_days=settings.training.test_days,
     )
-    if split_name not in ("online-retail",):
-        options["settings"] = settings
 
     store = get_store(ctx)
     try:
         with err_console.status(f"splitting events ({split_name})…"):
-            the_split = make_split(split_name, store, **options)
+            the_split = make_split(split_name, store, settings=settings, **options)
     except EmptyDataError as exc:
         raise EmptyDataError(f"{exc.message} (data directory {settings.data.dir})", details=exc.details) from None
 

@@ -21,9 +21,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
-from typer.core import TyperCommand
-
 from scalerec.cli._app import app, console, get_store
+from scalerec.cli._registry_help import RegistryHelpCommand
 from scalerec.errors import ValidationError
 
 import_app = typer.Typer(
@@ -76,7 +75,7 @@ def quarantine_shorthand(args: list[str]) -> list[str]:
     return args
 
 
-class _ImportCommand(TyperCommand):
+class _ImportCommand(RegistryHelpCommand):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, quarantine_shorthand(args))
 
@@ -191,7 +190,7 @@ def _register_import(kind: str) -> None:
         maps: list[str] = typer.Option([], "--map", "-m", help="FIELD=COLUMN: fill FIELD from COLUMN (repeatable); FIELD may be context.KEY / attributes.KEY."),
         sets: list[str] = typer.Option([], "--set", help="FIELD=VALUE: give every row this value (repeatable), e.g. --set event_type=purchase."),
         timestamp_format: Optional[str] = typer.Option(None, "--timestamp-format", help='strptime format (e.g. "%d/%m/%Y %H:%M"), "unix" or "unix_ms". Default: ISO 8601 or epoch seconds; UTC unless an offset is given.'),
-        preset: Optional[str] = typer.Option(None, "--preset", help="online-retail (UCI Online Retail; its InvoiceDate, UK local time, is taken as UTC) or movielens (ratings.dat/.csv, u.data, movies.dat/.csv, u.item, users.dat, u.user: recognised by name)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="{PRESETS}."),
         on_error: str = typer.Option("fail", "--on-error", help="fail (nothing imported), skip (import the valid rows) or quarantine [FILE] (also write bad rows to FILE)."),
         quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="CSV file for rejected rows (implies --on-error quarantine). Default: FILE.rejects.csv"),
         encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding (default: UTF-8, or latin-1 when the file is not UTF-8)."),

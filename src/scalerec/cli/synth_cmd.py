@@ -44,7 +44,7 @@ def synth(
 
     Everything is written in one transaction: Ctrl-C leaves the data directory as it was.
     """
-    from scalerec.data.synth import generate_store
+    from scalerec.datasets.synth import generate_store
 
     store = get_store(ctx)
     existing = store.log.count() + store.catalog.count_pending_events()

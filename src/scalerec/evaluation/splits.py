@@ -15,14 +15,18 @@ from scalerec.config import EventType, Settings
 from scalerec.data.matrix import InteractionMatrix, MatrixSpec, split_overrides
 from scalerec.data.snapshot import SNAPSHOT_COLUMNS, load_events
 from scalerec.errors import EmptyDataError, ValidationError
+from scalerec.plugins import NamedRegistry
 
 __all__ = [
-    "ONLINE_RETAIL_ATTRIBUTION",
     "SPLITS",
     "Split",
+    "SPLIT_REGISTRY",
+    "SplitEntry",
     "load_events",
     "make_split",
-    "online_retail_protocol",
+    "register_split",
+    "split_entry",
+    "split_names",
     "split_leave_last",
     "split_random",
     "split_temporal",
@@ -32,11 +36,6 @@ __all__ = [
 #: The columns a splitter reads from the event log (nothing else is materialised).
 SPLIT_COLUMNS = SNAPSHOT_COLUMNS
 
-ONLINE_RETAIL_ATTRIBUTION = (
-    'Online Retail data: Daqing Chen, "Online Retail", UCI Machine Learning Repository '
-    "(doi:10.24432/C5BW33), licensed under Creative Commons Attribution 4.0 International "
-    "(CC BY 4.0, https://creativecommons.org/licenses/by/4.0/)."
-)
 
 @dataclass
 class Split:
@@ -572,60 +571,94 @@ def split_users(
     )
 
 
-def online_retail_protocol(events: Any, *, test_days: float = 30.0) -> Split:
-    """The reference protocol of the Online Retail dataset README (expect 1,271 test users).
+# ---- named splits ----------------------------------------------------------------------------
 
-    Purchases with a user (the importer's ``purchase`` events; cancellations are ``return``
-    events and anonymous rows have no user), binary (user, item) interactions; the test window is
-    the last 30 days before the newest event of the data; relevant = distinct items bought in the
-    window and not in training, restricted to users and items of training.
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """A named split for ``--split NAME``: its function (events, **options) -> Split and what callers
+    must know to call it: whether it reads the configuration (``uses_settings``), which of the
+    shared options it takes, its test window when none is given, and other spellings of its name.
     """
-    raw = load_events(events)
-    if raw.height == 0:
-        raise EmptyDataError(
-            "the Online Retail protocol found no events: import the file first with "
-            "`scalerec import events online_retail.csv.gz --preset online-retail`"
-        )
-    end = raw.get_column("timestamp").max()
-    purchases = raw.filter(pl.col("event_type") == "purchase")
-    if purchases.filter(pl.col("user_id").is_not_null()).height == 0:
-        raise EmptyDataError(
-            f"the Online Retail protocol needs 'purchase' events with a user id; the data has {raw.height} events "
-            "and none is one: import the file with `scalerec import events FILE --preset online-retail`"
-        )
-    # The protocol is fixed: no window, decay or minimum counts from the configuration.
-    opts = _MatrixOptions(
-        event_types={"purchase": EventType(weight=1.0)},
-        unknown_type_weight=None,
-        binary=True,
-        half_life_days=None,
-        window_days=None,
-        min_user_interactions=1,
-        min_item_interactions=1,
-        relevant_types=None,
-    )
-    split = _split_temporal(purchases, opts, test_days=test_days, valid_days=None, now=end, exclude_seen=True)
-    split.name = "online-retail"
-    split.attribution = ONLINE_RETAIL_ATTRIBUTION
-    return split
+
+    name: str
+    fn: Callable[..., Split]
+    #: False for a fixed protocol: it ignores the configuration's matrix settings (no ``settings``)
+    uses_settings: bool = True
+    #: option names it takes (informational for plug-ins; core splits document their own)
+    options: tuple[str, ...] = ()
+    #: its test window in days when the caller gives none (None: the configuration's training.test_days)
+    default_test_days: float | None = None
+    aliases: tuple[str, ...] = ()
+    help: str = ""
 
 
-# ---- named splits -----------------------------------------------------------------------------
+#: The named splits (core ones below, dataset protocols from scalerec.datasets).
+SPLIT_REGISTRY: NamedRegistry[SplitEntry] = NamedRegistry(
+    "split", lambda name, names: ValidationError(f"unknown split {name!r}; choose one of {', '.join(names)}")
+)
+
+
+def register_split(
+    name: str,
+    fn: Callable[..., Split],
+    *,
+    uses_settings: bool = True,
+    options: Sequence[str] = (),
+    default_test_days: float | None = None,
+    aliases: Sequence[str] = (),
+    help: str = "",
+) -> SplitEntry:
+    """Make ``fn`` available as split ``name`` (``make_split``, ``scalerec evaluate/train --split``).
+
+    Names and aliases match ignoring case and '_' vs '-'. Raises ConfigError when one is taken
+    by another split; registering the same name again replaces it.
+    """
+    entry = SplitEntry(name, fn, uses_settings, tuple(options), default_test_days, tuple(aliases), help)
+    return SPLIT_REGISTRY.add(name, entry, tuple(aliases))
+
+
+def split_names() -> tuple[str, ...]:
+    """Registered split names, core splits first."""
+    return SPLIT_REGISTRY.names()
+
+
+def split_entry(name: str) -> SplitEntry:
+    """The split registered as ``name`` or one of its aliases; ValidationError naming the choices."""
+    return SPLIT_REGISTRY.get(name)
+
+
+class _SplitTable(Mapping[str, Callable[..., Split]]):
+    """``SPLITS``: name -> function, a read-only view of the registry (plug-ins loaded on first use)."""
+
+    def __getitem__(self, name: str) -> Callable[..., Split]:
+        if name not in SPLIT_REGISTRY.names():
+            raise KeyError(name)
+        return SPLIT_REGISTRY.get(name).fn
+
+    def __iter__(self):  # noqa: ANN204 - Mapping protocol
+        return iter(SPLIT_REGISTRY.names())
+
+    def __len__(self) -> int:
+        return len(SPLIT_REGISTRY.names())
+
 
 #: Named splits for ``scalerec evaluate --split NAME``: each takes (events, **options).
-SPLITS: dict[str, Callable[..., Split]] = {
-    "online-retail": online_retail_protocol,
-    "temporal": split_temporal,
-    "leave-last": split_leave_last,
-    "random": split_random,
-    "users": split_users,
-}
+SPLITS: Mapping[str, Callable[..., Split]] = _SplitTable()
+
+register_split("temporal", split_temporal, options=("test_days", "valid_days"), help="newest days held out")
+register_split("leave-last", split_leave_last, options=("k", "valid_k"), help="each user's last items held out")
+register_split("random", split_random, options=("ratios", "seed"), help="random interactions held out")
+register_split("users", split_users, options=("test_fraction", "seed"), help="held-out users, folded in")
 
 
-def make_split(name: str, events: Any, **options: Any) -> Split:
-    """Run the named split of ``SPLITS`` on ``events``; options are that splitter's keywords."""
-    try:
-        fn = SPLITS[name]
-    except KeyError:
-        raise ValidationError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}") from None
-    return fn(events, **options)
+def make_split(name: str, events: Any, *, settings: Settings | None = None, **options: Any) -> Split:
+    """Run the named split on ``events``; options are that splitter's keywords.
+
+    ``settings`` reaches splits that read the configuration and is left out for fixed protocols
+    (``SplitEntry.uses_settings``), so callers need not know which is which.
+    """
+    entry = split_entry(name)
+    if settings is not None and entry.uses_settings:
+        options["settings"] = settings
+    return entry.fn(events, **options)

@@ -48,8 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Serving's trending fallback: events of the last TRENDING_WINDOW_DAYS, halved every TRENDING_HALF_LIFE_DAYS.
 TRENDING_HALF_LIFE_DAYS = 7.0
 TRENDING_WINDOW_DAYS = 30.0
-#: The config's split names use "_"; the evaluation package's named splits use "-".
-_SPLIT_ALIASES = {"leave_last": "leave-last", "online_retail": "online-retail"}
 
 
 @dataclass
@@ -145,31 +143,27 @@ def measure_peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, int]]:
 
 # ---------------------------------------------------------------------------------- data
 def _split_options(name: str, settings: "Settings", options: TrainOptions) -> dict[str, Any]:
+    from scalerec.evaluation.splits import split_entry
+
     test_days = options.test_days if options.test_days is not None else settings.training.test_days
     if name == "temporal":
         return {"test_days": test_days, "valid_days": options.valid_days}
-    if name == "online-retail":
-        return {"test_days": test_days}
     if name == "leave-last":
         return {"k": 1, "valid_k": 1 if options.valid_days else 0}
     if name == "random":
         return {"ratios": (0.8, 0.2), "seed": options.seed}
     if name == "users":
         return {"test_fraction": 0.1, "seed": options.seed}
-    return {}
+    return {"test_days": test_days} if "test_days" in split_entry(name).options else {}  # a dataset protocol
 
 
 def make_run_split(snapshot: Snapshot, settings: "Settings", options: TrainOptions) -> tuple["Split", SplitSpec]:
     """The split the search and the gate use, and the spec worker processes rebuild it from."""
-    from scalerec.evaluation.splits import SPLITS, make_split
+    from scalerec.evaluation.splits import make_split, split_entry
 
-    name = options.split or settings.training.split
-    name = _SPLIT_ALIASES.get(name, name)
-    if name not in SPLITS:
-        raise ValidationError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+    name = split_entry(options.split or settings.training.split).name
     opts = {k: v for k, v in _split_options(name, settings, options).items() if v is not None}
-    call = dict(opts) if name == "online-retail" else {**opts, "settings": settings}
-    split = make_split(name, snapshot.events, **call)
+    split = make_split(name, snapshot.events, settings=settings, **opts)
     key = hashlib.sha256(f"{snapshot.fingerprint}|{name}|{sorted(opts.items())}".encode()).hexdigest()[:16]
     spec = SplitSpec(key=key, name=name, options=opts, settings=settings.model_dump(mode="json"))
     return split, spec

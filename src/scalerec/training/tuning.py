@@ -90,10 +90,7 @@ class SplitSpec:
             events = pl.read_parquet(self.events_path)
         else:
             raise ValidationError(f"split {self.key} was not shared with worker processes (no events snapshot)")
-        opts = dict(self.options)
-        if self.name != "online-retail":
-            opts["settings"] = Settings(**self.settings)
-        return make_split(self.name, events, **opts)
+        return make_split(self.name, events, settings=Settings(**self.settings), **self.options)
 
 
 _SPLITS: dict[str, "Split"] = {}

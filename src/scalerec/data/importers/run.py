@@ -1,0 +1,270 @@
+"""Import orchestration: source chunks -> mapping or preset -> validation -> event-log
+transaction or catalogue upsert, all or nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scalerec.data.coerce import combine
+from scalerec.data.importers.mapping import TIME_COLUMN, Stage, convert_time, map_columns, precast_numbers, resolve_mapping
+from scalerec.data.importers.presets import Preset, need_columns, resolve_preset
+from scalerec.data.importers.report import ImportReport, Rejects, Staging, reject_positions
+from scalerec.data.importers.sources import (
+    FORMATS,
+    Chunk,
+    SourceSpec,
+    compression_of,
+    detect_format,
+    iter_source,
+    source_spec,
+)
+from scalerec.errors import DataImportError, EmptyDataError, ValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scalerec.data.store import DataStore
+
+Kind = Literal["events", "users", "items"]
+OnError = Literal["fail", "skip", "quarantine"]
+#: progress(bytes_done, bytes_total): bytes of the input file (compressed bytes for .gz) read so far.
+Progress = Callable[[int, int], None]
+
+KINDS: tuple[str, ...] = ("events", "users", "items")
+ON_ERROR: tuple[str, ...] = ("fail", "skip", "quarantine")
+
+
+def _validator(kind: str) -> Callable[..., tuple[pa.Table, pa.Table]]:
+    from scalerec.data import validate
+
+    return {"events": validate.validate_events, "items": validate.validate_items, "users": validate.validate_users}[kind]
+
+
+def import_file(
+    store: "DataStore",
+    kind: Kind,
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+    timestamp_format: str | None = None,
+    preset: str | None = None,
+    on_error: OnError = "fail",
+    quarantine_path: str | Path | None = None,
+    chunk_rows: int | None = None,
+    progress: Progress | None = None,
+    constants: Mapping[str, str] | None = None,
+    encoding: str | None = None,
+) -> ImportReport:
+    """Import a file of events, users or items into ``store``, all or nothing.
+
+    The file is streamed in chunks of about ``chunk_rows`` rows (default
+    ``settings.data.import_chunk_rows``), so memory stays flat whatever its size. ``fmt`` is one of
+    FORMATS (default: from the suffix; .gz/.bz2/.zst are decompressed on the fly). ``mapping`` maps
+    target columns to source columns ({"item_id": "sku", "context.device": "Device"});
+    ``constants`` gives every row a value ({"event_type": "purchase"}). ``timestamp_format`` is a
+    strptime format, "unix" or "unix_ms" (default: ISO 8601 or epoch numbers, UTC when no offset).
+    ``preset`` names a registered preset (``preset_names()``: e.g. "online-retail", "movielens").
+
+    Events are written in one event-log transaction; items/users are upserted into the catalogue
+    after the whole file is read and validated. ``on_error``: "fail" (default) raises
+    DataImportError naming the first bad rows and writes nothing; "skip" imports the valid rows;
+    "quarantine" also writes the rejected rows (line, reason, original values) to the CSV file
+    ``quarantine_path``. Raises EmptyDataError for a file without data rows.
+    """
+    started = time.perf_counter()
+    settings = store.settings
+    if kind not in KINDS:
+        raise ValidationError(f"unknown import kind {kind!r}; use one of {', '.join(KINDS)}")
+    if on_error not in ON_ERROR:
+        raise ValidationError(f"on_error={on_error!r}; use one of {', '.join(ON_ERROR)}")
+    if on_error == "quarantine" and quarantine_path is None:
+        raise ValidationError("on_error='quarantine' needs quarantine_path (the CSV file for the rejected rows)")
+    path = Path(path)
+    if not path.is_file():
+        raise DataImportError(f"{str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise EmptyDataError(f"{path.name} is empty; there is nothing to import")
+    chunk_rows = int(chunk_rows or settings.data.import_chunk_rows)
+    if chunk_rows < 1:
+        raise ValidationError(f"chunk_rows={chunk_rows} must be at least 1")
+
+    plan = Plan.make(kind, path, fmt, preset, mapping, constants, timestamp_format, encoding)
+    report = ImportReport(kind=kind, path=str(path), format=plan.format_name,
+                          preset=plan.preset.name if plan.preset else None,
+                          notes=[plan.preset.note] if plan.preset and plan.preset.note else [])
+    rejects = Rejects(report, on_error, Path(quarantine_path) if on_error == "quarantine" and quarantine_path else None,
+                       path.name)
+    validator = _validator(kind)
+    aggregator = plan.preset.aggregator() if plan.preset and plan.preset.aggregator else None
+    staging = Staging(Path(settings.data.dir)) if kind != "events" and aggregator is None else None
+    total_bytes = path.stat().st_size
+    counts: dict[str, int] = {}
+
+    def consume(chunk: Chunk, write: Callable[[pa.Table], None]) -> None:
+        table = chunk.table
+        rejects.start(table.column_names, plan.spec.fmt == "jsonl")
+        report.rows_read += table.num_rows + len(chunk.malformed)
+        if chunk.malformed:
+            rejects.add(np.array([-1 if m[0] is None else m[0] for m in chunk.malformed], dtype=np.int64),
+                        [f"{m[1]}: {m[2][:80]!r}" for m in chunk.malformed],
+                        raw=[m[2] for m in chunk.malformed])
+        if table.num_rows:
+            if aggregator is not None:
+                need_columns(table, aggregator.needs, plan.preset.name, path.name)  # a cheap check per chunk
+                for pos, why in aggregator.add(table, chunk.lines):
+                    reject_positions(rejects, chunk, pos, why)
+            else:
+                stage = plan.stage(table, path.name)
+                for reason, k in stage.filtered.items():
+                    report.filtered[reason] = report.filtered.get(reason, 0) + k
+                for pos, why in stage.rejects:
+                    reject_positions(rejects, chunk, pos, why)
+                valid, bad = validator(stage.table, settings, first_line=0)
+                if bad.num_rows:
+                    at = bad.column("line").to_numpy()
+                    reject_positions(rejects, chunk, stage.pos[at], combine(bad.column("reason")))
+                if valid.num_rows:
+                    write(valid)
+                    if kind == "events":
+                        vc = pc.value_counts(valid.column("event_type")).to_pylist()
+                        for entry in vc:
+                            counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
+        rejects.end_chunk(report.rows_read)
+        report.bytes_read = chunk.bytes_done
+        if progress is not None:
+            progress(min(chunk.bytes_done, total_bytes), total_bytes)
+
+    chunks = iter_source(path, plan.spec, chunk_rows, string_columns=plan.string_columns)
+    try:
+        if kind == "events":
+            with store.log.transaction() as tx:
+                # Encoding chunk i (Parquet, zstd: GIL released) overlaps parsing and validating
+                # chunk i+1; the transaction waits for the write in flight before it commits or
+                # rolls back, and holds at most one table in flight.
+                for chunk in chunks:
+                    consume(chunk, tx.write_async)
+                tx.wait()
+                _check_not_empty(report, path)
+                report.imported = tx.rows
+        else:
+            for chunk in chunks:
+                consume(chunk, staging.add if staging is not None else _no_write)
+            _check_not_empty(report, path)
+            if aggregator is not None:
+                entities, lines = aggregator.finish()
+                for reason, k in aggregator.filtered.items():
+                    report.filtered[reason] = report.filtered.get(reason, 0) + k
+                valid, bad = validator(entities, settings, first_line=0)
+                if bad.num_rows:
+                    at = bad.column("line").to_numpy()
+                    rejects.add(lines[at], combine(bad.column("reason")), None)
+                rejects.end_chunk(report.rows_read)
+            upsert = store.catalog.upsert_items if kind == "items" else store.catalog.upsert_users
+            if aggregator is not None:
+                if valid.num_rows:
+                    upsert(valid)
+                report.imported = valid.num_rows
+            elif staging is not None and staging.rows:
+                # One catalogue transaction over all staged batches: all or nothing, memory per batch.
+                upsert(staging.batches())
+                report.imported = staging.rows
+        report.quarantine_path = rejects.commit()
+    except BaseException:
+        rejects.discard()
+        raise
+    finally:
+        if staging is not None:
+            staging.close()
+    report.counts_by_type = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    report.ignored_columns = plan.ignored
+    report.bytes_read = total_bytes
+    if progress is not None:
+        progress(total_bytes, total_bytes)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _no_write(table: pa.Table) -> None:  # pragma: no cover - aggregators collect instead
+    pass
+
+
+def _check_not_empty(report: ImportReport, path: Path) -> None:
+    if report.rows_read == 0:
+        raise EmptyDataError(f"{path.name} has no data rows (only a header, or nothing); there is nothing to import")
+
+
+@dataclass
+class Plan:
+    """How one import turns source chunks into target tables."""
+
+    kind: str
+    spec: SourceSpec
+    format_name: str
+    preset: Preset | None
+    mapping: dict[str, str]
+    constants: dict[str, str]
+    timestamp_format: str | None
+    resolved: dict[str, str] | None = None
+    ignored: list[str] = field(default_factory=list)
+    string_columns: set[str] = field(default_factory=set)
+
+    @classmethod
+    def make(cls, kind: str, path: Path, fmt: str | None, preset_name: str | None, mapping: Mapping[str, str] | None,
+             constants: Mapping[str, str] | None, timestamp_format: str | None, encoding: str | None) -> "Plan":
+        preset = resolve_preset(preset_name, kind, path) if preset_name else None
+        if preset is not None and (preset.transform or preset.aggregator) and (mapping or constants):
+            raise DataImportError(f"--preset {preset.name} sets every column itself; drop --map/--set, or drop the preset")
+        compression = None
+        if fmt is None and preset is not None and preset.source is not None:
+            spec = preset.source
+            compression = compression_of(path)
+            spec = SourceSpec(**{**spec.__dict__, "compression": compression,
+                                 "encoding": encoding or spec.encoding})
+            format_name = "dat" if spec.multi_delimiter else ("tsv" if spec.delimiter == "\t" else "csv")
+        else:
+            if fmt is None:
+                format_name, compression = detect_format(path)
+            else:
+                format_name = {"ndjson": "jsonl", "json": "jsonl"}.get(fmt.lower(), fmt.lower())
+                if format_name not in FORMATS:
+                    raise DataImportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+                compression = compression_of(path)
+            spec = source_spec(format_name, compression, encoding)
+        merged_mapping = {**(preset.mapping if preset else {}), **(mapping or {})}
+        merged_constants = {**(preset.constants if preset else {}), **(constants or {})}
+        ts_format = timestamp_format or (preset.timestamp_format if preset else None)
+        plan = cls(kind, spec, format_name, preset, merged_mapping, merged_constants, ts_format)
+        # JSON lines: ids in mapped columns are read as text even where they look like numbers.
+        plan.string_columns = {v for k, v in merged_mapping.items() if k in ("user_id", "item_id", "session_id")}
+        return plan
+
+    def stage(self, table: pa.Table, path_name: str) -> Stage:
+        """Target columns of one source chunk (mapping or preset transform, then explicit time formats)."""
+        if self.preset is not None and self.preset.transform is not None:
+            if self.resolved is None:
+                need_columns(table, self.preset.needs, self.preset.name, path_name)
+                self.resolved = {}
+            return self.preset.transform(table)
+        if self.resolved is None:
+            self.resolved, self.ignored = resolve_mapping(self.kind, table.column_names, self.mapping,
+                                                          self.constants, path_name)
+        missing = [s for s in self.resolved.values() if s not in table.column_names]
+        if missing:  # JSON lines: a key absent from a whole later chunk
+            for s in missing:
+                table = table.append_column(s, pa.nulls(table.num_rows, pa.string()))
+        mapped = map_columns(self.kind, table, self.resolved, self.constants)
+        if self.preset is not None and self.preset.post is not None:
+            mapped = self.preset.post(table, mapped)
+        mapped = precast_numbers(mapped)
+        stage = Stage(mapped, np.arange(table.num_rows, dtype=np.int64))
+        convert_time(stage, TIME_COLUMN[self.kind], self.timestamp_format)
+        return stage
+
+

@@ -1,0 +1,434 @@
+"""Import stage 1, sources: CSV/TSV/"::"-files (optionally .gz/.bz2/.zst), Parquet and JSON lines
+streamed in chunks of text columns with each row's line number; header, encoding and format detection."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from scalerec.errors import DataImportError
+
+FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "dat")
+#: Largest text block parsed at once: a chunk is at most this many bytes of input whatever
+#: chunk_rows says: it bounds peak memory for wide rows, and ~300k-row chunks measured ~15% less
+#: CPU per row than 1M-row ones (cache effects).
+MAX_BLOCK_BYTES = 32 << 20
+#: Bytes pyarrow parses per batch. Its streaming CSV reader reads ~20 blocks ahead of the parser
+#: (measured: 320 MB buffered at the first batch with 32 MB blocks), so blocks are small and
+#: consecutive batches are grouped into one processing chunk of up to MAX_BLOCK_BYTES.
+READ_BLOCK_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to read one input file."""
+
+    fmt: Literal["csv", "parquet", "jsonl"]
+    delimiter: str = ","
+    #: None: the first line is the header; else the column names of a header-less file
+    column_names: tuple[str, ...] | None = None
+    compression: str | None = None
+    encoding: str | None = None  # None: UTF-8, or latin-1 when the first MiB is not UTF-8
+    quoting: bool = True
+    #: a multi-character separator (MovieLens "::"), rewritten to `delimiter` while streaming
+    multi_delimiter: str | None = None
+
+
+@dataclass
+class Chunk:
+    table: pa.Table
+    lines: np.ndarray  # int64 line number of each row in the file
+    bytes_done: int
+    #: rows that could not even be parsed: (line or None, reason, raw text)
+    malformed: list[tuple[int | None, str, str]] = field(default_factory=list)
+    #: JSON lines only: the original text of the rows at these positions (for the quarantine file)
+    raw_text: Callable[[np.ndarray], list[str]] | None = None
+
+
+_COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+_FORMAT_SUFFIXES = {
+    ".csv": "csv",
+    ".txt": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".dat": "dat",
+}
+
+
+def detect_format(path: str | Path) -> tuple[str, str | None]:
+    """(format, compression) from the file name: ``events.csv.gz`` -> ("csv", "gzip")."""
+    name = Path(path).name.lower()
+    compression = None
+    for suffix, comp in _COMPRESSION_SUFFIXES.items():
+        if name.endswith(suffix):
+            compression, name = comp, name[: -len(suffix)]
+            break
+    fmt = _FORMAT_SUFFIXES.get(os.path.splitext(name)[1])
+    if fmt is None:
+        raise DataImportError(
+            f"cannot tell the format of {Path(path).name!r} from its name; "
+            f"pass --format {'|'.join(FORMATS)} (.gz/.bz2/.zst compression is recognised from the suffix)"
+        )
+    return fmt, compression
+
+
+def compression_of(path: str | Path) -> str | None:
+    """The compression named by the file's suffix (None when there is none), whatever its format."""
+    name = Path(path).name.lower()
+    return next((c for s, c in _COMPRESSION_SUFFIXES.items() if name.endswith(s)), None)
+
+
+def strip_compression(name: str) -> str:
+    """``ratings.dat.gz`` -> ``ratings.dat`` (lower case)."""
+    base = name.lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+def source_spec(fmt: str, compression: str | None = None, encoding: str | None = None) -> SourceSpec:
+    """The SourceSpec of a generic file of format ``fmt`` (one of FORMATS)."""
+    fmt = {"ndjson": "jsonl", "json": "jsonl"}.get(fmt, fmt)
+    if fmt == "csv":
+        return SourceSpec("csv", ",", compression=compression, encoding=encoding)
+    if fmt == "tsv":
+        return SourceSpec("csv", "\t", compression=compression, encoding=encoding)
+    if fmt == "dat":  # "::"-separated without a header, as MovieLens; columns f0, f1, ...
+        return SourceSpec("csv", "\x1f", compression=compression, encoding=encoding, quoting=False,
+                          multi_delimiter="::", column_names=())
+    if fmt == "parquet":
+        return SourceSpec("parquet", compression=None)
+    if fmt == "jsonl":
+        return SourceSpec("jsonl", compression=compression, encoding=encoding)
+    raise DataImportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _open_stream(path: Path, compression: str | None) -> tuple[pa.NativeFile, pa.NativeFile]:
+    """(raw file, decompressed stream); raw.tell() is the progress in file bytes."""
+    raw = pa.OSFile(str(path), "r")
+    if compression is None:
+        return raw, raw
+    return raw, pa.CompressedInputStream(raw, compression)
+
+
+class _SeparatorRewriter(io.RawIOBase):
+    """A byte stream with every multi-character separator replaced by one byte (pyarrow's csv needs one)."""
+
+    def __init__(self, stream: pa.NativeFile, separator: str, replacement: str) -> None:
+        self._stream = stream
+        self._sep = separator.encode()
+        self._rep = replacement.encode()
+        self._carry = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size and size > 0 else 1 << 24
+        while True:
+            data = self._stream.read(size)
+            if not data:
+                out, self._carry = self._carry, b""
+                return out
+            data = (self._carry + data).replace(self._sep, self._rep)
+            # Keep back a separator's prefix at the end: its rest may start the next read.
+            keep = next((k for k in range(len(self._sep) - 1, 0, -1) if data.endswith(self._sep[:k])), 0)
+            self._carry = data[len(data) - keep:] if keep else b""
+            data = data[: len(data) - keep] if keep else data
+            if data:
+                return data
+
+
+def _sniff(path: Path, spec: SourceSpec, size: int = 1 << 20) -> bytes:
+    """The first ``size`` decompressed bytes (encoding detection, header, bytes per row)."""
+    raw, stream = _open_stream(path, spec.compression)
+    try:
+        return stream.read(size)
+    except OSError as exc:
+        raise _stream_error(path, exc) from None
+    finally:
+        raw.close()
+
+
+def _detect_encoding(sample: bytes, declared: str | None) -> str:
+    if declared:
+        return declared
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(sample) - 3:  # not just a character cut at the end of the sample
+            return "latin-1"
+    return "utf-8"
+
+
+def _stream_error(path: Path, exc: BaseException) -> DataImportError:
+    text = str(exc)
+    if "runcated" in text or "unexpected end" in text.lower() or "incomplete" in text.lower():
+        return DataImportError(
+            f"{path.name} ends early: the compressed stream is truncated or corrupt ({text}); "
+            "nothing was imported. Re-download or re-compress the file."
+        )
+    if "UTF8" in text or "utf-8" in text.lower():
+        return DataImportError(
+            f"{path.name} is not valid UTF-8 text ({text}); nothing was imported. "
+            "Pass --encoding with the file's encoding (for example latin-1 or cp1252)."
+        )
+    return DataImportError(f"cannot read {path.name}: {text}; nothing was imported.")
+
+
+def _csv_header(sample: bytes, spec: SourceSpec, encoding: str) -> list[str]:
+    text = sample.decode(encoding, errors="replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    first = text.splitlines()[0] if text else ""
+    if not first.strip():
+        return []
+    reader = csv.reader([first], delimiter=spec.delimiter, quotechar='"' if spec.quoting else None,
+                        quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE)
+    names = [n.strip() for n in next(reader)]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):  # pyarrow needs unique names
+        if not n:
+            names[i] = n = f"f{i}"
+        if n in seen:
+            seen[n] += 1
+            names[i] = f"{n}_{seen[n]}"
+        else:
+            seen[n] = 0
+    return names
+
+
+def _block_size(sample: bytes, chunk_rows: int) -> int:
+    """Bytes read per chunk: about ``chunk_rows`` rows of the sample's width, at most MAX_BLOCK_BYTES,
+    and at least a few of its longest lines (a block must hold whole rows)."""
+    lines = sample.split(b"\n")
+    bytes_per_row = max(len(sample) / max(len(lines) - 1, 1), 8.0)
+    longest = max((len(x) for x in lines), default=0)
+    return int(min(max(bytes_per_row * chunk_rows * 1.05, 4 * longest + 1024, 16 << 10), MAX_BLOCK_BYTES))
+
+
+def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[Chunk]:
+    sample = _sniff(path, spec)
+    encoding = _detect_encoding(sample, spec.encoding)
+    if spec.multi_delimiter:
+        sample = sample.replace(spec.multi_delimiter.encode(), spec.delimiter.encode())
+    header = spec.column_names is None
+    if header:
+        names = _csv_header(sample, spec, encoding)
+    elif spec.column_names:
+        names = list(spec.column_names)
+    else:  # header-less file without names: f0, f1, ... from the first line
+        first = sample.split(b"\n", 1)[0].decode(encoding, errors="replace")
+        names = [f"f{i}" for i in range(len(first.split(spec.delimiter)))]
+    if not names:
+        return
+    chunk_bytes = _block_size(sample, chunk_rows)
+    block_size = min(chunk_bytes, max(READ_BLOCK_BYTES, _block_size(sample, 1)))
+
+    malformed: list[tuple[int | None, str, str]] = []
+
+    def on_invalid(row: Any) -> str:
+        # row.number counts records from 1 including the header, as our line numbers do.
+        line = None if row.number is None else int(row.number)
+        malformed.append((line, f"expected {row.expected_columns} columns, found {row.actual_columns}", row.text))
+        return "skip"
+
+    raw, stream = _open_stream(path, spec.compression)
+    source: Any = stream
+    if spec.multi_delimiter:
+        source = pa.PythonFile(_SeparatorRewriter(stream, spec.multi_delimiter, spec.delimiter), mode="r")
+    try:
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=1 if header else 0, block_size=block_size,
+                # Serial parsing: pyarrow then numbers malformed rows (so rejects name their line), and
+                # it measured less CPU than threaded parsing; writing already runs on another thread.
+                encoding=encoding, use_threads=False,
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=spec.delimiter, quote_char='"' if spec.quoting else False,
+                newlines_in_values=spec.quoting, invalid_row_handler=on_invalid,
+            ),
+            # Everything is read as text: a column typed from its first block would make one bad
+            # value later in the file fail the whole import instead of rejecting that one row.
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, null_values=[""],
+                strings_can_be_null=True, quoted_strings_can_be_null=True,
+            ),
+        )
+        line = 2 if header else 1
+        done = False
+        while not done:
+            batches: list[pa.RecordBatch] = []
+            size = 0
+            while size < chunk_bytes and sum(b.num_rows for b in batches) < chunk_rows:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    done = True
+                    break
+                batches.append(batch)
+                size += batch.nbytes
+            if not batches:
+                break
+            bad, malformed[:] = list(malformed), []
+            n = sum(b.num_rows for b in batches)
+            lines = np.arange(line, line + n + len(bad), dtype=np.int64)
+            if bad:  # the good rows are the record numbers that were not malformed
+                known = np.array([b[0] for b in bad if b[0] is not None], dtype=np.int64)
+                lines = np.setdiff1d(lines, known, assume_unique=True)[:n] if len(known) else lines[:n]
+            line += n + len(bad)
+            yield Chunk(pa.Table.from_batches(batches, schema=batches[0].schema), lines, raw.tell(), bad)
+        if malformed:
+            yield Chunk(pa.table({n: pa.array([], pa.string()) for n in names}), np.zeros(0, np.int64),
+                         raw.tell(), list(malformed))
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return
+        raise _stream_error(path, exc) from None
+    except OSError as exc:
+        raise _stream_error(path, exc) from None
+    finally:
+        raw.close()
+
+
+def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
+    try:
+        pf = pq.ParquetFile(str(path))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataImportError(f"{path.name} is not a readable Parquet file ({exc}); nothing was imported.") from None
+    total_rows = max(pf.metadata.num_rows, 1)
+    size = path.stat().st_size
+    done = 0
+    try:
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            lines = np.arange(done + 1, done + 1 + batch.num_rows, dtype=np.int64)
+            done += batch.num_rows
+            yield Chunk(pa.Table.from_batches([batch]), lines, int(size * done / total_rows))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataImportError(f"cannot read {path.name}: {exc}; nothing was imported.") from None
+
+
+def _iter_jsonl(path: Path, spec: SourceSpec, chunk_rows: int, string_columns: set[str]) -> Iterator[Chunk]:
+    sample = _sniff(path, spec)
+    encoding = _detect_encoding(sample, spec.encoding)
+    block = _block_size(sample, chunk_rows)
+    raw, stream = _open_stream(path, spec.compression)
+    line = 1
+    carry = b""
+    try:
+        while True:
+            data = stream.read(block)
+            last = not data
+            data = carry + data
+            if not last:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # a single line longer than the block: read on
+                    carry = data
+                    continue
+                data, carry = data[:cut], data[cut:]
+            if data:
+                chunk = _parse_jsonl_block(data, line, encoding, string_columns)
+                line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+                chunk.bytes_done = raw.tell()
+                yield chunk
+            if last:
+                break
+    except OSError as exc:
+        raise _stream_error(path, exc) from None
+    finally:
+        raw.close()
+
+
+def _parse_jsonl_block(data: bytes, first_line: int, encoding: str, string_columns: set[str]) -> Chunk:
+    if encoding.lower().replace("-", "") not in ("utf8",):
+        data = data.decode(encoding).encode("utf-8")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(data) and data[-1:] != b"\n":
+        ends = np.append(ends, len(data))
+    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, np.int64)
+    # A line is a row unless it is blank (only whitespace); pyarrow/polars skip those too.
+    lengths = ends - starts
+    nonblank = lengths > 0
+    if nonblank.any():
+        short = np.flatnonzero(nonblank & (lengths <= 4))
+        for i in short:  # "\r" or spaces only: rare, checked one by one
+            if not data[starts[i]:ends[i]].strip():
+                nonblank[i] = False
+    rows = np.flatnonzero(nonblank)
+    lines = first_line + rows.astype(np.int64)
+    try:
+        df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None,
+                            schema_overrides={c: pl.String for c in string_columns} or None)
+        malformed: list[tuple[int | None, str, str]] = []
+    except Exception:  # noqa: BLE001 - a malformed line: find it (and its neighbours) one by one
+        good, malformed = [], []
+        for r in rows:
+            text = data[starts[r]:ends[r]]
+            try:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    raise ValueError("a JSON line must be an object")
+                good.append(r)
+            except ValueError as exc:
+                malformed.append((int(first_line + r), f"invalid JSON: {exc}", text.decode("utf-8", "replace")))
+        rows = np.asarray(good, dtype=np.int64)
+        lines = first_line + rows
+        body = b"\n".join(data[starts[r]:ends[r]] for r in rows)
+        try:
+            df = pl.read_ndjson(io.BytesIO(body), infer_schema_length=None,
+                                schema_overrides={c: pl.String for c in string_columns} or None) if len(rows) else pl.DataFrame()
+        except Exception as exc:  # noqa: BLE001 - valid JSON that polars cannot tabulate
+            raise DataImportError(
+                f"cannot read the JSON lines {first_line}-{first_line + len(starts) - 1} as a table ({exc}); "
+                "give each key one kind of value (text, number, object) throughout the file"
+            ) from None
+    table = _normalise_strings(df.to_arrow()) if df.width else pa.table({})
+    if table.num_rows != len(rows):  # should not happen; keep line numbers honest if it does
+        lines = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
+        rows = lines - first_line
+    row_starts, row_ends = starts[rows], ends[rows]
+
+    def raw_text(positions: np.ndarray) -> list[str]:
+        return [data[row_starts[p]:row_ends[p]].decode("utf-8", "replace") for p in positions]
+
+    return Chunk(table, lines, 0, malformed, raw_text)
+
+
+def _normalise_strings(table: pa.Table) -> pa.Table:
+    """large_string / string_view columns (polars) as plain string."""
+    cols, changed = [], False
+    for col in table.columns:
+        t = col.type
+        if pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _t: False)(t):
+            col, changed = col.cast(pa.string()), True
+        cols.append(col)
+    return pa.table(cols, names=table.column_names) if changed else table
+
+
+def iter_source(path: Path, spec: SourceSpec, chunk_rows: int, *, string_columns: set[str] = frozenset()) -> Iterator[Chunk]:
+    """Stream ``path`` in chunks of about ``chunk_rows`` rows (memory stays flat whatever its size)."""
+    if spec.fmt == "csv":
+        return _iter_csv(path, spec, chunk_rows)
+    if spec.fmt == "parquet":
+        return _iter_parquet(path, chunk_rows)
+    return _iter_jsonl(path, spec, chunk_rows, set(string_columns))
