@@ -60,8 +60,8 @@ class RP3beta(Recommender):
         self,
         *,
         neighbors: int | None = 200,
-        alpha: float = 1.0,
-        beta: float = 0.3,
+        alpha: float = 0.8,
+        beta: float = 0.5,
         normalize: bool = False,
         recency_half_life_days: float | None = None,
     ) -> None:
