@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from scalerec.errors import ModelCapacityError, ValidationError
 from scalerec.models import EASE, RP3beta, make_model
+from scalerec.models.rp3beta import top_per_row
 
 
 def tiny(seed: int = 3, shape: tuple[int, int] = (60, 22)) -> sp.csr_matrix:
@@ -136,3 +137,25 @@ def test_bad_hyperparameters_are_refused_at_fit(params: dict) -> None:
 def test_recency_half_life_becomes_a_weighted_matrix() -> None:
     assert RP3beta().matrix_overrides() == {}
     assert RP3beta(recency_half_life_days=30).matrix_overrides() == {"half_life_days": 30.0, "cap": 1.0, "binary": False}
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 50])
+def test_top_per_row_equals_a_per_row_sort(k: int) -> None:
+    rng = np.random.default_rng(k)
+    # rows from empty to 40 entries (several length buckets), values drawn from a few levels: ties
+    lengths = rng.integers(0, 41, 60)
+    dense = np.zeros((60, 45), dtype=np.float32)
+    for r, n in enumerate(lengths):
+        dense[r, rng.choice(45, n, replace=False)] = rng.integers(1, 6, n) / 4
+    block = sp.csr_matrix(dense)
+    counts, cols, vals = top_per_row(block, k)
+    assert counts.tolist() == np.minimum(lengths, k).tolist()
+    start = 0
+    for r in range(60):
+        c, v = cols[start : start + counts[r]], vals[start : start + counts[r]]
+        start += counts[r]
+        row = dense[r]
+        assert len(set(c.tolist())) == counts[r] and (row[c] > 0).all()
+        np.testing.assert_array_equal(v, row[c])
+        # the k largest values (which of equal values at the cut-off is kept is unspecified)
+        np.testing.assert_array_equal(np.sort(v), np.sort(row[row > 0])[::-1][: counts[r]][::-1])

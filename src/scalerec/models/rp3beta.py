@@ -26,8 +26,9 @@ class RP3beta(Recommender):
     This is the formulation of Dacrema et al.'s baselines ("Are we really making much progress?",
     RecSys 2019). Only positive matrix cells take part in W; scoring uses the history as given.
 
-    The fit works on blocks of ``fit_block_bytes`` of dense similarity rows, so its peak memory is
-    about the matrix, W and one block, whatever the catalogue size (no n_items² allocation).
+    The fit works on blocks of item rows (as many as ``fit_block_bytes`` of dense rows would hold)
+    and stays sparse throughout, so its peak memory is about the matrix, twice W and one block's
+    sparse product, whatever the catalogue size (no n_items² allocation).
 
     Parameters
     ----------
@@ -53,7 +54,7 @@ class RP3beta(Recommender):
     """
 
     family = "rp3beta"
-    #: bytes of dense similarity rows per fit block (the block's sparse product is about as big)
+    #: item rows per fit block = this / (4 * n_items): bounds the block's sparse product
     fit_block_bytes: ClassVar[int] = 64 * 1024 * 1024
 
     def __init__(
@@ -100,25 +101,33 @@ class RP3beta(Recommender):
         k = n_items if self.neighbors is None else min(int(self.neighbors), n_items)
         step = int(max(1, min(n_items, self.fit_block_bytes // (4 * n_items))))
         starts = range(0, n_items, step)
-        rows, cols, vals = [], [], []
+        counts, cols, vals = [], [], []
         for done, i0 in enumerate(starts, 1):
             i1 = min(i0 + step, n_items)
-            block = (p_iu[i0:i1] @ p_ui).toarray()
-            block *= penalty[None, :]
-            block[np.arange(i1 - i0), np.arange(i0, i1)] = 0.0  # no item is its own neighbour
-            r, c, v = _keep_top(block, k)
-            rows.append(r + i0)
-            cols.append(c)
+            block = sp.csr_matrix(p_iu[i0:i1] @ p_ui)
+            block.data *= penalty[block.indices]
+            own = block.indices == np.repeat(np.arange(i0, i1), np.diff(block.indptr))
+            block.data[own | ~(block.data > 0)] = 0.0  # no item is its own neighbour
+            block.eliminate_zeros()
+            block.sort_indices()  # each row's entries in column order: the same ties whatever the block
+            c, idx, v = top_per_row(block, k)
+            counts.append(c)
+            cols.append(idx)
             vals.append(v)
             if progress is not None:
                 progress(done, len(starts))
+        per_row = np.concatenate(counts)
+        index_dtype = np.int32 if per_row.sum() < np.iinfo(np.int32).max else np.int64  # scipy's own rule
+        indptr = np.zeros(n_items + 1, dtype=index_dtype)
+        np.cumsum(per_row, out=indptr[1:])
         W = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items)
+            (np.concatenate(vals), np.concatenate(cols).astype(index_dtype, copy=False), indptr),
+            shape=(n_items, n_items),
         )
         W.sort_indices()
         if self.normalize:
             sums = np.asarray(W.sum(axis=1), dtype=np.float64).ravel()
-            W = sp.csr_matrix(sp.diags(_inverse(sums)) @ W, dtype=np.float32)
+            W.data = (W.data / np.repeat(sums, np.diff(W.indptr))).astype(np.float32)
         self.similarity_ = W
         self.user_items_ = X
 
@@ -149,16 +158,47 @@ def transition_matrices(
     return p_ui.astype(np.float32), binary.astype(np.float32), penalty.astype(np.float32)
 
 
-def _keep_top(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, column, value) of each row's ``k`` largest positive entries of a dense block."""
-    if k >= block.shape[1]:
-        r, c = np.nonzero(block > 0)
-        return r, c, block[r, c].astype(np.float32)
-    block = block.astype(np.float32, copy=False)
-    block[~(block > 0)] = -np.inf  # top_k leaves -inf out: zeros are no neighbours
-    ids, vals = top_k(block, k)
-    keep = ids >= 0
-    return np.nonzero(keep)[0], ids[keep], vals[keep]
+def top_per_row(block: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest stored entries: (count per row, columns int32, values float32), row-major.
+
+    Rows with more than k entries are selected in buckets of similar length, each padded to a
+    power of two and passed to FAISS's heaps (``top_k``): work O(nnz), never O(rows x n_items).
+    Which of several values tied at the cut-off are kept depends only on the row (as ``top_k``).
+    """
+    lengths = np.diff(block.indptr)
+    if lengths.max(initial=0) <= k:
+        return lengths, block.indices.astype(np.int32), block.data.astype(np.float32)
+    entry_row = np.repeat(np.arange(block.shape[0]), lengths)
+    offset = np.arange(block.nnz) - block.indptr[entry_row]
+    # bucket 0: rows kept whole; bucket b >= 1: longer rows of length in (2**(b-1), 2**b]
+    long_rows = lengths > k
+    bucket = np.zeros(block.shape[0], dtype=np.int64)
+    bucket[long_rows] = np.ceil(np.log2(lengths[long_rows])).astype(np.int64)
+    rows_out, cols_out, vals_out = [], [], []
+    short = ~long_rows[entry_row]
+    rows_out.append(entry_row[short])
+    cols_out.append(block.indices[short].astype(np.int32))
+    vals_out.append(block.data[short].astype(np.float32))
+    for b in np.unique(bucket[long_rows]):
+        rows = np.flatnonzero(bucket == b)
+        local = np.full(block.shape[0], -1, dtype=np.int64)
+        local[rows] = np.arange(rows.size)
+        width = int(lengths[rows].max())
+        mine = local[entry_row] >= 0
+        padded = np.full((rows.size, width), -np.inf, dtype=np.float32)
+        padded_cols = np.zeros((rows.size, width), dtype=np.int32)
+        r, o = local[entry_row[mine]], offset[mine]
+        padded[r, o] = block.data[mine]
+        padded_cols[r, o] = block.indices[mine]
+        pos, top_vals = top_k(padded, k)
+        keep = pos >= 0
+        rows_out.append(np.repeat(rows, keep.sum(axis=1)))
+        cols_out.append(np.take_along_axis(padded_cols, np.maximum(pos, 0), axis=1)[keep])
+        vals_out.append(top_vals[keep])
+    rows_all = np.concatenate(rows_out)
+    order = np.argsort(rows_all, kind="stable")
+    counts = np.bincount(rows_all, minlength=block.shape[0])
+    return counts, np.concatenate(cols_out)[order], np.concatenate(vals_out)[order]
 
 
 def _inverse(values: np.ndarray) -> np.ndarray:
