@@ -161,35 +161,32 @@ def transition_matrices(
 def top_per_row(block: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's ``k`` largest stored entries: (count per row, columns int32, values float32), row-major.
 
-    Rows with more than k entries are selected in buckets of similar length, each padded to a
-    power of two and passed to FAISS's heaps (``top_k``): work O(nnz), never O(rows x n_items).
+    Rows with more than k entries are selected in buckets of lengths within a factor of two, each
+    padded to its longest row and passed to FAISS's heaps (``top_k``): work O(nnz), not O(rows x n_items).
     Which of several values tied at the cut-off are kept depends only on the row (as ``top_k``).
     """
     lengths = np.diff(block.indptr)
     if lengths.max(initial=0) <= k:
         return lengths, block.indices.astype(np.int32), block.data.astype(np.float32)
-    entry_row = np.repeat(np.arange(block.shape[0]), lengths)
-    offset = np.arange(block.nnz) - block.indptr[entry_row]
     # bucket 0: rows kept whole; bucket b >= 1: longer rows of length in (2**(b-1), 2**b]
     long_rows = lengths > k
     bucket = np.zeros(block.shape[0], dtype=np.int64)
     bucket[long_rows] = np.ceil(np.log2(lengths[long_rows])).astype(np.int64)
-    rows_out, cols_out, vals_out = [], [], []
+    entry_row = np.repeat(np.arange(block.shape[0]), lengths)
     short = ~long_rows[entry_row]
-    rows_out.append(entry_row[short])
-    cols_out.append(block.indices[short].astype(np.int32))
-    vals_out.append(block.data[short].astype(np.float32))
+    rows_out = [entry_row[short]]
+    cols_out = [block.indices[short].astype(np.int32)]
+    vals_out = [block.data[short].astype(np.float32)]
     for b in np.unique(bucket[long_rows]):
         rows = np.flatnonzero(bucket == b)
-        local = np.full(block.shape[0], -1, dtype=np.int64)
-        local[rows] = np.arange(rows.size)
-        width = int(lengths[rows].max())
-        mine = local[entry_row] >= 0
-        padded = np.full((rows.size, width), -np.inf, dtype=np.float32)
-        padded_cols = np.zeros((rows.size, width), dtype=np.int32)
-        r, o = local[entry_row[mine]], offset[mine]
-        padded[r, o] = block.data[mine]
-        padded_cols[r, o] = block.indices[mine]
+        lens = lengths[rows]
+        local = np.repeat(np.arange(rows.size), lens)  # each entry's row within the bucket
+        offset = np.arange(local.size) - np.repeat(np.cumsum(lens) - lens, lens)
+        src = block.indptr[rows][local] + offset
+        padded = np.full((rows.size, int(lens.max())), -np.inf, dtype=np.float32)
+        padded_cols = np.zeros(padded.shape, dtype=np.int32)
+        padded[local, offset] = block.data[src]
+        padded_cols[local, offset] = block.indices[src]
         pos, top_vals = top_k(padded, k)
         keep = pos >= 0
         rows_out.append(np.repeat(rows, keep.sum(axis=1)))
