@@ -42,6 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "popular": {},
     "trending": {},
     "itemknn": {"neighbors": 100},
+    "rp3beta": {"neighbors": 200, "alpha": 0.8, "beta": 0.5},
     "ease": {"l2": 500.0},
     "als": {"factors": 64, "regularization": 0.01, "alpha": 1.0, "iterations": 15},
     "bpr": {"factors": 64, "iterations": 100},

@@ -29,6 +29,8 @@ CASES = {
     "trending": {"half_life_days": 3.0},
     "itemknn": {"neighbors": 10},
     "itemknn-bm25": {"similarity": "bm25", "neighbors": None},
+    "rp3beta": {"neighbors": 10, "alpha": 0.8, "beta": 0.4},
+    "rp3beta-normalized": {"neighbors": None, "beta": 0.0, "normalize": True},
     "ease": {"l2": 10.0},
     "als": {"factors": 8, "iterations": 6, "alpha": 2.0, "regularization": 0.1},
     "bpr": {"factors": 8, "iterations": 60, "learning_rate": 0.05, "num_threads": 1},
@@ -98,11 +100,13 @@ def is_memory_mapped(a: np.ndarray) -> bool:
 
 
 def test_every_family_is_covered() -> None:
-    assert {family(c) for c in CASES} == set(MODELS) == {"popular", "trending", "itemknn", "ease", "als", "bpr"}
+    assert {family(c) for c in CASES} == set(MODELS) == {
+        "popular", "trending", "itemknn", "rp3beta", "ease", "als", "bpr"
+    }
 
 
 def test_make_model_rejects_unknown_family_and_parameters() -> None:
-    with pytest.raises(ValidationError, match="als, bpr, ease, itemknn, popular, trending"):
+    with pytest.raises(ValidationError, match="als, bpr, ease, itemknn, popular, rp3beta, trending"):
         make_model("svd")
     with pytest.raises(ValidationError, match="no_such_param"):
         make_model("ease", no_such_param=1)
@@ -295,6 +299,7 @@ def test_invalid_hyperparameters_fail_at_fit_not_init(X: sp.csr_matrix) -> None:
     bad = {
         "trending": {"half_life_days": -1.0},
         "itemknn": {"similarity": "jaccard"},
+        "rp3beta": {"beta": -0.5},
         "ease": {"l2": 0.0},
         "als": {"factors": 0},
         "bpr": {"learning_rate": 0.0},

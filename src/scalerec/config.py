@@ -102,7 +102,7 @@ class MatrixSettings(_Section):
 class ModelSettings(_Section):
     ease_max_items: int = Field(20_000, ge=10, description="EASE refuses catalogues larger than this")
     enabled: list[str] = Field(
-        default_factory=lambda: ["popular", "itemknn", "ease", "als"],
+        default_factory=lambda: ["popular", "itemknn", "rp3beta", "ease", "als"],
         description="model families the training pipeline searches",
     )
 

@@ -10,10 +10,11 @@ from scalerec.models.base import Recommender
 from scalerec.models.ease import EASE
 from scalerec.models.knn import ItemKNN
 from scalerec.models.popular import MostPopular, Trending
+from scalerec.models.rp3beta import RP3beta
 
 #: model families by registry name, cheapest first
 MODELS: dict[str, type[Recommender]] = {
-    cls.family: cls for cls in (MostPopular, Trending, ItemKNN, EASE, ALS, BPR)
+    cls.family: cls for cls in (MostPopular, Trending, ItemKNN, RP3beta, EASE, ALS, BPR)
 }
 
 
@@ -33,4 +34,4 @@ def make_model(name: str, **params: Any) -> Recommender:
         ) from None
 
 
-__all__ = ["ALS", "BPR", "EASE", "MODELS", "ItemKNN", "MostPopular", "Recommender", "Trending", "make_model"]
+__all__ = ["ALS", "BPR", "EASE", "MODELS", "ItemKNN", "MostPopular", "RP3beta", "Recommender", "Trending", "make_model"]
