@@ -77,7 +77,7 @@ class EASE(Recommender):
             gib = 8 * n_items**2 / 2**30
             raise ModelCapacityError(
                 f"EASE refuses {n_items:,} items (limit {limit:,}; it needs a dense {n_items:,}² matrix, "
-                f"~{gib:.1f} GiB): use item-kNN ('itemknn') or ALS ('als') for this catalogue, or raise "
+                f"~{gib:.1f} GiB): use RP3beta ('rp3beta'), item-kNN ('itemknn') or ALS ('als') for this catalogue, or raise "
                 "models.ease_max_items / max_items if the memory is there"
             )
         dtype = np.dtype(self.dtype)

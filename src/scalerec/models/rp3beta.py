@@ -60,9 +60,11 @@ class RP3beta(Recommender):
     def __init__(
         self,
         *,
-        neighbors: int | None = 200,
-        alpha: float = 0.8,
-        beta: float = 0.5,
+        # Defaults from the reference implementation of Dacrema et al. (RecSys 2019), not from any
+        # data set of ours: the search tunes them per shop.
+        neighbors: int | None = 100,
+        alpha: float = 1.0,
+        beta: float = 0.6,
         normalize: bool = False,
         recency_half_life_days: float | None = None,
     ) -> None:
