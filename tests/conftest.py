@@ -15,3 +15,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # CI has ../shared beside the clone: there, a missing file must fail the run, not skip it.
     if os.environ.get("CI") and not ONLINE_RETAIL.is_file():
         pytest.exit(f"CI run without the Online Retail data at {ONLINE_RETAIL}; shared/ must sit beside the clone", returncode=1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test on the Ray cluster fixture belongs to the `ray` part of the suite (its own pytest
+    # process, see run_suite.py) even where its author forgot the mark: `-m` selection runs after this.
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
+            item.add_marker(pytest.mark.ray)
