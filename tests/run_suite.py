@@ -215,7 +215,7 @@ def run_part(part: Part, args: list[str], *, selecting: bool, test_timeout: floa
             else:
                 part.problems.append(f"pytest process {_describe(returncode)} outside any test")
                 _say(f"{part.name} part: the pytest process {_describe(returncode)} outside any test "
-                     f"(collection or session teardown){HINTS.get(part.name, '')}; no pytest summary for it")
+                     "(session start, collection or session teardown: see its output above); no pytest summary for it")
                 return
             if attempt == MAX_RESTARTS:
                 part.problems.append(f"gave up after {MAX_RESTARTS + 1} pytest processes")
