@@ -20,8 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m scalerec.demo --data-dir $(DEMO_DIR)
 
+# The non-Ray and the Ray tests in separate pytest processes; a process that dies is named, never silent.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python tests/run_suite.py -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

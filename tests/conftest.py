@@ -38,3 +38,12 @@ def catalog(catalog_url: str):
     store = open_catalog(catalog_url)
     yield store
     store.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test on the Ray cluster fixture belongs to the `ray` part of the suite (its own pytest
+    # process, see run_suite.py) even where its author forgot the mark: `-m` selection runs after this.
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
+            item.add_marker(pytest.mark.ray)

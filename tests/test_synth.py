@@ -430,11 +430,14 @@ def test_cli_ctrl_c_leaves_nothing_behind(tmp_path):
     import time
     from pathlib import Path
 
+    from _signals import default_signals
+
     exe = Path(sys.executable).with_name("scalerec")
     proc = subprocess.Popen(
         [str(exe), "--data-dir", str(tmp_path), "synth", "--users", "1000", "--items", "200",
          "--events", "50000000", "--chunk-events", "20000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=default_signals,  # the Ctrl-C must arrive however the suite was launched
     )
     try:
         deadline = time.monotonic() + 120
