@@ -207,7 +207,7 @@ class RayExecutor:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.shutdown(cancel=exc_type is not None)
 
-    # ------------------------------------------------------------------ cluster extras
+    # ------------------------------------------------------------------ sharing and cluster twins
     def share(self, obj: Any) -> Shared:
         """Put ``obj`` in the object store once; tasks get it back as an argument or via :func:`resolve`."""
         return Shared(ray.put(obj))
