@@ -106,17 +106,22 @@ def bench_scalerec_als(C: sp.csr_matrix, factors: int, iterations: int) -> dict[
 
 
 def start_cluster(cpus_per_node: list[int], store_bytes: int) -> Any:
+    """A local multi-node Ray cluster; every node on 127.0.0.1, so nothing listens on the network."""
     import ray
     from ray.cluster_utils import Cluster
 
+    from scalerec.cluster.ray_executor import LOOPBACK, use_loopback
+
+    use_loopback()
+    node = {"object_store_memory": store_bytes, "node_ip_address": LOOPBACK}
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": cpus_per_node[0], "object_store_memory": store_bytes, "include_dashboard": False},
+        head_node_args={"num_cpus": cpus_per_node[0], **node, "include_dashboard": False},
     )
     for cpus in cpus_per_node[1:]:
-        cluster.add_node(num_cpus=cpus, object_store_memory=store_bytes)
+        cluster.add_node(num_cpus=cpus, **node)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level="WARNING")
     return cluster
 
 
@@ -165,7 +170,7 @@ def bench_transfer(mb: int = 256) -> dict[str, float] | None:
 
 
 def bench_batch(model: Any, C: sp.csr_matrix, users: int, n: int, executor: Any) -> dict[str, Any]:
-    from scalerec.cluster.batch import Scorer, run_batch
+    from scalerec.serving.batch import Scorer, run_batch
 
     users = min(users, C.shape[0])
     scorer = Scorer(
@@ -361,7 +366,7 @@ def main() -> None:
     costs = shard_costs(C, f)
     gemm = gemm_limit(n_items, f)
 
-    from scalerec.cluster.executor import LocalExecutor
+    from scalerec.execution import LocalExecutor
     from scalerec.cluster.ray_executor import RayExecutor
 
     layouts = {"ray_1node_1cpu": [1], "ray_1node_2cpu": [2], "ray_2nodes_1cpu": [1, 1]}

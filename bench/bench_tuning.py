@@ -156,7 +156,7 @@ def _spec_for(events: Any, key: str, work: Path) -> Any:
 def part_nested(store: Any, family: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     import polars as pl
 
-    from scalerec.cluster import LocalExecutor
+    from scalerec.execution import LocalExecutor
     from scalerec.datasets.online_retail import online_retail_protocol
     from scalerec.evaluation.splits import load_events
     from scalerec.training.pipeline import fixed_params
@@ -202,7 +202,7 @@ def part_nested(store: Any, family: str, args: argparse.Namespace, work: Path) -
 
 def part_speedup(store: Any, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     import optuna
-    from scalerec.cluster import LocalExecutor
+    from scalerec.execution import LocalExecutor
     from scalerec.config import Settings
     from scalerec.datasets.online_retail import online_retail_protocol
     from scalerec.evaluation.splits import load_events

@@ -1,4 +1,4 @@
-"""The cluster tests' shared fixture: one local two-node Ray cluster per test session, and a chaos helper.
+"""The cluster tests' shared fixture: one local two-node Ray cluster per test session (on 127.0.0.1 only), and a chaos helper.
 
 Import the fixture into a test module with ``from _ray_cluster import ray_cluster``. However many
 modules import it, the cluster is started once (module-level singleton) and shut down at the end
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-#: per node: 1 CPU and a 100 MB object store, so multi-node scheduling and spilling paths run
-NODE_ARGS = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
+#: per node: 1 CPU and a 100 MB object store, so multi-node scheduling and spilling paths run;
+#: every node on the loopback address, so no Ray process listens on the machine's network
+NODE_ARGS = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024, "node_ip_address": "127.0.0.1"}
 
 _STATE: dict[str, Any] = {}
 
@@ -31,6 +32,9 @@ def ray_cluster() -> Any:
     except ImportError:
         pytest.skip("Ray is not installed: `pip install 'scalerec[ray]'` (or `make test`) runs the cluster tests")
     if "cluster" not in _STATE:
+        from scalerec.cluster.ray_executor import LOOPBACK, use_loopback
+
+        use_loopback()
         cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False})
         cluster.add_node(**NODE_ARGS)
         cluster.wait_for_nodes()
@@ -39,6 +43,7 @@ def ray_cluster() -> Any:
         path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
             address=cluster.address,
+            _node_ip_address=LOOPBACK,
             log_to_driver=False,
             logging_level="WARNING",
             runtime_env={"env_vars": {"PYTHONPATH": path}},

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _ray_cluster import ray_cluster  # noqa: F401  (fixture)
-from scalerec.cluster.executor import LocalExecutor, get_executor
+from scalerec.execution import LocalExecutor, get_executor
 from scalerec.config import Settings
 from scalerec.errors import UnknownItemError, ValidationError
 
@@ -97,6 +97,18 @@ def test_shared_objects_reach_tasks_on_every_node(executor) -> None:
     data = np.arange(1_000_000, dtype=np.float64)
     handle = executor.share(data)
     assert executor.map(_sum_shared, [handle] * 4) == [float(data.sum())] * 4
+
+
+def _sum_direct(data: object) -> float:
+    assert isinstance(data, np.ndarray), type(data)  # a direct argument arrives as the object
+    return float(data.sum())
+
+
+def test_a_shared_handle_given_directly_arrives_as_its_object(executor) -> None:
+    data = np.arange(1000, dtype=np.float64)
+    handle = executor.share(data)
+    assert executor.submit(_sum_direct, handle).result() == float(data.sum())
+    assert executor.map(_sum_direct, [handle, handle]) == [float(data.sum())] * 2
 
 
 def test_invalid_jobs_are_refused(ray_cluster) -> None:  # noqa: F811

@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CLUSTER_HELP = (
     "Run on a Ray cluster: 'auto' (one started with `ray start --head`), 'ray://host:port', or 'local' "
-    "(a private Ray on this machine); 'none' runs without Ray. Default: the cluster.address setting."
+    "(a private Ray on this machine, listening on 127.0.0.1 only); 'none' runs without Ray. "
+    "Default: the cluster.address setting."
 )
 
 

@@ -28,8 +28,8 @@ def batch_recommend_cmd(
     """Score every user of the model and write their top-n; rerun the same command to resume."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scalerec.cluster.batch import batch_recommend
-    from scalerec.cluster.executor import get_executor
+    from scalerec.serving.batch import batch_recommend
+    from scalerec.execution import get_executor
 
     settings = with_cluster(get_settings(ctx), cluster)
     executor = get_executor(settings, jobs or 1)

@@ -36,7 +36,7 @@ def serve(
     from scalerec.data.store import DataStore
     from scalerec.monitoring.metrics import prepare_multiprocess_dir
     from scalerec.serving.auth import ApiKeyStore
-    from scalerec.serving.schedule import RetrainScheduler
+    from scalerec.training.schedule import RetrainScheduler
 
     settings = with_cluster(get_settings(ctx), cluster)
     host = host or settings.serving.host

@@ -1,5 +1,10 @@
-"""Execution backends behind one seam: in-process, local worker processes, and (optionally) Ray."""
+"""The Ray backend: RayExecutor (ray_executor), distributed twins of local families (als, knn), Ray Serve (serve).
 
-from scalerec.cluster.executor import Executor, LocalExecutor, get_executor
+Everything here needs Ray (``pip install 'scalerec[ray]'``); the Executor seam itself is
+``scalerec.execution``. Importing this package registers the cluster twins (see ``twin``).
+"""
 
-__all__ = ["Executor", "LocalExecutor", "get_executor"]
+from scalerec.cluster import als, knn  # noqa: F401  (register_twin on import)
+from scalerec.cluster.twin import ClusterTwin, register_twin, registered_twins, twin_for
+
+__all__ = ["ClusterTwin", "register_twin", "registered_twins", "twin_for"]

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from scalerec.cluster.twin import ClusterTwin
+from scalerec.cluster.twin import ClusterTwin, register_twin
 from scalerec.errors import ValidationError
 from scalerec.models.als import ALS, solve_users
 from scalerec.models.base import Progress
@@ -252,6 +252,7 @@ def _loss_task(shard: Shard, x: np.ndarray, gram: np.ndarray, bounds: np.ndarray
     return loss_terms(shard, x, gather_rows(fixed, bounds, shard.cols), gram)
 
 
+@register_twin
 class DistributedALS(ClusterTwin, ALS):
     """Implicit ALS fitted on a Ray cluster; saves and serves as a plain :class:`ALS`.
 

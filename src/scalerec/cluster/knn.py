@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from scalerec.cluster.twin import ClusterTwin
+from scalerec.cluster.twin import ClusterTwin, register_twin
 from scalerec.errors import ValidationError
 from scalerec.models.base import Progress
 from scalerec.models.knn import ItemKNN, prune_rows
@@ -48,6 +48,7 @@ def _block_task(Wt: sp.csr_matrix, W: sp.csr_matrix, start: int, stop: int, k: i
     return similarity_block(Wt, W, start, stop, k)
 
 
+@register_twin
 class DistributedItemKNN(ClusterTwin, ItemKNN):
     """Item-kNN whose similarity is computed on a Ray cluster; saves and serves as :class:`ItemKNN`.
 

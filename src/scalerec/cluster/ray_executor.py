@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
+from scalerec.cluster.twin import twin_for
 from scalerec.errors import ConfigError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,6 +26,25 @@ DEFAULT_TASK_RETRIES = 3
 
 _CONNECT_LOCK = threading.Lock()
 
+#: the only address a private, single-machine Ray (``--cluster local``, tests, benchmarks) listens on
+LOOPBACK = "127.0.0.1"
+#: Ray's switch for multi-machine clusters; off, it takes the loopback address as the node address
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def use_loopback() -> None:
+    """Make the Ray processes started from here on bind to 127.0.0.1 instead of the external interface.
+
+    Ray otherwise replaces a loopback node address by the machine's external one and binds its
+    servers (GCS, raylets, workers, agents) there. The switch is read when ``ray`` is imported:
+    the environment covers the child processes, ``ray_constants`` this already-importing one.
+    Call it before starting a cluster that only this machine uses; never for a multi-node one.
+    """
+    os.environ[_CLUSTERS_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
 
 def connect(address: str | None = None) -> None:
     """Attach this process to a Ray cluster once; later calls (and an existing connection) are no-ops.
@@ -31,7 +52,8 @@ def connect(address: str | None = None) -> None:
     ``address``: ``"auto"`` (a cluster started on this machine with ``ray start --head``),
     ``"ray://host:port"`` (Ray Client), ``"host:port"`` (a GCS address, as
     ``ray.cluster_utils.Cluster.address``), or ``None`` / ``"local"`` to start a private
-    single-node Ray on this machine. Raises ConfigError when the cluster cannot be reached.
+    single-node Ray on this machine, listening on 127.0.0.1 only. Raises ConfigError when the
+    cluster cannot be reached.
     """
     with _CONNECT_LOCK:
         if ray.is_initialized():
@@ -39,7 +61,8 @@ def connect(address: str | None = None) -> None:
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
         try:
             if address in (None, "", "local"):
-                ray.init(include_dashboard=False, **kwargs)
+                use_loopback()
+                ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -75,6 +98,9 @@ def resolve(value: Any) -> Any:
 
 
 def _call(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    # Shared handles given as direct arguments reach the task as their objects (Executor.share).
+    args = tuple(resolve(a) for a in args)
+    kwargs = {k: resolve(v) for k, v in kwargs.items()}
     return fn(*args, **kwargs)
 
 
@@ -181,9 +207,9 @@ class RayExecutor:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.shutdown(cancel=exc_type is not None)
 
-    # ------------------------------------------------------------------ cluster extras
+    # ------------------------------------------------------------------ sharing and cluster twins
     def share(self, obj: Any) -> Shared:
-        """Put ``obj`` in the object store once; pass the handle to tasks, which :func:`resolve` it."""
+        """Put ``obj`` in the object store once; tasks get it back as an argument or via :func:`resolve`."""
         return Shared(ray.put(obj))
 
     def adapt_model(self, model: "Recommender") -> "Recommender":
@@ -192,12 +218,9 @@ class RayExecutor:
         The twin has the same hyperparameters, learned state and saved format, so the registry and
         serving cannot tell them apart; only ``fit`` runs as Ray tasks.
         """
-        from scalerec.cluster.als import DistributedALS
-        from scalerec.cluster.knn import DistributedItemKNN
-
-        for twin in (DistributedALS, DistributedItemKNN):
-            if type(model) is twin.local_class():
-                return twin.from_model(model, address=self.address, task_retries=self.task_retries)
+        twin = twin_for(model.family)
+        if twin is not None and type(model) is twin.local_class():
+            return twin.from_model(model, address=self.address, task_retries=self.task_retries)
         return model
 
     def __repr__(self) -> str:

@@ -1,9 +1,13 @@
-"""Cluster twins: a model whose fit runs on Ray but which saves, loads and serves as its local family."""
+"""Cluster twins: a model whose fit runs on Ray but which saves, loads and serves as its local family.
+
+Twins register themselves by family (:func:`register_twin`); ``RayExecutor.adapt_model`` looks
+them up with :func:`twin_for`, so a new twin needs no edit elsewhere.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from scalerec.models.base import Recommender
 
@@ -51,3 +55,30 @@ class ClusterTwin(Recommender):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as the local family (see :meth:`to_local`)."""
         self.to_local().save(path)
+
+
+TwinT = TypeVar("TwinT", bound=type[ClusterTwin])
+
+_TWINS: dict[str, type[ClusterTwin]] = {}
+
+
+def register_twin(cls: TwinT) -> TwinT:
+    """Class decorator: make ``cls`` the cluster twin of its family; raises TypeError on a second one."""
+    if not (isinstance(cls, type) and issubclass(cls, ClusterTwin)):
+        raise TypeError(f"{cls!r} is not a ClusterTwin")
+    known = _TWINS.get(cls.family)
+    if known is not None and known is not cls:
+        raise TypeError(f"family {cls.family!r} already has the cluster twin {known.__name__}")
+    cls.local_class()  # fails now, not at the first adapt_model, when there is no local family
+    _TWINS[cls.family] = cls
+    return cls
+
+
+def twin_for(family: str) -> type[ClusterTwin] | None:
+    """The registered cluster twin of model family ``family``, or None."""
+    return _TWINS.get(family)
+
+
+def registered_twins() -> dict[str, type[ClusterTwin]]:
+    """Family -> cluster twin, for every registered twin."""
+    return dict(_TWINS)

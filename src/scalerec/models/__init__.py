@@ -6,16 +6,14 @@ from typing import Any
 
 from scalerec.errors import ValidationError
 from scalerec.models.als import ALS, BPR
-from scalerec.models.base import Recommender
+from scalerec.models.base import MODELS, Recommender
 from scalerec.models.ease import EASE
 from scalerec.models.knn import ItemKNN
 from scalerec.models.popular import MostPopular, Trending
 from scalerec.models.rp3beta import RP3beta
 
-#: model families by registry name, cheapest first
-MODELS: dict[str, type[Recommender]] = {
-    cls.family: cls for cls in (MostPopular, Trending, ItemKNN, RP3beta, EASE, ALS, BPR)
-}
+# The registry itself lives in models.base (Recommender.load reads it without importing the families).
+MODELS.update({cls.family: cls for cls in (MostPopular, Trending, ItemKNN, RP3beta, EASE, ALS, BPR)})
 
 
 def make_model(name: str, **params: Any) -> Recommender:

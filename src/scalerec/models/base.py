@@ -369,8 +369,6 @@ class Recommender(ABC):
                 f"model {path} has format version {meta.get('format_version')}; this scalerec reads "
                 f"version {FORMAT_VERSION}: retrain the model"
             )
-        from scalerec.models import MODELS
-
         klass = MODELS.get(meta["family"])
         if klass is None:
             raise StorageError(f"model {path} is of unknown family {meta['family']!r}; known: {sorted(MODELS)}")
@@ -506,3 +504,8 @@ def _check_n(n: Any) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValidationError(f"n must be a positive integer, got {n!r}")
     return int(n)
+
+
+#: model families by registry name, cheapest first; filled by ``scalerec.models`` (imported before
+#: this module, as its package), so ``Recommender.load`` needs no import of the families.
+MODELS: dict[str, type[Recommender]] = {}

@@ -38,7 +38,7 @@ from scalerec.training.tuning import (
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
-    from scalerec.cluster.executor import Executor
+    from scalerec.execution import Executor
     from scalerec.config import Settings
     from scalerec.data.matrix import InteractionMatrix
     from scalerec.evaluation.splits import Split
@@ -390,7 +390,7 @@ def train(
     leaves no version and no temporary files; finished trials stay in tuning.db and the next run
     resumes the search.
     """
-    from scalerec.cluster.executor import get_executor
+    from scalerec.execution import get_executor
     from scalerec.data.store import DataStore
     from scalerec.registry import Registry
 
@@ -443,11 +443,11 @@ def train(
         try:
             from dataclasses import replace
 
-            from scalerec.cluster.executor import LocalExecutor
+            from scalerec.execution import LocalExecutor
 
-            if hasattr(executor, "share"):  # a cluster: workers get the events through its object store
+            if not isinstance(executor, LocalExecutor):  # a cluster: workers get the events through its object store
                 spec = replace(spec, events_ref=executor.share(snapshot.events))
-            elif not (isinstance(executor, LocalExecutor) and executor.jobs == 1):
+            elif executor.jobs > 1:
                 # Local worker processes rebuild the split from a Parquet copy of the snapshot.
                 work.mkdir(parents=True, exist_ok=True)
                 events_path = work / "events.parquet"
@@ -472,8 +472,7 @@ def train(
 
             t = time.perf_counter()
             model = make_model(best.family, **best.best_params)
-            if hasattr(executor, "adapt_model"):
-                model = executor.adapt_model(model)
+            model = executor.adapt_model(model)
             _emit(progress, "fit", 0, None, f"refitting {best.family} on all data")
             with measure_peak_rss() as mem:
                 t_fit = time.perf_counter()

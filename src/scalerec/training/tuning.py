@@ -19,7 +19,7 @@ from scalerec.errors import ValidationError
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from scalerec.cluster.executor import Executor
+    from scalerec.execution import Executor
     from scalerec.evaluation.splits import Split
 
 #: Optuna study names: ``<family>-<data fingerprint>-<search config hash>``

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from scalerec.cluster import Executor, LocalExecutor, get_executor
+from scalerec.execution import Executor, LocalExecutor, get_executor
 from scalerec.config import Settings
 from scalerec.errors import ValidationError
 
@@ -75,3 +77,30 @@ def test_a_dead_worker_fails_its_task_and_the_pool_recovers() -> None:
         with pytest.raises(BrokenProcessPool):
             ex.submit(_die, 0).result()
         assert ex.submit(_square, 7).result() == 49
+
+
+def test_local_share_and_adapt_model_are_identities() -> None:
+    from scalerec.models import make_model
+
+    ex = LocalExecutor(1)
+    obj = {"big": list(range(10))}
+    assert ex.share(obj) is obj
+    model = make_model("als", factors=4)
+    assert ex.adapt_model(model) is model
+
+
+def test_execution_module_loads_no_blas() -> None:
+    # Spawned workers import it first, before their thread limits are set in the environment.
+    code = "import sys, scalerec.execution; print(sorted(m for m in ('numpy', 'scipy', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_named_cluster_without_ray_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scalerec.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "scalerec.cluster.ray_executor", None)  # as if Ray were not installed
+    settings = Settings()
+    settings.cluster = settings.cluster.model_copy(update={"address": "auto"})
+    with pytest.raises(ConfigError, match="Ray backend"):
+        get_executor(settings)

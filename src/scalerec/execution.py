@@ -1,4 +1,8 @@
-"""The Executor seam: run independent tasks in-process, in local worker processes, or (later) on Ray."""
+"""The Executor seam: run independent tasks in-process, in local worker processes, or on Ray.
+
+Callers (training, batch inference) only see :class:`Executor`; the Ray backend lives in
+``scalerec.cluster`` and is loaded by :func:`get_executor` only when a cluster is configured.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from scalerec.config import Settings
+    from scalerec.models.base import Recommender
 
 T = TypeVar("T")
 
@@ -35,7 +40,13 @@ class Executor(Protocol):
     """Runs picklable callables: ``submit`` one, ``map`` many; the pipeline only sees this.
 
     ``jobs`` is how many tasks run at the same time. Implementations: :class:`LocalExecutor`
-    (in-process for one job, a process pool otherwise) and ``RayExecutor`` (a Ray cluster).
+    (in-process for one job, a process pool otherwise) and
+    ``scalerec.cluster.ray_executor.RayExecutor`` (a Ray cluster).
+
+    ``share(obj)`` returns a handle to pass to many tasks instead of ``obj`` (a cluster ships it
+    to each node once); a handle passed as a direct argument of ``submit``/``map`` reaches the
+    task as the object itself. ``adapt_model(model)`` returns the model this backend should fit
+    (a cluster's distributed twin of the same family, or ``model``).
     """
 
     jobs: int
@@ -45,6 +56,10 @@ class Executor(Protocol):
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]: ...
 
     def shutdown(self, *, cancel: bool = False) -> None: ...
+
+    def share(self, obj: Any) -> Any: ...
+
+    def adapt_model(self, model: "Recommender") -> "Recommender": ...
 
 
 def _init_worker(threads: int) -> None:
@@ -143,6 +158,14 @@ class LocalExecutor:
                 proc.join(timeout=5)
         else:
             pool.shutdown(wait=True)
+
+    def share(self, obj: Any) -> Any:
+        """``obj`` itself: in-process tasks use it directly, pool workers receive it pickled."""
+        return obj
+
+    def adapt_model(self, model: "Recommender") -> "Recommender":
+        """``model`` itself: every family fits on this machine as it is."""
+        return model
 
     def __enter__(self) -> "LocalExecutor":
         return self

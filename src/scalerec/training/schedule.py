@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("scalerec.serving.schedule")
+log = logging.getLogger("scalerec.training.schedule")
 
 
 class RetrainScheduler:

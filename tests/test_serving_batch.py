@@ -13,11 +13,11 @@ import pytest
 
 from _ray_cluster import Killer, ray_cluster  # noqa: F401  (fixture)
 from _serving_fixtures import base_store  # noqa: F401  (fixture: synthetic shop + production ALS)
-from scalerec.cluster.batch import BATCH_SCHEMA, MANIFEST, SUCCESS, batch_recommend, part_name
-from scalerec.cluster.executor import LocalExecutor
 from scalerec.config import Settings
 from scalerec.errors import ConflictError
+from scalerec.execution import Executor, LocalExecutor
 from scalerec.registry import Registry
+from scalerec.serving.batch import BATCH_SCHEMA, MANIFEST, SUCCESS, Scorer, batch_recommend, part_name
 
 
 @pytest.fixture
@@ -86,6 +86,42 @@ def test_a_non_batch_directory_is_never_overwritten(settings: Settings, tmp_path
     with pytest.raises(ConflictError):
         batch_recommend(settings, out, n=5, executor=LocalExecutor(1), overwrite=True)
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+class _HandleExecutor(LocalExecutor):
+    """Another backend: shares through opaque handles that it unwraps for its tasks (as Ray does)."""
+
+    class Handle:
+        def __init__(self, obj: object) -> None:
+            self.obj = obj
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.shared: list[object] = []
+
+    def share(self, obj: object) -> object:
+        self.shared.append(obj)
+        return self.Handle(obj)
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        args = tuple(a.obj if isinstance(a, self.Handle) else a for a in args)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_any_executor_gets_the_model_through_share(settings: Settings, tmp_path: Path) -> None:
+    ex = _HandleExecutor()
+    assert isinstance(ex, Executor)
+    batch_recommend(settings, tmp_path / "a", n=4, shard_users=50, executor=LocalExecutor(1))
+    result = batch_recommend(settings, tmp_path / "b", n=4, shard_users=50, executor=ex)
+    assert len(ex.shared) == 1 and isinstance(ex.shared[0], Scorer)  # once, not once per shard
+    assert result.shards_total > 1 and _read(tmp_path / "b") == _read(tmp_path / "a")
+
+
+def test_local_worker_processes_write_the_same_output(settings: Settings, tmp_path: Path) -> None:
+    batch_recommend(settings, tmp_path / "a", n=4, shard_users=60, executor=LocalExecutor(1))
+    with LocalExecutor(2, threads_per_job=1) as ex:
+        batch_recommend(settings, tmp_path / "b", n=4, shard_users=60, executor=ex)
+    assert _read(tmp_path / "b") == _read(tmp_path / "a")
 
 
 def test_cli_writes_parquet_and_reports_json(settings: Settings, tmp_path: Path) -> None:

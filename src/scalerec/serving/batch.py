@@ -1,7 +1,8 @@
 """Sharded batch inference: top-n for every user of a model version, one Parquet file per user shard.
 
-Runs on any Executor: in-process, a local process pool, or Ray (the model goes through the object
-store once; each task scores one contiguous range of users and writes ``part-<shard>.parquet``).
+Runs on any Executor: in-process, a local process pool, or Ray (the model goes through
+``Executor.share`` once; each task scores one contiguous range of users and writes
+``part-<shard>.parquet``).
 Files are written under a temporary name and renamed, so a shard file either is complete or does
 not exist; a rerun with the same settings skips the finished shards (resume after Ctrl-C or a
 lost node). On a multi-node cluster ``out_dir`` must be on storage every node can write.
@@ -28,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scalerec.errors import ConflictError, ValidationError
+from scalerec.execution import Executor, LocalExecutor, get_executor
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse as sp
 
-    from scalerec.cluster.executor import Executor
     from scalerec.config import Settings
     from scalerec.models.base import Recommender
 
@@ -83,18 +84,14 @@ def load_scorer(data_dir: str | os.PathLike[str], version: str | None = None) ->
     return Scorer(lv.model, lv.matrix.matrix, lv.matrix.user_ids, lv.matrix.item_ids, lv.version)
 
 
-def _resolve(source: Any) -> Scorer:
-    if isinstance(source, Scorer):
-        return source
+def _resolve(source: Scorer | SourceSpec) -> Scorer:
     if isinstance(source, SourceSpec):
         key = (source.data_dir, source.version)
         if key not in _CACHE:
             _CACHE.clear()  # one batch at a time per worker
             _CACHE[key] = load_scorer(source.data_dir, source.version)
         return _CACHE[key]
-    from scalerec.cluster.ray_executor import resolve  # a Shared handle: only exists with Ray
-
-    return resolve(source)
+    return source  # the Scorer itself, or what Executor.share turned back into it
 
 
 def recommend_shard(scorer: Scorer, start: int, stop: int, n: int, exclude_seen: bool) -> pa.Table:
@@ -130,7 +127,7 @@ def _arrow_ids(ids: np.ndarray) -> pa.Array:
     return hit[1]
 
 
-def write_shard(source: Any, shard: int, start: int, stop: int, n: int, exclude_seen: bool, out_dir: str) -> int:
+def write_shard(source: Scorer | SourceSpec, shard: int, start: int, stop: int, n: int, exclude_seen: bool, out_dir: str) -> int:
     """Task body: score one shard and publish ``part-<shard>.parquet`` atomically; returns its users."""
     table = recommend_shard(_resolve(source), start, stop, n, exclude_seen)
     out = Path(out_dir)
@@ -198,7 +195,7 @@ def batch_recommend(
     *,
     n: int = 100,
     version: str | None = None,
-    executor: "Executor | None" = None,
+    executor: Executor | None = None,
     shard_users: int | None = None,
     exclude_seen: bool = True,
     overwrite: bool = False,
@@ -212,8 +209,6 @@ def batch_recommend(
     counts shards. Rerunning with the same options resumes; other options raise ConflictError
     unless ``overwrite``. Raises ModelNotFoundError when there is no such version.
     """
-    from scalerec.cluster.executor import get_executor
-
     _check_options(n, shard_users)
     data_dir = Path(settings.data.dir).resolve()
     scorer = load_scorer(data_dir, version)
@@ -245,7 +240,7 @@ def run_batch(
     scorer: Scorer,
     out_dir: str | os.PathLike[str],
     *,
-    executor: "Executor",
+    executor: Executor,
     n: int = 100,
     shard_users: int | None = None,
     exclude_seen: bool = True,
@@ -258,8 +253,6 @@ def run_batch(
     ``spec`` lets local worker processes memory-map the version themselves instead of receiving
     the pickled scorer with every shard.
     """
-    from scalerec.cluster.executor import LocalExecutor
-
     _check_options(n, shard_users)
     t0 = time.perf_counter()
     n_users = len(scorer.user_ids)
@@ -286,12 +279,10 @@ def run_batch(
     todo = [s for s in range(n_shards) if not (out / part_name(s)).is_file()]
     skipped = n_shards - len(todo)
 
-    if hasattr(executor, "share"):
-        source: Any = executor.share(scorer)  # type: ignore[attr-defined]
-    elif (isinstance(executor, LocalExecutor) and executor.jobs == 1) or spec is None:
-        source = scorer
+    if spec is not None and isinstance(executor, LocalExecutor) and executor.jobs > 1:
+        source: Any = spec  # worker processes memory-map the version themselves (no pickled model)
     else:
-        source = spec  # worker processes memory-map the version themselves
+        source = executor.share(scorer)  # a cluster ships it to each node once
 
     done_users = 0
     finished = skipped
