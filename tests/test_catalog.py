@@ -454,8 +454,9 @@ def test_parse_catalog_url():
 
 def test_register_backend_makes_a_scheme_openable(tmp_path, monkeypatch):
     import scalerec.data.catalog as catalog_pkg
+    from scalerec.data.catalog import urls
 
-    monkeypatch.setattr(catalog_pkg, "_BACKENDS", dict(catalog_pkg._BACKENDS))
+    monkeypatch.setattr(urls, "_BACKENDS", dict(urls._BACKENDS))
     seen = []
 
     def factory(url, *, create_dirs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scalerec.data.matrix import MatrixSpec
+from scalerec.errors import StorageError
 
 __all__ = ["SNAPSHOT_END_KEYS", "Manifest", "parse_time"]
 
@@ -42,6 +44,23 @@ def parse_time(value: Any) -> datetime | None:
 
 def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts is not None else None
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Parse ``<path>/manifest.json``; StorageError naming the file when that fails."""
+    try:
+        data = json.loads((Path(path) / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise StorageError(f"model version {Path(path).name}: {MANIFEST} is missing in {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StorageError(f"model version {Path(path).name}: cannot read {MANIFEST}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StorageError(f"model version {Path(path).name}: {MANIFEST} is not a JSON object")
+    return data
+
 
 
 @dataclass
@@ -141,8 +160,6 @@ class Manifest:
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
         """The manifest of the version directory ``path``; StorageError when unreadable."""
-        from scalerec.registry.registry import read_manifest
-
         return cls.from_dict(read_manifest(Path(path)))
 
     def to_dict(self) -> dict[str, Any]:

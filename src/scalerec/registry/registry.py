@@ -20,15 +20,14 @@ import numpy as np
 
 from scalerec.data.catalog import CatalogStore, StageTransaction, open_catalog
 from scalerec.errors import ConflictError, ModelNotFoundError, StorageError, ValidationError
+from scalerec.registry.manifest import MANIFEST, Manifest, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from scalerec.config import Settings
     from scalerec.data.matrix import InteractionMatrix
     from scalerec.models.base import Recommender
-    from scalerec.registry.manifest import Manifest
 
 STAGES = ("candidate", "production", "archived")
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
 _TMP_PREFIX = ".tmp-"
@@ -73,8 +72,6 @@ class ModelVersion:
 
     def typed_manifest(self) -> "Manifest":
         """The manifest as a :class:`~scalerec.registry.manifest.Manifest`; StorageError when unreadable."""
-        from scalerec.registry.manifest import Manifest
-
         return Manifest.from_dict(read_manifest(self.path))
 
 
@@ -93,19 +90,6 @@ class LoadedVersion:
     popular: np.ndarray
     trending: np.ndarray
     path: Path = field(default_factory=Path)
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Parse ``<path>/manifest.json``; StorageError naming the file when that fails."""
-    try:
-        data = json.loads((Path(path) / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise StorageError(f"model version {Path(path).name}: {MANIFEST} is missing in {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StorageError(f"model version {Path(path).name}: cannot read {MANIFEST}: {exc}") from None
-    if not isinstance(data, dict):
-        raise StorageError(f"model version {Path(path).name}: {MANIFEST} is not a JSON object")
-    return data
 
 
 def _check_files(path: Path, manifest: dict[str, Any]) -> str | None:

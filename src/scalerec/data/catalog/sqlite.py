@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from scalerec.data.catalog import CatalogURL, parse_catalog_url
+from scalerec.data.catalog.urls import CatalogURL, parse_catalog_url
 from scalerec.data.catalog._convert import (
     _ITEM_COLS,
     _PATCHABLE,
