@@ -1087,32 +1087,52 @@ class EventLog:
         Each affected file is rewritten without those rows and swapped in atomically; files that
         lose all their rows are deleted.
         """
+        return self.delete_users_detailed(user_ids, progress=progress)["rows"]
+
+    def delete_users_detailed(self, user_ids: Iterable[str], *, progress: Progress | None = None) -> dict[str, Any]:
+        """:meth:`delete_users` with where the rows were: ``{"rows": n, "files": {relative path: rows}}``."""
         ids = pa.array(sorted({str(u) for u in user_ids}), pa.string())
+        out: dict[str, Any] = {"rows": 0, "files": {}}
         if len(ids) == 0:
-            return 0
-        removed = 0
+            return out
         with self.lock():
             self.recover()
-            all_files = [(d, p) for _, d in self.partitions() for p in self._visible_files(d)]
+            hits = self._files_with(ids, progress)
             tmp = self._rewrite_tmp()
             try:
-                wanted = ids.to_pylist()
-                for i, (d, p) in enumerate(all_files):
-                    if not _may_contain(p, "user_id", wanted):
-                        if progress is not None:
-                            progress(i + 1, len(all_files))
-                        continue
-                    users = pq.read_table(p, columns=["user_id"]).column("user_id")
-                    hit = pc.is_in(users, value_set=ids)
-                    n_hit = pc.sum(hit).as_py() or 0
-                    if n_hit:
-                        removed += self._rewrite_without(d, p, ids, tmp, len(users) - n_hit)
-                    if progress is not None:
-                        progress(i + 1, len(all_files))
+                for (d, p), (n_rows, n_hit) in hits.items():
+                    removed = self._rewrite_without(d, p, ids, tmp, n_rows - n_hit)
+                    out["rows"] += removed
+                    out["files"][str(p.relative_to(self.root))] = removed
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
                 self._forget_cache()
-        return removed
+        return out
+
+    def count_user_rows(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """Rows of these users per visible file (relative path -> rows; files without any omitted).
+
+        Read-only; row-group statistics skip files that cannot hold the ids.
+        """
+        ids = pa.array(sorted({str(u) for u in user_ids}), pa.string())
+        if len(ids) == 0:
+            return {}
+        return {str(p.relative_to(self.root)): hit for (_, p), (_, hit) in self._files_with(ids, None).items()}
+
+    def _files_with(self, ids: pa.Array, progress: Progress | None) -> dict[tuple[Path, Path], tuple[int, int]]:
+        """(partition dir, file) -> (rows in the file, rows of ``ids``) for files holding any of ``ids``."""
+        all_files = [(d, p) for _, d in self.partitions() for p in self._visible_files(d)]
+        wanted = ids.to_pylist()
+        hits: dict[tuple[Path, Path], tuple[int, int]] = {}
+        for i, (d, p) in enumerate(all_files):
+            if _may_contain(p, "user_id", wanted):
+                users = pq.read_table(p, columns=["user_id"]).column("user_id")
+                n_hit = pc.sum(pc.is_in(users, value_set=ids)).as_py() or 0
+                if n_hit:
+                    hits[(d, p)] = (len(users), n_hit)
+            if progress is not None:
+                progress(i + 1, len(all_files))
+        return hits
 
     def _rewrite_without(self, part_dir: Path, path: Path, ids: pa.Array, tmp: Path, keep_rows: int) -> int:
         info = self._info(path)

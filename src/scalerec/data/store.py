@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from scalerec.config import Settings
 from scalerec.data.catalog import CatalogStore, open_catalog
+from scalerec.data.deletion import masks, versions_holding
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
 from scalerec.data.schema import EVENT_SCHEMA, TIMESTAMP
 from scalerec.errors import StorageError, UnknownUserError, ValidationError
@@ -207,7 +208,7 @@ class DataStore:
         return out
 
     def recover(self) -> dict[str, int]:
-        """Finish interrupted log transactions/rewrites and pending-event flushes (run on open).
+        """Finish interrupted log transactions/rewrites, pending-event flushes and user deletions (run on open).
 
         Skipped (returns {}) while another process holds the log's maintenance lock: that process
         is compacting, deleting or flushing, and recovers first itself.
@@ -217,6 +218,7 @@ class DataStore:
                 return {}
             stats = dict(self.log.recover())
             stats.update(self._recover_pending())
+            stats["deletions_finished"] = self._finish_deletions()
         return stats
 
     @contextlib.contextmanager
@@ -234,25 +236,118 @@ class DataStore:
         result = self.log.compact(min_files=min_files, progress=progress)
         return {"flushed_pending": flushed, **result}
 
+    # -- deleting a user -----------------------------------------------------------------
     def delete_user(self, user_id: str) -> dict[str, int]:
-        """Delete everything stored about one user: logged and pending events and the user record.
+        """Delete everything stored about one user, provably, and mask them in every model version.
 
-        Raises UnknownUserError if the user is found nowhere. Models trained before still hold the
-        user until the next training run.
+        Steps, under the log's maintenance lock: write the tombstone (unfinished: from now on no
+        model serves the user, in any process, after its next change-feed poll) -> with readers of
+        the log held off, delete pending events, kept change-feed events, logged events and the
+        catalogue row -> scrub the recommendation log -> finish the tombstone with the time the data
+        was gone and a report (see :meth:`deletion_report`). Every step is idempotent; a crash
+        leaves an unfinished tombstone that the next ``delete_user`` or ``DataStore.open`` (any
+        command, any server start) finishes. Events stored after a finished deletion are a new
+        user's and are kept.
+
+        Returns the counts ``log_events``, ``pending_events``, ``user_record``. Raises
+        UnknownUserError when nothing is stored for the id and no model version holds it unmasked
+        (a repeated request for an already deleted user).
         """
         user_id = str(user_id)
         if not user_id.strip():
             raise ValidationError("user_id is empty; pass the id of the user whose data to delete")
         with self.log.lock():  # no flush may move this user's pending events meanwhile
             self._recover_pending()
-            pending = self.catalog.delete_user_pending_events(user_id)
-            logged = self.log.delete_users([user_id])
-            record = self.catalog.delete_user(user_id)
-        if not (pending or logged or record):
+            tomb = self.catalog.user_tombstone(user_id)
+            if tomb is None or tomb["deleted_at"] is not None:
+                stored = self.user_data(user_id)
+                held = [v for v in versions_holding(self.models_dir, user_id)
+                        if tomb is None or not masks(tomb["deleted_at"], v["data_time_us"])]
+                if not held and not any(stored[k] for k in _STORED_KEYS):
+                    if tomb is None:
+                        raise UnknownUserError(
+                            f"user {user_id!r} has no events and no user record; check the id (ids are case-sensitive)"
+                        )
+                    raise UnknownUserError(
+                        f"nothing is stored for user {user_id!r}: their data was deleted at "
+                        f"{_iso(tomb['deleted_at'])}; see `scalerec users deletion-report {user_id}`"
+                    )
+            removed = self._delete_user_locked(user_id)
+        return {k: removed[k]["rows"] for k in ("log_events", "pending_events", "user_record")}
+
+    def _delete_user_locked(self, user_id: str) -> dict[str, Any]:
+        """The deletion steps (the caller holds the log lock); returns the report's ``removed``."""
+        from scalerec.serving.reclog import scrub_users  # the recommendation log lives in the data dir
+
+        resumed = self.catalog.user_tombstone(user_id)
+        resumed = resumed is not None and resumed["deleted_at"] is None
+        self.catalog.begin_user_deletion(user_id, _now_us())
+        removed: dict[str, Any] = {}
+        with self._view_lock.exclusive():  # a snapshot reads all of the user's data or none of it
+            removed["pending_events"] = _step(self.catalog.delete_user_pending_events(user_id))
+            removed["recent_events"] = _step(self.catalog.forget_recent_events(user_id))
+            log = self.log.delete_users_detailed([user_id])
+            removed["log_events"] = _step(log["rows"], files=log["files"])
+            removed["user_record"] = _step(int(self.catalog.delete_user(user_id)))
+            deleted_at = _now_us()
+        scrubbed = scrub_users(self.dir / "logs", [user_id])
+        removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
+        report = {"removed": removed, "resumed": resumed}
+        self.catalog.finish_user_deletion(user_id, deleted_at, report)
+        return removed
+
+    def _finish_deletions(self) -> int:
+        """Finish deletions a crash interrupted (the caller holds the log lock); returns how many."""
+        users = self.catalog.unfinished_user_deletions()
+        for user_id in users:
+            self._delete_user_locked(user_id)
+        return len(users)
+
+    def user_data(self, user_id: str) -> dict[str, Any]:
+        """What is stored under ``user_id`` now (read-only): events in the log (per file), pending
+        events, the catalogue row, kept change-feed events, recommendation-log lines (per file)."""
+        from scalerec.serving.reclog import count_user_lines
+
+        user_id = str(user_id)
+        files = self.log.count_user_rows([user_id])
+        lines = count_user_lines(self.dir / "logs", [user_id])
+        return {
+            "log_events": sum(files.values()),
+            "log_files": files,
+            "pending_events": self.catalog.count_user_pending_events(user_id),
+            "user_record": int(self.catalog.get_user(user_id) is not None),
+            "recent_events": self.catalog.count_recent_events(user_id),
+            "recommendation_log_lines": sum(lines.values()),
+            "recommendation_log_files": lines,
+        }
+
+    def deletion_report(self, user_id: str) -> dict[str, Any]:
+        """Where a deleted user was removed from (counts, files, times), the model versions that hold
+        them and whether each is masked, and what is stored under the id now (a check; events
+        stored after the deletion are a new user's). UnknownUserError when no deletion is recorded."""
+        user_id = str(user_id)
+        tomb = self.catalog.user_tombstone(user_id)
+        if tomb is None:
             raise UnknownUserError(
-                f"user {user_id!r} has no events and no user record; check the id (ids are case-sensitive)"
+                f"no deletion is recorded for user {user_id!r}; delete with `scalerec users delete {user_id}`"
             )
-        return {"log_events": logged, "pending_events": pending, "user_record": int(record)}
+        stages = {r["version"]: r["stage"] for r in self.catalog.model_versions()}
+        versions = [
+            {"version": v["version"], "stage": stages.get(v["version"]), "data_until": _iso(v["data_time_us"]),
+             "masked": masks(tomb["deleted_at"], v["data_time_us"])}
+            for v in versions_holding(self.models_dir, user_id)
+        ]
+        report = tomb["report"] or {}
+        return {
+            "user_id": user_id,
+            "status": "unfinished" if tomb["deleted_at"] is None else "finished",
+            "started_at": _iso(tomb["started_at"]),
+            "deleted_at": _iso(tomb["deleted_at"]),
+            "resumed": bool(report.get("resumed")),
+            "removed": report.get("removed", {}),
+            "model_versions": versions,
+            "stored_now": self.user_data(user_id),
+        }
 
     # -- statistics -----------------------------------------------------------------------
     def stats(self, top: int = 10) -> dict[str, Any]:
@@ -325,6 +420,19 @@ class DataStore:
             "sparsity": sparsity,
             "top_items": top_items,
         }
+
+
+#: user_data keys that count as "something is stored under this id".
+_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines")
+
+
+def _now_us() -> int:
+    return int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
+
+
+def _step(rows: int, **extra: Any) -> dict[str, Any]:
+    """One deletion step of the report: rows removed, when, and where (``files``)."""
+    return {"rows": int(rows), "at": _iso(_now_us()), **extra}
 
 
 def _iso(us: int | None) -> str | None:

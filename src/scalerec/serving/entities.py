@@ -77,11 +77,19 @@ class Entities:
         return self.get_user(user_id)
 
     def delete_user(self, user_id: str) -> dict[str, Any]:
-        """Delete the user's events (log and pending), catalogue row and personalisation at once."""
-        result = self.store.delete_user(user_id)
-        self.feed.record("user_deleted", user_id)
+        """Delete the user everywhere (see DataStore.delete_user): events, pending events, catalogue
+        row, change-feed events, recommendation-log lines; masked in every model version of this
+        process at once (others: at their next change-feed poll). Counts per place in ``deleted``."""
+        result = self.store.delete_user(user_id)  # its tombstone records the change for every process
         self._changed()
-        return {"user_id": user_id, "deleted": _jsonable(result) if isinstance(result, dict) else result}
+        deleted = _jsonable(result) if isinstance(result, dict) else result
+        tomb = self.store.catalog.user_tombstone(user_id)
+        removed = ((tomb or {}).get("report") or {}).get("removed", {})
+        if isinstance(deleted, dict):
+            for key in ("recent_events", "recommendation_log"):
+                if key in removed:
+                    deleted.setdefault(key, removed[key]["rows"])
+        return {"user_id": user_id, "deleted": deleted}
 
     def get_item(self, item_id: str) -> dict[str, Any]:
         row = self.store.catalog.get_item(item_id)

@@ -99,7 +99,7 @@ class RecommendService:
         )
         self.state = ServingState(settings, self.store, self.registry, self.feed)
         self.entities = Entities(settings, self.store, self.feed, self.state.apply_changes)
-        self.reclog = RecommendationLog(Path(settings.data.dir) / "logs")
+        self.reclog = RecommendationLog(Path(settings.data.dir) / "logs", tombstones=self.store.catalog)
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)

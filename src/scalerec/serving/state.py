@@ -1,7 +1,9 @@
 """Model state of a serving process: one immutable :class:`LiveState` swapped by reference.
 
 :class:`ServingState` loads a registered version (arrays memory-mapped), installs it, hot-swaps
-to a new production version and applies catalogue changes from the change feed. A request that
+to a new production version and applies catalogue changes from the change feed. Deleted users
+are masked at every load (the tombstones) and poll (the change feed, every MODEL_POLL_S seconds
+in a watching process, at once in the process that deleted). A request that
 took a reference finishes on a consistent snapshot and never fails during a swap.
 """
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from scalerec.data.deletion import masked_users, version_data_time_us
 from scalerec.data.matrix import shape_cells
 from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
@@ -59,6 +62,8 @@ class ModelState:
     fresh_users: FreshUsers | None = None  # users with events at/after ``snapshot`` (polled per request)
     # the training matrix's cell convention ({"binary", "cap"}), applied to fold-in histories
     cells: dict[str, Any] = field(default_factory=lambda: {"binary": False, "cap": None})
+    # when the version's data ends (UTC us; None: unknown): tombstones after it mask their users
+    data_time_us: int | None = None
 
     @property
     def n_items(self) -> int:
@@ -86,7 +91,7 @@ class LiveState:
 
     model: ModelState
     items: ItemAttributes
-    deleted_users: frozenset[str] = frozenset()
+    deleted_users: frozenset[str] = frozenset()  # masked: served as ids the model never saw
     feed_cursor: int = 0
     # (which, n, filter) -> rendered trending/popular list; valid as long as this state (items) is.
     lists: dict[tuple[Any, ...], "Candidates"] = field(default_factory=dict, compare=False, repr=False)
@@ -206,6 +211,7 @@ class ServingState:
             created_at=str(lv.manifest.get("created_at") or ""),
             loaded_at=time.time(),
             cells=cells,
+            data_time_us=version_data_time_us(lv.manifest),
         )
         state = replace(state, fresh_users=FreshUsers(self.feed, state.snapshot))
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - t0)
@@ -216,7 +222,7 @@ class ServingState:
         with self._swap_lock:
             cursor = self.feed.head()
             items = ItemAttributes.from_table(state.item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS))
-            deleted = frozenset(self.feed.deleted_users(state.created_at or None))
+            deleted = self.masked_users(state)
             previous = self._live
             self._live = LiveState(state, items, deleted, cursor)  # atomic reference swap
         prev_labels = (previous.model.version, previous.model.family) if previous else None
@@ -225,6 +231,14 @@ class ServingState:
             metrics.MODEL_SWAPS.inc()
         log.info("serving model %s (%s, %d items)", state.version, state.family, state.n_items)
         self.prune_recent_events(state)
+
+    def masked_users(self, state: ModelState) -> frozenset[str]:
+        """Users this version must not personalise: every deletion tombstone that masks its data
+        (see scalerec.data.deletion), plus users deleted after it was created by older code (change
+        feed rows without a tombstone). Read once per version installed."""
+        tombstones = [(user_id, deleted_at) for _, user_id, deleted_at in self.feed.catalog.user_tombstones()]
+        masked = masked_users(state.user_ids, tombstones, state.data_time_us)
+        return masked | frozenset(self.feed.deleted_users(state.created_at or None))
 
     def prune_recent_events(self, state: ModelState | None = None) -> int:
         """Drop kept compacted events older than the served model's snapshot (the model has them).
@@ -257,7 +271,7 @@ class ServingState:
                 return 0
             cursor = rows[-1][0]
             item_keys = list(dict.fromkeys(k for _, kind, k in rows if kind == "item"))
-            users = {k for _, kind, k in rows if kind == "user_deleted"}
+            users = {k for _, kind, k in rows if kind == "user_deleted"}  # deleted after this load: masked
             items = live.items
             if len(item_keys) > BULK_CHANGE_ITEMS:
                 items = ItemAttributes.from_table(

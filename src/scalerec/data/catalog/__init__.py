@@ -1,5 +1,5 @@
 """The catalogue database behind one interface: items, users, pending events, metadata, the
-serving change feed, API keys and model stages.
+serving change feed, API keys, model stages and user-deletion tombstones.
 
 ``open_catalog(url)`` parses the URL here (the one parser) and hands it to the backend registered
 for its scheme; ``sqlite:///PATH`` (the default, ``<data_dir>/catalog.db``) is
@@ -44,6 +44,7 @@ __all__ = [
     "ModelStageTable",
     "SqliteCatalog",
     "StageTransaction",
+    "TombstoneTable",
     "SUPPORTED_SCHEMES",
     "open_catalog",
     "parse_catalog_url",
@@ -110,7 +111,24 @@ class ModelStageTable(Protocol):
 
 
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, Protocol):
+class TombstoneTable(Protocol):
+    """Durable per-user deletion records (see ``DataStore.delete_user``): written first (unfinished,
+    ``deleted_at`` None) so a crash leaves the user masked, finished with the time the data was gone
+    and a JSON report. ``seq`` grows on every write so serving polls one number. Both writes also
+    record a ``user_deleted`` change."""
+
+    def begin_user_deletion(self, user_id: str, at_us: int) -> None: ...
+    def finish_user_deletion(self, user_id: str, deleted_at_us: int, report: dict[str, Any]) -> None: ...
+    def user_tombstone(self, user_id: str) -> dict[str, Any] | None: ...
+    def user_tombstones(self, since_seq: int = 0) -> list[tuple[int, str, int | None]]: ...
+    def tombstone_head(self) -> int: ...
+    def unfinished_user_deletions(self) -> list[str]: ...
+    def count_recent_events(self, user_id: str) -> int: ...
+    def count_user_pending_events(self, user_id: str) -> int: ...
+
+
+@runtime_checkable
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str

@@ -120,6 +120,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS model_versions_one_production
     ON model_versions (stage) WHERE stage = 'production';
 """
 
+#: Deletion tombstones, one per user id: durable proof that a user was deleted and the serving
+#: mask of every model version holding them (deleted_at NULL while the deletion is unfinished).
+_TOMBSTONE_DDL = """
+CREATE TABLE IF NOT EXISTS user_tombstones (
+    user_id    TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,   -- bumped on every write: readers poll max(seq)
+    started_at INTEGER NOT NULL,   -- UTC microseconds
+    deleted_at INTEGER,            -- UTC microseconds when the data was gone; NULL while unfinished
+    report     TEXT                -- JSON: what was removed where, with counts and times
+);
+CREATE INDEX IF NOT EXISTS user_tombstones_seq ON user_tombstones(seq);
+"""
+
 #: Change-feed triggers: (name, event, table, key, kind). Any writer records what changed in
 #: serving_changes, and every serving process applies just those rows.
 _CHANGE_TRIGGERS = [
@@ -157,6 +170,7 @@ _EXPECTED = frozenset(
     }
     | {("trigger", t[0]) for t in _CHANGE_TRIGGERS}
     | {("trigger", "serving_keep_compacted_v2"), ("trigger", "serving_users_del_events")}
+    | {("table", "user_tombstones"), ("index", "user_tombstones_seq")}
 )
 _OBSOLETE = frozenset({("trigger", "serving_keep_compacted")})  # v1 did not keep the pending id
 
@@ -253,7 +267,7 @@ class SqliteCatalog:
         present = set(conn.execute("SELECT type, name FROM sqlite_master").fetchall())
         if _EXPECTED <= present and not _OBSOLETE & present:
             return
-        conn.executescript("BEGIN IMMEDIATE;\n" + _DDL)  # the script leaves the transaction open
+        conn.executescript("BEGIN IMMEDIATE;\n" + _DDL + _TOMBSTONE_DDL)  # the script leaves the transaction open
         try:
             conn.execute(f"INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}')")
             columns = {r[1] for r in conn.execute("PRAGMA table_info(serving_recent_events)")}
@@ -784,6 +798,63 @@ class SqliteCatalog:
         """Stage writes under the write lock; the caller's file steps inside roll back with it."""
         with self._write() as conn:
             yield _SqliteStages(conn)
+
+    # -- user deletion tombstones ---------------------------------------------------------
+    def begin_user_deletion(self, user_id: str, at_us: int) -> None:
+        """Record (or re-open) the tombstone of ``user_id`` as unfinished and tell every serving
+        process through the change feed, in one transaction: from here on no model serves the user."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO user_tombstones (user_id, seq, started_at, deleted_at, report) VALUES "
+                "(?1, (SELECT coalesce(max(seq), 0) + 1 FROM user_tombstones), ?2, NULL, NULL) "
+                "ON CONFLICT(user_id) DO UPDATE SET seq = excluded.seq, started_at = CASE WHEN "
+                "user_tombstones.deleted_at IS NULL THEN user_tombstones.started_at ELSE excluded.started_at END, "
+                "deleted_at = NULL",
+                (str(user_id), int(at_us)),
+            )
+            conn.execute("INSERT INTO serving_changes (kind, key) VALUES ('user_deleted', ?)", (str(user_id),))
+
+    def finish_user_deletion(self, user_id: str, deleted_at_us: int, report: dict[str, Any]) -> None:
+        """Mark the deletion of ``user_id`` finished at ``deleted_at_us`` with its report."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE user_tombstones SET seq = (SELECT max(seq) + 1 FROM user_tombstones), deleted_at = ?, "
+                "report = ? WHERE user_id = ?",
+                (int(deleted_at_us), json.dumps(report, sort_keys=True), str(user_id)),
+            )
+            conn.execute("INSERT INTO serving_changes (kind, key) VALUES ('user_deleted', ?)", (str(user_id),))
+
+    def user_tombstone(self, user_id: str) -> dict[str, Any] | None:
+        """The tombstone of one user: user_id, seq, started_at, deleted_at (None: unfinished), report."""
+        row = self._one(
+            "SELECT user_id, seq, started_at, deleted_at, report FROM user_tombstones WHERE user_id = ?", (str(user_id),)
+        )
+        if row is None:
+            return None
+        return {"user_id": row[0], "seq": row[1], "started_at": row[2], "deleted_at": row[3],
+                "report": json.loads(row[4]) if row[4] else None}
+
+    def user_tombstones(self, since_seq: int = 0) -> list[tuple[int, str, int | None]]:
+        """(seq, user_id, deleted_at_us or None while unfinished) written after ``since_seq``, by seq."""
+        return self._query(
+            "SELECT seq, user_id, deleted_at FROM user_tombstones WHERE seq > ? ORDER BY seq", (int(since_seq),)
+        )
+
+    def tombstone_head(self) -> int:
+        """The newest tombstone write (0 when none); one index lookup."""
+        row = self._one("SELECT max(seq) FROM user_tombstones")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def unfinished_user_deletions(self) -> list[str]:
+        """Users whose deletion was started and not finished (a crash): the next run finishes them."""
+        return list(map(_first, self._query("SELECT user_id FROM user_tombstones WHERE deleted_at IS NULL ORDER BY seq")))
+
+    def count_recent_events(self, user_id: str) -> int:
+        """Kept compacted events of one user in the change feed (serving_recent_events)."""
+        return int(self._query("SELECT count(*) FROM serving_recent_events WHERE user_id = ?", (str(user_id),))[0][0])
+
+    def count_user_pending_events(self, user_id: str) -> int:
+        return int(self._query("SELECT count(*) FROM pending_events WHERE user_id = ?", (str(user_id),))[0][0])
 
 
 def _version_row(r: tuple) -> dict[str, Any]:
