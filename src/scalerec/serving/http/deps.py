@@ -181,7 +181,7 @@ class JsonBodyRoute(APIRoute):
                 if _may_hold_surrogate(body):
                     try:
                         document = json.loads(body)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         document = None  # not JSON: FastAPI answers it (400 malformed_json)
                     else:
                         where = _surrogate_at(document)
