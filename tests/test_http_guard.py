@@ -206,3 +206,16 @@ def test_new_error_statuses_are_documented_with_the_one_error_schema(api1) -> No
             assert ref.endswith("/ErrorResponse"), (path, method, status, ref)
     assert "Retry-After" in paths["/v1/rank"]["post"]["responses"]["429"]["headers"]
     assert set(spec["components"]["schemas"]["ErrorResponse"]["properties"]) == {"error"}
+
+
+def test_rank_drops_catalogued_unavailable_items_the_model_does_not_know(api1) -> None:
+    h = api1.h("write")
+    assert api1.client.put("/v1/items/new-off", json={"title": "t", "available": False}, headers=h).status_code == 200
+    assert api1.client.put("/v1/items/new-on", json={"title": "t"}, headers=h).status_code == 200
+    assert api1.service.store.catalog.item_availability(["new-off", "new-on", "nowhere"]) == {"new-off": False, "new-on": True}
+    st = api1.service.live.model
+    r = api1.post("/v1/rank", role="read", json={"user_id": str(st.user_ids[0]),
+                                                 "item_ids": ["new-off", "new-on", "nowhere", _item(api1)]})
+    body = r.json()
+    assert body["removed"] == ["new-off"]
+    assert [i["item_id"] for i in body["items"] if i["reason"] == "unranked"] == ["new-on", "nowhere"]
