@@ -100,6 +100,25 @@ class PayloadTooLargeError(ScalerecError):
     type = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(ScalerecError):
+    """A request body is not in the media type the endpoint reads (JSON)."""
+
+    status = 415
+    type = "unsupported_media_type"
+
+
+class RateLimitedError(ScalerecError):
+    """Too many requests (e.g. failed authentications) from one client; retry after ``retry_after`` s."""
+
+    status = 429
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class ServiceUnavailableError(ScalerecError):
     status = 503
     type = "unavailable"

@@ -7,6 +7,8 @@ leaked database does not leak keys and ``scalerec keys list`` can show which key
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from scalerec.data.catalog import CatalogStore, open_catalog, parse_catalog_url
-from scalerec.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ValidationError
+from scalerec.errors import (
+    AuthenticationError, NotFoundError, PermissionDeniedError, RateLimitedError, ValidationError,
+)
 
 ROLES = ("read", "write", "admin")
 ROLE_LEVEL = {role: i for i, role in enumerate(ROLES)}
@@ -110,18 +114,92 @@ class ApiKeyStore:
         return role
 
 
+class FailedAuthLimiter:
+    """Token buckets of failed authentications per client address, in process.
+
+    A client may fail ``burst`` times, then once per ``1 / rate`` seconds; past that it is refused
+    (429, Retry-After) before its key is looked up. At most ``max_clients`` buckets are kept: when
+    full, the oldest quarter is dropped (amortised O(1); a dropped client starts afresh).
+    """
+
+    def __init__(
+        self, burst: int = 20, rate: float = 1.0, max_clients: int = 10_000, clock: Any = time.monotonic
+    ) -> None:
+        self.burst = float(burst)
+        self.rate = float(rate)
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when counted)
+
+    def _tokens(self, client: str, now: float) -> float:
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return self.burst
+        return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+
+    def retry_after(self, client: str | None) -> int | None:
+        """Seconds until ``client`` may try again, or None when it may try now."""
+        if client is None or client not in self._buckets:
+            return None
+        tokens = self._tokens(client, self.clock())
+        return None if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    def failed(self, client: str | None) -> None:
+        """Count one failed authentication of ``client``."""
+        if client is None:
+            return
+        now = self.clock()
+        tokens = self._tokens(client, now) - 1.0
+        buckets = self._buckets
+        if client not in buckets and len(buckets) >= self.max_clients:
+            for old in list(itertools.islice(buckets, max(1, self.max_clients // 4))):
+                del buckets[old]
+        buckets.pop(client, None)  # re-inserted last: the dict's order is the age order
+        buckets[client] = (tokens, now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class Authenticator:
-    """Checks a request's key against a required role; disabled only in insecure dev mode."""
+    """Checks a request's key against a required role, with a failed-authentication limiter.
 
-    def __init__(self, store: ApiKeyStore | None, *, enabled: bool = True) -> None:
+    ``insecure_dev`` admits every request only while no key exists: the key table is checked per
+    request in that mode (one indexed count) and once a key exists the server stays secured for
+    the rest of its life (revoking every key does not reopen it).
+    """
+
+    def __init__(
+        self,
+        store: ApiKeyStore | None,
+        *,
+        insecure_dev: bool = False,
+        limiter: FailedAuthLimiter | None = None,
+    ) -> None:
         self.store = store
-        self.enabled = enabled and store is not None
+        self.enabled = not insecure_dev and store is not None
+        self.limiter = limiter or FailedAuthLimiter()
 
-    def check(self, key: str | None, required: str) -> str:
-        """The caller's role if it may act as ``required``; raises 401/403 otherwise."""
-        if not self.enabled:
+    def _secured(self) -> bool:
+        if self.enabled:
+            return True
+        if self.store is not None and self.store.count_active() > 0:
+            self.enabled = True  # a key was created while open: secured from this request on
+        return self.enabled
+
+    def check(self, key: str | None, required: str, client: str | None = None) -> str:
+        """The caller's role if it may act as ``required``; raises 401/403, or 429 when ``client``
+        (its address) failed authentication too often."""
+        if not self._secured():
             return "admin"
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            raise RateLimitedError(
+                f"too many failed authentications from this address; retry in {wait} s with a valid key",
+                retry_after=wait, details={"retry_after": wait},
+            )
         if not key:
+            self.limiter.failed(client)
             raise AuthenticationError(
                 "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
                 "(create one with `scalerec keys create --role read`)"
@@ -129,6 +207,7 @@ class Authenticator:
         assert self.store is not None
         role = self.store.role_of(key)
         if role is None:
+            self.limiter.failed(client)
             raise AuthenticationError("invalid or revoked API key; create a new one with `scalerec keys create`")
         if ROLE_LEVEL[role] < ROLE_LEVEL[required]:
             raise PermissionDeniedError(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scalerec.data.ids import check_id, check_id_columns
 from scalerec.errors import PayloadTooLargeError, UnknownItemError, UnknownUserError, ValidationError
 from scalerec.monitoring import metrics
 from scalerec.serving.realtime import ChangeFeed
@@ -46,6 +47,7 @@ class Entities:
         if not rows:
             raise ValidationError("no events in the request; send one event object or {\"events\": [...]}")
         table = _events_table(rows)
+        check_id_columns(table, ("user_id", "item_id", "session_id"))  # the id policy, never a silent trim
         valid, rejects = validate_events(table, self.settings)
         if rejects.num_rows:
             metrics.EVENTS_REJECTED.inc(rejects.num_rows)
@@ -71,6 +73,7 @@ class Entities:
     def put_user(self, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
         from scalerec.data.schema import USER_SCHEMA
 
+        check_id(user_id, "user_id")  # the policy of reads too: a padded id must not overwrite another
         record = {"user_id": user_id, "attributes": _flat_map(body.get("attributes")),
                   "created_at": body.get("created_at") or datetime.now(timezone.utc)}
         self._upsert("users", USER_SCHEMA, record)
@@ -100,6 +103,7 @@ class Entities:
     def put_item(self, item_id: str, body: dict[str, Any]) -> dict[str, Any]:
         from scalerec.data.schema import ITEM_SCHEMA
 
+        check_id(item_id, "item_id")  # the policy of reads too: a padded id must not overwrite another
         record = {
             "item_id": item_id,
             "title": body.get("title"),

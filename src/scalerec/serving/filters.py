@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scalerec.data.ids import lookup
 from scalerec.errors import ValidationError
 
 ITEM_COLUMNS = ["item_id", "categories", "price", "available"]
@@ -265,12 +266,8 @@ def cap_per_group(ids: np.ndarray, groups: np.ndarray, k: int | None) -> np.ndar
 
 
 def _lookup(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Positions of ``ids`` in the sorted ``vocab``; -1 where absent."""
-    if len(vocab) == 0 or len(ids) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    ids = np.asarray(ids).astype(str)  # own width: casting to the vocabulary's would truncate
-    pos = np.clip(np.searchsorted(vocab, ids), 0, len(vocab) - 1)
-    return np.where(vocab[pos] == ids, pos, -1).astype(np.int64)
+    """Positions of ``ids`` in the sorted ``vocab``; -1 where absent (never recasts ``vocab``)."""
+    return lookup(vocab, np.asarray(ids).astype(str))
 
 
 def item_table_from_rows(rows: Sequence[dict[str, Any]]) -> pa.Table:

@@ -277,9 +277,8 @@ def resolve_pins(live: LiveState, item_ids: list[str] | None, allowed: np.ndarra
     if not item_ids:
         return _NO_ITEMS
     st = live.model
-    wanted = np.asarray(item_ids, dtype=str)
-    cols = np.clip(st.item_ids.searchsorted(wanted), 0, max(st.n_items - 1, 0))
-    cols = cols[st.item_ids[cols] == wanted]
+    cols = st.item_cols(item_ids)
+    cols = cols[cols >= 0]
     cols = cols[allowed[cols]]
     _, first = np.unique(cols, return_index=True)
     cols = cols[np.sort(first)][:n].astype(np.int64)

@@ -346,11 +346,14 @@ class RecommendService:
         live = self.live
         st = live.model
         ids = list(dict.fromkeys(str(i) for i in item_ids))
-        cols = np.array([st.item_col(i) for i in ids], dtype=np.int64)  # bounded by max_items
+        cols = st.item_cols(ids)  # one vectorised lookup: O(log n) per id whatever its length
         servable = live.items.servable(cols)
         known = cols >= 0
-        removed = [i for i, k, s in zip(ids, known, servable) if k and not s or (not k and available_only and
-                   self.store.catalog.get_item(i) is not None and not self.store.catalog.get_item(i).get("available", True))]
+        # items the model does not know but the catalogue marks unavailable: one batched read
+        unknown = [i for i, k in zip(ids, known.tolist()) if not k] if available_only else []
+        listed = self.store.catalog.item_availability(unknown) if unknown else {}
+        removed = [i for i, k, s in zip(ids, known.tolist(), servable.tolist())
+                   if (k and not s) or (not k and listed.get(i) is False)]
         keep_known = known & (servable | (not available_only))
         kcols = cols[keep_known]
         row = st.user_row(user_id)

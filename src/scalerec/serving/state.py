@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.data.deletion import masked_users, version_data_time_us
+from scalerec.data.ids import find, lookup
 from scalerec.data.matrix import shape_cells
 from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
@@ -75,10 +76,14 @@ class ModelState:
         return self.retriever.index
 
     def user_row(self, user_id: str) -> int:
-        return _find(self.user_ids, user_id)
+        return find(self.user_ids, user_id)
 
     def item_col(self, item_id: str) -> int:
-        return _find(self.item_ids, item_id)
+        return find(self.item_ids, item_id)
+
+    def item_cols(self, item_ids: Any) -> np.ndarray:
+        """Columns (int64) of ``item_ids``, -1 where unknown: one vectorised lookup for a list."""
+        return lookup(self.item_ids, item_ids)
 
     def seen(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.seen_indptr[row], self.seen_indptr[row + 1]
@@ -95,14 +100,6 @@ class LiveState:
     feed_cursor: int = 0
     # (which, n, filter) -> rendered trending/popular list; valid as long as this state (items) is.
     lists: dict[tuple[Any, ...], "Candidates"] = field(default_factory=dict, compare=False, repr=False)
-
-
-def _find(vocab: np.ndarray, key: str) -> int:
-    n = len(vocab)
-    if n == 0:
-        return -1
-    pos = int(np.searchsorted(vocab, key))
-    return pos if pos < n and vocab[pos] == key else -1
 
 
 # ---------------------------------------------------------------------- the model's data conventions

@@ -448,6 +448,18 @@ class SqliteCatalog:
             "updated_at": _us_to_dt(r[8]),
         }
 
+    def item_availability(self, item_ids: Sequence[str]) -> dict[str, bool]:
+        """``available`` of each catalogued item among ``item_ids`` (absent ones left out): a few
+        ``IN (...)`` queries for a list, where ``get_item`` per id was one query each."""
+        out: dict[str, bool] = {}
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for item_id, available in self._query(f"SELECT item_id, available FROM items WHERE item_id IN ({marks})", chunk):
+                out[item_id] = bool(available) if available is not None else True
+        return out
+
     def delete_item(self, item_id: str) -> bool:
         """Delete one item; True if it existed."""
         with self._write() as conn:

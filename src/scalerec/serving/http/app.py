@@ -7,9 +7,9 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 
-from scalerec.errors import ConfigError, PayloadTooLargeError
+from scalerec.errors import ConfigError
 from scalerec.monitoring import metrics
 from scalerec.serving.auth import ApiKeyStore, Authenticator
 from scalerec.serving.http.errors import API_PREFIX, error_response, install_error_handlers, route_template
@@ -50,9 +50,11 @@ class LimitsAndMetrics:
             message = await receive()
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
-                if received > max_bytes:  # a chunked body without Content-Length
-                    raise PayloadTooLargeError(
-                        f"request body is over the limit of {max_bytes} bytes; split it into smaller batches"
+                if received > max_bytes:  # a chunked body without Content-Length, refused while it streams
+                    # FastAPI re-raises its HTTPException from the body read (anything else becomes a 400)
+                    raise HTTPException(
+                        413, f"request body is over the limit of {max_bytes} bytes (serving.max_request_bytes); "
+                        "split it into smaller batches",
                     )
             return message
 
@@ -88,7 +90,8 @@ def create_app(
     """The HTTP API over a RecommendService (or one built from Settings).
 
     Refuses to build (ConfigError) when no API key exists unless ``insecure_dev``; with
-    ``insecure_dev`` and no keys every request is admitted. ``watch`` starts the hot-swap watcher
+    ``insecure_dev`` every request is admitted until a key exists (checked per request, then
+    secured for good); with keys already there ``insecure_dev`` changes nothing. ``watch`` starts the hot-swap watcher
     of a service built here.
     """
     if isinstance(service_or_settings, RecommendService):
@@ -104,7 +107,7 @@ def create_app(
             "`scalerec keys create --role admin` (and read/write keys for the shop), or pass --insecure-dev "
             "for local development only"
         )
-    auth = Authenticator(keys, enabled=n_keys > 0 or not insecure_dev)
+    auth = Authenticator(keys, insecure_dev=insecure_dev and n_keys == 0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]

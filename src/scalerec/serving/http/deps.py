@@ -6,18 +6,23 @@ pool, a hop that cost ~0.5 ms each per request (measured) for work of a few micr
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, Callable, Coroutine
 
 import numpy as np
 import orjson
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Path, Request, Security
 from fastapi import routing as fastapi_routing
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 from starlette.responses import Response
 
-from scalerec.errors import ConfigError
+from scalerec.data.ids import MAX_ID_LENGTH
+from scalerec.errors import ConfigError, UnsupportedMediaTypeError, ValidationError
 from scalerec.serving.auth import ROLE_LEVEL
+from scalerec.serving.http.schemas import id_value
 from scalerec.serving.service import RecommendService
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (`scalerec keys create`)")
@@ -42,6 +47,12 @@ def api_key(request: Request) -> str | None:
     return credentials if credentials and scheme.lower() == "bearer" else None
 
 
+def client_address(request: Request) -> str | None:
+    """The remote address of the request (what the failed-auth limiter counts by)."""
+    client = request.scope.get("client")
+    return client[0] if client else None
+
+
 def require(role: str) -> Any:
     """A dependency that admits callers whose key has at least ``role`` (401/403 otherwise)."""
 
@@ -52,7 +63,7 @@ def require(role: str) -> Any:
     ) -> str:
         # The two security parameters document both ways to send a key; one helper reads it, for
         # this dependency and for hot routes alike.
-        return request.app.state.auth.check(api_key(request), role)
+        return request.app.state.auth.check(api_key(request), role, client_address(request))
 
     check.required_role = role  # type: ignore[attr-defined]  # read by HotRoute
     return Depends(check)
@@ -100,10 +111,91 @@ class HotRoute(APIRoute):
 
         async def handler(request: Request) -> Response:
             if role is not None:
-                request.app.state.auth.check(api_key(request), role)
+                request.app.state.auth.check(api_key(request), role, client_address(request))
             return await endpoint(request, **request.path_params)
 
         return handler
+
+
+#: The same policy for a path parameter of a plain route (hot routes call query.path_id).
+PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(id_value)]
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _may_hold_surrogate(body: bytes) -> bool:
+    # A lone surrogate arrives as a \uD800-\uDFFF escape or as raw ED A0..BF bytes (which the
+    # stdlib's json decodes with surrogatepass); a cheap scan before any walk of the document.
+    return b"\\ud" in body or b"\\uD" in body or b"\xed" in body
+
+
+def _surrogate_at(value: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """The location of the first string (key or value) holding a lone surrogate, else None."""
+    if isinstance(value, str):
+        return None if value.isascii() or not _SURROGATE.search(value) else path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE.search(k):
+                return (*path, k)
+            found = _surrogate_at(v, (*path, k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_at(v, (*path, i))
+            if found is not None:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose JSON body is checked before FastAPI validates it.
+
+    A non-empty body not declared JSON (``Content-Type``) is refused with 415; a string with a lone
+    surrogate (valid JSON, but no UTF-8 text: every store would fail on it) with 422 naming the
+    field; a chunked body past ``serving.max_request_bytes`` is refused with 413 while it streams
+    (LimitsAndMetrics). The body is parsed once: the parsed document is handed on to FastAPI.
+    Routes without a body get FastAPI's handler unchanged.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            body = await request.body()
+            if body:
+                if not _is_json(request.headers.get("content-type")):
+                    raise UnsupportedMediaTypeError(
+                        f"the request body must be JSON (Content-Type: application/json), got "
+                        f"{request.headers.get('content-type') or 'no Content-Type'!r}",
+                        details={"content_type": request.headers.get("content-type")},
+                    )
+                if _may_hold_surrogate(body):
+                    try:
+                        document = json.loads(body)
+                    except (ValueError, RecursionError):
+                        document = None  # not JSON: FastAPI answers it (400 malformed_json)
+                    else:
+                        where = _surrogate_at(document)
+                        if where is not None:
+                            field = ".".join(str(p) for p in where) or "body"
+                            raise ValidationError(
+                                f"invalid field '{field}': contains a lone surrogate (\\ud800-\\udfff), "
+                                "which is not valid Unicode text; send UTF-8 text",
+                                details=[{"field": field, "message": "lone surrogate", "input": None}],
+                            )
+                        request._json = document  # parsed once: Request.json() returns it
+            return await handler(request)
+
+        return checked
 
 
 # What the stdlib encoder accepted too: numpy scalars/arrays and non-string keys.

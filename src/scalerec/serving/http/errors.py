@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from starlette.responses import Response
 
 from scalerec.errors import ScalerecError
 from scalerec.monitoring import metrics
+from scalerec.serving.http.schemas import ErrorResponse
 
 log = logging.getLogger("scalerec.serving.http")
 
@@ -22,6 +24,26 @@ _HTTP_TYPES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
 }
+
+_RESPONSES: dict[int, dict[str, Any]] = {
+    401: {"description": "missing, invalid or revoked API key"},
+    403: {"description": "the key's role is below the endpoint's"},
+    413: {"description": "the body is over serving.max_request_bytes (also while a chunked body streams) or the batch is too large"},
+    415: {"description": "the body is not JSON (Content-Type: application/json)"},
+    422: {"description": "invalid parameters or body (an id breaking the id policy, a lone surrogate, a bad value)"},
+    429: {
+        "description": "too many failed authentications from this address",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    },
+}
+#: Statuses of every authenticated endpoint, and those of every endpoint with a JSON body.
+AUTH_ERRORS = (401, 403, 429)
+BODY_ERRORS = (413, 415, 422)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``statuses``, each with the one error schema."""
+    return {s: {"model": ErrorResponse, **_RESPONSES[s]} for s in statuses}
 
 
 def error_response(status: int, type_: str, message: str, details: Any = None, headers: dict | None = None) -> Response:
@@ -70,6 +92,32 @@ def _short(value: Any) -> Any:
     return text
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method of every route whose path matches the request's (one resource is several
+    routes, and Starlette's 405 names only the first one's). The table is built from the OpenAPI
+    paths on the first 405 and kept: nothing of it runs on a normal request."""
+    app = request.app
+    table = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for path, ops in (app.openapi().get("paths") or {}).items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^}/]+\\\}", "[^/]+", re.escape(path)) + "$")
+            methods = {m.upper() for m in ops if m.upper() in _METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")
+            table.append((pattern, methods))
+        app.state.allow_table = table
+    path = request.url.path
+    found: set[str] = set()
+    for pattern, methods in table:
+        if pattern.match(path):
+            found |= methods
+    return sorted(found | {"OPTIONS"}) if found else []
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the single handler for our errors, request validation, HTTP errors and crashes."""
 
@@ -77,6 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = None
         if isinstance(exc, ScalerecError):
             status, type_, message, details = exc.status, exc.type, exc.message, exc.details
+            headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429
             if status == 401:
                 headers = {"WWW-Authenticate": "Bearer"}
         elif isinstance(exc, RequestValidationError):
@@ -89,6 +138,13 @@ def install_error_handlers(app: FastAPI) -> None:
                 message = f"no such endpoint {request.method} {request.url.path}; see /docs for the API"
             details = None
             headers = getattr(exc, "headers", None)
+            if status == 405:
+                allow = allowed_methods(request)
+                if allow:
+                    headers = {**(headers or {}), "Allow": ", ".join(allow)}
+                    if request.method == "OPTIONS":  # what the resource supports, not an error
+                        return Response(status_code=204, headers={"Allow": ", ".join(allow)})
+                    message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allow)}"
         else:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             status, type_, message, details = 500, "internal_error", "internal error; the server log has details", None

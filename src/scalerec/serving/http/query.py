@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.datastructures import QueryParams
 
+from scalerec.data.ids import id_problem
 from scalerec.errors import ValidationError
 from scalerec.serving.filters import ItemFilter
 
@@ -94,14 +95,14 @@ def _one(p: Param, raw: str) -> Any:
     return v
 
 
-def path_id(name: str, value: str, max_length: int = 256) -> str:
-    """A path id checked as its ``Path(min_length=1, max_length=256)`` declaration says (hot routes
-    do not run FastAPI's validation); ValidationError (422) otherwise."""
-    if not value or len(value) > max_length:
-        message = "must not be empty" if not value else f"is longer than {max_length} characters"
+def path_id(name: str, value: str) -> str:
+    """A path id checked against the id policy (scalerec.data.ids), as ``deps.PathId`` is on plain
+    routes (hot routes do not run FastAPI's validation); ValidationError (422) naming it otherwise."""
+    problem = id_problem(value)
+    if problem is not None:
         raise ValidationError(
-            f"invalid path parameter '{name}': {message}",
-            details=[{"field": name, "message": message, "input": value[:40] + "..." if len(value) > 40 else value}],
+            f"invalid path parameter '{name}': {problem}",
+            details=[{"field": name, "message": problem, "input": value[:40] + "..." if len(value) > 40 else value}],
         )
     return value
 

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
+
+from scalerec.data.ids import MAX_ID_LENGTH, id_problem
 
 Scalar = Union[str, int, float, bool]
+
+
+def id_value(value: str) -> str:
+    """``value`` if it keeps the id policy (scalerec.data.ids), else a pydantic error naming it."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("invalid_id", "{problem}", {"problem": problem})
+    return value
+
+
+#: A user/item/session id in a request body: the length in pydantic's core, then the policy.
+BodyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(id_value)]
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="stable machine name, e.g. validation_error, unknown_item, rate_limited")
+    message: str = Field(description="what went wrong and what to do")
+    details: Any = Field(None, description="structured details (e.g. the fields that failed), or null")
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of the API."""
+
+    error: ErrorBody
 
 
 class _In(BaseModel):
@@ -29,8 +56,8 @@ class RecommendationList(BaseModel):
 
 
 class RankRequest(_In):
-    user_id: str = Field(min_length=1, max_length=256)
-    item_ids: list[str] = Field(min_length=1, max_length=5000)
+    user_id: BodyId
+    item_ids: list[BodyId] = Field(min_length=1, max_length=5000)
     available_only: bool = True
 
 
@@ -39,7 +66,7 @@ class RankResponse(RecommendationList):
 
 
 class SessionRequest(_In):
-    item_ids: list[str] = Field(min_length=1, max_length=1000, description="items the visitor touched, oldest first")
+    item_ids: list[BodyId] = Field(min_length=1, max_length=1000, description="items the visitor touched, oldest first")
     event_types: list[str] | None = Field(None, description="one per item (default view)")
     n: int = Field(20, ge=1)
     category: list[str] | None = None
@@ -53,12 +80,12 @@ class SessionRequest(_In):
 
 
 class EventIn(_In):
-    user_id: str | None = Field(None, max_length=256, description="null for an anonymous visitor (then session_id)")
-    item_id: str = Field(max_length=256)
+    user_id: BodyId | None = Field(None, description="null for an anonymous visitor (then session_id)")
+    item_id: BodyId
     event_type: str = Field(max_length=64, description="view, add_to_cart, purchase, rating, ... ([events.types])")
     timestamp: str | float | None = Field(None, description="ISO 8601 or epoch seconds; default now")
     value: float | None = Field(None, description="rating or quantity; default 1")
-    session_id: str | None = Field(None, max_length=256)
+    session_id: BodyId | None = None
     recommendation_id: str | None = Field(None, max_length=64)
     context: dict[str, Scalar] | None = None
 

@@ -7,10 +7,12 @@ from typing import Union
 from fastapi import APIRouter, Body
 from starlette.responses import Response
 
-from scalerec.serving.http.deps import Service, WriteRole, json_response
+from scalerec.serving.http.deps import JsonBodyRoute, Service, WriteRole, json_response
+from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from scalerec.serving.http.schemas import EventBatch, EventIn, EventsAccepted
 
-router = APIRouter(tags=["events"], dependencies=[WriteRole])
+router = APIRouter(tags=["events"], dependencies=[WriteRole], route_class=JsonBodyRoute,
+                   responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS))
 
 
 @router.post("/events", status_code=202, response_model=EventsAccepted)

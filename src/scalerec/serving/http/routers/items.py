@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from scalerec.serving.http.deps import Service, WriteRole, json_response
+from scalerec.serving.http.deps import JsonBodyRoute, PathId, Service, WriteRole, json_response
+from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from scalerec.serving.http.schemas import Entity, ItemIn, ItemPatch
 
-router = APIRouter(tags=["items"], dependencies=[WriteRole])
-Id = Annotated[str, Path(min_length=1, max_length=256)]
+router = APIRouter(tags=["items"], dependencies=[WriteRole], route_class=JsonBodyRoute,
+                   responses=error_responses(*AUTH_ERRORS, 422))
+Id = PathId
 
 
-@router.put("/items/{item_id}", response_model=Entity)
+@router.put("/items/{item_id}", response_model=Entity, responses=error_responses(*BODY_ERRORS))
 def put_item(service: Service, item_id: Id, body: ItemIn) -> Response:
     return json_response(service.put_item(item_id, body.model_dump(exclude_unset=True)))
 
@@ -24,7 +24,7 @@ def get_item(service: Service, item_id: Id) -> Response:
     return json_response(service.get_item(item_id))
 
 
-@router.patch("/items/{item_id}", response_model=Entity)
+@router.patch("/items/{item_id}", response_model=Entity, responses=error_responses(*BODY_ERRORS))
 def patch_item(service: Service, item_id: Id, body: ItemPatch) -> Response:
     return json_response(service.patch_item(item_id, body.model_dump(exclude_unset=True)))
 

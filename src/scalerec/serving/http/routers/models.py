@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from scalerec.serving.http.deps import AdminRole, Service, json_response
+from scalerec.serving.http.errors import AUTH_ERRORS, error_responses
 from scalerec.serving.http.schemas import ModelsResponse
 
-router = APIRouter(tags=["models"], dependencies=[AdminRole])
+router = APIRouter(tags=["models"], dependencies=[AdminRole], responses=error_responses(*AUTH_ERRORS))
 
 
 @router.get("/models", response_model=ModelsResponse)

@@ -9,13 +9,15 @@ from starlette.responses import Response
 
 from scalerec.serving.filters import ItemFilter
 from scalerec.serving.http import query
-from scalerec.serving.http.deps import HotRoute, ReadRole, Service, json_response
+from scalerec.serving.http.deps import HotRoute, JsonBodyRoute, ReadRole, Service, json_response
+from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from scalerec.serving.http.schemas import RankRequest, RankResponse, RecommendationList, SessionRequest
 from scalerec.serving.service import RecommendService
 
 # The GET endpoints are `async def`: their work is a few hundred microseconds of numpy and one
 # indexed SQLite read, cheaper on the event loop than a hop through the thread pool.
-router = APIRouter(tags=["recommendations"], dependencies=[ReadRole])
+router = APIRouter(tags=["recommendations"], dependencies=[ReadRole], route_class=JsonBodyRoute,
+                   responses=error_responses(*AUTH_ERRORS, 422))
 
 Id = Annotated[str, Path(min_length=1, max_length=256)]
 
@@ -50,7 +52,8 @@ def add_hot_routes(app: FastAPI, prefix: str) -> None:
     ):
         app.router.add_api_route(prefix + path, endpoint, methods=["GET"], response_model=RecommendationList,
                                  openapi_extra=query.openapi(params), tags=["recommendations"],
-                                 dependencies=[ReadRole], route_class_override=HotRoute)
+                                 dependencies=[ReadRole], route_class_override=HotRoute,
+                                 responses=error_responses(*AUTH_ERRORS, 422))
 
 
 async def popular(request: Request) -> Response:
@@ -73,13 +76,13 @@ for _path, _endpoint in (("/popular", popular), ("/trending", trending)):
                          openapi_extra=query.openapi(query.LIST_PARAMS), route_class_override=HotRoute)
 
 
-@router.post("/rank", response_model=RankResponse)
+@router.post("/rank", response_model=RankResponse, responses=error_responses(*BODY_ERRORS))
 def rank(service: Service, body: RankRequest) -> Response:
     """A caller's list of items in the user's personalised order."""
     return json_response(service.rank(body.user_id, body.item_ids, available_only=body.available_only))
 
 
-@router.post("/sessions/recommendations", response_model=RecommendationList)
+@router.post("/sessions/recommendations", response_model=RecommendationList, responses=error_responses(*BODY_ERRORS))
 def session_recommendations(service: Service, body: SessionRequest) -> Response:
     """Recommendations for an anonymous visitor from the items they touched."""
     flt = ItemFilter.from_values(body.model_dump())

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from scalerec.serving.http.deps import Service, WriteRole, json_response
+from scalerec.serving.http.deps import JsonBodyRoute, PathId, Service, WriteRole, json_response
+from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from scalerec.serving.http.schemas import Entity, UserIn
 
-router = APIRouter(tags=["users"], dependencies=[WriteRole])
-Id = Annotated[str, Path(min_length=1, max_length=256)]
+router = APIRouter(tags=["users"], dependencies=[WriteRole], route_class=JsonBodyRoute,
+                   responses=error_responses(*AUTH_ERRORS, 422))
+Id = PathId
 
 
-@router.put("/users/{user_id}", response_model=Entity)
+@router.put("/users/{user_id}", response_model=Entity, responses=error_responses(*BODY_ERRORS))
 def put_user(service: Service, user_id: Id, body: UserIn) -> Response:
     return json_response(service.put_user(user_id, body.model_dump(exclude_unset=True)))
 
