@@ -51,7 +51,7 @@ def serve(
             "for local development only"
         )
     if n_keys == 0:
-        err_console.print("warning: --insecure-dev and no API keys: every request is admitted", markup=False)
+        err_console.print("warning: --insecure-dev and no API keys: every request is admitted until the first key is created", markup=False)
     os.environ["SCALEREC_SERVE_SETTINGS"] = json.dumps(settings.model_dump(mode="json"))
     os.environ["SCALEREC_SERVE_INSECURE_DEV"] = "1" if insecure_dev else "0"
     if workers > 1:
