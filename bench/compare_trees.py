@@ -4,12 +4,12 @@ Usage (the old checkout from ``git worktree add /tmp/old <commit>``):
 
     .venv/bin/python bench/compare_trees.py --old /tmp/old --rounds 2 \
         --script bench_import.py --results import.jsonl \
-        --key 'results.0.import_rows_per_s' --key 'results.0.import_peak_rss_mib' -- --no-save
+        --key 'results/0/import_rows_per_s' --key 'results/input=ev.csv/import_cpu_s' -- --no-save
 
 Each round runs the script of each tree (its own ``bench/`` copy, so either side may use module paths
 the other lacks) with that tree's ``src`` first on ``PYTHONPATH``, old and new alternating so load
 drifts hit both. A script appends its result to ``<tree>/bench/results/<results>``; the last line
-after each run is read back and the ``--key`` paths (dots; integers index lists; ``label=value``
+after each run is read back and the ``--key`` paths (``/`` between parts; integers index lists; ``label=value``
 selects the list element whose ``label`` equals ``value``) are compared. Prints a table (best and
 median per side, new/old ratio of the medians) and appends one JSON line to
 ``bench/results/compare.jsonl``.
@@ -37,7 +37,7 @@ NEW_ROOT = HERE.parent
 
 def _pick(record: Any, path: str) -> float | None:
     node = record
-    for part in path.split("."):
+    for part in path.split("/"):
         if isinstance(node, list):
             if "=" in part:
                 field, value = part.split("=", 1)
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--old", type=Path, required=True, help="the older checkout (a git worktree)")
     ap.add_argument("--script", required=True, help="a script under bench/, e.g. bench_import.py")
     ap.add_argument("--results", required=True, help="its results file name under bench/results/")
-    ap.add_argument("--key", action="append", required=True, help="dotted path of a figure in its JSON line")
+    ap.add_argument("--key", action="append", required=True, help="path of a figure in its JSON line, parts split by /")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--note", default="")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="arguments after -- go to the script")
