@@ -155,3 +155,17 @@ def test_cluster_output_equals_local_even_when_a_worker_dies(
     assert result.shards_done == result.shards_total
     assert _read(on_cluster) == _read(local)
     assert not [p for p in os.listdir(on_cluster) if p.endswith(".tmp")]
+
+
+def test_a_deleted_user_gets_no_batch_list(settings: Settings, tmp_path: Path) -> None:
+    from scalerec.data.store import DataStore
+
+    lv = Registry(settings).load()
+    gone = str(lv.matrix.user_ids[3])
+    with DataStore.open(settings) as store:
+        store.delete_user(gone)
+    out = tmp_path / "recs"
+    batch_recommend(settings, out, n=5, shard_users=4, executor=LocalExecutor(1))
+    recs = _read(out)
+    assert gone not in recs
+    assert set(recs) == set(lv.matrix.user_ids.tolist()) - {gone}

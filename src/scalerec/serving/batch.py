@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scalerec.data.deletion import masked_users, version_data_time_us
 from scalerec.errors import ConflictError, ValidationError
 from scalerec.execution import Executor, LocalExecutor, get_executor
 
@@ -63,6 +64,8 @@ class Scorer:
     user_ids: np.ndarray
     item_ids: np.ndarray
     version: str
+    #: rows of deleted users this version must not list (scalerec.data.deletion), sorted
+    masked_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,13 @@ def load_scorer(data_dir: str | os.PathLike[str], version: str | None = None) ->
     """The Scorer of a registered version (default: production), arrays memory-mapped."""
     from scalerec.registry import Registry
 
-    lv = Registry(Path(data_dir)).load(version, mmap=True)
-    return Scorer(lv.model, lv.matrix.matrix, lv.matrix.user_ids, lv.matrix.item_ids, lv.version)
+    registry = Registry(Path(data_dir))
+    lv = registry.load(version, mmap=True)
+    user_ids = lv.matrix.user_ids
+    tombstones = [(user_id, deleted_at) for _, user_id, deleted_at in registry.catalog.user_tombstones()]
+    masked = masked_users(np.asarray(user_ids), tombstones, version_data_time_us(lv.manifest))
+    rows = np.sort(np.searchsorted(np.asarray(user_ids), np.array(sorted(masked), dtype=str))).astype(np.int64)
+    return Scorer(lv.model, lv.matrix.matrix, user_ids, lv.matrix.item_ids, lv.version, rows)
 
 
 def _resolve(source: Scorer | SourceSpec) -> Scorer:
@@ -105,7 +113,7 @@ def recommend_shard(scorer: Scorer, start: int, stop: int, n: int, exclude_seen:
     np.cumsum(counts, out=offsets[1:])
     # Arrow's take on the id vocabulary is much faster than building a string per cell in numpy.
     items = _arrow_ids(scorer.item_ids).take(pa.array(ids[valid]))
-    return pa.Table.from_arrays(
+    table = pa.Table.from_arrays(
         [
             pa.array(np.asarray(scorer.user_ids[start:stop]).astype(object), type=pa.string()),
             pa.ListArray.from_arrays(pa.array(offsets), items),
@@ -113,6 +121,13 @@ def recommend_shard(scorer: Scorer, start: int, stop: int, n: int, exclude_seen:
         ],
         schema=BATCH_SCHEMA,
     )
+    if len(scorer.masked_rows):  # a deleted user gets no list at all
+        hidden = scorer.masked_rows[(scorer.masked_rows >= start) & (scorer.masked_rows < stop)] - start
+        if len(hidden):
+            keep = np.ones(len(users), dtype=bool)
+            keep[hidden] = False
+            table = table.filter(pa.array(keep))
+    return table
 
 
 _ARROW_IDS: dict[int, tuple[np.ndarray, pa.Array]] = {}
