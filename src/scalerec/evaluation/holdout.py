@@ -160,8 +160,10 @@ def auto_protocol(
     min_test_users: int | None = None,
     max_test_user_share: float | None = None,
     max_holdout_share: float | None = None,
-) -> tuple[Split, Split]:
-    """(test split, validation split carved from its training part), both carrying the protocol record."""
+    validation: bool = True,
+) -> tuple[Split, Split | None]:
+    """(test split, validation split carved from its training part), both carrying the protocol record
+    (``validation=False``: no validation split, None)."""
     sizing = Sizing.from_settings(
         settings, holdout_share=holdout_share, min_test_users=min_test_users,
         max_test_user_share=max_test_user_share, max_holdout_share=max_holdout_share,
@@ -199,15 +201,17 @@ def auto_protocol(
                 f"smallest window holding {sizing.holdout_share:.0%} of the events and {target:,} users with "
                 "a new item and a training history"
             )
-            inner = _temporal_validation(raw, opts, sizing, outer, min(target, len(outer.test_users)))
+            if validation:
+                inner = _temporal_validation(raw, opts, sizing, outer, min(target, len(outer.test_users)))
         else:
             outer = None
     if outer is None:
         if end == start:
             rule, reason = "random", "all events carry the same time, so there is no order to hold the newest out by"
             outer = split_random(df, ratios=(1 - sizing.holdout_share, sizing.holdout_share), seed=seed, settings=settings)
-            inner = split_random(outer.train_events, ratios=(1 - sizing.holdout_share, sizing.holdout_share),
-                                 seed=seed, settings=settings)
+            if validation:
+                inner = split_random(outer.train_events, ratios=(1 - sizing.holdout_share, sizing.holdout_share),
+                                     seed=seed, settings=settings)
         else:
             best = max(tried, key=lambda w: w.users, default=None)
             seen = (f"the best window (newest {best.share:.1%} of the events, since {best.start:%Y-%m-%d}) holds "
@@ -219,20 +223,23 @@ def auto_protocol(
                 f"{sizing.holdout_share:.0%} of items is held out instead"
             )
             outer = _leave_last_share(df, opts, sizing.holdout_share)
-            inner = _leave_last_share(outer.train_events, opts, sizing.holdout_share)
-    assert outer is not None and inner is not None
+            if validation:
+                inner = _leave_last_share(outer.train_events, opts, sizing.holdout_share)
+    assert outer is not None and (inner is not None or not validation)
     _check_decidable(outer, floor, f"the auto protocol ({rule})")
-    _check_decidable(inner, floor, f"the validation part of the auto protocol ({rule})")
+    if inner is not None:
+        _check_decidable(inner, floor, f"the validation part of the auto protocol ({rule})")
     if len(outer.test_users) < FEW_USERS:
         warnings.append(f"only {len(outer.test_users)} test users: differences of a few points are noise")
-    outer.name = inner.name = "auto"
+    parts = [outer] if inner is None else [outer, inner]
     record = ProtocolRecord(
-        split="auto", rule=rule, reason=reason, test=PartRecord.of(outer), validation=PartRecord.of(inner),
+        split="auto", rule=rule, reason=reason, test=PartRecord.of(outer),
+        validation=None if inner is None else PartRecord.of(inner),
         settings=record_settings, warnings=warnings,
         options={"test_days": round(float(outer.info["test_days"]), 4)} if "test_days" in outer.info else {},
     )
-    outer.info["rule"] = inner.info["rule"] = rule
-    outer.protocol = inner.protocol = record
+    for part in parts:
+        part.name, part.info["rule"], part.protocol = "auto", rule, record
     return outer, inner
 
 
@@ -250,8 +257,8 @@ def _temporal_validation(raw: pl.DataFrame, opts: _MatrixOptions, sizing: Sizing
 
 def split_auto(events: Any, *, part: str = "test", settings: Settings | None = None, **options: Any) -> Split:
     """The auto protocol's test split (``part="validation"``: its validation split)."""
-    outer, inner = auto_protocol(events, settings=settings, **options)
     if part not in ("test", "validation"):
         raise ValidationError(f"part must be 'test' or 'validation', not {part!r}")
-    return outer if part == "test" else inner
+    outer, inner = auto_protocol(events, settings=settings, validation=part == "validation", **options)
+    return outer if inner is None else inner
 

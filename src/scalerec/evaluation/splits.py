@@ -685,12 +685,10 @@ def make_split(
     part is the validation part; ``part="test"`` the outer split of the same protocol.
     """
     if part is not None:
-        outer, inner = make_protocol(name, events, settings=settings, **options)
-        if part == "test":
-            return outer
-        if part == "validation":
-            return inner
-        raise ValidationError(f"part must be 'test' or 'validation', not {part!r}")
+        if part not in ("test", "validation"):
+            raise ValidationError(f"part must be 'test' or 'validation', not {part!r}")
+        outer, inner = make_protocol(name, events, settings=settings, validation=part == "validation", **options)
+        return outer if inner is None else inner
     entry = split_entry(name)
     if settings is not None and entry.uses_settings:
         options["settings"] = settings
@@ -721,8 +719,11 @@ def _outer_and_inner_options(name: str, options: dict[str, Any]) -> tuple[dict[s
     return outer, inner
 
 
-def make_protocol(name: str, events: Any, *, settings: Settings | None = None, **options: Any) -> tuple[Split, Split]:
-    """(test split, validation split) of the named protocol, ``protocol`` record on both.
+def make_protocol(
+    name: str, events: Any, *, settings: Settings | None = None, validation: bool = True, **options: Any
+) -> tuple[Split, Split | None]:
+    """(test split, validation split) of the named protocol, ``protocol`` record on both
+    (``validation=False``: the test split alone, for an evaluation that tunes nothing).
 
     The validation split is carved from the test split's training events the same way (a
     temporal window ending where the test window starts, each user's newest remaining items,
@@ -732,9 +733,16 @@ def make_protocol(name: str, events: Any, *, settings: Settings | None = None, *
     if entry.name == "auto":
         from scalerec.evaluation.holdout import auto_protocol
 
-        return auto_protocol(events, settings=settings, **options)
+        return auto_protocol(events, settings=settings, validation=validation, **options)
     outer_opts, inner_opts = _outer_and_inner_options(entry.name, options)
-    outer = make_split(entry.name, events, settings=settings, **outer_opts)
+    outer = make_split(entry.name, events, settings=settings, **(outer_opts if validation else options))
+    reason = f"split {entry.name!r} was asked for (--split or [training] split)"
+    kept = {k: v for k, v in (outer_opts if validation else options).items()
+            if isinstance(v, (int, float, str, bool, list, tuple))}
+    if not validation:
+        outer.protocol = ProtocolRecord(split=entry.name, rule=entry.name, reason=reason, test=PartRecord.of(outer),
+                                        fold_in=outer.strong_generalisation, options=kept)
+        return outer, None
     if outer.train_events is None:
         raise ValidationError(f"split {entry.name!r} keeps no training events: a validation part cannot be carved from it")
     if "test_start" in outer.info and entry.name == "temporal":
@@ -746,9 +754,8 @@ def make_protocol(name: str, events: Any, *, settings: Settings | None = None, *
             f"no validation part can be carved from the training part of split {entry.name!r}: {exc.message}"
         ) from None
     record = ProtocolRecord(
-        split=entry.name, rule=entry.name, reason=f"split {entry.name!r} was asked for (--split or [training] split)",
-        test=PartRecord.of(outer), validation=PartRecord.of(inner), fold_in=outer.strong_generalisation,
-        options={k: v for k, v in outer_opts.items() if isinstance(v, (int, float, str, bool, list, tuple))},
+        split=entry.name, rule=entry.name, reason=reason, test=PartRecord.of(outer), validation=PartRecord.of(inner),
+        fold_in=outer.strong_generalisation, options=kept,
     )
     outer.protocol = inner.protocol = record
     return outer, inner
