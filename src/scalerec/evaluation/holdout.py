@@ -131,7 +131,8 @@ def _leave_last_share(df: pl.DataFrame, opts: _MatrixOptions, share: float) -> S
     )
     return _pairwise_split(
         _attach_part(df, pairs), opts, "auto", {"holdout_share": share},
-        "every user has a single distinct item, so none can keep a training history",
+        "no held-out item is known from training (too few users with several items sharing items); "
+        "import more events",
     )
 
 
