@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
-from scalerec.cli import app
 from scalerec.config import Settings
 from scalerec.data.snapshot import take_snapshot
 from scalerec.errors import EmptyDataError, ValidationError
@@ -21,9 +19,9 @@ from scalerec.evaluation.protocol import ProtocolRecord
 from scalerec.evaluation.splits import Split, make_protocol, make_split
 from scalerec.registry import Manifest, Registry
 from scalerec.training import TrainOptions, train
+from test_cli_train import _cli, data_dir  # noqa: F401 - the CLI fixture
 from test_training import tiny_store
 
-runner = CliRunner()
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
@@ -246,17 +244,6 @@ def test_manifest_protocol_round_trips_and_old_manifests_still_read() -> None:
 
 
 # ---------------------------------------------------------------------------------- CLI
-@pytest.fixture()
-def data_dir(tmp_path: Path) -> Path:
-    settings, store = tiny_store(tmp_path / "data")
-    store.close()
-    return Path(settings.data.dir)
-
-
-def _cli(data_dir: Path, *args: str):
-    return runner.invoke(app, ["--data-dir", str(data_dir), *args], catch_exceptions=True)
-
-
 def test_train_json_and_output_carry_the_protocol(data_dir: Path) -> None:
     r = _cli(data_dir, "train", "--trials", "1", "--models", "popular", "--json")
     assert r.exit_code == 0, r.output

@@ -155,11 +155,7 @@ def evaluate(
     share of the catalogue recommended to anyone, ``popularity_bias@k`` the mean popularity
     percentile of recommended items (0..1).
     """
-    ks = _check_ks(k, split.train.n_items)
-    names = check_metrics(metrics)
-    if block_users < 1:
-        raise ValidationError(f"block_users must be >= 1; got {block_users}")
-    return _evaluate(model, split, ks, names, on, block_users, progress)[0]
+    return evaluate_per_user(model, split, k=k, metrics=metrics, on=on, block_users=block_users, progress=progress)[0]
 
 
 def evaluate_per_user(
