@@ -77,13 +77,13 @@ def test_preset_help_lists_the_registry() -> None:
 
 
 def test_builtin_splits_and_the_online_retail_properties() -> None:
-    assert split_names()[:4] == ("temporal", "leave-last", "random", "users")
+    assert split_names()[:5] == ("auto", "temporal", "leave-last", "random", "users")
     assert "online-retail" in split_names() and set(SPLITS) == set(split_names())
     entry = split_entry("Online_Retail")
     assert entry.name == "online-retail"
     assert entry.uses_settings is False and entry.default_test_days == 30.0 and entry.options == ("test_days",)
     assert split_entry("leave_last").name == "leave-last" and split_entry("temporal").uses_settings
-    with pytest.raises(ValidationError, match="unknown split 'nope'; choose one of temporal, leave-last"):
+    with pytest.raises(ValidationError, match="unknown split 'nope'; choose one of auto, temporal, leave-last"):
         split_entry("nope")
 
 
@@ -145,7 +145,7 @@ def test_help_placeholders_list_registered_names(fresh_registries) -> None:
 
     register_split("fixed-protocol", split_temporal, uses_settings=False, default_test_days=9.0)
     text = fill("{SPLITS}; {PROTOCOL_TEST_DAYS}")
-    assert text.startswith("temporal | leave-last | random | users | online-retail | fixed-protocol; ")
+    assert text.startswith("auto | temporal | leave-last | random | users | online-retail | fixed-protocol; ")
     assert text.endswith("30 for online-retail; 9 for fixed-protocol")
     assert fill("no placeholder") == "no placeholder"
 

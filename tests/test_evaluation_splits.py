@@ -61,7 +61,7 @@ def cells(split: Split, matrix) -> set[tuple[str, str]]:
 
 
 def test_registry_names() -> None:
-    assert set(SPLITS) == {"online-retail", "temporal", "leave-last", "random", "users"}
+    assert set(SPLITS) == {"auto", "online-retail", "temporal", "leave-last", "random", "users"}
     with pytest.raises(ValidationError, match="unknown split 'nope'"):
         make_split("nope", events_table(random_rows()))
 

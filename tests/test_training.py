@@ -79,7 +79,12 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     assert m["model"]["family"] == result.best_family and m["model"]["params"] == {
         **MODELS[result.best_family]().get_params(), **result.best_params
     }
-    assert m["metrics"]["temporal"]["ndcg@20"] == pytest.approx(result.metrics["ndcg@20"])
+    # the default (auto) protocol: chosen on the validation part, scored once on the test part
+    assert list(m["metrics"]) == ["test", "validation"]
+    assert m["metrics"]["test"]["ndcg@20"] == pytest.approx(result.metrics["ndcg@20"])
+    chosen = next(f for f in result.families if f.family == result.best_family)
+    assert m["metrics"]["validation"]["ndcg@20"] == pytest.approx(chosen.best_value)
+    assert m["protocol"]["split"] == "auto" and m["protocol"]["test"]["users"] == m["promotion"]["n_users"]
     assert m["fit_seconds"] > 0 and m["peak_rss_bytes"] > 10_000_000
     assert m["promotion"]["promoted"] and m["promotion"]["production_score"] is None
     assert m["scalerec_version"]

@@ -109,8 +109,16 @@ class ModelSettings(_Section):
 
 class TrainingSettings(_Section):
     primary_metric: str = "ndcg@20"
-    split: Literal["temporal", "leave_last", "random", "users"] = "temporal"
+    split: Literal["auto", "temporal", "leave_last", "random", "users"] = "auto"
     test_days: float = Field(30.0, gt=0)
+    holdout_share: float = Field(0.1, gt=0, lt=1, description="auto split: share of the events held out")
+    min_test_users: int = Field(1000, ge=1, description="auto split: users the test window must hold")
+    max_test_user_share: float = Field(
+        0.2, gt=0, le=1, description="auto split: min_test_users is at most this share of the users"
+    )
+    max_holdout_share: float = Field(
+        0.3, gt=0, lt=1, description="auto split: the largest window tried before holding out per user"
+    )
     trials: int = Field(20, ge=1)
     timeout_minutes: float | None = Field(None, gt=0)
     jobs: int = Field(1, ge=1)

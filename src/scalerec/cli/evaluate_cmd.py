@@ -66,39 +66,33 @@ def build_models(names: list[str], params: dict[str, dict[str, Any]], ease_max_i
     return models
 
 
-#: Splits whose flags are mapped below; other (plug-in) splits take what their registry entry declares.
-_CORE_SPLITS = ("temporal", "leave-last", "random", "users")
+def parse_ratios(text: str | None) -> tuple[float, ...] | None:
+    """"0.8,0.2" -> (0.8, 0.2); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValidationError(f"--ratios must be like 0.8,0.2 or 0.8,0.1,0.1; got {text!r}") from None
 
 
 def split_options(
     split: str,
     *,
     test_days: float | None,
-    leave_k: int,
-    ratios: str,
-    test_fraction: float,
+    leave_k: int | None,
+    ratios: str | None,
+    test_fraction: float | None,
     seed: int,
     default_test_days: float,
 ) -> dict[str, Any]:
-    """Keyword options of the named splitter from the command-line flags."""
-    from scalerec.evaluation.splits import split_entry
+    """Keyword options of the named splitter from the command-line flags (flags it does not read are ignored)."""
+    from scalerec.evaluation.splits import resolve_split_options
 
-    entry = split_entry(split)
-    split = entry.name
-    if split not in _CORE_SPLITS:  # a dataset protocol: only the options it declares
-        days = test_days if test_days is not None else entry.default_test_days or default_test_days
-        return {"test_days": days} if "test_days" in entry.options else {}
-    if split == "temporal":
-        return {"test_days": test_days if test_days is not None else default_test_days}
-    if split == "leave-last":
-        return {"k": leave_k}
-    if split == "random":
-        try:
-            values = tuple(float(v) for v in ratios.split(","))
-        except ValueError:
-            raise ValidationError(f"--ratios must be like 0.8,0.2 or 0.8,0.1,0.1; got {ratios!r}") from None
-        return {"ratios": values, "seed": seed}
-    return {"test_fraction": test_fraction, "seed": seed}
+    return resolve_split_options(
+        split, test_days=test_days, leave_k=leave_k, ratios=parse_ratios(ratios), test_fraction=test_fraction,
+        seed=seed, default_test_days=default_test_days, strict=False,
+    )[1]
 
 
 @app.command("evaluate", cls=RegistryHelpCommand)
@@ -106,10 +100,12 @@ def evaluate_command(
     ctx: typer.Context,
     split: Optional[str] = typer.Option(
         None, "--split", "-s",
-        help="{SPLITS} (default: config training.split).",
+        help="{SPLITS} (default: config training.split, itself 'auto': a hold-out sized from the data).",
     ),
     test_days: Optional[float] = typer.Option(
-        None, "--test-days", help="Test window in days for temporal splits (default: config training.test_days; {PROTOCOL_TEST_DAYS})."
+        None, "--test-days",
+        help="Test window in days of a temporal split (default: config training.test_days; {PROTOCOL_TEST_DAYS}); "
+        "with the default 'auto' split, asks for a temporal window this long.",
     ),
     k: str = typer.Option("20", "--k", help="Cut-off(s), comma-separated, e.g. 10,20."),
     models: Optional[str] = typer.Option(
@@ -119,10 +115,10 @@ def evaluate_command(
     metrics: str = typer.Option(
         "precision,recall,ndcg,map,mrr,hit_rate,coverage,popularity_bias", "--metrics", help="Metrics to compute."
     ),
-    leave_k: int = typer.Option(1, "--leave-k", help="Items held out per user (leave-last split)."),
-    ratios: str = typer.Option("0.8,0.2", "--ratios", help="train,test or train,valid,test (random split)."),
-    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of users held out (users split)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (random and users splits)."),
+    leave_k: Optional[int] = typer.Option(None, "--leave-k", min=1, help="Items held out per user (leave-last split; default 1)."),
+    ratios: Optional[str] = typer.Option(None, "--ratios", help="train,test or train,valid,test (random split; default 0.8,0.2)."),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share of users held out (users split; default 0.1)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (random, users and auto splits)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
 ) -> None:
@@ -136,9 +132,13 @@ def evaluate_command(
     from scalerec.evaluation.evaluate import check_metrics
 
     settings = get_settings(ctx)
-    from scalerec.evaluation.splits import split_entry
+    from scalerec.evaluation.splits import resolve_split_options
 
-    split_name = split_entry(split or settings.training.split).name
+    split_name, options = resolve_split_options(
+        split or settings.training.split, test_days=test_days, leave_k=leave_k, ratios=parse_ratios(ratios),
+        test_fraction=test_fraction, seed=seed, default_test_days=settings.training.test_days,
+        explicit=split is not None,
+    )
     ks = parse_ints(k, "--k")
     metric_names = check_metrics([m.strip() for m in metrics.split(",") if m.strip()])
     model_names = [m.strip() for m in (models.split(",") if models else settings.models.enabled) if m.strip()]
@@ -147,15 +147,11 @@ def evaluate_command(
     params = parse_params(param, model_names)
     # Build (and validate) the models before the possibly long split.
     zoo = build_models(model_names, params, settings.models.ease_max_items)
-    options = split_options(
-        split_name, test_days=test_days, leave_k=leave_k, ratios=ratios, test_fraction=test_fraction,
-        seed=seed, default_test_days=settings.training.test_days,
-    )
 
     store = get_store(ctx)
     try:
         with err_console.status(f"splitting events ({split_name})…"):
-            the_split = make_split(split_name, store, settings=settings, **options)
+            the_split = make_split(split_name, store, settings=settings, part="test", **options)
     except EmptyDataError as exc:
         raise EmptyDataError(f"{exc.message} (data directory {settings.data.dir})", details=exc.details) from None
 
@@ -175,6 +171,9 @@ def evaluate_command(
         typer.echo(json.dumps(data, indent=2, default=str))
         return
     console.print(result.table())
+    from scalerec.cli.train_cmds import print_protocol
+
+    print_protocol(result.split.get("protocol"))
     if result.attribution:
         console.print(result.attribution, style="dim", markup=False, highlight=False)
     if report_path is not None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from scalerec.cli._app import app, console, get_settings, get_store
 from scalerec.cli._cluster import cluster_option, with_cluster
+from scalerec.cli._registry_help import RegistryHelpCommand
 from scalerec.errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,16 +94,29 @@ def _summary(result: "TrainResult") -> None:
     assert v is not None
     info.add_row("version", f"{v.version} ({v.stage})")
     info.add_row("model", f"{result.best_family} {_params(result.best_params)}")
-    info.add_row(result.metric, _fmt(result.metrics.get(result.metric)))
+    info.add_row(f"{result.metric} test", _fmt(result.metrics.get(result.metric)) + " (chosen configuration, scored once)")
+    info.add_row(f"{result.metric} validation", _fmt(result.validation_metrics.get(result.metric)) + " (where it was chosen)")
     info.add_row("data", f"{result.snapshot.get('event_count', 0):,} events, "
                  f"{result.snapshot.get('min_timestamp', '?')[:19]} .. {result.snapshot.get('max_timestamp', '?')[:19]}")
     info.add_row("refit", f"{result.fit_s:.1f} s, peak memory {_bytes(result.peak_rss_bytes)}")
     verdict = "promoted to production" if p.get("promoted") else "kept as candidate"
     info.add_row("gate", f"{verdict}: {p.get('reason')}" + (" [forced]" if p.get("forced") else ""))
     console.print(info)
+    print_protocol(result.protocol)
 
 
-@app.command("train")
+def print_protocol(protocol: dict[str, Any] | None) -> None:
+    """The protocol record's lines (what was held out and why), warnings in yellow."""
+    if not protocol:
+        return
+    from scalerec.evaluation.protocol import ProtocolRecord
+
+    for line in ProtocolRecord.from_dict(protocol).lines():
+        console.print(line, style="yellow" if line.lstrip().startswith("warning") else None, markup=False,
+                      highlight=False, soft_wrap=True)
+
+
+@app.command("train", cls=RegistryHelpCommand)
 def train_cmd(
     ctx: typer.Context,
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per model family (default: setting training.trials)."),
@@ -110,23 +124,40 @@ def train_cmd(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Trials run in parallel."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default: setting models.enabled)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric, e.g. ndcg@20, recall@10."),
-    split: Optional[str] = typer.Option(None, "--split", help="temporal | leave-last | random | users | online-retail."),
-    test_days: Optional[float] = typer.Option(None, "--test-days", help="Held-out window of a temporal split, days."),
-    valid_days: Optional[float] = typer.Option(
-        None, "--valid-days", help="Tune on a validation window this long before the test window (temporal)."
+    split: Optional[str] = typer.Option(
+        None, "--split", "-s",
+        help="{SPLITS} (default: config training.split, itself 'auto': a hold-out sized from the data).",
     ),
+    test_days: Optional[float] = typer.Option(
+        None, "--test-days",
+        help="Test window in days of a temporal split; with the default 'auto' split, asks for a temporal "
+        "window this long ({PROTOCOL_TEST_DAYS}).",
+    ),
+    valid_days: Optional[float] = typer.Option(
+        None, "--valid-days", help="Validation window before the test window, days (temporal; default: as long as the test window)."
+    ),
+    leave_k: Optional[int] = typer.Option(None, "--leave-k", min=1, help="Items held out per user (leave-last split; default 1)."),
+    ratios: Optional[str] = typer.Option(
+        None, "--ratios", help="train,test or train,valid,test (random split; default 0.8,0.2)."
+    ),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share of users held out (users split; default 0.1)."),
     if_new_events: Optional[int] = typer.Option(
         None, "--if-new-events", min=0, help="Train only if at least N events arrived since production's snapshot."
     ),
     force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (recorded)."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Register as a candidate only."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler and of the random / users / auto splits."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bars)."),
     cluster: Optional[str] = cluster_option(),
 ) -> None:
-    """Search each model family, refit the best on all data, register it, promote it if it passes the gate."""
+    """Tune each model family on a validation part, score the chosen one once on a test part it never
+    saw, refit it on all data, register it, and promote it if it passes the gate (on the test part).
+
+    The protocol (what is held out, and why) is printed and stored in the version's manifest.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from scalerec.cli.evaluate_cmd import parse_ratios
     from scalerec.training.pipeline import TrainOptions, train
 
     if force and no_promote:
@@ -135,8 +166,8 @@ def train_cmd(
     families = [m.strip() for m in models.split(",") if m.strip()] if models else None
     options = TrainOptions(
         models=families, trials=trials, minutes=minutes, jobs=jobs, metric=metric, split=split,
-        test_days=test_days, valid_days=valid_days, if_new_events=if_new_events, force=force,
-        promote=not no_promote, seed=seed,
+        test_days=test_days, valid_days=valid_days, ratios=parse_ratios(ratios), leave_k=leave_k,
+        test_fraction=test_fraction, if_new_events=if_new_events, force=force, promote=not no_promote, seed=seed,
     )
     store = get_store(ctx)
     if as_json:
@@ -164,7 +195,9 @@ def train_cmd(
                     "stage": v.stage if v else None,
                     "family": result.best_family,
                     "params": result.best_params,
-                    "metrics": result.metrics,
+                    "metrics": {"test": result.metrics, "validation": result.validation_metrics},
+                    "protocol": result.protocol,
+                    "warnings": result.warnings,
                     "promotion": result.promotion,
                     "fit_s": result.fit_s,
                     "peak_rss_bytes": result.peak_rss_bytes,
@@ -280,6 +313,10 @@ def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="Ver
                            "archived_at": v.archived_at, "forced": v.forced, "note": v.note, "health": v.error or "ok"}
     try:
         out["manifest"] = v.manifest()
+        typed = v.typed_manifest()
+        metric = typed.primary_metric
+        # test: the chosen configuration scored once on data the search never saw; validation: where it was chosen
+        out["scores"] = {part: (typed.metrics.get(part) or {}).get(metric) for part in ("test", "validation")}
     except Exception as exc:  # noqa: BLE001 - a broken version is shown with its error
         out["manifest"] = None
         out["health"] = str(exc)

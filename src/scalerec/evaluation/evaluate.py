@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from scalerec.models.base import Recommender
 
-__all__ = ["ALL_METRICS", "ComparisonResult", "ModelResult", "compare", "evaluate", "parse_metric_key"]
+__all__ = ["ALL_METRICS", "ComparisonResult", "ModelResult", "compare", "evaluate", "evaluate_per_user", "parse_metric_key"]
 
 #: Catalogue-level metrics computed beside the per-user ranking metrics.
 CATALOGUE_METRICS = ("coverage", "popularity_bias")
@@ -73,8 +73,10 @@ def _evaluate(
     on: str,
     block_users: int,
     progress: Progress | None,
+    per_user: dict[str, list[np.ndarray]] | None = None,
 ) -> tuple[dict[str, float], float]:
-    """Metric means and the seconds spent inside the model's recommend calls."""
+    """Metric means and the seconds spent inside the model's recommend calls (``per_user``
+    collects each ranking metric's per-user values, block by block, when given)."""
     relevant, rows = split.relevant(on)
     n_items = split.train.n_items
     model_items = getattr(model, "n_items_", None)
@@ -111,6 +113,8 @@ def _evaluate(
         if ranking:
             for key, values in ranking_metrics(ids, relevant[block], ks, ranking).items():
                 sums[key] += float(values.sum())
+                if per_user is not None:
+                    per_user.setdefault(key, []).append(values)
         for k in ks:
             top = ids[:, :k]
             top = top[(top >= 0) & (top < n_items)]
@@ -151,11 +155,29 @@ def evaluate(
     share of the catalogue recommended to anyone, ``popularity_bias@k`` the mean popularity
     percentile of recommended items (0..1).
     """
+    return evaluate_per_user(model, split, k=k, metrics=metrics, on=on, block_users=block_users, progress=progress)[0]
+
+
+def evaluate_per_user(
+    model: "Recommender",
+    split: Split,
+    *,
+    k: int | Iterable[int] = (20,),
+    metrics: Sequence[str] = ALL_METRICS,
+    on: str = "test",
+    block_users: int = 2048,
+    progress: Progress | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``evaluate``'s means and, per ranking metric key, the float64 values of each evaluated user
+    (aligned with ``split.relevant(on)[1]``), for paired comparisons of two models on one split."""
     ks = _check_ks(k, split.train.n_items)
     names = check_metrics(metrics)
     if block_users < 1:
         raise ValidationError(f"block_users must be >= 1; got {block_users}")
-    return _evaluate(model, split, ks, names, on, block_users, progress)[0]
+    collected: dict[str, list[np.ndarray]] = {}
+    means = _evaluate(model, split, ks, names, on, block_users, progress, collected)[0]
+    arrays = {key: np.concatenate(parts).astype(np.float64) for key, parts in collected.items()}
+    return means, arrays
 
 
 @dataclass

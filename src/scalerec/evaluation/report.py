@@ -96,6 +96,33 @@ def _bar_chart(labels: list[str], values: list[float], colours: list[str], *, se
     return "".join(parts)
 
 
+def _protocol_section(protocol: dict[str, Any] | None) -> list[str]:
+    """What was held out and why: the rule that fired, its reason, the parts' windows and sizes."""
+    if not protocol:
+        return []
+    out = [
+        "<h2>Protocol</h2>",
+        f"<p><b>{_e(protocol.get('split', '?'))}</b> &rarr; <b>{_e(protocol.get('rule', '?'))}</b>"
+        + (" (held-out users, folded in)" if protocol.get("fold_in") else "") + f": {_e(protocol.get('reason', ''))}</p>",
+        "<table><thead><tr><th>part</th><th>window start (UTC)</th><th>window end (UTC)</th><th>events</th>"
+        "<th>share</th><th>users</th><th>items to find</th></tr></thead><tbody>",
+    ]
+    for label in ("test", "validation"):
+        part = protocol.get(label)
+        if not part:
+            continue
+        start = str(part.get("start") or "-")[:16].replace("T", " ")
+        end = str(part.get("end") or "-")[:16].replace("T", " ")
+        out.append(
+            f"<tr><td>{label}</td><td>{_e(start)}</td><td>{_e(end)}</td><td>{int(part.get('events', 0)):,}</td>"
+            f"<td>{float(part.get('share', 0.0)):.1%}</td><td>{int(part.get('users', 0)):,}</td>"
+            f"<td>{int(part.get('interactions', 0)):,}</td></tr>"
+        )
+    out.append("</tbody></table>")
+    out.extend(f"<p style='color:#D55E00'><b>Warning.</b> {_e(w)}</p>" for w in protocol.get("warnings") or [])
+    return out
+
+
 def render_html_report(result: ComparisonResult, *, title: str = "scalerec evaluation report") -> str:
     """The report as one HTML string (CSS and SVG inline; nothing is fetched from the network)."""
     names = [r.name for r in result.results]
@@ -129,6 +156,7 @@ def render_html_report(result: ComparisonResult, *, title: str = "scalerec evalu
         "<h2>Split</h2><div class='facts'>",
         *(f"<div class='fact'><b>{_e(v)}</b><span>{_e(label)}</span></div>" for v, label in facts),
         "</div>",
+        *_protocol_section(split.get("protocol")),
         "<h2>Results</h2><table><thead><tr><th>model</th>",
         *(f"<th>{_e(key)}</th>" for key in keys),
         "<th>fit</th><th>recommend</th></tr></thead><tbody>",

@@ -15,6 +15,7 @@ from scalerec.config import EventType, Settings
 from scalerec.data.matrix import InteractionMatrix, MatrixSpec, split_overrides
 from scalerec.data.snapshot import SNAPSHOT_COLUMNS, load_events
 from scalerec.errors import EmptyDataError, ValidationError
+from scalerec.evaluation.protocol import PartRecord, ProtocolRecord
 from scalerec.plugins import NamedRegistry
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "SPLIT_REGISTRY",
     "SplitEntry",
     "load_events",
+    "make_protocol",
     "make_split",
+    "resolve_split_options",
     "register_split",
     "split_entry",
     "split_names",
@@ -67,6 +70,10 @@ class Split:
     attribution: str | None = None
     #: rebuilds the training matrix with build_matrix overrides on the same vocabulary
     rebuild_train: Callable[..., InteractionMatrix] | None = field(default=None, repr=False, compare=False)
+    #: the events the training part was built from (a validation part is carved from them)
+    train_events: pl.DataFrame | None = field(default=None, repr=False, compare=False)
+    #: what was held out and why (``make_protocol`` and the auto split fill it in)
+    protocol: ProtocolRecord | None = field(default=None, compare=False)
 
     def train_for(self, model: Any) -> InteractionMatrix:
         """The training matrix for ``model``: ``train``, or rebuilt with ``model.matrix_overrides()``.
@@ -124,6 +131,8 @@ class Split:
         if self.valid_users is not None:
             out["n_valid_users"] = int(len(self.valid_users))
         out.update({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.info.items()})
+        if self.protocol is not None:
+            out["protocol"] = self.protocol.to_dict()
         return out
 
 
@@ -275,7 +284,7 @@ def _pairwise_split(
     info = {**info, "train_events": train_df.height, "test_events": int((df.get_column("part") == "test").sum())}
     return Split(
         train=train, test=test, test_users=test_users, valid=valid, valid_users=valid_users, name=name, info=info,
-        rebuild_train=opts.rebuilder(train_df, None, train),
+        rebuild_train=opts.rebuilder(train_df, None, train), train_events=train_df.drop("part"),
     )
 
 
@@ -379,7 +388,7 @@ def _split_temporal(
         info["valid_days"] = float(valid_days)
     return Split(
         train=train, test=test, test_users=test_users, valid=valid, valid_users=valid_users, name="temporal", info=info,
-        rebuild_train=opts.rebuilder(train_df, train_end, train),
+        rebuild_train=opts.rebuilder(train_df, train_end, train), train_events=train_df,
     )
 
 
@@ -568,6 +577,7 @@ def split_users(
         name="users",
         info=info,
         rebuild_train=opts.rebuilder(train_df, None, train),
+        train_events=train_df,
     )
 
 
@@ -646,19 +656,165 @@ class _SplitTable(Mapping[str, Callable[..., Split]]):
 #: Named splits for ``scalerec evaluate --split NAME``: each takes (events, **options).
 SPLITS: Mapping[str, Callable[..., Split]] = _SplitTable()
 
+def split_auto(events: Any, **options: Any) -> Split:
+    """The default protocol, chosen from the data (see ``scalerec.evaluation.holdout.split_auto``)."""
+    from scalerec.evaluation.holdout import split_auto as impl
+
+    return impl(events, **options)
+
+
+register_split(
+    "auto", split_auto, options=("seed", "part"),
+    help="chosen from the data: the newest window holding [training] holdout_share of the events and "
+    "min_test_users users, else each user's newest items",
+)
 register_split("temporal", split_temporal, options=("test_days", "valid_days"), help="newest days held out")
 register_split("leave-last", split_leave_last, options=("k", "valid_k"), help="each user's last items held out")
 register_split("random", split_random, options=("ratios", "seed"), help="random interactions held out")
 register_split("users", split_users, options=("test_fraction", "seed"), help="held-out users, folded in")
 
 
-def make_split(name: str, events: Any, *, settings: Settings | None = None, **options: Any) -> Split:
+def make_split(
+    name: str, events: Any, *, settings: Settings | None = None, part: str | None = None, **options: Any
+) -> Split:
     """Run the named split on ``events``; options are that splitter's keywords.
 
     ``settings`` reaches splits that read the configuration and is left out for fixed protocols
-    (``SplitEntry.uses_settings``), so callers need not know which is which.
+    (``SplitEntry.uses_settings``), so callers need not know which is which. ``part="validation"``
+    returns the validation split carved from the training part (``make_protocol``), whose test
+    part is the validation part; ``part="test"`` the outer split of the same protocol.
     """
+    if part is not None:
+        if part not in ("test", "validation"):
+            raise ValidationError(f"part must be 'test' or 'validation', not {part!r}")
+        outer, inner = make_protocol(name, events, settings=settings, validation=part == "validation", **options)
+        return outer if inner is None else inner
     entry = split_entry(name)
     if settings is not None and entry.uses_settings:
         options["settings"] = settings
     return entry.fn(events, **options)
+
+
+def _outer_and_inner_options(name: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options of the test split and of the validation split carved from its training part.
+
+    A validation setting of a core split (valid_days, valid_k, three ratios) sizes the carved
+    part; without one the validation part is cut the same way as the test part.
+    """
+    outer, inner = dict(options), dict(options)
+    if name == "temporal":
+        valid_days = outer.pop("valid_days", None)
+        inner.pop("valid_days", None)
+        if valid_days is not None:
+            inner["test_days"] = valid_days
+    elif name == "leave-last":
+        valid_k = outer.pop("valid_k", 0) or 0
+        inner.pop("valid_k", None)
+        if valid_k:
+            inner["k"] = valid_k
+    elif name == "random" and len(tuple(options.get("ratios", ()))) == 3:
+        r_train, r_valid, r_test = (float(r) for r in options["ratios"])
+        outer["ratios"] = (r_train + r_valid, r_test)
+        inner["ratios"] = (r_train / (r_train + r_valid), r_valid / (r_train + r_valid))
+    return outer, inner
+
+
+def make_protocol(
+    name: str, events: Any, *, settings: Settings | None = None, validation: bool = True, **options: Any
+) -> tuple[Split, Split | None]:
+    """(test split, validation split) of the named protocol, ``protocol`` record on both
+    (``validation=False``: the test split alone, for an evaluation that tunes nothing).
+
+    The validation split is carved from the test split's training events the same way (a
+    temporal window ending where the test window starts, each user's newest remaining items,
+    ...), so nothing of the test part reaches a search that tunes on it.
+    """
+    entry = split_entry(name)
+    if entry.name == "auto":
+        from scalerec.evaluation.holdout import auto_protocol
+
+        return auto_protocol(events, settings=settings, validation=validation, **options)
+    outer_opts, inner_opts = _outer_and_inner_options(entry.name, options)
+    outer = make_split(entry.name, events, settings=settings, **(outer_opts if validation else options))
+    reason = f"split {entry.name!r} was asked for (--split or [training] split)"
+    kept = {k: v for k, v in (outer_opts if validation else options).items()
+            if isinstance(v, (int, float, str, bool, list, tuple))}
+    if not validation:
+        outer.protocol = ProtocolRecord(split=entry.name, rule=entry.name, reason=reason, test=PartRecord.of(outer),
+                                        fold_in=outer.strong_generalisation, options=kept)
+        return outer, None
+    if outer.train_events is None:
+        raise ValidationError(f"split {entry.name!r} keeps no training events: a validation part cannot be carved from it")
+    if "test_start" in outer.info and entry.name == "temporal":
+        inner_opts["now"] = outer.info["test_start"]  # the validation window ends where the test window starts
+    try:
+        inner = make_split(entry.name, outer.train_events, settings=settings, **inner_opts)
+    except EmptyDataError as exc:
+        raise EmptyDataError(
+            f"no validation part can be carved from the training part of split {entry.name!r}: {exc.message}"
+        ) from None
+    record = ProtocolRecord(
+        split=entry.name, rule=entry.name, reason=reason, test=PartRecord.of(outer), validation=PartRecord.of(inner),
+        fold_in=outer.strong_generalisation, options=kept,
+    )
+    outer.protocol = inner.protocol = record
+    return outer, inner
+
+
+#: Splits whose options ``resolve_split_options`` maps from flags; plug-ins take what their entry declares.
+CORE_SPLITS = ("auto", "temporal", "leave-last", "random", "users")
+
+
+def resolve_split_options(
+    split: str,
+    *,
+    test_days: float | None = None,
+    valid_days: float | None = None,
+    leave_k: int | None = None,
+    ratios: Sequence[float] | str | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    default_test_days: float = 30.0,
+    explicit: bool = True,
+    strict: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    """(split name, its keyword options) from the command-line flags of `train` and `evaluate`.
+
+    ``explicit``: the split was named on the command line; when it was not (the configured
+    default) and that default is ``auto``, a given ``test_days`` asks for a temporal window of
+    that length. With ``strict`` a flag the split does not read is refused rather than silently ignored.
+    """
+    entry = split_entry(split)
+    name = entry.name
+    if name == "auto" and test_days is not None and not explicit:
+        name = "temporal"
+    if isinstance(ratios, str):
+        try:
+            ratios = tuple(float(v) for v in ratios.split(","))
+        except ValueError:
+            raise ValidationError(f"--ratios must be like 0.8,0.2 or 0.8,0.1,0.1; got {ratios!r}") from None
+    given = {"--test-days": test_days, "--valid-days": valid_days, "--leave-k": leave_k, "--ratios": ratios,
+             "--test-fraction": test_fraction}
+    reads = {
+        "auto": (), "temporal": ("--test-days", "--valid-days"), "leave-last": ("--leave-k",),
+        "random": ("--ratios",), "users": ("--test-fraction",),
+    }.get(name, ("--test-days",) if "test_days" in entry.options else ())
+    stray = [flag for flag, value in given.items() if value is not None and flag not in reads]
+    if stray and strict:
+        hint = " (the auto split sizes its window from the data; use --split temporal for a fixed one)" if name == "auto" else ""
+        raise ValidationError(f"{', '.join(stray)} does not apply to split {name!r}{hint}")
+    if name not in CORE_SPLITS:  # a dataset protocol: only the options it declares
+        days = test_days if test_days is not None else entry.default_test_days or default_test_days
+        return name, ({"test_days": days} if "test_days" in entry.options else {})
+    if name == "auto":
+        return name, {"seed": seed}
+    if name == "temporal":
+        out: dict[str, Any] = {"test_days": test_days if test_days is not None else default_test_days}
+        if valid_days is not None:
+            out["valid_days"] = valid_days
+        return name, out
+    if name == "leave-last":
+        return name, {"k": 1 if leave_k is None else leave_k}
+    if name == "random":
+        return name, {"ratios": tuple(ratios) if ratios is not None else (0.8, 0.2), "seed": seed}
+    return name, {"test_fraction": 0.1 if test_fraction is None else test_fraction, "seed": seed}

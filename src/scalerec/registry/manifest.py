@@ -12,6 +12,7 @@ from typing import Any
 
 from scalerec.data.matrix import MatrixSpec
 from scalerec.errors import StorageError
+from scalerec.evaluation.protocol import ProtocolRecord
 
 __all__ = ["SNAPSHOT_END_KEYS", "Manifest", "parse_time"]
 
@@ -21,7 +22,7 @@ SNAPSHOT_END_KEYS = ("snapshot_at", "end", "max_timestamp", "newest_event", "tim
 _RANGE_KEYS = ("time_range", "date_range")
 #: Top-level key order of manifest.json as training has always written it (others follow).
 _ORDER = (
-    "format", "version", "created_at", "model", "primary_metric", "data", "split", "metrics", "search",
+    "format", "version", "created_at", "model", "primary_metric", "data", "split", "protocol", "metrics", "search",
     "fit_seconds", "peak_rss_bytes", "promotion", "scalerec_version", "python", "trained_at",
 )
 #: Keys of ``data`` this class owns (the rest of ``data`` is kept as read).
@@ -87,8 +88,11 @@ class Manifest:
     fingerprint: str | None = None
     event_count: int | None = None
     primary_metric: str | None = None
-    #: {split name: {"ndcg@20": value, ...}}
+    #: {part: {"ndcg@20": value, ...}}: "test" (the chosen configuration scored once on data the
+    #: search never saw) and "validation" (where the search chose it); older manifests: {split name: ...}
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: what was held out and why (None in manifests written before protocols were recorded)
+    protocol: ProtocolRecord | None = None
     fit_seconds: float | None = None
     peak_rss_bytes: int | None = None
     #: the promotion gate's decision (gate_decision's dict)
@@ -99,9 +103,18 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def test_metrics(self) -> dict[str, float]:
+        return dict(self.metrics.get("test") or {})
+
+    @property
+    def validation_metrics(self) -> dict[str, float]:
+        return dict(self.metrics.get("validation") or {})
+
+    @property
     def score(self) -> float | None:
-        """The primary metric's value on the first split that recorded it."""
-        for values in self.metrics.values():
+        """The primary metric's value on the test part (older manifests: the first split that recorded it)."""
+        ordered = sorted(self.metrics.values(), key=lambda v: v is not self.metrics.get("test"))
+        for values in ordered:
             if isinstance(values, Mapping) and self.primary_metric in values:
                 try:
                     return float(values[self.primary_metric])
@@ -141,6 +154,7 @@ class Manifest:
             event_count=None if count is None else int(count),
             primary_metric=body.pop("primary_metric", None),
             metrics=dict(body.pop("metrics", None) or {}),
+            protocol=ProtocolRecord.from_dict(body["protocol"]) if isinstance(body.get("protocol"), Mapping) else None,
             fit_seconds=body.pop("fit_seconds", None),
             peak_rss_bytes=body.pop("peak_rss_bytes", None),
             promotion=dict(body.pop("promotion", None) or {}),
@@ -148,7 +162,7 @@ class Manifest:
             created_at=body.pop("created_at", None),
             # A data key that was read under another spelling stays as it was (not rewritten).
             data_extra={k: v for k, v in data.items() if k not in _DATA_KEYS},
-            extra=body,
+            extra={k: v for k, v in body.items() if k != "protocol"},
         )
         if data_key == "snapshot":
             out.extra["_data_key"] = "snapshot"
@@ -187,6 +201,8 @@ class Manifest:
         body: dict[str, Any] = {**extra, "model": model, data_key: data}
         if self.primary_metric is not None:
             body["primary_metric"] = self.primary_metric
+        if self.protocol is not None:
+            body["protocol"] = self.protocol.to_dict()
         body["metrics"] = {k: dict(v) for k, v in self.metrics.items()}
         if self.fit_seconds is not None:
             body["fit_seconds"] = self.fit_seconds

@@ -27,7 +27,6 @@ from scalerec.training.tuning import (
     FamilyResult,
     SearchEvent,
     SplitSpec,
-    fit_and_evaluate,
     parse_metric,
     prime_split,
     storage_url,
@@ -81,9 +80,16 @@ class TrainOptions:
     split: str | None = None
     test_days: float | None = None
     valid_days: float | None = None
+    #: random split: (train, test) or (train, valid, test)
+    ratios: tuple[float, ...] | None = None
+    #: leave-last split: items held out per user
+    leave_k: int | None = None
+    #: users split: share of users held out
+    test_fraction: float | None = None
     if_new_events: int | None = None
     force: bool = False
     promote: bool = True
+    #: seed of the TPE sampler and of the random / users splits
     seed: int = 0
 
 
@@ -98,7 +104,13 @@ class TrainResult:
     best_family: str | None = None
     best_params: dict[str, Any] | None = None
     metric: str = "ndcg@20"
+    #: the chosen configuration scored once on the test part (fitted on the training part)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: its score on the validation part, where the search chose it
+    validation_metrics: dict[str, float] = field(default_factory=dict)
+    #: what was held out and why (ProtocolRecord.to_dict())
+    protocol: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     promotion: dict[str, Any] = field(default_factory=dict)
     fit_s: float = 0.0
     peak_rss_bytes: int = 0
@@ -142,31 +154,37 @@ def measure_peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------- data
-def _split_options(name: str, settings: "Settings", options: TrainOptions) -> dict[str, Any]:
-    from scalerec.evaluation.splits import split_entry
+def _split_options(settings: "Settings", options: TrainOptions) -> tuple[str, dict[str, Any]]:
+    """(split name, options) of a run: the flags of TrainOptions mapped as `evaluate` maps them."""
+    from scalerec.evaluation.splits import resolve_split_options
 
-    test_days = options.test_days if options.test_days is not None else settings.training.test_days
-    if name == "temporal":
-        return {"test_days": test_days, "valid_days": options.valid_days}
-    if name == "leave-last":
-        return {"k": 1, "valid_k": 1 if options.valid_days else 0}
-    if name == "random":
-        return {"ratios": (0.8, 0.2), "seed": options.seed}
-    if name == "users":
-        return {"test_fraction": 0.1, "seed": options.seed}
-    return {"test_days": test_days} if "test_days" in split_entry(name).options else {}  # a dataset protocol
+    name, opts = resolve_split_options(
+        options.split or settings.training.split, test_days=options.test_days, valid_days=options.valid_days,
+        leave_k=options.leave_k, ratios=options.ratios, test_fraction=options.test_fraction, seed=options.seed,
+        default_test_days=settings.training.test_days, explicit=options.split is not None,
+    )
+    return name, {k: v for k, v in opts.items() if v is not None}
+
+
+def make_run_protocol(
+    snapshot: Snapshot, settings: "Settings", options: TrainOptions
+) -> tuple["Split", "Split", SplitSpec]:
+    """(test split, validation split, spec): the search tunes on the validation split, which worker
+    processes rebuild from the spec; the chosen configuration is scored once on the test split."""
+    from scalerec.evaluation.splits import make_protocol
+
+    name, opts = _split_options(settings, options)
+    outer, inner = make_protocol(name, snapshot.events, settings=settings, **opts)
+    opts = {**opts, "part": "validation"}
+    key = hashlib.sha256(f"{snapshot.fingerprint}|{name}|{sorted(opts.items())}".encode()).hexdigest()[:16]
+    spec = SplitSpec(key=key, name=name, options=opts, settings=settings.model_dump(mode="json"))
+    return outer, inner, spec
 
 
 def make_run_split(snapshot: Snapshot, settings: "Settings", options: TrainOptions) -> tuple["Split", SplitSpec]:
-    """The split the search and the gate use, and the spec worker processes rebuild it from."""
-    from scalerec.evaluation.splits import make_split, split_entry
-
-    name = split_entry(options.split or settings.training.split).name
-    opts = {k: v for k, v in _split_options(name, settings, options).items() if v is not None}
-    split = make_split(name, snapshot.events, settings=settings, **opts)
-    key = hashlib.sha256(f"{snapshot.fingerprint}|{name}|{sorted(opts.items())}".encode()).hexdigest()[:16]
-    spec = SplitSpec(key=key, name=name, options=opts, settings=settings.model_dump(mode="json"))
-    return split, spec
+    """The split the search tunes on (the validation split) and the spec worker processes rebuild it from."""
+    _, inner, spec = make_run_protocol(snapshot, settings, options)
+    return inner, spec
 
 
 def full_matrix(snapshot: Snapshot, settings: "Settings", **overrides: Any) -> "InteractionMatrix":
@@ -283,16 +301,82 @@ def gate_decision(
     }
 
 
+@dataclass
+class Scores:
+    """A model's figures on one split part: means, and per-user values of the ranking metrics
+    aligned with the part's evaluated users (``users``), for paired comparisons."""
+
+    metrics: dict[str, float]
+    per_user: dict[str, np.ndarray]
+    users: np.ndarray
+
+    def value(self, metric: str) -> float:
+        return float(self.metrics[metric])
+
+
+def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", progress: Callable[[int, int], None] | None = None) -> Scores:
+    """Scores of a fitted ``model`` on ``split`` (the trial metrics at the primary metric's k)."""
+    from scalerec.evaluation.evaluate import evaluate_per_user
+    from scalerec.training.tuning import TRIAL_METRICS
+
+    name, k, _ = parse_metric(metric)
+    names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
+    means, per_user = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress)
+    return Scores(means, per_user, np.asarray(split.relevant(on)[1]))
+
+
+def fit_and_score(
+    family: str, params: dict[str, Any], split: "Split", metric: str, *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[Any, Scores]:
+    """Fit ``family(**params)`` on the split's training part and score it on its test part."""
+    from scalerec.models import make_model
+
+    model = make_model(family, **params)
+    fit_cb = (lambda d, t: progress("fit", d, t)) if progress else None
+    model.fit(split.train_for(model), progress=fit_cb)
+    eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
+    return model, score_model(model, split, metric, progress=eval_cb)
+
+
+def compare_on_test(
+    candidate: Scores,
+    production: Scores | None,
+    metric: str,
+    *,
+    tolerance: float,
+    higher_is_better: bool = True,
+    force: bool = False,
+    production_version: str | None = None,
+    method: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The promotion gate on the test part: the one place candidate and production are compared.
+
+    Both were scored on the same evaluated users (``Scores.per_user`` aligned on ``users``), so
+    a paired test or confidence interval can be computed here from the per-user arrays.
+    """
+    if production is not None and not np.array_equal(candidate.users, production.users):
+        raise ValidationError("candidate and production were scored on different users; the gate compares paired figures")
+    decision = gate_decision(
+        candidate.value(metric), None if production is None else production.value(metric),
+        tolerance=tolerance, higher_is_better=higher_is_better, force=force,
+        production_version=production_version, method=method, note=note,
+    )
+    decision["on"] = "test"
+    decision["n_users"] = int(len(candidate.users))
+    return decision
+
+
 def production_score(
     registry: "Registry",
     split: "Split",
     metric: str,
     *,
-    on: str,
     split_start: datetime | None,
     progress: ProgressFn | None = None,
-) -> tuple[float | None, str | None, str | None, str | None]:
-    """Score of the production version on ``split``: (score, version, method, note).
+) -> tuple[Scores | None, str | None, str | None, str | None]:
+    """Scores of the production version on ``split``'s test part: (scores, version, method, note).
 
     Fairness: the candidate's score comes from a model fitted on the split's training part
     only. If production was trained only on data before the split's held-out window (its
@@ -303,34 +387,30 @@ def production_score(
     and evaluated the same way as the candidate ("recipe"). A production that cannot be loaded
     or refitted yields (None, version, None, why) and the candidate passes the gate.
     """
-    from scalerec.evaluation.evaluate import evaluate
-
     prod = registry.production()
     if prod is None:
         return None, None, None, None
     try:
         manifest = prod.typed_manifest()
         snap_end_dt = manifest.snapshot_end
-        name, k, _ = parse_metric(metric)
         if split_start is not None and snap_end_dt is not None and snap_end_dt < split_start:
             loaded = registry.load(prod.version)
             adapter = _VocabAdapter(loaded, split)
 
             def eval_progress(done: int, total: int) -> None:
-                _emit(progress, "evaluate", done, total, f"production {prod.version} on the split")
+                _emit(progress, "evaluate", done, total, f"production {prod.version} on the test part")
 
-            metrics = evaluate(adapter, split, k=(k,), metrics=(name,), on=on, progress=eval_progress)  # type: ignore[arg-type]
-            return float(metrics[metric]), prod.version, "artifact", None
+            return score_model(adapter, split, metric, progress=eval_progress), prod.version, "artifact", None
         family, params = manifest.family, manifest.params
-        _emit(progress, "gate", 0, 1, f"refitting production {prod.version} ({family}) on the split")
+        _emit(progress, "gate", 0, 1, f"refitting production {prod.version} ({family}) on the training part")
 
         def step(stage: str, done: int, total: int) -> None:
             # its fit shows on the gate's bar (the "fit" bar is the candidate's refit)
             _emit(progress, "gate" if stage == "fit" else "evaluate", done, total,
-                  f"production {prod.version} ({family}) on the split")
+                  f"production {prod.version} ({family}) on the test part")
 
-        _, res = fit_and_evaluate(family, params, split, metric, on=on, progress=step)
-        return res.value, prod.version, "recipe", None
+        _, scores = fit_and_score(family, params, split, metric, progress=step)
+        return scores, prod.version, "recipe", None
     except ScalerecError as exc:
         return None, prod.version, None, f"production {prod.version} cannot be evaluated: {exc.message}"
 
@@ -432,14 +512,17 @@ def train(
 
         t = time.perf_counter()
         _emit(progress, "split", 0, 1, "building the split")
-        split, spec = make_run_split(snapshot, settings, options)
-        on = "valid" if split.valid is not None and split.valid_users is not None and len(split.valid_users) else "test"
-        _emit(progress, "split", 1, 1, f"{split.name}: {len(split.test_users):,} test users")
+        split, search_split, spec = make_run_protocol(snapshot, settings, options)
+        assert split.protocol is not None
+        protocol = split.protocol
+        _emit(progress, "split", 1, 1, f"{protocol.rule}: {len(split.test_users):,} test users, "
+              f"{len(search_split.test_users):,} validation users")
         timings["split_s"] = time.perf_counter() - t
 
         work = data_dir / "tmp" / f"train-{uuid.uuid4().hex[:12]}"
         own_executor = executor is None
         executor = executor or get_executor(settings, jobs)
+        warnings = list(protocol.warnings)
         try:
             from dataclasses import replace
 
@@ -453,9 +536,10 @@ def train(
                 events_path = work / "events.parquet"
                 snapshot.events.write_parquet(events_path, compression="zstd")
                 spec = replace(spec, events_path=str(events_path))
-            prime_split(spec, split)
+            # The search sees the validation split only: its events end before the test part.
+            prime_split(spec, search_split)
             families_out = _search(
-                families, settings, snapshot, spec, executor, trials, minutes, metric, on, options.seed, progress
+                families, settings, snapshot, spec, executor, trials, minutes, metric, "test", options.seed, progress
             )
             timings["search_s"] = sum(f.wall_s for f in families_out)
 
@@ -466,6 +550,18 @@ def train(
             sign = 1.0 if higher else -1.0
             best = max(ok, key=lambda f: sign * float(f.best_value))  # type: ignore[arg-type]
             assert best.best_params is not None and best.best_value is not None
+            if all(float(f.best_value) == 0.0 for f in ok):  # type: ignore[arg-type]
+                warnings.append(f"every family scored {metric} 0 on the validation part: the choice of "
+                                f"{best.family} is arbitrary")
+
+            # The chosen configuration, fitted on the test split's training part, scored once on its test part.
+            t = time.perf_counter()
+
+            def test_step(stage: str, done: int, total: int) -> None:
+                _emit(progress, "evaluate", done, total, f"{best.family} on the test part", family=best.family)
+
+            _, test_scores = fit_and_score(best.family, best.best_params, split, metric, progress=test_step)
+            timings["test_s"] = time.perf_counter() - t
 
             # Refit the winner on all data of the window (on the cluster when it has a twin).
             from scalerec.models import make_model
@@ -490,16 +586,14 @@ def train(
                 executor.shutdown(cancel=True)
             shutil.rmtree(work, ignore_errors=True)
 
-        # Gate: production on the same split, judged the same way as the candidate.
+        # Gate: production on the same test part, judged the same way as the candidate.
         t = time.perf_counter()
-        _emit(progress, "gate", 0, 1, "comparing with production")
-        split_start = _held_out_start(split, on)
-        prod_score, prod_version, method, note = production_score(
-            registry, split, metric, on=on, split_start=split_start, progress=progress
+        _emit(progress, "gate", 0, 1, "comparing with production on the test part")
+        prod_scores, prod_version, method, note = production_score(
+            registry, split, metric, split_start=_held_out_start(split), progress=progress
         )
-        decision = gate_decision(
-            float(best.best_value),
-            prod_score,
+        decision = compare_on_test(
+            test_scores, prod_scores, metric,
             tolerance=cfg.promotion_tolerance,
             higher_is_better=higher,
             force=options.force,
@@ -507,16 +601,19 @@ def train(
             method=method,
             note=note,
         )
+        if test_scores.value(metric) == 0.0:
+            warnings.append(f"the chosen model scored {metric} 0 on the test part ({len(split.test_users)} users)")
         if not options.promote:
             decision["promoted"] = False
             decision["reason"] = f"not promoted (--no-promote); gate: {decision['reason']}"
         _emit(progress, "gate", 1, 1, decision["reason"])
         timings["gate_s"] = time.perf_counter() - t
+        protocol.warnings = list(dict.fromkeys(warnings))
 
         t = time.perf_counter()
         popular, trending = fallback_scores(snapshot, settings, matrix.item_ids)
         manifest = _manifest(
-            model, best, families_out, snapshot, split, settings, metric, on, matrix, fit_s,
+            model, best, families_out, snapshot, split, settings, metric, test_scores.metrics, matrix, fit_s,
             mem["peak_rss_bytes"], decision, options, jobs, trials, minutes,
         )
 
@@ -541,7 +638,10 @@ def train(
         best_family=best.family,
         best_params=best.best_params,
         metric=metric,
-        metrics=best.best_metrics,
+        metrics=dict(test_scores.metrics),
+        validation_metrics=dict(best.best_metrics),
+        protocol=protocol.to_dict(),
+        warnings=protocol.warnings,
         promotion=decision,
         fit_s=fit_s,
         peak_rss_bytes=int(mem["peak_rss_bytes"]),
@@ -551,11 +651,9 @@ def train(
     )
 
 
-def _held_out_start(split: "Split", on: str) -> datetime | None:
-    """Start of the held-out window the split scores on (temporal splits), else None."""
-    info = split.info or {}
-    key = "valid_start" if on == "valid" else "test_start"
-    value = info.get(key) or (info.get("train_end") if on == "valid" else None)
+def _held_out_start(split: "Split") -> datetime | None:
+    """Start of the split's test window (temporal hold-outs), else None."""
+    value = (split.info or {}).get("test_start")
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if isinstance(value, datetime) and value.tzinfo is None:
@@ -632,7 +730,7 @@ def _manifest(
     split: "Split",
     settings: "Settings",
     metric: str,
-    on: str,
+    test_metrics: dict[str, float],
     matrix: "InteractionMatrix",
     fit_s: float,
     peak_rss_bytes: int,
@@ -669,12 +767,13 @@ def _manifest(
             "nnz": matrix.nnz,
         },
         primary_metric=metric,
-        metrics={split.name: dict(best.best_metrics)},
+        metrics={"test": dict(test_metrics), "validation": dict(best.best_metrics)},
+        protocol=split.protocol,
         fit_seconds=round(fit_s, 4),
         peak_rss_bytes=int(peak_rss_bytes),
         promotion=decision,
         extra={
-            "split": {**_jsonable(split.summary()), "scored_on": on},
+            "split": {**_jsonable({k: v for k, v in split.summary().items() if k != "protocol"}), "scored_on": "test"},
             "search": {
                 "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},
                 "families": {f.family: _jsonable(f.to_dict()) for f in families},

@@ -1,0 +1,159 @@
+"""Model selection with the defaults: what the auto protocol chooses, and how the chosen model does on data it never saw.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/bench_selection.py --minutes 3     # search budget per store (default 3)
+    .venv/bin/python bench/bench_selection.py --skip-retail   # the synthetic shop only
+
+(a) Online Retail: the file is imported, the Online Retail protocol's test start and test users are
+    taken from it, and only the events before that start go into a fresh store; `train` runs there
+    with the defaults (split auto, models.enabled) and the budget; the production model is then
+    scored on the protocol's test users (their history folded in, as the gate does). Goal: Recall@20
+    and NDCG@20 >= 0.125.
+(b) A front-loaded synthetic shop (most users active only for a day in the first third of the
+    period): the same `train`, scored on the auto protocol's own test part.
+
+Prints a table of what the default protocol chose on each store and appends one JSON line per store
+to bench/results/selection.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from _common import append_result
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the front-loaded shop is the tests' own construction
+
+from scalerec.config import Settings  # noqa: E402
+from scalerec.data.store import DataStore  # noqa: E402
+from scalerec.registry import Registry  # noqa: E402
+from scalerec.training import TrainOptions, train  # noqa: E402
+
+CSV = ROOT.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
+GOAL = 0.125
+console = Console(width=200)
+
+
+def _score_production(settings: Settings, split: Any) -> dict[str, float]:
+    """The production model of ``settings``' store on ``split``'s test users (folded in, on the items it knows)."""
+    from scalerec.evaluation.evaluate import evaluate
+    from scalerec.training.pipeline import _VocabAdapter
+
+    loaded = Registry(settings).load()
+    return evaluate(_VocabAdapter(loaded, split), split, k=(20,), metrics=("recall", "ndcg"))
+
+
+def _train(settings: Settings, store: DataStore, minutes: float, jobs: int) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    result = train(settings, TrainOptions(minutes=minutes, jobs=jobs), store=store)
+    return result, time.perf_counter() - t0
+
+
+def online_retail(root: Path, minutes: float, jobs: int) -> dict[str, Any]:
+    from scalerec.data.importers import import_file
+    from scalerec.datasets.online_retail import online_retail_protocol
+
+    full = DataStore.open(Settings(data={"dir": root / "full"}))
+    import_file(full, "events", CSV, preset="online-retail")
+    protocol = online_retail_protocol(full)
+    test_start = protocol.info["test_start"]
+    settings = Settings(data={"dir": root / "before"})
+    store = DataStore.open(settings)
+    store.log.append(full.log.read(end=test_start))  # only what was known before the protocol's test window
+    full.close()
+    result, wall = _train(settings, store, minutes, jobs)
+    store.close()
+    scores = _score_production(settings, protocol)
+    return _row("online-retail (events before the protocol's test start)", result, wall, minutes, scores,
+                scored_on=f"Online Retail protocol: {len(protocol.test_users):,} test users")
+
+
+def front_loaded_shop(root: Path, minutes: float, jobs: int, n_users: int, n_events: int) -> dict[str, Any]:
+    from scalerec.data.schema import EVENT_SCHEMA
+    from scalerec.datasets.synth import generate_store
+    from test_protocol import front_loaded
+
+    gen = DataStore.open(Settings(data={"dir": root / "gen"}))
+    generate_store(gen, n_users=n_users, n_items=max(200, n_users // 5), n_events=n_events, seed=11, days=180)
+    table = gen.log.read()
+    gen.close()
+    shifted = front_loaded(pl.from_arrow(table)).to_arrow().cast(EVENT_SCHEMA)
+    settings = Settings(data={"dir": root / "shop"})
+    store = DataStore.open(settings)
+    store.log.append(shifted)
+    result, wall = _train(settings, store, minutes, jobs)
+    store.close()
+    return _row(f"synthetic shop, front-loaded ({n_users:,} users, {n_events:,} events)", result, wall, minutes,
+                dict(result.metrics), scored_on="the auto protocol's test part")
+
+
+def _row(store: str, result: Any, wall: float, minutes: float, scores: dict[str, float], scored_on: str) -> dict[str, Any]:
+    p = result.protocol
+    return {
+        "store": store,
+        "rule": p["rule"],
+        "reason": p["reason"],
+        "test": p["test"],
+        "validation": p["validation"],
+        "chosen": result.best_family,
+        "params": result.best_params,
+        "validation_ndcg@20": result.validation_metrics.get("ndcg@20"),
+        "test_ndcg@20": result.metrics.get("ndcg@20"),
+        "recall@20": scores.get("recall@20"),
+        "ndcg@20": scores.get("ndcg@20"),
+        "scored_on": scored_on,
+        "budget_minutes": minutes,
+        "train_wall_s": round(wall, 1),
+        "families": {f.family: f.best_value for f in result.families},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=3.0, help="search budget of each train run")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--skip-retail", action="store_true")
+    ap.add_argument("--shop-users", type=int, default=5000)
+    ap.add_argument("--shop-events", type=int, default=300_000)
+    args = ap.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-selection-") as tmp:
+        if not args.skip_retail:
+            if not CSV.is_file():
+                console.print(f"Online Retail not found at {CSV}; skipping (a)")
+            else:
+                rows.append(online_retail(Path(tmp) / "retail", args.minutes, args.jobs))
+        rows.append(front_loaded_shop(Path(tmp) / "synth", args.minutes, args.jobs, args.shop_users, args.shop_events))
+    table = Table(title=f"what the default protocol chose (search budget {args.minutes:g} min per store, {args.jobs} job)")
+    for col in ("store", "rule", "test part", "validation part", "chosen", "val ndcg@20", "test ndcg@20",
+                "recall@20", "ndcg@20", "scored on"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        part = lambda d: f"{d['users']:,} users, {d['share']:.0%} of events" + (f", {d['days']:.0f} d" if d.get("days") else "")  # noqa: E731
+        table.add_row(r["store"], r["rule"], part(r["test"]), part(r["validation"]), r["chosen"],
+                      f"{r['validation_ndcg@20']:.4f}", f"{r['test_ndcg@20']:.4f}", f"{r['recall@20']:.4f}",
+                      f"{r['ndcg@20']:.4f}", r["scored_on"])
+        append_result("selection", r)
+    console.print(table)
+    for r in rows:
+        console.print(f"{r['store']}: {r['reason']}", soft_wrap=True)
+        if r["store"].startswith("online-retail"):
+            ok = r["recall@20"] >= GOAL and r["ndcg@20"] >= GOAL
+            console.print(f"goal Recall@20 and NDCG@20 >= {GOAL}: {'met' if ok else 'NOT met'} with a "
+                          f"{args.minutes:g}-minute budget", soft_wrap=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
