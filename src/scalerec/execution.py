@@ -156,6 +156,9 @@ class LocalExecutor:
                     proc.terminate()
             for proc in processes:
                 proc.join(timeout=5)
+                if proc.is_alive():  # SIGTERM not acted on within 5 s (a loaded machine): no worker outlives Ctrl-C
+                    proc.kill()
+                    proc.join(timeout=5)
         else:
             pool.shutdown(wait=True)
 

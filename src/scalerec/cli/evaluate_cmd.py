@@ -10,6 +10,7 @@ import typer
 
 from scalerec.cli._app import app, console, err_console, get_settings, get_store
 from scalerec.cli._registry_help import RegistryHelpCommand
+from scalerec.cli._split_cli import parse_ratios, print_protocol
 from scalerec.errors import EmptyDataError, ValidationError
 
 
@@ -64,16 +65,6 @@ def build_models(names: list[str], params: dict[str, dict[str, Any]], ease_max_i
             kwargs.setdefault("max_items", ease_max_items)
         models[name] = make_model(name, **kwargs)
     return models
-
-
-def parse_ratios(text: str | None) -> tuple[float, ...] | None:
-    """"0.8,0.2" -> (0.8, 0.2); None stays None."""
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ValidationError(f"--ratios must be like 0.8,0.2 or 0.8,0.1,0.1; got {text!r}") from None
 
 
 def split_options(
@@ -171,7 +162,6 @@ def evaluate_command(
         typer.echo(json.dumps(data, indent=2, default=str))
         return
     console.print(result.table())
-    from scalerec.cli.train_cmds import print_protocol
 
     print_protocol(result.split.get("protocol"))
     if result.attribution:

@@ -11,6 +11,7 @@ from rich.table import Table
 from scalerec.cli._app import app, console, get_settings, get_store
 from scalerec.cli._cluster import cluster_option, with_cluster
 from scalerec.cli._registry_help import RegistryHelpCommand
+from scalerec.cli._split_cli import parse_ratios, print_protocol
 from scalerec.errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,17 +106,6 @@ def _summary(result: "TrainResult") -> None:
     print_protocol(result.protocol)
 
 
-def print_protocol(protocol: dict[str, Any] | None) -> None:
-    """The protocol record's lines (what was held out and why), warnings in yellow."""
-    if not protocol:
-        return
-    from scalerec.evaluation.protocol import ProtocolRecord
-
-    for line in ProtocolRecord.from_dict(protocol).lines():
-        console.print(line, style="yellow" if line.lstrip().startswith("warning") else None, markup=False,
-                      highlight=False, soft_wrap=True)
-
-
 @app.command("train", cls=RegistryHelpCommand)
 def train_cmd(
     ctx: typer.Context,
@@ -157,7 +147,6 @@ def train_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scalerec.cli.evaluate_cmd import parse_ratios
     from scalerec.training.pipeline import TrainOptions, train
 
     if force and no_promote:

@@ -7,16 +7,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 __all__ = ["PartRecord", "ProtocolRecord"]
 
 
-def _time(value: Any) -> datetime | None:
-    from scalerec.registry.manifest import parse_time  # the manifest's reader of times (it imports this module)
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time (``Z`` accepted; naive means UTC) as an aware datetime; None if not one."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not value:
+        return None
+    try:
+        ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
-    return parse_time(value)
+
+_time = parse_time
 
 
 @dataclass

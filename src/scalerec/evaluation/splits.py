@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -601,6 +603,8 @@ class SplitEntry:
     default_test_days: float | None = None
     aliases: tuple[str, ...] = ()
     help: str = ""
+    #: builds the (test, validation) pair itself (events, settings=, validation=, **options); None: carved by make_protocol
+    protocol: Callable[..., Any] | None = None
 
 
 #: The named splits (core ones below, dataset protocols from scalerec.datasets).
@@ -618,13 +622,14 @@ def register_split(
     default_test_days: float | None = None,
     aliases: Sequence[str] = (),
     help: str = "",
+    protocol: Callable[..., Any] | None = None,
 ) -> SplitEntry:
     """Make ``fn`` available as split ``name`` (``make_split``, ``scalerec evaluate/train --split``).
 
     Names and aliases match ignoring case and '_' vs '-'. Raises ConfigError when one is taken
     by another split; registering the same name again replaces it.
     """
-    entry = SplitEntry(name, fn, uses_settings, tuple(options), default_test_days, tuple(aliases), help)
+    entry = SplitEntry(name, fn, uses_settings, tuple(options), default_test_days, tuple(aliases), help, protocol)
     return SPLIT_REGISTRY.add(name, entry, tuple(aliases))
 
 
@@ -656,15 +661,30 @@ class _SplitTable(Mapping[str, Callable[..., Split]]):
 #: Named splits for ``scalerec evaluate --split NAME``: each takes (events, **options).
 SPLITS: Mapping[str, Callable[..., Split]] = _SplitTable()
 
-def split_auto(events: Any, **options: Any) -> Split:
-    """The default protocol, chosen from the data (see ``scalerec.evaluation.holdout.split_auto``)."""
-    from scalerec.evaluation.holdout import split_auto as impl
+class _Deferred:
+    """A splitter named "module:function", imported on first call: ``holdout`` builds on this
+    module's splitters, so this module may only name it."""
 
-    return impl(events, **options)
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self._fn: Callable[..., Any] | None = None
+
+    def __call__(self, events: Any, **options: Any) -> Any:
+        if self._fn is None:
+            module, attr = self.ref.split(":")
+            self._fn = getattr(importlib.import_module(module), attr)
+        return self._fn(events, **options)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # workers resolve it themselves
+        return (_Deferred, (self.ref,))
+
+
+#: The default protocol, chosen from the data (scalerec.evaluation.holdout.split_auto).
+split_auto = _Deferred("scalerec.evaluation.holdout:split_auto")
 
 
 register_split(
-    "auto", split_auto, options=("seed", "part"),
+    "auto", split_auto, options=("seed", "part"), protocol=_Deferred("scalerec.evaluation.holdout:auto_protocol"),
     help="chosen from the data: the newest window holding [training] holdout_share of the events and "
     "min_test_users users, else each user's newest items",
 )
@@ -730,10 +750,8 @@ def make_protocol(
     ...), so nothing of the test part reaches a search that tunes on it.
     """
     entry = split_entry(name)
-    if entry.name == "auto":
-        from scalerec.evaluation.holdout import auto_protocol
-
-        return auto_protocol(events, settings=settings, validation=validation, **options)
+    if entry.protocol is not None:
+        return entry.protocol(events, settings=settings, validation=validation, **options)
     outer_opts, inner_opts = _outer_and_inner_options(entry.name, options)
     outer = make_split(entry.name, events, settings=settings, **(outer_opts if validation else options))
     reason = f"split {entry.name!r} was asked for (--split or [training] split)"

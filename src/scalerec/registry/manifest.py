@@ -12,7 +12,7 @@ from typing import Any
 
 from scalerec.data.matrix import MatrixSpec
 from scalerec.errors import StorageError
-from scalerec.evaluation.protocol import ProtocolRecord
+from scalerec.evaluation.protocol import ProtocolRecord, parse_time
 
 __all__ = ["SNAPSHOT_END_KEYS", "Manifest", "parse_time"]
 
@@ -28,19 +28,6 @@ _ORDER = (
 #: Keys of ``data`` this class owns (the rest of ``data`` is kept as read).
 _DATA_KEYS = ("event_count", "min_timestamp", "max_timestamp", "fingerprint", "matrix_settings", "matrix_spec")
 _MODEL_KEYS = ("family", "class", "params", "matrix_overrides")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An ISO 8601 time (``Z`` accepted; naive means UTC) as an aware datetime; None if not one."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 def _iso(ts: datetime | None) -> str | None:
