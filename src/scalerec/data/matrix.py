@@ -412,6 +412,25 @@ class RatingRule:
         return out
 
 
+def signal_stats(source: Any, rating_types: tuple[str, ...] = ("rating",)) -> dict[str, Any]:
+    """What the search needs to know of the data's signals (``training.tuning.signal_choices``):
+    ``rating_events``, ``rating_values`` (distinct rating values) and ``user_last_spread_days`` (the
+    10th-90th percentile spread of the users' newest event times)."""
+    lf = _cast_frame(_as_lazy(source)).filter(pl.col("user_id").is_not_null())
+    is_rating = pl.col("event_type").is_in(list(rating_types))
+    ratings, last = pl.collect_all([
+        lf.filter(is_rating).select(pl.len().alias("n"), pl.col("value").n_unique().alias("k")),
+        lf.group_by("user_id").agg(pl.col("timestamp").max().dt.epoch("s").alias("t"))
+        .select(pl.col("t").quantile(0.9) - pl.col("t").quantile(0.1)),
+    ])
+    spread = last.item()
+    return {
+        "rating_events": int(ratings.item(0, "n")),
+        "rating_values": int(ratings.item(0, "k")),
+        "user_last_spread_days": 0.0 if spread is None else float(spread) / 86_400.0,
+    }
+
+
 def shape_cells(values: np.ndarray, *, binary: bool = False, cap: float | None = None) -> np.ndarray:
     """Apply the matrix's cell convention in place to positive summed cells: 1 when ``binary``,
     else clipped at ``cap``. Serving shapes fold-in histories with it, so a user's fresh events
