@@ -258,7 +258,8 @@ def _build(
     w = pl.col("_w")
     if unknown_type_weight is not None:
         w = w.fill_null(float(unknown_type_weight))
-    if signals.maps_values:
+    rated = [t for t in signals.types if t in event_types and event_types[t].use_value]
+    if signals.maps_values and rated:  # no configured rating type reads its value: nothing to map or scan
         if signals.needs_scale:
             signals = signals.resolved(lf)
         value = signals.expr()
