@@ -8,8 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from types import SimpleNamespace
+
 import numpy as np
 import optuna
+import polars as pl
 import pytest
 import scipy.sparse as sp
 
@@ -328,24 +331,27 @@ def _same_cells(a: Any, b: Any) -> bool:
     return a.nnz == b.nnz and (diff.nnz == 0 or float(abs(diff).max()) < 1e-5)
 
 
-@pytest.mark.parametrize("recency", [None, 20.0])
-def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(tmp_path: Path, recency: float | None) -> None:
+@pytest.mark.parametrize("recency, reference", [(None, "floored"), (20.0, "floored"), (20.0, "user"), (20.0, "global")])
+def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(
+    tmp_path: Path, recency: float | None, reference: str
+) -> None:
     """One MatrixSpec for the split's train part (search), the gate's fold-in rows, the refit and the
-    served fold-in cells: with [matrix] cap set, all of them are capped the same way."""
+    served fold-in cells: with [matrix] cap set, all of them are capped the same way; the recency
+    clock (per user, floored, global) is the spec's in all of them."""
     from scalerec.data.matrix import MatrixSpec, cell_options, shape_cells
     from scalerec.data.snapshot import take_snapshot
     from scalerec.models import make_model
     from scalerec.registry import Manifest
     from scalerec.training.pipeline import _VocabAdapter, full_matrix, make_run_split
 
-    settings, ds = tiny_store(tmp_path / "data", settings={"matrix": {"cap": 3.0}})
+    settings, ds = tiny_store(tmp_path / "data", settings={"matrix": {"cap": 3.0, "recency_reference": reference}})
     result = train(settings, TrainOptions(models=["itemknn"], trials=1), store=ds)
     loaded = Registry(settings).load()
     snapshot = take_snapshot(ds)
     model = make_model("itemknn", **{**loaded.model.get_params(), "recency_half_life_days": recency})
     overrides = model.matrix_overrides()
     spec = MatrixSpec.from_settings(settings, overrides)
-    assert spec.cap == (1.0 if recency else 3.0)
+    assert spec.cap == (1.0 if recency else 3.0) and spec.recency_reference == reference
 
     # refitted: the registered (production) matrix is the spec's matrix of the snapshot
     assert result.version is not None
@@ -381,3 +387,19 @@ def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(tmp_path: Path,
     shaped = raw.matrix.copy()
     shape_cells(shaped.data, **cell_options(result.version.manifest()))
     assert (abs(shaped - loaded.matrix.matrix) > 1e-5).nnz == 0
+
+    # served fold-in of a new user: their events are their newest, so the row the service builds
+    # (rating rule applied, no decay) is the spec's row of those events at any recency clock
+    from scalerec.serving.realtime import event_type_weights, history_from_arrays
+    from scalerec.serving.state import event_values, history_row
+
+    posted = snapshot.events.filter(snapshot.events["user_id"] == loaded.matrix.user_ids[0]).with_columns(
+        user_id=pl.lit("fresh"), timestamp=pl.lit(snapshot.end))
+    recorded = Manifest.from_dict(result.version.manifest()).matrix.with_overrides(overrides)
+    st = SimpleNamespace(ratings=recorded.ratings(), cells=recorded.cells(), n_items=len(loaded.matrix.item_ids))
+    types, values = posted["event_type"].to_numpy(), posted["value"].to_numpy()
+    fresh = history_from_arrays(posted["item_id"].to_numpy(), types, event_values(st, types, values),
+                                loaded.matrix.item_ids, event_type_weights(recorded.event_types, None))
+    served_row = history_row(st, fresh.cols, fresh.weights).toarray()
+    built_row = recorded.build(posted, item_ids=loaded.matrix.item_ids).matrix.toarray()
+    assert built_row.sum() > 0 and np.allclose(served_row, built_row, atol=1e-5)

@@ -97,6 +97,23 @@ class MatrixSettings(_Section):
     min_item_interactions: int = Field(1, ge=1)
     binary: bool = Field(False, description="store 1 for every positive cell instead of the summed weight")
     cap: float | None = Field(None, gt=0, description="clip each summed cell at this value; none = no clip")
+    # "floored": the global clock (best on Online Retail: 0.128 vs 0.114 Recall@20 per-user) that
+    # never lets a user's row underflow to zero (it zeroed 278 of 609 users' rows on one public set).
+    recency_reference: Literal["floored", "user", "global"] = Field(
+        "floored", description="recency age from the data's newest event (floored: never below 2^-20), or the user's own newest"
+    )
+    rating_rule: Literal["threshold", "raw", "binary", "centered"] = Field(
+        "threshold", description="how a rating's value counts: >= threshold positive, as is, 1, or minus the user's mean"
+    )
+    rating_threshold: float | None = Field(
+        None, description="ratings >= this are positive; none = the upper 40% of the observed scale (4-5 of 1-5)"
+    )
+    rating_negative_weight: float = Field(
+        0.0, ge=0, description="a below-threshold (or below-mean) rating subtracts this x its type weight; 0 = ignored"
+    )
+    rating_types: list[str] = Field(
+        default_factory=lambda: ["rating"], description="event types whose value is an explicit rating"
+    )
 
 
 class ModelSettings(_Section):

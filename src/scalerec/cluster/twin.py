@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Self, TypeVar
 
-from scalerec.models.base import Recommender
+from scalerec.models.base import MATRIX_PARAMS, Recommender
 
 
 class ClusterTwin(Recommender):
@@ -45,7 +45,7 @@ class ClusterTwin(Recommender):
     def to_local(self) -> Recommender:
         """The local-family model with this model's hyperparameters and learned state."""
         klass = self.local_class()
-        names = set(klass._param_names())
+        names = set(klass._param_names()) | set(MATRIX_PARAMS)
         local = klass(**{k: v for k, v in self.get_params().items() if k in names})
         for name, value in vars(self).items():
             if name.endswith("_") and not name.startswith("_"):

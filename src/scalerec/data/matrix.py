@@ -165,14 +165,23 @@ def build_matrix(
     min_item_interactions: int = 1,
     binary: bool = False,
     cap: float | None = None,
+    recency_reference: str = "global",
+    rating_rule: str = "raw",
+    rating_threshold: float | None = None,
+    rating_negative_weight: float = 0.0,
+    rating_types: tuple[str, ...] = ("rating",),
+    rating_scale: tuple[float, float] | None = None,
     user_ids: np.ndarray | None = None,
     item_ids: np.ndarray | None = None,
 ) -> InteractionMatrix:
     """Aggregate events into a CSR user x item matrix.
 
     Each event contributes ``weight * polarity * (value if use_value else 1)`` of its type, times
-    ``0.5 ** (age / half_life_days)`` when a half-life is set (age measured from ``now``, default the
-    newest event kept). Cells summing to <= 0 (e.g. bought then returned) are dropped. Events are
+    ``0.5 ** (age / half_life_days)`` when a half-life is set. Age is measured from the user's own
+    newest event kept with ``recency_reference="user"``, else from ``now`` (default the newest event
+    kept; "floored" stops that clock 20 half-lives after the user's newest event, so no user's row
+    underflows to zero). Events of ``rating_types`` map their value by ``rating_rule`` first (see
+    :func:`rating_values`). Cells summing to <= 0 (e.g. bought then returned) are dropped. Events are
     kept when ``start <= timestamp < end`` and, with ``window_days``, newer than ``now - window``.
     Users/items with fewer than the minimum number of distinct interactions are dropped (items
     first, then users, one pass). ``user_ids`` / ``item_ids`` fix the vocabulary, e.g. to build a
@@ -189,7 +198,11 @@ def build_matrix(
         half_life_days=half_life_days, now=now, start=start, end=end,
         min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
         binary=binary, cap=cap, user_ids=user_ids, item_ids=item_ids,
+        signals=RatingRule(rating_rule, rating_threshold, rating_negative_weight, tuple(rating_types), rating_scale),
+        recency_reference=recency_reference,
     )
+    if recency_reference not in RECENCY_REFERENCES:
+        raise ValidationError(f"recency_reference must be one of {RECENCY_REFERENCES}, got {recency_reference!r}")
     view = getattr(source, "consistent_view", None)
     if callable(view):
         # A DataStore: hold its shared lock so a concurrent flush or compaction cannot move a batch
@@ -215,6 +228,8 @@ def _build(
     cap: float | None,
     user_ids: np.ndarray | None,
     item_ids: np.ndarray | None,
+    signals: "RatingRule",
+    recency_reference: str,
 ) -> InteractionMatrix:
     lf = _cast_frame(_as_lazy(source)).filter(pl.col("user_id").is_not_null())
 
@@ -223,7 +238,8 @@ def _build(
         lf = lf.filter(pl.col("timestamp") >= start_ts)
     if end_ts is not None:
         lf = lf.filter(pl.col("timestamp") < end_ts)
-    if (window_days is not None or half_life_days is not None) and now_ts is None:
+    global_clock = half_life_days is not None and recency_reference != "user"
+    if (window_days is not None or global_clock) and now_ts is None:
         newest = lf.select(pl.col("timestamp").max()).collect().item()
         now_ts = newest if newest is not None else datetime.now(timezone.utc)
     if window_days is not None:
@@ -242,10 +258,24 @@ def _build(
     w = pl.col("_w")
     if unknown_type_weight is not None:
         w = w.fill_null(float(unknown_type_weight))
-    contribution = w * pl.when(pl.col("_use_value").fill_null(False)).then(pl.col("value")).otherwise(1.0)
+    rated = [t for t in signals.types if t in event_types and event_types[t].use_value]
+    if signals.maps_values and rated:  # no configured rating type reads its value: nothing to map or scan
+        if signals.needs_scale:
+            signals = signals.resolved(lf)
+        value = signals.expr()
+    else:
+        value = pl.col("value")
+    contribution = w * pl.when(pl.col("_use_value").fill_null(False)).then(value).otherwise(1.0)
     if half_life_days is not None:
-        assert now_ts is not None
-        age_days = (pl.lit(now_ts) - pl.col("timestamp")).dt.total_microseconds() / 86_400e6
+        # A user active years before the data's end would get an underflowed all-zero row on the global clock.
+        if recency_reference == "user":
+            reference = pl.col("timestamp").max().over("user_id")
+        elif recency_reference == "floored":  # the global clock, stopped before a user's row underflows
+            stop = timedelta(days=half_life_days * RECENCY_FLOOR_HALF_LIVES)
+            reference = pl.min_horizontal(pl.lit(now_ts), pl.col("timestamp").max().over("user_id") + stop)
+        else:
+            reference = pl.lit(now_ts)
+        age_days = (reference - pl.col("timestamp")).dt.total_microseconds() / 86_400e6
         contribution = contribution * (0.5 ** (age_days.clip(lower_bound=0.0) / half_life_days))
     events = lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
     # Small vocabularies first, then integer codes through sorted Enums: the aggregation runs on
@@ -274,6 +304,134 @@ def _build(
                    min_user_interactions, min_item_interactions, binary, cap)
 
 
+#: Where a recency-weighted matrix measures an event's age from.
+#: "global": age from the data's newest event (``now``); "user": from the user's own newest event;
+#: "floored": global, except that a user's newest event is never older than
+#: RECENCY_FLOOR_HALF_LIVES half-lives (weight >= 2**-20 ~ 1e-6, where float32 cells of users
+#: active years before the end had underflowed to 0; rows are only rescaled, so linear scorers
+#: rank such a user's history as under "user" while the recent users still shape the model).
+RECENCY_REFERENCES = ("floored", "user", "global")
+RECENCY_FLOOR_HALF_LIVES = 20.0
+#: How an explicit rating's value becomes a cell contribution (see :func:`rating_values`).
+RATING_RULES = ("threshold", "raw", "binary", "centered")
+#: With no configured threshold, a rating is positive when it lies in the upper 40% of the observed
+#: scale: >= 3.4 of 1-5 (4 and 5 stars), >= 3.2 of 0.5-5 (3.5 up), >= 6.4 of 1-10 (7 up).
+RATING_UPPER_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class RatingRule:
+    """How the value of a rating event (an event of ``types``) becomes its cell contribution.
+
+    * ``raw``: the value as it is (a 1-star rating counts, a little);
+    * ``binary``: 1 for every rating;
+    * ``threshold``: 1 when value >= the threshold, else ``-negative_weight`` (0: ignored); the
+      threshold is ``threshold`` or, when None, ``lo + 0.6 * (hi - lo)`` of the observed ``scale``;
+    * ``centered``: value - the user's mean rating; below-mean parts times ``negative_weight``.
+
+    The contribution is then multiplied by the type's weight and polarity like any event.
+    """
+
+    rule: str = "raw"
+    threshold: float | None = None
+    negative_weight: float = 0.0
+    types: tuple[str, ...] = ("rating",)
+    scale: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule not in RATING_RULES:
+            raise ValidationError(f"rating_rule must be one of {RATING_RULES}, got {self.rule!r}")
+        if not self.negative_weight >= 0:
+            raise ValidationError(f"rating_negative_weight must be >= 0, got {self.negative_weight!r}")
+
+    @property
+    def maps_values(self) -> bool:
+        return self.rule != "raw" and bool(self.types)
+
+    @property
+    def needs_scale(self) -> bool:
+        return self.threshold is None and self.scale is None
+
+    def cut(self) -> float | None:
+        """The positive threshold: the configured one, else relative to the observed scale."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        if self.scale is None:
+            return None
+        lo, hi = self.scale
+        return float(lo + RATING_UPPER_FRACTION * (hi - lo))
+
+    def resolved(self, source: Any) -> "RatingRule":
+        """This rule with ``scale`` = the (min, max) rating value of ``source`` (unchanged when it has
+        no rating event or the scale or threshold is already fixed)."""
+        if not self.needs_scale or not self.types:
+            return self
+        lf = source if isinstance(source, pl.LazyFrame) else _cast_frame(_as_lazy(source))
+        lo, hi = (
+            lf.filter(pl.col("event_type").is_in(list(self.types)) & pl.col("value").is_not_null())
+            .select(pl.col("value").min().alias("lo"), pl.col("value").max().alias("hi"))
+            .collect()
+            .row(0)
+        )
+        return self if lo is None else replace(self, scale=(float(lo), float(hi)))
+
+    def expr(self) -> pl.Expr:
+        """Polars expression of a rating event's mapped value (other events keep ``value``)."""
+        v = pl.col("value").cast(pl.Float64)
+        is_rating = pl.col("event_type").is_in(list(self.types))
+        if self.rule == "binary":
+            mapped = pl.lit(1.0)
+        elif self.rule == "threshold":
+            cut = self.cut()
+            mapped = pl.lit(1.0) if cut is None else pl.when(v >= cut).then(1.0).otherwise(-self.negative_weight)
+        elif self.rule == "centered":
+            d = v - pl.when(is_rating).then(v).mean().over("user_id")
+            mapped = pl.when(d > 0).then(d).otherwise(d * self.negative_weight)
+        else:
+            mapped = v
+        return pl.when(is_rating).then(mapped).otherwise(v)
+
+    def values(self, event_types: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """:meth:`expr` over one user's events as numpy arrays (serving's fold-in of posted events;
+        ``centered`` uses the mean of the ratings given). float64 [n_events]."""
+        out = np.asarray(values, dtype=np.float64).copy()
+        if not self.maps_values:
+            return out
+        is_rating = np.isin(np.asarray(event_types).astype(str), np.asarray(self.types, dtype=str))
+        if not is_rating.any():
+            return out
+        v = out[is_rating]
+        if self.rule == "binary":
+            mapped = np.ones_like(v)
+        elif self.rule == "threshold":
+            cut = self.cut()
+            mapped = np.ones_like(v) if cut is None else np.where(v >= cut, 1.0, -self.negative_weight)
+        else:  # centered
+            d = v - v.mean()
+            mapped = np.where(d > 0, d, d * self.negative_weight)
+        out[is_rating] = mapped
+        return out
+
+
+def signal_stats(source: Any, rating_types: tuple[str, ...] = ("rating",)) -> dict[str, Any]:
+    """What the search needs to know of the data's signals (``training.tuning.signal_choices``):
+    ``rating_events``, ``rating_values`` (distinct rating values) and ``user_last_spread_days`` (the
+    10th-90th percentile spread of the users' newest event times)."""
+    lf = _cast_frame(_as_lazy(source)).filter(pl.col("user_id").is_not_null())
+    is_rating = pl.col("event_type").is_in(list(rating_types))
+    ratings, last = pl.collect_all([
+        lf.filter(is_rating).select(pl.len().alias("n"), pl.col("value").n_unique().alias("k")),
+        lf.group_by("user_id").agg(pl.col("timestamp").max().dt.epoch("s").alias("t"))
+        .select(pl.col("t").quantile(0.9) - pl.col("t").quantile(0.1)),
+    ])
+    spread = last.item()
+    return {
+        "rating_events": int(ratings.item(0, "n")),
+        "rating_values": int(ratings.item(0, "k")),
+        "user_last_spread_days": 0.0 if spread is None else float(spread) / 86_400.0,
+    }
+
+
 def shape_cells(values: np.ndarray, *, binary: bool = False, cap: float | None = None) -> np.ndarray:
     """Apply the matrix's cell convention in place to positive summed cells: 1 when ``binary``,
     else clipped at ``cap``. Serving shapes fold-in histories with it, so a user's fresh events
@@ -295,7 +453,10 @@ def cell_options(manifest: Mapping[str, Any]) -> dict[str, Any]:
 SPEC_FIELDS = (
     "event_types", "unknown_type_weight", "window_days", "half_life_days",
     "min_user_interactions", "min_item_interactions", "binary", "cap",
+    "recency_reference", "rating_rule", "rating_threshold", "rating_negative_weight", "rating_types", "rating_scale",
 )
+#: The fields saying how an explicit rating counts (kept by :meth:`MatrixSpec.counts`).
+RATING_FIELDS = ("rating_rule", "rating_threshold", "rating_negative_weight", "rating_types", "rating_scale")
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -311,7 +472,9 @@ class MatrixSpec:
     The one translation of ``[events]`` + ``[matrix]`` settings (plus a model's
     ``matrix_overrides()``) into matrix options: splits, the refit, the fallback lists and
     serving's fold-in cells all use it, so a model is tuned, gated, refitted and served on the
-    same kind of matrix.
+    same kind of matrix. Field defaults are the conventions of specs recorded before a field existed
+    (global recency clock, raw ratings), so older manifests keep meaning what they meant; the
+    ``[matrix]`` settings' defaults are ``recency_reference="floored"`` and ``rating_rule="threshold"``.
     """
 
     event_types: Mapping[str, "EventType"] = field(default_factory=dict)
@@ -322,6 +485,24 @@ class MatrixSpec:
     min_item_interactions: int = 1
     binary: bool = False
     cap: float | None = None
+    recency_reference: str = "global"
+    rating_rule: str = "raw"
+    rating_threshold: float | None = None
+    rating_negative_weight: float = 0.0
+    rating_types: tuple[str, ...] = ("rating",)
+    #: (min, max) rating value of the data, fixed by :meth:`resolved` for a relative threshold
+    rating_scale: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.recency_reference not in RECENCY_REFERENCES:
+            raise ValidationError(
+                f"recency_reference must be one of {RECENCY_REFERENCES}, got {self.recency_reference!r}"
+            )
+        object.__setattr__(self, "rating_types", tuple(str(t) for t in self.rating_types))
+        if self.rating_scale is not None:
+            lo, hi = self.rating_scale
+            object.__setattr__(self, "rating_scale", (float(lo), float(hi)))
+        self.ratings()  # validates the rule
 
     @classmethod
     def from_settings(
@@ -352,6 +533,11 @@ class MatrixSpec:
             min_item_interactions=m.min_item_interactions,
             binary=m.binary,
             cap=m.cap,
+            recency_reference=m.recency_reference,
+            rating_rule=m.rating_rule,
+            rating_threshold=m.rating_threshold,
+            rating_negative_weight=m.rating_negative_weight,
+            rating_types=tuple(m.rating_types),
         )
         return spec.with_overrides(overrides or {})
 
@@ -362,10 +548,31 @@ class MatrixSpec:
             raise ValidationError(f"matrix overrides {unknown} are not matrix options; use {', '.join(SPEC_FIELDS)}")
         return replace(self, **overrides) if overrides else self
 
+    def ratings(self) -> RatingRule:
+        """How rating events' values count (:class:`RatingRule`)."""
+        return RatingRule(self.rating_rule, self.rating_threshold, self.rating_negative_weight,
+                          self.rating_types, self.rating_scale)
+
+    def resolved(self, source: Any) -> "MatrixSpec":
+        """This spec with the rating scale of ``source`` fixed (a relative threshold then means the
+        same in every matrix built from parts of the data, and in serving's fold-in)."""
+        if self.rating_threshold is not None or self.rating_scale is not None or not self.rating_types:
+            return self
+        scale = self.ratings().resolved(source).scale
+        return self if scale is None else replace(self, rating_scale=scale)
+
     def counts(self) -> "MatrixSpec":
-        """Only the event weights: summed weighted events, no window, decay, minimum counts or shaping
-        (popularity, relevance and fold-in sums start from it)."""
-        return MatrixSpec(event_types=self.event_types, unknown_type_weight=self.unknown_type_weight)
+        """Only the event weights (rating rule included): summed weighted events, no window, decay,
+        minimum counts or shaping (popularity, relevance and fold-in sums start from it)."""
+        return MatrixSpec(
+            event_types=self.event_types, unknown_type_weight=self.unknown_type_weight,
+            **{k: getattr(self, k) for k in RATING_FIELDS},
+        )
+
+    def relevance(self) -> "MatrixSpec":
+        """What makes a held-out item relevant: positive net weight with ratings thresholded (a
+        rating below the threshold is never relevant, whatever rule the model trains on), binary."""
+        return replace(self.counts(), rating_rule="threshold", rating_negative_weight=0.0, binary=True)
 
     def cells(self) -> dict[str, Any]:
         """The cell convention: ``{"binary", "cap"}`` (keywords of :func:`shape_cells`)."""
@@ -388,6 +595,8 @@ class MatrixSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (the manifest's ``data.matrix_spec``)."""
         out = self.build_kwargs()
+        out["rating_types"] = list(self.rating_types)
+        out["rating_scale"] = None if self.rating_scale is None else list(self.rating_scale)
         out["event_types"] = {
             k: (t.model_dump(mode="json") if hasattr(t, "model_dump") else dict(t)) for k, t in self.event_types.items()
         }

@@ -202,12 +202,12 @@ class _MatrixOptions(MatrixSpec):
         self, df: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, *, relevance: bool
     ) -> sp.csr_matrix:
         """csr [len(user_ids), len(item_ids)]: binary 1.0 cells of positive net weight when
-        ``relevance``, else summed weights shaped like training cells (binary / cap), as serving
+        ``relevance`` (ratings below the threshold are not relevant: :meth:`MatrixSpec.relevance`), else summed weights shaped like training cells (binary / cap), as serving
         shapes a fold-in history."""
         if relevance and self.relevant_types is not None:
             df = df.filter(pl.col("event_type").is_in(list(self.relevant_types)))
-        cells = {"binary": True} if relevance else self.cells()
-        matrix = self.counts().with_overrides(cells).build(df.to_arrow(), user_ids=user_ids, item_ids=item_ids).matrix
+        spec = self.relevance() if relevance else self.counts().with_overrides(self.cells())
+        matrix = spec.build(df.to_arrow(), user_ids=user_ids, item_ids=item_ids).matrix
         return sp.csr_matrix(matrix)
 
 
@@ -338,6 +338,7 @@ def _split_temporal(
     exclude_seen: bool,
 ) -> Split:
     _require_events(raw, "the temporal split")
+    opts = opts.resolved(raw)  # one rating scale for the train part, the held-out part and the refit
     end = _to_datetime(now) if now is not None else raw.get_column("timestamp").max()
     assert isinstance(end, datetime)
     test_start = end - timedelta(days=test_days)
@@ -417,6 +418,7 @@ def split_leave_last(
         raise ValidationError(f"valid_k must be a non-negative integer; got {valid_k!r}")
     opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     df = opts.usable(load_events(events))
+    opts = opts.resolved(df)
     _require_events(df, "the leave-last split")
     held = k + valid_k
     pairs = _pair_ranks(df).with_columns(
@@ -464,6 +466,7 @@ def split_random(
     r_test = ratios[-1]
     opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     df = opts.usable(load_events(events))
+    opts = opts.resolved(df)
     _require_events(df, "the random split")
     # Sorting the distinct pairs first makes the random keys independent of event order.
     pairs = df.select("user_id", "item_id").unique().sort(["user_id", "item_id"])
@@ -524,6 +527,7 @@ def split_users(
         raise ValidationError(f"holdout_ratio must be between 0 and 1 (exclusive); got {holdout_ratio!r}")
     opts = _MatrixOptions.for_split(settings, event_types=event_types, binary=binary, relevant_types=relevant_types)
     df = opts.usable(load_events(events))
+    opts = opts.resolved(df)
     _require_events(df, "the held-out-users split")
     pairs = _pair_ranks(df)
     users = pairs.group_by("user_id").agg(pl.col("n_pairs").first()).sort("user_id")

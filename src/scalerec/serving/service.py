@@ -53,6 +53,7 @@ from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time 
     ModelState,
     ServingState,
     _snapshot_time,
+    event_values,
     history_row,
 )
 
@@ -206,6 +207,7 @@ class RecommendService:
         if not rows:
             return EMPTY_HISTORY
         items, types, values = zip(*rows)
+        values = event_values(live.model, types, values)  # ratings read like the training matrix's
         return history_from_arrays(items, types, values, live.model.item_ids, self._types)
 
     def _check_n(self, n: int) -> int:

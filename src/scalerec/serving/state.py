@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from scalerec.data.deletion import masked_users, version_data_time_us
 from scalerec.data.ids import find, lookup
-from scalerec.data.matrix import shape_cells
+from scalerec.data.matrix import RatingRule, shape_cells
 from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
 from scalerec.monitoring import metrics
@@ -65,6 +65,8 @@ class ModelState:
     cells: dict[str, Any] = field(default_factory=lambda: {"binary": False, "cap": None})
     # when the version's data ends (UTC us; None: unknown): tombstones after it mask their users
     data_time_us: int | None = None
+    # how the training matrix read rating values (rule, threshold on the recorded scale), for fold-in
+    ratings: RatingRule = field(default_factory=RatingRule)
 
     @property
     def n_items(self) -> int:
@@ -112,6 +114,16 @@ def data_conventions(manifest: dict[str, Any]) -> tuple[datetime | None, dict[st
 def _snapshot_time(manifest: dict[str, Any]) -> datetime | None:
     """When the model's data ends, from the manifest; None if unknown."""
     return Manifest.from_dict(manifest).snapshot_end
+
+
+def event_values(st: ModelState, event_types: Any, values: Any) -> np.ndarray:
+    """Posted events' values as the model's training matrix read them: a rating mapped by its rule
+    (a 1-star rating under "threshold" is no positive signal), every other value unchanged.
+
+    Fresh events carry no decay: they are the user's newest, the reference of a per-user recency
+    clock (and after the snapshot end, the global one's), so they count in full like training's.
+    """
+    return st.ratings.values(np.asarray(event_types), np.asarray(values, dtype=np.float64))
 
 
 def history_row(st: ModelState, cols: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
@@ -189,6 +201,7 @@ class ServingState:
         popular = np.asarray(lv.popular, dtype=np.float32)
         trending = np.asarray(lv.trending, dtype=np.float32)
         snapshot, cells = data_conventions(lv.manifest)
+        ratings = Manifest.from_dict(lv.manifest).matrix.ratings()
         state = ModelState(
             version=lv.version,
             family=str((lv.manifest.get("model") or {}).get("family") or model.family),
@@ -209,6 +222,7 @@ class ServingState:
             loaded_at=time.time(),
             cells=cells,
             data_time_us=version_data_time_us(lv.manifest),
+            ratings=ratings,
         )
         state = replace(state, fresh_users=FreshUsers(self.feed, state.snapshot))
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - t0)

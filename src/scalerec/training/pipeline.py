@@ -753,7 +753,7 @@ def _manifest(
         model_class=f"{klass.__module__}.{klass.__qualname__}",
         params=model.get_params(),
         matrix_overrides=overrides,
-        matrix=MatrixSpec.from_settings(settings, overrides),
+        matrix=MatrixSpec.from_settings(settings, overrides).resolved(snapshot.events),  # rating scale recorded
         matrix_settings=settings.matrix.model_dump(mode="json"),
         snapshot_start=snapshot.min_timestamp,
         snapshot_end=snapshot.end,

@@ -61,6 +61,18 @@ def parse_metric(key: str) -> tuple[str, int, bool]:
     return name, k, name not in LOWER_IS_BETTER
 
 
+def signal_choices(stats: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """Matrix hyperparameters worth searching on this data (``data.matrix.signal_stats``): the rating
+    rule when the data has ratings of several values, the recency clock when the users' last
+    events lie over a year apart; None (the configured [matrix] value) first in each."""
+    out: dict[str, tuple[Any, ...]] = {}
+    if stats.get("rating_values", 0) > 1:
+        out["rating_rule"] = (None, "raw", "binary", "centered")
+    if stats.get("user_last_spread_days", 0.0) > 365.0:
+        out["recency_reference"] = (None, "user", "global")
+    return out
+
+
 # ---------------------------------------------------------------------------------- worker side
 @dataclass(frozen=True)
 class SplitSpec:
