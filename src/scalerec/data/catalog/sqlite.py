@@ -8,6 +8,7 @@ import``, another serving machine) records what changed without knowing about se
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -262,6 +263,9 @@ class SqliteCatalog:
     private in-memory database shared by this object's threads, for tests).
     """
 
+    #: Seconds a statement waits for another writer's lock before StorageBusyError (HTTP 503).
+    BUSY_TIMEOUT_S = 30.0
+
     def __init__(
         self, url_or_path: str | Path | CatalogURL, *, create_dirs: bool = False, read_only: bool = False
     ) -> None:
@@ -349,14 +353,15 @@ class SqliteCatalog:
             # check_same_thread=False only so close() may close every thread's connection; each
             # connection is otherwise used by the thread that created it (thread-local).
             conn = sqlite3.connect(
-                self._target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=self._uri
+                self._target, timeout=self.BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
+                uri=self._uri,
             )
             if self.path is not None and not self.read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit returns only after the WAL is fsynced, so acknowledged events survive
             # power loss (NORMAL would only survive a process crash).
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open catalogue {self._target!r}: {exc}") from None
@@ -832,6 +837,22 @@ class SqliteCatalog:
         """The highest change seq that pruning may have removed (0: none)."""
         value = self.get_meta(_PRUNED_UPTO_KEY)
         return int(value) if value else 0
+
+    def keep_recent_events_bulk(self, rows: Iterable[tuple[str, str, str, int, float]], batch_rows: int = 100_000) -> int:
+        """Append (user_id, item_id, event_type, timestamp_us, value) rows to the kept compacted events
+        directly, in bounded transactions (benchmarks and tests: what compactions leave behind)."""
+        n, it = 0, iter(rows)
+        while True:
+            chunk = list(itertools.islice(it, batch_rows))
+            if not chunk:
+                return n
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT INTO serving_recent_events (user_id, item_id, event_type, timestamp, value) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    chunk,
+                )
+            n += len(chunk)
 
     def pending_head(self) -> int:
         """The newest pending-event id ever assigned (AUTOINCREMENT: never reused); one lookup."""
