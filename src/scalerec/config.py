@@ -130,7 +130,7 @@ class ServingSettings(_Section):
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     history_events: int = Field(200, ge=1, description="recent events used for fold-in")
     prune_batch_rows: int = Field(
-        5_000, ge=100, description="rows deleted per short transaction when pruning serving tables"
+        2_000, ge=100, description="rows deleted per short transaction when pruning serving tables"
     )
     change_retention_hours: float = Field(
         24.0, gt=0, description="item changes in the serving change feed older than this are pruned"

@@ -148,7 +148,7 @@ class ChangeFeed:
     def forget_user(self, user_id: str) -> None:
         self.catalog.forget_recent_events(user_id)
 
-    def prune_recent(self, before: datetime, *, batch_rows: int = 5_000, stop: Any = None) -> int:
+    def prune_recent(self, before: datetime, *, batch_rows: int = 2_000, stop: Any = None) -> int:
         """Drop kept compacted events older than ``before`` (the production model has them), in
         transactions of at most ``batch_rows`` rows; ``stop()`` True ends early.
 
@@ -156,7 +156,7 @@ class ChangeFeed:
         """
         return self.catalog.prune_recent_events(int(before.timestamp() * 1_000_000), batch_rows=batch_rows, stop=stop)
 
-    def prune_changes(self, before: datetime, *, batch_rows: int = 5_000, stop: Any = None) -> int:
+    def prune_changes(self, before: datetime, *, batch_rows: int = 2_000, stop: Any = None) -> int:
         """Drop item changes recorded before ``before`` in bounded batches (see CatalogStore.prune_changes)."""
         at = before.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{before.microsecond // 1000:03d}Z"
         return self.catalog.prune_changes(at, batch_rows=batch_rows, stop=stop)

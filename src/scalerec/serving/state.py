@@ -301,7 +301,7 @@ class Pruner:
 
     def __init__(self, feed: ChangeFeed, serving: Any) -> None:
         self.feed = feed
-        self.batch_rows = int(getattr(serving, "prune_batch_rows", 5_000))
+        self.batch_rows = int(getattr(serving, "prune_batch_rows", 2_000))
         self.retention_s = float(getattr(serving, "change_retention_hours", 24.0)) * 3600.0
         self._stop = threading.Event()
         self._wake = threading.Event()

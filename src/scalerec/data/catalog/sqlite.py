@@ -12,6 +12,7 @@ import itertools
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -773,7 +774,7 @@ class SqliteCatalog:
             return conn.execute("DELETE FROM serving_recent_events WHERE user_id = ?", (user_id,)).rowcount
 
     def prune_recent_events(
-        self, before_us: int, *, batch_rows: int = 5_000, stop: Callable[[], bool] | None = None
+        self, before_us: int, *, batch_rows: int = 2_000, stop: Callable[[], bool] | None = None
     ) -> int:
         """Drop kept compacted events older than ``before_us`` in transactions of at most
         ``batch_rows`` rows, so other writers (event ingestion) wait for one batch at most; ``stop``
@@ -791,15 +792,26 @@ class SqliteCatalog:
             raise ValidationError(f"batch_rows={batch_rows} must be at least 1")
         total = 0
         while stop is None or not stop():
+            t0 = time.perf_counter()
             with self._write() as conn:
                 n = conn.execute(sql, (*params, int(batch_rows))).rowcount
             total += n
             if n < batch_rows:
                 break
+            self._yield_to_writers(time.perf_counter() - t0)
         return total
 
+    def _yield_to_writers(self, held_s: float) -> None:
+        """Between two maintenance batches: checkpoint the WAL here (else a writer's commit pays for
+        the pages this batch dirtied) and pause as long as the batch held the lock, so writers
+        waiting in SQLite's busy handler (it polls, it does not queue) get their turn."""
+        if self.path is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        time.sleep(min(max(held_s, 0.005), 0.2))
+
     def prune_changes(
-        self, before_iso: str, *, batch_rows: int = 5_000, stop: Callable[[], bool] | None = None
+        self, before_iso: str, *, batch_rows: int = 2_000, stop: Callable[[], bool] | None = None
     ) -> int:
         """Drop item changes recorded before ``before_iso`` (UTC, ``YYYY-MM-DDTHH:MM:SS.sssZ``),
         walking the sequence in windows of ``batch_rows`` (one short transaction each).
@@ -831,6 +843,7 @@ class SqliteCatalog:
             cursor = upto
             if len(old) < len(window) or len(window) < batch_rows:
                 break
+            self._yield_to_writers(0.005)
         return total
 
     def changes_pruned_upto(self) -> int:
