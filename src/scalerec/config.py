@@ -154,6 +154,14 @@ class ServingSettings(_Section):
     max_n: int = Field(500, ge=1)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     history_events: int = Field(200, ge=1, description="recent events used for fold-in")
+    prune_batch_rows: int = Field(
+        2_000, ge=100, description="rows deleted per short transaction when pruning serving tables"
+    )
+    change_retention_hours: float = Field(
+        24.0, gt=0, description="item changes in the serving change feed older than this are pruned"
+    )
+    log_retention_days: float = Field(30.0, gt=0, description="recommendation logs older than this are deleted")
+    log_max_mb: float = Field(256.0, gt=0, description="a recommendation log file is rotated past this size")
 
 
 class ClusterServeSettings(_Section):

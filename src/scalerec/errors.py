@@ -132,4 +132,8 @@ class StorageError(ScalerecError):
 
 
 class StorageBusyError(StorageError):
-    """The catalogue database stayed locked by another writer past the busy timeout; retrying may work."""
+    """The catalogue database stayed locked by another writer past the busy timeout; retrying may work
+    (503 with Retry-After: lock contention is not a crash)."""
+
+    status = 503
+    type = "storage_busy"

@@ -68,11 +68,14 @@ def get_settings(ctx: typer.Context) -> Settings:
     return state._settings
 
 
-def get_store(ctx: typer.Context) -> "DataStore":
-    """The data store of this invocation's data directory (opened once, created if missing)."""
+def get_store(ctx: typer.Context, *, read_only: bool = False) -> "DataStore":
+    """The data store of this invocation's data directory (opened once, created if missing).
+
+    ``read_only`` for commands that only report: they open without the catalogue's write lock.
+    """
     from scalerec.data.store import DataStore
 
     state = _state(ctx)
     if state._store is None:
-        state._store = DataStore.open(get_settings(ctx))
+        state._store = DataStore.open(get_settings(ctx), read_only=read_only)
     return state._store

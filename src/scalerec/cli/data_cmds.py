@@ -80,7 +80,7 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Summarise the data: counts, date range, sparsity, events per type, top items."""
-    result = get_store(ctx).stats(top=top)
+    result = get_store(ctx, read_only=True).stats(top=top)
     if as_json:
         console.print_json(json.dumps(result))
         return

@@ -208,7 +208,7 @@ for _kind in ("events", "users", "items"):
 def _export(ctx: typer.Context, kind: str, out: Path, fmt: Optional[str], start: Optional[str], end: Optional[str]) -> None:
     from scalerec.data import export
 
-    store = get_store(ctx)
+    store = get_store(ctx, read_only=True)
     progress = Progress(
         TextColumn(f"[bold]exporting {kind}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,

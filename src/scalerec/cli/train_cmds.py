@@ -254,10 +254,10 @@ def tune_report(
 
 
 # ---------------------------------------------------------------------------------- models
-def _registry(ctx: typer.Context) -> Any:
+def _registry(ctx: typer.Context, *, read_only: bool = False) -> Any:
     from scalerec.registry import Registry
 
-    return Registry(get_settings(ctx))
+    return Registry(get_settings(ctx), read_only=read_only)
 
 
 def _version_row(v: "ModelVersion") -> list[str]:
@@ -277,7 +277,7 @@ def models_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List model versions with their stage, score and health (a broken version is never served)."""
-    versions = _registry(ctx).list(stage)
+    versions = _registry(ctx, read_only=True).list(stage)
     if as_json:
         console.print_json(json.dumps([{**vars(v), "path": str(v.path)} for v in versions], default=str))
         return
@@ -297,7 +297,7 @@ def models_list(
 @models_app.command("show")
 def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="Version name (see `models list`).")) -> None:
     """Print a version's stage and manifest (model, data snapshot, metrics, timings, promotion decision)."""
-    v = _registry(ctx).get(version)
+    v = _registry(ctx, read_only=True).get(version)
     out: dict[str, Any] = {"version": v.version, "stage": v.stage, "promoted_at": v.promoted_at,
                            "archived_at": v.archived_at, "forced": v.forced, "note": v.note, "health": v.error or "ok"}
     try:

@@ -985,6 +985,10 @@ class EventLog:
                 shutil.rmtree(tmp, ignore_errors=True)
                 stats["discarded"] += 1
             for _, d in self.partitions():
+                for debris in d.glob(f"{REPLACE_PREFIX}*.json.part"):
+                    # a switch record whose write a crash cut short: its rewrite never began
+                    debris.unlink(missing_ok=True)
+                    stats["debris_removed"] = stats.get("debris_removed", 0) + 1
                 for rec_path in d.glob(f"{REPLACE_PREFIX}*.json"):
                     try:
                         rec = json.loads(rec_path.read_text(encoding="utf-8"))

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scalerec.config import Settings
-from scalerec.data.catalog import CatalogStore, open_catalog
+from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog
 from scalerec.data.deletion import masks, versions_holding
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
 from scalerec.data.schema import EVENT_SCHEMA, TIMESTAMP
@@ -95,8 +95,9 @@ class _ViewLock:
 class DataStore:
     """The data of one store: ``.log`` (EventLog), ``.catalog`` (CatalogStore) and pending events."""
 
-    def __init__(self, settings: Settings, *, catalog: CatalogStore | None = None) -> None:
+    def __init__(self, settings: Settings, *, catalog: CatalogStore | None = None, read_only: bool = False) -> None:
         self.settings = settings
+        self.read_only = read_only  # reporting commands: the catalogue opens without the write lock
         self.dir = Path(settings.data.dir)
         self.events_dir = self.dir / "events"
         self.models_dir = self.dir / "models"
@@ -109,9 +110,17 @@ class DataStore:
         return f"DataStore({str(self.dir)!r})"
 
     @classmethod
-    def open(cls, settings: Settings) -> "DataStore":
-        """Open the data directory, creating its layout (``init``) and finishing interrupted work."""
+    def open(cls, settings: Settings, *, read_only: bool = False) -> "DataStore":
+        """Open the data directory, creating its layout (``init``) and finishing interrupted work.
+
+        ``read_only`` (stats, export, ...): an existing catalogue opens read-only and no recovery
+        runs, so the command reads while another process holds the write lock.
+        """
         root = Path(settings.data.dir)
+        if read_only and (root / "events").is_dir() and catalog_exists(settings.data.resolved_catalog_url()):
+            store = cls(settings, read_only=True)
+            store.catalog  # fails now (one line) if it cannot be read
+            return store
         try:
             for d in (root, root / "events", root / "models"):
                 d.mkdir(parents=True, exist_ok=True)
@@ -129,7 +138,7 @@ class DataStore:
         if self._catalog is None:
             with self._catalog_guard:
                 if self._catalog is None:
-                    self._catalog = open_catalog(self.settings.data.resolved_catalog_url())
+                    self._catalog = open_catalog(self.settings.data.resolved_catalog_url(), read_only=self.read_only)
         return self._catalog
 
     def close(self) -> None:

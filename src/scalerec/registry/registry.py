@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scalerec.data.catalog import CatalogStore, StageTransaction, open_catalog
+from scalerec.data.catalog import CatalogStore, StageTransaction, catalog_exists, open_catalog
+from scalerec.data.eventlog import _fsync_dir, _fsync_many  # the one durable-write helper set
 from scalerec.errors import ConflictError, ModelNotFoundError, StorageError, ValidationError
 from scalerec.registry.manifest import MANIFEST, Manifest, read_manifest
 
@@ -144,6 +145,14 @@ def _write_readonly_files(root: Path) -> dict[str, int]:
     return sizes
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory (deepest first), under ``root`` and ``root`` itself."""
+    files = [f for f in root.rglob("*") if f.is_file()]
+    dirs = sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
+    _fsync_many(files)
+    _fsync_many([*dirs, root], dirs=True)
+
+
 class Registry:
     """Versioned model store under ``<data_dir>/models/`` with stages in ``<data_dir>/catalog.db``.
 
@@ -153,7 +162,10 @@ class Registry:
     previous one, ``rollback`` moves production back to the version promoted before it.
     """
 
-    def __init__(self, settings_or_data_dir: "Settings | str | os.PathLike[str]", *, keep_archived: int | None = None):
+    def __init__(
+        self, settings_or_data_dir: "Settings | str | os.PathLike[str]", *, keep_archived: int | None = None,
+        read_only: bool = False,
+    ):
         from scalerec.config import Settings
 
         if isinstance(settings_or_data_dir, Settings):
@@ -169,7 +181,9 @@ class Registry:
         self.root = self.data_dir / "models"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.catalog: CatalogStore = open_catalog(url, create_dirs=True)  # the stage table lives there
+            # read_only (models list/show): no write lock, so it answers while another process writes
+            self.read_only = read_only and catalog_exists(url)
+            self.catalog: CatalogStore = open_catalog(url, create_dirs=True, read_only=self.read_only)
         except (OSError, StorageError) as exc:
             raise StorageError(f"cannot open the model registry in {self.data_dir}: {exc}") from exc
         self.db_path = getattr(self.catalog, "path", None)
@@ -276,6 +290,7 @@ class Registry:
                 }
                 (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=False, default=_json_default))
                 (tmp / MANIFEST).chmod(0o444)
+                _fsync_tree(tmp)  # a version renamed in must survive power loss whole
                 model_info = body.get("model") or {}
                 metric = body.get("primary_metric")
                 score = _score_of(body)
@@ -283,6 +298,7 @@ class Registry:
                                    "family": model_info.get("family"), "metric": metric, "score": score})
                 # Rename last, inside the transaction: if it fails the row is rolled back.
                 os.rename(tmp, self.root / version)
+                _fsync_dir(self.root)  # the rename itself
             if progress:
                 progress(4, steps)
         except BaseException:
@@ -304,7 +320,7 @@ class Registry:
         return [self._row_to_version(r, check=check) for r in rows]
 
     def _adopt_orphans(self) -> None:
-        if not self.root.is_dir():
+        if not self.root.is_dir() or self.read_only:
             return
         known = {r["version"] for r in self.catalog.model_versions()}
         for p in sorted(self.root.iterdir()):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +148,22 @@ class ChangeFeed:
     def forget_user(self, user_id: str) -> None:
         self.catalog.forget_recent_events(user_id)
 
-    def prune_recent(self, before: datetime) -> int:
-        """Drop kept compacted events older than ``before`` (the production model has them).
+    def prune_recent(self, before: datetime, *, batch_rows: int = 2_000, stop: Any = None) -> int:
+        """Drop kept compacted events older than ``before`` (the production model has them), in
+        transactions of at most ``batch_rows`` rows; ``stop()`` True ends early.
 
         Raises StorageError (StorageBusyError when another writer held the lock too long).
         """
-        return self.catalog.prune_recent_events(int(before.timestamp() * 1_000_000))
+        return self.catalog.prune_recent_events(int(before.timestamp() * 1_000_000), batch_rows=batch_rows, stop=stop)
+
+    def prune_changes(self, before: datetime, *, batch_rows: int = 2_000, stop: Any = None) -> int:
+        """Drop item changes recorded before ``before`` in bounded batches (see CatalogStore.prune_changes)."""
+        at = before.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{before.microsecond // 1000:03d}Z"
+        return self.catalog.prune_changes(at, batch_rows=batch_rows, stop=stop)
+
+    def pruned_upto(self) -> int:
+        """The highest change seq pruning may have removed: a cursor below it must re-read everything."""
+        return self.catalog.changes_pruned_upto()
 
 
 class FreshUsers:

@@ -1,7 +1,9 @@
 """The recommendation log: every served list with its request context, as JSON lines.
 
 Batched in memory and appended by a background thread, one file per process and day under
-``<data_dir>/logs/``, for attribution of later events and for training. The directory is 0700 and
+``<data_dir>/logs/`` (``recommendations-DAY-PID.jsonl``, then ``recommendations-DAY-PID.K.jsonl``
+once a file passes the size limit; days older than the retention are deleted when the day changes
+and on start), for attribution of later events and for training. The directory is 0700 and
 the files 0600 (they hold user ids). A user's deletion scrubs their lines from every file
 (:func:`scrub_users`, an atomic rewrite under the file's lock), and each flush drops buffered
 records of users deleted after the records were made (the tombstones, polled by one number).
@@ -12,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,14 +33,35 @@ except ImportError:  # pragma: no cover
 
 #: The recommendation log's file names under ``<data_dir>/logs/`` (other logs there are not scrubbed).
 LOG_GLOB = "recommendations-*.jsonl"
+_NAME = re.compile(r"recommendations-(\d{4}-\d{2}-\d{2})-")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 class RecommendationLog:
     """Buffers served lists with their request context and appends them as JSON lines in batches
     (one file per process and day under ``<data_dir>/logs/``) for attribution and later training."""
 
-    def __init__(self, root: Path, flush_s: float = 1.0, *, tombstones: Any = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        flush_s: float = 1.0,
+        *,
+        tombstones: Any = None,
+        retention_days: float = 30.0,
+        max_bytes: int = 256 << 20,
+    ) -> None:
         self.root = root
+        self.retention_s = float(retention_days) * 86_400.0
+        self.max_bytes = int(max_bytes)
+        self._day: str | None = None  # the day of the file being appended to
+        self._part = 0
+        self._flush_lock = threading.Lock()  # the thread and close() may flush at once
         # the catalogue's deletion tombstones (TombstoneTable); None: no filtering at flush
         self._tombstones = tombstones
         self._tomb_seq = tombstones.tombstone_head() if tombstones is not None else 0
@@ -62,19 +87,52 @@ class RecommendationLog:
     def flush(self) -> int:
         if not self._buf:
             return 0
-        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        with _locked_append(self.root, self.root / f"recommendations-{day}-{os.getpid()}.jsonl") as f:
-            forgotten = self._poll_tombstones()  # read under the file lock: a scrub is before or after
-            lines = []
-            while self._buf:
-                rec = self._buf.popleft()
-                if forgotten and _forgets(forgotten, rec):
-                    continue
-                # orjson: this runs in the serving process, ~1 us a record where json.dumps took ~12.
-                lines.append(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY))
-            if lines:
-                f.write(b"\n".join(lines) + b"\n")
+        with self._flush_lock:
+            lines: list[bytes] = []
+            # the size check uses the buffered records' count as a bound; the file lock is the writers'
+            with _locked_append(self.root, self._target(len(self._buf) * 256)) as f:
+                forgotten = self._poll_tombstones()  # read under the file lock: a scrub is before or after
+                while self._buf:
+                    rec = self._buf.popleft()
+                    if forgotten and _forgets(forgotten, rec):
+                        continue
+                    lines.append(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY))
+                if lines:
+                    f.write(b"\n".join(lines) + b"\n")
         return len(lines)
+
+    def _target(self, incoming: int) -> Path:
+        """The file to append to: a new one per day, and a new part once one is past max_bytes."""
+        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        if day != self._day:
+            self._day, self._part = day, 0
+            self.prune()
+        path = self._path(day, self._part)
+        while (size := _size(path)) and size + incoming > self.max_bytes:
+            self._part += 1
+            path = self._path(day, self._part)
+        return path
+
+    def _path(self, day: str, part: int) -> Path:
+        suffix = f".{part}" if part else ""
+        return self.root / f"recommendations-{day}-{os.getpid()}{suffix}.jsonl"
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete log files (of every process) whose day ended more than the retention ago."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        removed = 0
+        for path in self.root.glob(LOG_GLOB):
+            m = _NAME.match(path.name)
+            if m is None:
+                continue
+            day_end = datetime.strptime(m.group(1), "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() + 86_400
+            if day_end < cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def _poll_tombstones(self) -> dict[str, float]:
         """Users deleted since this log started: user_id -> cut-off time (s; inf while unfinished)."""

@@ -100,7 +100,12 @@ class RecommendService:
         )
         self.state = ServingState(settings, self.store, self.registry, self.feed)
         self.entities = Entities(settings, self.store, self.feed, self.state.apply_changes)
-        self.reclog = RecommendationLog(Path(settings.data.dir) / "logs", tombstones=self.store.catalog)
+        self.reclog = RecommendationLog(
+            Path(settings.data.dir) / "logs",
+            tombstones=self.store.catalog,
+            retention_days=settings.serving.log_retention_days,
+            max_bytes=int(settings.serving.log_max_mb * 1024 * 1024),
+        )
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -115,6 +120,7 @@ class RecommendService:
     def start(self) -> None:
         """Start the background watcher (model hot swap + catalogue changes) and the log flusher."""
         self.reclog.start()
+        self.state.start()  # the background pruner: installs no longer prune on the swap path
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="scalerec-watch", daemon=True)
             self._watcher.start()
@@ -123,6 +129,7 @@ class RecommendService:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
+        self.state.close()
         self.reclog.close()
 
     def _watch(self) -> None:

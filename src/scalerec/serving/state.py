@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +153,7 @@ class ServingState:
         self._live: LiveState | None = None
         self._swap_lock = threading.Lock()
         self._failed: dict[str, float] = {}
+        self.pruner = Pruner(feed, settings.serving)
 
     @property
     def live(self) -> LiveState:
@@ -241,7 +242,11 @@ class ServingState:
         if previous is not None:
             metrics.MODEL_SWAPS.inc()
         log.info("serving model %s (%s, %d items)", state.version, state.family, state.n_items)
-        self.prune_recent_events(state)
+        if self.pruner.running:
+            if state.snapshot is not None:
+                self.pruner.request(state.snapshot)  # off the swap path: the thread prunes in batches
+        else:
+            self.prune_recent_events(state)
 
     def masked_users(self, state: ModelState) -> frozenset[str]:
         """Users this version must not personalise: every deletion tombstone that masks its data
@@ -252,7 +257,8 @@ class ServingState:
         return masked | frozenset(self.feed.deleted_users(state.created_at or None))
 
     def prune_recent_events(self, state: ModelState | None = None) -> int:
-        """Drop kept compacted events older than the served model's snapshot (the model has them).
+        """Drop kept compacted events older than the served model's snapshot (the model has them),
+        now, in bounded batches (see :class:`Pruner`; a started service prunes in its thread).
 
         Runs when a version is installed, so ``serving_recent_events`` holds only what fold-in
         can still use. Returns the number of rows deleted (0 when the snapshot is unknown).
@@ -260,11 +266,15 @@ class ServingState:
         state = state or (self._live.model if self._live else None)
         if state is None or state.snapshot is None:
             return 0
-        try:
-            return self.feed.prune_recent(state.snapshot)
-        except StorageError:  # best effort: a busy database is pruned at the next version
-            log.warning("could not prune serving_recent_events", exc_info=True)
-            return 0
+        return self.pruner.prune_recent(state.snapshot)
+
+    def start(self) -> None:
+        """Start the background pruner (one per process)."""
+        self.pruner.start()
+
+    def close(self) -> None:
+        """Stop the background pruner (it stops between two batches)."""
+        self.pruner.close()
 
     def apply_changes(self) -> int:
         """Apply catalogue changes recorded since the last call (items and deleted users)."""
@@ -284,7 +294,8 @@ class ServingState:
             item_keys = list(dict.fromkeys(k for _, kind, k in rows if kind == "item"))
             users = {k for _, kind, k in rows if kind == "user_deleted"}  # deleted after this load: masked
             items = live.items
-            if len(item_keys) > BULK_CHANGE_ITEMS:
+            # changes below the pruned mark may be gone: re-read the whole catalogue instead
+            if len(item_keys) > BULK_CHANGE_ITEMS or live.feed_cursor < self.feed.pruned_upto():
                 items = ItemAttributes.from_table(
                     live.model.item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS)
                 )
@@ -296,3 +307,99 @@ class ServingState:
                 items = items.with_changes(item_table_from_rows(found), gone)
             self._live = LiveState(live.model, items, live.deleted_users | users, cursor)
         return len(rows)
+
+
+# ---------------------------------------------------------------------- pruning
+#: The pruner also wakes this often to prune old item changes (seconds).
+PRUNE_INTERVAL_S = 600.0
+
+
+class Pruner:
+    """Prunes the serving tables of the catalogue in bounded batches, one pass at a time.
+
+    ``serving_recent_events`` rows older than the served model's snapshot and item changes older
+    than ``[serving] change_retention_hours`` are deleted at most ``prune_batch_rows`` rows per
+    short transaction, so event ingestion waits for one batch at most (one transaction over 1M
+    rows held the write lock 5.6 s). Started, it runs in one daemon thread that stops between two
+    batches on :meth:`close`; not started, :meth:`prune_recent` runs in the caller.
+    """
+
+    def __init__(self, feed: ChangeFeed, serving: Any) -> None:
+        self.feed = feed
+        self.batch_rows = int(getattr(serving, "prune_batch_rows", 2_000))
+        self.retention_s = float(getattr(serving, "change_retention_hours", 24.0)) * 3600.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._want: datetime | None = None
+        self._guard = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.pruned = {"recent_events": 0, "changes": 0}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="scalerec-prune", daemon=True)
+            self._thread.start()
+
+    def request(self, before: datetime) -> None:
+        """Prune recent events older than ``before`` in the background (the newest request wins)."""
+        with self._guard:
+            self._want = before
+            self._idle.clear()
+        self._wake.set()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every requested prune is done (tests, benchmarks)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        self.prune_changes()
+        while not self._stop.is_set():
+            woke = self._wake.wait(PRUNE_INTERVAL_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            with self._guard:
+                want, self._want = self._want, None
+            if want is not None:
+                self.prune_recent(want)
+            if not woke:
+                self.prune_changes()
+            with self._guard:
+                if self._want is None:
+                    self._idle.set()
+        self._idle.set()
+
+    def prune_recent(self, before: datetime) -> int:
+        """Delete kept compacted events older than ``before``; best effort (0 on a storage error)."""
+        try:
+            n = self.feed.prune_recent(before, batch_rows=self.batch_rows, stop=self._stop.is_set)
+        except StorageError:  # best effort: a busy database is pruned at the next version
+            log.warning("could not prune serving_recent_events", exc_info=True)
+            return 0
+        self.pruned["recent_events"] += n
+        return n
+
+    def prune_changes(self, now: datetime | None = None) -> int:
+        """Delete item changes older than the retention; best effort (0 on a storage error)."""
+        before = (now or datetime.now(timezone.utc)) - timedelta(seconds=self.retention_s)
+        try:
+            n = self.feed.prune_changes(before, batch_rows=self.batch_rows, stop=self._stop.is_set)
+        except StorageError:
+            log.warning("could not prune serving_changes", exc_info=True)
+            return 0
+        self.pruned["changes"] += n
+        return n

@@ -45,6 +45,7 @@ __all__ = [
     "SqliteCatalog",
     "StageTransaction",
     "TombstoneTable",
+    "catalog_exists",
     "SUPPORTED_SCHEMES",
     "open_catalog",
     "parse_catalog_url",
@@ -71,7 +72,13 @@ class ChangeFeedStore(Protocol):
     def deleted_users_since(self, since_iso: str | None) -> set[str]: ...
     def recent_user_events(self, user_id: str, since_us: int, limit: int) -> list[tuple[str, str, float]]: ...
     def forget_recent_events(self, user_id: str) -> int: ...
-    def prune_recent_events(self, before_us: int) -> int: ...
+    def prune_recent_events(
+        self, before_us: int, *, batch_rows: int = 2_000, stop: Callable[[], bool] | None = None
+    ) -> int: ...
+    def prune_changes(
+        self, before_iso: str, *, batch_rows: int = 2_000, stop: Callable[[], bool] | None = None
+    ) -> int: ...
+    def changes_pruned_upto(self) -> int: ...
     def pending_head(self) -> int: ...
     def fresh_users_snapshot(self, since_us: int) -> tuple[int, list[str]]: ...
     def fresh_users_between(self, after_id: int, upto_id: int, since_us: int) -> list[str]: ...
@@ -163,13 +170,24 @@ class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable
 # URLs and the backend registry
 
 
-def open_catalog(url: str | Path | CatalogURL, *, create_dirs: bool = False) -> CatalogStore:
+def catalog_exists(url: str | Path | CatalogURL) -> bool:
+    """False only for a file backend whose file is missing (a read-only open cannot create it)."""
+    parsed = url if isinstance(url, CatalogURL) else parse_catalog_url(url)
+    return parsed.path is None or Path(parsed.path).is_file()
+
+
+def open_catalog(url: str | Path | CatalogURL, *, create_dirs: bool = False, read_only: bool = False) -> CatalogStore:
     """Open the catalogue store named by ``url`` (``sqlite:///PATH``; a plain path means SQLite).
 
     ``create_dirs`` creates a file backend's missing parent directory (else StorageError).
+    ``read_only`` opens it for reading only (no schema migration, never the write lock; writes
+    raise StorageError): for commands that only report, so they run while another process writes.
     """
     parsed = url if isinstance(url, CatalogURL) else parse_catalog_url(url)
-    return _urls._BACKENDS[parsed.scheme].resolve()(parsed, create_dirs=create_dirs)
+    factory = _urls._BACKENDS[parsed.scheme].resolve()
+    if read_only:
+        return factory(parsed, create_dirs=False, read_only=True)
+    return factory(parsed, create_dirs=create_dirs)
 
 
 def __getattr__(name: str) -> Any:

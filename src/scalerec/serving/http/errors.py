@@ -12,13 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from scalerec.errors import ScalerecError
+from scalerec.errors import ScalerecError, StorageBusyError
 from scalerec.monitoring import metrics
 from scalerec.serving.http.schemas import ErrorResponse
 
 log = logging.getLogger("scalerec.serving.http")
 
 API_PREFIX = "/v1"
+#: Seconds a client is told to wait after a 503 (a busy catalogue frees within a batch or two).
+RETRY_AFTER_S = 1
 
 _HTTP_TYPES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
@@ -128,6 +130,10 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429
             if status == 401:
                 headers = {"WWW-Authenticate": "Bearer"}
+            elif status == 503:
+                headers = {"Retry-After": str(RETRY_AFTER_S)}
+            if isinstance(exc, StorageBusyError):
+                log.warning("catalogue busy on %s %s: %s", request.method, request.url.path, exc.message)
         elif isinstance(exc, RequestValidationError):
             status, type_, message, details = _validation_details(exc)
         elif isinstance(exc, StarletteHTTPException):
@@ -151,7 +157,54 @@ def install_error_handlers(app: FastAPI) -> None:
         metrics.ERRORS.labels(endpoint=_endpoint(request), type=type_).inc()
         return error_response(status, type_, message, details, headers)
 
+    _document_errors(app)
     app.add_exception_handler(ScalerecError, handle)
     app.add_exception_handler(RequestValidationError, handle)
     app.add_exception_handler(StarletteHTTPException, handle)
     app.add_exception_handler(Exception, handle)
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {
+                "type": {"type": "string", "description": "stable machine name, e.g. storage_busy"},
+                "message": {"type": "string"},
+                "details": {"description": "what was wrong, when known"},
+            },
+        }
+    },
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_ERROR_RESPONSES = {
+    "500": {"description": "internal_error or storage_error (the data directory is unusable)", "content": _ERROR_CONTENT},
+    "503": {
+        "description": "storage_busy (another writer held the catalogue past the busy timeout), "
+        "not_fitted or unavailable (no production model yet); retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before retrying"}},
+        "content": _ERROR_CONTENT,
+    },
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """List the one error shape and the 500/503 answers (with Retry-After) on every operation."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                if isinstance(op, dict) and "responses" in op:
+                    for code, resp in _ERROR_RESPONSES.items():
+                        op["responses"].setdefault(code, resp)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
