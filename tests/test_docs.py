@@ -1,5 +1,6 @@
 """The project's docs stay true to the tree: every module is in the architecture page's module map,
-and every relative link in README.md and docs/*.md resolves to a file or folder of the repository."""
+and every relative link in README.md and docs/*.md resolves to a file or folder of the repository
+(and its #anchor to a heading, for a Markdown file)."""
 
 from __future__ import annotations
 
@@ -37,15 +38,25 @@ def relative_links(text: str) -> list[str]:
     for target in LINK.findall(FENCE.sub("", text)):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
             continue
-        out.append(target.split("#", 1)[0])
+        out.append(target)
     return out
 
 
+def anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation but '-' and '_' dropped, spaces as '-'."""
+    heads = re.findall(r"^#{1,6}\s+(.+?)\s*$", FENCE.sub("", markdown), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def broken_links(doc: Path, root: Path = ROOT) -> list[str]:
+    """Targets missing from the repository, and #anchors missing from the Markdown file they name."""
     broken = []
     for target in relative_links(doc.read_text(encoding="utf-8")):
-        path = (doc.parent / target).resolve()
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve()
         if not path.is_relative_to(root.resolve()) or not path.exists():
+            broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path.read_text(encoding="utf-8")):
             broken.append(target)
     return broken
 
@@ -72,12 +83,12 @@ def test_relative_links_resolve_in_the_repository(doc: Path) -> None:
 
 def test_the_checks_can_fail(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()
-    (tmp_path / "there.md").write_text("x")
     doc = tmp_path / "docs" / "page.md"
+    (tmp_path / "there.md").write_text("# A `code` part, here\n")
     doc.write_text(
-        "[ok](../there.md#part) [web](https://example.org) [anchor](#top) [gone](missing.md) "
-        "[outside](../../elsewhere.md)\n```\n[in code](nowhere.md)\n```\n"
+        "[ok](../there.md#a-code-part-here) [web](https://example.org) [anchor](#top) [gone](missing.md) "
+        "[outside](../../elsewhere.md) [no such part](../there.md#part)\n```\n[in code](nowhere.md)\n```\n"
     )
-    assert broken_links(doc, tmp_path) == ["missing.md", "../../elsewhere.md"]
+    assert broken_links(doc, tmp_path) == ["missing.md", "../../elsewhere.md", "../there.md#part"]
     text = "<!-- a -->\n- `scalerec.x` — one\n- `scalerec.y.z` — two\n<!-- b -->\n- `scalerec.after` — no"
     assert mapped_modules(text, "<!-- a -->", "<!-- b -->") == {"scalerec.x", "scalerec.y.z"}
