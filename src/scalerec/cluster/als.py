@@ -29,8 +29,7 @@ from scalerec.errors import ValidationError
 from scalerec.models.als import ALS, solve_users
 from scalerec.models.base import Progress
 
-#: nonzeros per CG block: the gathered factor rows (8192 x 64 float32 = 2 MiB) stay in cache,
-#: which makes the numpy kernel as fast per core as implicit's compiled loop
+#: nonzeros per CG block: the gathered factor rows stay in cache (numpy keeps up with implicit)
 CG_BLOCK_NNZ = 8192
 #: nonzeros per block of the loss computation
 LOSS_BLOCK_NNZ = 1 << 16

@@ -67,20 +67,13 @@ TXN_FILE = "txn.json"
 TXIDS_KEY = b"scalerec.txids"
 
 COMPRESSION = "zstd"
-#: zstd level: pyarrow's default for zstd is 1 (files are byte-identical with level=1); on
-#: synthetic event rows with these encodings level 3 took ~5% more CPU and gave 8.33 instead of
-#: 8.04 bytes/event.
+#: zstd level 1 (pyarrow's default): higher levels cost more CPU for no smaller event files.
 COMPRESSION_LEVEL = 1
-#: Columns worth a dictionary: few distinct values per row group. Dictionaries on ids with
-#: ~1 distinct value per session (user_id, session_id), on timestamps or on values only cost CPU
-#: (measured on synthetic-shop rows: 25% less CPU per row and 35% smaller files than all columns);
-#: the context keys repeat in a fixed order, which zstd alone compresses as well as a dictionary.
+#: Columns worth a dictionary (few distinct values per row group): elsewhere one only costs CPU and size.
 DICTIONARY_COLUMNS = ["event_type", "item_id", "context.key_value.value"]
-#: Timestamps as deltas: events of a session are seconds apart (4 -> 2 bytes/event in the same file).
+#: Timestamps as deltas: events of a session are seconds apart.
 COLUMN_ENCODING = {"timestamp": "DELTA_BINARY_PACKED"}
-#: Min/max statistics only where a reader uses them: timestamps (row-group pruning of time
-#: ranges, time_range()) and user_id (delete_users skips files); string statistics elsewhere
-#: cost ~20% of the write CPU.
+#: Min/max statistics only where a reader uses them (time-range pruning, delete_users skipping files).
 STATISTICS_COLUMNS = ["timestamp", "user_id"]
 ROW_GROUP_ROWS = 256 * 1024
 #: Rows buffered per day before they are written out as one row group.
@@ -88,7 +81,7 @@ FLUSH_ROWS = ROW_GROUP_ROWS
 #: Total rows a transaction buffers across all days before it writes everything out.
 BUFFER_ROWS = 1_000_000
 #: Open Parquet writers per transaction (one per day); older ones are closed (LRU), and a later
-#: write to that day starts a new part file. Each open writer holds ~0.7 MB of encoder buffers,
+#: write to that day starts a new part file. Each open writer holds its encoder buffers,
 #: and time-ordered input needs only one or two: a day is closed as soon as the input has moved
 #: past it (see LogTransaction), so only input in no time order spreads over many days at once.
 MAX_OPEN_WRITERS = 16

@@ -278,9 +278,7 @@ def _build(
         age_days = (reference - pl.col("timestamp")).dt.total_microseconds() / 86_400e6
         contribution = contribution * (0.5 ** (age_days.clip(lower_bound=0.0) / half_life_days))
     events = lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
-    # Small vocabularies first, then integer codes through sorted Enums: the aggregation runs on
-    # (u32, u32, f64) triples summed by scipy rather than a hash group-by over two string columns,
-    # which took ~2.4 GB and ~10 s for 20M events against ~0.1 GB of output.
+    # Integer codes through sorted Enums: scipy sums (u32, u32, f64), no string group-by.
     users, items = _vocabularies(events, user_ids, item_ids)
     if len(users) == 0 or len(items) == 0:
         return _finish(sp.csr_matrix((len(users), len(items)), dtype=np.float32), users, items,

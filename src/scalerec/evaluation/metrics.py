@@ -153,8 +153,8 @@ def precision_at_k(top_ids, relevant, k: int, *, per_user: bool = False):
 def recall_at_k(top_ids, relevant, k: int, *, per_user: bool = False):
     """|hits in top k| / |relevant|; 0 for rows without relevant items.
 
-    The denominator is |relevant|, not min(|relevant|, k): that is the definition the Online
-    Retail reference figures were measured with (min() gives 0.048 for most-popular, not 0.0369).
+    The denominator is |relevant|, not min(|relevant|, k): the definition behind the Online
+    Retail reference figures.
     """
     return _metric("recall", top_ids, relevant, k, per_user)
 

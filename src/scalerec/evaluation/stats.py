@@ -15,7 +15,7 @@ __all__ = ["DECISIONS", "PairedResult", "bootstrap_ci", "bootstrap_means", "pair
 DECISIONS = ("better", "not worse", "worse", "undecided")
 Decision = Literal["better", "not worse", "worse", "undecided"]
 
-#: resampled values held at once: bounds memory (~32 MiB of float64) whatever users x n_boot
+#: resampled values held at once: bounds memory whatever users x n_boot
 _CHUNK_CELLS = 4_000_000
 
 

@@ -13,7 +13,7 @@ from scalerec.models.base import EmbeddingRecommender, Progress, Recommender, su
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-#: entries per chunk when accumulating per-user Gram matrices (bounds memory to ~64 MiB at f=64)
+#: bytes per chunk when accumulating per-user Gram matrices (bounds fold-in memory)
 _FOLD_CHUNK_BYTES = 64 * 1024 * 1024
 
 
@@ -210,8 +210,7 @@ def solve_users(
         history = sp.csr_matrix(history)
     n_rows, f = history.shape[0], Y.shape[1]
     indptr, indices = history.indptr, history.indices
-    # Numpy on the CSR arrays rather than scipy element-wise ops (scaling, comparison, multiply,
-    # column slicing): those cost ~0.5 ms of bookkeeping per serving request's one-row fold-in.
+    # Numpy on the CSR arrays: scipy element-wise ops' bookkeeping dominated a one-row serving fold-in.
     c = np.asarray(history.data, dtype=np.float64) * alpha
     if n_rows == 1:
         # One history (a serving request's fold-in): dense products over its items only, no
@@ -222,8 +221,7 @@ def solve_users(
             return np.zeros((1, f), dtype=np.float32)
         x1 = np.linalg.solve(YtY_reg + (yy * (np.abs(c) - 1.0)[:, None]).T @ yy, rhs1)
         return x1[None, :].astype(np.float32)
-    # Only the items in the histories: casting all of Y per call cost ~10 ms at 100k items, which
-    # is most of a serving request's fold-in (same float64 products either way).
+    # Only the items in the histories: casting all of Y per call dominated a serving fold-in.
     used, col = np.unique(indices, return_inverse=True)
     positive = sp.csr_matrix((np.maximum(c, 0.0), col.reshape(-1), indptr), shape=(n_rows, len(used)))
     rhs = positive @ np.asarray(Y[used], dtype=np.float64)

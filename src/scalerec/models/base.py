@@ -88,9 +88,7 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
 
     #: registry key, e.g. "als"
     family: ClassVar[str] = ""
-    #: bytes of dense scores per block: bounds memory whatever the catalogue size, and small
-    #: enough (16 MiB, about the L3 cache) that the top-k pass reads what the GEMM just wrote from
-    #: cache; measured fastest against 2-64 MiB for 10k items, 64 factors, top 100
+    #: bytes of dense scores per block: bounded memory; top-k reads the GEMM's output from cache
     block_bytes: ClassVar[int] = 16 * 1024 * 1024
     #: most rows scored per block (BLAS is efficient well below this)
     max_block_rows: ClassVar[int] = 4096
@@ -477,10 +475,8 @@ def top_k(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     padding, as do the slots beyond ``m``. Equal scores are listed by column index; which of
     several items tied at the cut-off make the list is deterministic but unspecified.
 
-    Selection is one pass of FAISS's C++ min-heaps over the block (OpenMP over rows). Per row it
-    costs ~1 ns per item plus ~45 ns per heap insertion (~k·ln(m/k) of them): well under a
-    64-factor GEMM for m/k >= ~300, up to a few GEMMs for small catalogues with large k.
-    ``np.argpartition`` costs ~25 ns per item whatever k.
+    Selection is one pass of FAISS's C++ min-heaps over the block (OpenMP over rows): cheaper
+    per item than ``np.argpartition``.
     """
     b, m = scores.shape
     k = min(n, m)

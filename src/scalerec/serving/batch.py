@@ -47,7 +47,7 @@ BATCH_SCHEMA = pa.schema(
         pa.field("scores", pa.list_(pa.float32()), nullable=False),
     ]
 )
-#: at most this many users per shard by default (about 40 MB of output at n=100)
+#: at most this many users per shard by default (bounds a shard file's size)
 MAX_SHARD_USERS = 100_000
 
 

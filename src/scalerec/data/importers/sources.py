@@ -21,13 +21,9 @@ import pyarrow.parquet as pq
 from scalerec.errors import DataImportError
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "dat")
-#: Largest text block parsed at once: a chunk is at most this many bytes of input whatever
-#: chunk_rows says: it bounds peak memory for wide rows, and ~300k-row chunks measured ~15% less
-#: CPU per row than 1M-row ones (cache effects).
+#: Largest text block parsed at once, whatever chunk_rows says: bounded memory, cache-sized.
 MAX_BLOCK_BYTES = 32 << 20
-#: Bytes pyarrow parses per batch. Its streaming CSV reader reads ~20 blocks ahead of the parser
-#: (measured: 320 MB buffered at the first batch with 32 MB blocks), so blocks are small and
-#: consecutive batches are grouped into one processing chunk of up to MAX_BLOCK_BYTES.
+#: Bytes pyarrow parses per batch: small, as its reader buffers many ahead (grouped up to MAX_BLOCK_BYTES).
 READ_BLOCK_BYTES = 4 << 20
 
 
@@ -259,8 +255,7 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[Chunk]:
             source,
             read_options=pacsv.ReadOptions(
                 column_names=names, skip_rows=1 if header else 0, block_size=block_size,
-                # Serial parsing: pyarrow then numbers malformed rows (so rejects name their line), and
-                # it measured less CPU than threaded parsing; writing already runs on another thread.
+                # Serial: malformed rows get line numbers, and it costs less CPU than threaded parsing.
                 encoding=encoding, use_threads=False,
             ),
             parse_options=pacsv.ParseOptions(

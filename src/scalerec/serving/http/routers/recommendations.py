@@ -45,7 +45,7 @@ async def similar_items(request: Request, item_id: Id) -> Response:
 
 def add_hot_routes(app: FastAPI, prefix: str) -> None:
     """Add the two hot endpoints to ``app`` itself (same tags, role and docs as this router's):
-    matching a route of an included router cost ~20 us more per request than a direct one."""
+    matching a route of an included router costs more per request than a direct one."""
     for path, endpoint, params in (
         ("/users/{user_id}/recommendations", user_recommendations, query.USER_PARAMS),
         ("/items/{item_id}/similar", similar_items, query.SIMILAR_PARAMS),
