@@ -82,7 +82,7 @@ def online_retail(root: Path, minutes: float, jobs: int) -> dict[str, Any]:
 def front_loaded_shop(root: Path, minutes: float, jobs: int, n_users: int, n_events: int) -> dict[str, Any]:
     from scalerec.data.schema import EVENT_SCHEMA
     from scalerec.datasets.synth import generate_store
-    from test_protocol import front_loaded
+    from test_holdout import front_loaded
 
     gen = DataStore.open(Settings(data={"dir": root / "gen"}))
     generate_store(gen, n_users=n_users, n_items=max(200, n_users // 5), n_events=n_events, seed=11, days=180)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Test modules mirror the package (tests/<package>/test_<module>.py) and share fixtures by module
+# name (from test_pipeline import tiny_store): every test folder is importable from every other.
+for _folder in sorted(p for p in Path(__file__).resolve().parent.rglob("*") if p.is_dir() and not p.name.startswith(("_", "."))):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 ONLINE_RETAIL = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
 
@@ -17,7 +24,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"CI run without the Online Retail data at {ONLINE_RETAIL}; shared/ must sit beside the clone", returncode=1)
 
 
-#: Every catalogue backend the contract suite (tests/test_catalog.py) runs against: id -> URL for a
+#: Every catalogue backend the contract suite (tests/data/test_catalog.py) runs against: id -> URL for a
 #: test's tmp_path. A new backend is one entry here (skipping when its server is absent).
 CATALOG_BACKENDS = {
     "sqlite-file": lambda tmp_path: f"sqlite:///{tmp_path / 'catalog.db'}",

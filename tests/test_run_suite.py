@@ -170,7 +170,7 @@ def test_default_signals_undoes_what_the_launcher_ignored_or_blocked() -> None:
 @pytest.mark.slow
 def test_the_ctrl_c_test_passes_when_launched_with_sigint_ignored_and_blocked() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_synth.py", "-k", "ctrl_c"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/datasets/test_synth.py", "-k", "ctrl_c"],
         cwd=TESTS.parent, env=_env(), capture_output=True, text=True, timeout=600, preexec_fn=_ignore_and_block_sigint,
     )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -11,8 +11,8 @@ from scalerec.errors import StorageError
 from scalerec.datasets.online_retail import ONLINE_RETAIL_ATTRIBUTION, online_retail_protocol
 from scalerec.evaluation import compare, split_temporal, write_html_report
 from scalerec.models import make_model
-from test_evaluation_evaluate import popularity_rows
-from test_evaluation_splits import events_table
+from test_evaluate import popularity_rows
+from test_splits import events_table
 
 
 def _result(split, k=(3, 5)):

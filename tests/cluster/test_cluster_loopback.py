@@ -58,7 +58,7 @@ def test_the_test_cluster_listens_on_loopback_only(ray_cluster) -> None:  # noqa
 
 SCRIPT = """
 import json, os, sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # this folder and tests/ (shared helpers)
 from test_cluster_loopback import listening, own_tree
 from scalerec.cluster.ray_executor import RayExecutor
 ex = RayExecutor(address="local")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-import test_http_errors as error_tests
-import test_http_recommendations as rec_tests
+import test_errors as error_tests
+import test_recommendations as rec_tests
 from _ray_cluster import ray_cluster  # noqa: F401  (fixture)
 from _serving_fixtures import Api, base_store  # noqa: F401  (fixture)
 from scalerec.config import Settings

@@ -17,7 +17,7 @@ from scalerec.config import Settings, load_settings
 from scalerec.data.store import DataStore
 from scalerec.data.validate import validate_events, validate_items
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

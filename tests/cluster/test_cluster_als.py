@@ -14,7 +14,7 @@ from scalerec.errors import ValidationError
 from scalerec.models.als import ALS
 from scalerec.models.base import Recommender
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "online-retail"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "online-retail"
 CSV = DATA / "online_retail.csv.gz"
 
 

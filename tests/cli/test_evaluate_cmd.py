@@ -13,8 +13,8 @@ from scalerec.config import Settings
 from scalerec.data.store import DataStore
 from scalerec.evaluation import evaluate, split_temporal
 from scalerec.models import make_model
-from test_evaluation_evaluate import popularity_rows, reference_popular
-from test_evaluation_splits import events_table
+from test_evaluate import popularity_rows, reference_popular
+from test_splits import events_table
 
 runner = CliRunner()
 

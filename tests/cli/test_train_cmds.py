@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from scalerec.cli import app, main
 from scalerec.errors import ConflictError, ValidationError
 from scalerec.registry import Registry
-from test_training import tiny_store
+from test_pipeline import tiny_store
 
 runner = CliRunner()
 

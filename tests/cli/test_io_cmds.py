@@ -18,7 +18,7 @@ from scalerec.cli.io_cmds import quarantine_shorthand
 from scalerec.config import Settings
 from scalerec.data.store import DataStore
 
-RETAIL = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
+RETAIL = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ from rich.console import Console
 from scalerec.errors import ModelCapacityError, NotFittedError, ValidationError
 from scalerec.evaluation import compare, evaluate, split_temporal, split_users
 from scalerec.models import make_model
-from test_evaluation_splits import T0, events_table
+from test_splits import T0, events_table
 
 
 def popularity_rows(seed: int = 0) -> list[tuple]:

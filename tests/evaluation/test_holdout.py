@@ -19,8 +19,8 @@ from scalerec.evaluation.protocol import ProtocolRecord
 from scalerec.evaluation.splits import Split, make_protocol, make_split
 from scalerec.registry import Manifest, Registry
 from scalerec.training import TrainOptions, train
-from test_cli_train import _cli, data_dir  # noqa: F401 - the CLI fixture
-from test_training import tiny_store
+from test_train_cmds import _cli, data_dir  # noqa: F401 - the CLI fixture
+from test_pipeline import tiny_store
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

@@ -14,7 +14,7 @@ from scalerec.datasets.online_retail import online_retail_protocol
 from scalerec.evaluation import evaluate
 from scalerec.models import make_model
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "online-retail"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "online-retail"
 CSV = DATA / "online_retail.csv.gz"
 
 pytestmark = [

@@ -17,7 +17,7 @@ from scalerec.data.validate import validate_events, validate_items, validate_use
 from scalerec.errors import DataImportError
 
 UTC = dt.timezone.utc
-ONLINE_RETAIL = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "online-retail"
+ONLINE_RETAIL = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "online-retail"
 
 
 @pytest.fixture
