@@ -159,11 +159,11 @@ class _SeparatorRewriter(io.RawIOBase):
                 return data
 
 
-def _sniff(path: Path, spec: SourceSpec, size: int = SNIFF_BYTES) -> bytes:
+def _sniff(path: Path, spec: SourceSpec, size: int | None = None) -> bytes:
     """The first ``size`` decompressed bytes (encoding detection, header, bytes per row)."""
     raw, stream = _open_stream(path, spec.compression)
     try:
-        return stream.read(size)
+        return stream.read(SNIFF_BYTES if size is None else size)
     except OSError as exc:
         raise _stream_error(path, exc) from None
     finally:
