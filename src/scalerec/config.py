@@ -53,6 +53,9 @@ class DataSettings(_Section):
     )
     import_chunk_rows: int = Field(1_000_000, ge=1_000, description="rows read per chunk on import")
     compact_min_files: int = Field(8, ge=2, description="compact a day partition once it has this many files")
+    max_clock_skew_seconds: float = Field(
+        300.0, ge=0, description="events timed more than this ahead of the server clock are rejected"
+    )
 
     @field_validator("catalog_url")
     @classmethod
@@ -162,6 +165,9 @@ class ServingSettings(_Section):
     )
     log_retention_days: float = Field(30.0, gt=0, description="recommendation logs older than this are deleted")
     log_max_mb: float = Field(256.0, gt=0, description="a recommendation log file is rotated past this size")
+    idempotency_retention_seconds: float = Field(
+        86_400.0, gt=0, description="how long an Idempotency-Key of POST /v1/events is remembered"
+    )
 
 
 class ClusterServeSettings(_Section):

@@ -66,8 +66,12 @@ def test_ids_become_strings_and_float_ids_lose_their_fraction(settings):
     assert valid.column("user_id").to_pylist() == ["17850", "13047"]
     assert valid.column("item_id").to_pylist() == ["85123", "71053"]
     # a text column of integer ids that went through a float writer
-    valid, _ = validate_events(events(user_id=["17850.0", " 12 ", "13047.0"]), settings)
+    valid, _ = validate_events(events(user_id=["17850.0", "12", "13047.0"]), settings)
     assert valid.column("user_id").to_pylist() == ["17850", "12", "13047"]
+    # ids are never trimmed: a padded id is rejected (the id policy, data/ids.py)
+    _, rejects = validate_events(events(user_id=["17850.0", " 12 ", "13047.0"]), settings)
+    assert rejects.column("line").to_pylist() == [2]
+    assert "has leading or trailing whitespace" in rejects.column("reason")[0].as_py()
     # ... but a real text id column keeps its values
     valid, _ = validate_events(events(item_id=["2.0", "85123A", "v1.0"]), settings)
     assert valid.column("item_id").to_pylist() == ["2.0", "85123A", "v1.0"]
@@ -280,17 +284,21 @@ def test_online_retail_sample_validates():
     assert first["value"] == 6.0
 
 
-def test_clean_columns_pass_unchanged_and_dirty_edges_are_still_trimmed(settings):
-    # Clean columns skip the trim; any edge that might be whitespace (ASCII or not) still gets it,
-    # also in a sliced array (non-zero offset) and next to nulls.
+def test_clean_columns_pass_unchanged_and_dirty_edges_are_rejected(settings):
+    # Clean columns skip the edge check; any edge that might be whitespace (ASCII or not) is
+    # rejected by the id policy (never stripped), also in a sliced array (non-zero offset) and
+    # next to nulls; blank ids are missing.
     raw = pa.array(["zz", "u1", " u2", "u3\t", "\u00a0u4\u00a0", "u 5", "   ", None, "u6"])
     valid, rejects = validate_events(
         pa.table({"user_id": raw.slice(1), "item_id": ["i"] * 8, "event_type": ["view"] * 8,
                   "timestamp": ["2021-01-01"] * 8}),
         settings,
     )
-    assert valid.column("user_id").to_pylist() == ["u1", "u2", "u3", "u4", "u 5", "u6"]
-    assert rejects.column("line").to_pylist() == [6, 7]  # blank and missing user ids
+    assert valid.column("user_id").to_pylist() == ["u1", "u 5", "u6"]
+    assert rejects.column("line").to_pylist() == [2, 3, 4, 6, 7]  # padded, blank and missing user ids
+    reasons = rejects.column("reason").to_pylist()
+    assert all("leading or trailing whitespace" in r for r in reasons[:3])
+    assert reasons[3:] == ["user_id is missing (anonymous events need a session_id)"] * 2
     clean = pa.array(["a1", "b2", "c3"])
     valid, _ = validate_events(events(item_id=clean), settings)
     assert valid.column("item_id").chunk(0).equals(clean)

@@ -122,7 +122,8 @@ def _import_summary(report: Any) -> list[Table]:
 
 def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], maps: list[str], sets: list[str],
                 timestamp_format: Optional[str], preset: Optional[str], on_error: str, quarantine: Optional[Path],
-                encoding: Optional[str], chunk_rows: Optional[int], as_json: bool) -> None:
+                encoding: Optional[str], chunk_rows: Optional[int], as_json: bool,
+                allow_duplicate: bool = False) -> None:
     from scalerec.data.importers import ON_ERROR, import_file
 
     on_error = on_error.lower()
@@ -160,6 +161,7 @@ def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], m
             quarantine_path=quarantine,
             chunk_rows=chunk_rows,
             encoding=encoding,
+            allow_duplicate=allow_duplicate,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     if as_json:
@@ -193,12 +195,13 @@ def _register_import(kind: str) -> None:
         preset: Optional[str] = typer.Option(None, "--preset", help="{PRESETS}."),
         on_error: str = typer.Option("fail", "--on-error", help="fail (nothing imported), skip (import the valid rows) or quarantine [FILE] (also write bad rows to FILE)."),
         quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="CSV file for rejected rows (implies --on-error quarantine). Default: FILE.rejects.csv"),
-        encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding (default: UTF-8, or latin-1 when the file is not UTF-8)."),
+        encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding (default: UTF-8, or latin-1 when no line is UTF-8; a file mixing both is refused)."),
         chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1000, help="Rows per chunk (default: \\[data] import_chunk_rows)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="Import events even when this file was already imported with the same options (that doubles them)."),
     ) -> None:
         _run_import(ctx, kind, file, fmt, maps, sets, timestamp_format, preset, on_error, quarantine, encoding,
-                    chunk_rows, as_json)
+                    chunk_rows, as_json, allow_duplicate)
 
 
 for _kind in ("events", "users", "items"):

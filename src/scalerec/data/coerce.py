@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,10 +23,11 @@ from scalerec.data.schema import FLAT_MAP, TIMESTAMP
 from scalerec.errors import DataImportError, ValidationError
 
 __all__ = [
-    "TRUE_WORDS", "FALSE_WORDS", "bool_value", "build_map", "combine", "display_text", "epoch_to_timestamps",
-    "flat_map_entries", "flat_maps_from_dicts", "json_maps", "json_string_lists", "json_texts", "number_value",
-    "pack_map", "parse_number", "parse_timestamps", "scalar_text", "timestamp_values", "to_bools", "to_flat_maps",
-    "to_floats", "to_text", "to_timestamps", "trim", "utc_datetime", "utc_us",
+    "EARLIEST_EVENT_US", "FALSE_WORDS", "MAX_TIMESTAMP_US", "TRUE_WORDS", "batch_error", "bool_value", "build_map", "combine",
+    "display_text", "epoch_to_timestamps", "event_time_problems", "flat_map_entries", "flat_maps_from_dicts",
+    "json_maps", "json_string_lists", "json_texts", "latest_event_us", "number_value", "pack_map", "parse_number",
+    "parse_timestamps", "scalar_text", "timestamp_values", "to_bools", "to_flat_maps", "to_floats", "to_text",
+    "to_timestamps", "trim", "utc_datetime", "utc_us",
 ]
 
 #: Words read as booleans (any case, trimmed), by the importer and by item patches alike.
@@ -40,6 +42,10 @@ _AWARE_FORMATS = ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M%z")
 _NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _US_PER_DAY = 86_400_000_000
+#: Event times accepted: from the epoch to now + [data] max_clock_skew_seconds.
+EARLIEST_EVENT_US = 0
+#: 9999-12-31T23:59:59Z: the latest time any input path can represent.
+MAX_TIMESTAMP_US = 253_402_300_799_000_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,18 +289,41 @@ def to_timestamps(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
 
 
 def epoch_to_timestamps(x: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """Epoch numbers (float64) to timestamps: |x| < 1e11 seconds, < 1e14 ms, < 1e17 us, else ns."""
+    """Epoch numbers (float64) to timestamps, the unit told apart by magnitude per value (the one
+    rule of every input path): |x| < 1e11 seconds, < 1e14 ms, < 1e17 us, else ns. Non-finite
+    values and times beyond year 9999 are bad; NaN in a float column is missing."""
     x_np = x.to_numpy(zero_copy_only=False)
     valid = ~np.isnan(x_np) if x.null_count == 0 else np.asarray(pc.is_valid(x))
     x_np = np.where(valid, x_np, 0.0)
-    finite = np.isfinite(x_np)
     mag = np.abs(x_np)
     scale = np.select([mag < 1e11, mag < 1e14, mag < 1e17], [1e6, 1e3, 1.0], 1e-3)
-    us = np.where(finite, np.round(x_np * scale), 0).astype(np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        us_f = x_np * scale
+        finite = np.isfinite(us_f) & (np.abs(us_f) <= MAX_TIMESTAMP_US)
+    us = np.where(finite, np.round(np.where(finite, us_f, 0.0)), 0).astype(np.int64)
     ok = valid & finite
     out = pa.array(us, pa.int64(), mask=~ok).cast(TIMESTAMP)
     bad = pa.array(valid & ~finite)
     return out, bad
+
+
+def latest_event_us(max_clock_skew_s: float, now_us: int | None = None) -> int:
+    """The newest event time accepted now (UTC us): the clock plus the allowed skew of senders."""
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    return int(now + max_clock_skew_s * 1_000_000)
+
+
+def event_time_problems(ts: pa.Array, max_clock_skew_s: float) -> list[tuple[pa.Array, str]]:
+    """(mask, reason) for event times outside [1970-01-01, now + max_clock_skew_s]."""
+    us = pc.cast(ts, pa.int64())
+    hi = latest_event_us(max_clock_skew_s)
+    return [
+        (pc.fill_null(pc.less(us, EARLIEST_EVENT_US), False),
+         " is before 1970-01-01 (epoch numbers: seconds below 1e11, milliseconds below 1e14)"),
+        (pc.fill_null(pc.greater(us, hi), False),
+         f" is in the future (more than {max_clock_skew_s:g} s ahead of this server's clock); fix the "
+         "sender's clock or time zone, or raise [data] max_clock_skew_seconds"),
+    ]
 
 
 def parse_timestamps(arr: pa.Array | pa.ChunkedArray, fmt: str | None) -> tuple[pa.Array, np.ndarray | None]:
@@ -325,7 +354,7 @@ def parse_timestamps(arr: pa.Array | pa.ChunkedArray, fmt: str | None) -> tuple[
         seconds, bad = parse_number(arr)
         values = seconds.to_numpy(zero_copy_only=False) * scale
         with np.errstate(invalid="ignore"):
-            ok = np.isfinite(values) & (np.abs(values) < 9.2e18)
+            ok = np.isfinite(values) & (np.abs(values) <= MAX_TIMESTAMP_US)
         micros = pa.array(np.where(ok, np.round(values), 0).astype(np.int64), pa.int64(), mask=~ok)
         inf = ~ok & ~np.isnan(values)  # NaN is a missing value (the validator says so), inf is bad
         bad = inf if bad is None else (bad | inf)
@@ -581,8 +610,13 @@ def utc_us(value: Any, name: str) -> int | None:
         return None
     if isinstance(value, np.datetime64):
         return int(value.astype("datetime64[us]").astype(np.int64))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(round(float(value) * 1_000_000))
+    if isinstance(value, bool):
+        raise ValidationError(f"{name}={value!r} is not a date-time; pass a datetime, date, ISO string or epoch seconds")
+    if isinstance(value, (int, float)):
+        us = float(value) * 1_000_000
+        if not math.isfinite(us) or abs(us) > MAX_TIMESTAMP_US:
+            raise ValidationError(f"{name}={value!r} is not a finite epoch time in seconds before year 10000")
+        return int(round(us))
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -606,13 +640,38 @@ def utc_datetime(value: Any, name: str) -> dt.datetime | None:
 
 
 def timestamp_values(values: Sequence[Any]) -> pa.Array:
-    """Request timestamps as one column for ``to_timestamps``: all datetimes or all epoch
-    seconds become timestamp[us, UTC] directly; a mix stays text (ISO) for the validator."""
+    """Request timestamps as one column for ``to_timestamps``: all datetimes become
+    timestamp[us, UTC]; all numbers are epoch times (the magnitude rule of ``epoch_to_timestamps``);
+    a mix stays text (ISO) for the validator. ValidationError (``details["rejected"]``: index and
+    reason of each) for booleans and non-finite or out-of-range numbers."""
+    rejected = [
+        {"index": i, "reason": f"timestamp {v!r} is not a date-time (send ISO 8601 or finite epoch seconds)"}
+        for i, v in enumerate(values)
+        if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))
+    ]
+    if rejected:
+        raise batch_error(rejected, len(values))
     if all(isinstance(v, dt.datetime) for v in values):
         return pa.array(values, TIMESTAMP)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return pa.array((np.asarray(values, dtype=np.float64) * 1e6).astype(np.int64), TIMESTAMP)
+    if all(isinstance(v, (int, float)) for v in values):
+        out, bad = epoch_to_timestamps(pa.array(np.asarray(values, dtype=np.float64)))
+        if pc.any(bad).as_py():
+            at = np.flatnonzero(np.asarray(bad))
+            raise batch_error([{"index": int(i), "reason": f"timestamp {values[i]!r} is not a date-time before "
+                                "year 10000"} for i in at], len(values))
+        return out
     return pa.array([v.isoformat() if isinstance(v, dt.datetime) else str(v) for v in values], pa.string())
+
+
+def batch_error(rejected: list[dict[str, Any]], n: int, *, n_rejected: int | None = None) -> ValidationError:
+    """The error of a request batch (all or nothing): ``rejected`` = [{"index", "reason"}] in
+    ``details["rejected"]`` (the first 20), the first one named in the message."""
+    first = rejected[0]
+    return ValidationError(
+        f"{len(rejected) if n_rejected is None else n_rejected} of {n} events are invalid, nothing was stored: {first['reason']} "
+        f"(event #{first['index']}); fix them and resend the batch",
+        details={"rejected": rejected[:20]},
+    )
 
 
 def json_texts(arr: pa.Array) -> pa.Array:

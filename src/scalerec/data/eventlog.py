@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from scalerec.data.coerce import utc_us
 from scalerec.data.schema import EVENT_SCHEMA
 from scalerec.errors import StorageError, ValidationError
 
@@ -104,29 +105,8 @@ Progress = Callable[[int, int], None]
 # helpers
 
 
-def _to_utc_us(value: TimeLike, name: str) -> int | None:
-    """A time-like value as UTC microseconds since the epoch (naive datetimes are UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, np.datetime64):
-        return int(value.astype("datetime64[us]").astype(np.int64))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(round(float(value) * 1_000_000))  # epoch seconds
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationError(
-                f"{name}={value!r} is not an ISO date or date-time; use e.g. 2011-12-09 or 2011-12-09T12:00:00Z"
-            ) from None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-        return delta // dt.timedelta(microseconds=1)
-    if isinstance(value, dt.date):
-        return (value - dt.date(1970, 1, 1)).days * _US_PER_DAY
-    raise ValidationError(f"{name}={value!r} is not a date-time; pass a datetime, date or ISO string")
+# The one time-value coercion (data.coerce): the old name stays for readers of this module.
+_to_utc_us = utc_us
 
 
 def _partition_date(name: str) -> dt.date | None:

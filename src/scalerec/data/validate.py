@@ -23,6 +23,8 @@ from scalerec.data.coerce import (
     contains_byte,
     decode,
     display_text,
+    edges_clean,
+    event_time_problems,
     is_texty,
     json_string_lists,
     to_bools,
@@ -32,7 +34,7 @@ from scalerec.data.coerce import (
     trim,
     type_error,
 )
-from scalerec.data.coerce import json_maps as _json_maps  # noqa: F401 - catalog.py imports it until it uses coerce
+from scalerec.data.ids import ID_POLICY, id_problems
 from scalerec.data.schema import EVENT_SCHEMA, FLAT_MAP, ITEM_SCHEMA, TIMESTAMP, USER_SCHEMA
 from scalerec.errors import DataImportError
 
@@ -80,7 +82,8 @@ class _Problems:
 
 
 def _ids(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
-    """Identifiers as non-empty strings; integer-valued floats lose their ".0"."""
+    """Identifiers as strings (blank = missing); integer-valued floats lose their ".0". Text is not
+    trimmed: ``_check_ids`` rejects ids that break the id policy (data/ids.py) instead."""
     arr = decode(arr)
     t = arr.type
     none = pa.array(np.zeros(len(arr), dtype=bool))
@@ -96,7 +99,10 @@ def _ids(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
         nan = pc.and_(pc.is_valid(arr), pc.invert(finite))
         return pc.if_else(nan, pa.scalar(None, pa.string()), text), none
     if is_texty(t):
-        s = trim(arr)
+        s = decode(arr).cast(pa.string())
+        if not edges_clean(s):  # blank values (empty or only whitespace) are missing
+            blank = pc.equal(pc.utf8_trim_whitespace(s), "")
+            s = pc.if_else(blank, pa.scalar(None, pa.string()), s)
         # A column of integer-looking strings where some end in ".0" came through a float column:
         # strip the suffix. Decided per column so a real id like "2.0" in a text column survives.
         valid = pc.drop_null(s) if contains_byte(s, ord(".")) else []
@@ -107,6 +113,12 @@ def _ids(arr: pa.Array, name: str) -> tuple[pa.Array, pa.Array]:
     if pa.types.is_boolean(t) or pa.types.is_nested(t):
         raise type_error(name, arr, "identifiers (strings or integers)")
     return pc.cast(arr, pa.string()), none
+
+
+def _check_ids(problems: "_Problems", ids: pa.Array, name: str) -> None:
+    """Reject rows whose ``name`` breaks the id policy, one reason per broken rule."""
+    for mask, why in id_problems(ids):
+        problems.add(mask, f"{name} ", ("col", name), f" {why}; {ID_POLICY}")
 
 
 def _texts(arr: pa.Array, name: str) -> pa.Array:
@@ -277,6 +289,8 @@ def validate_events(
             out[name] = pa.nulls(n, pa.string())
     out["item_id"], _ = _ids(col("item_id"), "item_id")
     problems.add(pc.is_null(out["item_id"]), "item_id is missing")
+    for name in ("user_id", "item_id", "session_id"):
+        _check_ids(problems, out[name], name)
     problems.add(
         pc.and_(pc.is_null(out["user_id"]), pc.is_null(out["session_id"])),
         "user_id is missing (anonymous events need a session_id)",
@@ -308,6 +322,8 @@ def validate_events(
     out["timestamp"] = ts
     problems.add(ts_bad, "timestamp ", ("col", "timestamp"), " is not a date-time (use ISO 8601 or epoch seconds)")
     problems.add(pc.and_(pc.is_null(ts), pc.invert(ts_bad)), "timestamp is missing")
+    for mask, why in event_time_problems(ts, settings.data.max_clock_skew_seconds):
+        problems.add(mask, "timestamp ", ("col", "timestamp"), why)
 
     if "value" in table.column_names:
         val, val_bad = to_floats(col("value"), "value")
@@ -349,6 +365,7 @@ def validate_items(
     out: dict[str, pa.Array] = {}
     out["item_id"], _ = _ids(col("item_id"), "item_id")
     problems.add(pc.is_null(out["item_id"]), "item_id is missing")
+    _check_ids(problems, out["item_id"], "item_id")
     for name in ("title", "description"):
         out[name] = _texts(col(name), name) if has(name) else pa.nulls(n, pa.string())
     if has("categories"):
@@ -386,6 +403,7 @@ def validate_users(
     out: dict[str, pa.Array] = {}
     out["user_id"], _ = _ids(combine(table.column("user_id")), "user_id")
     problems.add(pc.is_null(out["user_id"]), "user_id is missing")
+    _check_ids(problems, out["user_id"], "user_id")
     _attributes_and_created(table, out, problems)
     return _finish(table, out, USER_SCHEMA, problems, first_line)
 

@@ -7,15 +7,26 @@ in one place, for the vectorised validators.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from scalerec.data.ids import check_id, check_id_columns
-from scalerec.errors import PayloadTooLargeError, UnknownItemError, UnknownUserError, ValidationError
+from scalerec.data import coerce
+from scalerec.data.ids import check_id, check_id_columns, id_problem
+from scalerec.errors import (
+    ConflictError,
+    PayloadTooLargeError,
+    UnknownItemError,
+    UnknownUserError,
+    ValidationError,
+)
 from scalerec.monitoring import metrics
 from scalerec.serving.realtime import ChangeFeed
 
@@ -30,11 +41,13 @@ class Entities:
         self._changed = on_change  # applies the change feed to the live state
 
     # ------------------------------------------------------------------ events
-    def ingest_events(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def ingest_events(self, rows: list[dict[str, Any]], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Validate and durably store events (all or nothing); returns counts.
 
         Raises PayloadTooLargeError above ``serving.max_batch_events`` and ValidationError (with the
-        first bad rows in ``details``) when any event is invalid: nothing is stored then.
+        first bad rows in ``details``) when any event is invalid: nothing is stored then. With an
+        ``idempotency_key``, a retry of the same body within ``serving.idempotency_retention_seconds``
+        returns the first answer and stores nothing; the same key with another body is a ConflictError.
         """
         from scalerec.data.validate import validate_events
 
@@ -54,14 +67,28 @@ class Entities:
             first = rejects.slice(0, 20).select(["line", "reason"]).to_pylist()
             for r in first:
                 r["index"] = int(r.pop("line")) - 1
-            raise ValidationError(
-                f"{rejects.num_rows} of {len(rows)} events are invalid, nothing was stored: {first[0]['reason']} "
-                f"(event #{first[0]['index']}); fix them and resend the batch",
-                details={"rejected": first},
+            raise coerce.batch_error(first, len(rows), n_rejected=rejects.num_rows)
+        if idempotency_key is None:
+            stored = self.store.catalog.add_pending_events(valid)
+            metrics.EVENTS_INGESTED.inc(stored)
+            return {"accepted": int(stored)}
+        body_hash = _body_hash(rows)
+        answer = {"accepted": int(valid.num_rows)}
+        retention_us = int(self.settings.serving.idempotency_retention_seconds * 1_000_000)
+        stored, seen_hash, seen_answer = self.store.catalog.add_pending_events_once(
+            valid, idempotency_key, body_hash, json.dumps(answer), now_us=time.time_ns() // 1000,
+            retention_us=retention_us,
+        )
+        if stored:
+            metrics.EVENTS_INGESTED.inc(valid.num_rows)
+            return answer
+        if seen_hash != body_hash:
+            raise ConflictError(
+                f"Idempotency-Key {idempotency_key!r} was already used for a different batch of events; "
+                "send a new key for a new batch (a retry must repeat the original body exactly)",
+                details={"idempotency_key": idempotency_key},
             )
-        stored = self.store.catalog.add_pending_events(valid)
-        metrics.EVENTS_INGESTED.inc(stored)
-        return {"accepted": int(stored)}
+        return json.loads(seen_answer)  # a retry: the first answer, nothing stored again
 
     # ------------------------------------------------------------------ users and items
     def get_user(self, user_id: str) -> dict[str, Any]:
@@ -74,7 +101,7 @@ class Entities:
         from scalerec.data.schema import USER_SCHEMA
 
         check_id(user_id, "user_id")  # the policy of reads too: a padded id must not overwrite another
-        record = {"user_id": user_id, "attributes": _flat_map(body.get("attributes")),
+        record = {"user_id": user_id, "attributes": coerce.flat_map_entries(body.get("attributes"), "attributes", missing=""),
                   "created_at": body.get("created_at") or datetime.now(timezone.utc)}
         self._upsert("users", USER_SCHEMA, record)
         return self.get_user(user_id)
@@ -111,7 +138,7 @@ class Entities:
             "categories": body.get("categories"),
             "price": body.get("price"),
             "available": True if body.get("available") is None else bool(body.get("available")),
-            "attributes": _flat_map(body.get("attributes")),
+            "attributes": coerce.flat_map_entries(body.get("attributes"), "attributes", missing=""),
             "created_at": body.get("created_at") or datetime.now(timezone.utc),
         }
         self._upsert("items", ITEM_SCHEMA, record)
@@ -128,7 +155,7 @@ class Entities:
         if self.store.catalog.get_item(item_id) is None:
             raise UnknownItemError(f"no item {item_id!r} in the catalogue", details={"item_id": item_id})
         if "attributes" in fields:
-            fields = {**fields, "attributes": _flat_map(fields["attributes"])}
+            fields = {**fields, "attributes": coerce.flat_map_entries(fields["attributes"], "attributes", missing="")}
         self.store.catalog.patch_item(item_id, **fields)
         self._changed()
         return self.get_item(item_id)
@@ -155,34 +182,10 @@ class Entities:
 
 
 # ---------------------------------------------------------------------- JSON -> Arrow coercion
-def _flat_map(value: Any) -> list[tuple[str, str]] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValidationError(f"attributes must be an object of key -> scalar, got {type(value).__name__}")
-    out = []
-    for k, v in value.items():
-        if isinstance(v, (dict, list)):
-            raise ValidationError(f"attribute {k!r} must be a scalar (string, number, bool), got {type(v).__name__}")
-        out.append((str(k), "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)))
-    return out
-
-
-def _parse_ts(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        ts = value
-    else:
-        try:
-            ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationError(f"created_at {value!r} is not an ISO-8601 timestamp") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-
-
 def _table_from_record(schema: pa.Schema, record: dict[str, Any]) -> pa.Table:
     rec = dict(record)
     if rec.get("created_at") is not None:
-        rec["created_at"] = _parse_ts(rec["created_at"])
+        rec["created_at"] = coerce.utc_datetime(rec["created_at"], "created_at")
     try:
         return pa.Table.from_pylist([rec], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
@@ -190,37 +193,67 @@ def _table_from_record(schema: pa.Schema, record: dict[str, Any]) -> pa.Table:
 
 
 EVENT_FIELDS = ("user_id", "item_id", "event_type", "timestamp", "value", "session_id", "recommendation_id", "context")
+_TEXT_FIELDS = ("user_id", "item_id", "event_type", "session_id", "recommendation_id")
 
 
 def _events_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Events as received (JSON objects) -> an Arrow table of strings/numbers for validate_events."""
+    """Events as received (JSON objects) -> an Arrow table of strings/numbers for validate_events.
+
+    Values every input path shares go through data.coerce (timestamps, context maps); a value
+    that cannot even become a column (not a string, a lone surrogate, a NaN value) fails the batch.
+    """
     cols: dict[str, list[Any]] = {f: [] for f in EVENT_FIELDS}
     for r in rows:  # bounded by max_batch_events; a column-wise build for the vectorised validator
         for f in EVENT_FIELDS:
             cols[f].append(r.get(f))
     now = datetime.now(timezone.utc)
     ts = [now if t is None else t for t in cols["timestamp"]]
-    return pa.table({
-        "user_id": pa.array(cols["user_id"], pa.string()),
-        "item_id": pa.array(cols["item_id"], pa.string()),
-        "event_type": pa.array(cols["event_type"], pa.string()),
-        "timestamp": _ts_array(ts),
-        "value": pa.array([1.0 if v is None else v for v in cols["value"]], pa.float32()),
-        "session_id": pa.array(cols["session_id"], pa.string()),
-        "recommendation_id": pa.array(cols["recommendation_id"], pa.string()),
-        "context": pa.array(
-            [None if c is None else [(str(k), str(v)) for k, v in c.items()] for c in cols["context"]],
-            pa.map_(pa.string(), pa.string()),
-        ),
-    })
+    table = {f: _text_column(cols[f], f) for f in _TEXT_FIELDS}
+    table["timestamp"] = coerce.timestamp_values(ts)
+    table["value"] = _value_column(cols["value"])
+    table["context"] = coerce.flat_maps_from_dicts(cols["context"], "context")
+    return pa.table({f: table[f] for f in EVENT_FIELDS})
 
 
-def _ts_array(values: list[Any]) -> pa.Array:
-    if all(isinstance(v, datetime) for v in values):
-        return pa.array(values, pa.timestamp("us", tz="UTC"))
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return pa.array((np.asarray(values, dtype=np.float64) * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC"))
-    return pa.array([v.isoformat() if isinstance(v, datetime) else str(v) for v in values], pa.string())
+def _text_column(values: list[Any], name: str) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowException, UnicodeEncodeError, TypeError):
+        pass  # find the offending events (rare): one message per event
+    rejected = []
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if not isinstance(v, str):
+            rejected.append({"index": i, "reason": f"{name} must be a string, got {type(v).__name__}"})
+        elif id_problem(v) == "is not valid Unicode (a lone surrogate)":
+            rejected.append({"index": i, "reason": f"{name} {v[:60]!r} is not valid Unicode (a lone surrogate)"})
+    raise coerce.batch_error(rejected or [{"index": 0, "reason": f"{name} is not text"}], len(values))
+
+
+def _value_column(values: list[Any]) -> pa.Array:
+    """Event values as float64 (None = missing: the validator's default); NaN and infinities fail."""
+    try:
+        if any(isinstance(v, bool) for v in values):
+            raise TypeError("bool")
+        arr = pa.array(values, pa.float64())
+    except (pa.ArrowException, TypeError):
+        arr = None
+    if arr is not None and (arr.null_count == len(arr) or pc.all(pc.is_finite(arr)).as_py()):
+        return arr
+    rejected = []
+    for i, v in enumerate(values):
+        try:
+            coerce.number_value(v, "value")
+        except ValidationError as exc:
+            rejected.append({"index": i, "reason": exc.message})
+    raise coerce.batch_error(rejected, len(values))
+
+
+def _body_hash(rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of the events as received (canonical JSON): a retry must repeat them exactly."""
+    text = json.dumps(rows, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _jsonable(row: Any) -> Any:

@@ -178,9 +178,9 @@ class RecommendService:
         return self.state.apply_changes()
 
     # ------------------------------------------------------------------ entities (see entities.py)
-    def ingest_events(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def ingest_events(self, rows: list[dict[str, Any]], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Validate and durably store events (all or nothing); returns counts."""
-        return self.entities.ingest_events(rows)
+        return self.entities.ingest_events(rows, idempotency_key=idempotency_key)
 
     def get_user(self, user_id: str) -> dict[str, Any]:
         return self.entities.get_user(user_id)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from scalerec.data.schema import EVENT_SCHEMA, FLAT_MAP, ITEM_SCHEMA, TIMESTAMP, USER_SCHEMA
+from scalerec.data import coerce
+from scalerec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, TIMESTAMP, USER_SCHEMA
 from scalerec.errors import ValidationError
 
 _ITEM_COLS = [f.name for f in ITEM_SCHEMA]
@@ -35,45 +34,6 @@ def _us_to_dt(us: int | None) -> dt.datetime | None:
 def _column(table: pa.Table, name: str) -> pa.Array:
     col = table.column(name)
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-
-
-def _to_json_texts(arr: pa.Array) -> list[str | None]:
-    """Lists/maps as JSON text, vectorised through DuckDB (maps become JSON objects)."""
-    if arr.null_count == len(arr):
-        return [None] * len(arr)
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("src", pa.table({"i": np.arange(len(arr), dtype=np.int64), "v": arr}))
-        out = con.sql("SELECT CAST(to_json(v) AS VARCHAR) AS v FROM src ORDER BY i").to_arrow_table()
-    finally:
-        con.close()
-    return out.column("v").to_pylist()
-
-
-def _json_lists(texts: pa.Array) -> pa.Array:
-    """JSON arrays of strings (as stored) back to list<string>."""
-    if texts.null_count == len(texts):
-        return pa.nulls(len(texts), pa.list_(pa.string()))
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("src", pa.table({"i": np.arange(len(texts), dtype=np.int64), "s": texts}))
-        out = con.sql("SELECT CAST(s AS JSON)::VARCHAR[] AS v FROM src ORDER BY i").to_arrow_table()
-    finally:
-        con.close()
-    return out.column("v").combine_chunks().cast(pa.list_(pa.string()))
-
-
-def _json_maps(texts: pa.Array) -> pa.Array:
-    if texts.null_count == len(texts):
-        return pa.nulls(len(texts), FLAT_MAP)
-    from scalerec.data.validate import _json_maps as parse
-
-    maps, _ = parse(texts)
-    return maps
 
 
 def _ts_column(values: list[int | None]) -> pa.Array:
@@ -115,7 +75,7 @@ def _event_rows(table: pa.Table) -> list[tuple]:
         _column(table, "value").cast(pa.float64()).to_pylist(),
         _column(table, "session_id").to_pylist(),
         _column(table, "recommendation_id").to_pylist(),
-        _to_json_texts(_column(table, "context")),
+        coerce.json_texts(_column(table, "context")).to_pylist(),
     ]
     return list(zip(*cols))
 
@@ -132,7 +92,7 @@ def _events_from_rows(rows: list[tuple]) -> pa.Table:
             pa.array(cols[4], pa.float64()).cast(pa.float32()),
             pa.array(cols[5], pa.string()),
             pa.array(cols[6], pa.string()),
-            _json_maps(pa.array(cols[7], pa.string())),
+            coerce.json_maps(pa.array(cols[7], pa.string()))[0],
         ],
         schema=EVENT_SCHEMA,
     )
@@ -141,9 +101,9 @@ def _events_from_rows(rows: list[tuple]) -> pa.Table:
 
 def _arrow_column(name: str, values: list[Any]) -> pa.Array:
     if name == "categories":
-        return _json_lists(pa.array(values, pa.string()))
+        return coerce.json_string_lists(pa.array(values, pa.string()))
     if name == "attributes":
-        return _json_maps(pa.array(values, pa.string()))
+        return coerce.json_maps(pa.array(values, pa.string()))[0]
     if name == "created_at":
         return _ts_column(values)
     if name == "available":
@@ -155,23 +115,12 @@ def _patch_value(name: str, value: Any) -> Any:
     if name in ("title", "description"):
         return None if value is None else str(value)
     if name == "price":
-        if value is None:
-            return None
-        try:
-            price = float(value)
-        except (TypeError, ValueError):
-            raise ValidationError(f"price {value!r} is not a number") from None
-        if not math.isfinite(price) or price < 0:
-            raise ValidationError(f"price {value!r} must be a finite number >= 0")
-        return price
+        return coerce.number_value(value, "price", minimum=0)
     if name == "available":
-        if isinstance(value, bool):
-            return int(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-            return int(value.strip().lower() in ("true", "yes", "1"))
-        if value in (0, 1):
-            return int(value)
-        raise ValidationError(f"available {value!r} must be true or false")
+        flag = coerce.bool_value(value, "available")
+        if flag is None:
+            raise ValidationError("available None must be true or false")
+        return int(flag)
     if name == "categories":
         if value is None:
             return None
@@ -181,21 +130,8 @@ def _patch_value(name: str, value: Any) -> Any:
             raise ValidationError(f"categories {value!r} must be a list of strings")
         return json.dumps(list(value))
     if name == "attributes":
-        if value is None:
-            return None
-        if not isinstance(value, dict) or any(isinstance(v, (dict, list)) for v in value.values()):
-            raise ValidationError("attributes must be a flat mapping of names to scalar values")
-        return json.dumps({str(k): _scalar_text(v) for k, v in value.items() if v is not None})
+        entries = coerce.flat_map_entries(value, "attributes")
+        return None if entries is None else json.dumps(dict(entries))
     if name == "created_at":
-        if value is None:
-            return None
-        from scalerec.data.eventlog import _to_utc_us
-
-        return _to_utc_us(value, "created_at")
+        return coerce.utc_us(value, "created_at")
     raise ValidationError(f"cannot patch {name!r}")  # pragma: no cover
-
-
-def _scalar_text(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)

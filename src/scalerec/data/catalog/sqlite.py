@@ -32,13 +32,12 @@ from scalerec.data.catalog._convert import (
     _column,
     _event_rows,
     _events_from_rows,
-    _json_maps,
     _now_us,
     _patch_value,
-    _to_json_texts,
     _ts_column,
     _us_to_dt,
 )
+from scalerec.data import coerce
 from scalerec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
 from scalerec.errors import StorageBusyError, StorageError, UnknownItemError, ValidationError
 
@@ -475,10 +474,10 @@ class SqliteCatalog:
                 _column(batch, "item_id").to_pylist(),
                 _column(batch, "title").to_pylist(),
                 _column(batch, "description").to_pylist(),
-                _to_json_texts(_column(batch, "categories")),
+                coerce.json_texts(_column(batch, "categories")).to_pylist(),
                 _column(batch, "price").to_pylist(),
                 _column(batch, "available").cast(pa.int64()).to_pylist(),
-                _to_json_texts(_column(batch, "attributes")),
+                coerce.json_texts(_column(batch, "attributes")).to_pylist(),
                 _column(batch, "created_at").cast(pa.int64()).to_pylist(),
             )
         )
@@ -625,7 +624,7 @@ class SqliteCatalog:
         return list(
             zip(
                 _column(batch, "user_id").to_pylist(),
-                _to_json_texts(_column(batch, "attributes")),
+                coerce.json_texts(_column(batch, "attributes")).to_pylist(),
                 _column(batch, "created_at").cast(pa.int64()).to_pylist(),
             )
         )
@@ -656,7 +655,7 @@ class SqliteCatalog:
         return pa.Table.from_arrays(
             [
                 pa.array(data[0], pa.string()),
-                _json_maps(pa.array(data[1], pa.string())),
+                coerce.json_maps(pa.array(data[1], pa.string()))[0],
                 _ts_column(list(data[2])),
             ],
             schema=USER_SCHEMA,
@@ -1045,6 +1044,69 @@ class SqliteCatalog:
 
     def count_user_pending_events(self, user_id: str) -> int:
         return int(self._query("SELECT count(*) FROM pending_events WHERE user_id = ?", (str(user_id),))[0][0])
+
+    # -- ingestion: idempotency keys of event batches, fingerprints of imports -------------
+    _INGEST_DDL = (
+        "CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, "
+        "response TEXT NOT NULL, created_us INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_us)",
+        "CREATE TABLE IF NOT EXISTS import_fingerprints (fingerprint TEXT PRIMARY KEY, txid TEXT NOT NULL, "
+        "source TEXT, rows INTEGER, imported_at TEXT NOT NULL)",
+    )
+
+    def _ingest_tables(self, conn: sqlite3.Connection) -> None:
+        # Created inside the caller's transaction (so a rollback cannot leave a flag wrong): older
+        # databases need no migration, and three IF NOT EXISTS statements cost microseconds.
+        for sql in self._INGEST_DDL:
+            conn.execute(sql)
+
+    def add_pending_events_once(
+        self, table: pa.Table, key: str, body_hash: str, response: str, *, now_us: int, retention_us: int
+    ) -> tuple[bool, str, str]:
+        """Append events under an idempotency key, in ONE transaction with the key's record.
+
+        Returns ``(stored, body_hash, response)``: stored=True with the given hash/response when
+        the key was new (keys older than ``retention_us`` are forgotten first); stored=False with
+        the recorded hash and response when the key was already used (nothing is written then).
+        """
+        table = _check_schema(table, EVENT_SCHEMA, "event", "validate_events")
+        rows = _event_rows(table) if table.num_rows else []
+        with self._write() as conn:
+            self._ingest_tables(conn)
+            conn.execute("DELETE FROM idempotency_keys WHERE created_us < ?", (int(now_us - retention_us),))
+            seen = conn.execute("SELECT body_hash, response FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
+            if seen is not None:
+                return False, seen[0], seen[1]
+            conn.executemany(
+                "INSERT INTO pending_events(user_id, item_id, event_type, timestamp, value, session_id, "
+                "recommendation_id, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute(
+                "INSERT INTO idempotency_keys(key, body_hash, response, created_us) VALUES (?, ?, ?, ?)",
+                (key, body_hash, response, int(now_us)),
+            )
+        return True, body_hash, response
+
+    def import_fingerprint(self, fingerprint: str) -> dict[str, Any] | None:
+        """The recorded import with this fingerprint: {fingerprint, txid, source, rows, imported_at}."""
+        with self._write() as conn:
+            self._ingest_tables(conn)
+            row = conn.execute(
+                "SELECT fingerprint, txid, source, rows, imported_at FROM import_fingerprints WHERE fingerprint = ?",
+                (fingerprint,),
+            ).fetchone()
+        return None if row is None else dict(zip(("fingerprint", "txid", "source", "rows", "imported_at"), row))
+
+    def record_import_fingerprint(self, fingerprint: str, txid: str, source: str, rows: int, imported_at: str) -> None:
+        """Record (or replace) the import of ``fingerprint`` written by log transaction ``txid``."""
+        with self._write() as conn:
+            self._ingest_tables(conn)
+            conn.execute(
+                "INSERT OR REPLACE INTO import_fingerprints(fingerprint, txid, source, rows, imported_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (fingerprint, txid, source, int(rows), imported_at),
+            )
 
 
 def _version_row(r: tuple) -> dict[str, Any]:

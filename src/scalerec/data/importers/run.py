@@ -3,6 +3,9 @@ transaction or catalogue upsert, all or nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +64,7 @@ def import_file(
     progress: Progress | None = None,
     constants: Mapping[str, str] | None = None,
     encoding: str | None = None,
+    allow_duplicate: bool = False,
 ) -> ImportReport:
     """Import a file of events, users or items into ``store``, all or nothing.
 
@@ -77,6 +81,11 @@ def import_file(
     DataImportError naming the first bad rows and writes nothing; "skip" imports the valid rows;
     "quarantine" also writes the rejected rows (line, reason, original values) to the CSV file
     ``quarantine_path``. Raises EmptyDataError for a file without data rows.
+
+    An event import records its fingerprint (file content + reading options) in the catalogue
+    with the log transaction's id; importing the same file with the same options again is
+    refused (DataImportError naming the earlier import) while that transaction's rows are in
+    the log, unless ``allow_duplicate``. Items and users are upserts: re-importing them is harmless.
     """
     started = time.perf_counter()
     settings = store.settings
@@ -141,6 +150,9 @@ def import_file(
         if progress is not None:
             progress(min(chunk.bytes_done, total_bytes), total_bytes)
 
+    fingerprint = plan.fingerprint(path) if kind == "events" else None
+    if fingerprint is not None and not allow_duplicate:
+        _refuse_duplicate(store, fingerprint, path)
     chunks = iter_source(path, plan.spec, chunk_rows, string_columns=plan.string_columns)
     try:
         if kind == "events":
@@ -153,6 +165,13 @@ def import_file(
                 tx.wait()
                 _check_not_empty(report, path)
                 report.imported = tx.rows
+                if fingerprint is not None and tx.rows:
+                    # Before the log commit: the record counts only once tx.txid's rows are in the log,
+                    # so a crash on either side of the commit can neither lose nor double the import.
+                    store.catalog.record_import_fingerprint(
+                        fingerprint, tx.txid, str(path), tx.rows,
+                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    )
         else:
             for chunk in chunks:
                 consume(chunk, staging.add if staging is not None else _no_write)
@@ -189,6 +208,18 @@ def import_file(
         progress(total_bytes, total_bytes)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _refuse_duplicate(store: "DataStore", fingerprint: str, path: Path) -> None:
+    earlier = store.catalog.import_fingerprint(fingerprint)
+    if earlier is None or earlier["txid"] not in store.log.txids():
+        return  # never imported, or the earlier import never committed (or its rows are gone)
+    raise DataImportError(
+        f"{path.name} was already imported with the same options on {earlier['imported_at']} "
+        f"({earlier['rows']:,} events from {earlier['source']}, transaction {earlier['txid']}); "
+        "importing it again would double those events. Pass --allow-duplicate to import it anyway.",
+        details=earlier,
+    )
 
 
 def _no_write(table: pa.Table) -> None:  # pragma: no cover - aggregators collect instead
@@ -244,6 +275,18 @@ class Plan:
         # JSON lines: ids in mapped columns are read as text even where they look like numbers.
         plan.string_columns = {v for k, v in merged_mapping.items() if k in ("user_id", "item_id", "session_id")}
         return plan
+
+    def fingerprint(self, path: Path) -> str:
+        """SHA-256 of the file's bytes and of every option that decides which rows it yields."""
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(8 << 20), b""):
+                h.update(block)
+        options = {"kind": self.kind, "format": self.format_name, "preset": self.preset.name if self.preset else None,
+                   "mapping": self.mapping, "constants": self.constants, "timestamp_format": self.timestamp_format,
+                   "encoding": self.spec.encoding}
+        h.update(json.dumps(options, sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def stage(self, table: pa.Table, path_name: str) -> Stage:
         """Target columns of one source chunk (mapping or preset transform, then explicit time formats)."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -25,6 +26,8 @@ FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "dat")
 MAX_BLOCK_BYTES = 32 << 20
 #: Bytes pyarrow parses per batch: small, as its reader buffers many ahead (grouped up to MAX_BLOCK_BYTES).
 READ_BLOCK_BYTES = 4 << 20
+#: Bytes read ahead to find the header, the encoding and the row width.
+SNIFF_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -152,26 +155,76 @@ class _SeparatorRewriter(io.RawIOBase):
                 return data
 
 
-def _sniff(path: Path, spec: SourceSpec, size: int = 1 << 20) -> bytes:
+def _sniff(path: Path, spec: SourceSpec, size: int | None = None) -> bytes:
     """The first ``size`` decompressed bytes (encoding detection, header, bytes per row)."""
     raw, stream = _open_stream(path, spec.compression)
     try:
-        return stream.read(size)
+        return stream.read(SNIFF_BYTES if size is None else size)
     except OSError as exc:
         raise _stream_error(path, exc) from None
     finally:
         raw.close()
 
 
-def _detect_encoding(sample: bytes, declared: str | None) -> str:
+#: Non-UTF-8 lines named in the error of a file that mixes encodings.
+SHOWN_LINES = 10
+#: A UTF-8 lead byte and continuation byte as read through latin-1: a UTF-8 row in a latin-1 file.
+_UTF8_AS_LATIN1_RE = r"[\x{c2}-\x{f4}][\x{80}-\x{bf}]"
+
+
+def _detect_encoding(sample: bytes, declared: str | None, name: str = "the file") -> str:
+    """The declared encoding, else UTF-8, else latin-1 when the sample is not UTF-8 anywhere.
+
+    A sample that has both UTF-8 lines with non-ASCII text and lines that are not UTF-8 mixes
+    encodings: decoding it all as latin-1 would corrupt the UTF-8 ids, so that is refused with
+    the line numbers of the non-UTF-8 lines.
+    """
     if declared:
         return declared
     try:
         sample.decode("utf-8")
+        return "utf-8"
     except UnicodeDecodeError as exc:
-        if exc.start < len(sample) - 3:  # not just a character cut at the end of the sample
-            return "latin-1"
-    return "utf-8"
+        if exc.start >= len(sample) - 3:  # just a character cut at the end of the sample
+            return "utf-8"
+    lines = sample.split(b"\n")
+    if len(sample) >= SNIFF_BYTES:
+        lines = lines[:-1]  # the last line may be cut anywhere
+    bad, utf8 = [], 0
+    for i, line in enumerate(lines, 1):
+        if line.isascii():
+            continue
+        try:
+            line.decode("utf-8")
+            utf8 += 1
+        except UnicodeDecodeError:
+            bad.append(i)
+    if utf8 and bad:
+        raise _mixed_encoding_error(name, bad)
+    return "latin-1"
+
+
+def _mixed_encoding_error(name: str, bad_lines: list[int]) -> DataImportError:
+    shown = ", ".join(str(n) for n in bad_lines[:SHOWN_LINES]) + (" ..." if len(bad_lines) > SHOWN_LINES else "")
+    return DataImportError(
+        f"{name} mixes encodings: line(s) {shown} are not UTF-8 while other lines are, so nothing was "
+        "imported (reading it all as latin-1 would corrupt the UTF-8 ids). Re-save the file as UTF-8, "
+        "or pass --encoding latin-1 if every line really is latin-1.",
+        details={"non_utf8_lines": bad_lines[:100]},
+    )
+
+
+def _utf8_rows_in_latin1(table: pa.Table, lines: np.ndarray) -> list[int]:
+    """Lines of a chunk read as (auto-detected) latin-1 whose text looks like UTF-8 bytes."""
+    hit = None
+    for col in table.columns:
+        if not pa.types.is_string(col.type):
+            continue
+        m = pc.fill_null(pc.match_substring_regex(col, _UTF8_AS_LATIN1_RE), False)
+        hit = m if hit is None else pc.or_(hit, m)
+    if hit is None or not pc.any(hit).as_py():
+        return []
+    return [int(x) for x in lines[np.flatnonzero(np.asarray(hit.combine_chunks() if isinstance(hit, pa.ChunkedArray) else hit))]]
 
 
 def _stream_error(path: Path, exc: BaseException) -> DataImportError:
@@ -189,7 +242,12 @@ def _stream_error(path: Path, exc: BaseException) -> DataImportError:
     return DataImportError(f"cannot read {path.name}: {text}; nothing was imported.")
 
 
-def _csv_header(sample: bytes, spec: SourceSpec, encoding: str) -> list[str]:
+def _csv_header(sample: bytes, spec: SourceSpec, encoding: str, name: str = "the file") -> list[str]:
+    if b"\n" not in sample and len(sample) >= SNIFF_BYTES:
+        raise DataImportError(
+            f"the first line of {name} is longer than {SNIFF_BYTES >> 20} MiB (no line break found), so it is "
+            "not a CSV/TSV header; check that the file is text with one row per line, or pass --format"
+        )
     text = sample.decode(encoding, errors="replace")
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -198,7 +256,10 @@ def _csv_header(sample: bytes, spec: SourceSpec, encoding: str) -> list[str]:
         return []
     reader = csv.reader([first], delimiter=spec.delimiter, quotechar='"' if spec.quoting else None,
                         quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE)
-    names = [n.strip() for n in next(reader)]
+    try:
+        names = [n.strip() for n in next(reader)]
+    except csv.Error as exc:
+        raise DataImportError(f"cannot read the header line of {name} ({exc}); check the delimiter and quoting") from None
     seen: dict[str, int] = {}
     for i, n in enumerate(names):  # pyarrow needs unique names
         if not n:
@@ -222,12 +283,13 @@ def _block_size(sample: bytes, chunk_rows: int) -> int:
 
 def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[Chunk]:
     sample = _sniff(path, spec)
-    encoding = _detect_encoding(sample, spec.encoding)
+    encoding = _detect_encoding(sample, spec.encoding, path.name)
+    guessed_latin1 = spec.encoding is None and encoding == "latin-1"
     if spec.multi_delimiter:
         sample = sample.replace(spec.multi_delimiter.encode(), spec.delimiter.encode())
     header = spec.column_names is None
     if header:
-        names = _csv_header(sample, spec, encoding)
+        names = _csv_header(sample, spec, encoding, path.name)
     elif spec.column_names:
         names = list(spec.column_names)
     else:  # header-less file without names: f0, f1, ... from the first line
@@ -291,7 +353,17 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[Chunk]:
                 known = np.array([b[0] for b in bad if b[0] is not None], dtype=np.int64)
                 lines = np.setdiff1d(lines, known, assume_unique=True)[:n] if len(known) else lines[:n]
             line += n + len(bad)
-            yield Chunk(pa.Table.from_batches(batches, schema=batches[0].schema), lines, raw.tell(), bad)
+            table = pa.Table.from_batches(batches, schema=batches[0].schema)
+            if guessed_latin1:
+                utf8_lines = _utf8_rows_in_latin1(table, lines)
+                if utf8_lines:
+                    raise DataImportError(
+                        f"{path.name} mixes encodings: its first MiB is not UTF-8 but line(s) "
+                        f"{', '.join(map(str, utf8_lines[:SHOWN_LINES]))} look like UTF-8, so nothing was imported. "
+                        "Re-save the file as UTF-8, or pass --encoding latin-1 if every line really is latin-1.",
+                        details={"utf8_lines": utf8_lines[:100]},
+                    )
+            yield Chunk(table, lines, raw.tell(), bad)
         if malformed:
             yield Chunk(pa.table({n: pa.array([], pa.string()) for n in names}), np.zeros(0, np.int64),
                          raw.tell(), list(malformed))
@@ -324,7 +396,7 @@ def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
 
 def _iter_jsonl(path: Path, spec: SourceSpec, chunk_rows: int, string_columns: set[str]) -> Iterator[Chunk]:
     sample = _sniff(path, spec)
-    encoding = _detect_encoding(sample, spec.encoding)
+    encoding = _detect_encoding(sample, spec.encoding, path.name)
     block = _block_size(sample, chunk_rows)
     raw, stream = _open_stream(path, spec.compression)
     line = 1

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from scalerec.data.ids import MAX_ID_LENGTH, id_problem
 
 Scalar = Union[str, int, float, bool]
+#: Epoch seconds from JSON: a finite number, never a boolean (true is not 1970-01-01T00:00:01).
+EpochNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 def id_value(value: str) -> str:
@@ -83,8 +85,11 @@ class EventIn(_In):
     user_id: BodyId | None = Field(None, description="null for an anonymous visitor (then session_id)")
     item_id: BodyId
     event_type: str = Field(max_length=64, description="view, add_to_cart, purchase, rating, ... ([events.types])")
-    timestamp: str | float | None = Field(None, description="ISO 8601 or epoch seconds; default now")
-    value: float | None = Field(None, description="rating or quantity; default 1")
+    timestamp: StrictStr | EpochNumber | None = Field(
+        None, description="ISO 8601 or epoch seconds (milliseconds from 1e11); default now; at most "
+                          "[data] max_clock_skew_seconds ahead of the server clock"
+    )
+    value: float | None = Field(None, allow_inf_nan=False, description="rating or quantity; default 1")
     session_id: BodyId | None = None
     recommendation_id: str | None = Field(None, max_length=64)
     context: dict[str, Scalar] | None = None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Annotated, Union
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Header
 from starlette.responses import Response
 
 from scalerec.serving.http.deps import JsonBodyRoute, Service, WriteRole, json_response
@@ -21,6 +21,11 @@ def post_events(
     body: Union[EventBatch, list[EventIn], EventIn] = Body(
         description='one event, a JSON list of events, or {"events": [...]} (up to 10,000)'
     ),
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255,
+        description="retry-safe batches: a repeat of the same body with this key within "
+                    "[serving] idempotency_retention_seconds returns the first answer and stores nothing",
+    )] = None,
 ) -> Response:
     """Store events durably (all or nothing); the user's next recommendations reflect them."""
     if isinstance(body, EventBatch):
@@ -30,4 +35,4 @@ def post_events(
     else:
         events = [body]
     rows = [e.__dict__ for e in events]  # pydantic already checked the types
-    return json_response(service.ingest_events(rows), status_code=202)
+    return json_response(service.ingest_events(rows, idempotency_key=idempotency_key), status_code=202)
