@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scalerec.data.ids import MAX_ID_LENGTH, bad_id_mask, check_id, find, id_problem, lookup
+from scalerec.data.ids import MAX_ID_LENGTH, invalid_id_mask, check_id, find, id_problem, lookup
 from scalerec.errors import ValidationError
 
 GOOD = ["22720", "85123A", "BANK CHARGES", "gift_0001_40", "ü-ñ", "x" * MAX_ID_LENGTH, "\U0001f600"]
@@ -28,9 +28,9 @@ def test_bad_ids_are_refused_naming_the_field(value: str) -> None:
 
 def test_the_arrow_mask_agrees_with_the_scalar_policy() -> None:
     arr = pa.array([*GOOD, *BAD, None])
-    mask = bad_id_mask(arr).to_pylist()
+    mask = invalid_id_mask(arr).to_pylist()
     assert mask == [False] * len(GOOD) + [True] * len(BAD) + [False]
-    assert bad_id_mask(pa.chunked_array([arr, arr])).to_pylist() == mask * 2
+    assert invalid_id_mask(pa.chunked_array([arr, arr])).to_pylist() == mask * 2
 
 
 def test_lookup_finds_ids_of_any_length_without_recasting_the_vocabulary() -> None:

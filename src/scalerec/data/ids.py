@@ -35,35 +35,41 @@ _CONTROL_RE = r"[\x{00}-\x{1f}\x{7f}-\x{9f}]"
 _CONTROL_CHARS = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
 
 
+def _shown(value: str) -> str:
+    text = value if len(value) <= 40 else value[:37] + "..."
+    return repr(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
 def id_problem(value: Any) -> str | None:
-    """Why ``value`` breaks the id policy (None when it does not)."""
+    """Why ``value`` breaks the id policy, as a sentence naming it (None when it does not)."""
     if not isinstance(value, str):
         return f"must be a string, got {type(value).__name__}"
     if not value:
         return "is empty"
     if len(value) > MAX_ID_CHARS:
-        return f"is {len(value):,} characters long (at most {MAX_ID_CHARS})"
+        return f"id {_shown(value)} is {len(value):,} characters long (at most {MAX_ID_CHARS})"
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return "is not valid Unicode (a lone surrogate)"
+        return f"id {_shown(value)} is not valid Unicode (a lone surrogate)"
     if not _CONTROL_CHARS.isdisjoint(value):
-        return "contains a control character (NUL, tab, newline, ...)"
+        return f"id {_shown(value)} contains a control character (NUL, tab, newline, ...)"
     if value != value.strip():
-        return "has leading or trailing whitespace"
+        return f"id {_shown(value)} has leading or trailing whitespace; send the id exactly as stored"
     if "/" in value:
-        return "contains '/'"
+        return f"id {_shown(value)} contains '/'"
     return None
 
 
-def check_id(value: Any, what: str) -> str:
-    """``value`` as an id; ValidationError naming ``what`` (e.g. "item_id") when it breaks the policy."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+def check_id(value: Any, what: str = "id") -> str:
+    """``value`` as an id; ValidationError (422) naming ``what`` (e.g. "item_id") when it breaks the policy."""
     why = id_problem(value)
-    if why is not None:
-        raise ValidationError(f"{what} {value[:60]!r} {why}; {ID_POLICY}", details={"field": what})
-    return value
+    if why is None:
+        return value
+    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+    raise ValidationError(
+        f"invalid {what}: {why}; {ID_POLICY}", details=[{"field": what, "message": why, "input": shown}]
+    )
 
 
 def id_problems(array: pa.Array | pa.ChunkedArray) -> list[tuple[pa.Array, str]]:
@@ -90,7 +96,10 @@ def id_problems(array: pa.Array | pa.ChunkedArray) -> list[tuple[pa.Array, str]]
         if pc.any(mask).as_py():
             out.append((mask, reason))
 
-    if np.any(np.diff(offsets) > MAX_ID_CHARS):  # bytes >= characters: only then count characters
+    lengths = np.diff(offsets)
+    if np.any(lengths == 0):
+        add(pc.equal(pc.binary_length(array), 0), "is empty")
+    if np.any(lengths > MAX_ID_CHARS):  # bytes >= characters: only then count characters
         add(pc.greater(pc.utf8_length(array), MAX_ID_CHARS), f"is longer than {MAX_ID_CHARS} characters")
     if np.any((data < 0x20) | (data == 0x7F) | (data == 0xC2)):  # C1 controls are C2 80..C2 9F in UTF-8
         add(pc.match_substring_regex(array, _CONTROL_RE), "contains a control character (NUL, tab, newline, ...)")

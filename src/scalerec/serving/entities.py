@@ -226,7 +226,7 @@ def _text_column(values: list[Any], name: str) -> pa.Array:
             continue
         if not isinstance(v, str):
             rejected.append({"index": i, "reason": f"{name} must be a string, got {type(v).__name__}"})
-        elif id_problem(v) == "is not valid Unicode (a lone surrogate)":
+        elif "lone surrogate" in (id_problem(v) or ""):
             rejected.append({"index": i, "reason": f"{name} {v[:60]!r} is not valid Unicode (a lone surrogate)"})
     raise coerce.batch_error(rejected or [{"index": 0, "reason": f"{name} is not text"}], len(values))
 
