@@ -125,7 +125,11 @@ def bootstrap_intervals(
         out[key] = Interval(point, *_interval(ratio, confidence), n)
     for key, m in marks.items():
         point = float((np.asarray(m.sum(axis=0)).ravel() > 0).sum() / max(m.shape[1], 1))
-        out[key] = Interval(point, *_interval(np.concatenate(covered[key]), confidence), n)
+        # a resample repeats users, which add no items: its coverage is biased low, so the
+        # resampled spread is centred on the all-users figure instead of taken as is
+        boot_cov = np.concatenate(covered[key])
+        low, high = _interval(boot_cov - boot_cov.mean() + point, confidence)
+        out[key] = Interval(point, max(low, 0.0), min(high, 1.0), n)  # a share stays in [0, 1]
     return out
 
 
