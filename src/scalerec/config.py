@@ -143,9 +143,19 @@ class TrainingSettings(_Section):
     timeout_minutes: float | None = Field(None, gt=0)
     jobs: int = Field(1, ge=1)
     promotion_tolerance: float = Field(0.0, ge=0, description="max relative drop vs production still promoted")
+    # 100: below it a per-user NDCG/recall interval is about as wide as the metric itself, so no tolerance can be shown
+    min_gate_users: int = Field(100, ge=1, description="the gate refuses to decide on fewer held-out users")
     keep_archived: int = Field(5, ge=0)
     schedule_interval_minutes: float | None = Field(None, gt=0)
     schedule_min_new_events: int = Field(0, ge=0)
+
+
+class EvaluationSettings(_Section):
+    """Uncertainty of offline figures: bootstrap over users, seeded."""
+
+    confidence: float = Field(0.95, gt=0, lt=1, description="two-sided coverage of every interval")
+    bootstrap_samples: int = Field(1000, ge=0, description="resamples of the users per interval (0 = no intervals)")
+    seed: int = Field(0, description="seed of the resampling: the same seed gives the same intervals")
 
 
 class ServingSettings(_Section):
@@ -206,6 +216,7 @@ class Settings(BaseSettings):
     matrix: MatrixSettings = Field(default_factory=MatrixSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 

@@ -152,7 +152,11 @@ def evaluate_command(
         status.update(f"{stage} {name}…")
 
     with status:
-        result = compare(zoo, the_split, ks, metrics=metric_names, progress=progress)
+        ev = settings.evaluation
+        result = compare(
+            zoo, the_split, ks, metrics=metric_names, progress=progress,
+            confidence=ev.confidence, bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
+        )
 
     report_path = write_html_report(result, report) if report is not None else None
     if as_json:

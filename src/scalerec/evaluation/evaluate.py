@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from scalerec.errors import NotFittedError, ValidationError
 from scalerec.evaluation.metrics import (
@@ -16,13 +17,17 @@ from scalerec.evaluation.metrics import (
     ranking_metrics,
 )
 from scalerec.evaluation.splits import Split
+from scalerec.evaluation.stats import Interval, bootstrap_intervals
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
     from scalerec.models.base import Recommender
 
-__all__ = ["ALL_METRICS", "ComparisonResult", "ModelResult", "compare", "evaluate", "evaluate_per_user", "parse_metric_key"]
+__all__ = [
+    "ALL_METRICS", "ComparisonResult", "Evaluation", "ModelResult", "compare", "evaluate", "evaluate_per_user",
+    "parse_metric_key",
+]
 
 #: Catalogue-level metrics computed beside the per-user ranking metrics.
 CATALOGUE_METRICS = ("coverage", "popularity_bias")
@@ -65,6 +70,37 @@ def parse_metric_key(key: str) -> tuple[str, int]:
     return name, int(k)
 
 
+@dataclass
+class Evaluation:
+    """One evaluation pass: metric means and the per-user values they are the means of.
+
+    ``per_user[key]`` is float [n_users] for ranking metrics, in the order of ``users`` (the
+    split's evaluated rows), so two models evaluated on one split pair up user by user.
+    Catalogue metrics keep what their intervals are resampled from (``_catalogue``).
+    """
+
+    metrics: dict[str, float]
+    per_user: dict[str, np.ndarray]
+    users: np.ndarray
+    recommend_s: float = 0.0
+    _catalogue: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_users(self) -> int:
+        return int(len(self.users))
+
+    def intervals(self, *, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> dict[str, Interval]:
+        """Bootstrap-over-users interval of every metric (same seeded resamples for all of them)."""
+        if not self.n_users:
+            return {}
+        ratios = {k: v for k, v in self._catalogue.items() if isinstance(v, tuple)}
+        cover = {k: v for k, v in self._catalogue.items() if sp.issparse(v)}
+        out = bootstrap_intervals(
+            self.per_user, confidence=confidence, n_boot=n_boot, seed=seed, ratios=ratios, coverage=cover
+        )
+        return {key: out[key] for key in self.metrics if key in out}
+
+
 def _evaluate(
     model: "Recommender",
     split: Split,
@@ -73,10 +109,14 @@ def _evaluate(
     on: str,
     block_users: int,
     progress: Progress | None,
-    per_user: dict[str, list[np.ndarray]] | None = None,
-) -> tuple[dict[str, float], float]:
-    """Metric means and the seconds spent inside the model's recommend calls (``per_user``
-    collects each ranking metric's per-user values, block by block, when given)."""
+    *,
+    catalogue_detail: bool = False,
+) -> Evaluation:
+    """Metric means, per-user values and the seconds spent inside the model's recommend calls.
+
+    ``catalogue_detail`` also keeps per-user popularity sums and the recommended items (for the
+    catalogue metrics' intervals).
+    """
     relevant, rows = split.relevant(on)
     n_items = split.train.n_items
     model_items = getattr(model, "n_items_", None)
@@ -89,11 +129,13 @@ def _evaluate(
         )
     n = max(ks)
     ranking = tuple(m for m in names if m in RANKING_METRICS)
-    sums: dict[str, float] = {f"{m}@{k}": 0.0 for k in ks for m in ranking}
+    parts: dict[str, list[np.ndarray]] = {f"{m}@{k}": [] for k in ks for m in ranking}
     recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
     pop_sum = dict.fromkeys(ks, 0.0)
     pop_count = dict.fromkeys(ks, 0)
     percentile = item_popularity_percentile(split.train.matrix) if "popularity_bias" in names else None
+    detail = catalogue_detail and any(m in CATALOGUE_METRICS for m in names)
+    top_parts: list[np.ndarray] = []
     recommend_s = 0.0
     total = len(rows)
     for start in range(0, total, block_users):  # one iteration per block of users
@@ -112,9 +154,9 @@ def _evaluate(
             )
         if ranking:
             for key, values in ranking_metrics(ids, relevant[block], ks, ranking).items():
-                sums[key] += float(values.sum())
-                if per_user is not None:
-                    per_user.setdefault(key, []).append(values)
+                parts[key].append(values)
+        if detail:
+            top_parts.append(np.where((ids >= 0) & (ids < n_items), ids, -1).astype(np.int32))
         for k in ks:
             top = ids[:, :k]
             top = top[(top >= 0) & (top < n_items)]
@@ -124,17 +166,33 @@ def _evaluate(
                 pop_count[k] += int(top.size)
         if progress is not None:
             progress(min(start + block_users, total), total)
+    per_user = {key: np.concatenate(p) if p else np.zeros(0) for key, p in parts.items()}
     out: dict[str, float] = {}
     for k in ks:
         for m in names:
             key = f"{m}@{k}"
             if m in RANKING_METRICS:
-                out[key] = sums[key] / total if total else 0.0
+                out[key] = float(per_user[key].mean()) if total else 0.0
             elif m == "coverage":
                 out[key] = float(recommended[k].sum() / n_items)
             elif m == "popularity_bias":
                 out[key] = pop_sum[k] / pop_count[k] if pop_count[k] else 0.0
-    return out, recommend_s
+    catalogue: dict[str, Any] = {}
+    if detail and total:
+        top_all = np.concatenate(top_parts)
+        for k in ks:
+            top = top_all[:, :k]
+            valid = top >= 0
+            if "coverage" in names:
+                r, c = np.nonzero(valid)
+                catalogue[f"coverage@{k}"] = sp.csr_matrix(
+                    (np.ones(len(r)), (r, top[r, c])), shape=(total, n_items)
+                )
+            if percentile is not None:
+                slots = valid.sum(axis=1).astype(np.float64)
+                if slots.sum() > 0:
+                    catalogue[f"popularity_bias@{k}"] = (np.where(valid, percentile[np.maximum(top, 0)], 0.0).sum(axis=1), slots)
+    return Evaluation(out, per_user, np.asarray(rows), recommend_s, catalogue)
 
 
 def evaluate(
@@ -155,7 +213,11 @@ def evaluate(
     share of the catalogue recommended to anyone, ``popularity_bias@k`` the mean popularity
     percentile of recommended items (0..1).
     """
-    return evaluate_per_user(model, split, k=k, metrics=metrics, on=on, block_users=block_users, progress=progress)[0]
+    ks = _check_ks(k, split.train.n_items)
+    names = check_metrics(metrics)
+    if block_users < 1:
+        raise ValidationError(f"block_users must be >= 1; got {block_users}")
+    return _evaluate(model, split, ks, names, on, block_users, progress).metrics
 
 
 def evaluate_per_user(
@@ -167,17 +229,13 @@ def evaluate_per_user(
     on: str = "test",
     block_users: int = 2048,
     progress: Progress | None = None,
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """``evaluate``'s means and, per ranking metric key, the float64 values of each evaluated user
-    (aligned with ``split.relevant(on)[1]``), for paired comparisons of two models on one split."""
+) -> Evaluation:
+    """:func:`evaluate` in one pass that also keeps the per-user values (for intervals, paired tests)."""
     ks = _check_ks(k, split.train.n_items)
     names = check_metrics(metrics)
     if block_users < 1:
         raise ValidationError(f"block_users must be >= 1; got {block_users}")
-    collected: dict[str, list[np.ndarray]] = {}
-    means = _evaluate(model, split, ks, names, on, block_users, progress, collected)[0]
-    arrays = {key: np.concatenate(parts).astype(np.float64) for key, parts in collected.items()}
-    return means, arrays
+    return _evaluate(model, split, ks, names, on, block_users, progress, catalogue_detail=True)
 
 
 @dataclass
@@ -193,6 +251,8 @@ class ModelResult:
     n_users: int
     #: the hyperparameters that differ from the family's defaults (what the table shows)
     changed_params: dict[str, Any] = field(default_factory=dict)
+    #: {"ndcg@20": {"mean", "low", "high", "n_users"}}: bootstrap-over-users intervals (empty: none)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,6 +260,7 @@ class ModelResult:
             "family": self.family,
             "params": self.params,
             "metrics": self.metrics,
+            "intervals": self.intervals,
             "fit_s": self.fit_s,
             "recommend_s": self.recommend_s,
             "n_users": self.n_users,
@@ -217,6 +278,8 @@ class ComparisonResult:
     results: list[ModelResult] = field(default_factory=list)
     attribution: str | None = None
     on: str = "test"
+    #: {"confidence", "bootstrap_samples", "seed"} of the intervals, None when none were computed
+    uncertainty: dict[str, Any] | None = None
 
     @property
     def metric_keys(self) -> list[str]:
@@ -238,6 +301,7 @@ class ComparisonResult:
             "metrics": list(self.metric_names),
             "models": [r.to_dict() for r in self.results],
             "attribution": self.attribution,
+            "uncertainty": self.uncertainty,
         }
 
     def table(self, *, title: str | None = None, transpose: bool | None = None) -> "Table":
@@ -254,14 +318,15 @@ class ComparisonResult:
         split = self.split
         # The licence attribution is printed by the caller under the table: as a caption it
         # would wrap to the table's (narrow) width.
+        level = f", {self.uncertainty['confidence']:.0%} intervals over users" if self.uncertainty else ""
         table = Table(
             title=title or f"split {split.get('name', '?')} ({self.on}): {split.get('n_test_users', '?')} users, "
-            f"{split.get('n_items', '?')} items"
+            f"{split.get('n_items', '?')} items{level}"
         )
         best = {key: self.best(key).name for key in keys} if len(self.results) > 1 else {}
 
         def cell(r: ModelResult, key: str) -> str:
-            text = f"{r.metrics[key]:.4f}"
+            text = format_value(r.metrics[key], r.intervals.get(key))
             return f"[bold green]{text}[/]" if best.get(key) == r.name else text
 
         if transpose:
@@ -298,9 +363,14 @@ def compare(
     on: str = "test",
     block_users: int = 2048,
     progress: Callable[[str, str], None] | None = None,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
 ) -> ComparisonResult:
     """Fit each model on ``split.train`` and evaluate it; timings in seconds (wall clock).
 
+    Every metric gets a ``confidence`` interval from ``bootstrap_samples`` resamples of the
+    evaluated users (seeded: the same users are drawn for every model); 0 samples: no intervals.
     ``progress(name, stage)`` is called with stage "fit" / "evaluate" / "done" per model. Errors of
     a model (e.g. ModelCapacityError from EASE on a large catalogue) propagate unchanged.
     """
@@ -308,8 +378,13 @@ def compare(
         raise ValidationError("compare needs at least one model")
     ks = _check_ks(k, split.train.n_items)
     names = check_metrics(metrics)
+    uncertainty = (
+        {"confidence": float(confidence), "bootstrap_samples": int(bootstrap_samples), "seed": int(seed)}
+        if bootstrap_samples else None
+    )
     result = ComparisonResult(
-        split=split.summary(), ks=ks, metric_names=names, attribution=split.attribution, on=on
+        split=split.summary(), ks=ks, metric_names=names, attribution=split.attribution, on=on,
+        uncertainty=uncertainty,
     )
     n_users = len(split.relevant(on)[1])
     for name, model in models.items():
@@ -321,7 +396,11 @@ def compare(
         fit_s = time.perf_counter() - t0
         if progress is not None:
             progress(name, "evaluate")
-        values, recommend_s = _evaluate(model, split, ks, names, on, block_users, None)
+        ev = _evaluate(model, split, ks, names, on, block_users, None, catalogue_detail=bool(bootstrap_samples))
+        intervals = (
+            {key: iv.to_dict() for key, iv in ev.intervals(confidence=confidence, n_boot=bootstrap_samples, seed=seed).items()}
+            if bootstrap_samples else {}
+        )
         params = _jsonable(model.get_params()) if hasattr(model, "get_params") else {}
         result.results.append(
             ModelResult(
@@ -329,15 +408,24 @@ def compare(
                 family=getattr(model, "family", "") or type(model).__name__,
                 params=params,
                 changed_params=_changed(model, params),
-                metrics=values,
+                metrics=ev.metrics,
                 fit_s=fit_s,
-                recommend_s=recommend_s,
+                recommend_s=ev.recommend_s,
                 n_users=n_users,
+                intervals=intervals,
             )
         )
         if progress is not None:
             progress(name, "done")
     return result
+
+
+def format_value(value: float, interval: Mapping[str, Any] | None = None) -> str:
+    """``0.1276 [0.118, 0.137]``: a figure and, when known, its interval (3 decimals suffice for it)."""
+    text = f"{value:.4f}"
+    if interval and interval.get("low") is not None and interval.get("high") is not None:
+        text += f" [{interval['low']:.3f}, {interval['high']:.3f}]"
+    return text
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -68,12 +68,24 @@ def _fmt(value: float, seconds: bool = False) -> str:
     return f"{value:.4f}"
 
 
-def _bar_chart(labels: list[str], values: list[float], colours: list[str], *, seconds: bool = False) -> str:
-    """Horizontal bar chart as inline SVG: one bar per model, value printed at the bar's end."""
+def _bar_chart(
+    labels: list[str],
+    values: list[float],
+    colours: list[str],
+    *,
+    seconds: bool = False,
+    intervals: list[dict[str, Any] | None] | None = None,
+) -> str:
+    """Horizontal bar chart as inline SVG: one bar per model, value printed at the bar's end.
+
+    ``intervals`` (one per bar, or None) draws each bar's interval as a whisker across its end.
+    """
     label_w, chart_w, value_w, bar_h, gap = 120, 190, 62, 20, 8
     width = label_w + chart_w + value_w
     height = len(values) * (bar_h + gap) + gap
-    top = max(values) if values and max(values) > 0 else 1.0
+    intervals = intervals or [None] * len(values)
+    highs = [iv["high"] for iv in intervals if iv and iv.get("high") is not None]
+    top = max([*values, *highs]) if values and max([*values, *highs]) > 0 else 1.0
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
         f'role="img" font-family="Segoe UI, Roboto, Helvetica, Arial, sans-serif" style="max-width:{width}px">'
@@ -90,6 +102,16 @@ def _bar_chart(labels: list[str], values: list[float], colours: list[str], *, se
             f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7:.1f}" font-size="12" fill="#5b6477">'
             f"{_e(_fmt(value, seconds))}</text>"
         )
+        iv = intervals[i] if i < len(intervals) else None
+        if iv and iv.get("low") is not None and iv.get("high") is not None:
+            x0, x1, mid = label_w + chart_w * iv["low"] / top, label_w + chart_w * iv["high"] / top, y + bar_h / 2
+            span = f"{_fmt(iv['low'])} to {_fmt(iv['high'])}"
+            parts.append(
+                f'<g class="whisker" stroke="#1d2433" stroke-width="1.2"><title>{_e(label)}: interval {_e(span)}</title>'
+                f'<line x1="{x0:.1f}" y1="{mid:.1f}" x2="{x1:.1f}" y2="{mid:.1f}"/>'
+                f'<line x1="{x0:.1f}" y1="{mid - 5:.1f}" x2="{x0:.1f}" y2="{mid + 5:.1f}"/>'
+                f'<line x1="{x1:.1f}" y1="{mid - 5:.1f}" x2="{x1:.1f}" y2="{mid + 5:.1f}"/></g>'
+            )
     parts.append(
         f'<line x1="{label_w}" y1="0" x2="{label_w}" y2="{height}" stroke="#c5ccd8" stroke-width="1"/></svg>'
     )
@@ -165,19 +187,26 @@ def render_html_report(result: ComparisonResult, *, title: str = "scalerec evalu
         row = [f"<tr><td><span class='swatch' style='background:{colour}'></span>{_e(r.name)}</td>"]
         for key in keys:
             css = " class='best'" if best.get(key) == r.name else ""
-            row.append(f"<td{css}>{_fmt(r.metrics[key])}</td>")
+            iv = r.intervals.get(key)
+            span = f"<br><small>[{iv['low']:.3f}, {iv['high']:.3f}]</small>" if iv else ""
+            row.append(f"<td{css}>{_fmt(r.metrics[key])}{span}</td>")
         row.append(f"<td>{_fmt(r.fit_s, True)}</td><td>{_fmt(r.recommend_s, True)}</td></tr>")
         out.append("".join(row))
     out.append("</tbody></table>")
     if best:
         out.append("<p style='color:#5b6477;font-size:12px'>Bold green: best value of the column "
                    "(lowest for popularity_bias).</p>")
+    if result.uncertainty:
+        u = result.uncertainty
+        out.append(f"<p style='color:#5b6477;font-size:12px'>Brackets and whiskers: {u['confidence']:.0%} "
+                   f"intervals, {u['bootstrap_samples']} bootstrap resamples of the evaluated users (seed {u['seed']}).</p>")
 
     out.append("<h2>Metrics</h2><div class='grid'>")
     for key in keys:
         name, k = parse_metric_key(key)
         direction = "lower is better" if name in LOWER_IS_BETTER else "higher is better"
-        chart = _bar_chart(names, [r.metrics[key] for r in result.results], colours)
+        chart = _bar_chart(names, [r.metrics[key] for r in result.results], colours,
+                           intervals=[r.intervals.get(key) for r in result.results])
         out.append(
             f"<div class='card'><h3>{_e(key)}</h3><p>{_e(METRIC_HELP.get(name, ''))} · {direction}</p>{chart}</div>"
         )

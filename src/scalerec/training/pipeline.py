@@ -321,7 +321,8 @@ def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", pr
 
     name, k, _ = parse_metric(metric)
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
-    means, per_user = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress)
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress)
+    means, per_user = ev.metrics, ev.per_user
     return Scores(means, per_user, np.asarray(split.relevant(on)[1]))
 
 
