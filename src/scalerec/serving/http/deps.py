@@ -22,7 +22,7 @@ from starlette.responses import Response
 from scalerec.data.ids import MAX_ID_LENGTH
 from scalerec.errors import ConfigError, UnsupportedMediaTypeError, ValidationError
 from scalerec.serving.auth import ROLE_LEVEL
-from scalerec.serving.http.schemas import id_value
+from scalerec.serving.http.schemas import ID_PATTERN, id_value
 from scalerec.serving.service import RecommendService
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (`scalerec keys create`)")
@@ -37,10 +37,13 @@ Service = Annotated[RecommendService, Depends(get_service)]
 
 
 def api_key(request: Request) -> str | None:
-    """The caller's key: ``X-API-Key``, else the credentials of ``Authorization: Bearer``."""
+    """The caller's key: ``X-API-Key``, else the credentials of ``Authorization: Bearer``.
+
+    A present ``X-API-Key`` is the key even when empty: an empty or wrong one beside a valid bearer
+    token is refused, never passed over for the other credential."""
     headers = request.headers
     key = headers.get("x-api-key")
-    if key:
+    if key is not None:
         return key
     scheme, _, credentials = (headers.get("authorization") or "").partition(" ")
     credentials = credentials.strip()
@@ -118,7 +121,8 @@ class HotRoute(APIRoute):
 
 
 #: The same policy for a path parameter of a plain route (hot routes call query.path_id).
-PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(id_value)]
+PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN}),
+                   AfterValidator(id_value)]
 
 
 def _is_json(content_type: str | None) -> bool:
