@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from scalerec.data.ids import MAX_ID_LENGTH, id_problem
@@ -97,7 +97,7 @@ class EventIn(_In):
     user_id: BodyId | None = Field(None, description="null for an anonymous visitor (then session_id)")
     item_id: BodyId
     event_type: str = Field(min_length=1, max_length=64, description="view, add_to_cart, purchase, rating, ... ([events.types])")
-    timestamp: IsoTime | float | None = Field(None, description="ISO 8601 or epoch seconds; default now")
+    timestamp: IsoTime | StrictFloat | None = Field(None, description="ISO 8601 or epoch seconds; default now")
     value: float | None = Field(None, description="rating or quantity; default 1")
     session_id: BodyId | None = None
     recommendation_id: str | None = Field(None, max_length=64)
