@@ -17,7 +17,9 @@ HERE = Path(__file__).resolve().parent
 COUNTS_ENV = "SCALEREC_RELIABILITY_COUNTS"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # before `-m` selection: `-m reliability` (and run_suite's core part, `not ray`) sees the mark
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.reliability)
