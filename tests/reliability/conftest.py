@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ import pytest
 from _serving_fixtures import build_store
 
 HERE = Path(__file__).resolve().parent
-#: where bench/bench_reliability.py collects what the tests counted (one JSON object per line)
-COUNTS_ENV = "SCALEREC_RELIABILITY_COUNTS"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -23,14 +20,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.reliability)
-
-
-def record(**counts: int) -> None:
-    """Adds ``counts`` to the bench's tally (a no-op outside bench_reliability)."""
-    path = os.environ.get(COUNTS_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(counts) + "\n")
 
 
 @pytest.fixture(scope="session")

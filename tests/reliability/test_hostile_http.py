@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import record
+from _reliability import record
 from corpus_http import CASES, ITEM, Case
 
 
@@ -65,6 +65,8 @@ def test_hostile_request(hostile, case: Case) -> None:  # noqa: ANN001
     assert r.status_code < 500, r.text[:500]
     if case.expect == "ok":
         assert r.status_code < 300 or r.status_code == 404, r.text[:500]
+    elif case.expect == "any":
+        pass
     elif case.expect == "4xx":
         assert 400 <= r.status_code < 500, r.text[:500]
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import record
+from _reliability import record
 from corpus_import import FILES, BadFile, write
 
 

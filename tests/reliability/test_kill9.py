@@ -11,7 +11,7 @@ from collections import Counter
 import httpx
 
 from _server import Server
-from conftest import record
+from _reliability import record
 
 KILLS = 3
 BATCH = 50

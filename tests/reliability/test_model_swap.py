@@ -11,7 +11,7 @@ import httpx
 
 from _server import Server
 from _serving_fixtures import train_version
-from conftest import record
+from _reliability import record
 
 SWAPS = 4
 READERS = 2

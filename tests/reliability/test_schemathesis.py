@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from _server import free_port
-from conftest import record
+from _reliability import record
 
 #: examples per operation and phase; with the stateful phase ~1,500 requests (~20 s on one core)
 MAX_EXAMPLES = 40
