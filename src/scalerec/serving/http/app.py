@@ -139,7 +139,37 @@ def create_app(
     for module in (recommendations, events, users, items, models, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(LimitsAndMetrics, max_request_bytes=settings.serving.max_request_bytes)
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Any) -> None:
+    """The OpenAPI document states this server's configured limits (serving.max_n, max_batch_events,
+    the event types of [events.types]),
+    which the route declarations cannot know: a schema-valid request is then one the server accepts."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            max_n, max_batch = settings.serving.max_n, settings.serving.max_batch_events
+            for ops in (schema.get("paths") or {}).values():
+                for op in ops.values():
+                    for param in op.get("parameters", ()) if isinstance(op, dict) else ():
+                        if param.get("name") == "n" and param.get("in") == "query":
+                            param["schema"]["maximum"] = max_n
+            components = schema.get("components", {}).get("schemas", {})
+            if "SessionRequest" in components:
+                components["SessionRequest"]["properties"]["n"]["maximum"] = max_n
+            event_type = components.get("EventIn", {}).get("properties", {}).get("event_type")
+            if event_type is not None and not settings.events.allow_unknown_types:
+                event_type["enum"] = sorted(settings.events.types)
+            if "EventBatch" in components:
+                components["EventBatch"]["properties"]["events"]["maxItems"] = max_batch
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

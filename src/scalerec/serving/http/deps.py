@@ -7,6 +7,7 @@ pool, a hop that costs far more than their work.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Annotated, Any, Callable, Coroutine
 
@@ -22,7 +23,7 @@ from starlette.responses import Response
 from scalerec.data.ids import MAX_ID_LENGTH
 from scalerec.errors import ConfigError, UnsupportedMediaTypeError, ValidationError
 from scalerec.serving.auth import ROLE_LEVEL
-from scalerec.serving.http.schemas import id_value
+from scalerec.serving.http.schemas import ID_PATTERN, id_value
 from scalerec.serving.service import RecommendService
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (`scalerec keys create`)")
@@ -37,10 +38,13 @@ Service = Annotated[RecommendService, Depends(get_service)]
 
 
 def api_key(request: Request) -> str | None:
-    """The caller's key: ``X-API-Key``, else the credentials of ``Authorization: Bearer``."""
+    """The caller's key: ``X-API-Key``, else the credentials of ``Authorization: Bearer``.
+
+    A present ``X-API-Key`` is the key even when empty: an empty or wrong one beside a valid bearer
+    token is refused, never passed over for the other credential."""
     headers = request.headers
     key = headers.get("x-api-key")
-    if key:
+    if key is not None:
         return key
     scheme, _, credentials = (headers.get("authorization") or "").partition(" ")
     credentials = credentials.strip()
@@ -118,7 +122,8 @@ class HotRoute(APIRoute):
 
 
 #: The same policy for a path parameter of a plain route (hot routes call query.path_id).
-PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(id_value)]
+PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN}),
+                   AfterValidator(id_value)]
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -152,12 +157,42 @@ def _surrogate_at(value: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | N
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: NaN, Infinity (Python's json reads them; JSON has no such numbers) or an exponent of 3+ digits
+#: (1e400 reads as inf): a cheap scan before the strict parse.
+_NON_FINITE = re.compile(rb"NaN|Infinity|\d[eE][+]?\d{3}")
+
+
+class NonFiniteNumber(ValueError):
+    """A NaN, Infinity or out-of-range number met by the strict parse."""
+
+
+class MalformedJsonError(ValidationError):
+    """A body that is not strict JSON (answered as FastAPI's malformed JSON is: 400)."""
+
+    status = 400
+    type = "malformed_json"
+
+
+def _may_hold_non_finite(body: bytes) -> bool:
+    return _NON_FINITE.search(body) is not None
+
+
+def _no_constant(name: str) -> float:
+    raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise NonFiniteNumber(f"{text} is out of the range of a number")
+    return value
 
 
 class JsonBodyRoute(APIRoute):
     """A route whose JSON body is checked before FastAPI validates it.
 
-    A non-empty body not declared JSON (``Content-Type``) is refused with 415; a string with a lone
+    A non-empty body not declared JSON (``Content-Type``) is refused with 415; NaN, Infinity or a
+    number past a float's range (not JSON, or read as inf) with 400 malformed_json; a string with a lone
     surrogate (valid JSON, but no UTF-8 text: every store would fail on it) with 422 naming the
     field; a chunked body past ``serving.max_request_bytes`` is refused with 413 while it streams
     (LimitsAndMetrics). The body is parsed once: the parsed document is handed on to FastAPI.
@@ -178,9 +213,13 @@ class JsonBodyRoute(APIRoute):
                         f"{request.headers.get('content-type') or 'no Content-Type'!r}",
                         details={"content_type": request.headers.get("content-type")},
                     )
-                if _may_hold_surrogate(body):
+                if _may_hold_surrogate(body) or _may_hold_non_finite(body):
                     try:
-                        document = json.loads(body)
+                        document = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+                    except NonFiniteNumber as exc:
+                        raise MalformedJsonError(
+                            f"the request body is not valid JSON: {exc}; send finite numbers", details=None,
+                        ) from None
                     except (ValueError, RecursionError):
                         document = None  # not JSON: FastAPI answers it (400 malformed_json)
                     else:

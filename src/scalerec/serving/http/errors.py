@@ -28,8 +28,10 @@ _HTTP_TYPES = {
 }
 
 _RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"description": "the body is not valid JSON (or not UTF-8 text)"},
     401: {"description": "missing, invalid or revoked API key"},
     403: {"description": "the key's role is below the endpoint's"},
+    404: {"description": "no such user or item (or, for similar items, not in the serving model)"},
     413: {"description": "the body is over serving.max_request_bytes (also while a chunked body streams) or the batch is too large"},
     415: {"description": "the body is not JSON (Content-Type: application/json)"},
     422: {"description": "invalid parameters or body (an id breaking the id policy, a lone surrogate, a bad value)"},
@@ -40,7 +42,7 @@ _RESPONSES: dict[int, dict[str, Any]] = {
 }
 #: Statuses of every authenticated endpoint, and those of every endpoint with a JSON body.
 AUTH_ERRORS = (401, 403, 429)
-BODY_ERRORS = (413, 415, 422)
+BODY_ERRORS = (400, 413, 415, 422)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -118,6 +120,8 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+#: FastAPI's detail when the body cannot be decoded as JSON at all
+_UNPARSABLE = "There was an error parsing the body"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -144,6 +148,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 message = f"no such endpoint {request.method} {request.url.path}; see /docs for the API"
             details = None
             headers = getattr(exc, "headers", None)
+            if status == 400 and message == _UNPARSABLE:  # Starlette's words for a body that is no UTF-8 JSON
+                type_ = "malformed_json"
+                message = "the request body is not valid JSON (not UTF-8 text); send a JSON object"
             if status == 405:
                 allow = allowed_methods(request)
                 if allow:

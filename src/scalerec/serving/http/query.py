@@ -185,5 +185,8 @@ def openapi(params: tuple[Param, ...]) -> dict[str, Any]:
                 schema["minimum"] = p.minimum
             if p.maximum is not None:
                 schema["maximum"] = p.maximum
-        out.append({"name": p.name, "in": "query", "required": False, "description": p.description, "schema": schema})
+        param = {"name": p.name, "in": "query", "required": False, "description": p.description, "schema": schema}
+        if p.kind in ("int", "float", "bool"):
+            param["allowEmptyValue"] = True  # parse() reads `n=` as absent (a blank form field)
+        out.append(param)
     return {"parameters": out}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictStr, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from scalerec.data.ids import MAX_ID_LENGTH, id_problem
@@ -22,8 +22,16 @@ def id_value(value: str) -> str:
     return value
 
 
+#: The id policy as a JSON Schema pattern, for the docs only (id_value checks it, with its messages):
+#: no control character (C0, DEL, C1), no '/', no whitespace at either end.
+ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f/]([^\x00-\x1f\x7f-\x9f/]*[^\s\x00-\x1f\x7f-\x9f/])?$"
+_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
+
 #: A user/item/session id in a request body: the length in pydantic's core, then the policy.
-BodyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(id_value)]
+BodyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(id_value),
+                   WithJsonSchema(_ID_SCHEMA)]
+#: An ISO 8601 time in a body: parsed by the service (with its message), documented as date-time.
+IsoTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 class ErrorBody(BaseModel):
@@ -82,10 +90,16 @@ class SessionRequest(_In):
 
 
 class EventIn(_In):
+    # One of user_id / session_id names who acted (the service answers 422 otherwise).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["user_id"], "properties": {"user_id": _ID_SCHEMA}},
+        {"required": ["session_id"], "properties": {"session_id": _ID_SCHEMA}},
+    ]})
+
     user_id: BodyId | None = Field(None, description="null for an anonymous visitor (then session_id)")
     item_id: BodyId
-    event_type: str = Field(max_length=64, description="view, add_to_cart, purchase, rating, ... ([events.types])")
-    timestamp: StrictStr | EpochNumber | None = Field(
+    event_type: str = Field(min_length=1, max_length=64, description="view, add_to_cart, purchase, rating, ... ([events.types])")
+    timestamp: IsoTime | EpochNumber | None = Field(
         None, description="ISO 8601 or epoch seconds (milliseconds from 1e11); default now; at most "
                           "[data] max_clock_skew_seconds ahead of the server clock"
     )
@@ -96,7 +110,7 @@ class EventIn(_In):
 
 
 class EventBatch(_In):
-    events: list[EventIn] = Field(description="up to serving.max_batch_events (10,000) events")
+    events: list[EventIn] = Field(min_length=1, description="up to serving.max_batch_events (10,000) events")
 
 
 class EventsAccepted(BaseModel):
@@ -105,7 +119,7 @@ class EventsAccepted(BaseModel):
 
 class UserIn(_In):
     attributes: dict[str, Scalar | None] | None = None
-    created_at: str | None = None
+    created_at: IsoTime | None = None
 
 
 class ItemIn(_In):
@@ -115,15 +129,17 @@ class ItemIn(_In):
     price: float | None = Field(None, ge=0)
     available: bool = True
     attributes: dict[str, Scalar | None] | None = None
-    created_at: str | None = None
+    created_at: IsoTime | None = None
 
 
 class ItemPatch(_In):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
     title: str | None = None
     description: str | None = None
     categories: list[str] | None = None
     price: float | None = Field(None, ge=0)
-    available: bool | None = None
+    available: bool = Field(None, description="true or false (never null); left as it is when absent")  # type: ignore[assignment]
     attributes: dict[str, Scalar | None] | None = None
 
 

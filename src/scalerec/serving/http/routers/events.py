@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Union
 
 from fastapi import APIRouter, Body, Header
+from pydantic import Field
 from starlette.responses import Response
 
 from scalerec.serving.http.deps import JsonBodyRoute, Service, WriteRole, json_response
@@ -18,7 +19,7 @@ router = APIRouter(tags=["events"], dependencies=[WriteRole], route_class=JsonBo
 @router.post("/events", status_code=202, response_model=EventsAccepted)
 def post_events(
     service: Service,
-    body: Union[EventBatch, list[EventIn], EventIn] = Body(
+    body: Union[EventBatch, Annotated[list[EventIn], Field(min_length=1)], EventIn] = Body(
         description='one event, a JSON list of events, or {"events": [...]} (up to 10,000)'
     ),
     idempotency_key: Annotated[str | None, Header(

@@ -19,16 +19,16 @@ def put_item(service: Service, item_id: Id, body: ItemIn) -> Response:
     return json_response(service.put_item(item_id, body.model_dump(exclude_unset=True)))
 
 
-@router.get("/items/{item_id}", response_model=Entity)
+@router.get("/items/{item_id}", response_model=Entity, responses=error_responses(404))
 def get_item(service: Service, item_id: Id) -> Response:
     return json_response(service.get_item(item_id))
 
 
-@router.patch("/items/{item_id}", response_model=Entity, responses=error_responses(*BODY_ERRORS))
+@router.patch("/items/{item_id}", response_model=Entity, responses=error_responses(404, *BODY_ERRORS))
 def patch_item(service: Service, item_id: Id, body: ItemPatch) -> Response:
     return json_response(service.patch_item(item_id, body.model_dump(exclude_unset=True)))
 
 
-@router.delete("/items/{item_id}", response_model=Entity)
+@router.delete("/items/{item_id}", response_model=Entity, responses=error_responses(404))
 def delete_item(service: Service, item_id: Id) -> Response:
     return json_response(service.delete_item(item_id))

@@ -11,7 +11,8 @@ from scalerec.serving.filters import ItemFilter
 from scalerec.serving.http import query
 from scalerec.serving.http.deps import HotRoute, JsonBodyRoute, ReadRole, Service, json_response
 from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
-from scalerec.serving.http.schemas import RankRequest, RankResponse, RecommendationList, SessionRequest
+from scalerec.data.ids import MAX_ID_LENGTH
+from scalerec.serving.http.schemas import ID_PATTERN, RankRequest, RankResponse, RecommendationList, SessionRequest
 from scalerec.serving.service import RecommendService
 
 # The GET endpoints are `async def`: their work is a few hundred microseconds of numpy and one
@@ -19,7 +20,7 @@ from scalerec.serving.service import RecommendService
 router = APIRouter(tags=["recommendations"], dependencies=[ReadRole], route_class=JsonBodyRoute,
                    responses=error_responses(*AUTH_ERRORS, 422))
 
-Id = Annotated[str, Path(min_length=1, max_length=256)]
+Id = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN})]
 
 
 # The two hot GET endpoints are HotRoutes: documented from these signatures, served without
@@ -53,7 +54,7 @@ def add_hot_routes(app: FastAPI, prefix: str) -> None:
         app.router.add_api_route(prefix + path, endpoint, methods=["GET"], response_model=RecommendationList,
                                  openapi_extra=query.openapi(params), tags=["recommendations"],
                                  dependencies=[ReadRole], route_class_override=HotRoute,
-                                 responses=error_responses(*AUTH_ERRORS, 422))
+                                 responses=error_responses(*AUTH_ERRORS, 422, *((404,) if path.startswith("/items") else ())))
 
 
 async def popular(request: Request) -> Response:
@@ -84,10 +85,11 @@ def rank(service: Service, body: RankRequest) -> Response:
 
 @router.post("/sessions/recommendations", response_model=RecommendationList, responses=error_responses(*BODY_ERRORS))
 def session_recommendations(service: Service, body: SessionRequest) -> Response:
-    """Recommendations for an anonymous visitor from the items they touched."""
+    """Recommendations for an anonymous visitor from the items they touched (``event_types``: one per
+    item, or none (null or []) for all views)."""
     flt = ItemFilter.from_values(body.model_dump())
     ctx = {k: str(v) for k, v in (body.context or {}).items()}
     return json_response(service.recommend_session(
-        body.item_ids, body.n, flt, exclude_seen=body.exclude_seen, event_types=body.event_types, context=ctx
+        body.item_ids, body.n, flt, exclude_seen=body.exclude_seen, event_types=body.event_types or None, context=ctx
     ))
 

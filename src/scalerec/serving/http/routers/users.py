@@ -19,12 +19,12 @@ def put_user(service: Service, user_id: Id, body: UserIn) -> Response:
     return json_response(service.put_user(user_id, body.model_dump(exclude_unset=True)))
 
 
-@router.get("/users/{user_id}", response_model=Entity)
+@router.get("/users/{user_id}", response_model=Entity, responses=error_responses(404))
 def get_user(service: Service, user_id: Id) -> Response:
     return json_response(service.get_user(user_id))
 
 
-@router.delete("/users/{user_id}", response_model=Entity)
+@router.delete("/users/{user_id}", response_model=Entity, responses=error_responses(404))
 def delete_user(service: Service, user_id: Id) -> Response:
     """Remove the user's events (log and pending), catalogue row and personalisation."""
     return json_response(service.delete_user(user_id))
