@@ -96,8 +96,6 @@ def test_store_still_works_after_the_corpus(hostile) -> None:  # noqa: ANN001
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(strict=True, reason="needs ingest: 1e20/-1e12/year-9999 timestamps are stored (202) and stats then "
-                   "raises OverflowError: date value out of range")
 def test_quarantine_store_still_works_after_the_rows_that_wait_for_ingest(hostile) -> None:  # noqa: ANN001
     apps, _ = hostile
     _, service = apps["quarantine"]

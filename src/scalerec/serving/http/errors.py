@@ -34,6 +34,7 @@ _RESPONSES: dict[int, dict[str, Any]] = {
     404: {"description": "no such user or item (or, for similar items, not in the serving model)"},
     413: {"description": "the body is over serving.max_request_bytes (also while a chunked body streams) or the batch is too large"},
     415: {"description": "the body is not JSON (Content-Type: application/json)"},
+    409: {"description": "the Idempotency-Key was already used for a different body (a retry must repeat it exactly)"},
     422: {"description": "invalid parameters or body (an id breaking the id policy, a lone surrogate, a bad value)"},
     429: {
         "description": "too many failed authentications from this address",

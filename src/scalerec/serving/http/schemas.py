@@ -103,7 +103,11 @@ class EventIn(_In):
         None, description="ISO 8601 or epoch seconds (milliseconds from 1e11); default now; at most "
                           "[data] max_clock_skew_seconds ahead of the server clock"
     )
-    value: float | None = Field(None, allow_inf_nan=False, description="rating or quantity; default 1")
+    # values are stored as float32: the validator refuses what float32 cannot hold
+    value: float | None = Field(
+        None, allow_inf_nan=False, ge=-3.4028234663852886e38, le=3.4028234663852886e38,
+        description="rating or quantity; default 1",
+    )
     session_id: BodyId | None = None
     recommendation_id: str | None = Field(None, max_length=64)
     context: dict[str, Scalar] | None = None

@@ -13,7 +13,7 @@ from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_respons
 from scalerec.serving.http.schemas import EventBatch, EventIn, EventsAccepted
 
 router = APIRouter(tags=["events"], dependencies=[WriteRole], route_class=JsonBodyRoute,
-                   responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS))
+                   responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS, 409))
 
 
 @router.post("/events", status_code=202, response_model=EventsAccepted)
