@@ -814,7 +814,8 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
     """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
 
     Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
-    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error"}``.
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at"}``,
+    rounds as ``{"started", "round", "trials", "pruned", "failed", "best", "kept", "reason"}``.
     """
     import optuna
     from optuna.trial import TrialState
@@ -825,7 +826,10 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
         return []
     store = open_storage(storage_url(Path(data_dir)))
     out: list[dict[str, Any]] = []
-    for summary in optuna.study.get_all_study_summaries(store, include_best_trial=False):
+    summaries = optuna.study.get_all_study_summaries(store, include_best_trial=False)
+    schedules = {s.study_name.partition(STUDY_SEP)[2]: s.user_attrs.get("runs", [])
+                 for s in summaries if s.user_attrs.get("kind") == "schedule"}
+    for summary in summaries:
         if summary.user_attrs.get("kind") == "schedule":
             continue
         fam = summary.user_attrs.get("family") or summary.study_name.split(STUDY_SEP)[0]
@@ -862,6 +866,12 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                 "started": summary.datetime_start.isoformat() if summary.datetime_start else None,
                 "trials": trials,
                 "best": best,
+                # this family's part in each recorded search over the same data and config
+                "rounds": [
+                    {"started": run["started"], "round": r["round"], **r["families"][fam]}
+                    for run in schedules.get(summary.study_name.partition(STUDY_SEP)[2], [])
+                    for r in run["rounds"] if fam in r["families"]
+                ],
             }
         )
     return out
