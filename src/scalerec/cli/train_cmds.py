@@ -234,7 +234,8 @@ def tune_report(
             table.add_column(col, justify="right" if col in ("#", "value", "fit s") else "left")
         for t in shown:
             table.add_row(str(t["number"]), _fmt(t["value"]), _params(t["params"]), _fmt(t["fit_s"], 2),
-                          "default" if t["default"] else ("repeat (not refitted)" if t.get("duplicate") else ""))
+                          "default" if t["default"] else ("repeat (not refitted)" if t.get("duplicate") else
+                                                           (f"pruned at iteration {t['pruned_at']}" if t.get("pruned_at") else "")))
         failed = [t for t in trials if t["state"] == "fail" and t["error"]]
         if failed:
             table.caption = f"{len(failed)} failed; last: {failed[-1]['error']}"
@@ -251,6 +252,27 @@ def tune_report(
     for fam, (val, params, name) in sorted(best_per_family.items()):
         summary.add_row(fam, _fmt(val), _params(params), name)
     console.print(summary)
+    _print_rounds(settings.data.dir, family)
+
+
+def _print_rounds(data_dir: Any, family: Optional[str], last: int = 3) -> None:
+    """The successive-halving rounds of the latest searches: trials per family, pruned, who was dropped and why."""
+    from scalerec.training.tuning import load_schedules
+
+    for run in load_schedules(data_dir)[-last:]:
+        budget = ", ".join(f"{k} {v}" for k, v in run["budget"].items() if v is not None)
+        table = Table(title=f"search of {run['started']} ({budget}; seed {run['seed']})", title_justify="left")
+        for col in ("round", "family", "trials", "pruned", "failed", "best", "outcome"):
+            table.add_column(col, justify="right" if col in ("round", "trials", "pruned", "failed", "best") else "left",
+                             overflow="fold")
+        for rnd in run["rounds"]:
+            for fam, info in rnd["families"].items():
+                if family is not None and fam != family:
+                    continue
+                outcome = ("kept" + (f" ({info['reason']})" if info["reason"] else "")) if info["kept"] else info["reason"]
+                table.add_row(str(rnd["round"]), fam, str(info["trials"]), str(info["pruned"]), str(info["failed"]),
+                              _fmt(info["best"]), outcome)
+        console.print(table)
 
 
 # ---------------------------------------------------------------------------------- models

@@ -2,22 +2,77 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from scalerec.errors import ValidationError
 from scalerec.models.base import EmbeddingRecommender, Progress, Recommender, suggest_recency
+from scalerec.models.space import factor_choices, relative_range
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+
+    from scalerec.models.space import DataStats
 
 #: bytes per chunk when accumulating per-user Gram matrices (bounds fold-in memory)
 _FOLD_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-class ALS(EmbeddingRecommender):
+class IterativeFit:
+    """Fits that can be watched: ``fit_reporting`` hands the model, usable as fitted so far, to a
+    callback after iterations ``first_checkpoint``, twice that, ... (below ``iterations``).
+
+    Powers of two give the same steps to trials with different iteration counts (so a pruner
+    compares like with like) and few evaluations. The callback may raise to stop the fit.
+    """
+
+    #: first iteration after which ``fit_reporting`` reports; then every doubling
+    first_checkpoint: ClassVar[int] = 2
+    iterations: int
+    _report: Callable[[int], None] | None = None
+
+    def checkpoints(self) -> list[int]:
+        """Iterations after which ``fit_reporting`` calls its callback."""
+        out, step = [], int(self.first_checkpoint)
+        while step < int(self.iterations):
+            out.append(step)
+            step *= 2
+        return out
+
+    def fit_reporting(self, X: Any, report: Callable[[int], None], *, progress: Progress | None = None) -> Any:
+        """``fit(X)``, calling ``report(iteration)`` at each checkpoint with the state fitted so far."""
+        self._report = report
+        try:
+            return self.fit(X, progress=progress)  # type: ignore[attr-defined]
+        finally:
+            self._report = None
+
+    def _take(self, model: Any, X: sp.csr_matrix) -> None:
+        raise NotImplementedError
+
+    def _callback(self, model: Any, X: sp.csr_matrix, progress: Progress | None) -> Any:
+        """implicit's per-iteration callback: progress, and the checkpoints of ``fit_reporting``."""
+        report, total = self._report, int(self.iterations)
+        marks = set(self.checkpoints()) if report is not None else set()
+        if progress is None and not marks:
+            return None
+
+        def callback(iteration: int, *_: Any) -> None:
+            done = iteration + 1
+            if progress is not None:
+                progress(done, total)
+            if report is not None and done in marks:
+                self._take(model, X)
+                self.n_users_, self.n_items_ = int(X.shape[0]), int(X.shape[1])
+                report(done)
+
+        return callback
+
+
+class ALS(IterativeFit, EmbeddingRecommender):
     """Implicit-feedback alternating least squares (Hu, Koren, Volinsky 2008) via ``implicit``.
 
     Fitting runs ``implicit.cpu.als.AlternatingLeastSquares`` on the user x item matrix
@@ -56,11 +111,19 @@ class ALS(EmbeddingRecommender):
         self.recency_half_life_days = recency_half_life_days
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
         return {
-            "factors": trial.suggest_categorical("factors", [32, 64, 128, 256]),
-            "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
-            "alpha": trial.suggest_float("alpha", 0.5, 100.0, log=True),
+            "factors": trial.suggest_categorical("factors", factor_choices(stats, cls.param_default("factors"))),
+            # The data term of a user's normal equations grows with alpha x their history length,
+            # so λ scales with the mean history and alpha with 1 / the mean cell value.
+            "regularization": trial.suggest_float(
+                "regularization", *relative_range(max(1.0, stats.mean_items_per_user / 10) if stats else 1.0, 1e-3, 10.0),
+                log=True,
+            ),
+            "alpha": trial.suggest_float(
+                "alpha", *relative_range(1.0 / stats.mean_value if stats and stats.mean_value else 1.0, 0.5, 100.0),
+                log=True,
+            ),
             "iterations": trial.suggest_int("iterations", 5, 30),
             "recency_half_life_days": suggest_recency(trial),
         }
@@ -86,9 +149,13 @@ class ALS(EmbeddingRecommender):
                 num_threads=int(self.num_threads),
                 dtype=np.float32,
             )
-            model.fit(X, show_progress=False, callback=_callback(progress, int(self.iterations)))
+            model.fit(X, show_progress=False, callback=self._callback(model, X, progress))
+        self._take(model, X)
+
+    def _take(self, model: Any, X: sp.csr_matrix) -> None:
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self._gram_cache = None
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         Y = self.item_factors_
@@ -98,7 +165,7 @@ class ALS(EmbeddingRecommender):
         return solve_users(Y, gram, history, float(self.alpha))
 
 
-class BPR(EmbeddingRecommender):
+class BPR(IterativeFit, EmbeddingRecommender):
     """Bayesian personalised ranking (Rendle et al. 2009) via ``implicit``'s CPU SGD.
 
     ``implicit`` appends an item-bias column: item_factors_ is [n_items, f + 1] and every user
@@ -116,6 +183,7 @@ class BPR(EmbeddingRecommender):
     """
 
     family = "bpr"
+    first_checkpoint = 16
 
     def __init__(
         self,
@@ -137,9 +205,9 @@ class BPR(EmbeddingRecommender):
         self.recency_half_life_days = recency_half_life_days
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
         return {
-            "factors": trial.suggest_categorical("factors", [32, 64, 128, 256]),
+            "factors": trial.suggest_categorical("factors", factor_choices(stats, cls.param_default("factors"))),
             "learning_rate": trial.suggest_float("learning_rate", 1e-3, 0.1, log=True),
             "regularization": trial.suggest_float("regularization", 1e-4, 0.1, log=True),
             "iterations": trial.suggest_int("iterations", 20, 300, log=True),
@@ -167,12 +235,16 @@ class BPR(EmbeddingRecommender):
                 num_threads=int(self.num_threads),
                 dtype=np.float32,
             )
-            model.fit(X, show_progress=False, callback=_callback(progress, int(self.iterations)))
+            model.fit(X, show_progress=False, callback=self._callback(model, X, progress))
+        self._take(model, X)
+
+    def _take(self, model: Any, X: sp.csr_matrix) -> None:
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         active = np.diff(X.indptr) > 0
         personal = np.linalg.norm(self.user_factors_[active, :-1], axis=1)
         self.user_norm_ = float(np.median(personal)) if personal.size else 1.0
+        self._gram_cache = None
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         Y = self.item_factors_[:, :-1].astype(np.float64)
@@ -257,12 +329,6 @@ def _single_threaded_blas() -> Any:
 def _gram(Y: np.ndarray, regularization: float) -> np.ndarray:
     Y64 = Y.astype(np.float64)
     return Y64.T @ Y64 + float(regularization) * np.eye(Y.shape[1])
-
-
-def _callback(progress: Progress | None, total: int) -> Any:
-    if progress is None:
-        return None
-    return lambda iteration, *_: progress(iteration + 1, total)
 
 
 def _check_positive_int(model: Recommender, *names: str) -> None:

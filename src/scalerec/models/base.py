@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
     from scalerec.data.matrix import InteractionMatrix
+    from scalerec.models.space import DataStats
 
 #: ``progress(done, total)``: called by long fits after each unit of work (an ALS iteration, a
 #: block of items); units are model-specific, ``done == total`` at the end.
@@ -130,8 +131,18 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
 
     @classmethod
     @abstractmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
-        """Hyperparameters suggested by an Optuna trial, as ``__init__`` kwargs."""
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
+        """Hyperparameters suggested by an Optuna trial, as ``__init__`` kwargs.
+
+        ``stats`` describes the training matrix so ranges can scale with the data (None: fixed
+        ranges). The class defaults must stay expressible in the space (categorical choices
+        include them) so the search can try them first.
+        """
+
+    @classmethod
+    def param_default(cls, name: str) -> Any:
+        """The ``__init__`` default of hyperparameter ``name``."""
+        return inspect.signature(cls.__init__).parameters[name].default
 
     def matrix_overrides(self) -> dict[str, Any]:
         """``build_matrix`` keyword overrides this model needs (e.g. Trending's decay); default none.

@@ -11,9 +11,12 @@ from implicit.nearest_neighbours import bm25_weight
 
 from scalerec.errors import ValidationError
 from scalerec.models.base import Progress, Recommender, suggest_recency
+from scalerec.models.space import neighbour_range
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+
+    from scalerec.models.space import DataStats
 
 SIMILARITIES = ("cosine", "bm25")
 
@@ -57,10 +60,10 @@ class ItemKNN(Recommender):
         self.recency_half_life_days = recency_half_life_days
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
         params: dict[str, Any] = {
             "similarity": trial.suggest_categorical("similarity", list(SIMILARITIES)),
-            "neighbors": trial.suggest_int("neighbors", 10, 1000, log=True),
+            "neighbors": trial.suggest_int("neighbors", *neighbour_range(stats, 10, 1000), log=True),
         }
         if params["similarity"] == "bm25":
             params["bm25_k1"] = trial.suggest_float("bm25_k1", 0.5, 100.0, log=True)

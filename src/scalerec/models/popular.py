@@ -13,6 +13,8 @@ from scalerec.models.base import Progress, Recommender
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
+    from scalerec.models.space import DataStats
+
 
 class MostPopular(Recommender):
     """Recommends the items most users interacted with, the same list for everyone.
@@ -35,7 +37,7 @@ class MostPopular(Recommender):
         self.weighted = weighted
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
         return {"weighted": trial.suggest_categorical("weighted", [False, True])}
 
     def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
@@ -88,7 +90,7 @@ class Trending(MostPopular):
         return True
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
         return {"half_life_days": trial.suggest_float("half_life_days", 0.5, 60.0, log=True)}
 
     def _validate_params(self) -> None:

@@ -11,9 +11,12 @@ import scipy.sparse as sp
 from scalerec.errors import ValidationError
 from scalerec.models.base import Progress, Recommender, suggest_recency, top_k
 from scalerec.models.knn import ItemKNN
+from scalerec.models.space import neighbour_range
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+
+    from scalerec.models.space import DataStats
 
 
 class RP3beta(Recommender):
@@ -75,10 +78,10 @@ class RP3beta(Recommender):
         self.recency_half_life_days = recency_half_life_days
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> dict[str, Any]:
-        # Ranges of Dacrema et al.'s tuning (topK 5-1000, alpha and beta 0-2); fit clips k to the catalogue.
+    def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
+        # Ranges of Dacrema et al.'s tuning (alpha and beta 0-2); topK from 5 up to the catalogue.
         return {
-            "neighbors": trial.suggest_int("neighbors", 5, 1000, log=True),
+            "neighbors": trial.suggest_int("neighbors", *neighbour_range(stats, 5, 1000), log=True),
             "alpha": trial.suggest_float("alpha", 0.0, 2.0),
             "beta": trial.suggest_float("beta", 0.0, 2.0),
             "normalize": trial.suggest_categorical("normalize", [False, True]),

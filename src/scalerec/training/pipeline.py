@@ -23,12 +23,16 @@ import scipy.sparse as sp
 import scalerec
 from scalerec.data.snapshot import Snapshot, data_fingerprint, event_count, take_snapshot  # noqa: F401 - old import path
 from scalerec.errors import ConflictError, ScalerecError, ValidationError
-from scalerec.training.tuning import (
+from scalerec.training.tuning import (  # noqa: F401 - tune_family: old import path
+    SCHEDULE_PREFIX,
     FamilyResult,
     SearchEvent,
     SplitSpec,
+    data_stats,
+    get_split,
     parse_metric,
     prime_split,
+    search_families,
     storage_url,
     study_name,
     tune_family,
@@ -682,7 +686,7 @@ def _search(
     seed: int,
     progress: ProgressFn | None,
 ) -> list[FamilyResult]:
-    """Tune each family in turn; a minutes budget is shared out as the search goes."""
+    """Tune the families by successive halving (training.tuning.search_families) within the budget."""
     url = storage_url(Path(settings.data.dir))
     config = {
         "split": spec.name,
@@ -692,35 +696,27 @@ def _search(
         "matrix": settings.matrix.model_dump(mode="json"),
         "events": settings.events.model_dump(mode="json"),
     }
-    end = time.monotonic() + minutes * 60 if minutes is not None else None
-    out: list[FamilyResult] = []
-    for i, family in enumerate(families):
-        deadline = None
-        if end is not None:
-            # Each family gets an equal share of what is left, so time a fast family does not use
-            # goes to the next ones.
-            deadline = time.monotonic() + max(0.0, end - time.monotonic()) / (len(families) - i)
 
-        def on_event(ev: SearchEvent, family: str = family) -> None:
-            _emit(progress, "search", ev.done, ev.total, family, family=family, best=ev.best)
+    def on_event(ev: SearchEvent) -> None:
+        _emit(progress, "search", ev.done, ev.total, ev.family, family=ev.family, best=ev.best)
 
-        out.append(
-            tune_family(
-                family,
-                storage=url,
-                name=study_name(family, snapshot.fingerprint, config),
-                split_spec=spec,
-                executor=executor,
-                n_trials=trials,
-                deadline=deadline,
-                metric=metric,
-                on=on,
-                seed=seed,
-                fixed=fixed_params(family, settings),
-                progress=on_event,
-            )
-        )
-    return out
+    outcome = search_families(
+        families,
+        storage=url,
+        names={family: study_name(family, snapshot.fingerprint, config) for family in families},
+        schedule=study_name(SCHEDULE_PREFIX, snapshot.fingerprint, config),
+        split_spec=spec,
+        executor=executor,
+        n_trials=trials,
+        minutes=minutes,
+        metric=metric,
+        on=on,
+        seed=seed,
+        fixed={family: fixed_params(family, settings) for family in families},
+        stats=data_stats(get_split(spec), events=snapshot.events, settings=settings),
+        progress=on_event,
+    )
+    return outcome.families
 
 
 def _manifest(

@@ -1,4 +1,12 @@
-"""Hyperparameter search: one resumable Optuna study per model family in ``<data_dir>/tuning.db``."""
+"""Hyperparameter search: one resumable Optuna study per model family in ``<data_dir>/tuning.db``.
+
+The budget is shared across families by successive halving (:func:`search_families`): every
+family gets a few trials, the better half by validation score goes on with about twice as
+many, and so on. Search spaces see :class:`~scalerec.models.space.DataStats` of the training
+matrix. Iterative models (ALS, BPR) report the metric at doubling iteration checkpoints and are
+pruned in the worker by the median rule over the study's completed trials, shipped with the task
+(the trial object lives in the driver, and the worker may be another process or a Ray node).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import warnings
 from datetime import datetime
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from scalerec.execution import Executor
     from scalerec.evaluation.splits import Split
+    from scalerec.models.space import DataStats
 
 #: Optuna study names: ``<family>-<data fingerprint>-<search config hash>``
 STUDY_SEP = "-"
@@ -28,6 +37,10 @@ STUDY_SEP = "-"
 MAX_DUPLICATES_IN_A_ROW = 5
 #: Metrics recorded per trial (the primary one is always added).
 TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+#: Completed trials reporting a checkpoint before the median rule may prune at it (Optuna's MedianPruner default).
+PRUNE_STARTUP_TRIALS = 5
+#: Name prefix of the study that records the round schedule of each search (not a model family).
+SCHEDULE_PREFIX = "search"
 
 
 def storage_url(data_dir: Path) -> str:
@@ -122,6 +135,32 @@ def get_split(spec: SplitSpec) -> "Split":
 
 
 @dataclass(frozen=True)
+class PruneRule:
+    """Optuna's median rule, evaluated in the worker: stop a trial whose best intermediate value so
+    far is worse than the median of the study's completed trials at the same checkpoint.
+
+    ``medians`` holds only the checkpoints that at least PRUNE_STARTUP_TRIALS completed trials reported.
+    """
+
+    higher: bool
+    medians: dict[int, float] = field(default_factory=dict)
+
+    def prunes(self, step: int, history: dict[int, float]) -> bool:
+        ref = self.medians.get(step)
+        if ref is None or not history:
+            return False
+        values = [v for v in history.values() if math.isfinite(v)]
+        if not values:
+            return True
+        best = max(values) if self.higher else min(values)
+        return best < ref if self.higher else best > ref
+
+
+class TrialPruned(Exception):
+    """Raised inside a fit's checkpoint callback to stop a trial the prune rule rejects."""
+
+
+@dataclass(frozen=True)
 class TrialTask:
     """One configuration to fit and evaluate (picklable: sent to worker processes)."""
 
@@ -130,6 +169,7 @@ class TrialTask:
     split: SplitSpec
     metric: str
     on: str = "test"
+    prune: PruneRule | None = None
 
 
 @dataclass
@@ -139,6 +179,9 @@ class TrialResult:
     fit_s: float = 0.0
     eval_s: float = 0.0
     error: str | None = None
+    #: metric at each checkpoint iteration of an iterative fit
+    intermediate: dict[int, float] = field(default_factory=dict)
+    pruned: bool = False
 
 
 def fit_and_evaluate(
@@ -149,19 +192,32 @@ def fit_and_evaluate(
     *,
     on: str = "test",
     progress: Callable[[str, int, int], None] | None = None,
+    report: Callable[[int, float], None] | None = None,
 ) -> tuple[Any, TrialResult]:
     """Fit ``family(**params)`` on the split's training matrix and evaluate it; (model, result).
 
-    ``progress(stage, done, total)`` with stage "fit" or "evaluate". Raises what the model raises.
+    ``progress(stage, done, total)`` with stage "fit" or "evaluate". ``report(iteration, value)``
+    receives the metric at each checkpoint of an iterative fit (ALS, BPR; others never call it)
+    and may raise TrialPruned to stop it. Raises what the model raises.
     """
     from scalerec.evaluation.evaluate import evaluate
     from scalerec.models import make_model
+    from scalerec.models.als import IterativeFit
 
     name, k, _ = parse_metric(metric)
     model = make_model(family, **params)
     t0 = time.perf_counter()
     fit_cb = (lambda d, t: progress("fit", d, t)) if progress else None
-    model.fit(split.train_for(model), progress=fit_cb)
+    train = split.train_for(model)
+    if report is not None and isinstance(model, IterativeFit):
+
+        def checkpoint(iteration: int) -> None:
+            value = evaluate(model, split, k=(k,), metrics=(name,), on=on)[metric]
+            report(iteration, float(value))
+
+        model.fit_reporting(train, checkpoint, progress=fit_cb)
+    else:
+        model.fit(train, progress=fit_cb)
     fit_s = time.perf_counter() - t0
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
     eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
@@ -177,11 +233,22 @@ def run_trial(task: TrialTask) -> TrialResult:
     A configuration the model refuses (ModelCapacityError, a diverging fit, out of memory) is a
     failed trial, not a failed search.
     """
+    intermediate: dict[int, float] = {}
+
+    def report(step: int, value: float) -> None:
+        intermediate[step] = value
+        if task.prune is not None and task.prune.prunes(step, intermediate):
+            raise TrialPruned(step)
+
+    t0 = time.perf_counter()
     try:
         split = get_split(task.split)
-        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on)
+        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on, report=report)
+    except TrialPruned:
+        return TrialResult(value=None, fit_s=time.perf_counter() - t0, intermediate=intermediate, pruned=True)
     except Exception as exc:  # noqa: BLE001 - reported on the trial; all trials failing is reported per family
-        return TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
+        return TrialResult(value=None, error=f"{type(exc).__name__}: {exc}", intermediate=intermediate)
+    result.intermediate = intermediate
     if result.value is None or not math.isfinite(result.value):
         result.error = f"metric {task.metric} is {result.value}"
         result.value = None
@@ -207,6 +274,19 @@ class FamilyResult:
     wall_s: float = 0.0
     stopped: str = ""
     error: str | None = None
+    trials_pruned: int = 0
+    #: rounds of the family schedule this family took part in
+    rounds: int = 0
+    #: why successive halving stopped giving this family trials ("" while it stays in)
+    dropped: str = ""
+
+    def absorb(self, later: "FamilyResult") -> None:
+        """Fold the result of a later round into this one (counts add up; the rest is the latest)."""
+        for name in ("trials_new", "trials_failed", "trials_pruned", "wall_s"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        for name in ("study", "trials_total", "best_value", "best_params", "best_metrics", "default_value",
+                     "default_params", "default_metrics", "stopped", "error"):
+            setattr(self, name, getattr(later, name))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -239,7 +319,16 @@ def _default_params(klass: type) -> dict[str, Any]:
     }
 
 
-def _probe_defaults(klass: type) -> dict[str, Any] | None:
+def trial_params(klass: type, trial: "optuna.Trial", stats: "DataStats | None") -> dict[str, Any]:
+    """The model kwargs a trial suggests: the one place the per-trial parameters are built.
+
+    Used to launch trials, to fit the class defaults into the space and to replay a finished
+    trial's parameters, so anything added here applies to all three alike.
+    """
+    return dict(klass.search_space(trial, stats))
+
+
+def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, Any] | None:
     """The class defaults restricted to what its search space suggests, or None if they don't fit it."""
     import optuna
 
@@ -250,7 +339,7 @@ def _probe_defaults(klass: type) -> dict[str, Any] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            klass.search_space(trial)
+            trial_params(klass, trial, stats)
     except (ValueError, TypeError):
         return None
     return {k: v for k, v in trial.params.items()}
@@ -282,6 +371,9 @@ def tune_family(
     seed: int = 0,
     fixed: dict[str, Any] | None = None,
     progress: Callable[[SearchEvent], None] | None = None,
+    stats: "DataStats | None" = None,
+    startup_trials: int | None = None,
+    round_number: int | None = None,
 ) -> FamilyResult:
     """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
     trials or ``deadline`` (``time.monotonic()`` seconds) passes.
@@ -292,7 +384,10 @@ def tune_family(
     Trials left RUNNING by an interrupted run are marked failed and their configurations retried
     first. On Ctrl-C the running trials are marked interrupted (retried next time) and the
     KeyboardInterrupt propagates. ``fixed`` are keyword arguments given to every configuration
-    (e.g. EASE's ``max_items`` from the settings), not searched.
+    (e.g. EASE's ``max_items`` from the settings), not searched. ``stats`` scale the search space;
+    ``startup_trials`` is TPE's random start (default from ``n_trials``); ``round_number`` is
+    recorded on each trial (successive halving). Iterative fits report checkpoints; pruned
+    trials count against ``n_trials``.
     """
     import optuna
     from optuna.trial import TrialState
@@ -311,14 +406,14 @@ def tune_family(
     budget = n_trials if n_trials is not None else 10_000
     sampler = optuna.samplers.TPESampler(
         seed=seed + n_before,
-        n_startup_trials=max(3, min(10, budget // 3)),
+        n_startup_trials=startup_trials if startup_trials is not None else max(3, min(10, budget // 3)),
         constant_liar=jobs > 1,
     )
     study = optuna.create_study(
         study_name=name,
         storage=store,
         sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS),  # applied by PruneRule
         direction="maximize" if higher else "minimize",
         load_if_exists=True,
     )
@@ -326,7 +421,7 @@ def tune_family(
     if new_study:
         study.set_user_attr("family", family)
         study.set_user_attr("metric", metric)
-        defaults = _probe_defaults(klass)
+        defaults = _probe_defaults(klass, stats)
         if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"default": True})
         # Warm start: new data means a new study, but the last search's winner is a strong guess.
@@ -358,7 +453,15 @@ def tune_family(
         trial.set_user_attr("metrics", res.metrics)
         trial.set_user_attr("fit_s", round(res.fit_s, 4))
         trial.set_user_attr("eval_s", round(res.eval_s, 4))
-        if res.error is not None or res.value is None:
+        if round_number is not None:
+            trial.set_user_attr("round", round_number)
+        for step, value in sorted(res.intermediate.items()):
+            trial.report(value, step)
+        if res.pruned:
+            trial.set_user_attr("pruned_at", max(res.intermediate))
+            study.tell(trial, state=TrialState.PRUNED)
+            result.trials_pruned += 1
+        elif res.error is not None or res.value is None:
             trial.set_user_attr("error", res.error)
             study.tell(trial, state=TrialState.FAIL)
             result.trials_failed += 1
@@ -385,7 +488,7 @@ def tune_family(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
                     try:
-                        params = klass.search_space(trial)
+                        params = trial_params(klass, trial, stats)
                     except ValueError as exc:  # e.g. a warm-start value the space no longer allows
                         trial_err = TrialResult(value=None, error=f"search space: {exc}")
                         _record(trial, trial_err)  # counts against the budget: no endless loop
@@ -395,11 +498,11 @@ def tune_family(
                     # TPE re-proposed a configuration already evaluated: reuse its score, no refit.
                     duplicates += 1
                     trial.set_user_attr("duplicate", True)
-                    _record(trial, seen[key])
+                    _record(trial, replace(seen[key], intermediate={}))  # its checkpoints are already in the study
                     continue
                 duplicates = 0
                 launching = trial  # in-process executors run the trial inside submit()
-                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on)
+                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher))
                 running[executor.submit(run_trial, task)] = trial
                 launching = None
             if not running:
@@ -431,18 +534,227 @@ def tune_family(
     if complete:
         best = study.best_trial
         result.best_value = best.value
-        result.best_params = {**fixed_params, **_model_params(klass, best.params)}
+        result.best_params = {**fixed_params, **_model_params(klass, best.params, stats)}
         result.best_metrics = dict(best.user_attrs.get("metrics", {}))
         defaults = [t for t in complete if t.user_attrs.get("default")]
         if defaults:
             result.default_value = defaults[0].value
             result.default_metrics = dict(defaults[0].user_attrs.get("metrics", {}))
-            result.default_params = {**fixed_params, **_model_params(klass, defaults[0].params)}
+            result.default_params = {**fixed_params, **_model_params(klass, defaults[0].params, stats)}
     else:
         errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
         result.error = errors[-1] if errors else "no trial completed"
     result.wall_s = time.monotonic() - started
     return result
+
+
+# ---------------------------------------------------------------------------------- the family schedule
+@dataclass
+class SearchRound:
+    """One round of successive halving: per family the trials it got and whether it goes on.
+
+    ``families[name]`` = ``{"trials", "pruned", "failed", "best", "kept", "reason"}`` (``trials``:
+    finished in this round, pruned ones included; ``best``: its best score after the round).
+    """
+
+    number: int
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SearchOutcome:
+    """Every family's result (in the order given), the rounds that produced them, the data statistics."""
+
+    families: list[FamilyResult]
+    rounds: list[SearchRound]
+    stats: "DataStats | None" = None
+
+
+def halving_rounds(n_families: int) -> int:
+    """Rounds of successive halving for ``n_families``: halve until one is left (1 for a single family)."""
+    return 1 if n_families <= 1 else math.ceil(math.log2(n_families)) + 1
+
+
+def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "DataStats":
+    """DataStats of the split's training matrix; explicit when the events hold a type whose value is used (ratings)."""
+    from scalerec.models.space import DataStats
+
+    explicit = False
+    if events is not None and settings is not None and "event_type" in getattr(events, "columns", ()):
+        valued = {name for name, t in settings.events.types.items() if t.use_value}
+        explicit = bool(valued & set(events["event_type"].unique().to_list()))
+    return DataStats.from_matrix(split.train, explicit=explicit)
+
+
+def search_families(
+    families: list[str],
+    *,
+    storage: str,
+    names: dict[str, str],
+    schedule: str,
+    split_spec: SplitSpec,
+    executor: "Executor",
+    n_trials: int | None,
+    minutes: float | None,
+    metric: str,
+    on: str = "test",
+    seed: int = 0,
+    fixed: dict[str, dict[str, Any]] | None = None,
+    stats: "DataStats | None" = None,
+    progress: Callable[[SearchEvent], None] | None = None,
+) -> SearchOutcome:
+    """Tune ``families`` by successive halving within ``n_trials`` per family (as a total: n_trials x
+    families finished trials across their studies) and/or ``minutes``.
+
+    Each round splits what is left of the budget evenly over the rounds to come and the families
+    still in; after a round the better half (by best score so far; families without a completed
+    trial first out) goes on, so the survivors get about twice the trials each round. A family
+    whose space is exhausted stays in the ranking but gets no more trials. Deterministic for a
+    seed: the schedule depends only on the scores, and each round's TPE sampler is seeded from
+    ``seed`` and the trials already in the study. ``names[family]`` is its study; ``schedule``
+    the study that records the rounds for ``scalerec tune report``.
+    """
+    import optuna
+
+    from scalerec.models import MODELS
+
+    if not families:
+        return SearchOutcome([], [], stats)
+    for family in families:
+        if family not in MODELS:
+            raise ValidationError(f"unknown model family {family!r}; choose from {', '.join(sorted(MODELS))}")
+    _, _, higher = parse_metric(metric)
+    sign = 1.0 if higher else -1.0
+    store = open_storage(storage)
+    existing = set(optuna.study.get_all_study_names(store))
+    done = {f: _count_finished(store, names[f]) if names[f] in existing else 0 for f in families}
+    total = None if n_trials is None else n_trials * len(families) - sum(done.values())
+    startup = max(3, min(10, (n_trials if n_trials is not None else 10_000) // 3))
+    end = time.monotonic() + minutes * 60 if minutes is not None else None
+    n_rounds = halving_rounds(len(families))
+    results = {f: FamilyResult(family=f, study=names[f]) for f in families}
+    alive = list(families)
+    exhausted: set[str] = set()
+    rounds: list[SearchRound] = []
+    for r in range(n_rounds):
+        active = [f for f in alive if f not in exhausted]
+        if not active:
+            break
+        last = r == n_rounds - 1
+        shares = _round_shares(active, total, n_rounds - r, last)
+        rnd = SearchRound(number=r + 1)
+        round_end = None if end is None else time.monotonic() + max(0.0, end - time.monotonic()) / (n_rounds - r)
+        for i, family in enumerate(active):
+            deadline = None
+            if round_end is not None:
+                deadline = time.monotonic() + max(0.0, round_end - time.monotonic()) / (len(active) - i)
+            target = None if shares is None else done[family] + shares[family]
+            res = tune_family(
+                family,
+                storage=storage,
+                name=names[family],
+                split_spec=split_spec,
+                executor=executor,
+                n_trials=target,
+                deadline=deadline,
+                metric=metric,
+                on=on,
+                seed=seed,
+                fixed=(fixed or {}).get(family),
+                progress=progress,
+                stats=stats,
+                startup_trials=startup,
+                round_number=r + 1,
+            )
+            results[family].absorb(res)
+            results[family].rounds += 1
+            done[family] = res.trials_total
+            if total is not None:
+                total -= res.trials_new
+            if "exhausted" in res.stopped:
+                exhausted.add(family)
+            rnd.families[family] = {
+                "trials": res.trials_new, "pruned": res.trials_pruned, "failed": res.trials_failed,
+                "best": res.best_value, "kept": True, "reason": res.stopped,
+            }
+        if not last:
+            ranked = sorted(
+                (f for f in alive if results[f].best_value is not None),
+                key=lambda f: -sign * float(results[f].best_value),  # type: ignore[arg-type]
+            )  # stable: ties keep the order families were given in
+            keep = max(1, math.ceil(len(alive) / 2))
+            for place, family in enumerate(ranked, 1):
+                if place > keep:
+                    why = (f"dropped after round {r + 1}: {metric} {results[family].best_value:.4f} ranked "
+                           f"{place} of {len(alive)} (the best {keep} go on)")
+                    results[family].dropped = why
+            for family in alive:
+                if results[family].best_value is None:
+                    results[family].dropped = f"dropped after round {r + 1}: no trial completed ({results[family].error})"
+            for family, info in rnd.families.items():
+                if results[family].dropped:
+                    info["kept"], info["reason"] = False, results[family].dropped
+            alive = [f for f in ranked[:keep]]
+        rounds.append(rnd)
+    outcome = SearchOutcome([results[f] for f in families], rounds, stats)
+    _save_schedule(store, schedule, outcome, n_trials=n_trials, minutes=minutes, seed=seed)
+    return outcome
+
+
+def _round_shares(active: list[str], remaining: int | None, rounds_left: int, last: bool) -> dict[str, int] | None:
+    """New trials per family this round: an even part of what is left per round to come; the last
+    round gives out the rest (the remainder to the families listed first: the better ones)."""
+    if remaining is None:
+        return None
+    remaining = max(0, remaining)
+    if last:
+        base, extra = divmod(remaining, len(active))
+        return {f: base + (1 if i < extra else 0) for i, f in enumerate(active)}
+    each = remaining // (rounds_left * len(active))
+    each = max(each, 1 if remaining >= len(active) else 0)
+    return {f: each for f in active}
+
+
+def _count_finished(store: "optuna.storages.BaseStorage", name: str) -> int:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=store)
+    return sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
+
+
+def _save_schedule(
+    store: "optuna.storages.BaseStorage", name: str, outcome: SearchOutcome, *,
+    n_trials: int | None, minutes: float | None, seed: int,
+) -> None:
+    """Append this search's rounds to the schedule study ``name`` (user attributes only, no trials)."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=store, load_if_exists=True)
+    study.set_user_attr("kind", "schedule")
+    runs = list(study.user_attrs.get("runs", []))
+    runs.append({
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "budget": {"trials": n_trials, "minutes": minutes},
+        "seed": seed,
+        "stats": outcome.stats.to_dict() if outcome.stats is not None else None,
+        "rounds": [{"round": r.number, "families": r.families} for r in outcome.rounds],
+    })
+    study.set_user_attr("runs", runs)
+
+
+def load_schedules(data_dir: Path) -> list[dict[str, Any]]:
+    """The recorded searches of ``<data_dir>/tuning.db``: ``[{"schedule", "started", "budget", "seed", "rounds"}]``, oldest first."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not (Path(data_dir) / "tuning.db").is_file():
+        return []
+    store = open_storage(storage_url(Path(data_dir)))
+    out = []
+    for summary in optuna.study.get_all_study_summaries(store, include_best_trial=False):
+        if summary.user_attrs.get("kind") == "schedule":
+            out.extend({"schedule": summary.study_name, **run} for run in summary.user_attrs.get("runs", []))
+    return sorted(out, key=lambda run: run["started"])
 
 
 def _previous_best(store: "optuna.storages.BaseStorage", name: str) -> dict[str, Any] | None:
@@ -475,7 +787,7 @@ def _requeue(study: "optuna.Study", params: dict[str, Any], user_attrs: dict[str
     study.enqueue_trial(params, user_attrs=user_attrs)
 
 
-def _model_params(klass: type, trial_params: dict[str, Any]) -> dict[str, Any]:
+def _model_params(klass: type, params: dict[str, Any], stats: "DataStats | None" = None) -> dict[str, Any]:
     """The ``__init__`` kwargs of a trial: replay the search space on its fixed parameters.
 
     A search space may add constants or derived values beside the suggested ones, so the trial's
@@ -485,7 +797,22 @@ def _model_params(klass: type, trial_params: dict[str, Any]) -> dict[str, Any]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return dict(klass.search_space(optuna.trial.FixedTrial(dict(trial_params))))
+        return trial_params(klass, optuna.trial.FixedTrial(dict(params)), stats)
+
+
+def _prune_rule(study: "optuna.Study", higher: bool) -> PruneRule:
+    """The median of the completed trials' intermediate values at each checkpoint enough of them reported."""
+    import statistics
+
+    from optuna.trial import TrialState
+
+    by_step: dict[int, list[float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for step, value in t.intermediate_values.items():
+            if math.isfinite(value):
+                by_step.setdefault(int(step), []).append(float(value))
+    medians = {s: statistics.median(v) for s, v in by_step.items() if len(v) >= PRUNE_STARTUP_TRIALS}
+    return PruneRule(higher=higher, medians=medians)
 
 
 def _best_value(study: "optuna.Study") -> float | None:
@@ -499,7 +826,8 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
     """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
 
     Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
-    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error"}``.
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at"}``,
+    rounds as ``{"started", "round", "trials", "pruned", "failed", "best", "kept", "reason"}``.
     """
     import optuna
     from optuna.trial import TrialState
@@ -510,7 +838,12 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
         return []
     store = open_storage(storage_url(Path(data_dir)))
     out: list[dict[str, Any]] = []
-    for summary in optuna.study.get_all_study_summaries(store, include_best_trial=False):
+    summaries = optuna.study.get_all_study_summaries(store, include_best_trial=False)
+    schedules = {s.study_name.partition(STUDY_SEP)[2]: s.user_attrs.get("runs", [])
+                 for s in summaries if s.user_attrs.get("kind") == "schedule"}
+    for summary in summaries:
+        if summary.user_attrs.get("kind") == "schedule":
+            continue
         fam = summary.user_attrs.get("family") or summary.study_name.split(STUDY_SEP)[0]
         if family is not None and fam != family:
             continue
@@ -527,6 +860,8 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                     "default": bool(t.user_attrs.get("default")),
                     "duplicate": bool(t.user_attrs.get("duplicate")),
                     "error": t.user_attrs.get("error"),
+                    "round": t.user_attrs.get("round"),
+                    "pruned_at": t.user_attrs.get("pruned_at"),
                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 }
             )
@@ -543,6 +878,12 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                 "started": summary.datetime_start.isoformat() if summary.datetime_start else None,
                 "trials": trials,
                 "best": best,
+                # this family's part in each recorded search over the same data and config
+                "rounds": [
+                    {"started": run["started"], "round": r["round"], **r["families"][fam]}
+                    for run in schedules.get(summary.study_name.partition(STUDY_SEP)[2], [])
+                    for r in run["rounds"] if fam in r["families"]
+                ],
             }
         )
     return out

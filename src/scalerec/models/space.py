@@ -1,0 +1,101 @@
+"""What a search space knows about the data: :class:`DataStats`, computed once from the training matrix,
+and the helpers that turn it into ranges (factor counts, neighbour counts) shared by the families."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+#: factor counts the factor models choose from (bounded per data set by :func:`factor_choices`)
+FACTOR_CHOICES: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+#: share of the machine's memory one trial's factor arrays (and implicit's copies) may take
+_FACTOR_MEMORY_SHARE = 0.25
+#: bytes of a neighbour graph (float32 value + int32 index per kept entry) one trial may build
+_NEIGHBOUR_GRAPH_BYTES = 2 * 1024**3
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        return 8 * 1024**3
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """Shape and signal of a training matrix, for search spaces that scale with the data.
+
+    ``mean_value`` is the mean |cell| (the scale confidences multiply); ``gram_diag_mean`` is mean(diag(XᵀX)) (the average squared column norm: what EASE's λ competes
+    with); ``explicit`` says the cells are rating values rather than interaction counts;
+    ``memory_bytes`` is the machine's memory (bounds factor counts).
+    """
+
+    n_users: int
+    n_items: int
+    nnz: int
+    density: float
+    mean_items_per_user: float
+    mean_value: float
+    gram_diag_mean: float
+    explicit: bool = False
+    memory_bytes: int = 8 * 1024**3
+
+    @classmethod
+    def from_matrix(cls, X: Any, *, explicit: bool = False, memory_bytes: int | None = None) -> "DataStats":
+        """Statistics of a user x item matrix (an InteractionMatrix or a sparse matrix); one pass over its values."""
+        m = getattr(X, "matrix", X)
+        if not sp.issparse(m):
+            m = sp.csr_matrix(m)
+        n_users, n_items = (int(d) for d in m.shape)
+        nnz = int(m.nnz)
+        data = np.asarray(m.data, dtype=np.float64)
+        active = int(np.count_nonzero(np.diff(m.tocsr().indptr))) if nnz else 0
+        return cls(
+            n_users=n_users,
+            n_items=n_items,
+            nnz=nnz,
+            density=nnz / (n_users * n_items) if n_users and n_items else 0.0,
+            mean_items_per_user=nnz / active if active else 0.0,
+            mean_value=float(np.abs(data).mean()) if nnz else 0.0,
+            gram_diag_mean=float(data @ data) / n_items if n_items else 0.0,
+            explicit=bool(explicit),
+            memory_bytes=int(memory_bytes if memory_bytes is not None else _physical_memory()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def factor_choices(stats: DataStats | None, default: int) -> list[int]:
+    """Factor counts worth trying: at most half the catalogue and within the memory share; always ``default``.
+
+    Memory: user and item factors in float32, about four copies at once (implicit's solver, the
+    float64 Gram work and ours).
+    """
+    if stats is None:
+        return sorted({32, 64, 128, 256, default})
+    rows = max(1, stats.n_users + stats.n_items)
+    by_memory = stats.memory_bytes * _FACTOR_MEMORY_SHARE / (rows * 4 * 4)
+    by_items = max(FACTOR_CHOICES[0], stats.n_items // 2)
+    fit = [f for f in FACTOR_CHOICES if f <= by_items and f <= by_memory]
+    return sorted({*(fit or FACTOR_CHOICES[:1]), default})
+
+
+def neighbour_range(stats: DataStats | None, lo: int = 5, hi: int = 1000) -> tuple[int, int]:
+    """(low, high) neighbour counts: up to the catalogue size, within a neighbour-graph memory bound."""
+    if stats is None:
+        return lo, hi
+    by_memory = _NEIGHBOUR_GRAPH_BYTES // (8 * max(1, stats.n_items))
+    top = int(max(1, min(stats.n_items, by_memory)))
+    return min(lo, top), top
+
+
+def relative_range(scale: float, lo: float, hi: float) -> tuple[float, float]:
+    """``(lo * scale, hi * scale)`` for a log-uniform parameter defined relative to a data scale (> 0)."""
+    s = scale if scale > 0 and math.isfinite(scale) else 1.0
+    return lo * s, hi * s

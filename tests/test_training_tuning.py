@@ -1,0 +1,230 @@
+"""The search itself: data-scaled spaces, the defaults first, pruning of iterative fits (in-process and
+in worker processes), successive halving over families, determinism by seed, the rounds in the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import scipy.sparse as sp
+from optuna.trial import TrialState
+
+from scalerec.config import Settings
+from scalerec.data.snapshot import take_snapshot
+from scalerec.data.store import DataStore
+from scalerec.datasets.synth import generate_store
+from scalerec.execution import LocalExecutor
+from scalerec.models import MODELS
+from scalerec.models.space import DataStats, factor_choices
+from scalerec.training import TrainOptions, train
+from scalerec.training.pipeline import make_run_split
+from scalerec.training.tuning import (
+    PruneRule,
+    SplitSpec,
+    TrialTask,
+    _default_params,
+    data_stats,
+    halving_rounds,
+    load_report,
+    load_schedules,
+    prime_split,
+    run_trial,
+    search_families,
+    storage_url,
+    tune_family,
+)
+
+START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+METRIC = "ndcg@20"
+
+
+def _shop(path: Path, **settings: Any) -> tuple[Settings, DataStore]:
+    """A synthetic shop where personalisation pays: item-kNN clearly beats most-popular on it."""
+    s = Settings(data={"dir": path}, **settings)
+    store = DataStore.open(s)
+    generate_store(store, n_users=300, n_items=120, n_events=15000, seed=7, days=60, start=START)
+    return s, store
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, DataStore]:
+    return _shop(tmp_path_factory.mktemp("shop") / "data")
+
+
+@pytest.fixture(scope="module")
+def split_and_spec(shop):
+    settings, store = shop
+    snapshot = take_snapshot(store)
+    split, spec = make_run_split(snapshot, settings, TrainOptions())
+    prime_split(spec, split)
+    return split, spec, snapshot
+
+
+def _distributions(family: str, stats: DataStats | None) -> dict[str, Any]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    MODELS[family].search_space(trial, stats)
+    return dict(trial.distributions)
+
+
+def _stats(n_users: int, n_items: int, density: float) -> DataStats:
+    X = sp.random(n_users, n_items, density=density, format="csr", dtype=np.float32, random_state=0)
+    X.data[:] = 1.0
+    return DataStats.from_matrix(X, memory_bytes=24 * 1024**3)
+
+
+# ------------------------------------------------------------------------------------ spaces
+def test_search_spaces_scale_with_the_data() -> None:
+    small, large = _stats(200, 40, 0.1), _stats(20_000, 4000, 0.005)
+    assert small.n_items == 40 and large.mean_items_per_user == pytest.approx(20, rel=0.05)
+    assert large.gram_diag_mean == pytest.approx(large.nnz / large.n_items)
+    s, g = _distributions("ease", small)["l2"], _distributions("ease", large)["l2"]
+    # λ relative to mean(diag(XᵀX)): 1e-2..1e2 times it
+    assert (s.low, s.high) == pytest.approx((small.gram_diag_mean * 1e-2, small.gram_diag_mean * 1e2))
+    assert g.high / s.high == pytest.approx(large.gram_diag_mean / small.gram_diag_mean)
+    for family in ("itemknn", "rp3beta"):
+        assert _distributions(family, small)["neighbors"].high == 40  # up to the catalogue
+        assert _distributions(family, large)["neighbors"].high == 4000
+    als_small, als_large = _distributions("als", small), _distributions("als", large)
+    assert max(als_small["factors"].choices) == 64  # half of 40 items: only the default survives
+    assert 512 in als_large["factors"].choices
+    assert als_large["regularization"].high > als_small["regularization"].high  # longer histories
+    # without stats: the fixed ranges of before
+    assert _distributions("ease", None)["l2"].high == 1e4
+
+
+def test_factor_choices_respect_memory_and_keep_the_default() -> None:
+    tight = replace(_stats(20_000, 4000, 0.005), memory_bytes=200 * 1024**2)
+    assert max(factor_choices(tight, 64)) < 512 and 64 in factor_choices(tight, 64)
+    assert 100 in factor_choices(_stats(200, 40, 0.1), 100)
+
+
+@pytest.mark.parametrize("family", ["itemknn", "rp3beta", "ease", "als", "bpr", "trending"])
+def test_the_defaults_are_the_first_trial_even_outside_a_small_space(family, split_and_spec, tmp_path) -> None:
+    split, spec, _ = split_and_spec
+    stats = data_stats(split)
+    res = tune_family(family, storage=storage_url(tmp_path), name=f"{family}-x-y", split_spec=spec,
+                      executor=LocalExecutor(1), n_trials=2, deadline=None, metric=METRIC, stats=stats)
+    first = optuna.load_study(study_name=f"{family}-x-y", storage=storage_url(tmp_path)).trials[0]
+    assert first.user_attrs.get("default")
+    defaults = _default_params(MODELS[family])
+    assert {k: defaults[k] for k in first.params} == first.params  # e.g. 100 neighbours of 120 items
+    assert res.best_value >= res.default_value
+
+
+# ------------------------------------------------------------------------------------ pruning
+def test_prune_rule_is_the_median_rule() -> None:
+    rule = PruneRule(higher=True, medians={2: 0.3})
+    assert rule.prunes(2, {2: 0.1}) and not rule.prunes(2, {2: 0.4})
+    assert not rule.prunes(4, {4: 0.0})  # no median at that checkpoint yet
+    assert PruneRule(higher=False, medians={2: 0.3}).prunes(2, {2: 0.5})
+
+
+def test_a_bad_configuration_is_pruned_in_the_worker(split_and_spec) -> None:
+    _, spec, _ = split_and_spec
+    bad = {"regularization": 1e5, "iterations": 15}
+    res = run_trial(TrialTask("als", bad, spec, METRIC, "test", PruneRule(higher=True, medians={2: 0.3})))
+    assert res.pruned and res.value is None and list(res.intermediate) == [2] and res.error is None
+    good = run_trial(TrialTask("als", {"iterations": 15}, spec, METRIC, "test", PruneRule(higher=True, medians={2: 0.0})))
+    assert not good.pruned and list(good.intermediate) == [2, 4, 8] and good.intermediate[2] > 0.3 > res.intermediate[2]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_pruned_trial_is_recorded_and_counts_in_the_budget(jobs, split_and_spec, tmp_path) -> None:
+    split, spec, snapshot = split_and_spec
+    if jobs > 1:  # worker processes rebuild the split from a Parquet copy of the events
+        path = tmp_path / "events.parquet"
+        snapshot.events.write_parquet(path)
+        spec = replace(spec, events_path=str(path))
+        prime_split(spec, split)
+    url, name = storage_url(tmp_path), "als-prune-test"
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    for extra in range(6):  # good configurations (the same first 8 iterations) that report their checkpoints
+        study.enqueue_trial({"factors": 32, "regularization": 0.01, "alpha": 1.0, "iterations": 10 + extra,
+                             "recency_half_life_days": None})
+    study.enqueue_trial({"factors": 32, "regularization": 1e5, "alpha": 1.0, "iterations": 15,
+                         "recency_half_life_days": None})
+    with LocalExecutor(jobs) as ex:
+        res = tune_family("als", storage=url, name=name, split_spec=spec, executor=ex, n_trials=7,
+                          deadline=None, metric=METRIC, stats=data_stats(split))
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert [t.state for t in trials[:6]] == [TrialState.COMPLETE] * 6
+    assert all(set(t.intermediate_values) == {2, 4, 8} for t in trials[:6])
+    assert trials[6].state == TrialState.PRUNED and trials[6].params["regularization"] == 1e5
+    assert trials[6].user_attrs["pruned_at"] == 2
+    assert res.trials_pruned == 1 and res.trials_total == 7 and res.stopped == "trial budget reached"
+    (report,) = load_report(tmp_path)
+    assert report["trials"][6]["state"] == "pruned" and report["trials"][6]["pruned_at"] == 2
+
+
+# ------------------------------------------------------------------------------------ halving
+def test_halving_rounds() -> None:
+    assert [halving_rounds(n) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 3, 3, 4, 4, 4]
+
+
+def _search(settings: Settings, split_and_spec, families: list[str], trials: int, seed: int = 0):
+    split, spec, _ = split_and_spec
+    url = storage_url(Path(settings.data.dir))
+    return search_families(
+        families, storage=url, names={f: f"{f}-fp-conf" for f in families}, schedule="search-fp-conf",
+        split_spec=spec, executor=LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
+        seed=seed, stats=data_stats(split),
+    )
+
+
+def test_successive_halving_drops_the_worse_family_and_gives_the_winner_more(split_and_spec, tmp_path) -> None:
+    out = _search(Settings(data={"dir": tmp_path}), split_and_spec, ["popular", "itemknn"], trials=4)
+    popular, knn = out.families
+    assert popular.dropped.startswith("dropped after round 1") and "ranked 2 of 2" in popular.dropped
+    assert not knn.dropped and knn.best_value > popular.best_value
+    # 2 x 4 trials: 2 each in round 1 (defaults, then TPE), the other 4 to item-kNN in round 2
+    assert (popular.trials_total, knn.trials_total) == (2, 6)
+    assert [sorted(r.families) for r in out.rounds] == [["itemknn", "popular"], ["itemknn"]]
+    assert out.rounds[0].families["popular"]["kept"] is False
+    (run,) = load_schedules(tmp_path)
+    assert run["rounds"][1]["families"]["itemknn"]["trials"] == 4 and run["budget"]["trials"] == 4
+    by_family = {st["family"]: st for st in load_report(tmp_path)}
+    assert "search" not in by_family  # the schedule study is not a family
+    assert [r["round"] for r in by_family["itemknn"]["rounds"]] == [1, 2]
+    assert [t["round"] for t in by_family["itemknn"]["trials"]] == [1, 1, 2, 2, 2, 2]
+
+
+def test_the_search_is_deterministic_for_a_seed(split_and_spec, tmp_path) -> None:
+    families = ["itemknn", "ease", "als"]
+
+    def trials_of(root: Path, seed: int) -> list[Any]:
+        root.mkdir()
+        out = _search(Settings(data={"dir": root}), split_and_spec, families, trials=4, seed=seed)
+        report = load_report(root)
+        schedule = [(r.number, sorted((f, i["trials"], i["kept"]) for f, i in r.families.items())) for r in out.rounds]
+        return [schedule] + [(st["family"], [(t["state"], t["params"], t["value"]) for t in st["trials"]]) for st in report]
+
+    first = trials_of(tmp_path / "a", 11)
+    assert trials_of(tmp_path / "b", 11) == first
+    assert trials_of(tmp_path / "c", 12) != first  # the seed does steer the samplers
+
+
+def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from scalerec.cli import app
+
+    settings, store = _shop(tmp_path / "data")
+    r = train(settings, TrainOptions(models=["popular", "itemknn", "ease"], trials=3, promote=False), store=store)
+    store.close()
+    assert sum(f.trials_total for f in r.families) == 9
+    # three families: two go on after round 1, one after round 2
+    assert sorted(f.rounds for f in r.families) == [1, 2, 3] and r.best_family != "popular"
+    assert sum(1 for f in r.families if f.dropped) == 2
+    base = ["--data-dir", str(settings.data.dir), "tune", "report"]
+    out = CliRunner().invoke(app, base, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "search of" in out.output and "dropped after round 1" in out.output and "pruned" in out.output
+    studies = json.loads(CliRunner().invoke(app, [*base, "--json"]).output)
+    assert all(st["rounds"] for st in studies)
