@@ -103,8 +103,6 @@ def test_quarantine_store_still_works_after_the_rows_that_wait_for_ingest(hostil
     assert "1970" not in stats["first_event"] and stats["last_event"] < "2100"
 
 
-@pytest.mark.xfail(strict=True, reason="serving/entities.py patch_item hands the catalogue [(k, v)] pairs where "
-                   "it checks for a mapping: every PATCH with attributes is 422 (schemathesis.toml exempts it)")
 def test_patch_item_attributes(hostile) -> None:  # noqa: ANN001
     apps, keys = hostile
     client, _ = apps["clean"]

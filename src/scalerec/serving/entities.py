@@ -155,7 +155,8 @@ class Entities:
         if self.store.catalog.get_item(item_id) is None:
             raise UnknownItemError(f"no item {item_id!r} in the catalogue", details={"item_id": item_id})
         if "attributes" in fields:
-            fields = {**fields, "attributes": coerce.flat_map_entries(fields["attributes"], "attributes", missing="")}
+            entries = coerce.flat_map_entries(fields["attributes"], "attributes", missing="")
+            fields = {**fields, "attributes": None if entries is None else dict(entries)}  # the catalogue takes a mapping
         self.store.catalog.patch_item(item_id, **fields)
         self._changed()
         return self.get_item(item_id)
