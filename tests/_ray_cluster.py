@@ -39,8 +39,10 @@ def ray_cluster() -> Any:
         cluster.add_node(**NODE_ARGS)
         cluster.wait_for_nodes()
         # Task functions defined in test modules are pickled by reference: workers import them
-        # from the tests directory.
-        path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p)
+        # from the tests directory and its folders (the tree mirrors the package).
+        here = Path(__file__).parent
+        folders = [here, *sorted(p for p in here.rglob("*") if p.is_dir() and not p.name.startswith(("_", ".")))]
+        path = os.pathsep.join(p for p in (*map(str, folders), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
             address=cluster.address,
             _node_ip_address=LOOPBACK,
