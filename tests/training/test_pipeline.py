@@ -34,7 +34,10 @@ START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 def tiny_store(path: Path, *, n_events: int = 6000, days: int = 60, start: datetime = START, seed: int = 7,
                settings: dict[str, Any] | None = None) -> tuple[Settings, DataStore]:
     """A small synthetic shop (150 users, 60 items) in ``path``; shared with test_cli_train."""
-    s = Settings(data={"dir": path}, **(settings or {}))
+    settings = dict(settings or {})
+    # its test part holds fewer users than the default [training] min_gate_users of 100
+    settings["training"] = {"min_gate_users": 20, **settings.get("training", {})}
+    s = Settings(data={"dir": path}, **settings)
     store = DataStore.open(s)
     generate_store(store, n_users=150, n_items=60, n_events=n_events, seed=seed, days=days, start=start)
     return s, store

@@ -197,6 +197,22 @@ def train_cmd(
         )
     else:
         _summary(result)
+    _exit_if_refused(result)
+
+
+#: `scalerec train`'s exit status when the gate refused to decide (typed errors exit 2)
+REFUSED_EXIT_CODE = 3
+
+
+def _exit_if_refused(result: "TrainResult") -> None:
+    """A gate that refused to decide fails the command (production kept); --force had promoted."""
+    p = result.promotion
+    if p.get("refused") and not p.get("forced") and not p.get("reason", "").startswith("not promoted (--no-promote)"):
+        from scalerec.cli._app import err_console
+
+        err_console.print(f"error: the promotion gate {p.get('reason')}; pass --force to promote anyway",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=REFUSED_EXIT_CODE)
 
 
 # ---------------------------------------------------------------------------------- tune report

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import scalerec
 from scalerec.data.snapshot import Snapshot, data_fingerprint, event_count, take_snapshot  # noqa: F401 - old import path
 from scalerec.errors import ConflictError, ScalerecError, ValidationError
+from scalerec.training.gate import gate_decision, gate_options  # noqa: F401 - gate_decision: old import path
 from scalerec.training.tuning import (  # noqa: F401 - tune_family: old import path
     SCHEDULE_PREFIX,
     FamilyResult,
@@ -259,52 +260,6 @@ class _VocabAdapter:
         return self.recommend_history(self.history[users], n, exclude=exclude)
 
 
-def gate_decision(
-    candidate_score: float,
-    production_score: float | None,
-    *,
-    tolerance: float,
-    higher_is_better: bool = True,
-    force: bool = False,
-    production_version: str | None = None,
-    method: str | None = None,
-    note: str | None = None,
-) -> dict[str, Any]:
-    """The promotion decision: pass when the candidate is not worse than production by more than
-    ``tolerance`` (relative), e.g. 0.02 = at most 2% below. No production (or an unusable one)
-    passes. ``force`` promotes whatever the outcome and is recorded.
-    """
-    if production_score is None:
-        passed = True
-        reason = note or "no production model to compare with"
-    else:
-        if higher_is_better:
-            threshold = production_score * (1.0 - tolerance) if production_score >= 0 else production_score * (1 + tolerance)
-            passed = candidate_score >= threshold
-        else:
-            threshold = production_score * (1.0 + tolerance)
-            passed = candidate_score <= threshold
-        cmp = "within" if passed else "worse than"
-        reason = (
-            f"candidate {candidate_score:.4f} vs production {production_score:.4f}: {cmp} the tolerance "
-            f"of {tolerance:.1%}"
-        )
-    promoted = passed or force
-    if force and not passed:
-        reason = f"forced: {reason}"
-    return {
-        "promoted": bool(promoted),
-        "gate_passed": bool(passed),
-        "forced": bool(force),
-        "reason": reason,
-        "candidate_score": float(candidate_score),
-        "production_score": None if production_score is None else float(production_score),
-        "production_version": production_version,
-        "tolerance": float(tolerance),
-        "method": method,
-    }
-
-
 @dataclass
 class Scores:
     """A model's figures on one split part: means, and per-user values of the ranking metrics
@@ -355,6 +310,7 @@ def compare_on_test(
     production_version: str | None = None,
     method: str | None = None,
     note: str | None = None,
+    gate_opts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The promotion gate on the test part: the one place candidate and production are compared.
 
@@ -367,6 +323,9 @@ def compare_on_test(
         candidate.value(metric), None if production is None else production.value(metric),
         tolerance=tolerance, higher_is_better=higher_is_better, force=force,
         production_version=production_version, method=method, note=note,
+        candidate_values=candidate.per_user.get(metric),
+        production_values=None if production is None else production.per_user.get(metric),
+        metric=metric, **(gate_opts or {}),
     )
     decision["on"] = "test"
     decision["n_users"] = int(len(candidate.users))
@@ -605,6 +564,7 @@ def train(
             production_version=prod_version,
             method=method,
             note=note,
+            gate_opts=gate_options(settings),
         )
         if test_scores.value(metric) == 0.0:
             warnings.append(f"the chosen model scored {metric} 0 on the test part ({len(split.test_users)} users)")
