@@ -25,6 +25,13 @@ from test_pipeline import tiny_store
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def _small_gate_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the tiny stores here hold fewer test users than the default gate bar (100): the gate's refusal
+    # is tested in tests/training/test_gate.py, these tests are about the protocol
+    monkeypatch.setenv("SCALEREC_TRAINING__MIN_GATE_USERS", "20")
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory) -> pl.DataFrame:
     """The events of a small synthetic shop (150 users, 60 items, 60 days), activity spread evenly."""
