@@ -414,50 +414,51 @@ def test_users_import(store, tmp_path):
     assert store.catalog.get_user("u1")["attributes"] == {"city": "Porto"}
 
 
-# -- Online Retail preset on a small file (the real file is imported in test_cli_import.py) ----------
+# -- Online Retail preset on a small made-up file in its layout (the real file is read from ../shared in
+#    tests/cli/test_io_cmds.py; no row of it is copied here) ---------------------------------------
 
 RETAIL = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
-536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom
-536365,71053,WHITE METAL LANTERN,6,2010-12-01 08:26:00,3.39,17850.0,United Kingdom
-C536379,85123A,WHITE HANGING HEART,-2,2010-12-01 09:41:00,2.95,17850.0,United Kingdom
-536414,22139,,56,2010-12-01 11:52:00,0,,United Kingdom
-536544,85123A,WHITE HANGING HEART T-LIGHT,1,2010-12-01 14:32:00,2.95,,France
-536545,22139,RETROSPOT TEA SET,-5,2010-12-02 09:00:00,0,,United Kingdom
-536546,85123A,WHITE HANGING HEART,3,2010-12-03 10:00:00,2.75,12583,France
+900001,SKU01A,BLUE CERAMIC MUG,6,2010-12-01 08:26:00,2.55,40001.0,United Kingdom
+900001,SKU02,RED TIN BOX,6,2010-12-01 08:26:00,3.39,40001.0,United Kingdom
+C900002,SKU01A,BLUE CERAMIC MUG,-2,2010-12-01 09:41:00,2.95,40001.0,United Kingdom
+900003,SKU03,,56,2010-12-01 11:52:00,0,,United Kingdom
+900004,SKU01A,BLUE CERAMIC MUG SMALL,1,2010-12-01 14:32:00,2.95,,France
+900005,SKU03,GREEN TEA POT,-5,2010-12-02 09:00:00,0,,United Kingdom
+900006,SKU01A,BLUE CERAMIC MUG,3,2010-12-03 10:00:00,2.75,40002,France
 """
 
 
 def test_online_retail_events(store, tmp_path):
     report = import_file(store, "events", write(tmp_path / "retail.csv", RETAIL), preset="online-retail")
     assert (report.rows_read, report.imported, report.rejected) == (7, 6, 0)
-    assert report.filtered == {online_retail._RETAIL_ADJUSTMENT: 1}  # 536545: negative quantity, not a "C" invoice
+    assert report.filtered == {online_retail._RETAIL_ADJUSTMENT: 1}  # 900005: negative quantity, not a "C" invoice
     rows = store.log.read().to_pylist()
     by_invoice = {(r["context"] and dict(r["context"])["invoice"], r["item_id"]): r for r in rows}
-    ret = by_invoice[("C536379", "85123A")]
-    assert (ret["event_type"], ret["value"], ret["user_id"]) == ("return", 2.0, "17850")
-    anon = by_invoice[("536414", "22139")]
-    assert anon["user_id"] is None and anon["session_id"] == "536414" and anon["value"] == 56.0
-    first = by_invoice[("536365", "85123A")]
+    ret = by_invoice[("C900002", "SKU01A")]
+    assert (ret["event_type"], ret["value"], ret["user_id"]) == ("return", 2.0, "40001")
+    anon = by_invoice[("900003", "SKU03")]
+    assert anon["user_id"] is None and anon["session_id"] == "900003" and anon["value"] == 56.0
+    first = by_invoice[("900001", "SKU01A")]
     assert first["event_type"] == "purchase" and first["timestamp"] == dt.datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
-    assert dict(first["context"]) == {"country": "United Kingdom", "invoice": "536365"}
-    assert sorted(r["user_id"] or "-" for r in rows) == ["-", "-", "12583", "17850", "17850", "17850"]
+    assert dict(first["context"]) == {"country": "United Kingdom", "invoice": "900001"}
+    assert sorted(r["user_id"] or "-" for r in rows) == ["-", "-", "40001", "40001", "40001", "40002"]
 
 
 def test_online_retail_items_and_users(store, tmp_path):
     f = write(tmp_path / "retail.csv", RETAIL)
     assert import_file(store, "items", f, preset="online-retail").imported == 3
-    heart = store.catalog.get_item("85123A")
-    # Descriptions: 3x "WHITE HANGING HEART", 1x "... T-LIGHT". Sales (the "C" return does not count):
+    heart = store.catalog.get_item("SKU01A")
+    # Descriptions: 3x "BLUE CERAMIC MUG", 1x "... T-LIGHT". Sales (the "C" return does not count):
     # UK at 2.55, France at 2.95 and 2.75 -> lower median 2.75, mostly sold to France.
-    assert heart["title"] == "WHITE HANGING HEART" and heart["price"] == 2.75
+    assert heart["title"] == "BLUE CERAMIC MUG" and heart["price"] == 2.75
     assert heart["attributes"] == {"country": "France"} and heart["available"] is True
     assert heart["created_at"] == dt.datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
-    tea = store.catalog.get_item("22139")
-    assert tea["title"] == "RETROSPOT TEA SET" and tea["price"] is None  # only zero prices
+    tea = store.catalog.get_item("SKU03")
+    assert tea["title"] == "GREEN TEA POT" and tea["price"] is None  # only zero prices
     report = import_file(store, "users", f, preset="online-retail")
     assert report.imported == 2 and report.filtered == {"no CustomerID (anonymous purchase)": 3}
-    assert store.catalog.get_user("17850")["attributes"] == {"country": "United Kingdom"}
-    assert store.catalog.get_user("12583")["attributes"] == {"country": "France"}
+    assert store.catalog.get_user("40001")["attributes"] == {"country": "United Kingdom"}
+    assert store.catalog.get_user("40002")["attributes"] == {"country": "France"}
 
 
 def test_online_retail_preset_needs_its_columns(store, tmp_path):
