@@ -213,11 +213,9 @@ def evaluate(
     share of the catalogue recommended to anyone, ``popularity_bias@k`` the mean popularity
     percentile of recommended items (0..1).
     """
-    ks = _check_ks(k, split.train.n_items)
-    names = check_metrics(metrics)
-    if block_users < 1:
-        raise ValidationError(f"block_users must be >= 1; got {block_users}")
-    return _evaluate(model, split, ks, names, on, block_users, progress).metrics
+    return evaluate_per_user(
+        model, split, k=k, metrics=metrics, on=on, block_users=block_users, progress=progress, catalogue_detail=False
+    ).metrics
 
 
 def evaluate_per_user(
@@ -229,13 +227,15 @@ def evaluate_per_user(
     on: str = "test",
     block_users: int = 2048,
     progress: Progress | None = None,
+    catalogue_detail: bool = True,
 ) -> Evaluation:
-    """:func:`evaluate` in one pass that also keeps the per-user values (for intervals, paired tests)."""
+    """:func:`evaluate` in one pass that also keeps the per-user values (for intervals, paired tests);
+    ``catalogue_detail`` also keeps what the catalogue metrics' intervals are resampled from."""
     ks = _check_ks(k, split.train.n_items)
     names = check_metrics(metrics)
     if block_users < 1:
         raise ValidationError(f"block_users must be >= 1; got {block_users}")
-    return _evaluate(model, split, ks, names, on, block_users, progress, catalogue_detail=True)
+    return _evaluate(model, split, ks, names, on, block_users, progress, catalogue_detail=catalogue_detail)
 
 
 @dataclass

@@ -280,7 +280,8 @@ def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", pr
 
     name, k, _ = parse_metric(metric)
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
-    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress)
+    # the gate pairs per-user ranking metrics: the catalogue metrics' resampling detail is not needed
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress, catalogue_detail=False)
     means, per_user = ev.metrics, ev.per_user
     return Scores(means, per_user, np.asarray(split.relevant(on)[1]))
 
