@@ -109,7 +109,7 @@ def _summary(result: "TrainResult") -> None:
 @app.command("train", cls=RegistryHelpCommand)
 def train_cmd(
     ctx: typer.Context,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per model family (default: setting training.trials)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trial budget: N x the number of families in all, shared by successive halving (better families get more; default: setting training.trials)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget of the whole search, in minutes."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Trials run in parallel."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default: setting models.enabled)."),
