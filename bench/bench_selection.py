@@ -33,7 +33,7 @@ from rich.table import Table
 from _common import append_result
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the front-loaded shop is the tests' own construction
+sys.path.insert(0, str(ROOT / "tests" / "evaluation"))  # the front-loaded shop is the tests' own construction
 
 from scalerec.config import Settings  # noqa: E402
 from scalerec.data.store import DataStore  # noqa: E402

@@ -4,6 +4,7 @@ in worker processes), successive halving over families, determinism by seed, the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,14 +172,35 @@ def test_halving_rounds() -> None:
     assert [halving_rounds(n) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 3, 3, 4, 4, 4]
 
 
-def _search(settings: Settings, split_and_spec, families: list[str], trials: int, seed: int = 0):
+def _search(settings: Settings, split_and_spec, families: list[str], trials: int, seed: int = 0, **kw: Any):
     split, spec, _ = split_and_spec
     url = storage_url(Path(settings.data.dir))
     return search_families(
         families, storage=url, names={f: f"{f}-fp-conf" for f in families}, schedule="search-fp-conf",
         split_spec=spec, executor=LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
-        seed=seed, stats=data_stats(split),
+        seed=seed, stats=kw.pop("stats", data_stats(split)), **kw,
     )
+
+
+def test_trials_carry_seeded_bootstrap_intervals(split_and_spec, tmp_path) -> None:
+    split = split_and_spec[0]
+
+    def intervals(root: Path, seed: int) -> list[dict[str, Any]]:
+        root.mkdir()
+        out = _search(Settings(data={"dir": root}), split_and_spec, ["itemknn"], trials=2,
+                      uncertainty={"confidence": 0.9, "n_boot": 300, "seed": seed})
+        (study,) = load_report(root)
+        assert out.families[0].best_intervals == study["best"]["intervals"]
+        return [t["intervals"] for t in study["trials"]]
+
+    first = intervals(tmp_path / "a", 3)
+    for trial in first:
+        iv = trial[METRIC]
+        assert iv["low"] <= iv["mean"] <= iv["high"] and iv["low"] < iv["high"]
+        assert iv["n_users"] == len(split.relevant("test")[1])  # the validation part's users
+        assert set(trial) >= {"recall@20", "precision@20", "ndcg@20"} and "coverage@20" not in trial
+    assert intervals(tmp_path / "b", 3) == first  # seeded: the same intervals again
+    assert intervals(tmp_path / "c", 4) != first
 
 
 def test_successive_halving_drops_the_worse_family_and_gives_the_winner_more(split_and_spec, tmp_path) -> None:
@@ -231,3 +253,13 @@ def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:
     assert "search of" in out.output and "dropped after round 1" in out.output and "pruned" in out.output
     studies = json.loads(CliRunner().invoke(app, [*base, "--json"]).output)
     assert all(st["rounds"] for st in studies)
+    # intervals (the [evaluation] defaults: 95%, seeded) on every completed trial, the test score and the manifest
+    done = [t for st in studies for t in st["trials"] if t["state"] == "complete"]
+    assert done and all(t["intervals"][METRIC]["low"] <= t["value"] <= t["intervals"][METRIC]["high"] for t in done)
+    assert re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", out.output)  # value [low, high] in the table
+    test_iv, val_iv = r.intervals["test"][METRIC], r.intervals["validation"][METRIC]
+    assert test_iv["low"] <= r.metrics[METRIC] <= test_iv["high"] and test_iv["mean"] == pytest.approx(r.metrics[METRIC])
+    assert val_iv["mean"] == pytest.approx(r.validation_metrics[METRIC]) and r.intervals["confidence"] == 0.95
+    manifest = r.version.manifest()
+    assert manifest["intervals"]["test"][METRIC] == pytest.approx(test_iv)
+    assert manifest["intervals"]["validation"][METRIC] == pytest.approx(val_iv)

@@ -113,6 +113,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: its score on the validation part, where the search chose it
     validation_metrics: dict[str, float] = field(default_factory=dict)
+    #: {"test" | "validation": {"ndcg@20": {"mean", "low", "high", "n_users"}}}: seeded bootstrap
+    #: intervals of the ranking metrics, plus "confidence", "bootstrap_samples", "seed" (empty: none)
+    intervals: dict[str, Any] = field(default_factory=dict)
     #: what was held out and why (ProtocolRecord.to_dict())
     protocol: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -284,6 +287,21 @@ def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", pr
     ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress, catalogue_detail=False)
     means, per_user = ev.metrics, ev.per_user
     return Scores(means, per_user, np.asarray(split.relevant(on)[1]))
+
+
+def uncertainty_options(settings: "Settings") -> dict[str, Any] | None:
+    """``{"confidence", "n_boot", "seed"}`` of the trials' and the test score's intervals ([evaluation]); None when switched off."""
+    ev = settings.evaluation
+    return None if ev.bootstrap_samples <= 0 else {"confidence": ev.confidence, "n_boot": ev.bootstrap_samples, "seed": ev.seed}
+
+
+def score_intervals(scores: Scores, uncertainty: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Seeded bootstrap intervals of the per-user metrics of ``scores`` (empty when switched off or no users)."""
+    from scalerec.evaluation.stats import bootstrap_intervals
+
+    if uncertainty is None or not len(scores.users):
+        return {}
+    return {k: iv.to_dict() for k, iv in bootstrap_intervals(scores.per_user, **uncertainty).items()}
 
 
 def fit_and_score(
@@ -506,6 +524,7 @@ def train(
             families_out = _search(
                 families, settings, snapshot, spec, executor, trials, minutes, metric, "test", options.seed, progress
             )
+            uncertainty = uncertainty_options(settings)
             timings["search_s"] = sum(f.wall_s for f in families_out)
 
             ok = [f for f in families_out if f.best_value is not None]
@@ -526,6 +545,11 @@ def train(
                 _emit(progress, "evaluate", done, total, f"{best.family} on the test part", family=best.family)
 
             _, test_scores = fit_and_score(best.family, best.best_params, split, metric, progress=test_step)
+            intervals: dict[str, Any] = {}
+            if uncertainty is not None:
+                intervals = {"test": score_intervals(test_scores, uncertainty), "validation": dict(best.best_intervals),
+                             "confidence": uncertainty["confidence"], "bootstrap_samples": uncertainty["n_boot"],
+                             "seed": uncertainty["seed"]}
             timings["test_s"] = time.perf_counter() - t
 
             # Refit the winner on all data of the window (on the cluster when it has a twin).
@@ -580,7 +604,7 @@ def train(
         popular, trending = fallback_scores(snapshot, settings, matrix.item_ids)
         manifest = _manifest(
             model, best, families_out, snapshot, split, settings, metric, test_scores.metrics, matrix, fit_s,
-            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes,
+            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals,
         )
 
         def reg_progress(done: int, total: int) -> None:
@@ -606,6 +630,7 @@ def train(
         metric=metric,
         metrics=dict(test_scores.metrics),
         validation_metrics=dict(best.best_metrics),
+        intervals=intervals,
         protocol=protocol.to_dict(),
         warnings=protocol.warnings,
         promotion=decision,
@@ -676,6 +701,7 @@ def _search(
         fixed={family: fixed_params(family, settings) for family in families},
         stats=data_stats(get_split(spec), events=snapshot.events, settings=settings),
         progress=on_event,
+        uncertainty=uncertainty_options(settings),
     )
     return outcome.families
 
@@ -697,6 +723,7 @@ def _manifest(
     jobs: int,
     trials: int | None,
     minutes: float | None,
+    intervals: dict[str, Any] | None = None,
 ) -> "Manifest":
     import platform
 
@@ -731,6 +758,8 @@ def _manifest(
         peak_rss_bytes=int(peak_rss_bytes),
         promotion=decision,
         extra={
+            # beside "metrics" (whose parts map a metric to one number): {"test" | "validation": {key: interval}}
+            **({"intervals": _jsonable(intervals)} if intervals else {}),
             "split": {**_jsonable({k: v for k, v in split.summary().items() if k != "protocol"}), "scored_on": "test"},
             "search": {
                 "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},

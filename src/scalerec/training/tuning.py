@@ -170,6 +170,8 @@ class TrialTask:
     metric: str
     on: str = "test"
     prune: PruneRule | None = None
+    #: ``{"confidence", "n_boot", "seed"}`` of the trial's bootstrap intervals; None = none
+    uncertainty: dict[str, Any] | None = None
 
 
 @dataclass
@@ -182,6 +184,9 @@ class TrialResult:
     #: metric at each checkpoint iteration of an iterative fit
     intermediate: dict[int, float] = field(default_factory=dict)
     pruned: bool = False
+    #: ``{"ndcg@20": {"mean", "low", "high", "n_users"}}``: seeded bootstrap-over-users intervals of
+    #: the ranking metrics (catalogue metrics have none here: their resampling costs a pass per item)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def fit_and_evaluate(
@@ -193,14 +198,16 @@ def fit_and_evaluate(
     on: str = "test",
     progress: Callable[[str, int, int], None] | None = None,
     report: Callable[[int, float], None] | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> tuple[Any, TrialResult]:
     """Fit ``family(**params)`` on the split's training matrix and evaluate it; (model, result).
 
     ``progress(stage, done, total)`` with stage "fit" or "evaluate". ``report(iteration, value)``
     receives the metric at each checkpoint of an iterative fit (ALS, BPR; others never call it)
-    and may raise TrialPruned to stop it. Raises what the model raises.
+    and may raise TrialPruned to stop it. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``)
+    adds seeded bootstrap intervals of the ranking metrics. Raises what the model raises.
     """
-    from scalerec.evaluation.evaluate import evaluate
+    from scalerec.evaluation.evaluate import evaluate, evaluate_per_user
     from scalerec.models import make_model
     from scalerec.models.als import IterativeFit
 
@@ -222,9 +229,14 @@ def fit_and_evaluate(
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
     eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
     t1 = time.perf_counter()
-    metrics = evaluate(model, split, k=(k,), metrics=names, on=on, progress=eval_cb)
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=eval_cb, catalogue_detail=False)
+    metrics = ev.metrics
+    intervals: dict[str, dict[str, Any]] = {}
+    if uncertainty is not None and uncertainty.get("n_boot", 0) > 0:
+        intervals = {key: iv.to_dict() for key, iv in ev.intervals(**uncertainty).items()}
     eval_s = time.perf_counter() - t1
-    return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s)
+    return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s,
+                              intervals=intervals)
 
 
 def run_trial(task: TrialTask) -> TrialResult:
@@ -243,7 +255,8 @@ def run_trial(task: TrialTask) -> TrialResult:
     t0 = time.perf_counter()
     try:
         split = get_split(task.split)
-        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on, report=report)
+        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on, report=report,
+                                     uncertainty=task.uncertainty)
     except TrialPruned:
         return TrialResult(value=None, fit_s=time.perf_counter() - t0, intermediate=intermediate, pruned=True)
     except Exception as exc:  # noqa: BLE001 - reported on the trial; all trials failing is reported per family
@@ -268,9 +281,12 @@ class FamilyResult:
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    #: the best trial's intervals on the validation part (TrialResult.intervals)
+    best_intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_value: float | None = None
     default_params: dict[str, Any] | None = None
     default_metrics: dict[str, float] = field(default_factory=dict)
+    default_intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_s: float = 0.0
     stopped: str = ""
     error: str | None = None
@@ -284,8 +300,8 @@ class FamilyResult:
         """Fold the result of a later round into this one (counts add up; the rest is the latest)."""
         for name in ("trials_new", "trials_failed", "trials_pruned", "wall_s"):
             setattr(self, name, getattr(self, name) + getattr(later, name))
-        for name in ("study", "trials_total", "best_value", "best_params", "best_metrics", "default_value",
-                     "default_params", "default_metrics", "stopped", "error"):
+        for name in ("study", "trials_total", "best_value", "best_params", "best_metrics", "best_intervals",
+                     "default_value", "default_params", "default_metrics", "default_intervals", "stopped", "error"):
             setattr(self, name, getattr(later, name))
 
     def to_dict(self) -> dict[str, Any]:
@@ -374,6 +390,7 @@ def tune_family(
     stats: "DataStats | None" = None,
     startup_trials: int | None = None,
     round_number: int | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> FamilyResult:
     """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
     trials or ``deadline`` (``time.monotonic()`` seconds) passes.
@@ -387,7 +404,8 @@ def tune_family(
     (e.g. EASE's ``max_items`` from the settings), not searched. ``stats`` scale the search space;
     ``startup_trials`` is TPE's random start (default from ``n_trials``); ``round_number`` is
     recorded on each trial (successive halving). Iterative fits report checkpoints; pruned
-    trials count against ``n_trials``.
+    trials count against ``n_trials``. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``) puts
+    seeded bootstrap intervals on each trial's metrics (user attribute ``intervals``).
     """
     import optuna
     from optuna.trial import TrialState
@@ -436,7 +454,8 @@ def tune_family(
 
     seen: dict[str, TrialResult] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}))
+        seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}),
+                                                  intervals=t.user_attrs.get("intervals", {}))
     done = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
     running: dict[Future[TrialResult], "optuna.Trial"] = {}
     launching: "optuna.Trial | None" = None
@@ -451,6 +470,8 @@ def tune_family(
     def _record(trial: "optuna.Trial", res: TrialResult) -> None:
         nonlocal done
         trial.set_user_attr("metrics", res.metrics)
+        if res.intervals:
+            trial.set_user_attr("intervals", res.intervals)
         trial.set_user_attr("fit_s", round(res.fit_s, 4))
         trial.set_user_attr("eval_s", round(res.eval_s, 4))
         if round_number is not None:
@@ -502,7 +523,8 @@ def tune_family(
                     continue
                 duplicates = 0
                 launching = trial  # in-process executors run the trial inside submit()
-                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher))
+                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher),
+                                 uncertainty)
                 running[executor.submit(run_trial, task)] = trial
                 launching = None
             if not running:
@@ -536,10 +558,12 @@ def tune_family(
         result.best_value = best.value
         result.best_params = {**fixed_params, **_model_params(klass, best.params, stats)}
         result.best_metrics = dict(best.user_attrs.get("metrics", {}))
+        result.best_intervals = dict(best.user_attrs.get("intervals", {}))
         defaults = [t for t in complete if t.user_attrs.get("default")]
         if defaults:
             result.default_value = defaults[0].value
             result.default_metrics = dict(defaults[0].user_attrs.get("metrics", {}))
+            result.default_intervals = dict(defaults[0].user_attrs.get("intervals", {}))
             result.default_params = {**fixed_params, **_model_params(klass, defaults[0].params, stats)}
     else:
         errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
@@ -602,6 +626,7 @@ def search_families(
     fixed: dict[str, dict[str, Any]] | None = None,
     stats: "DataStats | None" = None,
     progress: Callable[[SearchEvent], None] | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> SearchOutcome:
     """Tune ``families`` by successive halving within ``n_trials`` per family (as a total: n_trials x
     families finished trials across their studies) and/or ``minutes``.
@@ -665,6 +690,7 @@ def search_families(
                 stats=stats,
                 startup_trials=startup,
                 round_number=r + 1,
+                uncertainty=uncertainty,
             )
             results[family].absorb(res)
             results[family].rounds += 1
@@ -826,7 +852,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
     """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
 
     Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
-    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at"}``,
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at", "intervals"}``,
     rounds as ``{"started", "round", "trials", "pruned", "failed", "best", "kept", "reason"}``.
     """
     import optuna
@@ -862,13 +888,15 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                     "error": t.user_attrs.get("error"),
                     "round": t.user_attrs.get("round"),
                     "pruned_at": t.user_attrs.get("pruned_at"),
+                    "intervals": t.user_attrs.get("intervals", {}),
                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 }
             )
         best = None
         if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
             b = study.best_trial
-            best = {"number": b.number, "value": b.value, "params": b.params, "metrics": b.user_attrs.get("metrics", {})}
+            best = {"number": b.number, "value": b.value, "params": b.params, "metrics": b.user_attrs.get("metrics", {}),
+                    "intervals": b.user_attrs.get("intervals", {})}
         out.append(
             {
                 "study": summary.study_name,
