@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from scalerec.execution import Executor
     from scalerec.config import Settings
+    from scalerec.models.space import DataStats
+    from scalerec.training.tuning import SearchOutcome
     from scalerec.data.matrix import InteractionMatrix
     from scalerec.evaluation.splits import Split
     from scalerec.models.base import Recommender
@@ -521,9 +523,10 @@ def train(
                 spec = replace(spec, events_path=str(events_path))
             # The search sees the validation split only: its events end before the test part.
             prime_split(spec, search_split)
-            families_out = _search(
+            outcome = _search(
                 families, settings, snapshot, spec, executor, trials, minutes, metric, "test", options.seed, progress
             )
+            families_out = outcome.families
             uncertainty = uncertainty_options(settings)
             timings["search_s"] = sum(f.wall_s for f in families_out)
 
@@ -604,7 +607,7 @@ def train(
         popular, trending = fallback_scores(snapshot, settings, matrix.item_ids)
         manifest = _manifest(
             model, best, families_out, snapshot, split, settings, metric, test_scores.metrics, matrix, fit_s,
-            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals,
+            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals, outcome.stats,
         )
 
         def reg_progress(done: int, total: int) -> None:
@@ -671,7 +674,7 @@ def _search(
     on: str,
     seed: int,
     progress: ProgressFn | None,
-) -> list[FamilyResult]:
+) -> "SearchOutcome":
     """Tune the families by successive halving (training.tuning.search_families) within the budget."""
     url = storage_url(Path(settings.data.dir))
     config = {
@@ -703,7 +706,7 @@ def _search(
         progress=on_event,
         uncertainty=uncertainty_options(settings),
     )
-    return outcome.families
+    return outcome
 
 
 def _manifest(
@@ -724,6 +727,7 @@ def _manifest(
     trials: int | None,
     minutes: float | None,
     intervals: dict[str, Any] | None = None,
+    stats: "DataStats | None" = None,
 ) -> "Manifest":
     import platform
 
@@ -764,6 +768,13 @@ def _manifest(
             "search": {
                 "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},
                 "families": {f.family: _jsonable(f.to_dict()) for f in families},
+                # the signal choices the data supported (searched by every family) and the winner's pick
+                # (None: the [matrix] setting); the matrix it was fitted on is "data.matrix_spec"
+                "signals": {
+                    "offered": _jsonable(stats.signals) if stats is not None else {},
+                    "chosen": {k: (best.best_params or {}).get(k) for k in (stats.signals if stats is not None else {})},
+                },
+                "holdout_days": stats.holdout_days if stats is not None else None,
             },
             "scalerec_version": scalerec.__version__,
             "python": platform.python_version(),

@@ -339,16 +339,23 @@ def trial_params(klass: type, trial: "optuna.Trial", stats: "DataStats | None") 
     """The model kwargs a trial suggests: the one place the per-trial parameters are built.
 
     Used to launch trials, to fit the class defaults into the space and to replay a finished
-    trial's parameters, so anything added here applies to all three alike.
+    trial's parameters, so anything added here applies to all three alike. Beside the family's own
+    space, every family searches the signal choices this data supports (``stats.signals``: the
+    rating rule, the recency clock; None = the [matrix] setting).
     """
-    return dict(klass.search_space(trial, stats))
+    from scalerec.models.base import suggest_signals
+
+    params = dict(klass.search_space(trial, stats))
+    if stats is not None and stats.signals:
+        params.update(suggest_signals(trial, stats.signals))
+    return params
 
 
 def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, Any] | None:
     """The class defaults restricted to what its search space suggests, or None if they don't fit it."""
     import optuna
 
-    defaults = _default_params(klass)
+    defaults = {**_default_params(klass), **{name: None for name in (stats.signals if stats is not None else {})}}
     probe = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     probe.enqueue_trial(defaults)
     trial = probe.ask()
@@ -361,8 +368,32 @@ def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, 
     return {k: v for k, v in trial.params.items()}
 
 
+def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | None") -> list[tuple[dict[str, Any], str]]:
+    """Configurations tried right after the defaults, before the family is first judged: the
+    defaults with recency weighting at the hold-out window's scale (when the family has a
+    half-life, its default is none, and the part scored on is a time window). Successive halving
+    ranks families after few trials, so each is judged on its defaults with and without the
+    signal the data's protocol says may matter, not on the defaults alone."""
+    from scalerec.models.base import RECENCY_CHOICES
+    from scalerec.models.space import recency_design
+
+    if defaults is None or "recency_half_life_days" not in defaults or defaults["recency_half_life_days"] is not None:
+        return []
+    half_life = recency_design(stats, RECENCY_CHOICES)
+    if half_life is None:
+        return []
+    return [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
+
+
 def _params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
+
+
+def _queued(study: "optuna.Study") -> bool:
+    """Enqueued configurations still waiting to run."""
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _finished(trial: "optuna.trial.FrozenTrial") -> bool:
@@ -442,6 +473,8 @@ def tune_family(
         defaults = _probe_defaults(klass, stats)
         if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"default": True})
+        for params, why in _design(klass, defaults, stats):
+            study.enqueue_trial(params, user_attrs={"design": why})
         # Warm start: new data means a new study, but the last search's winner is a strong guess.
         previous = _previous_best(store, name)
         if previous is not None and _params_key(previous) != _params_key(defaults or {}):
@@ -498,8 +531,9 @@ def tune_family(
         while True:
             # Launch while there is budget, time and a free slot.
             while len(running) < jobs and done + len(running) < budget:
-                # At least one trial per family even when the time is up, so every family has a result.
-                if deadline is not None and time.monotonic() >= deadline and (done or running):
+                # At least one trial per family even when the time is up, so every family has a result;
+                # queued ones (defaults, design, warm start, retries) too: a family is judged on them.
+                if deadline is not None and time.monotonic() >= deadline and (done or running) and not _queued(study):
                     stop = stop or "time budget reached"
                     break
                 if duplicates >= MAX_DUPLICATES_IN_A_ROW:
@@ -600,14 +634,22 @@ def halving_rounds(n_families: int) -> int:
 
 
 def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "DataStats":
-    """DataStats of the split's training matrix; explicit when the events hold a type whose value is used (ratings)."""
+    """DataStats of the split's training matrix; explicit when the events hold a type whose value is used
+    (ratings); the scored part's window length when it is a time window; the signal choices the
+    events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types)."""
     from scalerec.models.space import DataStats
 
     explicit = False
+    signals: dict[str, tuple[Any, ...]] = {}
     if events is not None and settings is not None and "event_type" in getattr(events, "columns", ()):
+        from scalerec.data.matrix import signal_stats
+
         valued = {name for name, t in settings.events.types.items() if t.use_value}
         explicit = bool(valued & set(events["event_type"].unique().to_list()))
-    return DataStats.from_matrix(split.train, explicit=explicit)
+        signals = signal_choices(signal_stats(events, tuple(settings.matrix.rating_types)))
+    info = split.info or {}
+    days = info.get("test_days") if "test_start" in info else None
+    return DataStats.from_matrix(split.train, explicit=explicit, holdout_days=days, signals=signals)
 
 
 def search_families(
@@ -668,11 +710,14 @@ def search_families(
         last = r == n_rounds - 1
         shares = _round_shares(active, total, n_rounds - r, last)
         rnd = SearchRound(number=r + 1)
-        round_end = None if end is None else time.monotonic() + max(0.0, end - time.monotonic()) / (n_rounds - r)
-        for i, family in enumerate(active):
+        # Every family of a round gets the same slice of it, whatever the ones before it overran
+        # (one slow trial cannot be cut short): the ranking after the round compares like with like.
+        # Later rounds start from what is left of the whole budget.
+        slice_s = None if end is None else max(0.0, end - time.monotonic()) / (n_rounds - r) / len(active)
+        for family in active:
             deadline = None
-            if round_end is not None:
-                deadline = time.monotonic() + max(0.0, round_end - time.monotonic()) / (len(active) - i)
+            if slice_s is not None:
+                deadline = min(time.monotonic() + slice_s, end)  # type: ignore[operator]
             target = None if shares is None else done[family] + shares[family]
             res = tune_family(
                 family,
