@@ -142,7 +142,8 @@ class TrainingSettings(_Section):
     trials: int = Field(20, ge=1)
     timeout_minutes: float | None = Field(None, gt=0)
     jobs: int = Field(1, ge=1)
-    promotion_tolerance: float = Field(0.0, ge=0, description="max relative drop vs production still promoted")
+    # 0.02: a non-inferiority margin; at 0 a tie with production can never be shown "not worse"
+    promotion_tolerance: float = Field(0.02, ge=0, description="max relative drop vs production still promoted")
     # 100: below it a per-user NDCG/recall interval is about as wide as the metric itself, so no tolerance can be shown
     min_gate_users: int = Field(100, ge=1, description="the gate refuses to decide on fewer held-out users")
     keep_archived: int = Field(5, ge=0)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--items", type=int, default=500)
     p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--trials", type=int, default=8, help="tuning trials per model family (~15 s on 2 cores)")
+    p.add_argument("--trials", type=int, default=8, help="tuning trial budget: N x the families in all, shared by successive halving (~15 s on 2 cores)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-serve", action="store_true", help="stop after printing the examples (tests)")
