@@ -181,6 +181,19 @@ class ServingSettings(_Section):
     )
 
 
+class OnlineSettings(_Section):
+    """Impressions, attribution and experiments (docs/experiments.md)."""
+
+    attribution_window_hours: float = Field(
+        24.0, gt=0, description="an event on a shown item by the same user within this long after the list is attributed to it"
+    )
+    click_types: list[str] = Field(default_factory=lambda: ["click"], description="event types counted as clicks")
+    cart_types: list[str] = Field(default_factory=lambda: ["add_to_cart"], description="event types counted as add-to-cart")
+    purchase_types: list[str] = Field(default_factory=lambda: ["purchase"], description="event types counted as conversions")
+    impressions_flush_s: float = Field(5.0, gt=0, description="served lists are written as Parquet this often")
+    min_units: int = Field(100, ge=1, description="an experiment report decides nothing with fewer users per variant")
+
+
 class ClusterServeSettings(_Section):
     """Ray Serve autoscaling of the recommendation service (`scalerec serve --cluster ...`)."""
 
@@ -219,6 +232,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     _toml_file: Path | None = None

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from scalerec.config import Settings
 from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog
 from scalerec.data.deletion import masks, versions_holding
+from scalerec.data.impressions import ImpressionStore
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
 from scalerec.data.schema import EVENT_SCHEMA, TIMESTAMP
 from scalerec.errors import StorageError, UnknownUserError, ValidationError
@@ -301,6 +302,8 @@ class DataStore:
             deleted_at = _now_us()
         scrubbed = scrub_users(self.dir / "logs", [user_id])
         removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
+        shown = ImpressionStore(self.dir / "impressions").scrub_users([user_id])
+        removed["impressions"] = _step(shown["rows"], files=shown["files"])
         report = {"removed": removed, "resumed": resumed}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
@@ -320,6 +323,7 @@ class DataStore:
         user_id = str(user_id)
         files = self.log.count_user_rows([user_id])
         lines = count_user_lines(self.dir / "logs", [user_id])
+        shown = ImpressionStore(self.dir / "impressions").count_user_rows([user_id])
         return {
             "log_events": sum(files.values()),
             "log_files": files,
@@ -328,6 +332,8 @@ class DataStore:
             "recent_events": self.catalog.count_recent_events(user_id),
             "recommendation_log_lines": sum(lines.values()),
             "recommendation_log_files": lines,
+            "impressions": sum(shown.values()),
+            "impression_files": shown,
         }
 
     def deletion_report(self, user_id: str) -> dict[str, Any]:
@@ -432,7 +438,7 @@ class DataStore:
 
 
 #: user_data keys that count as "something is stored under this id".
-_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines")
+_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines", "impressions")
 
 
 def _now_us() -> int:

@@ -53,6 +53,8 @@ class Request:
     pins: np.ndarray = field(default_factory=_no_items)
     fills: tuple[str, ...] = ()
     seeds: np.ndarray = field(default_factory=_no_items)  # items an anonymous session touched (for its reasons)
+    placement: str | None = None  # where the list is shown (home, product page, ...), as the caller said
+    variant: str | None = None  # the experiment variant serving this request (None: no experiment)
 
 
 @dataclass(slots=True)

@@ -47,6 +47,8 @@ from scalerec.serving.realtime import (
     history_from_arrays,
     history_from_events,
 )
+from scalerec.serving.experiments import ExperimentRouter
+from scalerec.serving.impressions import ImpressionLog
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
     LiveState,
@@ -106,6 +108,13 @@ class RecommendService:
             retention_days=settings.serving.log_retention_days,
             max_bytes=int(settings.serving.log_max_mb * 1024 * 1024),
         )
+        self.impressions = ImpressionLog(
+            Path(settings.data.dir) / "impressions",
+            flush_s=settings.online.impressions_flush_s,
+            tombstones=self.store.catalog,
+            retention_days=settings.serving.log_retention_days,
+        )
+        self.experiments = ExperimentRouter(self.store.catalog, self.state)
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -113,6 +122,7 @@ class RecommendService:
         self._watcher: threading.Thread | None = None
         self.started_at = time.time()
         self.load_production()
+        self.experiments.refresh()
         if watch:
             self.start()
 
@@ -120,6 +130,7 @@ class RecommendService:
     def start(self) -> None:
         """Start the background watcher (model hot swap + catalogue changes) and the log flusher."""
         self.reclog.start()
+        self.impressions.start()
         self.state.start()  # the background pruner: installs no longer prune on the swap path
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="scalerec-watch", daemon=True)
@@ -131,6 +142,7 @@ class RecommendService:
             self._watcher.join(timeout=10)
         self.state.close()
         self.reclog.close()
+        self.impressions.close()
 
     def _watch(self) -> None:
         while not self._stop.wait(MODEL_POLL_S):
@@ -145,6 +157,7 @@ class RecommendService:
         Returns True when the model version changed.
         """
         changed = self.load_production()
+        self.experiments.refresh()
         self.apply_changes()
         return changed
 
@@ -235,21 +248,35 @@ class RecommendService:
         strategy: str,
         subject: dict[str, Any],
         context: dict[str, str] | None = None,
+        placement: str | None = None,
+        routed: tuple[str, str] | None = None,
+        session_id: str | None = None,
     ) -> dict[str, Any]:
         rid = self._new_id()
         assert ranked.rendered is not None  # every pipeline ends with render
         item_ids, items = ranked.rendered
-        self.reclog.add(
-            {"recommendation_id": rid, "at": time.time(), "kind": kind, **subject,
-             "model_version": live.model.version, "strategy": strategy, "items": item_ids, "context": context or {}}
-        )
+        experiment, variant = routed or (None, None)
+        record = {"recommendation_id": rid, "at": time.time(), "kind": kind, **subject,
+                  "model_version": live.model.version, "strategy": strategy, "items": item_ids, "context": context or {},
+                  "placement": placement, "experiment": experiment, "variant": variant, "session_id": session_id}
+        self.reclog.add(record)
+        self.impressions.add(record)  # the same record: written as Parquet by the impression thread
         return {
             "recommendation_id": rid,
             "model_version": live.model.version,
             **subject,
             "strategy": strategy,
             "items": items,
+            "placement": placement,
+            "variant": variant,
         }
+
+    def _route(self, unit: str | None, placement: str | None) -> tuple[LiveState, tuple[str, str] | None]:
+        """The live state serving this unit: its experiment variant's, else production's."""
+        hit = self.experiments.route(unit, placement)
+        if hit is None:
+            return self.live, None
+        return hit[0], (hit[1], hit[2])
 
     # ------------------------------------------------------------------ recommendations
     def recommend_user(
@@ -261,12 +288,15 @@ class RecommendService:
         exclude_seen: bool = True,
         boost_items: list[str] | None = None,
         context: dict[str, str] | None = None,
+        placement: str | None = None,
     ) -> dict[str, Any]:
         """Top-``n`` items for a user: the model for known users, fold-in of fresh events, or
-        trending/popular for a user with nothing (``strategy`` says which)."""
+        trending/popular for a user with nothing (``strategy`` says which). A user in a running
+        experiment (for ``placement``) is served by their variant's version."""
         n = self._check_n(n)
         flt = flt or _NO_FILTER
-        live = self.live
+        live, routed = self._route(user_id, placement)
+        where = {"placement": placement, "routed": routed}
         st = live.model
         row = st.user_row(user_id)
         if row >= 0 and user_id in live.deleted_users:
@@ -277,7 +307,7 @@ class RecommendService:
             # Nothing personal and nothing to exclude: the same trending list as everyone's.
             _FALLBACK_UNKNOWN_USER.inc()
             ranked = fallback_list(live, "trending", n, flt)
-            return self._response(live, ranked, kind="user", strategy="fallback", subject=subject, context=context)
+            return self._response(live, ranked, kind="user", strategy="fallback", subject=subject, context=context, **where)
         allowed = live.items.mask(flt)
         seen_cols = np.zeros(0, np.int64)
         history = None
@@ -299,13 +329,15 @@ class RecommendService:
             metrics.FOLD_INS.inc()
         else:
             strategy, query = "model", st.retriever.user_query(row)
-        ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS))
+        ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
+                                           placement=placement, variant=routed[1] if routed else None))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
-        return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context)
+        return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context, **where)
 
     def similar_items(
-        self, item_id: str, n: int = 20, flt: ItemFilter | None = None, *, context: dict[str, str] | None = None
+        self, item_id: str, n: int = 20, flt: ItemFilter | None = None, *, context: dict[str, str] | None = None,
+        placement: str | None = None,
     ) -> dict[str, Any]:
         """Items most similar to ``item_id`` (never itself), filters applied; UnknownItemError if the
         model has never seen the item."""
@@ -322,9 +354,11 @@ class RecommendService:
             )
         allowed = live.items.mask(flt)
         allowed[col] = False
-        req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL)
+        req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL,
+                      placement=placement)
         ranked = self.pipeline.run(req)
-        return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context)
+        return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
+                              placement=placement)
 
     def popular(self, n: int = 20, flt: ItemFilter | None = None) -> dict[str, Any]:
         """The most popular available items, under the same filters as every list."""
@@ -404,8 +438,10 @@ class RecommendService:
         unranked = [i for i, k in zip(ids, known) if not k and i not in removed_set]
         out += [{"item_id": i, "score": None, "reason": "unranked"} for i in unranked]
         rid = self._new_id()
-        self.reclog.add({"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
-                         "model_version": st.version, "items": [o["item_id"] for o in out]})
+        record = {"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
+                  "model_version": st.version, "strategy": strategy, "items": [o["item_id"] for o in out]}
+        self.reclog.add(record)
+        self.impressions.add(record)
         return {"recommendation_id": rid, "model_version": st.version, "user_id": user_id,
                 "strategy": strategy, "items": out, "removed": removed}
 
@@ -418,8 +454,12 @@ class RecommendService:
         exclude_seen: bool = True,
         event_types: list[str] | None = None,
         context: dict[str, str] | None = None,
+        placement: str | None = None,
+        session_id: str | None = None,
     ) -> dict[str, Any]:
         """Recommendations for an anonymous visitor from the items they touched (fold-in).
+
+        A ``session_id`` makes the visitor a unit of running experiments (and of windowed attribution).
 
         ``event_types`` (parallel to ``item_ids``, default all "view") weigh the items as in the
         training matrix. Reasons name the touched item each result is most similar to when the
@@ -433,7 +473,7 @@ class RecommendService:
             raise ValidationError(
                 f"event_types has {len(event_types)} entries but item_ids has {len(item_ids)}; send one per item or none"
             )
-        live = self.live
+        live, routed = self._route(session_id, placement)
         st = live.model
         table = pa.table({
             "item_id": pa.array([str(i) for i in item_ids], pa.string()),
@@ -450,9 +490,11 @@ class RecommendService:
         else:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
-        req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive)
+        req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
+                      placement=placement, variant=routed[1] if routed else None)
         ranked = self.session_pipeline.run(req)
-        return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context)
+        return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context,
+                              placement=placement, routed=routed, session_id=session_id)
 
     # ------------------------------------------------------------------ models and health
     def models(self) -> dict[str, Any]:

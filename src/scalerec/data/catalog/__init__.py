@@ -41,6 +41,7 @@ __all__ = [
     "CatalogStore",
     "CatalogURL",
     "ChangeFeedStore",
+    "ExperimentTable",
     "ModelStageTable",
     "SqliteCatalog",
     "StageTransaction",
@@ -135,7 +136,21 @@ class TombstoneTable(Protocol):
 
 
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, Protocol):
+class ExperimentTable(Protocol):
+    """Online experiments (``scalerec.online.experiments``): one row per name, a dict with
+    ``name``, ``status`` ("running" | "stopped"), ``spec`` (a JSON-able dict: variants, placement,
+    seed, times, winner), ``created_at`` and ``updated_at`` (ISO strings). ``insert_experiment``
+    returns False (and writes nothing) when the name is taken; ``update_experiment`` replaces
+    status and spec and returns False for an unknown name."""
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool: ...
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool: ...
+    def experiment_row(self, name: str) -> dict[str, Any] | None: ...
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str

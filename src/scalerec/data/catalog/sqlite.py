@@ -1109,6 +1109,63 @@ class SqliteCatalog:
             )
 
 
+    # -- online experiments ----------------------------------------------------------------
+    _EXPERIMENT_DDL = (
+        "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, status TEXT NOT NULL, "
+        "spec TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    _EXPERIMENT_COLS = ("name", "status", "spec", "created_at", "updated_at")
+
+    def _experiment_table(self) -> None:
+        # Created on first use (older databases need no migration); readers of a database
+        # without it see no experiments.
+        if not self.read_only and not getattr(self, "_experiments_ready", False):
+            with self._write() as conn:
+                conn.execute(self._EXPERIMENT_DDL)
+            self._experiments_ready = True
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool:
+        self._experiment_table()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO experiments(name, status, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (row["name"], row["status"], json.dumps(row["spec"], sort_keys=True), row["created_at"],
+                 row.get("updated_at") or row["created_at"]),
+            )
+            return cur.rowcount == 1
+
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool:
+        self._experiment_table()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE experiments SET status = ?, spec = ?, updated_at = ? WHERE name = ?",
+                (status, json.dumps(spec, sort_keys=True), updated_at, name),
+            )
+            return cur.rowcount == 1
+
+    def _experiment_select(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        self._experiment_table()
+        try:
+            rows = self._query(f"SELECT {', '.join(self._EXPERIMENT_COLS)} FROM experiments {where} ORDER BY created_at, name", params)
+        except StorageError:
+            if self.read_only:  # a read-only open of a database that never had an experiment
+                return []
+            raise
+        out = []
+        for r in rows:
+            d = dict(zip(self._EXPERIMENT_COLS, r))
+            d["spec"] = json.loads(d["spec"])
+            out.append(d)
+        return out
+
+    def experiment_row(self, name: str) -> dict[str, Any] | None:
+        rows = self._experiment_select("WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        return self._experiment_select("WHERE status = ?", (status,)) if status else self._experiment_select("", ())
+
+
 def _version_row(r: tuple) -> dict[str, Any]:
     row = dict(zip(_VERSION_COLS, r))
     row["forced"] = bool(row["forced"])

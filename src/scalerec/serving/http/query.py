@@ -42,6 +42,7 @@ CONTEXT_PARAMS = (
     Param("device", "str", None, "request context: device (mobile, desktop, ...)"),
     Param("location", "str", None, "request context: location / city"),
     Param("context", "list", None, "more request context as key:value (repeatable)"),
+    Param("placement", "str", None, "where the list is shown (home, product, cart, ...): KPIs and experiments per placement"),
 )
 N_PARAM = Param("n", "int", 20, "number of items (1 to serving.max_n, 500 by default)", 1, 10_000)
 USER_PARAMS = (
