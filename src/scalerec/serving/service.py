@@ -336,7 +336,7 @@ class RecommendService:
 
     def _ordered(self, which: str, n: int, flt: ItemFilter | None) -> dict[str, Any]:
         n = self._check_n(n)
-        live = self.live
+        live = self.state.lists_state()  # no model yet: counted from the store's events
         ranked = fallback_list(live, which, n, flt or _NO_FILTER)
         return self._response(live, ranked, kind=which, strategy=which, subject={})
 
