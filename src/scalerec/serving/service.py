@@ -61,6 +61,11 @@ log = logging.getLogger("scalerec.serving")
 
 #: How often a process checks the registry for a new production version (seconds).
 MODEL_POLL_S = 2.0
+#: How often a process checks the change feed (availability, prices, deleted users) written by
+#: the other workers: one primary-key lookup per tick, so another worker applies a PATCH within
+#: this plus the apply (the README's bound, CHANGE_BOUND_MS, measured by bench/bench_change_feed.py).
+CHANGE_POLL_S = 0.02
+CHANGE_BOUND_MS = 100
 
 # Bound once: ``labels()`` is a dict lookup plus argument checks on every call otherwise.
 _FALLBACK_UNKNOWN_USER = metrics.FALLBACKS.labels(kind="unknown_user")
@@ -133,9 +138,14 @@ class RecommendService:
         self.reclog.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(MODEL_POLL_S):
+        next_model = time.monotonic() + MODEL_POLL_S
+        while not self._stop.wait(CHANGE_POLL_S):
             try:
-                self.refresh()
+                if time.monotonic() >= next_model:
+                    next_model = time.monotonic() + MODEL_POLL_S
+                    self.refresh()
+                else:
+                    self.apply_changes()
             except Exception:  # never let the watcher die: keep serving the current state
                 log.exception("refresh failed; still serving the current model")
 
