@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,10 +269,33 @@ class Settings(BaseSettings):
 _CURRENT_TOML: dict[str, Path | None] = {"path": None}
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where ``loc`` (the path of an unknown key) sits: a section's fields."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = model.model_fields[part].annotation
+        elif typing.get_origin(model) is dict:  # events.types.<name>: the value type
+            model = typing.get_args(model)[1]
+        else:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err.get("loc", ()))
     value = err.get("input")
     msg = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        loc = tuple(err.get("loc", ()))
+        known = _known_keys(loc)
+        if known:
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            where = f"[{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "the top level"
+            return f"unknown setting '{key}': {hint}known keys in {where}: {', '.join(known)}"
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     if len(shown) > 80:
         shown = shown[:77] + "..."

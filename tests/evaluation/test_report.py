@@ -50,3 +50,16 @@ def test_report_to_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="does not exist"):
         write_html_report(result, tmp_path / "nope" / "r.html")
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_report_file_gets_the_users_umask(tmp_path: Path, umask: int) -> None:
+    import os
+
+    result = _result(split_temporal(events_table(popularity_rows()), test_days=15))
+    old = os.umask(umask)
+    try:
+        path = write_html_report(result, tmp_path / f"report-{umask:o}.html")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

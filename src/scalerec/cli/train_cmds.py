@@ -348,11 +348,16 @@ def models_list(
 
 
 @models_app.command("show")
-def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="Version name (see `models list`).")) -> None:
-    """Print a version's stage and manifest (model, data snapshot, metrics, timings, promotion decision)."""
+def models_show(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Version name (see `models list`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stage and the raw manifest as JSON."),
+) -> None:
+    """A version's summary: stage, model, data, scores, protocol, timings, promotion decision (--json: the manifest)."""
     v = _registry(ctx, read_only=True).get(version)
     out: dict[str, Any] = {"version": v.version, "stage": v.stage, "promoted_at": v.promoted_at,
                            "archived_at": v.archived_at, "forced": v.forced, "note": v.note, "health": v.error or "ok"}
+    typed = None
     try:
         out["manifest"] = v.manifest()
         typed = v.typed_manifest()
@@ -364,7 +369,43 @@ def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="Ver
     except Exception as exc:  # noqa: BLE001 - a broken version is shown with its error
         out["manifest"] = None
         out["health"] = str(exc)
-    console.print_json(json.dumps(out, default=str))
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+        return
+    info = Table(show_header=False, box=None, title=f"model version {v.version}", title_justify="left")
+    info.add_column(style="bold", no_wrap=True)
+    info.add_column(overflow="fold")
+    stage = v.stage + (" (forced)" if v.forced else "")
+    stage += f", promoted {v.promoted_at}" if v.promoted_at else ""
+    stage += f", archived {v.archived_at}" if v.archived_at else ""
+    info.add_row("stage", stage)
+    info.add_row("health", out["health"])
+    if v.note:
+        info.add_row("note", v.note)
+    if typed is not None:
+        info.add_row("created", typed.created_at or "-")
+        info.add_row("model", f"{typed.family or '-'} {_params(typed.params)}")
+        span = (f"{typed.snapshot_start:%Y-%m-%d %H:%M} .. " if typed.snapshot_start else "") + (
+            f"{typed.snapshot_end:%Y-%m-%d %H:%M} UTC" if typed.snapshot_end else "")
+        events = f"{typed.event_count:,} events" if typed.event_count is not None else "events: -"
+        info.add_row("data", f"{events}{', ' + span if span else ''}")
+        for part in ("test", "validation"):
+            scores = typed.metrics.get(part) or {}
+            if scores:
+                main = typed.primary_metric
+                shown = [f"{main} {_fmt(scores.get(main))}"] + [
+                    f"{k} {_fmt(val)}" for k, val in sorted(scores.items()) if k != main and isinstance(val, float)][:6]
+                info.add_row(part, ", ".join(shown))
+        if typed.protocol is not None:
+            info.add_row("protocol", f"{typed.protocol.split} -> {typed.protocol.rule}: {typed.protocol.reason}")
+            info.add_row("  test part", typed.protocol.test.describe())
+        info.add_row("fit", f"{_fmt(typed.fit_seconds, 1)} s, peak memory {_bytes(typed.peak_rss_bytes)}")
+        if typed.promotion:
+            p = typed.promotion
+            verdict = "promoted" if p.get("promoted") else "not promoted"
+            info.add_row("gate", f"{verdict}: {p.get('reason', '-')}")
+    console.print(info)
+    console.print(f"raw manifest: scalerec models show {v.version} --json", markup=False, highlight=False)
 
 
 @models_app.command("promote")

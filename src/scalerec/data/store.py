@@ -111,6 +111,12 @@ class DataStore:
         return f"DataStore({str(self.dir)!r})"
 
     @classmethod
+    def exists(cls, settings: Settings) -> bool:
+        """Whether the data directory already holds a store (its event log and its catalogue)."""
+        root = Path(settings.data.dir)
+        return (root / "events").is_dir() and catalog_exists(settings.data.resolved_catalog_url())
+
+    @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> "DataStore":
         """Open the data directory, creating its layout (``init``) and finishing interrupted work.
 

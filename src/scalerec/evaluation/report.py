@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scalerec.data.export import give_user_mode
 from scalerec.errors import StorageError
 from scalerec.evaluation.evaluate import LOWER_IS_BETTER, ComparisonResult, parse_metric_key
 
@@ -242,6 +243,7 @@ def write_html_report(result: ComparisonResult, path: str | Path, *, title: str 
     if not directory.is_dir():
         raise StorageError(f"cannot write the report to {path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    give_user_mode(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -63,6 +63,11 @@ log = logging.getLogger("scalerec.serving")
 
 #: How often a process checks the registry for a new production version (seconds).
 MODEL_POLL_S = 2.0
+#: How often a process checks the change feed (availability, prices, deleted users) written by
+#: the other workers: one primary-key lookup per tick, so another worker applies a PATCH within
+#: this plus the apply (the README's bound, CHANGE_BOUND_MS, measured by bench/bench_change_feed.py).
+CHANGE_POLL_S = 0.02
+CHANGE_BOUND_MS = 100
 
 # Bound once: ``labels()`` is a dict lookup plus argument checks on every call otherwise.
 _FALLBACK_UNKNOWN_USER = metrics.FALLBACKS.labels(kind="unknown_user")
@@ -145,9 +150,14 @@ class RecommendService:
         self.impressions.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(MODEL_POLL_S):
+        next_model = time.monotonic() + MODEL_POLL_S
+        while not self._stop.wait(CHANGE_POLL_S):
             try:
-                self.refresh()
+                if time.monotonic() >= next_model:
+                    next_model = time.monotonic() + MODEL_POLL_S
+                    self.refresh()
+                else:
+                    self.apply_changes()
             except Exception:  # never let the watcher die: keep serving the current state
                 log.exception("refresh failed; still serving the current model")
 
@@ -370,7 +380,7 @@ class RecommendService:
 
     def _ordered(self, which: str, n: int, flt: ItemFilter | None) -> dict[str, Any]:
         n = self._check_n(n)
-        live = self.live
+        live = self.state.lists_state()  # no model yet: counted from the store's events
         ranked = fallback_list(live, which, n, flt or _NO_FILTER)
         return self._response(live, ranked, kind=which, strategy=which, subject={})
 
