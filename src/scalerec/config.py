@@ -201,6 +201,109 @@ class ClusterSettings(_Section):
     serve: ClusterServeSettings = Field(default_factory=ClusterServeSettings)
 
 
+class PlacementBoost(_Section):
+    """Multiply (and/or add to) the score of candidates matching ``rule``; a factor below 1 buries."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="shown as boosted:<name>")
+    rule: str = Field(description="the condition, in the rule language (docs/merchandising.md)")
+    multiply: float = Field(1.0, gt=0, le=1000, description="score factor (>1 boosts, <1 buries)")
+    add: float = Field(0.0, ge=-1e6, le=1e6, description="added to the score after the factor")
+
+
+class PlacementPin(_Section):
+    item_id: str = Field(min_length=1, max_length=256)
+    position: int = Field(ge=1, le=10_000, description="1-based position in the list")
+
+
+class PlacementPromotion(_Section):
+    """Reserve ``slots`` positions for items matching ``rule`` (reason promoted:<name>)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    rule: str
+    slots: int = Field(1, ge=1, le=100)
+    positions: list[int] | None = Field(None, description="1-based positions; default: the first free ones")
+
+
+class PlacementExploration(_Section):
+    """A share of the slots for new or under-exposed items (reason exploration)."""
+
+    share: float = Field(0.1, gt=0, le=0.5, description="share of the n slots")
+    max_age_days: float | None = Field(30.0, gt=0, description="items created this recently count as new")
+    max_popularity_quantile: float | None = Field(
+        0.2, gt=0, le=1, description="items in this lowest share of popularity count as under-exposed"
+    )
+
+
+class PlacementDiversity(_Section):
+    """At most ``max_per`` items per ``by`` group (category or attributes.<key>), or MMR over item vectors."""
+
+    by: str = Field("category", pattern=r"^(category|attributes\.[A-Za-z0-9_\-]+)$")
+    max_per: int | None = Field(None, ge=1, le=1000)
+    mmr_lambda: float | None = Field(None, ge=0, le=1, description="relevance weight of MMR (1 = no diversity)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PlacementDiversity":
+        if self.max_per is None and self.mmr_lambda is None:
+            raise ValueError("set max_per (a cap per group) or mmr_lambda (MMR over item vectors)")
+        return self
+
+
+class PlacementSettings(_Section):
+    """A named list configuration (``[[placements]]``, or stored with ``/v1/placements``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    strategy: Literal["personal", "similar", "complementary", "popular", "trending", "session"] = "personal"
+    description: str = Field("", max_length=500)
+    n: int = Field(10, ge=1, le=10_000, description="list length when the request gives no n")
+    filter: str | None = Field(None, description="a rule every item must match")
+    filters: dict[str, Any] = Field(
+        default_factory=dict, description="the list filters (category, exclude_category, min_price, max_price, available_only)"
+    )
+    boosts: list[PlacementBoost] = Field(default_factory=list)
+    pins: list[PlacementPin] = Field(default_factory=list)
+    promotions: list[PlacementPromotion] = Field(default_factory=list)
+    blocklist: list[str] = Field(default_factory=list, description="item ids never served here")
+    exploration: PlacementExploration | None = None
+    diversity: PlacementDiversity | None = None
+    fallbacks: list[Literal["trending", "popular"]] = Field(default_factory=lambda: ["trending", "popular"])
+    exclude_seen: bool = True
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, v: dict[str, Any]) -> dict[str, Any]:
+        known = {"category", "exclude_category", "min_price", "max_price", "available_only"}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown filters {unknown}; known: {sorted(known)} (use a rule for anything else)")
+        return v
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> "PlacementSettings":
+        # every rule parsed when the placement is read or saved (RuleError names field and position)
+        from scalerec.serving.rules import parse_rule
+
+        if self.filter is not None:
+            parse_rule(self.filter, field="filter")
+        for i, b in enumerate(self.boosts):
+            parse_rule(b.rule, field=f"boosts[{i}].rule")
+        for i, p in enumerate(self.promotions):
+            parse_rule(p.rule, field=f"promotions[{i}].rule")
+        for kind, names in (("boost", [b.name for b in self.boosts]), ("promotion", [p.name for p in self.promotions])):
+            dup = sorted({x for x in names if names.count(x) > 1})
+            if dup:
+                raise ValueError(f"{kind} names must be unique, repeated: {dup}")
+        return self
+
+
+class MerchandisingSettings(_Section):
+    blocklist: list[str] = Field(default_factory=list, description="item ids no placement ever serves")
+    complementary_event_types: list[str] = Field(
+        default_factory=lambda: ["purchase", "add_to_cart"], description="events that put an item in a basket"
+    )
+    complementary_min_support: int = Field(2, ge=1, description="baskets two items must share to be paired")
+    complementary_top_k: int = Field(100, ge=1, le=10_000, description="complements kept per item")
+
+
 class Settings(BaseSettings):
     """All settings, one section per concern. See scalerec.example.toml for every key."""
 
@@ -219,6 +322,8 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    merchandising: MerchandisingSettings = Field(default_factory=MerchandisingSettings)
+    placements: list[PlacementSettings] = Field(default_factory=list, description="[[placements]] (docs/merchandising.md)")
 
     _toml_file: Path | None = None
 

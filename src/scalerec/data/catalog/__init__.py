@@ -42,6 +42,7 @@ __all__ = [
     "CatalogURL",
     "ChangeFeedStore",
     "ModelStageTable",
+    "PlacementTable",
     "SqliteCatalog",
     "StageTransaction",
     "TombstoneTable",
@@ -135,7 +136,17 @@ class TombstoneTable(Protocol):
 
 
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, Protocol):
+class PlacementTable(Protocol):
+    """Merchandising placements (scalerec.serving.merchandising): one JSON spec per name, validated
+    before it is stored; ``updated_at`` is an ISO-8601 UTC time."""
+
+    def placement_rows(self) -> list[tuple[str, str, str]]: ...
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool: ...
+    def delete_placement(self, name: str) -> bool: ...
+
+
+@runtime_checkable
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, PlacementTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str
