@@ -87,6 +87,8 @@ class Placements:
 
     def __init__(self, settings: Any, catalog: Any) -> None:
         self.catalog = catalog
+        self._settings_blocklist = list(settings.merchandising.blocklist)
+        self._block: tuple[float, tuple[str, ...]] = (-1e9, ())
         self._config = {p.name: p for p in settings.placements}
         self._stored: dict[str, tuple[PlacementSettings, str]] = {}
         self._read_at = -1e9
@@ -144,6 +146,23 @@ class Placements:
                                     details={"placement": name})
             raise NotFoundError(f"no stored placement {name!r}", details={"placement": name})
         self._refresh(force=True)
+
+    def blocklist(self) -> list[str]:
+        """The global blocklist: settings ``[merchandising] blocklist`` plus the stored one."""
+        at, stored = self._block
+        if time.monotonic() - at > PLACEMENTS_TTL_S:
+            raw = self.catalog.get_meta(BLOCKLIST_META)
+            stored = tuple(json.loads(raw)) if raw else ()
+            self._block = (time.monotonic(), stored)
+        return list(dict.fromkeys([*self._settings_blocklist, *stored]))
+
+    def set_blocklist(self, item_ids: list[str]) -> list[str]:
+        """Replace the stored global blocklist (the settings' entries stay)."""
+        if not isinstance(item_ids, list) or not all(isinstance(i, str) and i for i in item_ids):
+            raise ValidationError("the blocklist is a JSON list of item ids (non-empty strings)")
+        self.catalog.set_meta(BLOCKLIST_META, json.dumps(list(dict.fromkeys(item_ids))))
+        self._block = (-1e9, ())
+        return self.blocklist()
 
 
 # ---------------------------------------------------------------------- item columns per version
@@ -212,7 +231,6 @@ class Merchandiser:
         self._comp: dict[str, Complements] = {}
         self._compiled: dict[int, tuple[PlacementSettings, _Compiled]] = {}
         self._lock = threading.Lock()
-        self._block: tuple[float, tuple[str, ...]] = (-1e9, ())
 
     # -- shared per-version data
     def columns(self, live: LiveState) -> tuple[ItemColumns, dict[str, np.ndarray]]:
@@ -252,21 +270,10 @@ class Merchandiser:
             return comp
 
     def blocklist(self) -> list[str]:
-        """The global blocklist: settings ``[merchandising] blocklist`` plus the stored one."""
-        at, stored = self._block
-        if time.monotonic() - at > PLACEMENTS_TTL_S:
-            raw = self.service.store.catalog.get_meta(BLOCKLIST_META)
-            stored = tuple(json.loads(raw)) if raw else ()
-            self._block = (time.monotonic(), stored)
-        return list(dict.fromkeys([*self.settings.merchandising.blocklist, *stored]))
+        return self.placements.blocklist()
 
     def set_blocklist(self, item_ids: list[str]) -> list[str]:
-        """Replace the stored global blocklist (the settings' entries stay)."""
-        if not isinstance(item_ids, list) or not all(isinstance(i, str) and i for i in item_ids):
-            raise ValidationError("the blocklist is a JSON list of item ids (non-empty strings)")
-        self.service.store.catalog.set_meta(BLOCKLIST_META, json.dumps(list(dict.fromkeys(item_ids))))
-        self._block = (-1e9, ())
-        return self.blocklist()
+        return self.placements.set_blocklist(item_ids)
 
     def check_rule(self, text: str, *, env: dict[str, Any] | None = None) -> dict[str, Any]:
         """Parse ``text`` (RuleError when bad) and, with a model served, count the items it matches."""
@@ -342,7 +349,10 @@ class Merchandiser:
         if strategy in ("popular", "trending"):
             used = strategy
         run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills)
-        pipeline = run.pipeline(service.pipeline, complementary=query is not None and strategy == "complementary")
+        source = "complementary" if query is not None and strategy == "complementary" else "model"
+        if query is None and fills:  # no model query: the first fallback ordering is the candidate source
+            query, source = fills[0], "ordering"
+        pipeline = run.pipeline(service.pipeline, source=source)
         req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
                       placement=name, fetch=run.fetch(n))
         ranked = pipeline.run(req)
@@ -452,10 +462,12 @@ class _Run:
         spec = self.comp.spec
         return FETCH_FACTOR * n if (spec.boosts or spec.diversity or spec.promotions) else 0
 
-    def pipeline(self, base: Pipeline, *, complementary: bool) -> Pipeline:
+    def pipeline(self, base: Pipeline, *, source: str) -> Pipeline:
+        """``base`` (the service's pipeline, its reranker kept) with this placement's stages."""
         retrieval = [s for s in base.retrieval if s is not cap_per_category]
-        if complementary:
-            retrieval = [self.retrieve_complements if s is retrieve else s for s in retrieval]
+        if source != "model":
+            first = self.retrieve_complements if source == "complementary" else self.retrieve_ordering
+            retrieval = [first if s is retrieve else s for s in retrieval]
         finish = tuple(self.arrange if s is pin else s for s in base.finish)
         return Pipeline(retrieval=(*retrieval, self.boost, self.diversify), finish=finish)
 
@@ -466,6 +478,14 @@ class _Run:
         keep = req.allowed[ids]
         ids, lift = ids[keep][: c.k], lift[keep][: c.k]
         return Candidates(ids, lift.astype(np.float32), ["bought_together"] * len(ids), c.k)
+
+    def retrieve_ordering(self, req: Request, c: Candidates) -> Candidates:
+        """The top ``c.k`` allowed items of a fallback ordering (popular, trending) as candidates."""
+        st = self.live.model
+        order = st.trending_order if req.query == "trending" else st.popular_order
+        ids = order[req.allowed[order]][: c.k]
+        scores = (st.trending if req.query == "trending" else st.popular)[ids]
+        return Candidates(ids, scores.astype(np.float32), [str(req.query)] * len(ids), c.k)
 
     # -- rerank: boosts and buries
     def boost(self, req: Request, c: Candidates) -> Candidates:
