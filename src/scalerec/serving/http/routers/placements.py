@@ -14,7 +14,7 @@ from scalerec.errors import ValidationError
 from scalerec.serving.http import query
 from scalerec.serving.http.deps import AdminRole, JsonBodyRoute, ReadRole, Service, json_response
 from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
-from scalerec.serving.http.schemas import RecommendationList
+from scalerec.serving.http.schemas import ErrorResponse, RecommendationList
 
 router = APIRouter(tags=["placements"], route_class=JsonBodyRoute, responses=error_responses(*AUTH_ERRORS, 422))
 
@@ -55,7 +55,7 @@ class Blocklist(BaseModel):
 
 _SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/PlacementSettings"}}}}}
-_RULE_ERROR = {422: {"description": "invalid spec, or a rule that does not parse: type invalid_rule with details "
+_RULE_ERROR = {422: {"model": ErrorResponse, "description": "invalid spec, or a rule that does not parse: type invalid_rule with details "
                                     "{rule, position, column, field, problem, pointer}"}}
 
 PLACEMENT_PARAMS = (
