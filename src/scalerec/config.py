@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -221,7 +221,9 @@ class PlacementPromotion(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     rule: str
     slots: int = Field(1, ge=1, le=100)
-    positions: list[int] | None = Field(None, description="1-based positions; default: the first free ones")
+    positions: list[Annotated[int, Field(ge=1, le=10_000)]] | None = Field(
+        None, description="1-based positions; default: the first free ones"
+    )
 
 
 class PlacementExploration(_Section):
@@ -248,6 +250,22 @@ class PlacementDiversity(_Section):
         return self
 
 
+class PlacementFilters(_Section):
+    """The list filters of a placement (as the list endpoints' query parameters)."""
+
+    category: list[str] | None = Field(None, description="keep items in any of these categories")
+    exclude_category: list[str] | None = Field(None, description="drop items in any of these categories")
+    min_price: float | None = Field(None, ge=0)
+    max_price: float | None = Field(None, ge=0)
+    available_only: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PlacementFilters":
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(f"min_price {self.min_price} is above max_price {self.max_price}; swap them or drop one")
+        return self
+
+
 class PlacementSettings(_Section):
     """A named list configuration (``[[placements]]``, or stored with ``/v1/placements``)."""
 
@@ -256,9 +274,7 @@ class PlacementSettings(_Section):
     description: str = Field("", max_length=500)
     n: int = Field(10, ge=1, le=10_000, description="list length when the request gives no n")
     filter: str | None = Field(None, description="a rule every item must match")
-    filters: dict[str, Any] = Field(
-        default_factory=dict, description="the list filters (category, exclude_category, min_price, max_price, available_only)"
-    )
+    filters: PlacementFilters = Field(default_factory=PlacementFilters)
     boosts: list[PlacementBoost] = Field(default_factory=list)
     pins: list[PlacementPin] = Field(default_factory=list)
     promotions: list[PlacementPromotion] = Field(default_factory=list)
@@ -267,15 +283,6 @@ class PlacementSettings(_Section):
     diversity: PlacementDiversity | None = None
     fallbacks: list[Literal["trending", "popular"]] = Field(default_factory=lambda: ["trending", "popular"])
     exclude_seen: bool = True
-
-    @field_validator("filters")
-    @classmethod
-    def _known_filters(cls, v: dict[str, Any]) -> dict[str, Any]:
-        known = {"category", "exclude_category", "min_price", "max_price", "available_only"}
-        unknown = sorted(set(v) - known)
-        if unknown:
-            raise ValueError(f"unknown filters {unknown}; known: {sorted(known)} (use a rule for anything else)")
-        return v
 
     @model_validator(mode="after")
     def _check_rules(self) -> "PlacementSettings":

@@ -36,7 +36,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from scalerec.config import PlacementSettings
 from scalerec.data.ids import lookup
-from scalerec.errors import ConflictError, NotFoundError, ScalerecError, ValidationError
+from scalerec.errors import ConflictError, NotFoundError, RuleError, ScalerecError, ValidationError
 from scalerec.models.base import EmbeddingRecommender
 from scalerec.serving.complementary import Complements, basket_matrix, complements
 from scalerec.serving.filters import ItemFilter, cap_per_group
@@ -215,7 +215,7 @@ def _compile(spec: PlacementSettings) -> _Compiled:
     boosts = [(b, parse_rule(b.rule)) for b in spec.boosts]
     promos = [(p, parse_rule(p.rule)) for p in spec.promotions]
     refs = frozenset().union(*(r.refs for r in [filter_rule, *(r for _, r in boosts), *(r for _, r in promos)] if r))
-    flt = ItemFilter.from_values({**spec.filters, "max_per_category": None})
+    flt = ItemFilter.from_values({**spec.filters.model_dump(), "max_per_category": None})
     return _Compiled(spec, flt, filter_rule, boosts, promos, refs)
 
 
@@ -276,8 +276,12 @@ class Merchandiser:
         return self.placements.set_blocklist(item_ids)
 
     def check_rule(self, text: str, *, env: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Parse ``text`` (RuleError when bad) and, with a model served, count the items it matches."""
-        rule = parse_rule(text)
+        """Parse ``text`` and, with a model served, count the items it matches; a bad rule gives
+        ``valid: false`` and its RuleError as ``error`` (a check reports, it does not refuse)."""
+        try:
+            rule = parse_rule(text)
+        except RuleError as exc:
+            return {"rule": text, "valid": False, "references": [], "error": exc.to_dict()["error"]}
         out: dict[str, Any] = {"rule": text, "valid": True, "references": sorted(rule.refs)}
         live = self.service.state.current
         if live is not None:
@@ -312,15 +316,10 @@ class Merchandiser:
         spec = self.placements.get(name)
         comp = self._compiled_for(spec)
         service = self.service
-        n = service._check_n(spec.n if n is None else n)
+        # without n, the placement's own (at most serving.max_n)
+        n = service._check_n(min(spec.n, self.settings.serving.max_n) if n is None else n)
         context = dict(context or {})
-        strategy = spec.strategy
-        if strategy in ("similar", "complementary") and not item_id:
-            raise ValidationError(f"placement {name!r} ({strategy}) needs item_id, the item in view",
-                                  details={"placement": name, "field": "item_id"})
-        if strategy == "session" and not (item_ids or item_id):
-            raise ValidationError(f"placement {name!r} (session) needs item_id: the items of the session",
-                                  details={"placement": name, "field": "item_id"})
+        strategy = spec.strategy  # a subject it needs but lacks (no item in view, no user): the fallbacks
         live = service.live
         st = live.model
         cols, masks = self.columns(live)
@@ -338,7 +337,7 @@ class Merchandiser:
             query, used = st.retriever.item_query(view_col), "model"
         elif strategy == "complementary" and view_col >= 0:
             query, used = view_col, "complementary"
-        elif strategy == "session":
+        elif strategy == "session" and (item_ids or item_id):
             cols_s = st.item_cols(list(item_ids or [item_id]))
             cols_s = cols_s[cols_s >= 0]
             if len(cols_s):

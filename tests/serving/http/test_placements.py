@@ -42,7 +42,10 @@ def test_a_bad_rule_is_refused_with_its_position_and_nothing_is_stored(api1):
     e = _error(a.client.put("/v1/placements/home", json={"strategy": "best"}, headers=h), 422, "validation_error")
     assert e["details"][0]["field"] == "strategy"
     e = _error(a.client.put("/v1/placements/home", json={"filters": {"colour": "red"}}, headers=h), 422, "validation_error")
-    assert "unknown filters" in e["message"]
+    assert e["details"][0]["field"] == "filters.colour"
+    e = _error(a.client.put("/v1/placements/home", json={"filters": {"min_price": 5, "max_price": 1}}, headers=h),
+               422, "validation_error")
+    assert "min_price" in e["message"]
     _error(a.client.put("/v1/placements/home", json={"name": "other"}, headers=h), 422, "validation_error")
     _error(a.client.put("/v1/placements/home", json={"diversity": {"by": "category"}}, headers=h), 422, "validation_error")
     _error(a.client.put("/v1/placements/home", content=b"[1]", headers={**h, "Content-Type": "application/json"}),
@@ -60,9 +63,9 @@ def test_roles(api1):
 
 def test_request_errors(api1):
     a, h = api1, api1.h("admin")
-    a.client.put("/v1/placements/pdp", json={"strategy": "similar"}, headers=h)
-    e = _error(a.get("/v1/placements/pdp/recommendations"), 422, "validation_error")
-    assert "item_id" in e["message"]
+    a.client.put("/v1/placements/pdp", json={"strategy": "similar", "n": 5000}, headers=h)
+    body = a.get("/v1/placements/pdp/recommendations").json()  # no item in view: the fallbacks, n <= max_n
+    assert body["strategy"] == "fallback" and len(body["items"]) == min(a.settings.serving.max_n, int(a.service.live.items.available.sum()))
     _error(a.get("/v1/placements/pdp/recommendations?item_id=x&n=0"), 422, "validation_error")
     _error(a.get("/v1/placements/pdp/recommendations?item_id=x&n=100000"), 422, "validation_error")
     # an item the model never saw still gets a full list from the fallbacks
@@ -93,7 +96,7 @@ def test_settings_placements_are_listed_and_read_only(base_store, tmp_path):
 
 def test_check_rule_and_blocklist(api1):
     a, h = api1, api1.h("admin")
-    r = a.client.post("/v1/placements/check-rule", json={"rule": "price < 20 and $context.device == 'mobile'",
+    r = a.client.post("/v1/rules/check", json={"rule": "price < 20 and $context.device == 'mobile'",
                                                          "context": {"device": "mobile"}}, headers=h)
     assert r.status_code == 200
     out = r.json()
@@ -101,8 +104,9 @@ def test_check_rule_and_blocklist(api1):
     assert out["valid"] and out["references"] == ["context"]
     assert out["matches"] == sum(1 for row in cat if row["available"] and row["price"] is not None and row["price"] < 20
                                  and row["item_id"] in set(a.service.live.model.item_ids.tolist()))
-    e = _error(a.client.post("/v1/placements/check-rule", json={"rule": "price <"}, headers=h), 422, "invalid_rule")
-    assert e["details"]["position"] == 7
+    r = a.client.post("/v1/rules/check", json={"rule": "price <"}, headers=h)
+    assert r.status_code == 200 and r.json()["valid"] is False
+    assert r.json()["error"]["type"] == "invalid_rule" and r.json()["error"]["details"]["position"] == 7
     _error(a.client.put("/v1/blocklist", json={"item_ids": "x"}, headers=h), 422, "validation_error")
 
 
@@ -114,8 +118,9 @@ def test_openapi_documents_the_new_endpoints(api1):
     assert {"user_id", "item_id", "n"} <= {p["name"] for p in op["parameters"]}
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PlacementList")
     put = paths["/v1/placements/{name}"]["put"]
-    ref = put["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-    assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"]
+    body = put["requestBody"]["content"]["application/json"]["schema"]
+    assert "name" not in body["properties"] and body["properties"]["boosts"]["items"]["$ref"].rsplit("/", 1)[1] in doc["components"]["schemas"]
+    assert "201" in put["responses"]
     assert "invalid_rule" in put["responses"]["422"]["description"]
     assert put["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
-    assert "/v1/placements/check-rule" in paths and "/v1/blocklist" in paths
+    assert "/v1/rules/check" in paths and "/v1/blocklist" in paths

@@ -14,7 +14,8 @@ from scalerec.errors import ValidationError
 from scalerec.serving.http import query
 from scalerec.serving.http.deps import AdminRole, JsonBodyRoute, ReadRole, Service, json_response
 from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
-from scalerec.serving.http.schemas import ErrorResponse, RecommendationList
+from scalerec.data.ids import MAX_ID_LENGTH
+from scalerec.serving.http.schemas import ID_PATTERN, ErrorBody, ErrorResponse, RecommendationList
 
 router = APIRouter(tags=["placements"], route_class=JsonBodyRoute, responses=error_responses(*AUTH_ERRORS, 422))
 
@@ -47,16 +48,39 @@ class RuleCheckOut(BaseModel):
     references: list[str]
     matches: int | None = Field(None, description="available items matching it in the served model")
     examples: list[str] | None = None
+    error: ErrorBody | None = Field(None, description="why the rule is invalid (type invalid_rule, details.position)")
 
 
 class Blocklist(BaseModel):
     item_ids: list[str] = Field(max_length=100_000)
 
 
-_SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/PlacementSettings"}}}}}
+def _spec_body() -> dict[str, Any]:
+    """The PUT body: PlacementSettings without ``name`` (the path names the placement)."""
+    schema = PlacementSettings.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # the same models are components (PlacementOut's spec)
+    schema["properties"].pop("name", None)
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    schema["title"] = "PlacementSpec"
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_SPEC_BODY = _spec_body()
 _RULE_ERROR = {422: {"model": ErrorResponse, "description": "invalid spec, or a rule that does not parse: type invalid_rule with details "
                                     "{rule, position, column, field, problem, pointer}"}}
+
+_ID = {"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
+
+
+def _params_doc() -> dict[str, Any]:
+    extra = query.openapi(PLACEMENT_PARAMS)
+    for p in extra["parameters"]:  # the id policy of path ids, stated for these query ids too
+        if p["name"] == "user_id":
+            p["schema"].update(_ID)
+        elif p["name"] == "item_id":
+            p["schema"]["items"].update(_ID)
+    return extra
+
 
 PLACEMENT_PARAMS = (
     query.Param("user_id", "str", None, "the user (personal placements; $user)"),
@@ -78,7 +102,8 @@ def get_placement(service: Service, name: Name) -> Response:
 
 
 @router.put("/placements/{name}", response_model=PlacementOut, dependencies=[AdminRole],
-            openapi_extra=_SPEC_BODY, responses={**error_responses(*BODY_ERRORS), **_RULE_ERROR})
+            openapi_extra=_SPEC_BODY, responses={**error_responses(*BODY_ERRORS), **_RULE_ERROR,
+                                                 201: {"model": PlacementOut, "description": "created"}})
 def put_placement(service: Service, name: Name, body: Annotated[dict[str, Any], Body()]) -> Response:
     """Create or replace a stored placement; every rule is parsed first (nothing is stored otherwise)."""
     out, created = service.merchandising.placements.put(name, body)
@@ -92,10 +117,11 @@ def delete_placement(service: Service, name: Name) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/placements/check-rule", response_model=RuleCheckOut, dependencies=[AdminRole],
-             responses={**error_responses(*BODY_ERRORS), **_RULE_ERROR})
+@router.post("/rules/check", response_model=RuleCheckOut, dependencies=[AdminRole],
+             responses=error_responses(*BODY_ERRORS))
 def check_rule(service: Service, body: RuleCheck) -> Response:
-    """Parse a rule (422 invalid_rule with the position) and count the items it matches now."""
+    """Check a rule: ``valid`` and the items it matches now, or ``valid: false`` and the error
+    (the one error shape's body: type invalid_rule, details with the position)."""
     return json_response(service.merchandising.check_rule(body.rule, env={"context": body.context or {}}))
 
 
@@ -112,7 +138,7 @@ def put_blocklist(service: Service, body: Blocklist) -> Response:
 
 
 @router.get("/placements/{name}/recommendations", response_model=PlacementList, dependencies=[ReadRole],
-            openapi_extra=query.openapi(PLACEMENT_PARAMS), responses=error_responses(404))
+            openapi_extra=_params_doc(), responses=error_responses(404))
 async def placement_recommendations(request: Request, service: Service, name: Name) -> Response:
     """The placement's list: exactly n items when n are eligible, each with its reason (model,
     pinned, promoted:<name>, boosted:<rule>, exploration, bought_together, trending, popular)."""
