@@ -6,7 +6,7 @@ import difflib
 import os
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -217,6 +217,116 @@ class ClusterSettings(_Section):
     serve: ClusterServeSettings = Field(default_factory=ClusterServeSettings)
 
 
+class PlacementBoost(_Section):
+    """Multiply (and/or add to) the score of candidates matching ``rule``; a factor below 1 buries."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="shown as boosted:<name>")
+    rule: str = Field(description="the condition, in the rule language (docs/merchandising.md)")
+    multiply: float = Field(1.0, gt=0, le=1000, description="score factor (>1 boosts, <1 buries)")
+    add: float = Field(0.0, ge=-1e6, le=1e6, description="added to the score after the factor")
+
+
+class PlacementPin(_Section):
+    item_id: str = Field(min_length=1, max_length=256)
+    position: int = Field(ge=1, le=10_000, description="1-based position in the list")
+
+
+class PlacementPromotion(_Section):
+    """Reserve ``slots`` positions for items matching ``rule`` (reason promoted:<name>)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    rule: str
+    slots: int = Field(1, ge=1, le=100)
+    positions: list[Annotated[int, Field(ge=1, le=10_000)]] | None = Field(
+        None, description="1-based positions; default: the first free ones"
+    )
+
+
+class PlacementExploration(_Section):
+    """A share of the slots for new or under-exposed items (reason exploration)."""
+
+    share: float = Field(0.1, gt=0, le=0.5, description="share of the n slots")
+    max_age_days: float | None = Field(30.0, gt=0, description="items created this recently count as new")
+    max_popularity_quantile: float | None = Field(
+        0.2, gt=0, le=1, description="items in this lowest share of popularity count as under-exposed"
+    )
+
+
+class PlacementDiversity(_Section):
+    """At most ``max_per`` items per ``by`` group (category or attributes.<key>), or MMR over item vectors."""
+
+    by: str = Field("category", pattern=r"^(category|attributes\.[A-Za-z0-9_\-]+)$")
+    max_per: int | None = Field(None, ge=1, le=1000)
+    mmr_lambda: float | None = Field(None, ge=0, le=1, description="relevance weight of MMR (1 = no diversity)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PlacementDiversity":
+        if self.max_per is None and self.mmr_lambda is None:
+            raise ValueError("set max_per (a cap per group) or mmr_lambda (MMR over item vectors)")
+        return self
+
+
+class PlacementFilters(_Section):
+    """The list filters of a placement (as the list endpoints' query parameters)."""
+
+    category: list[str] | None = Field(None, description="keep items in any of these categories")
+    exclude_category: list[str] | None = Field(None, description="drop items in any of these categories")
+    min_price: float | None = Field(None, ge=0)
+    max_price: float | None = Field(None, ge=0)
+    available_only: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PlacementFilters":
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(f"min_price {self.min_price} is above max_price {self.max_price}; swap them or drop one")
+        return self
+
+
+class PlacementSettings(_Section):
+    """A named list configuration (``[[placements]]``, or stored with ``/v1/placements``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    strategy: Literal["personal", "similar", "complementary", "popular", "trending", "session"] = "personal"
+    description: str = Field("", max_length=500)
+    n: int = Field(10, ge=1, le=10_000, description="list length when the request gives no n")
+    filter: str | None = Field(None, description="a rule every item must match")
+    filters: PlacementFilters = Field(default_factory=PlacementFilters)
+    boosts: list[PlacementBoost] = Field(default_factory=list)
+    pins: list[PlacementPin] = Field(default_factory=list)
+    promotions: list[PlacementPromotion] = Field(default_factory=list)
+    blocklist: list[str] = Field(default_factory=list, description="item ids never served here")
+    exploration: PlacementExploration | None = None
+    diversity: PlacementDiversity | None = None
+    fallbacks: list[Literal["trending", "popular"]] = Field(default_factory=lambda: ["trending", "popular"])
+    exclude_seen: bool = True
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> "PlacementSettings":
+        # every rule parsed when the placement is read or saved (RuleError names field and position)
+        from scalerec.serving.rules import parse_rule
+
+        if self.filter is not None:
+            parse_rule(self.filter, field="filter")
+        for i, b in enumerate(self.boosts):
+            parse_rule(b.rule, field=f"boosts[{i}].rule")
+        for i, p in enumerate(self.promotions):
+            parse_rule(p.rule, field=f"promotions[{i}].rule")
+        for kind, names in (("boost", [b.name for b in self.boosts]), ("promotion", [p.name for p in self.promotions])):
+            dup = sorted({x for x in names if names.count(x) > 1})
+            if dup:
+                raise ValueError(f"{kind} names must be unique, repeated: {dup}")
+        return self
+
+
+class MerchandisingSettings(_Section):
+    blocklist: list[str] = Field(default_factory=list, description="item ids no placement ever serves")
+    complementary_event_types: list[str] = Field(
+        default_factory=lambda: ["purchase", "add_to_cart"], description="events that put an item in a basket"
+    )
+    complementary_min_support: int = Field(2, ge=1, description="baskets two items must share to be paired")
+    complementary_top_k: int = Field(100, ge=1, le=10_000, description="complements kept per item")
+
+
 class Settings(BaseSettings):
     """All settings, one section per concern. See scalerec.example.toml for every key."""
 
@@ -236,6 +346,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    merchandising: MerchandisingSettings = Field(default_factory=MerchandisingSettings)
+    placements: list[PlacementSettings] = Field(default_factory=list, description="[[placements]] (docs/merchandising.md)")
 
     _toml_file: Path | None = None
 

@@ -14,6 +14,7 @@ The methods here turn a call into a pipeline :class:`~scalerec.serving.pipeline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -170,6 +171,13 @@ class RecommendService:
         self.experiments.refresh()
         self.apply_changes()
         return changed
+
+    @functools.cached_property
+    def merchandising(self) -> Any:
+        """Placements, rules, pins and promotions over this service (scalerec.serving.merchandising)."""
+        from scalerec.serving.merchandising import Merchandiser
+
+        return Merchandiser(self)
 
     # ------------------------------------------------------------------ model state (see state.py)
     @property

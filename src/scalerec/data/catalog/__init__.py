@@ -43,6 +43,7 @@ __all__ = [
     "ChangeFeedStore",
     "ExperimentTable",
     "ModelStageTable",
+    "PlacementTable",
     "SqliteCatalog",
     "StageTransaction",
     "TombstoneTable",
@@ -149,8 +150,17 @@ class ExperimentTable(Protocol):
     def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]: ...
 
 
+class PlacementTable(Protocol):
+    """Merchandising placements (scalerec.serving.merchandising): one JSON spec per name, validated
+    before it is stored; ``updated_at`` is an ISO-8601 UTC time."""
+
+    def placement_rows(self) -> list[tuple[str, str, str]]: ...
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool: ...
+    def delete_placement(self, name: str) -> bool: ...
+
+
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, Protocol):
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, PlacementTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str

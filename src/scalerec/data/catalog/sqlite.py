@@ -1165,6 +1165,38 @@ class SqliteCatalog:
     def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]:
         return self._experiment_select("WHERE status = ?", (status,)) if status else self._experiment_select("", ())
 
+    # -- merchandising placements ---------------------------------------------------------
+    _PLACEMENTS_DDL = (
+        "CREATE TABLE IF NOT EXISTS placements (name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+
+    def placement_rows(self) -> list[tuple[str, str, str]]:
+        """Every stored placement as (name, spec JSON, updated_at), by name."""
+        try:
+            return [tuple(r) for r in self._query("SELECT name, spec, updated_at FROM placements ORDER BY name")]
+        except StorageError as exc:
+            if "no such table" in str(exc):  # created by the first write (no migration of older files)
+                return []
+            raise
+
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool:
+        """Store (or replace) one placement; True when it is new."""
+        with self._write() as conn:
+            conn.execute(self._PLACEMENTS_DDL)
+            new = conn.execute("SELECT 1 FROM placements WHERE name = ?", (name,)).fetchone() is None
+            conn.execute(
+                "INSERT INTO placements(name, spec, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (name, spec, updated_at),
+            )
+        return new
+
+    def delete_placement(self, name: str) -> bool:
+        """Delete one stored placement; False when there was none."""
+        with self._write() as conn:
+            conn.execute(self._PLACEMENTS_DDL)
+            return conn.execute("DELETE FROM placements WHERE name = ?", (name,)).rowcount > 0
+
 
 def _version_row(r: tuple) -> dict[str, Any]:
     row = dict(zip(_VERSION_COLS, r))

@@ -13,7 +13,7 @@ from scalerec.errors import ConfigError
 from scalerec.monitoring import metrics
 from scalerec.serving.auth import ApiKeyStore, Authenticator
 from scalerec.serving.http.errors import API_PREFIX, error_response, install_error_handlers, route_template
-from scalerec.serving.http.routers import events, health, items, models, online, recommendations, users
+from scalerec.serving.http.routers import events, health, items, models, online, placements, recommendations, users
 from scalerec.serving.service import RecommendService
 
 
@@ -136,7 +136,7 @@ def create_app(
     app.state.auth = auth
     install_error_handlers(app)
     recommendations.add_hot_routes(app, API_PREFIX)
-    for module in (recommendations, events, users, items, models, online, health):
+    for module in (recommendations, events, users, items, models, online, placements, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(LimitsAndMetrics, max_request_bytes=settings.serving.max_request_bytes)
     _document_limits(app, settings)
