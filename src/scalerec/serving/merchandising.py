@@ -320,7 +320,8 @@ class Merchandiser:
         n = service._check_n(min(spec.n, self.settings.serving.max_n) if n is None else n)
         context = dict(context or {})
         strategy = spec.strategy  # a subject it needs but lacks (no item in view, no user): the fallbacks
-        live = service.live
+        # a placement's experiment serves its variant's version, as the plain endpoints do
+        live, routed = service._route(user_id, name) if user_id else (service.live, None)
         st = live.model
         cols, masks = self.columns(live)
         env = self._env(live, cols, comp, user_id, item_id, context)
@@ -353,14 +354,15 @@ class Merchandiser:
             query, source = fills[0], "ordering"
         pipeline = run.pipeline(service.pipeline, source=source)
         req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
-                      placement=name, fetch=run.fetch(n))
+                      placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
         ranked = pipeline.run(req)
-        subject: dict[str, Any] = {"placement": name}
+        subject: dict[str, Any] = {}
         if user_id:
             subject["user_id"] = user_id
         if item_id:
             subject["item_id"] = item_id
-        return service._response(live, ranked, kind="placement", strategy=used, subject=subject, context=context)
+        return service._response(live, ranked, kind="placement", strategy=used, subject=subject, context=context,
+                                 placement=name, routed=routed)
 
     def _personal(self, live: LiveState, user_id: str, allowed: np.ndarray, exclude_seen: bool) -> tuple[Any, str]:
         st = live.model
