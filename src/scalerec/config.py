@@ -214,7 +214,8 @@ class RankingSettings(_Section):
     window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")
     max_queries: int = Field(4000, ge=10, description="(user, day) queries sampled per window")
     min_queries: int = Field(200, ge=1, description="skip the ranker with fewer queries than this in a window")
-    trees: int = Field(200, ge=1, le=5000, description="LightGBM boosting rounds")
+    trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")
+    negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
 
 
 class Settings(BaseSettings):

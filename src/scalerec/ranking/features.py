@@ -182,7 +182,7 @@ def context_lift_as_of(ev: pl.DataFrame, t: int, category: np.ndarray, n_cat: in
                        weather: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """How much more a category is bought (carts + purchases, else all events) under each weather
     label and temperature band than overall, from events before ``t``: float32 [n_cat, n_weather+1]
-    and [n_cat, len(TEMP_BANDS)+1], 1 = no change (add-one smoothed)."""
+    and [n_cat, len(TEMP_BANDS)+2] against the other labels, 1 = no change (add-one smoothed)."""
     past = before(ev, t)
     strong = past.filter(pl.col("type").is_in(["add_to_cart", "purchase"]))
     if strong.height >= 100:
@@ -190,12 +190,14 @@ def context_lift_as_of(ev: pl.DataFrame, t: int, category: np.ndarray, n_cat: in
     cat = category[past["i"].to_numpy()]
     w = weather.codes(past["weather"])
     band = temp_band(past["temp_c"].to_numpy().astype(np.float64)) + 1  # 0 = unknown
-    overall = np.bincount(cat, minlength=n_cat)[:n_cat] + 1.0
-    share = overall / overall.sum()
     out = []
     for codes, k in ((w, len(weather.values) + 1), (band, len(TEMP_BANDS) + 2)):
         m = sp.coo_matrix((np.ones(len(cat)), (cat, codes)), shape=(n_cat, k)).toarray() + 1.0
-        out.append(((m / m.sum(axis=0, keepdims=True)) / share[:, None]).astype(np.float32))
+        # a category's share under one label against its share under all the others
+        rest = m.sum(axis=1, keepdims=True) - m
+        lift = (m / m.sum(axis=0, keepdims=True)) / (rest / np.maximum(rest.sum(axis=0, keepdims=True), 1.0))
+        lift[:, 0] = 1.0  # unknown context: no lift
+        out.append(lift.astype(np.float32))
     return out[0], out[1]
 
 

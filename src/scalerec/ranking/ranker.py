@@ -173,7 +173,8 @@ def as_of(ev: pl.DataFrame, t: int, world: World, cfg: Any) -> AsOf:
 
 # ------------------------------------------------------------------------------ candidates
 def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, t: int,
-                    allowed: np.ndarray | None = None, recent: sp.csr_matrix | None = None) -> pl.DataFrame:
+                    allowed: np.ndarray | None = None, recent: sp.csr_matrix | None = None,
+                    ban_seen: bool = True) -> pl.DataFrame:
     """Merged candidates of queries of users ``qu`` (-1: unknown) at time ``t``: the given CF
     block plus co-occurrence and content neighbours of the recent items and the segments'
     favourites, never an item seen before ``d.t`` nor one launched after ``t``."""
@@ -181,7 +182,7 @@ def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, 
     ok = launched if allowed is None else (launched & allowed)
     known = qu >= 0
     uq = np.where(known, qu, 0)
-    seen = sp.csr_matrix(sp.diags(known.astype(np.float32)) @ d.seen[uq])
+    seen = sp.csr_matrix(sp.diags((known & ban_seen).astype(np.float32)) @ d.seen[uq])
     if recent is None:
         recent = sp.csr_matrix(sp.diags(known.astype(np.float32)) @ d.recent[uq])
     blocks = [cf]
@@ -202,19 +203,24 @@ def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, 
 
 
 # -------------------------------------------------------------------------------- features
-def assemble(d: AsOf, world: World, cand: pl.DataFrame, qu: np.ndarray, qctx: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 [rows, len(FEATURES)] for the candidate rows (q, i) of ``cand``."""
-    q = cand["q"].to_numpy()
-    i = cand["i"].to_numpy().astype(np.int64)
+def columns(cand: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The candidate frame as NumPy columns (what :func:`assemble` reads)."""
+    return {c: cand[c].to_numpy() for c in cand.columns}
+
+
+def assemble(d: AsOf, world: World, cand: dict[str, np.ndarray], qu: np.ndarray, qctx: dict[str, np.ndarray]) -> np.ndarray:
+    """float32 [rows, len(FEATURES)] for the candidate rows (q, i) of ``cand`` (NumPy columns)."""
+    q = np.asarray(cand["q"])
+    i = np.asarray(cand["i"]).astype(np.int64)
     u = qu[q]
     known = u >= 0
     uu = np.where(known, u, 0)
     cat = world.catalogue.category[i]
     cols: dict[str, np.ndarray] = {}
-    src = np.stack([cand[s].to_numpy(allow_copy=True).astype(np.float32) for s in SOURCES], axis=1)
+    src = np.stack([np.asarray(cand[s], np.float32) for s in SOURCES], axis=1)
     for j, s in enumerate(SOURCES):
         cols[s] = src[:, j]
-    cols["cf_rank"] = cand["cf_rank"].to_numpy().astype(np.float32)
+    cols["cf_rank"] = np.asarray(cand["cf_rank"], np.float32)
     cols["n_sources"] = np.isfinite(src).sum(axis=1).astype(np.float32)
     for name in ITEM_FEATURES:
         cols[name] = d.item[name][i]
@@ -228,11 +234,18 @@ def assemble(d: AsOf, world: World, cand: pl.DataFrame, qu: np.ndarray, qctx: di
     cols["user_location"] = np.where(known, world.attr_col("location")[uu], 0).astype(np.float32)
     cols["rel_price"] = price / cols["mean_price"]
 
+    one = len(qu) == 1  # a served request: one user's rows, read densely once
+
+    def lookup(m: sp.csr_matrix, c: np.ndarray) -> np.ndarray:
+        if one:
+            return m[int(uu[0])].toarray().ravel()[c].astype(np.float32)
+        return np.asarray(m[uu, c]).ravel().astype(np.float32)
+
     def pick(m: sp.csr_matrix, c: np.ndarray) -> np.ndarray:
-        v = np.asarray(m[uu, c]).ravel().astype(np.float32)
+        v = lookup(m, c)
         return np.where(known & (v > 0), v, nan)
 
-    aff = np.asarray(d.affinity[uu, cat]).ravel().astype(np.float32)
+    aff = lookup(d.affinity, cat)
     cols["category_affinity"] = np.where(known, aff, nan)
     cols["days_since_item"] = pick(d.touch_item, i)
     cols["days_since_category"] = pick(d.touch_cat, cat)
@@ -246,11 +259,13 @@ def assemble(d: AsOf, world: World, cand: pl.DataFrame, qu: np.ndarray, qctx: di
 
 
 def time_context(t_us: np.ndarray) -> dict[str, np.ndarray]:
-    """month (1-12), weekday (0 Monday) and hour (0-23) of UTC microsecond times."""
-    s = pl.Series(np.asarray(t_us, np.int64)).cast(pl.Datetime("us", "UTC"))
-    return {"month": s.dt.month().to_numpy().astype(np.float32),
-            "weekday": (s.dt.weekday() - 1).to_numpy().astype(np.float32),
-            "hour": s.dt.hour().to_numpy().astype(np.float32)}
+    """month (1-12), weekday (0 Monday) and hour (0-23) of UTC microsecond times (NumPy calendar)."""
+    t = np.asarray(t_us, np.int64)
+    days = t // US_PER_DAY
+    months = t.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
+    return {"month": (months % 12 + 1).astype(np.float32),
+            "weekday": ((days + 3) % 7).astype(np.float32),  # 1970-01-01 was a Thursday
+            "hour": ((t // 3_600_000_000) % 24).astype(np.float32)}
 
 
 # --------------------------------------------------------------------------------- queries
@@ -331,14 +346,28 @@ def labels_of(cand: pl.DataFrame, relevant: sp.csr_matrix) -> np.ndarray:
     return np.asarray(relevant[cand["q"].to_numpy(), cand["i"].to_numpy()]).ravel().astype(np.int32)
 
 
+def sample_negatives(q: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """bool mask: every relevant row and at most ``k`` random others per query (sorted by query),
+    queries without a relevant candidate dropped (they carry no LambdaRank gradient)."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(q)), y > 0, q))  # per query: negatives in random order first
+    neg_rank = np.empty(len(q), np.int64)
+    qs = q[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(qs)) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(qs)]))
+    neg_rank[order] = np.arange(len(q)) - first
+    has_pos = np.bincount(q, weights=(y > 0), minlength=int(q.max(initial=0)) + 1) > 0
+    return has_pos[q] & ((y > 0) | (neg_rank < k))
+
+
 def fit_booster(x: np.ndarray, y: np.ndarray, q: np.ndarray, cfg: Any, seed: int):
     import lightgbm as lgb
 
     groups = np.bincount(q)
     groups = groups[groups > 0]
     params = {
-        "objective": "lambdarank", "metric": "ndcg", "eval_at": [20], "learning_rate": 0.05,
-        "num_leaves": 31, "min_data_in_leaf": 50, "feature_fraction": 0.9, "bagging_fraction": 0.8,
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [20], "learning_rate": 0.08,
+        "num_leaves": 31, "min_data_in_leaf": 50, "max_bin": 63, "feature_fraction": 0.9, "bagging_fraction": 0.8,
         "bagging_freq": 1, "lambdarank_truncation_level": 30, "verbose": -1, "num_threads": 1, "seed": seed,
     }
     data = lgb.Dataset(x, label=y, group=groups, feature_name=list(FEATURES),
@@ -393,6 +422,7 @@ def build_world(store: Any, settings: "Settings", user_ids: np.ndarray, item_ids
     codes, vocabs = user_attribute_codes(store.catalog.users_table(), user_ids, list(cfg.segment_keys))
     index = ContentIndex.fit(item_texts(items.select([c for c in TEXT_COLUMNS if c in items.column_names])))
     content = sp.csr_matrix((len(item_ids), len(item_ids)), dtype=np.float32)
+    full = sp.csr_matrix((len(item_ids), index.n_terms), dtype=np.float32)
     if index.n_terms and cfg.content_candidates:
         cols = lookup(np.asarray(item_ids), np.asarray(items.column("item_id").to_pylist(), dtype=str))
         keep = np.flatnonzero(cols >= 0)
@@ -405,6 +435,7 @@ def build_world(store: Any, settings: "Settings", user_ids: np.ndarray, item_ids
     world = World(np.asarray(user_ids), np.asarray(item_ids), catalogue, codes, vocabs, list(cfg.segment_keys),
                   F.Vocab.of(ev["weather"]), F.Vocab.of(ev["device"]), content)
     world._content_index = index  # type: ignore[attr-defined]
+    world._content_vectors = full  # type: ignore[attr-defined]
     return world, ev
 
 
@@ -453,13 +484,21 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
     t1 = t2 - int(cfg.window_days * US_PER_DAY)
     end = int(ev["t"].max()) + 1
     seed = settings.evaluation.seed
+    for name, a, b in (("learning window", t1, t2), ("test part", t2, end)):
+        n_q = ev.filter((pl.col("t") >= a) & (pl.col("t") < b) & (pl.col("u") >= 0)).select(
+            (pl.col("u").cast(pl.Int64) * 1_000_000 + pl.col("t") // US_PER_DAY).n_unique()).item()
+        if n_q < cfg.min_queries:  # checked before any feature is computed: small stores skip at once
+            return RankerRun({"status": "skipped", "side_information": kinds,
+                              "reason": f"only {n_q} (user, day) queries in the {name}, fewer than "
+                                        f"[ranking] min_queries = {cfg.min_queries}"})
     d1, q1, cand1, x1, _ = _window_eval(ev, events, world, cfg, settings, family, params, t1, t2, seed)
     if cand1 is None or len(q1) < cfg.min_queries:
         return RankerRun({"status": "skipped", "side_information": kinds,
                           "reason": f"only {len(q1)} (user, day) queries in the {cfg.window_days:g} days before the test part, "
                                     f"fewer than [ranking] min_queries = {cfg.min_queries}"})
     y1 = labels_of(cand1, q1.relevant)
-    booster = fit_booster(x1, y1, cand1["q"].to_numpy(), cfg, seed)
+    keep = sample_negatives(cand1["q"].to_numpy(), y1, cfg.negatives, seed)
+    booster = fit_booster(x1[keep], y1[keep], cand1["q"].to_numpy()[keep], cfg, seed)
     d2, q2, cand2, x2, cfb2 = _window_eval(ev, events, world, cfg, settings, family, params, t2, end, seed + 1)
     if cand2 is None or len(q2) < cfg.min_queries:
         return RankerRun({"status": "skipped", "side_information": kinds,
@@ -518,6 +557,7 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         d_end.save(root / "asof")
         world._content_index.save(root / "content")  # type: ignore[attr-defined]
         sp.save_npz(root / "content_neighbours.npz", world.content)
+        sp.save_npz(root / "content_vectors.npz", world._content_vectors)  # type: ignore[attr-defined]
         np.savez(root / "world.npz", category=world.catalogue.category, price=world.catalogue.price,
                  launch_us=world.catalogue.launch_us, user_attrs=world.user_attrs)
         (root / "world.json").write_text(json.dumps({

@@ -53,6 +53,8 @@ class Request:
     pins: np.ndarray = field(default_factory=_no_items)
     fills: tuple[str, ...] = ()
     seeds: np.ndarray = field(default_factory=_no_items)  # items an anonymous session touched (for its reasons)
+    context: dict[str, str] = field(default_factory=dict)  # the request context (weather, device, ...), parsed once
+    user_id: str | None = None  # whose personal list this is (None: similar items, fallbacks, sessions)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ from scalerec.serving.pipeline import (
     Candidates,
     Pipeline,
     Request,
+    cap_per_category,
     explain_by_seeds,
     fallback_list,
     pin,
@@ -47,6 +48,7 @@ from scalerec.serving.realtime import (
     history_from_arrays,
     history_from_events,
 )
+from scalerec.ranking.stage import RankingStage, content_retrieve
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
     LiveState,
@@ -106,6 +108,10 @@ class RecommendService:
             retention_days=settings.serving.log_retention_days,
             max_bytes=int(settings.serving.log_max_mb * 1024 * 1024),
         )
+        # the ranking stage takes the rerank slot of the default pipeline (identity without an active ranker)
+        self.ranking = RankingStage(settings) if settings.ranking.enabled else None
+        if pipeline is DEFAULT and self.ranking is not None:
+            pipeline = DEFAULT.with_rerank(self.ranking)
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -274,6 +280,9 @@ class RecommendService:
         fresh = self._fresh(live, user_id)
         subject = {"user_id": user_id}
         if row < 0 and fresh.empty and not boost_items:
+            cold = self._segment_list(live, user_id, n, flt, context)
+            if cold is not None:  # a new user with attributes: their segments' favourites
+                return self._response(live, cold, kind="user", strategy="segment", subject=subject, context=context)
             # Nothing personal and nothing to exclude: the same trending list as everyone's.
             _FALLBACK_UNKNOWN_USER.inc()
             ranked = fallback_list(live, "trending", n, flt)
@@ -299,7 +308,8 @@ class RecommendService:
             metrics.FOLD_INS.inc()
         else:
             strategy, query = "model", st.retriever.user_query(row)
-        ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS))
+        ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
+                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
         return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context)
@@ -315,6 +325,9 @@ class RecommendService:
         st = live.model
         col = st.item_col(item_id)
         if col < 0:
+            by_content = self._content_similar(live, item_id, n, flt, context)
+            if by_content is not None:  # a new item: its neighbours by text, from the moment it is imported
+                return by_content
             raise UnknownItemError(
                 f"item {item_id!r} is not in model {st.version}: it has no interactions yet (or does not "
                 "exist); it gets similar items after the next training",
@@ -325,6 +338,39 @@ class RecommendService:
         req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL)
         ranked = self.pipeline.run(req)
         return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context)
+
+    def _segment_list(self, live: LiveState, user_id: str, n: int, flt: ItemFilter,
+                      context: dict[str, str] | None) -> Candidates | None:
+        """The favourites of a new user's segments (their catalogue attributes), filters, cap and
+        backfill applied; None without an active ranker or attributes."""
+        if self.ranking is None or self.ranking.bundle(live.model) is None:
+            return None
+        user = self.store.catalog.get_user(user_id)
+        allowed = live.items.mask(flt)
+        c = self.ranking.segment_favourites(live, dict((user or {}).get("attributes") or {}), allowed)
+        if c is None:
+            return None
+        req = Request(live, n, flt, allowed, fills=_PERSONAL_FILLS, context=context or {})
+        c = cap_per_category(req, c)
+        c = Candidates(c.ids[:n], c.scores[:n], c.reasons[:n], c.k)
+        for stage in self.pipeline.finish:
+            c = stage(req, c)
+        return c
+
+    def _content_similar(self, live: LiveState, item_id: str, n: int, flt: ItemFilter,
+                         context: dict[str, str] | None) -> dict[str, Any] | None:
+        """Similar items of a catalogue item the model has never seen, by its text (None: no ranker
+        bundle, no such item, or no word the vocabulary knows)."""
+        if self.ranking is None:
+            return None
+        item = self.store.catalog.get_item(item_id)
+        scores = self.ranking.content_scores(live, item) if item is not None else None
+        if scores is None:
+            return None
+        req = Request(live, n, flt, live.items.mask(flt), scores, f"similar_to:{item_id}", fills=_POPULAR_FILL,
+                      context=context or {})
+        ranked = Pipeline(retrieval=(content_retrieve, *self.pipeline.retrieval[1:]), finish=self.pipeline.finish).run(req)
+        return self._response(live, ranked, kind="similar", strategy="content", subject={"item_id": item_id}, context=context)
 
     def popular(self, n: int = 20, flt: ItemFilter | None = None) -> dict[str, Any]:
         """The most popular available items, under the same filters as every list."""
@@ -450,7 +496,8 @@ class RecommendService:
         else:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
-        req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive)
+        req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
+                      context=context or {})
         ranked = self.session_pipeline.run(req)
         return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context)
 
