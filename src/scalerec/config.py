@@ -209,6 +209,7 @@ class RankingSettings(_Section):
     cooc_candidates: int = Field(50, ge=0, le=5000, description="co-occurrence neighbours of the user's recent items")
     segment_candidates: int = Field(50, ge=0, le=5000, description="popular in the user's segments")
     content_candidates: int = Field(50, ge=0, le=5000, description="content (TF-IDF) neighbours of recent items")
+    context_candidates: int = Field(30, ge=0, le=5000, description="popular items of categories that sell more in the request's weather")
     recent_items: int = Field(10, ge=1, le=1000, description="recent items that seed co-occurrence and content")
     segment_keys: list[str] = Field(default_factory=lambda: ["location", "age_band"], description="user attributes of segments")
     window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")

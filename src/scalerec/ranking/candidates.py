@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-SOURCES = ("cf", "cooc", "segment", "content")
+SOURCES = ("cf", "cooc", "segment", "content", "context")
 
 
 def neighbour_matrix(ids: np.ndarray, scores: np.ndarray, n_items: int) -> sp.csr_matrix:
@@ -78,6 +78,14 @@ def merge(blocks: list[Block]) -> pl.DataFrame:
     aggs = [pl.col("score").filter(pl.col("source") == s).max().alias(s) for s in SOURCES]
     aggs.append(pl.col("rank").filter(pl.col("source") == "cf").min().alias("cf_rank"))
     return long.group_by("q", "i", maintain_order=True).agg(aggs).sort("q", maintain_order=True)
+
+
+def context_scores(popularity: np.ndarray, category: np.ndarray, lift: np.ndarray, code: int) -> np.ndarray:
+    """float32 [n_items]: recent popularity times how much the item's category sells more under
+    the context label ``code`` (0 where it does not sell more, or the context is unknown)."""
+    if code <= 0:
+        return np.zeros(len(popularity), np.float32)
+    return (popularity * np.maximum(lift[category, code] - 1.0, 0.0)).astype(np.float32)
 
 
 def segment_table(user_attr: np.ndarray, popularity_rows: sp.csr_matrix, n_values: int, k: int) -> tuple[np.ndarray, np.ndarray]:

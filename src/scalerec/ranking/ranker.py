@@ -29,7 +29,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from scalerec.ranking import features as F
-from scalerec.ranking.candidates import SOURCES, Block, merge, neighbour_matrix, segment_table, top_of_rows
+from scalerec.ranking.candidates import (SOURCES, Block, context_scores, merge, neighbour_matrix, segment_table,
+                                        top_of_rows)
 
 if TYPE_CHECKING:  # pragma: no cover
     from scalerec.config import Settings
@@ -174,7 +175,7 @@ def as_of(ev: pl.DataFrame, t: int, world: World, cfg: Any) -> AsOf:
 # ------------------------------------------------------------------------------ candidates
 def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, t: int,
                     allowed: np.ndarray | None = None, recent: sp.csr_matrix | None = None,
-                    ban_seen: bool = True) -> pl.DataFrame:
+                    ban_seen: bool = True, weather: np.ndarray | None = None) -> pl.DataFrame:
     """Merged candidates of queries of users ``qu`` (-1: unknown) at time ``t``: the given CF
     block plus co-occurrence and content neighbours of the recent items and the segments'
     favourites, never an item seen before ``d.t`` nor one launched after ``t``."""
@@ -199,6 +200,18 @@ def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, 
             keep = (c >= 0) & (np.repeat(codes, ids.shape[1]) > 0)
             seg = seg + sp.csr_matrix((shares[codes].ravel()[keep], (r[keep], c[keep])), shape=seg.shape)
         blocks.append(Block("segment", *top_of_rows(seg, cfg.segment_candidates, seen, ok)))
+    if cfg.context_candidates and weather is not None:
+        ids = np.full((len(qu), cfg.context_candidates), -1, np.int64)
+        scores = np.zeros(ids.shape, np.float32)
+        for code in np.unique(weather):  # one list per weather label, shared by its queries
+            v = np.where(ok, context_scores(d.item["views_7d"], world.catalogue.category, d.lift_weather, int(code)), 0)
+            rows = np.flatnonzero(weather == code)
+            bi, bs = top_of_rows(sp.csr_matrix(v[None, :]), cfg.context_candidates)
+            ids[rows], scores[rows] = bi[0], bs[0]
+        rr = np.repeat(np.arange(len(qu)), ids.shape[1])
+        drop = (np.asarray(seen[rr, np.maximum(ids, 0).ravel()]).reshape(ids.shape) > 0) if seen.nnz else np.zeros(ids.shape, bool)
+        ids = np.where(drop, -1, ids)
+        blocks.append(Block("context", ids, scores))
     return merge(blocks)
 
 
@@ -446,7 +459,7 @@ def _window_eval(ev, events, world, cfg, settings, family, params, t, end, seed,
         return d, qs, None, None, None
     model = fit_cf(family, params, events, t, world, settings)
     cfb = cf_block(model, d, qs.users, cfg.cf_candidates)
-    cand = candidate_frame(d, world, cfg, qs.users, cfb, t)
+    cand = candidate_frame(d, world, cfg, qs.users, cfb, t, weather=qs.ctx["weather"].astype(np.int64))
     x = assemble(d, world, cand, qs.users, qs.ctx)
     return d, qs, cand, x, cfb
 

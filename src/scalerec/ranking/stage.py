@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.ranking import features as F
-from scalerec.ranking.candidates import SOURCES
+from scalerec.ranking.candidates import SOURCES, context_scores
 from scalerec.ranking.content import ContentIndex, item_texts
 from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, assemble, request_context
 from scalerec.serving.pipeline import Candidates, Request
@@ -108,10 +108,10 @@ class RankingStage:
             recent = recent + sp.csr_matrix((np.ones(len(req.seeds), np.float32), (np.zeros(len(req.seeds), int), req.seeds)),
                                             shape=(1, st.n_items))
         now = int(time.time() * 1_000_000)
-        cand = self._candidates(b, row, ids, scores, sp.csr_matrix(recent), req.allowed, now)
+        ctx = request_context(req.context, b.world, now)
+        cand = self._candidates(b, row, ids, scores, sp.csr_matrix(recent), req.allowed, now, int(ctx["weather"][0]))
         if len(cand["i"]) == 0:
             return c
-        ctx = request_context(req.context, b.world, now)
         x = assemble(b.asof, b.world, cand, qu, ctx)
         s = b.booster.predict(x, num_threads=1)
         order = np.argsort(-s, kind="stable")
@@ -120,7 +120,7 @@ class RankingStage:
         return Candidates(items, s[order].astype(np.float32), reasons, c.k, c.backfilled)
 
     def _candidates(self, b: Bundle, row: int, cf_ids: np.ndarray, cf_scores: np.ndarray, recent: sp.csr_matrix,
-                    allowed: np.ndarray, now: int) -> dict[str, np.ndarray]:
+                    allowed: np.ndarray, now: int, w: int) -> dict[str, np.ndarray]:
         """One request's merged candidates as NumPy columns (the sources of ranker.candidate_frame,
         dense over the catalogue: one user, no sparse bookkeeping per source)."""
         cfg = self.cfg
@@ -151,6 +151,9 @@ class RankingStage:
                     m = sids[code] >= 0
                     np.add.at(v, sids[code][m], shares[code][m])
             top(v, cfg.segment_candidates, "segment")
+        if w > 0 and cfg.context_candidates:
+            top(context_scores(b.asof.item["views_7d"], b.world.catalogue.category, b.asof.lift_weather, w),
+                cfg.context_candidates, "context")
         all_ids = np.concatenate([blk[1] for blk in blocks]).astype(np.int64)
         uniq, inv = np.unique(all_ids, return_inverse=True)
         out: dict[str, np.ndarray] = {"q": np.zeros(len(uniq), np.int32), "i": uniq}
