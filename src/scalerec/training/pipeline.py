@@ -585,6 +585,7 @@ def train(
         ranking = train_ranker(
             settings, store, snapshot.events, family=best.family, params=best.best_params,
             user_ids=matrix.user_ids, item_ids=matrix.item_ids, test_start=_held_out_start(split), metric=metric,
+            force=options.force,
         )
         _emit(progress, "rank", 1, 1, f"ranking stage {ranking.section['status']}: {ranking.section['reason']}")
         timings["ranking_s"] = time.perf_counter() - t
