@@ -214,7 +214,7 @@ class RankingSettings(_Section):
     segment_keys: list[str] = Field(default_factory=lambda: ["location", "age_band"], description="user attributes of segments")
     window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")
     max_queries: int = Field(4000, ge=10, description="(user, day) queries sampled per window")
-    min_queries: int = Field(200, ge=1, description="skip the ranker with fewer queries than this in a window")
+    min_queries: int = Field(1000, ge=1, description="skip the ranker with fewer (user, day) queries than this in a window")
     trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")
     negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
 
