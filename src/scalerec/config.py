@@ -327,6 +327,24 @@ class MerchandisingSettings(_Section):
     complementary_top_k: int = Field(100, ge=1, le=10_000, description="complements kept per item")
 
 
+class RankingSettings(_Section):
+    """The ranking stage (docs/ranking.md): candidate sources, point-in-time features, LambdaRank."""
+
+    enabled: bool = Field(True, description="train a ranker after the candidate models and serve it when it passes the gate")
+    cf_candidates: int = Field(100, ge=1, le=5000, description="candidates from the production CF model")
+    cooc_candidates: int = Field(50, ge=0, le=5000, description="co-occurrence neighbours of the user's recent items")
+    segment_candidates: int = Field(50, ge=0, le=5000, description="popular in the user's segments")
+    content_candidates: int = Field(50, ge=0, le=5000, description="content (TF-IDF) neighbours of recent items")
+    context_candidates: int = Field(30, ge=0, le=5000, description="popular items of categories that sell more in the request's weather")
+    recent_items: int = Field(10, ge=1, le=1000, description="recent items that seed co-occurrence and content")
+    segment_keys: list[str] = Field(default_factory=lambda: ["location", "age_band"], description="user attributes of segments")
+    window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")
+    max_queries: int = Field(4000, ge=10, description="(user, day) queries sampled per window")
+    min_queries: int = Field(1000, ge=1, description="skip the ranker with fewer (user, day) queries than this in a window")
+    trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")
+    negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
+
+
 class Settings(BaseSettings):
     """All settings, one section per concern. See scalerec.example.toml for every key."""
 
@@ -348,6 +366,7 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     merchandising: MerchandisingSettings = Field(default_factory=MerchandisingSettings)
     placements: list[PlacementSettings] = Field(default_factory=list, description="[[placements]] (docs/merchandising.md)")
+    ranking: RankingSettings = Field(default_factory=RankingSettings)
 
     _toml_file: Path | None = None
 

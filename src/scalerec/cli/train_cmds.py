@@ -114,6 +114,8 @@ def _summary(result: "TrainResult") -> None:
     info.add_row("refit", f"{result.fit_s:.1f} s, peak memory {_bytes(result.peak_rss_bytes)}")
     verdict = "promoted to production" if p.get("promoted") else "kept as candidate"
     info.add_row("gate", f"{verdict}: {p.get('reason')}" + (" [forced]" if p.get("forced") else ""))
+    if result.ranking:
+        info.add_row("ranking", f"{result.ranking.get('status')}: {result.ranking.get('reason')}")
     console.print(info)
     print_protocol(result.protocol)
 
@@ -204,6 +206,7 @@ def train_cmd(
                     "fit_s": result.fit_s,
                     "peak_rss_bytes": result.peak_rss_bytes,
                     "families": [f.to_dict() for f in result.families],
+                    "ranking": {k: result.ranking.get(k) for k in ("status", "reason", "test")} if result.ranking else None,
                 },
                 default=str,
             )

@@ -57,6 +57,7 @@ class Request:
     placement: str | None = None  # the named placement (or where the list is shown, as the caller said)
     variant: str | None = None  # the experiment variant serving this request (None: no experiment)
     fetch: int = 0  # retrieve at least this many candidates (stages that reorder beyond the top n)
+    user_id: str | None = None  # whose personal list this is (None: similar items, fallbacks, sessions)
 
 
 @dataclass(slots=True)

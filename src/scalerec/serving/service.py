@@ -35,6 +35,7 @@ from scalerec.serving.pipeline import (
     Candidates,
     Pipeline,
     Request,
+    cap_per_category,
     explain_by_seeds,
     fallback_list,
     pin,
@@ -50,6 +51,7 @@ from scalerec.serving.realtime import (
 )
 from scalerec.serving.experiments import ExperimentRouter
 from scalerec.serving.impressions import ImpressionLog
+from scalerec.ranking.stage import RankingStage, content_retrieve
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
     LiveState,
@@ -121,6 +123,10 @@ class RecommendService:
             retention_days=settings.serving.log_retention_days,
         )
         self.experiments = ExperimentRouter(self.store.catalog, self.state)
+        # the ranking stage takes the rerank slot of the default pipeline (identity without an active ranker)
+        self.ranking = RankingStage(settings) if settings.ranking.enabled else None
+        if pipeline is DEFAULT and self.ranking is not None:
+            pipeline = DEFAULT.with_rerank(self.ranking)
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -322,6 +328,10 @@ class RecommendService:
         fresh = self._fresh(live, user_id)
         subject = {"user_id": user_id}
         if row < 0 and fresh.empty and not boost_items:
+            cold = self._segment_list(live, user_id, n, flt, context)
+            if cold is not None:  # a new user with attributes: their segments' favourites
+                return self._response(live, cold, kind="user", strategy="segment", subject=subject, context=context,
+                                      **where)
             # Nothing personal and nothing to exclude: the same trending list as everyone's.
             _FALLBACK_UNKNOWN_USER.inc()
             ranked = fallback_list(live, "trending", n, flt)
@@ -348,7 +358,8 @@ class RecommendService:
         else:
             strategy, query = "model", st.retriever.user_query(row)
         ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
-                                           placement=placement, variant=routed[1] if routed else None))
+                                           placement=placement, variant=routed[1] if routed else None,
+                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
         return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context, **where)
@@ -365,6 +376,9 @@ class RecommendService:
         st = live.model
         col = st.item_col(item_id)
         if col < 0:
+            by_content = self._content_similar(live, item_id, n, flt, context)
+            if by_content is not None:  # a new item: its neighbours by text, from the moment it is imported
+                return by_content
             raise UnknownItemError(
                 f"item {item_id!r} is not in model {st.version}: it has no interactions yet (or does not "
                 "exist); it gets similar items after the next training",
@@ -377,6 +391,39 @@ class RecommendService:
         ranked = self.pipeline.run(req)
         return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
                               placement=placement)
+
+    def _segment_list(self, live: LiveState, user_id: str, n: int, flt: ItemFilter,
+                      context: dict[str, str] | None) -> Candidates | None:
+        """The favourites of a new user's segments (their catalogue attributes), filters, cap and
+        backfill applied; None without an active ranker or attributes."""
+        if self.ranking is None or self.ranking.bundle(live.model) is None:
+            return None
+        user = self.store.catalog.get_user(user_id)
+        allowed = live.items.mask(flt)
+        c = self.ranking.segment_favourites(live, dict((user or {}).get("attributes") or {}), allowed)
+        if c is None:
+            return None
+        req = Request(live, n, flt, allowed, fills=_PERSONAL_FILLS, context=context or {})
+        c = cap_per_category(req, c)
+        c = Candidates(c.ids[:n], c.scores[:n], c.reasons[:n], c.k)
+        for stage in self.pipeline.finish:
+            c = stage(req, c)
+        return c
+
+    def _content_similar(self, live: LiveState, item_id: str, n: int, flt: ItemFilter,
+                         context: dict[str, str] | None) -> dict[str, Any] | None:
+        """Similar items of a catalogue item the model has never seen, by its text (None: no ranker
+        bundle, no such item, or no word the vocabulary knows)."""
+        if self.ranking is None:
+            return None
+        item = self.store.catalog.get_item(item_id)
+        scores = self.ranking.content_scores(live, item) if item is not None else None
+        if scores is None:
+            return None
+        req = Request(live, n, flt, live.items.mask(flt), scores, f"similar_to:{item_id}", fills=_POPULAR_FILL,
+                      context=context or {})
+        ranked = Pipeline(retrieval=(content_retrieve, *self.pipeline.retrieval[1:]), finish=self.pipeline.finish).run(req)
+        return self._response(live, ranked, kind="similar", strategy="content", subject={"item_id": item_id}, context=context)
 
     def popular(self, n: int = 20, flt: ItemFilter | None = None) -> dict[str, Any]:
         """The most popular available items, under the same filters as every list."""
@@ -509,7 +556,7 @@ class RecommendService:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
         req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
-                      placement=placement, variant=routed[1] if routed else None)
+                      placement=placement, variant=routed[1] if routed else None, context=context or {})
         ranked = self.session_pipeline.run(req)
         return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context,
                               placement=placement, routed=routed, session_id=session_id)

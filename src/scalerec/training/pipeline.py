@@ -61,7 +61,7 @@ class ProgressEvent:
     """One step of a long stage: ``done`` of ``total`` units (total None when unknown).
 
     Stages: "snapshot", "split", "search" (units: trials of ``family``), "fit", "evaluate",
-    "gate", "register". ``detail`` is a short human-readable note.
+    "gate", "rank" (the ranking stage), "register". ``detail`` is a short human-readable note.
     """
 
     stage: str
@@ -128,6 +128,8 @@ class TrainResult:
     split: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     new_events: int | None = None
+    #: the ranking stage's manifest section (status active / refused / skipped and why)
+    ranking: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -601,6 +603,19 @@ def train(
             decision["reason"] = f"not promoted (--no-promote); gate: {decision['reason']}"
         _emit(progress, "gate", 1, 1, decision["reason"])
         timings["gate_s"] = time.perf_counter() - t
+
+        # The ranking stage: learned over the chosen family's candidates, gated against it alone.
+        t = time.perf_counter()
+        from scalerec.ranking.ranker import train_ranker
+
+        _emit(progress, "rank", 0, 1, "ranking stage: features, LambdaRank, gate against the CF model alone")
+        ranking = train_ranker(
+            settings, store, snapshot.events, family=best.family, params=best.best_params,
+            user_ids=matrix.user_ids, item_ids=matrix.item_ids, test_start=_held_out_start(split), metric=metric,
+            force=options.force,
+        )
+        _emit(progress, "rank", 1, 1, f"ranking stage {ranking.section['status']}: {ranking.section['reason']}")
+        timings["ranking_s"] = time.perf_counter() - t
         protocol.warnings = list(dict.fromkeys(warnings))
 
         t = time.perf_counter()
@@ -609,12 +624,14 @@ def train(
             model, best, families_out, snapshot, split, settings, metric, test_scores.metrics, matrix, fit_s,
             mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals, outcome.stats,
         )
+        manifest.extra["ranking"] = _jsonable(ranking.section)
 
         def reg_progress(done: int, total: int) -> None:
             _emit(progress, "register", done, total, "writing the version")
 
         version = registry.register(
-            model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress
+            model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress,
+            write_extra=ranking.write,
         )
         if decision["promoted"]:
             version = registry.promote(version.version, force=options.force)
@@ -642,6 +659,7 @@ def train(
         snapshot=snapshot.describe(),
         split=split.summary(),
         timings=timings,
+        ranking=ranking.section,
     )
 
 
