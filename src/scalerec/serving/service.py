@@ -237,6 +237,7 @@ class RecommendService:
         context: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         rid = self._new_id()
+        metrics.count_list(strategy)
         assert ranked.rendered is not None  # every pipeline ends with render
         item_ids, items = ranked.rendered
         self.reclog.add(
@@ -404,6 +405,7 @@ class RecommendService:
         unranked = [i for i, k in zip(ids, known) if not k and i not in removed_set]
         out += [{"item_id": i, "score": None, "reason": "unranked"} for i in unranked]
         rid = self._new_id()
+        metrics.count_list(strategy)
         self.reclog.add({"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
                          "model_version": st.version, "items": [o["item_id"] for o in out]})
         return {"recommendation_id": rid, "model_version": st.version, "user_id": user_id,
