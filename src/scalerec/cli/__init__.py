@@ -19,6 +19,7 @@ from scalerec.cli import train_cmds  # noqa: E402,F401
 from scalerec.cli import serve_cmd  # noqa: E402,F401
 from scalerec.cli import io_cmds  # noqa: E402,F401
 from scalerec.cli import batch_cmd  # noqa: E402,F401
+from scalerec.cli import monitor_cmds  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 
