@@ -86,7 +86,8 @@ def dashboard_data(service: Any, monitor: Any = None, *, range_: str = "1d", now
     objective = settings.monitoring.latency_objective_ms
     overview = {
         "figures": {k: figs.get(k) for k in (*names, "model_age_hours", "ann_recall", "process_rss_bytes")},
-        "model_version": latest.get("model_version") or (service.state.current.model.version if service.state.current else None),
+        # what this process serves now (the leader's figures may be a sample old)
+        "model_version": service.state.current.model.version if service.state.current else latest.get("model_version"),
         "charts": {
             "traffic": line_figure(s["t"], {"requests/s": s["requests_per_second"]}, y_title="requests/s"),
             "latency": line_figure(s["t"], {"p50": s["p50_latency_ms"], "p99": s["p99_latency_ms"],
