@@ -70,6 +70,7 @@ def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dic
             port = free_port()
             env = {"SCALEREC_MONITORING__ENABLED": "true" if mode == "on" else "false",
                    "SCALEREC_MONITORING__SAMPLE_INTERVAL_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+            started = time.time()
             proc = start([py, "-m", "scalerec", "--data-dir", str(settings.data.dir), "serve", "--port", str(port)],
                          env, logs / f"serve-{mode}.log")
             stop_scrape = threading.Event()
@@ -85,6 +86,11 @@ def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dic
                                 c.get(base + "/v1/metrics")
                     threading.Thread(target=scrape, daemon=True).start()
                 run_wrk(base, connections=8, duration_s=2, env=env_wrk)  # warm-up
+                if mode == "on":  # steady state: the monitor's first round (drift pass, capacity) done
+                    figures = Path(settings.data.dir) / "monitoring" / "figures.json"
+                    deadline = time.time() + 120
+                    while time.time() < deadline and (not figures.is_file() or figures.stat().st_mtime < started):
+                        time.sleep(0.2)
                 res = run_wrk(base, connections=8, duration_s=seconds, env=env_wrk)
                 out[mode].append(res["rps"])
                 p99[mode].append(res["p99_ms"])

@@ -31,7 +31,7 @@ def _files(store: Any) -> list[str]:
     return [str(p) for p in store.log.files()]
 
 
-def _aggregate(store: Any) -> dict[str, Any]:
+def _aggregate(store: Any, threads: int = 2) -> dict[str, Any]:
     """Per-day aggregates of the whole log (plus pending events), vectorised in DuckDB."""
     import duckdb
 
@@ -39,7 +39,7 @@ def _aggregate(store: Any) -> dict[str, Any]:
     pending = store.catalog.pending_events_table().select(["user_id", "item_id", "event_type", "timestamp", "context"])
     con = duckdb.connect()
     try:
-        con.execute("SET threads TO 2")
+        con.execute(f"SET threads TO {int(threads)}")
         con.register("pending_events", pending)
         sources = ["SELECT user_id, item_id, event_type, timestamp, context FROM pending_events"]
         if files:
@@ -137,12 +137,13 @@ def _level_check(name: str, values: np.ndarray, detail: str) -> dict[str, Any]:
     return _judge(name, "relative change", float(day), base, float(stat_day), stat_base, REL_FLOOR, detail)
 
 
-def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None) -> dict[str, Any]:
+def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None, threads: int = 2) -> dict[str, Any]:
     """Every check for ``day`` (default: the last complete UTC day with events) against the
     ``[monitoring] baseline_days`` before it; days with fewer than ``drift_min_events`` events are
-    left out of the baseline, and a day below it is reported as not judged."""
+    left out of the baseline, and a day below it is reported as not judged. ``threads``: DuckDB's
+    (the server passes 1, leaving the other cores to requests)."""
     mon = settings.monitoring
-    agg = _aggregate(store)
+    agg = _aggregate(store, threads)
     counts = {d: (n, u) for d, n, u in agg["days"]}
     if not counts:
         return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events"}

@@ -93,13 +93,13 @@ class Monitor:
 
     def _run(self) -> None:
         interval = self.settings.monitoring.sample_interval_seconds
-        while not self._stop.is_set():
+        # the first round (a drift pass over the whole log) waits one interval: not while the server warms up
+        while not self._stop.wait(interval):
             try:
                 if self.is_leader():
                     self.tick()
             except Exception:  # never let monitoring take the server down
                 log.exception("monitoring tick failed")
-            self._stop.wait(interval)
 
     # ------------------------------------------------------------------------------ one tick
     def sample(self, now: float | None = None) -> F.Sample:
@@ -158,7 +158,7 @@ class Monitor:
         yesterday = (dt.datetime.fromtimestamp(now, dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
         if current is not None and current.get("computed_for") == yesterday:
             return
-        report = compute(self.service.store, self.settings)
+        report = compute(self.service.store, self.settings, threads=1)
         report["computed_for"] = yesterday
         _write_json(drift_report(self.settings), report)
 
