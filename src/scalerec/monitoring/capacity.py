@@ -25,7 +25,8 @@ ASSUMPTIONS = [
     "with items squared, a matrix-cell array (nnz) with events; worker processes share the memory-mapped model",
     "training: ALS/BPR/item-kNN/RP3beta/popular time grows linearly with events; EASE with items cubed "
     "(its Gram inverse) plus events",
-    "training memory: the refit's peak grows like the model's bytes",
+    "training memory: the refit's peak above a bare process (this one's resident memory when it starts measuring) "
+    "grows like the model's bytes",
     "CPU per request: fixed per strategy (measured here); workers = ceil(peak rps x CPU-s per request / 0.6), "
     "a worker kept below 60% busy so the latency tail stays flat",
     "one machine is enough while workers <= its cores, memory <= its budget and a retraining fits in the "
@@ -100,6 +101,7 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True) -> 
     from scalerec.monitoring.figures import data_figures, process_figures, version_rows
     from scalerec.registry import Registry
 
+    base_rss = int(psutil.Process().memory_info().rss)
     own = store is None
     store = store if store is not None else DataStore.open(settings, read_only=True)
     try:
@@ -115,6 +117,7 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True) -> 
             "model": None,
             "training": {},
             "requests_cpu_us": {},
+            "baseline_rss_bytes": base_rss,
         }
         per_family: dict[str, dict[str, Any]] = {}
         for r in rows:  # newest first: the latest version of each family
@@ -197,7 +200,9 @@ def project(
     training = {}
     for fam, tr in (measured.get("training") or {}).items():
         secs = tr["fit_seconds"] * e * (i**3 if fam == "ease" else 1.0)
-        training[fam] = {"seconds": secs, "peak_rss_bytes": (tr.get("peak_rss_bytes") or 0) * (model_then / model_now if model_now else e)}
+        peak = tr.get("peak_rss_bytes") or 0
+        fixed = min(peak, measured.get("baseline_rss_bytes") or 0)
+        training[fam] = {"seconds": secs, "peak_rss_bytes": fixed + (peak - fixed) * (model_then / model_now if model_now else e)}
     fam = model.get("family")
     train_s = training.get(fam, {}).get("seconds") if fam else None
     reasons = []

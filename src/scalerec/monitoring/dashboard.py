@@ -73,7 +73,7 @@ def dashboard_data(service: Any, monitor: Any = None, *, range_: str = "1d", now
     now = time.time() if now is None else now
     settings = service.settings
     span = RANGES.get(range_, RANGES["1d"])
-    samples = History(settings).read(since=now - span, until=now)
+    samples = History(settings).read(since=now - span, until=now, points=600)
     latest = (monitor.last if monitor is not None and monitor.last else {}) or {}
     figs = dict(latest.get("figures") or {})
     if not figs and samples:
