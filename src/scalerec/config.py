@@ -345,6 +345,36 @@ class RankingSettings(_Section):
     negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
 
 
+
+class AlertRule(_Section):
+    """One ``[[alerts]]`` rule: a figure (scalerec.monitoring.figures) compared with a threshold for a duration."""
+
+    name: str = Field(..., min_length=1, description="the alert's name (unique)")
+    metric: str = Field(..., description="the figure or check it watches, e.g. p99_latency_ms, drift_score")
+    op: Literal[">", ">=", "<", "<="] = Field(">", description="firing when FIGURE op THRESHOLD")
+    threshold: float
+    for_seconds: float = Field(0.0, ge=0, description="the condition must hold this long before it fires")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    description: str = ""
+
+
+class MonitoringSettings(_Section):
+    """Metrics history, alert evaluation and delivery, drift windows and capacity budgets."""
+
+    enabled: bool = Field(True, description="sample figures, evaluate [[alerts]] and deliver notices in `serve`")
+    sample_interval_seconds: float = Field(60.0, ge=1, description="how often the server records its figures")
+    history_days: float = Field(31.0, gt=0, description="figures older than this are deleted")
+    window_seconds: float = Field(300.0, ge=10, description="rates and latency quantiles are over this window")
+    latency_objective_ms: float = Field(50.0, gt=0, description="p99 latency objective of recommendation endpoints")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive firing/resolved notices (JSON POST)")
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    baseline_days: int = Field(28, ge=2, description="drift: days before the checked day that form the baseline")
+    drift_min_events: int = Field(200, ge=1, description="drift: a day with fewer events is not judged")
+    memory_budget_mb: float | None = Field(None, gt=0, description="capacity: memory one machine may use; none = its RAM")
+    disk_budget_mb: float | None = Field(None, gt=0, description="capacity: disk the data directory may use; none = free + used")
+    ann_recall_sample: int = Field(200, ge=10, description="users sampled per model to measure ANN recall against exact")
+    use_default_alerts: bool = Field(True, description="add the built-in rules to those in [[alerts]] (same name: yours wins)")
+
 class Settings(BaseSettings):
     """All settings, one section per concern. See scalerec.example.toml for every key."""
 
@@ -367,6 +397,8 @@ class Settings(BaseSettings):
     merchandising: MerchandisingSettings = Field(default_factory=MerchandisingSettings)
     placements: list[PlacementSettings] = Field(default_factory=list, description="[[placements]] (docs/merchandising.md)")
     ranking: RankingSettings = Field(default_factory=RankingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules (see docs/monitoring.md)")
 
     _toml_file: Path | None = None
 

@@ -161,6 +161,7 @@ def train_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from scalerec.monitoring.training import recorded_run
     from scalerec.training.pipeline import TrainOptions, train
 
     if force and no_promote:
@@ -173,15 +174,17 @@ def train_cmd(
         test_fraction=test_fraction, if_new_events=if_new_events, force=force, promote=not no_promote, seed=seed,
     )
     store = get_store(ctx)
-    if as_json:
-        result = train(settings, options, store=store)
-    else:
-        columns = (
-            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[detail]}"),
-        )
-        with Progress(*columns, console=console, transient=False) as bar:
-            result = train(settings, options, store=store, progress=_ProgressView(bar))
+    with recorded_run(settings) as run:  # the server reads this run's figures (monitoring/training.py)
+        if as_json:
+            result = train(settings, options, store=store)
+        else:
+            columns = (
+                TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}"),
+            )
+            with Progress(*columns, console=console, transient=False) as bar:
+                result = train(settings, options, store=store, progress=_ProgressView(bar))
+        run["result"] = result
     if result.status == "skipped":
         if as_json:
             console.print_json(json.dumps({"status": "skipped", "reason": result.reason, "new_events": result.new_events}))

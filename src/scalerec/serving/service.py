@@ -277,6 +277,7 @@ class RecommendService:
         session_id: str | None = None,
     ) -> dict[str, Any]:
         rid = self._new_id()
+        metrics.count_list(strategy)
         assert ranked.rendered is not None  # every pipeline ends with render
         item_ids, items = ranked.rendered
         experiment, variant = routed or (None, None)
@@ -503,6 +504,7 @@ class RecommendService:
         unranked = [i for i, k in zip(ids, known) if not k and i not in removed_set]
         out += [{"item_id": i, "score": None, "reason": "unranked"} for i in unranked]
         rid = self._new_id()
+        metrics.count_list(strategy)
         record = {"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
                   "model_version": st.version, "strategy": strategy, "items": [o["item_id"] for o in out]}
         self.reclog.add(record)
