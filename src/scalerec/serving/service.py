@@ -88,12 +88,11 @@ class RecommendService:
     ) -> None:
         from scalerec.data.store import DataStore
         from scalerec.registry import Registry
-        from scalerec.serving.auth import db_path_from_url
 
         self.settings = settings
         self.store = store if store is not None else DataStore.open(settings)
         self.registry = registry if registry is not None else Registry(settings)
-        self.feed = ChangeFeed(db_path_from_url(settings.data.resolved_catalog_url()))
+        self.feed = ChangeFeed(settings.data.resolved_catalog_url())
         self._types = event_type_weights(
             settings.events.types,
             settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,

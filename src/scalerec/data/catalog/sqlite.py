@@ -32,10 +32,12 @@ from scalerec.data.catalog._convert import (
     _column,
     _event_rows,
     _events_from_rows,
+    _item_rows,
     _now_us,
     _patch_value,
     _ts_column,
     _us_to_dt,
+    _user_rows,
 )
 from scalerec.data import coerce
 from scalerec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
@@ -466,21 +468,7 @@ class SqliteCatalog:
         """
         return self._staged_upsert(table, _ITEMS_STAGE, self._item_rows)
 
-    @staticmethod
-    def _item_rows(batch: pa.Table) -> list[tuple]:
-        batch = _check_schema(batch, ITEM_SCHEMA, "item", "validate_items")
-        return list(
-            zip(
-                _column(batch, "item_id").to_pylist(),
-                _column(batch, "title").to_pylist(),
-                _column(batch, "description").to_pylist(),
-                coerce.json_texts(_column(batch, "categories")).to_pylist(),
-                _column(batch, "price").to_pylist(),
-                _column(batch, "available").cast(pa.int64()).to_pylist(),
-                coerce.json_texts(_column(batch, "attributes")).to_pylist(),
-                _column(batch, "created_at").cast(pa.int64()).to_pylist(),
-            )
-        )
+    _item_rows = staticmethod(_item_rows)
 
     def _staged_upsert(self, table: pa.Table | Iterable[pa.Table], stage: "_Stage", to_rows: Any) -> int:
         """Upsert rows all or nothing while holding the write lock only for the final SQL merge.
@@ -618,16 +606,7 @@ class SqliteCatalog:
         iterable of tables (see upsert_items)."""
         return self._staged_upsert(table, _USERS_STAGE, self._user_rows)
 
-    @staticmethod
-    def _user_rows(batch: pa.Table) -> list[tuple]:
-        batch = _check_schema(batch, USER_SCHEMA, "user", "validate_users")
-        return list(
-            zip(
-                _column(batch, "user_id").to_pylist(),
-                coerce.json_texts(_column(batch, "attributes")).to_pylist(),
-                _column(batch, "created_at").cast(pa.int64()).to_pylist(),
-            )
-        )
+    _user_rows = staticmethod(_user_rows)
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         rows = self._query(
