@@ -169,6 +169,7 @@ _FRESH_SINCE_SQL = (
     " UNION ALL SELECT user_id FROM serving_recent_events WHERE pending_id > %(a)s AND pending_id <= %(b)s"
     " AND timestamp >= %(t)s"
 )
+_NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _HEAD_SQL = "SELECT value FROM scalerec_heads WHERE name = %s"
 _PRUNED_UPTO_KEY = "serving_changes_pruned_upto"
 _VERSION_COLS = ("version", "stage", "created_at", "family", "metric", "score", "promoted_at", "archived_at",
@@ -779,6 +780,36 @@ class PostgresCatalog:
                 "rows = excluded.rows, imported_at = excluded.imported_at",
                 (fingerprint, txid, source, int(rows), imported_at),
             )
+
+
+    # -- leases (expiry by the server's clock: machines with skewed clocks agree) ------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]:
+        with self._write() as conn:
+            n = conn.execute(
+                f"INSERT INTO scalerec_leases (name, holder, expires_us) VALUES (%(n)s, %(h)s, {_NOW_US} + %(ttl)s) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_us = excluded.expires_us "
+                f"WHERE scalerec_leases.holder = excluded.holder OR scalerec_leases.expires_us < {_NOW_US}",
+                {"n": name, "h": holder, "ttl": int(ttl_s * 1e6)},
+            ).rowcount
+            row = conn.execute("SELECT holder FROM scalerec_leases WHERE name = %s", (name,)).fetchone()
+        return n > 0, (row[0] if row else None)
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._write() as conn:
+            return conn.execute(
+                f"UPDATE scalerec_leases SET expires_us = {_NOW_US} + %s WHERE name = %s AND holder = %s",
+                (int(ttl_s * 1e6), name, holder),
+            ).rowcount > 0
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM scalerec_leases WHERE name = %s AND holder = %s", (name, holder)).rowcount > 0
+
+    def lease_holder(self, name: str) -> tuple[str, int] | None:
+        row = self._one(
+            f"SELECT holder, expires_us FROM scalerec_leases WHERE name = %s AND expires_us >= {_NOW_US}", (name,)
+        )
+        return None if row is None else (row[0], int(row[1]))
 
 
 def _first_line(exc: BaseException) -> str:

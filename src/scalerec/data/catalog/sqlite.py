@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -258,6 +259,34 @@ _VERSION_SELECT = f"SELECT {', '.join(_VERSION_COLS)} FROM model_versions"
 _first = itemgetter(0)
 
 
+#: Filesystem types (/proc/self/mountinfo) on which SQLite must not run: remote or clustered.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "ceph", "glusterfs", "lustre", "gpfs", "9p",
+    "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs",
+    "fuse.goofys", "fuse.mountpoint-s3", "efs",
+})
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def network_filesystem(path: Path) -> str | None:
+    """The type of the network filesystem holding ``path``, or None (local, or not Linux)."""
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, best_type = mount, right.split()[0]
+    return best_type if best_type in NETWORK_FILESYSTEMS else None
+
+
 def _storage_error(exc: sqlite3.Error, what: str) -> StorageError:
     """A driver error as the seam's typed error ("database is locked" past the busy timeout: busy)."""
     text = str(exc)
@@ -300,6 +329,16 @@ class SqliteCatalog:
             elif p.parent and not p.parent.exists():
                 raise StorageError(
                     f"catalogue directory {str(p.parent)!r} does not exist; run `scalerec init` or create it"
+                )
+            fs = network_filesystem(p.parent)
+            if fs is not None:
+                # WAL needs shared memory and POSIX locks that network filesystems do not give:
+                # several machines on one file corrupt it.
+                raise StorageError(
+                    f"the SQLite catalogue {str(p)!r} is on a network filesystem ({fs}), where SQLite's locks do "
+                    "not hold; set [data] catalog_url = \"postgresql://USER@HOST:PORT/DB\" "
+                    "(SCALEREC_DATA__CATALOG_URL) to share a catalogue between machines, or put the data "
+                    "directory on a local disk"
                 )
             self._target = str(p)
             self._uri = False
@@ -1086,6 +1125,47 @@ class SqliteCatalog:
                 "VALUES (?, ?, ?, ?, ?)",
                 (fingerprint, txid, source, int(rows), imported_at),
             )
+
+
+    # -- leases -----------------------------------------------------------------------------
+    _LEASE_DDL = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_us INTEGER NOT NULL)"
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]:
+        """Take lease ``name`` for ``ttl_s`` seconds if free, expired or already ``holder``'s;
+        returns (acquired, the holder now)."""
+        now = _now_us()
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            n = conn.execute(
+                "INSERT INTO leases (name, holder, expires_us) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET "
+                "holder = excluded.holder, expires_us = excluded.expires_us "
+                "WHERE leases.holder = excluded.holder OR leases.expires_us < ?4",
+                (name, holder, now + int(ttl_s * 1e6), now),
+            ).rowcount
+            row = conn.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return n > 0, (row[0] if row else None)
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            return conn.execute(
+                "UPDATE leases SET expires_us = ? WHERE name = ? AND holder = ?",
+                (_now_us() + int(ttl_s * 1e6), name, holder),
+            ).rowcount > 0
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            return conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)).rowcount > 0
+
+    def lease_holder(self, name: str) -> tuple[str, int] | None:
+        """(holder, expires_us) of an unexpired lease, else None."""
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            row = conn.execute(
+                "SELECT holder, expires_us FROM leases WHERE name = ? AND expires_us >= ?", (name, _now_us())
+            ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
 
 def _version_row(r: tuple) -> dict[str, Any]:
