@@ -182,6 +182,7 @@ class DataStore:
         moved = 0
         with self.maintenance_lock():
             self._recover_pending()
+            self._apply_shared_deletions()
             while True:
                 with self._view_lock.exclusive(blocking=blocking) as ok:
                     if not ok:
@@ -229,6 +230,7 @@ class DataStore:
             stats = dict(self.log.recover())
             stats.update(self._recover_pending())
             stats["deletions_finished"] = self._finish_deletions()
+            stats["shared_deletions_applied"] = self._apply_shared_deletions()
         return stats
 
     @contextlib.contextmanager
@@ -318,6 +320,34 @@ class DataStore:
         report = {"removed": removed, "resumed": resumed}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
+
+    def _apply_shared_deletions(self) -> int:
+        """Remove from this machine's log and recommendation log the users whose deletion another
+        machine sharing the catalogue finished (its tombstones, after this log's watermark): the
+        log that training reads keeps no deleted user's events. Returns the users applied."""
+        from scalerec.serving.reclog import scrub_users
+
+        mark = self.events_dir / ".deletions-applied"
+        try:
+            seq = int(mark.read_text().strip() or 0)
+        except (OSError, ValueError):
+            seq = 0
+        rows = self.catalog.user_tombstones(since_seq=seq)
+        if not rows:
+            return 0
+        users = sorted({user for _, user, deleted_at in rows if deleted_at is not None})
+        if users:
+            with self._view_lock.exclusive():
+                self.log.delete_users(users)
+            scrub_users(self.dir / "logs", users)
+        done = [s for s, _, deleted_at in rows if deleted_at is not None]
+        unfinished = [s for s, _, deleted_at in rows if deleted_at is None]
+        # stop before the first unfinished one: it is applied once finished
+        upto = max((s for s in done if not unfinished or s < min(unfinished)), default=seq)
+        tmp = mark.with_suffix(".tmp")
+        tmp.write_text(str(upto))
+        os.replace(tmp, mark)
+        return len(users)
 
     def _finish_deletions(self) -> int:
         """Finish deletions a crash interrupted (the caller holds the log lock); returns how many."""

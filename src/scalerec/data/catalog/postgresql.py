@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -219,7 +220,7 @@ class PostgresCatalog:
     #: Seconds a statement waits for another writer's lock before StorageBusyError (HTTP 503).
     BUSY_TIMEOUT_S = 30.0
     #: Connections per process: serving threads share them (each holds one per statement).
-    POOL_SIZE = 8
+    POOL_SIZE = 16
     CONNECT_TIMEOUT_S = 5
 
     def __init__(self, url: str | CatalogURL, *, create_dirs: bool = False, read_only: bool = False) -> None:
@@ -254,11 +255,8 @@ class PostgresCatalog:
         finally:
             if not conn.closed:
                 conn.close()
-        self._pool = ConnectionPool(
-            self.url, min_size=1, max_size=self.POOL_SIZE, open=True, timeout=self.BUSY_TIMEOUT_S,
-            kwargs={"autocommit": True, "connect_timeout": self.CONNECT_TIMEOUT_S},
-            configure=lambda c: [c.execute(sql) for sql in settings] and None, name="scalerec-catalog",
-        )
+        self._pool_key = (self.url, self.read_only)
+        self._pool = _shared_pool(self._pool_key, settings, self.POOL_SIZE, self.BUSY_TIMEOUT_S, self.CONNECT_TIMEOUT_S)
 
     @classmethod
     def from_url(cls, url: CatalogURL, *, create_dirs: bool = False, read_only: bool = False) -> "PostgresCatalog":
@@ -328,7 +326,7 @@ class PostgresCatalog:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool.close()
+            _release_pool(self._pool_key)
 
     def __enter__(self) -> "PostgresCatalog":
         return self
@@ -810,6 +808,39 @@ class PostgresCatalog:
             f"SELECT holder, expires_us FROM scalerec_leases WHERE name = %s AND expires_us >= {_NOW_US}", (name,)
         )
         return None if row is None else (row[0], int(row[1]))
+
+
+# One pool per URL per process, shared by every store object on it (the data store, the change
+# feed, the API keys and the registry of a serving process): a bounded number of connections per
+# machine, and no pool threads left behind by an object nobody closed.
+_POOLS: dict[tuple[str, bool], list[Any]] = {}
+_POOLS_GUARD = threading.Lock()
+
+
+def _shared_pool(key: tuple[str, bool], settings: list[str], size: int, timeout_s: float, connect_s: int) -> ConnectionPool:
+    with _POOLS_GUARD:
+        entry = _POOLS.get(key)
+        if entry is None:
+            pool = ConnectionPool(
+                key[0], min_size=1, max_size=size, open=True, timeout=timeout_s,
+                kwargs={"autocommit": True, "connect_timeout": connect_s},
+                configure=lambda c: [c.execute(sql) for sql in settings] and None, name="scalerec-catalog",
+            )
+            entry = _POOLS[key] = [pool, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_pool(key: tuple[str, bool]) -> None:
+    with _POOLS_GUARD:
+        entry = _POOLS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _POOLS[key]
+    entry[0].close()
 
 
 def _first_line(exc: BaseException) -> str:
