@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -91,3 +92,48 @@ class PostgresServer:
         except Exception:  # noqa: BLE001 - best effort at session end
             pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class S3Server:
+    """moto's standalone S3-compatible server on 127.0.0.1:<free port> (PyPI ``moto[server]``)."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+        if not Path(exe).exists():
+            raise RuntimeError("moto_server not found; pip install 'moto[server]' (the dev extra has it)")
+        self.exe, self.port = exe, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.endpoint = f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "S3Server":
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen([self.exe, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
+            try:
+                urllib.request.urlopen(f"http://{self.endpoint}/", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"moto_server not up after {timeout:.0f} s")
+
+    def bucket_url(self, prefix: str = "scalerec") -> str:
+        """A fresh bucket; the s3:// URL of ``prefix`` in it (endpoint and plain HTTP in the query)."""
+        import pyarrow.fs as pafs
+
+        bucket = f"b-{uuid.uuid4().hex[:12]}"
+        fs = pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", access_key="test",
+                               secret_key="test", region="us-east-1", allow_bucket_creation=True)
+        fs.create_dir(bucket)
+        return f"s3://{bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)

@@ -38,6 +38,21 @@ def postgres_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on loopback for the session (credentials: test/test)."""
+    from _servers import S3Server, unavailable
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    try:
+        server = S3Server().start()
+    except Exception as exc:  # noqa: BLE001 - reported as the reason
+        unavailable(f"cannot start an S3-compatible server: {exc}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> str:
     """A catalogue URL on the session's PostgreSQL server with a fresh, empty schema."""

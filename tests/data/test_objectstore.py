@@ -51,3 +51,27 @@ def test_refusals_name_the_url_without_secrets(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="store_url"):
         ObjectStore(str(blocker)).check()
+
+
+def test_the_same_protocol_on_a_real_s3_compatible_server(s3_server, tmp_path):
+    store = ObjectStore(s3_server.bucket_url("models"))
+    store.check()
+    src = _version(tmp_path / "src", {"model/arrays.npy": b"y" * 3000, "manifest.json": b"{}"})
+    store.publish(src, "v0001")
+    assert store.committed("v0001") and not store.committed("v0002")
+    cache = tmp_path / "cache" / "v0001"
+    cache.parent.mkdir()
+    store.fetch("v0001", cache)
+    assert (cache / "model" / "arrays.npy").read_bytes() == b"y" * 3000
+    store.delete("v0001")
+    assert not store.committed("v0001")
+
+
+def test_an_unreachable_s3_endpoint_names_the_url_and_the_fix(tmp_path):
+    from _servers import free_port
+
+    store = ObjectStore(f"s3://bucket/p?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1"
+                        "&connect_timeout=1&request_timeout=1")
+    with pytest.raises(StorageError, match="endpoint_override") as err:
+        store.check()
+    assert "bucket/p" in err.value.message

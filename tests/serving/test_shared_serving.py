@@ -33,16 +33,17 @@ def _until(check, what: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def shared(tmp_path, postgres_url, monkeypatch):
-    """Machine A (trains; its data dir holds the event log) and machine B (serves only)."""
+@pytest.fixture(params=["path", "s3"])
+def shared(request, tmp_path, postgres_url, monkeypatch):
+    """Machine A (trains; its data dir holds the event log) and machine B (serves only), on a
+    model store that is a shared path or a real S3-compatible server."""
     from scalerec.data.store import DataStore
     from scalerec.datasets.synth import generate_store
     from scalerec.serving.auth import ApiKeyStore
     from scalerec.training.pipeline import TrainOptions, train
     from _server import Server
 
-    store_dir = tmp_path / "object-store"
+    store_dir = tmp_path / "object-store" if request.param == "path" else request.getfixturevalue("s3_server").bucket_url()
     monkeypatch.setenv("SCALEREC_DATA__CATALOG_URL", postgres_url)
     monkeypatch.setenv("SCALEREC_DATA__STORE_URL", str(store_dir))
     settings_a = Settings(data={"dir": tmp_path / "a", "catalog_url": postgres_url, "store_url": str(store_dir)})

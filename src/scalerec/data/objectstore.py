@@ -26,13 +26,34 @@ __all__ = ["ObjectStore"]
 _CHUNK = 8 << 20
 
 
+#: s3:// URL query options passed to pyarrow's S3FileSystem (credentials come from AWS_* variables).
+_S3_OPTIONS = {"endpoint_override": str, "scheme": str, "region": str, "connect_timeout": float,
+               "request_timeout": float, "force_virtual_addressing": lambda v: v.lower() == "true"}
+
+
+def _s3(url: str) -> tuple[pafs.FileSystem, str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    opts: dict = {}
+    for key, value in parse_qsl(parts.query):
+        if key not in _S3_OPTIONS:
+            raise ValueError(f"unknown s3 URL option {key!r}; known: {', '.join(sorted(_S3_OPTIONS))}")
+        opts[key] = _S3_OPTIONS[key](value)
+    # delayed open: an object below one part is one PutObject, not a multipart upload
+    fs = pafs.S3FileSystem(allow_delayed_open=True, **opts)
+    return fs, f"{parts.netloc}{parts.path}"
+
+
 class ObjectStore:
     """Directories under one URL prefix; ``marker`` is the name of each directory's commit object."""
 
     def __init__(self, url: str, *, marker: str = "manifest.json") -> None:
         self.url, self.shown, self.marker = str(url), redact_url(str(url)), marker
         try:
-            if "://" in self.url:
+            if self.url.lower().startswith("s3://"):
+                self.fs, root = _s3(self.url)
+            elif "://" in self.url:
                 self.fs, root = pafs.FileSystem.from_uri(self.url)
             else:
                 self.fs, root = pafs.LocalFileSystem(), os.path.abspath(self.url)
