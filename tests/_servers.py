@@ -47,7 +47,8 @@ class PostgresServer:
     """One PostgreSQL cluster in a temp directory on 127.0.0.1:<free port>, trust auth for user
     ``scalerec``; run as the ``postgres`` system user when the tests run as root (initdb refuses root)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if not (self.initdb and self.pg_ctl):
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; apt-get install postgresql")
@@ -67,10 +68,10 @@ class PostgresServer:
 
     def start(self) -> "PostgresServer":
         self._run(self.initdb, "-D", str(self.data), "-U", "scalerec", "--auth=trust", "-E", "UTF8",
-                  "--locale=C.UTF-8", "--no-sync")
-        # fsync off: a throwaway cluster (the benchmark uses its own with fsync on)
+                  "--locale=C.UTF-8", *([] if self.fsync else ["--no-sync"]))
+        # fsync off for the tests' throwaway cluster; the benchmark measures with fsync on
         opts = (f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-                "-c fsync=off -c max_connections=300 -c shared_buffers=64MB")
+                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=300 -c shared_buffers=128MB")
         self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-o", opts, "-w", "-t", "60", "start")
         return self
 

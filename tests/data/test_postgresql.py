@@ -124,3 +124,26 @@ def test_a_missing_server_fails_under_ci_and_skips_elsewhere(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception):
         unavailable("no server")
+
+
+def test_a_committed_change_wakes_a_waiting_watcher(postgres_url):
+    watcher, writer = open_catalog(postgres_url), open_catalog(postgres_url)
+    try:
+        assert watcher.wait_for_changes(0.2) is False, "nothing changed: the timeout"
+        woke: list[bool] = []
+        t = threading.Thread(target=lambda: woke.append(watcher.wait_for_changes(30)))
+        t.start()
+        writer.upsert_items(items_table())
+        t.join(60)
+        assert woke == [True]
+        # a promotion wakes it too
+        t = threading.Thread(target=lambda: woke.append(watcher.wait_for_changes(30)))
+        t.start()
+        with writer.stage_transaction() as db:
+            db.insert_version({"version": "v0001-x", "stage": "candidate", "created_at": "2025-01-01"})
+            db.promote("v0001-x", "2025-01-02", forced=False, note=None)
+        t.join(60)
+        assert woke == [True, True]
+    finally:
+        watcher.close()
+        writer.close()

@@ -132,7 +132,11 @@ class RecommendService:
         self.reclog.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(MODEL_POLL_S):
+        # every MODEL_POLL_S, or at once when the catalogue notifies a change (PostgreSQL)
+        while not self._stop.is_set():
+            self.feed.wait(MODEL_POLL_S, self._stop)
+            if self._stop.wait(0.01):  # a burst of notified writes costs one refresh
+                return
             try:
                 self.refresh()
             except Exception:  # never let the watcher die: keep serving the current state

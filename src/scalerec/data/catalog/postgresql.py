@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -50,7 +51,11 @@ from scalerec.errors import StorageBusyError, StorageError, UnknownItemError, Va
 
 __all__ = ["PostgresCatalog", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "1"  # the catalogue's data format (meta schema_version, as on SQLite)
+#: The PostgreSQL objects' revision: opening a database of an older one re-runs _SCHEMA.
+PG_SCHEMA_VERSION = "2"
+#: LISTEN/NOTIFY channel of change-feed and stage writes (payload: the schema written to).
+CHANNEL = "scalerec_changes"
 
 _AT_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
@@ -118,6 +123,7 @@ _SCHEMA: list[str] = [
          last := scalerec_take_ids('changes', n);
          INSERT INTO serving_changes (seq, kind, key)
            SELECT last - n + t.o, change_kind, t.k FROM unnest(keys) WITH ORDINALITY AS t(k, o);
+         PERFORM pg_notify('scalerec_changes', current_schema());  -- sent on commit, once per transaction
        END $$""",
     """CREATE OR REPLACE FUNCTION scalerec_items_changed() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN PERFORM scalerec_record_changes('item', ARRAY(SELECT item_id FROM changed)); RETURN NULL; END $$""",
@@ -146,7 +152,7 @@ _SCHEMA: list[str] = [
     "CREATE OR REPLACE TRIGGER serving_keep_compacted AFTER DELETE ON pending_events REFERENCING OLD TABLE "
     "AS changed FOR EACH STATEMENT EXECUTE FUNCTION scalerec_keep_compacted()",
     f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING",
-    f"INSERT INTO meta VALUES ('pg_schema_version', '{SCHEMA_VERSION}') ON CONFLICT (key) "
+    f"INSERT INTO meta VALUES ('pg_schema_version', '{PG_SCHEMA_VERSION}') ON CONFLICT (key) "
     f"DO UPDATE SET value = excluded.value",
 ]
 
@@ -255,6 +261,7 @@ class PostgresCatalog:
         finally:
             if not conn.closed:
                 conn.close()
+        self._listener: psycopg.Connection | None = None
         self._pool_key = (self.url, self.read_only)
         self._pool = _shared_pool(self._pool_key, settings, self.POOL_SIZE, self.BUSY_TIMEOUT_S, self.CONNECT_TIMEOUT_S)
 
@@ -272,7 +279,7 @@ class PostgresCatalog:
         on CREATE (several serving machines start at once)."""
         if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is not None:
             row = conn.execute("SELECT value FROM meta WHERE key = 'pg_schema_version'").fetchone()
-            if row is not None and row[0] == SCHEMA_VERSION:
+            if row is not None and row[0] == PG_SCHEMA_VERSION:
                 return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.scalerec_schema'))")
@@ -327,6 +334,28 @@ class PostgresCatalog:
         if not self._closed:
             self._closed = True
             _release_pool(self._pool_key)
+            if self._listener is not None:
+                self._listener.close()
+
+    def wait_for_changes(self, timeout_s: float) -> bool:
+        """Block until a change-feed or stage write commits anywhere (LISTEN/NOTIFY) or
+        ``timeout_s`` passes; True when notified. For one thread (a serving watcher): its own
+        connection, opened on first use."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT_S)
+                self._listener.execute(f"LISTEN {CHANNEL}")
+                self._schema = self._listener.execute("SELECT current_schema()").fetchone()[0]
+            while (left := deadline - time.monotonic()) > 0:
+                for note in self._listener.notifies(timeout=left, stop_after=1):
+                    if note.payload == self._schema:
+                        return True
+        except psycopg.Error as exc:
+            if self._listener is not None:
+                self._listener.close()
+            raise self._error(exc, "cannot wait for catalogue changes") from None
+        return False
 
     def __enter__(self) -> "PostgresCatalog":
         return self
@@ -881,6 +910,11 @@ class _PgStages:
             "forced = %s, note = COALESCE(%s, note) WHERE version = %s",
             (at, int(bool(forced)), note, version),
         )
+        self._notify()
+
+    def _notify(self) -> None:
+        # serving watchers wake at this transaction's commit instead of their next poll
+        self.conn.execute(f"SELECT pg_notify('{CHANNEL}', current_schema())")
 
     def restore(self, current: str, target: str, at: str) -> None:
         self.conn.execute(
@@ -888,6 +922,7 @@ class _PgStages:
             (at, current),
         )
         self.conn.execute("UPDATE model_versions SET stage = 'production', archived_at = NULL WHERE version = %s", (target,))
+        self._notify()
 
     def delete_version(self, version: str) -> None:
         self.conn.execute("DELETE FROM model_versions WHERE version = %s", (version,))
