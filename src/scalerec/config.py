@@ -51,7 +51,13 @@ def _default_event_types() -> dict[str, EventType]:
 class DataSettings(_Section):
     dir: Path = Field(Path("data"), description="the data directory holding catalog.db, events/, models/")
     catalog_url: str | None = Field(
-        None, description="catalogue store URL; default sqlite:///<dir>/catalog.db"
+        None, description="catalogue store URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (shared by "
+        "several machines); default sqlite:///<dir>/catalog.db"
+    )
+    store_url: str | None = Field(
+        None, description="object store shared by several machines for model versions: s3://BUCKET/PREFIX "
+        "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) or a path; each machine keeps "
+        "a local cache in <dir>/models; default none (models only in <dir>/models)"
     )
     import_chunk_rows: int = Field(1_000_000, ge=1_000, description="rows read per chunk on import")
     compact_min_files: int = Field(8, ge=2, description="compact a day partition once it has this many files")
@@ -62,8 +68,8 @@ class DataSettings(_Section):
     @field_validator("catalog_url")
     @classmethod
     def _check_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite://",)):
-            raise ValueError("only sqlite:///PATH catalogue URLs are supported in this version")
+        if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("catalogue URLs are sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
         return v
 
     def resolved_catalog_url(self) -> str:

@@ -98,12 +98,11 @@ class RecommendService:
     ) -> None:
         from scalerec.data.store import DataStore
         from scalerec.registry import Registry
-        from scalerec.serving.auth import db_path_from_url
 
         self.settings = settings
         self.store = store if store is not None else DataStore.open(settings)
         self.registry = registry if registry is not None else Registry(settings)
-        self.feed = ChangeFeed(db_path_from_url(settings.data.resolved_catalog_url()))
+        self.feed = ChangeFeed(settings.data.resolved_catalog_url())
         self._types = event_type_weights(
             settings.events.types,
             settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,
@@ -158,7 +157,11 @@ class RecommendService:
 
     def _watch(self) -> None:
         next_model = time.monotonic() + MODEL_POLL_S
-        while not self._stop.wait(CHANGE_POLL_S):
+        while not self._stop.is_set():
+            # every CHANGE_POLL_S, or at once when the catalogue notifies a change (PostgreSQL)
+            self.feed.wait(CHANGE_POLL_S, self._stop)
+            if self._stop.is_set():
+                return
             try:
                 if time.monotonic() >= next_model:
                     next_model = time.monotonic() + MODEL_POLL_S

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import resource
@@ -21,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import scalerec
+from scalerec.data.lease import hold_lease
 from scalerec.data.snapshot import Snapshot, data_fingerprint, event_count, take_snapshot  # noqa: F401 - old import path
 from scalerec.errors import ConflictError, ScalerecError, ValidationError
 from scalerec.training.gate import gate_decision, gate_options  # noqa: F401 - gate_decision: old import path
@@ -404,24 +404,13 @@ def production_score(
 
 # ---------------------------------------------------------------------------------- locking
 @contextlib.contextmanager
-def training_lock(data_dir: Path) -> Iterator[None]:
-    """One training per data directory at a time (an OS lock: released if the process dies)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / ".train.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = Path(path).read_text().strip() or "?"
-            raise ConflictError(
-                f"another training is running on {data_dir} (pid {other}); wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+def training_lock(catalog: Any) -> Iterator[None]:
+    """One training at a time across every machine sharing the catalogue: its ``train`` lease
+    (renewed while training runs; a crashed run's lease expires, at once on its own machine)."""
+    with hold_lease(catalog, "train", blocking=False) as lease:
+        if not lease:
+            raise ConflictError(f"another training is running (lease held by {lease.other}); wait for it to finish")
         yield
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- the pipeline
@@ -483,7 +472,7 @@ def train(
             return train(settings, options, store=own_store, executor=executor, progress=progress)
     registry = Registry(settings)
 
-    with training_lock(data_dir):
+    with training_lock(store.catalog):
         if options.if_new_events is not None:
             from scalerec.training.retrain import should_retrain
 
