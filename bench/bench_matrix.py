@@ -48,6 +48,7 @@ def child_build(store_dir: str) -> dict[str, Any]:
     matrix_bytes = m.matrix.data.nbytes + m.matrix.indices.nbytes + m.matrix.indptr.nbytes
     # A second build in the same process: its peak rise is the build's own working memory (the
     # first also pays the libraries' one-time allocations: code pages, thread pools, caches).
+    shape = {"n_users": m.n_users, "n_items": m.n_items, "nnz": m.nnz}
     del m
     import gc
 
@@ -60,7 +61,7 @@ def child_build(store_dir: str) -> dict[str, Any]:
     return {
         "warm_seconds": warm_s, "warm_peak_rise_mib": (warm.peak - warm_base) / MIB,
         "warm_rise_over_matrix": (warm.peak - warm_base) / matrix_bytes,
-        "seconds": seconds, "cpu_s": cpu, "n_users": m.n_users, "n_items": m.n_items, "nnz": m.nnz,
+        "seconds": seconds, "cpu_s": cpu, **shape,
         "matrix_mib": matrix_bytes / MIB, "baseline_rss_mib": baseline / MIB,
         "sampled_peak_rise_mib": (mem.peak - baseline) / MIB,
     }
