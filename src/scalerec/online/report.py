@@ -26,7 +26,8 @@ from scipy import stats as sstats
 from scalerec.data.coerce import utc_us
 from scalerec.evaluation.stats import bootstrap_intervals
 from scalerec.online.experiments import Experiment
-from scalerec.online.kpis import KpiWindow, pre_period, unit_outcomes
+from scalerec.online.interleaving import interleaving_result
+from scalerec.online.kpis import KpiWindow, interleaved_credits, pre_period, unit_outcomes
 
 __all__ = ["KPIS", "SRM_P", "experiment_report", "report_html", "report_text", "srm_check"]
 
@@ -85,6 +86,8 @@ def experiment_report(settings: Any, store: Any, exp: Experiment, *, until: Any 
     end_us = min(utc_us(end, "until"), utc_us(exp.end, "end")) if exp.end else utc_us(end, "until")
     start_us = utc_us(exp.start or exp.created_at, "start")
     w = KpiWindow.from_settings(settings, since=start_us / 1e6, until=max(end_us, start_us + 1) / 1e6)
+    if exp.method == "interleave":
+        return _interleaving_report(settings, store, exp, w, start_us, end_us, impressions)
     table = unit_outcomes(store, w, exp.name, impressions=impressions)
     cols = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False)) for c in table.column_names}
     units = cols["unit"].astype(str) if table.num_rows else np.zeros(0, str)
@@ -129,6 +132,21 @@ def experiment_report(settings: Any, store: Any, exp: Experiment, *, until: Any 
     }
     report.update(_verdict(report, exp))
     return report
+
+
+def _interleaving_report(settings: Any, store: Any, exp: Experiment, w: KpiWindow, start_us: int, end_us: int,
+                         impressions: Any) -> dict[str, Any]:
+    ev = settings.evaluation
+    a, b = exp.variants[0].name, exp.variants[1].name
+    units, credits = interleaved_credits(store, w, exp.name, impressions=impressions)
+    ca = np.array([credits.get(u, {}).get(a, 0.0) for u in units])
+    cb = np.array([credits.get(u, {}).get(b, 0.0) for u in units])
+    res = interleaving_result(np.asarray(units), ca, cb, a, b, confidence=float(ev.confidence),
+                              n_boot=int(ev.bootstrap_samples), seed=int(ev.seed), min_units=int(settings.online.min_units))
+    return {"experiment": exp.to_dict(), "window": {"since": _iso(start_us), "until": _iso(end_us)},
+            "confidence": float(ev.confidence), "units": {"interleaved": len(units)}, "interleaving": res,
+            "srm": None, "kpis": {}, "min_units": int(settings.online.min_units), "primary": "click preference",
+            "decided": res["winner"] is not None, "winner": res["winner"], "verdict": res["verdict"]}
 
 
 def _cuped(y: np.ndarray, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, float]:
@@ -196,8 +214,13 @@ def _verdict(report: dict[str, Any], exp: Experiment) -> dict[str, Any]:
 def report_text(report: dict[str, Any]) -> str:
     """The report as plain lines (the CLI's table is built from the same dict)."""
     exp = report["experiment"]
-    lines = [f"experiment {exp['name']} ({exp['status']}), {report['window']['since']} .. {report['window']['until']}",
-             f"units: {report['units']}  SRM p = {report['srm']['p_value']:.3g}"]
+    lines = [f"experiment {exp['name']} ({exp['status']}), {report['window']['since']} .. {report['window']['until']}"]
+    if report.get("interleaving"):
+        il = report["interleaving"]
+        lines.append(f"team-draft interleaving: {il['units']} users, preferring {il['wins']}, ties {il['ties']}, "
+                     f"clicks credited {il['clicks']}")
+    else:
+        lines.append(f"units: {report['units']}  SRM p = {report['srm']['p_value']:.3g}")
     for kpi, body in report["kpis"].items():
         for v, e in body["variants"].items():
             lift = e.get("lift")
@@ -224,7 +247,10 @@ def report_html(report: dict[str, Any]) -> str:
             iv = "" if x["low"] is None else f"[{x['low']:.4g}, {x['high']:.4g}]"
             rows.append(f"<tr><td>{e(kpi)}</td><td>{e(v)}</td><td>{x['units']}</td><td>{x['impressions']}</td>"
                         f"<td>{x['value']:.4g}</td><td>{iv}</td><td>{e(fmt(lift))}</td><td>{e(fmt(cl))}</td></tr>")
-    srm = report["srm"]
+    srm = report["srm"] or {"counts": [], "expected": [], "p_value": 1.0, "mismatch": False}
+    il = report.get("interleaving")
+    inter = "" if not il else (f"<h2>Team-draft interleaving</h2><p>{il['units']} users; preferring: {e(str(il['wins']))}; "
+                               f"ties {il['ties']}; clicks credited {e(str(il['clicks']))}.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>experiment {e(exp['name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 td:first-child,td:nth-child(2){{text-align:left}}.verdict{{font-size:1.2em;margin:1em 0}}</style></head><body>
@@ -236,4 +262,4 @@ variants {e(', '.join(f"{v['name']}={v['version']}:{v['weight']:g}" for v in exp
 chi-square p = {srm['p_value']:.3g}{' <b>(mismatch)</b>' if srm['mismatch'] else ''}.</p>
 <table><tr><th>KPI</th><th>variant</th><th>units</th><th>impressions</th><th>value</th><th>{round(100 * report['confidence'])}% interval</th>
 <th>lift vs control</th><th>CUPED lift ({report['pre_period_days']:g} days before)</th></tr>
-{''.join(rows)}</table><p>* the interval excludes no change.</p></body></html>"""
+{''.join(rows)}</table><p>* the interval excludes no change.</p>{inter}</body></html>"""

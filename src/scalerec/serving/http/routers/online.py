@@ -34,6 +34,7 @@ class ExperimentIn(BaseModel):
     start: str | None = None
     end: str | None = None
     seed: int = 0
+    method: str = Field("split", pattern="^(split|interleave)$", description="split | interleave (team-draft)")
 
 
 class PromoteIn(BaseModel):
@@ -72,7 +73,8 @@ def create(service: Service, body: ExperimentIn) -> Response:
     """Start an experiment (409 when the name is taken or another runs on the same placement)."""
     exp = create_experiment(service.store.catalog, service.registry, body.name,
                             [ex.Variant(v.name, v.version, v.weight) for v in body.variants],
-                            placement=body.placement, start=body.start, end=body.end, seed=body.seed)
+                            placement=body.placement, start=body.start, end=body.end, seed=body.seed,
+                            method=body.method)
     service.experiments.refresh()
     return json_response(exp.to_dict(), status_code=201)
 
