@@ -242,6 +242,17 @@ def bench_throughput(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------- simulated experiment
+def _ok(call, failures: list[str], tries: int = 5) -> dict:
+    """The JSON of a 2xx answer; an error (a busy catalogue under a loaded machine) is noted and retried."""
+    for _ in range(tries):
+        r = call()
+        if r.status_code < 300:
+            return r.json()
+        failures.append(f"{r.status_code} {r.text[:120]}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{tries} failures: {failures[-1]}")
+
+
 def bench_simulate(args: argparse.Namespace) -> dict:
     from fastapi.testclient import TestClient
 
@@ -275,12 +286,15 @@ def bench_simulate(args: argparse.Namespace) -> dict:
     res = SimulationResult()
     checkpoints = []
     first_significant = None
+    failures: list[str] = []
     done = 0
     t0 = time.perf_counter()
+    step = args.step
     while done < args.sessions:
-        step = min(args.step, args.sessions - done)
-        simulate(shoppers, lambda u: client.get(f"/v1/users/{u}/recommendations?n=10").json(),
-                 lambda evs: client.post("/v1/events", json=evs), sessions=step, seed=done + 1, result=res)
+        step = min(step, args.sessions - done)
+        simulate(shoppers, lambda u: _ok(lambda: client.get(f"/v1/users/{u}/recommendations?n=10"), failures),
+                 lambda evs: _ok(lambda: client.post("/v1/events", json=evs), failures), sessions=step, seed=done + 1,
+                 result=res)
         done += step
         service.impressions.flush()
         rep = experiment_report(settings, service.store, ex.get(service.store.catalog, "tuned-vs-popular"))
@@ -293,6 +307,7 @@ def bench_simulate(args: argparse.Namespace) -> dict:
         log(json.dumps(row))
         if rep["decided"] and first_significant is None:
             first_significant = done
+        step = done  # checkpoints double: 50, 100, 200, ...
     sim_s = time.perf_counter() - t0
     service.close()
     print(f"\nsimulated experiment: tuned ALS ({args.trials} trials) vs popularity, 50/50, "
@@ -305,7 +320,8 @@ def bench_simulate(args: argparse.Namespace) -> dict:
     print(f"first significant verdict after {first_significant} sessions; {done} sessions in {sim_s:.0f} s "
           f"({done / sim_s:.0f}/s through the HTTP app)")
     shutil.rmtree(data_dir.parent, ignore_errors=True)
-    return {"bench": "simulate", "checkpoints": checkpoints, "first_significant": first_significant,
+    print(f"requests retried after an error: {len(failures)} {sorted(set(failures))[:5]}")
+    return {"bench": "simulate", "failures": len(failures), "checkpoints": checkpoints, "first_significant": first_significant,
             "train_s": round(train_s, 1), "sim_s": round(sim_s, 1), "shop": shop, "trials": args.trials}
 
 
@@ -332,8 +348,8 @@ def main() -> None:
     s.add_argument("--items", type=int, default=300)
     s.add_argument("--events-store", type=int, default=150_000)
     s.add_argument("--trials", type=int, default=4)
-    s.add_argument("--sessions", type=int, default=8_000)
-    s.add_argument("--step", type=int, default=1_000)
+    s.add_argument("--sessions", type=int, default=4_000)
+    s.add_argument("--step", type=int, default=50, help="the first checkpoint; they double from there")
     for sp in (k, t, s):
         sp.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "scalerec-bench-experiments"))
     args = p.parse_args()

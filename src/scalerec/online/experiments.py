@@ -145,8 +145,8 @@ def validate(
     if len(set(names)) != len(names):
         raise ValidationError(f"variant names repeat: {names}; give each variant its own name")
     for v in variants:
-        if not (v.weight > 0):
-            raise ValidationError(f"variant {v.name!r} has weight {v.weight}; weights must be > 0")
+        if not (0 < v.weight <= 1e6):
+            raise ValidationError(f"variant {v.name!r} has weight {v.weight}; weights must be > 0 and at most 1e6")
         if v.version != PRODUCTION and v.version not in versions:
             raise NotFoundError(f"variant {v.name!r} names version {v.version!r}, which is not registered; "
                                 "see `scalerec models list`", details={"version": v.version})

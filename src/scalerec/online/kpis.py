@@ -18,12 +18,14 @@ the rates per impression: ``ctr``, ``cart_rate``, ``conversion``, ``revenue_per_
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -31,7 +33,7 @@ import pyarrow as pa
 
 from scalerec.data.coerce import utc_us
 from scalerec.data.impressions import IMPRESSION_SCHEMA, ImpressionStore
-from scalerec.errors import ValidationError
+from scalerec.errors import StorageError, ValidationError
 
 __all__ = ["DIMENSIONS", "KpiWindow", "attributed_events", "kpis", "parse_since", "position_curve", "unit_outcomes"]
 
@@ -40,7 +42,10 @@ DIMENSIONS = {"version": "model_version", "model_version": "model_version", "str
               "placement": "placement", "variant": "variant", "experiment": "experiment", "kind": "kind",
               "day": "day"}
 _EVENT_COLS = ["user_id", "session_id", "item_id", "event_type", "timestamp", "value", "recommendation_id"]
+T = TypeVar("T")
 _US_PER_DAY = 86_400_000_000
+MAX_WINDOW_HOURS = 8_760
+MAX_SPAN_S = 100 * 365.25 * 86_400
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhm])\s*$")
 
 
@@ -50,6 +55,9 @@ def parse_since(value: Any, now: float | None = None) -> int | None:
         return None
     if isinstance(value, str) and (m := _REL.match(value)):
         span = float(m.group(1)) * {"d": 86_400, "h": 3_600, "m": 60}[m.group(2)]
+        if span > MAX_SPAN_S:
+            raise ValidationError(f"since={value!r} reaches back more than 100 years; give a date instead",
+                                  details={"since": value})
         return int(((time.time() if now is None else now) - span) * 1e6)
     return utc_us(value, "since")
 
@@ -69,8 +77,9 @@ class KpiWindow:
     def from_settings(cls, settings: Any, since: Any = None, until: Any = None, window_hours: float | None = None) -> "KpiWindow":
         o = settings.online
         hours = o.attribution_window_hours if window_hours is None else float(window_hours)
-        if not hours > 0:
-            raise ValidationError(f"the attribution window must be > 0 hours, got {hours!r}")
+        if not 0 < hours <= MAX_WINDOW_HOURS:
+            raise ValidationError(f"the attribution window must be > 0 and at most {MAX_WINDOW_HOURS} hours (a year), "
+                                  f"got {hours!r}", details={"window_hours": window_hours})
         s, u = parse_since(since), utc_us(until, "until")
         if s is not None and u is not None and u <= s:
             raise ValidationError("until must be after since")
@@ -114,6 +123,17 @@ def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = Non
     prices = store.catalog.items_table(columns=["item_id", "price"])
     con.register("price", prices)
     return con
+
+
+def _storage_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """DuckDB's errors as StorageError (the one kind the callers handle), never the driver's."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except duckdb.Error as exc:
+            raise StorageError(f"the KPI query failed: {exc}") from exc
+    return wrapped
 
 
 def _dt(us: int | None) -> datetime | None:
@@ -208,6 +228,7 @@ def _grouped(dims: list[str], a_filter: str = "true", i_filter: str = "true", wi
     """
 
 
+@_storage_errors
 def kpis(store: Any, w: KpiWindow, by: tuple[str, ...] | list[str] = ("version",), *,
          impressions: ImpressionStore | None = None) -> list[dict[str, Any]]:
     """KPI rows grouped by ``by`` (names in :data:`DIMENSIONS`), largest groups first."""
@@ -233,6 +254,7 @@ def _rates(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+@_storage_errors
 def attributed_events(store: Any, w: KpiWindow, *, impressions: ImpressionStore | None = None) -> pa.Table:
     """Every attributed event of the window (rid, pos, how, unit, item_id, ts, is_*, revenue)."""
     con = _connect(store, w, impressions)
@@ -241,6 +263,7 @@ def attributed_events(store: Any, w: KpiWindow, *, impressions: ImpressionStore 
     return table
 
 
+@_storage_errors
 def position_curve(store: Any, w: KpiWindow, by: str | None = None, *, impressions: ImpressionStore | None = None,
                    max_position: int = 50) -> list[dict[str, Any]]:
     """Per position p (1-based): impressions that showed a p-th item, clicks and purchases
@@ -279,6 +302,7 @@ def position_curve(store: Any, w: KpiWindow, by: str | None = None, *, impressio
     return out
 
 
+@_storage_errors
 def unit_outcomes(store: Any, w: KpiWindow, experiment: str, *, impressions: ImpressionStore | None = None) -> pa.Table:
     """Per (variant, unit) of one experiment: impressions, attributed clicks, carts, purchases, revenue."""
     con = _connect(store, w, impressions, where=f"experiment = {_q(experiment)} AND variant IS NOT NULL")
@@ -289,6 +313,7 @@ def unit_outcomes(store: Any, w: KpiWindow, experiment: str, *, impressions: Imp
     return table
 
 
+@_storage_errors
 def interleaved_credits(store: Any, w: KpiWindow, experiment: str, *,
                         impressions: ImpressionStore | None = None) -> tuple[list[str], dict[str, dict[str, float]]]:
     """An interleaving experiment's units (those shown a list) and their attributed clicks per team."""
@@ -306,6 +331,7 @@ def interleaved_credits(store: Any, w: KpiWindow, experiment: str, *,
     return units, credits
 
 
+@_storage_errors
 def pre_period(store: Any, units: list[str], start_us: int, days: float, purchase_types: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Each unit's purchases and revenue in the ``days`` before ``start_us`` (all events, attributed
     or not): the CUPED covariates. Returns {"purchases", "revenue"} aligned to ``units``."""

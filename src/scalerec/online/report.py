@@ -7,7 +7,7 @@ user bootstrap of ``evaluation.stats`` and the lift's interval is the delta meth
 independent ratios, on the log scale (so the interval of a lift is asymmetric, as a ratio of counts
 is). CUPED subtracts ``theta * (z - mean z)`` from each unit's numerator, ``z``
 being the unit's purchases (revenue for revenue) in the ``pre_days`` before the experiment
-started, with the one ``theta`` over all units that minimises the ratio's variance; ``z`` is
+started, each variant with the ``theta`` that minimises its ratio's variance; ``z`` is
 fixed before assignment, so the estimate stays unbiased and its interval narrows by the share
 of variance the pre-period explains. No verdict is given below ``[online] min_units`` units per
 variant or when the split does not match the weights (chi-square, p < 0.001).
@@ -102,7 +102,8 @@ def experiment_report(settings: Any, store: Any, exp: Experiment, *, until: Any 
     for kpi, (col, scale) in KPIS.items():
         y_all = cols.get(col, np.zeros(0)).astype(np.float64) * scale
         covariate = pre["revenue"] if col == "revenue" else pre["purchases"]
-        y_adj, theta = _cuped(y_all, imp, covariate * (scale if col == "revenue" else 1.0))
+        y_adj, theta = _cuped(y_all, imp, covariate * (scale if col == "revenue" else 1.0),
+                              cols["variant"] if table.num_rows else None)
         per: dict[str, Any] = {}
         for v in names:
             m = masks[v]
@@ -149,14 +150,26 @@ def _interleaving_report(settings: Any, store: Any, exp: Experiment, w: KpiWindo
             "decided": res["winner"] is not None, "winner": res["winner"], "verdict": res["verdict"]}
 
 
-def _cuped(y: np.ndarray, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, float]:
-    """Numerators adjusted by the pre-period covariate ``z`` (theta over all units)."""
-    if len(y) < 3 or x.sum() <= 0 or np.var(z) == 0:
-        return y, 0.0
-    r = y.sum() / x.sum()
-    lin = y - r * x  # the ratio's linearisation: its variance is the ratio's (times a constant)
-    theta = float(np.cov(lin, z, ddof=1)[0, 1] / np.var(z, ddof=1))
-    return y - theta * (z - z.mean()), theta
+def _cuped(y: np.ndarray, x: np.ndarray, z: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
+    """Numerators adjusted by the pre-period covariate ``z``: ``y - theta_v (z - mean z)``, with
+    each variant's theta the slope of its ratio linearisation ``y - R_v x`` on ``z`` (the
+    variance-minimising one for that variant's ratio; the mean of ``z`` over all units, which
+    assignment cannot move, so the adjustment has expectation zero)."""
+    g = np.zeros(len(y), np.int64) if groups is None else np.unique(groups, return_inverse=True)[1]
+    out = y.astype(np.float64).copy()
+    zbar = z.mean() if len(z) else 0.0
+    thetas = []
+    for k in np.unique(g):
+        m = g == k
+        zc = z[m] - z[m].mean()
+        if m.sum() < 3 or x[m].sum() <= 0 or not (zc @ zc) > 0:
+            thetas.append(0.0)
+            continue
+        lin = y[m] - (y[m].sum() / x[m].sum()) * x[m]
+        theta = float(lin @ zc / (zc @ zc))
+        out[m] = y[m] - theta * (z[m] - zbar)
+        thetas.append(theta)
+    return out, thetas
 
 
 def _reduction(per: dict[str, Any], names: list[str]) -> float | None:

@@ -23,7 +23,7 @@ class VariantIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=128, description="a registered version, or 'production'")
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, le=1e6)
 
 
 class ExperimentIn(BaseModel):
@@ -49,7 +49,7 @@ def get_kpis(
     by: Annotated[list[str], Query(description="version | strategy | placement | variant | experiment | kind | day")] = ["version"],  # noqa: B006
     since: Annotated[str | None, Query(description="ISO date/time or a span back (7d, 24h)")] = None,
     until: str | None = None,
-    window_hours: Annotated[float | None, Query(gt=0)] = None,
+    window_hours: Annotated[float | None, Query(gt=0, le=8760)] = None,
     positions: bool = False,
     offline: bool = False,
 ) -> Response:
