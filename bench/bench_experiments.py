@@ -279,6 +279,7 @@ def bench_simulate(args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - t0
     service = RecommendService(settings)
     client = TestClient(create_app(service, insecure_dev=True, watch=False))
+    client.__enter__()  # one portal thread for the whole run (not one per request)
     r = client.post("/v1/experiments", json={"name": "tuned-vs-popular", "variants": [
         {"name": "control", "version": "production", "weight": 50}, {"name": "new", "version": tuned, "weight": 50}]})
     assert r.status_code == 201, r.text
@@ -309,14 +310,16 @@ def bench_simulate(args: argparse.Namespace) -> dict:
             first_significant = done
         step = done  # checkpoints double: 50, 100, 200, ...
     sim_s = time.perf_counter() - t0
+    client.__exit__(None, None, None)
     service.close()
     print(f"\nsimulated experiment: tuned ALS ({args.trials} trials) vs popularity, 50/50, "
           f"{shop['n_users']} shoppers x {shop['n_items']} items (load {os.getloadavg()[0]:.2f})")
     print(f"{'sessions':>8} {'verdict':>8} {'lift':>8} {'95% interval':>20} {'CUPED':>8} {'true lift':>9} {'SRM p':>6}")
+    pct = lambda x: "-" if x is None else format(x, "+.1%")  # noqa: E731
     for c in checkpoints:
-        print(f"{c['sessions']:>8} {str(c['winner'] or '-'):>8} {c['lift']:>+8.1%} "
-              f"{'[' + format(c['low'], '+.1%') + ', ' + format(c['high'], '+.1%') + ']':>20} {c['cuped_lift']:>+8.1%} "
-              f"{c['true_lift']:>+9.1%} {c['srm_p']:>6.2f}")
+        print(f"{c['sessions']:>8} {str(c['winner'] or '-'):>8} {pct(c['lift']):>8} "
+              f"{'[' + pct(c['low']) + ', ' + pct(c['high']) + ']':>20} {pct(c['cuped_lift']):>8} "
+              f"{pct(c['true_lift']):>9} {c['srm_p']:>6.2f}")
     print(f"first significant verdict after {first_significant} sessions; {done} sessions in {sim_s:.0f} s "
           f"({done / sim_s:.0f}/s through the HTTP app)")
     shutil.rmtree(data_dir.parent, ignore_errors=True)

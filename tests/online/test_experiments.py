@@ -151,7 +151,8 @@ def test_simulated_experiment_the_better_variant_wins(shop, tmp_path):
         def post(events: list[dict]) -> None:
             assert api.post("/v1/events", json=events).status_code == 202
 
-        sim = simulate(shoppers, recommend, post, sessions=3000, seed=1)
+        with api.client:  # one portal thread for every request (a client not entered starts one per request)
+            sim = simulate(shoppers, recommend, post, sessions=3000, seed=1)
         api.service.impressions.flush()
         true_lift = sim.true_lift("new", "control")
         assert true_lift > 0.2, "the simulator's tastes favour the personalised model"
@@ -228,7 +229,8 @@ def test_interleaving_experiment_prefers_the_better_ranker_with_fewer_sessions(s
             lists.append(resp)
             return resp
 
-        simulate(shoppers, recommend, lambda evs: api.post("/v1/events", json=evs), sessions=800, seed=2)
+        with api.client:
+            simulate(shoppers, recommend, lambda evs: api.post("/v1/events", json=evs), sessions=800, seed=2)
         assert all(x["variant"] == "interleaved" and len(x["items"]) == 10 for x in lists)
         assert lists[0]["model_version"] == f"{shop['popular']}+{shop['als']}"
         api.service.impressions.flush()
