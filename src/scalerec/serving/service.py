@@ -14,6 +14,7 @@ The methods here turn a call into a pipeline :class:`~scalerec.serving.pipeline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from scalerec.serving.pipeline import (
     Candidates,
     Pipeline,
     Request,
+    cap_per_category,
     explain_by_seeds,
     fallback_list,
     pin,
@@ -50,6 +52,7 @@ from scalerec.serving.realtime import (
 from scalerec.online.interleaving import INTERLEAVED, team_draft
 from scalerec.serving.experiments import ExperimentRouter
 from scalerec.serving.impressions import ImpressionLog
+from scalerec.ranking.stage import RankingStage, content_retrieve
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
     LiveState,
@@ -64,6 +67,11 @@ log = logging.getLogger("scalerec.serving")
 
 #: How often a process checks the registry for a new production version (seconds).
 MODEL_POLL_S = 2.0
+#: How often a process checks the change feed (availability, prices, deleted users) written by
+#: the other workers: one primary-key lookup per tick, so another worker applies a PATCH within
+#: this plus the apply (the README's bound, CHANGE_BOUND_MS, measured by bench/bench_change_feed.py).
+CHANGE_POLL_S = 0.02
+CHANGE_BOUND_MS = 100
 
 # Bound once: ``labels()`` is a dict lookup plus argument checks on every call otherwise.
 _FALLBACK_UNKNOWN_USER = metrics.FALLBACKS.labels(kind="unknown_user")
@@ -91,12 +99,11 @@ class RecommendService:
     ) -> None:
         from scalerec.data.store import DataStore
         from scalerec.registry import Registry
-        from scalerec.serving.auth import db_path_from_url
 
         self.settings = settings
         self.store = store if store is not None else DataStore.open(settings)
         self.registry = registry if registry is not None else Registry(settings)
-        self.feed = ChangeFeed(db_path_from_url(settings.data.resolved_catalog_url()))
+        self.feed = ChangeFeed(settings.data.resolved_catalog_url())
         self._types = event_type_weights(
             settings.events.types,
             settings.events.unknown_type_weight if settings.events.allow_unknown_types else None,
@@ -116,6 +123,10 @@ class RecommendService:
             retention_days=settings.serving.log_retention_days,
         )
         self.experiments = ExperimentRouter(self.store.catalog, self.state)
+        # the ranking stage takes the rerank slot of the default pipeline (identity without an active ranker)
+        self.ranking = RankingStage(settings) if settings.ranking.enabled else None
+        if pipeline is DEFAULT and self.ranking is not None:
+            pipeline = DEFAULT.with_rerank(self.ranking)
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -146,9 +157,18 @@ class RecommendService:
         self.impressions.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(MODEL_POLL_S):
+        next_model = time.monotonic() + MODEL_POLL_S
+        while not self._stop.is_set():
+            # every CHANGE_POLL_S, or at once when the catalogue notifies a change (PostgreSQL)
+            self.feed.wait(CHANGE_POLL_S, self._stop)
+            if self._stop.is_set():
+                return
             try:
-                self.refresh()
+                if time.monotonic() >= next_model:
+                    next_model = time.monotonic() + MODEL_POLL_S
+                    self.refresh()
+                else:
+                    self.apply_changes()
             except Exception:  # never let the watcher die: keep serving the current state
                 log.exception("refresh failed; still serving the current model")
 
@@ -161,6 +181,13 @@ class RecommendService:
         self.experiments.refresh()
         self.apply_changes()
         return changed
+
+    @functools.cached_property
+    def merchandising(self) -> Any:
+        """Placements, rules, pins and promotions over this service (scalerec.serving.merchandising)."""
+        from scalerec.serving.merchandising import Merchandiser
+
+        return Merchandiser(self)
 
     # ------------------------------------------------------------------ model state (see state.py)
     @property
@@ -254,6 +281,7 @@ class RecommendService:
         session_id: str | None = None,
     ) -> dict[str, Any]:
         rid = self._new_id()
+        metrics.count_list(strategy)
         assert ranked.rendered is not None  # every pipeline ends with render
         item_ids, items = ranked.rendered
         experiment, variant = routed or (None, None)
@@ -299,13 +327,14 @@ class RecommendService:
         live, routed = self._route(user_id, placement)
         if routed is not None and routed[1] == INTERLEAVED:
             return self._interleaved(user_id, n, flt, exclude_seen, boost_items, context, placement, routed[0])
-        ranked, strategy = self._user_list(live, user_id, n, flt, exclude_seen, boost_items, placement, routed)
+        ranked, strategy = self._user_list(live, user_id, n, flt, exclude_seen, boost_items, placement, routed, context)
         return self._response(live, ranked, kind="user", strategy=strategy, subject={"user_id": user_id},
                               context=context, placement=placement, routed=routed)
 
     def _user_list(
         self, live: LiveState, user_id: str, n: int, flt: ItemFilter, exclude_seen: bool,
         boost_items: list[str] | None, placement: str | None, routed: tuple[str, str] | None,
+        context: dict[str, str] | None = None,
     ) -> tuple[Candidates, str]:
         """A user's ranked list on ``live`` and its strategy (recommend_user without the log)."""
         st = live.model
@@ -314,6 +343,9 @@ class RecommendService:
             row = -1  # the user's data was deleted after this model was built
         fresh = self._fresh(live, user_id)
         if row < 0 and fresh.empty and not boost_items:
+            cold = self._segment_list(live, user_id, n, flt, context)
+            if cold is not None:  # a new user with attributes: their segments' favourites
+                return cold, "segment"
             # Nothing personal and nothing to exclude: the same trending list as everyone's.
             _FALLBACK_UNKNOWN_USER.inc()
             return fallback_list(live, "trending", n, flt), "fallback"
@@ -339,7 +371,8 @@ class RecommendService:
         else:
             strategy, query = "model", st.retriever.user_query(row)
         ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
-                                           placement=placement, variant=routed[1] if routed else None))
+                                           placement=placement, variant=routed[1] if routed else None,
+                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
         return ranked, strategy
@@ -351,8 +384,8 @@ class RecommendService:
         """Team-draft interleaving of the experiment's two variants' lists for one user; the impression
         records which variant contributed each position (``teams``)."""
         (live_a, name_a), (live_b, name_b) = self.experiments.pair(experiment)
-        ra, sa = self._user_list(live_a, user_id, n, flt, exclude_seen, boost_items, placement, None)
-        rb, sb = self._user_list(live_b, user_id, n, flt, exclude_seen, boost_items, placement, None)
+        ra, sa = self._user_list(live_a, user_id, n, flt, exclude_seen, boost_items, placement, None, context)
+        rb, sb = self._user_list(live_b, user_id, n, flt, exclude_seen, boost_items, placement, None, context)
         rid = self._new_id()
         assert ra.rendered is not None and rb.rendered is not None
         picked, teams = team_draft(ra.rendered[1], rb.rendered[1], n, name_a, name_b, seed=rid)
@@ -379,6 +412,9 @@ class RecommendService:
         st = live.model
         col = st.item_col(item_id)
         if col < 0:
+            by_content = self._content_similar(live, item_id, n, flt, context)
+            if by_content is not None:  # a new item: its neighbours by text, from the moment it is imported
+                return by_content
             raise UnknownItemError(
                 f"item {item_id!r} is not in model {st.version}: it has no interactions yet (or does not "
                 "exist); it gets similar items after the next training",
@@ -392,6 +428,39 @@ class RecommendService:
         return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
                               placement=placement)
 
+    def _segment_list(self, live: LiveState, user_id: str, n: int, flt: ItemFilter,
+                      context: dict[str, str] | None) -> Candidates | None:
+        """The favourites of a new user's segments (their catalogue attributes), filters, cap and
+        backfill applied; None without an active ranker or attributes."""
+        if self.ranking is None or self.ranking.bundle(live.model) is None:
+            return None
+        user = self.store.catalog.get_user(user_id)
+        allowed = live.items.mask(flt)
+        c = self.ranking.segment_favourites(live, dict((user or {}).get("attributes") or {}), allowed)
+        if c is None:
+            return None
+        req = Request(live, n, flt, allowed, fills=_PERSONAL_FILLS, context=context or {})
+        c = cap_per_category(req, c)
+        c = Candidates(c.ids[:n], c.scores[:n], c.reasons[:n], c.k)
+        for stage in self.pipeline.finish:
+            c = stage(req, c)
+        return c
+
+    def _content_similar(self, live: LiveState, item_id: str, n: int, flt: ItemFilter,
+                         context: dict[str, str] | None) -> dict[str, Any] | None:
+        """Similar items of a catalogue item the model has never seen, by its text (None: no ranker
+        bundle, no such item, or no word the vocabulary knows)."""
+        if self.ranking is None:
+            return None
+        item = self.store.catalog.get_item(item_id)
+        scores = self.ranking.content_scores(live, item) if item is not None else None
+        if scores is None:
+            return None
+        req = Request(live, n, flt, live.items.mask(flt), scores, f"similar_to:{item_id}", fills=_POPULAR_FILL,
+                      context=context or {})
+        ranked = Pipeline(retrieval=(content_retrieve, *self.pipeline.retrieval[1:]), finish=self.pipeline.finish).run(req)
+        return self._response(live, ranked, kind="similar", strategy="content", subject={"item_id": item_id}, context=context)
+
     def popular(self, n: int = 20, flt: ItemFilter | None = None) -> dict[str, Any]:
         """The most popular available items, under the same filters as every list."""
         return self._ordered("popular", n, flt)
@@ -402,7 +471,7 @@ class RecommendService:
 
     def _ordered(self, which: str, n: int, flt: ItemFilter | None) -> dict[str, Any]:
         n = self._check_n(n)
-        live = self.live
+        live = self.state.lists_state()  # no model yet: counted from the store's events
         ranked = fallback_list(live, which, n, flt or _NO_FILTER)
         return self._response(live, ranked, kind=which, strategy=which, subject={})
 
@@ -470,6 +539,7 @@ class RecommendService:
         unranked = [i for i, k in zip(ids, known) if not k and i not in removed_set]
         out += [{"item_id": i, "score": None, "reason": "unranked"} for i in unranked]
         rid = self._new_id()
+        metrics.count_list(strategy)
         record = {"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
                   "model_version": st.version, "strategy": strategy, "items": [o["item_id"] for o in out]}
         self.reclog.add(record)
@@ -523,7 +593,7 @@ class RecommendService:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
         req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
-                      placement=placement, variant=routed[1] if routed else None)
+                      placement=placement, variant=routed[1] if routed else None, context=context or {})
         ranked = self.session_pipeline.run(req)
         return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context,
                               placement=placement, routed=routed, session_id=session_id)

@@ -35,6 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("scalerec.serving")
 
+#: Before any model exists, popular/trending are counted from the store's events this often at most.
+STORE_LISTS_TTL_S = 10.0
+#: The model_version of lists answered without a model.
+NO_MODEL_VERSION = "none"
+
 #: More changed items than this in one batch (a bulk import) re-read the whole catalogue.
 BULK_CHANGE_ITEMS = 5_000
 
@@ -153,6 +158,7 @@ class ServingState:
         self._live: LiveState | None = None
         self._swap_lock = threading.Lock()
         self._failed: dict[str, float] = {}
+        self._store_lists: tuple[float, LiveState] | None = None
         self.pruner = Pruner(feed, settings.serving)
         # versions served beside production (experiment variants): version -> live state, kept
         # aligned to the catalogue like production's
@@ -172,6 +178,41 @@ class ServingState:
     def current(self) -> LiveState | None:
         """The live state, or None before a model is loaded (no error)."""
         return self._live
+
+    def lists_state(self) -> LiveState:
+        """The state popular/trending answer from: the live model's, or before any model exists
+        one counted from the store's events (rebuilt at most every STORE_LISTS_TTL_S seconds)."""
+        live = self._live
+        if live is not None:
+            return live
+        cached = self._store_lists
+        if cached is not None and time.monotonic() - cached[0] < STORE_LISTS_TTL_S:
+            return cached[1]
+        from scalerec.data.snapshot import take_snapshot
+        from scalerec.errors import EmptyDataError
+        from scalerec.training.pipeline import fallback_scores
+
+        try:
+            snapshot = take_snapshot(self.store)
+        except EmptyDataError:
+            raise ServiceUnavailableError(
+                "no production model and no events yet: import events (`scalerec import events FILE`) or post "
+                "them to /v1/events, then train with `scalerec train`"
+            ) from None
+        item_ids = np.unique(snapshot.events["item_id"].to_numpy().astype(str))
+        popular, trending = fallback_scores(snapshot, self.settings, item_ids)
+        empty = np.zeros(0, dtype=np.int32)
+        model = ModelState(
+            version=NO_MODEL_VERSION, family="none", manifest={}, model=None, item_ids=item_ids,
+            user_ids=np.zeros(0, dtype=item_ids.dtype), seen_indptr=np.zeros(1, dtype=np.int32), seen_indices=empty,
+            seen_data=np.zeros(0, dtype=np.float32), popular_order=np.argsort(-popular, kind="stable"),
+            trending_order=np.argsort(-trending, kind="stable"), popular=popular, trending=trending,
+            retriever=None, snapshot=snapshot.end, created_at="", loaded_at=time.time(),  # type: ignore[arg-type]
+        )
+        items = ItemAttributes.from_table(item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS))
+        state = LiveState(model, items)
+        self._store_lists = (time.monotonic(), state)
+        return state
 
     def load_production(self) -> bool:
         """Load the registry's production version when it differs from the one served."""

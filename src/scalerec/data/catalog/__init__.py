@@ -42,7 +42,9 @@ __all__ = [
     "CatalogURL",
     "ChangeFeedStore",
     "ExperimentTable",
+    "LeaseTable",
     "ModelStageTable",
+    "PlacementTable",
     "SqliteCatalog",
     "StageTransaction",
     "TombstoneTable",
@@ -149,8 +151,28 @@ class ExperimentTable(Protocol):
     def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]: ...
 
 
+class PlacementTable(Protocol):
+    """Merchandising placements (scalerec.serving.merchandising): one JSON spec per name, validated
+    before it is stored; ``updated_at`` is an ISO-8601 UTC time."""
+
+    def placement_rows(self) -> list[tuple[str, str, str]]: ...
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool: ...
+    def delete_placement(self, name: str) -> bool: ...
+
+
+class LeaseTable(Protocol):
+    """Named leases with an expiry (see ``scalerec.data.lease``): at most one unexpired holder per
+    name across every process sharing the catalogue. Expiry is judged by the catalogue's clock
+    (the server's for PostgreSQL), so machines with skewed clocks agree."""
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]: ...
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
+    def release_lease(self, name: str, holder: str) -> bool: ...
+    def lease_holder(self, name: str) -> tuple[str, int] | None: ...
+
+
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, Protocol):
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, PlacementTable, LeaseTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str
