@@ -80,7 +80,7 @@ class KpiWindow:
         if not 0 < hours <= MAX_WINDOW_HOURS:
             raise ValidationError(f"the attribution window must be > 0 and at most {MAX_WINDOW_HOURS} hours (a year), "
                                   f"got {hours!r}", details={"window_hours": window_hours})
-        s, u = parse_since(since), utc_us(until, "until")
+        s, u = parse_since(since), parse_since(until)
         if s is not None and u is not None and u <= s:
             raise ValidationError("until must be after since")
         return cls(s, u, int(hours * 3.6e9), tuple(o.click_types), tuple(o.cart_types), tuple(o.purchase_types))
