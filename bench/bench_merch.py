@@ -33,7 +33,7 @@ PLACEMENT = {
         {"name": "cheap", "rule": "price < 30 and category != \"groceries\"", "multiply": 1.5},
         {"name": "old", "rule": "age_days > 600", "multiply": 0.5},
     ],
-    "promotions": [{"name": "new-in", "rule": "age_days < 400", "slots": 2, "positions": [1, 5]}],
+    "promotions": [{"name": "red", "rule": 'attributes.color == "red" and price < 60', "slots": 2, "positions": [1, 5]}],
     "diversity": {"by": "attributes.brand", "max_per": 3},
 }
 

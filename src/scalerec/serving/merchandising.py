@@ -55,7 +55,7 @@ from scalerec.serving.state import LiveState, history_row
 #: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
 PLACEMENTS_TTL_S = 2.0
 #: Candidates retrieved per requested item when a placement reorders (boosts, diversity, promotions).
-FETCH_FACTOR = 4
+FETCH_FACTOR = 2
 BLOCKLIST_META = "merchandising.blocklist"
 _EXPLORATION = "exploration"
 
@@ -522,8 +522,8 @@ class _Run:
         if not self.comp.boosts or not len(c.ids):
             return c
         scores = c.scores.astype(np.float32, copy=True)
-        reasons = list(c.reasons)
-        for b, rule in self.comp.boosts:
+        label = np.full(len(scores), -1, np.int16)  # the first boost that raised each candidate
+        for bi, (b, rule) in enumerate(self.comp.boosts):
             hit = rule.mask(self.cols, c.ids, self.env)
             if not hit.any():
                 continue
@@ -531,11 +531,15 @@ class _Run:
             # a factor must raise a negative score too (dot products can be negative): divide it
             scores[hit] = np.where(s >= 0, s * b.multiply, s / b.multiply) + b.add
             if b.multiply > 1 or b.add > 0:
-                for i in np.flatnonzero(hit).tolist():
-                    if not reasons[i].startswith("boosted:"):
-                        reasons[i] = f"boosted:{b.name}"
+                label[hit & (label < 0)] = bi
         order = np.argsort(-scores, kind="stable")
-        return Candidates(c.ids[order], scores[order], [reasons[i] for i in order.tolist()], c.k, c.backfilled)
+        idx = order.tolist()
+        if (label >= 0).any():
+            names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+            reasons = [names[lb] if lb >= 0 else c.reasons[i] for i, lb in zip(idx, label[order].tolist())]
+        else:
+            reasons = [c.reasons[i] for i in idx]
+        return Candidates(c.ids[order], scores[order], reasons, c.k, c.backfilled)
 
     # -- per-group cap: at most k per group, or MMR
     def diversify(self, req: Request, c: Candidates) -> Candidates:
@@ -610,6 +614,8 @@ class _Run:
             _, masks = self.merch.columns(self.live)
             for promo, rule in self.comp.promotions:
                 ok = unused(allowed & _full_mask(rule, cols, masks, self.env))
+                if not ok.any():  # nothing eligible matches: no scan of the orderings
+                    continue
                 picks = c.ids[ok[c.ids]][: promo.slots]  # the model's best matches first
                 if len(picks) < promo.slots:
                     ok[picks] = False
