@@ -89,6 +89,51 @@ def in_process(service, users: list[str], n: int) -> dict:
             "p50_ratio": round(p(placed, 50) / p(plain, 50), 3)}
 
 
+def stage_costs(service, user: str, n: int, repeats: int = 300) -> dict:
+    """Minimum microseconds (least disturbed by other load) of the whole calls and of each stage
+    the placement adds, on one fixed request."""
+    import scalerec.serving.merchandising as merch_mod
+    from scalerec.serving.pipeline import DEFAULT, Candidates, Request, retrieve
+
+    def best(f) -> float:  # noqa: ANN001
+        out = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter_ns()
+            f()
+            out = min(out, time.perf_counter_ns() - t)
+        return round(out / 1e3, 1)
+
+    m = service.merchandising
+    live = service.live
+    comp = m._compiled_for(m.placements.get("bench"))
+    cols, masks = m.columns(live)
+    env = m._env(live, cols, comp, user, None, {})
+    allowed = m._allowed(live, cols, masks, comp, env)
+    query, _ = m._personal(live, user, allowed, True)
+    fills = ("trending", "popular")
+    run = merch_mod._Run(m, live, cols, comp, env, allowed, user, fills)
+    fetch = run.fetch(n)
+    req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, placement="bench", fetch=fetch)
+    empty = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    c = retrieve(req, Candidates(*empty, [], fetch))
+    boosted = run.boost(req, c)
+    capped = run.diversify(req, boosted)
+    top = Candidates(capped.ids[:n], capped.scores[:n], capped.reasons[:n], fetch)
+    pipeline = run.pipeline(service.pipeline, source="model")
+    return {
+        "plain_call_us": best(lambda: service.recommend_user(user, n)),
+        "placement_call_us": best(lambda: m.recommend("bench", user_id=user, n=n)),
+        "plain_pipeline_us": best(lambda: DEFAULT.run(Request(live, n, comp.flt, allowed, query, "model", fills=fills))),
+        "placement_pipeline_us": best(lambda: pipeline.run(req)),
+        f"retrieve_k{n}_us": best(lambda: retrieve(req, Candidates(*empty, [], n))),
+        f"retrieve_k{fetch}_us": best(lambda: retrieve(req, Candidates(*empty, [], fetch))),
+        "allowed_us": best(lambda: m._allowed(live, cols, masks, comp, env)),
+        "boost_us": best(lambda: run.boost(req, c)),
+        "diversify_us": best(lambda: run.diversify(req, boosted)),
+        "arrange_us": best(lambda: run.arrange(req, top)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/scalerec-bench-merch"))
@@ -122,6 +167,7 @@ def main() -> None:
     reasons = sorted({i["reason"] for i in sample["items"]})
     calls = in_process(service, users, args.n)
     costs = rule_costs(service, [100, 1_000, 10_000, service.live.model.n_items], 200)
+    stages = stage_costs(service, users[0], args.n)
 
     http: list[dict] = []
     if not args.skip_http:
@@ -174,6 +220,7 @@ def main() -> None:
     print(f"\nin-process ({calls['calls']} calls each, alternating): plain p50 {calls['plain_p50_us']} us "
           f"p99 {calls['plain_p99_us']} us | placement p50 {calls['placement_p50_us']} us p99 {calls['placement_p99_us']} us"
           f" | p50 ratio x{calls['p50_ratio']}")
+    print("\nper request, minimum of 300 (us): " + ", ".join(f"{k[:-3]} {v}" for k, v in stages.items()))
     sizes = [k for k in costs[0] if k != "rule"]
     print("\nrule evaluation, median over 200 runs: us per call (ns per candidate)")
     print(f"{'rule':<60} | " + " | ".join(f"{s + ' cands':>18}" for s in sizes))
@@ -182,7 +229,7 @@ def main() -> None:
             f"{row[s]['us']:>8} ({row[s]['ns_per_candidate']:>6})" for s in sizes))
     path = append_result("merch", {"args": vars(args) | {"data_dir": str(args.data_dir)}, "build": build,
                                    "load_before": load_before, "load_after": load_after, "http": http,
-                                   "summary": summary, "in_process": calls, "rule_costs": costs,
+                                   "summary": summary, "in_process": calls, "stages": stages, "rule_costs": costs,
                                    "placement": PLACEMENT}, machine=machine)
     print(f"\nappended to {path}")
 
