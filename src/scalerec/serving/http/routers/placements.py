@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import re
 
 from fastapi import APIRouter, Body, FastAPI, Path, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
@@ -18,7 +18,7 @@ from scalerec.serving.http import query
 from scalerec.serving.http.deps import AdminRole, HotRoute, JsonBodyRoute, ReadRole, Service, json_response
 from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from scalerec.data.ids import MAX_ID_LENGTH
-from scalerec.serving.http.schemas import ID_PATTERN, ErrorBody, ErrorResponse, RecommendationList
+from scalerec.serving.http.schemas import ID_PATTERN, BodyId, ErrorBody, ErrorResponse, RecommendationList
 from scalerec.serving.service import RecommendService
 
 router = APIRouter(tags=["placements"], route_class=JsonBodyRoute, responses=error_responses(*AUTH_ERRORS, 422))
@@ -56,7 +56,9 @@ class RuleCheckOut(BaseModel):
 
 
 class Blocklist(BaseModel):
-    item_ids: list[str] = Field(max_length=100_000)
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[BodyId] = Field(max_length=100_000, description="item ids (the id policy of every id)")
 
 
 def _spec_body() -> dict[str, Any]:
