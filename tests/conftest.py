@@ -24,17 +24,53 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"CI run without the Online Retail data at {ONLINE_RETAIL}; shared/ must sit beside the clone", returncode=1)
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the session (tests/_servers.py); fails under CI when
+    it cannot start, skips elsewhere."""
+    from _servers import PostgresServer, unavailable
+
+    try:
+        server = PostgresServer().start()
+    except Exception as exc:  # noqa: BLE001 - reported as the reason
+        unavailable(f"cannot start a PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on loopback for the session (credentials: test/test)."""
+    from _servers import S3Server, unavailable
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    try:
+        server = S3Server().start()
+    except Exception as exc:  # noqa: BLE001 - reported as the reason
+        unavailable(f"cannot start an S3-compatible server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """A catalogue URL on the session's PostgreSQL server with a fresh, empty schema."""
+    return request.getfixturevalue("postgres_server").new_schema_url()
+
+
 #: Every catalogue backend the contract suite (tests/data/test_catalog.py) runs against: id -> URL for a
-#: test's tmp_path. A new backend is one entry here (skipping when its server is absent).
+#: test (given its request, for server fixtures). A new backend is one entry here.
 CATALOG_BACKENDS = {
-    "sqlite-file": lambda tmp_path: f"sqlite:///{tmp_path / 'catalog.db'}",
-    "sqlite-memory": lambda tmp_path: "sqlite:///:memory:",
+    "sqlite-file": lambda request: f"sqlite:///{request.getfixturevalue('tmp_path') / 'catalog.db'}",
+    "sqlite-memory": lambda request: "sqlite:///:memory:",
+    "postgresql": lambda request: request.getfixturevalue("postgres_url"),
 }
 
 
 @pytest.fixture(params=list(CATALOG_BACKENDS))
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return CATALOG_BACKENDS[request.param](tmp_path)
+def catalog_url(request: pytest.FixtureRequest) -> str:
+    return CATALOG_BACKENDS[request.param](request)
 
 
 @pytest.fixture

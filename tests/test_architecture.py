@@ -18,6 +18,8 @@ CONFINED = {
     "starlette": "scalerec.serving.http",
     "ray": "scalerec.cluster",
     "sqlite3": "scalerec.data.catalog",
+    "psycopg": "scalerec.data.catalog",
+    "psycopg_pool": "scalerec.data.catalog",
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,7 +51,13 @@ def _default_event_types() -> dict[str, EventType]:
 class DataSettings(_Section):
     dir: Path = Field(Path("data"), description="the data directory holding catalog.db, events/, models/")
     catalog_url: str | None = Field(
-        None, description="catalogue store URL; default sqlite:///<dir>/catalog.db"
+        None, description="catalogue store URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (shared by "
+        "several machines); default sqlite:///<dir>/catalog.db"
+    )
+    store_url: str | None = Field(
+        None, description="object store shared by several machines for model versions: s3://BUCKET/PREFIX "
+        "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) or a path; each machine keeps "
+        "a local cache in <dir>/models; default none (models only in <dir>/models)"
     )
     import_chunk_rows: int = Field(1_000_000, ge=1_000, description="rows read per chunk on import")
     compact_min_files: int = Field(8, ge=2, description="compact a day partition once it has this many files")
@@ -60,8 +68,8 @@ class DataSettings(_Section):
     @field_validator("catalog_url")
     @classmethod
     def _check_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite://",)):
-            raise ValueError("only sqlite:///PATH catalogue URLs are supported in this version")
+        if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("catalogue URLs are sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
         return v
 
     def resolved_catalog_url(self) -> str:
@@ -142,7 +150,8 @@ class TrainingSettings(_Section):
     trials: int = Field(20, ge=1)
     timeout_minutes: float | None = Field(None, gt=0)
     jobs: int = Field(1, ge=1)
-    promotion_tolerance: float = Field(0.0, ge=0, description="max relative drop vs production still promoted")
+    # 0.02: a non-inferiority margin; at 0 a tie with production can never be shown "not worse"
+    promotion_tolerance: float = Field(0.02, ge=0, description="max relative drop vs production still promoted")
     # 100: below it a per-user NDCG/recall interval is about as wide as the metric itself, so no tolerance can be shown
     min_gate_users: int = Field(100, ge=1, description="the gate refuses to decide on fewer held-out users")
     keep_archived: int = Field(5, ge=0)
@@ -178,6 +187,19 @@ class ServingSettings(_Section):
     idempotency_retention_seconds: float = Field(
         86_400.0, gt=0, description="how long an Idempotency-Key of POST /v1/events is remembered"
     )
+
+
+class OnlineSettings(_Section):
+    """Impressions, attribution and experiments (docs/experiments.md)."""
+
+    attribution_window_hours: float = Field(
+        24.0, gt=0, description="an event on a shown item by the same user within this long after the list is attributed to it"
+    )
+    click_types: list[str] = Field(default_factory=lambda: ["click"], description="event types counted as clicks")
+    cart_types: list[str] = Field(default_factory=lambda: ["add_to_cart"], description="event types counted as add-to-cart")
+    purchase_types: list[str] = Field(default_factory=lambda: ["purchase"], description="event types counted as conversions")
+    impressions_flush_s: float = Field(5.0, gt=0, description="served lists are written as Parquet this often")
+    min_units: int = Field(100, ge=1, description="an experiment report decides nothing with fewer users per variant")
 
 
 class ClusterServeSettings(_Section):
@@ -311,6 +333,54 @@ class MerchandisingSettings(_Section):
     complementary_top_k: int = Field(100, ge=1, le=10_000, description="complements kept per item")
 
 
+class RankingSettings(_Section):
+    """The ranking stage (docs/ranking.md): candidate sources, point-in-time features, LambdaRank."""
+
+    enabled: bool = Field(True, description="train a ranker after the candidate models and serve it when it passes the gate")
+    cf_candidates: int = Field(100, ge=1, le=5000, description="candidates from the production CF model")
+    cooc_candidates: int = Field(50, ge=0, le=5000, description="co-occurrence neighbours of the user's recent items")
+    segment_candidates: int = Field(50, ge=0, le=5000, description="popular in the user's segments")
+    content_candidates: int = Field(50, ge=0, le=5000, description="content (TF-IDF) neighbours of recent items")
+    context_candidates: int = Field(30, ge=0, le=5000, description="popular items of categories that sell more in the request's weather")
+    recent_items: int = Field(10, ge=1, le=1000, description="recent items that seed co-occurrence and content")
+    segment_keys: list[str] = Field(default_factory=lambda: ["location", "age_band"], description="user attributes of segments")
+    window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")
+    max_queries: int = Field(4000, ge=10, description="(user, day) queries sampled per window")
+    min_queries: int = Field(1000, ge=1, description="skip the ranker with fewer (user, day) queries than this in a window")
+    trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")
+    negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
+
+
+
+class AlertRule(_Section):
+    """One ``[[alerts]]`` rule: a figure (scalerec.monitoring.figures) compared with a threshold for a duration."""
+
+    name: str = Field(..., min_length=1, description="the alert's name (unique)")
+    metric: str = Field(..., description="the figure or check it watches, e.g. p99_latency_ms, drift_score")
+    op: Literal[">", ">=", "<", "<="] = Field(">", description="firing when FIGURE op THRESHOLD")
+    threshold: float
+    for_seconds: float = Field(0.0, ge=0, description="the condition must hold this long before it fires")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    description: str = ""
+
+
+class MonitoringSettings(_Section):
+    """Metrics history, alert evaluation and delivery, drift windows and capacity budgets."""
+
+    enabled: bool = Field(True, description="sample figures, evaluate [[alerts]] and deliver notices in `serve`")
+    sample_interval_seconds: float = Field(60.0, ge=1, description="how often the server records its figures")
+    history_days: float = Field(31.0, gt=0, description="figures older than this are deleted")
+    window_seconds: float = Field(300.0, ge=10, description="rates and latency quantiles are over this window")
+    latency_objective_ms: float = Field(50.0, gt=0, description="p99 latency objective of recommendation endpoints")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive firing/resolved notices (JSON POST)")
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    baseline_days: int = Field(28, ge=2, description="drift: days before the checked day that form the baseline")
+    drift_min_events: int = Field(200, ge=1, description="drift: a day with fewer events is not judged")
+    memory_budget_mb: float | None = Field(None, gt=0, description="capacity: memory one machine may use; none = its RAM")
+    disk_budget_mb: float | None = Field(None, gt=0, description="capacity: disk the data directory may use; none = free + used")
+    ann_recall_sample: int = Field(200, ge=10, description="users sampled per model to measure ANN recall against exact")
+    use_default_alerts: bool = Field(True, description="add the built-in rules to those in [[alerts]] (same name: yours wins)")
+
 class Settings(BaseSettings):
     """All settings, one section per concern. See scalerec.example.toml for every key."""
 
@@ -328,9 +398,13 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     merchandising: MerchandisingSettings = Field(default_factory=MerchandisingSettings)
     placements: list[PlacementSettings] = Field(default_factory=list, description="[[placements]] (docs/merchandising.md)")
+    ranking: RankingSettings = Field(default_factory=RankingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules (see docs/monitoring.md)")
 
     _toml_file: Path | None = None
 
@@ -364,10 +438,33 @@ class Settings(BaseSettings):
 _CURRENT_TOML: dict[str, Path | None] = {"path": None}
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where ``loc`` (the path of an unknown key) sits: a section's fields."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = model.model_fields[part].annotation
+        elif typing.get_origin(model) is dict:  # events.types.<name>: the value type
+            model = typing.get_args(model)[1]
+        else:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err.get("loc", ()))
     value = err.get("input")
     msg = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        loc = tuple(err.get("loc", ()))
+        known = _known_keys(loc)
+        if known:
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            where = f"[{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "the top level"
+            return f"unknown setting '{key}': {hint}known keys in {where}: {', '.join(known)}"
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     if len(shown) > 80:
         shown = shown[:77] + "..."

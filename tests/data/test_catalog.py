@@ -414,9 +414,9 @@ def test_sqlite_file_is_wal_and_pending_events_are_durable(tmp_path):
 def test_open_catalog_urls(tmp_path):
     assert isinstance(open_catalog(f"sqlite:///{tmp_path / 'a.db'}"), SqliteCatalog)
     assert isinstance(open_catalog(tmp_path / "b.db"), SqliteCatalog)
-    with pytest.raises(ConfigError, match="supported: sqlite:///PATH") as err:
-        open_catalog("postgresql://db/scalerec")
-    assert "postgresql" in err.value.message
+    with pytest.raises(ConfigError, match="supported: sqlite:///PATH, postgresql://HOST/DB") as err:
+        open_catalog("mysql://db/scalerec")
+    assert "mysql" in err.value.message
     with pytest.raises(ConfigError):
         open_catalog("sqlite://")
     with pytest.raises(StorageError, match="does not exist"):
@@ -449,7 +449,8 @@ def test_parse_catalog_url():
         with pytest.raises(ConfigError):
             parse_catalog_url(bad)
     with pytest.raises(ConfigError, match="supported: sqlite:///PATH"):
-        parse_catalog_url("postgresql://db/scalerec")
+        parse_catalog_url("mysql://db/scalerec")
+    assert parse_catalog_url("postgresql://u@db:5432/shop") == CatalogURL("postgresql", "postgresql://u@db:5432/shop")
 
 
 def test_register_backend_makes_a_scheme_openable(tmp_path, monkeypatch):

@@ -305,10 +305,14 @@ def test_training_lock_refuses_a_second_run(store) -> None:
     from scalerec.errors import ConflictError
     from scalerec.training.pipeline import training_lock
 
+    from scalerec.data.catalog import open_catalog
+
     settings, ds = store
-    with training_lock(Path(settings.data.dir)):
+    other = open_catalog(settings.data.resolved_catalog_url())  # another process or machine
+    with training_lock(other):
         with pytest.raises(ConflictError, match="another training"):
             train(settings, TrainOptions(models=["popular"], trials=1), store=ds)
+    other.close()
 
 
 def test_python_m_scalerec_entry_point_exists() -> None:

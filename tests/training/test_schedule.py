@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,11 @@ def test_a_run_is_skipped_while_another_process_holds_the_lock(tmp_path: Path, m
     scheduler = RetrainScheduler(settings)
     calls: list[str] = []
     monkeypatch.setattr(scheduler.schedule, "run_once", lambda s, **kw: calls.append("run") or 0)
-    fd = os.open(tmp_path / ".retrain.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        assert scheduler.run_now() is None and calls == []
-    finally:
-        os.close(fd)
+    from scalerec.data.catalog import open_catalog
+    from scalerec.data.lease import hold_lease
+
+    catalog = open_catalog(settings.data.resolved_catalog_url())
+    with hold_lease(catalog, "retrain") as lease:  # another server is running it
+        assert lease and scheduler.run_now() is None and calls == []
+    catalog.close()
     assert scheduler.run_now() == 0 and calls == ["run"] and scheduler.runs == [0]

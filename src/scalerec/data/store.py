@@ -31,7 +31,9 @@ import pyarrow.compute as pc
 from scalerec.config import Settings
 from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog
 from scalerec.data.deletion import masks, versions_holding
+from scalerec.data.impressions import ImpressionStore
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
+from scalerec.data.lease import hold_lease
 from scalerec.data.schema import EVENT_SCHEMA, TIMESTAMP
 from scalerec.errors import StorageError, UnknownUserError, ValidationError
 
@@ -110,6 +112,12 @@ class DataStore:
         return f"DataStore({str(self.dir)!r})"
 
     @classmethod
+    def exists(cls, settings: Settings) -> bool:
+        """Whether the data directory already holds a store (its event log and its catalogue)."""
+        root = Path(settings.data.dir)
+        return (root / "events").is_dir() and catalog_exists(settings.data.resolved_catalog_url())
+
+    @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> "DataStore":
         """Open the data directory, creating its layout (``init``) and finishing interrupted work.
 
@@ -179,8 +187,9 @@ class DataStore:
         With ``blocking=False`` it returns 0 instead of waiting for readers of ``events()``.
         """
         moved = 0
-        with self.log.lock():
+        with self.maintenance_lock():
             self._recover_pending()
+            self._apply_shared_deletions()
             while True:
                 with self._view_lock.exclusive(blocking=blocking) as ok:
                     if not ok:
@@ -222,13 +231,26 @@ class DataStore:
         Skipped (returns {}) while another process holds the log's maintenance lock: that process
         is compacting, deleting or flushing, and recovers first itself.
         """
-        with self.log.try_lock() as ok:
+        with self.maintenance_lock(blocking=False) as ok:
             if not ok:
                 return {}
             stats = dict(self.log.recover())
             stats.update(self._recover_pending())
             stats["deletions_finished"] = self._finish_deletions()
+            stats["shared_deletions_applied"] = self._apply_shared_deletions()
         return stats
+
+    @contextlib.contextmanager
+    def maintenance_lock(self, *, blocking: bool = True) -> Iterator[bool]:
+        """Flushing, compacting, recovering and deleting users: the catalogue's ``log-maintenance``
+        lease (one holder across every machine sharing the catalogue; a crashed holder's lease
+        expires) and the log's own lock (threads and processes on this machine). Re-entrant."""
+        with hold_lease(self.catalog, "log-maintenance", blocking=blocking) as lease:
+            if not lease:
+                yield False
+                return
+            with (self.log.lock() if blocking else self.log.try_lock()) as ok:
+                yield True if blocking else ok
 
     @contextlib.contextmanager
     def consistent_view(self) -> Iterator[None]:
@@ -240,9 +262,10 @@ class DataStore:
     # -- maintenance ----------------------------------------------------------------------
     def compact(self, *, all_partitions: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
         """Flush pending events, then merge day partitions with many files (all if ``all_partitions``)."""
-        flushed = self.flush_pending()
-        min_files = 2 if all_partitions else self.settings.data.compact_min_files
-        result = self.log.compact(min_files=min_files, progress=progress)
+        with self.maintenance_lock():
+            flushed = self.flush_pending()
+            min_files = 2 if all_partitions else self.settings.data.compact_min_files
+            result = self.log.compact(min_files=min_files, progress=progress)
         return {"flushed_pending": flushed, **result}
 
     # -- deleting a user -----------------------------------------------------------------
@@ -265,7 +288,7 @@ class DataStore:
         user_id = str(user_id)
         if not user_id.strip():
             raise ValidationError("user_id is empty; pass the id of the user whose data to delete")
-        with self.log.lock():  # no flush may move this user's pending events meanwhile
+        with self.maintenance_lock():  # no flush may move this user's pending events meanwhile
             self._recover_pending()
             tomb = self.catalog.user_tombstone(user_id)
             if tomb is None or tomb["deleted_at"] is not None:
@@ -301,9 +324,39 @@ class DataStore:
             deleted_at = _now_us()
         scrubbed = scrub_users(self.dir / "logs", [user_id])
         removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
+        shown = ImpressionStore(self.dir / "impressions").scrub_users([user_id])
+        removed["impressions"] = _step(shown["rows"], files=shown["files"])
         report = {"removed": removed, "resumed": resumed}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
+
+    def _apply_shared_deletions(self) -> int:
+        """Remove from this machine's log and recommendation log the users whose deletion another
+        machine sharing the catalogue finished (its tombstones, after this log's watermark): the
+        log that training reads keeps no deleted user's events. Returns the users applied."""
+        from scalerec.serving.reclog import scrub_users
+
+        mark = self.events_dir / ".deletions-applied"
+        try:
+            seq = int(mark.read_text().strip() or 0)
+        except (OSError, ValueError):
+            seq = 0
+        rows = self.catalog.user_tombstones(since_seq=seq)
+        if not rows:
+            return 0
+        users = sorted({user for _, user, deleted_at in rows if deleted_at is not None})
+        if users:
+            with self._view_lock.exclusive():
+                self.log.delete_users(users)
+            scrub_users(self.dir / "logs", users)
+        done = [s for s, _, deleted_at in rows if deleted_at is not None]
+        unfinished = [s for s, _, deleted_at in rows if deleted_at is None]
+        # stop before the first unfinished one: it is applied once finished
+        upto = max((s for s in done if not unfinished or s < min(unfinished)), default=seq)
+        tmp = mark.with_suffix(".tmp")
+        tmp.write_text(str(upto))
+        os.replace(tmp, mark)
+        return len(users)
 
     def _finish_deletions(self) -> int:
         """Finish deletions a crash interrupted (the caller holds the log lock); returns how many."""
@@ -320,6 +373,7 @@ class DataStore:
         user_id = str(user_id)
         files = self.log.count_user_rows([user_id])
         lines = count_user_lines(self.dir / "logs", [user_id])
+        shown = ImpressionStore(self.dir / "impressions").count_user_rows([user_id])
         return {
             "log_events": sum(files.values()),
             "log_files": files,
@@ -328,6 +382,8 @@ class DataStore:
             "recent_events": self.catalog.count_recent_events(user_id),
             "recommendation_log_lines": sum(lines.values()),
             "recommendation_log_files": lines,
+            "impressions": sum(shown.values()),
+            "impression_files": shown,
         }
 
     def deletion_report(self, user_id: str) -> dict[str, Any]:
@@ -432,7 +488,7 @@ class DataStore:
 
 
 #: user_data keys that count as "something is stored under this id".
-_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines")
+_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines", "impressions")
 
 
 def _now_us() -> int:

@@ -20,6 +20,7 @@ import numpy as np
 
 from scalerec.data.catalog import CatalogStore, StageTransaction, catalog_exists, open_catalog
 from scalerec.data.eventlog import _fsync_dir, _fsync_many  # the one durable-write helper set
+from scalerec.data.objectstore import ObjectStore
 from scalerec.errors import ConflictError, ModelNotFoundError, StorageError, ValidationError
 from scalerec.registry.manifest import MANIFEST, Manifest, read_manifest
 
@@ -179,6 +180,12 @@ class Registry:
             default_keep = 5
         self.keep_archived = default_keep if keep_archived is None else keep_archived
         self.root = self.data_dir / "models"
+        # the shared store of several machines (models/ is then this machine's cache of it)
+        self.store: ObjectStore | None = None
+        store_url = settings.data.store_url if isinstance(settings_or_data_dir, Settings) else None
+        if store_url:
+            self.store = ObjectStore(store_url)
+            self.store.check()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             # read_only (models list/show): no write lock, so it answers while another process writes
@@ -212,7 +219,9 @@ class Registry:
         """Cheap check (no array reads): None when the version looks servable, else the reason."""
         path = version_or_path if isinstance(version_or_path, Path) else self.root / version_or_path
         if not path.is_dir():
-            return f"directory {path} is missing"
+            if self.store is not None and path.parent == self.root and self.store.committed(path.name):
+                return None  # in the shared store: load() copies it into the local cache
+            return f"directory {path} is missing" + (" here and in the object store" if self.store else "")
         try:
             manifest = read_manifest(path)
         except StorageError as exc:
@@ -243,6 +252,7 @@ class Registry:
         trending: np.ndarray,
         stage: str = "candidate",
         progress: Callable[[int, int], None] | None = None,
+        write_extra: Callable[[Path], None] | None = None,
     ) -> ModelVersion:
         """Write a new immutable version and record it with ``stage`` (default candidate).
 
@@ -250,7 +260,8 @@ class Registry:
         adds ``version``, ``created_at``, ``format`` and ``files`` (path -> size, the health check).
         ``popular`` / ``trending`` are float32 [matrix.n_items]. Nothing is left behind if this is
         interrupted (Ctrl-C included) before the version is complete. Use :meth:`promote` to make
-        it production (never pass stage='production' here).
+        it production (never pass stage='production' here). ``write_extra(dir)`` writes more files of
+        the version (the ranking stage's bundle) into it before it is sealed.
         """
         from scalerec.data.matrix import save_matrix
 
@@ -275,6 +286,8 @@ class Registry:
                 progress(2, steps)
             np.save(tmp / "popular.npy", popular, allow_pickle=False)
             np.save(tmp / "trending.npy", trending, allow_pickle=False)
+            if write_extra is not None:
+                write_extra(tmp)
             if progress:
                 progress(3, steps)
             files = _write_readonly_files(tmp)
@@ -296,6 +309,8 @@ class Registry:
                 score = _score_of(body)
                 db.insert_version({"version": version, "stage": stage, "created_at": body["created_at"],
                                    "family": model_info.get("family"), "metric": metric, "score": score})
+                if self.store is not None:  # committed in the store before its row is visible anywhere
+                    self.store.publish(tmp, version)
                 # Rename last, inside the transaction: if it fails the row is rolled back.
                 os.rename(tmp, self.root / version)
                 _fsync_dir(self.root)  # the rename itself
@@ -325,6 +340,9 @@ class Registry:
         known = {r["version"] for r in self.catalog.model_versions()}
         for p in sorted(self.root.iterdir()):
             if p.name in known or not _VERSION_RE.match(p.name) or not p.is_dir():
+                continue
+            if self.store is not None and not self.store.committed(p.name):
+                _rmtree_readonly(p)  # a cached copy of a version another machine deleted
                 continue
             try:
                 body = read_manifest(p)
@@ -373,6 +391,11 @@ class Registry:
             mv = self.get(version)
         if mv.error is not None:
             raise StorageError(f"model version {mv.version} cannot be loaded: {mv.error}")
+        if self.store is not None and not mv.path.is_dir():
+            self.store.fetch(mv.version, mv.path)  # the local cache that serving memory-maps
+            error = self.health(mv.path)
+            if error is not None:
+                raise StorageError(f"model version {mv.version} cannot be loaded: {error}")
         try:
             manifest = read_manifest(mv.path)
             model = Recommender.load(mv.path / "model", mmap=mmap)
@@ -462,6 +485,8 @@ class Registry:
             db.delete_version(version)
             if path.exists():
                 os.rename(path, trash)
+            if self.store is not None:
+                self.store.delete(version)
         _rmtree_readonly(trash)
 
     def prune(self, keep_archived: int | None = None) -> list[str]:
@@ -479,7 +504,7 @@ class Registry:
             self._remove(name)
         cutoff = _now().timestamp() - 3600
         for p in self.root.iterdir():
-            if p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and p.stat().st_mtime < cutoff:
+            if p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX, ".fetch-")) and p.stat().st_mtime < cutoff:
                 _rmtree_readonly(p)
         return doomed
 

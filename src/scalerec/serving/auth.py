@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from scalerec.data.catalog import CatalogStore, open_catalog, parse_catalog_url
+from scalerec.data.catalog import CatalogStore, open_catalog
 from scalerec.errors import (
     AuthenticationError, NotFoundError, PermissionDeniedError, RateLimitedError, ValidationError,
 )
@@ -48,14 +48,6 @@ class ApiKey:
 def hash_key(key: str) -> str:
     # Keys carry 192 random bits, so a fast hash is enough: nothing to brute-force.
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def db_path_from_url(url: str) -> Path:
-    """The file of a ``sqlite:///PATH`` catalogue URL."""
-    parsed = parse_catalog_url(url)
-    if parsed.scheme != "sqlite" or parsed.path is None:
-        raise ValidationError(f"API keys need a sqlite:/// catalogue, got {url!r}")
-    return Path(parsed.path)
 
 
 class ApiKeyStore:

@@ -57,6 +57,8 @@ PLACEMENTS_TTL_S = 2.0
 #: Candidates retrieved per requested item when a placement reorders (boosts, diversity, promotions).
 FETCH_FACTOR = 2
 BLOCKLIST_META = "merchandising.blocklist"
+#: Catalogue views (and model versions' complements) kept at once: production and experiment variants.
+KEEP_VIEWS = 4
 _EXPLORATION = "exploration"
 
 
@@ -228,7 +230,7 @@ class Merchandiser:
         self.service = service
         self.settings = service.settings
         self.placements = Placements(service.settings, service.store.catalog)
-        self._cols: tuple[Any, ItemColumns, dict[str, np.ndarray]] | None = None
+        self._cols: list[tuple[Any, ItemColumns, dict[str, np.ndarray]]] = []
         self._comp: dict[str, Complements] = {}
         self._compiled: dict[int, tuple[PlacementSettings, _Compiled]] = {}
         self._lock = threading.Lock()
@@ -236,17 +238,17 @@ class Merchandiser:
     # -- shared per-version data
     def columns(self, live: LiveState) -> tuple[ItemColumns, dict[str, np.ndarray]]:
         """The item columns of this live state's model and catalogue view (built once per view)."""
-        hit = self._cols
-        if hit is not None and hit[0] is live.items:
-            return hit[1], hit[2]
-        with self._lock:
-            hit = self._cols
-            if hit is not None and hit[0] is live.items:
+        for hit in self._cols:  # production and experiment variants: a few views at once
+            if hit[0] is live.items:
                 return hit[1], hit[2]
+        with self._lock:
+            for hit in self._cols:
+                if hit[0] is live.items:
+                    return hit[1], hit[2]
             table = self.service.store.catalog.items_table(columns=["item_id", "attributes", "created_at"])
-            cols = build_columns(live, table)
-            self._cols = (live.items, cols, {})
-            return cols, self._cols[2]
+            entry = (live.items, build_columns(live, table), {})
+            self._cols = [entry, *self._cols][:KEEP_VIEWS]
+            return entry[1], entry[2]
 
     def complements(self, live: LiveState) -> Complements:
         """Frequently-bought-together lists of the served model version (computed once per version
@@ -267,7 +269,8 @@ class Merchandiser:
                 pa.schema([(c, pa.timestamp("us", tz="UTC") if c == "timestamp" else pa.string()) for c in columns]))
             baskets = basket_matrix(table, st.item_ids, list(ms.complementary_event_types))
             comp = complements(baskets, min_support=ms.complementary_min_support, top_k=ms.complementary_top_k)
-            self._comp = {st.version: comp}  # one version served at a time
+            kept = list(self._comp.items())[-(KEEP_VIEWS - 1):]  # the newest few versions
+            self._comp = {**dict(kept), st.version: comp}
             return comp
 
     def blocklist(self) -> list[str]:
@@ -321,7 +324,8 @@ class Merchandiser:
         n = service._check_n(min(spec.n, self.settings.serving.max_n) if n is None else n)
         context = dict(context or {})
         strategy = spec.strategy  # a subject it needs but lacks (no item in view, no user): the fallbacks
-        live = service.live
+        # a placement's experiment serves its variant's version, as the plain endpoints do
+        live, routed = service._route(user_id, name) if user_id else (service.live, None)
         st = live.model
         cols, masks = self.columns(live)
         env = self._env(live, cols, comp, user_id, item_id, context)
@@ -354,14 +358,15 @@ class Merchandiser:
             query, source = fills[0], "ordering"
         pipeline = run.pipeline(service.pipeline, source=source)
         req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
-                      placement=name, fetch=run.fetch(n))
+                      placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
         ranked = pipeline.run(req)
-        subject: dict[str, Any] = {"placement": name}
+        subject: dict[str, Any] = {}
         if user_id:
             subject["user_id"] = user_id
         if item_id:
             subject["item_id"] = item_id
-        return service._response(live, ranked, kind="placement", strategy=used, subject=subject, context=context)
+        return service._response(live, ranked, kind="placement", strategy=used, subject=subject, context=context,
+                                 placement=name, routed=routed)
 
     def _personal(self, live: LiveState, user_id: str, allowed: np.ndarray, exclude_seen: bool) -> tuple[Any, str]:
         st = live.model

@@ -54,8 +54,10 @@ class Request:
     fills: tuple[str, ...] = ()
     seeds: np.ndarray = field(default_factory=_no_items)  # items an anonymous session touched (for its reasons)
     context: dict[str, str] = field(default_factory=dict)  # request context (the rules' $context)
-    placement: str | None = None  # the named placement this list is served for (recorded with it)
+    placement: str | None = None  # the named placement (or where the list is shown, as the caller said)
+    variant: str | None = None  # the experiment variant serving this request (None: no experiment)
     fetch: int = 0  # retrieve at least this many candidates (stages that reorder beyond the top n)
+    user_id: str | None = None  # whose personal list this is (None: similar items, fallbacks, sessions)
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@ catalogue change feed that tells every serving process which items and users cha
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import pyarrow as pa
 
 from scalerec.data.catalog import CatalogStore, open_catalog
 from scalerec.serving.filters import _lookup
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,19 @@ class ChangeFeed:
 
     def since(self, cursor: int, limit: int = 100_000) -> list[tuple[int, str, str]]:
         return self.catalog.changes_since(cursor, limit)
+
+    def wait(self, timeout_s: float, stop: threading.Event) -> None:
+        """Return after ``timeout_s``, at ``stop``, or as soon as another process commits a change
+        when the backend can tell (PostgreSQL's LISTEN/NOTIFY); SQLite just waits the timeout."""
+        waiter = getattr(self.catalog, "wait_for_changes", None)
+        if waiter is None:
+            stop.wait(timeout_s)
+            return
+        try:
+            waiter(timeout_s)
+        except Exception:  # noqa: BLE001 - the server unreachable: fall back to the plain poll
+            log.warning("waiting for catalogue changes failed; polling", exc_info=True)
+            stop.wait(timeout_s)
 
     def record(self, kind: str, key: str) -> None:
         self.catalog.record_change(kind, key)

@@ -3,12 +3,13 @@ on the [training] schedule_* settings; the serving processes pick up a promoted 
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
+
+from scalerec.data.catalog import open_catalog
+from scalerec.data.lease import hold_lease
 
 log = logging.getLogger("scalerec.training.schedule")
 
@@ -16,8 +17,8 @@ log = logging.getLogger("scalerec.training.schedule")
 class RetrainScheduler:
     """A daemon thread that checks every ``tick_s`` whether a scheduled training run is due.
 
-    Training runs in a child process (a crash or OOM there never takes the server down). A file
-    lock in the data directory makes one server of several on the same data run it at a time.
+    Training runs in a child process (a crash or OOM there never takes the server down). The
+    catalogue's ``retrain`` lease makes one server of several sharing it run it at a time.
     """
 
     def __init__(self, settings: Any, *, tick_s: float = 10.0, timeout_s: float | None = None) -> None:
@@ -60,17 +61,15 @@ class RetrainScheduler:
 
     def run_now(self) -> int | None:
         """One scheduled attempt unless another process holds the lock; the child's exit status."""
-        lock_path = Path(self.settings.data.dir) / ".retrain.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        # the catalogue's `retrain` lease: one scheduled run across every serving machine
+        catalog = open_catalog(self.settings.data.resolved_catalog_url(), create_dirs=True)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            status = self.schedule.run_once(self.settings, log_path=self.log_path, timeout_s=self.timeout_s)
-            self.runs.append(status)
-            log.info("scheduled training exited with %s (log: %s)", status, self.log_path)
-            return status
+            with hold_lease(catalog, "retrain", blocking=False) as lease:
+                if not lease:
+                    return None
+                status = self.schedule.run_once(self.settings, log_path=self.log_path, timeout_s=self.timeout_s)
+                self.runs.append(status)
+                log.info("scheduled training exited with %s (log: %s)", status, self.log_path)
+                return status
         finally:
-            os.close(fd)
+            catalog.close()

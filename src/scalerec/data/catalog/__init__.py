@@ -41,6 +41,8 @@ __all__ = [
     "CatalogStore",
     "CatalogURL",
     "ChangeFeedStore",
+    "ExperimentTable",
+    "LeaseTable",
     "ModelStageTable",
     "PlacementTable",
     "SqliteCatalog",
@@ -136,6 +138,19 @@ class TombstoneTable(Protocol):
 
 
 @runtime_checkable
+class ExperimentTable(Protocol):
+    """Online experiments (``scalerec.online.experiments``): one row per name, a dict with
+    ``name``, ``status`` ("running" | "stopped"), ``spec`` (a JSON-able dict: variants, placement,
+    seed, times, winner), ``created_at`` and ``updated_at`` (ISO strings). ``insert_experiment``
+    returns False (and writes nothing) when the name is taken; ``update_experiment`` replaces
+    status and spec and returns False for an unknown name."""
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool: ...
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool: ...
+    def experiment_row(self, name: str) -> dict[str, Any] | None: ...
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]: ...
+
+
 class PlacementTable(Protocol):
     """Merchandising placements (scalerec.serving.merchandising): one JSON spec per name, validated
     before it is stored; ``updated_at`` is an ISO-8601 UTC time."""
@@ -145,8 +160,19 @@ class PlacementTable(Protocol):
     def delete_placement(self, name: str) -> bool: ...
 
 
+class LeaseTable(Protocol):
+    """Named leases with an expiry (see ``scalerec.data.lease``): at most one unexpired holder per
+    name across every process sharing the catalogue. Expiry is judged by the catalogue's clock
+    (the server's for PostgreSQL), so machines with skewed clocks agree."""
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]: ...
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
+    def release_lease(self, name: str, holder: str) -> bool: ...
+    def lease_holder(self, name: str) -> tuple[str, int] | None: ...
+
+
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, PlacementTable, Protocol):
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, PlacementTable, LeaseTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str

@@ -80,6 +80,34 @@ def _event_rows(table: pa.Table) -> list[tuple]:
     return list(zip(*cols))
 
 
+def _item_rows(batch: pa.Table) -> list[tuple]:
+    """ITEM_SCHEMA rows as tuples in column order (lists and maps as JSON text, times as µs)."""
+    batch = _check_schema(batch, ITEM_SCHEMA, "item", "validate_items")
+    return list(
+        zip(
+            _column(batch, "item_id").to_pylist(),
+            _column(batch, "title").to_pylist(),
+            _column(batch, "description").to_pylist(),
+            coerce.json_texts(_column(batch, "categories")).to_pylist(),
+            _column(batch, "price").to_pylist(),
+            _column(batch, "available").cast(pa.int64()).to_pylist(),
+            coerce.json_texts(_column(batch, "attributes")).to_pylist(),
+            _column(batch, "created_at").cast(pa.int64()).to_pylist(),
+        )
+    )
+
+
+def _user_rows(batch: pa.Table) -> list[tuple]:
+    batch = _check_schema(batch, USER_SCHEMA, "user", "validate_users")
+    return list(
+        zip(
+            _column(batch, "user_id").to_pylist(),
+            coerce.json_texts(_column(batch, "attributes")).to_pylist(),
+            _column(batch, "created_at").cast(pa.int64()).to_pylist(),
+        )
+    )
+
+
 def _events_from_rows(rows: list[tuple]) -> pa.Table:
     """Rows of (user_id, item_id, event_type, timestamp, value, session_id, recommendation_id, context)."""
     cols = list(zip(*rows)) if rows else [[] for _ in range(8)]

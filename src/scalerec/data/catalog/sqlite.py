@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -32,10 +33,12 @@ from scalerec.data.catalog._convert import (
     _column,
     _event_rows,
     _events_from_rows,
+    _item_rows,
     _now_us,
     _patch_value,
     _ts_column,
     _us_to_dt,
+    _user_rows,
 )
 from scalerec.data import coerce
 from scalerec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
@@ -256,6 +259,34 @@ _VERSION_SELECT = f"SELECT {', '.join(_VERSION_COLS)} FROM model_versions"
 _first = itemgetter(0)
 
 
+#: Filesystem types (/proc/self/mountinfo) on which SQLite must not run: remote or clustered.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "ceph", "glusterfs", "lustre", "gpfs", "9p",
+    "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs",
+    "fuse.goofys", "fuse.mountpoint-s3", "efs",
+})
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def network_filesystem(path: Path) -> str | None:
+    """The type of the network filesystem holding ``path``, or None (local, or not Linux)."""
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, best_type = mount, right.split()[0]
+    return best_type if best_type in NETWORK_FILESYSTEMS else None
+
+
 def _storage_error(exc: sqlite3.Error, what: str) -> StorageError:
     """A driver error as the seam's typed error ("database is locked" past the busy timeout: busy)."""
     text = str(exc)
@@ -298,6 +329,16 @@ class SqliteCatalog:
             elif p.parent and not p.parent.exists():
                 raise StorageError(
                     f"catalogue directory {str(p.parent)!r} does not exist; run `scalerec init` or create it"
+                )
+            fs = network_filesystem(p.parent)
+            if fs is not None:
+                # WAL needs shared memory and POSIX locks that network filesystems do not give:
+                # several machines on one file corrupt it.
+                raise StorageError(
+                    f"the SQLite catalogue {str(p)!r} is on a network filesystem ({fs}), where SQLite's locks do "
+                    "not hold; set [data] catalog_url = \"postgresql://USER@HOST:PORT/DB\" "
+                    "(SCALEREC_DATA__CATALOG_URL) to share a catalogue between machines, or put the data "
+                    "directory on a local disk"
                 )
             self._target = str(p)
             self._uri = False
@@ -466,21 +507,7 @@ class SqliteCatalog:
         """
         return self._staged_upsert(table, _ITEMS_STAGE, self._item_rows)
 
-    @staticmethod
-    def _item_rows(batch: pa.Table) -> list[tuple]:
-        batch = _check_schema(batch, ITEM_SCHEMA, "item", "validate_items")
-        return list(
-            zip(
-                _column(batch, "item_id").to_pylist(),
-                _column(batch, "title").to_pylist(),
-                _column(batch, "description").to_pylist(),
-                coerce.json_texts(_column(batch, "categories")).to_pylist(),
-                _column(batch, "price").to_pylist(),
-                _column(batch, "available").cast(pa.int64()).to_pylist(),
-                coerce.json_texts(_column(batch, "attributes")).to_pylist(),
-                _column(batch, "created_at").cast(pa.int64()).to_pylist(),
-            )
-        )
+    _item_rows = staticmethod(_item_rows)
 
     def _staged_upsert(self, table: pa.Table | Iterable[pa.Table], stage: "_Stage", to_rows: Any) -> int:
         """Upsert rows all or nothing while holding the write lock only for the final SQL merge.
@@ -618,16 +645,7 @@ class SqliteCatalog:
         iterable of tables (see upsert_items)."""
         return self._staged_upsert(table, _USERS_STAGE, self._user_rows)
 
-    @staticmethod
-    def _user_rows(batch: pa.Table) -> list[tuple]:
-        batch = _check_schema(batch, USER_SCHEMA, "user", "validate_users")
-        return list(
-            zip(
-                _column(batch, "user_id").to_pylist(),
-                coerce.json_texts(_column(batch, "attributes")).to_pylist(),
-                _column(batch, "created_at").cast(pa.int64()).to_pylist(),
-            )
-        )
+    _user_rows = staticmethod(_user_rows)
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         rows = self._query(
@@ -1109,6 +1127,62 @@ class SqliteCatalog:
             )
 
 
+    # -- online experiments ----------------------------------------------------------------
+    _EXPERIMENT_DDL = (
+        "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, status TEXT NOT NULL, "
+        "spec TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    _EXPERIMENT_COLS = ("name", "status", "spec", "created_at", "updated_at")
+
+    def _experiment_table(self) -> None:
+        # Created on first use (older databases need no migration); readers of a database
+        # without it see no experiments.
+        if not self.read_only and not getattr(self, "_experiments_ready", False):
+            with self._write() as conn:
+                conn.execute(self._EXPERIMENT_DDL)
+            self._experiments_ready = True
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool:
+        self._experiment_table()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO experiments(name, status, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (row["name"], row["status"], json.dumps(row["spec"], sort_keys=True), row["created_at"],
+                 row.get("updated_at") or row["created_at"]),
+            )
+            return cur.rowcount == 1
+
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool:
+        self._experiment_table()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE experiments SET status = ?, spec = ?, updated_at = ? WHERE name = ?",
+                (status, json.dumps(spec, sort_keys=True), updated_at, name),
+            )
+            return cur.rowcount == 1
+
+    def _experiment_select(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        self._experiment_table()
+        try:
+            rows = self._query(f"SELECT {', '.join(self._EXPERIMENT_COLS)} FROM experiments {where} ORDER BY created_at, name", params)
+        except StorageError:
+            if self.read_only:  # a read-only open of a database that never had an experiment
+                return []
+            raise
+        out = []
+        for r in rows:
+            d = dict(zip(self._EXPERIMENT_COLS, r))
+            d["spec"] = json.loads(d["spec"])
+            out.append(d)
+        return out
+
+    def experiment_row(self, name: str) -> dict[str, Any] | None:
+        rows = self._experiment_select("WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        return self._experiment_select("WHERE status = ?", (status,)) if status else self._experiment_select("", ())
+
     # -- merchandising placements ---------------------------------------------------------
     _PLACEMENTS_DDL = (
         "CREATE TABLE IF NOT EXISTS placements (name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at TEXT NOT NULL)"
@@ -1140,6 +1214,46 @@ class SqliteCatalog:
         with self._write() as conn:
             conn.execute(self._PLACEMENTS_DDL)
             return conn.execute("DELETE FROM placements WHERE name = ?", (name,)).rowcount > 0
+
+    # -- leases -----------------------------------------------------------------------------
+    _LEASE_DDL = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_us INTEGER NOT NULL)"
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]:
+        """Take lease ``name`` for ``ttl_s`` seconds if free, expired or already ``holder``'s;
+        returns (acquired, the holder now)."""
+        now = _now_us()
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            n = conn.execute(
+                "INSERT INTO leases (name, holder, expires_us) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET "
+                "holder = excluded.holder, expires_us = excluded.expires_us "
+                "WHERE leases.holder = excluded.holder OR leases.expires_us < ?4",
+                (name, holder, now + int(ttl_s * 1e6), now),
+            ).rowcount
+            row = conn.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return n > 0, (row[0] if row else None)
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            return conn.execute(
+                "UPDATE leases SET expires_us = ? WHERE name = ? AND holder = ?",
+                (_now_us() + int(ttl_s * 1e6), name, holder),
+            ).rowcount > 0
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            return conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)).rowcount > 0
+
+    def lease_holder(self, name: str) -> tuple[str, int] | None:
+        """(holder, expires_us) of an unexpired lease, else None."""
+        with self._write() as conn:
+            conn.execute(self._LEASE_DDL)
+            row = conn.execute(
+                "SELECT holder, expires_us FROM leases WHERE name = ? AND expires_us >= ?", (name, _now_us())
+            ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
 
 def _version_row(r: tuple) -> dict[str, Any]:

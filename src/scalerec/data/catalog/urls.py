@@ -47,6 +47,8 @@ class _Backend:
 
 _BACKENDS: dict[str, _Backend] = {
     "sqlite": _Backend("scalerec.data.catalog.sqlite:SqliteCatalog.from_url", "sqlite:///PATH", True),
+    "postgresql": _Backend("scalerec.data.catalog.postgresql:PostgresCatalog.from_url", "postgresql://HOST/DB", False),
+    "postgres": _Backend("scalerec.data.catalog.postgresql:PostgresCatalog.from_url", "postgres://HOST/DB", False),
 }
 
 
@@ -57,6 +59,22 @@ def register_backend(scheme: str, factory: Factory | str, *, usage: str, needs_p
     (``scheme:///PATH``, the part after the third slash is the path).
     """
     _BACKENDS[scheme.lower()] = _Backend(factory, usage, needs_path)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return str(url)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def supported_schemes() -> tuple[str, ...]:
