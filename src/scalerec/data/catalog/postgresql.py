@@ -809,6 +809,36 @@ class PostgresCatalog:
             )
 
 
+    # -- merchandising placements (the table is made by the first write: no schema bump) -----
+    _PLACEMENTS_DDL = (
+        "CREATE TABLE IF NOT EXISTS placements (name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+
+    def placement_rows(self) -> list[tuple[str, str, str]]:
+        """Every stored placement as (name, spec JSON, updated_at), by name."""
+        with self._connection("catalogue query failed") as conn:
+            if conn.execute("SELECT to_regclass('placements')").fetchone()[0] is None:
+                return []
+            rows = conn.execute("SELECT name, spec, updated_at FROM placements ORDER BY name").fetchall()
+        return [tuple(r) for r in rows]
+
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool:
+        """Store (or replace) one placement; True when it is new."""
+        with self._write() as conn:
+            conn.execute(self._PLACEMENTS_DDL)
+            row = conn.execute(
+                "INSERT INTO placements(name, spec, updated_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
+                "SET spec = excluded.spec, updated_at = excluded.updated_at RETURNING (xmax = 0)",
+                (name, spec, updated_at),
+            ).fetchone()
+        return bool(row[0])
+
+    def delete_placement(self, name: str) -> bool:
+        """Delete one stored placement; False when there was none."""
+        with self._write() as conn:
+            conn.execute(self._PLACEMENTS_DDL)
+            return conn.execute("DELETE FROM placements WHERE name = %s", (name,)).rowcount > 0
+
     # -- leases (expiry by the server's clock: machines with skewed clocks agree) ------------
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]:
         with self._write() as conn:
