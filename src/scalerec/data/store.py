@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -317,9 +318,13 @@ class DataStore:
             deleted_at = _now_us()
         scrubbed = scrub_users(self.dir / "logs", [user_id])
         removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
-        report = {"removed": removed, "resumed": resumed}
+        report = {"removed": removed, "resumed": resumed, "log": self._log_identity()}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
+
+    def _log_identity(self) -> str:
+        """This machine's event log, as recorded in the deletion reports it finishes."""
+        return f"{socket.gethostname()}:{os.path.realpath(self.events_dir)}"
 
     def _apply_shared_deletions(self) -> int:
         """Remove from this machine's log and recommendation log the users whose deletion another
@@ -336,6 +341,8 @@ class DataStore:
         if not rows:
             return 0
         users = sorted({user for _, user, deleted_at in rows if deleted_at is not None})
+        here = self._log_identity()  # deletions finished on this very log need no second pass
+        users = [u for u in users if ((self.catalog.user_tombstone(u) or {}).get("report") or {}).get("log") != here]
         if users:
             with self._view_lock.exclusive():
                 self.log.delete_users(users)
