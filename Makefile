@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demo needs the core package only (no Ray: it never runs on a cluster); tests add dev and ray.
+DEMO_STAMP := $(VENV)/.installed-core
 DEMO_DIR ?= demo-store
+DEMO_ARGS ?=
 
 .PHONY: demo test install clean bench
 
@@ -13,12 +16,16 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m scalerec.demo --data-dir $(DEMO_DIR)
+demo: $(DEMO_STAMP)
+	$(BIN)/python -m scalerec.demo --data-dir $(DEMO_DIR) $(DEMO_ARGS)
 
 # The non-Ray and the Ray tests in separate pytest processes; a process that dies is named, never silent.
 test: $(STAMP)

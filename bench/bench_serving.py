@@ -161,30 +161,27 @@ def load_avg() -> list[float]:
 
 
 def fresh_share(data_dir: Path, n_users: int) -> dict:
-    """How many users have events newer than the production snapshot (those requests fold in)."""
-    import sqlite3
+    """How many users have events newer than the production snapshot (those requests fold in).
 
+    Read through the catalogue (serving's own FreshUsers), so a freshly built store that was never
+    served counts the same as one that was."""
     from scalerec.config import Settings
     from scalerec.registry import Registry
+    from scalerec.serving.realtime import ChangeFeed, FreshUsers
     from scalerec.serving.service import _snapshot_time
 
     settings = Settings(data={"dir": data_dir})
     prod = Registry(settings).production()
     snap = _snapshot_time(prod.manifest()) if prod else None
-    since = -(2**62) if snap is None else int(snap.timestamp() * 1e6)
-    with sqlite3.connect(data_dir / "catalog.db") as conn:
-        n = conn.execute(
-            "SELECT count(*) FROM (SELECT user_id FROM pending_events WHERE timestamp >= ?1 AND user_id IS NOT NULL "
-            "UNION SELECT user_id FROM serving_recent_events WHERE timestamp >= ?1)", (since,)).fetchone()[0]
+    n = len(FreshUsers(ChangeFeed(settings.data.resolved_catalog_url()), snap))
     return {"users_with_fresh_events": n, "share": round(n / n_users, 4)}
 
 
 def pending_head(data_dir: Path) -> int:
-    import sqlite3
+    from scalerec.config import Settings
+    from scalerec.serving.realtime import ChangeFeed
 
-    with sqlite3.connect(data_dir / "catalog.db") as conn:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'pending_events'").fetchone()
-    return int(row[0]) if row else 0
+    return ChangeFeed(Settings(data={"dir": data_dir}).data.resolved_catalog_url()).catalog.pending_head()
 
 
 def drop_ingested(data_dir: Path, after_id: int) -> int:
@@ -211,6 +208,25 @@ def run_wrk(url: str, *, connections: int, duration_s: int, env: dict, threads: 
     for k in ("p50_us", "p95_us", "p99_us", "max_us"):
         r[k.replace("_us", "_ms")] = round(r.pop(k) / 1000, 2)
     return r
+
+
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """User + system CPU seconds of a server and all its worker processes so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for q in procs:
+        try:
+            t = q.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # a worker that exited meanwhile
+            pass
+    return total
 
 
 def start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
@@ -274,6 +290,23 @@ def ingest(base: str, key: str, user_width: int, n_users: int, n_items: int, bat
             "request_bytes": len(bodies[0])}
 
 
+def round_summary(rounds: list[dict], names: list[str]) -> dict:
+    """Medians per server and the median of per-round ratios (each round shares its load)."""
+    import statistics
+
+    med = {n: {k: round(statistics.median(r[n][k] for r in rounds), 2)
+               for k in ("rps", "p99_ms", "server_cpu_us_per_request")} for n in names}
+    pairs = [("scalerec", "hello", "rps")]
+    if "baseline" in names:
+        pairs += [("scalerec", "baseline", "rps"), ("scalerec", "baseline", "server_cpu_us_per_request")]
+    ratios = {}
+    for a, b, k in pairs:
+        per = [round(r[a][k] / r[b][k], 3) for r in rounds if r[b][k]]
+        ratios[f"{a}/{b} {k}"] = {"median": round(statistics.median(per), 3) if per else None, "per_round": per}
+    return {"connections": rounds[0][names[0]]["connections"], "median": med, "ratios": ratios,
+            "load": [r["load"][0] for r in rounds]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("/tmp/scalerec-bench-serving"))
@@ -285,6 +318,10 @@ def main() -> None:
     p.add_argument("--connections", default="1,4,16,64")
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--ingest-batches", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="after the sweep, this many rounds of every server alternately at --round-connections "
+                        "(order reversed each round): median ratios and server CPU per request")
+    p.add_argument("--round-connections", type=int, default=16)
     p.add_argument("--skip-index", action="store_true")
     p.add_argument("--build-only", action="store_true", help="build the store and model, then stop")
     p.add_argument("--skip-ingest", action="store_true")
@@ -322,8 +359,10 @@ def main() -> None:
     server = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_s),
                     "--workers", str(args.workers)], env, tmp / "serve.log")
     servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, None)}
+    procs = {"hello": hello, "scalerec": server}
     baseline = None
     rows = []
+    rounds: list[dict] = []
     ing: dict = {}
     head = pending_head(args.data_dir)
     try:
@@ -337,6 +376,7 @@ def main() -> None:
                               "--workers", str(args.workers)],
                              {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
             servers["baseline"] = (port_b, None)
+            procs["baseline"] = baseline
             wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
         log(f"servers ready in {time.perf_counter() - t:.0f} s")
         width = max(6, len(str(args.users)))
@@ -345,7 +385,11 @@ def main() -> None:
         def measure(name: str, c: int, duration: int, **extra: str) -> dict:
             port, path = servers[name]
             e = {**wenv, **({"SR_PATH": path} if path else {}), **extra}
-            return run_wrk(f"http://127.0.0.1:{port}", connections=c, duration_s=duration, env=e)
+            cpu0 = cpu_seconds(procs[name])
+            r = run_wrk(f"http://127.0.0.1:{port}", connections=c, duration_s=duration, env=e)
+            # the server's own CPU per answered request: less sensitive to the neighbours' load than req/s
+            r["server_cpu_us_per_request"] = round((cpu_seconds(procs[name]) - cpu0) / max(1, r["requests"]) * 1e6, 1)
+            return r
 
         for name in servers:  # warm up (page in the memory-mapped arrays, fill caches)
             measure(name, 8, 3)
@@ -370,6 +414,14 @@ def main() -> None:
             delay_b = max(1, round(16 * 1000 / (max_b / 2) - min(r["baseline"]["p50_ms"] for r in rows)))
             paced["baseline"] = measure("baseline", 16, args.duration, SR_DELAY_MS=str(delay_b))
         log(f"paced near half max: {paced}")
+        order = list(servers)
+        for i in range(args.rounds):
+            row = {"round": i, "load": load_avg()}
+            for name in (order if i % 2 == 0 else order[::-1]):
+                row[name] = measure(name, args.round_connections, args.duration)
+            rounds.append(row)
+            log(f"round {i} (c={args.round_connections}, load {row['load'][0]}): " + ", ".join(
+                f"{n} {row[n]['rps']} rps {row[n]['server_cpu_us_per_request']} us CPU/req" for n in order))
         if not args.skip_ingest:
             ing = ingest(f"http://127.0.0.1:{port_s}", key, width, args.users, args.items,
                          args.ingest_batches, 10_000, clients=2)
@@ -393,13 +445,15 @@ def main() -> None:
         summary.update({"max_rps_baseline": max_b, "ratio_baseline": round(max_b / max_h, 3),
                         "p99_ms_near_half_max_baseline": paced["baseline"]["p99_ms"],
                         "rps_near_half_max_baseline": paced["baseline"]["rps"]})
+    if rounds:
+        summary["rounds"] = round_summary(rounds, list(servers))
     result = {
         "bench": "serving", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": args.note,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "server": {"workers": args.workers, **server_stack(), "wrk_threads": 1},
         "store": {"users": args.users, "items": args.items, "events": args.events, **build, "fresh": fresh},
-        "workers": args.workers, "wrk": rows, "paced": paced, "index": index, "ingest": ing,
+        "workers": args.workers, "wrk": rows, "paced": paced, "rounds": rounds, "index": index, "ingest": ing,
         "baseline_src": str(args.baseline_src) if args.baseline_src else None,
         "summary": summary,
     }
@@ -414,6 +468,14 @@ def main() -> None:
         tail = f" | {b['rps']:>12.0f} {b['p99_ms']:>6.2f}" if b else ""
         print(f"{r['connections']:>5} | {h['rps']:>9.0f} {h['p99_ms']:>7.2f} | {s['rps']:>12.0f} {s['p50_ms']:>6.2f} "
               f"{s['p95_ms']:>6.2f} {s['p99_ms']:>6.2f} {s['non_2xx']:>6}{tail}")
+    if rounds:
+        print()
+        print(f"{len(rounds)} rounds at {args.round_connections} connections, servers alternately (medians)")
+        print(f"{'server':>9} | {'rps':>8} {'p99 ms':>7} {'CPU us/req':>10}")
+        for name, m in summary["rounds"]["median"].items():
+            print(f"{name:>9} | {m['rps']:>8.0f} {m['p99_ms']:>7.2f} {m['server_cpu_us_per_request']:>10.0f}")
+        for k, v in summary["rounds"]["ratios"].items():
+            print(f"{k}: median {v['median']} (rounds {v['per_round']})")
     print(json.dumps(result["summary"]))
 
 

@@ -61,7 +61,10 @@ def pytest_runtest_logstart(nodeid: str) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _write({"report": report.nodeid, "when": report.when, "outcome": report.outcome, "xfail": hasattr(report, "wasxfail")})
+    record = {"report": report.nodeid, "when": report.when, "outcome": report.outcome, "xfail": hasattr(report, "wasxfail")}
+    if report.skipped and not hasattr(report, "wasxfail") and isinstance(report.longrepr, tuple):
+        record["reason"] = str(report.longrepr[2]).removeprefix("Skipped: ")  # (file, line, "Skipped: why")
+    _write(record)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -54,6 +54,7 @@ class Part:
     name: str
     marker: str
     outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed / failed / skipped
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # node id -> why it was skipped
     problems: list[str] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
     no_tests: bool = False
@@ -112,6 +113,7 @@ class _Journal:
         self.hung: str | None = None  # the test this runner interrupted for running too long
         self.started_at = 0.0
         self.reports: dict[str, list[tuple[str, str, bool]]] = {}
+        self.skip_reasons: dict[str, str] = {}
 
     def poll(self) -> None:
         with open(self.path, "rb") as fh:
@@ -125,6 +127,8 @@ class _Journal:
                 self.running, self.started_at = record["start"], time.monotonic()
             elif "report" in record:
                 self.reports.setdefault(record["report"], []).append((record["when"], record["outcome"], record["xfail"]))
+                if "reason" in record:
+                    self.skip_reasons[record["report"]] = record["reason"]
                 if record["when"] == "teardown" and record["report"] == self.running:
                     self.running = None
             elif "finish" in record:
@@ -193,6 +197,7 @@ def run_part(part: Part, args: list[str], *, selecting: bool, test_timeout: floa
             part.exit_codes.append(returncode)
             for nodeid, reports in journal.reports.items():
                 part.outcomes.setdefault(nodeid, _outcome(reports))
+            part.skip_reasons.update(journal.skip_reasons)
             crashed = journal.hung or journal.running
             if crashed is not None:
                 part.outcomes[crashed] = "failed"
@@ -227,6 +232,27 @@ def run_part(part: Part, args: list[str], *, selecting: bool, test_timeout: floa
         deselect.unlink(missing_ok=True)
 
 
+def _print_skipped(parts: list[Part]) -> None:
+    """Skipped tests, loudly, grouped by reason: a green run without the data is not the whole suite."""
+    by_reason: dict[str, list[str]] = {}
+    for part in parts:
+        for nodeid, outcome in part.outcomes.items():
+            if outcome == "skipped":
+                by_reason.setdefault(part.skip_reasons.get(nodeid, "no reason given"), []).append(nodeid)
+    if not by_reason:
+        return
+    n = sum(len(v) for v in by_reason.values())
+    print("!" * 20 + f" {n} test(s) SKIPPED: these checks did not run " + "!" * 20, flush=True)
+    for reason, nodeids in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(nodeids)} skipped: {reason}", flush=True)
+        for nodeid in sorted(nodeids)[:10]:
+            print(f"      {nodeid}", flush=True)
+        if len(nodeids) > 10:
+            print(f"      ... and {len(nodeids) - 10} more", flush=True)
+    if any("Online Retail" in r for r in by_reason):
+        print("  The Online Retail data: see README.md, 'Get the data' (CI fails without it).", flush=True)
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
@@ -256,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         codes = ", ".join(map(str, part.exit_codes)) or "not run"
         print(f"  {part.name} part ({part.marker}): {counts['passed']} passed, {counts['failed']} failed, "
               f"{counts['skipped']} skipped; pytest exit {codes}; {status}", flush=True)
+    _print_skipped(parts)
     print(f"suite: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped", flush=True)
     if interrupted:
         return 130

@@ -189,3 +189,19 @@ def test_a_test_on_the_ray_cluster_fixture_is_put_in_the_ray_part_without_its_ma
     assert res.returncode == 0, res.stdout + res.stderr
     assert "test_unmarked.py::test_plain" in res.stdout
     assert "test_on_the_cluster" not in res.stdout and "1 deselected" in res.stdout
+
+
+def test_skipped_tests_are_listed_loudly_with_their_reasons(tmp_path: Path) -> None:
+    data = ("import pytest\n\n"
+            "@pytest.mark.skipif(True, reason='Online Retail data not found at /x/online_retail.csv.gz')\n"
+            "def test_needs_data():\n    pass\n\n"
+            "def test_skips_inside():\n    pytest.skip('no server here')\n")
+    ray = "import pytest\n\n@pytest.mark.ray\ndef test_r():\n    pass\n"
+    res = _suite(tmp_path, {"test_core.py": CORE, "test_data.py": data, "test_cluster.py": ray})
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr  # a skip is not a failure here; CI fails on missing data itself
+    assert "2 test(s) SKIPPED: these checks did not run" in out
+    assert "1 skipped: Online Retail data not found at /x/online_retail.csv.gz" in out
+    assert "1 skipped: no server here" in out and "test_data.py::test_needs_data" in out
+    assert "'Get the data'" in out
+    assert out.rstrip().splitlines()[-1] == "suite: 3 passed, 0 failed, 2 skipped"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -148,7 +150,8 @@ class TrainingSettings(_Section):
     trials: int = Field(20, ge=1)
     timeout_minutes: float | None = Field(None, gt=0)
     jobs: int = Field(1, ge=1)
-    promotion_tolerance: float = Field(0.0, ge=0, description="max relative drop vs production still promoted")
+    # 0.02: a non-inferiority margin; at 0 a tie with production can never be shown "not worse"
+    promotion_tolerance: float = Field(0.02, ge=0, description="max relative drop vs production still promoted")
     # 100: below it a per-user NDCG/recall interval is about as wide as the metric itself, so no tolerance can be shown
     min_gate_users: int = Field(100, ge=1, description="the gate refuses to decide on fewer held-out users")
     keep_archived: int = Field(5, ge=0)
@@ -186,6 +189,19 @@ class ServingSettings(_Section):
     )
 
 
+class OnlineSettings(_Section):
+    """Impressions, attribution and experiments (docs/experiments.md)."""
+
+    attribution_window_hours: float = Field(
+        24.0, gt=0, description="an event on a shown item by the same user within this long after the list is attributed to it"
+    )
+    click_types: list[str] = Field(default_factory=lambda: ["click"], description="event types counted as clicks")
+    cart_types: list[str] = Field(default_factory=lambda: ["add_to_cart"], description="event types counted as add-to-cart")
+    purchase_types: list[str] = Field(default_factory=lambda: ["purchase"], description="event types counted as conversions")
+    impressions_flush_s: float = Field(5.0, gt=0, description="served lists are written as Parquet this often")
+    min_units: int = Field(100, ge=1, description="an experiment report decides nothing with fewer users per variant")
+
+
 class ClusterServeSettings(_Section):
     """Ray Serve autoscaling of the recommendation service (`scalerec serve --cluster ...`)."""
 
@@ -207,6 +223,164 @@ class ClusterSettings(_Section):
     serve: ClusterServeSettings = Field(default_factory=ClusterServeSettings)
 
 
+class PlacementBoost(_Section):
+    """Multiply (and/or add to) the score of candidates matching ``rule``; a factor below 1 buries."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="shown as boosted:<name>")
+    rule: str = Field(description="the condition, in the rule language (docs/merchandising.md)")
+    multiply: float = Field(1.0, gt=0, le=1000, description="score factor (>1 boosts, <1 buries)")
+    add: float = Field(0.0, ge=-1e6, le=1e6, description="added to the score after the factor")
+
+
+class PlacementPin(_Section):
+    item_id: str = Field(min_length=1, max_length=256)
+    position: int = Field(ge=1, le=10_000, description="1-based position in the list")
+
+
+class PlacementPromotion(_Section):
+    """Reserve ``slots`` positions for items matching ``rule`` (reason promoted:<name>)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    rule: str
+    slots: int = Field(1, ge=1, le=100)
+    positions: list[Annotated[int, Field(ge=1, le=10_000)]] | None = Field(
+        None, description="1-based positions; default: the first free ones"
+    )
+
+
+class PlacementExploration(_Section):
+    """A share of the slots for new or under-exposed items (reason exploration)."""
+
+    share: float = Field(0.1, gt=0, le=0.5, description="share of the n slots")
+    max_age_days: float | None = Field(30.0, gt=0, description="items created this recently count as new")
+    max_popularity_quantile: float | None = Field(
+        0.2, gt=0, le=1, description="items in this lowest share of popularity count as under-exposed"
+    )
+
+
+class PlacementDiversity(_Section):
+    """At most ``max_per`` items per ``by`` group (category or attributes.<key>), or MMR over item vectors."""
+
+    by: str = Field("category", pattern=r"^(category|attributes\.[A-Za-z0-9_\-]+)$")
+    max_per: int | None = Field(None, ge=1, le=1000)
+    mmr_lambda: float | None = Field(None, ge=0, le=1, description="relevance weight of MMR (1 = no diversity)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PlacementDiversity":
+        if self.max_per is None and self.mmr_lambda is None:
+            raise ValueError("set max_per (a cap per group) or mmr_lambda (MMR over item vectors)")
+        return self
+
+
+class PlacementFilters(_Section):
+    """The list filters of a placement (as the list endpoints' query parameters)."""
+
+    category: list[str] | None = Field(None, description="keep items in any of these categories")
+    exclude_category: list[str] | None = Field(None, description="drop items in any of these categories")
+    min_price: float | None = Field(None, ge=0)
+    max_price: float | None = Field(None, ge=0)
+    available_only: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PlacementFilters":
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(f"min_price {self.min_price} is above max_price {self.max_price}; swap them or drop one")
+        return self
+
+
+class PlacementSettings(_Section):
+    """A named list configuration (``[[placements]]``, or stored with ``/v1/placements``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    strategy: Literal["personal", "similar", "complementary", "popular", "trending", "session"] = "personal"
+    description: str = Field("", max_length=500)
+    n: int = Field(10, ge=1, le=10_000, description="list length when the request gives no n")
+    filter: str | None = Field(None, description="a rule every item must match")
+    filters: PlacementFilters = Field(default_factory=PlacementFilters)
+    boosts: list[PlacementBoost] = Field(default_factory=list)
+    pins: list[PlacementPin] = Field(default_factory=list)
+    promotions: list[PlacementPromotion] = Field(default_factory=list)
+    blocklist: list[str] = Field(default_factory=list, description="item ids never served here")
+    exploration: PlacementExploration | None = None
+    diversity: PlacementDiversity | None = None
+    fallbacks: list[Literal["trending", "popular"]] = Field(default_factory=lambda: ["trending", "popular"])
+    exclude_seen: bool = True
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> "PlacementSettings":
+        # every rule parsed when the placement is read or saved (RuleError names field and position)
+        from scalerec.serving.rules import parse_rule
+
+        if self.filter is not None:
+            parse_rule(self.filter, field="filter")
+        for i, b in enumerate(self.boosts):
+            parse_rule(b.rule, field=f"boosts[{i}].rule")
+        for i, p in enumerate(self.promotions):
+            parse_rule(p.rule, field=f"promotions[{i}].rule")
+        for kind, names in (("boost", [b.name for b in self.boosts]), ("promotion", [p.name for p in self.promotions])):
+            dup = sorted({x for x in names if names.count(x) > 1})
+            if dup:
+                raise ValueError(f"{kind} names must be unique, repeated: {dup}")
+        return self
+
+
+class MerchandisingSettings(_Section):
+    blocklist: list[str] = Field(default_factory=list, description="item ids no placement ever serves")
+    complementary_event_types: list[str] = Field(
+        default_factory=lambda: ["purchase", "add_to_cart"], description="events that put an item in a basket"
+    )
+    complementary_min_support: int = Field(2, ge=1, description="baskets two items must share to be paired")
+    complementary_top_k: int = Field(100, ge=1, le=10_000, description="complements kept per item")
+
+
+class RankingSettings(_Section):
+    """The ranking stage (docs/ranking.md): candidate sources, point-in-time features, LambdaRank."""
+
+    enabled: bool = Field(True, description="train a ranker after the candidate models and serve it when it passes the gate")
+    cf_candidates: int = Field(100, ge=1, le=5000, description="candidates from the production CF model")
+    cooc_candidates: int = Field(50, ge=0, le=5000, description="co-occurrence neighbours of the user's recent items")
+    segment_candidates: int = Field(50, ge=0, le=5000, description="popular in the user's segments")
+    content_candidates: int = Field(50, ge=0, le=5000, description="content (TF-IDF) neighbours of recent items")
+    context_candidates: int = Field(30, ge=0, le=5000, description="popular items of categories that sell more in the request's weather")
+    recent_items: int = Field(10, ge=1, le=1000, description="recent items that seed co-occurrence and content")
+    segment_keys: list[str] = Field(default_factory=lambda: ["location", "age_band"], description="user attributes of segments")
+    window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")
+    max_queries: int = Field(4000, ge=10, description="(user, day) queries sampled per window")
+    min_queries: int = Field(1000, ge=1, description="skip the ranker with fewer (user, day) queries than this in a window")
+    trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")
+    negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
+
+
+
+class AlertRule(_Section):
+    """One ``[[alerts]]`` rule: a figure (scalerec.monitoring.figures) compared with a threshold for a duration."""
+
+    name: str = Field(..., min_length=1, description="the alert's name (unique)")
+    metric: str = Field(..., description="the figure or check it watches, e.g. p99_latency_ms, drift_score")
+    op: Literal[">", ">=", "<", "<="] = Field(">", description="firing when FIGURE op THRESHOLD")
+    threshold: float
+    for_seconds: float = Field(0.0, ge=0, description="the condition must hold this long before it fires")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    description: str = ""
+
+
+class MonitoringSettings(_Section):
+    """Metrics history, alert evaluation and delivery, drift windows and capacity budgets."""
+
+    enabled: bool = Field(True, description="sample figures, evaluate [[alerts]] and deliver notices in `serve`")
+    sample_interval_seconds: float = Field(60.0, ge=1, description="how often the server records its figures")
+    history_days: float = Field(31.0, gt=0, description="figures older than this are deleted")
+    window_seconds: float = Field(300.0, ge=10, description="rates and latency quantiles are over this window")
+    latency_objective_ms: float = Field(50.0, gt=0, description="p99 latency objective of recommendation endpoints")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive firing/resolved notices (JSON POST)")
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    baseline_days: int = Field(28, ge=2, description="drift: days before the checked day that form the baseline")
+    drift_min_events: int = Field(200, ge=1, description="drift: a day with fewer events is not judged")
+    memory_budget_mb: float | None = Field(None, gt=0, description="capacity: memory one machine may use; none = its RAM")
+    disk_budget_mb: float | None = Field(None, gt=0, description="capacity: disk the data directory may use; none = free + used")
+    ann_recall_sample: int = Field(200, ge=10, description="users sampled per model to measure ANN recall against exact")
+    use_default_alerts: bool = Field(True, description="add the built-in rules to those in [[alerts]] (same name: yours wins)")
+
 class Settings(BaseSettings):
     """All settings, one section per concern. See scalerec.example.toml for every key."""
 
@@ -224,7 +398,13 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    merchandising: MerchandisingSettings = Field(default_factory=MerchandisingSettings)
+    placements: list[PlacementSettings] = Field(default_factory=list, description="[[placements]] (docs/merchandising.md)")
+    ranking: RankingSettings = Field(default_factory=RankingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules (see docs/monitoring.md)")
 
     _toml_file: Path | None = None
 
@@ -258,10 +438,33 @@ class Settings(BaseSettings):
 _CURRENT_TOML: dict[str, Path | None] = {"path": None}
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where ``loc`` (the path of an unknown key) sits: a section's fields."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = model.model_fields[part].annotation
+        elif typing.get_origin(model) is dict:  # events.types.<name>: the value type
+            model = typing.get_args(model)[1]
+        else:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err.get("loc", ()))
     value = err.get("input")
     msg = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        loc = tuple(err.get("loc", ()))
+        known = _known_keys(loc)
+        if known:
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            where = f"[{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "the top level"
+            return f"unknown setting '{key}': {hint}known keys in {where}: {', '.join(known)}"
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     if len(shown) > 80:
         shown = shown[:77] + "..."

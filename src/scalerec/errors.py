@@ -137,3 +137,20 @@ class StorageBusyError(StorageError):
 
     status = 503
     type = "storage_busy"
+
+
+class RuleError(ValidationError):
+    """A merchandising rule does not parse or names something unknown; ``details`` holds the rule,
+    the 0-based ``position`` of the problem and a one-line pointer to it."""
+
+    type = "invalid_rule"
+
+    def __init__(self, message: str, *, rule: str, position: int, field: str | None = None) -> None:
+        pointer = f"{rule}\n{' ' * position}^"
+        where = f"{field}: " if field else ""
+        super().__init__(
+            f"{where}invalid rule at position {position} (column {position + 1}): {message}",
+            details={"rule": rule, "position": position, "column": position + 1, "field": field,
+                     "problem": message, "pointer": pointer},
+        )
+        self.position = position

@@ -56,7 +56,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, out.out, out.err
 
 
-def test_init_creates_the_layout_and_says_where(tmp_path):
+def test_init_creates_the_layout_and_says_where(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # init writes ./scalerec.toml
     target = tmp_path / "new-shop"
     result = runner.invoke(app, ["--data-dir", str(target), "init"])
     assert result.exit_code == 0, result.output

@@ -62,10 +62,14 @@ def test_no_promote_then_models_promote_rollback_delete(data_dir: Path) -> None:
     r = _cli(data_dir, "models", "list")
     assert r.exit_code == 0 and first in r.output and second in r.output and "candidate" in r.output
 
-    r = _cli(data_dir, "models", "show", second)
+    r = _cli(data_dir, "models", "show", second, "--json")
     shown = json.loads(r.output)
     assert shown["stage"] == "candidate" and shown["manifest"]["model"]["family"] == "ease"
     assert "not promoted (--no-promote)" in shown["manifest"]["promotion"]["reason"]
+    readable = _cli(data_dir, "models", "show", second).output
+    assert "stage" in readable and "candidate" in readable and "ease" in readable
+    assert "not promoted (--no-promote)" in readable and "--json" in readable
+    assert len(readable.splitlines()) < 40 and '"files"' not in readable
 
     gate = shown["manifest"]["promotion"]
     r = _cli(data_dir, "models", "promote", second)

@@ -529,3 +529,16 @@ def test_a_locked_database_raises_storage_busy(tmp_path):
     cat.record_change("item", "x")  # nothing stuck
     assert cat.change_head() == 1
     cat.close()
+
+
+def test_placements_round_trip(catalog):
+    assert catalog.placement_rows() == []  # before the first write: no table yet, no rows
+    assert catalog.put_placement("home", '{"name": "home"}', "2026-01-01T00:00:00Z") is True
+    assert catalog.put_placement("cart", '{"name": "cart", "strategy": "complementary"}', "2026-01-01T00:00:01Z")
+    assert catalog.put_placement("home", '{"name": "home", "n": 5}', "2026-01-02T00:00:00Z") is False
+    rows = catalog.placement_rows()
+    assert [r[0] for r in rows] == ["cart", "home"]
+    assert rows[1] == ("home", '{"name": "home", "n": 5}', "2026-01-02T00:00:00Z")
+    assert catalog.delete_placement("home") is True
+    assert catalog.delete_placement("home") is False
+    assert [r[0] for r in catalog.placement_rows()] == ["cart"]

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from scalerec.cli import app
 from scalerec.config import Settings
 from scalerec.data.deletion import masked_users, masks
+from scalerec.data.impressions import ImpressionStore
 from scalerec.data.store import DataStore
 from scalerec.errors import UnknownUserError
 
@@ -122,8 +123,13 @@ def test_cli_deletion_of_an_imported_user_reaches_every_service(data: Settings) 
     a.ingest_events([{"user_id": user, "item_id": "p040", "event_type": "purchase"}])
     assert store.flush_pending() == 1 and store.catalog.count_recent_events(user) == 1
     assert _answer(a, user)[0] == "fold_in"
+    a.recommend_user("someone-else", 3)
     a.reclog.flush()
+    a.impressions.flush()
     assert f'"user_id":"{user}"' in _log_text(data)
+    shown = ImpressionStore(Path(data.data.dir) / "impressions")
+    assert sum(shown.count_user_rows([user]).values()) >= 1
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in shown.files())
     a.recommend_user(user, 5)  # buffered in a's log, not yet flushed when the deletion runs
     assert stat.S_IMODE(os.stat(Path(data.data.dir) / "logs").st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (Path(data.data.dir) / "logs").glob("*.jsonl"))
@@ -137,6 +143,9 @@ def test_cli_deletion_of_an_imported_user_reaches_every_service(data: Settings) 
     assert user not in _log_text(data), "the recommendation log holds no trace"
     a.reclog.flush()
     assert user not in _log_text(data), "records buffered before the deletion are dropped at flush"
+    assert shown.count_user_rows([user]) == {}, "impressions hold no trace"
+    assert a.impressions.flush() == 0 and shown.count_user_rows([user]) == {}, "buffered impressions are dropped"
+    assert shown.read().num_rows >= 1, "other users' impressions are kept"
     for svc in (a, b):  # (a) the running service, (d) a second instance: at their next poll
         svc.refresh()
         assert _answer(svc, user) == _stranger(svc)
@@ -153,11 +162,12 @@ def test_cli_deletion_of_an_imported_user_reaches_every_service(data: Settings) 
     assert removed["log_events"]["rows"] == 16 and removed["log_events"]["files"]
     assert removed["recent_events"]["rows"] == 1 and removed["user_record"]["rows"] == 0
     assert removed["recommendation_log"]["rows"] >= 1 and removed["recommendation_log"]["files"]
+    assert removed["impressions"]["rows"] >= 1 and removed["impressions"]["files"]
     assert all(step["at"] for step in removed.values())
     assert [(v["stage"], v["masked"]) for v in report["model_versions"]] == [("production", True)]
     stored = report["stored_now"]
     assert stored["log_events"] == stored["pending_events"] == stored["recent_events"] == 0
-    assert stored["recommendation_log_lines"] == 0
+    assert stored["recommendation_log_lines"] == 0 and stored["impressions"] == 0
     table = _cli(Path(data.data.dir), "users", "deletion-report", user)
     assert table.exit_code == 0 and "fold-in events" in table.output and "no (masked)" in table.output
 

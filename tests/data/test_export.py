@@ -129,3 +129,19 @@ def test_unknown_export_format(store, tmp_path):
 
     with pytest.raises(ValidationError, match="parquet, csv"):
         export_events(store, tmp_path / "e.xlsx", "xlsx")
+
+
+def test_exported_file_gets_the_users_umask(tmp_path):
+    import os
+
+    settings = Settings(data={"dir": tmp_path / "shop"})
+    from scalerec.data.store import DataStore
+
+    store = DataStore.open(settings)
+    old = os.umask(0o027)
+    try:
+        export_items(store, tmp_path / "items.csv")
+    finally:
+        os.umask(old)
+        store.close()
+    assert (tmp_path / "items.csv").stat().st_mode & 0o777 == 0o640

@@ -528,8 +528,8 @@ def test_movielens_users(store, tmp_path):
 def test_movielens_file_of_the_wrong_kind_or_unknown_name(store, tmp_path):
     with pytest.raises(DataImportError, match="scalerec import items movies.dat"):
         import_file(store, "events", write(tmp_path / "movies.dat", "1::X (1995)::Drama\n"), preset="movielens")
-    with pytest.raises(DataImportError, match="recognises files by name"):
-        import_file(store, "events", write(tmp_path / "my.dat", "1::2::3::4\n"), preset="movielens")
+    with pytest.raises(DataImportError, match="by name or by their first line; 'my.dat' looks like none"):
+        import_file(store, "events", write(tmp_path / "my.dat", "a::b\n"), preset="movielens")
     with pytest.raises(DataImportError, match="unknown preset"):
         import_file(store, "events", tmp_path / "my.dat", preset="netflix")
 
@@ -588,3 +588,53 @@ def test_detect_format():
     assert im.detect_format("x.tsv.zst") == ("tsv", "zstd")
     with pytest.raises(DataImportError):
         im.detect_format("x.xlsx")
+
+
+# --- files as published (issue 16): a tab-separated .dat, play counts, no timestamps, renamed MovieLens files
+LISTENS = "userID\tartistID\tweight\n" + "".join(f"{u}\t{a}\t{(u * 7 + a) % 50 + 1}\n" for u in range(30) for a in range(u % 5, 40, 3))
+
+
+def test_tab_separated_dat_is_read_as_tsv_with_its_header(store, tmp_path):
+    report = import_file(store, "events", write(tmp_path / "user_artists.dat", LISTENS),
+                         mapping={"user_id": "userID", "item_id": "artistID", "value": "weight"},
+                         constants={"event_type": "view", "timestamp": "2020-01-01"})
+    assert report.format == "tsv" and report.imported == LISTENS.count("\n") - 1
+    assert report.ignored_columns == []
+
+
+def test_a_value_ignored_by_its_event_type_is_named_in_a_note(store, tmp_path):
+    report = import_file(store, "events", write(tmp_path / "listens.tsv", LISTENS),
+                         mapping={"user_id": "userID", "item_id": "artistID", "value": "weight"},
+                         constants={"event_type": "view", "timestamp": "2020-01-01"})
+    note = next(n for n in report.notes if "value column" in n)
+    assert "weight" in note and "view" in note and "[events.types.view] use_value = true" in note
+    values = store.log.read(columns=["value"]).column("value").to_pylist()
+    assert sorted(set(values)) == sorted({float((u * 7 + a) % 50 + 1) for u in range(30) for a in range(u % 5, 40, 3)})
+    rated = import_file(store, "events", write(tmp_path / "r.csv", "user_id,item_id,rating,timestamp\na,b,4,2020-01-01\n"),
+                        mapping={"value": "rating"}, constants={"event_type": "rating"})
+    assert not any("value column" in n for n in rated.notes)  # ratings use their value
+
+
+def test_no_timestamps_dates_every_event_once_and_training_holds_out_at_random(store, tmp_path):
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.evaluation.splits import make_protocol
+
+    report = import_file(store, "events", write(tmp_path / "listens.tsv", LISTENS),
+                         mapping={"user_id": "userID", "item_id": "artistID", "value": "weight"},
+                         constants={"event_type": "view"}, no_timestamps=True)
+    assert any(n.startswith("no timestamps: every event is dated") for n in report.notes)
+    events = take_snapshot(store).events
+    assert events["timestamp"].n_unique() == 1
+    test, _ = make_protocol("auto", events, settings=Settings(training={"min_test_users": 5}))
+    assert test.protocol.rule == "random" and "same time" in test.protocol.reason
+    with pytest.raises(ValidationError, match="contradict"):
+        import_file(store, "events", tmp_path / "listens.tsv", mapping={"timestamp": "weight"}, no_timestamps=True)
+
+
+def test_movielens_files_are_recognised_by_content_when_renamed(store, tmp_path):
+    report = import_file(store, "events", write(tmp_path / "ml-1m-ratings.txt", "1::1193::5::978300760\n2::661::3::978302109\n"),
+                         preset="movielens")
+    assert report.imported == 2 and report.format == "dat"
+    report = import_file(store, "users", write(tmp_path / "people.dat.gz", "1::F::1::10::48067\n"), preset="movielens")
+    assert store.catalog.get_user("1")["attributes"]["gender"] == "F"
+    assert report.ignored_columns == []  # Gender/Age/Occupation/Zip are imported as attributes

@@ -73,7 +73,7 @@ def test_builtin_presets_are_registered_in_order_with_aliases() -> None:
 def test_preset_help_lists_the_registry() -> None:
     text = preset_help()
     assert text.startswith("online-retail (UCI Online Retail; its InvoiceDate, UK local time, is taken as UTC) or movielens (")
-    assert "u.user: recognised by name)" in text
+    assert "u.user: recognised by name or content)" in text
 
 
 def test_builtin_splits_and_the_online_retail_properties() -> None:

@@ -454,3 +454,54 @@ def test_cli_ctrl_c_leaves_nothing_behind(tmp_path):
     assert not list((tmp_path / "events").rglob("*.parquet"))
     assert not list((tmp_path / "events").glob(".tmp-*"))
     assert _store(tmp_path).log.count() == 0
+
+
+# ------------------------------------------------------------------------------ reviews (issue 11)
+
+from scalerec.config import Settings as _Settings  # noqa: E402
+from scalerec.data.snapshot import load_events as _load_events  # noqa: E402
+from scalerec.data.store import DataStore as _DataStore  # noqa: E402
+from scalerec.datasets.synth import generate_store as _generate_store, item_appeal, make_catalog as _make_catalog  # noqa: E402
+from scalerec.errors import ValidationError as _ValidationError  # noqa: E402
+
+
+def _shop(tmp_path, chunk: int, reviews: float = 0.3):
+    store = _DataStore.open(_Settings(data={"dir": tmp_path / f"d{chunk}"}))
+    report = _generate_store(store, n_users=400, n_items=150, n_events=40_000, seed=5, days=60,
+                            reviews=reviews, chunk_events=chunk)
+    ev = _load_events(store).sort(["timestamp", "user_id", "item_id", "event_type"])
+    store.close()
+    return report, ev
+
+
+def test_reviews_carry_the_hidden_appeal(tmp_path) -> None:
+    report, ev = _shop(tmp_path, 9_000)
+    ratings = ev.filter(pl.col("event_type") == "rating")
+    assert report.event_counts["rating"] == ratings.height > 0
+    assert report.n_events == 40_000  # reviews come on top of the requested events
+    assert set(ratings["value"].unique().to_list()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    buys = ev.filter(pl.col("event_type") == "purchase")
+    assert 0.15 < ratings.height / buys.height < 0.3  # a share of purchases, minus those past the end
+    appeal = item_appeal(_make_catalog(150, seed=5, days=60))
+    ids = np.array(_make_catalog(150, seed=5, days=60).item_ids.to_pylist())
+    mean = ratings.group_by("item_id").agg(pl.col("value").mean(), pl.len())
+    a = appeal[np.searchsorted(ids, mean["item_id"].to_numpy())]
+    assert np.corrcoef(mean["value"].to_numpy(), a)[0, 1] > 0.5
+    # every review follows a purchase of the same user and item
+    first_buy = buys.group_by("user_id", "item_id").agg(pl.col("timestamp").min().alias("bought"))
+    joined = ratings.join(first_buy, on=["user_id", "item_id"], how="left")
+    assert joined["bought"].null_count() == 0 and (joined["timestamp"] > joined["bought"]).all()
+
+
+def test_reviews_do_not_depend_on_chunking(tmp_path) -> None:
+    _, a = _shop(tmp_path, 9_000)
+    _, b = _shop(tmp_path, 25_000)
+    assert a.equals(b)
+
+
+def test_no_reviews_by_default_and_bad_share_refused(tmp_path) -> None:
+    report, ev = _shop(tmp_path, 40_000, reviews=0.0)
+    assert "rating" not in ev["event_type"].unique().to_list()
+    with pytest.raises(_ValidationError, match="reviews"):
+        _generate_store(_DataStore.open(_Settings(data={"dir": tmp_path / "bad"})), n_users=10, n_items=40,
+                       n_events=10, seed=1, reviews=1.5)

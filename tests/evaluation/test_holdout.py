@@ -261,7 +261,7 @@ def test_train_json_and_output_carry_the_protocol(data_dir: Path) -> None:
     r = _cli(data_dir, "train", "--trials", "1", "--models", "popular")
     assert r.exit_code == 0, r.output
     assert "protocol: auto -> temporal" in r.output and "validation:" in r.output and "ndcg@20 test" in r.output
-    shown = json.loads(_cli(data_dir, "models", "show", Registry(data_dir).production().version).output)
+    shown = json.loads(_cli(data_dir, "models", "show", Registry(data_dir).production().version, "--json").output)
     assert set(shown["scores"]) == {"test", "validation"} and shown["manifest"]["protocol"]["rule"] == "temporal"
 
 

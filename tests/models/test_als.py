@@ -105,3 +105,15 @@ def test_similar_items_is_cosine_of_item_factors(X: sp.csr_matrix) -> None:
     np.fill_diagonal(cos, -np.inf)
     ids, scores = model.similar_items(np.arange(X.shape[1]), 5)
     np.testing.assert_allclose(scores, -np.sort(-cos, axis=1)[:, :5], rtol=1e-4, atol=1e-5)
+
+
+def test_seeded_bpr_with_default_threads_is_reproducible() -> None:
+    # Large enough that Hogwild SGD over several threads races on shared item rows (it did on 2 cores).
+    X = sp.random(5000, 800, density=0.02, format="csr", random_state=2, dtype=np.float32)
+    X.data[:] = 1.0
+    params = dict(factors=16, iterations=10, random_state=7)
+    first, second = BPR(**params).fit(X), BPR(**params).fit(X)
+    np.testing.assert_array_equal(first.item_factors_, second.item_factors_)
+    np.testing.assert_array_equal(first.user_factors_, second.user_factors_)
+    assert BPR(random_state=7).sgd_threads() == 1
+    assert BPR(random_state=None).sgd_threads() == 0 and BPR(random_state=7, num_threads=3).sgd_threads() == 3

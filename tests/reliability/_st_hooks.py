@@ -56,6 +56,35 @@ def _in_time_window(events: list) -> bool:
     return True
 
 
+def _placement_rules_hold(body: dict) -> bool:
+    # a placement's rules must parse and its diversity name one kind (a grammar and a cross-field
+    # rule JSON Schema cannot state; refused with 422 invalid_rule / validation_error)
+    from scalerec.errors import RuleError
+    from scalerec.serving.rules import parse_rule
+
+    rules = [body.get("filter")] if isinstance(body.get("filter"), str) else []
+    named: dict[str, list] = {}
+    for key in ("boosts", "promotions"):
+        for entry in body.get(key) or [] if isinstance(body.get(key), list) else []:
+            if isinstance(entry, dict):
+                if isinstance(entry.get("rule"), str):
+                    rules.append(entry["rule"])
+                named.setdefault(key, []).append(entry.get("name"))
+    if isinstance(body.get("rule"), str) and set(body) <= {"rule", "context"}:
+        rules = []  # check-rule reports a bad rule in its 200 answer
+    try:
+        for rule in rules:
+            parse_rule(rule)
+    except RuleError:
+        return False
+    if any(len(names) != len(set(map(str, names))) for names in named.values()):
+        return False
+    div = body.get("diversity")
+    if isinstance(div, dict) and div.get("max_per") is None and div.get("mmr_lambda") is None:
+        return False
+    return _prices_ordered(body.get("filters") if isinstance(body.get("filters"), dict) else None)
+
+
 @schemathesis.hook
 def filter_body(ctx, body):  # noqa: ANN001, ANN201
     events = _events(body)
@@ -66,4 +95,4 @@ def filter_body(ctx, body):  # noqa: ANN001, ANN201
     types, items = body.get("event_types"), body.get("item_ids")
     if isinstance(types, list) and isinstance(items, list) and len(types) != len(items):
         return False  # one event type per item or none
-    return _prices_ordered(body)
+    return _prices_ordered(body) and _placement_rules_hold(body)

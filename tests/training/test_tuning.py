@@ -4,6 +4,7 @@ in worker processes), successive halving over families, determinism by seed, the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,6 +119,75 @@ def test_the_defaults_are_the_first_trial_even_outside_a_small_space(family, spl
     assert res.best_value >= res.default_value
 
 
+def test_the_recency_design_sits_at_the_holdout_scale() -> None:
+    from scalerec.models.base import RECENCY_CHOICES
+    from scalerec.models.space import recency_design
+    from scalerec.training.tuning import _design
+
+    base = _stats(50, 30, 0.2)
+    assert recency_design(replace(base, holdout_days=25.7), RECENCY_CHOICES) == 30.0
+    assert recency_design(replace(base, holdout_days=9.0), RECENCY_CHOICES) == 14.0
+    assert recency_design(replace(base, holdout_days=400.0), RECENCY_CHOICES) == 365.0
+    assert recency_design(base, RECENCY_CHOICES) is None  # a per-user hold-out has no horizon
+    ease = _default_params(MODELS["ease"])
+    assert _design(MODELS["ease"], ease, replace(base, holdout_days=25.7)) == [
+        ({**ease, "recency_half_life_days": 30.0}, "recency at the hold-out scale")]
+    assert _design(MODELS["ease"], ease, base) == []
+    assert _design(MODELS["popular"], _default_params(MODELS["popular"]), replace(base, holdout_days=25.7)) == []
+
+
+def test_queued_design_trials_run_before_a_family_is_judged_even_past_the_deadline(split_and_spec, tmp_path) -> None:
+    import time
+
+    split, spec, _ = split_and_spec
+    stats = data_stats(split)
+    assert stats.holdout_days is not None and stats.holdout_days > 0  # the shop's auto protocol is a time window
+    res = tune_family("ease", storage=storage_url(tmp_path), name="ease-x-y", split_spec=spec,
+                      executor=LocalExecutor(1), n_trials=10, deadline=time.monotonic() - 1, metric=METRIC, stats=stats)
+    trials = optuna.load_study(study_name="ease-x-y", storage=storage_url(tmp_path)).trials
+    assert res.trials_new == 2 and res.stopped == "time budget reached"
+    assert trials[0].user_attrs.get("default") and trials[0].params["recency_half_life_days"] is None
+    assert trials[1].user_attrs.get("design") and trials[1].params["recency_half_life_days"] is not None
+
+
+def test_the_search_tries_the_signal_choices_the_data_supports(split_and_spec, tmp_path) -> None:
+    split = split_and_spec[0]
+    choices = {"rating_rule": (None, "raw", "binary", "centered"), "recency_reference": (None, "user", "global")}
+    out = _search(Settings(data={"dir": tmp_path}), split_and_spec, ["itemknn"], trials=6,
+                  stats=replace(data_stats(split), signals=choices))
+    (study,) = load_report(tmp_path)
+    default = next(t for t in study["trials"] if t["default"])
+    assert default["params"]["rating_rule"] is None and default["params"]["recency_reference"] is None
+    assert all(set(choices) <= set(t["params"]) for t in study["trials"])
+    tried = {(t["params"]["rating_rule"], t["params"]["recency_reference"]) for t in study["trials"]}
+    assert len(tried) > 1  # the sampler moves off the configured signals
+    best = out.families[0].best_params
+    assert set(choices) <= set(best)
+    model = MODELS["itemknn"](**best)  # the chosen signals become the model's matrix overrides
+    assert {k: best[k] for k in choices if best[k] is not None}.items() <= model.matrix_overrides().items()
+
+
+def test_train_on_ratings_searches_the_rating_rule_and_records_the_choice(tmp_path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_matrix_signals import noisy_ratings
+
+    from scalerec.data.importers import import_file
+
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in noisy_ratings()))
+    settings = Settings(data={"dir": tmp_path / "store"}, training={"min_gate_users": 10})
+    store = DataStore.open(settings)
+    import_file(store, "events", path, preset="movielens")
+    r = train(settings, TrainOptions(models=["ease"], trials=4, promote=False), store=store)
+    store.close()
+    assert "rating_rule" in r.best_params
+    signals = r.version.manifest()["search"]["signals"]
+    assert signals["offered"]["rating_rule"] == [None, "raw", "binary", "centered"]
+    assert signals["chosen"] == {"rating_rule": r.best_params["rating_rule"]}
+
+
 # ------------------------------------------------------------------------------------ pruning
 def test_prune_rule_is_the_median_rule() -> None:
     rule = PruneRule(higher=True, medians={2: 0.3})
@@ -171,14 +241,35 @@ def test_halving_rounds() -> None:
     assert [halving_rounds(n) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 3, 3, 4, 4, 4]
 
 
-def _search(settings: Settings, split_and_spec, families: list[str], trials: int, seed: int = 0):
+def _search(settings: Settings, split_and_spec, families: list[str], trials: int, seed: int = 0, **kw: Any):
     split, spec, _ = split_and_spec
     url = storage_url(Path(settings.data.dir))
     return search_families(
         families, storage=url, names={f: f"{f}-fp-conf" for f in families}, schedule="search-fp-conf",
         split_spec=spec, executor=LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
-        seed=seed, stats=data_stats(split),
+        seed=seed, stats=kw.pop("stats", data_stats(split)), **kw,
     )
+
+
+def test_trials_carry_seeded_bootstrap_intervals(split_and_spec, tmp_path) -> None:
+    split = split_and_spec[0]
+
+    def intervals(root: Path, seed: int) -> list[dict[str, Any]]:
+        root.mkdir()
+        out = _search(Settings(data={"dir": root}), split_and_spec, ["itemknn"], trials=2,
+                      uncertainty={"confidence": 0.9, "n_boot": 300, "seed": seed})
+        (study,) = load_report(root)
+        assert out.families[0].best_intervals == study["best"]["intervals"]
+        return [t["intervals"] for t in study["trials"]]
+
+    first = intervals(tmp_path / "a", 3)
+    for trial in first:
+        iv = trial[METRIC]
+        assert iv["low"] <= iv["mean"] <= iv["high"] and iv["low"] < iv["high"]
+        assert iv["n_users"] == len(split.relevant("test")[1])  # the validation part's users
+        assert set(trial) >= {"recall@20", "precision@20", "ndcg@20"} and "coverage@20" not in trial
+    assert intervals(tmp_path / "b", 3) == first  # seeded: the same intervals again
+    assert intervals(tmp_path / "c", 4) != first
 
 
 def test_successive_halving_drops_the_worse_family_and_gives_the_winner_more(split_and_spec, tmp_path) -> None:
@@ -231,3 +322,13 @@ def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:
     assert "search of" in out.output and "dropped after round 1" in out.output and "pruned" in out.output
     studies = json.loads(CliRunner().invoke(app, [*base, "--json"]).output)
     assert all(st["rounds"] for st in studies)
+    # intervals (the [evaluation] defaults: 95%, seeded) on every completed trial, the test score and the manifest
+    done = [t for st in studies for t in st["trials"] if t["state"] == "complete"]
+    assert done and all(t["intervals"][METRIC]["low"] <= t["value"] <= t["intervals"][METRIC]["high"] for t in done)
+    assert re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", out.output)  # value [low, high] in the table
+    test_iv, val_iv = r.intervals["test"][METRIC], r.intervals["validation"][METRIC]
+    assert test_iv["low"] <= r.metrics[METRIC] <= test_iv["high"] and test_iv["mean"] == pytest.approx(r.metrics[METRIC])
+    assert val_iv["mean"] == pytest.approx(r.validation_metrics[METRIC]) and r.intervals["confidence"] == 0.95
+    manifest = r.version.manifest()
+    assert manifest["intervals"]["test"][METRIC] == pytest.approx(test_iv)
+    assert manifest["intervals"]["validation"][METRIC] == pytest.approx(val_iv)

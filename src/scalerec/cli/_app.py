@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from scalerec.config import Settings, load_settings
+from scalerec.errors import NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from scalerec.data.store import DataStore
@@ -28,25 +29,25 @@ app = typer.Typer(
 )
 
 
+#: Commands that may create the data directory (init and writes); every other one needs an existing store.
+CREATING_COMMANDS = frozenset({"init", "import", "synth", "config", "keys"})
+
+
 @dataclass
 class CliState:
     config_file: Path | None
     data_dir: Path | None
+    command: str | None = None
     _settings: Settings | None = None
     _store: Any = field(default=None)
 
 
-@app.callback()
-def _root(
-    ctx: typer.Context,
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", "-d", help="Data directory (overrides [data] dir and SCALEREC_DATA__DIR)."
-    ),
-    config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="Config file (default: $SCALEREC_CONFIG or ./scalerec.toml)."
-    ),
-) -> None:
-    ctx.obj = CliState(config_file=config, data_dir=data_dir)
+def _print_version(value: bool) -> None:
+    if value:
+        from scalerec import __version__
+
+        console.print(f"scalerec {__version__}", markup=False, highlight=False)
+        raise typer.Exit(0)
 
 
 def _state(ctx: typer.Context) -> CliState:
@@ -60,12 +61,25 @@ def get_settings(ctx: typer.Context) -> Settings:
     """The validated settings for this invocation (loaded once)."""
     state = _state(ctx)
     if state._settings is None:
-        overrides: dict[str, Any] = {}
         settings = load_settings(state.config_file)
         if state.data_dir is not None:
             settings.data = settings.data.model_copy(update={"dir": state.data_dir})
+        if state.command is not None and state.command not in CREATING_COMMANDS:
+            require_store(settings)
         state._settings = settings
     return state._settings
+
+
+def require_store(settings: Settings) -> None:
+    """Fail with one line when the data directory is not a scalerec store (nothing is created)."""
+    from scalerec.data.store import DataStore
+
+    if not DataStore.exists(settings):
+        d = settings.data.dir
+        raise NotFoundError(
+            f"{str(d)!r} is not a scalerec data directory (no events/ and catalogue there); create it with "
+            f"`scalerec -d {d} init` (or import data into it), or point --data-dir / [data] dir at an existing one"
+        )
 
 
 def get_store(ctx: typer.Context, *, read_only: bool = False) -> "DataStore":
@@ -79,3 +93,19 @@ def get_store(ctx: typer.Context, *, read_only: bool = False) -> "DataStore":
     if state._store is None:
         state._store = DataStore.open(get_settings(ctx), read_only=read_only)
     return state._store
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", "-d", help="Data directory (overrides [data] dir and SCALEREC_DATA__DIR)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Config file (default: $SCALEREC_CONFIG or ./scalerec.toml)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", "-V", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
+) -> None:
+    ctx.obj = CliState(config_file=config, data_dir=data_dir, command=ctx.invoked_subcommand)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -10,14 +11,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from scalerec.cli._app import app, console, get_settings, get_store
+from scalerec.config import DEFAULT_CONFIG_FILE, load_settings
 
 users_app = typer.Typer(help="Manage users' data (deletion requests).", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 
 
 @app.command("init")
-def init(ctx: typer.Context) -> None:
-    """Create the data directory layout (catalog.db, events/, models/) and say where it is."""
+def init(
+    ctx: typer.Context,
+    no_config: bool = typer.Option(False, "--no-config", help="Do not write ./scalerec.toml recording the directory."),
+) -> None:
+    """Create the data directory layout (catalog.db, events/, models/) and say where it is.
+
+    When no config file is in use, ./scalerec.toml is written with [data] dir, so later commands run
+    from this directory find the store without --data-dir.
+    """
     settings = get_settings(ctx)
     existed = (settings.data_dir / "catalog.db").exists()
     store = get_store(ctx)
@@ -26,6 +35,16 @@ def init(ctx: typer.Context) -> None:
     console.print(f"  catalogue  {store.catalog.url}", markup=False, highlight=False)
     console.print(f"  events     {store.events_dir.resolve()}", markup=False, highlight=False)
     console.print(f"  models     {store.models_dir.resolve()}", markup=False, highlight=False)
+    toml = settings._toml_file
+    if toml is None and not no_config:
+        target = Path(DEFAULT_CONFIG_FILE)
+        # json.dumps of a str is a valid TOML basic string (same escapes)
+        target.write_text(f"# written by `scalerec init`; every key: scalerec.example.toml\n[data]\ndir = {json.dumps(str(settings.data.dir))}\n")
+        console.print(f"  config     {target.resolve()} records [data] dir: commands run here need no --data-dir",
+                      markup=False, highlight=False, soft_wrap=True)
+    elif toml is not None and Path(settings.data.dir) != Path(load_settings(toml).data.dir):
+        console.print(f"  note       {toml} names another [data] dir; pass --data-dir {settings.data.dir} to each command "
+                      "or edit that file", markup=False, highlight=False)
     console.print(
         "Next: import data with `scalerec import ...` (see scalerec.example.toml for settings).",
         markup=False,

@@ -123,7 +123,7 @@ def _import_summary(report: Any) -> list[Table]:
 def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], maps: list[str], sets: list[str],
                 timestamp_format: Optional[str], preset: Optional[str], on_error: str, quarantine: Optional[Path],
                 encoding: Optional[str], chunk_rows: Optional[int], as_json: bool,
-                allow_duplicate: bool = False) -> None:
+                allow_duplicate: bool = False, no_timestamps: bool = False) -> None:
     from scalerec.data.importers import ON_ERROR, import_file
 
     on_error = on_error.lower()
@@ -162,6 +162,7 @@ def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], m
             chunk_rows=chunk_rows,
             encoding=encoding,
             allow_duplicate=allow_duplicate,
+            no_timestamps=no_timestamps,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     if as_json:
@@ -172,7 +173,7 @@ def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], m
 
 
 _FILE_HELP = (
-    'FILE: .csv, .tsv, .parquet, .jsonl/.ndjson or .dat (MovieLens "::"), optionally .gz. Columns named like '
+    'FILE: .csv, .tsv, .parquet, .jsonl/.ndjson or .dat (MovieLens "::", or tab-separated with a header: told apart by the first line), optionally .gz. Columns named like '
     "the fields are taken as they are; map others with --map FIELD=COLUMN. The import is all or nothing: by "
     "default any bad row stops it and nothing is written."
 )
@@ -199,9 +200,10 @@ def _register_import(kind: str) -> None:
         chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1000, help="Rows per chunk (default: \\[data] import_chunk_rows)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="Import events even when this file was already imported with the same options (that doubles them)."),
+        no_timestamps: bool = typer.Option(False, "--no-timestamps", help="Events only: the file has no times; every event gets one date (--set timestamp=DATE, default today UTC) and training holds out a random share per user."),
     ) -> None:
         _run_import(ctx, kind, file, fmt, maps, sets, timestamp_format, preset, on_error, quarantine, encoding,
-                    chunk_rows, as_json, allow_duplicate)
+                    chunk_rows, as_json, allow_duplicate, no_timestamps)
 
 
 for _kind in ("events", "users", "items"):

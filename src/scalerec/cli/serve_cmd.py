@@ -52,6 +52,14 @@ def serve(
         )
     if n_keys == 0:
         err_console.print("warning: --insecure-dev and no API keys: every request is admitted until the first key is created", markup=False)
+    from scalerec.registry import Registry
+
+    if Registry(settings, read_only=True).production() is None:
+        err_console.print("warning: no production model yet: /v1/popular and /v1/trending answer from the store's events, "
+                          "personal lists are 503 until `scalerec train` promotes one (picked up without a restart)",
+                          markup=False, soft_wrap=True)
+    if not settings.cluster.address:
+        check_port_free(host, port)
     os.environ["SCALEREC_SERVE_SETTINGS"] = json.dumps(settings.model_dump(mode="json"))
     os.environ["SCALEREC_SERVE_INSECURE_DEV"] = "1" if insecure_dev else "0"
     if workers > 1:
@@ -87,6 +95,27 @@ def serve(
         )
     finally:
         scheduler.stop()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before "serving on" when the address is taken (uvicorn would only log Errno 98 after it)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve --host {host!r}: {exc.strerror}; pass an address such as 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use (another server?): pass --port N "
+                                  "or set [serving] port") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pass another --host/--port") from None
 
 
 @keys_app.command("create")

@@ -35,6 +35,10 @@ def synth(
     chunk_events: int = typer.Option(
         1_000_000, "--chunk-events", min=1_000, help="Events generated and written per chunk (memory bound)."
     ),
+    reviews: float = typer.Option(
+        0.0, "--reviews", min=0.0, max=1.0,
+        help="Share of purchases followed by a rating event (stars 1-5 tied to the item's hidden appeal).",
+    ),
 ) -> None:
     """Generate a synthetic shop with the structure of a real one into an empty data directory.
 
@@ -73,6 +77,7 @@ def synth(
             n_events=events,
             seed=seed,
             days=days,
+            reviews=reviews,
             start=start,
             chunk_events=chunk_events,
             progress=lambda done, total: progress.update(task, completed=done, total=total),

@@ -32,6 +32,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _interval(value: Any, interval: dict[str, Any] | None) -> str:
+    """``0.1234 [0.1100, 0.1370]``: a figure and its bootstrap interval (the figure alone when it has none)."""
+    if not interval:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(interval.get('low'))}, {_fmt(interval.get('high'))}]"
+
+
 def _bytes(n: int | None) -> str:
     if not n:
         return "-"
@@ -72,7 +79,7 @@ def _summary(result: "TrainResult") -> None:
     table.add_column("family", no_wrap=True)
     table.add_column("trials", justify="right", no_wrap=True)
     table.add_column("default", justify="right", no_wrap=True)
-    table.add_column("best", justify="right", no_wrap=True)
+    table.add_column("best [interval]", justify="right", no_wrap=True)
     table.add_column("wall s", justify="right", no_wrap=True)
     table.add_column("best configuration", overflow="fold")
     for f in result.families:
@@ -82,7 +89,7 @@ def _summary(result: "TrainResult") -> None:
             f.family + (" *" if f.family == result.best_family else ""),
             trials,
             _fmt(f.default_value),
-            _fmt(f.best_value),
+            _interval(f.best_value, f.best_intervals.get(result.metric)),
             f"{f.wall_s:.1f}",
             _params(f.best_params) + (f" [dim]({note})[/dim]" if note else ""),
         )
@@ -95,13 +102,20 @@ def _summary(result: "TrainResult") -> None:
     assert v is not None
     info.add_row("version", f"{v.version} ({v.stage})")
     info.add_row("model", f"{result.best_family} {_params(result.best_params)}")
-    info.add_row(f"{result.metric} test", _fmt(result.metrics.get(result.metric)) + " (chosen configuration, scored once)")
-    info.add_row(f"{result.metric} validation", _fmt(result.validation_metrics.get(result.metric)) + " (where it was chosen)")
+    iv = result.intervals
+    level = f", {iv['confidence']:.0%} interval over users" if iv else ""
+    info.add_row(f"{result.metric} test", _interval(result.metrics.get(result.metric), (iv.get("test") or {}).get(result.metric))
+                 + f" (chosen configuration, scored once{level})")
+    info.add_row(f"{result.metric} validation",
+                 _interval(result.validation_metrics.get(result.metric), (iv.get("validation") or {}).get(result.metric))
+                 + " (where it was chosen)")
     info.add_row("data", f"{result.snapshot.get('event_count', 0):,} events, "
                  f"{result.snapshot.get('min_timestamp', '?')[:19]} .. {result.snapshot.get('max_timestamp', '?')[:19]}")
     info.add_row("refit", f"{result.fit_s:.1f} s, peak memory {_bytes(result.peak_rss_bytes)}")
     verdict = "promoted to production" if p.get("promoted") else "kept as candidate"
     info.add_row("gate", f"{verdict}: {p.get('reason')}" + (" [forced]" if p.get("forced") else ""))
+    if result.ranking:
+        info.add_row("ranking", f"{result.ranking.get('status')}: {result.ranking.get('reason')}")
     console.print(info)
     print_protocol(result.protocol)
 
@@ -109,7 +123,7 @@ def _summary(result: "TrainResult") -> None:
 @app.command("train", cls=RegistryHelpCommand)
 def train_cmd(
     ctx: typer.Context,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per model family (default: setting training.trials)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trial budget: N x the number of families in all, shared by successive halving (better families get more; default: setting training.trials)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget of the whole search, in minutes."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Trials run in parallel."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default: setting models.enabled)."),
@@ -147,6 +161,7 @@ def train_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from scalerec.monitoring.training import recorded_run
     from scalerec.training.pipeline import TrainOptions, train
 
     if force and no_promote:
@@ -159,15 +174,17 @@ def train_cmd(
         test_fraction=test_fraction, if_new_events=if_new_events, force=force, promote=not no_promote, seed=seed,
     )
     store = get_store(ctx)
-    if as_json:
-        result = train(settings, options, store=store)
-    else:
-        columns = (
-            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[detail]}"),
-        )
-        with Progress(*columns, console=console, transient=False) as bar:
-            result = train(settings, options, store=store, progress=_ProgressView(bar))
+    with recorded_run(settings) as run:  # the server reads this run's figures (monitoring/training.py)
+        if as_json:
+            result = train(settings, options, store=store)
+        else:
+            columns = (
+                TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}"),
+            )
+            with Progress(*columns, console=console, transient=False) as bar:
+                result = train(settings, options, store=store, progress=_ProgressView(bar))
+        run["result"] = result
     if result.status == "skipped":
         if as_json:
             console.print_json(json.dumps({"status": "skipped", "reason": result.reason, "new_events": result.new_events}))
@@ -185,12 +202,14 @@ def train_cmd(
                     "family": result.best_family,
                     "params": result.best_params,
                     "metrics": {"test": result.metrics, "validation": result.validation_metrics},
+                    "intervals": result.intervals,
                     "protocol": result.protocol,
                     "warnings": result.warnings,
                     "promotion": result.promotion,
                     "fit_s": result.fit_s,
                     "peak_rss_bytes": result.peak_rss_bytes,
                     "families": [f.to_dict() for f in result.families],
+                    "ranking": {k: result.ranking.get(k) for k in ("status", "reason", "test")} if result.ranking else None,
                 },
                 default=str,
             )
@@ -234,7 +253,7 @@ def tune_report(
     if not studies:
         console.print("no searches yet: run `scalerec train`")
         return
-    best_per_family: dict[str, tuple[float, dict[str, Any], str]] = {}
+    best_per_family: dict[str, tuple[float, dict[str, Any], str, dict[str, Any] | None]] = {}
     for st in studies:
         higher = st.get("direction") != "minimize"
         trials = st["trials"]
@@ -246,10 +265,11 @@ def tune_report(
             states[t["state"]] = states.get(t["state"], 0) + 1
         title = f"{st['study']}  ({st.get('metric') or '?'}; " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
         table = Table(title=title, title_justify="left")
-        for col in ("#", "value", "params", "fit s", "note"):
-            table.add_column(col, justify="right" if col in ("#", "value", "fit s") else "left")
+        for col in ("#", "value [interval]", "params", "fit s", "note"):
+            table.add_column(col, justify="right" if col in ("#", "value [interval]", "fit s") else "left")
         for t in shown:
-            table.add_row(str(t["number"]), _fmt(t["value"]), _params(t["params"]), _fmt(t["fit_s"], 2),
+            iv = (t.get("intervals") or {}).get(st.get("metric") or "")
+            table.add_row(str(t["number"]), _interval(t["value"], iv), _params(t["params"]), _fmt(t["fit_s"], 2),
                           "default" if t["default"] else ("repeat (not refitted)" if t.get("duplicate") else
                                                            (f"pruned at iteration {t['pruned_at']}" if t.get("pruned_at") else "")))
         failed = [t for t in trials if t["state"] == "fail" and t["error"]]
@@ -261,12 +281,13 @@ def tune_report(
             val = st["best"]["value"]
             cur = best_per_family.get(fam)
             if cur is None or (val > cur[0] if higher else val < cur[0]):
-                best_per_family[fam] = (val, st["best"]["params"], st["study"])
-    summary = Table(title="best configuration per family", title_justify="left")
-    for col in ("family", "value", "params", "study"):
+                best_per_family[fam] = (val, st["best"]["params"], st["study"],
+                                        (st["best"].get("intervals") or {}).get(st.get("metric") or ""))
+    summary = Table(title="best configuration per family (validation; [bootstrap interval over users])", title_justify="left")
+    for col in ("family", "value [interval]", "params", "study"):
         summary.add_column(col, overflow="fold")
-    for fam, (val, params, name) in sorted(best_per_family.items()):
-        summary.add_row(fam, _fmt(val), _params(params), name)
+    for fam, (val, params, name, iv) in sorted(best_per_family.items()):
+        summary.add_row(fam, _interval(val, iv), _params(params), name)
     console.print(summary)
     _print_rounds(settings.data.dir, family)
 
@@ -333,21 +354,64 @@ def models_list(
 
 
 @models_app.command("show")
-def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="Version name (see `models list`).")) -> None:
-    """Print a version's stage and manifest (model, data snapshot, metrics, timings, promotion decision)."""
+def models_show(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Version name (see `models list`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stage and the raw manifest as JSON."),
+) -> None:
+    """A version's summary: stage, model, data, scores, protocol, timings, promotion decision (--json: the manifest)."""
     v = _registry(ctx, read_only=True).get(version)
     out: dict[str, Any] = {"version": v.version, "stage": v.stage, "promoted_at": v.promoted_at,
                            "archived_at": v.archived_at, "forced": v.forced, "note": v.note, "health": v.error or "ok"}
+    typed = None
     try:
         out["manifest"] = v.manifest()
         typed = v.typed_manifest()
         metric = typed.primary_metric
         # test: the chosen configuration scored once on data the search never saw; validation: where it was chosen
         out["scores"] = {part: (typed.metrics.get(part) or {}).get(metric) for part in ("test", "validation")}
+        intervals = typed.extra.get("intervals") or {}
+        out["intervals"] = {part: (intervals.get(part) or {}).get(metric) for part in ("test", "validation")}
     except Exception as exc:  # noqa: BLE001 - a broken version is shown with its error
         out["manifest"] = None
         out["health"] = str(exc)
-    console.print_json(json.dumps(out, default=str))
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+        return
+    info = Table(show_header=False, box=None, title=f"model version {v.version}", title_justify="left")
+    info.add_column(style="bold", no_wrap=True)
+    info.add_column(overflow="fold")
+    stage = v.stage + (" (forced)" if v.forced else "")
+    stage += f", promoted {v.promoted_at}" if v.promoted_at else ""
+    stage += f", archived {v.archived_at}" if v.archived_at else ""
+    info.add_row("stage", stage)
+    info.add_row("health", out["health"])
+    if v.note:
+        info.add_row("note", v.note)
+    if typed is not None:
+        info.add_row("created", typed.created_at or "-")
+        info.add_row("model", f"{typed.family or '-'} {_params(typed.params)}")
+        span = (f"{typed.snapshot_start:%Y-%m-%d %H:%M} .. " if typed.snapshot_start else "") + (
+            f"{typed.snapshot_end:%Y-%m-%d %H:%M} UTC" if typed.snapshot_end else "")
+        events = f"{typed.event_count:,} events" if typed.event_count is not None else "events: -"
+        info.add_row("data", f"{events}{', ' + span if span else ''}")
+        for part in ("test", "validation"):
+            scores = typed.metrics.get(part) or {}
+            if scores:
+                main = typed.primary_metric
+                shown = [f"{main} {_fmt(scores.get(main))}"] + [
+                    f"{k} {_fmt(val)}" for k, val in sorted(scores.items()) if k != main and isinstance(val, float)][:6]
+                info.add_row(part, ", ".join(shown))
+        if typed.protocol is not None:
+            info.add_row("protocol", f"{typed.protocol.split} -> {typed.protocol.rule}: {typed.protocol.reason}")
+            info.add_row("  test part", typed.protocol.test.describe())
+        info.add_row("fit", f"{_fmt(typed.fit_seconds, 1)} s, peak memory {_bytes(typed.peak_rss_bytes)}")
+        if typed.promotion:
+            p = typed.promotion
+            verdict = "promoted" if p.get("promoted") else "not promoted"
+            info.add_row("gate", f"{verdict}: {p.get('reason', '-')}")
+    console.print(info)
+    console.print(f"raw manifest: scalerec models show {v.version} --json", markup=False, highlight=False)
 
 
 @models_app.command("promote")

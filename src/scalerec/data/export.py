@@ -119,6 +119,13 @@ def _map_keys(batches: Iterable[pa.RecordBatch], column: str) -> list[str]:
     return sorted(keys)
 
 
+def give_user_mode(path: str | Path) -> None:
+    """mkstemp makes a 0600 file: give a file the user asked for the mode their umask allows."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def _atomic(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path``, renamed onto it on success and removed on any error."""
@@ -127,6 +134,7 @@ def _atomic(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    give_user_mode(tmp_path)
     try:
         yield tmp_path
         os.replace(tmp_path, target)

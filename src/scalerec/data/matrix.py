@@ -714,11 +714,10 @@ def load_matrix(path: "str | Path", *, mmap: bool = True) -> InteractionMatrix:
     src = Path(path)
     mode = "r" if mmap else None
     try:
-        indptr = np.load(src / "indptr.npy", mmap_mode=mode)
-        indices = np.load(src / "indices.npy", mmap_mode=mode)
-        data = np.load(src / "data.npy", mmap_mode=mode)
-        users = np.load(src / "user_ids.npy", mmap_mode=mode)
-        items = np.load(src / "item_ids.npy", mmap_mode=mode)
+        # np.asarray: plain ndarrays over the mapped pages (np.memmap's subclass hooks cost per slice)
+        indptr, indices, data, users, items = (
+            np.asarray(np.load(src / f"{name}.npy", mmap_mode=mode))
+            for name in ("indptr", "indices", "data", "user_ids", "item_ids"))
     except (OSError, ValueError) as exc:
         from scalerec.errors import StorageError
 

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from scalerec.config import Settings
 from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog
 from scalerec.data.deletion import masks, versions_holding
+from scalerec.data.impressions import ImpressionStore
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
 from scalerec.data.lease import hold_lease
 from scalerec.data.schema import EVENT_SCHEMA, TIMESTAMP
@@ -110,6 +111,12 @@ class DataStore:
 
     def __repr__(self) -> str:
         return f"DataStore({str(self.dir)!r})"
+
+    @classmethod
+    def exists(cls, settings: Settings) -> bool:
+        """Whether the data directory already holds a store (its event log and its catalogue)."""
+        root = Path(settings.data.dir)
+        return (root / "events").is_dir() and catalog_exists(settings.data.resolved_catalog_url())
 
     @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> "DataStore":
@@ -318,6 +325,8 @@ class DataStore:
             deleted_at = _now_us()
         scrubbed = scrub_users(self.dir / "logs", [user_id])
         removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
+        shown = ImpressionStore(self.dir / "impressions").scrub_users([user_id])
+        removed["impressions"] = _step(shown["rows"], files=shown["files"])
         report = {"removed": removed, "resumed": resumed, "log": self._log_identity()}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
@@ -347,6 +356,7 @@ class DataStore:
             with self._view_lock.exclusive():
                 self.log.delete_users(users)
             scrub_users(self.dir / "logs", users)
+            ImpressionStore(self.dir / "impressions").scrub_users(users)
         done = [s for s, _, deleted_at in rows if deleted_at is not None]
         unfinished = [s for s, _, deleted_at in rows if deleted_at is None]
         # stop before the first unfinished one: it is applied once finished
@@ -371,6 +381,7 @@ class DataStore:
         user_id = str(user_id)
         files = self.log.count_user_rows([user_id])
         lines = count_user_lines(self.dir / "logs", [user_id])
+        shown = ImpressionStore(self.dir / "impressions").count_user_rows([user_id])
         return {
             "log_events": sum(files.values()),
             "log_files": files,
@@ -379,6 +390,8 @@ class DataStore:
             "recent_events": self.catalog.count_recent_events(user_id),
             "recommendation_log_lines": sum(lines.values()),
             "recommendation_log_files": lines,
+            "impressions": sum(shown.values()),
+            "impression_files": shown,
         }
 
     def deletion_report(self, user_id: str) -> dict[str, Any]:
@@ -483,7 +496,7 @@ class DataStore:
 
 
 #: user_data keys that count as "something is stored under this id".
-_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines")
+_STORED_KEYS = ("log_events", "pending_events", "user_record", "recent_events", "recommendation_log_lines", "impressions")
 
 
 def _now_us() -> int:

@@ -308,8 +308,8 @@ def validate_events(
         problems.add(
             unknown.take(et_codes.indices),
             "event_type ", ("col", "event_type"),
-            f" is not configured (known: {', '.join(known)}); add it under [events.types] "
-            "or set events.allow_unknown_types = true",
+            f" is not configured (known: {', '.join(known)}); add it to scalerec.toml as [events.types.NAME] "
+            "with weight = 1.0 (and use_value = true to count its value), or set events.allow_unknown_types = true",
         )
     else:
         malformed = pc.invert(pc.fill_null(pc.match_substring_regex(names, r"^[a-z0-9_]+$"), True))

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from scalerec.data.coerce import pack_map, parse_number, to_text
 from scalerec.data.importers.presets import Preset, register_preset
-from scalerec.data.importers.sources import SourceSpec, strip_compression
+from scalerec.data.importers.sources import SourceSpec, compression_of, first_line, strip_compression
 from scalerec.errors import DataImportError
 
 __all__ = ["MOVIELENS_FILES", "resolve"]
@@ -98,9 +98,10 @@ MOVIELENS_FILES: dict[str, Preset] = {
     "u.item": Preset(NAME, "items",
                      SourceSpec("csv", "|", column_names=("movie", "title", "release_date", "video_release_date", "imdb_url")
                                 + _ML_GENRES_100K, quoting=False, encoding="latin-1"),
-                     {"item_id": "movie", "title": "title"}, post=_uitem_post),
+                     {"item_id": "movie", "title": "title"}, post=_uitem_post,
+                     post_columns=("release_date", "imdb_url") + _ML_GENRES_100K),
     "users.dat": Preset(NAME, "users", _dat("user", "Gender", "Age", "Occupation", "Zip"),
-                        {"user_id": "user"}, post=_ml_users_post),
+                        {"user_id": "user"}, post=_ml_users_post, post_columns=("Gender", "Age", "Occupation", "Zip")),
     "u.user": Preset(NAME, "users", SourceSpec("csv", "|", column_names=("user", "age", "gender", "occupation", "zip"),
                                                        quoting=False),
                      {"user_id": "user", "attributes.age": "age", "attributes.gender": "gender",
@@ -108,14 +109,47 @@ MOVIELENS_FILES: dict[str, Preset] = {
 }
 
 
+def _by_content(path: Path) -> str | None:
+    """The MovieLens file name whose layout the first line has (renamed or re-compressed copies)."""
+    line = first_line(path, compression_of(path)).decode("latin-1")
+    if "::" in line:
+        fields = line.split("::")
+        numeric = [f.strip().isdigit() for f in fields]
+        if len(fields) == 4 and all(numeric):
+            return "ratings.dat"
+        if len(fields) == 3 and numeric[0]:
+            return "movies.dat"
+        if len(fields) == 5 and numeric[0] and fields[1] in ("M", "F"):
+            return "users.dat"
+        return None
+    header = [c.strip().strip('"') for c in line.split(",")]
+    if header[:3] == ["userId", "movieId", "rating"]:
+        return "ratings.csv"
+    if header == ["movieId", "title", "genres"]:
+        return "movies.csv"
+    tabbed = line.split("\t")
+    if len(tabbed) == 4 and all(f.strip().isdigit() for f in tabbed):
+        return "u.data"
+    piped = line.split("|")
+    if len(piped) == 5 + len(_ML_GENRES_100K) and piped[0].isdigit():
+        return "u.item"
+    if len(piped) == 5 and piped[0].isdigit() and piped[2] in ("M", "F"):
+        return "u.user"
+    return None
+
+
 def resolve(kind: str, path: Path) -> Preset:
-    """The MovieLens preset of this file, recognised by its name (compression suffixes aside)."""
+    """The MovieLens preset of this file, recognised by its name (compression suffixes aside), else by
+    its first line's layout."""
     preset = MOVIELENS_FILES.get(strip_compression(path.name))
+    if preset is None:
+        like = _by_content(path) if path.is_file() else None
+        preset = MOVIELENS_FILES.get(like) if like else None
     if preset is None:
         known = ", ".join(MOVIELENS_FILES)
         raise DataImportError(
-            f"--preset movielens recognises files by name ({known}); {path.name!r} is none of them. "
-            "Rename the file or import it with --map"
+            f"--preset movielens recognises the files {known} by name or by their first line; {path.name!r} "
+            "looks like none of them. Import it with --map"
         )
     if preset.kind != kind:
         raise DataImportError(
@@ -127,5 +161,5 @@ def resolve(kind: str, path: Path) -> Preset:
 
 register_preset(
     NAME, resolve, aliases=("ml",),
-    help="ratings.dat/.csv, u.data, movies.dat/.csv, u.item, users.dat, u.user: recognised by name",
+    help="ratings.dat/.csv, u.data, movies.dat/.csv, u.item, users.dat, u.user: recognised by name or content",
 )

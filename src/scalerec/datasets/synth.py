@@ -16,7 +16,10 @@ they meet in production:
 - daily, weekly and yearly cycles (evenings and weekends are busier; Black Friday, Christmas);
 - per-city daily weather (temperature and rain, deterministic by seed): rain raises demand for
   rainwear, heat for summer goods, cold for heating; weather, temperature, device and city are
-  recorded in each event's ``context``.
+  recorded in each event's ``context``;
+- optionally (``reviews`` > 0) reviews: a share of purchases is followed 1-10 days later by a
+  ``rating`` event whose star value (1-5) rises with the item's hidden appeal (its popularity
+  percentile, the weight that drives its demand), so ratings carry signal about future sales.
 
 Everything is drawn per block of sessions with numpy (never a Python loop per event). Each block
 ``(day, block)`` has its own random stream (``SeedSequence(seed, spawn_key=...)``), so the output
@@ -965,6 +968,61 @@ def event_chunks(
 
 
 # ---------------------------------------------------------------------------------------------
+# Reviews
+
+
+def _hash_uniform(*cols: np.ndarray) -> np.ndarray:
+    """Uniform [0, 1) per row from integer columns (splitmix64): the same row always draws the
+    same number, however the events were chunked."""
+    x = np.zeros(len(cols[0]), np.uint64)
+    with np.errstate(over="ignore"):
+        for c in cols:
+            x = (x ^ c.astype(np.uint64)) + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def item_appeal(catalog: Catalog) -> np.ndarray:
+    """float64 [n_items] in (0, 1): the hidden appeal (popularity percentile) reviews reflect."""
+    order = np.argsort(np.argsort(catalog.popularity))
+    return (order + 0.5) / catalog.n_items
+
+
+def review_events(catalog: Catalog, chunk: pa.Table, *, seed: int, share: float) -> pa.Table:
+    """``rating`` events (value = stars 1-5) for a deterministic ``share`` of the purchases in
+    ``chunk``, 1-10 days after them and before the end of the period."""
+    buy = pc.equal(chunk.column("event_type"), "purchase")
+    p = chunk.filter(buy).filter(pc.is_valid(chunk.filter(buy).column("user_id")))
+    ts = p.column("timestamp").cast(pa.int64()).to_numpy()
+    item_idx = np.asarray(pc.index_in(p.column("item_id"), value_set=catalog.item_ids).to_numpy(zero_copy_only=False))
+    u1 = _hash_uniform(ts, item_idx, np.full(len(ts), seed))
+    u2 = _hash_uniform(ts, item_idx, np.full(len(ts), seed + 1))
+    u3 = _hash_uniform(ts, item_idx, np.full(len(ts), seed + 2))
+    t_review = ts + ((1.0 + 9.0 * u2) * US_PER_DAY).astype(np.int64)
+    end_us = _start_us(catalog.start) + catalog.days * US_PER_DAY
+    keep = (u1 < share) & (t_review < end_us)
+    appeal = item_appeal(catalog)[item_idx[keep]]
+    noise = ndtri_clip(u3[keep]) * 0.8
+    stars = np.clip(np.round(1.8 + 3.0 * appeal + noise), 1, 5).astype(np.float32)
+    rows = p.filter(pa.array(keep))
+    n = rows.num_rows
+    return pa.Table.from_arrays(
+        [rows.column("user_id"), rows.column("item_id"), pa.array(["rating"] * n, pa.string()),
+         pa.array(t_review[keep], TIMESTAMP), pa.array(stars, pa.float32()), rows.column("session_id"),
+         pa.nulls(n, pa.string()), rows.column("context")],
+        schema=EVENT_SCHEMA,
+    )
+
+
+def ndtri_clip(u: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtri
+
+    return ndtri(np.clip(u, 1e-6, 1 - 1e-6))
+
+
+# ---------------------------------------------------------------------------------------------
 # Into a store
 
 
@@ -1006,10 +1064,15 @@ def generate_store(
     start: date | datetime | str | None = None,
     chunk_events: int = 1_000_000,
     progress: Callable[[int, int], None] | None = None,
+    reviews: float = 0.0,
 ) -> SynthReport:
     """Generate a shop into ``store``: ``n_events`` events through one event-log transaction,
     then the items and customers into the catalogue, inside that transaction, so an error or
-    Ctrl-C leaves nothing in the log. ``progress(events_done, n_events)`` is called per chunk."""
+    Ctrl-C leaves nothing in the log. ``progress(events_done, n_events)`` is called per chunk.
+    ``reviews``: the share of purchases followed by a rating event (0: none; they come on top of
+    ``n_events`` and are counted under "rating")."""
+    if not 0.0 <= reviews <= 1.0:
+        raise ValidationError(f"reviews must be a share between 0 and 1, got {reviews!r}")
     t_begin = time.perf_counter()
     catalog = make_catalog(n_items, seed=seed, days=days, start=start)
     users = make_users(n_users, seed=seed, days=days, start=start)
@@ -1025,6 +1088,11 @@ def generate_store(
             # Encoded and written on the transaction's background thread while the next chunk
             # is generated (the two take about the same CPU per event).
             tx.write_async(chunk)
+            if reviews > 0:
+                extra = review_events(catalog, chunk, seed=seed, share=reviews)
+                if extra.num_rows:
+                    tx.write_async(extra)
+                    counts["rating"] = counts.get("rating", 0) + extra.num_rows
             vc = pc.value_counts(chunk.column("event_type"))
             for name, k in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
                 counts[name] = counts.get(name, 0) + k

@@ -1,21 +1,21 @@
-"""Self-contained HTML report of a model comparison: tables and inline SVG bar charts, no external assets."""
+"""Self-contained HTML report of a model comparison: tables and plotly charts (plotly.js inlined from the plotly package), no external assets."""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scalerec.data.export import give_user_mode
+from scalerec.charts import CONFIG, PALETTE, bar_figure, plotly_js, to_json
 from scalerec.errors import StorageError
 from scalerec.evaluation.evaluate import LOWER_IS_BETTER, ComparisonResult, parse_metric_key
 
 __all__ = ["render_html_report", "write_html_report"]
-
-# Colour-blind-safe palette (Okabe-Ito), one colour per model in the order given.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 
 METRIC_HELP = {
     "precision": "share of the top k that is relevant",
@@ -68,54 +68,24 @@ def _fmt(value: float, seconds: bool = False) -> str:
     return f"{value:.4f}"
 
 
-def _bar_chart(
-    labels: list[str],
-    values: list[float],
-    colours: list[str],
-    *,
-    seconds: bool = False,
-    intervals: list[dict[str, Any] | None] | None = None,
-) -> str:
-    """Horizontal bar chart as inline SVG: one bar per model, value printed at the bar's end.
+class _Charts:
+    """The report's plotly charts: a placeholder div each, drawn by one script at the end."""
 
-    ``intervals`` (one per bar, or None) draws each bar's interval as a whisker across its end.
-    """
-    label_w, chart_w, value_w, bar_h, gap = 120, 190, 62, 20, 8
-    width = label_w + chart_w + value_w
-    height = len(values) * (bar_h + gap) + gap
-    intervals = intervals or [None] * len(values)
-    highs = [iv["high"] for iv in intervals if iv and iv.get("high") is not None]
-    top = max([*values, *highs]) if values and max([*values, *highs]) > 0 else 1.0
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
-        f'role="img" font-family="Segoe UI, Roboto, Helvetica, Arial, sans-serif" style="max-width:{width}px">'
-    ]
-    for i, (label, value, colour) in enumerate(zip(labels, values, colours)):
-        y = gap + i * (bar_h + gap)
-        w = max(1.0, chart_w * value / top) if value > 0 else 0.0
-        short = label if len(label) <= 16 else label[:15] + "…"
-        parts.append(
-            f'<text x="{label_w - 8}" y="{y + bar_h * 0.7:.1f}" text-anchor="end" font-size="12" '
-            f'fill="#1d2433">{_e(short)}<title>{_e(label)}</title></text>'
-            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="3" fill="{colour}">'
-            f"<title>{_e(label)}: {_e(_fmt(value, seconds))}</title></rect>"
-            f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7:.1f}" font-size="12" fill="#5b6477">'
-            f"{_e(_fmt(value, seconds))}</text>"
+    def __init__(self) -> None:
+        self.figures: list[dict[str, Any]] = []
+
+    def bar(self, labels: list[str], values: list[float], *, seconds: bool = False,
+            intervals: list[dict[str, Any] | None] | None = None) -> str:
+        """One horizontal bar per model, each interval as an error bar (times in seconds)."""
+        self.figures.append(bar_figure(labels, values, intervals=intervals, unit=" s" if seconds else ""))
+        return f"<div class='chart' id='chart-{len(self.figures) - 1}'></div>"
+
+    def script(self) -> str:
+        calls = "".join(
+            f"Plotly.newPlot('chart-{i}', f[{i}].data, f[{i}].layout, {json.dumps(CONFIG)});" for i in range(len(self.figures))
         )
-        iv = intervals[i] if i < len(intervals) else None
-        if iv and iv.get("low") is not None and iv.get("high") is not None:
-            x0, x1, mid = label_w + chart_w * iv["low"] / top, label_w + chart_w * iv["high"] / top, y + bar_h / 2
-            span = f"{_fmt(iv['low'])} to {_fmt(iv['high'])}"
-            parts.append(
-                f'<g class="whisker" stroke="#1d2433" stroke-width="1.2"><title>{_e(label)}: interval {_e(span)}</title>'
-                f'<line x1="{x0:.1f}" y1="{mid:.1f}" x2="{x1:.1f}" y2="{mid:.1f}"/>'
-                f'<line x1="{x0:.1f}" y1="{mid - 5:.1f}" x2="{x0:.1f}" y2="{mid + 5:.1f}"/>'
-                f'<line x1="{x1:.1f}" y1="{mid - 5:.1f}" x2="{x1:.1f}" y2="{mid + 5:.1f}"/></g>'
-            )
-    parts.append(
-        f'<line x1="{label_w}" y1="0" x2="{label_w}" y2="{height}" stroke="#c5ccd8" stroke-width="1"/></svg>'
-    )
-    return "".join(parts)
+        figures = "[" + ",".join(to_json(f) for f in self.figures) + "]"
+        return f"<script>{plotly_js()}</script><script>(function(){{var f={figures};{calls}}})();</script>"
 
 
 def _protocol_section(protocol: dict[str, Any] | None) -> list[str]:
@@ -146,7 +116,8 @@ def _protocol_section(protocol: dict[str, Any] | None) -> list[str]:
 
 
 def render_html_report(result: ComparisonResult, *, title: str = "scalerec evaluation report") -> str:
-    """The report as one HTML string (CSS and SVG inline; nothing is fetched from the network)."""
+    """The report as one HTML string (CSS, plotly.js and the figures inline; nothing is fetched from the network)."""
+    charts = _Charts()
     names = [r.name for r in result.results]
     colours = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
     keys = result.metric_keys
@@ -205,7 +176,7 @@ def render_html_report(result: ComparisonResult, *, title: str = "scalerec evalu
     for key in keys:
         name, k = parse_metric_key(key)
         direction = "lower is better" if name in LOWER_IS_BETTER else "higher is better"
-        chart = _bar_chart(names, [r.metrics[key] for r in result.results], colours,
+        chart = charts.bar(names, [r.metrics[key] for r in result.results],
                            intervals=[r.intervals.get(key) for r in result.results])
         out.append(
             f"<div class='card'><h3>{_e(key)}</h3><p>{_e(METRIC_HELP.get(name, ''))} · {direction}</p>{chart}</div>"
@@ -213,12 +184,12 @@ def render_html_report(result: ComparisonResult, *, title: str = "scalerec evalu
     out.append("</div><h2>Time</h2><div class='grid'>")
     out.append(
         "<div class='card'><h3>fit time</h3><p>wall-clock seconds to fit on the training matrix</p>"
-        f"{_bar_chart(names, [r.fit_s for r in result.results], colours, seconds=True)}</div>"
+        f"{charts.bar(names, [r.fit_s for r in result.results], seconds=True)}</div>"
     )
     out.append(
         f"<div class='card'><h3>recommend time</h3><p>wall-clock seconds for the top {max(result.ks)} of "
         f"all {split.get('n_test_users', 0):,} evaluated users</p>"
-        f"{_bar_chart(names, [r.recommend_s for r in result.results], colours, seconds=True)}</div>"
+        f"{charts.bar(names, [r.recommend_s for r in result.results], seconds=True)}</div>"
     )
     out.append("</div><h2>Models</h2><table><thead><tr><th>model</th><th>family</th>"
                "<th style='text-align:left'>parameters</th></tr></thead><tbody>")
@@ -230,7 +201,8 @@ def render_html_report(result: ComparisonResult, *, title: str = "scalerec evalu
     if result.attribution:
         out.append(f"<p><b>Data attribution.</b> {_e(result.attribution)}</p>")
     out.append("<p>Generated by scalerec. Full-catalogue ranking with each user's known items excluded; "
-               "ranking metrics are averaged over the evaluated users.</p></footer></main></body></html>")
+               "ranking metrics are averaged over the evaluated users.</p></footer></main>")
+    out.append(charts.script() + "</body></html>")
     return "\n".join(out)
 
 
@@ -242,6 +214,7 @@ def write_html_report(result: ComparisonResult, path: str | Path, *, title: str 
     if not directory.is_dir():
         raise StorageError(f"cannot write the report to {path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    give_user_mode(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -178,8 +178,10 @@ class BPR(IterativeFit, EmbeddingRecommender):
     Parameters
     ----------
     factors, learning_rate, regularization, iterations : as ``implicit`` (default 64, 0.01, 0.01, 100)
-    random_state : int seed
-    num_threads : SGD threads (0 = all cores; > 1 is Hogwild, so only 1 is bit-reproducible)
+    random_state : int seed; with a seed the fit is reproducible (see ``num_threads``)
+    num_threads : SGD threads. 0 (default) = one thread when ``random_state`` is set, all cores when
+        it is None: more than one thread is Hogwild SGD, whose races make a seeded fit differ run to run.
+        An explicit count > 1 is used as given (faster, not reproducible).
     """
 
     family = "bpr"
@@ -232,11 +234,16 @@ class BPR(IterativeFit, EmbeddingRecommender):
                 regularization=float(self.regularization),
                 iterations=int(self.iterations),
                 random_state=self.random_state,
-                num_threads=int(self.num_threads),
+                num_threads=self.sgd_threads(),
                 dtype=np.float32,
             )
             model.fit(X, show_progress=False, callback=self._callback(model, X, progress))
         self._take(model, X)
+
+    def sgd_threads(self) -> int:
+        """implicit's ``num_threads``: 0 means 1 when seeded (Hogwild races break reproducibility), else all cores."""
+        threads = int(self.num_threads)
+        return 1 if threads == 0 and self.random_state is not None else threads
 
     def _take(self, model: Any, X: sp.csr_matrix) -> None:
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)

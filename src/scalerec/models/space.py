@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,10 @@ class DataStats:
 
     ``mean_value`` is the mean |cell| (the scale confidences multiply); ``gram_diag_mean`` is mean(diag(XᵀX)) (the average squared column norm: what EASE's λ competes
     with); ``explicit`` says the cells are rating values rather than interaction counts;
-    ``memory_bytes`` is the machine's memory (bounds factor counts).
+    ``memory_bytes`` is the machine's memory (bounds factor counts). ``holdout_days`` is the length
+    of the part the search scores on when it is a time window (None for per-user hold-outs): the
+    horizon a model predicts, the natural scale of a recency half-life. ``signals`` are the matrix
+    hyperparameters this data supports (``training.tuning.signal_choices``), searched by every family.
     """
 
     n_users: int
@@ -44,9 +47,14 @@ class DataStats:
     gram_diag_mean: float
     explicit: bool = False
     memory_bytes: int = 8 * 1024**3
+    holdout_days: float | None = None
+    signals: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_matrix(cls, X: Any, *, explicit: bool = False, memory_bytes: int | None = None) -> "DataStats":
+    def from_matrix(
+        cls, X: Any, *, explicit: bool = False, memory_bytes: int | None = None, holdout_days: float | None = None,
+        signals: dict[str, tuple[Any, ...]] | None = None,
+    ) -> "DataStats":
         """Statistics of a user x item matrix (an InteractionMatrix or a sparse matrix); one pass over its values."""
         m = getattr(X, "matrix", X)
         if not sp.issparse(m):
@@ -65,6 +73,8 @@ class DataStats:
             gram_diag_mean=float(data @ data) / n_items if n_items else 0.0,
             explicit=bool(explicit),
             memory_bytes=int(memory_bytes if memory_bytes is not None else _physical_memory()),
+            holdout_days=None if holdout_days is None else float(holdout_days),
+            signals={k: tuple(v) for k, v in (signals or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +103,17 @@ def neighbour_range(stats: DataStats | None, lo: int = 5, hi: int = 1000) -> tup
     by_memory = _NEIGHBOUR_GRAPH_BYTES // (8 * max(1, stats.n_items))
     top = int(max(1, min(stats.n_items, by_memory)))
     return min(lo, top), top
+
+
+def recency_design(stats: DataStats | None, choices: tuple[float | None, ...]) -> float | None:
+    """The half-life (one of ``choices``) closest, on a log scale, to the hold-out window: a model
+    asked what users do in the next W days weighs events by how many W ago they happened. None
+    without a time window (per-user hold-outs give no horizon)."""
+    days = None if stats is None else stats.holdout_days
+    options = [c for c in choices if c is not None]
+    if days is None or not days > 0 or not options:
+        return None
+    return min(options, key=lambda c: abs(math.log(c / days)))
 
 
 def relative_range(scale: float, lo: float, hi: float) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -52,6 +53,21 @@ MODEL_LOAD_SECONDS = Gauge(
     "scalerec_model_load_seconds", "Seconds the last model load took (arrays + index)",
     multiprocess_mode="livemax",
 )
+RECOMMENDATIONS = Counter(
+    "scalerec_recommendations_total", "Lists served, by strategy (model, fold_in, fallback, popular, ...)",
+    ["strategy"],
+)
+
+
+_STRATEGY_CHILDREN: dict[str, Any] = {}
+
+
+def count_list(strategy: str) -> None:
+    """One served list of ``strategy`` (the denominator of the fallback and fold-in shares)."""
+    child = _STRATEGY_CHILDREN.get(strategy)
+    if child is None:  # bounded: the service's few strategies
+        child = _STRATEGY_CHILDREN[strategy] = RECOMMENDATIONS.labels(strategy=strategy)
+    child.inc()
 
 
 def multiprocess_enabled() -> bool:
@@ -69,17 +85,43 @@ def set_model(version: str | None, family: str | None, previous: tuple[str, str]
         MODEL_INFO.labels(version=version, family=family or "").set(1)
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of all metrics (aggregated over worker processes when multiprocess)."""
+#: Collectors computed at scrape time (data, training, process figures: scalerec.monitoring.collector).
+_EXTRA: list[Any] = []
+
+
+def add_collector(collector: Any) -> None:
+    """Expose ``collector`` (a prometheus_client Collector) on /metrics; added once per process."""
+    if collector not in _EXTRA:
+        _EXTRA.append(collector)
+
+
+def remove_collector(collector: Any) -> None:
+    if collector in _EXTRA:
+        _EXTRA.remove(collector)
+
+
+def serving_registry() -> CollectorRegistry:
+    """The serving counters of every worker (aggregated when multiprocess), without the extra collectors."""
     if multiprocess_enabled():
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return registry
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of all metrics (aggregated over worker processes when multiprocess)."""
+    body = generate_latest(serving_registry())
+    if _EXTRA:
+        extra = CollectorRegistry(auto_describe=False)
+        for c in list(_EXTRA):
+            extra.register(c)
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST
 
 
 def prepare_multiprocess_dir(path: Path) -> None:

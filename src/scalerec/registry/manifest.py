@@ -22,7 +22,8 @@ SNAPSHOT_END_KEYS = ("snapshot_at", "end", "max_timestamp", "newest_event", "tim
 _RANGE_KEYS = ("time_range", "date_range")
 #: Top-level key order of manifest.json as training has always written it (others follow).
 _ORDER = (
-    "format", "version", "created_at", "model", "primary_metric", "data", "split", "protocol", "metrics", "search",
+    "format", "version", "created_at", "model", "primary_metric", "data", "split", "protocol", "metrics", "intervals",
+    "search",
     "fit_seconds", "peak_rss_bytes", "promotion", "scalerec_version", "python", "trained_at",
 )
 #: Keys of ``data`` this class owns (the rest of ``data`` is kept as read).

@@ -252,6 +252,7 @@ class Registry:
         trending: np.ndarray,
         stage: str = "candidate",
         progress: Callable[[int, int], None] | None = None,
+        write_extra: Callable[[Path], None] | None = None,
     ) -> ModelVersion:
         """Write a new immutable version and record it with ``stage`` (default candidate).
 
@@ -259,7 +260,8 @@ class Registry:
         adds ``version``, ``created_at``, ``format`` and ``files`` (path -> size, the health check).
         ``popular`` / ``trending`` are float32 [matrix.n_items]. Nothing is left behind if this is
         interrupted (Ctrl-C included) before the version is complete. Use :meth:`promote` to make
-        it production (never pass stage='production' here).
+        it production (never pass stage='production' here). ``write_extra(dir)`` writes more files of
+        the version (the ranking stage's bundle) into it before it is sealed.
         """
         from scalerec.data.matrix import save_matrix
 
@@ -284,6 +286,8 @@ class Registry:
                 progress(2, steps)
             np.save(tmp / "popular.npy", popular, allow_pickle=False)
             np.save(tmp / "trending.npy", trending, allow_pickle=False)
+            if write_extra is not None:
+                write_extra(tmp)
             if progress:
                 progress(3, steps)
             files = _write_readonly_files(tmp)

@@ -56,7 +56,9 @@ class ExactIndex:
     kind = "exact"
 
     def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = vectors  # may be a read-only memory map shared by worker processes
+        # may be read-only mapped pages shared by worker processes; a plain ndarray over them
+        # (np.memmap's subclass hooks made each query's product ~3x slower)
+        self.vectors = np.asarray(vectors)
         self.n_items, self.dim = vectors.shape
 
     def search(
@@ -67,7 +69,7 @@ class ExactIndex:
             return exact_subset(self.vectors, q, k, np.flatnonzero(allowed))
         scores = q @ self.vectors.T
         if allowed is not None:
-            scores[:, ~allowed] = -np.inf
+            np.copyto(scores, -np.inf, where=~allowed)  # ~4x cheaper than boolean-index assignment
         return top_k(scores, k)
 
     def memory_bytes(self) -> int:

@@ -53,6 +53,11 @@ class Request:
     pins: np.ndarray = field(default_factory=_no_items)
     fills: tuple[str, ...] = ()
     seeds: np.ndarray = field(default_factory=_no_items)  # items an anonymous session touched (for its reasons)
+    context: dict[str, str] = field(default_factory=dict)  # request context (the rules' $context)
+    placement: str | None = None  # the named placement (or where the list is shown, as the caller said)
+    variant: str | None = None  # the experiment variant serving this request (None: no experiment)
+    fetch: int = 0  # retrieve at least this many candidates (stages that reorder beyond the top n)
+    user_id: str | None = None  # whose personal list this is (None: similar items, fallbacks, sessions)
 
 
 @dataclass(slots=True)
@@ -241,6 +246,7 @@ class Pipeline:
         if n_allowed == 0:
             return empty()
         k = min(need, n_allowed) if req.flt.max_per_category is None else min(n_allowed, max(4 * need, 50))
+        k = max(k, min(n_allowed, req.fetch))
         while True:
             c = Candidates(_NO_ITEMS, _NO_SCORES, [], k)
             for stage in self.retrieval:

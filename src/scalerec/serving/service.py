@@ -14,6 +14,7 @@ The methods here turn a call into a pipeline :class:`~scalerec.serving.pipeline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from scalerec.serving.pipeline import (
     Candidates,
     Pipeline,
     Request,
+    cap_per_category,
     explain_by_seeds,
     fallback_list,
     pin,
@@ -47,6 +49,9 @@ from scalerec.serving.realtime import (
     history_from_arrays,
     history_from_events,
 )
+from scalerec.serving.experiments import ExperimentRouter
+from scalerec.serving.impressions import ImpressionLog
+from scalerec.ranking.stage import RankingStage, content_retrieve
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
     LiveState,
@@ -61,6 +66,11 @@ log = logging.getLogger("scalerec.serving")
 
 #: How often a process checks the registry for a new production version (seconds).
 MODEL_POLL_S = 2.0
+#: How often a process checks the change feed (availability, prices, deleted users) written by
+#: the other workers: one primary-key lookup per tick, so another worker applies a PATCH within
+#: this plus the apply (the README's bound, CHANGE_BOUND_MS, measured by bench/bench_change_feed.py).
+CHANGE_POLL_S = 0.02
+CHANGE_BOUND_MS = 100
 
 # Bound once: ``labels()`` is a dict lookup plus argument checks on every call otherwise.
 _FALLBACK_UNKNOWN_USER = metrics.FALLBACKS.labels(kind="unknown_user")
@@ -105,6 +115,17 @@ class RecommendService:
             retention_days=settings.serving.log_retention_days,
             max_bytes=int(settings.serving.log_max_mb * 1024 * 1024),
         )
+        self.impressions = ImpressionLog(
+            Path(settings.data.dir) / "impressions",
+            flush_s=settings.online.impressions_flush_s,
+            tombstones=self.store.catalog,
+            retention_days=settings.serving.log_retention_days,
+        )
+        self.experiments = ExperimentRouter(self.store.catalog, self.state)
+        # the ranking stage takes the rerank slot of the default pipeline (identity without an active ranker)
+        self.ranking = RankingStage(settings) if settings.ranking.enabled else None
+        if pipeline is DEFAULT and self.ranking is not None:
+            pipeline = DEFAULT.with_rerank(self.ranking)
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -112,6 +133,7 @@ class RecommendService:
         self._watcher: threading.Thread | None = None
         self.started_at = time.time()
         self.load_production()
+        self.experiments.refresh()
         if watch:
             self.start()
 
@@ -119,6 +141,7 @@ class RecommendService:
     def start(self) -> None:
         """Start the background watcher (model hot swap + catalogue changes) and the log flusher."""
         self.reclog.start()
+        self.impressions.start()
         self.state.start()  # the background pruner: installs no longer prune on the swap path
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="scalerec-watch", daemon=True)
@@ -130,15 +153,21 @@ class RecommendService:
             self._watcher.join(timeout=10)
         self.state.close()
         self.reclog.close()
+        self.impressions.close()
 
     def _watch(self) -> None:
-        # every MODEL_POLL_S, or at once when the catalogue notifies a change (PostgreSQL)
+        next_model = time.monotonic() + MODEL_POLL_S
         while not self._stop.is_set():
-            self.feed.wait(MODEL_POLL_S, self._stop)
-            if self._stop.wait(0.01):  # a burst of notified writes costs one refresh
+            # every CHANGE_POLL_S, or at once when the catalogue notifies a change (PostgreSQL)
+            self.feed.wait(CHANGE_POLL_S, self._stop)
+            if self._stop.is_set():
                 return
             try:
-                self.refresh()
+                if time.monotonic() >= next_model:
+                    next_model = time.monotonic() + MODEL_POLL_S
+                    self.refresh()
+                else:
+                    self.apply_changes()
             except Exception:  # never let the watcher die: keep serving the current state
                 log.exception("refresh failed; still serving the current model")
 
@@ -148,8 +177,16 @@ class RecommendService:
         Returns True when the model version changed.
         """
         changed = self.load_production()
+        self.experiments.refresh()
         self.apply_changes()
         return changed
+
+    @functools.cached_property
+    def merchandising(self) -> Any:
+        """Placements, rules, pins and promotions over this service (scalerec.serving.merchandising)."""
+        from scalerec.serving.merchandising import Merchandiser
+
+        return Merchandiser(self)
 
     # ------------------------------------------------------------------ model state (see state.py)
     @property
@@ -238,21 +275,36 @@ class RecommendService:
         strategy: str,
         subject: dict[str, Any],
         context: dict[str, str] | None = None,
+        placement: str | None = None,
+        routed: tuple[str, str] | None = None,
+        session_id: str | None = None,
     ) -> dict[str, Any]:
         rid = self._new_id()
+        metrics.count_list(strategy)
         assert ranked.rendered is not None  # every pipeline ends with render
         item_ids, items = ranked.rendered
-        self.reclog.add(
-            {"recommendation_id": rid, "at": time.time(), "kind": kind, **subject,
-             "model_version": live.model.version, "strategy": strategy, "items": item_ids, "context": context or {}}
-        )
+        experiment, variant = routed or (None, None)
+        record = {"recommendation_id": rid, "at": time.time(), "kind": kind, **subject,
+                  "model_version": live.model.version, "strategy": strategy, "items": item_ids, "context": context or {},
+                  "placement": placement, "experiment": experiment, "variant": variant, "session_id": session_id}
+        self.reclog.add(record)
+        self.impressions.add(record)  # the same record: written as Parquet by the impression thread
         return {
             "recommendation_id": rid,
             "model_version": live.model.version,
             **subject,
             "strategy": strategy,
             "items": items,
+            "placement": placement,
+            "variant": variant,
         }
+
+    def _route(self, unit: str | None, placement: str | None) -> tuple[LiveState, tuple[str, str] | None]:
+        """The live state serving this unit: its experiment variant's, else production's."""
+        hit = self.experiments.route(unit, placement)
+        if hit is None:
+            return self.live, None
+        return hit[0], (hit[1], hit[2])
 
     # ------------------------------------------------------------------ recommendations
     def recommend_user(
@@ -264,12 +316,15 @@ class RecommendService:
         exclude_seen: bool = True,
         boost_items: list[str] | None = None,
         context: dict[str, str] | None = None,
+        placement: str | None = None,
     ) -> dict[str, Any]:
         """Top-``n`` items for a user: the model for known users, fold-in of fresh events, or
-        trending/popular for a user with nothing (``strategy`` says which)."""
+        trending/popular for a user with nothing (``strategy`` says which). A user in a running
+        experiment (for ``placement``) is served by their variant's version."""
         n = self._check_n(n)
         flt = flt or _NO_FILTER
-        live = self.live
+        live, routed = self._route(user_id, placement)
+        where = {"placement": placement, "routed": routed}
         st = live.model
         row = st.user_row(user_id)
         if row >= 0 and user_id in live.deleted_users:
@@ -277,10 +332,14 @@ class RecommendService:
         fresh = self._fresh(live, user_id)
         subject = {"user_id": user_id}
         if row < 0 and fresh.empty and not boost_items:
+            cold = self._segment_list(live, user_id, n, flt, context)
+            if cold is not None:  # a new user with attributes: their segments' favourites
+                return self._response(live, cold, kind="user", strategy="segment", subject=subject, context=context,
+                                      **where)
             # Nothing personal and nothing to exclude: the same trending list as everyone's.
             _FALLBACK_UNKNOWN_USER.inc()
             ranked = fallback_list(live, "trending", n, flt)
-            return self._response(live, ranked, kind="user", strategy="fallback", subject=subject, context=context)
+            return self._response(live, ranked, kind="user", strategy="fallback", subject=subject, context=context, **where)
         allowed = live.items.mask(flt)
         seen_cols = np.zeros(0, np.int64)
         history = None
@@ -302,13 +361,16 @@ class RecommendService:
             metrics.FOLD_INS.inc()
         else:
             strategy, query = "model", st.retriever.user_query(row)
-        ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS))
+        ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
+                                           placement=placement, variant=routed[1] if routed else None,
+                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
-        return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context)
+        return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context, **where)
 
     def similar_items(
-        self, item_id: str, n: int = 20, flt: ItemFilter | None = None, *, context: dict[str, str] | None = None
+        self, item_id: str, n: int = 20, flt: ItemFilter | None = None, *, context: dict[str, str] | None = None,
+        placement: str | None = None,
     ) -> dict[str, Any]:
         """Items most similar to ``item_id`` (never itself), filters applied; UnknownItemError if the
         model has never seen the item."""
@@ -318,6 +380,9 @@ class RecommendService:
         st = live.model
         col = st.item_col(item_id)
         if col < 0:
+            by_content = self._content_similar(live, item_id, n, flt, context)
+            if by_content is not None:  # a new item: its neighbours by text, from the moment it is imported
+                return by_content
             raise UnknownItemError(
                 f"item {item_id!r} is not in model {st.version}: it has no interactions yet (or does not "
                 "exist); it gets similar items after the next training",
@@ -325,9 +390,44 @@ class RecommendService:
             )
         allowed = live.items.mask(flt)
         allowed[col] = False
-        req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL)
+        req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL,
+                      placement=placement)
         ranked = self.pipeline.run(req)
-        return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context)
+        return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
+                              placement=placement)
+
+    def _segment_list(self, live: LiveState, user_id: str, n: int, flt: ItemFilter,
+                      context: dict[str, str] | None) -> Candidates | None:
+        """The favourites of a new user's segments (their catalogue attributes), filters, cap and
+        backfill applied; None without an active ranker or attributes."""
+        if self.ranking is None or self.ranking.bundle(live.model) is None:
+            return None
+        user = self.store.catalog.get_user(user_id)
+        allowed = live.items.mask(flt)
+        c = self.ranking.segment_favourites(live, dict((user or {}).get("attributes") or {}), allowed)
+        if c is None:
+            return None
+        req = Request(live, n, flt, allowed, fills=_PERSONAL_FILLS, context=context or {})
+        c = cap_per_category(req, c)
+        c = Candidates(c.ids[:n], c.scores[:n], c.reasons[:n], c.k)
+        for stage in self.pipeline.finish:
+            c = stage(req, c)
+        return c
+
+    def _content_similar(self, live: LiveState, item_id: str, n: int, flt: ItemFilter,
+                         context: dict[str, str] | None) -> dict[str, Any] | None:
+        """Similar items of a catalogue item the model has never seen, by its text (None: no ranker
+        bundle, no such item, or no word the vocabulary knows)."""
+        if self.ranking is None:
+            return None
+        item = self.store.catalog.get_item(item_id)
+        scores = self.ranking.content_scores(live, item) if item is not None else None
+        if scores is None:
+            return None
+        req = Request(live, n, flt, live.items.mask(flt), scores, f"similar_to:{item_id}", fills=_POPULAR_FILL,
+                      context=context or {})
+        ranked = Pipeline(retrieval=(content_retrieve, *self.pipeline.retrieval[1:]), finish=self.pipeline.finish).run(req)
+        return self._response(live, ranked, kind="similar", strategy="content", subject={"item_id": item_id}, context=context)
 
     def popular(self, n: int = 20, flt: ItemFilter | None = None) -> dict[str, Any]:
         """The most popular available items, under the same filters as every list."""
@@ -339,7 +439,7 @@ class RecommendService:
 
     def _ordered(self, which: str, n: int, flt: ItemFilter | None) -> dict[str, Any]:
         n = self._check_n(n)
-        live = self.live
+        live = self.state.lists_state()  # no model yet: counted from the store's events
         ranked = fallback_list(live, which, n, flt or _NO_FILTER)
         return self._response(live, ranked, kind=which, strategy=which, subject={})
 
@@ -407,8 +507,11 @@ class RecommendService:
         unranked = [i for i, k in zip(ids, known) if not k and i not in removed_set]
         out += [{"item_id": i, "score": None, "reason": "unranked"} for i in unranked]
         rid = self._new_id()
-        self.reclog.add({"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
-                         "model_version": st.version, "items": [o["item_id"] for o in out]})
+        metrics.count_list(strategy)
+        record = {"recommendation_id": rid, "at": time.time(), "kind": "rank", "user_id": user_id,
+                  "model_version": st.version, "strategy": strategy, "items": [o["item_id"] for o in out]}
+        self.reclog.add(record)
+        self.impressions.add(record)
         return {"recommendation_id": rid, "model_version": st.version, "user_id": user_id,
                 "strategy": strategy, "items": out, "removed": removed}
 
@@ -421,8 +524,12 @@ class RecommendService:
         exclude_seen: bool = True,
         event_types: list[str] | None = None,
         context: dict[str, str] | None = None,
+        placement: str | None = None,
+        session_id: str | None = None,
     ) -> dict[str, Any]:
         """Recommendations for an anonymous visitor from the items they touched (fold-in).
+
+        A ``session_id`` makes the visitor a unit of running experiments (and of windowed attribution).
 
         ``event_types`` (parallel to ``item_ids``, default all "view") weigh the items as in the
         training matrix. Reasons name the touched item each result is most similar to when the
@@ -436,7 +543,7 @@ class RecommendService:
             raise ValidationError(
                 f"event_types has {len(event_types)} entries but item_ids has {len(item_ids)}; send one per item or none"
             )
-        live = self.live
+        live, routed = self._route(session_id, placement)
         st = live.model
         table = pa.table({
             "item_id": pa.array([str(i) for i in item_ids], pa.string()),
@@ -453,9 +560,11 @@ class RecommendService:
         else:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
-        req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive)
+        req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
+                      placement=placement, variant=routed[1] if routed else None, context=context or {})
         ranked = self.session_pipeline.run(req)
-        return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context)
+        return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context,
+                              placement=placement, routed=routed, session_id=session_id)
 
     # ------------------------------------------------------------------ models and health
     def models(self) -> dict[str, Any]:

@@ -35,6 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("scalerec.serving")
 
+#: Before any model exists, popular/trending are counted from the store's events this often at most.
+STORE_LISTS_TTL_S = 10.0
+#: The model_version of lists answered without a model.
+NO_MODEL_VERSION = "none"
+
 #: More changed items than this in one batch (a bulk import) re-read the whole catalogue.
 BULK_CHANGE_ITEMS = 5_000
 
@@ -153,7 +158,11 @@ class ServingState:
         self._live: LiveState | None = None
         self._swap_lock = threading.Lock()
         self._failed: dict[str, float] = {}
+        self._store_lists: tuple[float, LiveState] | None = None
         self.pruner = Pruner(feed, settings.serving)
+        # versions served beside production (experiment variants): version -> live state, kept
+        # aligned to the catalogue like production's
+        self.extra: dict[str, LiveState] = {}
 
     @property
     def live(self) -> LiveState:
@@ -169,6 +178,41 @@ class ServingState:
     def current(self) -> LiveState | None:
         """The live state, or None before a model is loaded (no error)."""
         return self._live
+
+    def lists_state(self) -> LiveState:
+        """The state popular/trending answer from: the live model's, or before any model exists
+        one counted from the store's events (rebuilt at most every STORE_LISTS_TTL_S seconds)."""
+        live = self._live
+        if live is not None:
+            return live
+        cached = self._store_lists
+        if cached is not None and time.monotonic() - cached[0] < STORE_LISTS_TTL_S:
+            return cached[1]
+        from scalerec.data.snapshot import take_snapshot
+        from scalerec.errors import EmptyDataError
+        from scalerec.training.pipeline import fallback_scores
+
+        try:
+            snapshot = take_snapshot(self.store)
+        except EmptyDataError:
+            raise ServiceUnavailableError(
+                "no production model and no events yet: import events (`scalerec import events FILE`) or post "
+                "them to /v1/events, then train with `scalerec train`"
+            ) from None
+        item_ids = np.unique(snapshot.events["item_id"].to_numpy().astype(str))
+        popular, trending = fallback_scores(snapshot, self.settings, item_ids)
+        empty = np.zeros(0, dtype=np.int32)
+        model = ModelState(
+            version=NO_MODEL_VERSION, family="none", manifest={}, model=None, item_ids=item_ids,
+            user_ids=np.zeros(0, dtype=item_ids.dtype), seen_indptr=np.zeros(1, dtype=np.int32), seen_indices=empty,
+            seen_data=np.zeros(0, dtype=np.float32), popular_order=np.argsort(-popular, kind="stable"),
+            trending_order=np.argsort(-trending, kind="stable"), popular=popular, trending=trending,
+            retriever=None, snapshot=snapshot.end, created_at="", loaded_at=time.time(),  # type: ignore[arg-type]
+        )
+        items = ItemAttributes.from_table(item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS))
+        state = LiveState(model, items)
+        self._store_lists = (time.monotonic(), state)
+        return state
 
     def load_production(self) -> bool:
         """Load the registry's production version when it differs from the one served."""
@@ -229,14 +273,36 @@ class ServingState:
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - t0)
         return state
 
+    def _aligned(self, state: ModelState) -> LiveState:
+        """A live state of ``state`` with the catalogue view and deletion mask of now (caller holds the swap lock)."""
+        cursor = self.feed.head()
+        items = ItemAttributes.from_table(state.item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS))
+        return LiveState(state, items, self.masked_users(state), cursor)
+
+    def serve_also(self, versions: set[str]) -> None:
+        """Keep exactly ``versions`` loaded beside production (memory-mapped; experiment variants);
+        a version failing to load is left out (its requests get production) and retried a minute later."""
+        for version in versions - set(self.extra):
+            failed_at = self._failed.get(version)
+            if failed_at is not None and time.monotonic() - failed_at < 60:
+                continue
+            try:
+                state = self.load_version(version)
+            except StorageError:
+                self._failed[version] = time.monotonic()
+                log.exception("experiment version %s failed to load; its users get production", version)
+                continue
+            with self._swap_lock:
+                self.extra = {**self.extra, version: self._aligned(state)}
+        if set(self.extra) - versions:
+            with self._swap_lock:
+                self.extra = {v: s for v, s in self.extra.items() if v in versions}
+
     def install(self, state: ModelState) -> None:
         """Serve ``state`` from the next request on (catalogue view aligned to it, atomic swap)."""
         with self._swap_lock:
-            cursor = self.feed.head()
-            items = ItemAttributes.from_table(state.item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS))
-            deleted = self.masked_users(state)
             previous = self._live
-            self._live = LiveState(state, items, deleted, cursor)  # atomic reference swap
+            self._live = self._aligned(state)  # atomic reference swap
         prev_labels = (previous.model.version, previous.model.family) if previous else None
         metrics.set_model(state.version, state.family, prev_labels)
         if previous is not None:
@@ -277,36 +343,42 @@ class ServingState:
         self.pruner.close()
 
     def apply_changes(self) -> int:
-        """Apply catalogue changes recorded since the last call (items and deleted users)."""
+        """Apply catalogue changes recorded since the last call (items and deleted users), to
+        production and to the versions served beside it."""
         live = self._live
         if live is None:
             return 0
         head = self.feed.head()
-        if head <= live.feed_cursor:
+        if head <= live.feed_cursor and all(head <= x.feed_cursor for x in self.extra.values()):
             return 0
         with self._swap_lock:
             live = self._live
             assert live is not None
-            rows = self.feed.since(live.feed_cursor)
-            if not rows:
-                return 0
-            cursor = rows[-1][0]
-            item_keys = list(dict.fromkeys(k for _, kind, k in rows if kind == "item"))
-            users = {k for _, kind, k in rows if kind == "user_deleted"}  # deleted after this load: masked
-            items = live.items
-            # changes below the pruned mark may be gone: re-read the whole catalogue instead
-            if len(item_keys) > BULK_CHANGE_ITEMS or live.feed_cursor < self.feed.pruned_upto():
-                items = ItemAttributes.from_table(
-                    live.model.item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS)
-                )
-            elif item_keys:
-                found, gone = [], []
-                for key in item_keys:  # one lookup per changed item, never per request
-                    row = self.store.catalog.get_item(key)
-                    (found if row is not None else gone).append(row if row is not None else key)
-                items = items.with_changes(item_table_from_rows(found), gone)
-            self._live = LiveState(live.model, items, live.deleted_users | users, cursor)
-        return len(rows)
+            self.extra = {v: self._advance(x)[0] for v, x in self.extra.items()}
+            self._live, n = self._advance(live)
+        return n
+
+    def _advance(self, live: LiveState) -> tuple[LiveState, int]:
+        """``live`` with the changes after its cursor applied, and how many there were (caller holds the swap lock)."""
+        rows = self.feed.since(live.feed_cursor)
+        if not rows:
+            return live, 0
+        cursor = rows[-1][0]
+        item_keys = list(dict.fromkeys(k for _, kind, k in rows if kind == "item"))
+        users = {k for _, kind, k in rows if kind == "user_deleted"}  # deleted after this load: masked
+        items = live.items
+        # changes below the pruned mark may be gone: re-read the whole catalogue instead
+        if len(item_keys) > BULK_CHANGE_ITEMS or live.feed_cursor < self.feed.pruned_upto():
+            items = ItemAttributes.from_table(
+                live.model.item_ids, self.store.catalog.items_table(columns=ITEM_COLUMNS)
+            )
+        elif item_keys:
+            found, gone = [], []
+            for key in item_keys:  # one lookup per changed item, never per request
+                row = self.store.catalog.get_item(key)
+                (found if row is not None else gone).append(row if row is not None else key)
+            items = items.with_changes(item_table_from_rows(found), gone)
+        return LiveState(live.model, items, live.deleted_users | users, cursor), len(rows)
 
 
 # ---------------------------------------------------------------------- pruning

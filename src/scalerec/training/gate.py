@@ -8,12 +8,19 @@ Rules, first that applies (``rule`` in the decision record):
   ``candidate - (1 - promotion_tolerance) x production`` lies at or above 0 (a drop larger than
   the relative tolerance is ruled out; "better" when candidate - production is above 0 too): promote.
 - "worse": the whole margin interval lies below 0 (such a drop is shown): keep production.
-- "undecided": the margin interval straddles 0 (neither can be shown): REFUSE to decide.
+- "undecided": the margin interval straddles 0 (neither can be shown with enough users): keep
+  production. The evidence was weighed and did not show the candidate good enough, so this is a
+  decision, not a refusal: a retrain that ties production within the noise exits 0.
 - "means only": no per-user values (a catalogue-level metric, or intervals switched off): the
   relative comparison of the two means.
 
-A refusal keeps production and is recorded (``refused``); ``scalerec train`` exits non-zero on
-it unless ``--force``, which promotes whatever the outcome and is recorded too.
+A refusal (too few users only) keeps production and is recorded (``refused``); ``scalerec train``
+exits non-zero on it unless ``--force``, which promotes whatever the outcome and is recorded too.
+
+``[training] promotion_tolerance`` defaults to 0.02: a non-inferiority margin, the largest relative
+drop a fresher model is allowed. At 0 a candidate as good as production (not identical) cannot be shown "not
+worse" (its margin interval straddles 0), so retrains on new data would keep a
+stale production whenever the search lands on an equally good configuration.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["REFUSING_RULES", "candidate_values", "gate_decision", "gate_options"]
 
 #: rules after which the gate refuses to decide (production kept, `train` exits non-zero)
-REFUSING_RULES = frozenset({"too few users", "undecided"})
+REFUSING_RULES = frozenset({"too few users"})
 
 
 def gate_options(settings: "Settings") -> dict[str, Any]:
@@ -121,9 +128,9 @@ def gate_decision(
             passed, rule = False, "worse"
             reason = f"{span}: worse beyond the tolerance of {tolerance:.1%}"
         else:
-            passed, refused, rule = False, True, "undecided"
-            reason = (f"refused to decide: {span}: neither 'not worse' (tolerance {tolerance:.1%}) nor 'worse' "
-                      "can be shown; production kept")
+            passed, rule = False, "undecided"
+            reason = (f"{span}: neither 'not worse' (tolerance {tolerance:.1%}) nor 'worse' can be shown; "
+                      "production kept")
     else:
         rule = "means only"
         if higher_is_better:

@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from scalerec.execution import Executor
     from scalerec.config import Settings
+    from scalerec.models.space import DataStats
+    from scalerec.training.tuning import SearchOutcome
     from scalerec.data.matrix import InteractionMatrix
     from scalerec.evaluation.splits import Split
     from scalerec.models.base import Recommender
@@ -59,7 +61,7 @@ class ProgressEvent:
     """One step of a long stage: ``done`` of ``total`` units (total None when unknown).
 
     Stages: "snapshot", "split", "search" (units: trials of ``family``), "fit", "evaluate",
-    "gate", "register". ``detail`` is a short human-readable note.
+    "gate", "rank" (the ranking stage), "register". ``detail`` is a short human-readable note.
     """
 
     stage: str
@@ -113,6 +115,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: its score on the validation part, where the search chose it
     validation_metrics: dict[str, float] = field(default_factory=dict)
+    #: {"test" | "validation": {"ndcg@20": {"mean", "low", "high", "n_users"}}}: seeded bootstrap
+    #: intervals of the ranking metrics, plus "confidence", "bootstrap_samples", "seed" (empty: none)
+    intervals: dict[str, Any] = field(default_factory=dict)
     #: what was held out and why (ProtocolRecord.to_dict())
     protocol: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -123,6 +128,8 @@ class TrainResult:
     split: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     new_events: int | None = None
+    #: the ranking stage's manifest section (status active / refused / skipped and why)
+    ranking: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -284,6 +291,21 @@ def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", pr
     ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress, catalogue_detail=False)
     means, per_user = ev.metrics, ev.per_user
     return Scores(means, per_user, np.asarray(split.relevant(on)[1]))
+
+
+def uncertainty_options(settings: "Settings") -> dict[str, Any] | None:
+    """``{"confidence", "n_boot", "seed"}`` of the trials' and the test score's intervals ([evaluation]); None when switched off."""
+    ev = settings.evaluation
+    return None if ev.bootstrap_samples <= 0 else {"confidence": ev.confidence, "n_boot": ev.bootstrap_samples, "seed": ev.seed}
+
+
+def score_intervals(scores: Scores, uncertainty: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Seeded bootstrap intervals of the per-user metrics of ``scores`` (empty when switched off or no users)."""
+    from scalerec.evaluation.stats import bootstrap_intervals
+
+    if uncertainty is None or not len(scores.users):
+        return {}
+    return {k: iv.to_dict() for k, iv in bootstrap_intervals(scores.per_user, **uncertainty).items()}
 
 
 def fit_and_score(
@@ -492,9 +514,11 @@ def train(
                 spec = replace(spec, events_path=str(events_path))
             # The search sees the validation split only: its events end before the test part.
             prime_split(spec, search_split)
-            families_out = _search(
+            outcome = _search(
                 families, settings, snapshot, spec, executor, trials, minutes, metric, "test", options.seed, progress
             )
+            families_out = outcome.families
+            uncertainty = uncertainty_options(settings)
             timings["search_s"] = sum(f.wall_s for f in families_out)
 
             ok = [f for f in families_out if f.best_value is not None]
@@ -515,6 +539,11 @@ def train(
                 _emit(progress, "evaluate", done, total, f"{best.family} on the test part", family=best.family)
 
             _, test_scores = fit_and_score(best.family, best.best_params, split, metric, progress=test_step)
+            intervals: dict[str, Any] = {}
+            if uncertainty is not None:
+                intervals = {"test": score_intervals(test_scores, uncertainty), "validation": dict(best.best_intervals),
+                             "confidence": uncertainty["confidence"], "bootstrap_samples": uncertainty["n_boot"],
+                             "seed": uncertainty["seed"]}
             timings["test_s"] = time.perf_counter() - t
 
             # Refit the winner on all data of the window (on the cluster when it has a twin).
@@ -563,20 +592,35 @@ def train(
             decision["reason"] = f"not promoted (--no-promote); gate: {decision['reason']}"
         _emit(progress, "gate", 1, 1, decision["reason"])
         timings["gate_s"] = time.perf_counter() - t
+
+        # The ranking stage: learned over the chosen family's candidates, gated against it alone.
+        t = time.perf_counter()
+        from scalerec.ranking.ranker import train_ranker
+
+        _emit(progress, "rank", 0, 1, "ranking stage: features, LambdaRank, gate against the CF model alone")
+        ranking = train_ranker(
+            settings, store, snapshot.events, family=best.family, params=best.best_params,
+            user_ids=matrix.user_ids, item_ids=matrix.item_ids, test_start=_held_out_start(split), metric=metric,
+            force=options.force,
+        )
+        _emit(progress, "rank", 1, 1, f"ranking stage {ranking.section['status']}: {ranking.section['reason']}")
+        timings["ranking_s"] = time.perf_counter() - t
         protocol.warnings = list(dict.fromkeys(warnings))
 
         t = time.perf_counter()
         popular, trending = fallback_scores(snapshot, settings, matrix.item_ids)
         manifest = _manifest(
             model, best, families_out, snapshot, split, settings, metric, test_scores.metrics, matrix, fit_s,
-            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes,
+            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals, outcome.stats,
         )
+        manifest.extra["ranking"] = _jsonable(ranking.section)
 
         def reg_progress(done: int, total: int) -> None:
             _emit(progress, "register", done, total, "writing the version")
 
         version = registry.register(
-            model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress
+            model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress,
+            write_extra=ranking.write,
         )
         if decision["promoted"]:
             version = registry.promote(version.version, force=options.force)
@@ -595,6 +639,7 @@ def train(
         metric=metric,
         metrics=dict(test_scores.metrics),
         validation_metrics=dict(best.best_metrics),
+        intervals=intervals,
         protocol=protocol.to_dict(),
         warnings=protocol.warnings,
         promotion=decision,
@@ -603,6 +648,7 @@ def train(
         snapshot=snapshot.describe(),
         split=split.summary(),
         timings=timings,
+        ranking=ranking.section,
     )
 
 
@@ -635,7 +681,7 @@ def _search(
     on: str,
     seed: int,
     progress: ProgressFn | None,
-) -> list[FamilyResult]:
+) -> "SearchOutcome":
     """Tune the families by successive halving (training.tuning.search_families) within the budget."""
     url = storage_url(Path(settings.data.dir))
     config = {
@@ -665,8 +711,9 @@ def _search(
         fixed={family: fixed_params(family, settings) for family in families},
         stats=data_stats(get_split(spec), events=snapshot.events, settings=settings),
         progress=on_event,
+        uncertainty=uncertainty_options(settings),
     )
-    return outcome.families
+    return outcome
 
 
 def _manifest(
@@ -686,6 +733,8 @@ def _manifest(
     jobs: int,
     trials: int | None,
     minutes: float | None,
+    intervals: dict[str, Any] | None = None,
+    stats: "DataStats | None" = None,
 ) -> "Manifest":
     import platform
 
@@ -720,10 +769,19 @@ def _manifest(
         peak_rss_bytes=int(peak_rss_bytes),
         promotion=decision,
         extra={
+            # beside "metrics" (whose parts map a metric to one number): {"test" | "validation": {key: interval}}
+            **({"intervals": _jsonable(intervals)} if intervals else {}),
             "split": {**_jsonable({k: v for k, v in split.summary().items() if k != "protocol"}), "scored_on": "test"},
             "search": {
                 "budget": {"trials": trials, "minutes": minutes, "jobs": jobs},
                 "families": {f.family: _jsonable(f.to_dict()) for f in families},
+                # the signal choices the data supported (searched by every family) and the winner's pick
+                # (None: the [matrix] setting); the matrix it was fitted on is "data.matrix_spec"
+                "signals": {
+                    "offered": _jsonable(stats.signals) if stats is not None else {},
+                    "chosen": {k: (best.best_params or {}).get(k) for k in (stats.signals if stats is not None else {})},
+                },
+                "holdout_days": stats.holdout_days if stats is not None else None,
             },
             "scalerec_version": scalerec.__version__,
             "python": platform.python_version(),

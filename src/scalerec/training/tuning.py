@@ -170,6 +170,8 @@ class TrialTask:
     metric: str
     on: str = "test"
     prune: PruneRule | None = None
+    #: ``{"confidence", "n_boot", "seed"}`` of the trial's bootstrap intervals; None = none
+    uncertainty: dict[str, Any] | None = None
 
 
 @dataclass
@@ -182,6 +184,9 @@ class TrialResult:
     #: metric at each checkpoint iteration of an iterative fit
     intermediate: dict[int, float] = field(default_factory=dict)
     pruned: bool = False
+    #: ``{"ndcg@20": {"mean", "low", "high", "n_users"}}``: seeded bootstrap-over-users intervals of
+    #: the ranking metrics (catalogue metrics have none here: their resampling costs a pass per item)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def fit_and_evaluate(
@@ -193,14 +198,16 @@ def fit_and_evaluate(
     on: str = "test",
     progress: Callable[[str, int, int], None] | None = None,
     report: Callable[[int, float], None] | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> tuple[Any, TrialResult]:
     """Fit ``family(**params)`` on the split's training matrix and evaluate it; (model, result).
 
     ``progress(stage, done, total)`` with stage "fit" or "evaluate". ``report(iteration, value)``
     receives the metric at each checkpoint of an iterative fit (ALS, BPR; others never call it)
-    and may raise TrialPruned to stop it. Raises what the model raises.
+    and may raise TrialPruned to stop it. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``)
+    adds seeded bootstrap intervals of the ranking metrics. Raises what the model raises.
     """
-    from scalerec.evaluation.evaluate import evaluate
+    from scalerec.evaluation.evaluate import evaluate, evaluate_per_user
     from scalerec.models import make_model
     from scalerec.models.als import IterativeFit
 
@@ -222,9 +229,14 @@ def fit_and_evaluate(
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
     eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
     t1 = time.perf_counter()
-    metrics = evaluate(model, split, k=(k,), metrics=names, on=on, progress=eval_cb)
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=eval_cb, catalogue_detail=False)
+    metrics = ev.metrics
+    intervals: dict[str, dict[str, Any]] = {}
+    if uncertainty is not None and uncertainty.get("n_boot", 0) > 0:
+        intervals = {key: iv.to_dict() for key, iv in ev.intervals(**uncertainty).items()}
     eval_s = time.perf_counter() - t1
-    return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s)
+    return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s,
+                              intervals=intervals)
 
 
 def run_trial(task: TrialTask) -> TrialResult:
@@ -243,7 +255,8 @@ def run_trial(task: TrialTask) -> TrialResult:
     t0 = time.perf_counter()
     try:
         split = get_split(task.split)
-        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on, report=report)
+        _, result = fit_and_evaluate(task.family, task.params, split, task.metric, on=task.on, report=report,
+                                     uncertainty=task.uncertainty)
     except TrialPruned:
         return TrialResult(value=None, fit_s=time.perf_counter() - t0, intermediate=intermediate, pruned=True)
     except Exception as exc:  # noqa: BLE001 - reported on the trial; all trials failing is reported per family
@@ -268,9 +281,12 @@ class FamilyResult:
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    #: the best trial's intervals on the validation part (TrialResult.intervals)
+    best_intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_value: float | None = None
     default_params: dict[str, Any] | None = None
     default_metrics: dict[str, float] = field(default_factory=dict)
+    default_intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_s: float = 0.0
     stopped: str = ""
     error: str | None = None
@@ -284,8 +300,8 @@ class FamilyResult:
         """Fold the result of a later round into this one (counts add up; the rest is the latest)."""
         for name in ("trials_new", "trials_failed", "trials_pruned", "wall_s"):
             setattr(self, name, getattr(self, name) + getattr(later, name))
-        for name in ("study", "trials_total", "best_value", "best_params", "best_metrics", "default_value",
-                     "default_params", "default_metrics", "stopped", "error"):
+        for name in ("study", "trials_total", "best_value", "best_params", "best_metrics", "best_intervals",
+                     "default_value", "default_params", "default_metrics", "default_intervals", "stopped", "error"):
             setattr(self, name, getattr(later, name))
 
     def to_dict(self) -> dict[str, Any]:
@@ -323,16 +339,23 @@ def trial_params(klass: type, trial: "optuna.Trial", stats: "DataStats | None") 
     """The model kwargs a trial suggests: the one place the per-trial parameters are built.
 
     Used to launch trials, to fit the class defaults into the space and to replay a finished
-    trial's parameters, so anything added here applies to all three alike.
+    trial's parameters, so anything added here applies to all three alike. Beside the family's own
+    space, every family searches the signal choices this data supports (``stats.signals``: the
+    rating rule, the recency clock; None = the [matrix] setting).
     """
-    return dict(klass.search_space(trial, stats))
+    from scalerec.models.base import suggest_signals
+
+    params = dict(klass.search_space(trial, stats))
+    if stats is not None and stats.signals:
+        params.update(suggest_signals(trial, stats.signals))
+    return params
 
 
 def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, Any] | None:
     """The class defaults restricted to what its search space suggests, or None if they don't fit it."""
     import optuna
 
-    defaults = _default_params(klass)
+    defaults = {**_default_params(klass), **{name: None for name in (stats.signals if stats is not None else {})}}
     probe = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     probe.enqueue_trial(defaults)
     trial = probe.ask()
@@ -345,8 +368,32 @@ def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, 
     return {k: v for k, v in trial.params.items()}
 
 
+def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | None") -> list[tuple[dict[str, Any], str]]:
+    """Configurations tried right after the defaults, before the family is first judged: the
+    defaults with recency weighting at the hold-out window's scale (when the family has a
+    half-life, its default is none, and the part scored on is a time window). Successive halving
+    ranks families after few trials, so each is judged on its defaults with and without the
+    signal the data's protocol says may matter, not on the defaults alone."""
+    from scalerec.models.base import RECENCY_CHOICES
+    from scalerec.models.space import recency_design
+
+    if defaults is None or "recency_half_life_days" not in defaults or defaults["recency_half_life_days"] is not None:
+        return []
+    half_life = recency_design(stats, RECENCY_CHOICES)
+    if half_life is None:
+        return []
+    return [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
+
+
 def _params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
+
+
+def _queued(study: "optuna.Study") -> bool:
+    """Enqueued configurations still waiting to run."""
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _finished(trial: "optuna.trial.FrozenTrial") -> bool:
@@ -374,6 +421,7 @@ def tune_family(
     stats: "DataStats | None" = None,
     startup_trials: int | None = None,
     round_number: int | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> FamilyResult:
     """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
     trials or ``deadline`` (``time.monotonic()`` seconds) passes.
@@ -387,7 +435,8 @@ def tune_family(
     (e.g. EASE's ``max_items`` from the settings), not searched. ``stats`` scale the search space;
     ``startup_trials`` is TPE's random start (default from ``n_trials``); ``round_number`` is
     recorded on each trial (successive halving). Iterative fits report checkpoints; pruned
-    trials count against ``n_trials``.
+    trials count against ``n_trials``. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``) puts
+    seeded bootstrap intervals on each trial's metrics (user attribute ``intervals``).
     """
     import optuna
     from optuna.trial import TrialState
@@ -424,6 +473,8 @@ def tune_family(
         defaults = _probe_defaults(klass, stats)
         if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"default": True})
+        for params, why in _design(klass, defaults, stats):
+            study.enqueue_trial(params, user_attrs={"design": why})
         # Warm start: new data means a new study, but the last search's winner is a strong guess.
         previous = _previous_best(store, name)
         if previous is not None and _params_key(previous) != _params_key(defaults or {}):
@@ -436,7 +487,8 @@ def tune_family(
 
     seen: dict[str, TrialResult] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}))
+        seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}),
+                                                  intervals=t.user_attrs.get("intervals", {}))
     done = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
     running: dict[Future[TrialResult], "optuna.Trial"] = {}
     launching: "optuna.Trial | None" = None
@@ -451,6 +503,8 @@ def tune_family(
     def _record(trial: "optuna.Trial", res: TrialResult) -> None:
         nonlocal done
         trial.set_user_attr("metrics", res.metrics)
+        if res.intervals:
+            trial.set_user_attr("intervals", res.intervals)
         trial.set_user_attr("fit_s", round(res.fit_s, 4))
         trial.set_user_attr("eval_s", round(res.eval_s, 4))
         if round_number is not None:
@@ -477,8 +531,9 @@ def tune_family(
         while True:
             # Launch while there is budget, time and a free slot.
             while len(running) < jobs and done + len(running) < budget:
-                # At least one trial per family even when the time is up, so every family has a result.
-                if deadline is not None and time.monotonic() >= deadline and (done or running):
+                # At least one trial per family even when the time is up, so every family has a result;
+                # queued ones (defaults, design, warm start, retries) too: a family is judged on them.
+                if deadline is not None and time.monotonic() >= deadline and (done or running) and not _queued(study):
                     stop = stop or "time budget reached"
                     break
                 if duplicates >= MAX_DUPLICATES_IN_A_ROW:
@@ -502,7 +557,8 @@ def tune_family(
                     continue
                 duplicates = 0
                 launching = trial  # in-process executors run the trial inside submit()
-                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher))
+                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher),
+                                 uncertainty)
                 running[executor.submit(run_trial, task)] = trial
                 launching = None
             if not running:
@@ -536,10 +592,12 @@ def tune_family(
         result.best_value = best.value
         result.best_params = {**fixed_params, **_model_params(klass, best.params, stats)}
         result.best_metrics = dict(best.user_attrs.get("metrics", {}))
+        result.best_intervals = dict(best.user_attrs.get("intervals", {}))
         defaults = [t for t in complete if t.user_attrs.get("default")]
         if defaults:
             result.default_value = defaults[0].value
             result.default_metrics = dict(defaults[0].user_attrs.get("metrics", {}))
+            result.default_intervals = dict(defaults[0].user_attrs.get("intervals", {}))
             result.default_params = {**fixed_params, **_model_params(klass, defaults[0].params, stats)}
     else:
         errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
@@ -576,14 +634,22 @@ def halving_rounds(n_families: int) -> int:
 
 
 def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "DataStats":
-    """DataStats of the split's training matrix; explicit when the events hold a type whose value is used (ratings)."""
+    """DataStats of the split's training matrix; explicit when the events hold a type whose value is used
+    (ratings); the scored part's window length when it is a time window; the signal choices the
+    events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types)."""
     from scalerec.models.space import DataStats
 
     explicit = False
+    signals: dict[str, tuple[Any, ...]] = {}
     if events is not None and settings is not None and "event_type" in getattr(events, "columns", ()):
+        from scalerec.data.matrix import signal_stats
+
         valued = {name for name, t in settings.events.types.items() if t.use_value}
         explicit = bool(valued & set(events["event_type"].unique().to_list()))
-    return DataStats.from_matrix(split.train, explicit=explicit)
+        signals = signal_choices(signal_stats(events, tuple(settings.matrix.rating_types)))
+    info = split.info or {}
+    days = info.get("test_days") if "test_start" in info else None
+    return DataStats.from_matrix(split.train, explicit=explicit, holdout_days=days, signals=signals)
 
 
 def search_families(
@@ -602,6 +668,7 @@ def search_families(
     fixed: dict[str, dict[str, Any]] | None = None,
     stats: "DataStats | None" = None,
     progress: Callable[[SearchEvent], None] | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> SearchOutcome:
     """Tune ``families`` by successive halving within ``n_trials`` per family (as a total: n_trials x
     families finished trials across their studies) and/or ``minutes``.
@@ -643,11 +710,14 @@ def search_families(
         last = r == n_rounds - 1
         shares = _round_shares(active, total, n_rounds - r, last)
         rnd = SearchRound(number=r + 1)
-        round_end = None if end is None else time.monotonic() + max(0.0, end - time.monotonic()) / (n_rounds - r)
-        for i, family in enumerate(active):
+        # Every family of a round gets the same slice of it, whatever the ones before it overran
+        # (one slow trial cannot be cut short): the ranking after the round compares like with like.
+        # Later rounds start from what is left of the whole budget.
+        slice_s = None if end is None else max(0.0, end - time.monotonic()) / (n_rounds - r) / len(active)
+        for family in active:
             deadline = None
-            if round_end is not None:
-                deadline = time.monotonic() + max(0.0, round_end - time.monotonic()) / (len(active) - i)
+            if slice_s is not None:
+                deadline = min(time.monotonic() + slice_s, end)  # type: ignore[operator]
             target = None if shares is None else done[family] + shares[family]
             res = tune_family(
                 family,
@@ -665,6 +735,7 @@ def search_families(
                 stats=stats,
                 startup_trials=startup,
                 round_number=r + 1,
+                uncertainty=uncertainty,
             )
             results[family].absorb(res)
             results[family].rounds += 1
@@ -826,7 +897,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
     """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
 
     Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
-    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at"}``,
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at", "intervals"}``,
     rounds as ``{"started", "round", "trials", "pruned", "failed", "best", "kept", "reason"}``.
     """
     import optuna
@@ -862,13 +933,15 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                     "error": t.user_attrs.get("error"),
                     "round": t.user_attrs.get("round"),
                     "pruned_at": t.user_attrs.get("pruned_at"),
+                    "intervals": t.user_attrs.get("intervals", {}),
                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 }
             )
         best = None
         if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
             b = study.best_trial
-            best = {"number": b.number, "value": b.value, "params": b.params, "metrics": b.user_attrs.get("metrics", {})}
+            best = {"number": b.number, "value": b.value, "params": b.params, "metrics": b.user_attrs.get("metrics", {}),
+                    "intervals": b.user_attrs.get("intervals", {})}
         out.append(
             {
                 "study": summary.study_name,

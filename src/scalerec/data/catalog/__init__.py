@@ -41,8 +41,10 @@ __all__ = [
     "CatalogStore",
     "CatalogURL",
     "ChangeFeedStore",
+    "ExperimentTable",
     "LeaseTable",
     "ModelStageTable",
+    "PlacementTable",
     "SqliteCatalog",
     "StageTransaction",
     "TombstoneTable",
@@ -136,6 +138,28 @@ class TombstoneTable(Protocol):
 
 
 @runtime_checkable
+class ExperimentTable(Protocol):
+    """Online experiments (``scalerec.online.experiments``): one row per name, a dict with
+    ``name``, ``status`` ("running" | "stopped"), ``spec`` (a JSON-able dict: variants, placement,
+    seed, times, winner), ``created_at`` and ``updated_at`` (ISO strings). ``insert_experiment``
+    returns False (and writes nothing) when the name is taken; ``update_experiment`` replaces
+    status and spec and returns False for an unknown name."""
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool: ...
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool: ...
+    def experiment_row(self, name: str) -> dict[str, Any] | None: ...
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class PlacementTable(Protocol):
+    """Merchandising placements (scalerec.serving.merchandising): one JSON spec per name, validated
+    before it is stored; ``updated_at`` is an ISO-8601 UTC time."""
+
+    def placement_rows(self) -> list[tuple[str, str, str]]: ...
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool: ...
+    def delete_placement(self, name: str) -> bool: ...
+
+
 class LeaseTable(Protocol):
     """Named leases with an expiry (see ``scalerec.data.lease``): at most one unexpired holder per
     name across every process sharing the catalogue. Expiry is judged by the catalogue's clock
@@ -148,7 +172,7 @@ class LeaseTable(Protocol):
 
 
 @runtime_checkable
-class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, LeaseTable, Protocol):
+class CatalogStore(ChangeFeedStore, ApiKeyTable, ModelStageTable, TombstoneTable, ExperimentTable, PlacementTable, LeaseTable, Protocol):
     """What every catalogue backend provides (see SqliteCatalog for the semantics)."""
 
     url: str

@@ -1127,6 +1127,94 @@ class SqliteCatalog:
             )
 
 
+    # -- online experiments ----------------------------------------------------------------
+    _EXPERIMENT_DDL = (
+        "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, status TEXT NOT NULL, "
+        "spec TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    _EXPERIMENT_COLS = ("name", "status", "spec", "created_at", "updated_at")
+
+    def _experiment_table(self) -> None:
+        # Created on first use (older databases need no migration); readers of a database
+        # without it see no experiments.
+        if not self.read_only and not getattr(self, "_experiments_ready", False):
+            with self._write() as conn:
+                conn.execute(self._EXPERIMENT_DDL)
+            self._experiments_ready = True
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool:
+        self._experiment_table()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO experiments(name, status, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (row["name"], row["status"], json.dumps(row["spec"], sort_keys=True), row["created_at"],
+                 row.get("updated_at") or row["created_at"]),
+            )
+            return cur.rowcount == 1
+
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool:
+        self._experiment_table()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE experiments SET status = ?, spec = ?, updated_at = ? WHERE name = ?",
+                (status, json.dumps(spec, sort_keys=True), updated_at, name),
+            )
+            return cur.rowcount == 1
+
+    def _experiment_select(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        self._experiment_table()
+        try:
+            rows = self._query(f"SELECT {', '.join(self._EXPERIMENT_COLS)} FROM experiments {where} ORDER BY created_at, name", params)
+        except StorageError:
+            if self.read_only:  # a read-only open of a database that never had an experiment
+                return []
+            raise
+        out = []
+        for r in rows:
+            d = dict(zip(self._EXPERIMENT_COLS, r))
+            d["spec"] = json.loads(d["spec"])
+            out.append(d)
+        return out
+
+    def experiment_row(self, name: str) -> dict[str, Any] | None:
+        rows = self._experiment_select("WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        return self._experiment_select("WHERE status = ?", (status,)) if status else self._experiment_select("", ())
+
+    # -- merchandising placements ---------------------------------------------------------
+    _PLACEMENTS_DDL = (
+        "CREATE TABLE IF NOT EXISTS placements (name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+
+    def placement_rows(self) -> list[tuple[str, str, str]]:
+        """Every stored placement as (name, spec JSON, updated_at), by name."""
+        try:
+            return [tuple(r) for r in self._query("SELECT name, spec, updated_at FROM placements ORDER BY name")]
+        except StorageError as exc:
+            if "no such table" in str(exc):  # created by the first write (no migration of older files)
+                return []
+            raise
+
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool:
+        """Store (or replace) one placement; True when it is new."""
+        with self._write() as conn:
+            conn.execute(self._PLACEMENTS_DDL)
+            new = conn.execute("SELECT 1 FROM placements WHERE name = ?", (name,)).fetchone() is None
+            conn.execute(
+                "INSERT INTO placements(name, spec, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (name, spec, updated_at),
+            )
+        return new
+
+    def delete_placement(self, name: str) -> bool:
+        """Delete one stored placement; False when there was none."""
+        with self._write() as conn:
+            conn.execute(self._PLACEMENTS_DDL)
+            return conn.execute("DELETE FROM placements WHERE name = ?", (name,)).rowcount > 0
+
     # -- leases -----------------------------------------------------------------------------
     _LEASE_DDL = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_us INTEGER NOT NULL)"
 

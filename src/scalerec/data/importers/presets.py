@@ -45,6 +45,8 @@ class Preset:
     needs: tuple[str, ...] = ()
     #: shown in the report
     note: str | None = None
+    #: source columns ``post`` imports itself (never listed as "not imported")
+    post_columns: tuple[str, ...] = ()
 
 
 def need_columns(table: pa.Table, columns: tuple[str, ...], preset: str, path_name: str) -> None:

@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scalerec.data.coerce import to_text
+from scalerec.data.export import give_user_mode
 from scalerec.errors import DataImportError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,6 +124,7 @@ class Rejects:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.quarantine.name}.", suffix=".tmp", dir=self.quarantine.parent)
         os.close(fd)
         self._tmp = Path(tmp)
+        give_user_mode(self._tmp)
         self._schema = schema
         self._writer = pacsv.CSVWriter(str(self._tmp), schema)
 

@@ -26,6 +26,7 @@ from scalerec.data.importers.sources import (
     SourceSpec,
     compression_of,
     detect_format,
+    sniff_dat,
     iter_source,
     source_spec,
 )
@@ -65,6 +66,7 @@ def import_file(
     constants: Mapping[str, str] | None = None,
     encoding: str | None = None,
     allow_duplicate: bool = False,
+    no_timestamps: bool = False,
 ) -> ImportReport:
     """Import a file of events, users or items into ``store``, all or nothing.
 
@@ -86,6 +88,10 @@ def import_file(
     with the log transaction's id; importing the same file with the same options again is
     refused (DataImportError naming the earlier import) while that transaction's rows are in
     the log, unless ``allow_duplicate``. Items and users are upserts: re-importing them is harmless.
+
+    ``no_timestamps``: the file has no event times; every event is dated the same day (a
+    ``constants["timestamp"]`` if given, else today, UTC), and training then holds out a random share
+    of each user's items instead of the newest (its protocol sees that all events carry one time).
     """
     started = time.perf_counter()
     settings = store.settings
@@ -104,10 +110,14 @@ def import_file(
     if chunk_rows < 1:
         raise ValidationError(f"chunk_rows={chunk_rows} must be at least 1")
 
+    notes: list[str] = []
+    if no_timestamps:
+        constants, note = _one_date(kind, mapping, constants)
+        notes.append(note)
     plan = Plan.make(kind, path, fmt, preset, mapping, constants, timestamp_format, encoding)
     report = ImportReport(kind=kind, path=str(path), format=plan.format_name,
                           preset=plan.preset.name if plan.preset else None,
-                          notes=[plan.preset.note] if plan.preset and plan.preset.note else [])
+                          notes=([plan.preset.note] if plan.preset and plan.preset.note else []) + notes)
     rejects = Rejects(report, on_error, Path(quarantine_path) if on_error == "quarantine" and quarantine_path else None,
                        path.name)
     validator = _validator(kind)
@@ -203,11 +213,40 @@ def import_file(
             staging.close()
     report.counts_by_type = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     report.ignored_columns = plan.ignored
+    if kind == "events":
+        report.notes.extend(_value_notes(plan, report.counts_by_type, settings))
     report.bytes_read = total_bytes
     if progress is not None:
         progress(total_bytes, total_bytes)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _one_date(kind: str, mapping: Mapping[str, str] | None,
+              constants: Mapping[str, str] | None) -> tuple[dict[str, str], str]:
+    """The constants of a no-timestamps import: one date for every event (given, or today UTC)."""
+    if kind != "events":
+        raise ValidationError("no_timestamps applies to events only (items and users need no time)")
+    if mapping and "timestamp" in mapping:
+        raise ValidationError("no_timestamps and a mapped timestamp column contradict each other; drop one")
+    out = dict(constants or {})
+    day = out.setdefault("timestamp", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
+    return out, (f"no timestamps: every event is dated {day}; training holds out a random share of each "
+                 "user's items (there is no order to hold the newest out by)")
+
+
+def _value_notes(plan: "Plan", counts: Mapping[str, int], settings: Any) -> list[str]:
+    """Say so when a mapped value column is stored but ignored by the matrix for some event types."""
+    if not plan.resolved or "value" not in plan.resolved:
+        return []
+    rated = set(settings.matrix.rating_types)
+    ignored = [t for t in counts if t in settings.events.types and not settings.events.types[t].use_value
+               and t not in rated]
+    if not ignored:
+        return []
+    first = ignored[0]
+    return [f"the value column ({plan.resolved['value']}) is stored, but {', '.join(ignored)} count by their weight "
+            f"only; to weight them by the value set [events.types.{first}] use_value = true in scalerec.toml"]
 
 
 def _refuse_duplicate(store: "DataStore", fingerprint: str, path: Path) -> None:
@@ -262,6 +301,8 @@ class Plan:
         else:
             if fmt is None:
                 format_name, compression = detect_format(path)
+                if format_name == "dat":
+                    format_name = sniff_dat(path, compression)
             else:
                 format_name = {"ndjson": "jsonl", "json": "jsonl"}.get(fmt.lower(), fmt.lower())
                 if format_name not in FORMATS:
@@ -298,6 +339,8 @@ class Plan:
         if self.resolved is None:
             self.resolved, self.ignored = resolve_mapping(self.kind, table.column_names, self.mapping,
                                                           self.constants, path_name)
+            if self.preset is not None:  # columns the preset's post step imports (as attributes, ...)
+                self.ignored = [c for c in self.ignored if c not in self.preset.post_columns]
         missing = [s for s in self.resolved.values() if s not in table.column_names]
         if missing:  # JSON lines: a key absent from a whole later chunk
             for s in missing:

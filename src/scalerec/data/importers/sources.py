@@ -119,6 +119,21 @@ def source_spec(fmt: str, compression: str | None = None, encoding: str | None =
     raise DataImportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
+def first_line(path: str | Path, compression: str | None = None) -> bytes:
+    """The file's first line (decompressed; at most 64 KiB): for telling files apart by content."""
+    sample = _sniff(Path(path), SourceSpec("csv", compression=compression), size=1 << 16)
+    return sample.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def sniff_dat(path: str | Path, compression: str | None = None) -> str:
+    """A ``.dat`` file's real format: "dat" ("::"-separated, MovieLens) or "tsv" (tab-separated with a
+    header, as many published listening/tagging data sets): the name alone cannot tell them apart."""
+    line = first_line(path, compression)
+    if b"::" not in line and b"\t" in line:
+        return "tsv"
+    return "dat"
+
+
 def _open_stream(path: Path, compression: str | None) -> tuple[pa.NativeFile, pa.NativeFile]:
     """(raw file, decompressed stream); raw.tell() is the progress in file bytes."""
     raw = pa.OSFile(str(path), "r")

@@ -11,9 +11,11 @@ from fastapi import FastAPI, HTTPException
 
 from scalerec.errors import ConfigError
 from scalerec.monitoring import metrics
+from scalerec.monitoring.monitor import FiguresCollector, Monitor
 from scalerec.serving.auth import ApiKeyStore, Authenticator
 from scalerec.serving.http.errors import API_PREFIX, error_response, install_error_handlers, route_template
-from scalerec.serving.http.routers import events, health, items, models, recommendations, users
+from scalerec.serving.http import docs
+from scalerec.serving.http.routers import dashboard, events, health, items, models, online, placements, recommendations, users
 from scalerec.serving.service import RecommendService
 
 
@@ -109,16 +111,25 @@ def create_app(
         )
     auth = Authenticator(keys, insecure_dev=insecure_dev and n_keys == 0)
 
+    monitor = Monitor(service) if watch and settings.monitoring.enabled else None
+    collector = FiguresCollector(settings, service.registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         if watch:
             service.start()
+        metrics.add_collector(collector)
+        if monitor is not None:
+            monitor.start()
         # Loaded objects out of the cyclic collector's reach (its full passes were the latency tail).
         gc.freeze()
         try:
             yield
         finally:
             gc.unfreeze()  # collectable again at exit (extension types check for leaks then)
+            if monitor is not None:
+                monitor.close()
+            metrics.remove_collector(collector)
             if owned:
                 service.close()
 
@@ -131,13 +142,18 @@ def create_app(
             'Every error is `{"error": {"type", "message", "details"}}`.'
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from packaged assets (docs.py): /docs works offline
+        redoc_url=None,
     )
     app.state.service = service
+    app.state.monitor = monitor
     app.state.auth = auth
     install_error_handlers(app)
     recommendations.add_hot_routes(app, API_PREFIX)
-    for module in (recommendations, events, users, items, models, health):
+    for module in (recommendations, events, users, items, models, online, placements, health):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(docs.router)
+    app.include_router(dashboard.router)
     app.add_middleware(LimitsAndMetrics, max_request_bytes=settings.serving.max_request_bytes)
     _document_limits(app, settings)
     return app

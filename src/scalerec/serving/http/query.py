@@ -41,7 +41,9 @@ FILTER_PARAMS = (
 CONTEXT_PARAMS = (
     Param("device", "str", None, "request context: device (mobile, desktop, ...)"),
     Param("location", "str", None, "request context: location / city"),
-    Param("context", "list", None, "more request context as key:value (repeatable)"),
+    Param("context", "list", None, "more request context as key:value (repeatable); or context.KEY=VALUE, "
+          "e.g. context.weather=rain (the ranking stage reads weather, temp_c, device)"),
+    Param("placement", "str", None, "where the list is shown (home, product, cart, ...): KPIs and experiments per placement"),
 )
 N_PARAM = Param("n", "int", 20, "number of items (1 to serving.max_n, 500 by default)", 1, 10_000)
 USER_PARAMS = (
@@ -135,6 +137,15 @@ def context(values: dict[str, Any]) -> dict[str, str]:
     return ctx
 
 
+def dotted_context(query: QueryParams) -> dict[str, str]:
+    """``context.KEY=VALUE`` query parameters as context (the last value of a repeated key wins)."""
+    out: dict[str, str] = {}
+    for k, v in query.multi_items():
+        if k.startswith("context.") and len(k) > 8:
+            out[k[8:].strip()[:100]] = v.strip()[:200]
+    return out
+
+
 @dataclass(frozen=True)
 class ListQuery:
     """A list endpoint's parsed query: every parameter's value, the item filter, the context.
@@ -160,8 +171,12 @@ def list_query(scope: dict[str, Any], params: tuple[Param, ...]) -> ListQuery:
     key = (id(params), raw)
     hit = _PARSED.get(key)
     if hit is None:
-        values = parse(QueryParams(raw), params)
-        hit = ListQuery(values, item_filter(values), context(values), ItemFilter.split(values.get("boost")))
+        qp = QueryParams(raw)
+        values = parse(qp, params)
+        ctx = context(values)
+        if any(p.name == "context" for p in params):
+            ctx.update(dotted_context(qp))
+        hit = ListQuery(values, item_filter(values), ctx, ItemFilter.split(values.get("boost")))
         if len(_PARSED) >= PARSED_CACHE_MAX:  # many distinct contexts: start over, stay bounded
             _PARSED.clear()
         _PARSED[key] = hit

@@ -63,6 +63,8 @@ class RecommendationList(BaseModel):
     user_id: str | None = None
     item_id: str | None = None
     items: list[RecommendedItem]
+    placement: str | None = Field(None, description="the placement asked for (placement=), echoed")
+    variant: str | None = Field(None, description="the experiment variant that served this list, or null")
 
 
 class RankRequest(_In):
@@ -87,6 +89,8 @@ class SessionRequest(_In):
     exclude_seen: bool = True
     max_per_category: int | None = Field(None, ge=1, le=1000)
     context: dict[str, Scalar] | None = None
+    placement: str | None = Field(None, min_length=1, max_length=100, description="where the list is shown")
+    session_id: BodyId | None = Field(None, description="the visitor's session id: a unit of experiments and attribution")
 
 
 class EventIn(_In):

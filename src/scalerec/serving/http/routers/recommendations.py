@@ -32,7 +32,7 @@ async def user_recommendations(request: Request, user_id: Id) -> Response:
     service: RecommendService = request.app.state.service
     return json_response(service.recommend_user(
         user_id, q.values["n"], q.filter, exclude_seen=q.values["exclude_seen"],
-        boost_items=list(q.boost) if q.boost else None, context=q.context,
+        boost_items=list(q.boost) if q.boost else None, context=q.context, placement=q.values.get("placement"),
     ))
 
 
@@ -41,7 +41,8 @@ async def similar_items(request: Request, item_id: Id) -> Response:
     item_id = query.path_id("item_id", item_id)
     q = query.list_query(request.scope, query.SIMILAR_PARAMS)
     service: RecommendService = request.app.state.service
-    return json_response(service.similar_items(item_id, q.values["n"], q.filter, context=q.context))
+    return json_response(service.similar_items(item_id, q.values["n"], q.filter, context=q.context,
+                                               placement=q.values.get("placement")))
 
 
 def add_hot_routes(app: FastAPI, prefix: str) -> None:
@@ -90,6 +91,7 @@ def session_recommendations(service: Service, body: SessionRequest) -> Response:
     flt = ItemFilter.from_values(body.model_dump())
     ctx = {k: str(v) for k, v in (body.context or {}).items()}
     return json_response(service.recommend_session(
-        body.item_ids, body.n, flt, exclude_seen=body.exclude_seen, event_types=body.event_types or None, context=ctx
+        body.item_ids, body.n, flt, exclude_seen=body.exclude_seen, event_types=body.event_types or None, context=ctx,
+        placement=body.placement, session_id=body.session_id,
     ))
 

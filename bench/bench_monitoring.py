@@ -1,0 +1,248 @@
+"""Monitoring benchmark, three parts in one run on synthetic shops:
+
+1. serving throughput (wrk over loopback, `scalerec serve`) with monitoring off
+   (``[monitoring] enabled = false``) and on — sampling every second (60x the default) while a
+   scraper reads /metrics every second — alternated off/on/off/on so both see the same load;
+2. the dashboard with 30 days of figures (one sample a minute): server time of its data, and in
+   Debian's Chromium (Playwright) the first paint (navigation until every panel has its data)
+   and a refresh of the 30-day range;
+3. capacity: measure a small store, project to ``--factor`` x users and events, build that store,
+   and compare disk, model memory, training time and CPU per request.
+
+    .venv/bin/python bench/bench_monitoring.py --events 200000 --factor 5
+
+Prints tables and appends one JSON line to bench/results/monitoring.jsonl. Needs `wrk` and
+/usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import append_result, machine_info  # noqa: E402
+from bench_serving import free_port, run_wrk, start, stop, wait_http  # noqa: E402
+
+from scalerec.config import Settings  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build(d: Path, users: int, items: int, events: int) -> tuple[Settings, float]:
+    from scalerec.data.store import DataStore
+    from scalerec.datasets.synth import generate_store
+    from scalerec.training.pipeline import TrainOptions, train
+
+    settings = Settings(data={"dir": d})
+    if not (d / "models").is_dir() or not any((d / "models").iterdir()):
+        shutil.rmtree(d, ignore_errors=True)
+        with DataStore.open(settings) as store:
+            generate_store(store, n_users=users, n_items=items, n_events=events, seed=7, days=90)
+            t = time.perf_counter()
+            train(settings, TrainOptions(models=["als"], trials=1), store=store)
+            return settings, time.perf_counter() - t
+    return settings, float("nan")
+
+
+def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dict:
+    from scalerec.serving.auth import ApiKeyStore
+
+    key = ApiKeyStore.from_settings(settings).create("admin", "bench")[0]
+    py = sys.executable
+    logs = Path(settings.data.dir) / "bench-logs"
+    logs.mkdir(exist_ok=True)
+    width = len(str(users))
+    env_wrk = {"SR_KEY": key, "SR_USERS": str(users), "SR_WIDTH": str(width), "SR_PREFIX": "u"}
+    out: dict[str, list[float]] = {"off": [], "on": []}
+    p99: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(rounds):
+        for mode in ("off", "on"):
+            port = free_port()
+            env = {"SCALEREC_MONITORING__ENABLED": "true" if mode == "on" else "false",
+                   "SCALEREC_MONITORING__SAMPLE_INTERVAL_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+            started = time.time()
+            proc = start([py, "-m", "scalerec", "--data-dir", str(settings.data.dir), "serve", "--port", str(port)],
+                         env, logs / f"serve-{mode}.log")
+            stop_scrape = threading.Event()
+            try:
+                base = f"http://127.0.0.1:{port}"
+                wait_http(base + "/v1/health/ready", proc=proc)
+                if mode == "on":
+                    def scrape() -> None:
+                        import httpx
+
+                        with httpx.Client(timeout=10) as c:
+                            while not stop_scrape.wait(1.0):
+                                c.get(base + "/v1/metrics")
+                    threading.Thread(target=scrape, daemon=True).start()
+                run_wrk(base, connections=8, duration_s=2, env=env_wrk)  # warm-up
+                if mode == "on":  # steady state: the monitor's first round (drift pass, capacity) done
+                    figures = Path(settings.data.dir) / "monitoring" / "figures.json"
+                    deadline = time.time() + 120
+                    while time.time() < deadline and (not figures.is_file() or figures.stat().st_mtime < started):
+                        time.sleep(0.2)
+                res = run_wrk(base, connections=8, duration_s=seconds, env=env_wrk)
+                out[mode].append(res["rps"])
+                p99[mode].append(res["p99_ms"])
+                log(f"round {r + 1} monitoring {mode}: {res['rps']:,.0f} req/s, p99 {res['p99_ms']} ms, non-2xx {res['non_2xx']}")
+            finally:
+                stop_scrape.set()
+                stop(proc)
+    off, on = float(np.median(out["off"])), float(np.median(out["on"]))
+    return {"rps_off": out["off"], "rps_on": out["on"], "p99_off_ms": p99["off"], "p99_on_ms": p99["on"],
+            "median_off": off, "median_on": on, "ratio_on_off": on / off}
+
+
+def fake_history(settings: Settings, days: int = 30) -> int:
+    """One sample a minute for ``days`` days, shaped like the server's (counters rise, levels drift)."""
+    from scalerec.monitoring.figures import Sample
+    from scalerec.monitoring.history import History
+
+    h = History(settings)
+    rng = np.random.default_rng(0)
+    now = time.time()
+    n = days * 24 * 60
+    bounds = ["0.0005", "0.001", "0.0025", "0.005", "0.0075", "0.01", "0.015", "0.02", "0.03", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "+Inf"]
+    req = 0.0
+    buckets = dict.fromkeys(bounds, 0.0)
+    shares = np.array([0.0, 0.01, 0.1, 0.3, 0.25, 0.15, 0.1, 0.05, 0.02, 0.01, 0.01, 0, 0, 0, 0, 0])
+    for i in range(n):
+        at = now - (n - i) * 60
+        k = rng.poisson(600 * (1 + 0.5 * np.sin(i / 1440 * 2 * np.pi)))
+        req += k
+        counts = np.cumsum(shares / shares.sum() * k)
+        for b, c in zip(bounds, counts):
+            buckets[b] += float(c)
+        buckets["+Inf"] += 0.0
+        h.append(Sample(at, {"requests": req, "errors_5xx": req * 0.001, "events_ingested": req * 0.2, "events_rejected": 0.0,
+                             "lists": {"model": req * 0.7, "fallback": req * 0.2, "fold_in": req * 0.1}, "buckets": dict(buckets)},
+                        {"events": 1e6 + i * 10, "process_rss_bytes": 4e8}))
+    return n
+
+
+def dashboard(settings: Settings) -> dict:
+    from scalerec.monitoring.dashboard import dashboard_data
+    from scalerec.serving.auth import ApiKeyStore
+    from scalerec.serving.service import RecommendService
+
+    n = fake_history(settings)
+    svc = RecommendService(settings)
+    try:
+        dashboard_data(svc, range_="30d")  # caches (capacity basis, store stats) as a running server has them
+        t = time.perf_counter()
+        for _ in range(3):
+            dashboard_data(svc, range_="30d")
+        server_s = (time.perf_counter() - t) / 3
+    finally:
+        svc.close()
+    key = ApiKeyStore.from_settings(settings).create("admin", "bench-dash")[0]
+    port = free_port()
+    logs = Path(settings.data.dir) / "bench-logs"
+    proc = start([sys.executable, "-m", "scalerec", "--data-dir", str(settings.data.dir), "serve", "--port", str(port)],
+                 {"OMP_NUM_THREADS": "1"}, logs / "serve-dash.log")
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/v1/health/ready", proc=proc)
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu"])
+            ctx = b.new_context(extra_http_headers={"X-API-Key": key})
+            page = ctx.new_page()
+            page.goto(base + "/dashboard/api/data")  # the server's caches warm, as after its first refresh
+            firsts, refreshes = [], []
+            for _ in range(3):
+                t = time.perf_counter()
+                page.goto(base + "/dashboard")
+                for panel in ("overview", "models", "data", "alerts", "capacity"):
+                    page.wait_for_selector(f"#{panel}[data-ready='1']", timeout=120_000)
+                firsts.append(time.perf_counter() - t)
+                page.evaluate("window.lastRefreshMs = null")
+                page.select_option("#range", "30d")
+                page.wait_for_function("window.lastRefreshMs !== null", timeout=120_000)
+                refreshes.append(page.evaluate("window.lastRefreshMs") / 1000)
+            b.close()
+    finally:
+        stop(proc)
+    return {"samples": n, "server_data_s": server_s, "first_paint_s": float(np.median(firsts)), "refresh_30d_s": float(np.median(refreshes))}
+
+
+def capacity(small: Settings, root: Path, users: int, items: int, events: int, factor: float) -> dict:
+    from scalerec.monitoring.capacity import measure, project
+
+    m1 = measure(small)
+    proj = project(m1, users=factor, events=factor, peak_rps=100)
+    log(f"building the {factor:g}x store ({int(events * factor):,} events)")
+    big, _ = build(root / "big", int(users * factor), items, int(events * factor))
+    m2 = measure(big)
+    rows = {
+        "disk (log + model) bytes": (proj["disk_bytes"], m2["data"]["log_bytes"] + m2["model"]["total_bytes"]),
+        "model memory bytes": (proj["model_bytes"], m2["model"]["total_bytes"]),
+        "training (refit) s": (proj["training_seconds"], m2["model"]["fit_seconds"]),
+        "training peak RSS bytes": (proj["training"]["als"]["peak_rss_bytes"], m2["model"]["peak_rss_bytes"]),
+        "CPU per request (model) us": (m1["requests_cpu_us"]["model"], m2["requests_cpu_us"]["model"]),
+    }
+    return {"factor": factor, "rows": {k: {"projected": a, "measured": b, "ratio": a / b if b else None} for k, (a, b) in rows.items()},
+            "small": {"events": m1["data"]["events"], "users": m1["data"]["users"]},
+            "big": {"events": m2["data"]["events"], "users": m2["data"]["users"]}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=Path("bench-monitoring"))
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--items", type=int, default=2_000)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--factor", type=float, default=5.0)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,dashboard,capacity")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    load_before = os.getloadavg()
+    log(f"store: {args.users:,} users, {args.items:,} items, {args.events:,} events")
+    small, _ = build(args.data_dir / "small", args.users, args.items, args.events)
+    rec: dict = {"users": args.users, "items": args.items, "events": args.events}
+    if "throughput" not in skip:
+        rec["throughput"] = throughput(small, args.users, args.seconds, args.rounds)
+    if "dashboard" not in skip:
+        rec["dashboard"] = dashboard(small)
+    if "capacity" not in skip:
+        rec["capacity"] = capacity(small, args.data_dir, args.users, args.items, args.events, args.factor)
+    rec["load_before"] = load_before
+    rec["load_after"] = os.getloadavg()
+    append_result("monitoring", rec, machine=machine_info())
+    print()
+    if "throughput" in rec:
+        t = rec["throughput"]
+        print("| monitoring | req/s (each round) | median | p99 ms |")
+        print("|---|---|---|---|")
+        print(f"| off | {', '.join(f'{x:,.0f}' for x in t['rps_off'])} | {t['median_off']:,.0f} | {', '.join(map(str, t['p99_off_ms']))} |")
+        print(f"| on (sample every 1 s, /metrics scraped every 1 s) | {', '.join(f'{x:,.0f}' for x in t['rps_on'])} | {t['median_on']:,.0f} | {', '.join(map(str, t['p99_on_ms']))} |")
+        print(f"on/off throughput: {t['ratio_on_off']:.3f}\n")
+    if "dashboard" in rec:
+        d = rec["dashboard"]
+        print(f"dashboard, {d['samples']:,} samples (30 days at one a minute): data built on the server {d['server_data_s']:.3f} s, "
+              f"first paint {d['first_paint_s']:.2f} s, 30-day refresh {d['refresh_30d_s']:.2f} s\n")
+    if "capacity" in rec:
+        c = rec["capacity"]
+        print(f"capacity: {c['small']['events']:,.0f} events -> projected x{c['factor']:g} vs built ({c['big']['events']:,.0f} events)")
+        print("| figure | projected | measured | projected/measured |")
+        print("|---|---|---|---|")
+        for k, r in c["rows"].items():
+            print(f"| {k} | {r['projected']:,.1f} | {r['measured']:,.1f} | {r['ratio']:.2f} |")
+    print(f"\nload average before {load_before}, after {rec['load_after']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Drift and data quality: one day of events against a baseline window of the days before it.
+
+One DuckDB pass over the event log aggregates per day: the event-type mix, item popularity
+(top items + "other"), context values, active users, events, and the first day of every user and
+item. Each check compares the day with the baseline by a statistic (Jensen-Shannon distance for
+distributions, the figure itself for shares and activity) and judges it against the baseline's
+own day-to-day spread: every baseline day is scored the same way against the other baseline days
+(leave one out), and the day is flagged only when its statistic is beyond the baseline's mean +
+``Z`` standard deviations *and* beyond a floor — so a noisy small shop is not flagged for its noise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+
+#: Spread multiplier: a day must be this many baseline standard deviations out.
+Z = 4.0
+#: Floors below which no change counts (JS distance, relative change of a share or an activity figure).
+JS_FLOOR = 0.05
+REL_FLOOR = 0.25
+TOP_ITEMS = 5000
+TOP_CONTEXT_VALUES = 50
+
+
+def _files(store: Any) -> list[str]:
+    return [str(p) for p in store.log.files()]
+
+
+def _aggregate(store: Any, threads: int = 2) -> dict[str, Any]:
+    """Per-day aggregates of the whole log (plus pending events), vectorised in DuckDB."""
+    import duckdb
+
+    files = _files(store)
+    pending = store.catalog.pending_events_table().select(["user_id", "item_id", "event_type", "timestamp", "context"])
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET threads TO {int(threads)}")
+        con.register("pending_events", pending)
+        sources = ["SELECT user_id, item_id, event_type, timestamp, context FROM pending_events"]
+        if files:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            sources.insert(0, f"SELECT user_id, item_id, event_type, timestamp, context FROM read_parquet([{listing}])")
+        con.execute(
+            "CREATE TEMP TABLE ev AS SELECT user_id, item_id, event_type, context, "
+            f"CAST(timezone('UTC', timestamp) AS DATE) AS day FROM ({' UNION ALL '.join(sources)})"
+        )
+        q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+        days = q("SELECT day, count(*), count(DISTINCT user_id) FROM ev GROUP BY day ORDER BY day")
+        types = q("SELECT day, event_type, count(*) FROM ev GROUP BY ALL")
+        top = [r[0] for r in q(f"SELECT item_id FROM ev GROUP BY item_id ORDER BY count(*) DESC, item_id LIMIT {TOP_ITEMS}")]
+        con.register("top_items", __import__("pyarrow").table({"item_id": top}))
+        items = q(
+            "SELECT day, CASE WHEN t.item_id IS NULL THEN '\x00other' ELSE ev.item_id END AS it, count(*) "
+            "FROM ev LEFT JOIN top_items t ON ev.item_id = t.item_id GROUP BY ALL"
+        )
+        new_users = q(
+            "WITH f AS (SELECT user_id, min(day) AS first FROM ev WHERE user_id IS NOT NULL GROUP BY user_id) "
+            "SELECT first, count(*) FROM f GROUP BY first"
+        )
+        new_items = q(
+            "WITH f AS (SELECT item_id, min(day) AS first FROM ev GROUP BY item_id) "
+            "SELECT ev.day, count(*) FILTER (WHERE f.first = ev.day), count(*) FROM ev JOIN f USING (item_id) GROUP BY ev.day"
+        )
+        context = q(
+            "WITH kv AS (SELECT day, unnest(map_keys(context)) AS k, unnest(map_values(context)) AS v FROM ev "
+            "WHERE context IS NOT NULL) SELECT day, k, v, count(*) FROM kv GROUP BY ALL"
+        )
+    finally:
+        con.close()
+    return {"days": days, "types": types, "items": items, "new_users": new_users, "new_items": new_items, "context": context}
+
+
+def _pivot(rows: list[tuple], days: list[dt.date], *, top: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(day, key, count) rows -> a days x keys count matrix (keys beyond ``top`` folded into 'other')."""
+    totals: dict[str, float] = {}
+    for _, k, n in rows:
+        totals[str(k)] = totals.get(str(k), 0) + n
+    keys = sorted(totals, key=lambda k: (-totals[k], k))
+    if top is not None and len(keys) > top:
+        keep = set(keys[:top])
+        keys = keys[:top] + ["\x00other"]
+    else:
+        keep = set(keys)
+    col = {k: j for j, k in enumerate(keys)}
+    row = {d: i for i, d in enumerate(days)}
+    m = np.zeros((len(days), len(keys)))
+    for d, k, n in rows:
+        if d in row:
+            k = str(k)
+            m[row[d], col[k if k in keep else "\x00other"]] += n
+    return m, keys
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> float:
+    if p.sum() <= 0 or q.sum() <= 0:
+        return math.nan
+    return float(jensenshannon(p, q, base=2))
+
+
+def _judge(name: str, kind: str, day_value: float, base_values: np.ndarray, stat_day: float, stat_base: np.ndarray,
+           floor: float, detail: str) -> dict[str, Any]:
+    """Flag when the day's statistic is past the baseline's own spread of it and past the floor."""
+    ok = stat_base[~np.isnan(stat_base)]
+    mean = float(ok.mean()) if ok.size else 0.0
+    std = float(ok.std(ddof=1)) if ok.size > 1 else 0.0
+    threshold = max(floor, mean + Z * std)
+    drifted = bool(not math.isnan(stat_day) and stat_day > threshold)
+    return {"check": name, "kind": kind, "value": day_value, "baseline": float(np.nanmean(base_values)) if base_values.size else None,
+            "statistic": stat_day, "threshold": threshold, "score": stat_day / threshold if threshold > 0 and not math.isnan(stat_day) else 0.0,
+            "drifted": drifted, "detail": detail}
+
+
+def _distribution_check(name: str, m: np.ndarray, keys: list[str], detail: str) -> dict[str, Any]:
+    """JS distance of the last row against the sum of the others; each baseline row against the rest."""
+    day, base = m[-1], m[:-1]
+    total = base.sum(axis=0)
+    stat_base = np.array([_js(base[i], total - base[i]) for i in range(len(base))])
+    stat_day = _js(day, total)
+    shares = day / day.sum() if day.sum() else day
+    moved = np.argsort(-np.abs(shares - (total / total.sum() if total.sum() else total)))[:3]
+    what = ", ".join(f"{keys[j].replace(chr(0), '')} {shares[j]:.1%}" for j in moved)
+    return _judge(name, "jensen-shannon", stat_day, stat_base, stat_day, stat_base, JS_FLOOR, f"{detail}; most moved: {what}")
+
+
+def _level_check(name: str, values: np.ndarray, detail: str) -> dict[str, Any]:
+    """A share or an activity figure: relative change of the day against the baseline mean, judged by the baseline's spread."""
+    day, base = values[-1], values[:-1]
+    stat_base = np.array([abs(base[i] - np.delete(base, i).mean()) / max(abs(np.delete(base, i).mean()), 1e-12)
+                          for i in range(len(base))]) if len(base) > 1 else np.zeros(0)
+    mean = base.mean() if len(base) else math.nan
+    stat_day = abs(day - mean) / max(abs(mean), 1e-12) if len(base) else math.nan
+    return _judge(name, "relative change", float(day), base, float(stat_day), stat_base, REL_FLOOR, detail)
+
+
+def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None, threads: int = 2) -> dict[str, Any]:
+    """Every check for ``day`` (default: the last complete UTC day with events) against the
+    ``[monitoring] baseline_days`` before it; days with fewer than ``drift_min_events`` events are
+    left out of the baseline, and a day below it is reported as not judged. ``threads``: DuckDB's
+    (the server passes 1, leaving the other cores to requests)."""
+    mon = settings.monitoring
+    agg = _aggregate(store, threads)
+    counts = {d: (n, u) for d, n, u in agg["days"]}
+    if not counts:
+        return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events"}
+    if day is None:
+        today = dt.datetime.now(dt.timezone.utc).date()
+        complete = [d for d in counts if d < today]
+        day = max(complete) if complete else max(counts)
+    elif isinstance(day, str):
+        day = dt.date.fromisoformat(day)
+    base_days = [day - dt.timedelta(days=k) for k in range(mon.baseline_days, 0, -1)]
+    base_days = [d for d in base_days if counts.get(d, (0, 0))[0] >= mon.drift_min_events]
+    out: dict[str, Any] = {"day": day.isoformat(), "baseline_days": [d.isoformat() for d in base_days],
+                           "events": counts.get(day, (0, 0))[0], "judged": False, "drifted": False, "score": 0.0, "checks": []}
+    if counts.get(day, (0, 0))[0] < mon.drift_min_events:
+        out["reason"] = f"{out['events']} events that day, fewer than [monitoring] drift_min_events ({mon.drift_min_events})"
+        return out
+    if len(base_days) < 3:
+        out["reason"] = f"only {len(base_days)} baseline days with at least {mon.drift_min_events} events; at least 3 are needed"
+        return out
+    days = base_days + [day]
+    checks = []
+    m, keys = _pivot(agg["types"], days)
+    checks.append(_distribution_check("event_type_mix", m, keys, "share of each event type"))
+    m, keys = _pivot(agg["items"], days, top=TOP_ITEMS)
+    checks.append(_distribution_check("item_popularity", m, keys, f"events per item (top {TOP_ITEMS} + other)"))
+    active = np.array([counts[d][1] for d in days], float)
+    n_events = np.array([counts[d][0] for d in days], float)
+    firsts = {d: n for d, n in agg["new_users"]}
+    new_users = np.array([firsts.get(d, 0) for d in days], float)
+    checks.append(_level_check("new_user_share", new_users / np.maximum(active, 1), "share of the day's active users seen for the first time"))
+    ni = {d: (a, b) for d, a, b in agg["new_items"]}
+    checks.append(_level_check("new_item_share", np.array([ni.get(d, (0, 1))[0] / max(ni.get(d, (0, 1))[1], 1) for d in days]),
+                               "share of the day's events on items never seen before"))
+    checks.append(_level_check("events_per_active_user", n_events / np.maximum(active, 1), "user activity: events per active user"))
+    by_key: dict[str, list[tuple]] = {}
+    for d, k, v, n in agg["context"]:
+        by_key.setdefault(str(k), []).append((d, v, n))
+    for k in sorted(by_key, key=lambda k: -sum(r[2] for r in by_key[k]))[:10]:
+        m, keys = _pivot(by_key[k], days, top=TOP_CONTEXT_VALUES)
+        if m[-1].sum() and m[:-1].sum():
+            checks.append(_distribution_check(f"context:{k}", m, keys, f"values of context key {k!r}"))
+    out["checks"] = checks
+    out["judged"] = True
+    out["drifted"] = any(c["drifted"] for c in checks)
+    out["score"] = max((c["score"] for c in checks), default=0.0)
+    return out

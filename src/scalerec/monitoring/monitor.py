@@ -1,0 +1,239 @@
+"""The server's monitor: every ``[monitoring] sample_interval_seconds`` one process (the holder of
+a file lock, so N workers sample and notify once) records a sample, computes the window's
+figures, evaluates the alert rules and delivers notices; it refreshes the drift report daily and
+the capacity projection hourly. Every worker exposes the latest figures on /metrics (collector)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+
+from scalerec.monitoring import figures as F
+from scalerec.monitoring.alerts import Evaluator, Notifier, effective_rules
+from scalerec.monitoring.history import History
+from scalerec.monitoring.paths import drift_report, leader_lock, monitoring_dir
+
+log = logging.getLogger("scalerec.monitoring")
+
+CAPACITY_EVERY_S = 3600.0
+
+
+def _write_json(path: Any, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v) for k, v in d.items()}
+
+
+class Monitor:
+    """Samples, evaluates and notifies for one serving process (the leader among a server's workers)."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.history = History(self.settings)
+        self.evaluator = Evaluator(effective_rules(self.settings))
+        self.notifier = Notifier(self.settings)
+        self.dir = monitoring_dir(self.settings)
+        self.figures_path = self.dir / "figures.json"
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ann: dict[str, float | None] = {}
+        self._capacity: tuple[float, dict[str, float]] = (0.0, {})
+        self._model_cache: tuple[str | None, dict[str, Any] | None] = (None, None)
+        self.last: dict[str, Any] = {}
+        self.deliveries: list[dict[str, Any]] = []
+        state = self.dir / "alert_state.json"
+        if state.is_file():
+            try:
+                self.evaluator.restore(json.loads(state.read_text()))
+            except (ValueError, OSError):
+                pass
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="scalerec-monitor", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def is_leader(self) -> bool:
+        if self._lock_fd is not None:
+            return True
+        path = leader_lock(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def _run(self) -> None:
+        interval = self.settings.monitoring.sample_interval_seconds
+        # the first round (a drift pass over the whole log) waits one interval: not while the server warms up
+        while not self._stop.wait(interval):
+            try:
+                if self.is_leader():
+                    self.tick()
+            except Exception:  # never let monitoring take the server down
+                log.exception("monitoring tick failed")
+
+    # ------------------------------------------------------------------------------ one tick
+    def sample(self, now: float | None = None) -> F.Sample:
+        now = time.time() if now is None else now
+        levels: dict[str, Any] = {}
+        levels.update(F.data_figures(self.service.store, self.settings, now))
+        levels.update(F.process_figures(self.settings))
+        levels.update(F.model_figures(self.service, now))
+        version = levels.get("model_version")
+        if version is not None and version not in self._ann:
+            live = self.service.state.current
+            self._ann[version] = F.ann_recall(live.model, sample=self.settings.monitoring.ann_recall_sample) if live else None
+        if version is not None and self._ann.get(version) is not None:
+            levels["ann_recall"] = self._ann[version]
+        levels["quality_drop"] = F.quality_drop(F.version_rows(self.service.registry))
+        drift = self.read_drift()
+        if drift is not None and drift.get("judged"):
+            levels["drift_score"] = float(drift.get("score") or 0.0)
+        levels.update(self._capacity_days(levels, now))
+        return F.Sample(at=now, counters=F.serving_counters(), levels=levels)
+
+    def _capacity_days(self, levels: dict[str, Any], now: float) -> dict[str, float]:
+        at, cached = self._capacity
+        if cached and now - at < CAPACITY_EVERY_S:
+            return cached
+        from scalerec.monitoring.capacity import exhaustion_days, model_bytes
+
+        model = None
+        prod = self.service.registry.production()
+        if prod is not None:
+            man = prod.typed_manifest()
+            nu, ni = int(man.data_extra.get("n_users") or 0), int(man.data_extra.get("n_items") or 0)
+            model = {"users": nu, "items": ni, "bytes": model_bytes(prod.path, nu, ni)}
+        try:
+            days = exhaustion_days(self.settings, self.service.store, model, levels)
+        except Exception:  # noqa: BLE001 - a busy log (compaction) is retried next hour
+            log.exception("capacity projection failed")
+            days = {}
+        self._capacity = (now, days)
+        return days
+
+    def read_drift(self) -> dict[str, Any] | None:
+        path = drift_report(self.settings)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def refresh_drift(self, now: float) -> None:
+        """Recompute the drift report once per day (the report names the day it judged)."""
+        import datetime as dt
+
+        from scalerec.monitoring.drift import drift_report as compute
+
+        current = self.read_drift()
+        yesterday = (dt.datetime.fromtimestamp(now, dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
+        if current is not None and current.get("computed_for") == yesterday:
+            return
+        report = compute(self.service.store, self.settings, threads=1)
+        report["computed_for"] = yesterday
+        _write_json(drift_report(self.settings), report)
+
+    def window_start(self, now: float) -> F.Sample | None:
+        window = self.settings.monitoring.window_seconds
+        past = self.history.read(since=now - 2 * window - self.settings.monitoring.sample_interval_seconds, until=now)
+        older = [s for s in past if s.at <= now - window]
+        return older[-1] if older else (past[0] if past else None)
+
+    def tick(self, now: float | None = None) -> dict[str, Any]:
+        """One round: sample, figures, alerts, delivery. Returns the figures (tests call this directly)."""
+        now = time.time() if now is None else now
+        try:
+            self.refresh_drift(now)
+        except Exception:  # noqa: BLE001
+            log.exception("drift report failed")
+        sample = self.sample(now)
+        old = self.window_start(now)
+        self.history.append(sample)
+        figs = F.window_figures(sample, old)
+        notices = self.evaluator.evaluate(figs, now)
+        if notices:
+            self.deliveries.extend(self.notifier.deliver(notices))
+        self.last = {"at": now, "figures": _finite(figs), "model_version": sample.levels.get("model_version"),
+                     "alerts": self.evaluator.firing()}
+        _write_json(self.figures_path, self.last)
+        _write_json(self.dir / "alert_state.json", self.evaluator.dump())
+        if int(now // 86400) != int((now - self.settings.monitoring.sample_interval_seconds) // 86400):
+            self.history.prune(now)
+        return figs
+
+
+class FiguresCollector:
+    """/metrics from every worker: the leader's latest figures, the training text file, the
+    registry's per-version test figures and this process's resources."""
+
+    def __init__(self, settings: Any, registry: Any = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.path = monitoring_dir(settings) / "figures.json"
+        self._versions: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+    def describe(self) -> list[Any]:
+        return []  # computed at scrape time; no fixed description
+
+    def collect(self) -> Any:
+        from scalerec.monitoring.training import textfile_families
+
+        try:
+            latest = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            latest = {}
+        figs = dict(latest.get("figures") or {})
+        figs.update(F.process_figures(self.settings))  # this worker's own, not the leader's
+        for name, value in sorted(figs.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                yield GaugeMetricFamily(f"scalerec_{name}", F.FIGURES.get(name, name.replace("_", " ")), value=float(value))
+        firing = GaugeMetricFamily("scalerec_alert_active", "1 per alert pending or firing", labels=["alertname", "severity", "state"])
+        for a in latest.get("alerts") or []:
+            firing.add_metric([a["alert"], a["severity"], a["state"]], 1.0)
+        yield firing
+        yield from textfile_families(self.settings)
+        if self.registry is not None:
+            at, rows = self._versions
+            if time.monotonic() - at > 30:
+                rows = F.version_rows(self.registry)
+                self._versions = (time.monotonic(), rows)
+            g = GaugeMetricFamily("scalerec_model_test_metric", "Test figures per registered version",
+                                  labels=["version", "stage", "family", "metric"])
+            fit = GaugeMetricFamily("scalerec_model_fit_seconds", "Refit seconds per version", labels=["version", "family"])
+            for r in rows:
+                for m, v in (r.get("test") or {}).items():
+                    if isinstance(v, (int, float)):
+                        g.add_metric([r["version"], r["stage"], r.get("family") or "", m], float(v))
+                if r.get("fit_seconds") is not None:
+                    fit.add_metric([r["version"], r.get("family") or ""], float(r["fit_seconds"]))
+            yield g
+            yield fit

@@ -1,0 +1,1 @@
+"""Online measurement: impressions attributed to events, KPIs, experiments and their reports."""

@@ -1,0 +1,280 @@
+"""Point-in-time features: everything is computed from events strictly before a cut-off time.
+
+The event frame (:func:`event_frame`) is read once per training run (columns of the event log,
+context keys extracted in Polars); each ``*_as_of`` function takes the cut-off and filters first,
+so a feature can never see an event at or after it (tests plant a future event to check).
+All work is columnar (Polars group-bys, NumPy bincounts, SciPy sparse products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+
+US_PER_DAY = 86_400 * 1_000_000
+#: context keys read from events and requests
+CONTEXT_KEYS = ("weather", "temp_c", "device", "location")
+#: temperature bands of the context-lift feature (°C): cold < 10 <= mild < 22 <= hot
+TEMP_BANDS = (10.0, 22.0)
+#: windows (days) of the item statistics
+WINDOWS = (1, 7, 30)
+REVIEW_TYPES = ("review", "rating")
+
+
+def map_get(df: pl.DataFrame, column: str, key: str) -> pl.Expr:
+    """The value of ``key`` in a flat-map column (Polars' Map, or a list of key/value structs)."""
+    col = pl.col(column)
+    if isinstance(df.schema[column], pl.List):
+        return col.list.eval(pl.element().filter(pl.element().struct.field("key") == key).struct.field("value")).list.first()
+    if df.schema[column] in (pl.Null, pl.String):
+        return pl.lit(None, dtype=pl.String)
+    return col.map.get(key)
+
+
+def _us(t: datetime | int) -> int:
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        return int(t.timestamp() * 1_000_000)
+    return int(t)
+
+
+def temp_band(temp: np.ndarray) -> np.ndarray:
+    """int8 band of temperatures (nan -> -1)."""
+    t = np.asarray(temp, dtype=np.float64)
+    band = np.searchsorted(np.asarray(TEMP_BANDS), t, side="right").astype(np.int8)
+    return np.where(np.isnan(t), -1, band).astype(np.int8)
+
+
+@dataclass
+class Vocab:
+    """String categories -> small integer codes (0 = unknown)."""
+
+    values: list[str] = field(default_factory=list)
+
+    def codes(self, col: pl.Series | np.ndarray | list) -> np.ndarray:
+        s = col if isinstance(col, pl.Series) else pl.Series(list(col), dtype=pl.String)
+        mapping = pl.DataFrame({"v": self.values, "c": np.arange(1, len(self.values) + 1, dtype=np.int32)},
+                               schema={"v": pl.String, "c": pl.Int32})
+        out = pl.DataFrame({"v": s.cast(pl.String)}).join(mapping, on="v", how="left", maintain_order="left")
+        return out["c"].fill_null(0).to_numpy().astype(np.int32)
+
+    def code(self, value: str | None) -> int:
+        try:
+            return self.values.index(value) + 1 if value is not None else 0
+        except ValueError:
+            return 0
+
+    @classmethod
+    def of(cls, col: pl.Series) -> "Vocab":
+        return cls(sorted(str(v) for v in col.drop_nulls().unique().to_list()))
+
+
+# ------------------------------------------------------------------------------------------ events
+def event_frame(events: Any, user_ids: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
+    """The event log as integer codes on a vocabulary: u (int32, -1 unknown/anonymous), i (int32),
+    type, t (int64 UTC us), value, session, and the context keys (null when absent).
+    ``events``: a DataStore / table / polars frame with a ``context`` column (flat map)."""
+    from scalerec.data.snapshot import load_events
+
+    cols = ["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"]
+    if isinstance(events, pl.DataFrame) and "context" not in events.columns:
+        events = events.with_columns(pl.lit(None, dtype=pl.String).alias("context"))
+    if isinstance(events, pl.DataFrame) and "session_id" not in events.columns:
+        events = events.with_columns(pl.lit(None, dtype=pl.String).alias("session_id"))
+    df = load_events(events, columns=cols)
+    extract = [map_get(df, "context", key).alias(key) for key in CONTEXT_KEYS]
+    users = pl.DataFrame({"user_id": np.asarray(user_ids).astype(str), "u": np.arange(len(user_ids), dtype=np.int32)})
+    items = pl.DataFrame({"item_id": np.asarray(item_ids).astype(str), "i": np.arange(len(item_ids), dtype=np.int32)})
+    out = (
+        df.with_columns(extract)
+        .join(users, on="user_id", how="left")
+        .join(items, on="item_id", how="inner")
+        .select(
+            pl.col("u").fill_null(-1),
+            "i",
+            pl.col("event_type").alias("type"),
+            pl.col("timestamp").dt.epoch("us").alias("t"),
+            "value",
+            pl.col("session_id").alias("session"),
+            "weather",
+            pl.col("temp_c").cast(pl.Float32, strict=False),
+            "device",
+            "location",
+        )
+        .sort("t")
+    )
+    return out
+
+
+def before(ev: pl.DataFrame, t: int) -> pl.DataFrame:
+    """Events strictly before ``t`` (UTC us): the one filter every feature goes through."""
+    return ev.filter(pl.col("t") < t)
+
+
+def _bincount(idx: np.ndarray, n: int, w: np.ndarray | None = None) -> np.ndarray:
+    return np.bincount(idx, weights=w, minlength=n)[:n].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- item side
+@dataclass
+class Catalogue:
+    """Item attributes aligned to the vocabulary: primary category code, price, launch time."""
+
+    category: np.ndarray  # int32, 0 = none
+    categories: Vocab
+    price: np.ndarray  # float32, nan unknown
+    launch_us: np.ndarray  # int64, -1 unknown
+    has_text: bool
+    has_category: bool
+
+    @classmethod
+    def from_table(cls, table: pa.Table, item_ids: np.ndarray) -> "Catalogue":
+        df = pl.from_arrow(table.select([c for c in ("item_id", "categories", "price", "created_at", "title", "description")
+                                          if c in table.column_names]))
+        assert isinstance(df, pl.DataFrame)
+        base = pl.DataFrame({"item_id": np.asarray(item_ids).astype(str)})
+        df = base.join(df, on="item_id", how="left", maintain_order="left")
+        first = df["categories"].list.first() if "categories" in df.columns else pl.Series([None] * df.height, dtype=pl.String)
+        vocab = Vocab.of(first)
+        price = df["price"].cast(pl.Float32).to_numpy() if "price" in df.columns else np.full(df.height, np.nan, np.float32)
+        launch = (df["created_at"].dt.epoch("us").fill_null(-1).to_numpy() if "created_at" in df.columns
+                  else np.full(df.height, -1, np.int64))
+        has_text = any(c in df.columns and df[c].drop_nulls().len() > 0 for c in ("title", "description"))
+        return cls(vocab.codes(first), vocab, np.asarray(price, np.float32), np.asarray(launch, np.int64),
+                   has_text, len(vocab.values) > 1)
+
+
+def item_stats_as_of(ev: pl.DataFrame, t: int, n_items: int, launch_us: np.ndarray) -> dict[str, np.ndarray]:
+    """Per item, from events before ``t``: views / carts / purchases over 1, 7, 30 days, 30-day
+    conversion, review count and mean rating, days since launch (or first event)."""
+    past = before(ev, t)
+    i = past["i"].to_numpy()
+    typ = past["type"].to_numpy()
+    age = (t - past["t"].to_numpy()) / US_PER_DAY
+    out: dict[str, np.ndarray] = {}
+    for name, kinds in (("views", ("view",)), ("carts", ("add_to_cart", "cart")), ("purchases", ("purchase",))):
+        is_kind = np.isin(typ, kinds)
+        for w in WINDOWS:
+            out[f"{name}_{w}d"] = _bincount(i[is_kind & (age < w)], n_items)
+    out["conversion_30d"] = out["purchases_30d"] / (out["views_30d"] + 1.0)
+    out["events_all"] = _bincount(i, n_items)
+    rev = np.isin(typ, REVIEW_TYPES)
+    stars = past["value"].to_numpy()[rev].astype(np.float64)
+    cnt = _bincount(i[rev], n_items)
+    tot = np.bincount(i[rev], weights=stars, minlength=n_items)[:n_items]
+    out["review_count"] = cnt
+    out["rating_mean"] = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan).astype(np.float32)
+    first = np.full(n_items, np.iinfo(np.int64).max)
+    np.minimum.at(first, i, past["t"].to_numpy())
+    start = np.where(launch_us >= 0, launch_us, first)
+    out["age_days"] = np.where(start < np.iinfo(np.int64).max, (t - start) / US_PER_DAY, np.nan).astype(np.float32)
+    return out
+
+
+def context_lift_as_of(ev: pl.DataFrame, t: int, category: np.ndarray, n_cat: int,
+                       weather: Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """How much more a category is bought (carts + purchases, else all events) under each weather
+    label and temperature band than overall, from events before ``t``: float32 [n_cat, n_weather+1]
+    and [n_cat, len(TEMP_BANDS)+2] against the other labels, 1 = no change (add-one smoothed)."""
+    past = before(ev, t)
+    strong = past.filter(pl.col("type").is_in(["add_to_cart", "purchase"]))
+    if strong.height >= 100:
+        past = strong
+    cat = category[past["i"].to_numpy()]
+    w = weather.codes(past["weather"])
+    band = temp_band(past["temp_c"].to_numpy().astype(np.float64)) + 1  # 0 = unknown
+    out = []
+    for codes, k in ((w, len(weather.values) + 1), (band, len(TEMP_BANDS) + 2)):
+        m = sp.coo_matrix((np.ones(len(cat)), (cat, codes)), shape=(n_cat, k)).toarray() + 1.0
+        # a category's share under one label against its share under all the others
+        rest = m.sum(axis=1, keepdims=True) - m
+        lift = (m / m.sum(axis=0, keepdims=True)) / (rest / np.maximum(rest.sum(axis=0, keepdims=True), 1.0))
+        lift[:, 0] = 1.0  # unknown context: no lift
+        out.append(lift.astype(np.float32))
+    return out[0], out[1]
+
+
+# ------------------------------------------------------------------------------------- user side
+def user_stats_as_of(ev: pl.DataFrame, t: int, n_users: int, price: np.ndarray) -> dict[str, np.ndarray]:
+    """Per user, from events before ``t``: tenure and recency (days), events over 30 days,
+    purchases, spend and mean purchased price."""
+    past = before(ev, t).filter(pl.col("u") >= 0)
+    u = past["u"].to_numpy()
+    ts = past["t"].to_numpy()
+    first = np.full(n_users, np.iinfo(np.int64).max)
+    last = np.full(n_users, -1, np.int64)
+    np.minimum.at(first, u, ts)
+    np.maximum.at(last, u, ts)
+    known = last >= 0
+    buy = past["type"].to_numpy() == "purchase"
+    p = np.nan_to_num(price[past["i"].to_numpy()[buy]].astype(np.float64))
+    qty = past["value"].to_numpy()[buy].astype(np.float64)
+    n_buy = _bincount(u[buy], n_users)
+    spend = np.bincount(u[buy], weights=p * qty, minlength=n_users)[:n_users]
+    mean_price = np.bincount(u[buy], weights=p, minlength=n_users)[:n_users] / np.maximum(n_buy, 1)
+    return {
+        "tenure_days": np.where(known, (t - first) / US_PER_DAY, np.nan).astype(np.float32),
+        "recency_days": np.where(known, (t - last) / US_PER_DAY, np.nan).astype(np.float32),
+        "events_30d": _bincount(u[(t - ts) < 30 * US_PER_DAY], n_users),
+        "purchases": n_buy,
+        "spend": spend.astype(np.float32),
+        "mean_price": np.where(n_buy > 0, mean_price, np.nan).astype(np.float32),
+    }
+
+
+def last_touch_as_of(ev: pl.DataFrame, t: int, n_users: int, n_cols: int, cols: np.ndarray | None = None) -> sp.csr_matrix:
+    """csr [n_users, n_cols]: 1 + days between a user's last event on an item (or, with ``cols``
+    mapping items to categories, on a category) and ``t``; absent = never touched."""
+    past = before(ev, t).filter(pl.col("u") >= 0)
+    c = past["i"].to_numpy() if cols is None else cols[past["i"].to_numpy()]
+    g = (
+        pl.DataFrame({"u": past["u"].to_numpy(), "c": c, "t": past["t"].to_numpy()})
+        .group_by("u", "c").agg(pl.col("t").max())
+    )
+    days = 1.0 + (t - g["t"].to_numpy()) / US_PER_DAY
+    return sp.csr_matrix((days.astype(np.float32), (g["u"].to_numpy(), g["c"].to_numpy())), shape=(n_users, n_cols))
+
+
+def affinity_as_of(ev: pl.DataFrame, t: int, n_users: int, category: np.ndarray, n_cat: int) -> sp.csr_matrix:
+    """csr [n_users, n_cat]: each user's share of events per category before ``t``."""
+    past = before(ev, t).filter(pl.col("u") >= 0)
+    u = past["u"].to_numpy()
+    m = sp.csr_matrix((np.ones(len(u), np.float32), (u, category[past["i"].to_numpy()])), shape=(n_users, n_cat))
+    m.sum_duplicates()
+    tot = np.asarray(m.sum(axis=1)).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.maximum(tot, 1.0)) @ m, dtype=np.float32)
+
+
+def recent_items_as_of(ev: pl.DataFrame, t: int, n_users: int, n_items: int, k: int) -> sp.csr_matrix:
+    """csr [n_users, n_items]: each user's ``k`` most recently touched items before ``t``, weight
+    1 for the latest down to 1/k (the seeds of co-occurrence and content candidates)."""
+    past = before(ev, t).filter(pl.col("u") >= 0)
+    g = (
+        past.group_by("u", "i").agg(pl.col("t").max())
+        .with_columns(pl.col("t").rank("ordinal", descending=True).over("u").alias("r"))
+        .filter(pl.col("r") <= k)
+    )
+    w = 1.0 / g["r"].to_numpy().astype(np.float32)
+    return sp.csr_matrix((w, (g["u"].to_numpy(), g["i"].to_numpy())), shape=(n_users, n_items))
+
+
+def cooccurrence_as_of(ev: pl.DataFrame, t: int, n_users: int, n_items: int, k: int,
+                       window_days: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+    """Item-to-item co-occurrence over users' histories of the last ``window_days`` before ``t``:
+    per item its ``k`` most co-occurring items (int32 [n_items, k], -1 padding) and the
+    normalised counts (cosine of the binary user vectors)."""
+    from scalerec.ranking.content import top_neighbours
+
+    past = before(ev, t).filter((pl.col("u") >= 0) & (pl.col("t") >= t - int(window_days * US_PER_DAY)))
+    g = past.select("u", "i").unique()
+    x = sp.csr_matrix((np.ones(g.height, np.float32), (g["i"].to_numpy(), g["u"].to_numpy())), shape=(n_items, n_users))
+    norm = np.sqrt(np.asarray(x.sum(axis=1)).ravel())
+    x = sp.csr_matrix(sp.diags(1.0 / np.maximum(norm, 1e-9)) @ x)
+    return top_neighbours(x, x, k, exclude_self=True)

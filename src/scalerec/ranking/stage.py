@@ -1,0 +1,257 @@
+"""Serving: the ranker in the pipeline's rerank slot, content answers for new items, and segment
+favourites for new users with attributes.
+
+:class:`RankingStage` is a pipeline :data:`~scalerec.serving.pipeline.Stage`. For a personal list
+(``Request.user_id`` set, or an anonymous session's seeds) of a version whose manifest says the
+ranker is active, it widens the CF candidates to ``[ranking] cf_candidates``, adds the other
+sources among the allowed items, computes the features from the version's bundle (statistics as
+of the end of its data) and the request's ``context``, and orders by the ranker's score with a
+short reason per item. Anything else passes through unchanged (similar-item lists, versions without
+a ranker). Filters were applied before it (``allowed``); the cap, pins and backfill run after it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from scalerec.ranking import features as F
+from scalerec.ranking.candidates import SOURCES, context_scores
+from scalerec.ranking.content import ContentIndex, item_texts
+from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, assemble, request_context
+from scalerec.serving.pipeline import Candidates, Request
+
+#: bundles kept loaded (the production version and the one before it, during a swap)
+MAX_BUNDLES = 2
+
+
+@dataclass
+class Bundle:
+    """A version's ranking artefacts, loaded once."""
+
+    booster: Any
+    asof: AsOf
+    world: World
+    content: ContentIndex
+    vectors: sp.csr_matrix  # TF-IDF rows of the model's items
+
+    @classmethod
+    def load(cls, root: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> "Bundle":
+        import lightgbm as lgb
+
+        meta = json.loads((root / "world.json").read_text())
+        with np.load(root / "world.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        cats = F.Vocab(list(meta["categories"]))
+        catalogue = F.Catalogue(arrays["category"], cats, arrays["price"], arrays["launch_us"], True, len(cats.values) > 1)
+        world = World(np.asarray(user_ids), np.asarray(item_ids), catalogue, arrays["user_attrs"],
+                      [F.Vocab(list(v)) for v in meta["attr_vocabs"]], list(meta["segment_keys"]),
+                      F.Vocab(list(meta["weather"])), F.Vocab(list(meta["device"])),
+                      sp.csr_matrix(sp.load_npz(root / "content_neighbours.npz")))
+        booster = lgb.Booster(model_file=str(root / "booster.txt"))
+        return cls(booster, AsOf.load(root / "asof"), world, ContentIndex.load(root / "content"),
+                   sp.csr_matrix(sp.load_npz(root / "content_vectors.npz")))
+
+
+class RankingStage:
+    """The rerank stage over the production version's ranking bundle (see the module docstring)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.cfg = settings.ranking
+        self.models_dir = Path(settings.data.dir) / "models"
+        self._bundles: dict[str, Bundle | None] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ bundles
+    def bundle(self, st: Any) -> Bundle | None:
+        """The bundle of model state ``st`` (None: no active ranker in that version)."""
+        hit = self._bundles.get(st.version, False)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        with self._lock:
+            if st.version in self._bundles:
+                return self._bundles[st.version]
+            section = (st.manifest or {}).get("ranking") or {}
+            root = self.models_dir / st.version / DIR
+            b = Bundle.load(root, st.user_ids, st.item_ids) if section.get("status") == "active" and root.is_dir() else None
+            if len(self._bundles) >= MAX_BUNDLES:
+                self._bundles.clear()
+            self._bundles[st.version] = b
+            return b
+
+    # ------------------------------------------------------------------ the stage
+    def __call__(self, req: Request, c: Candidates) -> Candidates:
+        if req.user_id is None and not len(req.seeds):
+            return c  # not a personal list (similar items): unchanged
+        st = req.live.model
+        b = self.bundle(st)
+        if b is None:
+            return c
+        cfg = self.cfg
+        k = max(cfg.cf_candidates, c.k)
+        ids, scores = (st.retriever.search(req.query, k, req.allowed) if req.query is not None else (c.ids, c.scores))
+        ids = np.asarray(ids, np.int64)
+        scores = np.where(ids >= 0, np.asarray(scores, np.float32), 0).astype(np.float32)
+        row = st.user_row(req.user_id) if req.user_id is not None else -1
+        if row >= len(b.world.user_ids):
+            row = -1
+        qu = np.array([row], np.int64)
+        recent = b.asof.recent[row] if row >= 0 else sp.csr_matrix((1, st.n_items), dtype=np.float32)
+        if len(req.seeds):  # the session's own items seed co-occurrence and content too
+            recent = recent + sp.csr_matrix((np.ones(len(req.seeds), np.float32), (np.zeros(len(req.seeds), int), req.seeds)),
+                                            shape=(1, st.n_items))
+        now = int(time.time() * 1_000_000)
+        ctx = request_context(req.context, b.world, now)
+        cand = self._candidates(b, row, ids, scores, sp.csr_matrix(recent), req.allowed, now, int(ctx["weather"][0]))
+        if len(cand["i"]) == 0:
+            return c
+        x = assemble(b.asof, b.world, cand, qu, ctx)
+        s = b.booster.predict(x, num_threads=1)
+        order = np.argsort(-s, kind="stable")
+        items = cand["i"][order]
+        reasons = self._reasons(b, req, cand, order, items, recent, row, ctx)
+        return Candidates(items, s[order].astype(np.float32), reasons, c.k, c.backfilled)
+
+    def _candidates(self, b: Bundle, row: int, cf_ids: np.ndarray, cf_scores: np.ndarray, recent: sp.csr_matrix,
+                    allowed: np.ndarray, now: int, w: int) -> dict[str, np.ndarray]:
+        """One request's merged candidates as NumPy columns (the sources of ranker.candidate_frame,
+        dense over the catalogue: one user, no sparse bookkeeping per source)."""
+        cfg = self.cfg
+        ok = allowed & (b.world.catalogue.launch_us < now)
+        n = len(ok)
+        blocks: list[tuple[str, np.ndarray, np.ndarray]] = []
+        keep = cf_ids >= 0
+        blocks.append(("cf", cf_ids[keep], cf_scores[keep]))
+
+        def top(v: np.ndarray, k: int, name: str) -> None:
+            v = np.where(ok, v, 0)
+            hit = np.flatnonzero(v > 0)
+            if k and len(hit):
+                if len(hit) > k:
+                    hit = hit[np.argpartition(-v[hit], k - 1)[:k]]
+                hit = hit[np.argsort(-v[hit], kind="stable")]
+                blocks.append((name, hit, v[hit].astype(np.float32)))
+
+        if recent.nnz:
+            top((recent @ b.asof.cooc).toarray().ravel(), cfg.cooc_candidates, "cooc")
+            if b.world.content.nnz:
+                top((recent @ b.world.content).toarray().ravel(), cfg.content_candidates, "content")
+        if row >= 0 and b.asof.segments:
+            v = np.zeros(n, np.float32)
+            for j, (sids, shares) in enumerate(b.asof.segments):
+                code = int(b.world.user_attrs[row, j])
+                if code > 0:
+                    m = sids[code] >= 0
+                    np.add.at(v, sids[code][m], shares[code][m])
+            top(v, cfg.segment_candidates, "segment")
+        if w > 0 and cfg.context_candidates:
+            top(context_scores(b.asof.item["views_7d"], b.world.catalogue.category, b.asof.lift_weather, w),
+                cfg.context_candidates, "context")
+        all_ids = np.concatenate([blk[1] for blk in blocks]).astype(np.int64)
+        uniq, inv = np.unique(all_ids, return_inverse=True)
+        out: dict[str, np.ndarray] = {"q": np.zeros(len(uniq), np.int32), "i": uniq}
+        at = 0
+        for name in SOURCES:
+            out[name] = np.full(len(uniq), np.nan, np.float32)
+        out["cf_rank"] = np.full(len(uniq), np.nan, np.float32)
+        for name, bids, bscores in blocks:
+            pos = inv[at : at + len(bids)]
+            out[name][pos] = bscores
+            if name == "cf":
+                out["cf_rank"][pos] = np.arange(len(bids), dtype=np.float32)
+            at += len(bids)
+        return out
+
+    def _reasons(self, b: Bundle, req: Request, cand: Any, order: np.ndarray, items: np.ndarray,
+                 recent: sp.spmatrix, row: int, ctx: dict[str, np.ndarray]) -> list[str]:
+        """Per item, the feature that most plainly lifted it: the request context when the item's
+        category sells much more in it, a recent item it is similar to, the user's segment, else the model."""
+        st = req.live.model
+        cat = b.world.catalogue.category[items]
+        out = np.full(len(items), req.reason, dtype=object)
+        seg = cand["segment"][order]
+        if row >= 0:
+            for j, key in enumerate(b.world.segment_keys):
+                code = int(b.world.user_attrs[row, j])
+                if code > 0:
+                    out[np.isfinite(seg)] = f"popular_in:{key}={b.world.attr_vocabs[j].values[code - 1]}"
+                    break
+        near = np.isfinite(cand["cooc"][order]) | np.isfinite(cand["content"][order])
+        seeds = sp.csr_matrix(recent).indices
+        if near.any() and len(seeds):
+            sim = (b.asof.cooc[seeds][:, items[near]] + b.world.content[seeds][:, items[near]]).toarray()
+            out[near] = [f"similar_to:{i}" for i in st.item_ids[seeds[sim.argmax(axis=0)]].tolist()]
+        w = int(ctx["weather"][0])
+        if w > 0:
+            lifted = b.asof.lift_weather[cat, w] >= CONTEXT_REASON_LIFT
+            out[lifted] = f"context:weather={b.world.weather.values[w - 1]}"
+        band = int(F.temp_band(ctx["temp_c"])[0]) + 1
+        if band > 0:
+            lifted = (b.asof.lift_temp[cat, band] >= CONTEXT_REASON_LIFT) & (out == req.reason)
+            out[lifted] = f"context:temp_c={req.context.get('temp_c', req.context.get('temperature'))}"
+        return out.tolist()
+
+    # ------------------------------------------------------------------ cold start
+    def segment_favourites(self, live: Any, attributes: dict[str, Any], allowed: np.ndarray) -> Candidates | None:
+        """A new user's list from their attributes: the favourites of each segment they belong to
+        (shares summed), reason ``popular_in:<key>=<value>``; None without a ranker or a known segment."""
+        b = self.bundle(live.model)
+        if b is None or not attributes:
+            return None
+        score = np.zeros(live.model.n_items, np.float32)
+        reason = np.full(live.model.n_items, "", dtype=object)
+        for j, key in enumerate(b.world.segment_keys):
+            code = b.world.attr_vocabs[j].code(str(attributes[key])) if key in attributes else 0
+            if code == 0:
+                continue
+            ids, shares = b.asof.segments[j]
+            keep = ids[code] >= 0
+            cols = ids[code][keep]
+            fresh = score[cols] == 0
+            reason[cols[fresh]] = f"popular_in:{key}={attributes[key]}"
+            score[cols] += shares[code][keep]
+        score[~allowed] = 0
+        cols = np.flatnonzero(score > 0)
+        if not len(cols):
+            return None
+        cols = cols[np.argsort(-score[cols], kind="stable")]
+        return Candidates(cols.astype(np.int64), score[cols], reason[cols].tolist(), len(cols))
+
+    # ------------------------------------------------------------------ content
+    def content_scores(self, live: Any, item: dict[str, Any]) -> np.ndarray | None:
+        """Cosine of a catalogue item (e.g. imported after training) to every model item by its
+        text (the version's TF-IDF vocabulary); None without a ranking bundle or any known word."""
+        import pyarrow as pa
+
+        b = self.bundle(live.model)
+        if b is None or not b.content.n_terms:
+            return None
+        attrs = item.get("attributes") or {}
+        table = pa.table({
+            "title": pa.array([item.get("title")], pa.string()),
+            "description": pa.array([item.get("description")], pa.string()),
+            "categories": pa.array([list(item.get("categories") or [])], pa.list_(pa.string())),
+            "attributes": pa.array([list((str(k), str(v)) for k, v in attrs.items())], pa.map_(pa.string(), pa.string())),
+        })
+        vec = b.content.transform(item_texts(table))
+        if vec.nnz == 0:
+            return None
+        return np.asarray((b.vectors @ vec.T).toarray()).ravel().astype(np.float32)
+
+
+def content_retrieve(req: Request, c: Candidates) -> Candidates:
+    """Retrieval from a dense score vector (``req.query``, float32 [n_items]): the top ``c.k`` allowed."""
+    s = np.where(req.allowed & (req.query > 0), req.query, -np.inf)
+    k = min(c.k, int(np.isfinite(s).sum()))
+    if k <= 0:
+        return Candidates(np.zeros(0, np.int64), np.zeros(0, np.float32), [], c.k)
+    top = np.argpartition(-s, k - 1)[:k]
+    top = top[np.argsort(-s[top], kind="stable")]
+    return Candidates(top.astype(np.int64), s[top].astype(np.float32), [req.reason] * k, c.k)

@@ -1,0 +1,636 @@
+"""Merchandising: named placements and the ranking stages they add to the pipeline.
+
+A placement (``[[placements]]`` in settings, or stored in the catalogue through ``/v1/placements``)
+names a strategy (personal, similar, complementary, popular, trending, session), filters, a
+filter rule, boosts and buries, pins, promotions, a blocklist, exploration, diversity and its
+fallback orderings. Serving one builds a pipeline from the service's own (so a reranker in the
+rerank slot stays) with these stages:
+
+- candidates: the strategy's retriever (complementary: the item's co-purchase list);
+- filter: the placement's filters, its filter rule, the global and placement blocklists, seen
+  items and the item in view are cleared from ``allowed`` first, so no later stage can add them;
+- rerank: the service's reranker, then :meth:`_Run.boost` (boosts and buries by rule);
+- per-group cap: :meth:`_Run.diversify` (at most k per category / attribute, or MMR);
+- pins: :meth:`_Run.arrange` lays out pins, promotions and exploration slots, the model's items
+  and the fallback orderings so the list has exactly ``n`` items when ``n`` are eligible;
+- backfill and render: the pipeline's own.
+
+Rules are compiled once (memoised by text) and evaluated as masks over :class:`ItemColumns`,
+built once per model and catalogue version. See docs/merchandising.md.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import ValidationError as PydanticValidationError
+
+from scalerec.config import PlacementSettings
+from scalerec.data.ids import lookup
+from scalerec.errors import ConflictError, NotFoundError, RuleError, ScalerecError, ValidationError
+from scalerec.models.base import EmbeddingRecommender
+from scalerec.serving.complementary import Complements, basket_matrix, complements
+from scalerec.serving.filters import ItemFilter, cap_per_group
+from scalerec.serving.pipeline import (
+    Candidates,
+    Pipeline,
+    Request,
+    cap_per_category,
+    pin,
+    retrieve,
+)
+from scalerec.serving.rules import ItemColumns, Rule, parse_rule
+from scalerec.serving.state import LiveState, history_row
+
+#: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
+PLACEMENTS_TTL_S = 2.0
+#: Candidates retrieved per requested item when a placement reorders (boosts, diversity, promotions).
+FETCH_FACTOR = 4
+BLOCKLIST_META = "merchandising.blocklist"
+_EXPLORATION = "exploration"
+
+
+def validate_placement(body: Any, *, name: str | None = None) -> PlacementSettings:
+    """The one validation of a placement spec (settings, HTTP, CLI): RuleError (with the rule's
+    field and position) for a bad rule, ValidationError naming the field otherwise."""
+    if not isinstance(body, dict):
+        raise ValidationError(f"a placement is a JSON object, got {type(body).__name__}")
+    if name is not None:
+        if body.get("name", name) != name:
+            raise ValidationError(f"the body names placement {body.get('name')!r} but the path names {name!r}; make them agree")
+        body = {**body, "name": name}
+    try:
+        return PlacementSettings.model_validate(body)
+    except PydanticValidationError as exc:
+        errors = exc.errors()
+        for e in errors:
+            inner = (e.get("ctx") or {}).get("error")
+            if isinstance(inner, ScalerecError):  # a RuleError from the rule check: keep its position
+                raise inner from None
+        details = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")} for e in errors[:20]]
+        first = details[0]
+        raise ValidationError(f"invalid placement field '{first['field']}': {first['message']}", details=details) from None
+
+
+# ---------------------------------------------------------------------- stored placements
+class Placements:
+    """Placements of settings (read only) and of the catalogue (admin CRUD); a stored one wins."""
+
+    def __init__(self, settings: Any, catalog: Any) -> None:
+        self.catalog = catalog
+        self._settings_blocklist = list(settings.merchandising.blocklist)
+        self._block: tuple[float, tuple[str, ...]] = (-1e9, ())
+        self._config = {p.name: p for p in settings.placements}
+        self._stored: dict[str, tuple[PlacementSettings, str]] = {}
+        self._read_at = -1e9
+        self._lock = threading.Lock()
+
+    def _refresh(self, force: bool = False) -> dict[str, tuple[PlacementSettings, str]]:
+        now = time.monotonic()
+        if force or now - self._read_at > PLACEMENTS_TTL_S:
+            stored = {}
+            for name, spec, at in self.catalog.placement_rows():
+                try:
+                    stored[name] = (validate_placement(json.loads(spec), name=name), at)
+                except (ScalerecError, ValueError):  # written by a newer version: skipped, not fatal
+                    continue
+            with self._lock:
+                self._stored, self._read_at = stored, now
+        return self._stored
+
+    def get(self, name: str) -> PlacementSettings:
+        hit = self._refresh().get(name)
+        if hit is not None:
+            return hit[0]
+        if name in self._config:
+            return self._config[name]
+        raise NotFoundError(f"no placement {name!r}; list them with GET /v1/placements or `scalerec placements list`",
+                            details={"placement": name})
+
+    def list(self) -> list[dict[str, Any]]:
+        stored = self._refresh()
+        out = []
+        for name in sorted(set(stored) | set(self._config)):
+            if name in stored:
+                spec, at = stored[name]
+                out.append({"name": name, "source": "catalogue", "updated_at": at, "spec": spec.model_dump(mode="json")})
+            else:
+                out.append({"name": name, "source": "settings", "updated_at": None,
+                            "spec": self._config[name].model_dump(mode="json")})
+        return out
+
+    def describe(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        return next(p for p in self.list() if p["name"] == name)
+
+    def put(self, name: str, body: Any) -> tuple[dict[str, Any], bool]:
+        spec = validate_placement(body, name=name)  # nothing is stored unless every rule parses
+        at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        created = self.catalog.put_placement(name, json.dumps(spec.model_dump(mode="json")), at)
+        self._refresh(force=True)
+        return self.describe(name), created
+
+    def delete(self, name: str) -> None:
+        if not self.catalog.delete_placement(name):
+            if name in self._config:
+                raise ConflictError(f"placement {name!r} comes from the settings file; remove it from [[placements]] there",
+                                    details={"placement": name})
+            raise NotFoundError(f"no stored placement {name!r}", details={"placement": name})
+        self._refresh(force=True)
+
+    def blocklist(self) -> list[str]:
+        """The global blocklist: settings ``[merchandising] blocklist`` plus the stored one."""
+        at, stored = self._block
+        if time.monotonic() - at > PLACEMENTS_TTL_S:
+            raw = self.catalog.get_meta(BLOCKLIST_META)
+            stored = tuple(json.loads(raw)) if raw else ()
+            self._block = (time.monotonic(), stored)
+        return list(dict.fromkeys([*self._settings_blocklist, *stored]))
+
+    def set_blocklist(self, item_ids: list[str]) -> list[str]:
+        """Replace the stored global blocklist (the settings' entries stay)."""
+        if not isinstance(item_ids, list) or not all(isinstance(i, str) and i for i in item_ids):
+            raise ValidationError("the blocklist is a JSON list of item ids (non-empty strings)")
+        self.catalog.set_meta(BLOCKLIST_META, json.dumps(list(dict.fromkeys(item_ids))))
+        self._block = (-1e9, ())
+        return self.blocklist()
+
+
+# ---------------------------------------------------------------------- item columns per version
+def build_columns(live: LiveState, table: pa.Table, now: float | None = None) -> ItemColumns:
+    """Item columns of a live state: its catalogue view plus ``table`` (item_id, attributes,
+    created_at) aligned to the model's items, and the model's popularity (vectorised)."""
+    items, st = live.items, live.model
+    n = st.n_items
+    age = np.full(n, np.nan)
+    keys, values, owners = np.zeros(0, str), np.zeros(0, str), np.zeros(0, np.int64)
+    if table.num_rows and n:
+        pos = lookup(st.item_ids, table.column("item_id").to_numpy(zero_copy_only=False).astype(str))
+        created = pc.cast(table.column("created_at"), pa.int64()).to_numpy(zero_copy_only=False)
+        created = np.asarray(created, dtype=np.float64)  # nulls read as nan
+        ok = pos >= 0
+        now_us = (now if now is not None else time.time()) * 1e6
+        age[pos[ok]] = (now_us - created[ok]) / 86_400e6
+        attrs = table.column("attributes").combine_chunks()
+        if len(attrs) and attrs.null_count < len(attrs):
+            offsets = attrs.offsets.to_numpy()  # map arrays: parents from the offsets (no list kernel takes maps)
+            parent = np.repeat(np.arange(len(attrs)), np.diff(offsets))
+            lo, hi = int(offsets[0]), int(offsets[-1])
+            keys = attrs.keys.slice(lo, hi - lo).to_numpy(zero_copy_only=False).astype(str)
+            values = pc.fill_null(attrs.items.slice(lo, hi - lo), "").to_numpy(zero_copy_only=False).astype(str)
+            owners = pos[parent]
+            keep = owners >= 0
+            keys, values, owners = keys[keep], values[keep], owners[keep]
+    popular = np.asarray(st.popular, dtype=np.float64)
+    # share of items at most as popular as this one: 0 = least exposed
+    rank = np.empty(n, np.float64)
+    rank[np.argsort(popular, kind="stable")] = np.arange(n)
+    numbers = {"age_days": age, "popularity": popular, "trending": np.asarray(st.trending, dtype=np.float64),
+               "_popularity_quantile": (rank + 1) / max(n, 1)}
+    return ItemColumns(st.item_ids, items.available, items.price, items.primary_category, items.category_names,
+                       items._category_mask, numbers, keys, values, owners)
+
+
+@dataclass
+class _Compiled:
+    spec: PlacementSettings
+    flt: ItemFilter
+    filter_rule: Rule | None
+    boosts: list[tuple[Any, Rule]]
+    promotions: list[tuple[Any, Rule]]
+    refs: frozenset[str]
+
+
+def _compile(spec: PlacementSettings) -> _Compiled:
+    filter_rule = parse_rule(spec.filter) if spec.filter else None
+    boosts = [(b, parse_rule(b.rule)) for b in spec.boosts]
+    promos = [(p, parse_rule(p.rule)) for p in spec.promotions]
+    refs = frozenset().union(*(r.refs for r in [filter_rule, *(r for _, r in boosts), *(r for _, r in promos)] if r))
+    flt = ItemFilter.from_values({**spec.filters.model_dump(), "max_per_category": None})
+    return _Compiled(spec, flt, filter_rule, boosts, promos, refs)
+
+
+# ---------------------------------------------------------------------- the merchandiser
+class Merchandiser:
+    """Placements served through a :class:`~scalerec.serving.service.RecommendService`."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.placements = Placements(service.settings, service.store.catalog)
+        self._cols: tuple[Any, ItemColumns, dict[str, np.ndarray]] | None = None
+        self._comp: dict[str, Complements] = {}
+        self._compiled: dict[int, tuple[PlacementSettings, _Compiled]] = {}
+        self._lock = threading.Lock()
+
+    # -- shared per-version data
+    def columns(self, live: LiveState) -> tuple[ItemColumns, dict[str, np.ndarray]]:
+        """The item columns of this live state's model and catalogue view (built once per view)."""
+        hit = self._cols
+        if hit is not None and hit[0] is live.items:
+            return hit[1], hit[2]
+        with self._lock:
+            hit = self._cols
+            if hit is not None and hit[0] is live.items:
+                return hit[1], hit[2]
+            table = self.service.store.catalog.items_table(columns=["item_id", "attributes", "created_at"])
+            cols = build_columns(live, table)
+            self._cols = (live.items, cols, {})
+            return cols, self._cols[2]
+
+    def complements(self, live: LiveState) -> Complements:
+        """Frequently-bought-together lists of the served model version (computed once per version
+        from the events up to its snapshot)."""
+        st = live.model
+        hit = self._comp.get(st.version)
+        if hit is not None:
+            return hit
+        with self._lock:
+            hit = self._comp.get(st.version)
+            if hit is not None:
+                return hit
+            ms = self.settings.merchandising
+            columns = ["user_id", "item_id", "event_type", "timestamp", "session_id"]
+            batches = list(self.service.store.events(end=st.snapshot, columns=columns))
+            table = pa.Table.from_batches(batches) if batches else pa.table(
+                {c: pa.array([], pa.string()) for c in columns}).cast(
+                pa.schema([(c, pa.timestamp("us", tz="UTC") if c == "timestamp" else pa.string()) for c in columns]))
+            baskets = basket_matrix(table, st.item_ids, list(ms.complementary_event_types))
+            comp = complements(baskets, min_support=ms.complementary_min_support, top_k=ms.complementary_top_k)
+            self._comp = {st.version: comp}  # one version served at a time
+            return comp
+
+    def blocklist(self) -> list[str]:
+        return self.placements.blocklist()
+
+    def set_blocklist(self, item_ids: list[str]) -> list[str]:
+        return self.placements.set_blocklist(item_ids)
+
+    def check_rule(self, text: str, *, env: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Parse ``text`` and, with a model served, count the items it matches; a bad rule gives
+        ``valid: false`` and its RuleError as ``error`` (a check reports, it does not refuse)."""
+        try:
+            rule = parse_rule(text)
+        except RuleError as exc:
+            return {"rule": text, "valid": False, "references": [], "error": exc.to_dict()["error"]}
+        out: dict[str, Any] = {"rule": text, "valid": True, "references": sorted(rule.refs)}
+        live = self.service.state.current
+        if live is not None:
+            cols, _ = self.columns(live)
+            mask = rule.mask(cols, None, env or {}) & live.items.available
+            out["matches"] = int(np.count_nonzero(mask))
+            out["examples"] = live.model.item_ids[np.flatnonzero(mask)[:10]].tolist()
+        return out
+
+    def _compiled_for(self, spec: PlacementSettings) -> _Compiled:
+        hit = self._compiled.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        comp = _compile(spec)
+        if len(self._compiled) > 256:
+            self._compiled.clear()
+        self._compiled[id(spec)] = (spec, comp)
+        return comp
+
+    # -- serving
+    def recommend(
+        self,
+        name: str,
+        *,
+        user_id: str | None = None,
+        item_id: str | None = None,
+        item_ids: list[str] | None = None,
+        n: int | None = None,
+        context: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The placement's list: exactly ``n`` items when ``n`` are eligible, each with its reason."""
+        spec = self.placements.get(name)
+        comp = self._compiled_for(spec)
+        service = self.service
+        # without n, the placement's own (at most serving.max_n)
+        n = service._check_n(min(spec.n, self.settings.serving.max_n) if n is None else n)
+        context = dict(context or {})
+        strategy = spec.strategy  # a subject it needs but lacks (no item in view, no user): the fallbacks
+        # a placement's experiment serves its variant's version, as the plain endpoints do
+        live, routed = service._route(user_id, name) if user_id else (service.live, None)
+        st = live.model
+        cols, masks = self.columns(live)
+        env = self._env(live, cols, comp, user_id, item_id, context)
+        allowed = self._allowed(live, cols, masks, comp, env)
+        query: Any = None
+        used = "fallback"
+        view_col = st.item_col(item_id) if item_id else -1
+        if view_col >= 0:
+            allowed[view_col] = False
+        seeds = np.zeros(0, np.int64)
+        if strategy == "personal" and user_id:
+            query, used = self._personal(live, user_id, allowed, spec.exclude_seen)
+        elif strategy == "similar" and view_col >= 0:
+            query, used = st.retriever.item_query(view_col), "model"
+        elif strategy == "complementary" and view_col >= 0:
+            query, used = view_col, "complementary"
+        elif strategy == "session" and (item_ids or item_id):
+            cols_s = st.item_cols(list(item_ids or [item_id]))
+            cols_s = cols_s[cols_s >= 0]
+            if len(cols_s):
+                allowed[cols_s] = False
+                query, used = st.retriever.history_query(history_row(st, cols_s, np.ones(len(cols_s), np.float32))), "fold_in"
+                seeds = cols_s
+        fills = tuple(dict.fromkeys(([strategy] if strategy in ("popular", "trending") else []) + list(spec.fallbacks)))
+        if strategy in ("popular", "trending"):
+            used = strategy
+        run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills)
+        source = "complementary" if query is not None and strategy == "complementary" else "model"
+        if query is None and fills:  # no model query: the first fallback ordering is the candidate source
+            query, source = fills[0], "ordering"
+        pipeline = run.pipeline(service.pipeline, source=source)
+        req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
+                      placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
+        ranked = pipeline.run(req)
+        subject: dict[str, Any] = {}
+        if user_id:
+            subject["user_id"] = user_id
+        if item_id:
+            subject["item_id"] = item_id
+        return service._response(live, ranked, kind="placement", strategy=used, subject=subject, context=context,
+                                 placement=name, routed=routed)
+
+    def _personal(self, live: LiveState, user_id: str, allowed: np.ndarray, exclude_seen: bool) -> tuple[Any, str]:
+        st = live.model
+        row = st.user_row(user_id)
+        if row >= 0 and user_id in live.deleted_users:
+            row = -1
+        fresh = self.service._fresh(live, user_id)
+        seen_cols = np.zeros(0, np.int64)
+        history = None
+        if row >= 0:
+            seen_cols, seen_w = st.seen(row)
+            if not fresh.empty:
+                history = history_row(st, np.r_[seen_cols, fresh.cols], np.r_[seen_w, fresh.weights])
+        elif not fresh.empty and (fresh.weights > 0).any():
+            history = history_row(st, fresh.cols, fresh.weights)
+        if exclude_seen:
+            allowed[seen_cols] = False
+            allowed[fresh.cols] = False
+        if history is not None:
+            return st.retriever.history_query(history), "fold_in"
+        if row >= 0:
+            return st.retriever.user_query(row), "model"
+        return None, "fallback"
+
+    def _env(self, live: LiveState, cols: ItemColumns, comp: _Compiled, user_id: str | None, item_id: str | None,
+             context: dict[str, str]) -> dict[str, Any]:
+        env: dict[str, Any] = {"context": context}
+        if "user" in comp.refs and user_id:
+            row = self.service.store.catalog.get_user(user_id) or {}
+            env["user"] = {"user_id": user_id, **{str(k): v for k, v in (row.get("attributes") or {}).items()}}
+        if "item" in comp.refs and item_id:
+            env["item"] = _item_env(live, cols, item_id, self.service.store.catalog)
+        return env
+
+    def _allowed(self, live: LiveState, cols: ItemColumns, masks: dict[str, np.ndarray], comp: _Compiled,
+                 env: dict[str, Any]) -> np.ndarray:
+        allowed = live.items.mask(comp.flt)
+        if comp.filter_rule is not None:
+            allowed &= _full_mask(comp.filter_rule, cols, masks, env)
+        blocked = [*self.blocklist(), *comp.spec.blocklist]
+        if blocked:
+            bcols = live.model.item_cols(blocked)
+            allowed[bcols[bcols >= 0]] = False
+        return allowed
+
+
+def _full_mask(rule: Rule, cols: ItemColumns, masks: dict[str, np.ndarray], env: dict[str, Any]) -> np.ndarray:
+    """The rule over every item; kept per catalogue view when it reads no $reference."""
+    if not rule.constant:
+        return rule.mask(cols, None, env)
+    hit = masks.get(rule.text)
+    if hit is None:
+        hit = rule.mask(cols, None)
+        hit.flags.writeable = False
+        if len(masks) > 512:
+            masks.clear()
+        masks[rule.text] = hit
+    return hit
+
+
+def _item_env(live: LiveState, cols: ItemColumns, item_id: str, catalog: Any) -> dict[str, Any]:
+    """$item: the item in view, from the columns when the model knows it, else from the catalogue."""
+    col = live.model.item_col(item_id)
+    if col >= 0:
+        out: dict[str, Any] = {"item_id": item_id, "price": float(cols.price[col]) if np.isfinite(cols.price[col]) else None,
+                               "available": bool(cols.available[col])}
+        pc_ = int(cols.primary_category[col])
+        out["category"] = out["categories"] = cols.category_names[pc_] if pc_ >= 0 else None
+        for name in ("age_days", "popularity", "trending"):
+            v = cols.numbers[name][col]
+            out[name] = float(v) if np.isfinite(v) else None
+        sel = cols._attr_items == col
+        for k, v in zip(cols._attr_keys[sel].tolist(), cols._attr_values[sel].tolist()):
+            out[f"attributes.{k}"] = v
+        return out
+    row = catalog.get_item(item_id) or {}
+    cats = list(row.get("categories") or [])
+    out = {"item_id": item_id, "price": row.get("price"), "available": row.get("available"),
+           "category": cats[0] if cats else None, "categories": cats[0] if cats else None}
+    for k, v in (row.get("attributes") or {}).items():
+        out[f"attributes.{k}"] = v
+    return out
+
+
+class _Run:
+    """One placement request: the stages bound to its compiled placement and request values."""
+
+    def __init__(self, merch: Merchandiser, live: LiveState, cols: ItemColumns, comp: _Compiled,
+                 env: dict[str, Any], allowed: np.ndarray, subject: str, fills: tuple[str, ...]) -> None:
+        self.merch, self.live, self.cols, self.comp, self.env = merch, live, cols, comp, env
+        self.allowed = allowed
+        self.subject = subject
+        self.fills = fills
+        div = comp.spec.diversity
+        self.groups = cols.group_codes(div.by) if div is not None and div.max_per is not None else None
+
+    def fetch(self, n: int) -> int:
+        spec = self.comp.spec
+        return FETCH_FACTOR * n if (spec.boosts or spec.diversity or spec.promotions) else 0
+
+    def pipeline(self, base: Pipeline, *, source: str) -> Pipeline:
+        """``base`` (the service's pipeline, its reranker kept) with this placement's stages."""
+        retrieval = [s for s in base.retrieval if s is not cap_per_category]
+        if source != "model":
+            first = self.retrieve_complements if source == "complementary" else self.retrieve_ordering
+            retrieval = [first if s is retrieve else s for s in retrieval]
+        finish = tuple(self.arrange if s is pin else s for s in base.finish)
+        return Pipeline(retrieval=(*retrieval, self.boost, self.diversify), finish=finish)
+
+    # -- candidates
+    def retrieve_complements(self, req: Request, c: Candidates) -> Candidates:
+        """The in-view item's co-purchase list (by lift), allowed items only, at most ``c.k``."""
+        ids, lift = self.merch.complements(self.live).of(int(req.query))
+        keep = req.allowed[ids]
+        ids, lift = ids[keep][: c.k], lift[keep][: c.k]
+        return Candidates(ids, lift.astype(np.float32), ["bought_together"] * len(ids), c.k)
+
+    def retrieve_ordering(self, req: Request, c: Candidates) -> Candidates:
+        """The top ``c.k`` allowed items of a fallback ordering (popular, trending) as candidates."""
+        st = self.live.model
+        order = st.trending_order if req.query == "trending" else st.popular_order
+        ids = order[req.allowed[order]][: c.k]
+        scores = (st.trending if req.query == "trending" else st.popular)[ids]
+        return Candidates(ids, scores.astype(np.float32), [str(req.query)] * len(ids), c.k)
+
+    # -- rerank: boosts and buries
+    def boost(self, req: Request, c: Candidates) -> Candidates:
+        if not self.comp.boosts or not len(c.ids):
+            return c
+        scores = c.scores.astype(np.float32, copy=True)
+        reasons = list(c.reasons)
+        for b, rule in self.comp.boosts:
+            hit = rule.mask(self.cols, c.ids, self.env)
+            if not hit.any():
+                continue
+            s = scores[hit]
+            # a factor must raise a negative score too (dot products can be negative): divide it
+            scores[hit] = np.where(s >= 0, s * b.multiply, s / b.multiply) + b.add
+            if b.multiply > 1 or b.add > 0:
+                for i in np.flatnonzero(hit).tolist():
+                    if not reasons[i].startswith("boosted:"):
+                        reasons[i] = f"boosted:{b.name}"
+        order = np.argsort(-scores, kind="stable")
+        return Candidates(c.ids[order], scores[order], [reasons[i] for i in order.tolist()], c.k, c.backfilled)
+
+    # -- per-group cap: at most k per group, or MMR
+    def diversify(self, req: Request, c: Candidates) -> Candidates:
+        div = self.comp.spec.diversity
+        if div is None or not len(c.ids):
+            return c
+        if self.groups is not None:
+            keep = cap_per_group(c.ids, self.groups, div.max_per)
+            if keep.all():
+                return c
+            idx = np.flatnonzero(keep)
+            return Candidates(c.ids[idx], c.scores[idx], [c.reasons[i] for i in idx.tolist()], c.k, c.backfilled)
+        return self._mmr(req, c, float(div.mmr_lambda))
+
+    def _mmr(self, req: Request, c: Candidates, lam: float) -> Candidates:
+        model = self.live.model.model
+        if not isinstance(model, EmbeddingRecommender) or len(c.ids) < 2:
+            return c  # MMR needs item vectors; other models keep their order
+        v = np.asarray(np.asarray(model.item_factors_)[c.ids], dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-12
+        sim = v @ v.T
+        s = c.scores.astype(np.float64)
+        rel = (s - s.min()) / (s.max() - s.min() + 1e-12)
+        k = min(req.n, len(c.ids))
+        chosen = [0]
+        max_sim = sim[0].copy()
+        free = np.ones(len(c.ids), bool)
+        free[0] = False
+        for _ in range(k - 1):
+            gain = np.where(free, lam * rel - (1 - lam) * max_sim, -np.inf)
+            j = int(np.argmax(gain))
+            chosen.append(j)
+            free[j] = False
+            np.maximum(max_sim, sim[j], out=max_sim)
+        idx = np.array(chosen)
+        return Candidates(c.ids[idx], c.scores[idx], [c.reasons[i] for i in chosen], c.k, c.backfilled)
+
+    # -- pins, promotions, exploration, then the model's items and the fallbacks
+    def arrange(self, req: Request, c: Candidates) -> Candidates:
+        spec, cols, st = self.comp.spec, self.cols, self.live.model
+        n = req.n
+        allowed = req.allowed
+        slot = np.full(n, -1, np.int64)
+        score = np.zeros(n, np.float32)
+        reason: list[str] = [""] * n
+        used = np.zeros(st.n_items, bool)
+        model_score = dict(zip(c.ids.tolist(), c.scores.tolist()))
+
+        def place(pos: int, col: int, why: str) -> None:
+            slot[pos], reason[pos] = col, why
+            score[pos] = model_score.get(col, 0.0)
+            used[col] = True
+
+        def free_slots() -> np.ndarray:
+            return np.flatnonzero(slot < 0)
+
+        # pins: only eligible items (available, filtered, not blocked) ever take their slot
+        if spec.pins:
+            pcols = st.item_cols([p.item_id for p in spec.pins])
+            for p, col in sorted(zip(spec.pins, pcols.tolist()), key=lambda t: t[0].position):
+                at = p.position - 1
+                if col >= 0 and at < n and allowed[col] and not used[col] and slot[at] < 0:
+                    place(at, col, "pinned")
+        # promotions: matching eligible items, the model's best first, then the most popular
+        _, masks = self.merch.columns(self.live)
+        for promo, rule in self.comp.promotions:
+            pool = allowed & ~used & _full_mask(rule, cols, masks, self.env)
+            if not pool.any():
+                continue
+            from_model = c.ids[pool[c.ids]]
+            rest = st.popular_order[pool[st.popular_order]]
+            picks = np.concatenate([from_model, rest[~np.isin(rest, from_model)]])[: promo.slots]
+            wanted = [q - 1 for q in (promo.positions or []) if q - 1 < n]
+            for col in picks.tolist():
+                free = [q for q in wanted if slot[q] < 0]
+                at = free[0] if free else (free_slots()[0] if len(free_slots()) else -1)
+                if at < 0:
+                    break
+                if free:
+                    wanted.remove(at)
+                place(at, col, f"promoted:{promo.name}")
+        # exploration: a share of the slots for new or under-exposed items, at the end of the list
+        ex = spec.exploration
+        if ex is not None:
+            m = min(int(round(ex.share * n)), len(free_slots()))
+            if m > 0:
+                new = np.zeros(st.n_items, bool)
+                if ex.max_age_days is not None:
+                    new |= cols.numbers["age_days"] <= ex.max_age_days
+                if ex.max_popularity_quantile is not None:
+                    new |= cols.numbers["_popularity_quantile"] <= ex.max_popularity_quantile
+                pool = np.flatnonzero(allowed & ~used & new)
+                if len(pool):
+                    day = int(time.time() // 86_400)
+                    rng = np.random.default_rng(zlib.crc32(f"{req.placement}|{self.subject}|{day}".encode()))
+                    picks = rng.choice(pool, size=min(m, len(pool)), replace=False)
+                    for at, col in zip(free_slots()[-len(picks):].tolist(), picks.tolist()):
+                        place(at, col, _EXPLORATION)
+        # the model's items in their order, into the free slots
+        free = free_slots()
+        if len(free):
+            mids = c.ids
+            ok = ~used[mids] if len(mids) else np.zeros(0, bool)
+            idx = np.flatnonzero(ok)[: len(free)]
+            for at, i in zip(free[: len(idx)].tolist(), idx.tolist()):
+                place(at, int(mids[i]), c.reasons[i])
+        # the fallback orderings, under the same diversity cap
+        free = free_slots()
+        for which in self.fills:
+            if not len(free):
+                break
+            order = st.trending_order if which == "trending" else st.popular_order
+            extra = order[allowed[order] & ~used[order]]
+            if self.groups is not None:
+                placed = slot[slot >= 0]
+                keep = cap_per_group(np.concatenate([placed, extra]), self.groups, self.comp.spec.diversity.max_per)
+                extra = extra[keep[len(placed):]]
+            extra = extra[: len(free)]
+            fill_scores = (st.trending if which == "trending" else st.popular)[extra]
+            for at, col, s in zip(free[: len(extra)].tolist(), extra.tolist(), fill_scores.tolist()):
+                place(at, col, which)
+                score[at] = s
+            free = free_slots()
+        keep = slot >= 0
+        ids = slot[keep]
+        return Candidates(ids, score[keep], [r for r, k in zip(reason, keep.tolist()) if k], c.k,
+                          c.backfilled + sum(1 for r in reason if r in self.fills))

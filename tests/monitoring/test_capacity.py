@@ -1,0 +1,92 @@
+"""Capacity: the projection from a store to twice its users and events matches a store built at
+that size within the stated tolerance (disk, model memory); factors are validated; the CLI says
+what it rests on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scalerec.cli import main
+from scalerec.config import Settings
+from scalerec.data.store import DataStore
+from scalerec.datasets.synth import generate_store
+from scalerec.errors import ValidationError
+from scalerec.monitoring.capacity import ASSUMPTIONS, measure, project
+from scalerec.training.pipeline import TrainOptions, train
+
+#: The stated tolerance of a projection (docs/monitoring.md): within 25% of the measured value.
+TOLERANCE = 0.25
+
+
+def _shop(d: Path, users: int, events: int) -> Settings:
+    settings = Settings(data={"dir": d})
+    with DataStore.open(settings) as store:
+        generate_store(store, n_users=users, n_items=400, n_events=events, seed=5, days=60)
+        result = train(settings, TrainOptions(models=["als"], trials=1), store=store)
+    assert result.status == "registered"
+    return settings
+
+
+@pytest.fixture(scope="module")
+def shops(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Settings]:
+    root = tmp_path_factory.mktemp("capacity")
+    return _shop(root / "small", 1500, 60_000), _shop(root / "double", 3000, 120_000)
+
+
+def test_projection_matches_a_measured_store_at_twice_the_size(shops) -> None:
+    small, double = shops
+    m1 = measure(small, time_requests=False)
+    m2 = measure(double, time_requests=False)
+    assert m1["model"]["family"] == m2["model"]["family"] == "als"
+    # like with like: the same configuration at both sizes (the projection assumes it)
+    from scalerec.registry import Registry
+
+    p1, p2 = (Registry(s).production().typed_manifest().params for s in (small, double))
+    assert p1 == p2
+    proj = project(m1, users="2x", events="2x")
+    for what, projected, measured in [
+        ("disk (event log)", proj["log_bytes"], m2["data"]["log_bytes"]),
+        ("model memory", proj["model_bytes"], m2["model"]["total_bytes"]),
+        ("disk (log + model)", proj["disk_bytes"], m2["data"]["log_bytes"] + m2["model"]["total_bytes"]),
+    ]:
+        assert abs(projected / measured - 1) <= TOLERANCE, (what, projected, measured)
+    # and the growth is really there: a projection at 1x would miss by more than the tolerance
+    same = project(m1)
+    assert abs(same["model_bytes"] / m2["model"]["total_bytes"] - 1) > TOLERANCE
+    assert proj["assumptions"] == ASSUMPTIONS
+
+
+def test_factors_are_validated(shops) -> None:
+    m = measure(shops[0], time_requests=False)
+    for bad in ("0x", "-2", "lots", "infx"):
+        with pytest.raises(ValidationError, match="factor"):
+            project(m, traffic=bad)
+    assert project(m, traffic="5X")["factors"]["traffic"] == 5.0
+
+
+def test_more_traffic_needs_more_workers_and_past_the_cores_a_cluster(shops) -> None:
+    m = measure(shops[0], time_requests=True)
+    costs = m["requests_cpu_us"]
+    assert set(costs) == {"model", "fold_in", "fallback", "similar", "popular"} and all(v > 0 for v in costs.values())
+    base = project(m, peak_rps=10)
+    peak = project(m, traffic="1000x", peak_rps=10)
+    assert peak["workers"] >= base["workers"]
+    expected = max(1, -(-10 * 1000 * costs["model"] / 1e6 // 0.6))
+    assert peak["workers"] == int(expected)
+    if peak["workers"] > m["machine"]["cpus"]:
+        assert not peak["one_machine_enough"] and "cores" in peak["why_cluster"][0] and peak["ray_replicas"] == peak["workers"]
+
+
+def test_capacity_cli_json(shops, capsys) -> None:
+    small, _ = shops
+    main(["-d", str(small.data.dir), "capacity", "--traffic", "5x", "--users", "2x", "--events", "3x", "--peak-rps", "4", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["projection"]["factors"] == {"traffic": 5.0, "users": 2.0, "events": 3.0, "items": 1.0}
+    assert out["projection"]["peak_rps"] == 20.0 and out["projection"]["assumptions"]
+    assert out["measured"]["model"]["bytes"]["users"] > 0
+    with pytest.raises(SystemExit) as exc:
+        main(["-d", str(small.data.dir), "capacity", "--traffic", "many"])
+    assert exc.value.code == 2

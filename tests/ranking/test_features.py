@@ -1,0 +1,94 @@
+"""Point-in-time features: nothing at or after the cut-off is ever seen (made-up events)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+
+from scalerec.ranking import features as F
+
+T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+USERS = np.array(["u1", "u2", "u3"])
+ITEMS = np.array(["a", "b", "c", "d"])
+
+
+def _events(rows: list[tuple]) -> pl.DataFrame:
+    ctx_type = pl.List(pl.Struct({"key": pl.String, "value": pl.String}))
+    return pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event_type": [r[2] for r in rows],
+            "timestamp": [T0 + timedelta(hours=r[3]) for r in rows],
+            "value": [float(r[4]) for r in rows],
+            "session_id": [None] * len(rows),
+            "context": [[{"key": "weather", "value": r[5]}, {"key": "temp_c", "value": "12.5"}] for r in rows],
+        },
+        schema_overrides={"context": ctx_type, "value": pl.Float32, "session_id": pl.String},
+    )
+
+
+BASE = [
+    ("u1", "a", "view", 1, 1, "rain"), ("u1", "a", "purchase", 2, 1, "rain"), ("u1", "b", "view", 30, 1, "sun"),
+    ("u2", "b", "view", 5, 1, "sun"), ("u2", "c", "add_to_cart", 6, 1, "sun"), ("u2", "c", "rating", 40, 4, "sun"),
+    ("u3", "a", "view", 50, 1, "rain"), ("u3", "d", "purchase", 60, 2, "rain"),
+]
+CUT = int((T0 + timedelta(hours=72)).timestamp() * 1_000_000)
+
+
+def _all_features(ev: pl.DataFrame) -> dict[str, np.ndarray]:
+    n_u, n_i = len(USERS), len(ITEMS)
+    launch = np.full(n_i, -1, np.int64)
+    price = np.array([10.0, 20.0, 5.0, 8.0], np.float32)
+    cat = np.array([1, 1, 2, 2], np.int32)
+    out = {f"item.{k}": v for k, v in F.item_stats_as_of(ev, CUT, n_i, launch).items()}
+    out |= {f"user.{k}": v for k, v in F.user_stats_as_of(ev, CUT, n_u, price).items()}
+    out["touch"] = F.last_touch_as_of(ev, CUT, n_u, n_i).toarray()
+    out["affinity"] = F.affinity_as_of(ev, CUT, n_u, cat, 3).toarray()
+    out["recent"] = F.recent_items_as_of(ev, CUT, n_u, n_i, 2).toarray()
+    ids, scores = F.cooccurrence_as_of(ev, CUT, n_u, n_i, 2)
+    out["cooc_ids"], out["cooc_scores"] = ids, scores
+    lw, lt = F.context_lift_as_of(ev, CUT, cat, 3, F.Vocab(["rain", "sun"]))
+    out["lift_w"], out["lift_t"] = lw, lt
+    return out
+
+
+@pytest.mark.parametrize("hours_after", [0, 1, 24 * 30])
+def test_a_planted_future_event_changes_no_feature(hours_after: int) -> None:
+    before = _all_features(F.event_frame(_events(BASE), USERS, ITEMS))
+    # a burst of future purchases and ratings, at the cut-off itself and after it
+    future = [("u1", "c", "purchase", 72 + hours_after, 5, "rain"), ("u3", "b", "rating", 72 + hours_after, 1, "sun"),
+              ("u2", "a", "view", 72 + hours_after, 1, "rain")]
+    after = _all_features(F.event_frame(_events(BASE + future * 5), USERS, ITEMS))
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+
+
+def test_features_count_the_past() -> None:
+    f = _all_features(F.event_frame(_events(BASE), USERS, ITEMS))
+    assert f["item.purchases_30d"].tolist() == [1, 0, 0, 1]
+    assert f["item.views_30d"].tolist() == [2, 2, 0, 0]
+    assert f["item.review_count"].tolist() == [0, 0, 1, 0]
+    assert f["item.rating_mean"][2] == 4.0 and np.isnan(f["item.rating_mean"][0])
+    assert f["user.purchases"].tolist() == [1, 0, 1]
+    assert f["user.spend"].tolist() == [10.0, 0.0, 16.0]  # price x quantity
+    # u1's latest item is b (hour 30), then a
+    assert f["recent"][0, 1] == 1.0 and f["recent"][0, 0] == 0.5
+    assert f["touch"][1, 3] == 0  # never touched
+
+
+def test_context_lift_follows_where_a_category_sells() -> None:
+    # category 1 (items a, b) is carted/bought on rainy days, category 2 on sunny ones
+    rows = [(f"u{k % 3 + 1}", "a", "purchase", k, 1, "rain") for k in range(60)]
+    rows += [(f"u{k % 3 + 1}", "c", "purchase", k, 1, "sun") for k in range(60)]
+    rows += [(f"u{k % 3 + 1}", "b", "purchase", k, 1, "sun") for k in range(10)]
+    ev = F.event_frame(_events(rows), USERS, ITEMS)
+    lw, _ = F.context_lift_as_of(ev, CUT, np.array([1, 1, 2, 2], np.int32), 3, F.Vocab(["rain", "sun"]))
+    rain, sun = 1, 2
+    assert lw[1, rain] > 2.0 > 1.0 > lw[1, sun]
+    assert lw[2, sun] > 1.0 > lw[2, rain]
+    assert np.all(lw[:, 0] == 1.0)  # unknown weather lifts nothing

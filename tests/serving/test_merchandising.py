@@ -1,0 +1,313 @@
+"""Placements through the real app: each merchandising stage alone and all together, exactly n,
+nothing unavailable or blocked through a pin or a promotion, $item/$user/$context rules."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from _serving_fixtures import api, api1, base_store  # noqa: F401  (fixtures)
+
+
+def _catalogue(a) -> dict[str, dict]:
+    rows = a.service.store.catalog.items_table().to_pylist()
+    return {r["item_id"]: {**r, "attributes": dict(r["attributes"] or {})} for r in rows}
+
+
+def _put(a, name: str, spec: dict) -> dict:
+    r = a.client.put(f"/v1/placements/{name}", json=spec, headers=a.h("admin"))
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def _recs(a, name: str, **params) -> dict:
+    r = a.get(f"/v1/placements/{name}/recommendations", params=params)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["placement"] == name
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == len(set(ids)), "an item twice in one list"
+    return body
+
+
+def _user(a) -> str:
+    return str(a.service.live.model.user_ids[3])
+
+
+def _available(a) -> set[str]:
+    return {i for i, r in _catalogue(a).items() if r["available"]}
+
+
+def _brand(row: dict) -> str | None:
+    return row["attributes"].get("brand")
+
+
+# every operator, as a filter, checked against the catalogue rows in plain Python
+RULES = {
+    "price < 30": lambda r: r["price"] is not None and r["price"] < 30,
+    "price <= 29.99": lambda r: r["price"] is not None and r["price"] <= 29.99,
+    "price > 30": lambda r: r["price"] is not None and r["price"] > 30,
+    "price >= 40 and price != 49.99": lambda r: r["price"] is not None and r["price"] >= 40 and r["price"] != 49.99,
+    'category == "toys" or category == "shoes"': lambda r: bool({"toys", "shoes"} & set(r["categories"] or [])),
+    'category in ("toys", "shoes", "kitchen")': lambda r: bool({"toys", "shoes", "kitchen"} & set(r["categories"] or [])),
+    'category != "clothing"': lambda r: "clothing" not in (r["categories"] or []),
+    'not category in ("clothing", "home")': lambda r: not {"clothing", "home"} & set(r["categories"] or []),
+    'attributes.brand == "Juniper"': lambda r: _brand(r) == "Juniper",
+    'attributes.brand != "Juniper" and attributes.brand not in ("Pebble")': lambda r: _brand(r) not in ("Juniper", "Pebble"),
+    'attributes.brand in ("Cobalt", "Ivory")': lambda r: _brand(r) in ("Cobalt", "Ivory"),
+    'attributes.brand < "G"': lambda r: _brand(r) is not None and _brand(r) < "G",
+    "(price < 20 or price > 100) and available": lambda r: r["price"] is not None and (r["price"] < 20 or r["price"] > 100),
+}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_filter_rule_operators_through_the_app(api1, rule):
+    a = api1
+    cat = _catalogue(a)
+    eligible = [i for i, r in cat.items() if r["available"] and RULES[rule](r)]
+    _put(a, "f", {"strategy": "personal", "filter": rule, "exclude_seen": False})
+    n = 10
+    body = _recs(a, "f", user_id=_user(a), n=n)
+    got = [i["item_id"] for i in body["items"]]
+    assert len(got) == min(n, len(eligible))  # exactly n when n are eligible
+    assert set(got) <= set(eligible), f"items outside {rule!r}: {set(got) - set(eligible)}"
+
+
+def test_fewer_eligible_than_n_gives_all_of_them(api1):
+    a = api1
+    cat = _catalogue(a)
+    three = sorted(i for i, r in cat.items() if r["available"])[:3]
+    _put(a, "three", {"strategy": "popular", "filter": f"item_id in ({', '.join(repr(i) for i in three)})"})
+    body = _recs(a, "three", n=20)
+    assert sorted(i["item_id"] for i in body["items"]) == three
+
+
+def test_boosts_raise_matching_items_and_buries_sink_them(api1):
+    a = api1
+    user = _user(a)
+    cat = _catalogue(a)
+    _put(a, "plain", {"strategy": "personal"})
+    plain = [i["item_id"] for i in _recs(a, "plain", user_id=user, n=20)["items"]]
+    assert all(i["reason"] == "model" for i in _recs(a, "plain", user_id=user, n=20)["items"])
+    brand = Counter(_brand(cat[i]) for i in plain[5:]).most_common(1)[0][0]  # a brand present low in the list
+    _put(a, "boost", {"strategy": "personal", "boosts": [{"name": "b", "rule": f'attributes.brand == "{brand}"', "multiply": 1000}]})
+    boosted = _recs(a, "boost", user_id=user, n=20)["items"]
+    flags = [_brand(cat[i["item_id"]]) == brand for i in boosted]
+    k = sum(flags)
+    assert k >= Counter(_brand(cat[i]) for i in plain)[brand]
+    assert flags == [True] * k + [False] * (20 - k)  # every boosted item above every other one
+    assert all(i["reason"] == "boosted:b" for i in boosted[:k]) and all(i["reason"] == "model" for i in boosted[k:])
+    _put(a, "bury", {"strategy": "personal", "boosts": [{"name": "down", "rule": f'attributes.brand == "{brand}"', "multiply": 0.0001, "add": -100}]})
+    buried = _recs(a, "bury", user_id=user, n=20)["items"]
+    flags = [_brand(cat[i["item_id"]]) == brand for i in buried]
+    j = flags.index(True) if True in flags else 20
+    assert flags == [False] * j + [True] * (20 - j)  # buried items only at the end
+    assert all(i["reason"] == "model" for i in buried)
+
+
+def test_pins_take_their_positions_and_never_leak_unavailable_items(api1):
+    a = api1
+    user = _user(a)
+    cat = _catalogue(a)
+    avail = sorted(_available(a))
+    gone, pinned = avail[0], avail[1]
+    assert a.client.patch(f"/v1/items/{gone}", json={"available": False}, headers=a.h("write")).status_code == 200
+    _put(a, "pins", {"strategy": "personal", "exclude_seen": False, "pins": [
+        {"item_id": pinned, "position": 3}, {"item_id": gone, "position": 1}, {"item_id": "no-such-item", "position": 2}]})
+    items = _recs(a, "pins", user_id=user, n=10)["items"]
+    assert len(items) == 10
+    assert items[2] == {**items[2], "item_id": pinned, "reason": "pinned"}
+    assert gone not in [i["item_id"] for i in items]
+    assert [i["reason"] for i in items].count("pinned") == 1
+    # a pin beyond n is dropped, n stays exact
+    _put(a, "far", {"strategy": "popular", "pins": [{"item_id": pinned, "position": 50}]})
+    assert len(_recs(a, "far", n=5)["items"]) == 5
+    assert cat[pinned]["available"] and not _catalogue(a)[gone]["available"]
+
+
+def test_promotions_reserve_slots_and_label_them(api1):
+    a = api1
+    cat = _catalogue(a)
+    toys = sorted(i for i, r in cat.items() if "toys" in (r["categories"] or []) and r["available"])
+    hidden = toys[:-2]  # all but two toys made unavailable: the promotion may only use those two
+    for i in hidden:
+        a.client.patch(f"/v1/items/{i}", json={"available": False}, headers=a.h("write"))
+    _put(a, "promo", {"strategy": "personal", "promotions": [
+        {"name": "toys", "rule": 'category == "toys"', "slots": 3, "positions": [1, 4, 9]}]})
+    items = _recs(a, "promo", user_id=_user(a), n=10)["items"]
+    assert len(items) == 10
+    promoted = [(k, i["item_id"]) for k, i in enumerate(items) if i["reason"] == "promoted:toys"]
+    assert [k for k, _ in promoted] == [0, 3]  # two eligible toys for three slots
+    assert {i for _, i in promoted} == set(toys[-2:])
+    assert not set(hidden) & {i["item_id"] for i in items}
+
+
+def test_blocklists_global_and_per_placement(api1):
+    a = api1
+    _put(a, "pop", {"strategy": "popular"})
+    top = [i["item_id"] for i in _recs(a, "pop", n=10)["items"]]
+    r = a.client.put("/v1/blocklist", json={"item_ids": [top[0]]}, headers=a.h("admin"))
+    assert r.status_code == 200 and r.json()["item_ids"] == [top[0]]
+    _put(a, "pop", {"strategy": "popular", "blocklist": [top[1]],
+                    "pins": [{"item_id": top[0], "position": 1}],
+                    "promotions": [{"name": "p", "rule": f"item_id == '{top[1]}'"}]})
+    got = [i["item_id"] for i in _recs(a, "pop", n=10)["items"]]
+    assert len(got) == 10 and top[0] not in got and top[1] not in got  # not even pinned or promoted
+    assert got[:8] == top[2:10]
+    assert a.client.get("/v1/blocklist", headers=a.h("admin")).json()["item_ids"] == [top[0]]
+
+
+def test_exploration_takes_a_share_of_slots_for_new_or_rare_items(api1):
+    a = api1
+    st = a.service.live.model
+    pop = np.asarray(st.popular)
+    rank = np.empty(len(pop))
+    rank[np.argsort(pop, kind="stable")] = np.arange(len(pop))
+    rare = set(st.item_ids[(rank + 1) / len(pop) <= 0.2].tolist())
+    _put(a, "explore", {"strategy": "personal", "exploration": {"share": 0.2, "max_age_days": None,
+                                                                  "max_popularity_quantile": 0.2}})
+    items = _recs(a, "explore", user_id=_user(a), n=10)["items"]
+    picked = [i["item_id"] for i in items if i["reason"] == "exploration"]
+    assert len(items) == 10 and len(picked) == 2
+    assert set(picked) <= rare
+    assert [i["reason"] for i in items[-2:]] == ["exploration"] * 2
+
+
+@pytest.mark.parametrize("by", ["category", "attributes.brand"])
+def test_diversity_caps_items_per_group(api, by):
+    a = api
+    cat = _catalogue(a)
+    _put(a, "div", {"strategy": "personal", "diversity": {"by": by, "max_per": 2}})
+    items = _recs(a, "div", user_id=_user(a), n=20)["items"]
+    key = (lambda r: (r["categories"] or [None])[0]) if by == "category" else _brand
+    counts = Counter(key(cat[i["item_id"]]) for i in items)
+    assert len(items) == 20 and max(counts.values()) <= 2
+
+
+def test_mmr_diversifies_over_item_vectors(api1):
+    a = api1
+    _put(a, "plain", {"strategy": "personal"})
+    _put(a, "mmr", {"strategy": "personal", "diversity": {"mmr_lambda": 0.3}})
+    user = _user(a)
+    plain = [i["item_id"] for i in _recs(a, "plain", user_id=user, n=10)["items"]]
+    mmr = [i["item_id"] for i in _recs(a, "mmr", user_id=user, n=10)["items"]]
+    assert len(mmr) == 10 and mmr[0] == plain[0]
+    model = a.service.live.model
+    v = np.asarray(model.model.item_factors_)
+
+    def mean_sim(ids):
+        x = v[model.item_cols(ids)]
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        s = x @ x.T
+        return (s.sum() - np.trace(s)) / (len(ids) * (len(ids) - 1))
+
+    assert mean_sim(mmr) < mean_sim(plain)
+
+
+def test_all_stages_together_exact_n_and_no_leaks(api):
+    a = api
+    cat = _catalogue(a)
+    avail = sorted(_available(a))
+    gone = avail[:10]
+    for i in gone:
+        a.client.patch(f"/v1/items/{i}", json={"available": False}, headers=a.h("write"))
+    blocked = avail[10]
+    spec = {
+        "strategy": "personal", "filter": "price > 1", "exclude_seen": True,
+        "boosts": [{"name": "cheap", "rule": "price < 25", "multiply": 3},
+                   {"name": "juniper", "rule": 'attributes.brand == "Juniper"', "add": 0.5}],
+        "pins": [{"item_id": avail[11], "position": 2}, {"item_id": gone[0], "position": 1}],
+        "promotions": [{"name": "shoes", "rule": 'category == "shoes"', "slots": 2, "positions": [1, 6]},
+                       {"name": "hidden", "rule": f"item_id in ({', '.join(repr(g) for g in gone)})", "slots": 2}],
+        "blocklist": [blocked],
+        "exploration": {"share": 0.1},
+        "diversity": {"by": "category", "max_per": 3},
+    }
+    _put(a, "all", spec)
+    user = _user(a)
+    row = a.service.live.model.user_row(user)
+    seen = set(a.service.live.model.item_ids[a.service.live.model.seen(row)[0]].tolist())
+    for n in (5, 12, 30):
+        items = _recs(a, "all", user_id=user, n=n)["items"]
+        ids = [i["item_id"] for i in items]
+        assert len(ids) == n
+        assert not set(ids) & (set(gone) | {blocked}), "an unavailable or blocked item leaked"
+        assert all(cat[i]["price"] > 1 for i in ids)
+        reasons = [i["reason"] for i in items]
+        assert reasons[0] == "promoted:shoes" and "shoes" in cat[ids[0]]["categories"]
+        assert reasons[1] == "pinned" and ids[1] == avail[11]
+        assert "promoted:hidden" not in reasons
+        assert set(reasons) <= {"model", "pinned", "promoted:shoes", "boosted:cheap", "boosted:juniper",
+                                "exploration", "trending", "popular"}
+        assert not set(ids) & seen  # exclude_seen holds for pins, promotions and fills too
+        if n >= 10:
+            assert "exploration" in reasons and "promoted:shoes" in reasons[5]
+        model_part = [cat[i]["categories"][0] for i, r in zip(ids, reasons) if r in ("model", "boosted:cheap", "boosted:juniper")]
+        assert max(Counter(model_part).values()) <= 3
+
+
+def test_references_item_user_context(api1):
+    a = api1
+    cat = _catalogue(a)
+    st = a.service.live.model
+    view = next(i for i in st.item_ids.tolist() if cat.get(i, {}).get("price", 0) and cat[i]["price"] > 40)
+    _put(a, "cheaper", {"strategy": "similar", "filter": "price < $item.price"})
+    items = _recs(a, "cheaper", item_id=view, n=8)["items"]
+    assert len(items) == 8 and all(cat[i["item_id"]]["price"] < cat[view]["price"] for i in items)
+    assert view not in [i["item_id"] for i in items]
+    # $user: the user's attributes
+    user = _user(a)
+    assert a.client.put(f"/v1/users/{user}", json={"attributes": {"fav": "Cobalt"}}, headers=a.h("write")).status_code in (200, 201)
+    _put(a, "fav", {"strategy": "personal", "exclude_seen": False, "filter": "attributes.brand == $user.fav"})
+    items = _recs(a, "fav", user_id=user, n=5)["items"]
+    assert len(items) == 5 and {_brand(cat[i["item_id"]]) for i in items} == {"Cobalt"}
+    # $context from context.<key>=value and key:value
+    _put(a, "ctx", {"strategy": "popular", "boosts": [
+        {"name": "mobile", "rule": '$context.device == "mobile" and price < 20', "multiply": 1000}]})
+    desktop = _recs(a, "ctx", n=10, **{"context.device": "desktop"})["items"]
+    mobile = _recs(a, "ctx", n=10, **{"context.device": "mobile"})["items"]
+    mobile2 = _recs(a, "ctx", n=10, context="device:mobile")["items"]
+    assert not any(i["reason"].startswith("boosted") for i in desktop)
+    assert mobile == mobile2 and mobile[0]["reason"] == "boosted:mobile" and cat[mobile[0]["item_id"]]["price"] < 20
+
+
+def test_complementary_placement_serves_items_bought_together(api1):
+    a = api1
+    st = a.service.live.model
+    comp = a.service.merchandising.complements(a.service.live)
+    col = int(np.argmax(np.diff(comp.indptr)))
+    partners = st.item_ids[comp.of(col)[0]].tolist()
+    assert partners, "the synthetic shop has baskets"
+    item = str(st.item_ids[col])
+    _put(a, "cart", {"strategy": "complementary", "exclude_seen": False})
+    items = _recs(a, "cart", item_id=item, n=5)["items"]
+    avail = _available(a)
+    want = [p for p in partners if p in avail][:5]
+    assert [i["item_id"] for i in items][: len(want)] == want
+    assert all(i["reason"] == "bought_together" for i in items[: len(want)])
+    assert len(items) == 5 and item not in [i["item_id"] for i in items]
+
+
+def test_every_strategy_answers_exactly_n(api1):
+    a = api1
+    st = a.service.live.model
+    item = str(st.item_ids[5])
+    for strategy, params in (("personal", {"user_id": _user(a)}), ("personal", {"user_id": "nobody-new"}),
+                             ("similar", {"item_id": item}), ("complementary", {"item_id": item}),
+                             ("popular", {}), ("trending", {}), ("session", {"item_id": [item, str(st.item_ids[9])]})):
+        _put(a, "s", {"strategy": strategy, "n": 7})
+        body = _recs(a, "s", **params)
+        assert len(body["items"]) == 7, strategy
+
+
+def test_the_placement_is_recorded_with_the_served_list(api1):
+    a = api1
+    _put(a, "home", {"strategy": "popular"})
+    seen = []
+    add = a.service.reclog.add
+    a.service.reclog.add = lambda record: (seen.append(record), add(record))  # the real log still writes
+    body = _recs(a, "home", n=3)
+    assert seen and seen[-1]["placement"] == "home" and seen[-1]["recommendation_id"] == body["recommendation_id"]
+    assert seen[-1]["items"] == [i["item_id"] for i in body["items"]]
