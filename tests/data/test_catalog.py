@@ -542,3 +542,16 @@ def test_placements_round_trip(catalog):
     assert catalog.delete_placement("home") is True
     assert catalog.delete_placement("home") is False
     assert [r[0] for r in catalog.placement_rows()] == ["cart"]
+
+
+def test_experiments_round_trip(catalog):
+    row = {"name": "hero", "status": "running", "spec": {"variants": ["a", "b"], "seed": 1},
+           "created_at": "2025-01-01T00:00:00+00:00"}
+    assert catalog.insert_experiment(row) is True
+    assert catalog.insert_experiment({**row, "spec": {}}) is False, "a taken name writes nothing"
+    got = catalog.experiment_row("hero")
+    assert got["spec"] == {"variants": ["a", "b"], "seed": 1} and got["updated_at"] == row["created_at"]
+    assert catalog.update_experiment("hero", "stopped", {"winner": "b"}, "2025-01-02T00:00:00+00:00") is True
+    assert catalog.update_experiment("nope", "stopped", {}, "2025-01-02T00:00:00+00:00") is False
+    assert [r["name"] for r in catalog.experiment_rows("stopped")] == ["hero"]
+    assert catalog.experiment_rows("running") == [] and catalog.experiment_row("nope") is None
