@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scalerec.config import Settings
-from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog
+from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog, parse_catalog_url
 from scalerec.data.deletion import masks, versions_holding
 from scalerec.data.impressions import ImpressionStore
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
@@ -116,7 +116,12 @@ class DataStore:
     def exists(cls, settings: Settings) -> bool:
         """Whether the data directory already holds a store (its event log and its catalogue)."""
         root = Path(settings.data.dir)
-        return (root / "events").is_dir() and catalog_exists(settings.data.resolved_catalog_url())
+        url = settings.data.resolved_catalog_url()
+        if parse_catalog_url(url).path is None:
+            # a catalogue server (several machines): the store is there, and this directory is
+            # this machine's part of it (cache, local log), made on open
+            return True
+        return (root / "events").is_dir() and catalog_exists(url)
 
     @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> "DataStore":
