@@ -43,7 +43,9 @@ CONTEXT_PARAMS = (
     Param("location", "str", None, "request context: location / city"),
     Param("context", "list", None, "more request context as key:value (repeatable)"),
 )
-N_PARAM = Param("n", "int", 20, "number of items (1 to serving.max_n, 500 by default)", 1, 10_000)
+# No bounds here: the service checks n against [serving] max_n, one limit and one message for every
+# endpoint (query or body); the OpenAPI document states 1..max_n (app._document_limits).
+N_PARAM = Param("n", "int", 20, "number of items (1 to serving.max_n, 500 by default)")
 USER_PARAMS = (
     N_PARAM,
     *FILTER_PARAMS,
