@@ -638,3 +638,14 @@ def test_movielens_files_are_recognised_by_content_when_renamed(store, tmp_path)
     report = import_file(store, "users", write(tmp_path / "people.dat.gz", "1::F::1::10::48067\n"), preset="movielens")
     assert store.catalog.get_user("1")["attributes"]["gender"] == "F"
     assert report.ignored_columns == []  # Gender/Age/Occupation/Zip are imported as attributes
+
+
+def test_a_temporal_split_of_one_dated_events_says_what_can_help(store, tmp_path):
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.evaluation.splits import split_temporal
+
+    import_file(store, "events", write(tmp_path / "listens.tsv", LISTENS),
+                mapping={"user_id": "userID", "item_id": "artistID"}, constants={"event_type": "view"}, no_timestamps=True)
+    with pytest.raises(EmptyDataError, match="same time.*--split random") as info:
+        split_temporal(take_snapshot(store).events, test_days=1)
+    assert "fewer --test-days" not in info.value.message
