@@ -4,6 +4,7 @@ Usage (from the repository root):
 
     .venv/bin/python bench/bench_cells.py                      # all three stores
     .venv/bin/python bench/bench_cells.py --skip-retail        # the synthetic stores only
+    .venv/bin/python bench/bench_cells.py --skip-retail --shop-relevant purchase   # + the shop with purchases relevant
 
 One run per store scores the same models on the same split twice, once with ``[matrix] normalise =
 false`` (the convention before it existed: a purchase of weight 10 under the models' recency cap of
@@ -53,9 +54,13 @@ MODELS = (
 )
 
 
-def _score(events: Any, normalise: bool, metric_keys: tuple[str, ...]) -> dict[str, Any]:
+def _score(events: Any, normalise: bool, relevant: list[str] | None) -> dict[str, Any]:
     settings = Settings(matrix={"normalise": normalise})
-    split, _ = make_protocol("auto", events, settings=settings, validation=False)
+    if relevant is None:
+        split, _ = make_protocol("auto", events, settings=settings, validation=False)
+    else:  # the temporal split with only these types' held-out items relevant
+        split, _ = make_protocol("temporal", events, settings=settings, validation=False,
+                                 test_days=settings.training.test_days, relevant_types=relevant)
     out: dict[str, Any] = {"protocol": split.protocol.rule if split.protocol else split.name,
                            "test_users": int(len(split.test_users)), "models": {}}
     for label, family, params in MODELS:
@@ -66,10 +71,10 @@ def _score(events: Any, normalise: bool, metric_keys: tuple[str, ...]) -> dict[s
     return out
 
 
-def compare(name: str, events: Any) -> dict[str, Any]:
+def compare(name: str, events: Any, relevant: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     keys = ("recall@20", "ndcg@20")
-    old, new = _score(events, False, keys), _score(events, True, keys)
+    old, new = _score(events, False, relevant), _score(events, True, relevant)
     row: dict[str, Any] = {"store": name, "protocol": new["protocol"], "test_users": new["test_users"], "models": {}}
     for label, *_ in MODELS:
         a, b = old["models"][label], new["models"][label]
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-retail", action="store_true")
     ap.add_argument("--shop-users", type=int, default=5000)
     ap.add_argument("--shop-events", type=int, default=300_000)
+    ap.add_argument("--shop-relevant", default=None,
+                    help="also score the shop on a temporal split where only these types are relevant (e.g. purchase)")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-cells-") as tmp:
@@ -108,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         events = pl.from_arrow(table)
         shop = events.filter(pl.col("event_type") != "rating")
         rows.append(compare(f"synthetic shop ({args.shop_users:,} users, views/carts/purchases)", shop))
+        if args.shop_relevant:
+            relevant = args.shop_relevant.split(",")
+            rows.append(compare(f"synthetic shop ({args.shop_users:,} users), relevant: {args.shop_relevant}",
+                                shop, relevant))
         ratings = events.filter(pl.col("event_type") == "rating")
         rows.append(compare(f"MovieLens-like ratings (synthetic reviews, {ratings.height:,} ratings)", ratings))
         if not args.skip_retail:
