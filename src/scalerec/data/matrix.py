@@ -197,10 +197,8 @@ def build_matrix(
     """
     if min_user_interactions < 1 or min_item_interactions < 1:
         raise ValidationError("minimum interaction counts must be >= 1")
-    if normalise and cell_unit is None:
-        cell_unit = cell_unit_of(source, event_types, unknown_type_weight)
     options = dict(
-        cell_unit=cell_unit, event_types=event_types, unknown_type_weight=unknown_type_weight, window_days=window_days,
+        event_types=event_types, unknown_type_weight=unknown_type_weight, window_days=window_days,
         half_life_days=half_life_days, now=now, start=start, end=end,
         min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
         binary=binary, cap=cap, user_ids=user_ids, item_ids=item_ids,
@@ -209,13 +207,18 @@ def build_matrix(
     )
     if recency_reference not in RECENCY_REFERENCES:
         raise ValidationError(f"recency_reference must be one of {RECENCY_REFERENCES}, got {recency_reference!r}")
+
+    def run() -> InteractionMatrix:
+        unit = cell_unit_of(source, event_types, unknown_type_weight) if normalise and cell_unit is None else cell_unit
+        return _build(source, **options, cell_unit=unit)
+
     view = getattr(source, "consistent_view", None)
     if callable(view):
         # A DataStore: hold its shared lock so a concurrent flush or compaction cannot move a batch
-        # of pending events (or swap Parquet files) between listing and reading them.
+        # of pending events (or swap Parquet files) between listing and reading them (the unit's too).
         with view():
-            return _build(source, **options)
-    return _build(source, **options)
+            return run()
+    return run()
 
 
 def _build(
