@@ -150,6 +150,7 @@ def create_app(
     app.state.auth = auth
     install_error_handlers(app)
     recommendations.add_hot_routes(app, API_PREFIX)
+    placements.add_hot_routes(app, API_PREFIX)
     for module in (recommendations, events, users, items, models, online, placements, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(docs.router)
