@@ -33,7 +33,8 @@ from rich.table import Table
 from _common import append_result
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "evaluation"))  # the front-loaded shop is the tests' own construction
+# the front-loaded shop is the tests' own construction (tests/evaluation/test_holdout.py, which imports a CLI fixture)
+sys.path[:0] = [str(ROOT / "tests" / d) for d in ("evaluation", "cli", "training", "")]
 
 from scalerec.config import Settings  # noqa: E402
 from scalerec.data.store import DataStore  # noqa: E402
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"Online Retail not found at {CSV}; skipping (a)")
             else:
                 rows.append(online_retail(Path(tmp) / "retail", args.minutes, args.jobs))
+                console.print(rows[-1], soft_wrap=True)  # kept even if the next store fails
         if not args.skip_shop:
             rows.append(front_loaded_shop(Path(tmp) / "synth", args.minutes, args.jobs, args.shop_users, args.shop_events))
     table = Table(title=f"what the default protocol chose (search budget {args.minutes:g} min per store, {args.jobs} job)")

@@ -108,6 +108,11 @@ class MatrixSettings(_Section):
     min_item_interactions: int = Field(1, ge=1)
     binary: bool = Field(False, description="store 1 for every positive cell instead of the summed weight")
     cap: float | None = Field(None, gt=0, description="clip each summed cell at this value; none = no clip")
+    # Off by default: it helped on Online Retail but lost beyond the intervals on the synthetic shop
+    # (BENCHMARKS.md, issue 10, "Cell convention").
+    normalise: bool = Field(
+        False, description="divide each cell by the strongest positive event-type weight in the data (cells of one such event = 1)"
+    )
     # "floored": the global clock (best on Online Retail: 0.128 vs 0.114 Recall@20 per-user) that
     # never lets a user's row underflow to zero (it zeroed 278 of 609 users' rows on one public set).
     recency_reference: Literal["floored", "user", "global"] = Field(

@@ -101,3 +101,36 @@ def test_empty_data_directory_says_what_to_do(tmp_path: Path, capsys) -> None:
     assert code == 2 and "--preset online-retail" in err and str(data_dir) in err
     code, _, err = _run_main(["-d", str(data_dir), "evaluate", "--split", "temporal", "--models", "popular"], capsys)
     assert code == 2 and "import events first" in err
+
+
+def test_segments_per_group_with_intervals_in_json_table_and_report(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    data_dir = _store(tmp_path, popularity_rows())
+    store = DataStore.open(Settings(data={"dir": data_dir}))
+    users = sorted({r[0] for r in popularity_rows()})
+    store.catalog.upsert_users(pa.table({
+        "user_id": users,
+        "attributes": pa.array([[("country", "FR" if k % 2 else "DE")] for k in range(len(users))],
+                               pa.map_(pa.string(), pa.string())),
+        "created_at": pa.nulls(len(users), pa.timestamp("us", tz="UTC")),
+    }))
+    store.close()
+    args = ["-d", str(data_dir), "evaluate", "--split", "temporal", "--test-days", "15", "--models", "popular",
+            "--k", "5", "--segments", "country,new_vs_returning,activity"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    seg = data["segments"]["popular"]
+    n_test = data["split"]["n_test_users"]
+    assert sum(g["_n_users"] for g in seg["country"].values()) == n_test
+    assert set(seg["country"]) <= {"FR", "DE", "unknown"}
+    for g in seg["country"].values():
+        iv = g["ndcg@5"]
+        assert iv["low"] <= iv["mean"] <= iv["high"]
+    report = tmp_path / "r.html"
+    table = runner.invoke(app, [*args, "--report", str(report)])
+    assert table.exit_code == 0, table.output
+    assert "popular by country" in table.stdout and "Per segment" in report.read_text()
+    bad = runner.invoke(app, [*args[:-1], "shoe_size"])
+    assert bad.exit_code != 0 and "unknown segment 'shoe_size'" in str(bad.exception)  # main() prints it as one line

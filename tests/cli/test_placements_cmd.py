@@ -21,8 +21,15 @@ def run(argv, capsys):
     return exit_info.value.code, out.out, out.err
 
 
-def test_add_list_show_remove(tmp_path, capsys):
+def store(tmp_path, capsys) -> list[str]:
+    """A created store (placements belong to one; a command on a folder that is not a store fails)."""
     d = ["--data-dir", str(tmp_path / "shop")]
+    assert run([*d, "init", "--no-config"], capsys)[0] == 0
+    return d
+
+
+def test_add_list_show_remove(tmp_path, capsys):
+    d = store(tmp_path, capsys)
     spec = tmp_path / "home.json"
     spec.write_text(json.dumps({"strategy": "personal", "filter": "price < 50",
                                 "promotions": [{"name": "new", "rule": "age_days < 30", "slots": 2}]}))
@@ -43,7 +50,7 @@ def test_add_list_show_remove(tmp_path, capsys):
 
 
 def test_a_bad_rule_is_one_line_with_its_position_and_nothing_is_stored(tmp_path, capsys):
-    d = ["--data-dir", str(tmp_path / "shop")]
+    d = store(tmp_path, capsys)
     spec = tmp_path / "bad.json"
     spec.write_text(json.dumps({"boosts": [{"name": "b", "rule": "price << 3"}]}))
     code, _, err = run([*d, "placements", "add", "bad", str(spec)], capsys)
@@ -60,7 +67,7 @@ def test_a_bad_rule_is_one_line_with_its_position_and_nothing_is_stored(tmp_path
 
 
 def test_blocklist(tmp_path, capsys):
-    d = ["--data-dir", str(tmp_path / "shop")]
+    d = store(tmp_path, capsys)
     assert run([*d, "placements", "blocklist"], capsys)[1].strip() == "(empty)"
     code, out, _ = run([*d, "placements", "blocklist", "--set", "a, b,a"], capsys)
     assert code == 0 and out.split() == ["a", "b"]

@@ -21,6 +21,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_init_and_stats_on_a_postgresql_catalogue(tmp_path, postgres_url, monkeypatch, capsys):
     monkeypatch.setenv("SCALEREC_DATA__CATALOG_URL", postgres_url)
+    monkeypatch.chdir(tmp_path)  # init writes ./scalerec.toml
     code, out, err = run_main(["--data-dir", str(tmp_path / "shop"), "init"], capsys)
     assert code == 0, err
     assert not (tmp_path / "shop" / "catalog.db").exists(), "the catalogue lives on the server"

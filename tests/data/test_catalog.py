@@ -542,3 +542,26 @@ def test_placements_round_trip(catalog):
     assert catalog.delete_placement("home") is True
     assert catalog.delete_placement("home") is False
     assert [r[0] for r in catalog.placement_rows()] == ["cart"]
+
+
+def _experiment(name: str, created: str = "2026-01-01T00:00:00+00:00") -> dict:
+    return {"name": name, "status": "running", "created_at": created, "updated_at": created,
+            "spec": {"variants": [{"name": "control", "version": "production", "weight": 50.0},
+                                  {"name": "new", "version": "v0002", "weight": 50.0}], "placement": None, "seed": 3}}
+
+
+def test_experiments_round_trip(catalog):
+    assert catalog.experiment_rows() == [] and catalog.experiment_row("e1") is None
+    assert catalog.insert_experiment(_experiment("e1"))
+    assert not catalog.insert_experiment(_experiment("e1")), "a taken name writes nothing"
+    assert catalog.insert_experiment(_experiment("e0", created="2026-01-02T00:00:00+00:00"))
+    row = catalog.experiment_row("e1")
+    assert row["status"] == "running" and row["spec"] == _experiment("e1")["spec"]
+    assert [r["name"] for r in catalog.experiment_rows()] == ["e1", "e0"]  # by creation time
+    spec = {**row["spec"], "winner": "new"}
+    assert catalog.update_experiment("e1", "stopped", spec, "2026-01-03T00:00:00+00:00")
+    assert not catalog.update_experiment("nope", "stopped", spec, "2026-01-03T00:00:00+00:00")
+    assert catalog.experiment_row("e1")["spec"]["winner"] == "new"
+    assert [r["name"] for r in catalog.experiment_rows("running")] == ["e0"]
+    assert [r["name"] for r in catalog.experiment_rows("stopped")] == ["e1"]
+    assert catalog.experiment_row("e1")["updated_at"] == "2026-01-03T00:00:00+00:00"

@@ -328,3 +328,26 @@ def test_scrub_is_atomic_and_a_writer_keeps_appending(tmp_path: Path) -> None:
 
 def _read_logs(root: Path) -> list[str]:
     return [line for p in sorted(root.glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def test_a_deletion_finished_on_another_machine_reaches_this_log(tmp_path) -> None:
+    """Two data directories on one catalogue (two machines): the user's events in the other log
+    go at its next flush or start; a deletion finished on this log is not applied twice."""
+    import pyarrow as pa
+
+    from scalerec.data.validate import validate_events
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    worker = DataStore.open(Settings(data={"dir": tmp_path / "worker", "catalog_url": url}))
+    server = DataStore.open(Settings(data={"dir": tmp_path / "server", "catalog_url": url}))
+    events, _ = validate_events(pa.table({"user_id": ["gone", "gone", "kept"], "item_id": ["a", "b", "a"],
+                                          "event_type": ["view"] * 3, "timestamp": [1_700_000_000] * 3}), Settings())
+    worker.catalog.add_pending_events(events)
+    assert worker.flush_pending() == 3  # into the worker's log
+    assert server.delete_user("gone")["log_events"] == 0  # the server's own log has none of it
+    assert sorted(worker.log.read(columns=["user_id"]).column("user_id").to_pylist()) == ["gone", "gone", "kept"]
+    assert worker.flush_pending() == 0  # applies the tombstone first
+    assert worker.log.read(columns=["user_id"]).column("user_id").to_pylist() == ["kept"]
+    assert server._apply_shared_deletions() == 0, "finished on the server's own log: no second pass"
+    worker.close()
+    server.close()

@@ -674,3 +674,14 @@ def test_prefetched_chunks_keep_order_raise_in_place_and_stop_on_close():
     it.close()
     assert closed.is_set()
     assert not [t for t in threading.enumerate() if t.name == "scalerec-import-read" and t.is_alive()]
+
+
+def test_a_temporal_split_of_one_dated_events_says_what_can_help(store, tmp_path):
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.evaluation.splits import split_temporal
+
+    import_file(store, "events", write(tmp_path / "listens.tsv", LISTENS),
+                mapping={"user_id": "userID", "item_id": "artistID"}, constants={"event_type": "view"}, no_timestamps=True)
+    with pytest.raises(EmptyDataError, match="same time.*--split random") as info:
+        split_temporal(take_snapshot(store).events, test_days=1)
+    assert "fewer --test-days" not in info.value.message

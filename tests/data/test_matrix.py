@@ -223,3 +223,46 @@ def test_blocks_sum_to_the_one_block_matrix(tmp_path, monkeypatch, reference):
     assert len(matrix_module._parts(big)) > len(big.files())  # files bigger than a block, sliced
     got = _as_dict(build_matrix(big, **options))
     assert set(got) == set(expect) and all(got[k] == pytest.approx(v, rel=1e-5) for k, v in expect.items())
+
+
+def test_normalised_cells_divide_by_the_strongest_type_present_before_the_cap() -> None:
+    """One view (weight 1) beside purchases (weight 10) is 0.1 of a purchase, and cap=1 saturates
+    only at one undecayed purchase; the unit is the data's strongest positive type, not the
+    strongest configured one (a ratings-only store keeps its rating unit)."""
+    from scalerec.data.matrix import MatrixSpec, cell_unit_of, shape_cells
+
+    settings = Settings(matrix={"normalise": True})
+    events = _events()
+    raw = MatrixSpec.from_settings(Settings()).build(events)
+    spec = MatrixSpec.from_settings(settings)
+    assert spec.normalise and spec.cell_unit is None and "cell_unit" not in spec.cells()
+    resolved = spec.resolved(events)
+    assert resolved.cell_unit == 10.0 and resolved.cells()["cell_unit"] == 10.0
+    norm = spec.build(events)
+    assert list(norm.item_ids) == list(raw.item_ids) and list(norm.user_ids) == list(raw.user_ids)
+    assert np.allclose(norm.matrix.toarray(), raw.matrix.toarray() / 10.0, atol=1e-6)
+    assert _as_dict(resolved.build(events)) == _as_dict(norm)
+    capped = spec.with_overrides({"cap": 1.0, "half_life_days": 7.0}).build(events, now=T0 + timedelta(days=60))
+    assert float(capped.matrix.data.max()) <= 1.0 and (capped.matrix.data < 1.0).mean() > 0.5
+    # a ratings-only source: the unit is the rating type's weight, whatever purchases weigh
+    ratings = events.filter(pa.compute.equal(events["event_type"], "rating"))
+    assert cell_unit_of(ratings, spec.event_types) == 1.0
+    views = events.filter(pa.compute.equal(events["event_type"], "view"))
+    assert spec.resolved(views).cell_unit == 1.0
+    # fold-in: summed raw weights shaped by the recorded convention give the matrix's cells
+    summed = np.array([10.0, 1.0, 25.0], dtype=np.float32)
+    assert np.allclose(shape_cells(summed, **resolved.with_overrides({"cap": 1.0}).cells()), [1.0, 0.1, 1.0])
+
+
+def test_old_specs_and_manifests_keep_raw_cells() -> None:
+    """A spec recorded before normalisation existed (no normalise / cell_unit keys) means raw summed
+    weights; a recorded unit round-trips."""
+    from scalerec.data.matrix import MatrixSpec
+
+    old = {"event_types": {"purchase": {"weight": 10.0}}, "cap": 1.0, "half_life_days": 30.0, "binary": False}
+    spec = MatrixSpec.from_dict(old)
+    assert (spec.normalise, spec.cell_unit) == (False, None) and spec.cells() == {"binary": False, "cap": 1.0}
+    assert MatrixSpec.from_manifest_dict({"data": {"matrix_settings": {"cap": 1.0}}}).cells() == {"binary": False,
+                                                                                                   "cap": 1.0}
+    new = MatrixSpec.from_settings(Settings(matrix={"normalise": True})).resolved(_events())
+    assert MatrixSpec.from_dict(new.to_dict()) == new and new.to_dict()["cell_unit"] == 10.0

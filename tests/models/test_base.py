@@ -77,3 +77,53 @@ def test_interrupted_save_leaves_the_old_model_and_no_temporary_files(tmp_path, 
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
     assert Recommender.load(tmp_path / "m").get_params() == {"weighted": False}
+
+
+def _als_with_ties(integer: bool):
+    """A fitted ALS whose factors are replaced: small integers (exact, order-free sums: many exact
+    ties) or the fitted floats with a few long vectors; several blocks either way."""
+    from scalerec.models import make_model
+
+    rng = np.random.default_rng(3)
+    X = sp.random(60, 40, density=0.15, format="csr", dtype=np.float32, random_state=4)
+    X.data[:] = 1.0
+    model = make_model("als", factors=8, iterations=2).fit(X)
+    if integer:
+        model.user_factors_ = rng.integers(-3, 4, model.user_factors_.shape).astype(np.float32)
+        model.item_factors_ = rng.integers(-3, 4, model.item_factors_.shape).astype(np.float32)
+    else:
+        V = np.array(model.item_factors_)
+        V[rng.random(len(V)) < 0.1] *= 3.0  # a few long vectors: scanned first
+        model.item_factors_ = V
+    model.block_bytes = 4 * 40 * 7  # 7 users per block
+    return model, X
+
+
+@pytest.mark.parametrize("integer", [True, False])
+@pytest.mark.parametrize("n", [3, 10, 45])
+def test_batch_recommend_in_scan_order_equals_a_full_sort(n: int, integer: bool) -> None:
+    model, X = _als_with_ties(integer)
+    users = np.arange(X.shape[0])
+    ids, vals = model.recommend(users, n, exclude=X)
+    scores = np.asarray(model.user_factors_) @ model.item_factors_.T
+    _mask_rows(scores, X)
+    ref_ids, ref_vals = reference_top_k(scores, n)
+    np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-6)  # BLAS rounds by column position
+    if integer:  # exact ties: the same scores, listed by item index (which tied item makes the cut is unspecified)
+        valid = ids >= 0
+        np.testing.assert_array_equal(np.take_along_axis(scores, np.maximum(ids, 0), 1)[valid], vals[valid])
+        tied = (vals[:, 1:] == vals[:, :-1]) & valid[:, 1:]
+        assert tied.any() and (ids[:, 1:][tied] > ids[:, :-1][tied]).all()
+        assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in ids)
+    else:
+        np.testing.assert_array_equal(ids, ref_ids)
+    assert not (X[users[:, None], np.maximum(ids, 0)].toarray() * (ids >= 0)).any()  # history excluded
+
+
+def test_scan_order_follows_a_new_item_factor_array() -> None:
+    model, X = _als_with_ties(True)
+    model.recommend(np.arange(5), 5)
+    model.item_factors_ = -model.item_factors_  # e.g. a refit: the cached scan order must not be reused
+    _, vals = model.recommend(np.arange(5), 5)
+    _, ref_vals = reference_top_k(np.asarray(model.user_factors_[:5]) @ model.item_factors_.T, 5)
+    np.testing.assert_array_equal(vals, ref_vals)

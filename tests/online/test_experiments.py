@@ -151,7 +151,8 @@ def test_simulated_experiment_the_better_variant_wins(shop, tmp_path):
         def post(events: list[dict]) -> None:
             assert api.post("/v1/events", json=events).status_code == 202
 
-        sim = simulate(shoppers, recommend, post, sessions=3000, seed=1)
+        with api.client:  # one portal thread for every request (a client not entered starts one per request)
+            sim = simulate(shoppers, recommend, post, sessions=3000, seed=1)
         api.service.impressions.flush()
         true_lift = sim.true_lift("new", "control")
         assert true_lift > 0.2, "the simulator's tastes favour the personalised model"
@@ -210,3 +211,34 @@ def test_cli_create_list_show_stop_and_kpis(shop, tmp_path):
     out = json.loads(run(app, ["--data-dir", str(d), "kpis", "--by", "placement", "--since", "7d", "--json", "--offline"]).output)
     assert out["rows"] == [] and {v["version"] for v in out["versions"]} == {shop["popular"], shop["als"]}
     assert all("offline_test" in v for v in out["versions"])
+
+
+def test_interleaving_experiment_prefers_the_better_ranker_with_fewer_sessions(shop, tmp_path):
+    api = _api(shop, tmp_path)
+    try:
+        r = api.post("/v1/experiments", role="admin", json={
+            "name": "il", "method": "interleave",
+            "variants": [{"name": "control", "version": "production", "weight": 50},
+                         {"name": "new", "version": shop["als"], "weight": 50}]})
+        assert r.status_code == 201, r.text
+        shoppers = Shoppers(SHOP["n_users"], SHOP["n_items"], seed=SHOP["seed"], days=SHOP["days"], start=START)
+        lists = []
+
+        def recommend(user: str) -> dict:
+            resp = api.get(f"/v1/users/{user}/recommendations?n=10").json()
+            lists.append(resp)
+            return resp
+
+        with api.client:
+            simulate(shoppers, recommend, lambda evs: api.post("/v1/events", json=evs), sessions=800, seed=2)
+        assert all(x["variant"] == "interleaved" and len(x["items"]) == 10 for x in lists)
+        assert lists[0]["model_version"] == f"{shop['popular']}+{shop['als']}"
+        api.service.impressions.flush()
+        imp = ImpressionStore(Path(api.settings.data.dir) / "impressions").read().to_pylist()
+        assert all(set(i["teams"]) <= {"control", "new"} and len(i["teams"]) == len(i["items"]) for i in imp)
+        report = api.get("/v1/experiments/il", role="admin").json()
+        il = report["interleaving"]
+        assert report["winner"] == "new" and il["significant"] and il["wins"]["new"] > il["wins"]["control"], il
+        assert "new is preferred over control" in report["verdict"]
+    finally:
+        api.service.close()

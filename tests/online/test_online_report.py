@@ -12,25 +12,26 @@ Z95 = 1.959963984540054
 
 
 def _units(rng, n, p, q):
-    imps = 1 + rng.poisson(3, n).astype(float)
+    imps = 1 + rng.poisson(3 * q, n).astype(float)  # keen shoppers see more lists and buy more
     y = rng.binomial(imps.astype(int), np.minimum(1.0, p * q)).astype(float)
     return y, imps
 
 
 @pytest.mark.parametrize("cuped", [False, True])
-def test_lift_intervals_cover_the_true_lift_95_percent_of_the_time(cuped):
+@pytest.mark.parametrize("p_t", [0.06, 0.25])  # a small lift, and a fivefold one (the treatment must not leak into theta)
+def test_lift_intervals_cover_the_true_lift_95_percent_of_the_time(cuped, p_t):
     rng = np.random.default_rng(0)
-    p_c, p_t, n, reps = 0.05, 0.06, 800, 400
+    p_c, n, reps = 0.05, 800, 400
     true = p_t / p_c - 1
     hits, widths, reductions = 0, [], []
     for _ in range(reps):
-        q = rng.gamma(1.0, 1.0, 2 * n)  # each unit's propensity to buy, before and during
+        q = rng.gamma(2.0, 0.5, 2 * n)  # each unit's propensity to buy, before and during
         pre = rng.poisson(q * 20.0).astype(float)  # a long pre-period: an informative covariate
         yc, xc = _units(rng, n, p_c, q[:n])
         yt, xt = _units(rng, n, p_t, q[n:])
         y, x = np.r_[yc, yt], np.r_[xc, xt]
         if cuped:
-            y, _ = _cuped(y, x, pre)
+            y, _ = _cuped(y, x, pre, np.r_[np.zeros(n), np.ones(n)])
         rc, vc = _ratio(y[:n], x[:n])
         rt, vt = _ratio(y[n:], x[n:])
         lift = _lift(rt, vt, rc, vc, Z95)

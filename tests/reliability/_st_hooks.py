@@ -16,9 +16,47 @@ def _prices_ordered(values: dict | None) -> bool:
         return True
 
 
+def _times_parse(values: dict | None) -> bool:
+    # since/until of GET /v1/kpis: an ISO time or a span back ("7d"), ordered (refused with 422 otherwise)
+    if not isinstance(values, dict) or not ({"since", "until"} & set(values)):
+        return True
+    from scalerec.errors import ValidationError
+    from scalerec.online.kpis import parse_since
+
+    try:
+        s, u = parse_since(values.get("since")), parse_since(values.get("until"))
+    except (ValidationError, OverflowError, ValueError):
+        return False
+    return s is None or u is None or u > s
+
+
 @schemathesis.hook
 def filter_query(ctx, query):  # noqa: ANN001, ANN201
-    return _prices_ordered(query)
+    return _prices_ordered(query) and _times_parse(query)
+
+
+def _experiment_rules_hold(body: dict) -> bool:
+    # POST /v1/experiments: distinct variant names and versions, a parseable start before the end,
+    # a placement that is not blank (cross-field rules JSON Schema cannot state; 422 otherwise)
+    variants = body.get("variants")
+    if not isinstance(variants, list) or "name" not in body:
+        return True
+    from scalerec.data.coerce import utc_us
+    from scalerec.errors import ValidationError
+
+    names = [v.get("name") for v in variants if isinstance(v, dict)]
+    versions = [v.get("version") for v in variants if isinstance(v, dict)]
+    if len(set(map(str, names))) != len(names) or len(set(map(str, versions))) != len(versions):
+        return False
+    if body.get("method") == "interleave" and len(variants) != 2:
+        return False
+    if isinstance(body.get("placement"), str) and not body["placement"].strip():
+        return False
+    try:
+        s, e = (None if not body.get(k) else utc_us(body.get(k), k) for k in ("start", "end"))
+    except (ValidationError, OverflowError, ValueError):
+        return False
+    return s is None or e is None or e > s
 
 
 def _events(body: object) -> list:
@@ -95,4 +133,4 @@ def filter_body(ctx, body):  # noqa: ANN001, ANN201
     types, items = body.get("event_types"), body.get("item_ids")
     if isinstance(types, list) and isinstance(items, list) and len(types) != len(items):
         return False  # one event type per item or none
-    return _prices_ordered(body) and _placement_rules_hold(body)
+    return _prices_ordered(body) and _placement_rules_hold(body) and _experiment_rules_hold(body)

@@ -341,3 +341,24 @@ def test_pipeline_stages_each_keep_their_one_contract(api1) -> None:
     kept = pl.filter_allowed(pl.Request(live, 3, ItemFilter(), np.ones(st.n_items, bool)), padded)
     assert kept.ids.tolist() == [3] and kept.reasons == ["a"] and padded.ids.tolist() == [3, -1, 5]
     assert pl.rerank(req, got) is got
+
+
+def test_recommendation_ids_are_random_128_bit_hex_and_differ_in_a_forked_child() -> None:
+    import os
+
+    from scalerec.serving.service import _RandomIds
+
+    ids = _RandomIds(batch=4)  # several refills
+    seen = [ids.next() for _ in range(1000)]
+    assert len(set(seen)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in seen)
+    ids.next()  # a partly used buffer at the fork
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must not repeat the parent's next ids
+        os.write(w, "".join(ids.next() for _ in range(3)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 200).decode()
+    parent = "".join(ids.next() for _ in range(3))
+    assert len(child) == 96 and child != parent

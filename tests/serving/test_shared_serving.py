@@ -2,9 +2,9 @@
 the model store URL, each with its own data directory: they behave as one service.
 
 Bounds (docs/deployment.md): an acknowledged event changes the other process's next answer (the
-fresh-user cursor is read per request); item availability, deletions and promotions wake its
-watcher at commit (LISTEN/NOTIFY; at the latest its poll, MODEL_POLL_S = 2 s), plus, for a
-promotion, the model's copy into its cache.
+fresh-user cursor is read per request); item availability and deletions wake its watcher at
+commit (LISTEN/NOTIFY; at the latest its 20 ms poll); a promotion is seen within MODEL_POLL_S
+(2 s) plus the model's copy into its cache.
 """
 
 from __future__ import annotations

@@ -416,3 +416,67 @@ def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(
     served_row = history_row(st, fresh.cols, fresh.weights).toarray()
     built_row = recorded.build(posted, item_ids=loaded.matrix.item_ids).matrix.toarray()
     assert built_row.sum() > 0 and np.allclose(served_row, built_row, atol=1e-5)
+
+
+@pytest.mark.parametrize("recency", [None, 20.0])
+def test_normalised_cells_agree_when_tuned_gated_refitted_and_served(tmp_path: Path, recency: float | None) -> None:
+    """[matrix] normalise: the strongest type's weight (purchase 10) is the cell unit, fixed once from
+    the data and recorded, so the split's train part, the gate's rows, the refit and the served
+    fold-in all divide by it before the cap (a view counts 0.1, a fresh purchase 1)."""
+    from scalerec.data.matrix import MatrixSpec, shape_cells
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.models import make_model
+    from scalerec.registry import Manifest
+    from scalerec.serving.realtime import event_type_weights, history_from_arrays
+    from scalerec.serving.state import event_values, history_row
+    from scalerec.training.pipeline import _VocabAdapter, full_matrix, make_run_split
+
+    settings, ds = tiny_store(tmp_path / "data", settings={"matrix": {"normalise": True, "cap": 0.5}})
+    train(settings, TrainOptions(models=["itemknn"], trials=1), store=ds)
+    loaded = Registry(settings).load()
+    snapshot = take_snapshot(ds)
+    model = make_model("itemknn", **{**loaded.model.get_params(), "recency_half_life_days": recency})
+    overrides = model.matrix_overrides()
+    spec = MatrixSpec.from_settings(settings, overrides).resolved(snapshot.events)
+    assert spec.cell_unit == 10.0 and spec.cells()["cell_unit"] == 10.0
+
+    # recorded: the manifest's spec carries the unit; serving's cell convention divides by it
+    manifest = Manifest.from_dict(loaded.manifest)
+    assert manifest.matrix == MatrixSpec.from_settings(settings, loaded.model.matrix_overrides()).resolved(snapshot.events)
+    assert manifest.matrix.cells() == {"binary": False, "cap": 0.5, "cell_unit": 10.0}
+    assert _same_cells(loaded.matrix, manifest.matrix.build(snapshot.events))
+    raw = manifest.matrix.counts().build(snapshot.events, user_ids=loaded.matrix.user_ids,
+                                         item_ids=loaded.matrix.item_ids)
+    shaped = raw.matrix.copy()
+    shape_cells(shaped.data, **manifest.matrix.cells())
+    assert (abs(shaped - loaded.matrix.matrix) > 1e-5).nnz == 0
+    assert np.isclose(loaded.matrix.matrix.data, 0.1).any() and float(loaded.matrix.matrix.data.max()) == 0.5
+
+    # refitted and tuned: the same unit on the whole snapshot and on the part before the cut-off
+    refit = full_matrix(snapshot, settings, **overrides)
+    assert _same_cells(refit, spec.build(snapshot.events))
+    split, _ = make_run_split(snapshot, settings, TrainOptions())
+    tuned = split.train_for(model)
+    train_end = split.info["train_end"]
+    before = snapshot.events.filter(snapshot.events["timestamp"] < train_end)
+    expected = spec.with_overrides({"min_user_interactions": 1, "min_item_interactions": 1}).build(
+        before, now=train_end, user_ids=tuned.user_ids, item_ids=tuned.item_ids
+    )
+    assert _same_cells(tuned, expected)
+    assert float(tuned.matrix.data.max()) <= spec.cap + 1e-6
+
+    # gated: production is handed the users' split-training rows, the tuned matrix itself
+    prod = type(loaded)(loaded.version, loaded.manifest, model, loaded.matrix, loaded.popular, loaded.trending)
+    assert (_VocabAdapter(prod, split).history != tuned.matrix).nnz == 0
+
+    # served fold-in of a new user: raw event weights summed, then divided by the recorded unit
+    posted = snapshot.events.filter(snapshot.events["user_id"] == loaded.matrix.user_ids[0]).with_columns(
+        user_id=pl.lit("fresh"), timestamp=pl.lit(snapshot.end))
+    recorded = manifest.matrix.with_overrides(overrides)
+    st = SimpleNamespace(ratings=recorded.ratings(), cells=recorded.cells(), n_items=len(loaded.matrix.item_ids))
+    types, values = posted["event_type"].to_numpy(), posted["value"].to_numpy()
+    fresh = history_from_arrays(posted["item_id"].to_numpy(), types, event_values(st, types, values),
+                                loaded.matrix.item_ids, event_type_weights(recorded.event_types, None))
+    served_row = history_row(st, fresh.cols, fresh.weights).toarray()
+    built_row = recorded.build(posted, item_ids=loaded.matrix.item_ids).matrix.toarray()
+    assert built_row.sum() > 0 and np.allclose(served_row, built_row, atol=1e-5)

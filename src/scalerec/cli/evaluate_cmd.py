@@ -86,6 +86,21 @@ def split_options(
     )[1]
 
 
+def print_segments(by_segment: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    for model, by_key in by_segment.items():
+        for key, groups in by_key.items():
+            metrics = sorted({m for g in groups.values() for m in g if not m.startswith("_")})
+            table = Table(title=f"{model} by {key}")
+            for col in (key, "users", *metrics):
+                table.add_column(col)
+            for value, g in groups.items():
+                cells = [f"{g[m]['mean']:.4f} [{g[m]['low']:.4f}, {g[m]['high']:.4f}]" for m in metrics]
+                table.add_row(value + ("" if g["_enough"] else " (few)"), str(g["_n_users"]), *cells)
+            console.print(table)
+
+
 @app.command("evaluate", cls=RegistryHelpCommand)
 def evaluate_command(
     ctx: typer.Context,
@@ -112,6 +127,10 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Random seed (random, users and auto splits)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    segments: Optional[str] = typer.Option(
+        None, "--segments",
+        help="Report every metric per customer group: user attributes and activity, new_vs_returning, comma-separated.",
+    ),
 ) -> None:
     """Compare model families offline on a split of the data directory's events.
 
@@ -158,14 +177,31 @@ def evaluate_command(
             confidence=ev.confidence, bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
         )
 
+    by_segment = None
+    if segments:
+        from scalerec.ranking.segments import evaluate_segments, segments_html
+
+        with err_console.status("metrics per segment…"):
+            by_segment = evaluate_segments(
+                zoo, the_split, store.catalog.users_table(), [s.strip() for s in segments.split(",") if s.strip()],
+                ks, metric_names, confidence=ev.confidence, n_boot=ev.bootstrap_samples, seed=ev.seed,
+                min_users=settings.training.min_gate_users,
+            )
     report_path = write_html_report(result, report) if report is not None else None
+    if report_path is not None and by_segment is not None:
+        html = Path(report_path).read_text()
+        Path(report_path).write_text(html.replace("</body>", segments_html(by_segment) + "\n</body>", 1))
     if as_json:
         data = result.to_dict()
+        if by_segment is not None:
+            data["segments"] = by_segment
         if report_path is not None:
             data["report"] = str(report_path)
         typer.echo(json.dumps(data, indent=2, default=str))
         return
     console.print(result.table())
+    if by_segment is not None:
+        print_segments(by_segment)
 
     print_protocol(result.split.get("protocol"))
     if result.attribution:

@@ -98,6 +98,8 @@ def create_cmd(
     start: Optional[str] = typer.Option(None, "--start", help="ISO time it starts (default now)"),
     end: Optional[str] = typer.Option(None, "--end", help="ISO time it ends (default: until stopped)"),
     seed: int = typer.Option(0, "--seed", help="seed of the assignment hash"),
+    method: str = typer.Option("split", "--method", help="split (each user sees one variant) | interleave "
+                               "(team-draft of two variants in every list)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Start an experiment: serving assigns each user (or session) to a variant by a seeded hash."""
@@ -105,7 +107,7 @@ def create_cmd(
 
     store = get_store(ctx)
     exp = create_experiment(store.catalog, _registry(ctx), name, variant, placement=placement, start=start, end=end,
-                            seed=seed)
+                            seed=seed, method=method)
     if as_json:
         _print_json(exp.to_dict())
     else:

@@ -115,7 +115,9 @@ def _summary(result: "TrainResult") -> None:
     verdict = "promoted to production" if p.get("promoted") else "kept as candidate"
     info.add_row("gate", f"{verdict}: {p.get('reason')}" + (" [forced]" if p.get("forced") else ""))
     if result.ranking:
-        info.add_row("ranking", f"{result.ranking.get('status')}: {result.ranking.get('reason')}")
+        from rich.markup import escape
+
+        info.add_row("ranking", escape(f"{result.ranking.get('status')}: {result.ranking.get('reason')}"))
     console.print(info)
     print_protocol(result.protocol)
 

@@ -48,6 +48,7 @@ IMPRESSION_SCHEMA = pa.schema(
         pa.field("experiment", pa.string(), nullable=True),
         pa.field("variant", pa.string(), nullable=True),
         pa.field("items", pa.list_(pa.string()), nullable=False),  # shown items, position = index + 1
+        pa.field("teams", pa.list_(pa.string()), nullable=True),  # interleaved lists: whose pick each position is
     ]
 )
 PARTITION_PREFIX = "date="

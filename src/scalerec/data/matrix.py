@@ -171,6 +171,8 @@ def build_matrix(
     rating_negative_weight: float = 0.0,
     rating_types: tuple[str, ...] = ("rating",),
     rating_scale: tuple[float, float] | None = None,
+    normalise: bool = False,
+    cell_unit: float | None = None,
     user_ids: np.ndarray | None = None,
     item_ids: np.ndarray | None = None,
 ) -> InteractionMatrix:
@@ -187,7 +189,9 @@ def build_matrix(
     first, then users, one pass). ``user_ids`` / ``item_ids`` fix the vocabulary, e.g. to build a
     test matrix aligned to a training matrix; events outside it are dropped. ``cap`` clips each
     summed cell (with a half-life and ``cap=1`` a cell is "bought recently" in [0, 1]: on the
-    Online Retail protocol this recency weighting lifts EASE from 0.106 to 0.128 Recall@20). Anonymous events
+    Online Retail protocol this recency weighting lifts EASE from 0.106 to 0.128 Recall@20). With
+    ``cell_unit`` each summed cell is divided by it before the cap (``normalise``: by the strongest
+    positive type weight among the events, see :func:`cell_unit_of`). Anonymous events
     (null user_id) are skipped. The work runs in polars' native engine over the Parquet files, so
     memory stays about the size of the aggregated output, never the event log as Python objects.
     """
@@ -203,13 +207,18 @@ def build_matrix(
     )
     if recency_reference not in RECENCY_REFERENCES:
         raise ValidationError(f"recency_reference must be one of {RECENCY_REFERENCES}, got {recency_reference!r}")
+
+    def run() -> InteractionMatrix:
+        unit = cell_unit_of(source, event_types, unknown_type_weight) if normalise and cell_unit is None else cell_unit
+        return _build(source, **options, cell_unit=unit)
+
     view = getattr(source, "consistent_view", None)
     if callable(view):
         # A DataStore: hold its shared lock so a concurrent flush or compaction cannot move a batch
-        # of pending events (or swap Parquet files) between listing and reading them.
+        # of pending events (or swap Parquet files) between listing and reading them (the unit's too).
         with view():
-            return _build(source, **options)
-    return _build(source, **options)
+            return run()
+    return run()
 
 
 def _build(
@@ -229,6 +238,7 @@ def _build(
     user_ids: np.ndarray | None,
     item_ids: np.ndarray | None,
     signals: "RatingRule",
+    cell_unit: float | None,
     recency_reference: str,
 ) -> InteractionMatrix:
     start_ts, end_ts, now_ts = _to_utc(start), _to_utc(end), _to_utc(now)
@@ -304,7 +314,7 @@ def _build(
     users, items = _vocabularies([weighted(p) for p in parts], user_ids, item_ids)
     if len(users) == 0 or len(items) == 0:
         return _finish(sp.csr_matrix((len(users), len(items)), dtype=np.float32), users, items,
-                       user_ids is None, item_ids is None, min_user_interactions, min_item_interactions, binary, cap)
+                       user_ids is None, item_ids is None, min_user_interactions, min_item_interactions, binary, cap, cell_unit)
     # Built once: turning an Enum dtype into an expression copies its categories (~8 ms per 300k).
     codes = [pl.col("user_id").cast(pl.Enum(pl.Series(users)), strict=False).to_physical().alias("u"),
              pl.col("item_id").cast(pl.Enum(pl.Series(items)), strict=False).to_physical().alias("i"), "w"]
@@ -323,7 +333,7 @@ def _build(
         summed.add(sp.coo_matrix((weights, (rows, cols)), shape=shape).tocsr())  # sums duplicates
         del rows, cols, weights
     return _finish(summed.result(), users, items, user_ids is None, item_ids is None,
-                   min_user_interactions, min_item_interactions, binary, cap)
+                   min_user_interactions, min_item_interactions, binary, cap, cell_unit)
 
 
 class _BlockSum:
@@ -563,15 +573,40 @@ def signal_stats(source: Any, rating_types: tuple[str, ...] = ("rating",)) -> di
     }
 
 
-def shape_cells(values: np.ndarray, *, binary: bool = False, cap: float | None = None) -> np.ndarray:
+def shape_cells(
+    values: np.ndarray, *, binary: bool = False, cap: float | None = None, cell_unit: float | None = None
+) -> np.ndarray:
     """Apply the matrix's cell convention in place to positive summed cells: 1 when ``binary``,
-    else clipped at ``cap``. Serving shapes fold-in histories with it, so a user's fresh events
-    reach a model on the scale it was trained on (``MatrixSpec.shape_cells`` is the same)."""
+    else divided by ``cell_unit`` (when set) then clipped at ``cap``. Serving shapes fold-in
+    histories with it, so a user's fresh events reach a model on the scale it was trained on
+    (``MatrixSpec.shape_cells`` is the same)."""
     if binary:
         values[:] = 1.0
-    elif cap is not None:
+        return values
+    if cell_unit is not None:
+        values /= np.asarray(cell_unit, dtype=values.dtype)
+    if cap is not None:
         np.minimum(values, np.asarray(cap, dtype=values.dtype), out=values)
     return values
+
+
+def cell_unit_of(
+    source: Any, event_types: Mapping[str, "EventType"], unknown_type_weight: float | None = None
+) -> float | None:
+    """The weight of the strongest positive event type present in ``source`` (None: none is): the
+    unit of a normalised matrix, so one such event makes a cell of 1 and ``cap=1`` saturates only
+    there, whatever the configured weights (a view of weight 1 beside purchases of 10 counts 0.1).
+    Types of the data, not of the settings: a ratings-only store keeps the rating's unit."""
+    present = _as_lazy(source).select(pl.col("event_type").unique()).collect().get_column("event_type").to_list()
+    weights = []
+    for name in present:
+        t = event_types.get(name)
+        if t is not None:
+            if t.polarity > 0:
+                weights.append(float(t.weight))
+        elif unknown_type_weight is not None and name is not None:
+            weights.append(float(unknown_type_weight))
+    return max(weights) if weights else None
 
 
 def cell_options(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -583,7 +618,7 @@ def cell_options(manifest: Mapping[str, Any]) -> dict[str, Any]:
 #: The build_matrix keywords that describe how events become cells (the rest say which events/ids).
 SPEC_FIELDS = (
     "event_types", "unknown_type_weight", "window_days", "half_life_days",
-    "min_user_interactions", "min_item_interactions", "binary", "cap",
+    "min_user_interactions", "min_item_interactions", "binary", "cap", "normalise", "cell_unit",
     "recency_reference", "rating_rule", "rating_threshold", "rating_negative_weight", "rating_types", "rating_scale",
 )
 #: The fields saying how an explicit rating counts (kept by :meth:`MatrixSpec.counts`).
@@ -623,6 +658,10 @@ class MatrixSpec:
     rating_types: tuple[str, ...] = ("rating",)
     #: (min, max) rating value of the data, fixed by :meth:`resolved` for a relative threshold
     rating_scale: tuple[float, float] | None = None
+    #: divide cells by the strongest positive type weight of the data (fixed as ``cell_unit`` by
+    #: :meth:`resolved`); False keeps cells as summed weights (the convention before it existed)
+    normalise: bool = False
+    cell_unit: float | None = None
 
     def __post_init__(self) -> None:
         if self.recency_reference not in RECENCY_REFERENCES:
@@ -669,6 +708,7 @@ class MatrixSpec:
             rating_threshold=m.rating_threshold,
             rating_negative_weight=m.rating_negative_weight,
             rating_types=tuple(m.rating_types),
+            normalise=m.normalise,
         )
         return spec.with_overrides(overrides or {})
 
@@ -686,11 +726,15 @@ class MatrixSpec:
 
     def resolved(self, source: Any) -> "MatrixSpec":
         """This spec with the rating scale of ``source`` fixed (a relative threshold then means the
-        same in every matrix built from parts of the data, and in serving's fold-in)."""
+        same in every matrix built from parts of the data, and in serving's fold-in), and with
+        ``normalise`` the cell unit of ``source`` fixed likewise."""
+        out = self
+        if self.normalise and self.cell_unit is None:
+            out = replace(out, cell_unit=cell_unit_of(source, self.event_types, self.unknown_type_weight))
         if self.rating_threshold is not None or self.rating_scale is not None or not self.rating_types:
-            return self
+            return out
         scale = self.ratings().resolved(source).scale
-        return self if scale is None else replace(self, rating_scale=scale)
+        return out if scale is None else replace(out, rating_scale=scale)
 
     def counts(self) -> "MatrixSpec":
         """Only the event weights (rating rule included): summed weighted events, no window, decay,
@@ -706,8 +750,12 @@ class MatrixSpec:
         return replace(self.counts(), rating_rule="threshold", rating_negative_weight=0.0, binary=True)
 
     def cells(self) -> dict[str, Any]:
-        """The cell convention: ``{"binary", "cap"}`` (keywords of :func:`shape_cells`)."""
-        return {"binary": bool(self.binary), "cap": None if self.cap is None else float(self.cap)}
+        """The cell convention: ``{"binary", "cap"}`` and ``"cell_unit"`` when cells are normalised
+        (keywords of :func:`shape_cells`; resolve a normalised spec first, or its unit is unknown)."""
+        out: dict[str, Any] = {"binary": bool(self.binary), "cap": None if self.cap is None else float(self.cap)}
+        if self.cell_unit is not None:
+            out["cell_unit"] = float(self.cell_unit)
+        return out
 
     def shape_cells(self, values: np.ndarray) -> np.ndarray:
         """Shape positive summed cells in place like this spec's matrix cells (fold-in histories)."""
@@ -742,7 +790,8 @@ class MatrixSpec:
         kwargs["event_types"] = {
             str(k): v if isinstance(v, EventType) else EventType(**v) for k, v in (data.get("event_types") or {}).items()
         }
-        for name, kind in (("min_user_interactions", int), ("min_item_interactions", int), ("binary", bool)):
+        for name, kind in (("min_user_interactions", int), ("min_item_interactions", int), ("binary", bool),
+                           ("normalise", bool)):
             if kwargs.get(name) is not None:
                 kwargs[name] = kind(kwargs[name])
         return cls(**kwargs)
@@ -795,6 +844,7 @@ def _finish(
     min_item_interactions: int,
     binary: bool,
     cap: float | None,
+    cell_unit: float | None = None,
 ) -> InteractionMatrix:
     """Drop non-positive cells, apply the minimum counts (items, then users: one pass), drop the
     users/items left without cells (unless their vocabulary was fixed), binarise or cap."""
@@ -818,7 +868,7 @@ def _finish(
         if len(keep) < summed.shape[1]:
             summed, items = summed[:, keep], items[keep]
     matrix = sp.csr_matrix(summed, dtype=np.float32)
-    shape_cells(matrix.data, binary=binary, cap=cap)
+    shape_cells(matrix.data, binary=binary, cap=cap, cell_unit=cell_unit)
     matrix.sort_indices()
     return InteractionMatrix(matrix=matrix, user_ids=users, item_ids=items)
 

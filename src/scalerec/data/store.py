@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scalerec.config import Settings
-from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog
+from scalerec.data.catalog import CatalogStore, catalog_exists, open_catalog, parse_catalog_url
 from scalerec.data.deletion import masks, versions_holding
 from scalerec.data.impressions import ImpressionStore
 from scalerec.data.eventlog import EventLog, TimeLike, _to_utc_us
@@ -115,7 +116,12 @@ class DataStore:
     def exists(cls, settings: Settings) -> bool:
         """Whether the data directory already holds a store (its event log and its catalogue)."""
         root = Path(settings.data.dir)
-        return (root / "events").is_dir() and catalog_exists(settings.data.resolved_catalog_url())
+        url = settings.data.resolved_catalog_url()
+        if parse_catalog_url(url).path is None:
+            # a catalogue server (several machines): the store is there, and this directory is
+            # this machine's part of it (cache, local log), made on open
+            return True
+        return (root / "events").is_dir() and catalog_exists(url)
 
     @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> "DataStore":
@@ -326,9 +332,13 @@ class DataStore:
         removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
         shown = ImpressionStore(self.dir / "impressions").scrub_users([user_id])
         removed["impressions"] = _step(shown["rows"], files=shown["files"])
-        report = {"removed": removed, "resumed": resumed}
+        report = {"removed": removed, "resumed": resumed, "log": self._log_identity()}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
+
+    def _log_identity(self) -> str:
+        """This machine's event log, as recorded in the deletion reports it finishes."""
+        return f"{socket.gethostname()}:{os.path.realpath(self.events_dir)}"
 
     def _apply_shared_deletions(self) -> int:
         """Remove from this machine's log and recommendation log the users whose deletion another
@@ -345,10 +355,13 @@ class DataStore:
         if not rows:
             return 0
         users = sorted({user for _, user, deleted_at in rows if deleted_at is not None})
+        here = self._log_identity()  # deletions finished on this very log need no second pass
+        users = [u for u in users if ((self.catalog.user_tombstone(u) or {}).get("report") or {}).get("log") != here]
         if users:
             with self._view_lock.exclusive():
                 self.log.delete_users(users)
             scrub_users(self.dir / "logs", users)
+            ImpressionStore(self.dir / "impressions").scrub_users(users)
         done = [s for s, _, deleted_at in rows if deleted_at is not None]
         unfinished = [s for s, _, deleted_at in rows if deleted_at is None]
         # stop before the first unfinished one: it is applied once finished

@@ -350,9 +350,12 @@ def _split_temporal(
     test_df = df.filter(ts >= test_start)
     window = f"test window {test_start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC (last {test_days:g} days)"
     if train_df.height == 0:
+        first = df.get_column("timestamp").min()
+        advice = ("every event carries the same time, so no window can hold the newest out: use --split auto or "
+                  "--split random (--no-timestamps imports split that way)" if first == end else "use fewer --test-days")
         raise EmptyDataError(
             f"the training window (before {train_end:%Y-%m-%d %H:%M} UTC) has no events: all {df.height} "
-            f"events fall in the {window}; use fewer --test-days"
+            f"events fall in the {window}; {advice}"
         )
     if test_df.height == 0:
         raise EmptyDataError(f"the {window} has no events (of {df.height}); use more --test-days")

@@ -286,6 +286,13 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
         per_row = 4 * max(1, getattr(self, "n_items_", 1))
         return int(max(1, min(self.max_block_rows, self.block_bytes // per_row)))
 
+    def _scan_scorer(self) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
+        """(a scorer of known users whose columns come in ``order``, ``order``), or None.
+
+        Top-k selection costs mostly heap insertions; columns scanned likely-best first fill the
+        heap early, so later columns rarely enter it."""
+        return None
+
     def _top_n(
         self,
         score: Callable[[np.ndarray], np.ndarray],
@@ -307,16 +314,29 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
         ids = np.full((n_rows, n), -1, dtype=np.int64)
         scores = np.full((n_rows, n), -np.inf, dtype=np.float32)
         step = self.block_rows()
+        scan = self._scan_scorer() if score == self._score_block and cand is None and n_rows > 1 else None
+        order = where = None
+        if scan is not None:
+            score, order = scan
+            where = np.empty_like(order)
+            where[order] = np.arange(len(order))  # original column -> its position in the scan
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)
             block = score(keys[start:stop])
             if exclude is not None:
-                _mask_rows(block, exclude[start:stop])
+                _mask_rows(block, exclude[start:stop], where)
             if cand is not None:
                 block = block[:, cand]
             b_ids, b_scores = top_k(block, n)
             if cand is not None:
                 b_ids = np.where(b_ids >= 0, cand[np.maximum(b_ids, 0)], -1)
+            if order is not None:
+                b_ids = np.where(b_ids >= 0, order[np.maximum(b_ids, 0)], -1)
+                # equal scores listed by original column, as top_k lists them
+                by_id = np.argsort(np.where(b_ids < 0, len(order), b_ids), axis=1)
+                b_ids, b_scores = np.take_along_axis(b_ids, by_id, 1), np.take_along_axis(b_scores, by_id, 1)
+                by_score = np.argsort(-b_scores, axis=1, kind="stable")
+                b_ids, b_scores = np.take_along_axis(b_ids, by_score, 1), np.take_along_axis(b_scores, by_score, 1)
             ids[start:stop] = b_ids
             scores[start:stop] = b_scores
         return ids, scores
@@ -467,6 +487,19 @@ class EmbeddingRecommender(Recommender):
     def _score_block(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors_[users] @ self.item_factors_.T
 
+    def _scan_scorer(self) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
+        # Items by descending vector norm (long vectors score high for many users): the batch
+        # top-k's heap then fills with good items early. Cached per item-factor array.
+        if type(self)._score_block is not EmbeddingRecommender._score_block:
+            return None  # a subclass scoring otherwise: its own block, in column order
+        V = self.item_factors_
+        hit = getattr(self, "_scan_cache", None)
+        if hit is None or hit[0] is not V:
+            order = np.argsort(-np.linalg.norm(V, axis=1), kind="stable")
+            hit = self._scan_cache = (V, order, np.ascontiguousarray(V[order]))
+        _, order, scanned = hit
+        return (lambda users: self.user_factors_[users] @ scanned.T), order
+
     def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
         return self.fold_in(history) @ self.item_factors_.T
 
@@ -524,11 +557,12 @@ def top_k(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, vals
 
 
-def _mask_rows(block: np.ndarray, rows: sp.csr_matrix) -> None:
-    """Set block[r, c] = -inf for every stored entry (r, c) of ``rows`` (in place, vectorised)."""
+def _mask_rows(block: np.ndarray, rows: sp.csr_matrix, where: np.ndarray | None = None) -> None:
+    """Set block[r, c] = -inf for every stored entry (r, c) of ``rows`` (in place, vectorised);
+    with ``where``, column c of ``rows`` is column ``where[c]`` of the block."""
     if rows.nnz:
         r = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
-        block[r, rows.indices] = -np.inf
+        block[r, rows.indices if where is None else where[rows.indices]] = -np.inf
 
 
 def _as_csr(m: Any, dtype: Any = np.float32) -> sp.csr_matrix:

@@ -46,6 +46,7 @@ class Experiment:
     created_at: str = ""
     stopped_at: str | None = None
     winner: str | None = None  # the variant promoted by promote-winner
+    method: str = "split"  # split: each unit sees one variant | interleave: team-draft of two variants per list
     _cum: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,9 +130,13 @@ def _iso(value: Any, what: str) -> str | None:
 
 def validate(
     name: str, variants: list[Variant], *, placement: str | None, start: Any, end: Any, seed: int,
-    versions: set[str],
+    versions: set[str], method: str = "split",
 ) -> Experiment:
     """The one validation path of a new experiment (CLI and HTTP)."""
+    if method not in ("split", "interleave"):
+        raise ValidationError(f"method must be 'split' or 'interleave', got {method!r}", details={"method": method})
+    if method == "interleave" and len(variants) != 2:
+        raise ValidationError(f"interleaving compares exactly two variants, got {len(variants)}")
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValidationError(f"experiment name {name!r} must be 1-64 letters, digits, '.', '_' or '-'", details={"name": name})
     if len(variants) < 2:
@@ -140,8 +145,8 @@ def validate(
     if len(set(names)) != len(names):
         raise ValidationError(f"variant names repeat: {names}; give each variant its own name")
     for v in variants:
-        if not (v.weight > 0):
-            raise ValidationError(f"variant {v.name!r} has weight {v.weight}; weights must be > 0")
+        if not (0 < v.weight <= 1e6):
+            raise ValidationError(f"variant {v.name!r} has weight {v.weight}; weights must be > 0 and at most 1e6")
         if v.version != PRODUCTION and v.version not in versions:
             raise NotFoundError(f"variant {v.name!r} names version {v.version!r}, which is not registered; "
                                 "see `scalerec models list`", details={"version": v.version})
@@ -156,7 +161,7 @@ def validate(
         raise ValidationError("placement must be a non-empty string, or left out for every placement")
     now = _now_iso()
     return Experiment(name=name, variants=tuple(variants), placement=placement, seed=seed,
-                      start=s or now, end=e, created_at=now)
+                      start=s or now, end=e, created_at=now, method=method)
 
 
 # ---------------------------------------------------------------------- storage (the catalogue)

@@ -18,12 +18,14 @@ the rates per impression: ``ctr``, ``cart_rate``, ``conversion``, ``revenue_per_
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -31,7 +33,7 @@ import pyarrow as pa
 
 from scalerec.data.coerce import utc_us
 from scalerec.data.impressions import IMPRESSION_SCHEMA, ImpressionStore
-from scalerec.errors import ValidationError
+from scalerec.errors import StorageError, ValidationError
 
 __all__ = ["DIMENSIONS", "KpiWindow", "attributed_events", "kpis", "parse_since", "position_curve", "unit_outcomes"]
 
@@ -40,6 +42,10 @@ DIMENSIONS = {"version": "model_version", "model_version": "model_version", "str
               "placement": "placement", "variant": "variant", "experiment": "experiment", "kind": "kind",
               "day": "day"}
 _EVENT_COLS = ["user_id", "session_id", "item_id", "event_type", "timestamp", "value", "recommendation_id"]
+T = TypeVar("T")
+_US_PER_DAY = 86_400_000_000
+MAX_WINDOW_HOURS = 8_760
+MAX_SPAN_S = 100 * 365.25 * 86_400
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhm])\s*$")
 
 
@@ -49,6 +55,9 @@ def parse_since(value: Any, now: float | None = None) -> int | None:
         return None
     if isinstance(value, str) and (m := _REL.match(value)):
         span = float(m.group(1)) * {"d": 86_400, "h": 3_600, "m": 60}[m.group(2)]
+        if span > MAX_SPAN_S:
+            raise ValidationError(f"since={value!r} reaches back more than 100 years; give a date instead",
+                                  details={"since": value})
         return int(((time.time() if now is None else now) - span) * 1e6)
     return utc_us(value, "since")
 
@@ -68,15 +77,17 @@ class KpiWindow:
     def from_settings(cls, settings: Any, since: Any = None, until: Any = None, window_hours: float | None = None) -> "KpiWindow":
         o = settings.online
         hours = o.attribution_window_hours if window_hours is None else float(window_hours)
-        if not hours > 0:
-            raise ValidationError(f"the attribution window must be > 0 hours, got {hours!r}")
-        s, u = parse_since(since), utc_us(until, "until")
+        if not 0 < hours <= MAX_WINDOW_HOURS:
+            raise ValidationError(f"the attribution window must be > 0 and at most {MAX_WINDOW_HOURS} hours (a year), "
+                                  f"got {hours!r}", details={"window_hours": window_hours})
+        s, u = parse_since(since), parse_since(until)
         if s is not None and u is not None and u <= s:
             raise ValidationError("until must be after since")
         return cls(s, u, int(hours * 3.6e9), tuple(o.click_types), tuple(o.cart_types), tuple(o.purchase_types))
 
 
-def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = None) -> duckdb.DuckDBPyConnection:
+def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = None, *,
+             where: str = "true") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views ``imp`` (impressions of the window), ``ev`` (events of
     the KPI types that can be attributed to them) and ``price``."""
     con = _duck()
@@ -84,13 +95,13 @@ def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = Non
     imp_files = imp_store.files(_dt(w.since_us), _dt(w.until_us))
     lo = "" if w.since_us is None else f"\"at\" >= make_timestamp({w.since_us})::TIMESTAMPTZ"
     hi = "" if w.until_us is None else f"\"at\" < make_timestamp({w.until_us})::TIMESTAMPTZ"
-    where = " AND ".join(x for x in (lo, hi) if x) or "true"
+    where = " AND ".join(x for x in (lo, hi, where) if x)
     if imp_files:
         con.execute(f"CREATE VIEW imp_raw AS SELECT * FROM read_parquet({[str(f) for f in imp_files]!r})")
     else:
         con.register("imp_raw", IMPRESSION_SCHEMA.empty_table())
     con.execute(f"CREATE VIEW imp AS SELECT *, coalesce(user_id, 's:' || session_id) AS unit, "
-                f"CAST(\"at\" AS DATE) AS day FROM imp_raw WHERE {where}")
+                f"epoch_us(\"at\") // {_US_PER_DAY} AS day FROM imp_raw WHERE {where}")
     ev_end = None if w.until_us is None else w.until_us + w.window_us
     ev_files = store.log.files(_dt(w.since_us), _dt(ev_end))
     types = sorted(set(w.click_types) | set(w.cart_types) | set(w.purchase_types))
@@ -114,6 +125,17 @@ def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = Non
     return con
 
 
+def _storage_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """DuckDB's errors as StorageError (the one kind the callers handle), never the driver's."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except duckdb.Error as exc:
+            raise StorageError(f"the KPI query failed: {exc}") from exc
+    return wrapped
+
+
 def _dt(us: int | None) -> datetime | None:
     return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
@@ -132,29 +154,44 @@ def _in(types: tuple[str, ...]) -> str:
     return ", ".join(_q(t) for t in types) if types else "NULL"
 
 
-def _attributed_sql(window_us: int) -> str:
-    """SQL of the attributed events: (rid, pos, item_id, ts, is_click, is_cart, is_purchase, revenue, how)."""
+def _attributed_sql(window_us: int, carry: list[str], positions: bool = True) -> str:
+    """SQL of the attributed events: (rid, pos, how, unit, item_id, ts, is_click, is_cart, is_purchase,
+    revenue) plus the impression's ``carry`` columns (as ``i_<name>``). Without ``positions`` the
+    direct events' positions are left null (the join then never reads the shown lists).
+
+    One pass of the events against the impressions' ids finds the direct ones (a left join: the
+    rest fall out of it); the rest are joined to the same unit's impressions of the window
+    (a hash join on the unit, then the time range and a list search on those few rows only),
+    the latest one that showed the item winning. The shown lists are never unnested.
+    """
+    keep = "".join(f", i.{c} AS i_{c}" for c in carry)
+    keep_w = "".join(f", arg_max(i.{c}, i.\"at\") AS i_{c}" for c in carry)
+    keep_r = "".join(f", i_{c}" for c in carry)
     return f"""
-    WITH ev_t AS MATERIALIZED (SELECT * FROM ev),
-    direct AS (
-        SELECT e.eid, i.recommendation_id AS rid, list_position(i.items, e.item_id) AS pos, 'direct' AS how
-        FROM ev_t e JOIN imp i ON e.recommendation_id = i.recommendation_id
+    WITH e1 AS MATERIALIZED (
+        SELECT e.*, i.recommendation_id AS rid, {"list_position(i.items, e.item_id)" if positions else "NULL::BIGINT"} AS pos{keep}
+        FROM ev e LEFT JOIN imp i ON e.recommendation_id = i.recommendation_id
     ),
-    rest AS (SELECT e.* FROM ev_t e WHERE e.eid NOT IN (SELECT eid FROM direct)),
-    shown AS (
-        SELECT recommendation_id AS rid, unit, "at", unnest(items) AS item, generate_subscripts(items, 1) AS pos
-        FROM imp WHERE unit IN (SELECT DISTINCT unit FROM rest)
-    ),
-    windowed AS (
-        SELECT r.eid, arg_max(s.rid, s."at") AS rid, arg_max(s.pos, s."at") AS pos, 'window' AS how
-        FROM rest r JOIN shown s ON s.unit = r.unit AND s.item = r.item_id
-             AND s."at" <= r.ts AND r.ts < s."at" + to_microseconds({int(window_us)})
+    rest AS MATERIALIZED (SELECT row_number() OVER () AS eid, * FROM e1 WHERE rid IS NULL),
+    win AS (
+        SELECT r.eid, arg_max(i.recommendation_id, i."at") AS rid,
+               arg_max(list_position(i.items, r.item_id), i."at") AS pos{keep_w}
+        FROM rest r JOIN imp i ON i.unit = r.unit
+             AND i."at" <= r.ts AND r.ts < i."at" + to_microseconds({int(window_us)})
+        WHERE list_contains(i.items, r.item_id)
         GROUP BY r.eid
     ),
-    att AS (SELECT * FROM direct UNION ALL SELECT * FROM windowed)
-    SELECT a.rid, a.pos, a.how, e.unit, e.item_id, e.ts, e.is_click, e.is_cart, e.is_purchase,
-           CASE WHEN e.is_purchase THEN e.value * coalesce(p.price, 0) ELSE 0 END AS revenue
-    FROM att a JOIN ev_t e USING (eid) LEFT JOIN price p ON p.item_id = e.item_id
+    att AS (
+        SELECT rid, pos, 'direct' AS how, unit, item_id, ts, is_click, is_cart, is_purchase, value{keep_r}
+        FROM e1 WHERE rid IS NOT NULL
+        UNION ALL
+        SELECT w.rid, w.pos, 'window' AS how, r.unit, r.item_id, r.ts, r.is_click, r.is_cart, r.is_purchase,
+               r.value{"".join(f", w.i_{c}" for c in carry)}
+        FROM win w JOIN rest r USING (eid)
+    )
+    SELECT a.* EXCLUDE (value),
+           CASE WHEN a.is_purchase THEN a.value * coalesce(p.price, 0) ELSE 0 END AS revenue
+    FROM att a LEFT JOIN price p ON p.item_id = a.item_id
     """
 
 
@@ -170,29 +207,40 @@ def _dims(by: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
+_SUMS = ("count(*) FILTER (WHERE is_click) AS clicks, count(*) FILTER (WHERE is_cart) AS carts, "
+         "count(*) FILTER (WHERE is_purchase) AS purchases, sum(revenue)::DOUBLE AS revenue")
+
+
+def _grouped(dims: list[str], a_filter: str = "true", i_filter: str = "true", window_us: int = 0) -> str:
+    """KPI counts per ``dims``: impressions counted from the impressions alone, attributed events
+    summed per the impression columns they carry; joined on the groups (nulls equal)."""
+    g = ", ".join(dims) if dims else "'all' AS total"
+    gi = ", ".join(f"i_{d} AS {d}" for d in dims) if dims else "'all' AS total"
+    on = " AND ".join(f"im.{d} IS NOT DISTINCT FROM ag.{d}" for d in dims) if dims else "im.total = ag.total"
+    cols = ", ".join(f"im.{d}" for d in dims) if dims else "im.total"
+    return f"""
+    WITH a AS ({_attributed_sql(window_us, dims, positions=False)}),
+    ag AS (SELECT {gi}, {_SUMS} FROM a WHERE {a_filter} GROUP BY ALL),
+    im AS (SELECT {g}, count(*) AS impressions FROM imp WHERE {i_filter} GROUP BY ALL)
+    SELECT {cols}, im.impressions, coalesce(ag.clicks, 0)::BIGINT AS clicks, coalesce(ag.carts, 0)::BIGINT AS carts,
+           coalesce(ag.purchases, 0)::BIGINT AS purchases, coalesce(ag.revenue, 0)::DOUBLE AS revenue
+    FROM im LEFT JOIN ag ON {on}
+    """
+
+
+@_storage_errors
 def kpis(store: Any, w: KpiWindow, by: tuple[str, ...] | list[str] = ("version",), *,
          impressions: ImpressionStore | None = None) -> list[dict[str, Any]]:
     """KPI rows grouped by ``by`` (names in :data:`DIMENSIONS`), largest groups first."""
     dims = _dims(by)
     con = _connect(store, w, impressions)
-    sel = ", ".join(f"i.{d}" for d in dims) if dims else "'all' AS total"
-    group = ", ".join(f"i.{d}" for d in dims) if dims else "1"
-    sql = f"""
-    WITH a AS ({_attributed_sql(w.window_us)}),
-    per AS (SELECT rid, count(*) FILTER (WHERE is_click) AS clicks, count(*) FILTER (WHERE is_cart) AS carts,
-                   count(*) FILTER (WHERE is_purchase) AS purchases, sum(revenue) AS revenue FROM a GROUP BY rid)
-    SELECT {sel}, count(*) AS impressions, coalesce(sum(per.clicks), 0)::BIGINT AS clicks,
-           coalesce(sum(per.carts), 0)::BIGINT AS carts, coalesce(sum(per.purchases), 0)::BIGINT AS purchases,
-           coalesce(sum(per.revenue), 0)::DOUBLE AS revenue
-    FROM imp i LEFT JOIN per ON per.rid = i.recommendation_id
-    GROUP BY {group} ORDER BY impressions DESC
-    """
-    rows = con.sql(sql).to_arrow_table().to_pylist()
+    rows = con.sql(_grouped(dims, window_us=w.window_us) + " ORDER BY impressions DESC").to_arrow_table().to_pylist()
     con.close()
     for r in rows:
         _rates(r)
-        if "day" in r and r["day"] is not None:
-            r["day"] = r["day"].isoformat()
+        r.pop("total", None)
+        if r.get("day") is not None:
+            r["day"] = (date(1970, 1, 1) + timedelta(days=int(r["day"]))).isoformat()
     return rows
 
 
@@ -206,14 +254,16 @@ def _rates(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+@_storage_errors
 def attributed_events(store: Any, w: KpiWindow, *, impressions: ImpressionStore | None = None) -> pa.Table:
     """Every attributed event of the window (rid, pos, how, unit, item_id, ts, is_*, revenue)."""
     con = _connect(store, w, impressions)
-    table = con.sql(_attributed_sql(w.window_us) + " ORDER BY ts, rid").to_arrow_table()
+    table = con.sql(_attributed_sql(w.window_us, []) + " ORDER BY ts, rid").to_arrow_table()
     con.close()
     return table
 
 
+@_storage_errors
 def position_curve(store: Any, w: KpiWindow, by: str | None = None, *, impressions: ImpressionStore | None = None,
                    max_position: int = 50) -> list[dict[str, Any]]:
     """Per position p (1-based): impressions that showed a p-th item, clicks and purchases
@@ -223,9 +273,9 @@ def position_curve(store: Any, w: KpiWindow, by: str | None = None, *, impressio
     g = f"{dim}, " if dim else ""
     shown = con.execute(f"SELECT {g}len(items) AS n, count(*) AS k FROM imp GROUP BY ALL").fetchall()
     hits = con.execute(
-        f"WITH a AS ({_attributed_sql(w.window_us)}) SELECT {('i.' + dim + ', ') if dim else ''}a.pos, "
-        "count(*) FILTER (WHERE a.is_click), count(*) FILTER (WHERE a.is_purchase) "
-        f"FROM a JOIN imp i ON i.recommendation_id = a.rid WHERE a.pos IS NOT NULL AND a.pos <= {int(max_position)} GROUP BY ALL"
+        f"WITH a AS ({_attributed_sql(w.window_us, [dim] if dim else [])}) SELECT {('i_' + dim + ', ') if dim else ''}pos, "
+        "count(*) FILTER (WHERE is_click), count(*) FILTER (WHERE is_purchase) "
+        f"FROM a WHERE pos IS NOT NULL AND pos > 0 AND pos <= {int(max_position)} GROUP BY ALL"
     ).fetchall()
     con.close()
     groups: dict[Any, np.ndarray] = {}
@@ -252,25 +302,36 @@ def position_curve(store: Any, w: KpiWindow, by: str | None = None, *, impressio
     return out
 
 
+@_storage_errors
 def unit_outcomes(store: Any, w: KpiWindow, experiment: str, *, impressions: ImpressionStore | None = None) -> pa.Table:
     """Per (variant, unit) of one experiment: impressions, attributed clicks, carts, purchases, revenue."""
-    con = _connect(store, w, impressions)
-    sql = f"""
-    WITH a AS ({_attributed_sql(w.window_us)}),
-    per AS (SELECT rid, count(*) FILTER (WHERE is_click) AS clicks, count(*) FILTER (WHERE is_cart) AS carts,
-                   count(*) FILTER (WHERE is_purchase) AS purchases, sum(revenue) AS revenue FROM a GROUP BY rid)
-    SELECT i.variant, i.unit, count(*) AS impressions, coalesce(sum(per.clicks), 0)::DOUBLE AS clicks,
-           coalesce(sum(per.carts), 0)::DOUBLE AS carts, coalesce(sum(per.purchases), 0)::DOUBLE AS purchases,
-           coalesce(sum(per.revenue), 0)::DOUBLE AS revenue
-    FROM imp i LEFT JOIN per ON per.rid = i.recommendation_id
-    WHERE i.experiment = {_q(experiment)} AND i.variant IS NOT NULL
-    GROUP BY ALL ORDER BY i.variant, i.unit
-    """
-    table = con.sql(sql).to_arrow_table()
+    con = _connect(store, w, impressions, where=f"experiment = {_q(experiment)} AND variant IS NOT NULL")
+    sql = _grouped(["variant", "unit"], window_us=w.window_us)
+    table = con.sql(f"SELECT variant, unit, impressions, clicks::DOUBLE AS clicks, carts::DOUBLE AS carts, "
+                    f"purchases::DOUBLE AS purchases, revenue FROM ({sql}) ORDER BY variant, unit").to_arrow_table()
     con.close()
     return table
 
 
+@_storage_errors
+def interleaved_credits(store: Any, w: KpiWindow, experiment: str, *,
+                        impressions: ImpressionStore | None = None) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """An interleaving experiment's units (those shown a list) and their attributed clicks per team."""
+    con = _connect(store, w, impressions, where=f"experiment = {_q(experiment)} AND teams IS NOT NULL")
+    units = [r[0] for r in con.execute("SELECT DISTINCT unit FROM imp ORDER BY unit").fetchall()]
+    rows = con.execute(
+        f"WITH a AS ({_attributed_sql(w.window_us, ['teams', 'unit'])}) "
+        "SELECT i_unit, list_extract(i_teams, pos::INTEGER) AS team, count(*)::DOUBLE FROM a "
+        "WHERE is_click AND pos > 0 GROUP BY ALL"
+    ).fetchall()
+    con.close()
+    credits: dict[str, dict[str, float]] = {}
+    for unit, team, clicks in rows:
+        credits.setdefault(unit, {})[team] = clicks
+    return units, credits
+
+
+@_storage_errors
 def pre_period(store: Any, units: list[str], start_us: int, days: float, purchase_types: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Each unit's purchases and revenue in the ``days`` before ``start_us`` (all events, attributed
     or not): the CUPED covariates. Returns {"purchases", "revenue"} aligned to ``units``."""

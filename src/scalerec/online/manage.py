@@ -14,11 +14,12 @@ __all__ = ["create_experiment", "kpi_rows", "offline_vs_online", "promote_winner
 
 
 def create_experiment(catalog: Any, registry: Any, name: str, variants: list[str | ex.Variant], *,
-                      placement: str | None = None, start: Any = None, end: Any = None, seed: int = 0) -> ex.Experiment:
+                      placement: str | None = None, start: Any = None, end: Any = None, seed: int = 0,
+                      method: str = "split") -> ex.Experiment:
     """Validate (``NAME=VERSION:WEIGHT`` strings or Variants) and store a new running experiment."""
     parsed = [v if isinstance(v, ex.Variant) else ex.parse_variant(v) for v in variants]
     versions = {v.version for v in registry.list(check=False)}
-    exp = ex.validate(name, parsed, placement=placement, start=start, end=end, seed=seed, versions=versions)
+    exp = ex.validate(name, parsed, placement=placement, start=start, end=end, seed=seed, versions=versions, method=method)
     return ex.create(catalog, exp)
 
 

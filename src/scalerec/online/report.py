@@ -7,7 +7,7 @@ user bootstrap of ``evaluation.stats`` and the lift's interval is the delta meth
 independent ratios, on the log scale (so the interval of a lift is asymmetric, as a ratio of counts
 is). CUPED subtracts ``theta * (z - mean z)`` from each unit's numerator, ``z``
 being the unit's purchases (revenue for revenue) in the ``pre_days`` before the experiment
-started, with the one ``theta`` over all units that minimises the ratio's variance; ``z`` is
+started, each variant with the ``theta`` that minimises its ratio's variance; ``z`` is
 fixed before assignment, so the estimate stays unbiased and its interval narrows by the share
 of variance the pre-period explains. No verdict is given below ``[online] min_units`` units per
 variant or when the split does not match the weights (chi-square, p < 0.001).
@@ -26,7 +26,8 @@ from scipy import stats as sstats
 from scalerec.data.coerce import utc_us
 from scalerec.evaluation.stats import bootstrap_intervals
 from scalerec.online.experiments import Experiment
-from scalerec.online.kpis import KpiWindow, pre_period, unit_outcomes
+from scalerec.online.interleaving import interleaving_result
+from scalerec.online.kpis import KpiWindow, interleaved_credits, pre_period, unit_outcomes
 
 __all__ = ["KPIS", "SRM_P", "experiment_report", "report_html", "report_text", "srm_check"]
 
@@ -85,6 +86,8 @@ def experiment_report(settings: Any, store: Any, exp: Experiment, *, until: Any 
     end_us = min(utc_us(end, "until"), utc_us(exp.end, "end")) if exp.end else utc_us(end, "until")
     start_us = utc_us(exp.start or exp.created_at, "start")
     w = KpiWindow.from_settings(settings, since=start_us / 1e6, until=max(end_us, start_us + 1) / 1e6)
+    if exp.method == "interleave":
+        return _interleaving_report(settings, store, exp, w, start_us, end_us, impressions)
     table = unit_outcomes(store, w, exp.name, impressions=impressions)
     cols = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False)) for c in table.column_names}
     units = cols["unit"].astype(str) if table.num_rows else np.zeros(0, str)
@@ -99,7 +102,8 @@ def experiment_report(settings: Any, store: Any, exp: Experiment, *, until: Any 
     for kpi, (col, scale) in KPIS.items():
         y_all = cols.get(col, np.zeros(0)).astype(np.float64) * scale
         covariate = pre["revenue"] if col == "revenue" else pre["purchases"]
-        y_adj, theta = _cuped(y_all, imp, covariate * (scale if col == "revenue" else 1.0))
+        y_adj, theta = _cuped(y_all, imp, covariate * (scale if col == "revenue" else 1.0),
+                              cols["variant"] if table.num_rows else None)
         per: dict[str, Any] = {}
         for v in names:
             m = masks[v]
@@ -131,14 +135,41 @@ def experiment_report(settings: Any, store: Any, exp: Experiment, *, until: Any 
     return report
 
 
-def _cuped(y: np.ndarray, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, float]:
-    """Numerators adjusted by the pre-period covariate ``z`` (theta over all units)."""
-    if len(y) < 3 or x.sum() <= 0 or np.var(z) == 0:
-        return y, 0.0
-    r = y.sum() / x.sum()
-    lin = y - r * x  # the ratio's linearisation: its variance is the ratio's (times a constant)
-    theta = float(np.cov(lin, z, ddof=1)[0, 1] / np.var(z, ddof=1))
-    return y - theta * (z - z.mean()), theta
+def _interleaving_report(settings: Any, store: Any, exp: Experiment, w: KpiWindow, start_us: int, end_us: int,
+                         impressions: Any) -> dict[str, Any]:
+    ev = settings.evaluation
+    a, b = exp.variants[0].name, exp.variants[1].name
+    units, credits = interleaved_credits(store, w, exp.name, impressions=impressions)
+    ca = np.array([credits.get(u, {}).get(a, 0.0) for u in units])
+    cb = np.array([credits.get(u, {}).get(b, 0.0) for u in units])
+    res = interleaving_result(np.asarray(units), ca, cb, a, b, confidence=float(ev.confidence),
+                              n_boot=int(ev.bootstrap_samples), seed=int(ev.seed), min_units=int(settings.online.min_units))
+    return {"experiment": exp.to_dict(), "window": {"since": _iso(start_us), "until": _iso(end_us)},
+            "confidence": float(ev.confidence), "units": {"interleaved": len(units)}, "interleaving": res,
+            "srm": None, "kpis": {}, "min_units": int(settings.online.min_units), "primary": "click preference",
+            "decided": res["winner"] is not None, "winner": res["winner"], "verdict": res["verdict"]}
+
+
+def _cuped(y: np.ndarray, x: np.ndarray, z: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
+    """Numerators adjusted by the pre-period covariate ``z``: ``y - theta_v (z - mean z)``, with
+    each variant's theta the slope of its ratio linearisation ``y - R_v x`` on ``z`` (the
+    variance-minimising one for that variant's ratio; the mean of ``z`` over all units, which
+    assignment cannot move, so the adjustment has expectation zero)."""
+    g = np.zeros(len(y), np.int64) if groups is None else np.unique(groups, return_inverse=True)[1]
+    out = y.astype(np.float64).copy()
+    zbar = z.mean() if len(z) else 0.0
+    thetas = []
+    for k in np.unique(g):
+        m = g == k
+        zc = z[m] - z[m].mean()
+        if m.sum() < 3 or x[m].sum() <= 0 or not (zc @ zc) > 0:
+            thetas.append(0.0)
+            continue
+        lin = y[m] - (y[m].sum() / x[m].sum()) * x[m]
+        theta = float(lin @ zc / (zc @ zc))
+        out[m] = y[m] - theta * (z[m] - zbar)
+        thetas.append(theta)
+    return out, thetas
 
 
 def _reduction(per: dict[str, Any], names: list[str]) -> float | None:
@@ -196,8 +227,13 @@ def _verdict(report: dict[str, Any], exp: Experiment) -> dict[str, Any]:
 def report_text(report: dict[str, Any]) -> str:
     """The report as plain lines (the CLI's table is built from the same dict)."""
     exp = report["experiment"]
-    lines = [f"experiment {exp['name']} ({exp['status']}), {report['window']['since']} .. {report['window']['until']}",
-             f"units: {report['units']}  SRM p = {report['srm']['p_value']:.3g}"]
+    lines = [f"experiment {exp['name']} ({exp['status']}), {report['window']['since']} .. {report['window']['until']}"]
+    if report.get("interleaving"):
+        il = report["interleaving"]
+        lines.append(f"team-draft interleaving: {il['units']} users, preferring {il['wins']}, ties {il['ties']}, "
+                     f"clicks credited {il['clicks']}")
+    else:
+        lines.append(f"units: {report['units']}  SRM p = {report['srm']['p_value']:.3g}")
     for kpi, body in report["kpis"].items():
         for v, e in body["variants"].items():
             lift = e.get("lift")
@@ -224,7 +260,10 @@ def report_html(report: dict[str, Any]) -> str:
             iv = "" if x["low"] is None else f"[{x['low']:.4g}, {x['high']:.4g}]"
             rows.append(f"<tr><td>{e(kpi)}</td><td>{e(v)}</td><td>{x['units']}</td><td>{x['impressions']}</td>"
                         f"<td>{x['value']:.4g}</td><td>{iv}</td><td>{e(fmt(lift))}</td><td>{e(fmt(cl))}</td></tr>")
-    srm = report["srm"]
+    srm = report["srm"] or {"counts": [], "expected": [], "p_value": 1.0, "mismatch": False}
+    il = report.get("interleaving")
+    inter = "" if not il else (f"<h2>Team-draft interleaving</h2><p>{il['units']} users; preferring: {e(str(il['wins']))}; "
+                               f"ties {il['ties']}; clicks credited {e(str(il['clicks']))}.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>experiment {e(exp['name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 td:first-child,td:nth-child(2){{text-align:left}}.verdict{{font-size:1.2em;margin:1em 0}}</style></head><body>
@@ -236,4 +275,4 @@ variants {e(', '.join(f"{v['name']}={v['version']}:{v['weight']:g}" for v in exp
 chi-square p = {srm['p_value']:.3g}{' <b>(mismatch)</b>' if srm['mismatch'] else ''}.</p>
 <table><tr><th>KPI</th><th>variant</th><th>units</th><th>impressions</th><th>value</th><th>{round(100 * report['confidence'])}% interval</th>
 <th>lift vs control</th><th>CUPED lift ({report['pre_period_days']:g} days before)</th></tr>
-{''.join(rows)}</table><p>* the interval excludes no change.</p></body></html>"""
+{''.join(rows)}</table><p>* the interval excludes no change.</p>{inter}</body></html>"""

@@ -519,6 +519,8 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
     ranked = top_lists(cand2, booster.predict(x2, num_threads=1), len(q2), k)
     ranked_v = ndcg(ranked, q2.relevant, k)
     cf_v = ndcg(cfb2.ids[:, :k], q2.relevant, k)
+    pop_v = ndcg(popular_lists(d2, q2.users, k), q2.relevant, k)
+    new_items = new_item_hits(ev, t2, end, q2.relevant, {"ranked": ranked, "cf": cfb2.ids[:, :k]})
     gopts = gate_options(settings)
     decision = gate_decision(float(ranked_v.mean()), float(cf_v.mean()), tolerance=settings.training.promotion_tolerance,
                              force=force, method="ranked vs the CF model alone", candidate_values=ranked_v,
@@ -539,7 +541,7 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         out = {}
         for value in np.unique(labels):
             m = labels == value
-            out[str(value)] = {"ranked": ci(ranked_v[m]), "cf": ci(cf_v[m])}
+            out[str(value)] = {"ranked": ci(ranked_v[m]), "cf": ci(cf_v[m]), "popular": ci(pop_v[m])}
         by_segment[key] = out
     importance = dict(zip(FEATURES, (float(v) for v in booster.feature_importance("gain"))))
     section: dict[str, Any] = {
@@ -550,7 +552,8 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         "queries": {"learn": len(q1), "test": len(q2)},
         "candidates_per_query": float(cand2.height / max(len(q2), 1)),
         "metric": f"ndcg@{k}",
-        "test": {g: {"ranked": ci(ranked_v[m]), "cf": ci(cf_v[m])} for g, m in groups.items()},
+        "test": {g: {"ranked": ci(ranked_v[m]), "cf": ci(cf_v[m]), "popular": ci(pop_v[m])} for g, m in groups.items()},
+        "new_items": new_items,
         "segments": by_segment,
         "gate": decision,
         "feature_gain": dict(sorted(importance.items(), key=lambda kv: -kv[1])[:15]),
@@ -580,6 +583,33 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
 
     section["seconds"] = round(time.perf_counter() - t_begin, 2)
     return RankerRun(section, write)
+
+
+def popular_lists(d: AsOf, qu: np.ndarray, k: int) -> np.ndarray:
+    """int64 [Q, k]: the most viewed items of the last 30 days the query's user has not touched."""
+    order = np.argsort(-d.item["views_30d"], kind="stable")[: k + 200]
+    seen = np.asarray(d.seen[qu][:, order].todense()) > 0
+    pos = np.argsort(seen, axis=1, kind="stable")[:, :k]  # unseen first, popularity order kept
+    top = order[pos]
+    return np.where(np.take_along_axis(seen, pos, axis=1), -1, top)
+
+
+def new_item_hits(ev: pl.DataFrame, t: int, end: int, relevant: sp.csr_matrix, lists: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Share of the test part's relevant (query, item) pairs whose item was first seen in the 7
+    days before ``t`` that each list hits."""
+    first = np.full(relevant.shape[1], np.iinfo(np.int64).max)
+    np.minimum.at(first, ev["i"].to_numpy(), ev["t"].to_numpy())
+    new = (first >= t - 7 * US_PER_DAY) & (first < t)
+    rel = sp.csr_matrix(relevant > 0, dtype=np.float32) @ sp.diags(new.astype(np.float32))
+    rel = sp.csr_matrix(rel)
+    rel.eliminate_zeros()
+    out: dict[str, Any] = {"pairs": int(rel.nnz), "items": int(new.sum())}
+    for name, top in lists.items():
+        r = np.repeat(np.arange(top.shape[0]), top.shape[1])
+        keep = top.ravel() >= 0
+        hit = sp.csr_matrix((np.ones(keep.sum(), np.float32), (r[keep], top.ravel()[keep])), shape=rel.shape)
+        out[name] = float(rel.multiply(hit).sum() / rel.nnz) if rel.nnz else None
+    return out
 
 
 def _iso(t_us: int) -> str:

@@ -95,3 +95,42 @@ def query_segments(world: "World", d: "AsOf", qs: "Queries") -> dict[str, np.nda
     out["activity"] = activity_band(hist)
     out["new_vs_returning"] = np.where(hist > 0, "returning", "new")
     return out
+
+
+def evaluate_segments(models: dict[str, Any], split: Any, users: pa.Table, keys: list[str], ks: tuple[int, ...],
+                      metrics: tuple[str, ...] | list[str], *, confidence: float, n_boot: int, seed: int,
+                      min_users: int = 1) -> dict[str, Any]:
+    """Every fitted model's per-user metrics on ``split``'s test part, per segment of ``keys``:
+    {model: {key: {value: {metric: interval}}}} (what ``scalerec evaluate --segments`` reports)."""
+    from scalerec.evaluation.evaluate import evaluate_per_user
+
+    if getattr(split, "strong_generalisation", False):
+        raise ValidationError("--segments needs the test users in the training matrix; use a split other than 'users'")
+    out: dict[str, Any] = {}
+    history = np.diff(split.train.matrix.indptr)
+    for name, model in models.items():
+        ev = evaluate_per_user(model, split, k=ks, metrics=metrics, catalogue_detail=False)
+        rows = np.asarray(ev.users, np.int64)
+        labels = user_segments(keys, users, np.asarray(split.train.user_ids)[rows], history[rows])
+        out[name] = segment_metrics(ev.per_user, labels, confidence=confidence, n_boot=n_boot, seed=seed,
+                                    min_users=min_users)
+    return out
+
+
+def segments_html(segments: dict[str, Any]) -> str:
+    """An HTML section of the per-segment figures (appended to the evaluation report)."""
+    from html import escape
+
+    parts = ["<section><h2>Per segment</h2><p>Mean per user [interval]; groups under the gate's minimum of users in grey.</p>"]
+    for model, by_key in segments.items():
+        for key, groups in by_key.items():
+            metrics = sorted({m for g in groups.values() for m in g if not m.startswith("_")})
+            parts.append(f"<h3>{escape(model)} by {escape(key)}</h3><table><tr><th>{escape(key)}</th><th>users</th>"
+                         + "".join(f"<th>{escape(m)}</th>" for m in metrics) + "</tr>")
+            for value, g in groups.items():
+                style = "" if g["_enough"] else ' style="color:#999"'
+                cells = "".join(f"<td>{g[m]['mean']:.4f} [{g[m]['low']:.4f}, {g[m]['high']:.4f}]</td>" for m in metrics)
+                parts.append(f"<tr{style}><td>{escape(value)}</td><td>{g['_n_users']}</td>{cells}</tr>")
+            parts.append("</table>")
+    parts.append("</section>")
+    return "\n".join(parts)

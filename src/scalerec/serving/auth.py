@@ -94,15 +94,15 @@ class ApiKeyStore:
 
     def role_of(self, key: str) -> str | None:
         """The role of a valid, unrevoked key, else None (cached for CACHE_TTL_S)."""
-        h = hash_key(key)
         now = time.monotonic()
-        hit = self._cache.get(h)
+        # keyed by the key itself (held in this process only): a hit needs no hash per request
+        hit = self._cache.get(key)
         if hit is not None and now - hit[0] < CACHE_TTL_S:
             return hit[1]
-        role = self.catalog.api_key_role(h)
+        role = self.catalog.api_key_role(hash_key(key))
         if len(self._cache) > 10_000:  # bounded: random invalid keys must not grow memory
             self._cache.clear()
-        self._cache[h] = (now, role)
+        self._cache[key] = (now, role)
         return role
 
 

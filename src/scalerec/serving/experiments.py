@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from scalerec.online.experiments import PRODUCTION, Experiment, list_experiments
+from scalerec.online.interleaving import INTERLEAVED
 from scalerec.serving.state import LiveState, ServingState
 
 log = logging.getLogger("scalerec.serving")
@@ -48,11 +49,22 @@ class ExperimentRouter:
             exp = by.get(None)
         if exp is None or not exp.active(int(time.time() * 1_000_000)):
             return None
-        variant = exp.assign(unit)
-        if variant.version == PRODUCTION:
+        if exp.method == "interleave":  # every unit sees both: the service drafts the list from the pair
             live = self.state.current
-        else:
-            live = self.state.extra.get(variant.version)
+            return (live, exp.name, INTERLEAVED) if live is not None and self._live_of(exp.variants[1].version) else None
+        variant = exp.assign(unit)
+        live = self._live_of(variant.version)
         if live is None:  # its version failed to load: the unit is left out rather than mislabelled
             return None
         return live, exp.name, variant.name
+
+    def _live_of(self, version: str) -> LiveState | None:
+        return self.state.current if version == PRODUCTION else self.state.extra.get(version)
+
+    def pair(self, name: str) -> tuple[tuple[LiveState, str], tuple[LiveState, str]]:
+        """The live states and names of an interleaving experiment's two variants."""
+        exp = next(e for e in self._by_placement.values() if e.name == name)
+        a, b = exp.variants
+        la, lb = self._live_of(a.version), self._live_of(b.version)
+        assert la is not None and lb is not None  # route() checked both
+        return (la, a.name), (lb, b.name)

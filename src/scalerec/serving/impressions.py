@@ -38,6 +38,7 @@ def to_table(records: list[dict[str, Any]]) -> pa.Table:
         "experiment": [g("experiment") for g in get],
         "variant": [g("variant") for g in get],
         "items": [list(g("items") or ()) for g in get],
+        "teams": [g("teams") for g in get],
     }
     return pa.Table.from_pydict(cols, schema=IMPRESSION_SCHEMA)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 import time
 import zlib
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ from scalerec.serving.state import LiveState, history_row
 #: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
 PLACEMENTS_TTL_S = 2.0
 #: Candidates retrieved per requested item when a placement reorders (boosts, diversity, promotions).
-FETCH_FACTOR = 4
+FETCH_FACTOR = 2
 BLOCKLIST_META = "merchandising.blocklist"
+#: Catalogue views (and model versions' complements) kept at once: production and experiment variants.
+KEEP_VIEWS = 4
 _EXPLORATION = "exploration"
 
 
@@ -227,7 +230,7 @@ class Merchandiser:
         self.service = service
         self.settings = service.settings
         self.placements = Placements(service.settings, service.store.catalog)
-        self._cols: tuple[Any, ItemColumns, dict[str, np.ndarray]] | None = None
+        self._cols: list[tuple[Any, ItemColumns, dict[str, np.ndarray]]] = []
         self._comp: dict[str, Complements] = {}
         self._compiled: dict[int, tuple[PlacementSettings, _Compiled]] = {}
         self._lock = threading.Lock()
@@ -235,17 +238,17 @@ class Merchandiser:
     # -- shared per-version data
     def columns(self, live: LiveState) -> tuple[ItemColumns, dict[str, np.ndarray]]:
         """The item columns of this live state's model and catalogue view (built once per view)."""
-        hit = self._cols
-        if hit is not None and hit[0] is live.items:
-            return hit[1], hit[2]
-        with self._lock:
-            hit = self._cols
-            if hit is not None and hit[0] is live.items:
+        for hit in self._cols:  # production and experiment variants: a few views at once
+            if hit[0] is live.items:
                 return hit[1], hit[2]
+        with self._lock:
+            for hit in self._cols:
+                if hit[0] is live.items:
+                    return hit[1], hit[2]
             table = self.service.store.catalog.items_table(columns=["item_id", "attributes", "created_at"])
-            cols = build_columns(live, table)
-            self._cols = (live.items, cols, {})
-            return cols, self._cols[2]
+            entry = (live.items, build_columns(live, table), {})
+            self._cols = [entry, *self._cols][:KEEP_VIEWS]
+            return entry[1], entry[2]
 
     def complements(self, live: LiveState) -> Complements:
         """Frequently-bought-together lists of the served model version (computed once per version
@@ -266,7 +269,8 @@ class Merchandiser:
                 pa.schema([(c, pa.timestamp("us", tz="UTC") if c == "timestamp" else pa.string()) for c in columns]))
             baskets = basket_matrix(table, st.item_ids, list(ms.complementary_event_types))
             comp = complements(baskets, min_support=ms.complementary_min_support, top_k=ms.complementary_top_k)
-            self._comp = {st.version: comp}  # one version served at a time
+            kept = list(self._comp.items())[-(KEEP_VIEWS - 1):]  # the newest few versions
+            self._comp = {**dict(kept), st.version: comp}
             return comp
 
     def blocklist(self) -> list[str]:
@@ -409,6 +413,36 @@ class Merchandiser:
         return allowed
 
 
+def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
+    """The first ``need`` entries of ``order`` where ``ok`` holds, scanning in growing chunks (the
+    first eligible items of an ordering are near its top: no gather over the whole catalogue)."""
+    start, step, parts, found = 0, max(64, 4 * need), [], 0
+    while start < len(order) and found < need:
+        chunk = order[start : start + step]
+        hit = chunk[ok[chunk]]
+        parts.append(hit)
+        found += len(hit)
+        start += step
+        step *= 4
+    return np.concatenate(parts)[:need] if parts else order[:0]
+
+
+def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, int] | None = None) -> np.ndarray:
+    """cap_per_group for short candidate lists (a few hundred): one pass in Python beats a dozen
+    NumPy calls there; ``counts`` carries the groups already placed."""
+    counts = dict(counts or {})
+    keep = np.zeros(len(ids), bool)
+    for i, g in enumerate(groups[ids].tolist()):
+        if g < 0:
+            keep[i] = True
+            continue
+        c = counts.get(g, 0)
+        if c < k:
+            keep[i] = True
+            counts[g] = c + 1
+    return keep
+
+
 def _full_mask(rule: Rule, cols: ItemColumns, masks: dict[str, np.ndarray], env: dict[str, Any]) -> np.ndarray:
     """The rule over every item; kept per catalogue view when it reads no $reference."""
     if not rule.constant:
@@ -493,8 +527,8 @@ class _Run:
         if not self.comp.boosts or not len(c.ids):
             return c
         scores = c.scores.astype(np.float32, copy=True)
-        reasons = list(c.reasons)
-        for b, rule in self.comp.boosts:
+        label = np.full(len(scores), -1, np.int16)  # the first boost that raised each candidate
+        for bi, (b, rule) in enumerate(self.comp.boosts):
             hit = rule.mask(self.cols, c.ids, self.env)
             if not hit.any():
                 continue
@@ -502,11 +536,15 @@ class _Run:
             # a factor must raise a negative score too (dot products can be negative): divide it
             scores[hit] = np.where(s >= 0, s * b.multiply, s / b.multiply) + b.add
             if b.multiply > 1 or b.add > 0:
-                for i in np.flatnonzero(hit).tolist():
-                    if not reasons[i].startswith("boosted:"):
-                        reasons[i] = f"boosted:{b.name}"
+                label[hit & (label < 0)] = bi
         order = np.argsort(-scores, kind="stable")
-        return Candidates(c.ids[order], scores[order], [reasons[i] for i in order.tolist()], c.k, c.backfilled)
+        idx = order.tolist()
+        if (label >= 0).any():
+            names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+            reasons = [names[lb] if lb >= 0 else c.reasons[i] for i, lb in zip(idx, label[order].tolist())]
+        else:
+            reasons = [c.reasons[i] for i in idx]
+        return Candidates(c.ids[order], scores[order], reasons, c.k, c.backfilled)
 
     # -- per-group cap: at most k per group, or MMR
     def diversify(self, req: Request, c: Candidates) -> Candidates:
@@ -514,7 +552,7 @@ class _Run:
         if div is None or not len(c.ids):
             return c
         if self.groups is not None:
-            keep = cap_per_group(c.ids, self.groups, div.max_per)
+            keep = (_cap_small if len(c.ids) <= 512 else cap_per_group)(c.ids, self.groups, div.max_per)
             if keep.all():
                 return c
             idx = np.flatnonzero(keep)
@@ -546,91 +584,104 @@ class _Run:
 
     # -- pins, promotions, exploration, then the model's items and the fallbacks
     def arrange(self, req: Request, c: Candidates) -> Candidates:
+        """Lay out the list: pins at their positions, promotions at theirs (or the first free
+        ones), exploration in the last free slots, then the model's items in order and the
+        fallback orderings. Only allowed items are ever placed (a pinned or promoted item that is
+        unavailable, filtered, blocked or seen is skipped); n slots are filled when n are eligible."""
         spec, cols, st = self.comp.spec, self.cols, self.live.model
         n = req.n
         allowed = req.allowed
-        slot = np.full(n, -1, np.int64)
-        score = np.zeros(n, np.float32)
-        reason: list[str] = [""] * n
-        used = np.zeros(st.n_items, bool)
-        model_score = dict(zip(c.ids.tolist(), c.scores.tolist()))
+        slot: list[int] = [-1] * n  # n is small (<= serving.max_n): plain lists beat arrays here
+        score = [0.0] * n
+        reason = [""] * n
+        used: set[int] = set()
+        cids = c.ids.tolist()
+        model_score = dict(zip(cids, c.scores.tolist())) if (spec.pins or spec.promotions) else {}
 
-        def place(pos: int, col: int, why: str) -> None:
-            slot[pos], reason[pos] = col, why
-            score[pos] = model_score.get(col, 0.0)
-            used[col] = True
+        def place(at: int, col: int, why: str, s: float | None = None) -> None:
+            slot[at], reason[at] = col, why
+            score[at] = model_score.get(col, 0.0) if s is None else s
+            used.add(col)
 
-        def free_slots() -> np.ndarray:
-            return np.flatnonzero(slot < 0)
+        def unused(base: np.ndarray) -> np.ndarray:
+            ok = base.copy()
+            if used:
+                ok[list(used)] = False
+            return ok
 
-        # pins: only eligible items (available, filtered, not blocked) ever take their slot
         if spec.pins:
-            pcols = st.item_cols([p.item_id for p in spec.pins])
-            for p, col in sorted(zip(spec.pins, pcols.tolist()), key=lambda t: t[0].position):
+            pcols = st.item_cols([p.item_id for p in spec.pins]).tolist()
+            for p, col in sorted(zip(spec.pins, pcols), key=lambda t: t[0].position):
                 at = p.position - 1
-                if col >= 0 and at < n and allowed[col] and not used[col] and slot[at] < 0:
+                if col >= 0 and at < n and allowed[col] and col not in used and slot[at] < 0:
                     place(at, col, "pinned")
-        # promotions: matching eligible items, the model's best first, then the most popular
-        _, masks = self.merch.columns(self.live)
-        for promo, rule in self.comp.promotions:
-            pool = allowed & ~used & _full_mask(rule, cols, masks, self.env)
-            if not pool.any():
-                continue
-            from_model = c.ids[pool[c.ids]]
-            rest = st.popular_order[pool[st.popular_order]]
-            picks = np.concatenate([from_model, rest[~np.isin(rest, from_model)]])[: promo.slots]
-            wanted = [q - 1 for q in (promo.positions or []) if q - 1 < n]
-            for col in picks.tolist():
-                free = [q for q in wanted if slot[q] < 0]
-                at = free[0] if free else (free_slots()[0] if len(free_slots()) else -1)
-                if at < 0:
-                    break
-                if free:
-                    wanted.remove(at)
-                place(at, col, f"promoted:{promo.name}")
-        # exploration: a share of the slots for new or under-exposed items, at the end of the list
+        if self.comp.promotions:
+            _, masks = self.merch.columns(self.live)
+            for promo, rule in self.comp.promotions:
+                ok = unused(allowed & _full_mask(rule, cols, masks, self.env))
+                if not ok.any():  # nothing eligible matches: no scan of the orderings
+                    continue
+                picks = c.ids[ok[c.ids]][: promo.slots]  # the model's best matches first
+                if len(picks) < promo.slots:
+                    ok[picks] = False
+                    picks = np.concatenate([picks, _first_eligible(st.popular_order, ok, promo.slots - len(picks))])
+                wanted = [q - 1 for q in (promo.positions or []) if q - 1 < n and slot[q - 1] < 0]
+                free = [q for q in range(n) if slot[q] < 0 and q not in wanted]
+                for col, at in zip(picks.tolist(), wanted + free):
+                    place(at, col, f"promoted:{promo.name}")
         ex = spec.exploration
         if ex is not None:
-            m = min(int(round(ex.share * n)), len(free_slots()))
+            free = [q for q in range(n) if slot[q] < 0]
+            m = min(int(round(ex.share * n)), len(free))
             if m > 0:
-                new = np.zeros(st.n_items, bool)
-                if ex.max_age_days is not None:
-                    new |= cols.numbers["age_days"] <= ex.max_age_days
-                if ex.max_popularity_quantile is not None:
-                    new |= cols.numbers["_popularity_quantile"] <= ex.max_popularity_quantile
-                pool = np.flatnonzero(allowed & ~used & new)
+                pool = np.flatnonzero(unused(allowed & self._new_mask(ex)))
                 if len(pool):
                     day = int(time.time() // 86_400)
                     rng = np.random.default_rng(zlib.crc32(f"{req.placement}|{self.subject}|{day}".encode()))
-                    picks = rng.choice(pool, size=min(m, len(pool)), replace=False)
-                    for at, col in zip(free_slots()[-len(picks):].tolist(), picks.tolist()):
+                    picks = rng.choice(pool, size=min(m, len(pool)), replace=False).tolist()
+                    for at, col in zip(free[len(free) - len(picks):], picks):
                         place(at, col, _EXPLORATION)
-        # the model's items in their order, into the free slots
-        free = free_slots()
-        if len(free):
-            mids = c.ids
-            ok = ~used[mids] if len(mids) else np.zeros(0, bool)
-            idx = np.flatnonzero(ok)[: len(free)]
-            for at, i in zip(free[: len(idx)].tolist(), idx.tolist()):
-                place(at, int(mids[i]), c.reasons[i])
-        # the fallback orderings, under the same diversity cap
-        free = free_slots()
+        free = [q for q in range(n) if slot[q] < 0]
+        if free:
+            k = 0
+            for col, s, r in zip(cids, c.scores.tolist(), c.reasons):
+                if k == len(free):
+                    break
+                if col not in used:
+                    place(free[k], col, r, s)
+                    k += 1
+            free = free[k:]
+        filled = 0
         for which in self.fills:
-            if not len(free):
+            if not free:
                 break
             order = st.trending_order if which == "trending" else st.popular_order
-            extra = order[allowed[order] & ~used[order]]
-            if self.groups is not None:
-                placed = slot[slot >= 0]
-                keep = cap_per_group(np.concatenate([placed, extra]), self.groups, self.comp.spec.diversity.max_per)
-                extra = extra[keep[len(placed):]]
-            extra = extra[: len(free)]
-            fill_scores = (st.trending if which == "trending" else st.popular)[extra]
-            for at, col, s in zip(free[: len(extra)].tolist(), extra.tolist(), fill_scores.tolist()):
-                place(at, col, which)
-                score[at] = s
-            free = free_slots()
-        keep = slot >= 0
-        ids = slot[keep]
-        return Candidates(ids, score[keep], [r for r, k in zip(reason, keep.tolist()) if k], c.k,
-                          c.backfilled + sum(1 for r in reason if r in self.fills))
+            ok = unused(allowed)
+            if self.groups is None:
+                extra = _first_eligible(order, ok, len(free))
+            else:  # under the cap: the groups already placed count
+                counts = Counter(self.groups[[x for x in slot if x >= 0]].tolist())
+                extra = order[ok[order]]
+                extra = extra[_cap_small(extra, self.groups, self.comp.spec.diversity.max_per, counts)][: len(free)]
+            values = (st.trending if which == "trending" else st.popular)[extra].tolist()
+            for at, col, v in zip(free, extra.tolist(), values):
+                place(at, col, which, v)
+            filled += len(extra)
+            free = free[len(extra):]
+        keep = [q for q in range(n) if slot[q] >= 0]
+        return Candidates(np.array([slot[q] for q in keep], np.int64), np.array([score[q] for q in keep], np.float32),
+                          [reason[q] for q in keep], c.k, c.backfilled + filled)
+
+    def _new_mask(self, ex: Any) -> np.ndarray:
+        """New or under-exposed items (kept per catalogue view and setting)."""
+        _, masks = self.merch.columns(self.live)
+        key = f"\0explore:{ex.max_age_days}:{ex.max_popularity_quantile}"
+        hit = masks.get(key)
+        if hit is None:
+            hit = np.zeros(self.cols.n_items, bool)
+            if ex.max_age_days is not None:
+                hit |= self.cols.numbers["age_days"] <= ex.max_age_days
+            if ex.max_popularity_quantile is not None:
+                hit |= self.cols.numbers["_popularity_quantile"] <= ex.max_popularity_quantile
+            masks[key] = hit
+        return hit

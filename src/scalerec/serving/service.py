@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from scalerec.serving.realtime import (
     history_from_arrays,
     history_from_events,
 )
+from scalerec.online.interleaving import INTERLEAVED, team_draft
 from scalerec.serving.experiments import ExperimentRouter
 from scalerec.serving.impressions import ImpressionLog
 from scalerec.ranking.stage import RankingStage, content_retrieve
@@ -81,6 +82,32 @@ _POPULAR_FILL = ("popular",)
 
 #: the one-row history builder's old name (it moved to state.py, beside the matrix conventions)
 _history_row = history_row
+
+
+class _RandomIds:
+    """128-bit random hex ids (as ``uuid4().hex``) cut from one ``os.urandom`` read per 256 ids:
+    a uuid4 per request was a few percent of a recommendation. A forked child starts afresh."""
+
+    def __init__(self, batch: int = 256) -> None:
+        self._batch = batch
+        self._lock = threading.Lock()
+        self._hex, self._at = "", 0
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._hex, self._at = "", 0
+
+    def next(self) -> str:
+        with self._lock:
+            at = self._at
+            if at >= len(self._hex):
+                self._hex, at = os.urandom(16 * self._batch).hex(), 0
+            self._at = at + 32
+            return self._hex[at : at + 32]
+
+
+_random_ids = _RandomIds()
 
 
 class RecommendService:
@@ -264,7 +291,7 @@ class RecommendService:
         return int(n)
 
     def _new_id(self) -> str:
-        return uuid.uuid4().hex
+        return _random_ids.next()
 
     def _response(
         self,
@@ -324,22 +351,30 @@ class RecommendService:
         n = self._check_n(n)
         flt = flt or _NO_FILTER
         live, routed = self._route(user_id, placement)
-        where = {"placement": placement, "routed": routed}
+        if routed is not None and routed[1] == INTERLEAVED:
+            return self._interleaved(user_id, n, flt, exclude_seen, boost_items, context, placement, routed[0])
+        ranked, strategy = self._user_list(live, user_id, n, flt, exclude_seen, boost_items, placement, routed, context)
+        return self._response(live, ranked, kind="user", strategy=strategy, subject={"user_id": user_id},
+                              context=context, placement=placement, routed=routed)
+
+    def _user_list(
+        self, live: LiveState, user_id: str, n: int, flt: ItemFilter, exclude_seen: bool,
+        boost_items: list[str] | None, placement: str | None, routed: tuple[str, str] | None,
+        context: dict[str, str] | None = None,
+    ) -> tuple[Candidates, str]:
+        """A user's ranked list on ``live`` and its strategy (recommend_user without the log)."""
         st = live.model
         row = st.user_row(user_id)
         if row >= 0 and user_id in live.deleted_users:
             row = -1  # the user's data was deleted after this model was built
         fresh = self._fresh(live, user_id)
-        subject = {"user_id": user_id}
         if row < 0 and fresh.empty and not boost_items:
             cold = self._segment_list(live, user_id, n, flt, context)
             if cold is not None:  # a new user with attributes: their segments' favourites
-                return self._response(live, cold, kind="user", strategy="segment", subject=subject, context=context,
-                                      **where)
+                return cold, "segment"
             # Nothing personal and nothing to exclude: the same trending list as everyone's.
             _FALLBACK_UNKNOWN_USER.inc()
-            ranked = fallback_list(live, "trending", n, flt)
-            return self._response(live, ranked, kind="user", strategy="fallback", subject=subject, context=context, **where)
+            return fallback_list(live, "trending", n, flt), "fallback"
         allowed = live.items.mask(flt)
         seen_cols = np.zeros(0, np.int64)
         history = None
@@ -366,7 +401,30 @@ class RecommendService:
                                            context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
-        return self._response(live, ranked, kind="user", strategy=strategy, subject=subject, context=context, **where)
+        return ranked, strategy
+
+    def _interleaved(
+        self, user_id: str, n: int, flt: ItemFilter, exclude_seen: bool, boost_items: list[str] | None,
+        context: dict[str, str] | None, placement: str | None, experiment: str,
+    ) -> dict[str, Any]:
+        """Team-draft interleaving of the experiment's two variants' lists for one user; the impression
+        records which variant contributed each position (``teams``)."""
+        (live_a, name_a), (live_b, name_b) = self.experiments.pair(experiment)
+        ra, sa = self._user_list(live_a, user_id, n, flt, exclude_seen, boost_items, placement, None, context)
+        rb, sb = self._user_list(live_b, user_id, n, flt, exclude_seen, boost_items, placement, None, context)
+        rid = self._new_id()
+        assert ra.rendered is not None and rb.rendered is not None
+        picked, teams = team_draft(ra.rendered[1], rb.rendered[1], n, name_a, name_b, seed=rid)
+        version = f"{live_a.model.version}+{live_b.model.version}"
+        strategy = sa if sa == sb else f"{sa}+{sb}"
+        item_ids = [i["item_id"] for i in picked]
+        record = {"recommendation_id": rid, "at": time.time(), "kind": "user", "user_id": user_id,
+                  "model_version": version, "strategy": strategy, "items": item_ids, "context": context or {},
+                  "placement": placement, "experiment": experiment, "variant": INTERLEAVED, "teams": teams}
+        self.reclog.add(record)
+        self.impressions.add(record)
+        return {"recommendation_id": rid, "model_version": version, "user_id": user_id, "strategy": strategy,
+                "items": picked, "placement": placement, "variant": INTERLEAVED}
 
     def similar_items(
         self, item_id: str, n: int = 20, flt: ItemFilter | None = None, *, context: dict[str, str] | None = None,

@@ -597,13 +597,13 @@ def train(
         t = time.perf_counter()
         from scalerec.ranking.ranker import train_ranker
 
-        _emit(progress, "rank", 0, 1, "ranking stage: features, LambdaRank, gate against the CF model alone")
+        _emit(progress, "rank", 0, 1, "features, LambdaRank, gate")
         ranking = train_ranker(
             settings, store, snapshot.events, family=best.family, params=best.best_params,
             user_ids=matrix.user_ids, item_ids=matrix.item_ids, test_start=_held_out_start(split), metric=metric,
             force=options.force,
         )
-        _emit(progress, "rank", 1, 1, f"ranking stage {ranking.section['status']}: {ranking.section['reason']}")
+        _emit(progress, "rank", 1, 1, f"ranking stage {ranking.section['status']}")  # the reason: in the summary
         timings["ranking_s"] = time.perf_counter() - t
         protocol.warnings = list(dict.fromkeys(warnings))
 

@@ -385,6 +385,12 @@ def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | No
     return [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
 
 
+def _initial_trials(klass: type, stats: "DataStats | None") -> int:
+    """Trials a new study queues before the sampler's own: the defaults (when they fit the space) and the design."""
+    defaults = _probe_defaults(klass, stats)
+    return (0 if defaults is None else 1) + len(_design(klass, defaults, stats))
+
+
 def _params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
@@ -473,12 +479,14 @@ def tune_family(
         defaults = _probe_defaults(klass, stats)
         if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"default": True})
-        for params, why in _design(klass, defaults, stats):
-            study.enqueue_trial(params, user_attrs={"design": why})
         # Warm start: new data means a new study, but the last search's winner is a strong guess.
         previous = _previous_best(store, name)
         if previous is not None and _params_key(previous) != _params_key(defaults or {}):
             study.enqueue_trial(previous, user_attrs={"warm_start": True})
+        queued = {_params_key(p) for p in (defaults, previous) if p is not None}
+        for params, why in _design(klass, defaults, stats):
+            if _params_key(params) not in queued:
+                study.enqueue_trial(params, user_attrs={"design": why})
     # Trials left RUNNING belong to a run that died (training holds a lock, so none is live).
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
@@ -709,6 +717,12 @@ def search_families(
             break
         last = r == n_rounds - 1
         shares = _round_shares(active, total, n_rounds - r, last)
+        if r == 0 and shares is not None and total is not None:
+            # First judged on the defaults and the design trial: give each new study room for both
+            # when the whole budget allows it (never more trials than asked for).
+            wanted = {f: max(shares[f], _initial_trials(MODELS[f], stats)) if done[f] == 0 else shares[f] for f in active}
+            if sum(wanted.values()) <= max(0, total):
+                shares = wanted
         rnd = SearchRound(number=r + 1)
         # Every family of a round gets the same slice of it, whatever the ones before it overran
         # (one slow trial cannot be cut short): the ranking after the round compares like with like.

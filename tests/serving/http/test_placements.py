@@ -108,6 +108,8 @@ def test_check_rule_and_blocklist(api1):
     assert r.status_code == 200 and r.json()["valid"] is False
     assert r.json()["error"]["type"] == "invalid_rule" and r.json()["error"]["details"]["position"] == 7
     _error(a.client.put("/v1/blocklist", json={"item_ids": "x"}, headers=h), 422, "validation_error")
+    _error(a.client.put("/v1/blocklist", json={"item_ids": ["ok", ""]}, headers=h), 422, "validation_error")
+    assert a.client.put("/v1/blocklist", json={"item_ids": ["a", "b", "a"]}, headers=h).json()["item_ids"] == ["a", "b"]
 
 
 def test_openapi_documents_the_new_endpoints(api1):

@@ -1,5 +1,5 @@
 """The catalogue database behind one interface: items, users, pending events, metadata, the
-serving change feed, API keys, model stages and user-deletion tombstones.
+serving change feed, API keys, model stages, user-deletion tombstones and merchandising placements.
 
 ``open_catalog(url)`` parses the URL here (the one parser) and hands it to the backend registered
 for its scheme; ``sqlite:///PATH`` (the default, ``<data_dir>/catalog.db``) is

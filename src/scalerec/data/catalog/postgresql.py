@@ -53,7 +53,7 @@ __all__ = ["PostgresCatalog", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "1"  # the catalogue's data format (meta schema_version, as on SQLite)
 #: The PostgreSQL objects' revision: opening a database of an older one re-runs _SCHEMA.
-PG_SCHEMA_VERSION = "2"
+PG_SCHEMA_VERSION = "3"
 #: LISTEN/NOTIFY channel of change-feed and stage writes (payload: the schema written to).
 CHANNEL = "scalerec_changes"
 
@@ -109,6 +109,10 @@ _SCHEMA: list[str] = [
     "CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_us)",
     """CREATE TABLE IF NOT EXISTS import_fingerprints (
         fingerprint TEXT PRIMARY KEY, txid TEXT NOT NULL, source TEXT, rows BIGINT, imported_at TEXT NOT NULL)""",
+    # online experiments (scalerec.online) and merchandising placements
+    "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, status TEXT NOT NULL, spec TEXT NOT NULL, "
+    "created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS placements (name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at TEXT NOT NULL)",
     # leases (compaction, retraining, deletion): see lease()
     "CREATE TABLE IF NOT EXISTS scalerec_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
     "expires_us BIGINT NOT NULL)",
@@ -808,6 +812,56 @@ class PostgresCatalog:
                 (fingerprint, txid, source, int(rows), imported_at),
             )
 
+
+    # -- online experiments ------------------------------------------------------------------
+    _EXPERIMENT_COLS = ("name", "status", "spec", "created_at", "updated_at")
+
+    def insert_experiment(self, row: dict[str, Any]) -> bool:
+        with self._write() as conn:
+            return conn.execute(
+                "INSERT INTO experiments(name, status, spec, created_at, updated_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (row["name"], row["status"], json.dumps(row["spec"], sort_keys=True), row["created_at"],
+                 row.get("updated_at") or row["created_at"]),
+            ).rowcount == 1
+
+    def update_experiment(self, name: str, status: str, spec: dict[str, Any], updated_at: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE experiments SET status = %s, spec = %s, updated_at = %s WHERE name = %s",
+                (status, json.dumps(spec, sort_keys=True), updated_at, name),
+            ).rowcount == 1
+
+    def _experiment_select(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        rows = self._query(
+            f"SELECT {', '.join(self._EXPERIMENT_COLS)} FROM experiments {where} ORDER BY created_at, name COLLATE \"C\"",
+            params,
+        )
+        return [{**dict(zip(self._EXPERIMENT_COLS, r)), "spec": json.loads(r[2])} for r in rows]
+
+    def experiment_row(self, name: str) -> dict[str, Any] | None:
+        rows = self._experiment_select("WHERE name = %s", (name,))
+        return rows[0] if rows else None
+
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        return self._experiment_select("WHERE status = %s", (status,)) if status else self._experiment_select("", ())
+
+    # -- merchandising placements --------------------------------------------------------------
+    def placement_rows(self) -> list[tuple[str, str, str]]:
+        return [tuple(r) for r in self._query("SELECT name, spec, updated_at FROM placements ORDER BY name COLLATE \"C\"")]
+
+    def put_placement(self, name: str, spec: str, updated_at: str) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO placements(name, spec, updated_at) VALUES (%s, %s, %s) ON CONFLICT (name) "
+                "DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at RETURNING (xmax = 0)",
+                (name, spec, updated_at),
+            ).fetchone()
+        return bool(row[0])
+
+    def delete_placement(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM placements WHERE name = %s", (name,)).rowcount > 0
 
     # -- leases (expiry by the server's clock: machines with skewed clocks agree) ------------
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str | None]:

@@ -150,6 +150,7 @@ def create_app(
     app.state.auth = auth
     install_error_handlers(app)
     recommendations.add_hot_routes(app, API_PREFIX)
+    placements.add_hot_routes(app, API_PREFIX)
     for module in (recommendations, events, users, items, models, online, placements, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(docs.router)
@@ -173,10 +174,10 @@ def _document_limits(app: FastAPI, settings: Any) -> None:
                 for op in ops.values():
                     for param in op.get("parameters", ()) if isinstance(op, dict) else ():
                         if param.get("name") == "n" and param.get("in") == "query":
-                            param["schema"]["maximum"] = max_n
+                            param["schema"].update(minimum=1, maximum=max_n)
             components = schema.get("components", {}).get("schemas", {})
             if "SessionRequest" in components:
-                components["SessionRequest"]["properties"]["n"]["maximum"] = max_n
+                components["SessionRequest"]["properties"]["n"].update(minimum=1, maximum=max_n)
             event_type = components.get("EventIn", {}).get("properties", {}).get("event_type")
             if event_type is not None and not settings.events.allow_unknown_types:
                 event_type["enum"] = sorted(settings.events.types)

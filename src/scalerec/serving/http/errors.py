@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,15 +80,40 @@ def _validation_details(exc: RequestValidationError) -> tuple[int, str, str, lis
         pos = (err.get("ctx") or {}).get("error") or err.get("msg")
         return 400, "malformed_json", f"the request body is not valid JSON ({pos}); send a JSON object", []
     details = []
+    # A member whose shape the body does not have at all (a list for an object) is not the one meant.
+    wrong_shape = {_branch(e) for e in errors if _branch(e) and len(e.get("loc", ())) == 2 and str(e.get("type")).endswith("_type")}
+    branches = Counter(_branch(e) for e in errors)
+    errors = sorted(errors, key=lambda e: (_branch(e) in wrong_shape, branches[_branch(e)] if _branch(e) else 0,
+                                           *_usefulness(e)))
     for e in errors[:50]:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")] or [str(p) for p in e.get("loc", ())]
         details.append({"field": ".".join(loc), "message": e.get("msg"), "input": _short(e.get("input"))})
     first = details[0] if details else {"field": "?", "message": "invalid"}
-    where = "query/path parameter" if errors and errors[0].get("loc", ("",))[0] in ("query", "path") else "field"
+    where = "query/path parameter" if errors and errors[0].get("loc", ("",))[0] in ("query", "path") else "field"  # the first shown
     msg = f"invalid {where} '{first['field']}': {first['message']}"
     if len(details) > 1:
         msg += f" (and {len(details) - 1} more problem(s), see details)"
     return 422, "validation_error", msg, details
+
+
+#: 422 problems by how much they tell the client (lower first): a missing field or a wrong type is
+#: the cause; an unexpected field or a branch of a union that did not match is usually its echo.
+_RANKS = (("missing", 0), ("_type", 1), ("_parsing", 1), ("literal_error", 2), ("enum", 2), ("extra_forbidden", 4))
+
+
+def _branch(e: dict[str, Any]) -> str | None:
+    """The union member an error belongs to (body ``EventBatch | list[EventIn] | EventIn``), else None:
+    the member with the fewest problems is the one the client meant, so its problems come first."""
+    loc = e.get("loc", ())
+    if len(loc) >= 2 and loc[0] == "body" and isinstance(loc[1], str) and (loc[1][:1].isupper() or "[" in loc[1]):
+        return loc[1]
+    return None
+
+
+def _usefulness(e: dict[str, Any]) -> tuple[int, int]:
+    kind = str(e.get("type", ""))
+    rank = next((r for suffix, r in _RANKS if kind == suffix or kind.endswith(suffix)), 3)
+    return rank, len(e.get("loc", ()))  # then the shallowest: the field the client wrote, not a union branch
 
 
 def _short(value: Any) -> Any:

@@ -45,7 +45,9 @@ CONTEXT_PARAMS = (
           "e.g. context.weather=rain (the ranking stage reads weather, temp_c, device)"),
     Param("placement", "str", None, "where the list is shown (home, product, cart, ...): KPIs and experiments per placement"),
 )
-N_PARAM = Param("n", "int", 20, "number of items (1 to serving.max_n, 500 by default)", 1, 10_000)
+# No bounds here: the service checks n against [serving] max_n, one limit and one message for every
+# endpoint (query or body); the OpenAPI document states 1..max_n (app._document_limits).
+N_PARAM = Param("n", "int", 20, "number of items (1 to serving.max_n, 500 by default)")
 USER_PARAMS = (
     N_PARAM,
     *FILTER_PARAMS,

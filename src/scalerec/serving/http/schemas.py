@@ -80,7 +80,7 @@ class RankResponse(RecommendationList):
 class SessionRequest(_In):
     item_ids: list[BodyId] = Field(min_length=1, max_length=1000, description="items the visitor touched, oldest first")
     event_types: list[str] | None = Field(None, description="one per item (default view)")
-    n: int = Field(20, ge=1)
+    n: int = Field(20)  # 1..[serving] max_n, checked by the service with the query's message
     category: list[str] | None = None
     exclude_category: list[str] | None = None
     min_price: float | None = Field(None, ge=0)

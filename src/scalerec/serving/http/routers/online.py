@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,21 +19,25 @@ router = APIRouter(tags=["online"], dependencies=[AdminRole], route_class=JsonBo
                    responses=error_responses(*AUTH_ERRORS, 422))
 
 
+ByName = Literal["version", "model_version", "strategy", "placement", "variant", "experiment", "kind", "day"]
+
+
 class VariantIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=128, description="a registered version, or 'production'")
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, le=1e6)
 
 
 class ExperimentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     variants: list[VariantIn] = Field(min_length=2, max_length=16, description="the first is the control")
     placement: str | None = Field(None, min_length=1, max_length=100)
     start: str | None = None
     end: str | None = None
     seed: int = 0
+    method: str = Field("split", pattern="^(split|interleave)$", description="split | interleave (team-draft)")
 
 
 class PromoteIn(BaseModel):
@@ -45,10 +49,10 @@ class PromoteIn(BaseModel):
 @router.get("/kpis")
 def get_kpis(
     service: Service,
-    by: Annotated[list[str], Query(description="version | strategy | placement | variant | experiment | kind | day")] = ["version"],  # noqa: B006
+    by: Annotated[list[ByName], Query(description="the columns to group by")] = ["version"],  # noqa: B006
     since: Annotated[str | None, Query(description="ISO date/time or a span back (7d, 24h)")] = None,
     until: str | None = None,
-    window_hours: Annotated[float | None, Query(gt=0)] = None,
+    window_hours: Annotated[float | None, Query(gt=0, le=8760)] = None,
     positions: bool = False,
     offline: bool = False,
 ) -> Response:
@@ -72,7 +76,8 @@ def create(service: Service, body: ExperimentIn) -> Response:
     """Start an experiment (409 when the name is taken or another runs on the same placement)."""
     exp = create_experiment(service.store.catalog, service.registry, body.name,
                             [ex.Variant(v.name, v.version, v.weight) for v in body.variants],
-                            placement=body.placement, start=body.start, end=body.end, seed=body.seed)
+                            placement=body.placement, start=body.start, end=body.end, seed=body.seed,
+                            method=body.method)
     service.experiments.refresh()
     return json_response(exp.to_dict(), status_code=201)
 

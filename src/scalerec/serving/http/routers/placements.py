@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request
-from pydantic import BaseModel, Field
+import re
+
+from fastapi import APIRouter, Body, FastAPI, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from scalerec.config import PlacementSettings
 from scalerec.errors import ValidationError
 from scalerec.serving.http import query
-from scalerec.serving.http.deps import AdminRole, JsonBodyRoute, ReadRole, Service, json_response
+from scalerec.serving.http.deps import AdminRole, HotRoute, JsonBodyRoute, ReadRole, Service, json_response
 from scalerec.serving.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from scalerec.data.ids import MAX_ID_LENGTH
-from scalerec.serving.http.schemas import ID_PATTERN, ErrorBody, ErrorResponse, RecommendationList
+from scalerec.serving.http.schemas import ID_PATTERN, BodyId, ErrorBody, ErrorResponse, RecommendationList
+from scalerec.serving.service import RecommendService
 
 router = APIRouter(tags=["placements"], route_class=JsonBodyRoute, responses=error_responses(*AUTH_ERRORS, 422))
 
@@ -52,7 +56,9 @@ class RuleCheckOut(BaseModel):
 
 
 class Blocklist(BaseModel):
-    item_ids: list[str] = Field(max_length=100_000)
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[BodyId] = Field(max_length=100_000, description="item ids (the id policy of every id)")
 
 
 def _spec_body() -> dict[str, Any]:
@@ -137,25 +143,53 @@ def put_blocklist(service: Service, body: Blocklist) -> Response:
     return json_response({"item_ids": service.merchandising.set_blocklist(body.item_ids)})
 
 
-@router.get("/placements/{name}/recommendations", response_model=PlacementList, dependencies=[ReadRole],
-            openapi_extra=_params_doc(), responses=error_responses(404))
-async def placement_recommendations(request: Request, service: Service, name: Name) -> Response:
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: raw query string -> (values, context, item ids): storefronts send the same few query strings
+_PARSED: dict[bytes, tuple[dict[str, Any], dict[str, str], list[str]]] = {}
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    hit = _PARSED.get(raw)
+    if hit is None:
+        qp = QueryParams(raw)
+        values = query.parse(qp, PLACEMENT_PARAMS)
+        ctx = query.context(values)
+        for key, value in qp.multi_items():  # context.<key>=value
+            if key.startswith("context.") and len(key) > 8:
+                ctx[key[8:108]] = value[:200]
+        item_ids = _item_ids(values.get("item_id"))
+        for i in item_ids:
+            query.path_id("item_id", i)
+        if values.get("user_id"):
+            query.path_id("user_id", values["user_id"])
+        hit = (values, ctx, item_ids)
+        if len(_PARSED) >= query.PARSED_CACHE_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = hit
+    return hit
+
+
+# A HotRoute, as the user list it is measured against: no per-request dependency solving.
+async def placement_recommendations(request: Request, name: Name) -> Response:
     """The placement's list: exactly n items when n are eligible, each with its reason (model,
     pinned, promoted:<name>, boosted:<rule>, exploration, bought_together, trending, popular)."""
-    values = query.parse(request.query_params, PLACEMENT_PARAMS)
-    ctx = query.context(values)
-    for key, value in request.query_params.multi_items():  # context.<key>=value
-        if key.startswith("context.") and len(key) > 8:
-            ctx[key[8:108]] = value[:200]
-    item_ids = _item_ids(values.get("item_id"))
-    for i in item_ids:
-        query.path_id("item_id", i)
-    if values.get("user_id"):
-        query.path_id("user_id", values["user_id"])
+    if not _NAME.match(name):
+        raise ValidationError(f"invalid path parameter 'name': {name[:70]!r} is no placement name (letters, digits, _ . -)",
+                              details=[{"field": "name", "message": "not a placement name", "input": name[:70]}])
+    values, ctx, item_ids = _parse(request.scope.get("query_string", b""))
+    service: RecommendService = request.app.state.service
     return json_response(service.merchandising.recommend(
         name, user_id=values.get("user_id") or None, item_id=item_ids[0] if item_ids else None,
-        item_ids=item_ids or None, n=values.get("n"), context=ctx,
+        item_ids=item_ids or None, n=values.get("n"), context=dict(ctx),
     ))
+
+
+def add_hot_routes(app: FastAPI, prefix: str) -> None:
+    """Add the placement list endpoint to ``app`` itself (read role), documented like any route."""
+    app.router.add_api_route(prefix + "/placements/{name}/recommendations", placement_recommendations,
+                             methods=["GET"], response_model=PlacementList, openapi_extra=_params_doc(),
+                             tags=["placements"], dependencies=[ReadRole], route_class_override=HotRoute,
+                             responses=error_responses(*AUTH_ERRORS, 422, 404))
 
 
 def _item_ids(values: list[str] | None) -> list[str]:
