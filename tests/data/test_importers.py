@@ -640,6 +640,42 @@ def test_movielens_files_are_recognised_by_content_when_renamed(store, tmp_path)
     assert report.ignored_columns == []  # Gender/Age/Occupation/Zip are imported as attributes
 
 
+def test_prefetched_chunks_keep_order_raise_in_place_and_stop_on_close():
+    """The reader thread hands chunks over in order, raises a source error at the chunk where it
+    happened, and stops (closing its source) when the consumer closes the iterator early."""
+    import threading
+
+    from scalerec.data.importers.sources import prefetched
+
+    def numbers(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise DataImportError("chunk 2 is unreadable")
+            yield i
+
+    assert list(prefetched(numbers(6))) == [0, 1, 2, 3, 4, 5]
+    it = prefetched(numbers(4, fail_at=2))
+    assert next(it) == 0 and next(it) == 1
+    with pytest.raises(DataImportError, match="chunk 2 is unreadable"):
+        next(it)
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    it = prefetched(endless())
+    assert next(it) == 0
+    it.close()
+    assert closed.is_set()
+    assert not [t for t in threading.enumerate() if t.name == "scalerec-import-read" and t.is_alive()]
+
+
 def test_a_temporal_split_of_one_dated_events_says_what_can_help(store, tmp_path):
     from scalerec.data.snapshot import take_snapshot
     from scalerec.evaluation.splits import split_temporal

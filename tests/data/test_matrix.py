@@ -191,6 +191,40 @@ def test_matrix_spec_of_old_and_new_manifests() -> None:
     assert MatrixSpec.from_manifest_dict({}) == MatrixSpec()
 
 
+@pytest.mark.parametrize("reference", ["global", "user", "floored"])
+def test_blocks_sum_to_the_one_block_matrix(tmp_path, monkeypatch, reference):
+    """Built block by block (table slices, grouped day files, a sliced big file), every cell equals
+    the matrix built from all events at once and the per-row reference."""
+    from scalerec.data import matrix as matrix_module
+    from scalerec.data.eventlog import EventLog
+
+    settings = Settings()
+    table = _events(4000, seed=3)
+    options = dict(event_types=settings.events.types, half_life_days=5.0, recency_reference=reference)
+    whole = _as_dict(build_matrix(table, **options))
+    log = EventLog(tmp_path / "log")
+    log.append(table)  # ~60 day files of ~65 rows
+    big = EventLog(tmp_path / "big")
+    big.append(table.filter(pa.compute.equal(pa.compute.day(table.column("timestamp")), 1)))
+    monkeypatch.setattr(matrix_module, "BLOCK_EVENTS", 300)
+    assert len(matrix_module._parts(table)) == 14 and len(matrix_module._parts(log)) > 5
+    for source in (table, log):
+        got = _as_dict(build_matrix(source, **options))
+        assert set(got) == set(whole)
+        for key, value in whole.items():
+            assert got[key] == pytest.approx(value, rel=1e-5)
+    if reference == "global":
+        ref = _reference(table, settings, half_life=5.0)
+        assert set(whole) == set(ref) and all(whole[k] == pytest.approx(v, rel=1e-5) for k, v in ref.items())
+    one_day = big.read()
+    monkeypatch.setattr(matrix_module, "BLOCK_EVENTS", 10**9)
+    expect = _as_dict(build_matrix(one_day, **options))
+    monkeypatch.setattr(matrix_module, "BLOCK_EVENTS", 30)
+    assert len(matrix_module._parts(big)) > len(big.files())  # files bigger than a block, sliced
+    got = _as_dict(build_matrix(big, **options))
+    assert set(got) == set(expect) and all(got[k] == pytest.approx(v, rel=1e-5) for k, v in expect.items())
+
+
 def test_normalised_cells_divide_by_the_strongest_type_present_before_the_cap() -> None:
     """One view (weight 1) beside purchases (weight 10) is 0.1 of a purchase, and cap=1 saturates
     only at one undecayed purchase; the unit is the data's strongest positive type, not the

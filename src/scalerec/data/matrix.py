@@ -241,20 +241,22 @@ def _build(
     cell_unit: float | None,
     recency_reference: str,
 ) -> InteractionMatrix:
-    lf = _cast_frame(_as_lazy(source)).filter(pl.col("user_id").is_not_null())
-
     start_ts, end_ts, now_ts = _to_utc(start), _to_utc(end), _to_utc(now)
-    if start_ts is not None:
-        lf = lf.filter(pl.col("timestamp") >= start_ts)
-    if end_ts is not None:
-        lf = lf.filter(pl.col("timestamp") < end_ts)
+    source = _readable_twice(source)
+    whole = _as_lazy(source)
+
+    def bounded(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = _cast_frame(lf).filter(pl.col("user_id").is_not_null())
+        if start_ts is not None:
+            lf = lf.filter(pl.col("timestamp") >= start_ts)
+        if end_ts is not None:
+            lf = lf.filter(pl.col("timestamp") < end_ts)
+        return lf
+
     global_clock = half_life_days is not None and recency_reference != "user"
     if (window_days is not None or global_clock) and now_ts is None:
-        newest = lf.select(pl.col("timestamp").max()).collect().item()
+        newest = bounded(whole).select(pl.col("timestamp").max()).collect(engine="streaming").item()
         now_ts = newest if newest is not None else datetime.now(timezone.utc)
-    if window_days is not None:
-        assert now_ts is not None
-        lf = lf.filter(pl.col("timestamp") > now_ts - timedelta(days=window_days))
 
     types = pl.DataFrame(
         {
@@ -264,52 +266,183 @@ def _build(
         }
     ).lazy()
     how = "left" if unknown_type_weight is not None else "inner"
-    lf = lf.join(types, on="event_type", how=how)
+
+    def kept(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = bounded(lf)
+        if window_days is not None:
+            assert now_ts is not None
+            lf = lf.filter(pl.col("timestamp") > now_ts - timedelta(days=window_days))
+        return lf.join(types, on="event_type", how=how)
+
+    everything = kept(whole)
     w = pl.col("_w")
     if unknown_type_weight is not None:
         w = w.fill_null(float(unknown_type_weight))
     rated = [t for t in signals.types if t in event_types and event_types[t].use_value]
     if signals.maps_values and rated:  # no configured rating type reads its value: nothing to map or scan
         if signals.needs_scale:
-            signals = signals.resolved(lf)
+            signals = signals.resolved(everything)
         value = signals.expr()
     else:
         value = pl.col("value")
     contribution = w * pl.when(pl.col("_use_value").fill_null(False)).then(value).otherwise(1.0)
+    newest_by_user: pl.LazyFrame | None = None
     if half_life_days is not None:
         # A user active years before the data's end would get an underflowed all-zero row on the global clock.
+        if recency_reference in ("user", "floored"):
+            # Each user's newest kept event, aggregated once (one row per user), so blocks can be summed apart.
+            newest_by_user = (everything.group_by("user_id").agg(pl.col("timestamp").max().alias("_newest"))
+                              .collect(engine="streaming").lazy())
         if recency_reference == "user":
-            reference = pl.col("timestamp").max().over("user_id")
+            reference = pl.col("_newest")
         elif recency_reference == "floored":  # the global clock, stopped before a user's row underflows
             stop = timedelta(days=half_life_days * RECENCY_FLOOR_HALF_LIVES)
-            reference = pl.min_horizontal(pl.lit(now_ts), pl.col("timestamp").max().over("user_id") + stop)
+            reference = pl.min_horizontal(pl.lit(now_ts), pl.col("_newest") + stop)
         else:
             reference = pl.lit(now_ts)
         age_days = (reference - pl.col("timestamp")).dt.total_microseconds() / 86_400e6
         contribution = contribution * (0.5 ** (age_days.clip(lower_bound=0.0) / half_life_days))
-    events = lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
+
+    def weighted(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = kept(lf)
+        if newest_by_user is not None:
+            lf = lf.join(newest_by_user, on="user_id", how="left")
+        return lf.select("user_id", "item_id", contribution.cast(pl.Float64).alias("w"))
+
     # Integer codes through sorted Enums: scipy sums (u32, u32, f64), no string group-by.
-    users, items = _vocabularies(events, user_ids, item_ids)
+    parts = _parts(source)
+    users, items = _vocabularies([weighted(p) for p in parts], user_ids, item_ids)
     if len(users) == 0 or len(items) == 0:
         return _finish(sp.csr_matrix((len(users), len(items)), dtype=np.float32), users, items,
                        user_ids is None, item_ids is None, min_user_interactions, min_item_interactions, binary, cap, cell_unit)
-    coded = (
-        events.select(
-            pl.col("user_id").cast(pl.Enum(users.tolist()), strict=False).to_physical().alias("u"),
-            pl.col("item_id").cast(pl.Enum(items.tolist()), strict=False).to_physical().alias("i"),
-            "w",
+    # Built once: turning an Enum dtype into an expression copies its categories (~8 ms per 300k).
+    codes = [pl.col("user_id").cast(pl.Enum(pl.Series(users)), strict=False).to_physical().alias("u"),
+             pl.col("item_id").cast(pl.Enum(pl.Series(items)), strict=False).to_physical().alias("i"), "w"]
+    shape = (len(users), len(items))
+    summed = _BlockSum(shape, exact=len(parts) == 1)
+    for part in parts:
+        coded = (
+            weighted(part).select(codes)
+            .drop_nulls()  # ids outside a fixed vocabulary
+            .collect()
         )
-        .drop_nulls()  # ids outside a fixed vocabulary
-        .collect()
-    )
-    rows = coded.get_column("u").to_numpy()
-    cols = coded.get_column("i").to_numpy()
-    weights = coded.get_column("w").to_numpy()
-    del coded
-    summed = sp.coo_matrix((weights, (rows, cols)), shape=(len(users), len(items))).tocsr()  # sums duplicates
-    del rows, cols, weights
-    return _finish(summed, users, items, user_ids is None, item_ids is None,
+        rows = coded.get_column("u").to_numpy()
+        cols = coded.get_column("i").to_numpy()
+        weights = coded.get_column("w").to_numpy()
+        del coded
+        summed.add(sp.coo_matrix((weights, (rows, cols)), shape=shape).tocsr())  # sums duplicates
+        del rows, cols, weights
+    return _finish(summed.result(), users, items, user_ids is None, item_ids is None,
                    min_user_interactions, min_item_interactions, binary, cap, cell_unit)
+
+
+class _BlockSum:
+    """The running sum of block CSRs. Blocks wait in a list until they hold MERGE_SHARE of the
+    sum's cells, then are summed together and added at once: the peak is about the sum, the
+    waiting blocks and the new sum (~2.5x the output), and the sum is rewritten only a few times.
+    One block stays float64 (exactly the old one-pass sums); blocks are float32 otherwise."""
+
+    def __init__(self, shape: tuple[int, int], *, exact: bool) -> None:
+        self.shape, self.exact = shape, exact
+        self.total: sp.csr_matrix | None = None
+        self.waiting: list[sp.csr_matrix] = []
+        self.waiting_nnz = 0
+
+    def add(self, block: sp.csr_matrix) -> None:
+        self.waiting.append(block if self.exact else block.astype(np.float32))
+        self.waiting_nnz += block.nnz
+        if self.total is None or self.waiting_nnz >= MERGE_SHARE * self.total.nnz:
+            self._merge()
+
+    def _merge(self) -> None:
+        blocks, self.waiting, self.waiting_nnz = self.waiting, [], 0
+        if not blocks:
+            return
+        if len(blocks) == 1:
+            merged = blocks[0]
+        else:
+            rows = np.concatenate([np.repeat(np.arange(self.shape[0], dtype=np.int32), np.diff(b.indptr))
+                                   for b in blocks])
+            cols = np.concatenate([b.indices for b in blocks])
+            data = np.concatenate([b.data for b in blocks])
+            del blocks
+            merged = sp.coo_matrix((data, (rows, cols)), shape=self.shape).tocsr()
+            del rows, cols, data
+        self.total = merged if self.total is None else self.total + merged
+
+    def result(self) -> sp.csr_matrix:
+        self._merge()
+        assert self.total is not None
+        return self.total
+
+
+#: Waiting blocks are summed into the running sum once they hold this share of its cells.
+MERGE_SHARE = 0.25
+
+
+#: Events per block of the matrix build (one event-log row group): a block's rows as polars
+#: columns and its (row, col, weight) triples take ~30 MB; never all triples at once.
+BLOCK_EVENTS = 262_144
+
+
+def _readable_twice(source: Any) -> Any:
+    """``source``, with batches from an iterator gathered into one table (the build reads it more than once)."""
+    from scalerec.data.eventlog import EventLog
+
+    if isinstance(source, (pa.Table, pa.RecordBatch, pl.DataFrame, pl.LazyFrame, EventLog)):
+        return source
+    if isinstance(getattr(source, "log", None), EventLog) or not isinstance(source, Iterable):
+        return source
+    batches = list(source)
+    return pa.Table.from_batches(batches) if batches else _empty_frame()
+
+
+def _parts(source: Any) -> list[pl.LazyFrame]:
+    """The events of ``source`` as frames of about BLOCK_EVENTS rows each (Parquet files grouped
+    by their footers' row counts; bigger files and tables sliced)."""
+    from scalerec.data.eventlog import EventLog
+
+    def sliced(lf: pl.LazyFrame, n: int) -> list[pl.LazyFrame]:
+        return [lf] if n <= BLOCK_EVENTS else [lf.slice(o, BLOCK_EVENTS) for o in range(0, n, BLOCK_EVENTS)]
+
+    if isinstance(source, EventLog):
+        parts: list[pl.LazyFrame] = []
+        group: list[str] = []
+        rows = 0
+
+        def close_group() -> None:
+            nonlocal group, rows
+            if group:
+                parts.append(pl.scan_parquet(group, hive_partitioning=False).select(MATRIX_COLUMNS))
+            group, rows = [], 0
+
+        for f in source.files():
+            n = source._info(f).num_rows
+            if n > BLOCK_EVENTS:
+                close_group()
+                parts.extend(sliced(pl.scan_parquet(str(f), hive_partitioning=False).select(MATRIX_COLUMNS), n))
+                continue
+            if rows + n > BLOCK_EVENTS:
+                close_group()
+            group.append(str(f))
+            rows += n
+        close_group()
+        return parts or [_empty_frame()]
+    log = getattr(source, "log", None)
+    if log is not None and isinstance(log, EventLog):  # a DataStore: the log's blocks plus its pending events
+        parts = [_cast_frame(p) for p in _parts(log)]
+        pending = source.catalog.pending_events_table()
+        if pending.num_rows:
+            parts.append(_cast_frame(_as_lazy(pending)))
+        return parts
+    if isinstance(source, pa.RecordBatch):
+        source = pa.Table.from_batches([source])
+    if isinstance(source, pa.Table):
+        n = source.num_rows
+        return [_as_lazy(source.slice(o, BLOCK_EVENTS)) for o in range(0, n, BLOCK_EVENTS)] if n else [_as_lazy(source)]
+    if isinstance(source, pl.DataFrame):
+        return sliced(_as_lazy(source), source.height)
+    return [_as_lazy(source)]  # a LazyFrame, or batches (read once by _as_lazy)
 
 
 #: Where a recency-weighted matrix measures an event's age from.
@@ -678,12 +811,24 @@ class MatrixSpec:
 
 
 def _vocabularies(
-    events: pl.LazyFrame, user_ids: np.ndarray | None, item_ids: np.ndarray | None
+    parts: list[pl.LazyFrame], user_ids: np.ndarray | None, item_ids: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct user and item ids of ``events`` (or the fixed vocabularies given)."""
-    wanted = [(c, v) for c, v in (("user_id", user_ids), ("item_id", item_ids)) if v is None]
-    found = pl.collect_all([events.select(pl.col(c).unique()) for c, _ in wanted]) if wanted else []
-    by_name = {c: np.sort(f.get_column(c).to_numpy().astype(str)) for (c, _), f in zip(wanted, found)}
+    """Sorted distinct user and item ids of the ``parts`` (or the fixed vocabularies given), read
+    part by part (memory: the distinct ids and one part)."""
+    wanted = [c for c, v in (("user_id", user_ids), ("item_id", item_ids)) if v is None]
+    found: dict[str, list[pl.Series]] = {c: [] for c in wanted}
+    held = dict.fromkeys(wanted, 0)
+    distinct = dict.fromkeys(wanted, 0)
+    for part in parts if wanted else []:
+        frames = pl.collect_all([part.select(pl.col(c).unique()) for c in wanted])
+        for c, frame in zip(wanted, frames):
+            found[c].append(frame.get_column(c))
+            held[c] += frame.height
+            if held[c] > 2 * distinct[c] + BLOCK_EVENTS:  # merge the part's ids before they pile up
+                found[c] = [pl.concat(found[c]).unique()]
+                held[c] = distinct[c] = len(found[c][0])
+    by_name = {c: np.sort((pl.concat(found[c]).unique() if found[c] else pl.Series(c, [], pl.String))
+                          .to_numpy().astype(str)) for c in wanted}
     users = by_name["user_id"] if user_ids is None else np.asarray(user_ids, dtype=str)
     items = by_name["item_id"] if item_ids is None else np.asarray(item_ids, dtype=str)
     return users, items

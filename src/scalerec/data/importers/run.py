@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -160,18 +161,32 @@ def import_file(
         if progress is not None:
             progress(min(chunk.bytes_done, total_bytes), total_bytes)
 
-    fingerprint = plan.fingerprint(path) if kind == "events" else None
-    if fingerprint is not None and not allow_duplicate:
-        _refuse_duplicate(store, fingerprint, path)
+    # The file's hash (GIL released) runs beside the parse of the first chunk; a duplicate is
+    # refused before anything is written.
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalerec-import-hash") if kind == "events" else None
+    pending_fingerprint = hashing.submit(plan.fingerprint, path) if hashing is not None else None
+    fingerprint: str | None = None
+
+    def fingerprint_checked() -> str | None:
+        nonlocal pending_fingerprint, fingerprint
+        if pending_fingerprint is not None:
+            fingerprint, pending_fingerprint = pending_fingerprint.result(), None
+            if not allow_duplicate:
+                _refuse_duplicate(store, fingerprint, path)
+        return fingerprint
+
     chunks = iter_source(path, plan.spec, chunk_rows, string_columns=plan.string_columns)
     try:
         if kind == "events":
             with store.log.transaction() as tx:
-                # Encoding chunk i (Parquet, zstd: GIL released) overlaps parsing and validating
-                # chunk i+1; the transaction waits for the write in flight before it commits or
-                # rolls back, and holds at most one table in flight.
+                # Three stages at once: the next chunk is parsed on the reader thread, this one is
+                # mapped and validated here, the previous one is encoded (Parquet, zstd: GIL
+                # released) on the log's writer thread; the transaction waits for the write in
+                # flight before it commits or rolls back, and holds at most one table in flight.
                 for chunk in chunks:
+                    fingerprint_checked()
                     consume(chunk, tx.write_async)
+                fingerprint_checked()
                 tx.wait()
                 _check_not_empty(report, path)
                 report.imported = tx.rows
@@ -209,6 +224,9 @@ def import_file(
         rejects.discard()
         raise
     finally:
+        chunks.close()  # stops the reader thread when a chunk failed
+        if hashing is not None:
+            hashing.shutdown(wait=True, cancel_futures=True)
         if staging is not None:
             staging.close()
     report.counts_by_type = dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -7,7 +7,9 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -507,10 +509,63 @@ def _normalise_strings(table: pa.Table) -> pa.Table:
     return pa.table(cols, names=table.column_names) if changed else table
 
 
-def iter_source(path: Path, spec: SourceSpec, chunk_rows: int, *, string_columns: set[str] = frozenset()) -> Iterator[Chunk]:
-    """Stream ``path`` in chunks of about ``chunk_rows`` rows (memory stays flat whatever its size)."""
+def iter_source(path: Path, spec: SourceSpec, chunk_rows: int, *,
+                string_columns: set[str] = frozenset()) -> Generator[Chunk, None, None]:
+    """Stream ``path`` in chunks of about ``chunk_rows`` rows (memory stays flat whatever its size).
+
+    The chunks are read ahead on a background thread (see :func:`prefetched`); close the iterator
+    (or exhaust it) to stop that thread."""
     if spec.fmt == "csv":
-        return _iter_csv(path, spec, chunk_rows)
+        return prefetched(_iter_csv(path, spec, chunk_rows))
     if spec.fmt == "parquet":
-        return _iter_parquet(path, chunk_rows)
-    return _iter_jsonl(path, spec, chunk_rows, set(string_columns))
+        return prefetched(_iter_parquet(path, chunk_rows))
+    return prefetched(_iter_jsonl(path, spec, chunk_rows, set(string_columns)))
+
+
+#: Chunks read ahead of the consumer. pyarrow's parsers release the GIL, so parsing chunk i+1
+#: overlaps the mapping and validation of chunk i (and the log writer's encoding of chunk i-1).
+PREFETCH_CHUNKS = 1
+
+
+def prefetched(chunks: Iterator[Chunk], depth: int = PREFETCH_CHUNKS) -> Generator[Chunk, None, None]:
+    """``chunks``, produced on a background thread at most ``depth`` chunks ahead; its errors are
+    raised here in order. Closing this generator stops the thread (after the chunk it is parsing)."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="scalerec-import-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
