@@ -290,7 +290,8 @@ class DistributedALS(ClusterTwin, ALS):
     ----------
     user_factors_, item_factors_ : float32 [n_users, f], [n_items, f]
     loss_history_ : list of float, one per iteration (empty unless calculate_training_loss)
-    shard_stats_ : dict with shard counts, nonzeros and object-store bytes moved per half-step
+    shard_stats_ : dict with shard counts, nonzeros, object-store bytes moved per half-step,
+        ``setup_s`` (connect, shards, worker warm-up) and ``iteration_s`` (seconds of each iteration)
     """
 
     cluster_params: ClassVar[tuple[str, ...]] = (
