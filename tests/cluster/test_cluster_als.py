@@ -109,6 +109,8 @@ def test_distributed_fit_matches_the_single_machine_model(ray_cluster, reference
         C, progress=lambda done, total: seen.append((done, total))
     )
     assert seen[-1] == (8, 8) and len(seen) == 8
+    # set-up (worker start included) and each iteration are reported apart
+    assert len(model.shard_stats_["iteration_s"]) == 8 and model.shard_stats_["setup_s"] > 0
     assert model.shard_stats_["user_shards"] == 3 and model.shard_stats_["item_shards"] == 3
     Ca = C * np.float32(params["alpha"])
     loss_local = training_loss(Ca, local.user_factors_, local.item_factors_, params["regularization"])
@@ -160,6 +162,18 @@ def test_a_worker_killed_mid_training_is_retried_with_the_same_result(ray_cluste
     assert killer.killed, "the chaos thread found no running shard task to kill"
     np.testing.assert_array_equal(faulted.user_factors_, clean.user_factors_)
     np.testing.assert_array_equal(faulted.item_factors_, clean.item_factors_)
+
+
+@pytest.mark.ray
+def test_warm_up_starts_one_worker_per_cluster_cpu_and_runs_the_kernel(ray_cluster) -> None:  # noqa: F811
+    import ray
+
+    from scalerec.cluster.als import _warm_task
+    from scalerec.cluster.ray_executor import cluster_cpus
+
+    warm = ray.remote(_warm_task).options(num_cpus=1)
+    pids = ray.get([warm.remote() for _ in range(cluster_cpus())])
+    assert len(set(pids)) == cluster_cpus() == 2  # the fixture's two 1-CPU nodes
 
 
 def test_bad_options_are_refused_before_any_work() -> None:

@@ -17,6 +17,7 @@ The kernel is importable and usable without Ray (:func:`solve_cg`, :func:`traini
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -247,6 +248,20 @@ def _solve_task(
     return x, x64.T @ x64
 
 
+def _warm_task(hold_s: float = 0.05) -> int:
+    """Start a worker and run the kernel once on a toy shard; returns the worker's pid.
+
+    Holding the CPU ``hold_s`` makes the warm tasks of one fit land on distinct workers.
+    """
+    import os
+
+    shard = make_shards(sp.csr_matrix(np.eye(4, dtype=np.float32)), 1)[0]
+    Y = np.ones((4, 2), dtype=np.float32)
+    solve_cg(shard, np.zeros((4, 2), dtype=np.float32), Y, np.eye(2, dtype=np.float32), 1)
+    time.sleep(hold_s)
+    return os.getpid()
+
+
 def _loss_task(shard: Shard, x: np.ndarray, gram: np.ndarray, bounds: np.ndarray, *fixed: np.ndarray) -> tuple[float, float]:
     return loss_terms(shard, x, gather_rows(fixed, bounds, shard.cols), gram)
 
@@ -275,7 +290,8 @@ class DistributedALS(ClusterTwin, ALS):
     ----------
     user_factors_, item_factors_ : float32 [n_users, f], [n_items, f]
     loss_history_ : list of float, one per iteration (empty unless calculate_training_loss)
-    shard_stats_ : dict with shard counts, nonzeros and object-store bytes moved per half-step
+    shard_stats_ : dict with shard counts, nonzeros, object-store bytes moved per half-step,
+        ``setup_s`` (connect, shards, worker warm-up) and ``iteration_s`` (seconds of each iteration)
     """
 
     cluster_params: ClassVar[tuple[str, ...]] = (
@@ -315,7 +331,13 @@ class DistributedALS(ClusterTwin, ALS):
 
         from scalerec.cluster.ray_executor import cluster_cpus, connect
 
+        started = time.perf_counter()
         connect(self.address)
+        retries = int(self.task_retries)
+        # Start every CPU's worker process and import this module there now, overlapped with the
+        # driver's shard building below, so the first iteration costs what the others do.
+        warm = ray.remote(_warm_task).options(num_cpus=1, max_retries=retries)
+        warming = [warm.remote() for _ in range(cluster_cpus())]
         f, reg = int(self.factors), float(self.regularization)
         C = sp.csr_matrix(X, dtype=np.float32)
         if float(self.alpha) != 1.0:
@@ -344,7 +366,6 @@ class DistributedALS(ClusterTwin, ALS):
         u_refs = [ray.put(s) for s in user_shards]
         i_refs = [ray.put(s) for s in item_shards]
 
-        retries = int(self.task_retries)
         solve = ray.remote(_solve_task).options(num_returns=2, num_cpus=1, max_retries=retries)
         loss = ray.remote(_loss_task).options(num_cpus=1, max_retries=retries)
         eye = reg * np.eye(f)
@@ -363,8 +384,12 @@ class DistributedALS(ClusterTwin, ALS):
             return [o[0] for o in outs], np.sum(grams, axis=0)
 
         self.loss_history_: list[float] = []
+        laps: list[float] = []
         try:
+            ray.get(warming)
+            setup_s = time.perf_counter() - started
             for it in range(int(self.iterations)):
+                lap = time.perf_counter()
                 X_refs, gram_x = half_step(u_refs, X_refs, Y_refs, i_bounds, gram_y)
                 Y_refs, gram_y = half_step(i_refs, Y_refs, X_refs, u_bounds, gram_x)
                 if self.calculate_training_loss:
@@ -374,6 +399,7 @@ class DistributedALS(ClusterTwin, ALS):
                     part, conf = (float(v) for v in np.sum(parts, axis=0))
                     norms = float(np.trace(gram_x) + np.trace(gram_y))
                     self.loss_history_.append(_normalise(part, conf, norms, reg, C.shape, C.nnz))
+                laps.append(time.perf_counter() - lap)
                 if progress is not None:
                     progress(it + 1, int(self.iterations))
             user_factors = np.concatenate(ray.get(X_refs)) if X_refs else np.zeros((0, f), np.float32)
@@ -396,4 +422,7 @@ class DistributedALS(ClusterTwin, ALS):
             "matrix_bytes": int(sum(s.nbytes for s in user_shards) + sum(s.nbytes for s in item_shards)),
             # per iteration every task reads all fixed factors (once per node) and writes its own
             "factor_bytes_per_iteration": int(factor_bytes),
+            # driver set-up (connect, shards, puts, worker start) apart from the iterations
+            "setup_s": float(setup_s),
+            "iteration_s": [float(x) for x in laps],
         }

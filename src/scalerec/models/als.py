@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover
 _FOLD_CHUNK_BYTES = 64 * 1024 * 1024
 
 
+def _host(factors: Any) -> Any:
+    """Factors as a host array: implicit's GPU build keeps them in an ``implicit.gpu.Matrix``."""
+    return factors.to_numpy() if hasattr(factors, "to_numpy") else factors
+
+
 class IterativeFit:
     """Fits that can be watched: ``fit_reporting`` hands the model, usable as fitted so far, to a
     callback after iterations ``first_checkpoint``, twice that, ... (below ``iterations``).
@@ -136,25 +141,27 @@ class ALS(IterativeFit, EmbeddingRecommender):
             )
 
     def _fit(self, X: sp.csr_matrix, progress: Progress | None) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares
+        from scalerec.accelerator import accelerator
 
+        acc = accelerator()  # implicit's GPU build when present (or forced), its CPU build otherwise
+        extra = {} if acc.als_gpu else {"num_threads": int(self.num_threads)}
         # implicit parallelises over users itself (and warns when BLAS is threaded too).
         with _single_threaded_blas():
-            model = AlternatingLeastSquares(
+            model = acc.als_class()(
                 factors=int(self.factors),
                 regularization=float(self.regularization),
                 alpha=float(self.alpha),
                 iterations=int(self.iterations),
                 random_state=self.random_state,
-                num_threads=int(self.num_threads),
                 dtype=np.float32,
+                **extra,
             )
             model.fit(X, show_progress=False, callback=self._callback(model, X, progress))
         self._take(model, X)
 
     def _take(self, model: Any, X: sp.csr_matrix) -> None:
-        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self.user_factors_ = np.ascontiguousarray(_host(model.user_factors), dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(_host(model.item_factors), dtype=np.float32)
         self._gram_cache = None
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:

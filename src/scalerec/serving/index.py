@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from scalerec.accelerator import accelerator, faiss_to_cpu
 from scalerec.errors import ValidationError
 from scalerec.models.base import EmbeddingRecommender, Recommender, top_k  # one row-wise top-k for models and serving
 
@@ -137,13 +138,13 @@ class FaissIndex:
             index.add(x)
         else:
             raise ValidationError(f"unknown index kind {kind!r}; use 'exact', 'hnsw' or 'ivf'")
-        return cls(index, vectors, kind, ef_search=ef_search, nprobe=nprobe)
+        return cls(accelerator().faiss_index(index, kind), vectors, kind, ef_search=ef_search, nprobe=nprobe)
 
     @classmethod
     def load(cls, path: Path, vectors: np.ndarray, kind: IndexKind, **kw: int) -> "FaissIndex":
         import faiss
 
-        return cls(faiss.read_index(str(path)), vectors, kind, **kw)
+        return cls(accelerator().faiss_index(faiss.read_index(str(path)), kind), vectors, kind, **kw)
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file + rename) so concurrent workers never read half an index."""
@@ -151,7 +152,7 @@ class FaissIndex:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         try:
-            self._faiss.write_index(self.index, tmp)
+            self._faiss.write_index(faiss_to_cpu(self.index), tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
