@@ -32,7 +32,9 @@ class VariantIn(BaseModel):
 class ExperimentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    variants: list[VariantIn] = Field(min_length=2, max_length=16, description="the first is the control")
+    # uniqueItems states in the schema what it can of the rule "distinct names and versions" (422 otherwise)
+    variants: list[VariantIn] = Field(min_length=2, max_length=16, json_schema_extra={"uniqueItems": True},
+                                      description="the first is the control; names and versions distinct")
     placement: str | None = Field(None, min_length=1, max_length=100)
     start: str | None = None
     end: str | None = None
