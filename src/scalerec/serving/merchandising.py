@@ -50,7 +50,7 @@ from scalerec.serving.pipeline import (
     retrieve,
 )
 from scalerec.serving.rules import ItemColumns, Rule, parse_rule
-from scalerec.serving.state import LiveState, history_row
+from scalerec.serving.state import LiveState, history_row, user_history
 
 #: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
 PLACEMENTS_TTL_S = 2.0
@@ -374,14 +374,7 @@ class Merchandiser:
         if row >= 0 and user_id in live.deleted_users:
             row = -1
         fresh = self.service._fresh(live, user_id)
-        seen_cols = np.zeros(0, np.int64)
-        history = None
-        if row >= 0:
-            seen_cols, seen_w = st.seen(row)
-            if not fresh.empty:
-                history = history_row(st, np.r_[seen_cols, fresh.cols], np.r_[seen_w, fresh.weights])
-        elif not fresh.empty and (fresh.weights > 0).any():
-            history = history_row(st, fresh.cols, fresh.weights)
+        seen_cols, history = user_history(st, row, fresh)
         if exclude_seen:
             allowed[seen_cols] = False
             allowed[fresh.cols] = False

@@ -61,6 +61,7 @@ from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time 
     _snapshot_time,
     event_values,
     history_row,
+    user_history,
 )
 
 log = logging.getLogger("scalerec.serving")
@@ -376,14 +377,7 @@ class RecommendService:
             _FALLBACK_UNKNOWN_USER.inc()
             return fallback_list(live, "trending", n, flt), "fallback"
         allowed = live.items.mask(flt)
-        seen_cols = np.zeros(0, np.int64)
-        history = None
-        if row >= 0:
-            seen_cols, seen_w = st.seen(row)
-            if not fresh.empty:
-                history = history_row(st, np.r_[seen_cols, fresh.cols], np.r_[seen_w, fresh.weights])
-        elif not fresh.empty and (fresh.weights > 0).any():
-            history = history_row(st, fresh.cols, fresh.weights)
+        seen_cols, history = user_history(st, row, fresh)
         if exclude_seen:
             allowed[seen_cols] = False
             allowed[fresh.cols] = False

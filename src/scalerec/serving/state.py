@@ -146,6 +146,21 @@ def history_row(st: ModelState, cols: np.ndarray, weights: np.ndarray) -> sp.csr
     return sp.csr_matrix((data, indices, np.array([0, len(data)], dtype=np.int32)), shape=(1, st.n_items))
 
 
+def user_history(st: ModelState, row: int, fresh: Any) -> tuple[np.ndarray, sp.csr_matrix | None]:
+    """A user's seen columns and, when fresh events change it, their fold-in history row (None:
+    the model's own user row serves, or there is nothing personal). ``row`` is -1 for a user the
+    model does not know; ``fresh`` has ``cols``, ``weights`` and ``empty``."""
+    seen_cols = np.zeros(0, np.int64)
+    history = None
+    if row >= 0:
+        seen_cols, seen_w = st.seen(row)
+        if not fresh.empty:
+            history = history_row(st, np.r_[seen_cols, fresh.cols], np.r_[seen_w, fresh.weights])
+    elif not fresh.empty and (fresh.weights > 0).any():
+        history = history_row(st, fresh.cols, fresh.weights)
+    return seen_cols, history
+
+
 # ---------------------------------------------------------------------- loading and swapping
 class ServingState:
     """The live state of one process: loads, installs and hot-swaps versions; applies catalogue changes."""
