@@ -2,7 +2,7 @@
 
     import scalerec
     model = scalerec.fit(df, "ease", columns={"user_id": "customer", "item_id": "sku"})
-    model.recommend("17850", n=10)          # ['85123A', ...]: plain str ids, seen items excluded
+    model.recommend("40001", n=10)          # ['MUG-01', ...]: plain str ids, seen items excluded
 
 Frames go through the same validation as `scalerec import` (``scalerec.data.validate``); the
 matrix, the models and the evaluation protocol are the CLI's own. Results are plain Python lists
@@ -83,7 +83,7 @@ def events_table(frame: Any, *, columns: Mapping[str, str] | None = None, consta
     for name, value in fills.items():
         if name not in table.column_names:
             table = table.append_column(name, pa.array([str(value)] * table.num_rows, pa.string()))
-    for name in _ID_COLUMNS:  # ids are text: 17850 and "17850" are one customer
+    for name in _ID_COLUMNS:  # ids are text: 40001 and "40001" are one customer
         if name in table.column_names and not pa.types.is_string(table.schema.field(name).type):
             table = table.set_column(table.column_names.index(name), name, pc.cast(table.column(name), pa.string()))
     valid, rejects = validate_events(table, settings or load_settings())

@@ -61,20 +61,20 @@ def test_empty_input(settings):
 
 def test_ids_become_strings_and_float_ids_lose_their_fraction(settings):
     valid, _ = validate_events(
-        events(user_id=pa.array([17850.0, 13047.0]), item_id=pa.array([85123, 71053])), settings
+        events(user_id=pa.array([40001.0, 40002.0]), item_id=pa.array([90011, 90012])), settings
     )
-    assert valid.column("user_id").to_pylist() == ["17850", "13047"]
-    assert valid.column("item_id").to_pylist() == ["85123", "71053"]
+    assert valid.column("user_id").to_pylist() == ["40001", "40002"]
+    assert valid.column("item_id").to_pylist() == ["90011", "90012"]
     # a text column of integer ids that went through a float writer
-    valid, _ = validate_events(events(user_id=["17850.0", "12", "13047.0"]), settings)
-    assert valid.column("user_id").to_pylist() == ["17850", "12", "13047"]
+    valid, _ = validate_events(events(user_id=["40001.0", "12", "40002.0"]), settings)
+    assert valid.column("user_id").to_pylist() == ["40001", "12", "40002"]
     # ids are never trimmed: a padded id is rejected (the id policy, data/ids.py)
-    _, rejects = validate_events(events(user_id=["17850.0", " 12 ", "13047.0"]), settings)
+    _, rejects = validate_events(events(user_id=["40001.0", " 12 ", "40002.0"]), settings)
     assert rejects.column("line").to_pylist() == [2]
     assert "has leading or trailing whitespace" in rejects.column("reason")[0].as_py()
     # ... but a real text id column keeps its values
-    valid, _ = validate_events(events(item_id=["2.0", "85123A", "v1.0"]), settings)
-    assert valid.column("item_id").to_pylist() == ["2.0", "85123A", "v1.0"]
+    valid, _ = validate_events(events(item_id=["2.0", "SKU01A", "v1.0"]), settings)
+    assert valid.column("item_id").to_pylist() == ["2.0", "SKU01A", "v1.0"]
 
 
 def test_timestamps_in_many_forms_become_utc(settings):
@@ -278,10 +278,11 @@ def test_online_retail_sample_validates():
     valid, rejects = validate_events(table, Settings(), first_line=2)
     assert rejects.num_rows == 0
     assert valid.num_rows == 3000
-    first = valid.slice(0, 1).to_pylist()[0]
-    assert first["user_id"] == "17850" and first["item_id"] == "85123A"
-    assert first["timestamp"] == dt.datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
-    assert first["value"] == 6.0
+    # the first row as the file has it: integer customer ids read as floats lose their ".0"
+    first, src = valid.slice(0, 1).to_pylist()[0], raw.slice(0, 1).to_pylist()[0]
+    assert first["user_id"] == str(int(src["CustomerID"])) and first["item_id"] == str(src["StockCode"])
+    assert first["timestamp"] == src["InvoiceDate"].replace(tzinfo=UTC)
+    assert first["value"] == float(src["Quantity"])
 
 
 def test_clean_columns_pass_unchanged_and_dirty_edges_are_rejected(settings):
