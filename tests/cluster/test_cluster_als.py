@@ -171,7 +171,7 @@ def test_warm_up_starts_one_worker_per_cluster_cpu_and_runs_the_kernel(ray_clust
     from scalerec.cluster.als import _warm_task
     from scalerec.cluster.ray_executor import cluster_cpus
 
-    warm = ray.remote(_warm_task).options(num_cpus=1)
+    warm = ray.remote(_warm_task).options(num_cpus=1, scheduling_strategy="SPREAD")  # as fit() starts them
     pids = ray.get([warm.remote() for _ in range(cluster_cpus())])
     assert len(set(pids)) == cluster_cpus() == 2  # the fixture's two 1-CPU nodes
 

@@ -336,7 +336,7 @@ class DistributedALS(ClusterTwin, ALS):
         retries = int(self.task_retries)
         # Start every CPU's worker process and import this module there now, overlapped with the
         # driver's shard building below, so the first iteration costs what the others do.
-        warm = ray.remote(_warm_task).options(num_cpus=1, max_retries=retries)
+        warm = ray.remote(_warm_task).options(num_cpus=1, max_retries=retries, scheduling_strategy="SPREAD")
         warming = [warm.remote() for _ in range(cluster_cpus())]
         f, reg = int(self.factors), float(self.regularization)
         C = sp.csr_matrix(X, dtype=np.float32)
