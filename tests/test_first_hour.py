@@ -101,6 +101,9 @@ class Clone:
         self.env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
         self.env.pop("SCALEREC_CONFIG", None)
         self.env.pop("SCALEREC_DATA__DIR", None)
+        # A user types `make` at a shell; under CI's own `make test` these would make it print "Entering directory".
+        for var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
+            self.env.pop(var, None)
 
     def sh(self, argv: list[str], cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
         res = subprocess.run(argv, cwd=cwd or self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
