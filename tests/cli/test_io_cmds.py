@@ -161,3 +161,18 @@ def test_export_then_import_through_the_cli(tmp_path, capsys):
     assert "Wrote 1 events" in out
     report = run_json(["--data-dir", str(tmp_path / "b"), "import", "events", str(tmp_path / "out.csv")], capsys)
     assert report["imported"] == 1 and report["counts_by_type"] == {"purchase": 1}
+
+
+def test_import_file_order_dates_events_by_line_and_refuses_no_timestamps_beside_it(tmp_path, capsys):
+    f = tmp_path / "plays.tsv"
+    f.write_text("user\tartist\nu1\ta\nu1\tb\nu2\ta\n")
+    argv = ["--data-dir", str(tmp_path / "d"), "import", "events", str(f), "--map", "user_id=user", "--map",
+            "item_id=artist", "--set", "event_type=view", "--set", "timestamp=2022-05-06"]
+    report = run_json(argv + ["--file-order"], capsys)
+    assert report["imported"] == 3 and any(n.startswith("file order:") for n in report["notes"])
+    times = DataStore.open(Settings(data={"dir": tmp_path / "d"})).log.read(columns=["item_id", "timestamp"]).sort_by("timestamp")
+    assert times.column("item_id").to_pylist() == ["a", "b", "a"]
+    assert [t.isoformat() for t in times.column("timestamp").to_pylist()] == [
+        f"2022-05-06T00:00:00.00000{k}+00:00" for k in (2, 3, 4)]
+    code, _, err = run_main(argv + ["--file-order", "--no-timestamps"], capsys)
+    assert code == 2 and "contradict" in err and err.count("\n") == 1

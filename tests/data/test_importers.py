@@ -685,3 +685,35 @@ def test_a_temporal_split_of_one_dated_events_says_what_can_help(store, tmp_path
     with pytest.raises(EmptyDataError, match="same time.*--split random") as info:
         split_temporal(take_snapshot(store).events, test_days=1)
     assert "fewer --test-days" not in info.value.message
+
+
+def test_file_order_dates_events_by_line_and_training_holds_out_the_last_lines(store, tmp_path):
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.evaluation.splits import make_protocol
+
+    # each user's rows in a shuffled order of artists: the newest are the last lines, not the biggest ids
+    rng = np.random.default_rng(3)
+    rows = [(u, a) for u in range(30) for a in rng.permutation(np.arange(u % 5, 40, 3))]
+    text = "userID\tartistID\n" + "".join(f"{u}\t{a}\n" for u, a in rows)
+    report = import_file(store, "events", write(tmp_path / "listens.tsv", text),
+                         mapping={"user_id": "userID", "item_id": "artistID"},
+                         constants={"event_type": "view", "timestamp": "2021-03-04"}, no_timestamps="file-order")
+    assert report.imported == len(rows) and any(n.startswith("file order: events are dated 2021-03-04") for n in report.notes)
+    events = take_snapshot(store).events.sort("timestamp")
+    assert events.select("user_id", "item_id").rows() == [(str(u), str(a)) for u, a in rows]
+    offsets = (events["timestamp"] - dt.datetime(2021, 3, 4, tzinfo=dt.timezone.utc)).dt.total_microseconds().to_list()
+    assert offsets == list(range(2, len(rows) + 2))  # line 1 is the header
+    test, _ = make_protocol("auto", events, settings=Settings(training={"min_test_users": 5}))
+    assert test.protocol.rule in ("temporal", "leave-last-share"), test.protocol
+    last_line = {}
+    for k, (u, a) in enumerate(rows):
+        last_line[str(u), str(a)] = k
+    train, held = test.train, test.test.tocoo()
+    assert held.nnz > 0
+    for r, c in zip(held.row, held.col):
+        u, item = str(train.user_ids[r]), str(train.item_ids[c])
+        trained = train.matrix[r].indices
+        assert all(last_line[u, item] > last_line[u, str(train.item_ids[t])] for t in trained), (u, item)
+    with pytest.raises(ValidationError, match="one of one-date, file-order"):
+        import_file(store, "events", tmp_path / "listens.tsv", mapping={"user_id": "userID", "item_id": "artistID"},
+                    constants={"event_type": "view"}, no_timestamps="by-line")
