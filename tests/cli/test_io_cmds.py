@@ -176,3 +176,16 @@ def test_import_file_order_dates_events_by_line_and_refuses_no_timestamps_beside
         f"2022-05-06T00:00:00.00000{k}+00:00" for k in (2, 3, 4)]
     code, _, err = run_main(argv + ["--file-order", "--no-timestamps"], capsys)
     assert code == 2 and "contradict" in err and err.count("\n") == 1
+
+
+def test_a_mapped_play_count_weights_views_in_every_later_command_on_the_store(tmp_path, capsys):
+    f = tmp_path / "plays.tsv"
+    f.write_text("user\tartist\tplays\nu1\ta\t5\nu1\tb\t2\nu2\ta\t7\n")
+    d = str(tmp_path / "d")
+    code, out, _ = run_main(["-d", d, "config", "show"], capsys)
+    assert code == 0 and "[events.types.view]\nweight = 1.0\npolarity = 1\nuse_value = false" in out
+    report = run_json(["-d", d, "import", "events", str(f), "--map", "user_id=user", "--map", "item_id=artist",
+                       "--map", "value=plays", "--set", "event_type=view", "--file-order"], capsys)
+    assert any(n.startswith("the value column (plays) weights view events") for n in report["notes"])
+    code, out, _ = run_main(["-d", d, "config", "show"], capsys)
+    assert code == 0 and "[events.types.view]\nweight = 1.0\npolarity = 1\nuse_value = true" in out

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scalerec.data import value_types
 from scalerec.data.coerce import combine
 from scalerec.data.importers.mapping import TIME_COLUMN, Stage, convert_time, map_columns, precast_numbers, resolve_mapping
 from scalerec.data.importers.presets import Preset, need_columns, resolve_preset
@@ -197,6 +198,10 @@ def import_file(
                 tx.wait()
                 _check_not_empty(report, path)
                 report.imported = tx.rows
+                if plan.resolved and "value" in plan.resolved and tx.rows:
+                    # before the log commit: a type recorded for rows that then never land only means
+                    # that type's values (1.0 when not given) count, which changes nothing for them
+                    value_types.record(store.catalog, value_types.weighted_by_import(settings, counts))
                 if fingerprint is not None and tx.rows:
                     # Before the log commit: the record counts only once tx.txid's rows are in the log,
                     # so a crash on either side of the commit can neither lose nor double the import.
@@ -283,17 +288,23 @@ def _date_by_line(stage: Stage, day: np.datetime64, lines: np.ndarray) -> None:
 
 
 def _value_notes(plan: "Plan", counts: Mapping[str, int], settings: Any) -> list[str]:
-    """Say so when a mapped value column is stored but ignored by the matrix for some event types."""
+    """Say how a mapped value column counts: as the weight of types that ignored values (recorded in
+    the store), or ignored where scalerec.toml says so for the type."""
     if not plan.resolved or "value" not in plan.resolved:
         return []
-    rated = set(settings.matrix.rating_types)
-    ignored = [t for t in counts if t in settings.events.types and not settings.events.types[t].use_value
-               and t not in rated]
-    if not ignored:
-        return []
-    first = ignored[0]
-    return [f"the value column ({plan.resolved['value']}) is stored, but {', '.join(ignored)} count by their weight "
-            f"only; to weight them by the value set [events.types.{first}] use_value = true in scalerec.toml"]
+    column = plan.resolved["value"]
+    notes = []
+    weighted = value_types.weighted_by_import(settings, counts)
+    if weighted:
+        notes.append(f"the value column ({column}) weights {', '.join(weighted)} events (each counts its type's weight "
+                     "times its value; the store remembers this for training and serving); to count them by their "
+                     f"weight only set [events.types.{weighted[0]}] use_value = false in scalerec.toml")
+    ignored = [t for t in counts if value_types.configured_off(settings, t) and t not in settings.matrix.rating_types]
+    if ignored:
+        notes.append(f"the value column ({column}) is stored, but scalerec.toml sets use_value = false for "
+                     f"{', '.join(ignored)}, so they count by their weight only; to weight them by the value set "
+                     f"[events.types.{ignored[0]}] use_value = true")
+    return notes
 
 
 def _refuse_duplicate(store: "DataStore", fingerprint: str, path: Path) -> None:
