@@ -305,8 +305,8 @@ def _from_rollup(store: Any, w: KpiWindow, dims: list[str], imp_store: Impressio
     closed days' impressions. A later impression cannot claim those events by the window (it comes
     after them) and claims one directly only by echoing an id the rollup found no impression for
     (kept in ``echo``: then None). The open days' events are attributed live, directly against all
-    impressions (only their id and group columns are read) and by the window against the
-    impressions from their earliest time less the window on.
+    impressions whose id lies in the range of the ids they echo (only the id and group columns are
+    read) and by the window against the impressions from their earliest time less the window on.
     """
     root = Path(store.dir) / ROLLUP_DIR
     try:
@@ -333,7 +333,11 @@ def _from_rollup(store: Any, w: KpiWindow, dims: list[str], imp_store: Impressio
             _imp_view(con, "imp_all", [])
             _imp_view(con, "imp_win", [])
         else:
-            _imp_view(con, "imp_all", imp_store.files())
+            # an echoed id lies between the smallest and largest echoed: with time-ordered ids (as
+            # served) the merged days' row-group statistics skip every list older than the oldest echo
+            lo, hi = con.execute("SELECT min(recommendation_id), max(recommendation_id) FROM ev").fetchall()[0]
+            _imp_view(con, "imp_all", imp_store.files() if lo is not None else [],
+                      "true" if lo is None else f"recommendation_id BETWEEN {_q(lo)} AND {_q(hi)}")
             _imp_view(con, "imp_win", imp_store.files(_dt(int(first) - w.window_us), None))
         con.register("price", store.catalog.items_table(columns=["item_id", "price"]))
         cols = ["day", *ROLLUP_DIMS]
