@@ -164,7 +164,9 @@ class ImpressionStore:
         removed = 0
         if not self.root.is_dir():
             return 0
-        with _RootLock.for_root(self.root).hold():  # not under a merge of the same day
+        with _RootLock.for_root(self.root).hold(blocking=False) as free:
+            if not free:  # a merge is running: never wait for it on a server's flush thread (next day's flush prunes)
+                return 0
             for day, d in self.partitions():
                 day_end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() + 86_400
                 if day_end < cutoff:
