@@ -1,12 +1,17 @@
-"""The monitor's holder: several services on one catalogue (server workers, Ray Serve replicas)
+"""The monitor: its built-in KPI-drop rule fires from the daily report on a planted drop and stays
+quiet on a clean shop; its holder: several services on one catalogue (server workers, Ray Serve replicas)
 run one sampling/alerting loop between them, through the catalogue lease ``monitor``; when the
 holder stops another takes over without re-firing what was already firing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 
+import pytest
+
+from _kpi_world import CTR, DAYS, FIRST, plant
 from _receiver import Receiver
 from _serving_fixtures import base_store, make_api  # noqa: F401  (fixtures)
 from scalerec.config import AlertRule
@@ -50,4 +55,30 @@ def test_two_services_on_one_catalogue_run_one_monitor(base_store: Path, tmp_pat
             first.close()
             second.close()
             other.close()
+            a.service.close()
+
+
+@pytest.mark.parametrize("dropped", [True, False])
+def test_the_builtin_kpi_drop_rule_fires_on_a_planted_drop_only(base_store: Path, tmp_path: Path, dropped: bool) -> None:
+    last = FIRST + dt.timedelta(days=DAYS - 1)
+    with Receiver() as hook:
+        a = make_api(base_store, tmp_path)
+        a.service.settings.monitoring = a.service.settings.monitoring.model_copy(update={"webhooks": [hook.url]})
+        plant(a.service.store, version=a.service.live.model.version,
+              ctr_of_day=(lambda d: CTR / 2 if d == last else None) if dropped else None)
+        mon = Monitor(a.service)
+        try:
+            figs = mon.tick(time.time())  # computes the day's report (the last complete day: the planted one)
+            report = mon.read_drift()
+            assert report["kpi"]["day"] == last.isoformat() and report["kpi"]["version"] == a.service.live.model.version
+            if dropped:
+                assert figs["kpi_drop_score"] > 1
+                assert hook.statuses("kpi_drop") == ["firing"]
+                body = next(b for b in hook.bodies if b["alerts"][0]["labels"]["alertname"] == "kpi_drop")
+                assert body["alerts"][0]["labels"]["severity"] == "critical"
+            else:
+                assert 0 <= figs["kpi_drop_score"] < 1
+                assert hook.statuses("kpi_drop") == []
+        finally:
+            mon.close()
             a.service.close()

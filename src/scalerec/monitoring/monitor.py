@@ -126,8 +126,13 @@ class Monitor:
             levels["ann_recall"] = self._ann[version]
         levels["quality_drop"] = F.quality_drop(F.version_rows(self.service.registry))
         drift = self.read_drift()
-        if drift is not None and drift.get("judged"):
-            levels["drift_score"] = float(drift.get("score") or 0.0)
+        if drift is not None:
+            scores = drift.get("scores") or {}
+            if drift.get("judged"):
+                levels["drift_score"] = float(scores.get("data", drift.get("score")) or 0.0)
+                levels["feature_drift_score"] = float(scores.get("feature") or 0.0)
+            if (drift.get("kpi") or {}).get("version") is not None and not (drift.get("kpi") or {}).get("reason"):
+                levels["kpi_drop_score"] = float(scores.get("kpi") or 0.0)
         levels.update(self._capacity_days(levels, now))
         return F.Sample(at=now, counters=F.serving_counters(), levels=levels)
 
