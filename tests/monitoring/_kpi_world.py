@@ -17,7 +17,8 @@ DAYS = 21
 CTR, CONVERSION = 0.05, 0.01
 
 
-def plant(store: Any, *, ctr_of_day=None, impressions_of_day=None, seed: int = 4, version: str = "v1") -> None:
+def plant(store: Any, *, ctr_of_day=None, impressions_of_day=None, seed: int = 4, version: str = "v1",
+          first: dt.date = FIRST) -> None:
     """DAYS days of served lists of ``version`` (plus a few of v0), clicks and purchases echoing their
     recommendation_id; each day's rates wobble by up to +/-15% (weekday-like noise) around CTR/CONVERSION."""
     from scalerec.serving.impressions import to_table
@@ -25,7 +26,7 @@ def plant(store: Any, *, ctr_of_day=None, impressions_of_day=None, seed: int = 4
     rng = np.random.default_rng(seed)
     imps, events = [], []
     for d in range(DAYS):
-        day = FIRST + dt.timedelta(days=d)
+        day = first + dt.timedelta(days=d)
         start = dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp()
         n = impressions_of_day(day) if impressions_of_day else int(rng.integers(1800, 2600))
         wobble = rng.uniform(0.85, 1.15)
