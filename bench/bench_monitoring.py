@@ -178,21 +178,37 @@ def dashboard(settings: Settings) -> dict:
 
 
 def capacity(small: Settings, root: Path, users: int, items: int, events: int, factor: float) -> dict:
-    from scalerec.monitoring.capacity import measure, project
+    """Project from the small store (its training time from the power law fitted on refits over
+    1/4, 1/2 and all of its users, in CPU seconds), build the big one, and measure it the same way
+    (one refit of all its users, CPU seconds; request costs the median of interleaved rounds)."""
+    from scalerec.monitoring.capacity import measure, project, training_calibration
+    from scalerec.registry import Registry
 
-    m1 = measure(small)
+    m1 = measure(small, calibrate=True)
+    cal = m1["training_calibration"]
+    log(f"calibration: {[(p['cells'], round(p['cpu_seconds'], 2)) for p in cal['points']]}, exponent {cal['exponent']:.3f}")
     proj = project(m1, users=factor, events=factor, peak_rps=100)
+    linear = project({**m1, "training_calibration": None}, users=factor, events=factor, peak_rps=100)
     log(f"building the {factor:g}x store ({int(events * factor):,} events)")
     big, _ = build(root / "big", int(users * factor), items, int(events * factor))
     m2 = measure(big)
+    reg = Registry(big)
+    prod = reg.production()
+    man = prod.typed_manifest()
+    full = training_calibration(reg.load(prod.version), man.family, dict(man.params), fractions=(1.0,))
     rows = {
         "disk (log + model) bytes": (proj["disk_bytes"], m2["data"]["log_bytes"] + m2["model"]["total_bytes"]),
-        "model memory bytes": (proj["model_bytes"], m2["model"]["total_bytes"]),
-        "training (refit) s": (proj["training_seconds"], m2["model"]["fit_seconds"]),
+        "model memory bytes (ranking bundle included)": (proj["model_bytes"], m2["model"]["total_bytes"]),
+        "ranking bundle bytes": (proj["ranking"]["bytes"], m2["ranking"]["total_bytes"]),
+        "training refit CPU s (fitted power law)": (proj["training_seconds"], full["cpu_seconds"]),
+        "training refit CPU s (old rule: linear from one refit, wall)": (linear["training_seconds"], full["cpu_seconds"]),
         "training peak RSS bytes": (proj["training"]["als"]["peak_rss_bytes"], m2["model"]["peak_rss_bytes"]),
-        "CPU per request (model) us": (m1["requests_cpu_us"]["model"], m2["requests_cpu_us"]["model"]),
+        "CPU per request (model, rerank included) us": (m1["requests_cpu_us"]["model"], m2["requests_cpu_us"]["model"]),
+        "rerank CPU per request us": (m1["ranking"].get("rerank_cpu_us"), m2["ranking"].get("rerank_cpu_us")),
     }
-    return {"factor": factor, "rows": {k: {"projected": a, "measured": b, "ratio": a / b if b else None} for k, (a, b) in rows.items()},
+    return {"factor": factor, "rows": {k: {"projected": a, "measured": b, "ratio": a / b if a is not None and b else None}
+                                       for k, (a, b) in rows.items()},
+            "calibration": cal, "ranking": [m1["ranking"]["status"], m2["ranking"]["status"]], "notes": proj["notes"],
             "small": {"events": m1["data"]["events"], "users": m1["data"]["users"]},
             "big": {"events": m2["data"]["events"], "users": m2["data"]["users"]}}
 
@@ -240,7 +256,9 @@ def main() -> None:
         print("| figure | projected | measured | projected/measured |")
         print("|---|---|---|---|")
         for k, r in c["rows"].items():
-            print(f"| {k} | {r['projected']:,.1f} | {r['measured']:,.1f} | {r['ratio']:.2f} |")
+            fmt = lambda v: "-" if v is None else f"{v:,.1f}"  # noqa: E731
+            print(f"| {k} | {fmt(r['projected'])} | {fmt(r['measured'])} | {fmt(r['ratio']) if r['ratio'] is None else format(r['ratio'], '.2f')} |")
+        print(f"ranking stage (small, big): {c['ranking']}; notes: {c['notes']}")
     print(f"\nload average before {load_before}, after {rec['load_after']}")
 
 
