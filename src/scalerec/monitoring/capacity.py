@@ -311,7 +311,8 @@ def project(
         training.setdefault(cal["family"], {})
         training[cal["family"]].update(
             seconds=cpu_then, cpu_seconds_now=cal["cpu_seconds"],
-            basis=f"c x cells^{cal['exponent']:.2f} fitted on {len(cal['points'])} refits of this store (CPU seconds)")
+            basis=f"c x cells^{cal['exponent']:.2f} fitted on {len(cal['points'])} refits of this store "
+                  "(model fit CPU seconds; the matrix build, linear in events, not included)")
     fam = model.get("family")
     train_s = training.get(fam, {}).get("seconds") if fam else None
     rk = measured.get("ranking") or {}
