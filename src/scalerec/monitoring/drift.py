@@ -34,7 +34,7 @@ def _files(store: Any) -> list[str]:
     return [str(p) for p in store.log.files()]
 
 
-def _aggregate(store: Any, threads: int = 2) -> dict[str, Any]:
+def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None) -> dict[str, Any]:
     """Per-day aggregates of the whole log (plus pending events) and its feature distributions, vectorised in DuckDB."""
     import duckdb
 
@@ -73,7 +73,7 @@ def _aggregate(store: Any, threads: int = 2) -> dict[str, Any]:
             "WITH kv AS (SELECT day, unnest(map_keys(context)) AS k, unnest(map_values(context)) AS v FROM ev "
             "WHERE context IS NOT NULL) SELECT day, k, v, count(*) FROM kv GROUP BY ALL"
         )
-        features = feature_drift.aggregate(con, store) if days else {}
+        features = feature_drift.aggregate(con, store, since) if days else {}
     finally:
         con.close()
     return {"days": days, "types": types, "items": items, "new_users": new_users, "new_items": new_items, "context": context,
@@ -156,7 +156,11 @@ def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None,
     version's CTR and conversion drops, :mod:`~scalerec.monitoring.kpi_drop`, judged on the last
     day whose attribution window has closed). ``drifted``: any check flagged."""
     mon = settings.monitoring
-    agg = _aggregate(store, threads)
+    if isinstance(day, str):
+        day = dt.date.fromisoformat(day)
+    # the served lists' log is read from the window's first day on (the default day is at most today)
+    last = day if day is not None else dt.datetime.now(dt.timezone.utc).date()
+    agg = _aggregate(store, threads, since=last - dt.timedelta(days=mon.baseline_days))
     counts = {d: (n, u) for d, n, u in agg["days"]}
     if not counts:
         return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events",

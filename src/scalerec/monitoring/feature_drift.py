@@ -14,6 +14,8 @@ One DuckDB pass each, on the connection that already holds the day-stamped event
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from scalerec.serving.reclog import LOG_GLOB
+
+_FILE_DAY = re.compile(r"recommendations-(\d{4}-\d{2}-\d{2})-")
 
 #: Attribute keys checked per side (the most used ones), and price bands.
 TOP_KEYS = 5
@@ -33,14 +37,21 @@ def _catalogue_tables(store: Any) -> tuple[pa.Table, pa.Table]:
     return items, users
 
 
-def _reclog_files(store: Any) -> list[str]:
-    """The recommendation log's files (its retention, [serving] log_retention_days, bounds them)."""
+def _reclog_files(store: Any, since: dt.date | None) -> list[str]:
+    """The recommendation log's files written on ``since`` or later (a file is named by the day it
+    was written, its records' day or the next one): one pass over the window, not the retention."""
     root = Path(store.dir) / "logs"
-    return [str(p) for p in sorted(root.glob(LOG_GLOB))] if root.is_dir() else []
+    out = []
+    for p in sorted(root.glob(LOG_GLOB)) if root.is_dir() else []:
+        m = _FILE_DAY.match(p.name)
+        if since is None or m is None or dt.date.fromisoformat(m.group(1)) >= since:
+            out.append(str(p))
+    return out
 
 
-def aggregate(con: Any, store: Any) -> dict[str, list[tuple]]:
-    """feature -> (day, value, count) rows of every feature distribution, every day."""
+def aggregate(con: Any, store: Any, since: dt.date | None = None) -> dict[str, list[tuple]]:
+    """feature -> (day, value, count) rows of every feature distribution, every day (the request
+    context from ``since`` on)."""
     items, users = _catalogue_tables(store)
     con.register("fd_items", items)
     con.register("fd_users", users)
@@ -63,7 +74,7 @@ def aggregate(con: Any, store: Any) -> dict[str, list[tuple]]:
         rows.update(_attribute_rows(
             con, "SELECT d.day, u.attributes AS a FROM (SELECT DISTINCT day, user_id FROM fd_ev) d JOIN fd_users u USING (user_id)",
             "user"))
-    files = _reclog_files(store)
+    files = _reclog_files(store, since)
     if files:
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         ctx = q(
