@@ -66,13 +66,16 @@ def _axis(shape: tuple[int, ...], n_users: int, n_items: int) -> str:
 
 
 def _npz_parts(path: Path, n_users: int, n_items: int) -> dict[str, float] | None:
-    """An .npz file's share per axis: a SciPy sparse matrix grows with its nonzeros (cells, as
-    events do), named arrays by their first axis; None when it is not a NumPy archive."""
+    """An .npz file's share per axis: a SciPy sparse matrix by its shape (an unknown one with its
+    nonzeros, as cells), named arrays by their first axis; None when it is not a NumPy archive."""
     try:
         with np.load(path) as z:
             names = set(z.files)
             if {"data", "indices", "indptr", "shape"} <= names:
-                return {"cells": 1.0}
+                # a sparse matrix by its shape: rows per user or item hold about the same nonzeros as the
+                # axis grows (events per user constant); item x item pairs saturate with the catalogue
+                axis = _axis(tuple(int(x) for x in z["shape"]), n_users, n_items)
+                return {axis if axis != "fixed" else "cells": 1.0}
             sizes = {n: z[n].nbytes for n in names}
             axes = {n: _axis(tuple(z[n].shape), n_users, n_items) for n in names}
     except (ValueError, OSError):
