@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_result, machine_info  # noqa: E402
-from bench_serving import free_port, run_wrk, start, stop, wait_http  # noqa: E402
+from bench_serving import cpu_seconds, free_port, run_wrk, start, stop, wait_http  # noqa: E402
 
 from scalerec.config import Settings  # noqa: E402
 
@@ -64,12 +64,15 @@ def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dic
     understates the overhead by at most that."""
     from scalerec.serving.auth import ApiKeyStore
 
+    from scalerec.data.store import DataStore
+
     key = ApiKeyStore.from_settings(settings).create("admin", "bench")[0]
     py = sys.executable
     root = Path(settings.data.dir)
     logs = root / "bench-logs"
     logs.mkdir(exist_ok=True)
-    width = len(str(users))
+    with DataStore.open(settings, read_only=True) as store:  # the ids' width as generated (u000001): known users
+        width = len(store.catalog.users_table().column("user_id")[0].as_py()) - 1
     env_wrk = {"SR_KEY": key, "SR_USERS": str(users), "SR_WIDTH": str(width), "SR_PREFIX": "u"}
     dirs = {}
     for mode in ("off", "on"):
@@ -95,6 +98,7 @@ def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dic
             time.sleep(0.2)
         out: dict[str, list[float]] = {"off": [], "on": []}
         p99: dict[str, list[float]] = {"off": [], "on": []}
+        cpu_us: dict[str, list[float]] = {"off": [], "on": []}  # server CPU per answered request (load-proof)
         for r in range(rounds):
             for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 stop_scrape = threading.Event()
@@ -107,21 +111,28 @@ def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dic
                                 c.get(base + "/v1/metrics")
                     threading.Thread(target=scrape, daemon=True).start()
                 try:
+                    c0 = cpu_seconds(procs[mode])
                     res = run_wrk(bases[mode], connections=8, duration_s=seconds, env=env_wrk)
+                    c1 = cpu_seconds(procs[mode])
                 finally:
                     stop_scrape.set()
                 out[mode].append(res["rps"])
                 p99[mode].append(res["p99_ms"])
-                log(f"pair {r + 1} monitoring {mode}: {res['rps']:,.0f} req/s, p99 {res['p99_ms']} ms, non-2xx {res['non_2xx']}")
+                cpu_us[mode].append((c1 - c0) / max(1, res["requests"]) * 1e6)
+                log(f"pair {r + 1} monitoring {mode}: {res['rps']:,.0f} req/s, p99 {res['p99_ms']} ms, "
+                    f"{cpu_us[mode][-1]:,.0f} CPU-us/request, non-2xx {res['non_2xx']}")
     finally:
         for proc in procs.values():
             stop(proc)
     ratios = [a / b for a, b in zip(out["on"], out["off"])]
+    cpu_ratios = [a / b for a, b in zip(cpu_us["on"], cpu_us["off"])]
     off, on = float(np.median(out["off"])), float(np.median(out["on"]))
     q1, q3 = (float(x) for x in np.percentile(ratios, [25, 75]))
     return {"rps_off": out["off"], "rps_on": out["on"], "p99_off_ms": p99["off"], "p99_on_ms": p99["on"],
             "median_off": off, "median_on": on, "pair_ratios": ratios, "ratio_on_off": float(np.median(ratios)),
-            "ratio_iqr": [q1, q3]}
+            "ratio_iqr": [q1, q3], "cpu_us_off": cpu_us["off"], "cpu_us_on": cpu_us["on"], "cpu_pair_ratios": cpu_ratios,
+            "cpu_ratio_on_off": float(np.median(cpu_ratios)),
+            "cpu_ratio_iqr": [float(x) for x in np.percentile(cpu_ratios, [25, 75])]}
 
 
 def fake_history(settings: Settings, days: int = 30) -> int:
@@ -268,7 +279,11 @@ def main() -> None:
         print(f"| off | {', '.join(f'{x:,.0f}' for x in t['rps_off'])} | {t['median_off']:,.0f} | {', '.join(map(str, t['p99_off_ms']))} |")
         print(f"| on (sample every 1 s, /metrics scraped every 1 s) | {', '.join(f'{x:,.0f}' for x in t['rps_on'])} | {t['median_on']:,.0f} | {', '.join(map(str, t['p99_on_ms']))} |")
         print(f"on/off per pair: {', '.join(f'{x:.3f}' for x in t['pair_ratios'])}")
-        print(f"on/off throughput, median of the pairs: {t['ratio_on_off']:.3f} (interquartile {t['ratio_iqr'][0]:.3f}-{t['ratio_iqr'][1]:.3f})\n")
+        print(f"on/off throughput, median of the pairs: {t['ratio_on_off']:.3f} (interquartile {t['ratio_iqr'][0]:.3f}-{t['ratio_iqr'][1]:.3f})")
+        print(f"server CPU-us per request off: {', '.join(f'{x:,.0f}' for x in t['cpu_us_off'])}")
+        print(f"server CPU-us per request on:  {', '.join(f'{x:,.0f}' for x in t['cpu_us_on'])}")
+        print(f"on/off server CPU per request, median of the pairs: {t['cpu_ratio_on_off']:.3f} "
+              f"(interquartile {t['cpu_ratio_iqr'][0]:.3f}-{t['cpu_ratio_iqr'][1]:.3f})\n")
     if "dashboard" in rec:
         d = rec["dashboard"]
         print(f"dashboard, {d['samples']:,} samples (30 days at one a minute): data built on the server {d['server_data_s']:.3f} s, "
