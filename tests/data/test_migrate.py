@@ -269,3 +269,23 @@ def test_a_source_that_is_not_embedded_is_refused(postgres_url, tmp_path):
         migrate(Settings(data={"dir": tmp_path, "catalog_url": postgres_url}), to_catalog=postgres_url)
     with pytest.raises(ValidationError, match="nothing to migrate"):
         migrate(Settings(data={"dir": tmp_path}))
+
+
+def test_events_written_to_the_source_during_the_copy_are_caught_by_the_verification(embedded, postgres_url):
+    # a serving process that was not stopped: the copy reads one snapshot, the verification a later
+    # one, finds the new events' range differing, copies it again and moves the target's counter on
+    writer = open_catalog(f"sqlite:///{_db(embedded)}")
+    added: list[int] = []
+
+    def write_late(step, what, done, total):
+        if what == "placements" and not added:
+            added.append(writer.add_pending_events(events_table(4, start=900)))
+
+    report = migrate(embedded, to_catalog=postgres_url, block_rows=10, progress=write_late)
+    assert added == [4] and report.ok, report.failures()
+    pending = next(t for t in report.tables if t.name == "pending_events")
+    assert pending.repaired >= 1 and pending.source_rows == pending.target_rows == 47
+    with open_catalog(postgres_url) as target:
+        assert target.pending_head() == writer.pending_head()
+        target.add_pending_events(events_table(1, start=950))  # no id collision with the late events
+    writer.close()
