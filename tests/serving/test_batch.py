@@ -177,3 +177,57 @@ def test_a_deleted_user_gets_no_batch_list(settings: Settings, tmp_path: Path) -
     recs = _read(out)
     assert gone not in recs
     assert set(recs) == set(lv.matrix.user_ids.tolist()) - {gone}
+
+
+def test_batch_output_on_an_s3_compatible_server_equals_the_local_one_and_resumes(
+    settings: Settings, tmp_path: Path, s3_server
+) -> None:
+    # each shard is one object (visible whole once uploaded), _SUCCESS last; worker processes
+    # open the store themselves from the URL
+    import pyarrow.fs as pafs
+
+    from scalerec.data.objectstore import ObjectStore
+
+    url = s3_server.bucket_url("batch/recs")
+    local = batch_recommend(settings, tmp_path / "local", n=5, shard_users=50, executor=LocalExecutor(1))
+    with LocalExecutor(2, threads_per_job=1) as ex:
+        remote = batch_recommend(settings, url, n=5, shard_users=50, executor=ex)
+    assert remote.shards_total == local.shards_total >= 3 and remote.out_dir == url
+    store = ObjectStore(url)
+
+    def read_remote() -> dict:
+        names = sorted(i.path for i in store.fs.get_file_info(pafs.FileSelector(store.root))
+                       if i.path.rsplit("/", 1)[-1].startswith("part-"))
+        table = pq.read_table(names, filesystem=store.fs)
+        assert table.schema.equals(BATCH_SCHEMA)
+        return {r["user_id"]: (r["item_ids"], r["scores"]) for r in table.to_pylist()}
+
+    a, b = _read(tmp_path / "local"), read_remote()
+    assert a.keys() == b.keys() and all(b[u][0] == a[u][0] for u in a)
+    np.testing.assert_allclose([s for u in a for s in b[u][1]], [s for u in a for s in a[u][1]], rtol=1e-5)
+    assert store.fs.get_file_info(f"{store.root}/{SUCCESS}").type == pafs.FileType.File
+    # a lost shard is written again on the rerun, the others are kept
+    store.fs.delete_file(f"{store.root}/{part_name(1)}")
+    again = batch_recommend(settings, url, n=5, executor=LocalExecutor(1))
+    assert again.shards_done == 1 and again.shards_skipped == remote.shards_total - 1
+    assert read_remote().keys() == a.keys()
+    with pytest.raises(ConflictError, match="other settings"):
+        batch_recommend(settings, url, n=6, executor=LocalExecutor(1))
+
+
+def test_cli_writes_to_an_object_store_url(settings: Settings, s3_server) -> None:
+    from typer.testing import CliRunner
+
+    from scalerec.cli import app
+
+    url = s3_server.bucket_url("cli-recs")
+    res = CliRunner().invoke(
+        app, ["--data-dir", str(settings.data.dir), "batch-recommend", "--n", "3", "--out", url, "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.output)
+    assert body["out_dir"] == url and body["shards_done"] == body["shards_total"] >= 1
+    from scalerec.data.objectstore import ObjectStore
+
+    store = ObjectStore(url)
+    assert all(store.fs.get_file_info(f"{store.root}/{part_name(s)}").size > 0 for s in range(body["shards_total"]))

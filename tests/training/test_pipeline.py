@@ -480,3 +480,26 @@ def test_normalised_cells_agree_when_tuned_gated_refitted_and_served(tmp_path: P
     served_row = history_row(st, fresh.cols, fresh.weights).toarray()
     built_row = recorded.build(posted, item_ids=loaded.matrix.item_ids).matrix.toarray()
     assert built_row.sum() > 0 and np.allclose(served_row, built_row, atol=1e-5)
+
+
+def test_a_training_whose_lease_is_stolen_stops_before_writing_a_version(store, monkeypatch) -> None:
+    # another machine took the `train` lease (this one stalled past its expiry): the run stops at
+    # its next step with a typed error, and no version (nor a half-written one) is left
+    from test_lease import short_leases, steal_lease
+
+    from scalerec.errors import LeaseLostError
+
+    settings, ds = store
+    held = short_leases(monkeypatch)
+    stolen: list[str] = []
+
+    def steal_after_the_first_trial(event) -> None:
+        if event.stage == "search" and event.done >= 1 and not stolen:
+            stolen.append(event.stage)
+            steal_lease(ds.catalog, "train", held)
+
+    with pytest.raises(LeaseLostError, match="'train' lease expired"):
+        train(settings, TrainOptions(models=["popular", "ease"], trials=4), store=ds, progress=steal_after_the_first_trial)
+    assert stolen
+    assert _versions_on_disk(settings) == [] and Registry(settings).list() == []
+    assert ds.catalog.lease_holder("train")[0] == "other-machine:1:thief", "the new holder keeps its lease"

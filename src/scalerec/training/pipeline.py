@@ -404,13 +404,26 @@ def production_score(
 
 # ---------------------------------------------------------------------------------- locking
 @contextlib.contextmanager
-def training_lock(catalog: Any) -> Iterator[None]:
+def training_lock(catalog: Any) -> Iterator[Any]:
     """One training at a time across every machine sharing the catalogue: its ``train`` lease
-    (renewed while training runs; a crashed run's lease expires, at once on its own machine)."""
+    (renewed while training runs; a crashed run's lease expires, at once on its own machine).
+    Yields the lease: ``lease.check()`` raises LeaseLostError once another holder took it."""
     with hold_lease(catalog, "train", blocking=False) as lease:
         if not lease:
             raise ConflictError(f"another training is running (lease held by {lease.other}); wait for it to finish")
-        yield
+        yield lease
+
+
+def _lease_checked(progress: ProgressFn | None, lease: Any) -> ProgressFn:
+    """``progress`` that first checks the lease: every step of a training (trial, fit block, gate,
+    register step) is a point where a run that lost its lease stops, before writing anything."""
+
+    def checked(event: ProgressEvent) -> None:
+        lease.check()
+        if progress is not None:
+            progress(event)
+
+    return checked
 
 
 # ---------------------------------------------------------------------------------- the pipeline
@@ -472,7 +485,8 @@ def train(
             return train(settings, options, store=own_store, executor=executor, progress=progress)
     registry = Registry(settings)
 
-    with training_lock(store.catalog):
+    with training_lock(store.catalog) as lease:
+        progress = _lease_checked(progress, lease)
         if options.if_new_events is not None:
             from scalerec.training.retrain import should_retrain
 
@@ -616,8 +630,10 @@ def train(
         manifest.extra["ranking"] = _jsonable(ranking.section)
 
         def reg_progress(done: int, total: int) -> None:
-            _emit(progress, "register", done, total, "writing the version")
+            if done < total:  # the last step comes after the version's commit: nothing left to stop
+                _emit(progress, "register", done, total, "writing the version")
 
+        lease.check()  # the last point before anything is written
         version = registry.register(
             model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress,
             write_extra=ranking.write,
