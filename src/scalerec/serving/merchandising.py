@@ -156,12 +156,17 @@ class Placements:
 
     def blocklist(self) -> list[str]:
         """The global blocklist: settings ``[merchandising] blocklist`` plus the stored one."""
-        at, stored = self._block
+        return list(self.blocked())
+
+    def blocked(self) -> tuple[str, ...]:
+        """The global blocklist as a tuple, re-read at most every PLACEMENTS_TTL_S (per request: no copy)."""
+        at, merged = self._block
         if time.monotonic() - at > PLACEMENTS_TTL_S:
             raw = self.catalog.get_meta(BLOCKLIST_META)
             stored = tuple(json.loads(raw)) if raw else ()
-            self._block = (time.monotonic(), stored)
-        return list(dict.fromkeys([*self._settings_blocklist, *stored]))
+            merged = tuple(dict.fromkeys([*self._settings_blocklist, *stored]))
+            self._block = (time.monotonic(), merged)
+        return merged
 
     def set_blocklist(self, item_ids: list[str]) -> list[str]:
         """Replace the stored global blocklist (the settings' entries stay)."""
@@ -456,7 +461,8 @@ class Merchandiser:
         st = live.model
         cols, masks = self.columns(live)
         env = self._env(live, cols, comp, user_id, item_id, context)
-        allowed = self._allowed(live, cols, masks, comp, env)
+        prep = self.prepared(live, cols, masks, comp)
+        allowed = prep.allowed.copy() if prep.allowed is not None else self._allowed_mask(live, cols, masks, comp, env)
         query: Any = None
         used = "fallback"
         view_col = st.item_col(item_id) if item_id else -1
@@ -479,7 +485,7 @@ class Merchandiser:
         fills = tuple(dict.fromkeys(([strategy] if strategy in ("popular", "trending") else []) + list(spec.fallbacks)))
         if strategy in ("popular", "trending"):
             used = strategy
-        run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills)
+        run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills, prep)
         source = "complementary" if query is not None and strategy == "complementary" else "model"
         if query is None and fills:  # no model query: the first fallback ordering is the candidate source
             query, source = fills[0], "ordering"
@@ -533,7 +539,7 @@ class Merchandiser:
         allowed = live.items.mask(comp.flt)
         if comp.filter_rule is not None:
             allowed &= _full_mask(comp.filter_rule, cols, masks, env)
-        blocked = [*self.blocklist(), *comp.spec.blocklist]
+        blocked = [*self.placements.blocked(), *comp.spec.blocklist]
         if blocked:
             bcols = live.model.item_cols(blocked)
             allowed[bcols[bcols >= 0]] = False
@@ -541,7 +547,7 @@ class Merchandiser:
 
     def prepared(self, live: LiveState, cols: ItemColumns, masks: dict[Any, Any], comp: _Compiled) -> _Prepared:
         """The placement's per-view data (see :class:`_Prepared`), kept in the view's cache."""
-        key = (tuple(self.blocklist()), cols.age_epoch() if comp.reads_age else 0)
+        key = (self.placements.blocked(), cols.age_epoch() if comp.reads_age else 0)
         slot = ("prepared", id(comp))
         hit = masks.get(slot)
         if hit is not None and hit[0] is comp and hit[1].key == key:
@@ -598,19 +604,23 @@ def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
     return np.concatenate(parts)[:need] if parts else order[:0]
 
 
-def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, int] | None = None) -> np.ndarray:
+def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, int] | None = None,
+               limit: int | None = None) -> np.ndarray:
     """cap_per_group for short candidate lists (a few hundred): one pass in Python beats a dozen
-    NumPy calls there; ``counts`` carries the groups already placed."""
+    NumPy calls there; ``counts`` carries the groups already placed; stops once ``limit`` are kept."""
     counts = dict(counts or {})
     keep = np.zeros(len(ids), bool)
+    kept = 0
     for i, g in enumerate(groups[ids].tolist()):
-        if g < 0:
-            keep[i] = True
-            continue
-        c = counts.get(g, 0)
-        if c < k:
-            keep[i] = True
+        if kept == limit:
+            break
+        if g >= 0:
+            c = counts.get(g, 0)
+            if c >= k:
+                continue
             counts[g] = c + 1
+        keep[i] = True
+        kept += 1
     return keep
 
 
@@ -658,14 +668,16 @@ class _Run:
     """One placement request: the stages bound to its compiled placement and request values."""
 
     def __init__(self, merch: Merchandiser, live: LiveState, cols: ItemColumns, comp: _Compiled,
-                 env: dict[str, Any], allowed: np.ndarray, subject: str, fills: tuple[str, ...]) -> None:
+                 env: dict[str, Any], allowed: np.ndarray, subject: str, fills: tuple[str, ...],
+                 prep: _Prepared | None = None) -> None:
         self.merch, self.live, self.cols, self.comp, self.env = merch, live, cols, comp, env
         self.allowed = allowed
         self.subject = subject
         self.fills = fills
         div = comp.spec.diversity
         self.groups = cols.group_codes(div.by) if div is not None and div.max_per is not None else None
-        self.prep = merch.prepared(live, cols, merch.columns(live)[1], comp)
+        self.prep = prep or merch.prepared(live, cols, merch.columns(live)[1], comp)
+        self._exact: tuple[Candidates, np.ndarray] | None = None
 
     def fetch(self, n: int) -> int:
         spec = self.comp.spec
@@ -709,7 +721,9 @@ class _Run:
         ids = ids[0]
         ids = ids[(ids >= 0)]
         ids = ids[req.allowed[ids]][: c.k]
-        return Candidates(ids, raw[ids], [req.reason] * len(ids), c.k)
+        out = Candidates(ids, raw[ids], [req.reason] * len(ids), c.k)
+        self._exact = (out, scores[ids])  # boosted and ordered already, unless a stage between changes them
+        return out
 
     def _boosted_all(self, raw: np.ndarray) -> np.ndarray:
         """The boosted scores of every item (float32 [n_items])."""
@@ -761,6 +775,15 @@ class _Run:
         """Boosts and buries by rule (multiply or add to the score), then the candidates re-sorted."""
         if not self.comp.boosts or not len(c.ids):
             return c
+        exact = self._exact
+        if exact is not None and exact[0] is c and self.prep.label is not None:
+            # straight from retrieve_exact (no reranker changed them): boosted and in boosted order
+            scores, label = exact[1], self.prep.label[c.ids]
+            if not (label >= 0).any():
+                return Candidates(c.ids, scores, c.reasons, c.k, c.backfilled)
+            names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+            reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, label.tolist())]
+            return Candidates(c.ids, scores, reasons, c.k, c.backfilled)
         scores, label = self._boosted(c.ids, c.scores)
         order = np.argsort(-scores, kind="stable")
         idx = order.tolist()
@@ -824,7 +847,10 @@ class _Run:
         if div is None or not len(c.ids):
             return c
         if self.groups is not None:
-            keep = (_cap_small if len(c.ids) <= 512 else cap_per_group)(c.ids, self.groups, div.max_per)
+            if len(c.ids) <= 512:  # the retrieval keeps the first n: the cap may stop there
+                keep = _cap_small(c.ids, self.groups, div.max_per, limit=req.n - len(req.pins))
+            else:
+                keep = cap_per_group(c.ids, self.groups, div.max_per)
             if keep.all():
                 return c
             idx = np.flatnonzero(keep)
