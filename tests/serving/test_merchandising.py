@@ -415,3 +415,17 @@ def test_complements_are_computed_when_the_version_loads(api1):
         np.testing.assert_array_equal(merch._comp[version].cols, expected.cols)
     finally:
         service.close()
+
+
+def test_lists_without_anything_personal_are_shared_until_the_blocklist_or_catalogue_changes(api1):
+    a = api1
+    _put(a, "home", {"strategy": "personal", "filter": "price > 1", "fallbacks": ["popular"]})
+    first = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-1", n=8)["items"]]
+    assert len(first) == 8 and first == [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-2", n=8)["items"]]
+    r = a.client.put("/v1/blocklist", json={"item_ids": [first[0]]}, headers=a.h("admin"))
+    assert r.status_code == 200, r.text
+    blocked = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-3", n=8)["items"]]
+    assert first[0] not in blocked and blocked[:7] == first[1:]
+    assert a.client.patch(f"/v1/items/{first[1]}", json={"available": False}, headers=a.h("write")).status_code == 200
+    later = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-4", n=8)["items"]]
+    assert first[1] not in later and later[:6] == first[2:]

@@ -6,7 +6,9 @@ filter rule, boosts and buries, pins, promotions, a blocklist, exploration, dive
 fallback orderings. Serving one builds a pipeline from the service's own (so a reranker in the
 rerank slot stays) with these stages:
 
-- candidates: the strategy's retriever (complementary: the item's co-purchase list);
+- candidates: the strategy's retriever (complementary: the item's co-purchase list); with boosts,
+  chosen by boosted score (:meth:`_Run.retrieve_exact` over the whole catalogue, else
+  :meth:`_Run.widen`), so a raised item beyond the retrieved ones can enter;
 - filter: the placement's filters, its filter rule, the global and placement blocklists, seen
   items and the item in view are cleared from ``allowed`` first, so no later stage can add them;
 - rerank: the service's reranker, then :meth:`_Run.boost` (boosts and buries by rule);
@@ -16,7 +18,8 @@ rerank slot stays) with these stages:
 - backfill and render: the pipeline's own.
 
 Rules are compiled once (memoised by text) and evaluated as masks over :class:`ItemColumns`,
-built once per model and catalogue version. See docs/merchandising.md.
+built once per model and patched per catalogue change (:func:`patch_columns`); what a placement
+needs of a catalogue view is kept in :class:`_Prepared`. See docs/merchandising.md.
 """
 
 from __future__ import annotations
@@ -485,14 +488,25 @@ class Merchandiser:
         fills = tuple(dict.fromkeys(([strategy] if strategy in ("popular", "trending") else []) + list(spec.fallbacks)))
         if strategy in ("popular", "trending"):
             used = strategy
-        run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills, prep)
-        source = "complementary" if query is not None and strategy == "complementary" else "model"
-        if query is None and fills:  # no model query: the first fallback ordering is the candidate source
-            query, source = fills[0], "ordering"
-        pipeline = run.pipeline(service.pipeline, source=source)
-        req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
-                      placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
-        ranked = pipeline.run(req)
+        # nothing of the request in the list (no query, no $reference, no exclusion, no per-subject
+        # exploration draw): the same list for every such request, kept per catalogue view
+        shared = (query is None and not comp.refs and spec.exploration is None and prep.allowed is not None
+                  and int(np.count_nonzero(allowed)) == prep.n_allowed)
+        memo_key = ("list", id(comp), n, routed[1] if routed else None, prep.key)
+        hit = masks.get(memo_key) if shared else None
+        if hit is not None and hit[0] is comp:
+            ranked = hit[1]
+        else:
+            run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills, prep)
+            source = "complementary" if query is not None and strategy == "complementary" else "model"
+            if query is None and fills:  # no model query: the first fallback ordering is the candidate source
+                query, source = fills[0], "ordering"
+            pipeline = run.pipeline(service.pipeline, source=source)
+            req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
+                          placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
+            ranked = pipeline.run(req)
+            if shared:
+                masks[memo_key] = (comp, ranked)  # shared between requests: never mutated (pipeline stages copy)
         subject: dict[str, Any] = {}
         if user_id:
             subject["user_id"] = user_id
