@@ -258,7 +258,8 @@ def main() -> None:
     for row in costs:
         print(f"{row['rule'][:60]:<60} | " + " | ".join(
             f"{row[s]['us']:>8} ({row[s]['ns_per_candidate']:>6})" for s in sizes))
-    path = append_result("merch", {"args": vars(args) | {"data_dir": str(args.data_dir)}, "build": build,
+    path = append_result("merch", {"args": vars(args) | {"data_dir": str(args.data_dir),
+                                                          "old_src": str(args.old_src) if args.old_src else None}, "build": build,
                                    "load_before": load_before, "load_after": load_after, "http": http,
                                    "summary": summary, "in_process": calls, "stages": stages, "rule_costs": costs,
                                    "placement": PLACEMENT}, machine=machine)
