@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scalerec.errors import PayloadTooLargeError, UnknownItemError, ValidationError
+from scalerec.errors import PayloadTooLargeError, ScalerecError, UnknownItemError, ValidationError
 from scalerec.monitoring import metrics
 from scalerec.serving.entities import Entities
 from scalerec.serving.filters import ItemFilter
@@ -232,8 +232,15 @@ class RecommendService:
         return self.state.current is not None
 
     def load_production(self) -> bool:
-        """Load the registry's production version when it differs from the one served."""
-        return self.state.load_production()
+        """Load the registry's production version when it differs from the one served (and
+        prepare its placements' per-version data: complements, item columns)."""
+        changed = self.state.load_production()
+        if changed and (self.settings.placements or "merchandising" in self.__dict__ or self.store.catalog.placement_rows()):
+            try:
+                self.merchandising.warm()
+            except ScalerecError:  # the version still serves; its placements compute on their first request
+                log.warning("could not prepare the placements of the new version", exc_info=True)
+        return changed
 
     def load_version(self, version: str) -> ModelState:
         """Load a registered version (arrays memory-mapped) and precompute its serving state."""
