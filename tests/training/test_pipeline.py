@@ -21,6 +21,7 @@ from scalerec.data.snapshot import event_count
 from scalerec.data.store import DataStore
 from scalerec.datasets.synth import generate_store
 from scalerec.models import MODELS
+from scalerec.models.base import MATRIX_PARAMS
 from scalerec.models.popular import MostPopular
 from scalerec.registry import Registry
 from scalerec.training import TrainOptions, run_training_subprocess, should_retrain, train
@@ -82,8 +83,10 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     lo, hi = ds.log.time_range()
     assert m["data"]["min_timestamp"] == lo.isoformat() and m["data"]["max_timestamp"] == hi.isoformat()
     assert len(m["data"]["fingerprint"]) == 64
+    # a signal choice left at None (the [matrix] setting, e.g. the cell convention) is not a set parameter
+    chosen = {k: v for k, v in result.best_params.items() if not (k in MATRIX_PARAMS and v is None)}
     assert m["model"]["family"] == result.best_family and m["model"]["params"] == {
-        **MODELS[result.best_family]().get_params(), **result.best_params
+        **MODELS[result.best_family]().get_params(), **chosen
     }
     # the default (auto) protocol: chosen on the validation part, scored once on the test part
     assert list(m["metrics"]) == ["test", "validation"]
@@ -102,7 +105,9 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     assert winner.trials_total == 5 and not winner.dropped
     assert [f.dropped.startswith("dropped after round 1") for f in result.families if f is not winner] == [True]
     ease = next(f for f in result.families if f.family == "ease")
-    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0, "recency_half_life_days": None}
+    # normalise: the shop's type weights are not 1, so the cell convention is searched (None = [matrix])
+    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0, "recency_half_life_days": None,
+                                   "normalise": None}
     assert ease.best_value >= ease.default_value
     # fallbacks: popular = column sums of the all-data matrix, aligned with the model's items
     loaded = Registry(settings).load()
@@ -264,8 +269,9 @@ def test_parallel_jobs_search_in_worker_processes(store) -> None:
     settings, ds = store
     r = train(settings, TrainOptions(models=["ease", "itemknn"], trials=4, jobs=2), store=ds)
     assert r.status == "registered"
-    # 2 x 4 trials by successive halving: 2 each (two at a time), then 4 more for the better family
-    assert sorted(f.trials_total for f in r.families) == [2, 6]
+    # 2 x 4 trials by successive halving: 3 each (two at a time: the defaults and the two design trials,
+    # recency with either cell convention, as the shop's 1/4/10 weights offer both), then 2 more for the better
+    assert sorted(f.trials_total for f in r.families) == [3, 5]
     assert all(f.trials_failed == 0 for f in r.families)
     assert not any((Path(settings.data.dir) / "tmp").glob("*"))  # the worker snapshot is removed
 

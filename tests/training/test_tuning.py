@@ -139,15 +139,18 @@ def test_the_recency_design_sits_at_the_holdout_scale() -> None:
 def test_queued_design_trials_run_before_a_family_is_judged_even_past_the_deadline(split_and_spec, tmp_path) -> None:
     import time
 
-    split, spec, _ = split_and_spec
-    stats = data_stats(split)
+    split, spec, snapshot = split_and_spec
+    stats = data_stats(split, events=snapshot.events, settings=Settings())
     assert stats.holdout_days is not None and stats.holdout_days > 0  # the shop's auto protocol is a time window
     res = tune_family("ease", storage=storage_url(tmp_path), name="ease-x-y", split_spec=spec,
                       executor=LocalExecutor(1), n_trials=10, deadline=time.monotonic() - 1, metric=METRIC, stats=stats)
     trials = optuna.load_study(study_name="ease-x-y", storage=storage_url(tmp_path)).trials
-    assert res.trials_new == 2 and res.stopped == "time budget reached"
+    assert res.trials_new == 3 and res.stopped == "time budget reached"
     assert trials[0].user_attrs.get("default") and trials[0].params["recency_half_life_days"] is None
     assert trials[1].user_attrs.get("design") and trials[1].params["recency_half_life_days"] is not None
+    # the shop's type weights (1/4/10) offer both cell conventions: the design tries the other one too
+    assert trials[2].user_attrs.get("design") and trials[2].params["normalise"] is True
+    assert trials[2].params["recency_half_life_days"] == trials[1].params["recency_half_life_days"]
 
 
 def test_the_search_tries_the_signal_choices_the_data_supports(split_and_spec, tmp_path) -> None:
@@ -186,6 +189,53 @@ def test_train_on_ratings_searches_the_rating_rule_and_records_the_choice(tmp_pa
     signals = r.version.manifest()["search"]["signals"]
     assert signals["offered"]["rating_rule"] == [None, "raw", "binary", "centered"]
     assert signals["chosen"] == {"rating_rule": r.best_params["rating_rule"]}
+
+
+def test_the_cell_convention_is_a_signal_choice_where_type_weights_differ_from_1() -> None:
+    from scalerec.training.tuning import signal_choices
+
+    assert signal_choices({"cell_unit": 10.0, "normalise": False})["normalise"] == (None, True)
+    assert signal_choices({"cell_unit": 10.0, "normalise": True})["normalise"] == (None, False)
+    assert "normalise" not in signal_choices({"cell_unit": 1.0})  # ratings / unit weights: the same cells
+    assert "normalise" not in signal_choices({"cell_unit": None})
+
+
+def test_train_searches_the_cell_convention_and_tune_refit_manifest_and_serving_agree(tmp_path) -> None:
+    from scalerec.data.matrix import MatrixSpec, matrix_from_settings
+    from scalerec.registry import Manifest
+    from scalerec.serving.state import data_conventions
+
+    settings, store = _shop(tmp_path / "data")  # view 1, cart 4, purchase 10: the strongest type is 10
+    r = train(settings, TrainOptions(models=["ease"], trials=4, promote=False), store=store)
+    study = load_report(settings.data.dir)[0]
+    assert {t["params"]["normalise"] for t in study["trials"]} == {None, True}  # both conventions tried
+    manifest = r.version.manifest()
+    signals = manifest["search"]["signals"]
+    assert signals["offered"]["normalise"] == [None, True]
+    chosen = signals["chosen"]["normalise"]
+    assert chosen == r.best_params["normalise"]
+    spec = Manifest.from_dict(manifest).matrix
+    # the refit's matrix, the manifest's spec and serving's fold-in cells read the events the same way
+    assert spec.normalise is bool(chosen) and (spec.cell_unit == 10.0 if chosen else spec.cell_unit is None)
+    assert data_conventions(manifest)[1].get("cell_unit") == spec.cell_unit
+    refit = matrix_from_settings(store, settings, **MODELS["ease"](**r.best_params).matrix_overrides())
+    again = spec.build(store)
+    store.close()
+    assert np.array_equal(refit.user_ids, again.user_ids)
+    np.testing.assert_allclose(refit.matrix.toarray(), again.matrix.toarray(), rtol=1e-6)
+    # a unit resolved for normalised cells is dropped when a model asks for the raw ones
+    resolved = MatrixSpec.from_settings(Settings(matrix={"normalise": True})).resolved(again_events(settings))
+    assert resolved.cell_unit == 10.0 and resolved.with_overrides({"normalise": False}).cell_unit is None
+
+
+def again_events(settings: Settings):
+    from scalerec.data.snapshot import take_snapshot
+
+    store = DataStore.open(settings)
+    try:
+        return take_snapshot(store).events
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------------------------------ pruning
@@ -246,7 +296,7 @@ def _search(settings: Settings, split_and_spec, families: list[str], trials: int
     url = storage_url(Path(settings.data.dir))
     return search_families(
         families, storage=url, names={f: f"{f}-fp-conf" for f in families}, schedule="search-fp-conf",
-        split_spec=spec, executor=LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
+        split_spec=spec, executor=kw.pop("executor", None) or LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
         seed=seed, stats=kw.pop("stats", data_stats(split)), **kw,
     )
 
@@ -302,6 +352,50 @@ def test_the_search_is_deterministic_for_a_seed(split_and_spec, tmp_path) -> Non
     first = trials_of(tmp_path / "a", 11)
     assert trials_of(tmp_path / "b", 11) == first
     assert trials_of(tmp_path / "c", 12) != first  # the seed does steer the samplers
+
+
+class _ShuffledExecutor:
+    """Runs trials on ``jobs`` threads, each after a random pause: trials finish in an order that
+    differs from their launch order, and from run to run (the completion order a process pool under load gives)."""
+
+    def __init__(self, jobs: int, seed: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.jobs, self._rng, self._pool = jobs, np.random.default_rng(seed), ThreadPoolExecutor(jobs)
+
+    def submit(self, fn, *args):
+        import time
+
+        pause = float(self._rng.uniform(0.0, 0.1))
+        return self._pool.submit(lambda: (time.sleep(pause), fn(*args))[1])
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
+
+
+def test_the_search_is_deterministic_for_a_seed_with_parallel_trials(split_and_spec, tmp_path) -> None:
+    # ALS: each launch carries prune medians of the trials told so far, so what was told when matters
+    families = ["als"]
+
+    def run(root: Path, order_seed: int) -> tuple[list[Any], list[Any]]:
+        root.mkdir()
+        ex = _ShuffledExecutor(3, order_seed)
+        try:
+            out = _search(Settings(data={"dir": root}), split_and_spec, families, trials=12, seed=5, executor=ex)
+        finally:
+            ex.shutdown()
+        report = load_report(root)
+        trials = [(st["family"], t["number"], t["state"], t["params"]) for st in report for t in st["trials"]]
+        values = [t["value"] if t["value"] is not None else np.nan for st in report for t in st["trials"]]
+        chosen = [(f.family, f.best_params, f.trials_total, f.dropped) for f in out.families]
+        return [chosen, trials], values
+
+    first, first_values = run(tmp_path / "a", 0)
+    for order_seed in (1,):
+        again, values = run(tmp_path / f"r{order_seed}", order_seed)
+        assert again == first  # same proposals, states and chosen configuration whatever finished first
+        np.testing.assert_allclose(values, first_values, rtol=1e-5)
+    assert len({json.dumps(t[3], sort_keys=True) for t in first[1]}) > 4  # the sampler really proposed several
 
 
 def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:

@@ -17,7 +17,7 @@ import time
 import warnings
 from datetime import datetime
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,12 +77,18 @@ def parse_metric(key: str) -> tuple[str, int, bool]:
 def signal_choices(stats: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
     """Matrix hyperparameters worth searching on this data (``data.matrix.signal_stats``): the rating
     rule when the data has ratings of several values, the recency clock when the users' last
-    events lie over a year apart; None (the configured [matrix] value) first in each."""
+    events lie over a year apart, the cell convention (``normalise``: the other one than
+    configured) when the strongest positive type weight present (``cell_unit``) is not 1, so
+    normalising changes the cells; None (the configured [matrix] value) first in each."""
     out: dict[str, tuple[Any, ...]] = {}
     if stats.get("rating_values", 0) > 1:
         out["rating_rule"] = (None, "raw", "binary", "centered")
     if stats.get("user_last_spread_days", 0.0) > 365.0:
         out["recency_reference"] = (None, "user", "global")
+    unit = stats.get("cell_unit")
+    # Whether type weights should count is shop-dependent (BENCHMARKS.md, "Cell convention"): decided per data.
+    if unit is not None and unit > 0 and not math.isclose(unit, 1.0):
+        out["normalise"] = (None, not bool(stats.get("normalise", False)))
     return out
 
 
@@ -346,16 +352,27 @@ def trial_params(klass: type, trial: "optuna.Trial", stats: "DataStats | None") 
     from scalerec.models.base import suggest_signals
 
     params = dict(klass.search_space(trial, stats))
-    if stats is not None and stats.signals:
-        params.update(suggest_signals(trial, stats.signals))
+    signals = family_signals(klass, stats)
+    if signals:
+        params.update(suggest_signals(trial, signals))
     return params
+
+
+def family_signals(klass: type, stats: "DataStats | None") -> dict[str, tuple[Any, ...]]:
+    """The signal choices a family searches: all the data offers, but the cell convention only where
+    cells are capped by recency weighting (families with a half-life), where it changes what a model
+    learns; a plain sum rescaled by one constant ranks the same (most popular, say)."""
+    if stats is None:
+        return {}
+    has_recency = "recency_half_life_days" in _default_params(klass)
+    return {k: v for k, v in stats.signals.items() if k != "normalise" or has_recency}
 
 
 def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, Any] | None:
     """The class defaults restricted to what its search space suggests, or None if they don't fit it."""
     import optuna
 
-    defaults = {**_default_params(klass), **{name: None for name in (stats.signals if stats is not None else {})}}
+    defaults = {**_default_params(klass), **{name: None for name in family_signals(klass, stats)}}
     probe = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     probe.enqueue_trial(defaults)
     trial = probe.ask()
@@ -373,7 +390,8 @@ def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | No
     defaults with recency weighting at the hold-out window's scale (when the family has a
     half-life, its default is none, and the part scored on is a time window). Successive halving
     ranks families after few trials, so each is judged on its defaults with and without the
-    signal the data's protocol says may matter, not on the defaults alone."""
+    signal the data's protocol says may matter, not on the defaults alone; when the data offers
+    both cell conventions (``normalise``), that trial once more with the other one."""
     from scalerec.models.base import RECENCY_CHOICES
     from scalerec.models.space import recency_design
 
@@ -382,7 +400,12 @@ def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | No
     half_life = recency_design(stats, RECENCY_CHOICES)
     if half_life is None:
         return []
-    return [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
+    out = [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
+    # The cell convention decides whether a recency cap saturates on one strong event: judged alike.
+    other = [v for v in (stats.signals.get("normalise", ()) if stats is not None else ()) if v is not None]
+    if other:
+        out.append(({**out[0][0], "normalise": other[0]}, "recency at the hold-out scale, the other cell convention"))
+    return out
 
 
 def _initial_trials(klass: type, stats: "DataStats | None") -> int:
@@ -498,7 +521,11 @@ def tune_family(
         seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}),
                                                   intervals=t.user_attrs.get("intervals", {}))
     done = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
-    running: dict[Future[TrialResult], "optuna.Trial"] = {}
+    # Trials launched and not yet told, in launch order. They are told oldest first, and only when a
+    # slot is needed: each ask then sees exactly the trials launched ``jobs`` or more asks before it
+    # (the rest as constant-liar running ones), whichever finished first, so the sampler's
+    # proposals, the prune medians and the duplicate checks are the same for a seed at any --jobs.
+    untold: list[tuple["optuna.Trial", Future[TrialResult]]] = []
     launching: "optuna.Trial | None" = None
     duplicates = 0
     stop = ""
@@ -534,53 +561,56 @@ def tune_family(
         result.trials_new += 1
         _emit(res)
 
+    def _tell_oldest() -> None:
+        trial, fut = untold[0]
+        try:
+            res = fut.result()  # waits for it (the others keep running)
+        except Exception as exc:  # a worker died (killed, out of memory): the trial failed
+            res = TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
+        untold.pop(0)
+        _record(trial, res)
+
     _emit(None)
     try:
         while True:
-            # Launch while there is budget, time and a free slot.
-            while len(running) < jobs and done + len(running) < budget:
+            if len(untold) >= jobs:
+                _tell_oldest()  # free a slot: the oldest trial's, so the order of tells is the order of asks
+                continue
+            if not stop and done + len(untold) < budget:
                 # At least one trial per family even when the time is up, so every family has a result;
                 # queued ones (defaults, design, warm start, retries) too: a family is judged on them.
-                if deadline is not None and time.monotonic() >= deadline and (done or running) and not _queued(study):
-                    stop = stop or "time budget reached"
-                    break
-                if duplicates >= MAX_DUPLICATES_IN_A_ROW:
-                    stop = stop or "search space exhausted (the sampler only repeats evaluated configurations)"
-                    break
-                trial = study.ask()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
-                    try:
-                        params = trial_params(klass, trial, stats)
-                    except ValueError as exc:  # e.g. a warm-start value the space no longer allows
-                        trial_err = TrialResult(value=None, error=f"search space: {exc}")
-                        _record(trial, trial_err)  # counts against the budget: no endless loop
+                if deadline is not None and time.monotonic() >= deadline and (done or untold) and not _queued(study):
+                    stop = "time budget reached"
+                elif duplicates >= MAX_DUPLICATES_IN_A_ROW:
+                    stop = "search space exhausted (the sampler only repeats evaluated configurations)"
+                else:
+                    trial = study.ask()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
+                        try:
+                            params = trial_params(klass, trial, stats)
+                        except ValueError as exc:  # e.g. a warm-start value the space no longer allows
+                            _record(trial, TrialResult(value=None, error=f"search space: {exc}"))  # counts: no endless loop
+                            continue
+                    key = _params_key(trial.params)
+                    if key in seen:
+                        # TPE re-proposed a configuration already evaluated: reuse its score, no refit.
+                        duplicates += 1
+                        trial.set_user_attr("duplicate", True)
+                        _record(trial, replace(seen[key], intermediate={}))  # its checkpoints are already in the study
                         continue
-                key = _params_key(trial.params)
-                if key in seen:
-                    # TPE re-proposed a configuration already evaluated: reuse its score, no refit.
-                    duplicates += 1
-                    trial.set_user_attr("duplicate", True)
-                    _record(trial, replace(seen[key], intermediate={}))  # its checkpoints are already in the study
+                    duplicates = 0
+                    launching = trial  # in-process executors run the trial inside submit()
+                    task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on,
+                                     _prune_rule(study, higher), uncertainty)
+                    untold.append((trial, executor.submit(run_trial, task)))
+                    launching = None
                     continue
-                duplicates = 0
-                launching = trial  # in-process executors run the trial inside submit()
-                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher),
-                                 uncertainty)
-                running[executor.submit(run_trial, task)] = trial
-                launching = None
-            if not running:
+            if not untold:
                 break
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                trial = running.pop(fut)
-                try:
-                    res = fut.result()
-                except Exception as exc:  # a worker died (killed, out of memory): the trial failed
-                    res = TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
-                _record(trial, res)
+            _tell_oldest()
     except BaseException:
-        interrupted = list(running.items()) + ([(None, launching)] if launching is not None else [])
+        interrupted = [(fut, trial) for trial, fut in untold] + ([(None, launching)] if launching is not None else [])
         for fut, trial in interrupted:
             if fut is not None:
                 fut.cancel()
@@ -644,17 +674,21 @@ def halving_rounds(n_families: int) -> int:
 def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "DataStats":
     """DataStats of the split's training matrix; explicit when the events hold a type whose value is used
     (ratings); the scored part's window length when it is a time window; the signal choices the
-    events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types)."""
+    events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types, the
+    data's cell unit and the configured ``normalise``)."""
     from scalerec.models.space import DataStats
 
     explicit = False
     signals: dict[str, tuple[Any, ...]] = {}
     if events is not None and settings is not None and "event_type" in getattr(events, "columns", ()):
-        from scalerec.data.matrix import signal_stats
+        from scalerec.data.matrix import cell_unit_of, signal_stats
 
         valued = {name for name, t in settings.events.types.items() if t.use_value}
         explicit = bool(valued & set(events["event_type"].unique().to_list()))
-        signals = signal_choices(signal_stats(events, tuple(settings.matrix.rating_types)))
+        unknown = settings.events.unknown_type_weight if settings.events.allow_unknown_types else None
+        found = signal_stats(events, tuple(settings.matrix.rating_types))
+        found.update(cell_unit=cell_unit_of(events, settings.events.types, unknown), normalise=settings.matrix.normalise)
+        signals = signal_choices(found)
     info = split.info or {}
     days = info.get("test_days") if "test_start" in info else None
     return DataStats.from_matrix(split.train, explicit=explicit, holdout_days=days, signals=signals)
