@@ -286,6 +286,27 @@ def test_pruned_trial_is_recorded_and_counts_in_the_budget(jobs, split_and_spec,
     assert report["trials"][6]["state"] == "pruned" and report["trials"][6]["pruned_at"] == 2
 
 
+def test_the_median_rule_waits_for_fewer_trials_at_small_budgets() -> None:
+    from scalerec.training.tuning import PRUNE_MIN_STARTUP, PRUNE_STARTUP_TRIALS, prune_startup
+
+    assert [prune_startup(n) for n in (1, 6, 12, 16, 40, 1000)] == [PRUNE_MIN_STARTUP, 2, 3, 4, 5, PRUNE_STARTUP_TRIALS]
+    assert prune_startup(None) == PRUNE_STARTUP_TRIALS
+
+
+def test_an_iterative_family_is_pruned_within_a_small_budget(split_and_spec, tmp_path) -> None:
+    out = _search(Settings(data={"dir": tmp_path}), split_and_spec, ["als"], trials=5)
+    (als,) = out.families
+    (study,) = load_report(tmp_path)
+    pruned = [t for t in study["trials"] if t["state"] == "pruned"]
+    assert als.trials_total == 5 and als.trials_pruned == len(pruned) >= 1  # waiting for 5 completed, it could not fire
+    stored = optuna.load_study(study_name=study["study"], storage=storage_url(tmp_path)).trials
+    complete = [t for t in stored if t.state == TrialState.COMPLETE]
+    assert complete and all(t.intermediate_values for t in complete)  # every fit reported its checkpoints
+    for t in (t for t in stored if t.state == TrialState.PRUNED):
+        # stopped at a checkpoint where it was behind the completed trials' median
+        assert t.user_attrs["pruned_at"] == max(t.intermediate_values) and t.user_attrs["pruned_at"] < t.params["iterations"]
+
+
 # ------------------------------------------------------------------------------------ halving
 def test_halving_rounds() -> None:
     assert [halving_rounds(n) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 3, 3, 4, 4, 4]

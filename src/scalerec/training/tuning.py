@@ -37,8 +37,19 @@ STUDY_SEP = "-"
 MAX_DUPLICATES_IN_A_ROW = 5
 #: Metrics recorded per trial (the primary one is always added).
 TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
-#: Completed trials reporting a checkpoint before the median rule may prune at it (Optuna's MedianPruner default).
+#: Completed trials reporting a checkpoint before the median rule may prune at it: Optuna's MedianPruner
+#: default for a long study; smaller budgets use fewer (:func:`prune_startup`), down to PRUNE_MIN_STARTUP.
 PRUNE_STARTUP_TRIALS = 5
+PRUNE_MIN_STARTUP = 2
+
+
+def prune_startup(expected_trials: float | None) -> int:
+    """Completed trials the median rule waits for, scaled to the trials a family is expected to get:
+    a quarter of them, between PRUNE_MIN_STARTUP and PRUNE_STARTUP_TRIALS (at 5 the rule never fired
+    in a search of a few trials per family). None (no estimate yet): PRUNE_STARTUP_TRIALS."""
+    if expected_trials is None or not math.isfinite(expected_trials):
+        return PRUNE_STARTUP_TRIALS
+    return int(max(PRUNE_MIN_STARTUP, min(PRUNE_STARTUP_TRIALS, expected_trials // 4)))
 #: Name prefix of the study that records the round schedule of each search (not a model family).
 SCHEDULE_PREFIX = "search"
 
@@ -145,7 +156,7 @@ class PruneRule:
     """Optuna's median rule, evaluated in the worker: stop a trial whose best intermediate value so
     far is worse than the median of the study's completed trials at the same checkpoint.
 
-    ``medians`` holds only the checkpoints that at least PRUNE_STARTUP_TRIALS completed trials reported.
+    ``medians`` holds only the checkpoints that enough completed trials reported (:func:`prune_startup`).
     """
 
     higher: bool
@@ -451,6 +462,7 @@ def tune_family(
     startup_trials: int | None = None,
     round_number: int | None = None,
     uncertainty: dict[str, Any] | None = None,
+    expected_trials: int | None = None,
 ) -> FamilyResult:
     """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
     trials or ``deadline`` (``time.monotonic()`` seconds) passes.
@@ -466,6 +478,8 @@ def tune_family(
     recorded on each trial (successive halving). Iterative fits report checkpoints; pruned
     trials count against ``n_trials``. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``) puts
     seeded bootstrap intervals on each trial's metrics (user attribute ``intervals``).
+    ``expected_trials`` (default ``n_trials``; with only a deadline, estimated from the trials'
+    durations) scales how many completed trials the median rule waits for (:func:`prune_startup`).
     """
     import optuna
     from optuna.trial import TrialState
@@ -491,7 +505,7 @@ def tune_family(
         study_name=name,
         storage=store,
         sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS),  # applied by PruneRule
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_startup(expected_trials or n_trials)),  # applied by PruneRule
         direction="maximize" if higher else "minimize",
         load_if_exists=True,
     )
@@ -529,6 +543,14 @@ def tune_family(
     launching: "optuna.Trial | None" = None
     duplicates = 0
     stop = ""
+    durations: list[float] = []  # seconds of this run's fitted trials
+
+    def _startup() -> int:
+        if expected_trials is not None or n_trials is not None:
+            return prune_startup(expected_trials or n_trials)
+        if deadline is not None and durations:
+            return prune_startup(done + max(0.0, deadline - time.monotonic()) / max(1e-3, sum(durations) / len(durations)))
+        return PRUNE_STARTUP_TRIALS
 
     def _emit(last: TrialResult | None) -> None:
         if progress is not None:
@@ -546,6 +568,8 @@ def tune_family(
             trial.set_user_attr("round", round_number)
         for step, value in sorted(res.intermediate.items()):
             trial.report(value, step)
+        if not trial.user_attrs.get("duplicate"):
+            durations.append(res.fit_s + res.eval_s)
         if res.pruned:
             trial.set_user_attr("pruned_at", max(res.intermediate))
             study.tell(trial, state=TrialState.PRUNED)
@@ -602,7 +626,7 @@ def tune_family(
                     duplicates = 0
                     launching = trial  # in-process executors run the trial inside submit()
                     task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on,
-                                     _prune_rule(study, higher), uncertainty)
+                                     _prune_rule(study, higher, _startup()), uncertainty)
                     untold.append((trial, executor.submit(run_trial, task)))
                     launching = None
                     continue
@@ -784,6 +808,7 @@ def search_families(
                 startup_trials=startup,
                 round_number=r + 1,
                 uncertainty=uncertainty,
+                expected_trials=n_trials,  # the per-family share of the budget: halving gives the best more
             )
             results[family].absorb(res)
             results[family].rounds += 1
@@ -919,8 +944,8 @@ def _model_params(klass: type, params: dict[str, Any], stats: "DataStats | None"
         return trial_params(klass, optuna.trial.FixedTrial(dict(params)), stats)
 
 
-def _prune_rule(study: "optuna.Study", higher: bool) -> PruneRule:
-    """The median of the completed trials' intermediate values at each checkpoint enough of them reported."""
+def _prune_rule(study: "optuna.Study", higher: bool, startup: int = PRUNE_STARTUP_TRIALS) -> PruneRule:
+    """The median of the completed trials' intermediate values at each checkpoint ``startup`` of them reported."""
     import statistics
 
     from optuna.trial import TrialState
@@ -930,7 +955,7 @@ def _prune_rule(study: "optuna.Study", higher: bool) -> PruneRule:
         for step, value in t.intermediate_values.items():
             if math.isfinite(value):
                 by_step.setdefault(int(step), []).append(float(value))
-    medians = {s: statistics.median(v) for s, v in by_step.items() if len(v) >= PRUNE_STARTUP_TRIALS}
+    medians = {s: statistics.median(v) for s, v in by_step.items() if len(v) >= startup}
     return PruneRule(higher=higher, medians=medians)
 
 
