@@ -338,7 +338,10 @@ def test_trials_carry_seeded_bootstrap_intervals(split_and_spec, tmp_path) -> No
         iv = trial[METRIC]
         assert iv["low"] <= iv["mean"] <= iv["high"] and iv["low"] < iv["high"]
         assert iv["n_users"] == len(split.relevant("test")[1])  # the validation part's users
-        assert set(trial) >= {"recall@20", "precision@20", "ndcg@20"} and "coverage@20" not in trial
+        assert set(trial) >= {"recall@20", "precision@20", "ndcg@20", "coverage@20", "popularity_bias@20"}
+        for key in ("coverage@20", "popularity_bias@20"):  # catalogue figures: resampled over the same users
+            assert 0.0 <= trial[key]["low"] <= trial[key]["mean"] <= trial[key]["high"] <= 1.0
+        assert trial["coverage@20"]["low"] < trial["coverage@20"]["high"]
     assert intervals(tmp_path / "b", 3) == first  # seeded: the same intervals again
     assert intervals(tmp_path / "c", 4) != first
 
@@ -441,6 +444,11 @@ def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:
     done = [t for st in studies for t in st["trials"] if t["state"] == "complete"]
     assert done and all(t["intervals"][METRIC]["low"] <= t["value"] <= t["intervals"][METRIC]["high"] for t in done)
     assert re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", out.output)  # value [low, high] in the table
+    for key in ("coverage@20", "popularity_bias@20"):  # on the test part and the chosen trial, in the manifest too
+        iv = r.intervals["test"][key]
+        assert iv["low"] <= r.metrics[key] <= iv["high"] and key in r.intervals["validation"]
+        assert r.version.manifest()["intervals"]["test"][key] == iv
+    assert "coverage" in out.output and "popularity" in out.output  # columns of the best-per-family table
     test_iv, val_iv = r.intervals["test"][METRIC], r.intervals["validation"][METRIC]
     assert test_iv["low"] <= r.metrics[METRIC] <= test_iv["high"] and test_iv["mean"] == pytest.approx(r.metrics[METRIC])
     assert val_iv["mean"] == pytest.approx(r.validation_metrics[METRIC]) and r.intervals["confidence"] == 0.95

@@ -36,7 +36,7 @@ STUDY_SEP = "-"
 #: A family stops early after this many trials in a row that re-propose an evaluated configuration.
 MAX_DUPLICATES_IN_A_ROW = 5
 #: Metrics recorded per trial (the primary one is always added).
-TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage", "popularity_bias")
 #: Completed trials reporting a checkpoint before the median rule may prune at it: Optuna's MedianPruner
 #: default for a long study; smaller budgets use fewer (:func:`prune_startup`), down to PRUNE_MIN_STARTUP.
 PRUNE_STARTUP_TRIALS = 5
@@ -202,7 +202,7 @@ class TrialResult:
     intermediate: dict[int, float] = field(default_factory=dict)
     pruned: bool = False
     #: ``{"ndcg@20": {"mean", "low", "high", "n_users"}}``: seeded bootstrap-over-users intervals of
-    #: the ranking metrics (catalogue metrics have none here: their resampling costs a pass per item)
+    #: the ranking metrics and of coverage and popularity bias (the same resamples)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -222,7 +222,7 @@ def fit_and_evaluate(
     ``progress(stage, done, total)`` with stage "fit" or "evaluate". ``report(iteration, value)``
     receives the metric at each checkpoint of an iterative fit (ALS, BPR; others never call it)
     and may raise TrialPruned to stop it. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``)
-    adds seeded bootstrap intervals of the ranking metrics. Raises what the model raises.
+    adds seeded bootstrap intervals of every metric (coverage and popularity bias too). Raises what the model raises.
     """
     from scalerec.evaluation.evaluate import evaluate, evaluate_per_user
     from scalerec.models import make_model
@@ -246,10 +246,11 @@ def fit_and_evaluate(
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
     eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
     t1 = time.perf_counter()
-    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=eval_cb, catalogue_detail=False)
+    wanted = uncertainty is not None and uncertainty.get("n_boot", 0) > 0
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=eval_cb, catalogue_detail=wanted)
     metrics = ev.metrics
     intervals: dict[str, dict[str, Any]] = {}
-    if uncertainty is not None and uncertainty.get("n_boot", 0) > 0:
+    if wanted:
         intervals = {key: iv.to_dict() for key, iv in ev.intervals(**uncertainty).items()}
     eval_s = time.perf_counter() - t1
     return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s,
@@ -970,7 +971,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
     """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
 
     Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
-    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at", "intervals"}``,
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at", "intervals", "metrics"}``,
     rounds as ``{"started", "round", "trials", "pruned", "failed", "best", "kept", "reason"}``.
     """
     import optuna
@@ -1007,6 +1008,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                     "round": t.user_attrs.get("round"),
                     "pruned_at": t.user_attrs.get("pruned_at"),
                     "intervals": t.user_attrs.get("intervals", {}),
+                    "metrics": t.user_attrs.get("metrics", {}),
                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 }
             )
