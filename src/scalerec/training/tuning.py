@@ -402,8 +402,7 @@ def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | No
     defaults with recency weighting at the hold-out window's scale (when the family has a
     half-life, its default is none, and the part scored on is a time window). Successive halving
     ranks families after few trials, so each is judged on its defaults with and without the
-    signal the data's protocol says may matter, not on the defaults alone; when the data offers
-    both cell conventions (``normalise``), that trial once more with the other one."""
+    signal the data's protocol says may matter, not on the defaults alone."""
     from scalerec.models.base import RECENCY_CHOICES
     from scalerec.models.space import recency_design
 
@@ -412,12 +411,9 @@ def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | No
     half_life = recency_design(stats, RECENCY_CHOICES)
     if half_life is None:
         return []
-    out = [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
-    # The cell convention decides whether a recency cap saturates on one strong event: judged alike.
-    other = [v for v in (stats.signals.get("normalise", ()) if stats is not None else ()) if v is not None]
-    if other:
-        out.append(({**out[0][0], "normalise": other[0]}, "recency at the hold-out scale, the other cell convention"))
-    return out
+    # The other cell convention is left to the sampler: a second queued trial per family took round 1's
+    # sampled one, and no run showed it paying (BENCHMARKS.md, issue 10, "The cell convention searched").
+    return [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
 
 
 def _initial_trials(klass: type, stats: "DataStats | None") -> int:
