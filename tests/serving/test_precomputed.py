@@ -145,3 +145,38 @@ def test_models_without_item_vectors_precompute_with_their_own_scoring(tmp_path,
             _same(*_both(svc, user))
     finally:
         svc.close()
+
+
+def test_ann_lists_hold_unseen_items_by_score_and_a_short_one_is_never_trusted(base_store, tmp_path) -> None:
+    svc = _service(base_store, tmp_path, precomputed_k=20, exact_index_max_items=50)  # 150 items: HNSW
+    try:
+        st = svc.live.model
+        r = st.retriever
+        assert r.index.kind == "hnsw" and r.precomputed is not None
+        lists = r.precomputed
+        U, V = np.asarray(r.user_vectors), np.asarray(r.item_vectors)
+        hits = total = 0
+        for row in range(len(st.user_ids)):
+            seen, _ = st.seen(row)
+            ids = lists.ids[row][lists.ids[row] >= 0].astype(np.int64)
+            assert not np.isin(ids, seen).any()
+            np.testing.assert_allclose(lists.scores[row][: len(ids)], U[row] @ V[ids].T, rtol=1e-5, atol=1e-6)
+            assert np.all(np.diff(lists.scores[row][: len(ids)]) <= 0)
+            s = U[row] @ V.T
+            s[seen] = -np.inf
+            exact = np.argsort(-s, kind="stable")[: len(ids)]
+            hits += len(set(exact.tolist()) & set(ids.tolist()))
+            total += len(ids)
+        assert hits / total >= 0.95, hits / total  # the HNSW walk's recall on 150 items
+        row = int(np.argmax(np.diff(st.seen_indptr)))
+        q = r.user_query(row)
+        seen, _ = st.seen(row)
+        allowed = np.ones(st.n_items, bool)
+        allowed[seen] = False
+        assert lists.take(q, 5, allowed) is not None
+        assert not lists.ids.flags.writeable  # mapped read-only: no request can change a shared list
+        lists.ids = np.array(lists.ids)
+        lists.ids[q.slot][15:] = -1  # as if the walk had come back short
+        assert lists.take(q, 5, allowed) is None, "a short list not holding every unseen item is not trusted"
+    finally:
+        svc.close()

@@ -34,6 +34,8 @@ log = logging.getLogger("scalerec.serving")
 SYNC_MAX_CELLS = 50_000_000
 #: Users scored per block while computing (bounds the dense score block).
 BLOCK_BYTES = 64 * 1024 * 1024
+#: Users per ANN batch search while computing.
+ANN_BLOCK_USERS = 1024
 #: Cached versions kept on disk (older ones are removed; a mapped file stays valid for its readers).
 KEEP_VERSIONS = 4
 
@@ -51,8 +53,8 @@ class PrecomputedLists:
     """The mapped lists of one version: ``slots`` maps a user row to its list row (-1: none)."""
 
     def __init__(self, ids: np.ndarray, scores: np.ndarray, slots: np.ndarray | None,
-                 seen_indptr: np.ndarray, seen_indices: np.ndarray) -> None:
-        self.ids, self.scores, self.slots = ids, scores, slots
+                 seen_indptr: np.ndarray, seen_indices: np.ndarray, n_items: int) -> None:
+        self.ids, self.scores, self.slots, self.n_items = ids, scores, slots, n_items
         self.k = ids.shape[1]
         self._indptr, self._indices = seen_indptr, seen_indices
 
@@ -71,6 +73,8 @@ class PrecomputedLists:
         listed = ids >= 0
         full = bool(listed[-1])  # a full list: anything below it scores at most its last item
         ids = ids[listed]
+        if not full and len(ids) != self.n_items - len(seen):
+            return None  # a short list that does not hold every unseen item (e.g. an ANN walk came back short)
         ok = allowed[ids]
         hit = np.flatnonzero(ok)
         if full and len(hit) < k:
@@ -109,8 +113,14 @@ def compute(retriever: Any, seen: sp.csr_matrix, k: int, users: np.ndarray | Non
     index = getattr(retriever, "index", None)
     n_items = seen.shape[1]
     step = max(1, BLOCK_BYTES // (4 * max(1, n_items)))
+    at = np.arange(len(rows))  # where each block's rows go in the output
+    ann = index is not None and getattr(index, "kind", None) != "exact"
+    if ann:  # users of similar history length together: a block's search depth follows its longest history
+        at = np.argsort(np.diff(seen.indptr)[rows], kind="stable")
+        step = ANN_BLOCK_USERS
     for start in range(0, len(rows), step):
-        block = rows[start : start + step]
+        where = at[start : start + step]
+        block = rows[where]
         seen_b = seen[block]
         if getattr(index, "kind", None) == "exact":
             scores = np.asarray(retriever.user_vectors[block], dtype=np.float32) @ index.vectors.T
@@ -118,7 +128,7 @@ def compute(retriever: Any, seen: sp.csr_matrix, k: int, users: np.ndarray | Non
                 r = np.repeat(np.arange(len(block)), np.diff(seen_b.indptr))
                 scores[r, seen_b.indices] = -np.inf
             ids, vals = top_k(scores, k)
-        elif index is not None:  # ANN: an unfiltered search past the seen items, then drop them
+        elif ann:  # an unfiltered search past the seen items, then drop them
             extra = int(np.diff(seen_b.indptr).max()) if len(block) else 0
             fetch = min(n_items, k + extra)
             q = np.asarray(retriever.user_vectors[block], dtype=np.float32)
@@ -135,8 +145,8 @@ def compute(retriever: Any, seen: sp.csr_matrix, k: int, users: np.ndarray | Non
                 vals = np.pad(vals, ((0, 0), (0, k - vals.shape[1])), constant_values=-np.inf)
         else:
             ids, vals = retriever.model.recommend(block, k, exclude=seen_b)
-        out_ids[start : start + len(block)] = ids
-        out_scores[start : start + len(block)] = vals
+        out_ids[where] = ids
+        out_scores[where] = vals
 
 
 def load_or_compute(root: Path, version: str, retriever: Any, seen_indptr: np.ndarray, seen_indices: np.ndarray,
@@ -160,7 +170,7 @@ def load_or_compute(root: Path, version: str, retriever: Any, seen_indptr: np.nd
     slots = np.load(d / "slots.npy", mmap_mode="r") if (d / "slots.npy").exists() else None
     # plain ndarrays over the mapped pages: np.memmap indexing pays subclass bookkeeping per call
     return PrecomputedLists(np.asarray(ids), np.asarray(scores), None if slots is None else np.asarray(slots),
-                            seen_indptr, seen_indices)
+                            seen_indptr, seen_indices, n_items)
 
 
 def _write(d: Path, retriever: Any, seen_indptr: np.ndarray, seen_indices: np.ndarray, n_items: int,
