@@ -177,6 +177,26 @@ def fresh_share(data_dir: Path, n_users: int) -> dict:
     return {"users_with_fresh_events": n, "share": round(n / n_users, 4)}
 
 
+def wait_precomputed(data_dir: Path, timeout_s: float = 600) -> float | None:
+    """Seconds until the production version's precomputed candidate lists are written (the
+    serving workers compute them in the background after start); None if off or not in time."""
+    from scalerec.config import Settings
+    from scalerec.registry import Registry
+
+    settings = Settings(data={"dir": data_dir})
+    if settings.serving.precomputed_k == 0:
+        return None
+    version = Registry(settings).production().version
+    folder = data_dir / "serving" / "candidates"
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout_s:
+        if any((d / "meta.json").exists() for d in folder.glob(f"{version}-k*")):
+            time.sleep(1.0)  # the other workers map the files once the lock is released
+            return round(time.perf_counter() - t, 1)
+        time.sleep(0.5)
+    return None
+
+
 def pending_head(data_dir: Path) -> int:
     from scalerec.config import Settings
     from scalerec.serving.realtime import ChangeFeed
@@ -364,6 +384,7 @@ def main() -> None:
     rows = []
     rounds: list[dict] = []
     ing: dict = {}
+    pre_s = None
     head = pending_head(args.data_dir)
     try:
         wait_http(f"http://127.0.0.1:{port_h}/hello/x", proc=hello)
@@ -379,6 +400,9 @@ def main() -> None:
             procs["baseline"] = baseline
             wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
         log(f"servers ready in {time.perf_counter() - t:.0f} s")
+        pre_s = wait_precomputed(args.data_dir)
+        log(f"precomputed candidate lists ready {pre_s} s after that" if pre_s is not None
+            else "no precomputed candidate lists (off, or not written in 600 s)")
         width = max(6, len(str(args.users)))
         wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
 
@@ -439,6 +463,7 @@ def main() -> None:
         "max_rps_hello": max_h, "max_rps_scalerec": max_s, "ratio": round(max_s / max_h, 3),
         "p99_ms_near_half_max": half["p99_ms"], "rps_near_half_max": half["rps"],
         "events_per_s": ing.get("events_per_s"), "load_before": load_before, "load_after": load_avg(),
+        "precomputed_lists_s": pre_s,
     }
     if "baseline" in servers:
         max_b = max(r["baseline"]["rps"] for r in rows)

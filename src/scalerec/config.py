@@ -177,6 +177,12 @@ class ServingSettings(_Section):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     exact_index_max_items: int = Field(50_000, ge=1, description="above this, FAISS ANN retrieval")
+    precomputed_k: int = Field(
+        50, ge=0, description="each known user's top this many unseen items precomputed per model version (0: off)"
+    )
+    precomputed_max_users: int = Field(
+        2_000_000, ge=0, description="precomputed lists for at most this many users (those with the most history)"
+    )
     max_batch_events: int = Field(10_000, ge=1)
     max_n: int = Field(500, ge=1)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)

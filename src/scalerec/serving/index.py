@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scalerec.accelerator import accelerator, faiss_to_cpu
 from scalerec.errors import ValidationError
 from scalerec.models.base import EmbeddingRecommender, Recommender, top_k  # one row-wise top-k for models and serving
+from scalerec.serving.precomputed import PrecomputedLists, PrecomputedQuery
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
 
@@ -315,11 +316,18 @@ class ModelRetriever:
     ``similar_items`` restricted to the allowed items): models without item vectors."""
 
     index: ItemIndex | None = None
+    #: the version's precomputed lists (scalerec.serving.precomputed), set once they are ready
+    precomputed: PrecomputedLists | None = None
 
     def __init__(self, model: Recommender) -> None:
         self.model = model
 
     def user_query(self, row: int) -> object:
+        q = self._user_query(row)
+        lists = self.precomputed
+        return q if lists is None else lists.query(row, q)
+
+    def _user_query(self, row: int) -> object:
         return int(row)
 
     def history_query(self, history: sp.csr_matrix) -> object:
@@ -329,6 +337,14 @@ class ModelRetriever:
         return _ItemQuery(col)
 
     def search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if type(query) is PrecomputedQuery:
+            hit = query.lists.take(query, k, allowed)
+            if hit is not None:
+                return hit
+            query = query.base  # a request the list cannot answer: the live search
+        return self._search(query, k, allowed)
+
+    def _search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cand = _candidates(allowed)
         if isinstance(query, _ItemQuery):
             ids, scores = self.model.similar_items(np.array([int(query)]), k, candidates=cand)
@@ -355,15 +371,15 @@ class IndexedRecommender(ModelRetriever):
         self.user_vectors = np.asarray(model.user_factors_)
         self.item_vectors = np.asarray(model.item_factors_)
 
-    def user_query(self, row: int) -> object:
+    def _user_query(self, row: int) -> object:
         return np.asarray(self.user_vectors[row : row + 1], dtype=np.float32)
 
     def history_query(self, history: sp.csr_matrix) -> object:
         return self.model.fold_in(history)
 
-    def search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(query, _ItemQuery):
-            return super().search(query, k, allowed)
+            return super()._search(query, k, allowed)
         ids, scores = self.index.search(query, k, allowed=allowed)  # type: ignore[union-attr, arg-type]
         return ids[0], scores[0]
 

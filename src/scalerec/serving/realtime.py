@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +17,10 @@ import pyarrow as pa
 
 from scalerec.data.catalog import CatalogStore, open_catalog
 from scalerec.serving.filters import _lookup
+
+#: An unchanged pending-event stamp is trusted this long before the head is queried anyway (bounds
+#: the delay for events written by a process that does not rewrite the stamp).
+STAMP_RECHECK_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +202,9 @@ class FreshUsers:
         self._catalog = feed.catalog
         self.since_us = _since_us(snapshot)
         self._lock = threading.Lock()
+        self._stamp = getattr(self._catalog, "pending_stamp", None)
+        self._seen_stamp: bytes | None = None
+        self._recheck_at = 0.0
         self._cursor, users = self._catalog.fresh_users_snapshot(self.since_us)
         self._users: set[str] = set(users)
 
@@ -209,8 +217,15 @@ class FreshUsers:
         return self._cursor
 
     def poll(self) -> int:
-        """Add the users of events stored since the last poll; returns how many rows were read."""
+        """Add the users of events stored since the last poll; returns how many rows were read.
+
+        Where the catalogue keeps a pending-event stamp (SQLite: shared memory), an unchanged stamp
+        skips the head query, re-read anyway every STAMP_RECHECK_S (a writer without the stamp)."""
+        stamp = self._stamp() if self._stamp is not None else None
+        if stamp is not None and stamp == self._seen_stamp and time.monotonic() < self._recheck_at:
+            return 0
         head = self._catalog.pending_head()
+        self._seen_stamp, self._recheck_at = stamp, time.monotonic() + STAMP_RECHECK_S
         if head <= self._cursor:
             return 0
         with self._lock:

@@ -26,6 +26,7 @@ from scalerec.data.matrix import RatingRule, shape_cells
 from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
 from scalerec.monitoring import metrics
+from scalerec.serving import precomputed
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes, item_table_from_rows
 from scalerec.serving.index import ItemIndex, ModelRetriever, retriever_for
 from scalerec.serving.realtime import ChangeFeed, FreshUsers
@@ -258,6 +259,9 @@ class ServingState:
             exact_max_items=self.settings.serving.exact_index_max_items,
             cache_path=Path(self.settings.data.dir) / "serving" / "index" / f"{version}.faiss",
         )
+        serving = self.settings.serving
+        precomputed.attach(retriever, Path(self.settings.data.dir) / "serving" / "candidates", version, m.indptr,
+                           m.indices, m.shape[1], k=serving.precomputed_k, max_users=serving.precomputed_max_users)
         popular = np.asarray(lv.popular, dtype=np.float32)
         trending = np.asarray(lv.trending, dtype=np.float32)
         snapshot, cells = data_conventions(lv.manifest)

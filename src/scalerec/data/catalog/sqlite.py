@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from scalerec.data.catalog.stamp import WriteStamp
 from scalerec.data.catalog.urls import CatalogURL, parse_catalog_url
 from scalerec.data.catalog._convert import (
     _ITEM_COLS,
@@ -349,6 +350,9 @@ class SqliteCatalog:
             # mode=ro: never takes the write lock, so reads go on while another process writes
             self._target, self._uri = f"{p.resolve().as_uri()}?mode=ro", True
         self.path = Path(path) if path != ":memory:" else None
+        # rewritten after every pending-event commit: pollers skip the head query while it holds still
+        self._pending_stamp = (WriteStamp(Path(f"{self.path}-pending-stamp"), create=not self.read_only)
+                               if self.path is not None else None)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_guard = threading.Lock()
@@ -695,6 +699,8 @@ class SqliteCatalog:
                 "recommendation_id, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+        if self._pending_stamp is not None:
+            self._pending_stamp.bump()  # after the commit, before the caller acknowledges
         return len(rows)
 
     def pending_events_table(self, *, user_id: str | None = None) -> pa.Table:
@@ -909,6 +915,11 @@ class SqliteCatalog:
                     chunk,
                 )
             n += len(chunk)
+
+    def pending_stamp(self) -> bytes | None:
+        """A value that changes after every commit of pending events by this code on this machine
+        (stamp.WriteStamp); None when there is none (in memory): query :meth:`pending_head` every time."""
+        return None if self._pending_stamp is None else self._pending_stamp.read()
 
     def pending_head(self) -> int:
         """The newest pending-event id ever assigned (AUTOINCREMENT: never reused); one lookup."""
