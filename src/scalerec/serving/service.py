@@ -392,7 +392,8 @@ class RecommendService:
             strategy, query = "model", st.retriever.user_query(row)
         ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
                                            placement=placement, variant=routed[1] if routed else None,
-                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
+                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None,
+                                           fetch=self._rerank_fetch(live)))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
         return ranked, strategy
@@ -447,6 +448,10 @@ class RecommendService:
         ranked = self.pipeline.run(req)
         return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
                               placement=placement)
+
+    def _rerank_fetch(self, live: LiveState) -> int:
+        """Candidates the first retrieval brings for the ranking stage to rerank (0: no ranker)."""
+        return self.ranking.fetch(live.model) if self.ranking is not None else 0
 
     def _segment_list(self, live: LiveState, user_id: str, n: int, flt: ItemFilter,
                       context: dict[str, str] | None) -> Candidates | None:
@@ -613,7 +618,8 @@ class RecommendService:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
         req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
-                      placement=placement, variant=routed[1] if routed else None, context=context or {})
+                      placement=placement, variant=routed[1] if routed else None, context=context or {},
+                      fetch=self._rerank_fetch(live))
         ranked = self.session_pipeline.run(req)
         return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context,
                               placement=placement, routed=routed, session_id=session_id)
