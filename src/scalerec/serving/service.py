@@ -52,6 +52,7 @@ from scalerec.serving.realtime import (
 from scalerec.online.interleaving import INTERLEAVED, team_draft
 from scalerec.serving.experiments import ExperimentRouter
 from scalerec.serving.impressions import ImpressionLog
+from scalerec.ranking.newitems import NewItemSlots
 from scalerec.ranking.stage import RankingStage, content_retrieve
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
@@ -153,7 +154,8 @@ class RecommendService:
         # the ranking stage takes the rerank slot of the default pipeline (identity without an active ranker)
         self.ranking = RankingStage(settings) if settings.ranking.enabled else None
         if pipeline is DEFAULT and self.ranking is not None:
-            pipeline = DEFAULT.with_rerank(self.ranking)
+            # new catalogue items take reserved places by their text until retraining (ranking/newitems.py)
+            pipeline = DEFAULT.with_rerank(self.ranking).with_last_stage(NewItemSlots(self.ranking, self.store.catalog))
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -444,7 +446,7 @@ class RecommendService:
         allowed = live.items.mask(flt)
         allowed[col] = False
         req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL,
-                      placement=placement)
+                      placement=placement, subject=col)
         ranked = self.pipeline.run(req)
         return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
                               placement=placement)
