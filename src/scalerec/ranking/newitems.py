@@ -22,6 +22,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from scalerec.ranking.content import item_texts
+from scalerec.ranking.tables import Rows
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes
 from scalerec.serving.pipeline import Candidates, Request
 
@@ -36,7 +37,7 @@ class NewItems:
 
     ids: np.ndarray  # str, sorted
     attrs: ItemAttributes  # their catalogue attributes (filters, categories)
-    sim: sp.csr_matrix  # [n_model_items, n_new] cosine >= the threshold
+    sim: Rows  # [n_model_items, n_new] cosine >= the threshold
 
     @classmethod
     def build(cls, bundle: Any, model_item_ids: np.ndarray, table: pa.Table, min_similarity: float) -> "NewItems":
@@ -46,12 +47,12 @@ class NewItems:
         ids = ids[fresh]
         attrs = ItemAttributes.from_table(ids, table.select(ITEM_COLUMNS))
         if not len(ids) or not bundle.content.n_terms:
-            return cls(ids, attrs, sp.csr_matrix((len(model_item_ids), len(ids)), dtype=np.float32))
+            return cls(ids, attrs, Rows.of(sp.csr_matrix((len(model_item_ids), len(ids)), dtype=np.float32)))
         vec = bundle.content.transform(item_texts(table.select([c for c in _TEXT if c in table.column_names])))
         sim = sp.csr_matrix(bundle.vectors @ vec.T, dtype=np.float32)
         sim.data[sim.data < min_similarity] = 0
         sim.eliminate_zeros()
-        return cls(ids, attrs, sim)
+        return cls(ids, attrs, Rows.of(sim))
 
 
 class NewItemSlots:
@@ -89,13 +90,13 @@ class NewItemSlots:
             return c
         st = req.live.model
         if req.subject >= 0:
-            seeds, weights = np.array([req.subject], np.int64), np.ones(1, np.float32)
+            seeds = np.array([req.subject], np.int64)
         elif req.user_id is not None or len(req.seeds):
             b = self.ranking.bundle(st)
             if b is None:
                 return c
             row = st.user_row(req.user_id) if req.user_id is not None else -1
-            seeds, weights = b.tables.seeds(row if row < b.tables.recent.n_rows else -1, req.seeds)
+            seeds = b.tables.seeds(row if row < b.tables.recent.n_rows else -1, req.seeds)[0]
         else:
             return c  # popular / trending lists: nothing to be similar to
         if not len(seeds):
@@ -103,17 +104,18 @@ class NewItemSlots:
         new = self.new_items(req.live)
         if new is None or not len(new.ids):
             return c
-        rows = new.sim[seeds]
-        if not rows.nnz:
+        pos, cols, vals = new.sim.entries(seeds)  # raw CSR rows: no SciPy slicing per request
+        if not len(cols):
             return c
-        dense = rows.toarray()  # [seeds, n_new]: a few rows
-        best = dense.argmax(axis=0)
-        score = dense.max(axis=0)
-        ok = (score > 0) & new.attrs.mask(req.flt)
-        cand = np.flatnonzero(ok)
+        first = np.lexsort((-vals, cols))  # per new item, its closest seed first
+        head = np.r_[True, cols[first][1:] != cols[first][:-1]]
+        cand, score, best = cols[first][head], vals[first][head], pos[first][head]
+        ok = new.attrs.mask(req.flt)[cand]
+        cand, score, best = cand[ok], score[ok], best[ok]
         if not len(cand):
             return c
-        cand = cand[np.lexsort((cand, -score[cand]))]
+        order = np.lexsort((cand, -score))
+        cand, score, best = cand[order], score[order], best[order]
         item_ids, items = c.rendered
         n = len(item_ids)
         cap = req.flt.max_per_category
@@ -124,22 +126,22 @@ class NewItemSlots:
                 counts[cat] = counts.get(cat, 0) + 1
             index = {name: j for j, name in enumerate(names)}
         picked = []
-        for j in cand.tolist():
+        for m, j in enumerate(cand.tolist()):
             if len(picked) == slots:
                 break
             if cap is not None:
-                p = int(new.attrs.primary_category[j])
+                p = int(new.attrs.primary_category[j])  # j: the new item
                 cat = index.get(new.attrs.category_names[p], -2 - p) if p >= 0 else -1
                 if counts.get(cat, 0) >= cap:
                     continue
                 counts[cat] = counts.get(cat, 0) + 1
-            picked.append(j)
+            picked.append(m)
         if not picked:
             return c
         at = min(max(self.cfg.new_item_position, len(req.pins)), n)
-        add_ids = new.ids[picked].tolist()
-        add = [{"item_id": i, "score": round(float(score[j]), 6), "reason": f"new_similar_to:{st.item_ids[seeds[best[j]]]}"}
-               for i, j in zip(add_ids, picked)]
+        add_ids = new.ids[cand[picked]].tolist()
+        add = [{"item_id": i, "score": round(float(score[m]), 6), "reason": f"new_similar_to:{st.item_ids[seeds[best[m]]]}"}
+               for i, m in zip(add_ids, picked)]
         out_ids = (item_ids[:at] + add_ids + item_ids[at:])[:n]  # exactly n: the tail makes room
         out_items = (items[:at] + add + items[at:])[:n]
         return Candidates(c.ids, c.scores, c.reasons, c.k, c.backfilled, (out_ids, out_items))
