@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.ranking import features as F
+from scalerec.ranking.compiled import load_predictor
 from scalerec.ranking.content import ContentIndex, item_texts
 from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, request_context
 from scalerec.ranking.tables import ServingTables
@@ -43,6 +45,8 @@ class Bundle:
     content: ContentIndex
     vectors: sp.csr_matrix  # TF-IDF rows of the model's items
     tables: ServingTables  # the same, laid out for one request's gathers
+    predict: Callable[[np.ndarray], np.ndarray]  # the compiled forest when there is one, else LightGBM
+    compiled: bool = False
 
     @classmethod
     def load(cls, root: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> "Bundle":
@@ -59,8 +63,10 @@ class Bundle:
                       sp.csr_matrix(sp.load_npz(root / "content_neighbours.npz")))
         booster = lgb.Booster(model_file=str(root / "booster.txt"))
         asof = AsOf.load(root / "asof")
+        fast = load_predictor(root)
         return cls(booster, asof, world, ContentIndex.load(root / "content"),
-                   sp.csr_matrix(sp.load_npz(root / "content_vectors.npz")), ServingTables.build(asof, world))
+                   sp.csr_matrix(sp.load_npz(root / "content_vectors.npz")), ServingTables.build(asof, world),
+                   fast or (lambda x: booster.predict(x, num_threads=1)), fast is not None)
 
 
 class RankingStage:
@@ -119,7 +125,7 @@ class RankingStage:
         cand = tb.candidates(cfg, row, ids, scores, seeds, req.allowed, now, int(ctx["weather"][0]))
         if len(cand["i"]) == 0:
             return c
-        s = b.booster.predict(tb.features(cand, row, ctx), num_threads=1)
+        s = b.predict(tb.features(cand, row, ctx))
         order = np.argsort(-s, kind="stable")
         items = cand["i"][order]
         reasons = self._reasons(b, req, cand, order, items, seeds[0], row, ctx)
