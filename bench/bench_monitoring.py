@@ -1,8 +1,9 @@
 """Monitoring benchmark, three parts in one run on synthetic shops:
 
-1. serving throughput (wrk over loopback, `scalerec serve`) with monitoring off
-   (``[monitoring] enabled = false``) and on — sampling every second (60x the default) while a
-   scraper reads /metrics every second — alternated off/on/off/on so both see the same load;
+1. serving throughput (wrk over loopback, two `scalerec serve` processes started once) with
+   monitoring off (``[monitoring] enabled = false``) and on — sampling every second (60x the
+   default) while a scraper reads /metrics every second — in pairs of bursts whose order
+   alternates, the median of the pairs' on/off ratios;
 2. the dashboard with 30 days of figures (one sample a minute): server time of its data, and in
    Debian's Chromium (Playwright) the first paint (navigation until every panel has its data)
    and a refresh of the 30-day range;
@@ -29,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_result, machine_info  # noqa: E402
-from bench_serving import free_port, run_wrk, start, stop, wait_http  # noqa: E402
+from bench_serving import cpu_seconds, free_port, run_wrk, start, stop, wait_http  # noqa: E402
 
 from scalerec.config import Settings  # noqa: E402
 
@@ -55,52 +56,83 @@ def build(d: Path, users: int, items: int, events: int) -> tuple[Settings, float
 
 
 def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dict:
+    """Two servers on copies of one store, started once: monitoring off and on (sampling every
+    second, /metrics scraped every second while its burst runs). ``rounds`` pairs of wrk bursts,
+    the order alternating (off-on, on-off, ...) so a load change between the two halves of a pair
+    falls on both sides equally; the figure is the median of the pairs' on/off ratios. The on
+    server's monitor keeps ticking during the off bursts (about 1% of a core at 1 s), which
+    understates the overhead by at most that."""
     from scalerec.serving.auth import ApiKeyStore
+
+    from scalerec.data.store import DataStore
 
     key = ApiKeyStore.from_settings(settings).create("admin", "bench")[0]
     py = sys.executable
-    logs = Path(settings.data.dir) / "bench-logs"
+    root = Path(settings.data.dir)
+    logs = root / "bench-logs"
     logs.mkdir(exist_ok=True)
-    width = len(str(users))
+    with DataStore.open(settings, read_only=True) as store:  # the ids' width as generated (u000001): known users
+        width = len(store.catalog.users_table().column("user_id")[0].as_py()) - 1
     env_wrk = {"SR_KEY": key, "SR_USERS": str(users), "SR_WIDTH": str(width), "SR_PREFIX": "u"}
-    out: dict[str, list[float]] = {"off": [], "on": []}
-    p99: dict[str, list[float]] = {"off": [], "on": []}
-    for r in range(rounds):
+    dirs = {}
+    for mode in ("off", "on"):
+        dirs[mode] = root.parent / f"{root.name}-{mode}"
+        shutil.rmtree(dirs[mode], ignore_errors=True)
+        shutil.copytree(root, dirs[mode], ignore=shutil.ignore_patterns("bench-logs", "monitoring", "logs", "impressions"))
+    procs, bases = {}, {}
+    started = time.time()
+    try:
         for mode in ("off", "on"):
             port = free_port()
             env = {"SCALEREC_MONITORING__ENABLED": "true" if mode == "on" else "false",
                    "SCALEREC_MONITORING__SAMPLE_INTERVAL_SECONDS": "1", "OMP_NUM_THREADS": "1"}
-            started = time.time()
-            proc = start([py, "-m", "scalerec", "--data-dir", str(settings.data.dir), "serve", "--port", str(port)],
-                         env, logs / f"serve-{mode}.log")
-            stop_scrape = threading.Event()
-            try:
-                base = f"http://127.0.0.1:{port}"
-                wait_http(base + "/v1/health/ready", proc=proc)
+            procs[mode] = start([py, "-m", "scalerec", "--data-dir", str(dirs[mode]), "serve", "--port", str(port)],
+                                env, logs / f"serve-{mode}.log")
+            bases[mode] = f"http://127.0.0.1:{port}"
+        for mode in ("off", "on"):
+            wait_http(bases[mode] + "/v1/health/ready", proc=procs[mode])
+            run_wrk(bases[mode], connections=8, duration_s=2, env=env_wrk)  # warm-up
+        figures = dirs["on"] / "monitoring" / "figures.json"  # steady state: the monitor's first round done
+        deadline = time.time() + 180
+        while time.time() < deadline and (not figures.is_file() or figures.stat().st_mtime < started):
+            time.sleep(0.2)
+        out: dict[str, list[float]] = {"off": [], "on": []}
+        p99: dict[str, list[float]] = {"off": [], "on": []}
+        cpu_us: dict[str, list[float]] = {"off": [], "on": []}  # server CPU per answered request (load-proof)
+        for r in range(rounds):
+            for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                stop_scrape = threading.Event()
                 if mode == "on":
-                    def scrape() -> None:
+                    def scrape(base: str = bases["on"]) -> None:
                         import httpx
 
                         with httpx.Client(timeout=10) as c:
                             while not stop_scrape.wait(1.0):
                                 c.get(base + "/v1/metrics")
                     threading.Thread(target=scrape, daemon=True).start()
-                run_wrk(base, connections=8, duration_s=2, env=env_wrk)  # warm-up
-                if mode == "on":  # steady state: the monitor's first round (drift pass, capacity) done
-                    figures = Path(settings.data.dir) / "monitoring" / "figures.json"
-                    deadline = time.time() + 120
-                    while time.time() < deadline and (not figures.is_file() or figures.stat().st_mtime < started):
-                        time.sleep(0.2)
-                res = run_wrk(base, connections=8, duration_s=seconds, env=env_wrk)
+                try:
+                    c0 = cpu_seconds(procs[mode])
+                    res = run_wrk(bases[mode], connections=8, duration_s=seconds, env=env_wrk)
+                    c1 = cpu_seconds(procs[mode])
+                finally:
+                    stop_scrape.set()
                 out[mode].append(res["rps"])
                 p99[mode].append(res["p99_ms"])
-                log(f"round {r + 1} monitoring {mode}: {res['rps']:,.0f} req/s, p99 {res['p99_ms']} ms, non-2xx {res['non_2xx']}")
-            finally:
-                stop_scrape.set()
-                stop(proc)
+                cpu_us[mode].append((c1 - c0) / max(1, res["requests"]) * 1e6)
+                log(f"pair {r + 1} monitoring {mode}: {res['rps']:,.0f} req/s, p99 {res['p99_ms']} ms, "
+                    f"{cpu_us[mode][-1]:,.0f} CPU-us/request, non-2xx {res['non_2xx']}")
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    ratios = [a / b for a, b in zip(out["on"], out["off"])]
+    cpu_ratios = [a / b for a, b in zip(cpu_us["on"], cpu_us["off"])]
     off, on = float(np.median(out["off"])), float(np.median(out["on"]))
+    q1, q3 = (float(x) for x in np.percentile(ratios, [25, 75]))
     return {"rps_off": out["off"], "rps_on": out["on"], "p99_off_ms": p99["off"], "p99_on_ms": p99["on"],
-            "median_off": off, "median_on": on, "ratio_on_off": on / off}
+            "median_off": off, "median_on": on, "pair_ratios": ratios, "ratio_on_off": float(np.median(ratios)),
+            "ratio_iqr": [q1, q3], "cpu_us_off": cpu_us["off"], "cpu_us_on": cpu_us["on"], "cpu_pair_ratios": cpu_ratios,
+            "cpu_ratio_on_off": float(np.median(cpu_ratios)),
+            "cpu_ratio_iqr": [float(x) for x in np.percentile(cpu_ratios, [25, 75])]}
 
 
 def fake_history(settings: Settings, days: int = 30) -> int:
@@ -178,21 +210,38 @@ def dashboard(settings: Settings) -> dict:
 
 
 def capacity(small: Settings, root: Path, users: int, items: int, events: int, factor: float) -> dict:
-    from scalerec.monitoring.capacity import measure, project
+    """Project from the small store (its training time from the power law fitted on refits over
+    1/4, 1/2 and all of its users, in CPU seconds), build the big one, and measure it the same way
+    (one refit of all its users, CPU seconds; request costs the median of interleaved rounds)."""
+    from scalerec.monitoring.capacity import measure, project, training_calibration
+    from scalerec.registry import Registry
 
-    m1 = measure(small)
+    m1 = measure(small, calibrate=True)
+    cal = m1["training_calibration"]
+    log(f"calibration: {[(p['cells'], round(p['cpu_seconds'], 2)) for p in cal['points']]}, exponent {cal['exponent']:.3f}")
     proj = project(m1, users=factor, events=factor, peak_rps=100)
+    linear = project({**m1, "training_calibration": None}, users=factor, events=factor, peak_rps=100)
     log(f"building the {factor:g}x store ({int(events * factor):,} events)")
     big, _ = build(root / "big", int(users * factor), items, int(events * factor))
     m2 = measure(big)
+    reg = Registry(big)
+    prod = reg.production()
+    man = prod.typed_manifest()
+    full = training_calibration(reg.load(prod.version), man.family, dict(man.params), fractions=(1.0,))
     rows = {
         "disk (log + model) bytes": (proj["disk_bytes"], m2["data"]["log_bytes"] + m2["model"]["total_bytes"]),
-        "model memory bytes": (proj["model_bytes"], m2["model"]["total_bytes"]),
-        "training (refit) s": (proj["training_seconds"], m2["model"]["fit_seconds"]),
+        "model memory bytes (ranking bundle included)": (proj["model_bytes"], m2["model"]["total_bytes"]),
+        "ranking bundle bytes": (proj["ranking"]["bytes"], m2["ranking"]["total_bytes"]),
+        "training refit CPU s (fitted power law)": (proj["training_seconds"], full["cpu_seconds"]),
+        "training refit wall s (old rule: linear from one refit; both under the machine's load)": (
+            linear["training_seconds"], m2["model"]["fit_seconds"]),
         "training peak RSS bytes": (proj["training"]["als"]["peak_rss_bytes"], m2["model"]["peak_rss_bytes"]),
-        "CPU per request (model) us": (m1["requests_cpu_us"]["model"], m2["requests_cpu_us"]["model"]),
+        "CPU per request (model, rerank included) us": (m1["requests_cpu_us"]["model"], m2["requests_cpu_us"]["model"]),
+        "rerank CPU per request us": (m1["ranking"].get("rerank_cpu_us"), m2["ranking"].get("rerank_cpu_us")),
     }
-    return {"factor": factor, "rows": {k: {"projected": a, "measured": b, "ratio": a / b if b else None} for k, (a, b) in rows.items()},
+    return {"factor": factor, "rows": {k: {"projected": a, "measured": b, "ratio": a / b if a is not None and b else None}
+                                       for k, (a, b) in rows.items()},
+            "calibration": cal, "ranking": [m1["ranking"]["status"], m2["ranking"]["status"]], "notes": proj["notes"],
             "small": {"events": m1["data"]["events"], "users": m1["data"]["users"]},
             "big": {"events": m2["data"]["events"], "users": m2["data"]["users"]}}
 
@@ -204,8 +253,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2_000)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--factor", type=float, default=5.0)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=8, help="pairs of off/on bursts")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,dashboard,capacity")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -225,11 +274,16 @@ def main() -> None:
     print()
     if "throughput" in rec:
         t = rec["throughput"]
-        print("| monitoring | req/s (each round) | median | p99 ms |")
+        print("| monitoring | req/s (each pair) | median | p99 ms |")
         print("|---|---|---|---|")
         print(f"| off | {', '.join(f'{x:,.0f}' for x in t['rps_off'])} | {t['median_off']:,.0f} | {', '.join(map(str, t['p99_off_ms']))} |")
         print(f"| on (sample every 1 s, /metrics scraped every 1 s) | {', '.join(f'{x:,.0f}' for x in t['rps_on'])} | {t['median_on']:,.0f} | {', '.join(map(str, t['p99_on_ms']))} |")
-        print(f"on/off throughput: {t['ratio_on_off']:.3f}\n")
+        print(f"on/off per pair: {', '.join(f'{x:.3f}' for x in t['pair_ratios'])}")
+        print(f"on/off throughput, median of the pairs: {t['ratio_on_off']:.3f} (interquartile {t['ratio_iqr'][0]:.3f}-{t['ratio_iqr'][1]:.3f})")
+        print(f"server CPU-us per request off: {', '.join(f'{x:,.0f}' for x in t['cpu_us_off'])}")
+        print(f"server CPU-us per request on:  {', '.join(f'{x:,.0f}' for x in t['cpu_us_on'])}")
+        print(f"on/off server CPU per request, median of the pairs: {t['cpu_ratio_on_off']:.3f} "
+              f"(interquartile {t['cpu_ratio_iqr'][0]:.3f}-{t['cpu_ratio_iqr'][1]:.3f})\n")
     if "dashboard" in rec:
         d = rec["dashboard"]
         print(f"dashboard, {d['samples']:,} samples (30 days at one a minute): data built on the server {d['server_data_s']:.3f} s, "
@@ -240,7 +294,9 @@ def main() -> None:
         print("| figure | projected | measured | projected/measured |")
         print("|---|---|---|---|")
         for k, r in c["rows"].items():
-            print(f"| {k} | {r['projected']:,.1f} | {r['measured']:,.1f} | {r['ratio']:.2f} |")
+            fmt = lambda v: "-" if v is None else f"{v:,.1f}"  # noqa: E731
+            print(f"| {k} | {fmt(r['projected'])} | {fmt(r['measured'])} | {fmt(r['ratio']) if r['ratio'] is None else format(r['ratio'], '.2f')} |")
+        print(f"ranking stage (small, big): {c['ranking']}; notes: {c['notes']}")
     print(f"\nload average before {load_before}, after {rec['load_after']}")
 
 

@@ -139,6 +139,9 @@ def _row(store: str, result: Any, wall: float, minutes: float, scores: dict[str,
         "budget_minutes": minutes,
         "train_wall_s": round(wall, 1),
         "families": {f.family: f.best_value for f in result.families},
+        # where the budget went: trials (pruned), rounds taken part in, search seconds per family
+        "spent": {f.family: {"trials": f.trials_total, "pruned": f.trials_pruned, "rounds": f.rounds,
+                             "search_s": round(f.wall_s, 1)} for f in result.families},
     }
 
 

@@ -99,7 +99,11 @@ class S3Server:
     """moto's standalone S3-compatible server on 127.0.0.1:<free port> (PyPI ``moto[server]``)."""
 
     def __init__(self) -> None:
-        exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+        # this interpreter's own first: another environment's older moto on PATH (5.2.1 answers a
+        # CompleteMultipartUpload with <CompleteMultipartUploadResponse>, which the AWS SDK in
+        # pyarrow takes for an error embedded in a 200: every multipart upload failed)
+        own = Path(sys.executable).with_name("moto_server")
+        exe = str(own) if own.exists() else shutil.which("moto_server") or str(own)
         if not Path(exe).exists():
             raise RuntimeError("moto_server not found; pip install 'moto[server]' (the dev extra has it)")
         self.exe, self.port = exe, free_port()

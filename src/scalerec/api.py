@@ -40,10 +40,17 @@ def open_store(data_dir: str | Path, *, settings: Settings | None = None) -> Any
     from scalerec.data.store import DataStore
     from scalerec.errors import NotFoundError
 
+    from scalerec.data.value_types import with_store_value_types
+
     s = _settings(settings, data_dir)
     if not DataStore.exists(s):
         raise NotFoundError(f"{str(data_dir)!r} is not a scalerec data directory; create it with `scalerec -d {data_dir} init`")
-    return DataStore.open(s)
+    store = DataStore.open(s)
+    weighted = with_store_value_types(s, store.catalog)  # event types whose imported values weight
+    if weighted is s:
+        return store
+    store.close()
+    return DataStore.open(weighted)
 
 
 def _to_arrow(frame: Any) -> pa.Table:

@@ -85,6 +85,13 @@ class ConflictError(ScalerecError):
     type = "conflict"
 
 
+class LeaseLostError(ConflictError):
+    """A job's lease (see scalerec.data.lease) expired and another holder took it: the job stopped
+    between two blocks, before writing anything further (nothing partial is left)."""
+
+    type = "lease_lost"
+
+
 class AuthenticationError(ScalerecError):
     status = 401
     type = "unauthenticated"

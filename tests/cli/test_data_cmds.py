@@ -88,6 +88,8 @@ def test_compact(data_dir):
     result = runner.invoke(app, ["--data-dir", str(data_dir), "compact", "--all"])
     assert result.exit_code == 0, result.output
     assert "moved 1 pending events" in result.output
+    assert "KPI rollup of the days before" in result.output  # closed days' impressions and KPIs too
+    assert (data_dir / "kpi_rollup" / "current.json").exists()
     store = DataStore.open(Settings(data={"dir": data_dir}))
     assert store.catalog.count_pending_events() == 0 and store.log.count() == 6
     assert all(len(list(d.glob("*.parquet"))) == 1 for _, d in store.log.partitions())

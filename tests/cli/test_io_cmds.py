@@ -161,3 +161,31 @@ def test_export_then_import_through_the_cli(tmp_path, capsys):
     assert "Wrote 1 events" in out
     report = run_json(["--data-dir", str(tmp_path / "b"), "import", "events", str(tmp_path / "out.csv")], capsys)
     assert report["imported"] == 1 and report["counts_by_type"] == {"purchase": 1}
+
+
+def test_import_file_order_dates_events_by_line_and_refuses_no_timestamps_beside_it(tmp_path, capsys):
+    f = tmp_path / "plays.tsv"
+    f.write_text("user\tartist\nu1\ta\nu1\tb\nu2\ta\n")
+    argv = ["--data-dir", str(tmp_path / "d"), "import", "events", str(f), "--map", "user_id=user", "--map",
+            "item_id=artist", "--set", "event_type=view", "--set", "timestamp=2022-05-06"]
+    report = run_json(argv + ["--file-order"], capsys)
+    assert report["imported"] == 3 and any(n.startswith("file order:") for n in report["notes"])
+    times = DataStore.open(Settings(data={"dir": tmp_path / "d"})).log.read(columns=["item_id", "timestamp"]).sort_by("timestamp")
+    assert times.column("item_id").to_pylist() == ["a", "b", "a"]
+    assert [t.isoformat() for t in times.column("timestamp").to_pylist()] == [
+        f"2022-05-06T00:00:00.00000{k}+00:00" for k in (2, 3, 4)]
+    code, _, err = run_main(argv + ["--file-order", "--no-timestamps"], capsys)
+    assert code == 2 and "contradict" in err and err.count("\n") == 1
+
+
+def test_a_mapped_play_count_weights_views_in_every_later_command_on_the_store(tmp_path, capsys):
+    f = tmp_path / "plays.tsv"
+    f.write_text("user\tartist\tplays\nu1\ta\t5\nu1\tb\t2\nu2\ta\t7\n")
+    d = str(tmp_path / "d")
+    code, out, _ = run_main(["-d", d, "config", "show"], capsys)
+    assert code == 0 and "[events.types.view]\nweight = 1.0\npolarity = 1\nuse_value = false" in out
+    report = run_json(["-d", d, "import", "events", str(f), "--map", "user_id=user", "--map", "item_id=artist",
+                       "--map", "value=plays", "--set", "event_type=view", "--file-order"], capsys)
+    assert any(n.startswith("the value column (plays) weights view events") for n in report["notes"])
+    code, out, _ = run_main(["-d", d, "config", "show"], capsys)
+    assert code == 0 and "[events.types.view]\nweight = 1.0\npolarity = 1\nuse_value = true" in out

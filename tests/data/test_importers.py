@@ -602,17 +602,47 @@ def test_tab_separated_dat_is_read_as_tsv_with_its_header(store, tmp_path):
     assert report.ignored_columns == []
 
 
-def test_a_value_ignored_by_its_event_type_is_named_in_a_note(store, tmp_path):
+def test_a_mapped_value_weights_its_event_type_and_the_store_remembers(store, tmp_path):
+    from scalerec.data import value_types
+    from scalerec.data.matrix import MatrixSpec
+    from scalerec.data.snapshot import take_snapshot
+
     report = import_file(store, "events", write(tmp_path / "listens.tsv", LISTENS),
                          mapping={"user_id": "userID", "item_id": "artistID", "value": "weight"},
                          constants={"event_type": "view", "timestamp": "2020-01-01"})
     note = next(n for n in report.notes if "value column" in n)
-    assert "weight" in note and "view" in note and "[events.types.view] use_value = true" in note
+    assert note.startswith("the value column (weight) weights view events") and "use_value = false" in note
+    plays = {(str(u), str(a)): float((u * 7 + a) % 50 + 1) for u in range(30) for a in range(u % 5, 40, 3)}
     values = store.log.read(columns=["value"]).column("value").to_pylist()
-    assert sorted(set(values)) == sorted({float((u * 7 + a) % 50 + 1) for u in range(30) for a in range(u % 5, 40, 3)})
+    assert sorted(values) == sorted(plays.values())
+    assert value_types.recorded(store.catalog) == ["view"]
+    # the settings a command runs with on this store count each view as its play count
+    settings = value_types.with_store_value_types(store.settings, store.catalog)
+    assert settings.events.types["view"].use_value and not store.settings.events.types["view"].use_value
+    m = MatrixSpec.from_settings(settings).build(take_snapshot(store).events)
+    coo = m.matrix.tocoo()
+    cells = {(str(m.user_ids[r]), str(m.item_ids[c])): v for r, c, v in zip(coo.row, coo.col, coo.data)}
+    assert cells.keys() == plays.keys()  # each cell: the view weight (1) times the play count
+    np.testing.assert_allclose([cells[k] for k in plays], list(plays.values()), rtol=1e-5)
     rated = import_file(store, "events", write(tmp_path / "r.csv", "user_id,item_id,rating,timestamp\na,b,4,2020-01-01\n"),
                         mapping={"value": "rating"}, constants={"event_type": "rating"})
     assert not any("value column" in n for n in rated.notes)  # ratings use their value
+    assert value_types.recorded(store.catalog) == ["view"]
+
+
+def test_a_value_its_type_is_configured_to_ignore_is_named_in_a_note(tmp_path):
+    from scalerec.data import value_types
+
+    settings = Settings(data={"dir": tmp_path / "d"}, events={"types": {"view": {"weight": 1.0, "use_value": False}}})
+    s = DataStore.open(settings)
+    report = import_file(s, "events", write(tmp_path / "listens.tsv", LISTENS),
+                         mapping={"user_id": "userID", "item_id": "artistID", "value": "weight"},
+                         constants={"event_type": "view", "timestamp": "2020-01-01"})
+    note = next(n for n in report.notes if "value column" in n)
+    assert "sets use_value = false for view" in note and "[events.types.view] use_value = true" in note
+    assert value_types.recorded(s.catalog) == []
+    assert value_types.with_store_value_types(settings, s.catalog) is settings
+    s.close()
 
 
 def test_no_timestamps_dates_every_event_once_and_training_holds_out_at_random(store, tmp_path):
@@ -685,3 +715,35 @@ def test_a_temporal_split_of_one_dated_events_says_what_can_help(store, tmp_path
     with pytest.raises(EmptyDataError, match="same time.*--split random") as info:
         split_temporal(take_snapshot(store).events, test_days=1)
     assert "fewer --test-days" not in info.value.message
+
+
+def test_file_order_dates_events_by_line_and_training_holds_out_the_last_lines(store, tmp_path):
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.evaluation.splits import make_protocol
+
+    # each user's rows in a shuffled order of artists: the newest are the last lines, not the biggest ids
+    rng = np.random.default_rng(3)
+    rows = [(u, a) for u in range(30) for a in rng.permutation(np.arange(u % 5, 40, 3))]
+    text = "userID\tartistID\n" + "".join(f"{u}\t{a}\n" for u, a in rows)
+    report = import_file(store, "events", write(tmp_path / "listens.tsv", text),
+                         mapping={"user_id": "userID", "item_id": "artistID"},
+                         constants={"event_type": "view", "timestamp": "2021-03-04"}, no_timestamps="file-order")
+    assert report.imported == len(rows) and any(n.startswith("file order: events are dated 2021-03-04") for n in report.notes)
+    events = take_snapshot(store).events.sort("timestamp")
+    assert events.select("user_id", "item_id").rows() == [(str(u), str(a)) for u, a in rows]
+    offsets = (events["timestamp"] - dt.datetime(2021, 3, 4, tzinfo=dt.timezone.utc)).dt.total_microseconds().to_list()
+    assert offsets == list(range(2, len(rows) + 2))  # line 1 is the header
+    test, _ = make_protocol("auto", events, settings=Settings(training={"min_test_users": 5}))
+    assert test.protocol.rule in ("temporal", "leave-last-share"), test.protocol
+    last_line = {}
+    for k, (u, a) in enumerate(rows):
+        last_line[str(u), str(a)] = k
+    train, held = test.train, test.test.tocoo()
+    assert held.nnz > 0
+    for r, c in zip(held.row, held.col):
+        u, item = str(train.user_ids[r]), str(train.item_ids[c])
+        trained = train.matrix[r].indices
+        assert all(last_line[u, item] > last_line[u, str(train.item_ids[t])] for t in trained), (u, item)
+    with pytest.raises(ValidationError, match="one of one-date, file-order"):
+        import_file(store, "events", tmp_path / "listens.tsv", mapping={"user_id": "userID", "item_id": "artistID"},
+                    constants={"event_type": "view"}, no_timestamps="by-line")

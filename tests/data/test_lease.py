@@ -10,7 +10,38 @@ import time
 import pytest
 
 from scalerec.data.catalog import open_catalog
+from scalerec.data import lease as lease_mod
 from scalerec.data.lease import Lease, hold_lease
+
+
+def short_leases(monkeypatch, ttl_s: float = 0.6) -> list[Lease]:
+    """Leases of ``ttl_s`` from here on (heartbeats every third of it); returns the list every
+    acquired lease is appended to, for :func:`steal_lease`."""
+    monkeypatch.setattr(lease_mod, "DEFAULT_TTL_S", ttl_s)
+    acquired: list[Lease] = []
+    real = Lease.try_acquire
+
+    def recording(self: Lease) -> bool:
+        ok = real(self)
+        if ok:
+            acquired.append(self)
+        return ok
+
+    monkeypatch.setattr(Lease, "try_acquire", recording)
+    return acquired
+
+
+def steal_lease(catalog, name: str, acquired: list[Lease], thief: str = "other-machine:1:thief",
+                timeout_s: float = 60.0) -> None:
+    """Another machine takes lease ``name`` (as after its holder's expiry); returns once the
+    holder's heartbeat found out (its renewal failed), as it would after a stall."""
+    holder = catalog.lease_holder(name)[0]
+    assert catalog.release_lease(name, holder) and catalog.acquire_lease(name, thief, 3600)[0]
+    victim = next(lease for lease in acquired if lease.holder == holder)
+    deadline = time.monotonic() + timeout_s
+    while not victim.lost:
+        assert time.monotonic() < deadline, "the holder's heartbeat never noticed the stolen lease"
+        time.sleep(0.02)
 
 
 def test_one_holder_at_a_time_and_release_frees_it(catalog):

@@ -75,3 +75,26 @@ def test_an_unreachable_s3_endpoint_names_the_url_and_the_fix(tmp_path):
     with pytest.raises(StorageError, match="endpoint_override") as err:
         store.check()
     assert "bucket/p" in err.value.message
+
+
+def test_a_model_file_above_the_multipart_threshold_round_trips_on_s3(s3_server, tmp_path):
+    # pyarrow's S3 output stream uploads parts of 10 MiB; 26 MiB is three parts (a multipart
+    # upload, completed by CompleteMultipartUpload), the marker one PutObject
+    import boto3
+    import numpy as np
+
+    url = s3_server.bucket_url()
+    store = ObjectStore(url)
+    big = np.random.default_rng(5).integers(0, 256, 26 << 20, dtype=np.uint8).tobytes()
+    src = _version(tmp_path / "src", {"model/factors.npy": big, "manifest.json": b"{}"})
+    assert store.publish(src, "v0001") == len(big) + 2
+    s3 = boto3.client("s3", endpoint_url=f"http://{s3_server.endpoint}", region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    bucket, prefix = url[len("s3://"):].split("?")[0].split("/", 1)
+    head = s3.head_object(Bucket=bucket, Key=f"{prefix}/v0001/model/factors.npy")
+    assert head["ContentLength"] == len(big)
+    assert head["ETag"].strip('"').endswith("-3"), "uploaded in three parts"
+    cache = tmp_path / "cache" / "v0001"
+    cache.parent.mkdir()
+    store.fetch("v0001", cache)
+    assert (cache / "model" / "factors.npy").read_bytes() == big

@@ -181,8 +181,8 @@ def test_openapi_documents_the_error_shape_and_503_retry_after(api1) -> None:
     doc = api1.client.get("/openapi.json").json()
     responses = doc["paths"]["/v1/events"]["post"]["responses"]
     assert "Retry-After" in responses["503"]["headers"] and "storage_busy" in responses["503"]["description"]
-    assert responses["500"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
-    assert "Error" in doc["components"]["schemas"]
+    assert responses["500"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorResponse"
+    assert "ErrorResponse" in doc["components"]["schemas"] and "Error" not in doc["components"]["schemas"]
 
 
 def test_reporting_commands_read_while_the_write_lock_is_held(short_busy, tmp_path) -> None:

@@ -221,3 +221,32 @@ def test_flush_keeps_the_days_it_touches_compact(tmp_path):
         assert len(store.log.files()) == 1  # the second file of the day triggered a merge
     assert store.log.count() == 3
     store.close()
+
+
+def test_a_compaction_whose_lease_is_stolen_stops_between_partitions(store, settings, monkeypatch):
+    # another machine took `log-maintenance` mid-compaction: this one stops before its next day
+    # partition with a typed error; the merged days stay merged, the rest untouched, no row lost
+    from test_lease import short_leases, steal_lease
+
+    from scalerec.errors import LeaseLostError
+
+    held = short_leases(monkeypatch)
+    for day in ("2021-05-01", "2021-05-02", "2021-05-03"):
+        for k in range(2):
+            store.log.append(make_events(settings, [(f"u{k}", "mug", "view", f"{day} 1{k}:00")]))
+    before = event_keys(store.events())
+    merged: list[int] = []
+
+    def steal_after_the_first_day(done: int, total: int) -> None:
+        merged.append(done)
+        if done == 1:
+            steal_lease(store.catalog, "log-maintenance", held)
+
+    with pytest.raises(LeaseLostError, match="'log-maintenance' lease expired"):
+        store.compact(all_partitions=True, progress=steal_after_the_first_day)
+    assert merged == [1]
+    files = [len(store.log.files(start=d, end=e)) for d, e in
+             (("2021-05-01", "2021-05-02"), ("2021-05-02", "2021-05-03"), ("2021-05-03", "2021-05-04"))]
+    assert files == [1, 2, 2]
+    assert event_keys(store.events()) == before
+    assert store.catalog.lease_holder("log-maintenance")[0] == "other-machine:1:thief"

@@ -22,9 +22,9 @@ TOLERANCE = 0.25
 
 
 def _shop(d: Path, users: int, events: int) -> Settings:
-    # no ranking stage: its bundle appears only past [ranking] min_queries, a step the linear
-    # projection does not model (docs/monitoring.md, capacity)
-    settings = Settings(data={"dir": d}, ranking={"enabled": False})
+    # the ranking stage active at both sizes (its bundle is part of what is projected): a store
+    # below [ranking] min_queries has none, a step the projection reports instead of modelling
+    settings = Settings(data={"dir": d}, ranking={"min_queries": 200})
     with DataStore.open(settings) as store:
         generate_store(store, n_users=users, n_items=400, n_events=events, seed=5, days=60)
         result = train(settings, TrainOptions(models=["als"], trials=1), store=store)
@@ -49,9 +49,12 @@ def test_projection_matches_a_measured_store_at_twice_the_size(shops) -> None:
     p1, p2 = (Registry(s).production().typed_manifest().params for s in (small, double))
     assert p1 == p2
     proj = project(m1, users="2x", events="2x")
+    assert m1["ranking"]["status"] == m2["ranking"]["status"] == "active" and proj["notes"] == []
+    assert m1["ranking"]["total_bytes"] > 0.2 * m1["model"]["total_bytes"]  # a real share of the model
     for what, projected, measured in [
         ("disk (event log)", proj["log_bytes"], m2["data"]["log_bytes"]),
-        ("model memory", proj["model_bytes"], m2["model"]["total_bytes"]),
+        ("model memory (ranking bundle included)", proj["model_bytes"], m2["model"]["total_bytes"]),
+        ("ranking bundle", proj["ranking"]["bytes"], m2["ranking"]["total_bytes"]),
         ("disk (log + model)", proj["disk_bytes"], m2["data"]["log_bytes"] + m2["model"]["total_bytes"]),
     ]:
         assert abs(projected / measured - 1) <= TOLERANCE, (what, projected, measured)
@@ -72,7 +75,10 @@ def test_factors_are_validated(shops) -> None:
 def test_more_traffic_needs_more_workers_and_past_the_cores_a_cluster(shops) -> None:
     m = measure(shops[0], time_requests=True)
     costs = m["requests_cpu_us"]
-    assert set(costs) == {"model", "fold_in", "fallback", "similar", "popular"} and all(v > 0 for v in costs.values())
+    assert set(costs) == {"model", "fold_in", "fallback", "similar", "popular", "model_without_rerank"}
+    assert all(v > 0 for v in costs.values())
+    # the ranking stage's rerank, measured apart: the same personal lists with the stage off
+    assert m["ranking"]["rerank_cpu_us"] == max(0.0, costs["model"] - costs["model_without_rerank"])
     base = project(m, peak_rps=10)
     peak = project(m, traffic="1000x", peak_rps=10)
     assert peak["workers"] >= base["workers"]
@@ -92,3 +98,18 @@ def test_capacity_cli_json(shops, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["-d", str(small.data.dir), "capacity", "--traffic", "many"])
     assert exc.value.code == 2
+
+
+def test_calibration_fits_training_time_on_refits_of_this_store(shops) -> None:
+    m = measure(shops[0], time_requests=False, calibrate=True)
+    cal = m["training_calibration"]
+    assert cal["family"] == "als" and [p["fraction"] for p in cal["points"]] == [0.25, 0.5, 1.0]
+    cells = [p["cells"] for p in cal["points"]]
+    assert cells == sorted(cells) and cells[0] < cells[-1] == cal["cells"]
+    assert all(p["cpu_seconds"] > 0 for p in cal["points"])
+    proj = project(m, users="2x", events="2x")
+    fitted = proj["training"]["als"]
+    assert "fitted on 3 refits" in fitted["basis"]
+    assert proj["training_seconds"] == fitted["seconds"] == cal["coefficient"] * (2 * cal["cells"]) ** cal["exponent"]
+    # without calibration the projection says it rests on the last refit, linear in events
+    assert project(measure(shops[0], time_requests=False), events="2x")["training"]["als"]["basis"].startswith("linear")

@@ -110,6 +110,85 @@ def test_assignment_is_sticky_across_two_workers_and_serves_each_variant_version
         api.service.close()
 
 
+def test_two_serving_processes_assign_alike_and_each_impression_counts_once(shop, tmp_path, monkeypatch):
+    """Two real `scalerec serve` processes on one data directory: every user gets the same variant
+    and version from both, each answer's impression is written once (by the process that served
+    it), and events sent to the other process are attributed to it."""
+    import time
+
+    import httpx
+
+    from _server import Server
+    from scalerec.data.store import DataStore
+    from scalerec.online.kpis import KpiWindow, kpis
+    from scalerec.registry import Registry
+    from scalerec.serving.auth import ApiKeyStore
+
+    d = tmp_path / "data"
+    shutil.copytree(shop["dir"], d)
+    settings = Settings(data={"dir": d})
+    keys = ApiKeyStore.from_settings(settings)
+    h = {role: {"Authorization": f"Bearer {keys.create(role, f't-{role}')[0]}"} for role in ("read", "write", "admin")}
+    users = [str(u) for u in Registry(settings).load().matrix.user_ids[:60]]
+    monkeypatch.setenv("SCALEREC_ONLINE__IMPRESSIONS_FLUSH_S", "0.5")
+    a = Server(d, tmp_path / "a.log").start()
+    b = Server(d, tmp_path / "b.log").start()
+    try:
+        def until(check, what):
+            deadline = time.monotonic() + 60
+            while not check():
+                assert time.monotonic() < deadline, f"{what} not within 60 s"
+                time.sleep(0.2)
+
+        get = lambda srv, u: httpx.get(f"{srv.url}/v1/users/{u}/recommendations?n=5", headers=h["read"], timeout=30)  # noqa: E731
+        body = {"name": "two-procs", "seed": 3, "variants": [{"name": "control", "version": "production", "weight": 50},
+                                                             {"name": "new", "version": shop["als"], "weight": 50}]}
+        r = httpx.post(f"{a.url}/v1/experiments", headers=h["admin"], json=body, timeout=30)
+        assert r.status_code == 201, r.text
+        served: dict[str, str] = {}  # recommendation id -> variant
+        probe = users.pop()
+
+        def sees(srv):
+            r = get(srv, probe).json()
+            if r.get("variant") is not None:
+                served[r["recommendation_id"]] = r["variant"]
+            return r.get("variant") is not None
+
+        for srv in (a, b):  # each process's watcher picks it up and loads the second version
+            until(lambda srv=srv: sees(srv), "the experiment")
+        exp = ex.get(DataStore.open(settings, read_only=True).catalog, "two-procs")
+        want_version = {"control": shop["popular"], "new": shop["als"]}
+        clicks = {"control": 0, "new": 0}
+        for u in users:
+            ra, rb = get(a, u).json(), get(b, u).json()
+            assert ra["variant"] == rb["variant"] == exp.assign(u).name, u
+            assert ra["model_version"] == rb["model_version"] == want_version[ra["variant"]]
+            served[ra["recommendation_id"]] = served[rb["recommendation_id"]] = ra["variant"]
+            # the click on A's list goes to B and the other way round
+            for resp, other in ((ra, b), (rb, a)):
+                ev = {"user_id": u, "item_id": resp["items"][0]["item_id"], "event_type": "click",
+                      "recommendation_id": resp["recommendation_id"]}
+                assert httpx.post(f"{other.url}/v1/events", headers=h["write"], json=[ev], timeout=30).status_code == 202
+                clicks[resp["variant"]] += 1
+        assert len(served) == 2 * len(users) + 2 and set(served.values()) == {"control", "new"}
+        imp = ImpressionStore(d / "impressions")
+        until(lambda: set(served) <= set(imp.read().column("recommendation_id").to_pylist()), "every impression")
+    finally:
+        a.stop()
+        b.stop()
+    rows = imp.read()
+    rids = [r for r in rows.column("recommendation_id").to_pylist() if r in served]
+    assert sorted(rids) == sorted(served)  # each once, none lost
+    writers = {f.name.split("-")[1] for f in imp.files()}
+    assert writers == {str(a.proc.pid), str(b.proc.pid)}  # both processes wrote theirs
+    store = DataStore.open(settings, read_only=True)
+    got = {r["variant"]: r for r in kpis(store, KpiWindow.from_settings(settings), by=["variant"])}
+    for variant in ("control", "new"):
+        assert got[variant]["impressions"] == sum(v == variant for v in served.values())
+        assert got[variant]["clicks"] == clicks[variant]
+    store.close()
+
+
 def test_srm_is_detected_on_a_skewed_split(shop, tmp_path):
     assert not srm_check([5030, 4970], [50, 50])["mismatch"]
     assert srm_check([5300, 4700], [50, 50])["mismatch"]

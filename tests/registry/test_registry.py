@@ -268,3 +268,24 @@ def test_register_accepts_a_typed_manifest(reg: Registry) -> None:
     assert body["data"]["max_timestamp"] == end.isoformat() and body["data"]["event_count"] == 7
     assert v.score == 0.5 and v.typed_manifest().matrix.cells() == {"binary": False, "cap": 2.0}
     assert list(body)[:4] == ["format", "version", "created_at", "model"] and list(body)[-1] == "files"
+
+
+def test_retention_and_delete_keep_a_running_experiments_version(tmp_path: Path) -> None:
+    from scalerec.online import experiments as ex
+
+    reg = Registry(Settings(data={"dir": tmp_path}, training={"keep_archived": 1}))
+    versions = [_register(reg, i) for i in range(4)]
+    reg.promote(versions[0].version)
+    exp = ex.validate("old-vs-new", [ex.parse_variant("control=production:50"),
+                                     ex.parse_variant(f"old={versions[0].version}:50")],
+                      placement=None, start=None, end=None, seed=0, versions={v.version for v in versions})
+    ex.create(reg.catalog, exp)
+    for v in versions[1:]:
+        reg.promote(v.version)  # versions[0] is archived first, then beyond the newest one kept
+    archived = [v.version for v in reg.list("archived")]
+    assert archived == [versions[0].version, versions[2].version] and versions[0].path.exists()
+    assert not versions[1].path.exists()  # retention still works around it
+    with pytest.raises(ConflictError, match="old-vs-new"):
+        reg.delete(versions[0].version)
+    ex.stop(reg.catalog, "old-vs-new")
+    assert reg.prune() == [versions[0].version] and not versions[0].path.exists()

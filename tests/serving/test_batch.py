@@ -36,6 +36,14 @@ def _read(out: Path) -> dict[str, tuple[list[str], list[float]]]:
     return result
 
 
+def _assert_same_lists(got: dict, want: dict) -> None:
+    """Output of other processes: the same items in the same order for every user, scores to float32 rounding."""
+    assert got.keys() == want.keys()
+    assert all(got[u][0] == want[u][0] for u in want), "the same items in the same order for every user"
+    # Float32 dot products whose summation order follows the process's BLAS thread count.
+    np.testing.assert_allclose([s for u in want for s in got[u][1]], [s for u in want for s in want[u][1]], rtol=1e-5)
+
+
 def test_every_user_gets_the_models_top_n_without_seen_items(settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "recs"
     result = batch_recommend(settings, out, n=7, shard_users=45, executor=LocalExecutor(1))
@@ -121,11 +129,7 @@ def test_local_worker_processes_write_the_same_output(settings: Settings, tmp_pa
     batch_recommend(settings, tmp_path / "a", n=4, shard_users=60, executor=LocalExecutor(1))
     with LocalExecutor(2, threads_per_job=1) as ex:
         batch_recommend(settings, tmp_path / "b", n=4, shard_users=60, executor=ex)
-    a, b = _read(tmp_path / "a"), _read(tmp_path / "b")
-    assert a.keys() == b.keys()
-    assert all(b[u][0] == a[u][0] for u in a), "the same items in the same order for every user"
-    # Scores: float32 dot products whose summation order follows the BLAS thread count (1 per worker here).
-    np.testing.assert_allclose([s for u in a for s in b[u][1]], [s for u in a for s in a[u][1]], rtol=1e-5)
+    _assert_same_lists(_read(tmp_path / "b"), _read(tmp_path / "a"))
 
 
 def test_cli_writes_parquet_and_reports_json(settings: Settings, tmp_path: Path) -> None:
@@ -157,7 +161,7 @@ def test_cluster_output_equals_local_even_when_a_worker_dies(
         result = batch_recommend(settings, on_cluster, n=10, shard_users=25, executor=executor)
     assert killer.killed, "the chaos thread found no running shard task to kill"
     assert result.shards_done == result.shards_total
-    assert _read(on_cluster) == _read(local)
+    _assert_same_lists(_read(on_cluster), _read(local))
     assert not [p for p in os.listdir(on_cluster) if p.endswith(".tmp")]
 
 
@@ -173,3 +177,56 @@ def test_a_deleted_user_gets_no_batch_list(settings: Settings, tmp_path: Path) -
     recs = _read(out)
     assert gone not in recs
     assert set(recs) == set(lv.matrix.user_ids.tolist()) - {gone}
+
+
+def test_batch_output_on_an_s3_compatible_server_equals_the_local_one_and_resumes(
+    settings: Settings, tmp_path: Path, s3_server
+) -> None:
+    # each shard is one object (visible whole once uploaded), _SUCCESS last; worker processes
+    # open the store themselves from the URL
+    import pyarrow.fs as pafs
+
+    from scalerec.data.objectstore import ObjectStore
+
+    url = s3_server.bucket_url("batch/recs")
+    local = batch_recommend(settings, tmp_path / "local", n=5, shard_users=50, executor=LocalExecutor(1))
+    with LocalExecutor(2, threads_per_job=1) as ex:
+        remote = batch_recommend(settings, url, n=5, shard_users=50, executor=ex)
+    assert remote.shards_total == local.shards_total >= 3 and remote.out_dir == url
+    store = ObjectStore(url)
+
+    def read_remote() -> dict:
+        names = sorted(i.path for i in store.fs.get_file_info(pafs.FileSelector(store.root))
+                       if i.path.rsplit("/", 1)[-1].startswith("part-"))
+        table = pq.read_table(names, filesystem=store.fs)
+        assert table.schema.equals(BATCH_SCHEMA)
+        return {r["user_id"]: (r["item_ids"], r["scores"]) for r in table.to_pylist()}
+
+    a = _read(tmp_path / "local")
+    _assert_same_lists(read_remote(), a)
+    assert store.fs.get_file_info(f"{store.root}/{SUCCESS}").type == pafs.FileType.File
+    # a lost shard is written again on the rerun, the others are kept
+    store.fs.delete_file(f"{store.root}/{part_name(1)}")
+    again = batch_recommend(settings, url, n=5, executor=LocalExecutor(1))
+    assert again.shards_done == 1 and again.shards_skipped == remote.shards_total - 1
+    assert read_remote().keys() == a.keys()
+    with pytest.raises(ConflictError, match="other settings"):
+        batch_recommend(settings, url, n=6, executor=LocalExecutor(1))
+
+
+def test_cli_writes_to_an_object_store_url(settings: Settings, s3_server) -> None:
+    from typer.testing import CliRunner
+
+    from scalerec.cli import app
+
+    url = s3_server.bucket_url("cli-recs")
+    res = CliRunner().invoke(
+        app, ["--data-dir", str(settings.data.dir), "batch-recommend", "--n", "3", "--out", url, "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.output)
+    assert body["out_dir"] == url and body["shards_done"] == body["shards_total"] >= 1
+    from scalerec.data.objectstore import ObjectStore
+
+    store = ObjectStore(url)
+    assert all(store.fs.get_file_info(f"{store.root}/{part_name(s)}").size > 0 for s in range(body["shards_total"]))

@@ -311,3 +311,121 @@ def test_the_placement_is_recorded_with_the_served_list(api1):
     body = _recs(a, "home", n=3)
     assert seen and seen[-1]["placement"] == "home" and seen[-1]["recommendation_id"] == body["recommendation_id"]
     assert seen[-1]["items"] == [i["item_id"] for i in body["items"]]
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-catalogue", "index-subset"])
+@pytest.mark.parametrize("boost", [{"multiply": 1000}, {"add": 100}], ids=["multiply", "add"])
+def test_a_boosted_item_beyond_the_retrieved_candidates_can_enter(api, monkeypatch, whole, boost):
+    from scalerec.serving import merchandising
+
+    a = api
+    if whole:  # score the whole catalogue with the boosts applied before the top-k (as above 4,096 items)
+        monkeypatch.setattr(merchandising, "EXACT_SUBSET_MAX", 0)
+    user, n = _user(a), 5
+    _put(a, "plain", {"strategy": "personal"})
+    ranked = _recs(a, "plain", user_id=user, n=60)["items"]
+    # far below the 2n candidates a boosting placement retrieves, with a score a factor can raise
+    far = next(i for i in ranked[6 * n:] if i["score"] * 1000 > 1.01 * ranked[0]["score"])["item_id"]
+    _put(a, "lift", {"strategy": "personal", "boosts": [{"name": "lift", "rule": f'item_id == "{far}"', **boost}]})
+    items = _recs(a, "lift", user_id=user, n=n)["items"]
+    assert len(items) == n
+    assert items[0] == {**items[0], "item_id": far, "reason": "boosted:lift"}
+    assert [i["item_id"] for i in items[1:]] == [i["item_id"] for i in ranked[: n - 1]]  # the rest in model order
+
+
+def test_a_catalogue_write_patches_the_placement_columns_with_the_changed_item_only(api1, monkeypatch):
+    from scalerec.serving.merchandising import build_columns
+    from scalerec.serving.rules import parse_rule
+
+    a = api1
+    user = _user(a)
+    _put(a, "nozed", {"strategy": "personal", "filter": 'attributes.brand != "Zed"', "exclude_seen": False})
+    first = [i["item_id"] for i in _recs(a, "nozed", user_id=user, n=10)["items"]]
+    merch, catalog = a.service.merchandising, a.service.store.catalog
+    full_reads = merch.stats["full_reads"]
+    reads: Counter = Counter()
+    real_table, real_get = catalog.items_table, catalog.get_item
+
+    def items_table(*args, **kw):  # the real catalogue, counted
+        reads["whole catalogue"] += 1
+        return real_table(*args, **kw)
+
+    def get_item(item_id):
+        reads[item_id] += 1
+        return real_get(item_id)
+
+    monkeypatch.setattr(catalog, "items_table", items_table)
+    monkeypatch.setattr(catalog, "get_item", get_item)
+    target = first[0]
+    r = a.client.patch(f"/v1/items/{target}", json={"attributes": {"brand": "Zed", "color": "teal"}}, headers=a.h("write"))
+    assert r.status_code == 200, r.text
+    after = [i["item_id"] for i in _recs(a, "nozed", user_id=user, n=10)["items"]]
+    assert target not in after and len(after) == 10  # the rule sees the new attribute at once
+    assert reads["whole catalogue"] == 0 and set(reads) == {target}  # no other item was read
+    assert merch.stats["full_reads"] == full_reads and merch.stats["patched_items"] == 1
+    # the patched columns answer every rule as columns read whole would
+    live = a.service.live
+    patched, _ = merch.columns(live)
+    whole = build_columns(live, real_table(columns=["item_id", "attributes", "created_at"]))
+    for rule in ('attributes.brand == "Zed"', 'attributes.color == "teal"', 'attributes.brand in ("Juniper", "Cobalt")',
+                 "age_days < 10000"):
+        np.testing.assert_array_equal(parse_rule(rule).mask(patched, None), parse_rule(rule).mask(whole, None))
+
+
+def test_age_days_is_computed_live_so_items_age_out_of_a_rule(api1, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from scalerec.serving import rules
+
+    a = api1
+    user = _user(a)
+    now = datetime.now(timezone.utc)
+    cat = _catalogue(a)
+    young = sorted(_available(a))[:4]
+    # older than every other item, so the window below holds only these four
+    base = 10 + max([(now - r["created_at"]).total_seconds() / 86_400 for i, r in cat.items()
+                     if r["created_at"] is not None and i not in young] + [0])
+    for k, item in enumerate(young):  # created base + 0.5, 1.5, 2.5 and 3.5 days ago
+        row = {f: cat[item][f] for f in ("title", "description", "categories", "price", "available", "attributes")}
+        created = now - timedelta(days=base + 0.5 + k)
+        r = a.client.put(f"/v1/items/{item}", json={**row, "created_at": created.isoformat()}, headers=a.h("write"))
+        assert r.status_code in (200, 201), r.text
+    _put(a, "old", {"strategy": "personal", "filter": f"age_days > {base:.4f} and age_days < {base + 3:.4f}",
+                    "exclude_seen": False})
+    assert sorted(i["item_id"] for i in _recs(a, "old", user_id=user, n=10)["items"]) == young[:3]
+    later = now.timestamp() + 1.0 * 86_400  # a day later, with the same catalogue view and model
+    monkeypatch.setattr(rules.time, "time", lambda: later)
+    assert sorted(i["item_id"] for i in _recs(a, "old", user_id=user, n=10)["items"]) == young[:2]
+    monkeypatch.setattr(rules.time, "time", lambda: later + 2 * 86_400)  # all four past the window now
+    assert not _recs(a, "old", user_id=user, n=10)["items"]
+
+
+def test_complements_are_computed_when_the_version_loads(api1):
+    from scalerec.serving.service import RecommendService
+
+    a = api1
+    _put(a, "cart", {"strategy": "complementary"})
+    service = RecommendService(a.settings)  # a new process over the same store: loads the version
+    try:
+        merch = service.merchandising
+        version = service.live.model.version
+        assert version in merch._comp  # before any request
+        expected = a.service.merchandising.complements(a.service.live)
+        np.testing.assert_array_equal(merch._comp[version].indptr, expected.indptr)
+        np.testing.assert_array_equal(merch._comp[version].cols, expected.cols)
+    finally:
+        service.close()
+
+
+def test_lists_without_anything_personal_are_shared_until_the_blocklist_or_catalogue_changes(api1):
+    a = api1
+    _put(a, "home", {"strategy": "personal", "filter": "price > 1", "fallbacks": ["popular"]})
+    first = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-1", n=8)["items"]]
+    assert len(first) == 8 and first == [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-2", n=8)["items"]]
+    r = a.client.put("/v1/blocklist", json={"item_ids": [first[0]]}, headers=a.h("admin"))
+    assert r.status_code == 200, r.text
+    blocked = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-3", n=8)["items"]]
+    assert first[0] not in blocked and blocked[:7] == first[1:]
+    assert a.client.patch(f"/v1/items/{first[1]}", json={"available": False}, headers=a.h("write")).status_code == 200
+    later = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-4", n=8)["items"]]
+    assert first[1] not in later and later[:6] == first[2:]

@@ -149,3 +149,25 @@ def test_tokenizer_never_evaluates_code():
         parse_rule("price > 1 and " * 200 + "true")
     with pytest.raises(RuleError, match="nest deeper"):
         parse_rule("(" * 60 + "true" + ")" * 60)
+
+
+def test_age_days_from_created_at_is_live(monkeypatch):
+    import time
+
+    from scalerec.serving import rules
+
+    now = time.time()
+    day_us = 86_400e6
+    cols = ItemColumns(
+        item_ids=np.array(["a", "b", "c"]), available=np.ones(3, bool), price=np.full(3, np.nan),
+        primary_category=np.full(3, -1, np.int32), category_names=(), category_mask=lambda names: np.zeros(3, bool),
+        numbers={"popularity": np.zeros(3), "trending": np.zeros(3)},
+        attr_keys=np.zeros(0, str), attr_values=np.zeros(0, str), attr_items=np.zeros(0, np.int64),
+        created_us=np.array([now * 1e6 - 29.5 * day_us, now * 1e6 - 30.5 * day_us, np.nan]),
+    )
+    np.testing.assert_allclose(cols.age_days(now + 86_400)[:2], [30.5, 31.5], atol=rules.AGE_REFRESH_S / 86_400)
+    assert np.isnan(cols.age_days()[2])
+    rule = parse_rule("age_days < 30")
+    assert "age_days" in rule.paths and rule.mask(cols, None).tolist() == [True, False, False]
+    monkeypatch.setattr(rules.time, "time", lambda: now + 86_400)  # a day later: "a" is 30.5 days old
+    assert rule.mask(cols, None).tolist() == [False, False, False]

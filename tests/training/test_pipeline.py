@@ -21,6 +21,7 @@ from scalerec.data.snapshot import event_count
 from scalerec.data.store import DataStore
 from scalerec.datasets.synth import generate_store
 from scalerec.models import MODELS
+from scalerec.models.base import MATRIX_PARAMS
 from scalerec.models.popular import MostPopular
 from scalerec.registry import Registry
 from scalerec.training import TrainOptions, run_training_subprocess, should_retrain, train
@@ -82,8 +83,10 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     lo, hi = ds.log.time_range()
     assert m["data"]["min_timestamp"] == lo.isoformat() and m["data"]["max_timestamp"] == hi.isoformat()
     assert len(m["data"]["fingerprint"]) == 64
+    # a signal choice left at None (the [matrix] setting, e.g. the cell convention) is not a set parameter
+    chosen = {k: v for k, v in result.best_params.items() if not (k in MATRIX_PARAMS and v is None)}
     assert m["model"]["family"] == result.best_family and m["model"]["params"] == {
-        **MODELS[result.best_family]().get_params(), **result.best_params
+        **MODELS[result.best_family]().get_params(), **chosen
     }
     # the default (auto) protocol: chosen on the validation part, scored once on the test part
     assert list(m["metrics"]) == ["test", "validation"]
@@ -102,7 +105,9 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     assert winner.trials_total == 5 and not winner.dropped
     assert [f.dropped.startswith("dropped after round 1") for f in result.families if f is not winner] == [True]
     ease = next(f for f in result.families if f.family == "ease")
-    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0, "recency_half_life_days": None}
+    # normalise: the shop's type weights are not 1, so the cell convention is searched (None = [matrix])
+    assert ease.default_params == {"max_items": settings.models.ease_max_items, "l2": 500.0, "recency_half_life_days": None,
+                                   "normalise": None}
     assert ease.best_value >= ease.default_value
     # fallbacks: popular = column sums of the all-data matrix, aligned with the model's items
     loaded = Registry(settings).load()
@@ -480,3 +485,26 @@ def test_normalised_cells_agree_when_tuned_gated_refitted_and_served(tmp_path: P
     served_row = history_row(st, fresh.cols, fresh.weights).toarray()
     built_row = recorded.build(posted, item_ids=loaded.matrix.item_ids).matrix.toarray()
     assert built_row.sum() > 0 and np.allclose(served_row, built_row, atol=1e-5)
+
+
+def test_a_training_whose_lease_is_stolen_stops_before_writing_a_version(store, monkeypatch) -> None:
+    # another machine took the `train` lease (this one stalled past its expiry): the run stops at
+    # its next step with a typed error, and no version (nor a half-written one) is left
+    from test_lease import short_leases, steal_lease
+
+    from scalerec.errors import LeaseLostError
+
+    settings, ds = store
+    held = short_leases(monkeypatch)
+    stolen: list[str] = []
+
+    def steal_after_the_first_trial(event) -> None:
+        if event.stage == "search" and event.done >= 1 and not stolen:
+            stolen.append(event.stage)
+            steal_lease(ds.catalog, "train", held)
+
+    with pytest.raises(LeaseLostError, match="'train' lease expired"):
+        train(settings, TrainOptions(models=["popular", "ease"], trials=4), store=ds, progress=steal_after_the_first_trial)
+    assert stolen
+    assert _versions_on_disk(settings) == [] and Registry(settings).list() == []
+    assert ds.catalog.lease_holder("train")[0] == "other-machine:1:thief", "the new holder keeps its lease"

@@ -139,8 +139,8 @@ def test_the_recency_design_sits_at_the_holdout_scale() -> None:
 def test_queued_design_trials_run_before_a_family_is_judged_even_past_the_deadline(split_and_spec, tmp_path) -> None:
     import time
 
-    split, spec, _ = split_and_spec
-    stats = data_stats(split)
+    split, spec, snapshot = split_and_spec
+    stats = data_stats(split, events=snapshot.events, settings=Settings())
     assert stats.holdout_days is not None and stats.holdout_days > 0  # the shop's auto protocol is a time window
     res = tune_family("ease", storage=storage_url(tmp_path), name="ease-x-y", split_spec=spec,
                       executor=LocalExecutor(1), n_trials=10, deadline=time.monotonic() - 1, metric=METRIC, stats=stats)
@@ -148,6 +148,7 @@ def test_queued_design_trials_run_before_a_family_is_judged_even_past_the_deadli
     assert res.trials_new == 2 and res.stopped == "time budget reached"
     assert trials[0].user_attrs.get("default") and trials[0].params["recency_half_life_days"] is None
     assert trials[1].user_attrs.get("design") and trials[1].params["recency_half_life_days"] is not None
+    assert trials[1].params["normalise"] is None  # the configured cell convention; the sampler tries the other
 
 
 def test_the_search_tries_the_signal_choices_the_data_supports(split_and_spec, tmp_path) -> None:
@@ -186,6 +187,53 @@ def test_train_on_ratings_searches_the_rating_rule_and_records_the_choice(tmp_pa
     signals = r.version.manifest()["search"]["signals"]
     assert signals["offered"]["rating_rule"] == [None, "raw", "binary", "centered"]
     assert signals["chosen"] == {"rating_rule": r.best_params["rating_rule"]}
+
+
+def test_the_cell_convention_is_a_signal_choice_where_type_weights_differ_from_1() -> None:
+    from scalerec.training.tuning import signal_choices
+
+    assert signal_choices({"cell_unit": 10.0, "normalise": False})["normalise"] == (None, True)
+    assert signal_choices({"cell_unit": 10.0, "normalise": True})["normalise"] == (None, False)
+    assert "normalise" not in signal_choices({"cell_unit": 1.0})  # ratings / unit weights: the same cells
+    assert "normalise" not in signal_choices({"cell_unit": None})
+
+
+def test_train_searches_the_cell_convention_and_tune_refit_manifest_and_serving_agree(tmp_path) -> None:
+    from scalerec.data.matrix import MatrixSpec, matrix_from_settings
+    from scalerec.registry import Manifest
+    from scalerec.serving.state import data_conventions
+
+    settings, store = _shop(tmp_path / "data")  # view 1, cart 4, purchase 10: the strongest type is 10
+    r = train(settings, TrainOptions(models=["ease"], trials=4, promote=False), store=store)
+    study = load_report(settings.data.dir)[0]
+    assert all(t["params"]["normalise"] in (None, True) for t in study["trials"])  # searched by every trial
+    manifest = r.version.manifest()
+    signals = manifest["search"]["signals"]
+    assert signals["offered"]["normalise"] == [None, True]
+    chosen = signals["chosen"]["normalise"]
+    assert chosen == r.best_params["normalise"]
+    spec = Manifest.from_dict(manifest).matrix
+    # the refit's matrix, the manifest's spec and serving's fold-in cells read the events the same way
+    assert spec.normalise is bool(chosen) and (spec.cell_unit == 10.0 if chosen else spec.cell_unit is None)
+    assert data_conventions(manifest)[1].get("cell_unit") == spec.cell_unit
+    refit = matrix_from_settings(store, settings, **MODELS["ease"](**r.best_params).matrix_overrides())
+    again = spec.build(store)
+    store.close()
+    assert np.array_equal(refit.user_ids, again.user_ids)
+    np.testing.assert_allclose(refit.matrix.toarray(), again.matrix.toarray(), rtol=1e-6)
+    # a unit resolved for normalised cells is dropped when a model asks for the raw ones
+    resolved = MatrixSpec.from_settings(Settings(matrix={"normalise": True})).resolved(again_events(settings))
+    assert resolved.cell_unit == 10.0 and resolved.with_overrides({"normalise": False}).cell_unit is None
+
+
+def again_events(settings: Settings):
+    from scalerec.data.snapshot import take_snapshot
+
+    store = DataStore.open(settings)
+    try:
+        return take_snapshot(store).events
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------------------------------ pruning
@@ -236,6 +284,27 @@ def test_pruned_trial_is_recorded_and_counts_in_the_budget(jobs, split_and_spec,
     assert report["trials"][6]["state"] == "pruned" and report["trials"][6]["pruned_at"] == 2
 
 
+def test_the_median_rule_waits_for_fewer_trials_at_small_budgets() -> None:
+    from scalerec.training.tuning import PRUNE_MIN_STARTUP, PRUNE_STARTUP_TRIALS, prune_startup
+
+    assert [prune_startup(n) for n in (1, 6, 12, 16, 40, 1000)] == [PRUNE_MIN_STARTUP, 2, 3, 4, 5, PRUNE_STARTUP_TRIALS]
+    assert prune_startup(None) == PRUNE_STARTUP_TRIALS
+
+
+def test_an_iterative_family_is_pruned_within_a_small_budget(split_and_spec, tmp_path) -> None:
+    out = _search(Settings(data={"dir": tmp_path}), split_and_spec, ["als"], trials=5)
+    (als,) = out.families
+    (study,) = load_report(tmp_path)
+    pruned = [t for t in study["trials"] if t["state"] == "pruned"]
+    assert als.trials_total == 5 and als.trials_pruned == len(pruned) >= 1  # waiting for 5 completed, it could not fire
+    stored = optuna.load_study(study_name=study["study"], storage=storage_url(tmp_path)).trials
+    complete = [t for t in stored if t.state == TrialState.COMPLETE]
+    assert complete and all(t.intermediate_values for t in complete)  # every fit reported its checkpoints
+    for t in (t for t in stored if t.state == TrialState.PRUNED):
+        # stopped at a checkpoint where it was behind the completed trials' median
+        assert t.user_attrs["pruned_at"] == max(t.intermediate_values) and t.user_attrs["pruned_at"] < t.params["iterations"]
+
+
 # ------------------------------------------------------------------------------------ halving
 def test_halving_rounds() -> None:
     assert [halving_rounds(n) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 3, 3, 4, 4, 4]
@@ -246,7 +315,7 @@ def _search(settings: Settings, split_and_spec, families: list[str], trials: int
     url = storage_url(Path(settings.data.dir))
     return search_families(
         families, storage=url, names={f: f"{f}-fp-conf" for f in families}, schedule="search-fp-conf",
-        split_spec=spec, executor=LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
+        split_spec=spec, executor=kw.pop("executor", None) or LocalExecutor(1), n_trials=trials, minutes=None, metric=METRIC,
         seed=seed, stats=kw.pop("stats", data_stats(split)), **kw,
     )
 
@@ -267,7 +336,10 @@ def test_trials_carry_seeded_bootstrap_intervals(split_and_spec, tmp_path) -> No
         iv = trial[METRIC]
         assert iv["low"] <= iv["mean"] <= iv["high"] and iv["low"] < iv["high"]
         assert iv["n_users"] == len(split.relevant("test")[1])  # the validation part's users
-        assert set(trial) >= {"recall@20", "precision@20", "ndcg@20"} and "coverage@20" not in trial
+        assert set(trial) >= {"recall@20", "precision@20", "ndcg@20", "coverage@20", "popularity_bias@20"}
+        for key in ("coverage@20", "popularity_bias@20"):  # catalogue figures: resampled over the same users
+            assert 0.0 <= trial[key]["low"] <= trial[key]["mean"] <= trial[key]["high"] <= 1.0
+        assert trial["coverage@20"]["low"] < trial["coverage@20"]["high"]
     assert intervals(tmp_path / "b", 3) == first  # seeded: the same intervals again
     assert intervals(tmp_path / "c", 4) != first
 
@@ -304,6 +376,50 @@ def test_the_search_is_deterministic_for_a_seed(split_and_spec, tmp_path) -> Non
     assert trials_of(tmp_path / "c", 12) != first  # the seed does steer the samplers
 
 
+class _ShuffledExecutor:
+    """Runs trials on ``jobs`` threads, each after a random pause: trials finish in an order that
+    differs from their launch order, and from run to run (the completion order a process pool under load gives)."""
+
+    def __init__(self, jobs: int, seed: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.jobs, self._rng, self._pool = jobs, np.random.default_rng(seed), ThreadPoolExecutor(jobs)
+
+    def submit(self, fn, *args):
+        import time
+
+        pause = float(self._rng.uniform(0.0, 0.1))
+        return self._pool.submit(lambda: (time.sleep(pause), fn(*args))[1])
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
+
+
+def test_the_search_is_deterministic_for_a_seed_with_parallel_trials(split_and_spec, tmp_path) -> None:
+    # ALS: each launch carries prune medians of the trials told so far, so what was told when matters
+    families = ["als"]
+
+    def run(root: Path, order_seed: int) -> tuple[list[Any], list[Any]]:
+        root.mkdir()
+        ex = _ShuffledExecutor(3, order_seed)
+        try:
+            out = _search(Settings(data={"dir": root}), split_and_spec, families, trials=12, seed=5, executor=ex)
+        finally:
+            ex.shutdown()
+        report = load_report(root)
+        trials = [(st["family"], t["number"], t["state"], t["params"]) for st in report for t in st["trials"]]
+        values = [t["value"] if t["value"] is not None else np.nan for st in report for t in st["trials"]]
+        chosen = [(f.family, f.best_params, f.trials_total, f.dropped) for f in out.families]
+        return [chosen, trials], values
+
+    first, first_values = run(tmp_path / "a", 0)
+    for order_seed in (1,):
+        again, values = run(tmp_path / f"r{order_seed}", order_seed)
+        assert again == first  # same proposals, states and chosen configuration whatever finished first
+        np.testing.assert_allclose(values, first_values, rtol=1e-5)
+    assert len({json.dumps(t[3], sort_keys=True) for t in first[1]}) > 4  # the sampler really proposed several
+
+
 def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:
     from typer.testing import CliRunner
 
@@ -326,6 +442,11 @@ def test_train_records_rounds_and_tune_report_shows_them(tmp_path) -> None:
     done = [t for st in studies for t in st["trials"] if t["state"] == "complete"]
     assert done and all(t["intervals"][METRIC]["low"] <= t["value"] <= t["intervals"][METRIC]["high"] for t in done)
     assert re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", out.output)  # value [low, high] in the table
+    for key in ("coverage@20", "popularity_bias@20"):  # on the test part and the chosen trial, in the manifest too
+        iv = r.intervals["test"][key]
+        assert iv["low"] <= r.metrics[key] <= iv["high"] and key in r.intervals["validation"]
+        assert r.version.manifest()["intervals"]["test"][key] == iv
+    assert "coverage" in out.output and "popularity" in out.output  # columns of the best-per-family table
     test_iv, val_iv = r.intervals["test"][METRIC], r.intervals["validation"][METRIC]
     assert test_iv["low"] <= r.metrics[METRIC] <= test_iv["high"] and test_iv["mean"] == pytest.approx(r.metrics[METRIC])
     assert val_iv["mean"] == pytest.approx(r.validation_metrics[METRIC]) and r.intervals["confidence"] == 0.95

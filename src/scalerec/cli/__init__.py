@@ -22,6 +22,7 @@ from scalerec.cli import batch_cmd  # noqa: E402,F401
 from scalerec.cli import online_cmds  # noqa: E402,F401
 from scalerec.cli import placements_cmd  # noqa: E402,F401
 from scalerec.cli import monitor_cmds  # noqa: E402,F401
+from scalerec.cli import migrate_cmd  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 

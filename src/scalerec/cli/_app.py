@@ -66,7 +66,7 @@ def get_settings(ctx: typer.Context) -> Settings:
             settings.data = settings.data.model_copy(update={"dir": state.data_dir})
         if state.command is not None and state.command not in CREATING_COMMANDS:
             require_store(settings)
-        state._settings = settings
+        state._settings = with_store_settings(settings)
     return state._settings
 
 
@@ -80,6 +80,21 @@ def require_store(settings: Settings) -> None:
             f"{str(d)!r} is not a scalerec data directory (no events/ and catalogue there); create it with "
             f"`scalerec -d {d} init` (or import data into it), or point --data-dir / [data] dir at an existing one"
         )
+
+
+def with_store_settings(settings: Settings) -> Settings:
+    """The settings with what an existing store recorded (event types whose imported values weight)."""
+    from scalerec.data.catalog import open_catalog
+    from scalerec.data.store import DataStore
+    from scalerec.data.value_types import with_store_value_types
+
+    if not DataStore.exists(settings) or not (Path(settings.data.dir) / "events").is_dir():
+        return settings
+    catalog = open_catalog(settings.data.resolved_catalog_url(), read_only=True)
+    try:
+        return with_store_value_types(settings, catalog)
+    finally:
+        catalog.close()
 
 
 def get_store(ctx: typer.Context, *, read_only: bool = False) -> "DataStore":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,7 +14,8 @@ from scalerec.cli._cluster import cluster_option, with_cluster
 @app.command("batch-recommend")
 def batch_recommend_cmd(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory: part-<shard>.parquet files, one per user shard."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory or object-store URL (s3://BUCKET/PREFIX?...): "
+                            "part-<shard>.parquet files, one per user shard."),
     n: int = typer.Option(100, "--n", "-n", min=1, help="Recommendations per user."),
     version: Optional[str] = typer.Option(None, "--version", help="Model version (default: production)."),
     cluster: Optional[str] = cluster_option(),

@@ -119,13 +119,26 @@ def compact(
         False, "--all", help="Merge every day with more than one file (default: days with >= [data] compact_min_files)."
     ),
 ) -> None:
-    """Move pending events into the log and merge small Parquet files of each day."""
+    """Move pending events into the log and merge small Parquet files of each day; merge each closed
+    day's impression files and roll the closed days' KPIs up (the whole-history KPI query reads that)."""
+    from scalerec.online import rollups
+
     store = get_store(ctx)
     with console.status("compacting the event log"):
         result = store.compact(all_partitions=all_partitions)
     console.print(
         f"moved {result['flushed_pending']:,} pending events into the log; merged {result['files_before']:,} files "
         f"of {result['partitions']:,} days into {result['files_after']:,} ({result['rows']:,} events)",
+        markup=False,
+        highlight=False,
+    )
+    with console.status("compacting impressions and rolling up KPIs"):
+        online = rollups.compact(store, get_settings(ctx))
+    imp, roll = online["impressions"], online["rollup"]
+    console.print(
+        f"merged {imp['files_before']:,} impression files of {imp['partitions']:,} closed days into {imp['files_after']:,}; "
+        f"KPI rollup of the days before {roll['before']}: {roll['impressions']:,} impressions, "
+        f"{roll['attributed_events']:,} attributed events",
         markup=False,
         highlight=False,
     )

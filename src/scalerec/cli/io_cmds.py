@@ -123,7 +123,7 @@ def _import_summary(report: Any) -> list[Table]:
 def _run_import(ctx: typer.Context, kind: str, file: Path, fmt: Optional[str], maps: list[str], sets: list[str],
                 timestamp_format: Optional[str], preset: Optional[str], on_error: str, quarantine: Optional[Path],
                 encoding: Optional[str], chunk_rows: Optional[int], as_json: bool,
-                allow_duplicate: bool = False, no_timestamps: bool = False) -> None:
+                allow_duplicate: bool = False, no_timestamps: bool | str = False) -> None:
     from scalerec.data.importers import ON_ERROR, import_file
 
     on_error = on_error.lower()
@@ -201,9 +201,12 @@ def _register_import(kind: str) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="Import events even when this file was already imported with the same options (that doubles them)."),
         no_timestamps: bool = typer.Option(False, "--no-timestamps", help="Events only: the file has no times; every event gets one date (--set timestamp=DATE, default today UTC) and training holds out a random share per user."),
+        file_order: bool = typer.Option(False, "--file-order", help="Events only: the file has no times but its lines are in time order; events are dated one day (--set timestamp=DATE) plus their line number in microseconds, so training holds out the last lines."),
     ) -> None:
+        if no_timestamps and file_order:
+            raise ValidationError("--no-timestamps (one date, no order) and --file-order (ordered by line) contradict each other; pass one")
         _run_import(ctx, kind, file, fmt, maps, sets, timestamp_format, preset, on_error, quarantine, encoding,
-                    chunk_rows, as_json, allow_duplicate, no_timestamps)
+                    chunk_rows, as_json, allow_duplicate, "file-order" if file_order else no_timestamps)
 
 
 for _kind in ("events", "users", "items"):

@@ -139,6 +139,8 @@ def capacity_cmd(
     events: str = typer.Option("1x", "--events", help="Event count factor."),
     items: str = typer.Option("1x", "--items", help="Catalogue size factor."),
     peak_rps: Optional[float] = typer.Option(None, "--peak-rps", help="Today's peak requests/s (default: the server's recorded peak)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Refit the served family on 1/4, 1/2 and all users and "
+                                   "project training time from the fitted power law (costs about two refits)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measurements and the projection as JSON."),
 ) -> None:
     """Measure this store's costs and project the resources a peak or a new market needs."""
@@ -146,7 +148,7 @@ def capacity_cmd(
     from scalerec.monitoring.history import History, series
 
     settings = get_settings(ctx)
-    measured = measure(settings, store=get_store(ctx, read_only=True))
+    measured = measure(settings, store=get_store(ctx, read_only=True), calibrate=calibrate)
     basis = peak_rps
     mix = None
     if basis is None:
@@ -181,6 +183,15 @@ def capacity_cmd(
         t.add_row(f"CPU per request: {strat}", f"{us:,.0f} µs")
     for fam, tr in (m.get("training") or {}).items():
         t.add_row(f"training {fam}", f"{tr['seconds_per_million_events']:,.1f} s per million events")
+    if m.get("training_calibration"):
+        c = m["training_calibration"]
+        pts = ", ".join(f"{q['cells']:,} cells {q['cpu_seconds']:.2f} s" for q in c["points"])
+        t.add_row(f"training {c['family']} fitted", f"CPU s = {c['coefficient']:.3g} x cells^{c['exponent']:.2f} ({pts})")
+    rk = m.get("ranking")
+    if rk:
+        what = f"{rk['status']}: bundle {gib(rk['total_bytes'])}" + (
+            f", rerank {rk['rerank_cpu_us']:,.0f} µs per personal list" if rk.get("rerank_cpu_us") is not None else "")
+        t.add_row("ranking stage", what)
     console.print(t)
     p = proj
     f = p["factors"]
@@ -193,9 +204,14 @@ def capacity_cmd(
     t.add_row("  of which the model", gib(p["model_bytes"]))
     t.add_row("disk", gib(p["disk_bytes"]))
     if p["training_seconds"] is not None:
-        t.add_row("training (refit)", f"{p['training_seconds']:,.0f} s")
+        fam = (m.get("model") or {}).get("family")
+        t.add_row("training (refit)", f"{p['training_seconds']:,.0f} s ({(p['training'].get(fam) or {}).get('basis', '')})")
+    if p["ranking"]["status"] == "active":
+        t.add_row("  of the model, the ranking bundle", gib(p["ranking"]["bytes"]))
     t.add_row("one machine enough", "yes" if p["one_machine_enough"] else "no: " + "; ".join(p["why_cluster"]) + " -> use the Ray cluster")
     console.print(t)
+    for n in p["notes"]:
+        console.print(f"Note: {n}", markup=False, highlight=False, soft_wrap=True)
     console.print("Assumptions:", markup=False)
     for a in p["assumptions"]:
         console.print(f"  - {a}", markup=False, highlight=False, soft_wrap=True)

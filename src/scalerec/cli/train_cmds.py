@@ -109,6 +109,10 @@ def _summary(result: "TrainResult") -> None:
     info.add_row(f"{result.metric} validation",
                  _interval(result.validation_metrics.get(result.metric), (iv.get("validation") or {}).get(result.metric))
                  + " (where it was chosen)")
+    at = result.metric.partition("@")[2]
+    for key in (f"coverage@{at}", f"popularity_bias@{at}"):  # how wide and how popular the chosen lists are
+        if key in result.metrics:
+            info.add_row(f"{key} test", _interval(result.metrics[key], (iv.get("test") or {}).get(key)))
     info.add_row("data", f"{result.snapshot.get('event_count', 0):,} events, "
                  f"{result.snapshot.get('min_timestamp', '?')[:19]} .. {result.snapshot.get('max_timestamp', '?')[:19]}")
     info.add_row("refit", f"{result.fit_s:.1f} s, peak memory {_bytes(result.peak_rss_bytes)}")
@@ -283,13 +287,15 @@ def tune_report(
             val = st["best"]["value"]
             cur = best_per_family.get(fam)
             if cur is None or (val > cur[0] if higher else val < cur[0]):
-                best_per_family[fam] = (val, st["best"]["params"], st["study"],
-                                        (st["best"].get("intervals") or {}).get(st.get("metric") or ""))
-    summary = Table(title="best configuration per family (validation; [bootstrap interval over users])", title_justify="left")
-    for col in ("family", "value [interval]", "params", "study"):
+                best_per_family[fam] = (val, st["best"]["params"], st["study"], st["best"], st.get("metric") or "")
+    summary = Table(title="best configuration per family (validation; \\[bootstrap interval over users])", title_justify="left")
+    for col in ("family", "value \\[interval]", "coverage", "popularity bias", "params", "study"):
         summary.add_column(col, overflow="fold")
-    for fam, (val, params, name, iv) in sorted(best_per_family.items()):
-        summary.add_row(fam, _interval(val, iv), _params(params), name)
+    for fam, (val, params, name, best, metric) in sorted(best_per_family.items()):
+        ivs, at = best.get("intervals") or {}, metric.partition("@")[2]
+        catalogue = [_interval((best.get("metrics") or {}).get(key), ivs.get(key))
+                     for key in (f"coverage@{at}", f"popularity_bias@{at}")]  # --json: per trial
+        summary.add_row(fam, _interval(val, ivs.get(metric)), *catalogue, _params(params), name)
     console.print(summary)
     _print_rounds(settings.data.dir, family)
 

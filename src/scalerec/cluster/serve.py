@@ -6,8 +6,10 @@ single-machine ones; Ray Serve adds the HTTP proxy on every node, routing, repli
 (a dead replica is replaced) and autoscaling between ``[cluster.serve] min_replicas`` and
 ``max_replicas`` aiming at ``target_ongoing_requests`` in-flight requests per replica.
 
-Every node must see the data directory (a shared filesystem): replicas memory-map the model
-versions and read the catalogue and API keys from it. Prometheus metrics at ``/v1/metrics`` are
+Replicas share state the way `scalerec serve` processes on several machines do: with
+``[data] catalog_url`` (PostgreSQL) and ``store_url`` (an object store) set, the data directory
+is only each node's model cache and need not be shared; with the embedded set-up every node must
+see the data directory (a shared filesystem). Prometheus metrics at ``/v1/metrics`` are
 per replica (the proxy picks one), not cluster totals.
 """
 

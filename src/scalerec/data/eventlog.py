@@ -996,8 +996,12 @@ class EventLog:
         min_files: int = 8,
         days: Iterable[dt.date] | None = None,
         progress: Progress | None = None,
+        stop: Callable[[], None] | None = None,
     ) -> dict[str, int]:
         """Merge each day partition with >= ``min_files`` visible files into one file.
+
+        ``stop()`` is called before each partition; it raises to stop (a lost lease): the
+        partitions merged so far stay merged, the others untouched.
 
         ``days`` limits the work to those UTC days. Every row is kept exactly once: the merged file
         is written to a staging dir, then swapped in with a switch record (see the module
@@ -1018,6 +1022,8 @@ class EventLog:
             tmp = self._rewrite_tmp()
             try:
                 for i, (day, d, files) in enumerate(todo):
+                    if stop is not None:
+                        stop()
                     rows = self._merge_partition(d, files, tmp)
                     result["partitions"] += 1
                     result["files_before"] += len(files)

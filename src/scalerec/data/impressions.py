@@ -3,13 +3,19 @@
 Layout under ``root`` (normally ``<data_dir>/impressions``)::
 
     date=YYYY-MM-DD/part-<pid>-<uuid>.parquet     one file per writer batch (immutable once renamed in)
+    date=YYYY-MM-DD/part-c-<uuid>.parquet        a closed day's batches merged by :meth:`ImpressionStore.compact`
+    date=YYYY-MM-DD/.replace-<uuid>.json         switch record of an in-flight merge (as the event log's)
     .tmp-<uuid>.parquet                          a batch or a rewrite being written (ignored by readers)
+    .compact-<uuid>.parquet                      a merge being written (only under the lock)
+    .lock                                        serialises merges and scrubs (the event log's lock)
 
 One row per served list (:data:`IMPRESSION_SCHEMA`): the shown items are a list column whose
 index + 1 is the position, so counting impressions never unnests them. Writers stage a file and
 rename it in (readers see a whole batch or none of it); a user's deletion rewrites each file
 holding them without their rows (tmp file, fsync, rename over: atomic for readers). Partitions
-whose day ended more than the retention ago are deleted. The directory is 0700 and files 0600
+whose day ended more than the retention ago are deleted. A closed day's many small batch files
+are merged into one (:meth:`ImpressionStore.compact`) with the event log's switch records: readers
+see the old files or the merged one, never both and never neither, whatever step a crash stops at. The directory is 0700 and files 0600
 (they hold user ids), like the JSON-lines recommendation log's.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import time
@@ -31,7 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scalerec.data.coerce import utc_us
+from scalerec.data.eventlog import REPLACE_PREFIX, EventLog, _RootLock, _write_json_durable
 from scalerec.data.schema import TIMESTAMP
+from scalerec.errors import StorageError, ValidationError
 
 __all__ = ["IMPRESSION_SCHEMA", "ImpressionStore"]
 
@@ -53,6 +62,9 @@ IMPRESSION_SCHEMA = pa.schema(
 )
 PARTITION_PREFIX = "date="
 _US_PER_DAY = 86_400_000_000
+_COMPACT_PREFIX = ".compact-"
+#: Row groups of a merged day: small enough that a reader of a few columns streams them.
+_ROW_GROUP_ROWS = 128 * 1024
 _DICTIONARY = ["kind", "placement", "model_version", "strategy", "experiment", "variant", "items.list.element"]
 
 
@@ -135,8 +147,7 @@ class ImpressionStore:
         """Visible impression files of the partitions overlapping [start, end), in date order."""
         out: list[Path] = []
         for _, d in self.partitions(start, end):
-            with contextlib.suppress(FileNotFoundError):
-                out.extend(sorted(d / n for n in os.listdir(d) if n.endswith(".parquet") and not n.startswith(".")))
+            out.extend(EventLog._visible_files(d))  # a merge's switch record hides the files it replaced
         return out
 
     def read(self, start: Any = None, end: Any = None) -> pa.Table:
@@ -151,11 +162,16 @@ class ImpressionStore:
         """Delete partitions whose day ended more than ``retention_s`` ago; returns how many."""
         cutoff = (time.time() if now is None else now) - retention_s
         removed = 0
-        for day, d in self.partitions():
-            day_end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() + 86_400
-            if day_end < cutoff:
-                shutil.rmtree(d, ignore_errors=True)
-                removed += 1
+        if not self.root.is_dir():
+            return 0
+        with _RootLock.for_root(self.root).hold(blocking=False) as free:
+            if not free:  # a merge is running: never wait for it on a server's flush thread (next day's flush prunes)
+                return 0
+            for day, d in self.partitions():
+                day_end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() + 86_400
+                if day_end < cutoff:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed += 1
         return removed
 
     def _hits(self, ids: pa.Array, files: Sequence[Path] | None = None) -> dict[Path, tuple[int, int]]:
@@ -183,6 +199,13 @@ class ImpressionStore:
         out: dict[str, Any] = {"files": {}, "rows": 0}
         if len(ids) == 0 or not self.root.is_dir():
             return out
+        with _RootLock.for_root(self.root).hold():  # never beside a merge: it would bring the rows back
+            if files is not None and not all(f.exists() for f in files):
+                files = None  # merged away meanwhile: their rows are in the merged file now
+            self._scrub_locked(ids, files, out)
+        return out
+
+    def _scrub_locked(self, ids: pa.Array, files: Sequence[Path] | None, out: dict[str, Any]) -> None:
         for f, (n_rows, n_hit) in self._hits(ids, files).items():
             table = pq.read_table(f, schema=IMPRESSION_SCHEMA)
             kept = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("user_id"), value_set=ids), False)))
@@ -196,4 +219,89 @@ class ImpressionStore:
                 _fsync_dir(f.parent)
             out["files"][str(f.relative_to(self.root))] = n_hit
             out["rows"] += n_hit
+
+    # -- compaction ----------------------------------------------------------------------
+    def compact(self, before: dt.date, *, min_files: int = 2) -> dict[str, int]:
+        """Merge each day partition before ``before`` (closed days: no writer adds to them) that
+        has at least ``min_files`` files into one file sorted by time. Every impression is kept
+        exactly once, even if the process is killed at any step (see the module). Returns counts
+        of days, files before/after and rows."""
+        if min_files < 2:
+            raise ValidationError(f"min_files={min_files} must be at least 2 (a single file is already compact)")
+        out = {"partitions": 0, "files_before": 0, "files_after": 0, "rows": 0}
+        if not self.root.is_dir():
+            return out
+        with _RootLock.for_root(self.root).hold():
+            self._recover_locked()
+            for day, d in self.partitions():
+                if day >= before:
+                    continue
+                files = EventLog._visible_files(d)
+                if len(files) < min_files:
+                    continue
+                out["rows"] += self._merge(d, files)
+                out["partitions"] += 1
+                out["files_before"] += len(files)
+                out["files_after"] += 1
         return out
+
+    def _merge(self, part_dir: Path, files: list[Path]) -> int:
+        table = pa.concat_tables([pq.read_table(f, schema=IMPRESSION_SCHEMA) for f in files])
+        total = table.num_rows
+        table = table.take(pc.sort_indices(table.column("at")))
+        tmp = self.root / f"{_COMPACT_PREFIX}{uuid.uuid4().hex}.parquet"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=_DICTIONARY,
+                           row_group_size=_ROW_GROUP_ROWS)
+            if pq.read_metadata(tmp).num_rows != total:  # never swap in a file that lost rows
+                raise StorageError(f"merging {part_dir} wrote a file without all {total} impressions; nothing changed")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            new = f"part-c-{uuid.uuid4().hex}.parquet"
+            record = part_dir / f"{REPLACE_PREFIX}{uuid.uuid4().hex}.json"
+            _write_json_durable(record, {"new": new, "old": [f.name for f in files]})
+            os.replace(tmp, part_dir / new)  # the switch point: readers now skip the old files
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        _fsync_dir(part_dir)
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        _fsync_dir(part_dir)
+        record.unlink()
+        return total
+
+    def recover(self) -> dict[str, int]:
+        """Finish (or undo) merges a killed process left: safe at any time; run by every compact."""
+        if not self.root.is_dir():
+            return {"finished": 0, "undone": 0}
+        with _RootLock.for_root(self.root).hold():
+            return self._recover_locked()
+
+    def _recover_locked(self) -> dict[str, int]:
+        stats = {"finished": 0, "undone": 0}
+        for name in os.listdir(self.root):
+            if name.startswith(_COMPACT_PREFIX):  # a merge cut short before its switch (we hold the lock)
+                (self.root / name).unlink(missing_ok=True)
+        for _, d in self.partitions():
+            for debris in d.glob(f"{REPLACE_PREFIX}*.json.part"):  # a record never written: no switch began
+                debris.unlink(missing_ok=True)
+            for rec_path in d.glob(f"{REPLACE_PREFIX}*.json"):
+                try:
+                    rec = json.loads(rec_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    rec_path.unlink(missing_ok=True)
+                    continue
+                if (d / str(rec.get("new"))).exists():
+                    for n in rec.get("old", []):
+                        (d / n).unlink(missing_ok=True)
+                    stats["finished"] += 1
+                else:
+                    stats["undone"] += 1
+                rec_path.unlink(missing_ok=True)
+            _fsync_dir(d)
+        return stats

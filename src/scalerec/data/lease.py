@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from scalerec.errors import StorageError
+from scalerec.errors import LeaseLostError, StorageError
 
 __all__ = ["Lease", "hold_lease", "DEFAULT_TTL_S"]
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 #: Seconds a lease outlives its last renewal (the heartbeat renews every third of it).
 DEFAULT_TTL_S = 30.0
 _HOST = socket.gethostname()
-_held = threading.local()  # (store id, name) -> depth: re-entrant within a thread
+_held = threading.local()  # (store id, name) -> the Lease this thread holds: re-entrant within a thread
 
 
 def _holder_id() -> str:
@@ -63,6 +63,7 @@ class Lease:
         self.holder = _holder_id()
         self.acquired = False
         self.lost = False
+        self.depth = 0
         self.other: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -93,6 +94,16 @@ class Lease:
             pause = min(pause * 2, 1.0)
         return True
 
+    def check(self) -> None:
+        """Raise LeaseLostError when the lease was lost: a job calls this between blocks, so it
+        stops before writing anything another holder may now be writing too."""
+        if self.lost:
+            raise LeaseLostError(
+                f"the {self.name!r} lease expired and was taken by another holder (renewals failed for more than "
+                f"{self.ttl_s:.0f} s: catalogue unreachable or this process stalled); the job stopped between two "
+                "blocks and wrote nothing further; run it again once the other holder is done"
+            )
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
@@ -115,29 +126,31 @@ class Lease:
 
 @contextlib.contextmanager
 def hold_lease(
-    catalog: Any, name: str, *, ttl_s: float = DEFAULT_TTL_S, blocking: bool = True, timeout_s: float | None = None
+    catalog: Any, name: str, *, ttl_s: float | None = None, blocking: bool = True, timeout_s: float | None = None
 ) -> Iterator[Lease]:
     """Hold the lease ``name`` for the block; yields the :class:`Lease` (false when not acquired:
-    ``blocking=False`` or ``timeout_s`` passed). Re-entrant within a thread."""
+    ``blocking=False`` or ``timeout_s`` passed). Re-entrant within a thread. ``ttl_s`` defaults to
+    DEFAULT_TTL_S (read at the call)."""
+    ttl_s = DEFAULT_TTL_S if ttl_s is None else ttl_s
     key = (id(catalog), name)  # one store object: a second store is another holder (another machine)
-    depth: dict = _held.__dict__.setdefault("depth", {})
-    if depth.get(key):
-        depth[key] += 1
-        lease = Lease(catalog, name, ttl_s)
-        lease.acquired = True  # the outer block holds (and renews) it
+    held: dict = _held.__dict__.setdefault("held", {})
+    if key in held:
+        outer = held[key]  # the outer block holds (and renews) it; its loss is this block's too
+        outer.depth += 1
         try:
-            yield lease
+            yield outer
         finally:
-            depth[key] -= 1
+            outer.depth -= 1
         return
     lease = Lease(catalog, name, ttl_s)
     ok = lease.acquire(timeout_s) if blocking else lease.try_acquire()
     if not ok:
         yield lease
         return
-    depth[key] = 1
+    lease.depth = 1
+    held[key] = lease
     try:
         yield lease
     finally:
-        depth[key] = 0
+        del held[key]
         lease.release()

@@ -717,7 +717,12 @@ class MatrixSpec:
         unknown = sorted(set(overrides) - set(SPEC_FIELDS))
         if unknown:
             raise ValidationError(f"matrix overrides {unknown} are not matrix options; use {', '.join(SPEC_FIELDS)}")
-        return replace(self, **overrides) if overrides else self
+        if not overrides:
+            return self
+        overrides = dict(overrides)
+        if "normalise" in overrides and "cell_unit" not in overrides and bool(overrides["normalise"]) != self.normalise:
+            overrides["cell_unit"] = None  # a unit resolved for the other convention: re-resolved from the data (or none)
+        return replace(self, **overrides)
 
     def ratings(self) -> RatingRule:
         """How rating events' values count (:class:`RatingRule`)."""

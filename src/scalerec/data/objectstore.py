@@ -40,7 +40,8 @@ def _s3(url: str) -> tuple[pafs.FileSystem, str]:
         if key not in _S3_OPTIONS:
             raise ValueError(f"unknown s3 URL option {key!r}; known: {', '.join(sorted(_S3_OPTIONS))}")
         opts[key] = _S3_OPTIONS[key](value)
-    # delayed open: an object below one part is one PutObject, not a multipart upload
+    # delayed open: an object below one part (10 MiB) is one PutObject; larger ones are multipart
+    # uploads, visible only once CompleteMultipartUpload succeeds (still before the marker)
     fs = pafs.S3FileSystem(allow_delayed_open=True, **opts)
     return fs, f"{parts.netloc}{parts.path}"
 

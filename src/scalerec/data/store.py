@@ -108,6 +108,7 @@ class DataStore:
         self._catalog = catalog
         self._catalog_guard = threading.Lock()
         self._view_lock = _ViewLock(self.events_dir / ".view.lock")
+        self._leases = threading.local()  # the log-maintenance lease this thread holds (if any)
 
     def __repr__(self) -> str:
         return f"DataStore({str(self.dir)!r})"
@@ -197,6 +198,7 @@ class DataStore:
             self._recover_pending()
             self._apply_shared_deletions()
             while True:
+                self.check_lease()  # a batch is claimed and logged only while the lease is ours
                 with self._view_lock.exclusive(blocking=blocking) as ok:
                     if not ok:
                         return moved
@@ -215,7 +217,7 @@ class DataStore:
                     self.catalog.ack_pending(token)
                     moved += table.num_rows
                 # Each flush adds a file to every day it touches: keep those days compact.
-                self.log.compact(min_files=self.settings.data.compact_min_files, days=tx.days)
+                self.log.compact(min_files=self.settings.data.compact_min_files, days=tx.days, stop=self.check_lease)
                 if table.num_rows < max_rows:
                     return moved
 
@@ -255,8 +257,20 @@ class DataStore:
             if not lease:
                 yield False
                 return
-            with (self.log.lock() if blocking else self.log.try_lock()) as ok:
-                yield True if blocking else ok
+            outer = getattr(self._leases, "held", None)
+            self._leases.held = lease
+            try:
+                with (self.log.lock() if blocking else self.log.try_lock()) as ok:
+                    yield True if blocking else ok
+            finally:
+                self._leases.held = outer
+
+    def check_lease(self) -> None:
+        """Between two blocks of log maintenance: LeaseLostError once this thread's
+        ``log-maintenance`` lease was taken by another holder (then nothing more is written)."""
+        lease = getattr(self._leases, "held", None)
+        if lease is not None:
+            lease.check()
 
     @contextlib.contextmanager
     def consistent_view(self) -> Iterator[None]:
@@ -271,7 +285,7 @@ class DataStore:
         with self.maintenance_lock():
             flushed = self.flush_pending()
             min_files = 2 if all_partitions else self.settings.data.compact_min_files
-            result = self.log.compact(min_files=min_files, progress=progress)
+            result = self.log.compact(min_files=min_files, progress=progress, stop=self.check_lease)
         return {"flushed_pending": flushed, **result}
 
     # -- deleting a user -----------------------------------------------------------------
@@ -324,6 +338,7 @@ class DataStore:
         with self._view_lock.exclusive():  # a snapshot reads all of the user's data or none of it
             removed["pending_events"] = _step(self.catalog.delete_user_pending_events(user_id))
             removed["recent_events"] = _step(self.catalog.forget_recent_events(user_id))
+            self.check_lease()  # the tombstone stays unfinished: the next holder finishes the deletion
             log = self.log.delete_users_detailed([user_id])
             removed["log_events"] = _step(log["rows"], files=log["files"])
             removed["user_record"] = _step(int(self.catalog.delete_user(user_id)))

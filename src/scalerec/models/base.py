@@ -53,7 +53,7 @@ def suggest_recency(trial: "optuna.Trial") -> float | None:
 
 #: Hyperparameters every model takes beside its own: how its training matrix reads the events
 #: (None = as configured in [matrix]). They become ``matrix_overrides()`` of the same names.
-MATRIX_PARAMS: tuple[str, ...] = ("recency_reference", "rating_rule")
+MATRIX_PARAMS: tuple[str, ...] = ("recency_reference", "rating_rule", "normalise")
 
 
 def suggest_signals(trial: "optuna.Trial", choices: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
@@ -99,6 +99,7 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
     #: matrix hyperparameters (:data:`MATRIX_PARAMS`); None = the [matrix] setting
     recency_reference: str | None = None
     rating_rule: str | None = None
+    normalise: bool | None = None
 
     # ------------------------------------------------------------------ hyperparameters
     @classmethod
@@ -150,7 +151,7 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
         Models with a ``recency_half_life_days`` hyperparameter learn from a recency-weighted matrix:
         each cell is ``min(1, sum of 0.5 ** (age / half-life))`` over its events ("interacted with
         recently"), which on the Online Retail protocol lifts EASE from 0.106 to 0.128 Recall@20.
-        ``recency_reference`` / ``rating_rule``, when set, pass through (the search may pick them).
+        ``recency_reference`` / ``rating_rule`` / ``normalise``, when set, pass through (the search may pick them).
         """
         signals = {k: getattr(self, k) for k in MATRIX_PARAMS if getattr(self, k, None) is not None}
         half_life = getattr(self, "recency_half_life_days", None)
@@ -165,6 +166,9 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
             value = getattr(self, name, None)
             if value is not None and value not in allowed:
                 raise ValidationError(f"{type(self).__name__} {name} must be one of {allowed} or None, got {value!r}")
+        normalise = getattr(self, "normalise", None)
+        if normalise is not None and not isinstance(normalise, bool):
+            raise ValidationError(f"{type(self).__name__} normalise must be true, false or None, got {normalise!r}")
         half_life = getattr(self, "recency_half_life_days", None)
         if half_life is not None and not (isinstance(half_life, (int, float)) and half_life > 0):
             raise ValidationError(

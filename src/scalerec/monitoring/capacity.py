@@ -1,9 +1,12 @@
 """Capacity planning: what this store costs (measured) and what a peak or a new market needs (projected).
 
 Measured: bytes per event on disk; the served version's bytes split by what they scale with
-(users, items, item pairs, matrix cells); CPU-µs per request by strategy (timed in this process
-on the real service); training seconds per million events per family (from the manifests); peak
-training memory. Projected with stated scaling rules (``ASSUMPTIONS``), never fitted to one shop.
+(users, items, item pairs, matrix cells), its ranking bundle among them; CPU-µs per request by
+strategy (timed in this process on the real service, the median of interleaved rounds) and the
+ranking stage's rerank share of it; training seconds per million events per family (from the
+manifests) and, with ``calibrate``, a power law of the refit's CPU time fitted on refits of the
+served family on 1/4, 1/2 and all of this store's users. Projected with stated scaling rules
+(``ASSUMPTIONS``), never fitted to one shop's figures by hand.
 """
 
 from __future__ import annotations
@@ -23,12 +26,19 @@ ASSUMPTIONS = [
     "disk: the event log grows linearly with events (bytes per event measured on this store's zstd Parquet)",
     "memory: a model file whose first axis is users grows with users, items with items, an item x item array "
     "with items squared, a matrix-cell array (nnz) with events; worker processes share the memory-mapped model",
-    "training: ALS/BPR/item-kNN/RP3beta/popular time grows linearly with events; EASE with items cubed "
+    "training: with calibration (`scalerec capacity --calibrate`), the served family's refit CPU time follows "
+    "c x cells^a fitted on refits over 1/4, 1/2 and all users of this store (the slope a measured, not assumed); "
+    "without, ALS/BPR/item-kNN/RP3beta/popular time grows linearly with events and EASE with items cubed "
     "(its Gram inverse) plus events",
     "training memory: the refit's peak above a bare process (this one's resident memory when it starts measuring) "
     "grows like the model's bytes",
-    "CPU per request: fixed per strategy (measured here); workers = ceil(peak rps x CPU-s per request / 0.6), "
-    "a worker kept below 60% busy so the latency tail stays flat",
+    "CPU per request: fixed per strategy as users and events grow (measured here: the median of 5 interleaved "
+    "rounds); workers = ceil(peak rps x CPU-s per request / 0.6), a worker kept below 60% busy so the latency "
+    "tail stays flat",
+    "ranking stage: its bundle (models/<version>/ranking/) is part of the model's bytes, its arrays and sparse "
+    "matrices scaling with users, items or cells like the model's; its rerank CPU is in the personal lists' cost "
+    "(measured apart as the difference with the stage off). A store below [ranking] min_queries has no bundle: "
+    "the projection says so, and the stage's bytes and CPU appear only once it is active (measure again then)",
     "one machine is enough while workers <= its cores, memory <= its budget and a retraining fits in the "
     "retraining period; beyond that, the Ray cluster (`--cluster`) takes over",
 ]
@@ -42,24 +52,56 @@ def _np_shape(path: Path) -> tuple[int, ...] | None:
         return None
 
 
+def _axis(shape: tuple[int, ...], n_users: int, n_items: int) -> str:
+    """What an array of ``shape`` scales with."""
+    if not shape:
+        return "fixed"
+    if len(shape) >= 2 and shape[0] == n_items and shape[1] == n_items:
+        return "item_pairs"
+    if shape[0] in (n_users, n_users + 1):
+        return "users"
+    if shape[0] in (n_items, n_items + 1):
+        return "items"
+    return "cells"
+
+
+def _npz_parts(path: Path, n_users: int, n_items: int) -> dict[str, float] | None:
+    """An .npz file's share per axis: a SciPy sparse matrix by its shape (an unknown one with its
+    nonzeros, as cells), named arrays by their first axis; None when it is not a NumPy archive."""
+    try:
+        with np.load(path) as z:
+            names = set(z.files)
+            if {"data", "indices", "indptr", "shape"} <= names:
+                # a sparse matrix by its shape: rows per user or item hold about the same nonzeros as the
+                # axis grows (events per user constant); item x item pairs saturate with the catalogue
+                axis = _axis(tuple(int(x) for x in z["shape"]), n_users, n_items)
+                return {axis if axis != "fixed" else "cells": 1.0}
+            sizes = {n: z[n].nbytes for n in names}
+            axes = {n: _axis(tuple(z[n].shape), n_users, n_items) for n in names}
+    except (ValueError, OSError):
+        return None
+    total = sum(sizes.values()) or 1
+    out: dict[str, float] = {}
+    for n, b in sizes.items():
+        out[axes[n]] = out.get(axes[n], 0.0) + b / total
+    return out
+
+
 def model_bytes(version_dir: Path, n_users: int, n_items: int) -> dict[str, int]:
-    """The version's files, in bytes, by what they scale with: users, items, item_pairs, cells, fixed."""
+    """The version's files (its ranking bundle included), in bytes, by what they scale with:
+    users, items, item_pairs, cells, fixed."""
     out = {"users": 0, "items": 0, "item_pairs": 0, "cells": 0, "fixed": 0}
     for root, _, files in os.walk(version_dir):
         for f in files:
             p = Path(root) / f
             size = p.stat().st_size
+            if f.endswith(".npz"):
+                shares = _npz_parts(p, n_users, n_items) or {"fixed": 1.0}
+                for axis, share in shares.items():
+                    out[axis] += int(round(size * share))
+                continue
             shape = _np_shape(p) if f.endswith(".npy") else None
-            if shape is None or not shape:
-                out["fixed"] += size
-            elif len(shape) >= 2 and shape[0] == n_items and shape[1] == n_items:
-                out["item_pairs"] += size
-            elif shape[0] in (n_users, n_users + 1):
-                out["users"] += size
-            elif shape[0] in (n_items, n_items + 1):
-                out["items"] += size
-            else:
-                out["cells"] += size
+            out["fixed" if shape is None else _axis(shape, n_users, n_items)] += size
     return out
 
 
@@ -75,8 +117,9 @@ def _time_calls(fn: Any, args: list[Any], repeat: int = 1) -> float:
     return (time.process_time() - t0) / (len(args) * repeat) * 1e6
 
 
-def request_costs(service: Any, *, calls: int = 200, seed: int = 0) -> dict[str, float]:
-    """CPU-µs per request by strategy, on the real service in this process (no HTTP)."""
+def request_costs(service: Any, *, calls: int = 500, rounds: int = 5, seed: int = 0) -> dict[str, float]:
+    """CPU-µs per request by strategy, on the real service in this process (no HTTP): the median
+    over ``rounds`` interleaved rounds."""
     live = service.state.current
     if live is None:
         return {}
@@ -86,17 +129,65 @@ def request_costs(service: Any, *, calls: int = 200, seed: int = 0) -> dict[str,
     items = st.item_ids[rng.integers(0, len(st.item_ids), size=calls)].tolist() if len(st.item_ids) else []
     sessions = [items[i : i + 3] for i in range(0, max(0, len(items) - 3), 3)][: calls // 3 or 1]
     service.reclog.add = lambda *_a, **_k: None  # type: ignore[method-assign]  # timing the answer, not the log
-    return {
-        "model": _time_calls(lambda u: service.recommend_user(u, 20), users),
-        "fold_in": _time_calls(lambda s: service.recommend_session(s, 20), sessions),
-        "fallback": _time_calls(lambda i: service.recommend_user(f"capacity-unknown-{i}", 20), list(range(calls))),
-        "similar": _time_calls(lambda i: service.similar_items(i, 20), items),
-        "popular": _time_calls(lambda _: service.popular(20), list(range(calls))),
+    service.impressions.add = lambda *_a, **_k: None  # type: ignore[method-assign]
+    plan = {
+        "model": (lambda u: service.recommend_user(u, 20), users),
+        "fold_in": (lambda s: service.recommend_session(s, 20), sessions),
+        "fallback": (lambda i: service.recommend_user(f"capacity-unknown-{i}", 20), list(range(calls))),
+        "similar": (lambda i: service.similar_items(i, 20), items),
+        "popular": (lambda _: service.popular(20), list(range(calls))),
     }
+    # interleaved rounds, median: a burst of other load on the machine hits one round of each, not one strategy
+    per_round = {k: [] for k in plan}
+    chunk = max(1, calls // rounds)
+    for r in range(rounds):
+        for k, (fn, args) in plan.items():
+            part = args[r * len(args) // rounds:(r + 1) * len(args) // rounds] or args[:chunk]
+            per_round[k].append(_time_calls(fn, part))
+    return {k: float(np.nanmedian(v)) if any(x == x for x in v) else math.nan for k, v in per_round.items()}
 
 
-def measure(settings: Any, *, store: Any = None, time_requests: bool = True) -> dict[str, Any]:
-    """This store's sizes and costs: the basis of every projection."""
+#: Shares of the users the calibration refits on (the points the training-time power law is fitted to).
+CALIBRATION_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def training_calibration(loaded: Any, family: str, params: dict[str, Any], *,
+                         fractions: tuple[float, ...] = CALIBRATION_FRACTIONS, seed: int = 0) -> dict[str, Any]:
+    """Refit the served version's family and parameters on random shares of its users (the matrix's
+    rows, so cells shrink with them) and fit ``cpu_seconds = c x cells^a`` on the points (log-log
+    least squares). Process CPU time: other load on the machine does not count."""
+    from scalerec.data.matrix import InteractionMatrix
+    from scalerec.models import make_model
+
+    m = loaded.matrix
+    order = np.random.default_rng(seed).permutation(m.n_users)
+    points = []
+    for f in fractions:
+        rows = np.sort(order[: max(2, int(round(f * m.n_users)))])
+        sub = InteractionMatrix(m.matrix[rows], m.user_ids[rows], m.item_ids)
+        model = make_model(family, **params)
+        t0 = time.process_time()
+        model.fit(sub)
+        points.append({"fraction": f, "users": int(len(rows)), "cells": int(sub.nnz), "cpu_seconds": time.process_time() - t0})
+    x = np.log([p["cells"] for p in points])
+    y = np.log([max(p["cpu_seconds"], 1e-6) for p in points])
+    a, b = np.polyfit(x, y, 1)
+    return {"family": family, "points": points, "exponent": float(a), "coefficient": float(math.exp(b)),
+            "cells": int(m.nnz), "cpu_seconds": points[-1]["cpu_seconds"]}
+
+
+def _ranking(prod: Any, man: Any, n_users: int, n_items: int) -> dict[str, Any]:
+    """The version's ranking stage: its status (and why), and its bundle's bytes by axis."""
+    section = dict((man.extra or {}).get("ranking") or {})
+    root = Path(prod.path) / "ranking"
+    parts = model_bytes(root, n_users, n_items) if root.is_dir() else {}
+    return {"status": section.get("status") or "absent", "reason": section.get("reason"),
+            "bytes": parts, "total_bytes": sum(parts.values())}
+
+
+def measure(settings: Any, *, store: Any = None, time_requests: bool = True, calibrate: bool = False) -> dict[str, Any]:
+    """This store's sizes and costs: the basis of every projection. ``calibrate``: also refit the
+    served family on shares of the users (:func:`training_calibration`; costs about two refits)."""
     from scalerec.data.store import DataStore
     from scalerec.monitoring.figures import data_figures, process_figures, version_rows
     from scalerec.registry import Registry
@@ -136,6 +227,9 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True) -> 
             out["model"] = {"version": prod.version, "family": prod.family, "users": n_users, "items": n_items,
                             "events": man.event_count, "bytes": parts, "total_bytes": sum(parts.values()),
                             "peak_rss_bytes": man.peak_rss_bytes, "fit_seconds": man.fit_seconds}
+            out["ranking"] = _ranking(prod, man, n_users, n_items)
+            if calibrate:
+                out["training_calibration"] = training_calibration(registry.load(prod.version), man.family, dict(man.params))
             if time_requests:
                 from scalerec.serving.service import RecommendService
 
@@ -147,6 +241,16 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True) -> 
                     out["process_rss_bytes"] = int(psutil.Process().memory_info().rss)
                 finally:
                     service.reclog.close()
+                if out["ranking"]["status"] == "active" and settings.ranking.enabled:
+                    # the rerank's own cost: the same personal lists with the stage off
+                    plain = settings.model_copy(update={"ranking": settings.ranking.model_copy(update={"enabled": False})})
+                    bare = RecommendService(plain, store=store, registry=registry, watch=False)
+                    try:
+                        without = request_costs(bare)["model"]
+                    finally:
+                        bare.reclog.close()
+                    out["ranking"]["rerank_cpu_us"] = max(0.0, out["requests_cpu_us"]["model"] - without)
+                    out["requests_cpu_us"]["model_without_rerank"] = without
         return out
     finally:
         if own:
@@ -202,9 +306,26 @@ def project(
         secs = tr["fit_seconds"] * e * (i**3 if fam == "ease" else 1.0)
         peak = tr.get("peak_rss_bytes") or 0
         fixed = min(peak, measured.get("baseline_rss_bytes") or 0)
-        training[fam] = {"seconds": secs, "peak_rss_bytes": fixed + (peak - fixed) * (model_then / model_now if model_now else e)}
+        training[fam] = {"seconds": secs, "basis": "linear in events from the last refit",
+                         "peak_rss_bytes": fixed + (peak - fixed) * (model_then / model_now if model_now else e)}
+    cal = measured.get("training_calibration")
+    if cal:
+        cpu_then = cal["coefficient"] * (cal["cells"] * e) ** cal["exponent"]
+        training.setdefault(cal["family"], {})
+        training[cal["family"]].update(
+            seconds=cpu_then, cpu_seconds_now=cal["cpu_seconds"],
+            basis=f"c x cells^{cal['exponent']:.2f} fitted on {len(cal['points'])} refits of this store "
+                  "(model fit CPU seconds; the matrix build, linear in events, not included)")
     fam = model.get("family")
     train_s = training.get(fam, {}).get("seconds") if fam else None
+    rk = measured.get("ranking") or {}
+    ranking = {"status": rk.get("status", "absent"), "reason": rk.get("reason"),
+               "bytes": sum((rk.get("bytes") or {}).get(k, 0) * f for k, f in scale.items()),
+               "rerank_cpu_us": rk.get("rerank_cpu_us")}
+    notes = []
+    if ranking["status"] != "active":
+        notes.append(f"the ranking stage is {ranking['status']} on this store ({ranking['reason'] or 'no bundle'}): "
+                     "its bundle and rerank CPU are not in this projection; measure again once it is active")
     reasons = []
     cpus = machine["cpus"]
     if workers > cpus:
@@ -224,6 +345,8 @@ def project(
         "log_bytes": data["log_bytes"] * e,
         "training": training,
         "training_seconds": train_s,
+        "ranking": ranking,
+        "notes": notes,
         "one_machine_enough": not reasons,
         "why_cluster": reasons,
         "ray_replicas": workers if reasons else None,

@@ -1,5 +1,6 @@
 """The dashboard's data (no web imports): one JSON document per refresh with every panel's figures
-and its plotly charts; panels of other subsystems (KPIs, experiments) plug in with :func:`register_panel`."""
+and its plotly charts (KPIs and experiments: :mod:`~scalerec.monitoring.online_panel`); panels of
+other subsystems plug in with :func:`register_panel`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from scalerec.charts import bar_figure, line_figure, stacked_bars
 from scalerec.monitoring import figures as F
 from scalerec.monitoring.alerts import effective_rules, read_history
 from scalerec.monitoring.history import History, series
+from scalerec.monitoring.online_panel import online_panel
 from scalerec.monitoring.training import read_runs
 
 RANGES = {"1h": 3600.0, "1d": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -22,7 +24,7 @@ PANELS: dict[str, tuple[str, Callable[[Any], dict[str, Any] | None]]] = {}
 
 
 def register_panel(name: str, title: str, fn: Callable[[Any], dict[str, Any] | None]) -> None:
-    """Add a panel (e.g. KPIs and experiments); ``fn`` returns None while it has nothing to show."""
+    """Add a panel; ``fn`` returns None while it has nothing to show."""
     PANELS[name] = (title, fn)
 
 
@@ -69,7 +71,7 @@ def _capacity(service: Any, figs: dict[str, Any]) -> dict[str, Any]:
 
 
 def dashboard_data(service: Any, monitor: Any = None, *, range_: str = "1d", now: float | None = None) -> dict[str, Any]:
-    """Every panel: overview, models, data, alerts, capacity, and the registered extra panels."""
+    """Every panel: overview, models, data, alerts, capacity, KPIs and experiments, and the registered extra panels."""
     now = time.time() if now is None else now
     settings = service.settings
     span = RANGES.get(range_, RANGES["1d"])
@@ -149,7 +151,7 @@ def dashboard_data(service: Any, monitor: Any = None, *, range_: str = "1d", now
         "generated_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
         "range": range_ if range_ in RANGES else "1d",
         "overview": overview, "models": models, "data": data, "alerts": alerts,
-        "capacity": _capacity(service, figs), "panels": extra,
+        "capacity": _capacity(service, figs), "online": online_panel(service, span, now, drift), "panels": extra,
     }
     return _clean(out)
 

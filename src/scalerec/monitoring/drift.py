@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
+from scalerec.monitoring import feature_drift
+from scalerec.monitoring.kpi_drop import kpi_checks
+
 #: Spread multiplier: a day must be this many baseline standard deviations out.
 Z = 4.0
 #: Floors below which no change counts (JS distance, relative change of a share or an activity figure).
@@ -31,8 +34,8 @@ def _files(store: Any) -> list[str]:
     return [str(p) for p in store.log.files()]
 
 
-def _aggregate(store: Any, threads: int = 2) -> dict[str, Any]:
-    """Per-day aggregates of the whole log (plus pending events), vectorised in DuckDB."""
+def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None) -> dict[str, Any]:
+    """Per-day aggregates of the whole log (plus pending events) and its feature distributions, vectorised in DuckDB."""
     import duckdb
 
     files = _files(store)
@@ -70,9 +73,11 @@ def _aggregate(store: Any, threads: int = 2) -> dict[str, Any]:
             "WITH kv AS (SELECT day, unnest(map_keys(context)) AS k, unnest(map_values(context)) AS v FROM ev "
             "WHERE context IS NOT NULL) SELECT day, k, v, count(*) FROM kv GROUP BY ALL"
         )
+        features = feature_drift.aggregate(con, store, since) if days else {}
     finally:
         con.close()
-    return {"days": days, "types": types, "items": items, "new_users": new_users, "new_items": new_items, "context": context}
+    return {"days": days, "types": types, "items": items, "new_users": new_users, "new_items": new_items, "context": context,
+            "features": features}
 
 
 def _pivot(rows: list[tuple], days: list[dt.date], *, top: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -137,16 +142,29 @@ def _level_check(name: str, values: np.ndarray, detail: str) -> dict[str, Any]:
     return _judge(name, "relative change", float(day), base, float(stat_day), stat_base, REL_FLOOR, detail)
 
 
-def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None, threads: int = 2) -> dict[str, Any]:
+def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None, threads: int = 2,
+                 now: float | None = None) -> dict[str, Any]:
     """Every check for ``day`` (default: the last complete UTC day with events) against the
     ``[monitoring] baseline_days`` before it; days with fewer than ``drift_min_events`` events are
     left out of the baseline, and a day below it is reported as not judged. ``threads``: DuckDB's
-    (the server passes 1, leaving the other cores to requests)."""
+    (the server passes 1, leaving the other cores to requests).
+
+    Three groups of checks, each with its score (largest statistic over its threshold, >1 =
+    flagged) in ``scores`` and its own alert rule: ``data`` (the log: event mix, popularity, new
+    users/items, activity, event context; also ``score``), ``feature`` (item/user attributes and
+    request context, :mod:`~scalerec.monitoring.feature_drift`) and ``kpi`` (the production
+    version's CTR and conversion drops, :mod:`~scalerec.monitoring.kpi_drop`, judged on the last
+    day whose attribution window has closed). ``drifted``: any check flagged."""
     mon = settings.monitoring
-    agg = _aggregate(store, threads)
+    if isinstance(day, str):
+        day = dt.date.fromisoformat(day)
+    # the served lists' log is read from the window's first day on (the default day is at most today)
+    last = day if day is not None else dt.datetime.now(dt.timezone.utc).date()
+    agg = _aggregate(store, threads, since=last - dt.timedelta(days=mon.baseline_days))
     counts = {d: (n, u) for d, n, u in agg["days"]}
     if not counts:
-        return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events"}
+        return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events",
+                "scores": {"data": 0.0, "feature": 0.0, "kpi": 0.0}}
     if day is None:
         today = dt.datetime.now(dt.timezone.utc).date()
         complete = [d for d in counts if d < today]
@@ -157,13 +175,26 @@ def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None,
     base_days = [d for d in base_days if counts.get(d, (0, 0))[0] >= mon.drift_min_events]
     out: dict[str, Any] = {"day": day.isoformat(), "baseline_days": [d.isoformat() for d in base_days],
                            "events": counts.get(day, (0, 0))[0], "judged": False, "drifted": False, "score": 0.0, "checks": []}
+    checks: list[dict[str, Any]] = []
     if counts.get(day, (0, 0))[0] < mon.drift_min_events:
         out["reason"] = f"{out['events']} events that day, fewer than [monitoring] drift_min_events ({mon.drift_min_events})"
-        return out
-    if len(base_days) < 3:
+    elif len(base_days) < 3:
         out["reason"] = f"only {len(base_days)} baseline days with at least {mon.drift_min_events} events; at least 3 are needed"
-        return out
-    days = base_days + [day]
+    else:
+        checks = _data_checks(agg, counts, base_days + [day]) + _feature_checks(agg["features"], base_days + [day])
+        out["judged"] = True
+    kpi = kpi_checks(store, settings, day, now=now)
+    out["kpi"] = {k: v for k, v in kpi.items() if k != "checks"}
+    checks += kpi["checks"]
+    out["checks"] = checks
+    out["scores"] = {g: max((c["score"] for c in checks if c["group"] == g), default=0.0) for g in ("data", "feature", "kpi")}
+    out["score"] = out["scores"]["data"]
+    out["drifted"] = any(c["drifted"] for c in checks)
+    return out
+
+
+def _data_checks(agg: dict[str, Any], counts: dict[dt.date, tuple[int, int]], days: list[dt.date]) -> list[dict[str, Any]]:
+    """The log's own checks: event mix, popularity, new users/items, activity, event context."""
     checks = []
     m, keys = _pivot(agg["types"], days)
     checks.append(_distribution_check("event_type_mix", m, keys, "share of each event type"))
@@ -185,8 +216,18 @@ def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None,
         m, keys = _pivot(by_key[k], days, top=TOP_CONTEXT_VALUES)
         if m[-1].sum() and m[:-1].sum():
             checks.append(_distribution_check(f"context:{k}", m, keys, f"values of context key {k!r}"))
-    out["checks"] = checks
-    out["judged"] = True
-    out["drifted"] = any(c["drifted"] for c in checks)
-    out["score"] = max((c["score"] for c in checks), default=0.0)
+    for c in checks:
+        c["group"] = "data"
+    return checks
+
+
+def _feature_checks(rows: dict[str, list[tuple]], days: list[dt.date]) -> list[dict[str, Any]]:
+    """One Jensen-Shannon check per feature distribution whose day and baseline both have values."""
+    out = []
+    for name in sorted(rows):
+        m, keys = _pivot(rows[name], days, top=TOP_CONTEXT_VALUES)
+        if m.size and m[-1].sum() and m[:-1].sum():
+            c = _distribution_check(f"feature:{name}", m, keys, f"distribution of {name}")
+            c["group"] = "feature"
+            out.append(c)
     return out

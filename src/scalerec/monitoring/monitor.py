@@ -1,11 +1,11 @@
 """The server's monitor: every ``[monitoring] sample_interval_seconds`` one process (the holder of
-a file lock, so N workers sample and notify once) records a sample, computes the window's
+the catalogue lease ``monitor``, so N workers or Ray Serve replicas on one catalogue, on any
+machine, sample and notify once) records a sample, computes the window's
 figures, evaluates the alert rules and delivers notices; it refreshes the drift report daily and
 the capacity projection hourly. Every worker exposes the latest figures on /metrics (collector)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -16,14 +16,18 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
+from scalerec.data.lease import DEFAULT_TTL_S, Lease
+
 from scalerec.monitoring import figures as F
 from scalerec.monitoring.alerts import Evaluator, Notifier, effective_rules
 from scalerec.monitoring.history import History
-from scalerec.monitoring.paths import drift_report, leader_lock, monitoring_dir
+from scalerec.monitoring.paths import drift_report, monitoring_dir
 
 log = logging.getLogger("scalerec.monitoring")
 
 CAPACITY_EVERY_S = 3600.0
+#: The catalogue lease whose holder samples, evaluates and notifies.
+LEASE_NAME = "monitor"
 
 
 def _write_json(path: Any, data: Any) -> None:
@@ -48,7 +52,7 @@ class Monitor:
         self.notifier = Notifier(self.settings)
         self.dir = monitoring_dir(self.settings)
         self.figures_path = self.dir / "figures.json"
-        self._lock_fd: int | None = None
+        self._lease: Lease | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ann: dict[str, float | None] = {}
@@ -56,6 +60,10 @@ class Monitor:
         self._model_cache: tuple[str | None, dict[str, Any] | None] = (None, None)
         self.last: dict[str, Any] = {}
         self.deliveries: list[dict[str, Any]] = []
+        self._restore_state()
+
+    def _restore_state(self) -> None:
+        """The alert states the last holder saved: a restart or a takeover neither re-fires nor forgets."""
         state = self.dir / "alert_state.json"
         if state.is_file():
             try:
@@ -73,23 +81,25 @@ class Monitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lease is not None:
+            self._lease.release()  # the next replica takes over at its next round, not after the TTL
+            self._lease = None
 
     def is_leader(self) -> bool:
-        if self._lock_fd is not None:
+        """Whether this process holds (or now takes) the ``monitor`` lease; a lease lost to an
+        expiry is given up and tried again."""
+        if self._lease is not None:
+            if self._lease.acquired and not self._lease.lost:
+                return True
+            self._lease.release()
+            self._lease = None
+        # the heartbeat renews every third of the TTL, so a holder between rounds keeps it
+        lease = Lease(self.service.store.catalog, LEASE_NAME, ttl_s=DEFAULT_TTL_S)
+        if lease.try_acquire():
+            self._lease = lease
+            self._restore_state()  # another replica may have held it since this one last did
             return True
-        path = leader_lock(self.settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
+        return False
 
     def _run(self) -> None:
         interval = self.settings.monitoring.sample_interval_seconds
@@ -116,8 +126,13 @@ class Monitor:
             levels["ann_recall"] = self._ann[version]
         levels["quality_drop"] = F.quality_drop(F.version_rows(self.service.registry))
         drift = self.read_drift()
-        if drift is not None and drift.get("judged"):
-            levels["drift_score"] = float(drift.get("score") or 0.0)
+        if drift is not None:
+            scores = drift.get("scores") or {}
+            if drift.get("judged"):
+                levels["drift_score"] = float(scores.get("data", drift.get("score")) or 0.0)
+                levels["feature_drift_score"] = float(scores.get("feature") or 0.0)
+            if (drift.get("kpi") or {}).get("version") is not None and not (drift.get("kpi") or {}).get("reason"):
+                levels["kpi_drop_score"] = float(scores.get("kpi") or 0.0)
         levels.update(self._capacity_days(levels, now))
         return F.Sample(at=now, counters=F.serving_counters(), levels=levels)
 

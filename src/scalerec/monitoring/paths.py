@@ -33,8 +33,3 @@ def alerts_log(settings: Any) -> Path:
 def drift_report(settings: Any) -> Path:
     """The latest drift report (JSON), read by the alert rules and the dashboard."""
     return monitoring_dir(settings) / "drift.json"
-
-
-def leader_lock(settings: Any) -> Path:
-    """flock held by the one server process that samples, evaluates and notifies."""
-    return monitoring_dir(settings) / ".leader.lock"

@@ -196,6 +196,11 @@ def list_experiments(catalog: Any, status: str | None = None) -> list[Experiment
     return [Experiment.from_row(r) for r in catalog.experiment_rows(status)]
 
 
+def running_versions(catalog: Any) -> set[str]:
+    """The registered versions that running experiments serve (retention and deletion keep them)."""
+    return {v.version for e in list_experiments(catalog, "running") for v in e.variants if v.version != PRODUCTION}
+
+
 def save(catalog: Any, exp: Experiment) -> Experiment:
     row = _row(exp)
     if not catalog.update_experiment(exp.name, exp.status, row["spec"], row["updated_at"]):

@@ -19,6 +19,7 @@ the rates per impression: ``ctr``, ``cart_rate``, ``conversion``, ``revenue_per_
 from __future__ import annotations
 
 import functools
+import json
 import re
 import time
 from collections.abc import Callable
@@ -86,33 +87,33 @@ class KpiWindow:
         return cls(s, u, int(hours * 3.6e9), tuple(o.click_types), tuple(o.cart_types), tuple(o.purchase_types))
 
 
-def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = None, *,
-             where: str = "true") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views ``imp`` (impressions of the window), ``ev`` (events of
-    the KPI types that can be attributed to them) and ``price``."""
-    con = _duck()
-    imp_store = impressions or ImpressionStore(Path(store.dir) / "impressions")
-    imp_files = imp_store.files(_dt(w.since_us), _dt(w.until_us))
-    lo = "" if w.since_us is None else f"\"at\" >= make_timestamp({w.since_us})::TIMESTAMPTZ"
-    hi = "" if w.until_us is None else f"\"at\" < make_timestamp({w.until_us})::TIMESTAMPTZ"
-    where = " AND ".join(x for x in (lo, hi, where) if x)
-    if imp_files:
-        con.execute(f"CREATE VIEW imp_raw AS SELECT * FROM read_parquet({[str(f) for f in imp_files]!r})")
+def _imp_view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], where: str = "true") -> None:
+    """View ``name``: the impressions of ``files`` (with ``unit`` and ``day``) that pass ``where``."""
+    if files:
+        con.execute(f"CREATE VIEW {name}_raw AS SELECT * FROM read_parquet({[str(f) for f in files]!r})")
     else:
-        con.register("imp_raw", IMPRESSION_SCHEMA.empty_table())
-    con.execute(f"CREATE VIEW imp AS SELECT *, coalesce(user_id, 's:' || session_id) AS unit, "
-                f"epoch_us(\"at\") // {_US_PER_DAY} AS day FROM imp_raw WHERE {where}")
-    ev_end = None if w.until_us is None else w.until_us + w.window_us
-    ev_files = store.log.files(_dt(w.since_us), _dt(ev_end))
+        con.register(f"{name}_raw", IMPRESSION_SCHEMA.empty_table())
+    con.execute(f"CREATE VIEW {name} AS SELECT *, coalesce(user_id, 's:' || session_id) AS unit, "
+                f"epoch_us(\"at\") // {_US_PER_DAY} AS day FROM {name}_raw WHERE {where}")
+
+
+def _ev_view(con: duckdb.DuckDBPyConnection, w: KpiWindow, files: list[Path], pending: pa.Table | None,
+             lo_us: int | None, hi_us: int | None) -> None:
+    """View ``ev``: the events of ``files`` (and ``pending``) of the KPI types in [lo_us, hi_us)."""
     types = sorted(set(w.click_types) | set(w.cart_types) | set(w.purchase_types))
-    e_lo = "" if w.since_us is None else f"timestamp >= make_timestamp({w.since_us})::TIMESTAMPTZ"
-    e_hi = "" if ev_end is None else f"timestamp < make_timestamp({ev_end})::TIMESTAMPTZ"
+    e_lo = "" if lo_us is None else f"timestamp >= make_timestamp({lo_us})::TIMESTAMPTZ"
+    e_hi = "" if hi_us is None else f"timestamp < make_timestamp({hi_us})::TIMESTAMPTZ"
     e_where = " AND ".join(x for x in (e_lo, e_hi, f"event_type IN ({', '.join(_q(t) for t in types)})") if x)
-    pending = store.catalog.pending_events_table().select(_EVENT_COLS)
-    con.register("pending_ev", pending)
-    parts = [f"SELECT {', '.join(_EVENT_COLS)} FROM pending_ev"]
-    if ev_files:
-        parts.append(f"SELECT {', '.join(_EVENT_COLS)} FROM read_parquet({[str(f) for f in ev_files]!r})")
+    parts = []
+    if pending is not None:
+        con.register("pending_ev", pending.select(_EVENT_COLS))
+        parts.append(f"SELECT {', '.join(_EVENT_COLS)} FROM pending_ev")
+    if files:
+        parts.append(f"SELECT {', '.join(_EVENT_COLS)} FROM read_parquet({[str(f) for f in files]!r})")
+    if not parts:
+        con.register("no_ev", pa.table({c: pa.array([], pa.string()) for c in _EVENT_COLS}))
+        parts.append(f"SELECT user_id, session_id, item_id, event_type, NULL::TIMESTAMPTZ AS timestamp, "
+                     f"NULL::FLOAT AS value, recommendation_id FROM no_ev")
     con.execute(
         "CREATE VIEW ev AS SELECT row_number() OVER () AS eid, user_id, session_id, item_id, event_type, "
         "timestamp AS ts, value, recommendation_id, coalesce(user_id, 's:' || session_id) AS unit, "
@@ -120,8 +121,22 @@ def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = Non
         f"event_type IN ({_in(w.purchase_types)}) AS is_purchase "
         f"FROM ({' UNION ALL '.join(parts)}) WHERE {e_where}"
     )
-    prices = store.catalog.items_table(columns=["item_id", "price"])
-    con.register("price", prices)
+
+
+def _connect(store: Any, w: KpiWindow, impressions: ImpressionStore | None = None, *,
+             where: str = "true") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views ``imp`` (impressions of the window), ``ev`` (events of
+    the KPI types that can be attributed to them) and ``price``."""
+    con = _duck()
+    imp_store = impressions or ImpressionStore(Path(store.dir) / "impressions")
+    lo = "" if w.since_us is None else f"\"at\" >= make_timestamp({w.since_us})::TIMESTAMPTZ"
+    hi = "" if w.until_us is None else f"\"at\" < make_timestamp({w.until_us})::TIMESTAMPTZ"
+    _imp_view(con, "imp", imp_store.files(_dt(w.since_us), _dt(w.until_us)),
+              " AND ".join(x for x in (lo, hi, where) if x))
+    ev_end = None if w.until_us is None else w.until_us + w.window_us
+    _ev_view(con, w, store.log.files(_dt(w.since_us), _dt(ev_end)), store.catalog.pending_events_table(),
+             w.since_us, ev_end)
+    con.register("price", store.catalog.items_table(columns=["item_id", "price"]))
     return con
 
 
@@ -154,10 +169,13 @@ def _in(types: tuple[str, ...]) -> str:
     return ", ".join(_q(t) for t in types) if types else "NULL"
 
 
-def _attributed_sql(window_us: int, carry: list[str], positions: bool = True) -> str:
+def _attributed_sql(window_us: int, carry: list[str], positions: bool = True, *, direct: str = "imp",
+                    window: str = "imp", revenue: bool = True) -> str:
     """SQL of the attributed events: (rid, pos, how, unit, item_id, ts, is_click, is_cart, is_purchase,
     revenue) plus the impression's ``carry`` columns (as ``i_<name>``). Without ``positions`` the
-    direct events' positions are left null (the join then never reads the shown lists).
+    direct events' positions are left null (the join then never reads the shown lists); without
+    ``revenue`` the event's ``value`` comes instead of revenue (no price join). ``direct`` and
+    ``window`` name the impression views each join reads (both the window's ``imp`` by default).
 
     One pass of the events against the impressions' ids finds the direct ones (a left join: the
     rest fall out of it); the rest are joined to the same unit's impressions of the window
@@ -170,13 +188,13 @@ def _attributed_sql(window_us: int, carry: list[str], positions: bool = True) ->
     return f"""
     WITH e1 AS MATERIALIZED (
         SELECT e.*, i.recommendation_id AS rid, {"list_position(i.items, e.item_id)" if positions else "NULL::BIGINT"} AS pos{keep}
-        FROM ev e LEFT JOIN imp i ON e.recommendation_id = i.recommendation_id
+        FROM ev e LEFT JOIN {direct} i ON e.recommendation_id = i.recommendation_id
     ),
     rest AS MATERIALIZED (SELECT row_number() OVER () AS eid, * FROM e1 WHERE rid IS NULL),
     win AS (
         SELECT r.eid, arg_max(i.recommendation_id, i."at") AS rid,
                arg_max(list_position(i.items, r.item_id), i."at") AS pos{keep_w}
-        FROM rest r JOIN imp i ON i.unit = r.unit
+        FROM rest r JOIN {window} i ON i.unit = r.unit
              AND i."at" <= r.ts AND r.ts < i."at" + to_microseconds({int(window_us)})
         WHERE list_contains(i.items, r.item_id)
         GROUP BY r.eid
@@ -189,10 +207,11 @@ def _attributed_sql(window_us: int, carry: list[str], positions: bool = True) ->
                r.value{"".join(f", w.i_{c}" for c in carry)}
         FROM win w JOIN rest r USING (eid)
     )
+    """ + ("""
     SELECT a.* EXCLUDE (value),
            CASE WHEN a.is_purchase THEN a.value * coalesce(p.price, 0) ELSE 0 END AS revenue
     FROM att a LEFT JOIN price p ON p.item_id = a.item_id
-    """
+    """ if revenue else "SELECT * FROM att")
 
 
 def _dims(by: tuple[str, ...] | list[str]) -> list[str]:
@@ -230,18 +249,122 @@ def _grouped(dims: list[str], a_filter: str = "true", i_filter: str = "true", wi
 
 @_storage_errors
 def kpis(store: Any, w: KpiWindow, by: tuple[str, ...] | list[str] = ("version",), *,
-         impressions: ImpressionStore | None = None) -> list[dict[str, Any]]:
-    """KPI rows grouped by ``by`` (names in :data:`DIMENSIONS`), largest groups first."""
+         impressions: ImpressionStore | None = None, rollup: bool = True) -> list[dict[str, Any]]:
+    """KPI rows grouped by ``by`` (names in :data:`DIMENSIONS`), largest groups first. The whole
+    history comes from the KPI rollup when a current one exists (see :mod:`scalerec.online.rollups`;
+    the same figures), else (or without ``rollup``) from the impression and event files."""
     dims = _dims(by)
-    con = _connect(store, w, impressions)
-    rows = con.sql(_grouped(dims, window_us=w.window_us) + " ORDER BY impressions DESC").to_arrow_table().to_pylist()
-    con.close()
+    imp_store = impressions or ImpressionStore(Path(store.dir) / "impressions")
+    rows = _from_rollup(store, w, dims, imp_store) if rollup and w.since_us is None and w.until_us is None else None
+    if rows is None:
+        con = _connect(store, w, imp_store)
+        rows = con.sql(_grouped(dims, window_us=w.window_us) + " ORDER BY impressions DESC").to_arrow_table().to_pylist()
+        con.close()
     for r in rows:
         _rates(r)
         r.pop("total", None)
         if r.get("day") is not None:
             r["day"] = (date(1970, 1, 1) + timedelta(days=int(r["day"]))).isoformat()
     return rows
+
+
+# -- the whole history from the rollup -------------------------------------------------------
+ROLLUP_DIR = "kpi_rollup"
+ROLLUP_META = "current.json"
+#: The impression columns a rollup keeps (with ``day``): every dimension but the unit.
+ROLLUP_DIMS = ["kind", "placement", "model_version", "strategy", "experiment", "variant"]
+
+
+def rollup_meta(w: KpiWindow) -> dict[str, Any]:
+    """What a rollup's figures depend on besides its input files: the window and the event types."""
+    return {"window_us": int(w.window_us), "types": [list(w.click_types), list(w.cart_types), list(w.purchase_types)]}
+
+
+def rollup_inputs(store: Any, imp_store: ImpressionStore, before: date) -> dict[str, list[int]]:
+    """Size and mtime of every impression and event file of the days before ``before`` (a rollup's
+    inputs: a batch, merge, scrub or late event there changes them)."""
+    end = datetime(before.year, before.month, before.day, tzinfo=timezone.utc)
+    base = Path(store.dir)
+    out: dict[str, list[int]] = {}
+    for f in [*imp_store.files(None, end), *store.log.files(None, end)]:
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # merged away between the listing and the stat: not this state
+            out[str(f)] = [-1, -1]
+            continue
+        out[str(f.relative_to(base)) if f.is_relative_to(base) else str(f)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _from_rollup(store: Any, w: KpiWindow, dims: list[str], imp_store: ImpressionStore) -> list[dict[str, Any]] | None:
+    """The whole-history KPI rows from the rollup of the closed days plus the days after them read
+    live; None when there is no rollup, or it no longer matches its input files or settings (then
+    the caller reads everything).
+
+    Exact by construction: the rollup holds every event of the closed days attributed against the
+    closed days' impressions. A later impression cannot claim those events by the window (it comes
+    after them) and claims one directly only by echoing an id the rollup found no impression for
+    (kept in ``echo``: then None). The open days' events are attributed live, directly against all
+    impressions whose id lies in the range of the ids they echo (only the id and group columns are
+    read) and by the window against the impressions from their earliest time less the window on.
+    """
+    root = Path(store.dir) / ROLLUP_DIR
+    try:
+        meta = json.loads((root / ROLLUP_META).read_text(encoding="utf-8"))
+        before = date.fromisoformat(meta["before"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if {k: meta.get(k) for k in ("window_us", "types")} != rollup_meta(w):
+        return None
+    if rollup_inputs(store, imp_store, before) != meta.get("inputs"):
+        return None
+    d = root / str(meta["dir"])
+    b_us = (before - date(1970, 1, 1)).days * _US_PER_DAY
+    con = _duck()
+    try:
+        for name in ("counts", "att", "echo"):
+            con.execute(f"CREATE VIEW r_{name} AS SELECT * FROM read_parquet({str(d / (name + '.parquet'))!r})")
+        _imp_view(con, "imp_open", imp_store.files(_dt(b_us), None))
+        if con.execute("SELECT count(*) FROM r_echo JOIN imp_open USING (recommendation_id)").fetchall()[0][0]:
+            return None  # an open day's list claims a closed day's event directly: read everything
+        _ev_view(con, w, store.log.files(_dt(b_us), None), store.catalog.pending_events_table(), None, None)
+        first = con.execute("SELECT epoch_us(min(ts)) FROM ev").fetchall()[0][0]
+        if first is None:  # no events after the closed days: nothing to join them to
+            _imp_view(con, "imp_all", [])
+            _imp_view(con, "imp_win", [])
+        else:
+            # an echoed id lies between the smallest and largest echoed: with time-ordered ids (as
+            # served) the merged days' row-group statistics skip every list older than the oldest echo
+            lo, hi = con.execute("SELECT min(recommendation_id), max(recommendation_id) FROM ev").fetchall()[0]
+            _imp_view(con, "imp_all", imp_store.files() if lo is not None else [],
+                      "true" if lo is None else f"recommendation_id BETWEEN {_q(lo)} AND {_q(hi)}")
+            _imp_view(con, "imp_win", imp_store.files(_dt(int(first) - w.window_us), None))
+        con.register("price", store.catalog.items_table(columns=["item_id", "price"]))
+        cols = ["day", *ROLLUP_DIMS]
+        g = ", ".join(dims) if dims else "'all' AS total"
+        on = " AND ".join(f"im.{c} IS NOT DISTINCT FROM ag.{c}" for c in dims) if dims else "im.total = ag.total"
+        sel = ", ".join(f"im.{c}" for c in dims) if dims else "im.total"
+        live = _attributed_sql(w.window_us, cols, positions=False, direct="imp_all", window="imp_win")
+        sql = f"""
+        WITH live AS ({live}),
+        counts AS (SELECT {", ".join(cols)}, impressions FROM r_counts
+                   UNION ALL SELECT {", ".join(cols)}, count(*) AS impressions FROM imp_open GROUP BY ALL),
+        events AS (SELECT {", ".join(cols)}, clicks, carts, purchases, purchase_value * coalesce(p.price, 0) AS revenue
+                   FROM r_att a LEFT JOIN price p ON p.item_id = a.item_id
+                   UNION ALL SELECT {", ".join(f"i_{c} AS {c}" for c in cols)}, is_click::BIGINT, is_cart::BIGINT,
+                   is_purchase::BIGINT, revenue FROM live),
+        im AS (SELECT {g}, sum(impressions)::BIGINT AS impressions FROM counts GROUP BY ALL),
+        ag AS (SELECT {g}, sum(clicks) AS clicks, sum(carts) AS carts, sum(purchases) AS purchases,
+               sum(revenue)::DOUBLE AS revenue FROM events GROUP BY ALL)
+        SELECT {sel}, im.impressions, coalesce(ag.clicks, 0)::BIGINT AS clicks, coalesce(ag.carts, 0)::BIGINT AS carts,
+               coalesce(ag.purchases, 0)::BIGINT AS purchases, coalesce(ag.revenue, 0)::DOUBLE AS revenue
+        FROM im LEFT JOIN ag ON {on} ORDER BY impressions DESC
+        """
+        return con.sql(sql).to_arrow_table().to_pylist()
+    except duckdb.IOException:  # a newer rollup replaced this one while it was read
+        return None
+    finally:
+        con.close()
 
 
 def _rates(r: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from scalerec.data.catalog import CatalogStore, StageTransaction, catalog_exists
 from scalerec.data.eventlog import _fsync_dir, _fsync_many  # the one durable-write helper set
 from scalerec.data.objectstore import ObjectStore
 from scalerec.errors import ConflictError, ModelNotFoundError, StorageError, ValidationError
+from scalerec.online.experiments import list_experiments, running_versions
 from scalerec.registry.manifest import MANIFEST, Manifest, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -475,6 +476,10 @@ class Registry:
             raise ConflictError(
                 f"version {version} is in production; promote another version or roll back before deleting it"
             )
+        used = sorted(e.name for e in list_experiments(self.catalog, "running") if version in {v.version for v in e.variants})
+        if used:
+            raise ConflictError(f"version {version} is served by the running experiment(s) {', '.join(used)}; "
+                                "stop them first (`scalerec experiments stop NAME`)")
         self._remove(mv.version)
 
     def _remove(self, version: str) -> None:
@@ -490,7 +495,8 @@ class Registry:
         _rmtree_readonly(trash)
 
     def prune(self, keep_archived: int | None = None) -> list[str]:
-        """Delete archived versions beyond the newest ``keep_archived``; returns the deleted names.
+        """Delete archived versions beyond the newest ``keep_archived`` (never one that a running
+        experiment serves: it is kept until the experiment stops); returns the deleted names.
 
         Also clears leftovers of interrupted writes/deletes (``.tmp-*`` / ``.trash-*`` directories)
         that are older than an hour (a running training may own a fresh one).
@@ -499,7 +505,8 @@ class Registry:
         if keep < 0:
             raise ValidationError(f"keep_archived must be >= 0, got {keep}")
         archived = self.list("archived", check=False)
-        doomed = [v.version for v in archived[: max(0, len(archived) - keep)]]
+        busy = running_versions(self.catalog)  # a running experiment still serves them
+        doomed = [v.version for v in archived[: max(0, len(archived) - keep)] if v.version not in busy]
         for name in doomed:
             self._remove(name)
         cutoff = _now().timestamp() - 3600

@@ -3,9 +3,13 @@
 Runs on any Executor: in-process, a local process pool, or Ray (the model goes through
 ``Executor.share`` once; each task scores one contiguous range of users and writes
 ``part-<shard>.parquet``).
-Files are written under a temporary name and renamed, so a shard file either is complete or does
-not exist; a rerun with the same settings skips the finished shards (resume after Ctrl-C or a
-lost node). On a multi-node cluster ``out_dir`` must be on storage every node can write.
+``out_dir`` is a path or an object-store URL (``s3://bucket/prefix?endpoint_override=...``, any
+URL :class:`~scalerec.data.objectstore.ObjectStore` takes). On a disk a file is written under a
+temporary name and renamed; on an object store each file is one object, visible only once its
+upload completed (PutObject, or CompleteMultipartUpload for a big one). Either way a shard file is
+complete or absent, and ``_SUCCESS`` is written last; a rerun with the same settings skips the
+finished shards (resume after Ctrl-C or a lost node). On a multi-node cluster ``out_dir`` must be
+storage every node can write (an object store is).
 
 Output schema, one row per user: ``user_id string, item_ids list<string>, scores list<float32>``
 (best first; shorter than n when fewer items are eligible).
@@ -26,10 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scalerec.data.deletion import masked_users, version_data_time_us
-from scalerec.errors import ConflictError, ValidationError
+from scalerec.data.objectstore import ObjectStore
+from scalerec.errors import ConflictError, StorageError, ValidationError
 from scalerec.execution import Executor, LocalExecutor, get_executor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +55,66 @@ BATCH_SCHEMA = pa.schema(
 )
 #: at most this many users per shard by default (bounds a shard file's size)
 MAX_SHARD_USERS = 100_000
+
+
+class _Output:
+    """The batch output directory on a local disk or an object store (one interface for both)."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        store = ObjectStore(str(url))  # the one parser of store URLs (credentials from AWS_*)
+        self.store, self.fs, self.root, self.local = store, store.fs, store.root, store.local
+        self.shown = self.root if self.local else store.shown
+        self.url = self.root if self.local else store.url  # what worker tasks reopen
+
+    def __str__(self) -> str:
+        return self.shown
+
+    def _p(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def failed(self, exc: BaseException, what: str) -> StorageError:
+        return self.store._failed(exc, what)
+
+    def entries(self) -> list[tuple[str, bool]]:
+        """(name, is_file) of what is directly under the root ([] when it does not exist)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return [(i.path.rsplit("/", 1)[-1], i.type == pafs.FileType.File) for i in infos]
+
+    def is_file(self, name: str) -> bool:
+        return self.fs.get_file_info(self._p(name)).type == pafs.FileType.File
+
+    def read_text(self, name: str) -> str:
+        with self.fs.open_input_stream(self._p(name)) as f:
+            return f.read().decode()
+
+    def _publish(self, name: str, write: Callable[[str], None]) -> None:
+        if not self.local:
+            write(self._p(name))  # an object appears whole when its upload completes
+            return
+        tmp = self._p(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, self._p(name))  # a retried task (worker died after writing) just replaces it
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_text(self, name: str, text: str) -> None:
+        def write(path: str) -> None:
+            with self.fs.open_output_stream(path) as f:
+                f.write(text.encode())
+
+        self._publish(name, write)
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        self._publish(name, lambda path: pq.write_table(table, path, filesystem=self.fs, compression="zstd"))
+
+    def delete(self, name: str) -> None:
+        if self.is_file(name):
+            self.fs.delete_file(self._p(name))
+
+    def mkdir(self) -> None:
+        self.fs.create_dir(self.root, recursive=True)
 
 
 def part_name(shard: int) -> str:
@@ -145,15 +211,11 @@ def _arrow_ids(ids: np.ndarray) -> pa.Array:
 def write_shard(source: Scorer | SourceSpec, shard: int, start: int, stop: int, n: int, exclude_seen: bool, out_dir: str) -> int:
     """Task body: score one shard and publish ``part-<shard>.parquet`` atomically; returns its users."""
     table = recommend_shard(_resolve(source), start, stop, n, exclude_seen)
-    out = Path(out_dir)
-    final = out / part_name(shard)
-    tmp = out / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    out = _Output(out_dir)
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, final)  # a retried task (worker died after writing) just replaces it
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        out.write_table(part_name(shard), table)
+    except (OSError, pa.ArrowException) as exc:
+        raise out.failed(exc, f"cannot write shard {shard}") from None
     return table.num_rows
 
 
@@ -177,11 +239,10 @@ class BatchResult:
         return asdict(self)
 
 
-def _plan(out: Path, expected: dict[str, Any], overwrite: bool) -> None:
+def _plan(out: _Output, expected: dict[str, Any], overwrite: bool) -> None:
     """Create ``out`` with its manifest, or check that an existing run was started with the same plan."""
-    manifest = out / MANIFEST
-    if manifest.is_file() and not overwrite:
-        found = json.loads(manifest.read_text())
+    if out.is_file(MANIFEST) and not overwrite:
+        found = json.loads(out.read_text(MANIFEST))
         diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
         if diff:
             detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
@@ -190,18 +251,18 @@ def _plan(out: Path, expected: dict[str, Any], overwrite: bool) -> None:
                 "pass --overwrite to replace it, or choose another --out"
             )
         return
-    if out.exists() and any(out.iterdir()):
+    entries = out.entries()
+    if entries:
         if not overwrite:
             raise ConflictError(f"{out} is not empty and is not a batch output; choose another --out or pass --overwrite")
-        for p in out.iterdir():
-            if p.is_file() and (p.name.startswith("part-") or p.name.startswith(".part-") or p.name in (MANIFEST, SUCCESS)):
-                p.unlink()
+        for name, is_file in entries:
+            if is_file and (name.startswith("part-") or name.startswith(".part-") or name in (MANIFEST, SUCCESS)):
+                out.delete(name)
             else:
-                raise ConflictError(f"--overwrite only replaces batch outputs, but {p} is something else; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(expected, indent=2, sort_keys=True))
-    os.replace(tmp, manifest)
+                raise ConflictError(f"--overwrite only replaces batch outputs, but {out}/{name} is something else; "
+                                    "choose another --out")
+    out.mkdir()
+    out.write_text(MANIFEST, json.dumps(expected, indent=2, sort_keys=True))
 
 
 def batch_recommend(
@@ -270,12 +331,20 @@ def run_batch(
     """
     _check_options(n, shard_users)
     t0 = time.perf_counter()
+    out = _Output(out_dir if "://" in str(out_dir) else Path(out_dir).resolve())
+    try:
+        return _run_batch(scorer, out, executor, n, shard_users, exclude_seen, overwrite, progress, spec, t0)
+    except (OSError, pa.ArrowException) as exc:
+        raise out.failed(exc, "cannot write the batch output") from None
+
+
+def _run_batch(scorer: Scorer, out: _Output, executor: Executor, n: int, shard_users: int | None, exclude_seen: bool,
+               overwrite: bool, progress: Callable[[int, int], None] | None, spec: SourceSpec | None,
+               t0: float) -> BatchResult:
     n_users = len(scorer.user_ids)
-    out = Path(out_dir).resolve()
     jobs = max(1, int(getattr(executor, "jobs", 1)))
-    previous = out / MANIFEST
-    if shard_users is None and previous.is_file() and not overwrite:
-        shard_users = int(json.loads(previous.read_text()).get("shard_users", 0)) or None
+    if shard_users is None and not overwrite and out.is_file(MANIFEST):
+        shard_users = int(json.loads(out.read_text(MANIFEST)).get("shard_users", 0)) or None
     if shard_users is None:
         shard_users = max(1, min(MAX_SHARD_USERS, math.ceil(n_users / (4 * jobs))))
     n_shards = math.ceil(n_users / shard_users) if n_users else 0
@@ -288,10 +357,12 @@ def run_batch(
         "exclude_seen": bool(exclude_seen),
     }
     _plan(out, plan, overwrite)
-    for stale in out.glob(".part-*.tmp"):  # left by workers killed mid-write
-        stale.unlink(missing_ok=True)
-    (out / SUCCESS).unlink(missing_ok=True)
-    todo = [s for s in range(n_shards) if not (out / part_name(s)).is_file()]
+    present = {name for name, is_file in out.entries() if is_file}
+    for stale in present:  # left by workers killed mid-write (a disk only: objects are never partial)
+        if stale.startswith(".part-") and stale.endswith(".tmp"):
+            out.delete(stale)
+    out.delete(SUCCESS)
+    todo = [s for s in range(n_shards) if part_name(s) not in present]
     skipped = n_shards - len(todo)
 
     if spec is not None and isinstance(executor, LocalExecutor) and executor.jobs > 1:
@@ -308,7 +379,7 @@ def run_batch(
     try:
         for s in todo:
             start, stop = s * shard_users, min((s + 1) * shard_users, n_users)
-            fut = executor.submit(write_shard, source, s, start, stop, int(n), bool(exclude_seen), str(out))
+            fut = executor.submit(write_shard, source, s, start, stop, int(n), bool(exclude_seen), out.url)
             futures[fut] = s
         pending = set(futures)
         while pending:
@@ -324,9 +395,9 @@ def run_batch(
         raise
     compute_s = time.perf_counter() - t_compute
     seconds = time.perf_counter() - t0
-    (out / SUCCESS).write_text(json.dumps({"users": n_users, "shards": n_shards, "seconds": round(seconds, 3)}))
+    out.write_text(SUCCESS, json.dumps({"users": n_users, "shards": n_shards, "seconds": round(seconds, 3)}))
     return BatchResult(
-        out_dir=str(out),
+        out_dir=out.shown,
         version=scorer.version,
         n=int(n),
         n_users=n_users,

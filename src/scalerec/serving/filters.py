@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -211,7 +212,30 @@ class ItemAttributes:
         """Bool [n_items]: items that pass ``flt`` (never unlisted items). A fresh array."""
         return self._filter_mask(flt).copy()
 
+    def check_categories(self, names: Sequence[str]) -> None:
+        """Refuse a category no item has (a typo, or a catalogue without categories): an empty list
+        would look like "nothing to recommend". Names the known categories and the closest one."""
+        unknown = [nm for nm in names if not len(self.category_items.get(nm, ()))]
+        if not unknown:
+            return
+        known = sorted(nm for nm, items in self.category_items.items() if len(items))
+        what = ", ".join(repr(nm) for nm in unknown)
+        if not known:
+            raise ValidationError(
+                f"category {what} matches no item: the catalogue's items have no categories (import items "
+                "with a categories column, or PUT /v1/items/{id} with categories), so a category filter "
+                "can only return nothing; drop it",
+                details={"category": unknown, "known": []},
+            )
+        close = {nm: m[0] for nm in unknown if (m := difflib.get_close_matches(nm, known, n=1, cutoff=0.6))}
+        hint = "".join(f" did you mean {close[nm]!r}?" for nm in unknown if nm in close)
+        shown = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+        raise ValidationError(f"category {what} matches no item;{hint} known categories: {shown}",
+                              details={"category": unknown, "known": known[:100], "did_you_mean": close})
+
     def _filter_mask(self, flt: ItemFilter) -> np.ndarray:
+        if flt.categories:
+            self.check_categories(flt.categories)
         # Cached read-only per filter: requests repeat a few filters, and a copy of the cached
         # mask (a few us at 100k items) is cheaper than re-applying the price/category tests.
         key = ("flt", flt.categories, flt.exclude_categories, flt.min_price, flt.max_price, flt.available_only)

@@ -6,7 +6,9 @@ filter rule, boosts and buries, pins, promotions, a blocklist, exploration, dive
 fallback orderings. Serving one builds a pipeline from the service's own (so a reranker in the
 rerank slot stays) with these stages:
 
-- candidates: the strategy's retriever (complementary: the item's co-purchase list);
+- candidates: the strategy's retriever (complementary: the item's co-purchase list); with boosts,
+  chosen by boosted score (:meth:`_Run.retrieve_exact` over the whole catalogue, else
+  :meth:`_Run.widen`), so a raised item beyond the retrieved ones can enter;
 - filter: the placement's filters, its filter rule, the global and placement blocklists, seen
   items and the item in view are cleared from ``allowed`` first, so no later stage can add them;
 - rerank: the service's reranker, then :meth:`_Run.boost` (boosts and buries by rule);
@@ -16,7 +18,8 @@ rerank slot stays) with these stages:
 - backfill and render: the pipeline's own.
 
 Rules are compiled once (memoised by text) and evaluated as masks over :class:`ItemColumns`,
-built once per model and catalogue version. See docs/merchandising.md.
+built once per model and patched per catalogue change (:func:`patch_columns`); what a placement
+needs of a catalogue view is kept in :class:`_Prepared`. See docs/merchandising.md.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from pydantic import ValidationError as PydanticValidationError
 
 from scalerec.config import PlacementSettings
 from scalerec.data.ids import lookup
+from scalerec.data.schema import FLAT_MAP, TIMESTAMP
 from scalerec.errors import ConflictError, NotFoundError, RuleError, ScalerecError, ValidationError
-from scalerec.models.base import EmbeddingRecommender
+from scalerec.models.base import EmbeddingRecommender, top_k
 from scalerec.serving.complementary import Complements, basket_matrix, complements
 from scalerec.serving.filters import ItemFilter, cap_per_group
+from scalerec.serving.index import SUBSET_EXACT_MAX
 from scalerec.serving.pipeline import (
     Candidates,
     Pipeline,
@@ -50,7 +55,7 @@ from scalerec.serving.pipeline import (
     retrieve,
 )
 from scalerec.serving.rules import ItemColumns, Rule, parse_rule
-from scalerec.serving.state import LiveState, history_row, user_history
+from scalerec.serving.state import BULK_CHANGE_ITEMS, LiveState, history_row, user_history
 
 #: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
 PLACEMENTS_TTL_S = 2.0
@@ -60,6 +65,8 @@ BLOCKLIST_META = "merchandising.blocklist"
 #: Catalogue views (and model versions' complements) kept at once: production and experiment variants.
 KEEP_VIEWS = 4
 _EXPLORATION = "exploration"
+#: Up to this many allowed items, placements retrieve through the index's own subset scoring.
+EXACT_SUBSET_MAX = SUBSET_EXACT_MAX
 
 
 def validate_placement(body: Any, *, name: str | None = None) -> PlacementSettings:
@@ -152,12 +159,17 @@ class Placements:
 
     def blocklist(self) -> list[str]:
         """The global blocklist: settings ``[merchandising] blocklist`` plus the stored one."""
-        at, stored = self._block
+        return list(self.blocked())
+
+    def blocked(self) -> tuple[str, ...]:
+        """The global blocklist as a tuple, re-read at most every PLACEMENTS_TTL_S (per request: no copy)."""
+        at, merged = self._block
         if time.monotonic() - at > PLACEMENTS_TTL_S:
             raw = self.catalog.get_meta(BLOCKLIST_META)
             stored = tuple(json.loads(raw)) if raw else ()
-            self._block = (time.monotonic(), stored)
-        return list(dict.fromkeys([*self._settings_blocklist, *stored]))
+            merged = tuple(dict.fromkeys([*self._settings_blocklist, *stored]))
+            self._block = (time.monotonic(), merged)
+        return merged
 
     def set_blocklist(self, item_ids: list[str]) -> list[str]:
         """Replace the stored global blocklist (the settings' entries stay)."""
@@ -169,38 +181,95 @@ class Placements:
 
 
 # ---------------------------------------------------------------------- item columns per version
-def build_columns(live: LiveState, table: pa.Table, now: float | None = None) -> ItemColumns:
+def build_columns(live: LiveState, table: pa.Table, numbers: dict[str, np.ndarray] | None = None) -> ItemColumns:
     """Item columns of a live state: its catalogue view plus ``table`` (item_id, attributes,
-    created_at) aligned to the model's items, and the model's popularity (vectorised)."""
-    items, st = live.items, live.model
-    n = st.n_items
-    age = np.full(n, np.nan)
+    created_at) aligned to the model's items, and the model's popularity (vectorised);
+    ``numbers`` are a previous view's of the same model (they depend on the model only)."""
+    st = live.model
+    created = np.full(st.n_items, np.nan)
     keys, values, owners = np.zeros(0, str), np.zeros(0, str), np.zeros(0, np.int64)
-    if table.num_rows and n:
-        pos = lookup(st.item_ids, table.column("item_id").to_numpy(zero_copy_only=False).astype(str))
-        created = pc.cast(table.column("created_at"), pa.int64()).to_numpy(zero_copy_only=False)
-        created = np.asarray(created, dtype=np.float64)  # nulls read as nan
+    if table.num_rows and st.n_items:
+        pos, row_created, (keys, values, owners) = _rows(st.item_ids, table)
         ok = pos >= 0
-        now_us = (now if now is not None else time.time()) * 1e6
-        age[pos[ok]] = (now_us - created[ok]) / 86_400e6
-        attrs = table.column("attributes").combine_chunks()
-        if len(attrs) and attrs.null_count < len(attrs):
-            offsets = attrs.offsets.to_numpy()  # map arrays: parents from the offsets (no list kernel takes maps)
-            parent = np.repeat(np.arange(len(attrs)), np.diff(offsets))
-            lo, hi = int(offsets[0]), int(offsets[-1])
-            keys = attrs.keys.slice(lo, hi - lo).to_numpy(zero_copy_only=False).astype(str)
-            values = pc.fill_null(attrs.items.slice(lo, hi - lo), "").to_numpy(zero_copy_only=False).astype(str)
-            owners = pos[parent]
-            keep = owners >= 0
-            keys, values, owners = keys[keep], values[keep], owners[keep]
+        created[pos[ok]] = row_created[ok]
+    return _columns(live, numbers or _model_numbers(st), keys, values, owners, created)
+
+
+def patch_columns(prev: ItemColumns, live: LiveState, table: pa.Table, gone: list[str]) -> ItemColumns:
+    """``prev`` (an older view of the same model) with the catalogue rows in ``table`` upserted and
+    the items ``gone`` removed: only these items' attributes are read, not the whole catalogue."""
+    st = live.model
+    pos, row_created, (keys, values, owners) = _rows(st.item_ids, table)
+    gone_pos = lookup(st.item_ids, np.asarray(gone, dtype=str)) if gone else np.zeros(0, np.int64)
+    touched = np.unique(np.concatenate([pos[pos >= 0], gone_pos[gone_pos >= 0]]))
+    created = prev.created_us.copy() if prev.created_us is not None else np.full(st.n_items, np.nan)
+    created[touched] = np.nan
+    ok = pos >= 0
+    created[pos[ok]] = row_created[ok]
+    keep = ~np.isin(prev._attr_items, touched)
+    return _columns(live, prev.numbers,
+                    np.concatenate([prev._attr_keys[keep], keys]), np.concatenate([prev._attr_values[keep], values]),
+                    np.concatenate([prev._attr_items[keep], owners]), created)
+
+
+def _columns(live: LiveState, numbers: dict[str, np.ndarray], keys: np.ndarray, values: np.ndarray,
+             owners: np.ndarray, created: np.ndarray) -> ItemColumns:
+    items = live.items
+    return ItemColumns(live.model.item_ids, items.available, items.price, items.primary_category, items.category_names,
+                       items._category_mask, numbers, keys, values, owners, created_us=created)
+
+
+def _model_numbers(st: Any) -> dict[str, np.ndarray]:
     popular = np.asarray(st.popular, dtype=np.float64)
+    n = len(popular)
     # share of items at most as popular as this one: 0 = least exposed
     rank = np.empty(n, np.float64)
     rank[np.argsort(popular, kind="stable")] = np.arange(n)
-    numbers = {"age_days": age, "popularity": popular, "trending": np.asarray(st.trending, dtype=np.float64),
-               "_popularity_quantile": (rank + 1) / max(n, 1)}
-    return ItemColumns(st.item_ids, items.available, items.price, items.primary_category, items.category_names,
-                       items._category_mask, numbers, keys, values, owners)
+    return {"popularity": popular, "trending": np.asarray(st.trending, dtype=np.float64),
+            "_popularity_quantile": (rank + 1) / max(n, 1)}
+
+
+def _rows(item_ids: np.ndarray, table: pa.Table) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """(model column per row (-1: not in the model), created_at in us per row (nan: unknown),
+    (keys, values, owner columns) of the rows' flattened attribute maps) of a catalogue table."""
+    pos = lookup(item_ids, table.column("item_id").to_numpy(zero_copy_only=False).astype(str))
+    created = np.asarray(pc.cast(table.column("created_at"), pa.int64()).to_numpy(zero_copy_only=False),
+                         dtype=np.float64)  # nulls read as nan
+    keys, values, owners = np.zeros(0, str), np.zeros(0, str), np.zeros(0, np.int64)
+    attrs = table.column("attributes").combine_chunks()
+    if len(attrs) and attrs.null_count < len(attrs):
+        offsets = attrs.offsets.to_numpy()  # map arrays: parents from the offsets (no list kernel takes maps)
+        parent = np.repeat(np.arange(len(attrs)), np.diff(offsets))
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        keys = attrs.keys.slice(lo, hi - lo).to_numpy(zero_copy_only=False).astype(str)
+        values = pc.fill_null(attrs.items.slice(lo, hi - lo), "").to_numpy(zero_copy_only=False).astype(str)
+        owners = pos[parent]
+        keep = owners >= 0
+        keys, values, owners = keys[keep], values[keep], owners[keep]
+    return pos, created, (keys, values, owners)
+
+
+def _item_rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """(item_id, attributes, created_at) of ``catalog.get_item`` dicts, typed as ``items_table``'s."""
+    # the catalogue stores attributes as a flat string map (FLAT_MAP): its values are text already
+    attrs = [None if r.get("attributes") is None else [(str(k), None if v is None else str(v))
+                                                      for k, v in r["attributes"].items()] for r in rows]
+    return pa.table({
+        "item_id": pa.array([str(r["item_id"]) for r in rows], pa.string()),
+        "attributes": pa.array(attrs, FLAT_MAP),
+        "created_at": pa.array([r.get("created_at") for r in rows], TIMESTAMP),
+    })
+
+
+@dataclass
+class _View:
+    """Cached item columns of one catalogue view (``items``) of a model, at its change-feed cursor."""
+
+    items: Any
+    model: Any
+    cursor: int
+    cols: ItemColumns
+    masks: dict[Any, Any]  # per-view caches: constant rule masks, prepared placements
 
 
 @dataclass
@@ -211,15 +280,40 @@ class _Compiled:
     boosts: list[tuple[Any, Rule]]
     promotions: list[tuple[Any, Rule]]
     refs: frozenset[str]
+    reads_age: bool  # a rule reads age_days: its per-view data is renewed each AGE_REFRESH_S period
+
+
+@dataclass
+class _Prepared:
+    """A compiled placement's data over one catalogue view, for rules that read no $reference:
+    built once per view, global blocklist and age period, never per request."""
+
+    key: tuple[Any, ...]  # (global blocklist, age period) it was built for
+    allowed: np.ndarray | None  # read-only: filters, filter rule and blocklists (None: the rule reads $refs)
+    scale: np.ndarray | None  # float32: product of the matching boosts' factors (None: a boost adds or reads $refs)
+    label: np.ndarray | None  # int16: the first raising boost matching each item, -1 none
+    raised: np.ndarray | None  # bool: items some raising boost matches (None: a raising boost reads $refs)
+    promos: list[np.ndarray | None]  # each promotion's rule mask (None: it reads $refs)
+    penalty: np.ndarray | None = None  # float32: 0 where ``allowed``, -inf elsewhere
+    n_allowed: int = 0
+    inv_scale: np.ndarray | None = None  # float32: 1 / scale
+    scale_gap: np.ndarray | None = None  # float32: scale - 1 / scale
 
 
 def _compile(spec: PlacementSettings) -> _Compiled:
     filter_rule = parse_rule(spec.filter) if spec.filter else None
     boosts = [(b, parse_rule(b.rule)) for b in spec.boosts]
     promos = [(p, parse_rule(p.rule)) for p in spec.promotions]
-    refs = frozenset().union(*(r.refs for r in [filter_rule, *(r for _, r in boosts), *(r for _, r in promos)] if r))
+    rules = [r for r in [filter_rule, *(r for _, r in boosts), *(r for _, r in promos)] if r]
+    refs = frozenset().union(*(r.refs for r in rules))
+    reads_age = any("age_days" in r.paths for r in rules) or (
+        spec.exploration is not None and spec.exploration.max_age_days is not None)
     flt = ItemFilter.from_values({**spec.filters.model_dump(), "max_per_category": None})
-    return _Compiled(spec, flt, filter_rule, boosts, promos, refs)
+    return _Compiled(spec, flt, filter_rule, boosts, promos, refs, reads_age)
+
+
+def _raises(b: Any) -> bool:
+    return b.multiply > 1 or b.add > 0
 
 
 # ---------------------------------------------------------------------- the merchandiser
@@ -230,25 +324,56 @@ class Merchandiser:
         self.service = service
         self.settings = service.settings
         self.placements = Placements(service.settings, service.store.catalog)
-        self._cols: list[tuple[Any, ItemColumns, dict[str, np.ndarray]]] = []
+        self._cols: list[_View] = []
+        self.stats = Counter()  # full_reads / patched_items of the item columns (tests, benchmarks)
         self._comp: dict[str, Complements] = {}
         self._compiled: dict[int, tuple[PlacementSettings, _Compiled]] = {}
         self._lock = threading.Lock()
 
     # -- shared per-version data
-    def columns(self, live: LiveState) -> tuple[ItemColumns, dict[str, np.ndarray]]:
-        """The item columns of this live state's model and catalogue view (built once per view)."""
+    def columns(self, live: LiveState) -> tuple[ItemColumns, dict[Any, Any]]:
+        """The item columns of this live state's model and catalogue view (built once per view).
+
+        A view that follows a cached one of the same model (a catalogue write, through the change
+        feed) patches its columns with the changed items only; the whole catalogue is read for
+        a new model, a bulk change or a feed pruned past the cached view."""
         for hit in self._cols:  # production and experiment variants: a few views at once
-            if hit[0] is live.items:
-                return hit[1], hit[2]
+            if hit.items is live.items:
+                return hit.cols, hit.masks
         with self._lock:
             for hit in self._cols:
-                if hit[0] is live.items:
-                    return hit[1], hit[2]
-            table = self.service.store.catalog.items_table(columns=["item_id", "attributes", "created_at"])
-            entry = (live.items, build_columns(live, table), {})
+                if hit.items is live.items:
+                    return hit.cols, hit.masks
+            cols = self._patched(live)
+            if cols is None:
+                self.stats["full_reads"] += 1
+                table = self.service.store.catalog.items_table(columns=["item_id", "attributes", "created_at"])
+                prev = next((h for h in self._cols if h.model is live.model), None)
+                cols = build_columns(live, table, prev.cols.numbers if prev is not None else None)
+            entry = _View(live.items, live.model, live.feed_cursor, cols, {})
             self._cols = [entry, *self._cols][:KEEP_VIEWS]
-            return entry[1], entry[2]
+            return entry.cols, entry.masks
+
+    def _patched(self, live: LiveState) -> ItemColumns | None:
+        """The columns of ``live`` from the newest cached view of its model and the item changes
+        between the two feed cursors; None when they must be read whole (caller holds the lock)."""
+        prev = max((h for h in self._cols if h.model is live.model and h.cursor <= live.feed_cursor),
+                   key=lambda h: h.cursor, default=None)
+        if prev is None or prev.cursor == live.feed_cursor:
+            return None
+        feed = self.service.feed
+        if prev.cursor < feed.pruned_upto():
+            return None
+        rows = [r for r in feed.since(prev.cursor, limit=BULK_CHANGE_ITEMS + 1) if r[0] <= live.feed_cursor]
+        keys = list(dict.fromkeys(k for _, kind, k in rows if kind == "item"))
+        if len(keys) > BULK_CHANGE_ITEMS:
+            return None
+        found, gone = [], []
+        for key in keys:  # one lookup per changed item, as the catalogue view's own update
+            row = self.service.store.catalog.get_item(key)
+            (found if row is not None else gone).append(row if row is not None else key)
+        self.stats["patched_items"] += len(keys)
+        return patch_columns(prev.cols, live, _item_rows_table(found), gone)
 
     def complements(self, live: LiveState) -> Complements:
         """Frequently-bought-together lists of the served model version (computed once per version
@@ -272,6 +397,16 @@ class Merchandiser:
             kept = list(self._comp.items())[-(KEEP_VIEWS - 1):]  # the newest few versions
             self._comp = {**dict(kept), st.version: comp}
             return comp
+
+    def warm(self, live: LiveState | None = None) -> None:
+        """Per-version work done when a version is loaded, not on its first request: the item
+        columns, and the complements when a placement uses the complementary strategy."""
+        live = live or self.service.state.current
+        if live is None:
+            return
+        self.columns(live)
+        if any(p["spec"]["strategy"] == "complementary" for p in self.placements.list()):
+            self.complements(live)
 
     def blocklist(self) -> list[str]:
         return self.placements.blocklist()
@@ -329,7 +464,8 @@ class Merchandiser:
         st = live.model
         cols, masks = self.columns(live)
         env = self._env(live, cols, comp, user_id, item_id, context)
-        allowed = self._allowed(live, cols, masks, comp, env)
+        prep = self.prepared(live, cols, masks, comp)
+        allowed = prep.allowed.copy() if prep.allowed is not None else self._allowed_mask(live, cols, masks, comp, env)
         query: Any = None
         used = "fallback"
         view_col = st.item_col(item_id) if item_id else -1
@@ -352,14 +488,25 @@ class Merchandiser:
         fills = tuple(dict.fromkeys(([strategy] if strategy in ("popular", "trending") else []) + list(spec.fallbacks)))
         if strategy in ("popular", "trending"):
             used = strategy
-        run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills)
-        source = "complementary" if query is not None and strategy == "complementary" else "model"
-        if query is None and fills:  # no model query: the first fallback ordering is the candidate source
-            query, source = fills[0], "ordering"
-        pipeline = run.pipeline(service.pipeline, source=source)
-        req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
-                      placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
-        ranked = pipeline.run(req)
+        # nothing of the request in the list (no query, no $reference, no exclusion, no per-subject
+        # exploration draw): the same list for every such request, kept per catalogue view
+        shared = (query is None and not comp.refs and spec.exploration is None and prep.allowed is not None
+                  and int(np.count_nonzero(allowed)) == prep.n_allowed)
+        memo_key = ("list", id(comp), n, routed[1] if routed else None, prep.key)
+        hit = masks.get(memo_key) if shared else None
+        if hit is not None and hit[0] is comp:
+            ranked = hit[1]
+        else:
+            run = _Run(self, live, cols, comp, env, allowed, user_id or item_id or "", fills, prep)
+            source = "complementary" if query is not None and strategy == "complementary" else "model"
+            if query is None and fills:  # no model query: the first fallback ordering is the candidate source
+                query, source = fills[0], "ordering"
+            pipeline = run.pipeline(service.pipeline, source=source)
+            req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
+                          placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
+            ranked = pipeline.run(req)
+            if shared:
+                masks[memo_key] = (comp, ranked)  # shared between requests: never mutated (pipeline stages copy)
         subject: dict[str, Any] = {}
         if user_id:
             subject["user_id"] = user_id
@@ -394,16 +541,67 @@ class Merchandiser:
             env["item"] = _item_env(live, cols, item_id, self.service.store.catalog)
         return env
 
-    def _allowed(self, live: LiveState, cols: ItemColumns, masks: dict[str, np.ndarray], comp: _Compiled,
+    def _allowed(self, live: LiveState, cols: ItemColumns, masks: dict[Any, Any], comp: _Compiled,
                  env: dict[str, Any]) -> np.ndarray:
+        prep = self.prepared(live, cols, masks, comp)
+        if prep.allowed is not None:
+            return prep.allowed.copy()
+        return self._allowed_mask(live, cols, masks, comp, env)
+
+    def _allowed_mask(self, live: LiveState, cols: ItemColumns, masks: dict[Any, Any], comp: _Compiled,
+                      env: dict[str, Any]) -> np.ndarray:
         allowed = live.items.mask(comp.flt)
         if comp.filter_rule is not None:
             allowed &= _full_mask(comp.filter_rule, cols, masks, env)
-        blocked = [*self.blocklist(), *comp.spec.blocklist]
+        blocked = [*self.placements.blocked(), *comp.spec.blocklist]
         if blocked:
             bcols = live.model.item_cols(blocked)
             allowed[bcols[bcols >= 0]] = False
         return allowed
+
+    def prepared(self, live: LiveState, cols: ItemColumns, masks: dict[Any, Any], comp: _Compiled) -> _Prepared:
+        """The placement's per-view data (see :class:`_Prepared`), kept in the view's cache."""
+        key = (self.placements.blocked(), cols.age_epoch() if comp.reads_age else 0)
+        slot = ("prepared", id(comp))
+        hit = masks.get(slot)
+        if hit is not None and hit[0] is comp and hit[1].key == key:
+            return hit[1]
+        n = cols.n_items
+        constant = comp.filter_rule is None or comp.filter_rule.constant
+        allowed = self._allowed_mask(live, cols, masks, comp, {}) if constant else None
+        if allowed is not None:
+            allowed.flags.writeable = False
+        scale = label = raised = None
+        if all(r.constant for _, r in comp.boosts):
+            label = np.full(n, -1, np.int16)
+            raised = np.zeros(n, bool)
+            for bi in range(len(comp.boosts) - 1, -1, -1):  # the first raising rule wins the label
+                b, rule = comp.boosts[bi]
+                if _raises(b):
+                    hit_ = _full_mask(rule, cols, masks, {})
+                    label[hit_] = bi
+                    raised |= hit_
+            if all(b.add == 0 for b, _ in comp.boosts):
+                # factors only: a product per item (a factor keeps the sign, so they compose)
+                scale = np.ones(n, np.float32)
+                for b, rule in comp.boosts:
+                    scale[_full_mask(rule, cols, masks, {})] *= np.float32(b.multiply)
+        promos = [_full_mask(rule, cols, masks, {}) if rule.constant else None for _, rule in comp.promotions]
+        prep = _Prepared(key, allowed, scale, label, raised, promos)
+        if allowed is not None:
+            prep.penalty = np.where(allowed, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+            prep.n_allowed = int(np.count_nonzero(allowed))
+        if scale is not None:
+            prep.inv_scale = (1 / scale).astype(np.float32)
+            prep.scale_gap = (scale - prep.inv_scale).astype(np.float32)
+        masks[slot] = (comp, prep)
+        return prep
+
+
+def _exact_index(live: LiveState) -> Any:
+    """The model's exact index (every item scored per query), or None (FAISS, the model's own scoring)."""
+    index = getattr(live.model.retriever, "index", None)
+    return index if getattr(index, "kind", None) == "exact" and hasattr(index, "vectors") else None
 
 
 def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
@@ -420,33 +618,39 @@ def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
     return np.concatenate(parts)[:need] if parts else order[:0]
 
 
-def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, int] | None = None) -> np.ndarray:
+def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, int] | None = None,
+               limit: int | None = None) -> np.ndarray:
     """cap_per_group for short candidate lists (a few hundred): one pass in Python beats a dozen
-    NumPy calls there; ``counts`` carries the groups already placed."""
+    NumPy calls there; ``counts`` carries the groups already placed; stops once ``limit`` are kept."""
     counts = dict(counts or {})
     keep = np.zeros(len(ids), bool)
+    kept = 0
     for i, g in enumerate(groups[ids].tolist()):
-        if g < 0:
-            keep[i] = True
-            continue
-        c = counts.get(g, 0)
-        if c < k:
-            keep[i] = True
+        if kept == limit:
+            break
+        if g >= 0:
+            c = counts.get(g, 0)
+            if c >= k:
+                continue
             counts[g] = c + 1
+        keep[i] = True
+        kept += 1
     return keep
 
 
-def _full_mask(rule: Rule, cols: ItemColumns, masks: dict[str, np.ndarray], env: dict[str, Any]) -> np.ndarray:
-    """The rule over every item; kept per catalogue view when it reads no $reference."""
+def _full_mask(rule: Rule, cols: ItemColumns, masks: dict[Any, Any], env: dict[str, Any]) -> np.ndarray:
+    """The rule over every item; kept per catalogue view (and age period, when it reads
+    ``age_days``) when it reads no $reference. Read-only."""
     if not rule.constant:
         return rule.mask(cols, None, env)
-    hit = masks.get(rule.text)
+    key = (rule.text, cols.age_epoch() if "age_days" in rule.paths else 0)
+    hit = masks.get(key)
     if hit is None:
         hit = rule.mask(cols, None)
         hit.flags.writeable = False
         if len(masks) > 512:
             masks.clear()
-        masks[rule.text] = hit
+        masks[key] = hit
     return hit
 
 
@@ -459,7 +663,7 @@ def _item_env(live: LiveState, cols: ItemColumns, item_id: str, catalog: Any) ->
         pc_ = int(cols.primary_category[col])
         out["category"] = out["categories"] = cols.category_names[pc_] if pc_ >= 0 else None
         for name in ("age_days", "popularity", "trending"):
-            v = cols.numbers[name][col]
+            v = cols.numeric(name)[col]
             out[name] = float(v) if np.isfinite(v) else None
         sel = cols._attr_items == col
         for k, v in zip(cols._attr_keys[sel].tolist(), cols._attr_values[sel].tolist()):
@@ -478,13 +682,16 @@ class _Run:
     """One placement request: the stages bound to its compiled placement and request values."""
 
     def __init__(self, merch: Merchandiser, live: LiveState, cols: ItemColumns, comp: _Compiled,
-                 env: dict[str, Any], allowed: np.ndarray, subject: str, fills: tuple[str, ...]) -> None:
+                 env: dict[str, Any], allowed: np.ndarray, subject: str, fills: tuple[str, ...],
+                 prep: _Prepared | None = None) -> None:
         self.merch, self.live, self.cols, self.comp, self.env = merch, live, cols, comp, env
         self.allowed = allowed
         self.subject = subject
         self.fills = fills
         div = comp.spec.diversity
         self.groups = cols.group_codes(div.by) if div is not None and div.max_per is not None else None
+        self.prep = prep or merch.prepared(live, cols, merch.columns(live)[1], comp)
+        self._exact: tuple[Candidates, np.ndarray] | None = None
 
     def fetch(self, n: int) -> int:
         spec = self.comp.spec
@@ -496,10 +703,59 @@ class _Run:
         if source != "model":
             first = self.retrieve_complements if source == "complementary" else self.retrieve_ordering
             retrieval = [first if s is retrieve else s for s in retrieval]
+        elif retrieve in retrieval and self.prep.penalty is not None and _exact_index(self.live) is not None:
+            retrieval = [self.retrieve_exact if s is retrieve else s for s in retrieval]
+        elif retrieve in retrieval and any(_raises(b) for b, _ in self.comp.boosts):  # raw scores, before any reranker
+            at = retrieval.index(retrieve) + 1
+            retrieval = [*retrieval[:at], self.widen, *retrieval[at:]]
         finish = tuple(self.arrange if s is pin else s for s in base.finish)
         return Pipeline(retrieval=(*retrieval, self.boost, self.diversify), finish=finish)
 
     # -- candidates
+    def retrieve_exact(self, req: Request, c: Candidates) -> Candidates:
+        """The top ``c.k`` allowed items by *boosted* score, over the whole catalogue (an exact
+        index scores every item anyway), with their raw scores: so a raised item anywhere can
+        enter, and the boost stage (after any reranker) applies the boosts once. Masks with the
+        placement's per-view penalty (0 / -inf, an addition) and drops the request's own
+        exclusions (seen items, the item in view) from a slightly longer top-k: cheaper than a
+        masked copy over a scattered filter."""
+        index = _exact_index(self.live)
+        q = req.query
+        if not (isinstance(q, np.ndarray) and q.shape == (1, index.dim)) or (
+                int(np.count_nonzero(req.allowed)) <= EXACT_SUBSET_MAX):
+            # a small subset (scored alone), or a query kind of the model's own: the retriever's path
+            c = retrieve(req, c)
+            return self.widen(req, c) if any(_raises(b) for b, _ in self.comp.boosts) else c
+        raw = (np.asarray(q, dtype=np.float32) @ index.vectors.T)[0]
+        prep = self.prep
+        scores = self._boosted_all(raw) if self.comp.boosts else raw.copy()
+        scores += prep.penalty
+        extra = prep.n_allowed - int(np.count_nonzero(req.allowed))  # the request's own exclusions
+        ids, _ = top_k(scores[None, :], c.k + max(extra, 0))
+        ids = ids[0]
+        ids = ids[(ids >= 0)]
+        ids = ids[req.allowed[ids]][: c.k]
+        out = Candidates(ids, raw[ids], [req.reason] * len(ids), c.k)
+        self._exact = (out, scores[ids])  # boosted and ordered already, unless a stage between changes them
+        return out
+
+    def _boosted_all(self, raw: np.ndarray) -> np.ndarray:
+        """The boosted scores of every item (float32 [n_items])."""
+        prep = self.prep
+        if prep.scale is not None:
+            # raw * (scale if raw >= 0 else 1/scale), branch-free (np.where on a scattered sign is ~5x slower)
+            f = prep.scale_gap * (raw >= 0)
+            f += prep.inv_scale
+            f *= raw
+            return f
+        out = raw.copy()
+        masks = self.merch.columns(self.live)[1]
+        for b, rule in self.comp.boosts:
+            hit = _full_mask(rule, self.cols, masks, {}) if rule.constant else rule.mask(self.cols, None, self.env)
+            v = out[hit]
+            out[hit] = np.where(v >= 0, v * b.multiply, v / b.multiply) + b.add
+        return out
+
     def retrieve_complements(self, req: Request, c: Candidates) -> Candidates:
         """The in-view item's co-purchase list (by lift), allowed items only, at most ``c.k``."""
         ids, lift = self.merch.complements(self.live).of(int(req.query))
@@ -515,21 +771,34 @@ class _Run:
         scores = (st.trending if req.query == "trending" else st.popular)[ids]
         return Candidates(ids, scores.astype(np.float32), [str(req.query)] * len(ids), c.k)
 
+    def widen(self, req: Request, c: Candidates) -> Candidates:
+        """The retrieved candidates and, when a boost could lift an item the retriever left out
+        (beyond the ``fetch`` it was asked for) into the top n, the retriever's best raised items
+        among the others: when the most the raising boosts can make of the last retrieved score
+        beats the n-th boosted score (exact for one raising rule; a bound, so most lists cost nothing)."""
+        if len(c.ids) < max(c.k, req.n) or c.ids.min() < 0:  # every allowed item was retrieved
+            return c
+        scores, _ = self._boosted(c.ids, c.scores)
+        nth = np.partition(scores, len(scores) - req.n)[len(scores) - req.n]
+        if self._ceiling(float(c.scores.min())) <= nth:
+            return c
+        return self._with_raised(req, c)
+
     # -- rerank: boosts and buries
     def boost(self, req: Request, c: Candidates) -> Candidates:
+        """Boosts and buries by rule (multiply or add to the score), then the candidates re-sorted."""
         if not self.comp.boosts or not len(c.ids):
             return c
-        scores = c.scores.astype(np.float32, copy=True)
-        label = np.full(len(scores), -1, np.int16)  # the first boost that raised each candidate
-        for bi, (b, rule) in enumerate(self.comp.boosts):
-            hit = rule.mask(self.cols, c.ids, self.env)
-            if not hit.any():
-                continue
-            s = scores[hit]
-            # a factor must raise a negative score too (dot products can be negative): divide it
-            scores[hit] = np.where(s >= 0, s * b.multiply, s / b.multiply) + b.add
-            if b.multiply > 1 or b.add > 0:
-                label[hit & (label < 0)] = bi
+        exact = self._exact
+        if exact is not None and exact[0] is c and self.prep.label is not None:
+            # straight from retrieve_exact (no reranker changed them): boosted and in boosted order
+            scores, label = exact[1], self.prep.label[c.ids]
+            if not (label >= 0).any():
+                return Candidates(c.ids, scores, c.reasons, c.k, c.backfilled)
+            names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+            reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, label.tolist())]
+            return Candidates(c.ids, scores, reasons, c.k, c.backfilled)
+        scores, label = self._boosted(c.ids, c.scores)
         order = np.argsort(-scores, kind="stable")
         idx = order.tolist()
         if (label >= 0).any():
@@ -539,13 +808,63 @@ class _Run:
             reasons = [c.reasons[i] for i in idx]
         return Candidates(c.ids[order], scores[order], reasons, c.k, c.backfilled)
 
+    def _boosted(self, ids: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(boosted scores, index of the first raising boost or -1) of candidates ``ids``."""
+        prep = self.prep
+        s = raw.astype(np.float32, copy=False)
+        if prep.scale is not None:  # factors only, per view: one gather
+            f = prep.scale[ids]
+            # a factor must raise a negative score too (dot products can be negative): divide it
+            return np.where(s >= 0, s * f, s / f), prep.label[ids]
+        scores = s.copy()
+        label = np.full(len(ids), -1, np.int16)
+        masks = self.merch.columns(self.live)[1]
+        for bi, (b, rule) in enumerate(self.comp.boosts):
+            hit = _full_mask(rule, self.cols, masks, {})[ids] if rule.constant else rule.mask(self.cols, ids, self.env)
+            if not hit.any():
+                continue
+            v = scores[hit]
+            scores[hit] = np.where(v >= 0, v * b.multiply, v / b.multiply) + b.add
+            if _raises(b):
+                label[hit & (label < 0)] = bi
+        return scores, label
+
+    def _ceiling(self, s: float) -> float:
+        """The most the raising boosts together can make of raw score ``s`` (an upper bound)."""
+        for b, _ in self.comp.boosts:
+            m = max(b.multiply, 1.0)
+            s = (s * m if s >= 0 else s / m) + max(b.add, 0.0)
+        return s
+
+    def _with_raised(self, req: Request, c: Candidates) -> Candidates:
+        """``c`` and the retriever's best ``n`` raised items among the allowed ones it left out."""
+        raised = self.prep.raised
+        if raised is None:
+            raised = np.zeros(self.cols.n_items, bool)
+            for b, rule in self.comp.boosts:
+                if _raises(b):
+                    raised |= rule.mask(self.cols, None, self.env)
+        ok = req.allowed & raised
+        ok[c.ids] = False
+        if not ok.any():
+            return c
+        ids, scores = self.live.model.retriever.search(req.query, req.n, ok)
+        keep = ids >= 0
+        ids, scores = ids[keep], scores[keep]
+        self.merch.stats["widened"] += 1
+        return Candidates(np.concatenate([c.ids, ids]), np.concatenate([c.scores, scores.astype(np.float32)]),
+                          [*c.reasons, *([req.reason] * len(ids))], c.k, c.backfilled)
+
     # -- per-group cap: at most k per group, or MMR
     def diversify(self, req: Request, c: Candidates) -> Candidates:
         div = self.comp.spec.diversity
         if div is None or not len(c.ids):
             return c
         if self.groups is not None:
-            keep = (_cap_small if len(c.ids) <= 512 else cap_per_group)(c.ids, self.groups, div.max_per)
+            if len(c.ids) <= 512:  # the retrieval keeps the first n: the cap may stop there
+                keep = _cap_small(c.ids, self.groups, div.max_per, limit=req.n - len(req.pins))
+            else:
+                keep = cap_per_group(c.ids, self.groups, div.max_per)
             if keep.all():
                 return c
             idx = np.flatnonzero(keep)
@@ -609,18 +928,18 @@ class _Run:
                 if col >= 0 and at < n and allowed[col] and col not in used and slot[at] < 0:
                     place(at, col, "pinned")
         if self.comp.promotions:
-            _, masks = self.merch.columns(self.live)
-            for promo, rule in self.comp.promotions:
-                ok = unused(allowed & _full_mask(rule, cols, masks, self.env))
-                if not ok.any():  # nothing eligible matches: no scan of the orderings
-                    continue
-                picks = c.ids[ok[c.ids]][: promo.slots]  # the model's best matches first
+            for (promo, rule), full in zip(self.comp.promotions, self.prep.promos):
+                match = full if full is not None else rule.mask(cols, None, self.env)
+                # the model's best matches first (candidates are allowed items): no full-catalogue pass
+                picks = [x for x in c.ids[match[c.ids] & allowed[c.ids]].tolist() if x not in used][: promo.slots]
                 if len(picks) < promo.slots:
+                    ok = unused(allowed & match)
                     ok[picks] = False
-                    picks = np.concatenate([picks, _first_eligible(st.popular_order, ok, promo.slots - len(picks))])
+                    if ok.any():  # nothing eligible matches: no scan of the orderings
+                        picks += _first_eligible(st.popular_order, ok, promo.slots - len(picks)).tolist()
                 wanted = [q - 1 for q in (promo.positions or []) if q - 1 < n and slot[q - 1] < 0]
                 free = [q for q in range(n) if slot[q] < 0 and q not in wanted]
-                for col, at in zip(picks.tolist(), wanted + free):
+                for col, at in zip(picks, wanted + free):
                     place(at, col, f"promoted:{promo.name}")
         ex = spec.exploration
         if ex is not None:
@@ -668,12 +987,13 @@ class _Run:
     def _new_mask(self, ex: Any) -> np.ndarray:
         """New or under-exposed items (kept per catalogue view and setting)."""
         _, masks = self.merch.columns(self.live)
-        key = f"\0explore:{ex.max_age_days}:{ex.max_popularity_quantile}"
+        key = ("explore", ex.max_age_days, ex.max_popularity_quantile,
+               self.cols.age_epoch() if ex.max_age_days is not None else 0)
         hit = masks.get(key)
         if hit is None:
             hit = np.zeros(self.cols.n_items, bool)
             if ex.max_age_days is not None:
-                hit |= self.cols.numbers["age_days"] <= ex.max_age_days
+                hit |= self.cols.age_days() <= ex.max_age_days
             if ex.max_popularity_quantile is not None:
                 hit |= self.cols.numbers["_popularity_quantile"] <= ex.max_popularity_quantile
             masks[key] = hit

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -34,6 +35,9 @@ from scalerec.errors import RuleError
 
 MAX_RULE_LENGTH = 2_000
 MAX_DEPTH = 50
+#: ``age_days`` is recomputed from ``created_at`` at most this often (seconds): masks of rules that
+#: read it are cached per such period, so a rule like ``age_days < 30`` lets an item age out live.
+AGE_REFRESH_S = 60.0
 
 #: item paths and their kind: num (float, nan = unknown), bool, set (categories), text, attr (both)
 ITEM_PATHS = {
@@ -369,6 +373,7 @@ class ItemColumns:
         attr_keys: np.ndarray,
         attr_values: np.ndarray,
         attr_items: np.ndarray,
+        created_us: np.ndarray | None = None,
     ) -> None:
         self.item_ids = item_ids
         self.n_items = len(item_ids)
@@ -377,16 +382,38 @@ class ItemColumns:
         self.primary_category = primary_category
         self.category_names = category_names
         self.category_mask = category_mask
-        self.numbers = numbers  # age_days, popularity, trending
+        self.numbers = numbers  # popularity, trending (age_days too when no created_us is given)
         self._attr_keys, self._attr_values, self._attr_items = attr_keys, attr_values, attr_items
+        self.created_us = created_us  # float64 [n_items], nan = unknown: age_days is computed from it live
+        self._age: tuple[int, np.ndarray] | None = None
         self._text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._num: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def age_epoch(self, now: float | None = None) -> int:
+        """The AGE_REFRESH_S period ``age_days`` is computed for (0 when ages are fixed numbers)."""
+        if self.created_us is None:
+            return 0
+        return int((time.time() if now is None else now) // AGE_REFRESH_S)
+
+    def age_days(self, now: float | None = None) -> np.ndarray:
+        """Days since each item's ``created_at`` (nan = unknown), as of the current AGE_REFRESH_S period."""
+        if self.created_us is None:
+            return self.numbers.get("age_days", np.full(self.n_items, np.nan))
+        epoch = self.age_epoch(now)
+        hit = self._age
+        if hit is None or hit[0] != epoch:
+            age = (epoch * AGE_REFRESH_S * 1e6 - self.created_us) / 86_400e6
+            age.flags.writeable = False
+            hit = self._age = (epoch, age)
+        return hit[1]
 
     def numeric(self, path: str) -> np.ndarray:
         """float64 [n_items] (nan = unknown) of a num path or of ``attributes.<key>`` read as numbers."""
         if path == "price":
             return self.price
+        if path == "age_days":
+            return self.age_days()
         if path in self.numbers:
             return self.numbers[path]
         hit = self._num.get(path)
@@ -504,6 +531,7 @@ class Rule:
         self.text = text
         self.node = node
         self.refs = frozenset(_refs(node))
+        self.paths = frozenset(_paths(node))  # item paths read (``age_days`` makes a mask time-dependent)
 
     def __repr__(self) -> str:
         return f"Rule({self.text!r})"
@@ -533,6 +561,22 @@ def _refs(node: Any) -> set[str]:
     if isinstance(node, Not):
         return _refs(node.inner)
     return set().union(*(_refs(p) for p in node.parts))
+
+
+def _paths(node: Any) -> set[str]:
+    if isinstance(node, Attr):
+        return {node.path}
+    if isinstance(node, (Lit, Ref)):
+        return set()
+    if isinstance(node, Cmp):
+        return _paths(node.left) | _paths(node.right)
+    if isinstance(node, In):
+        return _paths(node.left)
+    if isinstance(node, Truth):
+        return _paths(node.operand)
+    if isinstance(node, Not):
+        return _paths(node.inner)
+    return set().union(*(_paths(p) for p in node.parts))
 
 
 def _take(col: np.ndarray, ids: np.ndarray | None) -> np.ndarray:

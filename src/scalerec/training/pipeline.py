@@ -275,22 +275,26 @@ class Scores:
     metrics: dict[str, float]
     per_user: dict[str, np.ndarray]
     users: np.ndarray
+    #: the evaluation pass, when it kept the catalogue metrics' resampling detail (their intervals)
+    evaluation: Any = None
 
     def value(self, metric: str) -> float:
         return float(self.metrics[metric])
 
 
-def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", progress: Callable[[int, int], None] | None = None) -> Scores:
-    """Scores of a fitted ``model`` on ``split`` (the trial metrics at the primary metric's k)."""
+def score_model(model: Any, split: "Split", metric: str, *, on: str = "test", progress: Callable[[int, int], None] | None = None,
+                catalogue_detail: bool = False) -> Scores:
+    """Scores of a fitted ``model`` on ``split`` (the trial metrics at the primary metric's k);
+    ``catalogue_detail`` keeps what coverage's and popularity bias's intervals resample."""
     from scalerec.evaluation.evaluate import evaluate_per_user
     from scalerec.training.tuning import TRIAL_METRICS
 
     name, k, _ = parse_metric(metric)
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
-    # the gate pairs per-user ranking metrics: the catalogue metrics' resampling detail is not needed
-    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress, catalogue_detail=False)
+    # the gate pairs per-user ranking metrics: the catalogue metrics' detail only for the reported intervals
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=progress, catalogue_detail=catalogue_detail)
     means, per_user = ev.metrics, ev.per_user
-    return Scores(means, per_user, np.asarray(split.relevant(on)[1]))
+    return Scores(means, per_user, np.asarray(split.relevant(on)[1]), ev if catalogue_detail else None)
 
 
 def uncertainty_options(settings: "Settings") -> dict[str, Any] | None:
@@ -300,17 +304,20 @@ def uncertainty_options(settings: "Settings") -> dict[str, Any] | None:
 
 
 def score_intervals(scores: Scores, uncertainty: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Seeded bootstrap intervals of the per-user metrics of ``scores`` (empty when switched off or no users)."""
+    """Seeded bootstrap intervals of the metrics of ``scores`` (the catalogue ones when their detail was
+    kept; empty when switched off or no users)."""
     from scalerec.evaluation.stats import bootstrap_intervals
 
     if uncertainty is None or not len(scores.users):
         return {}
+    if scores.evaluation is not None:
+        return {k: iv.to_dict() for k, iv in scores.evaluation.intervals(**uncertainty).items()}
     return {k: iv.to_dict() for k, iv in bootstrap_intervals(scores.per_user, **uncertainty).items()}
 
 
 def fit_and_score(
     family: str, params: dict[str, Any], split: "Split", metric: str, *,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None, catalogue_detail: bool = False,
 ) -> tuple[Any, Scores]:
     """Fit ``family(**params)`` on the split's training part and score it on its test part."""
     from scalerec.models import make_model
@@ -319,7 +326,7 @@ def fit_and_score(
     fit_cb = (lambda d, t: progress("fit", d, t)) if progress else None
     model.fit(split.train_for(model), progress=fit_cb)
     eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
-    return model, score_model(model, split, metric, progress=eval_cb)
+    return model, score_model(model, split, metric, progress=eval_cb, catalogue_detail=catalogue_detail)
 
 
 def compare_on_test(
@@ -404,13 +411,26 @@ def production_score(
 
 # ---------------------------------------------------------------------------------- locking
 @contextlib.contextmanager
-def training_lock(catalog: Any) -> Iterator[None]:
+def training_lock(catalog: Any) -> Iterator[Any]:
     """One training at a time across every machine sharing the catalogue: its ``train`` lease
-    (renewed while training runs; a crashed run's lease expires, at once on its own machine)."""
+    (renewed while training runs; a crashed run's lease expires, at once on its own machine).
+    Yields the lease: ``lease.check()`` raises LeaseLostError once another holder took it."""
     with hold_lease(catalog, "train", blocking=False) as lease:
         if not lease:
             raise ConflictError(f"another training is running (lease held by {lease.other}); wait for it to finish")
-        yield
+        yield lease
+
+
+def _lease_checked(progress: ProgressFn | None, lease: Any) -> ProgressFn:
+    """``progress`` that first checks the lease: every step of a training (trial, fit block, gate,
+    register step) is a point where a run that lost its lease stops, before writing anything."""
+
+    def checked(event: ProgressEvent) -> None:
+        lease.check()
+        if progress is not None:
+            progress(event)
+
+    return checked
 
 
 # ---------------------------------------------------------------------------------- the pipeline
@@ -472,7 +492,8 @@ def train(
             return train(settings, options, store=own_store, executor=executor, progress=progress)
     registry = Registry(settings)
 
-    with training_lock(store.catalog):
+    with training_lock(store.catalog) as lease:
+        progress = _lease_checked(progress, lease)
         if options.if_new_events is not None:
             from scalerec.training.retrain import should_retrain
 
@@ -538,7 +559,8 @@ def train(
             def test_step(stage: str, done: int, total: int) -> None:
                 _emit(progress, "evaluate", done, total, f"{best.family} on the test part", family=best.family)
 
-            _, test_scores = fit_and_score(best.family, best.best_params, split, metric, progress=test_step)
+            _, test_scores = fit_and_score(best.family, best.best_params, split, metric, progress=test_step,
+                                           catalogue_detail=uncertainty is not None)
             intervals: dict[str, Any] = {}
             if uncertainty is not None:
                 intervals = {"test": score_intervals(test_scores, uncertainty), "validation": dict(best.best_intervals),
@@ -616,8 +638,10 @@ def train(
         manifest.extra["ranking"] = _jsonable(ranking.section)
 
         def reg_progress(done: int, total: int) -> None:
-            _emit(progress, "register", done, total, "writing the version")
+            if done < total:  # the last step comes after the version's commit: nothing left to stop
+                _emit(progress, "register", done, total, "writing the version")
 
+        lease.check()  # the last point before anything is written
         version = registry.register(
             model=model, matrix=matrix, manifest=manifest, popular=popular, trending=trending, progress=reg_progress,
             write_extra=ranking.write,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +90,7 @@ def run_training_subprocess(
     timeout_s: float | None = None,
     log_path: str | Path | None = None,
     env: dict[str, str] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> int:
     """Run ``scalerec train *args`` in a child process and return its exit status.
 
@@ -95,7 +98,9 @@ def run_training_subprocess(
     caller (the server) down. The child reads the same data directory and config file; settings
     changed in memory only are not passed. stdout/stderr go to ``log_path`` (appended) or are
     discarded. On timeout the child is killed and -9 returned. Exit codes: 0 trained or skipped,
-    2 a scalerec error, 130 interrupted, negative = killed by that signal.
+    2 a scalerec error, 130 interrupted, negative = killed by that signal. ``stop()`` is polled
+    while the child runs; when true the child is interrupted (SIGINT: it stops between two steps
+    and leaves nothing half-written, as on Ctrl-C), killed if it has not exited after 30 s.
     """
     cmd = train_command(settings, *args, config_file=config_file)
     child_env = {**os.environ, **(env or {})}
@@ -107,7 +112,21 @@ def run_training_subprocess(
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
         try:
-            return proc.wait(timeout=timeout_s)
+            if stop is None:
+                return proc.wait(timeout=timeout_s)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while (status := proc.poll()) is None:
+                if stop():
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        return proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        return proc.wait()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise subprocess.TimeoutExpired(cmd, timeout_s)
+                time.sleep(0.2)
+            return status
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -152,9 +171,11 @@ class TrainingSchedule:
         now = time.monotonic() if now is None else now
         return self.last_run is None or now - self.last_run >= float(self.interval_minutes) * 60  # type: ignore[arg-type]
 
-    def run_once(self, settings: "Settings", *, log_path: str | Path | None = None, timeout_s: float | None = None) -> int:
-        """One scheduled attempt: a training subprocess with ``--if-new-events``; its exit status."""
+    def run_once(self, settings: "Settings", *, log_path: str | Path | None = None, timeout_s: float | None = None,
+                 stop: Callable[[], bool] | None = None) -> int:
+        """One scheduled attempt: a training subprocess with ``--if-new-events``; its exit status
+        (``stop``: see run_training_subprocess)."""
         self.last_run = time.monotonic()
         return run_training_subprocess(
-            settings, "--if-new-events", str(self.min_new_events), log_path=log_path, timeout_s=timeout_s
+            settings, "--if-new-events", str(self.min_new_events), log_path=log_path, timeout_s=timeout_s, stop=stop
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 from scalerec.data.catalog import open_catalog
 from scalerec.data.lease import hold_lease
+from scalerec.errors import ScalerecError
 
 log = logging.getLogger("scalerec.training.schedule")
 
@@ -57,7 +58,10 @@ class RetrainScheduler:
         self.schedule.last_run = __import__("time").monotonic()
         while not self._stop.wait(self.tick_s):
             if self.schedule.due():
-                self.run_now()
+                try:
+                    self.run_now()
+                except ScalerecError as exc:  # a lost lease, an unreachable catalogue: the next tick tries again
+                    log.error("scheduled training: %s", exc.message)
 
     def run_now(self) -> int | None:
         """One scheduled attempt unless another process holds the lock; the child's exit status."""
@@ -67,9 +71,12 @@ class RetrainScheduler:
             with hold_lease(catalog, "retrain", blocking=False) as lease:
                 if not lease:
                     return None
-                status = self.schedule.run_once(self.settings, log_path=self.log_path, timeout_s=self.timeout_s)
+                # a lost lease interrupts the child: another machine now runs the schedule
+                status = self.schedule.run_once(self.settings, log_path=self.log_path, timeout_s=self.timeout_s,
+                                                stop=lambda: lease.lost)
                 self.runs.append(status)
                 log.info("scheduled training exited with %s (log: %s)", status, self.log_path)
+                lease.check()
                 return status
         finally:
             catalog.close()

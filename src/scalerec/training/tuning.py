@@ -17,7 +17,7 @@ import time
 import warnings
 from datetime import datetime
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +36,20 @@ STUDY_SEP = "-"
 #: A family stops early after this many trials in a row that re-propose an evaluated configuration.
 MAX_DUPLICATES_IN_A_ROW = 5
 #: Metrics recorded per trial (the primary one is always added).
-TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
-#: Completed trials reporting a checkpoint before the median rule may prune at it (Optuna's MedianPruner default).
+TRIAL_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage", "popularity_bias")
+#: Completed trials reporting a checkpoint before the median rule may prune at it: Optuna's MedianPruner
+#: default for a long study; smaller budgets use fewer (:func:`prune_startup`), down to PRUNE_MIN_STARTUP.
 PRUNE_STARTUP_TRIALS = 5
+PRUNE_MIN_STARTUP = 2
+
+
+def prune_startup(expected_trials: float | None) -> int:
+    """Completed trials the median rule waits for, scaled to the trials a family is expected to get:
+    a quarter of them, between PRUNE_MIN_STARTUP and PRUNE_STARTUP_TRIALS (at 5 the rule never fired
+    in a search of a few trials per family). None (no estimate yet): PRUNE_STARTUP_TRIALS."""
+    if expected_trials is None or not math.isfinite(expected_trials):
+        return PRUNE_STARTUP_TRIALS
+    return int(max(PRUNE_MIN_STARTUP, min(PRUNE_STARTUP_TRIALS, expected_trials // 4)))
 #: Name prefix of the study that records the round schedule of each search (not a model family).
 SCHEDULE_PREFIX = "search"
 
@@ -77,12 +88,18 @@ def parse_metric(key: str) -> tuple[str, int, bool]:
 def signal_choices(stats: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
     """Matrix hyperparameters worth searching on this data (``data.matrix.signal_stats``): the rating
     rule when the data has ratings of several values, the recency clock when the users' last
-    events lie over a year apart; None (the configured [matrix] value) first in each."""
+    events lie over a year apart, the cell convention (``normalise``: the other one than
+    configured) when the strongest positive type weight present (``cell_unit``) is not 1, so
+    normalising changes the cells; None (the configured [matrix] value) first in each."""
     out: dict[str, tuple[Any, ...]] = {}
     if stats.get("rating_values", 0) > 1:
         out["rating_rule"] = (None, "raw", "binary", "centered")
     if stats.get("user_last_spread_days", 0.0) > 365.0:
         out["recency_reference"] = (None, "user", "global")
+    unit = stats.get("cell_unit")
+    # Whether type weights should count is shop-dependent (BENCHMARKS.md, "Cell convention"): decided per data.
+    if unit is not None and unit > 0 and not math.isclose(unit, 1.0):
+        out["normalise"] = (None, not bool(stats.get("normalise", False)))
     return out
 
 
@@ -139,7 +156,7 @@ class PruneRule:
     """Optuna's median rule, evaluated in the worker: stop a trial whose best intermediate value so
     far is worse than the median of the study's completed trials at the same checkpoint.
 
-    ``medians`` holds only the checkpoints that at least PRUNE_STARTUP_TRIALS completed trials reported.
+    ``medians`` holds only the checkpoints that enough completed trials reported (:func:`prune_startup`).
     """
 
     higher: bool
@@ -185,7 +202,7 @@ class TrialResult:
     intermediate: dict[int, float] = field(default_factory=dict)
     pruned: bool = False
     #: ``{"ndcg@20": {"mean", "low", "high", "n_users"}}``: seeded bootstrap-over-users intervals of
-    #: the ranking metrics (catalogue metrics have none here: their resampling costs a pass per item)
+    #: the ranking metrics and of coverage and popularity bias (the same resamples)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -205,7 +222,7 @@ def fit_and_evaluate(
     ``progress(stage, done, total)`` with stage "fit" or "evaluate". ``report(iteration, value)``
     receives the metric at each checkpoint of an iterative fit (ALS, BPR; others never call it)
     and may raise TrialPruned to stop it. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``)
-    adds seeded bootstrap intervals of the ranking metrics. Raises what the model raises.
+    adds seeded bootstrap intervals of every metric (coverage and popularity bias too). Raises what the model raises.
     """
     from scalerec.evaluation.evaluate import evaluate, evaluate_per_user
     from scalerec.models import make_model
@@ -229,10 +246,11 @@ def fit_and_evaluate(
     names = tuple(dict.fromkeys((*TRIAL_METRICS, name)))
     eval_cb = (lambda d, t: progress("evaluate", d, t)) if progress else None
     t1 = time.perf_counter()
-    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=eval_cb, catalogue_detail=False)
+    wanted = uncertainty is not None and uncertainty.get("n_boot", 0) > 0
+    ev = evaluate_per_user(model, split, k=(k,), metrics=names, on=on, progress=eval_cb, catalogue_detail=wanted)
     metrics = ev.metrics
     intervals: dict[str, dict[str, Any]] = {}
-    if uncertainty is not None and uncertainty.get("n_boot", 0) > 0:
+    if wanted:
         intervals = {key: iv.to_dict() for key, iv in ev.intervals(**uncertainty).items()}
     eval_s = time.perf_counter() - t1
     return model, TrialResult(value=float(metrics[metric]), metrics=metrics, fit_s=fit_s, eval_s=eval_s,
@@ -346,16 +364,27 @@ def trial_params(klass: type, trial: "optuna.Trial", stats: "DataStats | None") 
     from scalerec.models.base import suggest_signals
 
     params = dict(klass.search_space(trial, stats))
-    if stats is not None and stats.signals:
-        params.update(suggest_signals(trial, stats.signals))
+    signals = family_signals(klass, stats)
+    if signals:
+        params.update(suggest_signals(trial, signals))
     return params
+
+
+def family_signals(klass: type, stats: "DataStats | None") -> dict[str, tuple[Any, ...]]:
+    """The signal choices a family searches: all the data offers, but the cell convention only where
+    cells are capped by recency weighting (families with a half-life), where it changes what a model
+    learns; a plain sum rescaled by one constant ranks the same (most popular, say)."""
+    if stats is None:
+        return {}
+    has_recency = "recency_half_life_days" in _default_params(klass)
+    return {k: v for k, v in stats.signals.items() if k != "normalise" or has_recency}
 
 
 def _probe_defaults(klass: type, stats: "DataStats | None" = None) -> dict[str, Any] | None:
     """The class defaults restricted to what its search space suggests, or None if they don't fit it."""
     import optuna
 
-    defaults = {**_default_params(klass), **{name: None for name in (stats.signals if stats is not None else {})}}
+    defaults = {**_default_params(klass), **{name: None for name in family_signals(klass, stats)}}
     probe = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     probe.enqueue_trial(defaults)
     trial = probe.ask()
@@ -382,6 +411,8 @@ def _design(klass: type, defaults: dict[str, Any] | None, stats: "DataStats | No
     half_life = recency_design(stats, RECENCY_CHOICES)
     if half_life is None:
         return []
+    # The other cell convention is left to the sampler: a second queued trial per family took round 1's
+    # sampled one, and no run showed it paying (BENCHMARKS.md, issue 10, "The cell convention searched").
     return [({**defaults, "recency_half_life_days": half_life}, "recency at the hold-out scale")]
 
 
@@ -428,6 +459,7 @@ def tune_family(
     startup_trials: int | None = None,
     round_number: int | None = None,
     uncertainty: dict[str, Any] | None = None,
+    expected_trials: int | None = None,
 ) -> FamilyResult:
     """Run (or resume) the Optuna study ``name`` for ``family`` until it holds ``n_trials`` finished
     trials or ``deadline`` (``time.monotonic()`` seconds) passes.
@@ -443,6 +475,8 @@ def tune_family(
     recorded on each trial (successive halving). Iterative fits report checkpoints; pruned
     trials count against ``n_trials``. ``uncertainty`` (``{"confidence", "n_boot", "seed"}``) puts
     seeded bootstrap intervals on each trial's metrics (user attribute ``intervals``).
+    ``expected_trials`` (default ``n_trials``; with only a deadline, estimated from the trials'
+    durations) scales how many completed trials the median rule waits for (:func:`prune_startup`).
     """
     import optuna
     from optuna.trial import TrialState
@@ -468,7 +502,7 @@ def tune_family(
         study_name=name,
         storage=store,
         sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS),  # applied by PruneRule
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_startup(expected_trials or n_trials)),  # applied by PruneRule
         direction="maximize" if higher else "minimize",
         load_if_exists=True,
     )
@@ -498,10 +532,22 @@ def tune_family(
         seen[_params_key(t.params)] = TrialResult(value=t.value, metrics=t.user_attrs.get("metrics", {}),
                                                   intervals=t.user_attrs.get("intervals", {}))
     done = sum(1 for t in study.get_trials(deepcopy=False) if _finished(t))
-    running: dict[Future[TrialResult], "optuna.Trial"] = {}
+    # Trials launched and not yet told, in launch order. They are told oldest first, and only when a
+    # slot is needed: each ask then sees exactly the trials launched ``jobs`` or more asks before it
+    # (the rest as constant-liar running ones), whichever finished first, so the sampler's
+    # proposals, the prune medians and the duplicate checks are the same for a seed at any --jobs.
+    untold: list[tuple["optuna.Trial", Future[TrialResult]]] = []
     launching: "optuna.Trial | None" = None
     duplicates = 0
     stop = ""
+    durations: list[float] = []  # seconds of this run's fitted trials
+
+    def _startup() -> int:
+        if expected_trials is not None or n_trials is not None:
+            return prune_startup(expected_trials or n_trials)
+        if deadline is not None and durations:
+            return prune_startup(done + max(0.0, deadline - time.monotonic()) / max(1e-3, sum(durations) / len(durations)))
+        return PRUNE_STARTUP_TRIALS
 
     def _emit(last: TrialResult | None) -> None:
         if progress is not None:
@@ -519,6 +565,8 @@ def tune_family(
             trial.set_user_attr("round", round_number)
         for step, value in sorted(res.intermediate.items()):
             trial.report(value, step)
+        if not trial.user_attrs.get("duplicate"):
+            durations.append(res.fit_s + res.eval_s)
         if res.pruned:
             trial.set_user_attr("pruned_at", max(res.intermediate))
             study.tell(trial, state=TrialState.PRUNED)
@@ -534,53 +582,56 @@ def tune_family(
         result.trials_new += 1
         _emit(res)
 
+    def _tell_oldest() -> None:
+        trial, fut = untold[0]
+        try:
+            res = fut.result()  # waits for it (the others keep running)
+        except Exception as exc:  # a worker died (killed, out of memory): the trial failed
+            res = TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
+        untold.pop(0)
+        _record(trial, res)
+
     _emit(None)
     try:
         while True:
-            # Launch while there is budget, time and a free slot.
-            while len(running) < jobs and done + len(running) < budget:
+            if len(untold) >= jobs:
+                _tell_oldest()  # free a slot: the oldest trial's, so the order of tells is the order of asks
+                continue
+            if not stop and done + len(untold) < budget:
                 # At least one trial per family even when the time is up, so every family has a result;
                 # queued ones (defaults, design, warm start, retries) too: a family is judged on them.
-                if deadline is not None and time.monotonic() >= deadline and (done or running) and not _queued(study):
-                    stop = stop or "time budget reached"
-                    break
-                if duplicates >= MAX_DUPLICATES_IN_A_ROW:
-                    stop = stop or "search space exhausted (the sampler only repeats evaluated configurations)"
-                    break
-                trial = study.ask()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
-                    try:
-                        params = trial_params(klass, trial, stats)
-                    except ValueError as exc:  # e.g. a warm-start value the space no longer allows
-                        trial_err = TrialResult(value=None, error=f"search space: {exc}")
-                        _record(trial, trial_err)  # counts against the budget: no endless loop
+                if deadline is not None and time.monotonic() >= deadline and (done or untold) and not _queued(study):
+                    stop = "time budget reached"
+                elif duplicates >= MAX_DUPLICATES_IN_A_ROW:
+                    stop = "search space exhausted (the sampler only repeats evaluated configurations)"
+                else:
+                    trial = study.ask()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # out-of-range enqueued defaults are intended
+                        try:
+                            params = trial_params(klass, trial, stats)
+                        except ValueError as exc:  # e.g. a warm-start value the space no longer allows
+                            _record(trial, TrialResult(value=None, error=f"search space: {exc}"))  # counts: no endless loop
+                            continue
+                    key = _params_key(trial.params)
+                    if key in seen:
+                        # TPE re-proposed a configuration already evaluated: reuse its score, no refit.
+                        duplicates += 1
+                        trial.set_user_attr("duplicate", True)
+                        _record(trial, replace(seen[key], intermediate={}))  # its checkpoints are already in the study
                         continue
-                key = _params_key(trial.params)
-                if key in seen:
-                    # TPE re-proposed a configuration already evaluated: reuse its score, no refit.
-                    duplicates += 1
-                    trial.set_user_attr("duplicate", True)
-                    _record(trial, replace(seen[key], intermediate={}))  # its checkpoints are already in the study
+                    duplicates = 0
+                    launching = trial  # in-process executors run the trial inside submit()
+                    task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on,
+                                     _prune_rule(study, higher, _startup()), uncertainty)
+                    untold.append((trial, executor.submit(run_trial, task)))
+                    launching = None
                     continue
-                duplicates = 0
-                launching = trial  # in-process executors run the trial inside submit()
-                task = TrialTask(family, {**fixed_params, **params}, split_spec, metric, on, _prune_rule(study, higher),
-                                 uncertainty)
-                running[executor.submit(run_trial, task)] = trial
-                launching = None
-            if not running:
+            if not untold:
                 break
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                trial = running.pop(fut)
-                try:
-                    res = fut.result()
-                except Exception as exc:  # a worker died (killed, out of memory): the trial failed
-                    res = TrialResult(value=None, error=f"{type(exc).__name__}: {exc}")
-                _record(trial, res)
+            _tell_oldest()
     except BaseException:
-        interrupted = list(running.items()) + ([(None, launching)] if launching is not None else [])
+        interrupted = [(fut, trial) for trial, fut in untold] + ([(None, launching)] if launching is not None else [])
         for fut, trial in interrupted:
             if fut is not None:
                 fut.cancel()
@@ -644,17 +695,21 @@ def halving_rounds(n_families: int) -> int:
 def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "DataStats":
     """DataStats of the split's training matrix; explicit when the events hold a type whose value is used
     (ratings); the scored part's window length when it is a time window; the signal choices the
-    events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types)."""
+    events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types, the
+    data's cell unit and the configured ``normalise``)."""
     from scalerec.models.space import DataStats
 
     explicit = False
     signals: dict[str, tuple[Any, ...]] = {}
     if events is not None and settings is not None and "event_type" in getattr(events, "columns", ()):
-        from scalerec.data.matrix import signal_stats
+        from scalerec.data.matrix import cell_unit_of, signal_stats
 
         valued = {name for name, t in settings.events.types.items() if t.use_value}
         explicit = bool(valued & set(events["event_type"].unique().to_list()))
-        signals = signal_choices(signal_stats(events, tuple(settings.matrix.rating_types)))
+        unknown = settings.events.unknown_type_weight if settings.events.allow_unknown_types else None
+        found = signal_stats(events, tuple(settings.matrix.rating_types))
+        found.update(cell_unit=cell_unit_of(events, settings.events.types, unknown), normalise=settings.matrix.normalise)
+        signals = signal_choices(found)
     info = split.info or {}
     days = info.get("test_days") if "test_start" in info else None
     return DataStats.from_matrix(split.train, explicit=explicit, holdout_days=days, signals=signals)
@@ -750,6 +805,7 @@ def search_families(
                 startup_trials=startup,
                 round_number=r + 1,
                 uncertainty=uncertainty,
+                expected_trials=n_trials,  # the per-family share of the budget: halving gives the best more
             )
             results[family].absorb(res)
             results[family].rounds += 1
@@ -885,8 +941,8 @@ def _model_params(klass: type, params: dict[str, Any], stats: "DataStats | None"
         return trial_params(klass, optuna.trial.FixedTrial(dict(params)), stats)
 
 
-def _prune_rule(study: "optuna.Study", higher: bool) -> PruneRule:
-    """The median of the completed trials' intermediate values at each checkpoint enough of them reported."""
+def _prune_rule(study: "optuna.Study", higher: bool, startup: int = PRUNE_STARTUP_TRIALS) -> PruneRule:
+    """The median of the completed trials' intermediate values at each checkpoint ``startup`` of them reported."""
     import statistics
 
     from optuna.trial import TrialState
@@ -896,7 +952,7 @@ def _prune_rule(study: "optuna.Study", higher: bool) -> PruneRule:
         for step, value in t.intermediate_values.items():
             if math.isfinite(value):
                 by_step.setdefault(int(step), []).append(float(value))
-    medians = {s: statistics.median(v) for s, v in by_step.items() if len(v) >= PRUNE_STARTUP_TRIALS}
+    medians = {s: statistics.median(v) for s, v in by_step.items() if len(v) >= startup}
     return PruneRule(higher=higher, medians=medians)
 
 
@@ -911,7 +967,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
     """Every study of ``<data_dir>/tuning.db`` (optionally one family): its trials and best one.
 
     Returns ``[{"study", "family", "metric", "direction", "trials": [...], "best": {...} | None}]``,
-    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at", "intervals"}``,
+    trials as ``{"number", "state", "value", "params", "fit_s", "default", "error", "round", "pruned_at", "intervals", "metrics"}``,
     rounds as ``{"started", "round", "trials", "pruned", "failed", "best", "kept", "reason"}``.
     """
     import optuna
@@ -948,6 +1004,7 @@ def load_report(data_dir: Path, family: str | None = None) -> list[dict[str, Any
                     "round": t.user_attrs.get("round"),
                     "pruned_at": t.user_attrs.get("pruned_at"),
                     "intervals": t.user_attrs.get("intervals", {}),
+                    "metrics": t.user_attrs.get("metrics", {}),
                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 }
             )

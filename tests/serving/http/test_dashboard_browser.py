@@ -118,3 +118,59 @@ def test_docs_render_offline_in_chromium(browser, base_store: Path, tmp_path: Pa
             ctx.close()
     finally:
         a.service.close()
+
+
+def test_kpi_and_experiment_panel_in_chromium(browser, base_store: Path, tmp_path: Path) -> None:
+    """The KPIs-and-experiments panel: planted served lists and clicks of the serving version over
+    the last three weeks, and a running experiment the app itself routes requests into."""
+    import datetime as dt
+
+    from _kpi_world import DAYS, plant
+    from scalerec.online.manage import create_experiment
+
+    a = make_api(base_store, tmp_path)
+    first = a.service.live.model.version
+    train_version(a.settings, "itemknn")  # promoted: production now; the first version is the treatment
+    a.service.refresh()
+    prod = a.service.live.model.version
+    today = dt.datetime.now(dt.timezone.utc).date()
+    plant(a.service.store, version=prod, first=today - dt.timedelta(days=DAYS))
+    create_experiment(a.service.store.catalog, a.service.registry, "home-test",
+                      ["control=production:0.5", f"treatment={first}:0.5"])
+    a.service.experiments.refresh()
+    for u in a.service.live.model.user_ids[:40].tolist():
+        assert a.get(f"/v1/users/{u}/recommendations?n=5").status_code == 200
+    a.service.impressions.flush()
+    mon = Monitor(a.service)
+    a.client.app.state.monitor = mon
+    mon.tick(time.time())  # the daily report, with its KPI-drop check of the planted days
+    try:
+        with LiveServer(a.client.app) as live:
+            ctx = browser.new_context()
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live.url + "/dashboard")
+            page.fill("#key", a.keys["admin"])
+            page.click("#login button[type=submit]")
+            page.wait_for_url(live.url + "/dashboard")
+            page.select_option("#range", "30d")
+            page.wait_for_function("document.querySelectorAll('#kpi-versions tbody tr[data-version]').length > 0", timeout=30_000)
+            page.wait_for_selector("#online[data-ready='1']", timeout=30_000)
+            for chart in ("ctr", "ctr_by_day", "exp-0"):
+                page.wait_for_selector(f"#chart-{chart}.js-plotly-plot .main-svg", timeout=10_000)
+            assert page.locator(f"#kpi-versions tr[data-version='{prod}']").count() == 1
+            row = page.locator(f"#kpi-versions tr[data-version='{prod}']").inner_text()
+            assert "%" in row and "[" in row  # the CTR with its interval
+            assert page.locator("#chart-ctr .bars .point").count() == page.locator("#kpi-versions tbody tr[data-version]").count()
+            assert page.locator("#chart-ctr_by_day .scatterlayer .trace").count() >= 1
+            exp = page.locator("#experiments tr[data-experiment='home-test']").inner_text()
+            assert "split" in exp and "control=production" in exp and "not enough evidence" in exp
+            assert page.locator("#chart-exp-0 .bars .point").count() == 2  # both variants' conversion
+            assert f"version {prod}" in page.locator("#kpi-drop").inner_text() and "ctr ok" in page.locator("#kpi-drop").inner_text()
+            assert "running experiments" in page.locator("#online-facts").inner_text()
+            assert errors == []
+            ctx.close()
+    finally:
+        mon.close()
+        a.service.close()

@@ -240,3 +240,31 @@ def test_every_list_endpoint_documents_the_same_filters(api1) -> None:
         assert filters | {"n"} <= names, path
     session = spec["/v1/sessions/recommendations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert session["$ref"].endswith("SessionRequest")
+
+
+def test_a_category_no_item_has_is_a_422_naming_the_known_ones(api1) -> None:
+    cat = _catalog(api1)
+    user = _known_user(api1)
+    known = sorted({c for r in cat.values() for c in (r["categories"] or [])})
+    typo = known[0][:-1] + ("x" if known[0][-1] != "x" else "y")  # one letter off a real category
+    for url in (f"/v1/users/{user}/recommendations", "/v1/popular", "/v1/trending", f"/v1/items/{next(iter(cat))}/similar"):
+        r = api1.get(url, params={"category": "gnomes"})
+        assert r.status_code == 422, (url, r.text)
+        err = r.json()["error"]
+        assert err["type"] == "validation_error" and err["message"].startswith("category 'gnomes' matches no item")
+        assert err["details"]["category"] == ["gnomes"] and err["details"]["known"] == known[:100]
+    r = api1.post("/v1/sessions/recommendations", json={"item_ids": [next(iter(cat))], "category": [typo]}, role="read")
+    assert r.status_code == 422 and f"did you mean {known[0]!r}?" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["details"]["did_you_mean"] == {typo: known[0]}
+    # a known category beside it still fails (the typo would silently narrow the list), excluding one does not
+    assert api1.get("/v1/popular", params={"category": [known[0], "gnomes"]}).status_code == 422
+    assert api1.get("/v1/popular", params={"exclude_category": "gnomes"}).status_code == 200
+
+
+def test_a_category_filter_on_a_catalogue_without_categories_says_so(api1) -> None:
+    for item_id, row in _catalog(api1).items():
+        assert api1.client.patch(f"/v1/items/{item_id}", json={"categories": []}, headers=api1.h("write")).status_code == 200
+    api1.service.apply_changes()
+    r = api1.get("/v1/popular", params={"category": "gnomes"})
+    assert r.status_code == 422 and "have no categories" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["details"] == {"category": ["gnomes"], "known": []}

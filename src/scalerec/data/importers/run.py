@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scalerec.data import value_types
 from scalerec.data.coerce import combine
 from scalerec.data.importers.mapping import TIME_COLUMN, Stage, convert_time, map_columns, precast_numbers, resolve_mapping
 from scalerec.data.importers.presets import Preset, need_columns, resolve_preset
@@ -67,7 +68,7 @@ def import_file(
     constants: Mapping[str, str] | None = None,
     encoding: str | None = None,
     allow_duplicate: bool = False,
-    no_timestamps: bool = False,
+    no_timestamps: bool | Literal["one-date", "file-order"] = False,
 ) -> ImportReport:
     """Import a file of events, users or items into ``store``, all or nothing.
 
@@ -90,9 +91,11 @@ def import_file(
     refused (DataImportError naming the earlier import) while that transaction's rows are in
     the log, unless ``allow_duplicate``. Items and users are upserts: re-importing them is harmless.
 
-    ``no_timestamps``: the file has no event times; every event is dated the same day (a
-    ``constants["timestamp"]`` if given, else today, UTC), and training then holds out a random share
-    of each user's items instead of the newest (its protocol sees that all events carry one time).
+    ``no_timestamps``: the file has no event times. ``True`` / ``"one-date"``: every event is dated the
+    same day (a ``constants["timestamp"]`` if given, else today, UTC), and training then holds out a
+    random share of each user's items instead of the newest (its protocol sees that all events carry
+    one time). ``"file-order"``: the rows are in time order; each event is dated that day plus its line
+    number in microseconds, so training holds out the last lines (per window or per user) as the newest.
     """
     started = time.perf_counter()
     settings = store.settings
@@ -112,8 +115,11 @@ def import_file(
         raise ValidationError(f"chunk_rows={chunk_rows} must be at least 1")
 
     notes: list[str] = []
+    file_order_day: np.datetime64 | None = None
     if no_timestamps:
-        constants, note = _one_date(kind, mapping, constants)
+        if no_timestamps not in (True, *NO_TIMESTAMPS):
+            raise ValidationError(f"no_timestamps={no_timestamps!r}; use True or one of {', '.join(NO_TIMESTAMPS)}")
+        constants, note, file_order_day = _one_date(kind, mapping, constants, no_timestamps == "file-order")
         notes.append(note)
     plan = Plan.make(kind, path, fmt, preset, mapping, constants, timestamp_format, encoding)
     report = ImportReport(kind=kind, path=str(path), format=plan.format_name,
@@ -142,6 +148,8 @@ def import_file(
                     reject_positions(rejects, chunk, pos, why)
             else:
                 stage = plan.stage(table, path.name)
+                if file_order_day is not None:
+                    _date_by_line(stage, file_order_day, chunk.lines)
                 for reason, k in stage.filtered.items():
                     report.filtered[reason] = report.filtered.get(reason, 0) + k
                 for pos, why in stage.rejects:
@@ -190,6 +198,10 @@ def import_file(
                 tx.wait()
                 _check_not_empty(report, path)
                 report.imported = tx.rows
+                if plan.resolved and "value" in plan.resolved and tx.rows:
+                    # before the log commit: a type recorded for rows that then never land only means
+                    # that type's values (1.0 when not given) count, which changes nothing for them
+                    value_types.record(store.catalog, value_types.weighted_by_import(settings, counts))
                 if fingerprint is not None and tx.rows:
                     # Before the log commit: the record counts only once tx.txid's rows are in the log,
                     # so a crash on either side of the commit can neither lose nor double the import.
@@ -240,31 +252,59 @@ def import_file(
     return report
 
 
-def _one_date(kind: str, mapping: Mapping[str, str] | None,
-              constants: Mapping[str, str] | None) -> tuple[dict[str, str], str]:
-    """The constants of a no-timestamps import: one date for every event (given, or today UTC)."""
+#: The modes of an import without event times (``no_timestamps=True`` is "one-date").
+NO_TIMESTAMPS = ("one-date", "file-order")
+
+
+def _one_date(kind: str, mapping: Mapping[str, str] | None, constants: Mapping[str, str] | None,
+              file_order: bool) -> tuple[dict[str, str], str, np.datetime64 | None]:
+    """(constants, note, file-order day) of a no-timestamps import: one date for every event (given, or
+    today UTC); in file order, that day's midnight, to which each row adds its line number in us."""
     if kind != "events":
         raise ValidationError("no_timestamps applies to events only (items and users need no time)")
     if mapping and "timestamp" in mapping:
         raise ValidationError("no_timestamps and a mapped timestamp column contradict each other; drop one")
     out = dict(constants or {})
     day = out.setdefault("timestamp", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
-    return out, (f"no timestamps: every event is dated {day}; training holds out a random share of each "
-                 "user's items (there is no order to hold the newest out by)")
+    if not file_order:
+        return out, (f"no timestamps: every event is dated {day}; training holds out a random share of each "
+                     "user's items (there is no order to hold the newest out by)"), None
+    try:
+        midnight = np.datetime64(dt.date.fromisoformat(day), "us")
+    except ValueError:
+        raise ValidationError(f"file order dates events from a day (--set timestamp=YYYY-MM-DD), not {day!r}") from None
+    return out, (f"file order: events are dated {day} plus their line number in microseconds; training holds "
+                 "out the last lines as the newest (another file in file order: "
+                 "give it a later --set timestamp, or its lines interleave with these)"), midnight
+
+
+def _date_by_line(stage: Stage, day: np.datetime64, lines: np.ndarray) -> None:
+    """The staged rows' times in file order: the day plus each row's line number, in microseconds."""
+    times = pa.array(day + lines[stage.pos].astype("timedelta64[us]"), pa.timestamp("us", tz="UTC"))
+    column = TIME_COLUMN["events"]
+    names = stage.table.column_names
+    stage.table = (stage.table.set_column(names.index(column), column, times) if column in names
+                   else stage.table.append_column(column, times))
 
 
 def _value_notes(plan: "Plan", counts: Mapping[str, int], settings: Any) -> list[str]:
-    """Say so when a mapped value column is stored but ignored by the matrix for some event types."""
+    """Say how a mapped value column counts: as the weight of types that ignored values (recorded in
+    the store), or ignored where scalerec.toml says so for the type."""
     if not plan.resolved or "value" not in plan.resolved:
         return []
-    rated = set(settings.matrix.rating_types)
-    ignored = [t for t in counts if t in settings.events.types and not settings.events.types[t].use_value
-               and t not in rated]
-    if not ignored:
-        return []
-    first = ignored[0]
-    return [f"the value column ({plan.resolved['value']}) is stored, but {', '.join(ignored)} count by their weight "
-            f"only; to weight them by the value set [events.types.{first}] use_value = true in scalerec.toml"]
+    column = plan.resolved["value"]
+    notes = []
+    weighted = value_types.weighted_by_import(settings, counts)
+    if weighted:
+        notes.append(f"the value column ({column}) weights {', '.join(weighted)} events (each counts its type's weight "
+                     "times its value; the store remembers this for training and serving); to count them by their "
+                     f"weight only set [events.types.{weighted[0]}] use_value = false in scalerec.toml")
+    ignored = [t for t in counts if value_types.configured_off(settings, t) and t not in settings.matrix.rating_types]
+    if ignored:
+        notes.append(f"the value column ({column}) is stored, but scalerec.toml sets use_value = false for "
+                     f"{', '.join(ignored)}, so they count by their weight only; to weight them by the value set "
+                     f"[events.types.{ignored[0]}] use_value = true")
+    return notes
 
 
 def _refuse_duplicate(store: "DataStore", fingerprint: str, path: Path) -> None:

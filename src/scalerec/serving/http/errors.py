@@ -198,22 +198,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, handle)
 
 
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["type", "message"],
-            "properties": {
-                "type": {"type": "string", "description": "stable machine name, e.g. storage_busy"},
-                "message": {"type": "string"},
-                "details": {"description": "what was wrong, when known"},
-            },
-        }
-    },
-}
-_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+# The one error shape, one schema name: a generated client gets one error class for every status.
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 _ERROR_RESPONSES = {
     "500": {"description": "internal_error or storage_error (the data directory is unusable)", "content": _ERROR_CONTENT},
     "503": {
@@ -233,7 +219,11 @@ def _document_errors(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = build()
-        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ErrorResponse" not in components:  # an app whose routes list no 4xx still names the shape
+            doc = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(doc.pop("$defs", {}))
+            components["ErrorResponse"] = doc
         for item in schema.get("paths", {}).values():
             for op in item.values():
                 if isinstance(op, dict) and "responses" in op:

@@ -31,7 +31,7 @@ class Param:
 
 
 FILTER_PARAMS = (
-    Param("category", "list", None, "keep items in any of these categories (repeat or comma-separate)"),
+    Param("category", "list", None, "keep items in any of these categories (repeat or comma-separate); a category no item has is a 422 naming the known ones"),
     Param("exclude_category", "list", None, "drop items in any of these categories"),
     Param("min_price", "float", None, "lowest price kept (inclusive)", 0),
     Param("max_price", "float", None, "highest price kept (inclusive)", 0),
