@@ -8,6 +8,14 @@ of the same users with `context.weather=rain` vs `context.weather=sun`; and the 
 request: the same requests in-process with the ranker and with `[ranking] enabled = false`.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_ranking.py [--users 6000 --items 1000 --events 600000]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_ranking.py --online-retail
+
+``--online-retail``: the two-stage model on the Online Retail protocol (../shared/datasets/online-retail/):
+the ranker learns on the (user, day) queries of the ``[ranking] window_days`` before the protocol's
+test start (CF and features as of the window's start), then ranks the protocol's test users'
+candidates with CF and features as of the test start; NDCG@20 against the CF model alone (the tuned
+single model: EASE, lambda 312, recency half-life 30 days, chosen on validation by
+bench_selection.py) on the same users, with a paired bootstrap interval of the difference.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_result, load_line, machine_info  # noqa: E402
@@ -39,8 +48,13 @@ def main() -> None:
     ap.add_argument("--start", default="2024-03-15")  # spring to August: rainy and hot days in the test part
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--online-retail", action="store_true", help="the Online Retail protocol instead of the synthetic shop")
+    ap.add_argument("--window-days", type=float, default=None, help="[ranking] window_days for --online-retail")
     args = ap.parse_args()
     machine = machine_info()
+    if args.online_retail:
+        online_retail(args, machine)
+        return
 
     from fastapi.testclient import TestClient
 
@@ -127,6 +141,95 @@ def main() -> None:
     print(f"\nmachine: {load_line(machine)}")
     record["load"] = load_line(machine)
     append_result("ranking", record, machine=machine)
+
+
+def online_retail(args: argparse.Namespace, machine: dict) -> None:
+    import polars as pl
+
+    from scalerec.config import EventType
+    from scalerec.data.importers import import_file
+    from scalerec.data.matrix import MatrixSpec
+    from scalerec.data.snapshot import load_events
+    from scalerec.data.store import DataStore
+    from scalerec.datasets.online_retail import ONLINE_RETAIL_ATTRIBUTION, online_retail_protocol
+    from scalerec.evaluation.stats import bootstrap_ci
+    from scalerec.models import make_model
+    from scalerec.ranking import features as F
+    from scalerec.ranking import ranker as R
+
+    csv = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
+    if not csv.is_file():
+        sys.exit(f"error: {csv} not found")
+    cols = ["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"]
+    k = 20
+    with tempfile.TemporaryDirectory() as tmp:
+        ranking = {"segment_keys": ["country"]}
+        if args.window_days:
+            ranking["window_days"] = args.window_days
+        settings = Settings(data={"dir": Path(tmp) / "data"}, ranking=ranking, matrix={"binary": True})
+        cfg = settings.ranking
+        store = DataStore.open(settings)
+        t = time.perf_counter()
+        for kind in ("events", "items", "users"):
+            import_file(store, kind, csv, preset="online-retail")
+        split = online_retail_protocol(store)
+        raw = load_events(store.events(columns=cols), columns=cols)
+        world, ev = R.build_world(store, settings, np.asarray(split.train.user_ids), np.asarray(split.train.item_ids), raw)
+        print(f"imported and prepared in {time.perf_counter() - t:.0f} s; side information: {R.side_information(world, ev)}")
+        t2 = F._us(split.info["test_start"])
+        t1 = t2 - int(cfg.window_days * R.US_PER_DAY)
+        purchases = raw.filter(pl.col("event_type") == "purchase")
+
+        def cf_at(cut_us: int, **params):
+            from datetime import datetime, timezone
+
+            cut = datetime.fromtimestamp(cut_us / 1e6, tz=timezone.utc)
+            model = make_model("ease", **params)
+            spec = MatrixSpec.from_settings(settings, model.matrix_overrides(), event_types={"purchase": EventType(weight=1.0)})
+            model.fit(spec.build(purchases.filter(pl.col("timestamp") < cut), user_ids=world.user_ids,
+                                 item_ids=world.item_ids, now=cut))
+            return model
+
+        tuned = {"l2": 312.0, "recency_half_life_days": 30.0}
+        t = time.perf_counter()
+        d1 = R.as_of(ev, t1, world, cfg)
+        q1 = R.make_queries(ev, t1, t2, d1, world, cfg.max_queries, settings.evaluation.seed)
+        cfb1 = R.cf_block(cf_at(t1, **tuned), d1, q1.users, cfg.cf_candidates)
+        cand1 = R.candidate_frame(d1, world, cfg, q1.users, cfb1, t1, weather=q1.ctx["weather"].astype(np.int64))
+        x1 = R.assemble(d1, world, cand1, q1.users, q1.ctx)
+        y1 = R.labels_of(cand1, q1.relevant)
+        keep = R.sample_negatives(cand1["q"].to_numpy(), y1, cfg.negatives, settings.evaluation.seed)
+        booster = R.fit_booster(x1[keep], y1[keep], cand1["q"].to_numpy()[keep], cfg, settings.evaluation.seed)
+        learn_s = time.perf_counter() - t
+        users = np.asarray(split.test_users, np.int64)
+        rel = sp.csr_matrix(split.test[users])
+        d2 = R.as_of(ev, t2, world, cfg)
+        ctx = {"weather": np.zeros(len(users), np.float32), "temp_c": np.full(len(users), np.nan, np.float32),
+               "device": np.zeros(len(users), np.float32), **R.time_context(np.full(len(users), t2))}
+        rows = {}
+        for label, params in (("EASE l2 312, half-life 30 d (tuned)", tuned), ("EASE l2 500 (reference)", {"l2": 500.0})):
+            cfb = R.cf_block(cf_at(t2, **params), d2, users, cfg.cf_candidates)
+            cand = R.candidate_frame(d2, world, cfg, users, cfb, t2, weather=np.zeros(len(users), np.int64))
+            ranked = R.top_lists(cand, booster.predict(R.assemble(d2, world, cand, users, ctx), num_threads=1), len(users), k)
+            rows[label] = (R.ndcg(ranked, rel, k), R.ndcg(cfb.ids[:, :k], rel, k), cand.height / len(users))
+        print(f"\nOnline Retail protocol, {len(users)} test users; learning window {cfg.window_days:g} days before the test "
+              f"start: {len(q1)} (user, day) queries, {int(keep.sum())} rows, learned in {learn_s:.0f} s")
+        print(f"{'CF model':38} {'CF alone NDCG@20':>18} {'two-stage NDCG@20':>18} {'two-stage - CF [95%]':>28} {'ratio':>6}")
+        record: dict = {"args": vars(args), "users": len(users), "learn_queries": len(q1), "rows": {}}
+        for label, (vr, vc, per) in rows.items():
+            m, lo, hi = bootstrap_ci(vr - vc, confidence=0.95, n_boot=2000, seed=0)
+            ratio = vr.mean() / vc.mean()
+            print(f"{label:38} {vc.mean():18.4f} {vr.mean():18.4f} {f'{m:+.4f} [{lo:+.4f}, {hi:+.4f}]':>28} {ratio:6.3f}")
+            record["rows"][label] = {"cf": float(vc.mean()), "two_stage": float(vr.mean()), "diff": [m, lo, hi],
+                                     "ratio": float(ratio), "candidates_per_user": per}
+        gains = dict(zip(R.FEATURES, booster.feature_importance("gain").tolist()))
+        top = sorted(gains.items(), key=lambda kv: -kv[1])[:8]
+        print("features with most gain: " + ", ".join(f"{n} {g:.0f}" for n, g in top))
+        record["feature_gain"] = dict(top)
+        store.close()
+    print(f"{ONLINE_RETAIL_ATTRIBUTION}\nmachine: {load_line(machine)}")
+    record["load"] = load_line(machine)
+    append_result("ranking_online_retail", record, machine=machine)
 
 
 if __name__ == "__main__":

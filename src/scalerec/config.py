@@ -360,6 +360,10 @@ class RankingSettings(_Section):
     min_queries: int = Field(1000, ge=1, description="skip the ranker with fewer (user, day) queries than this in a window")
     trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")
     negatives: int = Field(40, ge=1, description="non-relevant candidates sampled per learning query")
+    compile: bool = Field(True, description="compile the ranker to machine code for serving when lleaves is installed (the fast-ranker extra)")
+    new_item_slots: int = Field(2, ge=0, le=100, description="places in a list for items imported after training, by their text")
+    new_item_position: int = Field(3, ge=0, description="the first of those places (0 = the top)")
+    new_item_min_similarity: float = Field(0.3, ge=0, le=1, description="TF-IDF cosine a new item needs to the list's subject or seeds")
 
 
 

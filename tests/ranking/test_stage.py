@@ -5,41 +5,7 @@ filters and exactly-n still hold after the reranker."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
-import pytest
-
-from scalerec.config import Settings
-
-RANKING = {"min_queries": 50, "max_queries": 1500, "trees": 60}
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scalerec.data.store import DataStore
-    from scalerec.datasets.synth import generate_store
-    from scalerec.training.pipeline import TrainOptions, train
-
-    d = tmp_path_factory.mktemp("ranking-shop") / "data"
-    settings = Settings(data={"dir": d}, ranking=RANKING)
-    store = DataStore.open(settings)
-    generate_store(store, n_users=1500, n_items=300, n_events=150_000, seed=11, days=90,
-                   start="2024-09-01", reviews=0.2)
-    result = train(settings, TrainOptions(models=["als"], trials=1), store=store)
-    store.close()
-    assert result.ranking["status"] == "active", result.ranking["reason"]
-    return d
-
-
-@pytest.fixture
-def app(shop: Path, tmp_path: Path):
-    from _serving_fixtures import make_api
-
-    a = make_api(shop, tmp_path)
-    yield a
-    a.service.close()
 
 
 def _categories(app) -> dict[str, str]:
@@ -118,3 +84,21 @@ def test_new_user_with_attributes_gets_their_segment_favourites(app) -> None:
     assert out["strategy"] == "segment" and len(out["items"]) == 10
     assert out["items"][0]["reason"] == "popular_in:location=London"
     assert app.get("/v1/users/nobody-at-all/recommendations?n=10").json()["strategy"] == "fallback"
+
+
+def test_the_stage_reranks_the_first_retrieval_instead_of_retrieving_again(app) -> None:
+    st = app.service.live.model
+    calls: list[int] = []
+    search = st.retriever.search
+
+    def counted(query, k, allowed):
+        calls.append(k)
+        return search(query, k, allowed)
+
+    st.retriever.search = counted
+    try:
+        r = app.get(f"/v1/users/{st.user_ids[5]}/recommendations?n=10&context.weather=rain")
+    finally:
+        del st.retriever.search
+    assert r.status_code == 200 and len(r.json()["items"]) == 10
+    assert calls == [app.settings.ranking.cf_candidates]  # one retrieval, of the ranker's candidate count

@@ -17,6 +17,7 @@ version directory (``ranking/``); its manifest section says whether it is active
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scalerec.config import Settings
 
 US_PER_DAY = F.US_PER_DAY
+log = logging.getLogger(__name__)
 ITEM_FEATURES = (
     *(f"{n}_{w}d" for n in ("views", "carts", "purchases") for w in F.WINDOWS),
     "conversion_30d", "events_all", "review_count", "rating_mean", "age_days",
@@ -570,6 +572,12 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         root = version_dir / DIR
         root.mkdir(parents=True, exist_ok=True)
         booster.save_model(str(root / "booster.txt"))
+        if cfg.compile:  # machine code for serving (lleaves), when the extra is installed
+            from scalerec.ranking.compiled import compile_forest
+
+            compiled = compile_forest(root)
+            if compiled["status"] != "compiled":
+                log.info("ranker not compiled: %s", compiled["reason"])
         d_end.save(root / "asof")
         world._content_index.save(root / "content")  # type: ignore[attr-defined]
         sp.save_npz(root / "content_neighbours.npz", world.content)

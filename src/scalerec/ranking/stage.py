@@ -3,9 +3,10 @@ favourites for new users with attributes.
 
 :class:`RankingStage` is a pipeline :data:`~scalerec.serving.pipeline.Stage`. For a personal list
 (``Request.user_id`` set, or an anonymous session's seeds) of a version whose manifest says the
-ranker is active, it widens the CF candidates to ``[ranking] cf_candidates``, adds the other
-sources among the allowed items, computes the features from the version's bundle (statistics as
-of the end of its data) and the request's ``context``, and orders by the ranker's score with a
+ranker is active, it reranks the first retrieval's top ``[ranking] cf_candidates`` (the service
+asks for them with ``Request.fetch``, :meth:`RankingStage.fetch`), adds the other sources among the
+allowed items, computes the features from the version's bundle laid out for serving
+(:mod:`scalerec.ranking.tables`; statistics as of the end of its data) and the request's ``context``, and orders by the ranker's score with a
 short reason per item. Anything else passes through unchanged (similar-item lists, versions without
 a ranker). Filters were applied before it (``allowed``); the cap, pins and backfill run after it.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.ranking import features as F
-from scalerec.ranking.candidates import SOURCES, context_scores
+from scalerec.ranking.compiled import load_predictor
 from scalerec.ranking.content import ContentIndex, item_texts
-from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, assemble, request_context
+from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, request_context
+from scalerec.ranking.tables import ServingTables
 from scalerec.serving.pipeline import Candidates, Request
 
 #: bundles kept loaded (the production version and the one before it, during a swap)
@@ -41,6 +44,9 @@ class Bundle:
     world: World
     content: ContentIndex
     vectors: sp.csr_matrix  # TF-IDF rows of the model's items
+    tables: ServingTables  # the same, laid out for one request's gathers
+    predict: Callable[[np.ndarray], np.ndarray]  # the compiled forest when there is one, else LightGBM
+    compiled: bool = False
 
     @classmethod
     def load(cls, root: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> "Bundle":
@@ -56,8 +62,11 @@ class Bundle:
                       F.Vocab(list(meta["weather"])), F.Vocab(list(meta["device"])),
                       sp.csr_matrix(sp.load_npz(root / "content_neighbours.npz")))
         booster = lgb.Booster(model_file=str(root / "booster.txt"))
-        return cls(booster, AsOf.load(root / "asof"), world, ContentIndex.load(root / "content"),
-                   sp.csr_matrix(sp.load_npz(root / "content_vectors.npz")))
+        asof = AsOf.load(root / "asof")
+        fast = load_predictor(root)
+        return cls(booster, asof, world, ContentIndex.load(root / "content"),
+                   sp.csr_matrix(sp.load_npz(root / "content_vectors.npz")), ServingTables.build(asof, world),
+                   fast or (lambda x: booster.predict(x, num_threads=1)), fast is not None)
 
 
 class RankingStage:
@@ -86,6 +95,11 @@ class RankingStage:
             self._bundles[st.version] = b
             return b
 
+    def fetch(self, st: Any) -> int:
+        """How many CF candidates the pipeline's first retrieval should bring for model state ``st``
+        (``Request.fetch``): the stage reranks those instead of retrieving again; 0 without a ranker."""
+        return self.cfg.cf_candidates if self.bundle(st) is not None else 0
+
     # ------------------------------------------------------------------ the stage
     def __call__(self, req: Request, c: Candidates) -> Candidates:
         if req.user_id is None and not len(req.seeds):
@@ -95,82 +109,30 @@ class RankingStage:
         if b is None:
             return c
         cfg = self.cfg
-        k = max(cfg.cf_candidates, c.k)
-        ids, scores = (st.retriever.search(req.query, k, req.allowed) if req.query is not None else (c.ids, c.scores))
+        if req.query is not None and c.k < cfg.cf_candidates:  # a caller that did not ask for fetch: retrieve more
+            ids, scores = st.retriever.search(req.query, cfg.cf_candidates, req.allowed)
+        else:  # the first stage's own retrieval (filtered already)
+            ids, scores = c.ids, c.scores
         ids = np.asarray(ids, np.int64)
         scores = np.where(ids >= 0, np.asarray(scores, np.float32), 0).astype(np.float32)
         row = st.user_row(req.user_id) if req.user_id is not None else -1
         if row >= len(b.world.user_ids):
             row = -1
-        qu = np.array([row], np.int64)
-        recent = b.asof.recent[row] if row >= 0 else sp.csr_matrix((1, st.n_items), dtype=np.float32)
-        if len(req.seeds):  # the session's own items seed co-occurrence and content too
-            recent = recent + sp.csr_matrix((np.ones(len(req.seeds), np.float32), (np.zeros(len(req.seeds), int), req.seeds)),
-                                            shape=(1, st.n_items))
+        tb = b.tables
+        seeds = tb.seeds(row, req.seeds)
         now = int(time.time() * 1_000_000)
         ctx = request_context(req.context, b.world, now)
-        cand = self._candidates(b, row, ids, scores, sp.csr_matrix(recent), req.allowed, now, int(ctx["weather"][0]))
+        cand = tb.candidates(cfg, row, ids, scores, seeds, req.allowed, now, int(ctx["weather"][0]))
         if len(cand["i"]) == 0:
             return c
-        x = assemble(b.asof, b.world, cand, qu, ctx)
-        s = b.booster.predict(x, num_threads=1)
+        s = b.predict(tb.features(cand, row, ctx))
         order = np.argsort(-s, kind="stable")
         items = cand["i"][order]
-        reasons = self._reasons(b, req, cand, order, items, recent, row, ctx)
+        reasons = self._reasons(b, req, cand, order, items, seeds[0], row, ctx)
         return Candidates(items, s[order].astype(np.float32), reasons, c.k, c.backfilled)
 
-    def _candidates(self, b: Bundle, row: int, cf_ids: np.ndarray, cf_scores: np.ndarray, recent: sp.csr_matrix,
-                    allowed: np.ndarray, now: int, w: int) -> dict[str, np.ndarray]:
-        """One request's merged candidates as NumPy columns (the sources of ranker.candidate_frame,
-        dense over the catalogue: one user, no sparse bookkeeping per source)."""
-        cfg = self.cfg
-        ok = allowed & (b.world.catalogue.launch_us < now)
-        n = len(ok)
-        blocks: list[tuple[str, np.ndarray, np.ndarray]] = []
-        keep = cf_ids >= 0
-        blocks.append(("cf", cf_ids[keep], cf_scores[keep]))
-
-        def top(v: np.ndarray, k: int, name: str) -> None:
-            v = np.where(ok, v, 0)
-            hit = np.flatnonzero(v > 0)
-            if k and len(hit):
-                if len(hit) > k:
-                    hit = hit[np.argpartition(-v[hit], k - 1)[:k]]
-                hit = hit[np.argsort(-v[hit], kind="stable")]
-                blocks.append((name, hit, v[hit].astype(np.float32)))
-
-        if recent.nnz:
-            top((recent @ b.asof.cooc).toarray().ravel(), cfg.cooc_candidates, "cooc")
-            if b.world.content.nnz:
-                top((recent @ b.world.content).toarray().ravel(), cfg.content_candidates, "content")
-        if row >= 0 and b.asof.segments:
-            v = np.zeros(n, np.float32)
-            for j, (sids, shares) in enumerate(b.asof.segments):
-                code = int(b.world.user_attrs[row, j])
-                if code > 0:
-                    m = sids[code] >= 0
-                    np.add.at(v, sids[code][m], shares[code][m])
-            top(v, cfg.segment_candidates, "segment")
-        if w > 0 and cfg.context_candidates:
-            top(context_scores(b.asof.item["views_7d"], b.world.catalogue.category, b.asof.lift_weather, w),
-                cfg.context_candidates, "context")
-        all_ids = np.concatenate([blk[1] for blk in blocks]).astype(np.int64)
-        uniq, inv = np.unique(all_ids, return_inverse=True)
-        out: dict[str, np.ndarray] = {"q": np.zeros(len(uniq), np.int32), "i": uniq}
-        at = 0
-        for name in SOURCES:
-            out[name] = np.full(len(uniq), np.nan, np.float32)
-        out["cf_rank"] = np.full(len(uniq), np.nan, np.float32)
-        for name, bids, bscores in blocks:
-            pos = inv[at : at + len(bids)]
-            out[name][pos] = bscores
-            if name == "cf":
-                out["cf_rank"][pos] = np.arange(len(bids), dtype=np.float32)
-            at += len(bids)
-        return out
-
     def _reasons(self, b: Bundle, req: Request, cand: Any, order: np.ndarray, items: np.ndarray,
-                 recent: sp.spmatrix, row: int, ctx: dict[str, np.ndarray]) -> list[str]:
+                 seeds: np.ndarray, row: int, ctx: dict[str, np.ndarray]) -> list[str]:
         """Per item, the feature that most plainly lifted it: the request context when the item's
         category sells much more in it, a recent item it is similar to, the user's segment, else the model."""
         st = req.live.model
@@ -184,10 +146,9 @@ class RankingStage:
                     out[np.isfinite(seg)] = f"popular_in:{key}={b.world.attr_vocabs[j].values[code - 1]}"
                     break
         near = np.isfinite(cand["cooc"][order]) | np.isfinite(cand["content"][order])
-        seeds = sp.csr_matrix(recent).indices
         if near.any() and len(seeds):
-            sim = (b.asof.cooc[seeds][:, items[near]] + b.world.content[seeds][:, items[near]]).toarray()
-            out[near] = [f"similar_to:{i}" for i in st.item_ids[seeds[sim.argmax(axis=0)]].tolist()]
+            best = seeds[b.tables.similar_seed(seeds, items[near])]
+            out[near] = [f"similar_to:{i}" for i in st.item_ids[best].tolist()]
         w = int(ctx["weather"][0])
         if w > 0:
             lifted = b.asof.lift_weather[cat, w] >= CONTEXT_REASON_LIFT

@@ -58,6 +58,7 @@ class Request:
     variant: str | None = None  # the experiment variant serving this request (None: no experiment)
     fetch: int = 0  # retrieve at least this many candidates (stages that reorder beyond the top n)
     user_id: str | None = None  # whose personal list this is (None: similar items, fallbacks, sessions)
+    subject: int = -1  # the item column a similar-items list is about (-1: not such a list)
 
 
 @dataclass(slots=True)
@@ -228,6 +229,10 @@ class Pipeline:
         """This pipeline with ``stage`` inserted in the finishing stages before ``before``."""
         at = self.finish.index(before)
         return replace(self, finish=(*self.finish[:at], stage, *self.finish[at:]))
+
+    def with_last_stage(self, stage: Stage) -> "Pipeline":
+        """This pipeline with ``stage`` after every finishing stage (it sees the rendered list)."""
+        return replace(self, finish=(*self.finish, stage))
 
     def run(self, req: Request) -> Candidates:
         need = req.n - len(req.pins)

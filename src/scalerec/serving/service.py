@@ -52,6 +52,7 @@ from scalerec.serving.realtime import (
 from scalerec.online.interleaving import INTERLEAVED, team_draft
 from scalerec.serving.experiments import ExperimentRouter
 from scalerec.serving.impressions import ImpressionLog
+from scalerec.ranking.newitems import NewItemSlots
 from scalerec.ranking.stage import RankingStage, content_retrieve
 from scalerec.serving.reclog import RecommendationLog
 from scalerec.serving.state import (  # noqa: F401  (ModelState, _snapshot_time re-exported)
@@ -155,7 +156,8 @@ class RecommendService:
         # the ranking stage takes the rerank slot of the default pipeline (identity without an active ranker)
         self.ranking = RankingStage(settings) if settings.ranking.enabled else None
         if pipeline is DEFAULT and self.ranking is not None:
-            pipeline = DEFAULT.with_rerank(self.ranking)
+            # new catalogue items take reserved places by their text until retraining (ranking/newitems.py)
+            pipeline = DEFAULT.with_rerank(self.ranking).with_last_stage(NewItemSlots(self.ranking, self.store.catalog))
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
@@ -401,7 +403,8 @@ class RecommendService:
             strategy, query = "model", st.retriever.user_query(row)
         ranked = self.pipeline.run(Request(live, n, flt, allowed, query, "model", pins, _PERSONAL_FILLS,
                                            placement=placement, variant=routed[1] if routed else None,
-                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None))
+                                           context=context or {}, user_id=user_id if row >= 0 or history is not None else None,
+                                           fetch=self._rerank_fetch(live)))
         if strategy != "fallback" and ranked.backfilled:
             _FALLBACK_BACKFILL.inc()
         return ranked, strategy
@@ -452,10 +455,14 @@ class RecommendService:
         allowed = live.items.mask(flt)
         allowed[col] = False
         req = Request(live, n, flt, allowed, st.retriever.item_query(col), f"similar_to:{item_id}", fills=_POPULAR_FILL,
-                      placement=placement)
+                      placement=placement, subject=col)
         ranked = self.pipeline.run(req)
         return self._response(live, ranked, kind="similar", strategy="model", subject={"item_id": item_id}, context=context,
                               placement=placement)
+
+    def _rerank_fetch(self, live: LiveState) -> int:
+        """Candidates the first retrieval brings for the ranking stage to rerank (0: no ranker)."""
+        return self.ranking.fetch(live.model) if self.ranking is not None else 0
 
     def _segment_list(self, live: LiveState, user_id: str, n: int, flt: ItemFilter,
                       context: dict[str, str] | None) -> Candidates | None:
@@ -622,7 +629,8 @@ class RecommendService:
             strategy = "fold_in"
             query = st.retriever.history_query(history_row(st, fresh.cols, fresh.weights))
         req = Request(live, n, flt, allowed, query, "model", fills=_PERSONAL_FILLS, seeds=fresh.positive,
-                      placement=placement, variant=routed[1] if routed else None, context=context or {})
+                      placement=placement, variant=routed[1] if routed else None, context=context or {},
+                      fetch=self._rerank_fetch(live))
         ranked = self.session_pipeline.run(req)
         return self._response(live, ranked, kind="session", strategy=strategy, subject={}, context=context,
                               placement=placement, routed=routed, session_id=session_id)

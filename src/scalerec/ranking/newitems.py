@@ -1,0 +1,147 @@
+"""New items (imported after training) in other items' similar lists and in personal lists.
+
+A model version's item space is fixed, so an item added to the catalogue after training has no
+column, no CF vector and no ranker statistics. Until the next training it is placed by its text:
+:class:`NewItems` (built once per catalogue snapshot and version) vectorises the catalogue items the
+model does not know with the version's TF-IDF vocabulary and keeps their cosine to every model item.
+:class:`NewItemSlots`, the last finishing stage, then gives at most ``[ranking] new_item_slots``
+places, from position ``new_item_position`` on, to the new items that read most like the list's
+subject (a similar-items list) or the user's recent and session items (a personal list), when the
+cosine reaches ``new_item_min_similarity``. The request's filters and per-category cap hold for
+them, pins stay first, the list keeps exactly its length; the reason is ``new_similar_to:<item>``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from scalerec.ranking.content import item_texts
+from scalerec.ranking.tables import Rows
+from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes
+from scalerec.serving.pipeline import Candidates, Request
+
+_TEXT = ["item_id", "title", "description", "categories", "attributes"]
+#: (catalogue snapshot, version) pairs kept
+MAX_SNAPSHOTS = 4
+
+
+@dataclass
+class NewItems:
+    """The catalogue's items unknown to one model version, and their cosine to its items."""
+
+    ids: np.ndarray  # str, sorted
+    attrs: ItemAttributes  # their catalogue attributes (filters, categories)
+    sim: Rows  # [n_model_items, n_new] cosine >= the threshold
+
+    @classmethod
+    def build(cls, bundle: Any, model_item_ids: np.ndarray, table: pa.Table, min_similarity: float) -> "NewItems":
+        ids = np.asarray(table.column("item_id").to_pylist(), dtype=str)
+        fresh = ~np.isin(ids, model_item_ids)
+        table = table.filter(pa.array(fresh))
+        ids = ids[fresh]
+        attrs = ItemAttributes.from_table(ids, table.select(ITEM_COLUMNS))
+        if not len(ids) or not bundle.content.n_terms:
+            return cls(ids, attrs, Rows.of(sp.csr_matrix((len(model_item_ids), len(ids)), dtype=np.float32)))
+        vec = bundle.content.transform(item_texts(table.select([c for c in _TEXT if c in table.column_names])))
+        sim = sp.csr_matrix(bundle.vectors @ vec.T, dtype=np.float32)
+        sim.data[sim.data < min_similarity] = 0
+        sim.eliminate_zeros()
+        return cls(ids, attrs, Rows.of(sim))
+
+
+class NewItemSlots:
+    """The finishing stage that places new items (see the module docstring); runs after ``render``
+    and changes only the rendered list (``ids`` and ``scores`` stay the model's columns)."""
+
+    def __init__(self, ranking: Any, catalog: Any) -> None:
+        self.ranking = ranking
+        self.catalog = catalog
+        self.cfg = ranking.cfg
+        self._snapshots: dict[tuple[int, str], NewItems] = {}
+        self._lock = threading.Lock()
+
+    def new_items(self, live: Any) -> NewItems | None:
+        """The new items of ``live`` (None: no ranker bundle, so no content vocabulary)."""
+        st = live.model
+        b = self.ranking.bundle(st)
+        if b is None:
+            return None
+        key = (id(live.items), st.version)  # a catalogue change makes a new ItemAttributes object
+        hit = self._snapshots.get(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            if key not in self._snapshots:
+                table = self.catalog.items_table(columns=list(dict.fromkeys([*ITEM_COLUMNS, *_TEXT])))
+                if len(self._snapshots) >= MAX_SNAPSHOTS:
+                    self._snapshots.clear()
+                self._snapshots[key] = NewItems.build(b, st.item_ids, table, self.cfg.new_item_min_similarity)
+            return self._snapshots[key]
+
+    def __call__(self, req: Request, c: Candidates) -> Candidates:
+        slots = self.cfg.new_item_slots
+        if not slots or c.rendered is None or not len(c.rendered[0]):
+            return c
+        st = req.live.model
+        if req.subject >= 0:
+            seeds = np.array([req.subject], np.int64)
+        elif req.user_id is not None or len(req.seeds):
+            b = self.ranking.bundle(st)
+            if b is None:
+                return c
+            row = st.user_row(req.user_id) if req.user_id is not None else -1
+            seeds = b.tables.seeds(row if row < b.tables.recent.n_rows else -1, req.seeds)[0]
+        else:
+            return c  # popular / trending lists: nothing to be similar to
+        if not len(seeds):
+            return c
+        new = self.new_items(req.live)
+        if new is None or not len(new.ids):
+            return c
+        pos, cols, vals = new.sim.entries(seeds)  # raw CSR rows: no SciPy slicing per request
+        if not len(cols):
+            return c
+        first = np.lexsort((-vals, cols))  # per new item, its closest seed first
+        head = np.r_[True, cols[first][1:] != cols[first][:-1]]
+        cand, score, best = cols[first][head], vals[first][head], pos[first][head]
+        ok = new.attrs.mask(req.flt)[cand]
+        cand, score, best = cand[ok], score[ok], best[ok]
+        if not len(cand):
+            return c
+        order = np.lexsort((cand, -score))
+        cand, score, best = cand[order], score[order], best[order]
+        item_ids, items = c.rendered
+        n = len(item_ids)
+        cap = req.flt.max_per_category
+        counts: dict[int, int] = {}
+        if cap is not None:  # the per-category cap counts what stays in the list
+            names = req.live.items.category_names
+            for cat in req.live.items.primary_category[c.ids[: n]].tolist():
+                counts[cat] = counts.get(cat, 0) + 1
+            index = {name: j for j, name in enumerate(names)}
+        picked = []
+        for m, j in enumerate(cand.tolist()):
+            if len(picked) == slots:
+                break
+            if cap is not None:
+                p = int(new.attrs.primary_category[j])  # j: the new item
+                cat = index.get(new.attrs.category_names[p], -2 - p) if p >= 0 else -1
+                if counts.get(cat, 0) >= cap:
+                    continue
+                counts[cat] = counts.get(cat, 0) + 1
+            picked.append(m)
+        if not picked:
+            return c
+        at = min(max(self.cfg.new_item_position, len(req.pins)), n)
+        add_ids = new.ids[cand[picked]].tolist()
+        add = [{"item_id": i, "score": round(float(score[m]), 6), "reason": f"new_similar_to:{st.item_ids[seeds[best[m]]]}"}
+               for i, m in zip(add_ids, picked)]
+        out_ids = (item_ids[:at] + add_ids + item_ids[at:])[:n]  # exactly n: the tail makes room
+        out_items = (items[:at] + add + items[at:])[:n]
+        return Candidates(c.ids, c.scores, c.reasons, c.k, c.backfilled, (out_ids, out_items))
