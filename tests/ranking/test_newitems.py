@@ -37,8 +37,12 @@ def test_a_new_item_joins_similar_lists_of_items_it_reads_like(coat) -> None:
     assert pos == app.settings.ranking.new_item_position
     assert out["items"][pos]["reason"] == f"new_similar_to:{near}"
     assert len(set(_ids(out))) == 10
-    # filters hold for it: a list without rainwear, or under its price, does not get it
+    # filters hold for it: a list without rainwear, of another category, or under its price, does not get it
     assert "new-coat-1" not in _ids(app.get(f"/v1/items/{near}/similar?n=10&exclude_category=rainwear").json())
+    # (a category the catalogue has but no new item has: a 200 without it, not the unknown-category 422)
+    garden = app.get(f"/v1/items/{near}/similar?n=10&category=garden")
+    assert garden.status_code == 200, garden.text
+    assert "new-coat-1" not in _ids(garden.json())
     assert "new-coat-1" not in _ids(app.get(f"/v1/items/{near}/similar?n=10&max_price=20").json())
 
 

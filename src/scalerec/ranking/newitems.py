@@ -110,7 +110,7 @@ class NewItemSlots:
         first = np.lexsort((-vals, cols))  # per new item, its closest seed first
         head = np.r_[True, cols[first][1:] != cols[first][:-1]]
         cand, score, best = cols[first][head], vals[first][head], pos[first][head]
-        ok = new.attrs.mask(req.flt)[cand]
+        ok = new.attrs.mask(req.flt, check=False)[cand]  # the request's categories were checked on the catalogue
         cand, score, best = cand[ok], score[ok], best[ok]
         if not len(cand):
             return c

@@ -208,9 +208,12 @@ class ItemAttributes:
                 self._mask_cache.popitem(last=False)
         return mask
 
-    def mask(self, flt: ItemFilter) -> np.ndarray:
-        """Bool [n_items]: items that pass ``flt`` (never unlisted items). A fresh array."""
-        return self._filter_mask(flt).copy()
+    def mask(self, flt: ItemFilter, *, check: bool = True) -> np.ndarray:
+        """Bool [n_items]: items that pass ``flt`` (never unlisted items). A fresh array.
+
+        ``check=False`` for a subset of the catalogue (e.g. items newer than the model), whose
+        categories are not the catalogue's: the request was checked against the whole catalogue."""
+        return self._filter_mask(flt, check).copy()
 
     def check_categories(self, names: Sequence[str]) -> None:
         """Refuse a category no item has (a typo, or a catalogue without categories): an empty list
@@ -233,8 +236,8 @@ class ItemAttributes:
         raise ValidationError(f"category {what} matches no item;{hint} known categories: {shown}",
                               details={"category": unknown, "known": known[:100], "did_you_mean": close})
 
-    def _filter_mask(self, flt: ItemFilter) -> np.ndarray:
-        if flt.categories:
+    def _filter_mask(self, flt: ItemFilter, check: bool = True) -> np.ndarray:
+        if flt.categories and check:
             self.check_categories(flt.categories)
         # Cached read-only per filter: requests repeat a few filters, and a copy of the cached
         # mask (a few us at 100k items) is cheaper than re-applying the price/category tests.
