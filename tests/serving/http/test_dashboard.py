@@ -89,7 +89,11 @@ def test_docs_are_served_from_packaged_assets(base_store: Path, tmp_path: Path) 
         assert c.get("/docs/assets/swagger-ui.css").status_code == 200
         assert c.get("/docs/assets/../../etc/passwd").status_code == 404
         assert c.get("/docs/assets/index.html").status_code == 404  # only the listed assets
-        assert c.get("/redoc").status_code == 404  # no packaged ReDoc: off, not half-working
+        redoc = c.get("/redoc")
+        assert redoc.status_code == 200 and "/docs/assets/redoc.standalone.js" in redoc.text
+        assert "https://" not in redoc.text and "http://" not in redoc.text.replace("http://127", "")
+        rjs = c.get("/docs/assets/redoc.standalone.js")
+        assert rjs.status_code == 200 and len(rjs.content) > 500_000
         assert c.get("/openapi.json").status_code == 200
         assert "/dashboard" not in c.get("/openapi.json").json()["paths"]
     finally:

@@ -1,6 +1,6 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright (no Playwright browser
 download) against the real app on uvicorn — log in, every panel renders its data and charts,
-rollback, nothing fetched from outside; /docs renders offline too."""
+rollback, nothing fetched from outside; /docs and /redoc render offline too."""
 
 from __future__ import annotations
 
@@ -115,6 +115,10 @@ def test_docs_render_offline_in_chromium(browser, base_store: Path, tmp_path: Pa
             assert "scalerec" in page.locator(".swagger-ui .info .title").inner_text()
             page.wait_for_selector(".opblock-tag", timeout=30_000)
             assert page.locator(".opblock").count() > 10
+            page.goto(live.url + "/redoc")
+            page.wait_for_selector("h1", timeout=30_000)  # ReDoc renders the document's title
+            assert "scalerec" in page.locator("h1").first.inner_text()
+            page.wait_for_selector("[data-section-id^='tag/'], [data-section-id^='operation/']", timeout=30_000)
             ctx.close()
     finally:
         a.service.close()

@@ -143,7 +143,7 @@ def create_app(
         ),
         lifespan=lifespan,
         docs_url=None,  # served from packaged assets (docs.py): /docs works offline
-        redoc_url=None,
+        redoc_url=None,  # also from packaged assets (docs.py)
     )
     app.state.service = service
     app.state.monitor = monitor
