@@ -54,7 +54,7 @@ def srm_check(counts: list[int], weights: list[float]) -> dict[str, Any]:
 def _ratio(y: np.ndarray, x: np.ndarray) -> tuple[float, float]:
     """(sum y / sum x, its delta-method variance) over independent units."""
     n = len(y)
-    mx = x.mean()
+    mx = x.mean() if n else 0.0  # a variant nobody has reached yet: no mean of nothing
     if n < 2 or mx <= 0:
         return (float(y.sum() / x.sum()) if x.sum() > 0 else 0.0), float("nan")
     r = y.mean() / mx

@@ -153,7 +153,22 @@ def test_generated_client_calls_every_endpoint(live, client_pkg) -> None:  # noq
     check = ok(_mod(c, "api.placements.check_rule_v1_rules_check_post").sync_detailed(client=admin, body=m.RuleCheck(rule="price < 10")))
     assert isinstance(check, m.RuleCheckOut) and check.valid
     ok(_mod(c, "api.online.get_kpis_v1_kpis_get").sync_detailed(client=admin))
-    ok(_mod(c, "api.online.list_experiments_v1_experiments_get").sync_detailed(client=admin))
+    # experiments: create over a second (unpromoted) version, list, show, promote refused (no winner yet), stop
+    from scalerec.training.pipeline import TrainOptions, train
+
+    treatment = train(api.settings, TrainOptions(models=["itemknn"], trials=1, promote=False)).version.version
+    body = m.ExperimentIn(name="typed-exp", variants=[m.VariantIn(name="control", version="production", weight=0.5),
+                                                      m.VariantIn(name="treatment", version=treatment, weight=0.5)])
+    created = ok(_mod(c, "api.online.create_v1_experiments_post").sync_detailed(client=admin, body=body), 201)
+    assert created["name"] == "typed-exp"
+    listed = ok(_mod(c, "api.online.list_experiments_v1_experiments_get").sync_detailed(client=admin))
+    assert "typed-exp" in str(listed)
+    assert ok(_mod(c, "api.online.show_v1_experiments_name_get").sync_detailed("typed-exp", client=admin))
+    no_winner = _mod(c, "api.online.promote_v1_experiments_name_promote_winner_post").sync_detailed(
+        "typed-exp", client=admin, body=m.PromoteIn())
+    assert int(no_winner.status_code) == 409 and isinstance(no_winner.parsed, m.ErrorResponse), no_winner.content[:300]
+    stopped = ok(_mod(c, "api.online.stop_v1_experiments_name_stop_post").sync_detailed("typed-exp", client=admin))
+    assert stopped["name"] == "typed-exp"
     anonymous = c.Client(base_url=url)
     for name in ("live_v1_health_live_get", "ready_v1_health_ready_get", "prometheus_v1_metrics_get"):
         ok(_mod(c, f"api.operations.{name}").sync_detailed(client=anonymous))
