@@ -82,3 +82,29 @@ def test_the_builtin_kpi_drop_rule_fires_on_a_planted_drop_only(base_store: Path
         finally:
             mon.close()
             a.service.close()
+
+
+def test_the_monitor_keeps_the_kpi_rollup_current_once_a_day(base_store: Path, tmp_path: Path) -> None:
+    """The server rolls closed days up itself (no cron job for ``scalerec compact``): once per closed day,
+    and the whole-history KPIs read from that rollup equal a read of every file."""
+    import json
+
+    from scalerec.online import rollups
+    from scalerec.online.kpis import ROLLUP_DIR, ROLLUP_META, KpiWindow, kpis
+
+    a = make_api(base_store, tmp_path)
+    plant(a.service.store, version=a.service.live.model.version)
+    mon = Monitor(a.service)
+    try:
+        now = time.time()
+        assert mon.refresh_rollup(now) is True
+        meta = json.loads((Path(a.service.store.dir) / ROLLUP_DIR / ROLLUP_META).read_text())
+        assert meta["before"] == rollups.first_open_day(now).isoformat()
+        assert mon.refresh_rollup(now + 60) is False  # the same closed days: nothing to do
+        w = KpiWindow.from_settings(a.service.settings)
+        rolled, every_file = kpis(a.service.store, w, by=["version", "day"]), kpis(a.service.store, w, by=["version", "day"], rollup=False)
+        key = lambda r: (r["model_version"], r["day"])  # noqa: E731  (ties in impressions order either way)
+        assert sum(r["impressions"] for r in rolled) > 0 and sorted(rolled, key=key) == sorted(every_file, key=key)
+    finally:
+        mon.close()
+        a.service.close()

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -177,6 +178,23 @@ class Monitor:
         report["computed_for"] = yesterday
         _write_json(drift_report(self.settings), report)
 
+    def refresh_rollup(self, now: float) -> bool:
+        """Once a day closes, merge its impression files and roll the closed days up (what
+        ``scalerec compact`` does), so the whole-history KPI query reads aggregates without a cron job."""
+        from scalerec.online import rollups
+        from scalerec.online.kpis import ROLLUP_DIR, ROLLUP_META
+
+        if not (Path(self.service.store.dir) / "impressions").is_dir():
+            return False  # nothing served and recorded yet
+        try:
+            meta = json.loads((Path(self.service.store.dir) / ROLLUP_DIR / ROLLUP_META).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("before") == rollups.first_open_day(now).isoformat():
+            return False
+        rollups.compact(self.service.store, self.settings, now)
+        return True
+
     def window_start(self, now: float) -> F.Sample | None:
         window = self.settings.monitoring.window_seconds
         past = self.history.read(since=now - 2 * window - self.settings.monitoring.sample_interval_seconds, until=now)
@@ -190,6 +208,10 @@ class Monitor:
             self.refresh_drift(now)
         except Exception:  # noqa: BLE001
             log.exception("drift report failed")
+        try:
+            self.refresh_rollup(now)
+        except Exception:  # noqa: BLE001
+            log.exception("KPI rollup failed")
         sample = self.sample(now)
         old = self.window_start(now)
         self.history.append(sample)
