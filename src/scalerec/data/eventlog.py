@@ -132,6 +132,44 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def switch_files(part_dir: Path, old: list[Path], new_tmp: Path, new_name: str) -> None:
+    """Atomically replace the files ``old`` of one directory by ``new_tmp`` (renamed ``new_name``): a
+    durable switch record first, so a crash at any point is finished or undone by :func:`recover_switches`."""
+    record = part_dir / f"{REPLACE_PREFIX}{uuid.uuid4().hex}.json"
+    _write_json_durable(record, {"new": new_name, "old": [p.name for p in old]})
+    os.replace(new_tmp, part_dir / new_name)  # the switch point for readers
+    _fsync_dir(part_dir)
+    for p in old:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    _fsync_dir(part_dir)
+    record.unlink()
+
+
+def recover_switches(d: Path) -> tuple[int, int, int]:
+    """Finish (new file present: drop the old ones) or undo (new file absent) every switch a crash
+    left in ``d``; returns (finished, undone, debris records removed). The caller holds the lock."""
+    finished = undone = debris_n = 0
+    for debris in d.glob(f"{REPLACE_PREFIX}*.json.part"):  # a record whose write was cut short: no switch began
+        debris.unlink(missing_ok=True)
+        debris_n += 1
+    for rec_path in d.glob(f"{REPLACE_PREFIX}*.json"):
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            rec_path.unlink(missing_ok=True)
+            continue
+        new = rec.get("new")
+        if new is None or (d / str(new)).exists():
+            for n in rec.get("old", []):
+                (d / n).unlink(missing_ok=True)
+            finished += 1
+        else:
+            undone += 1
+        rec_path.unlink(missing_ok=True)
+    return finished, undone, debris_n
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -909,16 +947,7 @@ class EventLog:
             old[0].unlink()
             _fsync_dir(part_dir)
             return
-        new_name = f"part-{uuid.uuid4().hex}.parquet"
-        record = part_dir / f"{REPLACE_PREFIX}{uuid.uuid4().hex}.json"
-        _write_json_durable(record, {"new": new_name, "old": [p.name for p in old]})
-        os.replace(new_tmp, part_dir / new_name)  # the switch point for readers
-        _fsync_dir(part_dir)
-        for p in old:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        _fsync_dir(part_dir)
-        record.unlink()
+        switch_files(part_dir, old, new_tmp, f"part-{uuid.uuid4().hex}.parquet")
 
     def recover(self) -> dict[str, int]:
         """Finish or undo work that a crashed process left behind; safe to call at any time.
@@ -958,24 +987,11 @@ class EventLog:
                 shutil.rmtree(tmp, ignore_errors=True)
                 stats["discarded"] += 1
             for _, d in self.partitions():
-                for debris in d.glob(f"{REPLACE_PREFIX}*.json.part"):
-                    # a switch record whose write a crash cut short: its rewrite never began
-                    debris.unlink(missing_ok=True)
-                    stats["debris_removed"] = stats.get("debris_removed", 0) + 1
-                for rec_path in d.glob(f"{REPLACE_PREFIX}*.json"):
-                    try:
-                        rec = json.loads(rec_path.read_text(encoding="utf-8"))
-                    except (OSError, ValueError):
-                        rec_path.unlink(missing_ok=True)
-                        continue
-                    new = rec.get("new")
-                    if new is None or (d / new).exists():
-                        for n in rec.get("old", []):
-                            (d / n).unlink(missing_ok=True)
-                        stats["rewrites_finished"] += 1
-                    else:
-                        stats["rewrites_undone"] += 1
-                    rec_path.unlink(missing_ok=True)
+                finished, undone, debris = recover_switches(d)
+                stats["rewrites_finished"] += finished
+                stats["rewrites_undone"] += undone
+                if debris:
+                    stats["debris_removed"] = stats.get("debris_removed", 0) + debris
                 with contextlib.suppress(OSError):
                     d.rmdir()  # drop partitions left empty
             self._forget_cache()

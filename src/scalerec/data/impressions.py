@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import time
@@ -38,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scalerec.data.coerce import utc_us
-from scalerec.data.eventlog import REPLACE_PREFIX, EventLog, _RootLock, _write_json_durable
+from scalerec.data.eventlog import EventLog, _fsync_dir, _RootLock, recover_switches, switch_files
 from scalerec.data.schema import TIMESTAMP
 from scalerec.errors import StorageError, ValidationError
 
@@ -66,14 +65,6 @@ _COMPACT_PREFIX = ".compact-"
 #: Row groups of a merged day: small enough that a reader of a few columns streams them.
 _ROW_GROUP_ROWS = 128 * 1024
 _DICTIONARY = ["kind", "placement", "model_version", "strategy", "experiment", "variant", "items.list.element"]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ImpressionStore:
@@ -259,20 +250,11 @@ class ImpressionStore:
                 raise StorageError(f"merging {part_dir} wrote a file without all {total} impressions; nothing changed")
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            new = f"part-c-{uuid.uuid4().hex}.parquet"
-            record = part_dir / f"{REPLACE_PREFIX}{uuid.uuid4().hex}.json"
-            _write_json_durable(record, {"new": new, "old": [f.name for f in files]})
-            os.replace(tmp, part_dir / new)  # the switch point: readers now skip the old files
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        _fsync_dir(part_dir)
-        for f in files:
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-        _fsync_dir(part_dir)
-        record.unlink()
+        switch_files(part_dir, files, tmp, f"part-c-{uuid.uuid4().hex}.parquet")  # readers now skip the old files
         return total
 
     def recover(self) -> dict[str, int]:
@@ -288,20 +270,8 @@ class ImpressionStore:
             if name.startswith(_COMPACT_PREFIX):  # a merge cut short before its switch (we hold the lock)
                 (self.root / name).unlink(missing_ok=True)
         for _, d in self.partitions():
-            for debris in d.glob(f"{REPLACE_PREFIX}*.json.part"):  # a record never written: no switch began
-                debris.unlink(missing_ok=True)
-            for rec_path in d.glob(f"{REPLACE_PREFIX}*.json"):
-                try:
-                    rec = json.loads(rec_path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    rec_path.unlink(missing_ok=True)
-                    continue
-                if (d / str(rec.get("new"))).exists():
-                    for n in rec.get("old", []):
-                        (d / n).unlink(missing_ok=True)
-                    stats["finished"] += 1
-                else:
-                    stats["undone"] += 1
-                rec_path.unlink(missing_ok=True)
+            finished, undone, _ = recover_switches(d)
+            stats["finished"] += finished
+            stats["undone"] += undone
             _fsync_dir(d)
         return stats
