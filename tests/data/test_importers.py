@@ -519,10 +519,10 @@ def test_movielens_u_item_genre_flags(store, tmp_path):
 
 
 def test_movielens_users(store, tmp_path):
-    import_file(store, "users", write(tmp_path / "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n"), preset="movielens")
-    assert store.catalog.get_user("2")["attributes"] == {"gender": "M", "age": "56", "occupation": "self-employed", "zip": "70072"}
-    import_file(store, "users", write(tmp_path / "u.user", "7|57|M|administrator|91344\n"), preset="movielens")
-    assert store.catalog.get_user("7")["attributes"] == {"age": "57", "gender": "M", "occupation": "administrator", "zip": "91344"}
+    import_file(store, "users", write(tmp_path / "users.dat", "1::F::1::10::00001\n2::M::56::16::00002\n"), preset="movielens")
+    assert store.catalog.get_user("2")["attributes"] == {"gender": "M", "age": "56", "occupation": "self-employed", "zip": "00002"}
+    import_file(store, "users", write(tmp_path / "u.user", "7|41|M|administrator|00007\n"), preset="movielens")
+    assert store.catalog.get_user("7")["attributes"] == {"age": "41", "gender": "M", "occupation": "administrator", "zip": "00007"}
 
 
 def test_movielens_file_of_the_wrong_kind_or_unknown_name(store, tmp_path):

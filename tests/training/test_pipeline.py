@@ -349,6 +349,24 @@ def _same_cells(a: Any, b: Any) -> bool:
     return a.nnz == b.nnz and (diff.nnz == 0 or float(abs(diff).max()) < 1e-5)
 
 
+def _assert_tuned_and_gated_rows_follow_the_spec(snapshot, settings, spec, model, loaded) -> None:  # noqa: ANN001
+    """Tuned: the split's training part is the spec's matrix of the events before its cut-off (capped
+    the same way); gated: production is handed the users' split-training rows, that matrix itself."""
+    from scalerec.training.pipeline import _VocabAdapter, make_run_split
+
+    split, _ = make_run_split(snapshot, settings, TrainOptions())
+    tuned = split.train_for(model)
+    train_end = split.info["train_end"]
+    before = snapshot.events.filter(snapshot.events["timestamp"] < train_end)
+    expected = spec.with_overrides({"min_user_interactions": 1, "min_item_interactions": 1}).build(
+        before, now=train_end, user_ids=tuned.user_ids, item_ids=tuned.item_ids
+    )
+    assert _same_cells(tuned, expected)
+    assert float(tuned.matrix.data.max()) <= spec.cap + 1e-6
+    prod = type(loaded)(loaded.version, loaded.manifest, model, loaded.matrix, loaded.popular, loaded.trending)
+    assert (_VocabAdapter(prod, split).history != tuned.matrix).nnz == 0
+
+
 @pytest.mark.parametrize("recency, reference", [(None, "floored"), (20.0, "floored"), (20.0, "user"), (20.0, "global")])
 def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(
     tmp_path: Path, recency: float | None, reference: str
@@ -360,7 +378,7 @@ def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(
     from scalerec.data.snapshot import take_snapshot
     from scalerec.models import make_model
     from scalerec.registry import Manifest
-    from scalerec.training.pipeline import _VocabAdapter, full_matrix, make_run_split
+    from scalerec.training.pipeline import full_matrix
 
     settings, ds = tiny_store(tmp_path / "data", settings={"matrix": {"cap": 3.0, "recency_reference": reference}})
     result = train(settings, TrainOptions(models=["itemknn"], trials=1), store=ds)
@@ -381,21 +399,7 @@ def test_tuned_gated_refitted_and_served_matrices_agree_with_cap(
     assert _same_cells(refit, spec.build(snapshot.events))
     assert float(refit.matrix.data.max()) == pytest.approx(spec.cap)  # the cap binds on this data
 
-    # tuned: the split's training part, built from the events before its cut-off with the same spec
-    split, _ = make_run_split(snapshot, settings, TrainOptions())
-    tuned = split.train_for(model)
-    train_end = split.info["train_end"]
-    before = snapshot.events.filter(snapshot.events["timestamp"] < train_end)
-    expected = spec.with_overrides({"min_user_interactions": 1, "min_item_interactions": 1}).build(
-        before, now=train_end, user_ids=tuned.user_ids, item_ids=tuned.item_ids
-    )
-    assert _same_cells(tuned, expected)
-    assert float(tuned.matrix.data.max()) <= spec.cap + 1e-6
-
-    # gated: production is handed the users' split-training rows, the tuned matrix itself
-    prod = type(loaded)(loaded.version, loaded.manifest, model, loaded.matrix, loaded.popular, loaded.trending)
-    gate_rows = _VocabAdapter(prod, split).history
-    assert (gate_rows != tuned.matrix).nnz == 0
+    _assert_tuned_and_gated_rows_follow_the_spec(snapshot, settings, spec, model, loaded)
 
     # served: fold-in histories are summed weights shaped by the manifest's cell convention
     served = manifest.matrix
@@ -434,7 +438,7 @@ def test_normalised_cells_agree_when_tuned_gated_refitted_and_served(tmp_path: P
     from scalerec.registry import Manifest
     from scalerec.serving.realtime import event_type_weights, history_from_arrays
     from scalerec.serving.state import event_values, history_row
-    from scalerec.training.pipeline import _VocabAdapter, full_matrix, make_run_split
+    from scalerec.training.pipeline import full_matrix
 
     settings, ds = tiny_store(tmp_path / "data", settings={"matrix": {"normalise": True, "cap": 0.5}})
     train(settings, TrainOptions(models=["itemknn"], trials=1), store=ds)
@@ -460,19 +464,7 @@ def test_normalised_cells_agree_when_tuned_gated_refitted_and_served(tmp_path: P
     # refitted and tuned: the same unit on the whole snapshot and on the part before the cut-off
     refit = full_matrix(snapshot, settings, **overrides)
     assert _same_cells(refit, spec.build(snapshot.events))
-    split, _ = make_run_split(snapshot, settings, TrainOptions())
-    tuned = split.train_for(model)
-    train_end = split.info["train_end"]
-    before = snapshot.events.filter(snapshot.events["timestamp"] < train_end)
-    expected = spec.with_overrides({"min_user_interactions": 1, "min_item_interactions": 1}).build(
-        before, now=train_end, user_ids=tuned.user_ids, item_ids=tuned.item_ids
-    )
-    assert _same_cells(tuned, expected)
-    assert float(tuned.matrix.data.max()) <= spec.cap + 1e-6
-
-    # gated: production is handed the users' split-training rows, the tuned matrix itself
-    prod = type(loaded)(loaded.version, loaded.manifest, model, loaded.matrix, loaded.popular, loaded.trending)
-    assert (_VocabAdapter(prod, split).history != tuned.matrix).nnz == 0
+    _assert_tuned_and_gated_rows_follow_the_spec(snapshot, settings, spec, model, loaded)
 
     # served fold-in of a new user: raw event weights summed, then divided by the recorded unit
     posted = snapshot.events.filter(snapshot.events["user_id"] == loaded.matrix.user_ids[0]).with_columns(
