@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scalerec.ranking.newitems import NewItemSlots
+
 COAT = {"title": "Waterproof raincoat", "description": "A navy raincoat by Acorn", "categories": ["rainwear", "clothing"],
         "attributes": {"brand": "Acorn", "color": "navy"}, "price": 45.0, "available": True}
 
@@ -84,3 +86,25 @@ def test_no_slot_is_given_below_the_similarity_threshold(coat) -> None:
     for u in users:
         assert "new-odd-1" not in _ids(app.get(f"/v1/users/{u}/recommendations?n=20").json())
     assert "new-odd-1" not in _ids(app.get(f"/v1/items/{near}/similar?n=20").json())
+
+
+def test_catalogue_writes_patch_the_new_items_instead_of_reading_every_item(coat) -> None:
+    """A write to one of the version's own items leaves the new items as they are; a write to a new
+    item reads that item only: made unavailable, it leaves the lists at once; no full catalogue read."""
+    app, near, _ = coat
+    slots = next(s for s in app.service.pipeline.finish if isinstance(s, NewItemSlots))
+    url = f"/v1/items/{near}/similar?n=10"
+    assert "new-coat-1" in _ids(app.get(url).json())
+    reads = dict(slots.stats)
+    other = next(str(i) for i in app.service.live.model.item_ids if i != near)
+    assert app.client.patch(f"/v1/items/{other}", json={"price": 9.5}, headers=app.h("write")).status_code == 200
+    app.service.state.apply_changes()
+    assert "new-coat-1" in _ids(app.get(url).json())
+    assert slots.stats == reads  # the version's own item: nothing re-read
+    assert app.client.patch("/v1/items/new-coat-1", json={"available": False}, headers=app.h("write")).status_code == 200
+    app.service.state.apply_changes()
+    assert "new-coat-1" not in _ids(app.get(url).json())
+    assert slots.stats["full_reads"] == reads["full_reads"] and slots.stats["patched_items"] == reads["patched_items"] + 1
+    assert app.client.patch("/v1/items/new-coat-1", json={"available": True}, headers=app.h("write")).status_code == 200
+    app.service.state.apply_changes()
+    assert "new-coat-1" in _ids(app.get(url).json())

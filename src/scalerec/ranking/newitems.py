@@ -25,8 +25,10 @@ from scalerec.ranking.content import item_texts
 from scalerec.ranking.tables import Rows
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes
 from scalerec.serving.pipeline import Candidates, Request
+from scalerec.serving.state import BULK_CHANGE_ITEMS
 
 _TEXT = ["item_id", "title", "description", "categories", "attributes"]
+_COLUMNS = list(dict.fromkeys([*ITEM_COLUMNS, *_TEXT]))
 #: (catalogue snapshot, version) pairs kept
 MAX_SNAPSHOTS = 4
 
@@ -55,16 +57,27 @@ class NewItems:
         return cls(ids, attrs, Rows.of(sim))
 
 
+@dataclass
+class _Snapshot:
+    """The new items of one model version as of a change-feed cursor, with their catalogue rows."""
+
+    cursor: int
+    table: pa.Table  # the rows (_COLUMNS) of the items the version does not know, by item_id
+    items: NewItems
+
+
 class NewItemSlots:
     """The finishing stage that places new items (see the module docstring); runs after ``render``
     and changes only the rendered list (``ids`` and ``scores`` stay the model's columns)."""
 
-    def __init__(self, ranking: Any, catalog: Any) -> None:
+    def __init__(self, ranking: Any, catalog: Any, feed: Any = None) -> None:
         self.ranking = ranking
         self.catalog = catalog
+        self.feed = feed  # the catalogue's change feed: a write is patched in, not a re-read of every item
         self.cfg = ranking.cfg
-        self._snapshots: dict[tuple[int, str], NewItems] = {}
+        self._snapshots: dict[str, _Snapshot] = {}  # per model version
         self._lock = threading.Lock()
+        self.stats = {"full_reads": 0, "patched_items": 0}
 
     def new_items(self, live: Any) -> NewItems | None:
         """The new items of ``live`` (None: no ranker bundle, so no content vocabulary)."""
@@ -72,17 +85,46 @@ class NewItemSlots:
         b = self.ranking.bundle(st)
         if b is None:
             return None
-        key = (id(live.items), st.version)  # a catalogue change makes a new ItemAttributes object
-        hit = self._snapshots.get(key)
-        if hit is not None:
-            return hit
+        cursor = getattr(live, "feed_cursor", 0)
+        hit = self._snapshots.get(st.version)
+        if hit is not None and hit.cursor == cursor:
+            return hit.items
         with self._lock:
-            if key not in self._snapshots:
-                table = self.catalog.items_table(columns=list(dict.fromkeys([*ITEM_COLUMNS, *_TEXT])))
-                if len(self._snapshots) >= MAX_SNAPSHOTS:
-                    self._snapshots.clear()
-                self._snapshots[key] = NewItems.build(b, st.item_ids, table, self.cfg.new_item_min_similarity)
-            return self._snapshots[key]
+            hit = self._snapshots.get(st.version)
+            if hit is not None and hit.cursor == cursor:
+                return hit.items
+            snap = self._patched(hit, b, st.item_ids, cursor) if hit is not None and hit.cursor < cursor else None
+            if snap is None:
+                self.stats["full_reads"] += 1
+                table = self.catalog.items_table(columns=_COLUMNS)
+                table = table.filter(pa.array(~np.isin(np.asarray(table.column("item_id").to_pylist(), dtype=str),
+                                                       st.item_ids)))
+                snap = _Snapshot(cursor, table, NewItems.build(b, st.item_ids, table, self.cfg.new_item_min_similarity))
+            if st.version not in self._snapshots and len(self._snapshots) >= MAX_SNAPSHOTS:
+                self._snapshots.pop(next(iter(self._snapshots)))
+            self._snapshots[st.version] = snap
+            return snap.items
+
+    def _patched(self, hit: "_Snapshot", bundle: Any, model_item_ids: np.ndarray, cursor: int) -> "_Snapshot | None":
+        """``hit`` moved to ``cursor`` with the catalogue writes between them: only writes to items the
+        version does not know change anything, and only those rows are read. None: read every item
+        (no feed, a feed pruned past ``hit``, or a bulk change)."""
+        if self.feed is None or hit.cursor < self.feed.pruned_upto():
+            return None
+        rows = [r for r in self.feed.since(hit.cursor, limit=BULK_CHANGE_ITEMS + 1) if r[0] <= cursor]
+        keys = np.asarray(list(dict.fromkeys(k for _, kind, k in rows if kind == "item")), dtype=str)
+        if len(keys) > BULK_CHANGE_ITEMS:
+            return None
+        keys = keys[~np.isin(keys, model_item_ids)]
+        if not len(keys):  # writes to the version's own items (availability, prices): the new items stand
+            return _Snapshot(cursor, hit.table, hit.items)
+        self.stats["patched_items"] += len(keys)
+        found = [row for row in (self.catalog.get_item(k) for k in keys.tolist()) if row is not None]
+        schema = hit.table.schema
+        fresh = pa.Table.from_pylist([{c: row.get(c) for c in schema.names} for row in found], schema=schema)
+        kept = hit.table.filter(pa.array(~np.isin(np.asarray(hit.table.column("item_id").to_pylist(), dtype=str), keys)))
+        table = pa.concat_tables([kept, fresh]).sort_by("item_id")
+        return _Snapshot(cursor, table, NewItems.build(bundle, model_item_ids, table, self.cfg.new_item_min_similarity))
 
     def __call__(self, req: Request, c: Candidates) -> Candidates:
         slots = self.cfg.new_item_slots

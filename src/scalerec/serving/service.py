@@ -157,7 +157,7 @@ class RecommendService:
         self.ranking = RankingStage(settings) if settings.ranking.enabled else None
         if pipeline is DEFAULT and self.ranking is not None:
             # new catalogue items take reserved places by their text until retraining (ranking/newitems.py)
-            pipeline = DEFAULT.with_rerank(self.ranking).with_last_stage(NewItemSlots(self.ranking, self.store.catalog))
+            pipeline = DEFAULT.with_rerank(self.ranking).with_last_stage(NewItemSlots(self.ranking, self.store.catalog, self.feed))
         self.pipeline = pipeline
         # sessions: the same stages, and reasons naming the touched item each result is closest to
         self.session_pipeline = pipeline.with_finish_stage(explain_by_seeds, before=pin)
