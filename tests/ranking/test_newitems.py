@@ -108,3 +108,35 @@ def test_catalogue_writes_patch_the_new_items_instead_of_reading_every_item(coat
     assert app.client.patch("/v1/items/new-coat-1", json={"available": True}, headers=app.h("write")).status_code == 200
     app.service.state.apply_changes()
     assert "new-coat-1" in _ids(app.get(url).json())
+
+
+def test_a_patched_new_items_state_equals_a_full_build(coat) -> None:
+    """Writes to new items (a changed text, a second new item) recompute only their columns, and the
+    result is what reading every item gives."""
+    from scalerec.ranking.newitems import _COLUMNS, NewItems
+
+    app, near, _ = coat
+    slots = next(s for s in app.service.pipeline.finish if isinstance(s, NewItemSlots))
+    mug = {"title": "Waterproof rain hat", "description": "A navy hat for rain", "categories": ["rainwear"], "price": 12.0}
+    assert app.client.put("/v1/items/new-hat-1", json=mug, headers=app.h("write")).status_code == 200
+    app.service.state.apply_changes()
+    app.get(f"/v1/items/{near}/similar?n=10")  # the state as of the coat and the hat
+    kept = slots.new_items(app.service.live)
+    assert {"new-coat-1", "new-hat-1"} <= set(kept.ids.tolist())
+    for key, body in (("new-coat-1", {**COAT, "title": "Waterproof rain jacket"}), ("new-coat-2", COAT)):
+        assert app.client.put(f"/v1/items/{key}", json=body, headers=app.h("write")).status_code == 200
+    app.service.state.apply_changes()
+    live = app.service.live
+    full_reads = slots.stats["full_reads"]
+    patched = slots.new_items(live)
+    assert slots.stats["full_reads"] == full_reads  # patched, not re-read
+    st = live.model
+    full = NewItems.build(app.service.ranking.bundle(st), st.item_ids, app.service.store.catalog.items_table(columns=_COLUMNS),
+                          app.settings.ranking.new_item_min_similarity)
+    assert "new-coat-2" in patched.ids.tolist() and patched.ids.tolist() == full.ids.tolist()
+    for a, b in ((patched.sim.indptr, full.sim.indptr), (patched.sim.indices, full.sim.indices)):
+        assert np.array_equal(a, b)
+    np.testing.assert_allclose(patched.sim.data, full.sim.data, rtol=1e-6)
+    assert patched.sim.data.size > 0
+    hat = patched.ids.tolist().index("new-hat-1")  # its column was kept, not recomputed: still the same values
+    assert patched.sim.data[patched.sim.indices == hat].size > 0

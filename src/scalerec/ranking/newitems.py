@@ -42,18 +42,34 @@ class NewItems:
     sim: Rows  # [n_model_items, n_new] cosine >= the threshold
 
     @classmethod
-    def build(cls, bundle: Any, model_item_ids: np.ndarray, table: pa.Table, min_similarity: float) -> "NewItems":
+    def build(cls, bundle: Any, model_item_ids: np.ndarray, table: pa.Table, min_similarity: float,
+              reuse: "tuple[NewItems, np.ndarray] | None" = None) -> "NewItems":
+        """``table``: catalogue rows (any order). ``reuse``: an earlier build and the ids whose rows
+        changed since; the other items keep their similarity columns (the product is the cost)."""
         ids = np.asarray(table.column("item_id").to_pylist(), dtype=str)
         fresh = ~np.isin(ids, model_item_ids)
-        table = table.filter(pa.array(fresh))
-        ids = ids[fresh]
+        table = table.filter(pa.array(fresh)).take(pa.array(np.argsort(ids[fresh], kind="stable")))
+        ids = np.sort(ids[fresh])
         attrs = ItemAttributes.from_table(ids, table.select(ITEM_COLUMNS))
+        n_model = len(model_item_ids)
         if not len(ids) or not bundle.content.n_terms:
-            return cls(ids, attrs, Rows.of(sp.csr_matrix((len(model_item_ids), len(ids)), dtype=np.float32)))
-        vec = bundle.content.transform(item_texts(table.select([c for c in _TEXT if c in table.column_names])))
-        sim = sp.csr_matrix(bundle.vectors @ vec.T, dtype=np.float32)
-        sim.data[sim.data < min_similarity] = 0
-        sim.eliminate_zeros()
+            return cls(ids, attrs, Rows.of(sp.csr_matrix((n_model, len(ids)), dtype=np.float32)))
+        todo = np.ones(len(ids), bool)
+        old = None
+        if reuse is not None:
+            prev, changed = reuse
+            pos = np.searchsorted(prev.ids, ids).clip(max=max(len(prev.ids) - 1, 0))
+            known = (prev.ids[pos] == ids) if len(prev.ids) else np.zeros(len(ids), bool)
+            todo = ~known | np.isin(ids, changed)
+            r = prev.sim
+            old = sp.csr_matrix((r.data, r.indices, r.indptr), shape=(n_model, len(prev.ids))).tocsc()[:, pos[~todo]]
+        vec = bundle.content.transform(item_texts(table.filter(pa.array(todo)).select(
+            [c for c in _TEXT if c in table.column_names])))
+        part = sp.csc_matrix(bundle.vectors @ vec.T, dtype=np.float32)
+        part.data[part.data < min_similarity] = 0
+        part.eliminate_zeros()
+        sim = part if old is None else sp.hstack([old, part], format="csc")[:, np.argsort(np.r_[
+            np.flatnonzero(~todo), np.flatnonzero(todo)], kind="stable")]
         return cls(ids, attrs, Rows.of(sim))
 
 
@@ -62,7 +78,7 @@ class _Snapshot:
     """The new items of one model version as of a change-feed cursor, with their catalogue rows."""
 
     cursor: int
-    table: pa.Table  # the rows (_COLUMNS) of the items the version does not know, by item_id
+    table: pa.Table  # the rows (_COLUMNS) of the items the version does not know
     items: NewItems
 
 
@@ -123,8 +139,9 @@ class NewItemSlots:
         schema = hit.table.schema
         fresh = pa.Table.from_pylist([{c: row.get(c) for c in schema.names} for row in found], schema=schema)
         kept = hit.table.filter(pa.array(~np.isin(np.asarray(hit.table.column("item_id").to_pylist(), dtype=str), keys)))
-        table = pa.concat_tables([kept, fresh]).sort_by("item_id")
-        return _Snapshot(cursor, table, NewItems.build(bundle, model_item_ids, table, self.cfg.new_item_min_similarity))
+        table = pa.concat_tables([kept, fresh])
+        return _Snapshot(cursor, table, NewItems.build(bundle, model_item_ids, table, self.cfg.new_item_min_similarity,
+                                                       reuse=(hit.items, keys)))
 
     def __call__(self, req: Request, c: Candidates) -> Candidates:
         slots = self.cfg.new_item_slots
