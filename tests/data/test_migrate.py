@@ -289,3 +289,21 @@ def test_events_written_to_the_source_during_the_copy_are_caught_by_the_verifica
         assert target.pending_head() == writer.pending_head()
         target.add_pending_events(events_table(1, start=950))  # no id collision with the late events
     writer.close()
+
+
+def test_merging_a_second_production_version_is_refused_naming_both(embedded, postgres_url):
+    from scalerec.data.store import DataStore
+
+    with DataStore.open(embedded) as store:
+        store.compact()  # a merge needs the pending events flushed
+        ours = store.catalog.production_version()
+    assert ours is not None
+    with open_catalog(postgres_url) as target:
+        with target.stage_transaction() as db:
+            db.insert_version({"version": "v9999", "stage": "production", "created_at": "2026-01-01T00:00:00Z",
+                               "family": "als"})
+    with pytest.raises(ConflictError, match=rf"{ours['version']} and the target's v9999 .*nothing was written"):
+        migrate(embedded, to_catalog=postgres_url, force=True)
+    with open_catalog(postgres_url) as target:
+        assert target.production_version()["version"] == "v9999"
+        assert target.count_items() == 0, "nothing was written"
