@@ -151,7 +151,9 @@ class DataStore:
         store = cls(settings)
         if settings.data.events_url:
             store.log.store.check()  # type: ignore[attr-defined]
-            if EventLog(store.events_dir).files():
+            mark = store.events_dir / ".migrated-to"  # scalerec.data.migrate.MIGRATED_MARK
+            moved = mark.is_file() and mark.read_text().strip() == store.log.shown  # type: ignore[attr-defined]
+            if not moved and EventLog(store.events_dir).files():
                 raise StorageError(
                     f"{store.events_dir} holds a local event log but [data] events_url names "
                     f"{store.log.shown}; move it there first with `scalerec migrate --to-events URL`"  # type: ignore[attr-defined]
