@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from scalerec.data.eventlog import (
     PARTITION_PREFIX, ROW_GROUP_ROWS, SORT_MAX_ROWS, TMP_PREFIX, TXN_FILE, EventLog, LogTransaction, Progress,
-    TimeLike, _conform, _FileInfo, _partition_date, _pid_alive, _read_info, _to_utc_us, _US_PER_DAY,
+    TimeLike, _conform, _FileInfo, _fsync_dir, _fsync_file, _partition_date, _pid_alive, _read_info, _to_utc_us, _US_PER_DAY,
 )
 from scalerec.data.objectstore import ObjectStore
 from scalerec.data.schema import EVENT_SCHEMA
@@ -145,6 +145,9 @@ class SharedEventLog(EventLog):
                 while chunk := src.read(8 << 20):
                     dst.write(chunk)
                     size += len(chunk)
+            if self.store.local:  # a disk keeps the local log's durability: on disk before it is published
+                _fsync_file(Path(self._key(rel)))
+                _fsync_dir(Path(self._key(rel)).parent)
             return size
         except (OSError, pa.ArrowException) as exc:
             raise self.store._failed(exc, f"cannot write {rel}") from None
@@ -235,7 +238,9 @@ class SharedEventLog(EventLog):
             tmp = f"{key}.part-{uuid.uuid4().hex}"
             with fs.open_output_stream(tmp) as fh:
                 fh.write(body)
+            _fsync_file(Path(tmp))
             fs.move(tmp, key)
+            _fsync_dir(Path(key).parent)
         else:  # one small PUT: the object appears whole or not at all
             with fs.open_output_stream(key) as fh:
                 fh.write(body)
