@@ -174,3 +174,22 @@ def test_a_second_publisher_of_the_same_generation_is_refused(tmp_path):
     assert two._object_paths() == _listed(two), "and its uploads were removed"
     fs = pafs.LocalFileSystem()
     assert fs.get_file_info(f"{url}/_manifests/g-000000000001.json").type == pafs.FileType.File
+
+
+def test_replaced_objects_outlive_the_manifests_that_list_them_then_are_collected(tmp_path):
+    from scalerec.data.objectlog import KEEP_MANIFESTS
+
+    log = SharedEventLog(str(tmp_path / "object-store"), tmp_path / "cache")
+    for seed in range(3):
+        log.append(make_events(200, days=1, seed=seed))
+    before = _listed(log)
+    old_files = log.files()
+    assert log.compact(min_files=2)["files_after"] == 1
+    assert all(p.exists() for p in old_files), "a reader of the older manifest can still read its files"
+    assert log.recover(grace_s=0)["objects_collected"] == 0
+    for seed in range(KEEP_MANIFESTS):  # the older manifest ages out of the kept ones
+        log.append(make_events(10, days=1, seed=100 + seed))
+    stats = log.recover(grace_s=0)
+    assert stats["objects_collected"] == len(before) and stats["manifests_pruned"] >= 1
+    assert log._object_paths() == _listed(log)
+    assert log.count() == 600 + 10 * KEEP_MANIFESTS
