@@ -59,6 +59,11 @@ class DataSettings(_Section):
         "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) or a path; each machine keeps "
         "a local cache in <dir>/models; default none (models only in <dir>/models)"
     )
+    events_url: str | None = Field(
+        None, description="the event log on an object store shared by several machines: s3://BUCKET/PREFIX "
+        "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) or a path; each machine caches "
+        "what it reads in <dir>/cache/events; default none (the log in <dir>/events)"
+    )
     import_chunk_rows: int = Field(1_000_000, ge=1_000, description="rows read per chunk on import")
     compact_min_files: int = Field(8, ge=2, description="compact a day partition once it has this many files")
     max_clock_skew_seconds: float = Field(

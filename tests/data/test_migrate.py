@@ -289,3 +289,56 @@ def test_events_written_to_the_source_during_the_copy_are_caught_by_the_verifica
         assert target.pending_head() == writer.pending_head()
         target.add_pending_events(events_table(1, start=950))  # no id collision with the late events
     writer.close()
+
+
+def test_merging_a_second_production_version_is_refused_naming_both(embedded, postgres_url):
+    from scalerec.data.store import DataStore
+
+    with DataStore.open(embedded) as store:
+        store.compact()  # a merge needs the pending events flushed
+        ours = store.catalog.production_version()
+    assert ours is not None
+    with open_catalog(postgres_url) as target:
+        with target.stage_transaction() as db:
+            db.insert_version({"version": "v9999", "stage": "production", "created_at": "2026-01-01T00:00:00Z",
+                               "family": "als"})
+    with pytest.raises(ConflictError, match=rf"{ours['version']} and the target's v9999 .*nothing was written"):
+        migrate(embedded, to_catalog=postgres_url, force=True)
+    with open_catalog(postgres_url) as target:
+        assert target.production_version()["version"] == "v9999"
+        assert target.count_items() == 0, "nothing was written"
+
+
+def test_the_event_log_moves_to_the_object_store_verified_all_or_nothing(embedded, s3_server, tmp_path, monkeypatch):
+    from scalerec.data.objectlog import SharedEventLog
+    from scalerec.data.store import DataStore
+
+    def events(store) -> list[tuple]:
+        t = store.log.read(columns=["user_id", "item_id", "timestamp"])
+        return sorted(zip(*(t.column(c).to_pylist() for c in t.column_names)), key=repr)
+
+    url = s3_server.bucket_url("events")
+    with DataStore.open(embedded) as store:
+        expected = events(store)
+    assert expected
+
+    def crash(self, gen, body):
+        raise RuntimeError("interrupted before the manifest")
+
+    monkeypatch.setattr(SharedEventLog, "_put_manifest", crash)
+    with pytest.raises(RuntimeError):
+        migrate(embedded, to_events=url)
+    monkeypatch.undo()
+    assert SharedEventLog(url, tmp_path / "c").count() == 0, "an interrupted move shows nothing"
+    with pytest.raises(StorageError, match="migrate --to-events"):  # the local log is not silently ignored
+        DataStore.open(Settings(data={"dir": embedded.data.dir, "events_url": url}))
+
+    report = migrate(embedded, to_events=url)
+    assert report.ok and report.events.uploaded == report.events.files > 0
+    assert report.events.rows == report.events.store_rows == len(expected)
+    again = migrate(embedded, to_events=url)
+    assert again.ok and again.events.uploaded == 0, "a rerun only verifies"
+    with DataStore.open(Settings(data={"dir": tmp_path / "other", "events_url": url})) as other:
+        assert events(other) == expected, "another machine reads the moved log"
+    with DataStore.open(Settings(data={"dir": embedded.data.dir, "events_url": url})) as moved:
+        assert events(moved) == expected, "the migrated directory itself switches to the shared log"

@@ -33,7 +33,8 @@ def init(
     verb = "Using existing" if existed else "Created"
     console.print(f"{verb} data directory [bold]{escape(str(store.dir.resolve()))}[/bold]", highlight=False)
     console.print(f"  catalogue  {store.catalog.url}", markup=False, highlight=False)
-    console.print(f"  events     {store.events_dir.resolve()}", markup=False, highlight=False)
+    shared = getattr(store.log, "shown", None)  # [data] events_url: the log on an object store
+    console.print(f"  events     {shared or store.events_dir.resolve()}", markup=False, highlight=False)
     console.print(f"  models     {store.models_dir.resolve()}", markup=False, highlight=False)
     toml = settings._toml_file
     if toml is None and not no_config:

@@ -1,4 +1,4 @@
-"""`scalerec migrate`: an embedded data directory's catalogue to PostgreSQL, its models to an object store."""
+"""`scalerec migrate`: an embedded data directory's catalogue to PostgreSQL, its models and event log to an object store."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def migrate_cmd(
         None, "--to-catalog", "--to", help="PostgreSQL catalogue to copy catalog.db into: postgresql://USER@HOST:PORT/DB."),
     to_store: Optional[str] = typer.Option(
         None, "--to-store", "--store", help="Object store for the model versions: s3://BUCKET/PREFIX?... or a path."),
+    to_events: Optional[str] = typer.Option(
+        None, "--to-events", help="Object store for the event log ([data] events_url): s3://BUCKET/PREFIX?... or a path."),
     force: bool = typer.Option(
         False, "--force", help="Add to a non-empty target (the target's rows and versions are kept; a conflict fails)."),
     block_rows: int = typer.Option(50_000, "--block-rows", min=1, help="Rows per transaction on the target."),
@@ -36,7 +38,8 @@ def migrate_cmd(
     settings = get_settings(ctx)
     require_store(settings)
     if as_json:
-        report = migrate(settings, to_catalog=to_catalog, to_store=to_store, force=force, block_rows=block_rows)
+        report = migrate(settings, to_catalog=to_catalog, to_store=to_store, to_events=to_events, force=force,
+                         block_rows=block_rows)
     else:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as bar:
@@ -48,8 +51,8 @@ def migrate_cmd(
                     tasks[key] = bar.add_task(key, total=total or None)
                 bar.update(tasks[key], completed=done, total=total or None)
 
-            report = migrate(settings, to_catalog=to_catalog, to_store=to_store, force=force, block_rows=block_rows,
-                             progress=progress)
+            report = migrate(settings, to_catalog=to_catalog, to_store=to_store, to_events=to_events, force=force,
+                             block_rows=block_rows, progress=progress)
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:
@@ -70,6 +73,14 @@ def _print_report(report) -> None:
             t.add_row(v.name, f"{v.files:,}", f"{v.bytes:,}", "yes" if v.uploaded else "already",
                       v.checksum[:16], "ok" if v.ok else "DIFFERS")
         console.print(t)
+    if report.events is not None:
+        e = report.events
+        t = Table(title=f"Event log -> {e.url}")
+        for col in ("files", "rows", "bytes", "uploaded", "sha256", "store"):
+            t.add_column(col, justify="left" if col in ("sha256", "store") else "right")
+        t.add_row(f"{e.files:,}", f"{e.rows:,}", f"{e.bytes:,}", f"{e.uploaded:,}", e.checksum[:16],
+                  "ok" if e.ok else "DIFFERS")
+        console.print(t)
     if report.tables:
         t = Table(title=f"Catalogue -> {report.catalog_url} ({report.mode})")
         for col in ("table", "source rows", "target rows", "sha256", "target"):
@@ -84,5 +95,7 @@ def _print_report(report) -> None:
             lines.append(f'  [data] catalog_url = "{report.catalog_url}"   (or SCALEREC_DATA__CATALOG_URL)')
         if report.store_url:
             lines.append(f'  [data] store_url = "{report.store_url}"   (or SCALEREC_DATA__STORE_URL)')
+        if report.events is not None:
+            lines.append(f'  [data] events_url = "{report.events.url}"   (or SCALEREC_DATA__EVENTS_URL)')
         lines.append("This directory's catalog.db is kept as it was; do not write to it any more.")
         console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

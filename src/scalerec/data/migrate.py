@@ -3,8 +3,8 @@
 The model versions of ``<dir>/models/`` go to an object store (``--to-store``, any
 :class:`~scalerec.data.objectstore.ObjectStore` URL) and the SQLite catalogue to a PostgreSQL one
 (``--to-catalog``), in that order: a version's files are committed in the store before its row can
-be seen in the new catalogue (the registry's own rule). The event log stays in the directory (the
-worker machine's).
+be seen in the new catalogue (the registry's own rule). The event log goes to an object-store log
+(``--to-events``, see :mod:`scalerec.data.objectlog`) when asked, else stays in the directory.
 
 Every step can be interrupted and run again: a version is committed by its marker (written last;
 a committed version is not uploaded again) and the catalogue is copied in blocks whose cursors
@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ import pyarrow.fs as pafs
 from scalerec.data.catalog import catalog_exists, open_catalog, parse_catalog_url
 from scalerec.data.catalog.copy import TableReport, copy_catalog, target_state, verify
 from scalerec.data.catalog.urls import redact_url
+from scalerec.data.eventlog import EventLog, _read_info
 from scalerec.data.lease import Lease, hold_lease
+from scalerec.data.objectlog import SharedEventLog, _entry
 from scalerec.data.objectstore import ObjectStore
 from scalerec.errors import ConflictError, StorageError, ValidationError
 
@@ -67,22 +70,45 @@ class VersionReport:
 
 
 @dataclass
+class EventLogReport:
+    """The event log: files, rows, bytes and the SHA-256 over (file, size, file SHA-256) on each side."""
+
+    url: str  # redacted
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    uploaded: int = 0
+    checksum: str = ""
+    store_checksum: str = ""
+    store_rows: int = 0
+    first_difference: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.checksum == self.store_checksum and self.rows == self.store_rows
+
+
+@dataclass
 class MigrationReport:
     catalog_url: str | None = None  # redacted
     store_url: str | None = None  # redacted
     mode: str | None = None  # "replica" | "merge" (catalogue)
     tables: list[TableReport] = field(default_factory=list)
     versions: list[VersionReport] = field(default_factory=list)
+    events: EventLogReport | None = None
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tables) and all(v.ok for v in self.versions)
+        return (all(t.ok for t in self.tables) and all(v.ok for v in self.versions)
+                and (self.events is None or self.events.ok))
 
     def failures(self) -> list[str]:
         out = [f"table {t.name}: {t.first_difference or f'{t.source_rows} vs {t.target_rows} rows'}"
                for t in self.tables if not t.ok]
         out += [f"version {v.name}: {v.first_difference or 'checksums differ'}" for v in self.versions if not v.ok]
+        if self.events is not None and not self.events.ok:
+            out.append(f"event log: {self.events.first_difference or 'checksums differ'}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +122,11 @@ class MigrationReport:
             "versions": [{"name": v.name, "files": v.files, "bytes": v.bytes, "uploaded": v.uploaded,
                           "checksum": v.checksum, "store_checksum": v.store_checksum, "ok": v.ok,
                           "difference": v.first_difference} for v in self.versions],
+            "events": None if self.events is None else {
+                "url": self.events.url, "files": self.events.files, "rows": self.events.rows,
+                "bytes": self.events.bytes, "uploaded": self.events.uploaded, "checksum": self.events.checksum,
+                "store_checksum": self.events.store_checksum, "store_rows": self.events.store_rows,
+                "ok": self.events.ok, "difference": self.events.first_difference},
         }
 
 
@@ -197,6 +228,86 @@ def migrate_store(
 
 
 # --------------------------------------------------------------------------------------------
+# the event log
+
+#: Beside a migrated local log: the URL it was moved to (the directory may then set events_url).
+MIGRATED_MARK = ".migrated-to"
+
+
+def _digest_stream(read: Callable[[int], bytes]) -> tuple[int, str]:
+    h, n = hashlib.sha256(), 0
+    while chunk := read(_CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return n, h.hexdigest()
+
+
+def migrate_events(
+    events_dir: Path, url: str, cache_dir: Path, *, force: bool = False, progress: ProgressFn | None = None,
+    stop: Callable[[], None] | None = None,
+) -> EventLogReport:
+    """Copy the local event log's visible files to the object-store log at ``url`` and verify them.
+
+    Every file is uploaded under a fresh object name and all of them are published in one
+    manifest (all or nothing: an interrupted run leaves only unlisted objects, collected later, and
+    uploads again). Each entry records its source file and SHA-256, so a rerun uploads nothing
+    that is already published; verification reads every object back."""
+    local = EventLog(events_dir)
+    target = SharedEventLog(url, cache_dir)
+    target.store.check()
+    report = EventLogReport(redact_url(url))
+    files = {p.relative_to(events_dir).as_posix(): p for p in local.files()}
+    digests = {}
+    for rel, path in files.items():
+        with open(path, "rb") as fh:
+            digests[rel] = _digest_stream(fh.read)
+    report.files, report.bytes = len(files), sum(n for n, _ in digests.values())
+    report.rows = sum(local._info(p).num_rows for p in files.values())
+    report.checksum = _tree_checksum(digests)
+    published = {e["src"]: e for e in target.manifest()["files"] if e.get("src") in files}
+    others = [e for e in target.manifest()["files"] if e.get("src") not in files]
+    if others and not published and not force:
+        raise ConflictError(
+            f"the event log at {report.url} is not empty ({len(others):,} files of another log); move into an empty "
+            "prefix, or pass --force to add this directory's events to it (they are then in both logs' count)"
+        )
+    todo = [rel for rel in files if rel not in published]
+    mark = events_dir / MIGRATED_MARK
+    if todo and mark.is_file() and mark.read_text().strip() == report.url:
+        raise ConflictError(
+            f"this event log was moved to {report.url} before and has changed since ({len(todo):,} new or compacted "
+            "files): the shared log is in use; write new events there (set [data] events_url), not here"
+        )
+    if todo:
+        added = []
+        for i, rel in enumerate(todo):
+            if stop is not None:
+                stop()
+            name = f"{rel.split('/', 1)[0]}/part-{uuid.uuid4().hex}.parquet"
+            entry = _entry(name, _read_info(files[rel]), target._upload(files[rel], name))
+            added.append({**entry, "src": rel, "sha256": digests[rel][1]})
+            if progress:
+                progress("events", "files", i + 1, len(todo))
+        if stop is not None:
+            stop()
+        target._publish(add=added, remove=[])
+        report.uploaded = len(added)
+        published.update({e["src"]: e for e in added})
+    back = {}
+    for rel, e in published.items():
+        with target.store.fs.open_input_stream(target._key(e["path"])) as fh:
+            back[rel] = _digest_stream(fh.read)
+    report.store_checksum = _tree_checksum(back)
+    report.store_rows = sum(int(e["rows"]) for e in published.values())
+    if not report.ok:
+        diff = sorted(rel for rel in digests if back.get(rel) != digests[rel])
+        report.first_difference = f"{diff[0]} differs in the store" if diff else "row counts differ"
+    else:
+        (events_dir / MIGRATED_MARK).write_text(report.url)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
 # the whole migration
 
 
@@ -220,14 +331,16 @@ def migrate(
     *,
     to_catalog: str | None = None,
     to_store: str | None = None,
+    to_events: str | None = None,
     force: bool = False,
     block_rows: int = 50_000,
     progress: ProgressFn | None = None,
 ) -> MigrationReport:
     """Copy the directory's model versions to ``to_store`` and its catalogue to ``to_catalog``,
     then verify both; raises StorageError naming what differs (the source is then unchanged)."""
-    if not to_catalog and not to_store:
-        raise ValidationError("nothing to migrate: pass --to-catalog postgresql://... and/or --to-store s3://...")
+    if not to_catalog and not to_store and not to_events:
+        raise ValidationError("nothing to migrate: pass --to-catalog postgresql://..., --to-store s3://... "
+                              "and/or --to-events s3://...")
     source_url = settings.data.resolved_catalog_url()
     parsed = parse_catalog_url(source_url)
     if parsed.scheme != "sqlite" or parsed.path in (None, ":memory:"):
@@ -254,6 +367,10 @@ def migrate(
                 store = ObjectStore(to_store)
                 report.versions = migrate_store(Path(settings.data.dir) / "models", store, force=force,
                                                 progress=progress, stop=stop)
+            if to_events:
+                root = Path(settings.data.dir)
+                report.events = migrate_events(root / "events", to_events, root / "cache" / "events", force=force,
+                                               progress=progress, stop=stop)
             if to_catalog:
                 report.mode, report.tables = _migrate_catalog(source, to_catalog, str(Path(parsed.path).resolve()),
                                                               force=force, block_rows=block_rows, progress=progress,
@@ -262,6 +379,7 @@ def migrate(
             if report.ok:
                 source.set_meta("migrated_to", json.dumps(
                     {"catalog_url": report.catalog_url, "store_url": report.store_url,
+                     "events_url": report.events.url if report.events else None,
                      "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
     finally:
         source.close()

@@ -105,6 +105,11 @@ class DataStore:
         self.events_dir = self.dir / "events"
         self.models_dir = self.dir / "models"
         self.log = EventLog(self.events_dir)
+        if settings.data.events_url:  # the log on an object store, shared with every machine of the catalogue
+            from scalerec.data.objectlog import SharedEventLog
+
+            self.log = SharedEventLog(settings.data.events_url, self.dir / "cache" / "events",
+                                      publish_guard=lambda: hold_lease(self.catalog, "log-publish"))
         self._catalog = catalog
         self._catalog_guard = threading.Lock()
         self._view_lock = _ViewLock(self.events_dir / ".view.lock")
@@ -144,6 +149,16 @@ class DataStore:
         if not os.access(root, os.W_OK):
             raise StorageError(f"data directory {str(root)!r} is not writable; fix its permissions or pick another")
         store = cls(settings)
+        if settings.data.events_url:
+            store.log.store.check()  # type: ignore[attr-defined]
+            mark = store.events_dir / ".migrated-to"  # scalerec.data.migrate.MIGRATED_MARK
+            moved = mark.is_file() and mark.read_text().strip() == store.log.shown  # type: ignore[attr-defined]
+            if not moved and EventLog(store.events_dir).files():
+                raise StorageError(
+                    f"{store.events_dir} holds a local event log but [data] events_url names "
+                    f"{store.log.shown}; move it there first with `scalerec migrate --to-events URL`"  # type: ignore[attr-defined]
+                    " (or unset events_url)"
+                )
         store.catalog  # creates catalog.db
         store.recover()
         return store
@@ -347,7 +362,8 @@ class DataStore:
         removed["recommendation_log"] = _step(scrubbed["lines"], files=scrubbed["files"])
         shown = ImpressionStore(self.dir / "impressions").scrub_users([user_id])
         removed["impressions"] = _step(shown["rows"], files=shown["files"])
-        report = {"removed": removed, "resumed": resumed, "log": self._log_identity()}
+        report = {"removed": removed, "resumed": resumed, "log": self._log_identity(),
+                  "events_url": getattr(self.log, "shown", None)}
         self.catalog.finish_user_deletion(user_id, deleted_at, report)
         return removed
 
@@ -371,12 +387,18 @@ class DataStore:
             return 0
         users = sorted({user for _, user, deleted_at in rows if deleted_at is not None})
         here = self._log_identity()  # deletions finished on this very log need no second pass
-        users = [u for u in users if ((self.catalog.user_tombstone(u) or {}).get("report") or {}).get("log") != here]
+        reports = {u: (self.catalog.user_tombstone(u) or {}).get("report") or {} for u in users}
+        users = [u for u in users if reports[u].get("log") != here]
+        shared = getattr(self.log, "shown", None)  # a shared log: one deletion there removed the rows for all
+        log_users = [u for u in users if shared is None or reports[u].get("events_url") != shared]
         if users:
             with self._view_lock.exclusive():
-                self.log.delete_users(users)
+                if log_users:
+                    self.log.delete_users(log_users)
             scrub_users(self.dir / "logs", users)
             ImpressionStore(self.dir / "impressions").scrub_users(users)
+        if shared is not None:
+            self.log.prune_cache()  # type: ignore[attr-defined]  # this machine's copies of replaced files
         done = [s for s, _, deleted_at in rows if deleted_at is not None]
         unfinished = [s for s, _, deleted_at in rows if deleted_at is None]
         # stop before the first unfinished one: it is applied once finished

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scalerec.errors import StorageError
+from scalerec.errors import ConflictError, StorageError
 
 __all__ = ["TABLES", "TableReport", "copy_catalog", "target_state", "verify"]
 
@@ -298,6 +298,23 @@ def _write_block(conn: Any, t: Table, rows: list[tuple], lo: Any, hi: Any, *, me
     conn.execute(f"INSERT INTO {t.name} ({cols}) SELECT {select} FROM {stage} ORDER BY ord {conflict}")
 
 
+def _refuse_second_production(conn: sqlite3.Connection, target: Any, present: set[str]) -> None:
+    """A merge would put a second production version in the target (its one-production index
+    refuses the row half-way): ConflictError naming both, before anything is written."""
+    if "model_versions" not in present:
+        return
+    row = conn.execute("SELECT version FROM model_versions WHERE stage = 'production'").fetchone()
+    theirs = target.production_version()
+    if row is None or theirs is None or theirs["version"] == row[0]:
+        return
+    raise ConflictError(
+        f"cannot merge: this directory's production model version {row[0]} and the target's {theirs['version']} "
+        "would both be in production, and a catalogue has one; nothing was written. Migrate into a schema of its "
+        "own (postgresql://...?options=-csearch_path%3DSHOP: one shop per schema) or into a catalogue without a "
+        "production version"
+    )
+
+
 def copy_catalog(
     source: Any,
     target: Any,
@@ -322,6 +339,8 @@ def copy_catalog(
             "the source has pending events, whose ids would collide with the target's; run `scalerec compact` on the "
             "source first (it moves them into the event log), then migrate again"
         )
+    if merge:
+        _refuse_second_production(conn, target, present)
     written: dict[str, int] = {}
     tracker = _Progress(progress)
     with pg._write() as tc:
