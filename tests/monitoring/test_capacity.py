@@ -113,3 +113,32 @@ def test_calibration_fits_training_time_on_refits_of_this_store(shops) -> None:
     assert proj["training_seconds"] == fitted["seconds"] == cal["coefficient"] * (2 * cal["cells"]) ** cal["exponent"]
     # without calibration the projection says it rests on the last refit, linear in events
     assert project(measure(shops[0], time_requests=False), events="2x")["training"]["als"]["basis"].startswith("linear")
+
+
+def test_training_peak_memory_counts_the_ranking_stage(shops) -> None:
+    """`scalerec train` records the ranking stage's own peak and its queries x candidates x
+    features frames; the projected training peak is the larger of the refit's and the stage's, the
+    frames growing with the learning queries only up to [ranking] max_queries."""
+    from scalerec.monitoring.capacity import training_peak_rss
+
+    small, _ = shops
+    m = measure(small, time_requests=False)
+    rt = m["ranking"]["training"]
+    assert rt["peak_rss_bytes"] >= rt["rss_start_bytes"] > 0
+    assert 0 < rt["frame_bytes"] < rt["peak_rss_bytes"] and rt["learn_queries"] >= 200
+    assert rt["max_queries"] == small.ranking.max_queries
+    assert training_peak_rss(m["model"], m["ranking"]) == max(m["model"]["peak_rss_bytes"], rt["peak_rss_bytes"])
+    tr = project(m, users="2x", events="2x")["training"]["als"]
+    stage = tr["ranking_stage"]
+    assert tr["peak_rss_bytes"] == max(tr["refit_peak_rss_bytes"], stage["peak_rss_bytes"])
+    assert stage["peak_rss_bytes"] > rt["peak_rss_bytes"]  # the event-bound part grows
+    for queries, scale in ((rt["max_queries"], 1.0), (rt["max_queries"] // 4, 2.0), (rt["max_queries"] * 3 // 4, 4 / 3)):
+        # at the cap the frames stay; below it they grow with events until the cap
+        mm = {**m, "ranking": {**m["ranking"], "training": {**rt, "learn_queries": queries}}}
+        st = project(mm, users="2x", events="2x")["training"]["als"]["ranking_stage"]
+        assert st["queries_scale"] == pytest.approx(scale, rel=1e-3)
+        assert st["frame_bytes"] == pytest.approx(rt["frame_bytes"] * scale)
+    # a version trained before the stage's memory was recorded: said, and the refit alone counted
+    old = {**m, "ranking": {k: v for k, v in m["ranking"].items() if k != "training"}}
+    p_old = project(old, events="2x")
+    assert "ranking_stage" not in p_old["training"]["als"] and any("training memory" in n for n in p_old["notes"])

@@ -30,8 +30,11 @@ ASSUMPTIONS = [
     "c x cells^a fitted on refits over 1/4, 1/2 and all users of this store (the slope a measured, not assumed); "
     "without, ALS/BPR/item-kNN/RP3beta/popular time grows linearly with events and EASE with items cubed "
     "(its Gram inverse) plus events",
-    "training memory: the refit's peak above a bare process (this one's resident memory when it starts measuring) "
-    "grows like the model's bytes",
+    "training memory: the run's peak is the larger of two stages' peaks, each above a bare process (this one's "
+    "resident memory when it starts measuring): the refit's grows like the model's bytes; the ranking stage's "
+    "(recorded by `scalerec train` in the manifest) is the memory it starts on plus what it adds, both growing "
+    "with events (event frames, the point-in-time state, its own CF fit), except its queries x candidates x "
+    "features frames (measured bytes), which grow with the learning queries and stop at [ranking] max_queries",
     "CPU per request: fixed per strategy as users and events grow (measured here: the median of 5 interleaved "
     "rounds); workers = ceil(peak rps x CPU-s per request / 0.6), a worker kept below 60% busy so the latency "
     "tail stays flat",
@@ -181,8 +184,31 @@ def _ranking(prod: Any, man: Any, n_users: int, n_items: int) -> dict[str, Any]:
     section = dict((man.extra or {}).get("ranking") or {})
     root = Path(prod.path) / "ranking"
     parts = model_bytes(root, n_users, n_items) if root.is_dir() else {}
-    return {"status": section.get("status") or "absent", "reason": section.get("reason"),
-            "bytes": parts, "total_bytes": sum(parts.values())}
+    out = {"status": section.get("status") or "absent", "reason": section.get("reason"),
+           "bytes": parts, "total_bytes": sum(parts.values())}
+    if section.get("peak_rss_bytes"):  # the stage's training memory (versions trained before it was recorded: absent)
+        out["training"] = {"rss_start_bytes": int(section["rss_start_bytes"]), "peak_rss_bytes": int(section["peak_rss_bytes"]),
+                           "frame_bytes": int(section.get("frame_bytes") or 0),
+                           "learn_queries": int((section.get("queries") or {}).get("learn") or 0),
+                           "max_queries": int((section.get("settings") or {}).get("max_queries") or 0)}
+    return out
+
+
+def training_peak_rss(model: dict[str, Any] | None, ranking: dict[str, Any] | None) -> int | None:
+    """The training run's peak resident memory: the refit's or the ranking stage's, whichever is higher."""
+    peaks = [x for x in ((model or {}).get("peak_rss_bytes"), ((ranking or {}).get("training") or {}).get("peak_rss_bytes")) if x]
+    return int(max(peaks)) if peaks else None
+
+
+def _ranking_training_then(rt: dict[str, Any], fixed_cap: int, e: float) -> dict[str, float]:
+    """The ranking stage's training peak at ``e`` x events (ASSUMPTIONS: training memory)."""
+    start, peak, frame = rt["rss_start_bytes"], rt["peak_rss_bytes"], rt["frame_bytes"]
+    fixed = min(start, fixed_cap)
+    q, cap = rt["learn_queries"], rt["max_queries"]
+    q_scale = 1.0 if not q or (cap and q >= cap) else min(e, cap / q) if cap else e
+    rest = max(0, peak - start - frame)
+    return {"peak_rss_bytes": fixed + (start - fixed) * e + rest * e + frame * q_scale,
+            "frame_bytes": frame * q_scale, "queries_scale": q_scale}
 
 
 def measure(settings: Any, *, store: Any = None, time_requests: bool = True, calibrate: bool = False) -> dict[str, Any]:
@@ -302,12 +328,18 @@ def project(
     per_worker = max(0, rss - model_now)
     memory_then = model_then + workers * per_worker
     training = {}
+    rk = measured.get("ranking") or {}
     for fam, tr in (measured.get("training") or {}).items():
         secs = tr["fit_seconds"] * e * (i**3 if fam == "ease" else 1.0)
         peak = tr.get("peak_rss_bytes") or 0
         fixed = min(peak, measured.get("baseline_rss_bytes") or 0)
+        refit = fixed + (peak - fixed) * (model_then / model_now if model_now else e)
         training[fam] = {"seconds": secs, "basis": "linear in events from the last refit",
-                         "peak_rss_bytes": fixed + (peak - fixed) * (model_then / model_now if model_now else e)}
+                         "peak_rss_bytes": refit, "refit_peak_rss_bytes": refit}
+        if fam == model.get("family") and rk.get("training"):  # the served version's ranking stage, trained with it
+            stage = _ranking_training_then(rk["training"], measured.get("baseline_rss_bytes") or 0, e)
+            training[fam]["ranking_stage"] = stage
+            training[fam]["peak_rss_bytes"] = max(refit, stage["peak_rss_bytes"])
     cal = measured.get("training_calibration")
     if cal:
         cpu_then = cal["coefficient"] * (cal["cells"] * e) ** cal["exponent"]
@@ -318,7 +350,6 @@ def project(
                   "(model fit CPU seconds; the matrix build, linear in events, not included)")
     fam = model.get("family")
     train_s = training.get(fam, {}).get("seconds") if fam else None
-    rk = measured.get("ranking") or {}
     ranking = {"status": rk.get("status", "absent"), "reason": rk.get("reason"),
                "bytes": sum((rk.get("bytes") or {}).get(k, 0) * f for k, f in scale.items()),
                "rerank_cpu_us": rk.get("rerank_cpu_us")}
@@ -326,6 +357,9 @@ def project(
     if ranking["status"] != "active":
         notes.append(f"the ranking stage is {ranking['status']} on this store ({ranking['reason'] or 'no bundle'}): "
                      "its bundle and rerank CPU are not in this projection; measure again once it is active")
+    elif not rk.get("training"):
+        notes.append("the served version has no record of its ranking stage's training memory (trained before it was "
+                     "recorded): the training peak counts the refit only; retrain to include it")
     reasons = []
     cpus = machine["cpus"]
     if workers > cpus:
