@@ -129,3 +129,36 @@ def test_a_numeric_context_is_compared_by_quantile_bins(shop: Path, tmp_path: Pa
     assert temp["drifted"] and temp["score"] > 1
     top = temp["detail"].split("most moved: ")[1].split(", ")[0]
     assert top.startswith("q10 [") and ", inf) " in temp["detail"], temp["detail"]  # the warmest bin gained most
+
+
+def test_user_attributes_are_judged_as_of_the_day_the_monitor_froze(shop: Path, tmp_path: Path) -> None:
+    """The catalogue keeps users' current attributes only: once the monitor has frozen a day's
+    counts, a later move of those users to another city does not make that day drift; judged on
+    the current attributes (nothing frozen) it does."""
+    from scalerec.monitoring.feature_drift import read_user_snapshots
+
+    def moved(settings: Settings, day: dt.date) -> None:
+        with DataStore.open(settings) as store:
+            active = pl_users(store, day)
+            store.catalog.upsert_users(pa.Table.from_pylist(
+                [{"user_id": u, "attributes": [("location", "Paris")]} for u in active], schema=USER_SCHEMA))
+
+    def pl_users(store: DataStore, day: dt.date) -> list[str]:
+        return sorted({r["user_id"] for batch in store.events(columns=["user_id", "timestamp"])
+                       for r in batch.to_pylist() if r["user_id"] and r["timestamp"].date() == day})
+
+    frozen, current = _copy(shop, tmp_path / "frozen"), _copy(shop, tmp_path / "current")
+    with DataStore.open(frozen) as store:
+        day = _last_day(store)
+        for back in range(4, -1, -1):  # the monitor's daily rounds, each freezing the day just closed
+            drift_report(store, frozen, day=day - dt.timedelta(days=back), freeze_day=day - dt.timedelta(days=back))
+        snap = read_user_snapshots(store)
+    assert set(snap) == {day - dt.timedelta(days=k) for k in range(5)} and snap[day]["user.location"]
+    for settings in (frozen, current):
+        moved(settings, day)
+    with DataStore.open(frozen) as store:
+        as_of = next(c for c in drift_report(store, frozen, day=day)["checks"] if c["check"] == "feature:user.location")
+    with DataStore.open(current) as store:
+        now = next(c for c in drift_report(store, current, day=day)["checks"] if c["check"] == "feature:user.location")
+    assert not as_of["drifted"], as_of
+    assert now["drifted"] and "Paris 100.0%" in now["detail"], now

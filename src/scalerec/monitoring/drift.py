@@ -37,7 +37,7 @@ def _files(store: Any) -> list[str]:
     return [str(p) for p in store.log.files()]
 
 
-def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None) -> dict[str, Any]:
+def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None, freeze: dt.date | None = None) -> dict[str, Any]:
     """Per-day aggregates of the whole log (plus pending events) and its feature distributions, vectorised in DuckDB."""
     import duckdb
 
@@ -76,7 +76,7 @@ def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None) -> di
             "WITH kv AS (SELECT day, unnest(map_keys(context)) AS k, unnest(map_values(context)) AS v FROM ev "
             "WHERE context IS NOT NULL) SELECT day, k, v, count(*) FROM kv GROUP BY ALL"
         )
-        features = feature_drift.aggregate(con, store, since) if days else {}
+        features = feature_drift.aggregate(con, store, since, freeze) if days else {}
     finally:
         con.close()
     return {"days": days, "types": types, "items": items, "new_users": new_users, "new_items": new_items, "context": context,
@@ -174,11 +174,13 @@ def _level_check(name: str, values: np.ndarray, detail: str) -> dict[str, Any]:
 
 
 def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None, threads: int = 2,
-                 now: float | None = None) -> dict[str, Any]:
+                 now: float | None = None, freeze_day: dt.date | None = None) -> dict[str, Any]:
     """Every check for ``day`` (default: the last complete UTC day with events) against the
     ``[monitoring] baseline_days`` before it; days with fewer than ``drift_min_events`` events are
     left out of the baseline, and a day below it is reported as not judged. ``threads``: DuckDB's
-    (the server passes 1, leaving the other cores to requests).
+    (the server passes 1, leaving the other cores to requests). ``freeze_day``: record that day's
+    active users' attribute counts as the store has them now (the monitor, once the day closes), so
+    later reports judge it on the attributes of then, not on the users' current ones.
 
     Three groups of checks, each with its score (largest statistic over its threshold, >1 =
     flagged) in ``scores`` and its own alert rule: ``data`` (the log: event mix, popularity, new
@@ -191,7 +193,7 @@ def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None,
         day = dt.date.fromisoformat(day)
     # the served lists' log is read from the window's first day on (the default day is at most today)
     last = day if day is not None else dt.datetime.now(dt.timezone.utc).date()
-    agg = _aggregate(store, threads, since=last - dt.timedelta(days=mon.baseline_days))
+    agg = _aggregate(store, threads, since=last - dt.timedelta(days=mon.baseline_days), freeze=freeze_day)
     counts = {d: (n, u) for d, n, u in agg["days"]}
     if not counts:
         return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events",
