@@ -237,6 +237,17 @@ def capacity(small: Settings, root: Path, users: int, items: int, events: int, f
                              check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return json.loads(out.stdout)
 
+    # a growing shop's training history: the same generator at a fifth of the size, trained the same
+    # way, its run appended to this store's runs (once): the training-memory lines are fitted on both
+    from scalerec.monitoring.paths import training_runs
+
+    earlier, _ = build(root / "earlier", users // 5, items, events // 5)
+    runs = training_runs(small)
+    mine = runs.read_text(encoding="utf-8")
+    theirs = [ln for ln in training_runs(earlier).read_text(encoding="utf-8").splitlines(keepends=True)
+              if '"status": "registered"' in ln]
+    if theirs and theirs[-1] not in mine:
+        runs.write_text(theirs[-1] + mine, encoding="utf-8")
     f = f"{factor:g}x"
     first = cli_capacity(small, "--calibrate", "--users", f, "--events", f, "--peak-rps", "100")
     m1, proj = first["measured"], first["projection"]

@@ -15,6 +15,7 @@ from scalerec.data.store import DataStore
 from scalerec.datasets.synth import generate_store
 from scalerec.errors import ValidationError
 from scalerec.monitoring.capacity import ASSUMPTIONS, measure, project
+from scalerec.monitoring.training import recorded_run
 from scalerec.training.pipeline import TrainOptions, train
 
 #: The stated tolerance of a projection (docs/monitoring.md): within 25% of the measured value.
@@ -27,7 +28,8 @@ def _shop(d: Path, users: int, events: int) -> Settings:
     settings = Settings(data={"dir": d}, ranking={"min_queries": 200})
     with DataStore.open(settings) as store:
         generate_store(store, n_users=users, n_items=400, n_events=events, seed=5, days=60)
-        result = train(settings, TrainOptions(models=["als"], trials=1), store=store)
+        with recorded_run(settings) as run:  # the runs history, as `scalerec train` writes it
+            run["result"] = result = train(settings, TrainOptions(models=["als"], trials=1), store=store)
     assert result.status == "registered"
     return settings
 
@@ -142,3 +144,35 @@ def test_training_peak_memory_counts_the_ranking_stage(shops) -> None:
     old = {**m, "ranking": {k: v for k, v in m["ranking"].items() if k != "training"}}
     p_old = project(old, events="2x")
     assert "ranking_stage" not in p_old["training"]["als"] and any("training memory" in n for n in p_old["notes"])
+
+
+def test_training_memory_from_the_store_s_runs_at_two_sizes(shops) -> None:
+    """With training runs at two sizes (a growing shop's history) the peaks are lines in events
+    fitted on them: projected to the larger size they give its recorded peaks; runs too close in
+    size are not fitted on."""
+    small, double = shops
+    m1, m2 = (measure(s, time_requests=False) for s in shops)
+    assert len(m1["training_history"]) == len(m2["training_history"]) == 1  # each store's own registered run
+    run1, run2 = m1["training_history"][0], m2["training_history"][0]
+    assert run1["events"] == m1["model"]["events"] and run1["peak_rss_bytes"] == m1["model"]["peak_rss_bytes"]
+    assert run1["ranking_peak_rss_bytes"] == m1["ranking"]["training"]["peak_rss_bytes"]
+    one = project(m1, users="2x", events="2x")["training"]["als"]
+    assert "memory_basis" not in one  # one size: the single-size rule
+    grown = {**m1, "training_history": [run1, run2]}
+    e = run2["events"] / run1["events"]
+    tr = project(grown, users=e, events=e)["training"]["als"]
+    assert "fitted on 2 training runs" in tr["memory_basis"]
+    assert tr["refit_peak_rss_bytes"] == pytest.approx(run2["peak_rss_bytes"], rel=1e-6)
+    st = tr["ranking_stage"]
+    assert st["queries_scale"] == (1.0 if run1["ranking_learn_queries"] >= small.ranking.max_queries else
+                                   min(e, small.ranking.max_queries / run1["ranking_learn_queries"]))
+    expected = run2["ranking_peak_rss_bytes"] - run2["ranking_frame_bytes"] + m1["ranking"]["training"]["frame_bytes"] * st["queries_scale"]
+    assert st["peak_rss_bytes"] == pytest.approx(expected, rel=1e-6)
+    assert tr["peak_rss_bytes"] == max(tr["refit_peak_rss_bytes"], st["peak_rss_bytes"])
+    # a training peak over the memory budget is a reason one machine is not enough
+    budget = {**grown, "machine": {**grown["machine"], "memory_budget_bytes": int(tr["peak_rss_bytes"] * 0.9)}}
+    p_budget = project(budget, users=e, events=e)
+    assert p_budget["training_peak_rss_bytes"] == tr["peak_rss_bytes"]
+    assert not p_budget["one_machine_enough"] and any("training run peaks" in r for r in p_budget["why_cluster"])
+    close = {**m1, "training_history": [run1, {**run2, "events": int(run1["events"] * 1.2)}]}
+    assert "memory_basis" not in project(close, events="2x")["training"]["als"]

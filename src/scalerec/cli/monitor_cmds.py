@@ -213,7 +213,7 @@ def capacity_cmd(
         t.add_row("training (refit)", f"{p['training_seconds']:,.0f} s ({(p['training'].get(fam) or {}).get('basis', '')})")
     fam_tr = p["training"].get((m.get("model") or {}).get("family") or "") or {}
     if fam_tr.get("peak_rss_bytes"):
-        t.add_row("training peak memory", gib(fam_tr["peak_rss_bytes"]))
+        t.add_row("training peak memory", gib(fam_tr["peak_rss_bytes"]) + f" ({fam_tr.get('memory_basis') or 'one size'})")
     if p["ranking"]["status"] == "active":
         t.add_row("  of the model, the ranking bundle", gib(p["ranking"]["bytes"]))
     t.add_row("one machine enough", "yes" if p["one_machine_enough"] else "no: " + "; ".join(p["why_cluster"]) + " -> use the Ray cluster")
