@@ -43,7 +43,8 @@ ASSUMPTIONS = [
     "matrices scaling with users, items or cells like the model's; its rerank CPU is in the personal lists' cost "
     "(measured apart as the difference with the stage off). A store below [ranking] min_queries has no bundle: "
     "the projection says so, and the stage's bytes and CPU appear only once it is active (measure again then)",
-    "one machine is enough while workers <= its cores, memory <= its budget and a retraining fits in the "
+    "one machine is enough while workers <= its cores, serving memory and a training run's peak <= its memory "
+    "budget and a retraining fits in the "
     "retraining period; beyond that, the Ray cluster (`--cluster`) takes over",
 ]
 TARGET_UTILISATION = 0.6
