@@ -174,5 +174,9 @@ def test_training_memory_from_the_store_s_runs_at_two_sizes(shops) -> None:
     p_budget = project(budget, users=e, events=e)
     assert p_budget["training_peak_rss_bytes"] == tr["peak_rss_bytes"]
     assert not p_budget["one_machine_enough"] and any("training run peaks" in r for r in p_budget["why_cluster"])
+    # a run whose ranking stage was skipped (no frames) is no point of the stage's line
+    skipped = {**grown, "training_history": [{**run1, "ranking_frame_bytes": 0}, run2]}
+    t_skip = project(skipped, users=e, events=e)["training"]["als"]
+    assert "fitted on 2 training runs" in t_skip["memory_basis"] and t_skip["ranking_stage"]["basis"].startswith("one size")
     close = {**m1, "training_history": [run1, {**run2, "events": int(run1["events"] * 1.2)}]}
     assert "memory_basis" not in project(close, events="2x")["training"]["als"]

@@ -250,7 +250,7 @@ def _history_then(history: list[dict[str, Any]], events_then: float, rt: dict[st
     out: dict[str, Any] = {"refit_peak_rss_bytes": _fit_line(ev, [float(p["peak_rss_bytes"]) for p in history], events_then),
                            "basis": f"lines in events fitted on {len(ev)} training runs of this store "
                                     f"({min(ev):,.0f} to {max(ev):,.0f} events)"}
-    staged = [p for p in history if p.get("ranking_peak_rss_bytes")]
+    staged = [p for p in history if p.get("ranking_peak_rss_bytes") and p.get("ranking_frame_bytes")]  # runs whose stage learned (a skipped stage holds no frames)
     sev = [float(p["events"]) for p in staged]
     if rt and len(sev) >= 2 and max(sev) >= HISTORY_SPAN * min(sev):
         q_scale = _queries_scale(rt["learn_queries"], rt["max_queries"], e)
