@@ -40,18 +40,22 @@ def log(msg: str) -> None:
 
 
 def build(d: Path, users: int, items: int, events: int) -> tuple[Settings, float]:
+    """Generate the store here, train it as a shop does: `scalerec train` in its own process (so its
+    peak memory is a real training process's, not this one's after generating the data)."""
+    import subprocess
+
     from scalerec.data.store import DataStore
     from scalerec.datasets.synth import generate_store
-    from scalerec.training.pipeline import TrainOptions, train
 
     settings = Settings(data={"dir": d})
     if not (d / "models").is_dir() or not any((d / "models").iterdir()):
         shutil.rmtree(d, ignore_errors=True)
         with DataStore.open(settings) as store:
             generate_store(store, n_users=users, n_items=items, n_events=events, seed=7, days=90)
-            t = time.perf_counter()
-            train(settings, TrainOptions(models=["als"], trials=1), store=store)
-            return settings, time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "scalerec", "--data-dir", str(d), "train", "--models", "als", "--trials", "1",
+                        "--json"], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return settings, time.perf_counter() - t
     return settings, float("nan")
 
 
@@ -124,15 +128,22 @@ def throughput(settings: Settings, users: int, seconds: int, rounds: int) -> dic
     finally:
         for proc in procs.values():
             stop(proc)
+    from scalerec.evaluation.stats import bootstrap_ci
+
     ratios = [a / b for a, b in zip(out["on"], out["off"])]
     cpu_ratios = [a / b for a, b in zip(cpu_us["on"], cpu_us["off"])]
+    # the primary figure: server CPU per request (from /proc, so the machine's other load does not
+    # count), the geometric mean of the pairs' on/off ratios with its 95% bootstrap interval over pairs
+    gm, lo, hi = (float(np.exp(v)) for v in bootstrap_ci(np.log(cpu_ratios), confidence=0.95, n_boot=10_000, seed=0))
     off, on = float(np.median(out["off"])), float(np.median(out["on"]))
     q1, q3 = (float(x) for x in np.percentile(ratios, [25, 75]))
     return {"rps_off": out["off"], "rps_on": out["on"], "p99_off_ms": p99["off"], "p99_on_ms": p99["on"],
             "median_off": off, "median_on": on, "pair_ratios": ratios, "ratio_on_off": float(np.median(ratios)),
             "ratio_iqr": [q1, q3], "cpu_us_off": cpu_us["off"], "cpu_us_on": cpu_us["on"], "cpu_pair_ratios": cpu_ratios,
             "cpu_ratio_on_off": float(np.median(cpu_ratios)),
-            "cpu_ratio_iqr": [float(x) for x in np.percentile(cpu_ratios, [25, 75])]}
+            "cpu_ratio_iqr": [float(x) for x in np.percentile(cpu_ratios, [25, 75])],
+            "cpu_ratio_geomean": gm, "cpu_ratio_ci95": [lo, hi], "pairs": len(cpu_ratios),
+            "goal_met": bool(hi <= 1.05), "goal_excluded": bool(lo > 1.05)}
 
 
 def fake_history(settings: Settings, days: int = 30) -> int:
@@ -210,24 +221,48 @@ def dashboard(settings: Settings) -> dict:
 
 
 def capacity(small: Settings, root: Path, users: int, items: int, events: int, factor: float) -> dict:
-    """Project from the small store (its training time from the power law fitted on refits over
-    1/4, 1/2 and all of its users, in CPU seconds), build the big one, and measure it the same way
-    (one refit of all its users, CPU seconds; request costs the median of interleaved rounds)."""
-    from scalerec.monitoring.capacity import measure, project, training_calibration
+    """Project from the small store with `scalerec capacity --calibrate` (its training time from the
+    power law fitted on refits over 1/4, 1/2 and all of its users, in CPU seconds), build the big
+    one, and measure it the same way (one refit of all its users, CPU seconds; request costs the
+    median of interleaved rounds; training memory as its own `scalerec train` process recorded)."""
+    import json
+    import subprocess
+
+    from scalerec.monitoring.capacity import project, training_calibration, training_peak_rss
     from scalerec.registry import Registry
 
-    m1 = measure(small, calibrate=True)
+    def cli_capacity(s: Settings, *flags: str) -> dict:
+        # `scalerec capacity` in its own process, as a shop runs it: its baseline memory is a bare process's
+        out = subprocess.run([sys.executable, "-m", "scalerec", "--data-dir", str(s.data.dir), "capacity", "--json", *flags],
+                             check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return json.loads(out.stdout)
+
+    # a growing shop's training history: the same generator at a fifth of the size, trained the same
+    # way, its run appended to this store's runs (once): the training-memory lines are fitted on both
+    from scalerec.monitoring.paths import training_runs
+
+    earlier, _ = build(root / "earlier", users // 5, items, events // 5)
+    runs = training_runs(small)
+    mine = runs.read_text(encoding="utf-8")
+    theirs = [ln for ln in training_runs(earlier).read_text(encoding="utf-8").splitlines(keepends=True)
+              if '"status": "registered"' in ln]
+    if theirs and theirs[-1] not in mine:
+        runs.write_text(theirs[-1] + mine, encoding="utf-8")
+    f = f"{factor:g}x"
+    first = cli_capacity(small, "--calibrate", "--users", f, "--events", f, "--peak-rps", "100")
+    m1, proj = first["measured"], first["projection"]
     cal = m1["training_calibration"]
     log(f"calibration: {[(p['cells'], round(p['cpu_seconds'], 2)) for p in cal['points']]}, exponent {cal['exponent']:.3f}")
-    proj = project(m1, users=factor, events=factor, peak_rps=100)
     linear = project({**m1, "training_calibration": None}, users=factor, events=factor, peak_rps=100)
     log(f"building the {factor:g}x store ({int(events * factor):,} events)")
-    big, _ = build(root / "big", int(users * factor), items, int(events * factor))
-    m2 = measure(big)
+    big, _ = build(root / f"big{factor:g}", int(users * factor), items, int(events * factor))
+    m2 = cli_capacity(big)["measured"]
     reg = Registry(big)
     prod = reg.production()
     man = prod.typed_manifest()
     full = training_calibration(reg.load(prod.version), man.family, dict(man.params), fractions=(1.0,))
+    tr = proj["training"][m1["model"]["family"]]
+    stage = tr.get("ranking_stage") or {}
     rows = {
         "disk (log + model) bytes": (proj["disk_bytes"], m2["data"]["log_bytes"] + m2["model"]["total_bytes"]),
         "model memory bytes (ranking bundle included)": (proj["model_bytes"], m2["model"]["total_bytes"]),
@@ -235,20 +270,23 @@ def capacity(small: Settings, root: Path, users: int, items: int, events: int, f
         "training refit CPU s (fitted power law)": (proj["training_seconds"], full["cpu_seconds"]),
         "training refit wall s (old rule: linear from one refit; both under the machine's load)": (
             linear["training_seconds"], m2["model"]["fit_seconds"]),
-        "training peak RSS bytes": (proj["training"]["als"]["peak_rss_bytes"], m2["model"]["peak_rss_bytes"]),
+        "training peak RSS bytes (the run: refit or ranking stage)": (tr["peak_rss_bytes"], training_peak_rss(m2["model"], m2["ranking"])),
+        "  refit peak RSS bytes": (tr["refit_peak_rss_bytes"], m2["model"]["peak_rss_bytes"]),
+        "  ranking stage peak RSS bytes": (stage.get("peak_rss_bytes"), (m2["ranking"].get("training") or {}).get("peak_rss_bytes")),
         "CPU per request (model, rerank included) us": (m1["requests_cpu_us"]["model"], m2["requests_cpu_us"]["model"]),
         "rerank CPU per request us": (m1["ranking"].get("rerank_cpu_us"), m2["ranking"].get("rerank_cpu_us")),
     }
     return {"factor": factor, "rows": {k: {"projected": a, "measured": b, "ratio": a / b if a is not None and b else None}
                                        for k, (a, b) in rows.items()},
             "calibration": cal, "ranking": [m1["ranking"]["status"], m2["ranking"]["status"]], "notes": proj["notes"],
+            "ranking_training": [m1["ranking"].get("training"), m2["ranking"].get("training")], "baseline_rss_bytes": m1["baseline_rss_bytes"],
             "small": {"events": m1["data"]["events"], "users": m1["data"]["users"]},
             "big": {"events": m2["data"]["events"], "users": m2["data"]["users"]}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=Path("bench-monitoring"))
+    ap.add_argument("--data-dir", type=Path, default=Path("bench/work/monitoring"))
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--items", type=int, default=2_000)
     ap.add_argument("--events", type=int, default=200_000)
@@ -283,7 +321,11 @@ def main() -> None:
         print(f"server CPU-us per request off: {', '.join(f'{x:,.0f}' for x in t['cpu_us_off'])}")
         print(f"server CPU-us per request on:  {', '.join(f'{x:,.0f}' for x in t['cpu_us_on'])}")
         print(f"on/off server CPU per request, median of the pairs: {t['cpu_ratio_on_off']:.3f} "
-              f"(interquartile {t['cpu_ratio_iqr'][0]:.3f}-{t['cpu_ratio_iqr'][1]:.3f})\n")
+              f"(interquartile {t['cpu_ratio_iqr'][0]:.3f}-{t['cpu_ratio_iqr'][1]:.3f})")
+        verdict = "met" if t["goal_met"] else ("not met" if t["goal_excluded"] else "undecided (the interval straddles 1.05)")
+        print(f"PRIMARY: on/off server CPU per request, geometric mean of {t['pairs']} pairs: {t['cpu_ratio_geomean']:.3f} "
+              f"(95% bootstrap interval {t['cpu_ratio_ci95'][0]:.3f}-{t['cpu_ratio_ci95'][1]:.3f}); goal <= 1.05 "
+              f"(<= 5% fewer requests per CPU-second): {verdict}\n")
     if "dashboard" in rec:
         d = rec["dashboard"]
         print(f"dashboard, {d['samples']:,} samples (30 days at one a minute): data built on the server {d['server_data_s']:.3f} s, "

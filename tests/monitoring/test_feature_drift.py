@@ -40,7 +40,7 @@ def _last_day(store: DataStore) -> dt.date:
     return store.log.partitions()[-1][0]
 
 
-def _served(settings: Settings, days: list[dt.date], weather_of_day, n: int = 400, seed: int = 0) -> None:
+def _served(settings: Settings, days: list[dt.date], weather_of_day, n: int = 400, seed: int = 0, key: str = "weather") -> None:
     """Served lists with a request context, written by the real recommendation log."""
     rng = np.random.default_rng(seed)
     log = RecommendationLog(Path(settings.data.dir) / "logs")
@@ -48,7 +48,7 @@ def _served(settings: Settings, days: list[dt.date], weather_of_day, n: int = 40
         start = dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp()
         for k, w in enumerate(weather_of_day(day, rng, n)):
             log.add({"recommendation_id": f"{day}-{k}", "at": start + 86_000.0 * k / n, "kind": "user", "user_id": f"u{k}",
-                     "model_version": "v1", "strategy": "model", "items": ["i000001"], "context": {"weather": str(w)}})
+                     "model_version": "v1", "strategy": "model", "items": ["i000001"], "context": {key: str(w)}})
     log.flush()
 
 
@@ -97,3 +97,68 @@ def test_a_shifted_day_is_flagged_on_its_features(shop: Path, tmp_path: Path) ->
     assert "Paris 100.0%" in loc["detail"]
     weather = next(c for c in report["checks"] if c["check"] == "feature:request.weather")
     assert "snow 100.0%" in weather["detail"]
+
+
+def _temps(mean: float):
+    return lambda day, rng, n: [round(float(t), 1) for t in rng.normal(mean, 5.0, n)]
+
+
+def test_a_numeric_context_is_compared_by_quantile_bins(shop: Path, tmp_path: Path) -> None:
+    """A temperature sent as context has hundreds of distinct values: compared by the baseline's
+    quantile bins (not its 50 most common values), quiet when it is stable, flagged when warmer."""
+    import re
+
+    settings = _copy(shop, tmp_path)
+    with DataStore.open(settings) as store:
+        last = _last_day(store)
+        for k in range(1, 30):
+            _served(settings, [last - dt.timedelta(days=k)], _temps(15.0), seed=k, key="temp_c")
+        _served(settings, [last], _temps(15.0), seed=0, key="temp_c")
+        for back in range(0, 3):
+            report = drift_report(store, settings, day=last - dt.timedelta(days=back))
+            temp = next(c for c in report["checks"] if c["check"] == "feature:request.temp_c")
+            assert not temp["drifted"], temp
+            assert re.match(r"q\d+ \[", temp["detail"].split("most moved: ")[1]), temp["detail"]
+    warm = _copy(shop, tmp_path / "warm")
+    with DataStore.open(warm) as store:
+        for k in range(1, 30):
+            _served(warm, [last - dt.timedelta(days=k)], _temps(15.0), seed=k, key="temp_c")
+        _served(warm, [last], _temps(25.0), seed=0, key="temp_c")
+        report = drift_report(store, warm, day=last)
+    temp = next(c for c in report["checks"] if c["check"] == "feature:request.temp_c")
+    assert temp["drifted"] and temp["score"] > 1
+    top = temp["detail"].split("most moved: ")[1].split(", ")[0]
+    assert top.startswith("q10 [") and ", inf) " in temp["detail"], temp["detail"]  # the warmest bin gained most
+
+
+def test_user_attributes_are_judged_as_of_the_day_the_monitor_froze(shop: Path, tmp_path: Path) -> None:
+    """The catalogue keeps users' current attributes only: once the monitor has frozen a day's
+    counts, a later move of those users to another city does not make that day drift; judged on
+    the current attributes (nothing frozen) it does."""
+    from scalerec.monitoring.feature_drift import read_user_snapshots
+
+    def moved(settings: Settings, day: dt.date) -> None:
+        with DataStore.open(settings) as store:
+            active = pl_users(store, day)
+            store.catalog.upsert_users(pa.Table.from_pylist(
+                [{"user_id": u, "attributes": [("location", "Paris")]} for u in active], schema=USER_SCHEMA))
+
+    def pl_users(store: DataStore, day: dt.date) -> list[str]:
+        return sorted({r["user_id"] for batch in store.events(columns=["user_id", "timestamp"])
+                       for r in batch.to_pylist() if r["user_id"] and r["timestamp"].date() == day})
+
+    frozen, current = _copy(shop, tmp_path / "frozen"), _copy(shop, tmp_path / "current")
+    with DataStore.open(frozen) as store:
+        day = _last_day(store)
+        for back in range(4, -1, -1):  # the monitor's daily rounds, each freezing the day just closed
+            drift_report(store, frozen, day=day - dt.timedelta(days=back), freeze_day=day - dt.timedelta(days=back))
+        snap = read_user_snapshots(store)
+    assert set(snap) == {day - dt.timedelta(days=k) for k in range(5)} and snap[day]["user.location"]
+    for settings in (frozen, current):
+        moved(settings, day)
+    with DataStore.open(frozen) as store:
+        as_of = next(c for c in drift_report(store, frozen, day=day)["checks"] if c["check"] == "feature:user.location")
+    with DataStore.open(current) as store:
+        now = next(c for c in drift_report(store, current, day=day)["checks"] if c["check"] == "feature:user.location")
+    assert not as_of["drifted"], as_of
+    assert now["drifted"] and "Paris 100.0%" in now["detail"], now

@@ -192,6 +192,11 @@ def capacity_cmd(
         what = f"{rk['status']}: bundle {gib(rk['total_bytes'])}" + (
             f", rerank {rk['rerank_cpu_us']:,.0f} µs per personal list" if rk.get("rerank_cpu_us") is not None else "")
         t.add_row("ranking stage", what)
+    from scalerec.monitoring.capacity import training_peak_rss
+
+    peak = training_peak_rss(m.get("model"), rk)
+    if peak:
+        t.add_row("training peak memory", gib(peak) + (" (the ranking stage's)" if (rk or {}).get("training", {}).get("peak_rss_bytes") == peak else " (the refit's)"))
     console.print(t)
     p = proj
     f = p["factors"]
@@ -206,6 +211,9 @@ def capacity_cmd(
     if p["training_seconds"] is not None:
         fam = (m.get("model") or {}).get("family")
         t.add_row("training (refit)", f"{p['training_seconds']:,.0f} s ({(p['training'].get(fam) or {}).get('basis', '')})")
+    fam_tr = p["training"].get((m.get("model") or {}).get("family") or "") or {}
+    if fam_tr.get("peak_rss_bytes"):
+        t.add_row("training peak memory", gib(fam_tr["peak_rss_bytes"]) + f" ({fam_tr.get('memory_basis') or 'one size'})")
     if p["ranking"]["status"] == "active":
         t.add_row("  of the model, the ranking bundle", gib(p["ranking"]["bytes"]))
     t.add_row("one machine enough", "yes" if p["one_machine_enough"] else "no: " + "; ".join(p["why_cluster"]) + " -> use the Ray cluster")

@@ -30,8 +30,12 @@ ASSUMPTIONS = [
     "c x cells^a fitted on refits over 1/4, 1/2 and all users of this store (the slope a measured, not assumed); "
     "without, ALS/BPR/item-kNN/RP3beta/popular time grows linearly with events and EASE with items cubed "
     "(its Gram inverse) plus events",
-    "training memory: the refit's peak above a bare process (this one's resident memory when it starts measuring) "
-    "grows like the model's bytes",
+    "training memory: the run's peak is the larger of the refit's and the ranking stage's (both recorded by "
+    "`scalerec train`); the stage's queries x candidates x features frames (measured bytes) grow with the learning "
+    "queries and stop at [ranking] max_queries. With training runs of this store at two or more sizes (its "
+    "training history, events 1.5x apart or more), each peak less the frames is a line in events fitted on them; "
+    "with one size, each peak above a bare process (this one's resident memory when it starts measuring) grows "
+    "like the model's bytes (the refit) or with events (the stage), which overstates it where a share is fixed",
     "CPU per request: fixed per strategy as users and events grow (measured here: the median of 5 interleaved "
     "rounds); workers = ceil(peak rps x CPU-s per request / 0.6), a worker kept below 60% busy so the latency "
     "tail stays flat",
@@ -39,7 +43,8 @@ ASSUMPTIONS = [
     "matrices scaling with users, items or cells like the model's; its rerank CPU is in the personal lists' cost "
     "(measured apart as the difference with the stage off). A store below [ranking] min_queries has no bundle: "
     "the projection says so, and the stage's bytes and CPU appear only once it is active (measure again then)",
-    "one machine is enough while workers <= its cores, memory <= its budget and a retraining fits in the "
+    "one machine is enough while workers <= its cores, serving memory and a training run's peak <= its memory "
+    "budget and a retraining fits in the "
     "retraining period; beyond that, the Ray cluster (`--cluster`) takes over",
 ]
 TARGET_UTILISATION = 0.6
@@ -181,8 +186,78 @@ def _ranking(prod: Any, man: Any, n_users: int, n_items: int) -> dict[str, Any]:
     section = dict((man.extra or {}).get("ranking") or {})
     root = Path(prod.path) / "ranking"
     parts = model_bytes(root, n_users, n_items) if root.is_dir() else {}
-    return {"status": section.get("status") or "absent", "reason": section.get("reason"),
-            "bytes": parts, "total_bytes": sum(parts.values())}
+    out = {"status": section.get("status") or "absent", "reason": section.get("reason"),
+           "bytes": parts, "total_bytes": sum(parts.values())}
+    if section.get("peak_rss_bytes"):  # the stage's training memory (versions trained before it was recorded: absent)
+        out["training"] = {"rss_start_bytes": int(section["rss_start_bytes"]), "peak_rss_bytes": int(section["peak_rss_bytes"]),
+                           "frame_bytes": int(section.get("frame_bytes") or 0),
+                           "learn_queries": int((section.get("queries") or {}).get("learn") or 0),
+                           "max_queries": int((section.get("settings") or {}).get("max_queries") or 0)}
+    return out
+
+
+def training_peak_rss(model: dict[str, Any] | None, ranking: dict[str, Any] | None) -> int | None:
+    """The training run's peak resident memory: the refit's or the ranking stage's, whichever is higher."""
+    peaks = [x for x in ((model or {}).get("peak_rss_bytes"), ((ranking or {}).get("training") or {}).get("peak_rss_bytes")) if x]
+    return int(max(peaks)) if peaks else None
+
+
+def _queries_scale(q: int, cap: int, e: float) -> float:
+    """How the ranker's learning queries grow at ``e`` x events: with them, up to ``cap``."""
+    return 1.0 if not q or (cap and q >= cap) else min(e, cap / q) if cap else e
+
+
+def _ranking_training_then(rt: dict[str, Any], fixed_cap: int, e: float) -> dict[str, float]:
+    """The ranking stage's training peak at ``e`` x events from one size (ASSUMPTIONS: training memory)."""
+    start, peak, frame = rt["rss_start_bytes"], rt["peak_rss_bytes"], rt["frame_bytes"]
+    fixed = min(start, fixed_cap)
+    q_scale = _queries_scale(rt["learn_queries"], rt["max_queries"], e)
+    rest = max(0, peak - start - frame)
+    return {"peak_rss_bytes": fixed + (start - fixed) * e + rest * e + frame * q_scale,
+            "frame_bytes": frame * q_scale, "queries_scale": q_scale, "basis": "one size: grown with events"}
+
+
+#: Training runs must span this ratio of event counts before a line is fitted on them.
+HISTORY_SPAN = 1.5
+
+
+def training_history(settings: Any, family: str | None) -> list[dict[str, Any]]:
+    """This store's registered training runs of ``family`` with their memory figures (newest per event count)."""
+    from scalerec.monitoring.training import read_runs
+
+    points: dict[int, dict[str, Any]] = {}
+    for r in read_runs(settings):
+        if r.get("status") == "registered" and r.get("family") == family and r.get("events") and r.get("peak_rss_bytes"):
+            points[int(r["events"])] = {k: r.get(k) for k in ("events", "peak_rss_bytes", "ranking_peak_rss_bytes",
+                                                              "ranking_frame_bytes", "ranking_learn_queries")}
+    return [points[k] for k in sorted(points)]
+
+
+def _fit_line(xs: list[float], ys: list[float], x: float) -> float:
+    """A least-squares line through (xs, ys) at ``x``, its slope at least 0 (memory does not shrink as data grows)."""
+    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    if b < 0:
+        b, a = 0.0, float(np.mean(ys))
+    return float(a + b * x)
+
+
+def _history_then(history: list[dict[str, Any]], events_then: float, rt: dict[str, Any] | None,
+                  e: float) -> dict[str, Any] | None:
+    """Training peaks at ``events_then`` from lines fitted on this store's runs, or None without two sizes."""
+    ev = [float(p["events"]) for p in history]
+    if len(ev) < 2 or max(ev) < HISTORY_SPAN * min(ev):
+        return None
+    out: dict[str, Any] = {"refit_peak_rss_bytes": _fit_line(ev, [float(p["peak_rss_bytes"]) for p in history], events_then),
+                           "basis": f"lines in events fitted on {len(ev)} training runs of this store "
+                                    f"({min(ev):,.0f} to {max(ev):,.0f} events)"}
+    staged = [p for p in history if p.get("ranking_peak_rss_bytes") and p.get("ranking_frame_bytes")]  # runs whose stage learned (a skipped stage holds no frames)
+    sev = [float(p["events"]) for p in staged]
+    if rt and len(sev) >= 2 and max(sev) >= HISTORY_SPAN * min(sev):
+        q_scale = _queries_scale(rt["learn_queries"], rt["max_queries"], e)
+        frame = rt["frame_bytes"] * q_scale
+        rest = _fit_line(sev, [float(p["ranking_peak_rss_bytes"] - (p.get("ranking_frame_bytes") or 0)) for p in staged], events_then)
+        out["ranking_stage"] = {"peak_rss_bytes": rest + frame, "frame_bytes": frame, "queries_scale": q_scale, "basis": out["basis"]}
+    return out
 
 
 def measure(settings: Any, *, store: Any = None, time_requests: bool = True, calibrate: bool = False) -> dict[str, Any]:
@@ -228,6 +303,7 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True, cal
                             "events": man.event_count, "bytes": parts, "total_bytes": sum(parts.values()),
                             "peak_rss_bytes": man.peak_rss_bytes, "fit_seconds": man.fit_seconds}
             out["ranking"] = _ranking(prod, man, n_users, n_items)
+            out["training_history"] = training_history(settings, prod.family)
             if calibrate:
                 out["training_calibration"] = training_calibration(registry.load(prod.version), man.family, dict(man.params))
             if time_requests:
@@ -302,12 +378,24 @@ def project(
     per_worker = max(0, rss - model_now)
     memory_then = model_then + workers * per_worker
     training = {}
+    rk = measured.get("ranking") or {}
     for fam, tr in (measured.get("training") or {}).items():
         secs = tr["fit_seconds"] * e * (i**3 if fam == "ease" else 1.0)
         peak = tr.get("peak_rss_bytes") or 0
         fixed = min(peak, measured.get("baseline_rss_bytes") or 0)
+        refit = fixed + (peak - fixed) * (model_then / model_now if model_now else e)
         training[fam] = {"seconds": secs, "basis": "linear in events from the last refit",
-                         "peak_rss_bytes": fixed + (peak - fixed) * (model_then / model_now if model_now else e)}
+                         "peak_rss_bytes": refit, "refit_peak_rss_bytes": refit}
+        if fam != model.get("family"):
+            continue
+        fitted = _history_then(measured.get("training_history") or [], (model.get("events") or 0) * e, rk.get("training"), e)
+        if fitted:  # the store's own runs at several sizes: lines, not the one-size rule
+            refit = fitted["refit_peak_rss_bytes"]
+            training[fam].update(refit_peak_rss_bytes=refit, peak_rss_bytes=refit, memory_basis=fitted["basis"])
+        if rk.get("training"):  # the served version's ranking stage, trained with it
+            stage = (fitted or {}).get("ranking_stage") or _ranking_training_then(rk["training"], measured.get("baseline_rss_bytes") or 0, e)
+            training[fam]["ranking_stage"] = stage
+            training[fam]["peak_rss_bytes"] = max(refit, stage["peak_rss_bytes"])
     cal = measured.get("training_calibration")
     if cal:
         cpu_then = cal["coefficient"] * (cal["cells"] * e) ** cal["exponent"]
@@ -318,7 +406,6 @@ def project(
                   "(model fit CPU seconds; the matrix build, linear in events, not included)")
     fam = model.get("family")
     train_s = training.get(fam, {}).get("seconds") if fam else None
-    rk = measured.get("ranking") or {}
     ranking = {"status": rk.get("status", "absent"), "reason": rk.get("reason"),
                "bytes": sum((rk.get("bytes") or {}).get(k, 0) * f for k, f in scale.items()),
                "rerank_cpu_us": rk.get("rerank_cpu_us")}
@@ -326,12 +413,19 @@ def project(
     if ranking["status"] != "active":
         notes.append(f"the ranking stage is {ranking['status']} on this store ({ranking['reason'] or 'no bundle'}): "
                      "its bundle and rerank CPU are not in this projection; measure again once it is active")
+    elif not rk.get("training"):
+        notes.append("the served version has no record of its ranking stage's training memory (trained before it was "
+                     "recorded): the training peak counts the refit only; retrain to include it")
     reasons = []
     cpus = machine["cpus"]
     if workers > cpus:
         reasons.append(f"{workers} workers needed, this machine has {cpus} cores")
     if memory_then > machine["memory_budget_bytes"]:
         reasons.append(f"memory {memory_then / 2**30:.2f} GiB over the budget of {machine['memory_budget_bytes'] / 2**30:.2f} GiB")
+    train_peak = training.get(fam, {}).get("peak_rss_bytes") if fam else None
+    if train_peak and train_peak > machine["memory_budget_bytes"]:
+        reasons.append(f"a training run peaks at {train_peak / 2**30:.2f} GiB, over the memory budget of "
+                       f"{machine['memory_budget_bytes'] / 2**30:.2f} GiB")
     if train_s is not None and train_s > retrain_period_hours * 3600:
         reasons.append(f"a retraining takes {train_s / 3600:.1f} h, longer than the {retrain_period_hours:g} h period")
     return {
@@ -345,6 +439,7 @@ def project(
         "log_bytes": data["log_bytes"] * e,
         "training": training,
         "training_seconds": train_s,
+        "training_peak_rss_bytes": train_peak,
         "ranking": ranking,
         "notes": notes,
         "one_machine_enough": not reasons,

@@ -28,13 +28,16 @@ JS_FLOOR = 0.05
 REL_FLOOR = 0.25
 TOP_ITEMS = 5000
 TOP_CONTEXT_VALUES = 50
+#: A numeric value (every value parses as a number, more distinct ones than this) is compared by
+#: the baseline days' quantile bins, not by its most common values.
+QUANTILE_BINS = 10
 
 
 def _files(store: Any) -> list[str]:
     return [str(p) for p in store.log.files()]
 
 
-def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None) -> dict[str, Any]:
+def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None, freeze: dt.date | None = None) -> dict[str, Any]:
     """Per-day aggregates of the whole log (plus pending events) and its feature distributions, vectorised in DuckDB."""
     import duckdb
 
@@ -73,7 +76,7 @@ def _aggregate(store: Any, threads: int = 2, since: dt.date | None = None) -> di
             "WITH kv AS (SELECT day, unnest(map_keys(context)) AS k, unnest(map_values(context)) AS v FROM ev "
             "WHERE context IS NOT NULL) SELECT day, k, v, count(*) FROM kv GROUP BY ALL"
         )
-        features = feature_drift.aggregate(con, store, since) if days else {}
+        features = feature_drift.aggregate(con, store, since, freeze) if days else {}
     finally:
         con.close()
     return {"days": days, "types": types, "items": items, "new_users": new_users, "new_items": new_items, "context": context,
@@ -99,6 +102,34 @@ def _pivot(rows: list[tuple], days: list[dt.date], *, top: int | None = None) ->
             k = str(k)
             m[row[d], col[k if k in keep else "\x00other"]] += n
     return m, keys
+
+
+def _numeric_bins(rows: list[tuple], days: list[dt.date]) -> list[tuple] | None:
+    """(day, value, count) rows of a numeric value -> (day, bin, count) over the baseline days' (all
+    but the last) quantiles; None when a value is not a number or there are too few distinct ones."""
+    try:
+        vals = np.array([float(v) for _, v, _ in rows])
+    except (TypeError, ValueError):
+        return None
+    if np.unique(vals).size <= QUANTILE_BINS or not np.isfinite(vals).all():
+        return None
+    counts = np.array([n for _, _, n in rows], float)
+    base = np.isin(np.array([d for d, _, _ in rows], dtype=object), np.array(days[:-1], dtype=object))
+    if not base.any():
+        return None
+    order = np.argsort(vals[base])
+    v, c = vals[base][order], np.cumsum(counts[base][order])
+    edges = np.unique(v[np.searchsorted(c, c[-1] * np.arange(1, QUANTILE_BINS) / QUANTILE_BINS)])
+    bins = np.searchsorted(edges, vals, side="right")
+    bounds = [-np.inf, *edges, np.inf]
+    label = [f"q{j + 1} [{bounds[j]:g}, {bounds[j + 1]:g})" for j in range(len(edges) + 1)]
+    return [(d, label[b], n) for (d, _, n), b in zip(rows, bins)]
+
+
+def _pivot_values(rows: list[tuple], days: list[dt.date]) -> tuple[np.ndarray, list[str]]:
+    """A value distribution's days x values matrix: numeric values by quantile bins, others by their most common values."""
+    binned = _numeric_bins(rows, days)
+    return _pivot(binned, days) if binned is not None else _pivot(rows, days, top=TOP_CONTEXT_VALUES)
 
 
 def _js(p: np.ndarray, q: np.ndarray) -> float:
@@ -143,11 +174,13 @@ def _level_check(name: str, values: np.ndarray, detail: str) -> dict[str, Any]:
 
 
 def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None, threads: int = 2,
-                 now: float | None = None) -> dict[str, Any]:
+                 now: float | None = None, freeze_day: dt.date | None = None) -> dict[str, Any]:
     """Every check for ``day`` (default: the last complete UTC day with events) against the
     ``[monitoring] baseline_days`` before it; days with fewer than ``drift_min_events`` events are
     left out of the baseline, and a day below it is reported as not judged. ``threads``: DuckDB's
-    (the server passes 1, leaving the other cores to requests).
+    (the server passes 1, leaving the other cores to requests). ``freeze_day``: record that day's
+    active users' attribute counts as the store has them now (the monitor, once the day closes), so
+    later reports judge it on the attributes of then, not on the users' current ones.
 
     Three groups of checks, each with its score (largest statistic over its threshold, >1 =
     flagged) in ``scores`` and its own alert rule: ``data`` (the log: event mix, popularity, new
@@ -160,7 +193,7 @@ def drift_report(store: Any, settings: Any, *, day: dt.date | str | None = None,
         day = dt.date.fromisoformat(day)
     # the served lists' log is read from the window's first day on (the default day is at most today)
     last = day if day is not None else dt.datetime.now(dt.timezone.utc).date()
-    agg = _aggregate(store, threads, since=last - dt.timedelta(days=mon.baseline_days))
+    agg = _aggregate(store, threads, since=last - dt.timedelta(days=mon.baseline_days), freeze=freeze_day)
     counts = {d: (n, u) for d, n, u in agg["days"]}
     if not counts:
         return {"day": None, "judged": False, "drifted": False, "score": 0.0, "checks": [], "reason": "no events",
@@ -213,7 +246,7 @@ def _data_checks(agg: dict[str, Any], counts: dict[dt.date, tuple[int, int]], da
     for d, k, v, n in agg["context"]:
         by_key.setdefault(str(k), []).append((d, v, n))
     for k in sorted(by_key, key=lambda k: -sum(r[2] for r in by_key[k]))[:10]:
-        m, keys = _pivot(by_key[k], days, top=TOP_CONTEXT_VALUES)
+        m, keys = _pivot_values(by_key[k], days)
         if m[-1].sum() and m[:-1].sum():
             checks.append(_distribution_check(f"context:{k}", m, keys, f"values of context key {k!r}"))
     for c in checks:
@@ -225,7 +258,7 @@ def _feature_checks(rows: dict[str, list[tuple]], days: list[dt.date]) -> list[d
     """One Jensen-Shannon check per feature distribution whose day and baseline both have values."""
     out = []
     for name in sorted(rows):
-        m, keys = _pivot(rows[name], days, top=TOP_CONTEXT_VALUES)
+        m, keys = _pivot_values(rows[name], days)
         if m.size and m[-1].sum() and m[:-1].sum():
             c = _distribution_check(f"feature:{name}", m, keys, f"distribution of {name}")
             c["group"] = "feature"

@@ -4,7 +4,9 @@ baseline days (judged like every drift check, see :mod:`scalerec.monitoring.drif
 - **item attributes** of the day's events: the item's primary category, its price band (the
   catalogue's own price quintiles, fixed across days) and the values of the most used keys of
   ``attributes``;
-- **user attributes** of the day's active users (each user once a day): the most used keys;
+- **user attributes** of the day's active users (each user once a day): the most used keys, as they
+  were when the day closed where the monitor froze that day (``user_attributes_daily.jsonl``),
+  else the users' current attributes;
 - **request context**: the ``context`` sent with recommendation requests (``weather``, ``device``,
   ...), read from the recommendation log (``<data_dir>/logs/recommendations-*.jsonl``), one count
   per served list.
@@ -15,6 +17,7 @@ One DuckDB pass each, on the connection that already holds the day-stamped event
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -49,9 +52,48 @@ def _reclog_files(store: Any, since: dt.date | None) -> list[str]:
     return out
 
 
-def aggregate(con: Any, store: Any, since: dt.date | None = None) -> dict[str, list[tuple]]:
+#: The day's active users' attribute counts as they were when the day closed, one JSON line per day
+#: (``<data_dir>/monitoring/``): the catalogue keeps only users' current attributes.
+USER_SNAPSHOTS = "user_attributes_daily.jsonl"
+
+
+def _snapshots(store: Any) -> Path:
+    return Path(store.dir) / "monitoring" / USER_SNAPSHOTS
+
+
+def read_user_snapshots(store: Any) -> dict[dt.date, dict[str, list[tuple[str, int]]]]:
+    """day -> feature -> (value, count) of the frozen days."""
+    path = _snapshots(store)
+    out: dict[dt.date, dict[str, list[tuple[str, int]]]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            out[dt.date.fromisoformat(rec["day"])] = {f: [(str(v), int(n)) for v, n in vals] for f, vals in rec["features"].items()}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _freeze(store: Any, rows: dict[str, list[tuple]], day: dt.date, frozen: dict[dt.date, Any]) -> None:
+    """Append ``day``'s user attribute counts (computed now, from the attributes the store has when
+    the day has just closed) unless the day is frozen already."""
+    if day in frozen:
+        return
+    feats = {f: [[str(v), int(n)] for d, v, n in r if d == day] for f, r in rows.items() if f.startswith("user.")}
+    path = _snapshots(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"day": day.isoformat(), "features": feats}) + "\n")
+    frozen[day] = {f: [(v, n) for v, n in vals] for f, vals in feats.items()}
+
+
+def aggregate(con: Any, store: Any, since: dt.date | None = None, freeze: dt.date | None = None) -> dict[str, list[tuple]]:
     """feature -> (day, value, count) rows of every feature distribution, every day (the request
-    context from ``since`` on)."""
+    context from ``since`` on). User attributes: a frozen day's counts as they were when it closed
+    (``freeze``: freeze that day's now, as the server's monitor does once a day), other days from
+    the current attributes."""
     items, users = _catalogue_tables(store)
     con.register("fd_items", items)
     con.register("fd_users", users)
@@ -71,9 +113,15 @@ def aggregate(con: Any, store: Any, since: dt.date | None = None) -> dict[str, l
                 "FROM fd_ev e JOIN fd_items i USING (item_id) GROUP BY ALL")
         rows.update(_attribute_rows(con, "SELECT e.day, i.attributes AS a FROM fd_ev e JOIN fd_items i USING (item_id)", "item"))
     if users.num_rows:
-        rows.update(_attribute_rows(
+        current = _attribute_rows(
             con, "SELECT d.day, u.attributes AS a FROM (SELECT DISTINCT day, user_id FROM fd_ev) d JOIN fd_users u USING (user_id)",
-            "user"))
+            "user")
+        frozen = read_user_snapshots(store)
+        if freeze is not None:
+            _freeze(store, current, freeze, frozen)
+        for f in set(current) | {f for feats in frozen.values() for f in feats}:
+            rows[f] = [r for r in current.get(f, []) if r[0] not in frozen] + [
+                (d, v, n) for d, feats in frozen.items() for v, n in feats.get(f, [])]
     files = _reclog_files(store, since)
     if files:
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)

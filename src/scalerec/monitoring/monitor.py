@@ -171,10 +171,12 @@ class Monitor:
         from scalerec.monitoring.drift import drift_report as compute
 
         current = self.read_drift()
-        yesterday = (dt.datetime.fromtimestamp(now, dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
+        closed = dt.datetime.fromtimestamp(now, dt.timezone.utc).date() - dt.timedelta(days=1)
+        yesterday = closed.isoformat()
         if current is not None and current.get("computed_for") == yesterday:
             return
-        report = compute(self.service.store, self.settings, threads=1)
+        # the day just closed: its users' attributes frozen as the store has them now
+        report = compute(self.service.store, self.settings, threads=1, freeze_day=closed)
         report["computed_for"] = yesterday
         _write_json(drift_report(self.settings), report)
 

@@ -60,10 +60,19 @@ def run_record(result: Any, *, duration_s: float, status: str | None = None) -> 
         "validation": dict(result.validation_metrics or {}),
         "stages": {k.removesuffix("_s"): round(float(v), 4) for k, v in (result.timings or {}).items()},
         "peak_rss_bytes": int(result.peak_rss_bytes or 0),
+        **_ranking_memory(getattr(result, "ranking", None) or {}),
         "trials": trials,
         "events": (result.snapshot or {}).get("event_count"),
         "promoted": bool((result.promotion or {}).get("promoted")),
     }
+
+
+def _ranking_memory(section: dict[str, Any]) -> dict[str, int]:
+    """The ranking stage's training memory (capacity fits the training peak over these runs)."""
+    return {"ranking_peak_rss_bytes": int(section.get("peak_rss_bytes") or 0),
+            "ranking_frame_bytes": int(section.get("frame_bytes") or 0),
+            "ranking_learn_queries": int((section.get("queries") or {}).get("learn") or 0),
+            "ranking_max_queries": int((section.get("settings") or {}).get("max_queries") or 0)}
 
 
 def record_run(settings: Any, record: dict[str, Any]) -> None:
@@ -85,6 +94,9 @@ def record_run(settings: Any, record: dict[str, Any]) -> None:
             g.labels(stage=stage).set(sec)
     if record.get("peak_rss_bytes"):
         Gauge("scalerec_training_peak_rss_bytes", "Peak resident memory of the last run's refit", registry=reg).set(record["peak_rss_bytes"])
+    if record.get("ranking_peak_rss_bytes"):
+        Gauge("scalerec_training_ranking_peak_rss_bytes", "Peak resident memory of the last run's ranking stage",
+              registry=reg).set(record["ranking_peak_rss_bytes"])
     if record.get("family"):
         Gauge("scalerec_training_trials", "Search trials of the last run", registry=reg).set(record.get("trials") or 0)
         Gauge("scalerec_training_chosen_info", "1 for the family and version the last run chose",

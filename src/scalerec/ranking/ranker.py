@@ -553,6 +553,7 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         "windows": {"learn": [_iso(t1), _iso(t2)], "test": [_iso(t2), _iso(end)]},
         "queries": {"learn": len(q1), "test": len(q2)},
         "candidates_per_query": float(cand2.height / max(len(q2), 1)),
+        "frame_bytes": int(x1.nbytes + x2.nbytes + cand1.estimated_size() + cand2.estimated_size()),  # capacity's query-bound memory
         "metric": f"ndcg@{k}",
         "test": {g: {"ranked": ci(ranked_v[m]), "cf": ci(cf_v[m]), "popular": ci(pop_v[m])} for g, m in groups.items()},
         "new_items": new_items,

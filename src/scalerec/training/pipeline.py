@@ -135,7 +135,8 @@ class TrainResult:
 # ---------------------------------------------------------------------------------- measuring
 @contextlib.contextmanager
 def measure_peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, int]]:
-    """Peak resident memory (bytes) of this process during the block, in ``out["peak_rss_bytes"]``.
+    """Peak resident memory (bytes) of this process during the block, in ``out["peak_rss_bytes"]``
+    (and its resident memory when the block starts, in ``out["start_rss_bytes"]``).
 
     A psutil sampler thread records the highest RSS every ``interval_s``; when the block raises
     the process-wide high-water mark (``ru_maxrss``), that exact figure is used instead, so short
@@ -145,6 +146,7 @@ def measure_peak_rss(interval_s: float = 0.02) -> Iterator[dict[str, int]]:
 
     proc = psutil.Process()
     out = {"peak_rss_bytes": int(proc.memory_info().rss)}
+    out["start_rss_bytes"] = out["peak_rss_bytes"]
     stop = threading.Event()
 
     def sample() -> None:
@@ -620,11 +622,13 @@ def train(
         from scalerec.ranking.ranker import train_ranker
 
         _emit(progress, "rank", 0, 1, "features, LambdaRank, gate")
-        ranking = train_ranker(
-            settings, store, snapshot.events, family=best.family, params=best.best_params,
-            user_ids=matrix.user_ids, item_ids=matrix.item_ids, test_start=_held_out_start(split), metric=metric,
-            force=options.force,
-        )
+        with measure_peak_rss() as rank_mem:  # the stage's own peak: capacity projects it apart from the refit's
+            ranking = train_ranker(
+                settings, store, snapshot.events, family=best.family, params=best.best_params,
+                user_ids=matrix.user_ids, item_ids=matrix.item_ids, test_start=_held_out_start(split), metric=metric,
+                force=options.force,
+            )
+        ranking.section.update(rss_start_bytes=rank_mem["start_rss_bytes"], peak_rss_bytes=rank_mem["peak_rss_bytes"])
         _emit(progress, "rank", 1, 1, f"ranking stage {ranking.section['status']}")  # the reason: in the summary
         timings["ranking_s"] = time.perf_counter() - t
         protocol.warnings = list(dict.fromkeys(warnings))
