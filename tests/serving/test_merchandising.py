@@ -429,3 +429,32 @@ def test_lists_without_anything_personal_are_shared_until_the_blocklist_or_catal
     assert a.client.patch(f"/v1/items/{first[1]}", json={"available": False}, headers=a.h("write")).status_code == 200
     later = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-4", n=8)["items"]]
     assert first[1] not in later and later[:6] == first[2:]
+
+
+@pytest.mark.parametrize("spec", [
+    {"boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5},
+                {"name": "toys", "rule": 'category == "toys"', "multiply": 0.5}]},
+    {"boosts": [{"name": "everything-down", "rule": "price > 0", "multiply": 0.5},
+                {"name": "cheap", "rule": "price < 25", "multiply": 1.4}],
+     "diversity": {"by": "attributes.brand", "max_per": 2}},
+], ids=["raise-and-bury", "bury-all-raise-some"])
+def test_a_known_users_boosted_list_from_the_precomputed_list_is_the_whole_catalogues(api1, monkeypatch, spec):
+    """Known users' boosted lists come from their precomputed list plus the raised items' live scores;
+    every one must be the list the whole catalogue's boosted scores give."""
+    from scalerec.serving import merchandising
+
+    a = api1
+    merch = a.service.merchandising
+    assert a.service.live.model.retriever.precomputed is not None  # the store's versions have lists
+    _put(a, "p", {"strategy": "personal", **spec})
+    users = [str(u) for u in a.service.live.model.user_ids[:40]]
+    before = Counter(merch.stats)
+    # n=8: the list answers; n=25 (50 candidates, the list's length): the bound decides, often live
+    got = [_recs(a, "p", user_id=u, n=n)["items"] for u in users for n in (8, 25)]
+    assert merch.stats["from_list"] > before["from_list"] and merch.stats["list_short"] > before["list_short"]
+    monkeypatch.setattr(merchandising, "EXACT_SUBSET_MAX", 0)  # the whole catalogue scored, as above 4,096 items
+    monkeypatch.setattr(merchandising._Run, "_from_list", lambda *args: None)
+    for (u, n), items in zip([(u, n) for u in users for n in (8, 25)], got):
+        whole = _recs(a, "p", user_id=u, n=n)["items"]
+        assert [(i["item_id"], i["reason"]) for i in items] == [(i["item_id"], i["reason"]) for i in whole], u
+        np.testing.assert_allclose([i["score"] for i in items], [i["score"] for i in whole], rtol=1e-5, atol=2e-6)  # 6 digits
