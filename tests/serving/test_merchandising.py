@@ -458,3 +458,40 @@ def test_a_known_users_boosted_list_from_the_precomputed_list_is_the_whole_catal
         whole = _recs(a, "p", user_id=u, n=n)["items"]
         assert [(i["item_id"], i["reason"]) for i in items] == [(i["item_id"], i["reason"]) for i in whole], u
         np.testing.assert_allclose([i["score"] for i in items], [i["score"] for i in whole], rtol=1e-5, atol=2e-6)  # 6 digits
+
+
+def _prepared_in(merch, live, name: str) -> bool:
+    """Whether placement ``name``'s per-view data over ``live`` is built (no request needed)."""
+    view = next((h for h in merch._cols if h.items is live.items), None)
+    comp = merch._compiled_for(merch.placements.get(name))
+    return view is not None and ("prepared", id(comp)) in view.masks
+
+
+def test_a_placement_stored_at_runtime_is_prepared_before_its_first_request(api1):
+    a = api1
+    merch = a.service.merchandising
+    _put(a, "fresh", {"strategy": "personal", "filter": "price > 1",
+                      "boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5}]})
+    assert _prepared_in(merch, a.service.live, "fresh")
+    _put(a, "fresh", {"strategy": "personal", "filter": "price > 2"})  # a changed spec: prepared again
+    assert _prepared_in(merch, a.service.live, "fresh")
+
+
+def test_an_experiment_variant_is_prepared_when_it_loads(api1):
+    from scalerec.training.pipeline import TrainOptions, train
+
+    a = api1
+    merch = a.service.merchandising
+    _put(a, "home", {"strategy": "personal", "boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5}]})
+    treatment = train(a.settings, TrainOptions(models=["itemknn"], trials=1, promote=False)).version.version
+    body = {"name": "warm-exp", "placement": "home", "variants": [{"name": "control", "version": "production", "weight": 50},
+                                                                  {"name": "new", "version": treatment, "weight": 50}]}
+    r = a.client.post("/v1/experiments", json=body, headers=a.h("admin"))
+    assert r.status_code == 201, r.text
+    a.service.refresh()  # what the watcher does every poll: loads the variant's version
+    variant = a.service.state.extra[treatment]
+    assert _prepared_in(merch, variant, "home")  # before any request routed to it
+    reads = merch.stats["full_reads"]
+    served = {_recs(a, "home", user_id=str(u), n=5)["variant"] for u in a.service.live.model.user_ids[:30]}
+    assert served == {"control", "new"}
+    assert merch.stats["full_reads"] == reads  # no request read the catalogue

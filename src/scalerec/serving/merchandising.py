@@ -25,13 +25,14 @@ needs of a catalogue view is kept in :class:`_Prepared`. See docs/merchandising.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import Counter
 import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,8 @@ from scalerec.serving.pipeline import (
 )
 from scalerec.serving.rules import ItemColumns, Rule, parse_rule
 from scalerec.serving.state import BULK_CHANGE_ITEMS, LiveState, history_row, user_history
+
+log = logging.getLogger("scalerec.serving")
 
 #: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
 PLACEMENTS_TTL_S = 2.0
@@ -99,8 +102,9 @@ def validate_placement(body: Any, *, name: str | None = None) -> PlacementSettin
 class Placements:
     """Placements of settings (read only) and of the catalogue (admin CRUD); a stored one wins."""
 
-    def __init__(self, settings: Any, catalog: Any) -> None:
+    def __init__(self, settings: Any, catalog: Any, warm: Callable[[PlacementSettings], None] | None = None) -> None:
         self.catalog = catalog
+        self._warm = warm  # prepares a placement stored here for the served versions (not on its first request)
         self._settings_blocklist = list(settings.merchandising.blocklist)
         self._block: tuple[float, tuple[str, ...]] = (-1e9, ())
         self._config = {p.name: p for p in settings.placements}
@@ -151,7 +155,17 @@ class Placements:
         at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         created = self.catalog.put_placement(name, json.dumps(spec.model_dump(mode="json")), at)
         self._refresh(force=True)
+        if self._warm is not None:
+            try:
+                self._warm(self.get(name))
+            except ScalerecError:  # stored all the same: it computes on its first request
+                log.warning("could not prepare placement %r", name, exc_info=True)
         return self.describe(name), created
+
+    def specs(self) -> list[PlacementSettings]:
+        """Every placement's spec (a stored one wins over the settings')."""
+        stored = self._refresh()
+        return [stored[n][0] if n in stored else self._config[n] for n in sorted(set(stored) | set(self._config))]
 
     def delete(self, name: str) -> None:
         if not self.catalog.delete_placement(name):
@@ -356,7 +370,7 @@ class Merchandiser:
     def __init__(self, service: Any) -> None:
         self.service = service
         self.settings = service.settings
-        self.placements = Placements(service.settings, service.store.catalog)
+        self.placements = Placements(service.settings, service.store.catalog, warm=self.warm_placement)
         self._cols: list[_View] = []
         self.stats = Counter()  # full_reads / patched_items of the item columns (tests, benchmarks)
         self._comp: dict[str, Complements] = {}
@@ -432,13 +446,34 @@ class Merchandiser:
             return comp
 
     def warm(self, live: LiveState | None = None) -> None:
-        """Per-version work done when a version is loaded, not on its first request: the item
-        columns, and the complements when a placement uses the complementary strategy."""
-        live = live or self.service.state.current
-        if live is None:
-            return
-        self.columns(live)
-        if any(p["spec"]["strategy"] == "complementary" for p in self.placements.list()):
+        """Per-version work done when a version is loaded, not on its first request: for ``live``
+        (default: production and every experiment variant served), the item columns and each
+        placement's per-view data, and the complements when a placement uses the complementary
+        strategy. Cheap once done (cached lookups): the watcher calls it on every refresh."""
+        state = self.service.state
+        lives = [live] if live is not None else [x for x in (state.current, *state.extra.values()) if x is not None]
+        specs = self.placements.specs()
+        for x in lives:
+            for spec in specs:
+                self._warm(x, spec)
+            if not specs:
+                self.columns(x)
+
+    def warm_placement(self, spec: PlacementSettings) -> None:
+        """Prepare one (new or changed) placement over every served version."""
+        state = self.service.state
+        for x in (state.current, *state.extra.values()):
+            if x is not None:
+                self._warm(x, spec)
+
+    def _warm(self, live: LiveState, spec: PlacementSettings) -> None:
+        cols, masks = self.columns(live)
+        comp = self._compiled_for(spec)
+        prep = self.prepared(live, cols, masks, comp)
+        index = _exact_index(live)
+        if index is not None:
+            prep.subset(index)
+        if spec.strategy == "complementary":
             self.complements(live)
 
     def blocklist(self) -> list[str]:
