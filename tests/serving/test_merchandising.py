@@ -495,3 +495,27 @@ def test_an_experiment_variant_is_prepared_when_it_loads(api1):
     served = {_recs(a, "home", user_id=str(u), n=5)["variant"] for u in a.service.live.model.user_ids[:30]}
     assert served == {"control", "new"}
     assert merch.stats["full_reads"] == reads  # no request read the catalogue
+
+
+def test_a_promotion_reading_references_is_evaluated_over_the_candidates_first(api1, monkeypatch):
+    """A $-rule promotion with enough matching candidates reads no other item; with too few, the
+    whole catalogue fills its slots (the same items either way as the rule over every item)."""
+    from scalerec.serving.rules import Rule
+
+    a = api1
+    cat = _catalogue(a)
+    user = _user(a)
+    _put(a, "promo", {"strategy": "personal", "promotions": [
+        {"name": "ctx", "rule": 'price < 1000 and $context.season == "summer"', "slots": 2, "positions": [1, 3]},
+        {"name": "rare", "rule": 'attributes.brand == $context.brand', "slots": 2}]})
+    sizes = []
+    mask = Rule.mask
+    monkeypatch.setattr(Rule, "mask", lambda self, cols, ids, env=None: (sizes.append(None if ids is None else len(ids)),
+                                                                          mask(self, cols, ids, env))[1])
+    rare = Counter(_brand(r) for r in cat.values() if r["available"] and _brand(r)).most_common()[-1][0]
+    items = _recs(a, "promo", user_id=user, n=10, **{"context.season": "summer", "context.brand": rare})["items"]
+    assert [i["reason"] for i in items[:3:2]] == ["promoted:ctx", "promoted:ctx"]
+    promoted = [i["item_id"] for i in items if i["reason"] == "promoted:rare"]
+    assert len(promoted) == 2 and all(_brand(cat[i]) == rare for i in promoted)
+    # the common rule matched within the candidates; the rare brand needed one pass over the catalogue
+    assert sizes.count(None) == 1 and len(sizes) == 3

@@ -1052,10 +1052,11 @@ class _Run:
                     place(at, col, "pinned")
         if self.comp.promotions:
             for (promo, rule), full in zip(self.comp.promotions, self.prep.promos):
-                match = full if full is not None else rule.mask(cols, None, self.env)
-                # the model's best matches first (candidates are allowed items): no full-catalogue pass
-                picks = [x for x in c.ids[match[c.ids] & allowed[c.ids]].tolist() if x not in used][: promo.slots]
-                if len(picks) < promo.slots:
+                # the model's best matches first (candidates are allowed items): a $-rule over the candidates only
+                hit = full[c.ids] if full is not None else rule.mask(cols, c.ids, self.env)
+                picks = [x for x in c.ids[hit & allowed[c.ids]].tolist() if x not in used][: promo.slots]
+                if len(picks) < promo.slots:  # too few among them: the rule over the whole catalogue
+                    match = full if full is not None else rule.mask(cols, None, self.env)
                     ok = unused(allowed & match)
                     ok[picks] = False
                     if ok.any():  # nothing eligible matches: no scan of the orderings
