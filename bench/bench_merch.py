@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import append_result, load_line, machine_info
-from bench_serving import build_store, free_port, log, run_wrk, start, stop, wait_http
+from bench_serving import build_store, cpu_seconds, free_port, log, run_wrk, start, stop, wait_http
 
 #: three rules (a filter, a boost, a bury), a promotion and a per-brand cap
 PLACEMENT = {
@@ -199,16 +199,19 @@ def main() -> None:
             wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
             paths = {"plain": f"/v1/users/%s/recommendations?n={args.n}",
                      "placement": f"/v1/placements/bench/recommendations?user_id=%s&n={args.n}"}
-            targets = [(tag + name, p_, path) for tag, (p_, _) in servers.items() for name, path in paths.items()]
-            for _, p_, path in targets:  # warm up each
+            targets = [(tag + name, p_, path, proc) for tag, (p_, proc) in servers.items() for name, path in paths.items()]
+            for _, p_, path, _ in targets:  # warm up each
                 run_wrk(f"http://127.0.0.1:{p_}", connections=args.connections, duration_s=3, env={**wenv, "SR_PATH": path})
             for r in range(args.rounds):
-                for name, p_, path in (targets if r % 2 == 0 else list(reversed(targets))):
+                for name, p_, path, proc in (targets if r % 2 == 0 else list(reversed(targets))):
+                    cpu0 = cpu_seconds(proc)  # the server's own CPU (from /proc): work per request, less load-bound than req/s
                     res = run_wrk(f"http://127.0.0.1:{p_}", connections=args.connections, duration_s=args.duration,
                                   env={**wenv, "SR_PATH": path})
+                    res["cpu_us_per_request"] = round((cpu_seconds(proc) - cpu0) / max(res["requests"], 1) * 1e6, 1)
                     res["endpoint"], res["round"] = name, r
                     http.append(res)
-                    log(f"round {r} {name}: {res['rps']} rps p50 {res['p50_ms']} p99 {res['p99_ms']} ms non-2xx {res['non_2xx']}")
+                    log(f"round {r} {name}: {res['rps']} rps p50 {res['p50_ms']} p99 {res['p99_ms']} ms "
+                        f"cpu {res['cpu_us_per_request']} us/req non-2xx {res['non_2xx']}")
         finally:
             for _, proc in servers.values():
                 stop(proc)
@@ -220,34 +223,39 @@ def main() -> None:
     summary: dict = {}
     endpoints = list(dict.fromkeys(h["endpoint"] for h in http))
 
-    def round_ratio(tag: str) -> float:
-        """Median over rounds of placement / plain req/s (each round's pair saw the same load)."""
+    def round_ratio(tag: str, k: str = "rps") -> float:
+        """Median over rounds of placement / plain ``k`` (each round's pair saw the same load)."""
         return round(statistics.median(
-            next(h["rps"] for h in http if h["endpoint"] == tag + "placement" and h["round"] == r)
-            / next(h["rps"] for h in http if h["endpoint"] == tag + "plain" and h["round"] == r)
+            next(h[k] for h in http if h["endpoint"] == tag + "placement" and h["round"] == r)
+            / next(h[k] for h in http if h["endpoint"] == tag + "plain" and h["round"] == r)
             for r in range(args.rounds)), 3)
 
     if http:
         summary = {e: {"rps": agg(e, "rps"), "p50_ms": agg(e, "p50_ms"), "p99_ms": agg(e, "p99_ms"),
+                       "cpu_us": round(statistics.median(h["cpu_us_per_request"] for h in http if h["endpoint"] == e), 1),
                        "non_2xx": sum(h["non_2xx"] for h in http if h["endpoint"] == e)} for e in endpoints}
         summary["rps_ratio"] = round(summary["placement"]["rps"] / summary["plain"]["rps"], 3)
         summary["p99_ratio"] = round(summary["placement"]["p99_ms"] / summary["plain"]["p99_ms"], 3)
         summary["rps_ratio_median_of_rounds"] = round_ratio("")
+        summary["cpu_ratio_median_of_rounds"] = round_ratio("", "cpu_us_per_request")
         if "old placement" in summary:
             summary["old_rps_ratio_median_of_rounds"] = round_ratio("old ")
+            summary["old_cpu_ratio_median_of_rounds"] = round_ratio("old ", "cpu_us_per_request")
     load_after = load_line(machine)
     print(f"\nstore: {build}  n={args.n}  placement reasons seen: {reasons}")
     print(f"load: before {load_before} | after {load_after}")
     if summary:
         print(f"\nHTTP (wrk, {args.connections} connections, {args.rounds} x {args.duration} s each, alternating)")
-        print(f"{'endpoint':>14} | {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'non2xx':>6}")
+        print(f"{'endpoint':>14} | {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu us/req':>10} {'non2xx':>6}")
         for e in endpoints:
             s = summary[e]
-            print(f"{e:>14} | {s['rps']:>8.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['non_2xx']:>6}")
+            print(f"{e:>14} | {s['rps']:>8.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['cpu_us']:>10.1f} {s['non_2xx']:>6}")
         print(f"placement / plain: throughput x{summary['rps_ratio']} (median of the rounds' ratios "
               f"x{summary['rps_ratio_median_of_rounds']}), p99 x{summary['p99_ratio']} (goal: at most 15% slower)")
+        print(f"server CPU per request, placement / plain (median of the rounds' ratios): x{summary['cpu_ratio_median_of_rounds']}")
         if "old_rps_ratio_median_of_rounds" in summary:
-            print(f"old code (--old-src): placement / plain, median of the rounds' ratios x{summary['old_rps_ratio_median_of_rounds']}")
+            print(f"old code (--old-src): placement / plain, median of the rounds' ratios x{summary['old_rps_ratio_median_of_rounds']}"
+                  f" req/s, x{summary['old_cpu_ratio_median_of_rounds']} CPU per request")
     print(f"\nin-process ({calls['calls']} calls each, alternating): plain p50 {calls['plain_p50_us']} us "
           f"p99 {calls['plain_p99_us']} us | placement p50 {calls['placement_p50_us']} us p99 {calls['placement_p99_us']} us"
           f" | p50 ratio x{calls['p50_ratio']}")

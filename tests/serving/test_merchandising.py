@@ -429,3 +429,93 @@ def test_lists_without_anything_personal_are_shared_until_the_blocklist_or_catal
     assert a.client.patch(f"/v1/items/{first[1]}", json={"available": False}, headers=a.h("write")).status_code == 200
     later = [i["item_id"] for i in _recs(a, "home", user_id="new-visitor-4", n=8)["items"]]
     assert first[1] not in later and later[:6] == first[2:]
+
+
+@pytest.mark.parametrize("spec", [
+    {"boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5},
+                {"name": "toys", "rule": 'category == "toys"', "multiply": 0.5}]},
+    {"boosts": [{"name": "everything-down", "rule": "price > 0", "multiply": 0.5},
+                {"name": "cheap", "rule": "price < 25", "multiply": 1.4}],
+     "diversity": {"by": "attributes.brand", "max_per": 2}},
+], ids=["raise-and-bury", "bury-all-raise-some"])
+def test_a_known_users_boosted_list_from_the_precomputed_list_is_the_whole_catalogues(api1, monkeypatch, spec):
+    """Known users' boosted lists come from their precomputed list plus the raised items' live scores;
+    every one must be the list the whole catalogue's boosted scores give."""
+    from scalerec.serving import merchandising
+
+    a = api1
+    merch = a.service.merchandising
+    assert a.service.live.model.retriever.precomputed is not None  # the store's versions have lists
+    _put(a, "p", {"strategy": "personal", **spec})
+    users = [str(u) for u in a.service.live.model.user_ids[:40]]
+    before = Counter(merch.stats)
+    # n=8: the list answers; n=25 (50 candidates, the list's length): the bound decides, often live
+    got = [_recs(a, "p", user_id=u, n=n)["items"] for u in users for n in (8, 25)]
+    assert merch.stats["from_list"] > before["from_list"] and merch.stats["list_short"] > before["list_short"]
+    monkeypatch.setattr(merchandising, "EXACT_SUBSET_MAX", 0)  # the whole catalogue scored, as above 4,096 items
+    monkeypatch.setattr(merchandising._Run, "_from_list", lambda *args: None)
+    for (u, n), items in zip([(u, n) for u in users for n in (8, 25)], got):
+        whole = _recs(a, "p", user_id=u, n=n)["items"]
+        assert [(i["item_id"], i["reason"]) for i in items] == [(i["item_id"], i["reason"]) for i in whole], u
+        np.testing.assert_allclose([i["score"] for i in items], [i["score"] for i in whole], rtol=1e-5, atol=2e-6)  # 6 digits
+
+
+def _prepared_in(merch, live, name: str) -> bool:
+    """Whether placement ``name``'s per-view data over ``live`` is built (no request needed)."""
+    view = next((h for h in merch._cols if h.items is live.items), None)
+    comp = merch._compiled_for(merch.placements.get(name))
+    return view is not None and ("prepared", id(comp)) in view.masks
+
+
+def test_a_placement_stored_at_runtime_is_prepared_before_its_first_request(api1):
+    a = api1
+    merch = a.service.merchandising
+    _put(a, "fresh", {"strategy": "personal", "filter": "price > 1",
+                      "boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5}]})
+    assert _prepared_in(merch, a.service.live, "fresh")
+    _put(a, "fresh", {"strategy": "personal", "filter": "price > 2"})  # a changed spec: prepared again
+    assert _prepared_in(merch, a.service.live, "fresh")
+
+
+def test_an_experiment_variant_is_prepared_when_it_loads(api1):
+    from scalerec.training.pipeline import TrainOptions, train
+
+    a = api1
+    merch = a.service.merchandising
+    _put(a, "home", {"strategy": "personal", "boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5}]})
+    treatment = train(a.settings, TrainOptions(models=["itemknn"], trials=1, promote=False)).version.version
+    body = {"name": "warm-exp", "placement": "home", "variants": [{"name": "control", "version": "production", "weight": 50},
+                                                                  {"name": "new", "version": treatment, "weight": 50}]}
+    r = a.client.post("/v1/experiments", json=body, headers=a.h("admin"))
+    assert r.status_code == 201, r.text
+    a.service.refresh()  # what the watcher does every poll: loads the variant's version
+    variant = a.service.state.extra[treatment]
+    assert _prepared_in(merch, variant, "home")  # before any request routed to it
+    reads = merch.stats["full_reads"]
+    served = {_recs(a, "home", user_id=str(u), n=5)["variant"] for u in a.service.live.model.user_ids[:30]}
+    assert served == {"control", "new"}
+    assert merch.stats["full_reads"] == reads  # no request read the catalogue
+
+
+def test_a_promotion_reading_references_is_evaluated_over_the_candidates_first(api1, monkeypatch):
+    """A $-rule promotion with enough matching candidates reads no other item; with too few, the
+    whole catalogue fills its slots (the same items either way as the rule over every item)."""
+    from scalerec.serving.rules import Rule
+
+    a = api1
+    cat = _catalogue(a)
+    user = _user(a)
+    _put(a, "promo", {"strategy": "personal", "promotions": [
+        {"name": "ctx", "rule": 'price < 1000 and $context.season == "summer"', "slots": 2, "positions": [1, 3]},
+        {"name": "rare", "rule": 'attributes.brand == $context.brand', "slots": 2}]})
+    sizes = []
+    mask = Rule.mask
+    monkeypatch.setattr(Rule, "mask", lambda self, cols, ids, env=None: (sizes.append(None if ids is None else len(ids)),
+                                                                          mask(self, cols, ids, env))[1])
+    rare = Counter(_brand(r) for r in cat.values() if r["available"] and _brand(r)).most_common()[-1][0]
+    items = _recs(a, "promo", user_id=user, n=10, **{"context.season": "summer", "context.brand": rare})["items"]
+    assert [i["reason"] for i in items[:3:2]] == ["promoted:ctx", "promoted:ctx"]
+    promoted = [i["item_id"] for i in items if i["reason"] == "promoted:rare"]
+    assert len(promoted) == 2 and all(_brand(cat[i]) == rare for i in promoted)
+    # the common rule matched within the candidates; the rare brand needed one pass over the catalogue
+    assert sizes.count(None) == 1 and len(sizes) == 3

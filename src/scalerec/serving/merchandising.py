@@ -25,13 +25,14 @@ needs of a catalogue view is kept in :class:`_Prepared`. See docs/merchandising.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import Counter
 import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,7 @@ from scalerec.models.base import EmbeddingRecommender, top_k
 from scalerec.serving.complementary import Complements, basket_matrix, complements
 from scalerec.serving.filters import ItemFilter, cap_per_group
 from scalerec.serving.index import SUBSET_EXACT_MAX
+from scalerec.serving.precomputed import PrecomputedQuery
 from scalerec.serving.pipeline import (
     Candidates,
     Pipeline,
@@ -57,6 +59,8 @@ from scalerec.serving.pipeline import (
 from scalerec.serving.rules import ItemColumns, Rule, parse_rule
 from scalerec.serving.state import BULK_CHANGE_ITEMS, LiveState, history_row, user_history
 
+log = logging.getLogger("scalerec.serving")
+
 #: Stored placements are re-read at most this often (seconds); writes in this process apply at once.
 PLACEMENTS_TTL_S = 2.0
 #: Candidates retrieved per requested item when a placement reorders (boosts, diversity, promotions).
@@ -67,6 +71,9 @@ KEEP_VIEWS = 4
 _EXPLORATION = "exploration"
 #: Up to this many allowed items, placements retrieve through the index's own subset scoring.
 EXACT_SUBSET_MAX = SUBSET_EXACT_MAX
+#: A known user's boosted list is read from their precomputed list plus the raised items' live scores
+#: while these are at most this share of the catalogue (else the whole catalogue is scored).
+RAISED_SUBSET_MAX_SHARE = 0.6
 
 
 def validate_placement(body: Any, *, name: str | None = None) -> PlacementSettings:
@@ -95,8 +102,9 @@ def validate_placement(body: Any, *, name: str | None = None) -> PlacementSettin
 class Placements:
     """Placements of settings (read only) and of the catalogue (admin CRUD); a stored one wins."""
 
-    def __init__(self, settings: Any, catalog: Any) -> None:
+    def __init__(self, settings: Any, catalog: Any, warm: Callable[[PlacementSettings], None] | None = None) -> None:
         self.catalog = catalog
+        self._warm = warm  # prepares a placement stored here for the served versions (not on its first request)
         self._settings_blocklist = list(settings.merchandising.blocklist)
         self._block: tuple[float, tuple[str, ...]] = (-1e9, ())
         self._config = {p.name: p for p in settings.placements}
@@ -147,7 +155,17 @@ class Placements:
         at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         created = self.catalog.put_placement(name, json.dumps(spec.model_dump(mode="json")), at)
         self._refresh(force=True)
+        if self._warm is not None:
+            try:
+                self._warm(self.get(name))
+            except ScalerecError:  # stored all the same: it computes on its first request
+                log.warning("could not prepare placement %r", name, exc_info=True)
         return self.describe(name), created
+
+    def specs(self) -> list[PlacementSettings]:
+        """Every placement's spec (a stored one wins over the settings')."""
+        stored = self._refresh()
+        return [stored[n][0] if n in stored else self._config[n] for n in sorted(set(stored) | set(self._config))]
 
     def delete(self, name: str) -> None:
         if not self.catalog.delete_placement(name):
@@ -298,6 +316,35 @@ class _Prepared:
     n_allowed: int = 0
     inv_scale: np.ndarray | None = None  # float32: 1 / scale
     scale_gap: np.ndarray | None = None  # float32: scale - 1 / scale
+    _subset: Any = None  # _Raised, built on first use (False: none)
+
+    def subset(self, index: Any) -> "_Raised | None":
+        """The allowed raised items' vectors of an exact index, gathered once per view (None:
+        boosts that add or read $references, or more raised items than :data:`RAISED_SUBSET_MAX_SHARE`)."""
+        if self._subset is None:
+            self._subset = False
+            if self.scale is not None and self.raised is not None and self.allowed is not None:
+                cols = np.flatnonzero(self.raised & self.allowed)
+                rest = self.allowed & ~self.raised  # factors of at most 1: their largest bounds them all
+                top = float(self.scale[rest].max()) if rest.any() else 1.0
+                if len(cols) <= RAISED_SUBSET_MAX_SHARE * len(self.raised) and top > 0:
+                    pos = np.full(len(self.raised), -1, np.int64)
+                    pos[cols] = np.arange(len(cols))
+                    self._subset = _Raised(cols, np.ascontiguousarray(index.vectors[cols], dtype=np.float32), pos,
+                                           self.scale_gap[cols], self.inv_scale[cols], top)
+        return self._subset or None
+
+
+@dataclass
+class _Raised:
+    """A placement's allowed raised items over one view: columns, vectors, position per column (-1: not raised), factors."""
+
+    cols: np.ndarray
+    vectors: np.ndarray
+    pos: np.ndarray
+    gap: np.ndarray
+    inv: np.ndarray
+    rest_factor: float  # the largest factor of the other allowed items (at most 1)
 
 
 def _compile(spec: PlacementSettings) -> _Compiled:
@@ -323,7 +370,7 @@ class Merchandiser:
     def __init__(self, service: Any) -> None:
         self.service = service
         self.settings = service.settings
-        self.placements = Placements(service.settings, service.store.catalog)
+        self.placements = Placements(service.settings, service.store.catalog, warm=self.warm_placement)
         self._cols: list[_View] = []
         self.stats = Counter()  # full_reads / patched_items of the item columns (tests, benchmarks)
         self._comp: dict[str, Complements] = {}
@@ -399,13 +446,34 @@ class Merchandiser:
             return comp
 
     def warm(self, live: LiveState | None = None) -> None:
-        """Per-version work done when a version is loaded, not on its first request: the item
-        columns, and the complements when a placement uses the complementary strategy."""
-        live = live or self.service.state.current
-        if live is None:
-            return
-        self.columns(live)
-        if any(p["spec"]["strategy"] == "complementary" for p in self.placements.list()):
+        """Per-version work done when a version is loaded, not on its first request: for ``live``
+        (default: production and every experiment variant served), the item columns and each
+        placement's per-view data, and the complements when a placement uses the complementary
+        strategy. Cheap once done (cached lookups): the watcher calls it on every refresh."""
+        state = self.service.state
+        lives = [live] if live is not None else [x for x in (state.current, *state.extra.values()) if x is not None]
+        specs = self.placements.specs()
+        for x in lives:
+            for spec in specs:
+                self._warm(x, spec)
+            if not specs:
+                self.columns(x)
+
+    def warm_placement(self, spec: PlacementSettings) -> None:
+        """Prepare one (new or changed) placement over every served version."""
+        state = self.service.state
+        for x in (state.current, *state.extra.values()):
+            if x is not None:
+                self._warm(x, spec)
+
+    def _warm(self, live: LiveState, spec: PlacementSettings) -> None:
+        cols, masks = self.columns(live)
+        comp = self._compiled_for(spec)
+        prep = self.prepared(live, cols, masks, comp)
+        index = _exact_index(live)
+        if index is not None:
+            prep.subset(index)
+        if spec.strategy == "complementary":
             self.complements(live)
 
     def blocklist(self) -> list[str]:
@@ -721,6 +789,13 @@ class _Run:
         masked copy over a scattered filter."""
         index = _exact_index(self.live)
         q = req.query
+        if type(q) is PrecomputedQuery:  # a known user's precomputed top items (by raw score)
+            if not self.comp.boosts:
+                return retrieve(req, c)  # raw order: the list answers (or the retriever searches live)
+            hit = self._from_list(req, c, q, index)
+            if hit is not None:
+                return hit
+            q = q.base  # the list cannot tell: the live vector over the whole catalogue
         if not (isinstance(q, np.ndarray) and q.shape == (1, index.dim)) or (
                 int(np.count_nonzero(req.allowed)) <= EXACT_SUBSET_MAX):
             # a small subset (scored alone), or a query kind of the model's own: the retriever's path
@@ -737,6 +812,54 @@ class _Run:
         ids = ids[req.allowed[ids]][: c.k]
         out = Candidates(ids, raw[ids], [req.reason] * len(ids), c.k)
         self._exact = (out, scores[ids])  # boosted and ordered already, unless a stage between changes them
+        return out
+
+    def _from_list(self, req: Request, c: Candidates, q: PrecomputedQuery, index: Any) -> Candidates | None:
+        """``retrieve_exact``'s answer from the user's precomputed list (top raw scores of unseen
+        items) and the live scores of the placement's raised items only, or None when these cannot
+        tell. An item in neither scores at most the list's last raw score and has a factor of at
+        most ``rest_factor`` (<= 1): when the ``c.k``-th boosted score beats what that factor makes
+        of the last raw score, no such item can enter and the answer is exact (ties aside)."""
+        sub = self.prep.subset(index)
+        lists = q.lists
+        if sub is None or not self.comp.spec.exclude_seen or c.k > lists.k + len(sub.cols):
+            return None  # the list leaves seen items out: only requests that exclude them
+        ids = lists.ids[q.slot]
+        if ids[-1] < 0:
+            return None  # a short list (fewer unseen items than k, or an ANN walk came back short)
+        raw_l = lists.scores[q.slot]
+        last = float(raw_l[-1])
+        last = last * sub.rest_factor if last >= 0 else last / sub.rest_factor  # the most any other item reaches
+        ids = ids.astype(np.int64)
+        ok = req.allowed[ids]
+        ids, raw_l = ids[ok], raw_l[ok]
+        prep = self.prep
+        boost_l = raw_l * (prep.scale_gap[ids] * (raw_l >= 0) + prep.inv_scale[ids])
+        raw_r = (np.asarray(q.base, dtype=np.float32) @ sub.vectors.T)[0]
+        at = sub.pos[ids]
+        raw_r[at[at >= 0]] = -np.inf  # raised items the list holds: counted once, from the list
+        boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
+        top = np.flatnonzero(boost_r > last)  # only these can enter (the check below needs k above it)
+        want = c.k + max(prep.n_allowed - int(np.count_nonzero(req.allowed)), 0)  # and the request's exclusions
+        if len(top) > want:
+            best, _ = top_k(boost_r[top][None, :], want)
+            top = top[best[0][best[0] >= 0]]
+        cols_r = sub.cols[top]
+        keep = req.allowed[cols_r]
+        top, cols_r = top[keep], cols_r[keep]
+        all_ids = np.concatenate([ids, cols_r])
+        boosted = np.concatenate([boost_l, boost_r[top]]).astype(np.float32, copy=False)
+        if len(all_ids) < c.k:
+            return None
+        order = np.lexsort((all_ids, -boosted))[: c.k]  # best first, ties by column (as top_k)
+        if not boosted[order[-1]] > last:
+            self.merch.stats["list_short"] += 1
+            return None
+        out_ids = all_ids[order]
+        raw = np.concatenate([raw_l, raw_r[top]]).astype(np.float32, copy=False)[order]
+        out = Candidates(out_ids, raw, [req.reason] * len(out_ids), c.k)
+        self._exact = (out, boosted[order])
+        self.merch.stats["from_list"] += 1
         return out
 
     def _boosted_all(self, raw: np.ndarray) -> np.ndarray:
@@ -929,10 +1052,11 @@ class _Run:
                     place(at, col, "pinned")
         if self.comp.promotions:
             for (promo, rule), full in zip(self.comp.promotions, self.prep.promos):
-                match = full if full is not None else rule.mask(cols, None, self.env)
-                # the model's best matches first (candidates are allowed items): no full-catalogue pass
-                picks = [x for x in c.ids[match[c.ids] & allowed[c.ids]].tolist() if x not in used][: promo.slots]
-                if len(picks) < promo.slots:
+                # the model's best matches first (candidates are allowed items): a $-rule over the candidates only
+                hit = full[c.ids] if full is not None else rule.mask(cols, c.ids, self.env)
+                picks = [x for x in c.ids[hit & allowed[c.ids]].tolist() if x not in used][: promo.slots]
+                if len(picks) < promo.slots:  # too few among them: the rule over the whole catalogue
+                    match = full if full is not None else rule.mask(cols, None, self.env)
                     ok = unused(allowed & match)
                     ok[picks] = False
                     if ok.any():  # nothing eligible matches: no scan of the orderings

@@ -166,6 +166,8 @@ class RecommendService:
         self.started_at = time.time()
         self.load_production()
         self.experiments.refresh()
+        if self.state.extra:
+            self._warm_placements()
         if watch:
             self.start()
 
@@ -211,6 +213,7 @@ class RecommendService:
         changed = self.load_production()
         self.experiments.refresh()
         self.apply_changes()
+        self._warm_placements()  # experiment variants just loaded, placements stored by another worker
         return changed
 
     @functools.cached_property
@@ -237,12 +240,18 @@ class RecommendService:
         """Load the registry's production version when it differs from the one served (and
         prepare its placements' per-version data: complements, item columns)."""
         changed = self.state.load_production()
-        if changed and (self.settings.placements or "merchandising" in self.__dict__ or self.store.catalog.placement_rows()):
+        if changed:
+            self._warm_placements()
+        return changed
+
+    def _warm_placements(self) -> None:
+        """Prepare the placements' per-version data for every served version (production and
+        experiment variants), when any placement exists: not on a version's first request."""
+        if self.settings.placements or "merchandising" in self.__dict__ or self.store.catalog.placement_rows():
             try:
                 self.merchandising.warm()
             except ScalerecError:  # the version still serves; its placements compute on their first request
-                log.warning("could not prepare the placements of the new version", exc_info=True)
-        return changed
+                log.warning("could not prepare the placements of the served versions", exc_info=True)
 
     def load_version(self, version: str) -> ModelState:
         """Load a registered version (arrays memory-mapped) and precompute its serving state."""
