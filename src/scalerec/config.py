@@ -188,6 +188,9 @@ class ServingSettings(_Section):
     precomputed_max_users: int = Field(
         2_000_000, ge=0, description="precomputed lists for at most this many users (those with the most history)"
     )
+    precomputed_max_mb: int = Field(
+        2048, ge=0, description="precomputed lists take at most this much disk and page cache (fewer users when longer)"
+    )
     max_batch_events: int = Field(10_000, ge=1)
     max_n: int = Field(500, ge=1)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)

@@ -286,6 +286,24 @@ def test_fresh_users_by_pending_id(catalog):
     assert sorted(catalog.fresh_users_between(0, 5, 0)) == ["later", "new", "new", "old", "stale"]
 
 
+def test_item_events_by_pending_id_include_anonymous_and_compacted_ones(catalog):
+    """What serving's item statistics read: every event of an id range, whoever made it."""
+    us = 1_000_000
+    head = catalog.pending_head()
+    catalog.add_pending_events(_user_events("u", [100, 300]))
+    anon, rejects = validate_events(pa.table({"user_id": pa.array([None], pa.string()), "item_id": ["i900"],
+                                              "event_type": ["purchase"], "timestamp": [400], "value": [2.0],
+                                              "session_id": ["s1"]}),
+                                    Settings())
+    assert rejects.num_rows == 0
+    catalog.add_pending_events(anon)
+    _, token = catalog.drain_pending_events(1)  # the oldest one compacted: found by its pending id
+    catalog.ack_pending(token)
+    got = sorted(catalog.item_events_between(head, catalog.pending_head(), 200 * us))
+    assert got == [("i300", "view", 300 * us, 1.0), ("i900", "purchase", 400 * us, 2.0)]
+    assert [r[0] for r in catalog.item_events_between(head, head + 1, 0)] == ["i100"]
+
+
 def test_change_feed_and_fresh_users_over_any_backend(catalog):
     """The serving classes are thin users of the protocol: they run on an open store of any backend."""
     from scalerec.serving.realtime import ChangeFeed, FreshUsers

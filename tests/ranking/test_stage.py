@@ -102,3 +102,31 @@ def test_the_stage_reranks_the_first_retrieval_instead_of_retrieving_again(app) 
         del st.retriever.search
     assert r.status_code == 200 and len(r.json()["items"]) == 10
     assert calls == [app.settings.ranking.cf_candidates]  # one retrieval, of the ranker's candidate count
+
+
+def test_precomputed_lists_hold_the_rankers_candidates_and_answer_as_the_live_search(app) -> None:
+    """A version with a ranker precomputes cf_candidates (+ a quarter) per user, so its first
+    retrieval is answered from the list, and the ranked lists are those of the live search."""
+    st = app.service.live.model
+    lists = st.retriever.precomputed
+    cfg = app.settings.ranking
+    assert lists is not None and lists.k == max(app.settings.serving.precomputed_k, cfg.cf_candidates * 5 // 4)
+    answered = []
+    original = lists.take
+    lists.take = lambda q, k, allowed: answered.append(original(q, k, allowed) is not None) or original(q, k, allowed)
+    try:
+        users = st.user_ids[::97][:12].tolist()
+        url = "/v1/users/{}/recommendations?n=20&context.weather=rain"
+        pre = [app.get(url.format(u)).json()["items"] for u in users]
+    finally:
+        del lists.take
+    assert len(answered) == len(users) and all(answered), answered
+    st.retriever.precomputed = None
+    try:
+        live = [app.get(url.format(u)).json()["items"] for u in users]
+    finally:
+        st.retriever.precomputed = lists
+    for a, b in zip(pre, live):
+        assert [i["item_id"] for i in a] == [i["item_id"] for i in b]
+        assert [i["reason"] for i in a] == [i["reason"] for i in b]
+        np.testing.assert_allclose([i["score"] for i in a], [i["score"] for i in b], rtol=1e-5)

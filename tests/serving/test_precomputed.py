@@ -180,3 +180,17 @@ def test_ann_lists_hold_unseen_items_by_score_and_a_short_one_is_never_trusted(b
         assert lists.take(q, 5, allowed) is None, "a short list not holding every unseen item is not trusted"
     finally:
         svc.close()
+
+
+def test_list_sizes_follow_the_ranker_and_the_memory_bound() -> None:
+    from scalerec.serving.precomputed import sizes
+
+    s = Settings(serving={"precomputed_k": 50, "precomputed_max_users": 2_000_000, "precomputed_max_mb": 100},
+                 ranking={"cf_candidates": 200})
+    active = {"ranking": {"status": "active"}}
+    assert sizes(s.serving, s.ranking, {}) == (50, 100 * 2**20 // 400)
+    assert sizes(s.serving, s.ranking, {"ranking": {"status": "skipped"}})[0] == 50
+    assert sizes(s.serving, s.ranking, active) == (250, 100 * 2**20 // 2000)  # fewer users, longer lists
+    off = Settings(serving={"precomputed_k": 0}, ranking={"cf_candidates": 200})
+    assert sizes(off.serving, off.ranking, active)[0] == 0, "precomputed_k = 0 keeps the lists off"
+    assert sizes(s.serving, Settings(ranking={"enabled": False}).ranking, active)[0] == 50

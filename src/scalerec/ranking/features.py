@@ -25,6 +25,8 @@ TEMP_BANDS = (10.0, 22.0)
 #: windows (days) of the item statistics
 WINDOWS = (1, 7, 30)
 REVIEW_TYPES = ("review", "rating")
+#: the counted kinds of the item statistics and their event types
+ITEM_KINDS = (("views", ("view",)), ("carts", ("add_to_cart", "cart")), ("purchases", ("purchase",)))
 
 
 def map_get(df: pl.DataFrame, column: str, key: str) -> pl.Expr:
@@ -159,7 +161,7 @@ def item_stats_as_of(ev: pl.DataFrame, t: int, n_items: int, launch_us: np.ndarr
     typ = past["type"].to_numpy()
     age = (t - past["t"].to_numpy()) / US_PER_DAY
     out: dict[str, np.ndarray] = {}
-    for name, kinds in (("views", ("view",)), ("carts", ("add_to_cart", "cart")), ("purchases", ("purchase",))):
+    for name, kinds in ITEM_KINDS:
         is_kind = np.isin(typ, kinds)
         for w in WINDOWS:
             out[f"{name}_{w}d"] = _bincount(i[is_kind & (age < w)], n_items)

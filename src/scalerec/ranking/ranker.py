@@ -30,6 +30,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from scalerec.ranking import features as F
+from scalerec.ranking import fresh
 from scalerec.ranking.candidates import (SOURCES, Block, context_scores, merge, neighbour_matrix, segment_table,
                                         top_of_rows)
 
@@ -38,10 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 US_PER_DAY = F.US_PER_DAY
 log = logging.getLogger(__name__)
-ITEM_FEATURES = (
-    *(f"{n}_{w}d" for n in ("views", "carts", "purchases") for w in F.WINDOWS),
-    "conversion_30d", "events_all", "review_count", "rating_mean", "age_days",
-)
+ITEM_FEATURES = fresh.COLUMNS  # the statistics serving keeps current (ranking/fresh.py)
 USER_FEATURES = ("tenure_days", "recency_days", "events_30d", "purchases", "spend", "mean_price")
 FEATURES = (
     *SOURCES, "cf_rank", "n_sources",
@@ -568,6 +566,7 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         return RankerRun(section)
     # the served bundle: every feature as of the end of the data
     d_end = as_of(ev, end, world, cfg)
+    hours = fresh.hour_counts_as_of(ev, end, world.n_items, world.catalogue.launch_us)
 
     def write(version_dir: Path) -> None:
         root = version_dir / DIR
@@ -580,6 +579,7 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
             if compiled["status"] != "compiled":
                 log.info("ranker not compiled: %s", compiled["reason"])
         d_end.save(root / "asof")
+        hours.save(root / "item_hours.npz")  # serving adds the events acknowledged after the end to them
         world._content_index.save(root / "content")  # type: ignore[attr-defined]
         sp.save_npz(root / "content_neighbours.npz", world.content)
         sp.save_npz(root / "content_vectors.npz", world._content_vectors)  # type: ignore[attr-defined]

@@ -6,7 +6,8 @@ favourites for new users with attributes.
 ranker is active, it reranks the first retrieval's top ``[ranking] cf_candidates`` (the service
 asks for them with ``Request.fetch``, :meth:`RankingStage.fetch`), adds the other sources among the
 allowed items, computes the features from the version's bundle laid out for serving
-(:mod:`scalerec.ranking.tables`; statistics as of the end of its data) and the request's ``context``, and orders by the ranker's score with a
+(:mod:`scalerec.ranking.tables`; item statistics kept current from the acknowledged events by
+:mod:`scalerec.ranking.fresh`, the rest as of the end of its data) and the request's ``context``, and orders by the ranker's score with a
 short reason per item. Anything else passes through unchanged (similar-item lists, versions without
 a ranker). Filters were applied before it (``allowed``); the cap, pins and backfill run after it.
 """
@@ -27,6 +28,7 @@ import scipy.sparse as sp
 from scalerec.ranking import features as F
 from scalerec.ranking.compiled import load_predictor
 from scalerec.ranking.content import ContentIndex, item_texts
+from scalerec.ranking.fresh import FreshItemStats, HourCounts
 from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, request_context
 from scalerec.ranking.tables import ServingTables
 from scalerec.serving.pipeline import Candidates, Request
@@ -47,6 +49,7 @@ class Bundle:
     tables: ServingTables  # the same, laid out for one request's gathers
     predict: Callable[[np.ndarray], np.ndarray]  # the compiled forest when there is one, else LightGBM
     compiled: bool = False
+    fresh: FreshItemStats | None = None  # item statistics as of now (None: a bundle without hour counts)
 
     @classmethod
     def load(cls, root: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> "Bundle":
@@ -90,6 +93,10 @@ class RankingStage:
             section = (st.manifest or {}).get("ranking") or {}
             root = self.models_dir / st.version / DIR
             b = Bundle.load(root, st.user_ids, st.item_ids) if section.get("status") == "active" and root.is_dir() else None
+            if b is not None and (root / "item_hours.npz").exists():
+                feed = getattr(st.fresh_users, "feed", None)  # the catalogue the server acknowledges events in
+                b.fresh = FreshItemStats(HourCounts.load(root / "item_hours.npz"), b.tables.item_block, st.item_cols,
+                                         None if feed is None else feed.catalog)
             if len(self._bundles) >= MAX_BUNDLES:
                 self._bundles.clear()
             self._bundles[st.version] = b
@@ -125,7 +132,7 @@ class RankingStage:
         cand = tb.candidates(cfg, row, ids, scores, seeds, req.allowed, now, int(ctx["weather"][0]))
         if len(cand["i"]) == 0:
             return c
-        s = b.predict(tb.features(cand, row, ctx))
+        s = b.predict(tb.features(cand, row, ctx, None if b.fresh is None else b.fresh.block()))
         order = np.argsort(-s, kind="stable")
         items = cand["i"][order]
         reasons = self._reasons(b, req, cand, order, items, seeds[0], row, ctx)

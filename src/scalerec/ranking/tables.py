@@ -200,8 +200,10 @@ class ServingTables:
             at += len(bids)
         return out
 
-    def features(self, cand: dict[str, np.ndarray], row: int, ctx: dict[str, np.ndarray]) -> np.ndarray:
-        """float32 [rows, len(FEATURES)] of one request's candidates: what ranker.assemble gives."""
+    def features(self, cand: dict[str, np.ndarray], row: int, ctx: dict[str, np.ndarray],
+                 item_block: np.ndarray | None = None) -> np.ndarray:
+        """float32 [rows, len(FEATURES)] of one request's candidates: what ranker.assemble gives
+        (``item_block``: the item statistics of now, ranking/fresh.py; default the bundle's own)."""
         i = cand["i"]
         n = len(i)
         x = np.empty((n, len(FEATURES)), np.float32)
@@ -209,7 +211,7 @@ class ServingTables:
         x[:, [_POS[s] for s in SOURCES]] = src
         x[:, _POS["cf_rank"]] = cand["cf_rank"]
         x[:, _POS["n_sources"]] = np.isfinite(src).sum(axis=1)
-        x[:, [_POS[c] for c in _ITEM_COLS]] = self.item_block[i]
+        x[:, [_POS[c] for c in _ITEM_COLS]] = (self.item_block if item_block is None else item_block)[i]
         known = row >= 0
         x[:, [_POS[c] for c in _USER_COLS]] = self.user_block[row if known else -1]
         x[:, _POS["rel_price"]] = x[:, _POS["price"]] / x[:, _POS["mean_price"]]

@@ -90,6 +90,17 @@ class PrecomputedLists:
         return int(self.ids.nbytes + self.scores.nbytes + (0 if self.slots is None else self.slots.nbytes))
 
 
+def sizes(serving: Any, ranking: Any, manifest: dict[str, Any]) -> tuple[int, int]:
+    """(items per list, users given one) for a version: with an active ranker the pipeline's first
+    retrieval asks for ``[ranking] cf_candidates`` (plus a quarter, so a few unavailable items do
+    not send it to the live search); users bounded by ``precomputed_max_users`` and ``precomputed_max_mb``."""
+    k = serving.precomputed_k
+    if k > 0 and ranking.enabled and ((manifest.get("ranking") or {}).get("status") == "active"):
+        k = max(k, ranking.cf_candidates + ranking.cf_candidates // 4)
+    by_memory = serving.precomputed_max_mb * 1024 * 1024 // max(1, 8 * k)  # int32 ids + float32 scores
+    return k, min(serving.precomputed_max_users, by_memory)
+
+
 def _cache_dir(root: Path, version: str, k: int) -> Path:
     return root / f"{version}-k{k}"
 

@@ -259,9 +259,9 @@ class ServingState:
             exact_max_items=self.settings.serving.exact_index_max_items,
             cache_path=Path(self.settings.data.dir) / "serving" / "index" / f"{version}.faiss",
         )
-        serving = self.settings.serving
+        k, max_users = precomputed.sizes(self.settings.serving, self.settings.ranking, lv.manifest)
         precomputed.attach(retriever, Path(self.settings.data.dir) / "serving" / "candidates", version, m.indptr,
-                           m.indices, m.shape[1], k=serving.precomputed_k, max_users=serving.precomputed_max_users)
+                           m.indices, m.shape[1], k=k, max_users=max_users)
         popular = np.asarray(lv.popular, dtype=np.float32)
         trending = np.asarray(lv.trending, dtype=np.float32)
         snapshot, cells = data_conventions(lv.manifest)

@@ -180,6 +180,12 @@ _FRESH_SINCE_SQL = (
     " UNION ALL SELECT user_id FROM serving_recent_events WHERE pending_id > %(a)s AND pending_id <= %(b)s"
     " AND timestamp >= %(t)s"
 )
+_ITEM_EVENTS_SQL = (
+    "SELECT item_id, event_type, timestamp, value FROM pending_events WHERE id > %(a)s AND id <= %(b)s"
+    " AND timestamp >= %(t)s"
+    " UNION ALL SELECT item_id, event_type, timestamp, value FROM serving_recent_events"
+    " WHERE pending_id > %(a)s AND pending_id <= %(b)s AND timestamp >= %(t)s"
+)
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _HEAD_SQL = "SELECT value FROM scalerec_heads WHERE name = %s"
 _PRUNED_UPTO_KEY = "serving_changes_pruned_upto"
@@ -658,6 +664,10 @@ class PostgresCatalog:
     def fresh_users_between(self, after_id: int, upto_id: int, since_us: int) -> list[str]:
         rows = self._query(_FRESH_SINCE_SQL, {"a": int(after_id), "b": int(upto_id), "t": int(since_us)})
         return [r[0] for r in rows]
+
+    def item_events_between(self, after_id: int, upto_id: int, since_us: int) -> list[tuple[str, str, int, float]]:
+        rows = self._query(_ITEM_EVENTS_SQL, {"a": int(after_id), "b": int(upto_id), "t": int(since_us)})
+        return [tuple(r) for r in rows]
 
     # -- API keys ----------------------------------------------------------------------------
     def add_api_key(self, key_id: str, key_hash: str, role: str, name: str | None, created_at: str) -> None:

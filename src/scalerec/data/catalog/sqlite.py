@@ -203,6 +203,12 @@ _FRESH_SINCE_SQL = (
     " UNION ALL SELECT user_id FROM serving_recent_events WHERE pending_id > ?1 AND pending_id <= ?2"
     " AND timestamp >= ?3"
 )
+# The same id range as rows (item, type, time, value), anonymous events included: serving's item statistics.
+_ITEM_EVENTS_SQL = (
+    "SELECT item_id, event_type, timestamp, value FROM pending_events WHERE id > ?1 AND id <= ?2 AND timestamp >= ?3"
+    " UNION ALL SELECT item_id, event_type, timestamp, value FROM serving_recent_events"
+    " WHERE pending_id > ?1 AND pending_id <= ?2 AND timestamp >= ?3"
+)
 #: Tables up to this many rows are upserted directly; bigger ones (imports) are staged first.
 STAGE_MIN_ROWS = 5_000
 
@@ -947,6 +953,11 @@ class SqliteCatalog:
         those a compaction moved meanwhile."""
         rows = self._query(_FRESH_SINCE_SQL, (int(after_id), int(upto_id), int(since_us)))
         return list(map(_first, rows))  # C-level iteration, no Python frame per event
+
+    def item_events_between(self, after_id: int, upto_id: int, since_us: int) -> list[tuple[str, str, int, float]]:
+        """(item_id, event_type, timestamp_us, value) of pending ids in (after_id, upto_id] at/after
+        ``since_us``, anonymous ones included, and those a compaction moved (kept with their user)."""
+        return self._query(_ITEM_EVENTS_SQL, (int(after_id), int(upto_id), int(since_us)))
 
     # -- API keys -------------------------------------------------------------------------
     def add_api_key(self, key_id: str, key_hash: str, role: str, name: str | None, created_at: str) -> None:
