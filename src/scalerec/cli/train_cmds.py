@@ -409,7 +409,9 @@ def models_show(
             scores = typed.metrics.get(part) or {}
             if scores:
                 main = typed.primary_metric
-                shown = [f"{main} {_fmt(scores.get(main))}"] + [
+                iv = out["intervals"].get(part) or {}
+                bounds = f" [{_fmt(iv.get('low'))}, {_fmt(iv.get('high'))}]" if iv else ""
+                shown = [f"{main} {_fmt(scores.get(main))}{bounds}"] + [
                     f"{k} {_fmt(val)}" for k, val in sorted(scores.items()) if k != main and isinstance(val, float)][:6]
                 info.add_row(part, ", ".join(shown))
         if typed.protocol is not None:
