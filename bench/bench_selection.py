@@ -20,6 +20,7 @@ to bench/results/selection.jsonl.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the front-loaded shop is the tests' own construction (tests/evaluation/test_holdout.py, which imports a CLI fixture)
 sys.path[:0] = [str(ROOT / "tests" / d) for d in ("evaluation", "cli", "training", "")]
 
+import scalerec  # noqa: E402
 from scalerec.config import Settings  # noqa: E402
 from scalerec.data.store import DataStore  # noqa: E402
 from scalerec.registry import Registry  # noqa: E402
@@ -43,6 +45,8 @@ from scalerec.training import TrainOptions, train  # noqa: E402
 
 CSV = ROOT.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.gz"
 GOAL = 0.125
+LABEL = ""
+LOAD_BEFORE = 0.0
 console = Console(width=200)
 
 
@@ -75,9 +79,30 @@ def _score_production(settings: Settings, split: Any) -> dict[str, float]:
     return out
 
 
+#: per family of the last train: search seconds and the process's peak RSS while it searched (jobs 1: in process)
+PER_FAMILY: dict[str, dict[str, float]] = {}
+
+
 def _train(settings: Settings, store: DataStore, minutes: float, jobs: int) -> tuple[Any, float]:
+    import scalerec.training.pipeline as pipeline
+    import scalerec.training.tuning as tuning
+
+    original = tuning.tune_family
+    PER_FAMILY.clear()
+
+    def measured(family: str, **kw: Any) -> Any:
+        with pipeline.measure_peak_rss() as mem:
+            res = original(family, **kw)
+        row = PER_FAMILY.setdefault(family, {"peak_rss_mib": 0.0})
+        row["peak_rss_mib"] = round(max(row["peak_rss_mib"], mem["peak_rss_bytes"] / 2**20), 1)
+        return res
+
+    tuning.tune_family = measured  # search_families looks it up in its module
     t0 = time.perf_counter()
-    result = train(settings, TrainOptions(minutes=minutes, jobs=jobs), store=store)
+    try:
+        result = train(settings, TrainOptions(minutes=minutes, jobs=jobs), store=store)
+    finally:
+        tuning.tune_family = original
     return result, time.perf_counter() - t0
 
 
@@ -141,7 +166,11 @@ def _row(store: str, result: Any, wall: float, minutes: float, scores: dict[str,
         "families": {f.family: f.best_value for f in result.families},
         # where the budget went: trials (pruned), rounds taken part in, search seconds per family
         "spent": {f.family: {"trials": f.trials_total, "pruned": f.trials_pruned, "rounds": f.rounds,
-                             "search_s": round(f.wall_s, 1)} for f in result.families},
+                             "search_s": round(f.wall_s, 1), **PER_FAMILY.get(f.family, {})} for f in result.families},
+        # which code ran (the bench script may run another checkout's src on PYTHONPATH) and the load around it
+        "src": str(Path(scalerec.__file__).resolve().parents[1]),
+        "label": LABEL,
+        "load_before_after": [LOAD_BEFORE, round(os.getloadavg()[0], 2)],
     }
 
 
@@ -158,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-shop", action="store_true", help="Online Retail only")
     ap.add_argument("--shop-users", type=int, default=5000)
     ap.add_argument("--shop-events", type=int, default=300_000)
+    ap.add_argument("--label", default="", help="recorded with the result (e.g. before / after)")
     args = ap.parse_args(argv)
+    global LABEL, LOAD_BEFORE
+    LABEL, LOAD_BEFORE = args.label, round(os.getloadavg()[0], 2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as tmp:
         if not args.skip_retail:
@@ -182,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     for r in rows:
         console.print(f"{r['store']}: {r['reason']}", soft_wrap=True)
+        console.print("  per family (trials, pruned, search s, peak RSS MiB): " + "; ".join(
+            f"{f} {v['trials']}, {v['pruned']}, {v['search_s']}, {v.get('peak_rss_mib')}" for f, v in r["spent"].items()),
+            soft_wrap=True)
         if r["store"].startswith("online-retail"):
             ok = r["recall@20"] >= GOAL and r["ndcg@20"] >= GOAL
             console.print(f"goal Recall@20 and NDCG@20 >= {GOAL}: {'met' if ok else 'NOT met'} with a "

@@ -70,6 +70,8 @@ def test_no_promote_then_models_promote_rollback_delete(data_dir: Path) -> None:
     assert "stage" in readable and "candidate" in readable and "ease" in readable
     assert "not promoted (--no-promote)" in readable and "--json" in readable
     assert len(readable.splitlines()) < 40 and '"files"' not in readable
+    test_iv = shown["intervals"]["test"]  # the primary metric's interval is in the table too
+    assert f"[{test_iv['low']:.4f}, {test_iv['high']:.4f}]" in readable
 
     gate = shown["manifest"]["promotion"]
     r = _cli(data_dir, "models", "promote", second)

@@ -100,6 +100,38 @@ def test_search_spaces_scale_with_the_data() -> None:
     assert _distributions("ease", None)["l2"].high == 1e4
 
 
+def _trial_distributions(family: str, stats: DataStats, **params: Any) -> dict[str, Any]:
+    """The distributions of one trial of ``family`` enqueued with ``params`` (signals included)."""
+    from scalerec.training.tuning import trial_params
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(params)
+    trial = study.ask()
+    trial_params(MODELS[family], trial, stats)
+    return dict(trial.distributions)
+
+
+def test_a_data_scaled_range_follows_the_matrix_the_trial_trains_on(split_and_spec) -> None:
+    """EASE's λ and ALS's α are scaled to the trial's own cells (recency cap, cell convention), not the
+    configured matrix's: a decayed or normalised matrix has other values than the raw weighted counts."""
+    split, _, snapshot = split_and_spec
+    stats = data_stats(split, events=snapshot.events, settings=Settings())
+    assert "normalise" in stats.signals  # the shop's purchases weigh other than 1
+    raw = split.train.matrix
+    assert stats.gram_diag_mean == pytest.approx(float(raw.data.astype(np.float64) @ raw.data) / raw.shape[1])
+    seen = set()
+    for params in ({"recency_half_life_days": None, "normalise": None}, {"recency_half_life_days": 30.0, "normalise": None},
+                   {"recency_half_life_days": 30.0, "normalise": True}):
+        cells = split.train_for(MODELS["ease"](**params)).matrix.data.astype(np.float64)
+        gram = float(cells @ cells) / raw.shape[1]  # mean(diag(XᵀX)) of the matrix this trial fits
+        l2 = _trial_distributions("ease", stats, **params)["l2"]
+        assert (l2.low, l2.high) == pytest.approx((gram * 1e-2, gram * 1e2), rel=1e-6)
+        alpha = _trial_distributions("als", stats, **params)["alpha"]
+        assert (alpha.low, alpha.high) == pytest.approx((0.5 / np.abs(cells).mean(), 100 / np.abs(cells).mean()), rel=1e-5)
+        seen.add(round(gram, 6))
+    assert len(seen) == 3  # three different matrices, three different ranges
+
+
 def test_factor_choices_respect_memory_and_keep_the_default() -> None:
     tight = replace(_stats(20_000, 4000, 0.005), memory_bytes=200 * 1024**2)
     assert max(factor_choices(tight, 64)) < 512 and 64 in factor_choices(tight, 64)
@@ -374,6 +406,47 @@ def test_the_search_is_deterministic_for_a_seed(split_and_spec, tmp_path) -> Non
     first = trials_of(tmp_path / "a", 11)
     assert trials_of(tmp_path / "b", 11) == first
     assert trials_of(tmp_path / "c", 12) != first  # the seed does steer the samplers
+
+
+class _SteppedClock:
+    """A monotonic clock that an executor moves on by a fixed cost per trial: a machine where each trial
+    takes ``cost`` seconds, without waiting for them (tests never depend on the wall clock)."""
+
+    def __init__(self, inner: Any, cost: float) -> None:
+        import time
+
+        self.now, self.cost, self.inner, self.jobs = 1000.0, cost, inner, 1
+        self.perf_counter = time.perf_counter
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def submit(self, fn, *args):
+        self.now += self.cost
+        return self.inner.submit(fn, *args)
+
+
+def test_a_time_budget_changes_how_far_a_family_gets_not_what_it_tries(split_and_spec, tmp_path, monkeypatch) -> None:
+    """What docs/training.md claims for --minutes: a slower machine gets fewer trials of the same sequence."""
+    import scalerec.training.tuning as tuning
+
+    split, spec, snapshot = split_and_spec
+    stats = data_stats(split, events=snapshot.events, settings=Settings())
+
+    def tried(root: Path, cost: float) -> list[Any]:
+        root.mkdir()
+        clock = _SteppedClock(LocalExecutor(1), cost)
+        monkeypatch.setattr(tuning, "time", clock)
+        url = storage_url(root)
+        search_families(["itemknn"], storage=url, names={"itemknn": "itemknn-fp-conf"}, schedule="search-fp-conf",
+                        split_spec=spec, executor=clock, n_trials=None, minutes=0.1, metric=METRIC, seed=3, stats=stats)
+        return [(t["params"], t["value"]) for t in load_report(root)[0]["trials"]]
+
+    fast, slow = tried(tmp_path / "fast", 1.0), tried(tmp_path / "slow", 3.0)  # 6 s: 6 trials against 2
+    assert len(slow) < len(fast)
+    assert [p for p, _ in fast[:len(slow)]] == [p for p, _ in slow]  # the slow run tried a prefix of the same sequence
+    np.testing.assert_allclose([v for _, v in fast[:len(slow)]], [v for _, v in slow], rtol=1e-5)
+    assert len({json.dumps(p, sort_keys=True) for p, _ in fast}) > len(slow)  # and the fast one went on past it
 
 
 class _ShuffledExecutor:

@@ -130,7 +130,9 @@ def _summary(result: "TrainResult") -> None:
 def train_cmd(
     ctx: typer.Context,
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trial budget: N x the number of families in all, shared by successive halving (better families get more; default: setting training.trials)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget of the whole search, in minutes."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-time budget of the whole search, in minutes. Not reproducible end to end: the protocol, spaces and "
+                                         "each family's first configurations are the same for a seed, but how many trials fit (so the "
+                                         "halving and the winner) follows the machine's load; --trials is deterministic for a seed at any --jobs."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Trials run in parallel."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated families (default: setting models.enabled)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric, e.g. ndcg@20, recall@10."),
@@ -407,7 +409,9 @@ def models_show(
             scores = typed.metrics.get(part) or {}
             if scores:
                 main = typed.primary_metric
-                shown = [f"{main} {_fmt(scores.get(main))}"] + [
+                iv = out["intervals"].get(part) or {}
+                bounds = f" [{_fmt(iv.get('low'))}, {_fmt(iv.get('high'))}]" if iv else ""
+                shown = [f"{main} {_fmt(scores.get(main))}{bounds}"] + [
                     f"{k} {_fmt(val)}" for k, val in sorted(scores.items()) if k != main and isinstance(val, float)][:6]
                 info.add_row(part, ", ".join(shown))
         if typed.protocol is not None:

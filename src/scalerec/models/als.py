@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.errors import ValidationError
-from scalerec.models.base import EmbeddingRecommender, Progress, Recommender, suggest_recency
+from scalerec.models.base import EmbeddingRecommender, Progress, Recommender, suggest_recency, trial_stats
 from scalerec.models.space import factor_choices, relative_range
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,20 +117,23 @@ class ALS(IterativeFit, EmbeddingRecommender):
 
     @classmethod
     def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
+        factors = trial.suggest_categorical("factors", factor_choices(stats, cls.param_default("factors")))
+        half_life = suggest_recency(trial)
+        own = trial_stats(stats, cls, trial, recency_half_life_days=half_life)  # the cells this trial trains on
         return {
-            "factors": trial.suggest_categorical("factors", factor_choices(stats, cls.param_default("factors"))),
+            "factors": factors,
             # The data term of a user's normal equations grows with alpha x their history length,
             # so λ scales with the mean history and alpha with 1 / the mean cell value.
             "regularization": trial.suggest_float(
-                "regularization", *relative_range(max(1.0, stats.mean_items_per_user / 10) if stats else 1.0, 1e-3, 10.0),
+                "regularization", *relative_range(max(1.0, own.mean_items_per_user / 10) if own else 1.0, 1e-3, 10.0),
                 log=True,
             ),
             "alpha": trial.suggest_float(
-                "alpha", *relative_range(1.0 / stats.mean_value if stats and stats.mean_value else 1.0, 0.5, 100.0),
+                "alpha", *relative_range(1.0 / own.mean_value if own and own.mean_value else 1.0, 0.5, 100.0),
                 log=True,
             ),
             "iterations": trial.suggest_int("iterations", 5, 30),
-            "recency_half_life_days": suggest_recency(trial),
+            "recency_half_life_days": half_life,
         }
 
     def _validate_params(self) -> None:

@@ -62,6 +62,17 @@ def suggest_signals(trial: "optuna.Trial", choices: dict[str, tuple[Any, ...]]) 
     return {name: trial.suggest_categorical(name, list(options)) for name, options in choices.items()}
 
 
+def trial_stats(stats: "DataStats | None", klass: type, trial: "optuna.Trial", **params: Any) -> "DataStats | None":
+    """The statistics of the matrix a trial trains on: that of a ``klass(**params)`` model with the signal
+    choices the trial suggested so far (``trial.params``: rating rule, recency clock, cell convention), so a
+    range scaled to the data (EASE's λ, ALS's α) follows the trial's own cells rather than the configured
+    matrix's. ``stats`` itself when it has no rebuild (a bare matrix) or the model needs no other matrix."""
+    if stats is None or stats.rebuild is None:
+        return stats
+    signals = {k: trial.params[k] for k in MATRIX_PARAMS if k in trial.params}
+    return stats.for_overrides(klass(**params, **signals).matrix_overrides())
+
+
 class _RecommenderMeta(ABCMeta):
     """Lets every model class take :data:`MATRIX_PARAMS` as keywords without each ``__init__``
     declaring them: they are set on the instance after the family's own ``__init__``."""

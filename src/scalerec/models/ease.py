@@ -9,7 +9,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from scalerec.errors import ModelCapacityError, ValidationError
-from scalerec.models.base import Progress, Recommender, suggest_recency
+from scalerec.models.base import Progress, Recommender, suggest_recency, trial_stats
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -61,11 +61,14 @@ class EASE(Recommender):
 
     @classmethod
     def search_space(cls, trial: "optuna.Trial", stats: "DataStats | None" = None) -> dict[str, Any]:
+        half_life = suggest_recency(trial)
+        # the matrix this trial trains on (its recency cap, rating rule, cell convention), not the configured one
+        own = trial_stats(stats, cls, trial, recency_half_life_days=half_life)
         return {
             # λ relative to mean(diag(XᵀX)): the published optima (ML-20M 500, Netflix 1000, MSD 200)
             # are 0.2-1x it, sparse shops need more; 1e-2..1e2 spans both with margin.
-            "l2": trial.suggest_float("l2", *_l2_range(stats), log=True),
-            "recency_half_life_days": suggest_recency(trial),
+            "l2": trial.suggest_float("l2", *_l2_range(own), log=True),
+            "recency_half_life_days": half_life,
         }
 
     def _validate_params(self) -> None:

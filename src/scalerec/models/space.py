@@ -3,9 +3,11 @@ and the helpers that turn it into ranges (factor counts, neighbour counts) share
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,8 @@ class DataStats:
     of the part the search scores on when it is a time window (None for per-user hold-outs): the
     horizon a model predicts, the natural scale of a recency half-life. ``signals`` are the matrix
     hyperparameters this data supports (``training.tuning.signal_choices``), searched by every family.
+    ``rebuild`` (the split's ``rebuild_train``) rebuilds the matrix with a model's matrix overrides, so a
+    trial's space can scale to the matrix that trial trains on (:meth:`for_overrides`, :func:`trial_stats`).
     """
 
     n_users: int
@@ -49,11 +53,14 @@ class DataStats:
     memory_bytes: int = 8 * 1024**3
     holdout_days: float | None = None
     signals: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    rebuild: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    #: statistics of rebuilt matrices by their overrides (:meth:`for_overrides`), not recorded
+    _derived: dict[str, "DataStats"] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_matrix(
         cls, X: Any, *, explicit: bool = False, memory_bytes: int | None = None, holdout_days: float | None = None,
-        signals: dict[str, tuple[Any, ...]] | None = None,
+        signals: dict[str, tuple[Any, ...]] | None = None, rebuild: Callable[..., Any] | None = None,
     ) -> "DataStats":
         """Statistics of a user x item matrix (an InteractionMatrix or a sparse matrix); one pass over its values."""
         m = getattr(X, "matrix", X)
@@ -75,10 +82,27 @@ class DataStats:
             memory_bytes=int(memory_bytes if memory_bytes is not None else _physical_memory()),
             holdout_days=None if holdout_days is None else float(holdout_days),
             signals={k: tuple(v) for k, v in (signals or {}).items()},
+            rebuild=rebuild,
         )
 
+    def for_overrides(self, overrides: dict[str, Any]) -> "DataStats":
+        """The statistics of the training matrix rebuilt with ``overrides`` (a model's ``matrix_overrides()``:
+        recency decay and cap, rating rule, cell convention), computed once per distinct overrides; self when
+        there are none or nothing to rebuild with. Values change with the overrides (a recency-capped or
+        normalised matrix has other cells), the shape does not (the rebuild keeps the vocabulary)."""
+        if not overrides or self.rebuild is None:
+            return self
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        found = self._derived.get(key)
+        if found is None:
+            built = DataStats.from_matrix(self.rebuild(**overrides), explicit=self.explicit,
+                                          memory_bytes=self.memory_bytes, holdout_days=self.holdout_days,
+                                          signals=self.signals)
+            found = self._derived[key] = built
+        return found
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("rebuild", "_derived")}
 
 
 def factor_choices(stats: DataStats | None, default: int) -> list[int]:

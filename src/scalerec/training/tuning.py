@@ -363,11 +363,10 @@ def trial_params(klass: type, trial: "optuna.Trial", stats: "DataStats | None") 
     """
     from scalerec.models.base import suggest_signals
 
-    params = dict(klass.search_space(trial, stats))
     signals = family_signals(klass, stats)
-    if signals:
-        params.update(suggest_signals(trial, signals))
-    return params
+    # the signal choices first: a space scaled to the data reads them (models.base.trial_stats)
+    chosen = suggest_signals(trial, signals) if signals else {}
+    return {**klass.search_space(trial, stats), **chosen}
 
 
 def family_signals(klass: type, stats: "DataStats | None") -> dict[str, tuple[Any, ...]]:
@@ -696,7 +695,8 @@ def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "
     """DataStats of the split's training matrix; explicit when the events hold a type whose value is used
     (ratings); the scored part's window length when it is a time window; the signal choices the
     events support (``signal_choices(signal_stats(events))``, with the [matrix] rating types, the
-    data's cell unit and the configured ``normalise``)."""
+    data's cell unit and the configured ``normalise``); the split's rebuild, so each trial's space is scaled to
+    the matrix it trains on (``DataStats.for_overrides``)."""
     from scalerec.models.space import DataStats
 
     explicit = False
@@ -712,7 +712,8 @@ def data_stats(split: "Split", *, events: Any = None, settings: Any = None) -> "
         signals = signal_choices(found)
     info = split.info or {}
     days = info.get("test_days") if "test_start" in info else None
-    return DataStats.from_matrix(split.train, explicit=explicit, holdout_days=days, signals=signals)
+    return DataStats.from_matrix(split.train, explicit=explicit, holdout_days=days, signals=signals,
+                                 rebuild=split.rebuild_train)
 
 
 def search_families(
