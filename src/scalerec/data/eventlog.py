@@ -597,6 +597,9 @@ class EventLog:
     or epoch seconds; ``start`` is inclusive, ``end`` exclusive.
     """
 
+    #: what ``transaction()`` stages and commits a write with (the object-store log publishes a manifest)
+    transaction_class: type[LogTransaction] = LogTransaction
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._info_cache: dict[str, _FileInfo] = {}
@@ -614,7 +617,7 @@ class EventLog:
         unchanged. ``txid`` (default: a new uuid) is recorded in the files' metadata.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        tx = LogTransaction(self, txid)
+        tx = self.transaction_class(self, txid)
         try:
             yield tx
         except BaseException:

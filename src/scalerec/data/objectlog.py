@@ -118,6 +118,8 @@ class SharedEventLog(EventLog):
     machine's cache and staging area; ``publish_guard()`` is a context manager held around each
     manifest publish and garbage collection (the catalogue's ``log-publish`` lease in a DataStore)."""
 
+    transaction_class = SharedLogTransaction
+
     def __init__(self, url: str, cache_dir: Path | str, *,
                  publish_guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None) -> None:
         super().__init__(cache_dir)
@@ -294,24 +296,6 @@ class SharedEventLog(EventLog):
         return sorted(out, key=lambda e: (e["day"], e["path"]))
 
     # -- the EventLog surface --------------------------------------------------------------
-    def transaction(self, *, txid: str | None = None) -> Any:
-        return self._transaction(txid)
-
-    @contextlib.contextmanager
-    def _transaction(self, txid: str | None) -> Iterator[SharedLogTransaction]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tx = SharedLogTransaction(self, txid)
-        try:
-            yield tx
-        except BaseException:
-            tx._rollback()
-            raise
-        try:
-            tx._commit()
-        except BaseException:
-            tx._rollback()
-            raise
-
     def partitions(self, start: TimeLike = None, end: TimeLike = None) -> list[tuple[dt.date, Path]]:
         days = sorted({e["day"] for e in self._entries(start, end)})
         return [(dt.date.fromisoformat(d), self.root / f"{PARTITION_PREFIX}{d}") for d in days]
