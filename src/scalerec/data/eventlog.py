@@ -542,11 +542,17 @@ class LogTransaction:
         _fsync_many(p for p, _ in self._files)
 
     # -- commit / rollback ----------------------------------------------------------------
-    def _commit(self) -> int:
+    def _close_staging(self) -> bool:
+        """Finish the staged files and close the transaction; False (staging discarded) when empty."""
         self._finish_files()
         self._closed = True
         if not self._files:
             self._discard()
+            return False
+        return True
+
+    def _commit(self) -> int:
+        if not self._close_staging():
             return 0
         moves = [[p.name, p.name.replace("__", "/", 1)] for p, _ in self._files]
         journal = {

@@ -84,10 +84,7 @@ class SharedLogTransaction(LogTransaction):
     log: "SharedEventLog"
 
     def _commit(self) -> int:
-        self._finish_files()
-        self._closed = True
-        if not self._files:
-            self._discard()
+        if not self._close_staging():
             return 0
         staged = []
         for path, day in self._files:
