@@ -180,3 +180,51 @@ def test_ann_lists_hold_unseen_items_by_score_and_a_short_one_is_never_trusted(b
         assert lists.take(q, 5, allowed) is None, "a short list not holding every unseen item is not trusted"
     finally:
         svc.close()
+
+
+def test_large_lists_are_written_by_a_separate_process_and_match_the_in_process_computation(base_store, tmp_path,
+                                                                                          monkeypatch) -> None:
+    """Above SYNC_MAX_CELLS a low-priority process (precompute_worker) writes the lists; the worker maps them."""
+    import time
+
+    from scalerec.serving import precomputed
+
+    monkeypatch.setattr(precomputed, "SYNC_MAX_CELLS", 0)
+    started = []
+    real_run = precomputed.subprocess.run
+    monkeypatch.setattr(precomputed.subprocess, "run", lambda cmd, **kw: started.append(cmd) or real_run(cmd, **kw))
+    svc = _service(base_store, tmp_path, precomputed_k=15)
+    try:
+        r = svc.live.model.retriever
+        deadline = time.monotonic() + 120
+        while r.precomputed is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lists = r.precomputed
+        assert lists is not None and len(started) == 1 and "scalerec.serving.precompute_worker" in started[0]
+        st = svc.live.model
+        seen = precomputed.sp.csr_matrix((np.ones(len(st.seen_indices), np.float32), st.seen_indices, st.seen_indptr),
+                                         shape=(len(st.user_ids), st.n_items))
+        ids = np.zeros(lists.ids.shape, np.int32)
+        scores = np.zeros(lists.ids.shape, np.float32)
+        precomputed.compute(r, seen, 15, None, ids, scores)
+        np.testing.assert_array_equal(lists.ids, ids)
+        np.testing.assert_allclose(lists.scores, scores, rtol=1e-5)
+        for user in st.user_ids[:10].tolist():
+            _same(*_both(svc, user))
+    finally:
+        svc.close()
+
+
+def test_a_stopped_computation_leaves_no_lists(base_store, tmp_path) -> None:
+    from scalerec.serving import precomputed
+
+    svc = _service(base_store, tmp_path, precomputed_k=0)
+    try:
+        st = svc.live.model
+        root = tmp_path / "candidates"
+        with pytest.raises(precomputed.Stopped):
+            precomputed.ensure_written(root, st.version, st.retriever, st.seen_indptr, st.seen_indices, st.n_items,
+                                       k=5, max_users=10, stop=lambda: True)
+        assert [p.name for p in root.iterdir() if p.is_dir()] == []
+    finally:
+        svc.close()

@@ -26,7 +26,7 @@ from scalerec.data.matrix import RatingRule, shape_cells
 from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
 from scalerec.monitoring import metrics
-from scalerec.serving import precomputed
+from scalerec.serving import precompute_worker, precomputed
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes, item_table_from_rows
 from scalerec.serving.index import ItemIndex, ModelRetriever, retriever_for
 from scalerec.serving.realtime import ChangeFeed, FreshUsers
@@ -261,7 +261,8 @@ class ServingState:
         )
         serving = self.settings.serving
         precomputed.attach(retriever, Path(self.settings.data.dir) / "serving" / "candidates", version, m.indptr,
-                           m.indices, m.shape[1], k=serving.precomputed_k, max_users=serving.precomputed_max_users)
+                           m.indices, m.shape[1], k=serving.precomputed_k, max_users=serving.precomputed_max_users,
+                           builder=precompute_worker.command(self.settings, version))
         popular = np.asarray(lv.popular, dtype=np.float32)
         trending = np.asarray(lv.trending, dtype=np.float32)
         snapshot, cells = data_conventions(lv.manifest)
