@@ -27,6 +27,7 @@ from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
 from scalerec.monitoring import metrics
 from scalerec.serving import precompute_worker, precomputed
+from scalerec.serving.foldcache import FoldInCache
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes, item_table_from_rows
 from scalerec.serving.index import ItemIndex, ModelRetriever, retriever_for
 from scalerec.serving.realtime import ChangeFeed, FreshUsers
@@ -73,6 +74,8 @@ class ModelState:
     data_time_us: int | None = None
     # how the training matrix read rating values (rule, threshold on the recorded scale), for fold-in
     ratings: RatingRule = field(default_factory=RatingRule)
+    # fresh users' fold-ins kept while their event rows are unchanged (serving/foldcache.py)
+    fold_ins: FoldInCache = field(default_factory=FoldInCache, compare=False, repr=False)
 
     @property
     def n_items(self) -> int:
