@@ -194,3 +194,51 @@ def test_list_sizes_follow_the_ranker_and_the_memory_bound() -> None:
     off = Settings(serving={"precomputed_k": 0}, ranking={"cf_candidates": 200})
     assert sizes(off.serving, off.ranking, active)[0] == 0, "precomputed_k = 0 keeps the lists off"
     assert sizes(s.serving, Settings(ranking={"enabled": False}).ranking, active)[0] == 50
+
+
+def test_large_lists_are_written_by_a_separate_process_and_match_the_in_process_computation(base_store, tmp_path,
+                                                                                          monkeypatch) -> None:
+    """Above SYNC_MAX_CELLS a low-priority process (precompute_worker) writes the lists; the worker maps them."""
+    import time
+
+    from scalerec.serving import precomputed
+
+    monkeypatch.setattr(precomputed, "SYNC_MAX_CELLS", 0)
+    started = []
+    real_run = precomputed.subprocess.run
+    monkeypatch.setattr(precomputed.subprocess, "run", lambda cmd, **kw: started.append(cmd) or real_run(cmd, **kw))
+    svc = _service(base_store, tmp_path, precomputed_k=15)
+    try:
+        r = svc.live.model.retriever
+        deadline = time.monotonic() + 120
+        while r.precomputed is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lists = r.precomputed
+        assert lists is not None and len(started) == 1 and "scalerec.serving.precompute_worker" in started[0]
+        st = svc.live.model
+        seen = precomputed.sp.csr_matrix((np.ones(len(st.seen_indices), np.float32), st.seen_indices, st.seen_indptr),
+                                         shape=(len(st.user_ids), st.n_items))
+        ids = np.zeros(lists.ids.shape, np.int32)
+        scores = np.zeros(lists.ids.shape, np.float32)
+        precomputed.compute(r, seen, 15, None, ids, scores)
+        np.testing.assert_array_equal(lists.ids, ids)
+        np.testing.assert_allclose(lists.scores, scores, rtol=1e-5)
+        for user in st.user_ids[:10].tolist():
+            _same(*_both(svc, user))
+    finally:
+        svc.close()
+
+
+def test_a_stopped_computation_leaves_no_lists(base_store, tmp_path) -> None:
+    from scalerec.serving import precomputed
+
+    svc = _service(base_store, tmp_path, precomputed_k=0)
+    try:
+        st = svc.live.model
+        root = tmp_path / "candidates"
+        with pytest.raises(precomputed.Stopped):
+            precomputed.ensure_written(root, st.version, st.retriever, st.seen_indptr, st.seen_indices, st.n_items,
+                                       k=5, max_users=10, stop=lambda: True)
+        assert [p.name for p in root.iterdir() if p.is_dir()] == []
+    finally:
+        svc.close()

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scalerec.accelerator import accelerator, faiss_to_cpu
 from scalerec.errors import ValidationError
 from scalerec.models.base import EmbeddingRecommender, Recommender, top_k  # one row-wise top-k for models and serving
+from scalerec.serving.foldcache import FoldInQuery
 from scalerec.serving.precomputed import PrecomputedLists, PrecomputedQuery
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
@@ -337,6 +338,8 @@ class ModelRetriever:
         return _ItemQuery(col)
 
     def search(self, query: object, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if type(query) is FoldInQuery:  # a fresh user's kept fold-in (serving/foldcache.py)
+            return query.search(self, k, allowed)
         if type(query) is PrecomputedQuery:
             hit = query.lists.take(query, k, allowed)
             if hit is not None:

@@ -18,9 +18,11 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -115,11 +117,15 @@ def _chosen_users(seen_indptr: np.ndarray, max_users: int) -> np.ndarray | None:
     return np.sort(chosen)
 
 
+class Stopped(Exception):
+    """The computation was asked to stop (``stop()`` was true between two blocks)."""
+
+
 def compute(retriever: Any, seen: sp.csr_matrix, k: int, users: np.ndarray | None,
-            out_ids: np.ndarray, out_scores: np.ndarray) -> None:
+            out_ids: np.ndarray, out_scores: np.ndarray, *, stop: Callable[[], bool] | None = None) -> None:
     """Each chosen user's top ``k`` unseen items into ``out_ids`` / ``out_scores``, block by block,
     with the retriever's own scoring (the exact index's product and top-k, the ANN index's search, or
-    the model's recommend)."""
+    the model's recommend). ``stop()`` is asked before each block (true: raise :class:`Stopped`)."""
     rows = np.arange(seen.shape[0]) if users is None else users
     index = getattr(retriever, "index", None)
     n_items = seen.shape[1]
@@ -130,6 +136,8 @@ def compute(retriever: Any, seen: sp.csr_matrix, k: int, users: np.ndarray | Non
         at = np.argsort(np.diff(seen.indptr)[rows], kind="stable")
         step = ANN_BLOCK_USERS
     for start in range(0, len(rows), step):
+        if stop is not None and stop():
+            raise Stopped
         where = at[start : start + step]
         block = rows[where]
         seen_b = seen[block]
@@ -164,6 +172,14 @@ def load_or_compute(root: Path, version: str, retriever: Any, seen_indptr: np.nd
                     n_items: int, *, k: int, max_users: int) -> PrecomputedLists:
     """The version's lists from ``root`` (mapped), computed and written there first when absent
     (under a file lock: one worker computes, the others wait and map the same files)."""
+    ensure_written(root, version, retriever, seen_indptr, seen_indices, n_items, k=k, max_users=max_users)
+    return _map(_cache_dir(root, version, k), seen_indptr, seen_indices, n_items)
+
+
+def ensure_written(root: Path, version: str, retriever: Any, seen_indptr: np.ndarray, seen_indices: np.ndarray,
+                   n_items: int, *, k: int, max_users: int, stop: Callable[[], bool] | None = None) -> Path:
+    """Compute and write the version's lists under ``root`` unless they are there (file lock: one
+    computes, the others wait); returns their folder."""
     import fcntl
 
     d = _cache_dir(root, version, k)
@@ -172,10 +188,14 @@ def load_or_compute(root: Path, version: str, retriever: Any, seen_indptr: np.nd
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         if not (d / "meta.json").exists():
-            _write(d, retriever, seen_indptr, seen_indices, n_items, k, max_users)
+            _write(d, retriever, seen_indptr, seen_indices, n_items, k, max_users, stop)
             _prune(root, keep=d)
     finally:
         os.close(lock_fd)
+    return d
+
+
+def _map(d: Path, seen_indptr: np.ndarray, seen_indices: np.ndarray, n_items: int) -> PrecomputedLists:
     ids = np.load(d / "ids.npy", mmap_mode="r")
     scores = np.load(d / "scores.npy", mmap_mode="r")
     slots = np.load(d / "slots.npy", mmap_mode="r") if (d / "slots.npy").exists() else None
@@ -185,7 +205,7 @@ def load_or_compute(root: Path, version: str, retriever: Any, seen_indptr: np.nd
 
 
 def _write(d: Path, retriever: Any, seen_indptr: np.ndarray, seen_indices: np.ndarray, n_items: int,
-           k: int, max_users: int) -> None:
+           k: int, max_users: int, stop: Callable[[], bool] | None = None) -> None:
     t0 = time.perf_counter()
     n_users = len(seen_indptr) - 1
     users = _chosen_users(seen_indptr, max_users)
@@ -198,7 +218,7 @@ def _write(d: Path, retriever: Any, seen_indptr: np.ndarray, seen_indices: np.nd
         scores = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=np.float32, shape=(n, k))
         seen = sp.csr_matrix((np.ones(len(seen_indices), np.float32), seen_indices, seen_indptr),
                              shape=(n_users, n_items))
-        compute(retriever, seen, k, users, ids, scores)
+        compute(retriever, seen, k, users, ids, scores, stop=stop)
         ids.flush()
         scores.flush()
         del ids, scores
@@ -224,23 +244,38 @@ def _prune(root: Path, keep: Path) -> None:
 
 
 def attach(retriever: Any, root: Path, version: str, seen_indptr: np.ndarray, seen_indices: np.ndarray,
-           n_items: int, *, k: int, max_users: int) -> threading.Thread | None:
+           n_items: int, *, k: int, max_users: int,
+           builder: Callable[[int, int], tuple[list[str], dict[str, str]]] | None = None) -> threading.Thread | None:
     """Give ``retriever`` the version's lists: at once when small, else from a background thread
-    (requests use the live search meanwhile). Returns the thread, if one was started."""
+    (requests use the live search meanwhile). Returns the thread, if one was started.
+
+    ``builder(k, max_users)`` is the command line (and extra environment) of a process that writes large lists (see
+    :mod:`scalerec.serving.precompute_worker`): the thread then only waits for it and maps its files,
+    so the computation runs at the lowest CPU priority and never holds this process's GIL."""
     if k <= 0 or max_users <= 0 or len(seen_indptr) <= 1 or n_items == 0:
         return None
     k = min(k, n_items)
 
-    def run() -> None:
+    def run(spawn: bool) -> None:
         try:
+            if spawn and builder is not None and not (_cache_dir(root, version, k) / "meta.json").exists():
+                t0 = time.perf_counter()
+                cmd, env = builder(k, max_users)
+                done = subprocess.run(cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL, check=False)
+                if done.returncode != 0 or not (_cache_dir(root, version, k) / "meta.json").exists():
+                    log.warning("the candidate-list process of %s exited with %s; serving with the live search",
+                                version, done.returncode)
+                    return
+                log.info("candidate lists of %s written by a background process in %.1f s", version,
+                         time.perf_counter() - t0)
             retriever.precomputed = load_or_compute(root, version, retriever, seen_indptr, seen_indices, n_items,
                                                     k=k, max_users=max_users)
         except Exception:  # serving goes on with the live search
             log.exception("precomputing the candidate lists of %s failed; serving with the live search", version)
 
     if (len(seen_indptr) - 1) * n_items <= SYNC_MAX_CELLS:
-        run()
+        run(spawn=False)  # small: computed here at once, no process started
         return None
-    thread = threading.Thread(target=run, name=f"scalerec-precompute-{version}", daemon=True)
+    thread = threading.Thread(target=run, args=(True,), name=f"scalerec-precompute-{version}", daemon=True)
     thread.start()
     return thread

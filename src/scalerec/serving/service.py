@@ -29,6 +29,7 @@ from scalerec.errors import PayloadTooLargeError, ScalerecError, UnknownItemErro
 from scalerec.monitoring import metrics
 from scalerec.serving.entities import Entities
 from scalerec.serving.filters import ItemFilter
+from scalerec.serving.foldcache import FoldInEntry, FoldInQuery
 from scalerec.serving.pipeline import (
     DEFAULT,
     LIST_CACHE_MAX,  # noqa: F401  (re-exported)
@@ -299,11 +300,36 @@ class RecommendService:
         if fresh_users is not None and not fresh_users.has_fresh(user_id):
             return EMPTY_HISTORY  # one cached number read, no per-user query
         rows = self.feed.recent_rows(user_id, live.model.snapshot, self.settings.serving.history_events)
+        return self._history_of(live.model, rows)
+
+    def _history_of(self, st: ModelState, rows: list[Any]) -> FreshHistory:
         if not rows:
             return EMPTY_HISTORY
         items, types, values = zip(*rows)
-        values = event_values(live.model, types, values)  # ratings read like the training matrix's
-        return history_from_arrays(items, types, values, live.model.item_ids, self._types)
+        values = event_values(st, types, values)  # ratings read like the training matrix's
+        return history_from_arrays(items, types, values, st.item_ids, self._types)
+
+    def _fold_in(self, live: LiveState, user_id: str, row: int) -> tuple[FreshHistory, np.ndarray, Any, object]:
+        """(fresh events, seen columns, fold-in history or None, its query or None) of a user: a
+        fresh user's from the version's fold-in cache while their event rows are the same."""
+        st = live.model
+        fresh_users = st.fresh_users
+        if fresh_users is not None and not fresh_users.has_fresh(user_id):
+            return EMPTY_HISTORY, (st.seen(row)[0] if row >= 0 else np.zeros(0, np.int64)), None, None
+        rows = self.feed.recent_rows(user_id, st.snapshot, self.settings.serving.history_events)
+        hit = st.fold_ins.get(user_id, row, rows)
+        if hit is not None:
+            return hit.fresh, hit.seen_cols, hit.history, hit.query
+        fresh = self._history_of(st, rows)
+        seen_cols, history = user_history(st, row, fresh)
+        query = None
+        if history is not None:
+            query = st.retriever.history_query(history)
+            k = self.settings.serving.precomputed_k
+            if k > 0:  # its unseen top k kept like a known user's precomputed list
+                query = FoldInQuery(query, history, np.r_[seen_cols, fresh.cols], k, st.n_items)
+        st.fold_ins.put(user_id, row, FoldInEntry(rows, fresh, seen_cols, history, query))
+        return fresh, seen_cols, history, query
 
     def _check_n(self, n: int) -> int:
         max_n = self.settings.serving.max_n
@@ -388,7 +414,7 @@ class RecommendService:
         row = st.user_row(user_id)
         if row >= 0 and user_id in live.deleted_users:
             row = -1  # the user's data was deleted after this model was built
-        fresh = self._fresh(live, user_id)
+        fresh, seen_cols, history, fold_query = self._fold_in(live, user_id, row)
         if row < 0 and fresh.empty and not boost_items:
             cold = self._segment_list(live, user_id, n, flt, context)
             if cold is not None:  # a new user with attributes: their segments' favourites
@@ -397,7 +423,6 @@ class RecommendService:
             _FALLBACK_UNKNOWN_USER.inc()
             return fallback_list(live, "trending", n, flt), "fallback"
         allowed = live.items.mask(flt)
-        seen_cols, history = user_history(st, row, fresh)
         if exclude_seen:
             allowed[seen_cols] = False
             allowed[fresh.cols] = False
@@ -406,7 +431,7 @@ class RecommendService:
             strategy, query = "fallback", None
             _FALLBACK_UNKNOWN_USER.inc()
         elif history is not None:
-            strategy, query = "fold_in", st.retriever.history_query(history)
+            strategy, query = "fold_in", fold_query
             metrics.FOLD_INS.inc()
         else:
             strategy, query = "model", st.retriever.user_query(row)

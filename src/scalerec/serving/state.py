@@ -26,7 +26,8 @@ from scalerec.data.matrix import RatingRule, shape_cells
 from scalerec.registry.manifest import Manifest
 from scalerec.errors import ServiceUnavailableError, StorageError
 from scalerec.monitoring import metrics
-from scalerec.serving import precomputed
+from scalerec.serving import precompute_worker, precomputed
+from scalerec.serving.foldcache import FoldInCache
 from scalerec.serving.filters import ITEM_COLUMNS, ItemAttributes, item_table_from_rows
 from scalerec.serving.index import ItemIndex, ModelRetriever, retriever_for
 from scalerec.serving.realtime import ChangeFeed, FreshUsers
@@ -73,6 +74,8 @@ class ModelState:
     data_time_us: int | None = None
     # how the training matrix read rating values (rule, threshold on the recorded scale), for fold-in
     ratings: RatingRule = field(default_factory=RatingRule)
+    # fresh users' fold-ins kept while their event rows are unchanged (serving/foldcache.py)
+    fold_ins: FoldInCache = field(default_factory=FoldInCache, compare=False, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -261,7 +264,8 @@ class ServingState:
         )
         k, max_users = precomputed.sizes(self.settings.serving, self.settings.ranking, lv.manifest)
         precomputed.attach(retriever, Path(self.settings.data.dir) / "serving" / "candidates", version, m.indptr,
-                           m.indices, m.shape[1], k=k, max_users=max_users)
+                           m.indices, m.shape[1], k=k, max_users=max_users,
+                           builder=precompute_worker.command(self.settings, version))
         popular = np.asarray(lv.popular, dtype=np.float32)
         trending = np.asarray(lv.trending, dtype=np.float32)
         snapshot, cells = data_conventions(lv.manifest)
