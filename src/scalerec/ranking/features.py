@@ -79,40 +79,94 @@ class Vocab:
 
 
 # ------------------------------------------------------------------------------------------ events
-def event_frame(events: Any, user_ids: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
-    """The event log as integer codes on a vocabulary: u (int32, -1 unknown/anonymous), i (int32),
-    type, t (int64 UTC us), value, session, and the context keys (null when absent).
-    ``events``: a DataStore / table / polars frame with a ``context`` column (flat map)."""
-    from scalerec.data.snapshot import load_events
+#: events converted per block by :func:`event_frame`: the string columns of one block are all that
+#: is ever held beside the compact frame
+EVENT_BLOCK_ROWS = 65_536
+#: the event frame's string columns, held as Polars categoricals (4 bytes an event, no object column)
+_CATEGORICAL_COLUMNS = ("type", "session", "weather", "device", "location")
 
-    cols = ["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"]
-    if isinstance(events, pl.DataFrame) and "context" not in events.columns:
-        events = events.with_columns(pl.lit(None, dtype=pl.String).alias("context"))
-    if isinstance(events, pl.DataFrame) and "session_id" not in events.columns:
-        events = events.with_columns(pl.lit(None, dtype=pl.String).alias("session_id"))
-    df = load_events(events, columns=cols)
-    extract = [map_get(df, "context", key).alias(key) for key in CONTEXT_KEYS]
+
+def event_frame(events: Any, user_ids: np.ndarray, item_ids: np.ndarray, *, until_us: int | None = None,
+                block_rows: int = EVENT_BLOCK_ROWS) -> pl.DataFrame:
+    """The event log as integer codes on a vocabulary: u (int32, -1 unknown/anonymous), i (int32),
+    type, t (int64 UTC us), value, session, and the context keys (null when absent); the string
+    columns are categoricals. ``events``: a DataStore / table / polars frame with a ``context``
+    column (flat map). Converted ``block_rows`` events at a time, so the raw strings of the log
+    are never all in memory; ``until_us`` keeps events at or before that time."""
     users = pl.DataFrame({"user_id": np.asarray(user_ids).astype(str), "u": np.arange(len(user_ids), dtype=np.int32)})
     items = pl.DataFrame({"item_id": np.asarray(item_ids).astype(str), "i": np.arange(len(item_ids), dtype=np.int32)})
-    out = (
-        df.with_columns(extract)
-        .join(users, on="user_id", how="left")
-        .join(items, on="item_id", how="inner")
-        .select(
-            pl.col("u").fill_null(-1),
-            "i",
-            pl.col("event_type").alias("type"),
-            pl.col("timestamp").dt.epoch("us").alias("t"),
-            "value",
-            pl.col("session_id").alias("session"),
-            "weather",
-            pl.col("temp_c").cast(pl.Float32, strict=False),
-            "device",
-            "location",
-        )
-        .sort("t")
+    blocks = [_event_block(b, users, items, until_us) for b in _event_blocks(events, block_rows)]
+    blocks = [b for b in blocks if b.height] or [_event_block(_empty_events(), users, items, None)]
+    ordered = all(int(a["t"][-1]) <= int(b["t"][0]) for a, b in zip(blocks, blocks[1:]))
+    out = pl.concat(blocks, how="vertical", rechunk=True)
+    del blocks
+    # the log is read day by day, so the blocks usually follow each other: no second sort then
+    return out if ordered else out.sort("t", maintain_order=True)
+
+
+_EVENT_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"]
+
+
+def _empty_events() -> pl.DataFrame:
+    return pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String, "event_type": pl.String,
+                                "timestamp": pl.Datetime("us", "UTC"), "value": pl.Float32,
+                                "session_id": pl.String, "context": pl.String})
+
+
+def _event_blocks(events: Any, block_rows: int) -> Any:
+    """Frames of about ``block_rows`` raw events (the given frame sliced, or the store's batches grouped)."""
+    from scalerec.data.snapshot import load_events
+
+    if isinstance(events, pl.DataFrame):
+        if "context" not in events.columns:
+            events = events.with_columns(pl.lit(None, dtype=pl.String).alias("context"))
+        if "session_id" not in events.columns:
+            events = events.with_columns(pl.lit(None, dtype=pl.String).alias("session_id"))
+        for start in range(0, max(events.height, 1), block_rows):
+            yield load_events(events.slice(start, block_rows), columns=_EVENT_COLUMNS)
+        return
+    if isinstance(events, (pa.Table, pa.RecordBatch)):
+        batches: Any = events.to_batches() if isinstance(events, pa.Table) else [events]
+    elif callable(getattr(events, "events", None)):  # DataStore
+        batches = events.events(columns=_EVENT_COLUMNS)
+    else:
+        batches = events
+    group: list[Any] = []
+    rows = 0
+    for b in batches:
+        group.append(b)
+        rows += b.num_rows
+        if rows >= block_rows:
+            yield load_events(pa.Table.from_batches(group), columns=_EVENT_COLUMNS)
+            group, rows = [], 0
+    if group:
+        yield load_events(pa.Table.from_batches(group), columns=_EVENT_COLUMNS)
+
+
+def _event_block(df: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, until_us: int | None) -> pl.DataFrame:
+    t = pl.col("timestamp").dt.epoch("us")
+    if until_us is not None:
+        df = df.filter(t <= until_us)
+    cat = pl.Categorical()
+    # compact columns first, so the joins gather 4-8 bytes an event, not the context maps
+    compact = df.select(
+        "user_id", "item_id",
+        pl.col("event_type").cast(cat).alias("type"),
+        t.alias("t"),
+        "value",
+        pl.col("session_id").cast(pl.String).cast(cat).alias("session"),
+        map_get(df, "context", "weather").cast(cat).alias("weather"),
+        map_get(df, "context", "temp_c").cast(pl.Float32, strict=False).alias("temp_c"),
+        map_get(df, "context", "device").cast(cat).alias("device"),
+        map_get(df, "context", "location").cast(cat).alias("location"),
     )
-    return out
+    del df
+    return (
+        compact.join(users, on="user_id", how="left")
+        .join(items, on="item_id", how="inner")
+        .select(pl.col("u").fill_null(-1), "i", "type", "t", "value", "session", "weather", "temp_c", "device", "location")
+        .sort("t", maintain_order=True)
+    )
 
 
 def before(ev: pl.DataFrame, t: int) -> pl.DataFrame:
@@ -158,16 +212,16 @@ def item_stats_as_of(ev: pl.DataFrame, t: int, n_items: int, launch_us: np.ndarr
     conversion, review count and mean rating, days since launch (or first event)."""
     past = before(ev, t)
     i = past["i"].to_numpy()
-    typ = past["type"].to_numpy()
+    typ = past["type"]
     age = (t - past["t"].to_numpy()) / US_PER_DAY
     out: dict[str, np.ndarray] = {}
     for name, kinds in ITEM_KINDS:
-        is_kind = np.isin(typ, kinds)
+        is_kind = typ.is_in(list(kinds)).fill_null(False).to_numpy()
         for w in WINDOWS:
             out[f"{name}_{w}d"] = _bincount(i[is_kind & (age < w)], n_items)
     out["conversion_30d"] = out["purchases_30d"] / (out["views_30d"] + 1.0)
     out["events_all"] = _bincount(i, n_items)
-    rev = np.isin(typ, REVIEW_TYPES)
+    rev = typ.is_in(list(REVIEW_TYPES)).fill_null(False).to_numpy()
     stars = past["value"].to_numpy()[rev].astype(np.float64)
     cnt = _bincount(i[rev], n_items)
     tot = np.bincount(i[rev], weights=stars, minlength=n_items)[:n_items]
@@ -215,7 +269,7 @@ def user_stats_as_of(ev: pl.DataFrame, t: int, n_users: int, price: np.ndarray) 
     np.minimum.at(first, u, ts)
     np.maximum.at(last, u, ts)
     known = last >= 0
-    buy = past["type"].to_numpy() == "purchase"
+    buy = (past["type"] == "purchase").fill_null(False).to_numpy()
     p = np.nan_to_num(price[past["i"].to_numpy()[buy]].astype(np.float64))
     qty = past["value"].to_numpy()[buy].astype(np.float64)
     n_buy = _bincount(u[buy], n_users)

@@ -271,6 +271,30 @@ def assemble(d: AsOf, world: World, cand: dict[str, np.ndarray], qu: np.ndarray,
     return np.stack([cols[f] for f in FEATURES], axis=1).astype(np.float32)
 
 
+#: candidate rows turned into features at a time: bounds assemble's per-column temporaries
+ASSEMBLE_BLOCK_ROWS = 65_536
+
+
+def assemble_blocks(d: AsOf, world: World, cand: pl.DataFrame, qu: np.ndarray, qctx: dict[str, np.ndarray],
+                    block_rows: int = ASSEMBLE_BLOCK_ROWS) -> np.ndarray:
+    """:func:`assemble` of every row of ``cand``, one block of rows at a time into one float32 matrix."""
+    x = np.empty((cand.height, len(FEATURES)), np.float32)
+    for start in range(0, cand.height, block_rows):
+        part = cand.slice(start, block_rows)
+        x[start:start + part.height] = assemble(d, world, part, qu, qctx)
+    return x
+
+
+def predict_blocks(booster: Any, d: AsOf, world: World, cand: pl.DataFrame, qu: np.ndarray,
+                   qctx: dict[str, np.ndarray], block_rows: int = ASSEMBLE_BLOCK_ROWS) -> np.ndarray:
+    """The booster's score of every row of ``cand``, features built and scored one block at a time."""
+    out = np.empty(cand.height, np.float64)
+    for start in range(0, cand.height, block_rows):
+        part = cand.slice(start, block_rows)
+        out[start:start + part.height] = booster.predict(assemble(d, world, part, qu, qctx), num_threads=1)
+    return out
+
+
 def time_context(t_us: np.ndarray) -> dict[str, np.ndarray]:
     """month (1-12), weekday (0 Monday) and hour (0-23) of UTC microsecond times (NumPy calendar)."""
     t = np.asarray(t_us, np.int64)
@@ -424,12 +448,13 @@ def side_information(world: World, ev: pl.DataFrame) -> list[str]:
     return kinds
 
 
-def build_world(store: Any, settings: "Settings", user_ids: np.ndarray, item_ids: np.ndarray, ev_raw: Any) -> tuple[World, pl.DataFrame]:
+def build_world(store: Any, settings: "Settings", user_ids: np.ndarray, item_ids: np.ndarray, ev_raw: Any,
+                until_us: int | None = None) -> tuple[World, pl.DataFrame]:
     from scalerec.ranking.content import ContentIndex, TEXT_COLUMNS, item_texts, top_neighbours
     from scalerec.data.ids import lookup
 
     cfg = settings.ranking
-    ev = F.event_frame(ev_raw, user_ids, item_ids)
+    ev = F.event_frame(ev_raw, user_ids, item_ids, until_us=until_us)
     items = store.catalog.items_table()
     catalogue = F.Catalogue.from_table(items, item_ids)
     codes, vocabs = user_attribute_codes(store.catalog.users_table(), user_ids, list(cfg.segment_keys))
@@ -456,12 +481,11 @@ def _window_eval(ev, events, world, cfg, settings, family, params, t, end, seed,
     d = as_of(ev, t, world, cfg)
     qs = make_queries(ev, t, end, d, world, cfg.max_queries, seed)
     if len(qs) == 0:
-        return d, qs, None, None, None
+        return d, qs, None, None
     model = fit_cf(family, params, events, t, world, settings)
     cfb = cf_block(model, d, qs.users, cfg.cf_candidates)
     cand = candidate_frame(d, world, cfg, qs.users, cfb, t, weather=qs.ctx["weather"].astype(np.int64))
-    x = assemble(d, world, cand, qs.users, qs.ctx)
-    return d, qs, cand, x, cfb
+    return d, qs, cand, cfb
 
 
 def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, family: str, params: dict[str, Any],
@@ -482,13 +506,9 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         k = int(metric.split("@")[1])
     except (IndexError, ValueError):
         pass
-    ctx_events = store.events(columns=["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"])
-    from scalerec.data.snapshot import load_events
-
-    raw = load_events(ctx_events, columns=["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"])
     hi = events["timestamp"].max()
-    raw = raw.filter(pl.col("timestamp") <= hi)
-    world, ev = build_world(store, settings, user_ids, item_ids, raw)
+    # the store's batches converted block by block: the raw strings of the log are never all held
+    world, ev = build_world(store, settings, user_ids, item_ids, store, until_us=F._us(hi))
     kinds = side_information(world, ev)
     if not kinds:
         return RankerRun({"status": "skipped", "reason": "no side information worth using: no item categories or text, "
@@ -504,19 +524,22 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
             return RankerRun({"status": "skipped", "side_information": kinds,
                               "reason": f"only {n_q} (user, day) queries in the {name}, fewer than "
                                         f"[ranking] min_queries = {cfg.min_queries}"})
-    d1, q1, cand1, x1, _ = _window_eval(ev, events, world, cfg, settings, family, params, t1, t2, seed)
+    d1, q1, cand1, _ = _window_eval(ev, events, world, cfg, settings, family, params, t1, t2, seed)
     if cand1 is None or len(q1) < cfg.min_queries:
         return RankerRun({"status": "skipped", "side_information": kinds,
                           "reason": f"only {len(q1)} (user, day) queries in the {cfg.window_days:g} days before the test part, "
                                     f"fewer than [ranking] min_queries = {cfg.min_queries}"})
     y1 = labels_of(cand1, q1.relevant)
     keep = sample_negatives(cand1["q"].to_numpy(), y1, cfg.negatives, seed)
-    booster = fit_booster(x1[keep], y1[keep], cand1["q"].to_numpy()[keep], cfg, seed)
-    d2, q2, cand2, x2, cfb2 = _window_eval(ev, events, world, cfg, settings, family, params, t2, end, seed + 1)
+    # features of the sampled rows only, block by block: the learning frame is never built whole
+    learn = cand1.filter(pl.Series(keep))
+    booster = fit_booster(assemble_blocks(d1, world, learn, q1.users, q1.ctx), y1[keep], learn["q"].to_numpy(), cfg, seed)
+    del d1, cand1, learn, y1, keep  # the learning window's frames go before the test window's are built
+    d2, q2, cand2, cfb2 = _window_eval(ev, events, world, cfg, settings, family, params, t2, end, seed + 1)
     if cand2 is None or len(q2) < cfg.min_queries:
         return RankerRun({"status": "skipped", "side_information": kinds,
                           "reason": f"only {len(q2)} (user, day) queries in the test part, fewer than [ranking] min_queries = {cfg.min_queries}"})
-    ranked = top_lists(cand2, booster.predict(x2, num_threads=1), len(q2), k)
+    ranked = top_lists(cand2, predict_blocks(booster, d2, world, cand2, q2.users, q2.ctx), len(q2), k)
     ranked_v = ndcg(ranked, q2.relevant, k)
     cf_v = ndcg(cfb2.ids[:, :k], q2.relevant, k)
     pop_v = ndcg(popular_lists(d2, q2.users, k), q2.relevant, k)
@@ -565,8 +588,10 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         section["seconds"] = round(time.perf_counter() - t_begin, 2)
         return RankerRun(section)
     # the served bundle: every feature as of the end of the data
+    del d2, cand2, cfb2, ranked  # the test window's frames go before the served bundle's are built
     d_end = as_of(ev, end, world, cfg)
     hours = fresh.hour_counts_as_of(ev, end, world.n_items, world.catalogue.launch_us)
+    del ev
 
     def write(version_dir: Path) -> None:
         root = version_dir / DIR
