@@ -171,6 +171,17 @@ def test_drain_and_ack_move_every_event_exactly_once(catalog):
         catalog.drain_pending_events(0)
 
 
+def test_pending_events_claims_give_each_row_its_id_and_claim(catalog):
+    catalog.add_pending_events(events_table(6))
+    _, token = catalog.drain_pending_events(4)
+    table, ids, claims = catalog.pending_events_claims()
+    assert table.to_pylist() == catalog.pending_events_table().to_pylist()
+    assert ids == sorted(ids) and len(set(ids)) == 6
+    assert claims == [token] * 4 + [None] * 2  # a claim takes the oldest rows
+    assert catalog.claimed_pending_ids(token) == ids[:4]
+    assert catalog.claimed_pending_ids("no-such-token") == []
+
+
 def test_delete_user_pending_events(catalog):
     table = events_table(12)
     catalog.add_pending_events(table)

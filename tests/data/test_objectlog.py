@@ -193,3 +193,54 @@ def test_replaced_objects_outlive_the_manifests_that_list_them_then_are_collecte
     assert stats["objects_collected"] == len(before) and stats["manifests_pruned"] >= 1
     assert log._object_paths() == _listed(log)
     assert log.count() == 600 + 10 * KEEP_MANIFESTS
+
+
+def _count_read(store: DataStore) -> tuple[int, int]:
+    """What one reader counts: events() rows and stats()'s n_events (both "log + pending")."""
+    return sum(b.num_rows for b in store.events()), store.stats()["n_events"]
+
+
+@pytest.mark.parametrize("moment", ["before-pending-read", "after-pending-read", "between-publish-and-ack"])
+@pytest.mark.parametrize("backend", ["sqlite-s3", "postgresql-path"])
+def test_a_read_overlapping_another_machines_flush_counts_each_event_once(backend, moment, request, tmp_path,
+                                                                          monkeypatch):
+    """Two machines (data dirs a and b) share one catalogue and one events_url; the reader on a has
+    no lock in common with b's flush. Each interleaving of b's flush with a's two reads (pending
+    buffer, log manifest) is forced deterministically; each event must be counted exactly once."""
+    cat_kind, log_kind = backend.split("-")
+    url = _url("s3" if log_kind == "s3" else "path", request, tmp_path)
+    cat = request.getfixturevalue("postgres_url") if cat_kind == "postgresql" else None
+    with DataStore.open(_settings(tmp_path, "a", url, cat)) as a, DataStore.open(_settings(tmp_path, "b", url, cat)) as b:
+        a.catalog.add_pending_events(_pending(make_events(400, days=2, seed=1)))
+        b.flush_pending()  # something in the log already
+        a.catalog.add_pending_events(_pending(make_events(300, days=2, seed=2)))
+        total = a.catalog.count_pending_events() + a.log.count()
+        seen: list[tuple[int, int]] = []
+        if moment == "between-publish-and-ack":  # a reads while b's batch is published but still pending
+            ack = b.catalog.ack_pending
+
+            def ack_after_read(token):
+                seen.append(_count_read(a))
+                return ack(token)
+
+            monkeypatch.setattr(b.catalog, "ack_pending", ack_after_read)
+            b.flush_pending()
+        else:  # b's whole flush runs right before / right after a's read of the pending buffer
+            for name in ("pending_events_table", "pending_events_claims"):
+                read = getattr(a.catalog, name, None)
+                if read is None:
+                    continue
+
+                def hooked(*args, _read=read, **kw):
+                    if moment == "before-pending-read" and not b.catalog.pending_claims() and b.catalog.count_pending_events():
+                        b.flush_pending()
+                    out = _read(*args, **kw)
+                    if moment == "after-pending-read" and b.catalog.count_pending_events():
+                        b.flush_pending()
+                    return out
+
+                monkeypatch.setattr(a.catalog, name, hooked)
+            seen.append(_count_read(a))
+        assert a.catalog.count_pending_events() == 0, "the interleaving ran: b flushed the batch"
+        assert seen == [(total, total)]
+        assert _count_read(a) == (total, total)

@@ -73,6 +73,12 @@ class InteractionMatrix:
         return 1.0 - self.nnz / cells if cells else 1.0
 
 
+def pending_of(store: Any) -> pa.Table:
+    """A DataStore's pending events: its consistent view's snapshot when one is held."""
+    read = getattr(store, "pending_events_table", None)
+    return read() if callable(read) else store.catalog.pending_events_table()
+
+
 def _as_lazy(source: Any) -> pl.LazyFrame:
     """A polars LazyFrame over the matrix columns of any supported event source."""
     try:
@@ -107,7 +113,7 @@ def _as_lazy(source: Any) -> pl.LazyFrame:
     log = getattr(source, "log", None)
     if log is not None and isinstance(log, EventLog):  # a DataStore: the log plus pending (not yet compacted) events
         frames = [_as_lazy(log)]
-        pending = source.catalog.pending_events_table()
+        pending = pending_of(source)
         if pending.num_rows:
             frames.append(_from_arrow(pending).pipe(_cast_frame))
         return pl.concat([_cast_frame(f) for f in frames], how="vertical")
@@ -431,7 +437,7 @@ def _parts(source: Any) -> list[pl.LazyFrame]:
     log = getattr(source, "log", None)
     if log is not None and isinstance(log, EventLog):  # a DataStore: the log's blocks plus its pending events
         parts = [_cast_frame(p) for p in _parts(log)]
-        pending = source.catalog.pending_events_table()
+        pending = pending_of(source)
         if pending.num_rows:
             parts.append(_cast_frame(_as_lazy(pending)))
         return parts

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -56,12 +57,15 @@ from scalerec.data.objectstore import ObjectStore
 from scalerec.data.schema import EVENT_SCHEMA
 from scalerec.errors import StorageError, ValidationError
 
-__all__ = ["SharedEventLog", "GC_GRACE_S", "KEEP_MANIFESTS"]
+__all__ = ["SharedEventLog", "GC_GRACE_S", "KEEP_FLUSHES", "KEEP_MANIFESTS"]
 
 MANIFESTS = "_manifests"
 _GEN_RE = re.compile(r"^g-(\d{12})\.json$")
 #: Manifests kept besides the latest: a reader that listed an older one can finish its read.
 KEEP_MANIFESTS = 16
+#: Flushes of pending events whose buffer ids each manifest keeps: a reader of "log + pending"
+#: drops the pending rows a manifest already holds (one read spanning more flushes retries).
+KEEP_FLUSHES = 256
 #: Unlisted objects younger than this are left alone by garbage collection: a transaction still
 #: uploading, or a reader of an older manifest (an upload that outlives it is re-checked at publish).
 GC_GRACE_S = 6 * 3600.0
@@ -82,6 +86,20 @@ class SharedLogTransaction(LogTransaction):
     commit uploads each file under a fresh object name and then publishes the manifest."""
 
     log: "SharedEventLog"
+    #: Buffer ids of the pending events this transaction moves (set by DataStore.flush_pending).
+    pending_ids: Sequence[int] = ()
+
+    def _flushed(self) -> dict[str, Any] | None:
+        if not self.pending_ids:
+            return None
+        ids = sorted(int(i) for i in self.pending_ids)
+        runs = [[ids[0], ids[0]]]
+        for i in ids[1:]:  # contiguous in practice: a claim takes the oldest unclaimed ids
+            if i == runs[-1][1] + 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        return {"txid": self.txid, "ids": runs}
 
     def _commit(self) -> int:
         if not self._close_staging():
@@ -97,7 +115,7 @@ class SharedLogTransaction(LogTransaction):
                 size = self.log._upload(path, rel)
                 uploaded.append(rel)
                 entries.append(_entry(rel, _read_info(path), size))
-            self.log._publish(add=entries, remove=[])
+            self.log._publish(add=entries, remove=[], flushed=self._flushed())
         except BaseException:
             # Unpublished objects are invisible; remove them now (garbage collection would later).
             with contextlib.suppress(Exception):
@@ -127,6 +145,7 @@ class SharedEventLog(EventLog):
         self._by_name: dict[str, dict[str, Any]] = {}
         self._pruned_generation = -1
         self._manifest_lock = threading.Lock()
+        self._pin = threading.local()  # the manifest a consistent view reads (this thread)
 
     def __repr__(self) -> str:
         return f"SharedEventLog({self.shown!r})"
@@ -217,6 +236,9 @@ class SharedEventLog(EventLog):
 
     def manifest(self) -> dict[str, Any]:
         """The latest published manifest (``{"generation": n, "files": [...]}``; generation 0: empty log)."""
+        pinned = getattr(self._pin, "manifest", None)
+        if pinned is not None:
+            return pinned
         gens = self._generations()
         gen = gens[-1] if gens else 0
         with self._manifest_lock:
@@ -228,6 +250,45 @@ class SharedEventLog(EventLog):
                 self._manifest = m
                 self._by_name = {e["path"].rsplit("/", 1)[-1]: e for e in m["files"]}
             return self._manifest
+
+    @contextlib.contextmanager
+    def pinned(self, manifest: dict[str, Any]) -> Iterator[None]:
+        """Every read of this thread inside sees ``manifest`` (one snapshot for several reads)."""
+        outer = getattr(self._pin, "manifest", None)
+        self._pin.manifest = manifest
+        try:
+            yield
+        finally:
+            self._pin.manifest = outer
+
+    def view(self, read_pending: Callable[[], tuple[pa.Table, list[int], list[str | None]]]
+             ) -> tuple[dict[str, Any], pa.Table]:
+        """A manifest and the pending events it does not hold, without a lock across machines.
+
+        The pending rows are read (with buffer ids and claim tokens) before the manifest, so a
+        batch is in the pending read, the manifest, or both; a row the manifest holds (its claim
+        token is a txid of the log, or its id is in a recorded flush) is dropped from the pending
+        side: each event counted once. Retries when more flushes than the manifest records ran
+        between the two reads."""
+        for _ in range(8):
+            seq0 = int(self.manifest().get("flush_seq", 0))
+            table, ids, claims = read_pending()
+            m = self.manifest()
+            recorded = m.get("flushed", [])
+            if int(m.get("flush_seq", 0)) - seq0 <= len(recorded):
+                break
+        else:  # pragma: no cover - a flush per read, for eight reads in a row
+            raise StorageError(f"the event log {self.shown} changed under every read; retry when flushes are fewer")
+        if not table.num_rows:
+            return m, table
+        logged = {t for e in m["files"] for t in e.get("txids", ())}
+        runs = [r for f in recorded for r in f["ids"]]
+        id_arr = np.asarray(ids, dtype=np.int64)
+        drop = pc.fill_null(pc.is_in(pa.array(claims, pa.string()), value_set=pa.array(sorted(logged), pa.string())),
+                            False).to_numpy(zero_copy_only=False)
+        for lo, hi in runs:
+            drop |= (id_arr >= lo) & (id_arr <= hi)
+        return m, table.filter(pa.array(~drop)) if drop.any() else table
 
     def _put_manifest(self, gen: int, body: bytes) -> None:
         key = self._key(f"{MANIFESTS}/g-{gen:012d}.json")
@@ -244,7 +305,8 @@ class SharedEventLog(EventLog):
             with fs.open_output_stream(key) as fh:
                 fh.write(body)
 
-    def _publish(self, *, add: Sequence[dict[str, Any]], remove: Sequence[str]) -> int:
+    def _publish(self, *, add: Sequence[dict[str, Any]], remove: Sequence[str],
+                 flushed: dict[str, Any] | None = None) -> int:
         """Publish the latest manifest with ``add`` entries and without ``remove`` paths; returns the
         new generation. Under the publish guard, so concurrent publishers compose their changes."""
         with self._guard():
@@ -273,7 +335,9 @@ class SharedEventLog(EventLog):
                     "same time; nothing changed; every machine writing this log must share one catalogue "
                     "([data] catalog_url), whose log-publish lease serialises publishing"
                 )
+            flushes = list(cur.get("flushed", ()))[-(KEEP_FLUSHES - 1):] + ([flushed] if flushed else [])
             body = {"generation": gen, "created": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}",
+                    "flush_seq": int(cur.get("flush_seq", 0)) + bool(flushed), "flushed": flushes,
                     "files": sorted(files.values(), key=lambda e: e["path"])}
             try:
                 self._put_manifest(gen, json.dumps(body, separators=(",", ":")).encode())

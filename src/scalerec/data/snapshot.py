@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from scalerec.data.matrix import pending_of
 from scalerec.errors import EmptyDataError, ValidationError
 
 __all__ = ["SNAPSHOT_COLUMNS", "Snapshot", "data_fingerprint", "event_count", "load_events", "take_snapshot"]
@@ -73,7 +74,7 @@ def _view(store: Any) -> contextlib.AbstractContextManager[Any]:
 def event_count(store: Any) -> int:
     """Events in the store now (log + pending), from Parquet metadata: cheap."""
     with _view(store):
-        return int(store.log.count()) + int(store.catalog.pending_events_table().num_rows)
+        return int(store.log.count()) + int(pending_of(store).num_rows)
 
 
 def data_fingerprint(store: Any, *, until: datetime | None = None) -> str:
@@ -89,7 +90,7 @@ def data_fingerprint(store: Any, *, until: datetime | None = None) -> str:
             except ValueError:
                 rel = p.name
             h.update(f"{rel}:{p.stat().st_size}\n".encode())
-        h.update(f"pending:{store.catalog.pending_events_table().num_rows}".encode())
+        h.update(f"pending:{pending_of(store).num_rows}".encode())
     if until is not None:
         h.update(f"\nuntil:{until.isoformat()}".encode())
     return h.hexdigest()
@@ -106,7 +107,7 @@ def take_snapshot(store: Any, *, until: datetime | str | None = None) -> Snapsho
     with _view(store):
         fingerprint = data_fingerprint(store, until=cut)
         n_files = len(store.log.files())
-        pending = int(store.catalog.pending_events_table().num_rows)
+        pending = int(pending_of(store).num_rows)
         events = load_events(store)
     if cut is not None:
         events = events.filter(pl.col("timestamp") < cut)

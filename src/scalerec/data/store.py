@@ -114,6 +114,7 @@ class DataStore:
         self._catalog_guard = threading.Lock()
         self._view_lock = _ViewLock(self.events_dir / ".view.lock")
         self._leases = threading.local()  # the log-maintenance lease this thread holds (if any)
+        self._views = threading.local()  # the pending snapshot of this thread's consistent view (shared log)
 
     def __repr__(self) -> str:
         return f"DataStore({str(self.dir)!r})"
@@ -195,9 +196,9 @@ class DataStore:
         twice or not at all; close the iterator (or exhaust it) to release it.
         """
         cols = list(columns) if columns is not None else list(EVENT_SCHEMA.names)
-        with self._view_lock.shared():
+        with self.consistent_view():
             yield from self.log.scan(start=start, end=end, columns=cols)
-            pending = self.catalog.pending_events_table()
+            pending = self.pending_events_table()
             pending = _time_filter(pending, start, end)
             if pending.num_rows:
                 yield from pending.select(cols).to_batches()
@@ -209,6 +210,7 @@ class DataStore:
         With ``blocking=False`` it returns 0 instead of waiting for readers of ``events()``.
         """
         moved = 0
+        shared = hasattr(self.log, "view")
         with self.maintenance_lock():
             self._recover_pending()
             self._apply_shared_deletions()
@@ -223,6 +225,8 @@ class DataStore:
                         return moved
                     try:
                         with self.log.transaction(txid=token) as tx:
+                            if shared:  # the manifest records them: readers on other machines drop them from pending
+                                tx.pending_ids = self.catalog.claimed_pending_ids(token)  # type: ignore[attr-defined]
                             tx.write(table)
                     except BaseException:
                         # Nothing reached the log (the transaction rolled back): unclaim the batch.
@@ -289,10 +293,30 @@ class DataStore:
 
     @contextlib.contextmanager
     def consistent_view(self) -> Iterator[None]:
-        """Hold while reading ``log.files()``/``log.scan()`` together with the pending events, so a
-        concurrent flush cannot move a batch between the two reads (``events()`` does this itself)."""
+        """Hold while reading ``log.files()``/``log.scan()`` together with :meth:`pending_events_table`,
+        so a concurrent flush cannot move a batch between the two reads (``events()`` does this itself).
+
+        The local log: a shared lock that a flush's commit+ack takes exclusive. A shared log
+        (``events_url``; flushes on other machines): the pending rows are read first, then the
+        manifest, which this thread's log reads are pinned to, and pending rows already in it are
+        dropped (``SharedEventLog.view``): every event once, without a lock across machines."""
         with self._view_lock.shared():
-            yield
+            view = getattr(self.log, "view", None)
+            if view is None or getattr(self._views, "pending", None) is not None:
+                yield
+                return
+            manifest, pending = view(self.catalog.pending_events_claims)
+            self._views.pending = pending
+            try:
+                with self.log.pinned(manifest):  # type: ignore[attr-defined]
+                    yield
+            finally:
+                self._views.pending = None
+
+    def pending_events_table(self) -> pa.Table:
+        """The pending events; inside :meth:`consistent_view` those of its snapshot."""
+        pending = getattr(self._views, "pending", None)
+        return pending if pending is not None else self.catalog.pending_events_table()
 
     # -- maintenance ----------------------------------------------------------------------
     def compact(self, *, all_partitions: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
@@ -472,9 +496,9 @@ class DataStore:
         """
         import duckdb
 
-        with self._view_lock.shared():
+        with self.consistent_view():
             files = [str(p) for p in self.log.files()]
-            pending = self.catalog.pending_events_table().select(["user_id", "item_id", "event_type", "timestamp"])
+            pending = self.pending_events_table().select(["user_id", "item_id", "event_type", "timestamp"])
             con = duckdb.connect()
             try:
                 con.execute("SET threads TO 2")

@@ -539,6 +539,15 @@ class PostgresCatalog:
     def claimed_pending_table(self, token: str) -> pa.Table:
         return _events_from_rows(self._query(f"{_EVENT_SELECT} WHERE claim = %s ORDER BY id", (token,)))
 
+    def claimed_pending_ids(self, token: str) -> list[int]:
+        """The buffer ids of the events claimed under ``token``, ascending."""
+        return [int(r[0]) for r in self._query("SELECT id FROM pending_events WHERE claim = %s ORDER BY id", (token,))]
+
+    def pending_events_claims(self) -> tuple[pa.Table, list[int], list[str | None]]:
+        """Every pending event (EVENT_SCHEMA, arrival order) with its buffer id and claim token, in one read."""
+        rows = self._query(f"SELECT id, claim, {_EVENT_SELECT[len('SELECT '):]} ORDER BY id")
+        return _events_from_rows([r[2:] for r in rows]), [int(r[0]) for r in rows], [r[1] for r in rows]
+
     def delete_user_pending_events(self, user_id: str) -> int:
         with self._write() as conn:
             return conn.execute("DELETE FROM pending_events WHERE user_id = %s", (str(user_id),)).rowcount
