@@ -533,6 +533,8 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
     keep = sample_negatives(cand1["q"].to_numpy(), y1, cfg.negatives, seed)
     # features of the sampled rows only, block by block: the learning frame is never built whole
     learn = cand1.filter(pl.Series(keep))
+    # capacity's query-bound memory: the learning matrix and the candidate frames (test features go block by block)
+    frame_bytes = learn.height * len(FEATURES) * 4 + cand1.estimated_size()
     booster = fit_booster(assemble_blocks(d1, world, learn, q1.users, q1.ctx), y1[keep], learn["q"].to_numpy(), cfg, seed)
     del d1, cand1, learn, y1, keep  # the learning window's frames go before the test window's are built
     d2, q2, cand2, cfb2 = _window_eval(ev, events, world, cfg, settings, family, params, t2, end, seed + 1)
@@ -574,7 +576,8 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         "windows": {"learn": [_iso(t1), _iso(t2)], "test": [_iso(t2), _iso(end)]},
         "queries": {"learn": len(q1), "test": len(q2)},
         "candidates_per_query": float(cand2.height / max(len(q2), 1)),
-        "frame_bytes": int(x1.nbytes + x2.nbytes + cand1.estimated_size() + cand2.estimated_size()),  # capacity's query-bound memory
+        "frame_bytes": int(frame_bytes + min(cand2.height, ASSEMBLE_BLOCK_ROWS) * len(FEATURES) * 4
+                           + cand2.estimated_size()),
         "metric": f"ndcg@{k}",
         "test": {g: {"ranked": ci(ranked_v[m]), "cf": ci(cf_v[m]), "popular": ci(pop_v[m])} for g, m in groups.items()},
         "new_items": new_items,
