@@ -25,6 +25,13 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _synthetic_env(**extra: str) -> dict[str, str]:
+    """For the made-up suites in tmp_path: they use no third-party plugin, and autoloading the venv's
+    (hypothesis, schemathesis) cost ~3 s per inner pytest process; `make test` itself runs with them
+    (tests/test_first_hour.py)."""
+    return _env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **extra)
+
+
 def _ignore_and_block_sigint() -> None:
     """As a launcher that runs the suite in the background of a script (``make test &``) leaves it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -37,7 +44,7 @@ def _suite(tmp_path: Path, files: dict[str, str], *args: str, preexec=None, **en
         (tmp_path / name).write_text(text)
     return subprocess.run(
         [sys.executable, str(RUNNER), "-q", "-p", "no:cacheprovider", *args],
-        cwd=tmp_path, env=_env(**env), capture_output=True, text=True, timeout=300, preexec_fn=preexec,
+        cwd=tmp_path, env=_synthetic_env(**env), capture_output=True, text=True, timeout=300, preexec_fn=preexec,
     )
 
 
@@ -131,7 +138,7 @@ def test_sigterm_to_the_runner_still_prints_the_summary(tmp_path: Path) -> None:
     hang = f"import pathlib, time\n\ndef test_hangs():\n    pathlib.Path({str(started)!r}).touch()\n    time.sleep(600)\n"
     (tmp_path / "pytest.ini").write_text(INI)
     (tmp_path / "test_hang.py").write_text(hang)
-    proc = subprocess.Popen([sys.executable, str(RUNNER), "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=_env(),
+    proc = subprocess.Popen([sys.executable, str(RUNNER), "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=_synthetic_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 120
@@ -185,7 +192,7 @@ def test_a_test_on_the_ray_cluster_fixture_is_put_in_the_ray_part_without_its_ma
     )
     (tmp_path / "pytest.ini").write_text(INI + "addopts = --strict-markers\n")
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "-m", "not ray"],
-                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, env=_synthetic_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "test_unmarked.py::test_plain" in res.stdout
     assert "test_on_the_cluster" not in res.stdout and "1 deselected" in res.stdout

@@ -73,22 +73,37 @@ def test_compaction_merges_closed_days_into_one_file_each(tmp_path):
     assert store.scrub_users(["u1"])["rows"] == 14 and len(_visible(store)) == 21  # the scrub finds merged rows
 
 
-_CHILD = """
-import datetime as dt, os, signal, sys
+# One process imports the store once and forks a child per kill point (a fresh interpreter per
+# step spent ~1 s on imports alone); each child patches os and is SIGKILLed mid-merge as before.
+_FORKER = """
+import datetime as dt, os, signal, sys, traceback
 from pathlib import Path
 from scalerec.data.impressions import ImpressionStore
-left = int(sys.argv[2])
-def dying(fn):
-    def call(*a, **k):
-        global left
-        left -= 1
-        if left < 0:
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup code runs, as in a crash
-        return fn(*a, **k)
-    return call
-for name in ("fsync", "replace", "unlink", "rename"):
-    setattr(os, name, dying(getattr(os, name)))
-ImpressionStore(Path(sys.argv[1])).compact(dt.date(2026, 2, 3))
+for line in sys.stdin:
+    root, step = line.rstrip("\\n").split("\\t")
+    pid = os.fork()
+    if pid == 0:
+        err = os.open(str(Path(root).parent / "child.err"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(err, 2)
+        signal.alarm(120)  # a hung child dies by SIGALRM and fails the test
+        left = int(step)
+        def dying(fn):
+            def call(*a, **k):
+                global left
+                left -= 1
+                if left < 0:
+                    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup code runs, as in a crash
+                return fn(*a, **k)
+            return call
+        for name in ("fsync", "replace", "unlink", "rename"):
+            setattr(os, name, dying(getattr(os, name)))
+        try:
+            ImpressionStore(Path(root)).compact(dt.date(2026, 2, 3))
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
@@ -104,18 +119,25 @@ def test_compaction_killed_at_any_step_never_loses_or_doubles_an_impression(tmp_
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src}
     step, finished = 0, False
-    while not finished:
-        root = tmp_path / f"k{step}" / "impressions"
-        store = ImpressionStore(root)
-        ids = _batches(store)
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(step)], env=env, capture_output=True,
-                              text=True, timeout=120)
-        finished = proc.returncode == 0
-        assert finished or proc.returncode == -9, proc.stderr[-2000:]
-        assert _visible(store) == ids, f"killed before step {step}"
-        store.compact(dt.date(2026, 2, 3))  # recovers what the killed one left, then merges
-        assert _visible(store) == ids, f"killed before step {step}, then compacted"
-        assert [len(list(d.glob("*.parquet"))) for _, d in store.partitions()] == [1, 1, 1]
-        assert not [p for p in root.rglob(".*") if p.name != ".lock"], "debris left behind"
-        step += 1
+    forker = subprocess.Popen([sys.executable, "-c", _FORKER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        while not finished:
+            root = tmp_path / f"k{step}" / "impressions"
+            store = ImpressionStore(root)
+            ids = _batches(store)
+            forker.stdin.write(f"{root}\t{step}\n")
+            forker.stdin.flush()
+            returncode = int(forker.stdout.readline())
+            finished = returncode == 0
+            assert finished or returncode == -9, (root.parent / "child.err").read_text()[-2000:]
+            assert _visible(store) == ids, f"killed before step {step}"
+            store.compact(dt.date(2026, 2, 3))  # recovers what the killed one left, then merges
+            assert _visible(store) == ids, f"killed before step {step}, then compacted"
+            assert [len(list(d.glob("*.parquet"))) for _, d in store.partitions()] == [1, 1, 1]
+            assert not [p for p in root.rglob(".*") if p.name != ".lock"], "debris left behind"
+            step += 1
+    finally:
+        forker.stdin.close()
+        forker.wait(30)
     assert step > 8  # every step of both merges was a kill point

@@ -131,8 +131,8 @@ def test_two_serving_processes_assign_alike_and_each_impression_counts_once(shop
     h = {role: {"Authorization": f"Bearer {keys.create(role, f't-{role}')[0]}"} for role in ("read", "write", "admin")}
     users = [str(u) for u in Registry(settings).load().matrix.user_ids[:60]]
     monkeypatch.setenv("SCALEREC_ONLINE__IMPRESSIONS_FLUSH_S", "0.5")
-    a = Server(d, tmp_path / "a.log").start()
-    b = Server(d, tmp_path / "b.log").start()
+    a, b = Server(d, tmp_path / "a.log"), Server(d, tmp_path / "b.log")
+    Server.start_all(a, b)
     try:
         def until(check, what):
             deadline = time.monotonic() + 60

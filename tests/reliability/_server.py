@@ -34,6 +34,10 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> "Server":
+        return self.launch().wait_up(timeout)
+
+    def launch(self) -> "Server":
+        """Starts the process without waiting for it to answer (see ``start_all``)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p),
                    OMP_NUM_THREADS="1")
         env.pop("SCALEREC_CONFIG", None)
@@ -44,6 +48,11 @@ class Server:
             stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=default_signals,
             start_new_session=True,
         )
+        return self
+
+    def wait_up(self, timeout: float = 90.0) -> "Server":
+        """Waits until the launched process answers its liveness probe."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -76,6 +85,20 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
         self._log.close()
+
+    @staticmethod
+    def start_all(*servers: "Server", timeout: float = 90.0) -> None:
+        """Starts several servers at once: their start-ups (imports, model load) overlap on the cores."""
+        try:
+            for server in servers:
+                server.launch()
+            for server in servers:
+                server.wait_up(timeout)
+        except BaseException:
+            for server in servers:
+                if server.proc is not None:
+                    server.stop()
+            raise
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -53,8 +53,9 @@ def shared(request, tmp_path, postgres_url, monkeypatch):
         assert train(settings_a, TrainOptions(models=["als"], trials=1), store=store).status == "registered"
     keys = ApiKeyStore.from_settings(settings_a)
     token = {role: keys.create(role, f"t-{role}")[0] for role in ("read", "write", "admin")}
-    a = Server(tmp_path / "a", tmp_path / "a.log").start()
-    b = Server(tmp_path / "b", tmp_path / "b.log").start()  # an empty data directory
+    a = Server(tmp_path / "a", tmp_path / "a.log")
+    b = Server(tmp_path / "b", tmp_path / "b.log")  # an empty data directory
+    Server.start_all(a, b)
     yield settings_a, a, b, token
     a.stop()
     b.stop()
