@@ -37,7 +37,10 @@ def test_trials_run_as_ray_tasks_and_a_killed_one_is_retried(ray_cluster, base_s
     storage = optuna.storages.RDBStorage(storage_url(d))
     study = optuna.load_study(study_name=family.study, storage=storage)
     trials = study.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    # every trial ran to an end (the killed one again): completed, or stopped by the median rule, which is the
+    # search at work (the ranges follow each trial's matrix, so a seed's later ALS trial may be pruned), never failed
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 2
     assert all(t.user_attrs.get("fit_s", 0) > 0 for t in trials)
     loaded = Registry(settings).load(result.version.version)
     assert type(loaded.model) is ALS  # refitted by DistributedALS, saved as plain ALS
