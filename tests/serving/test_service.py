@@ -92,6 +92,20 @@ def test_build_index_threshold_and_cache(tmp_path) -> None:
     assert np.array_equal(first.search(q, 5)[0], again.search(q, 5)[0])
 
 
+def test_index_cache_keeps_the_newest_versions_files(tmp_path) -> None:
+    import os
+
+    from scalerec.serving.precomputed import KEEP_VERSIONS
+
+    vectors = np.random.default_rng(3).standard_normal((120, 8)).astype(np.float32)
+    names = [f"v{i:04d}.faiss" for i in range(KEEP_VERSIONS + 3)]
+    for i, name in enumerate(names):
+        build_index(vectors, exact_max_items=100, cache_path=tmp_path / name)
+        os.utime(tmp_path / name, (1_000_000 + i, 1_000_000 + i))  # distinct ages whatever the clock's resolution
+    assert sorted(p.name for p in tmp_path.glob("*.faiss")) == names[-KEEP_VERSIONS:]
+    assert sorted(p.name for p in tmp_path.glob("*.lock")) == [n + ".lock" for n in names[-KEEP_VERSIONS:]]
+
+
 def test_history_weights_follow_event_types() -> None:
     s = Settings()
     types = event_type_weights(s.events.types, None)

@@ -22,7 +22,7 @@ from scalerec.accelerator import accelerator, faiss_to_cpu
 from scalerec.errors import ValidationError
 from scalerec.models.base import EmbeddingRecommender, Recommender, top_k  # one row-wise top-k for models and serving
 from scalerec.serving.foldcache import FoldInQuery
-from scalerec.serving.precomputed import PrecomputedLists, PrecomputedQuery
+from scalerec.serving.precomputed import KEEP_VERSIONS, PrecomputedLists, PrecomputedQuery
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
 
@@ -244,6 +244,22 @@ class FaissIndex:
 _build_lock = threading.Lock()
 
 
+def _prune_cache(keep: Path) -> None:
+    """Keep the ``KEEP_VERSIONS`` newest cached indexes, as the precomputed lists do: an older version's
+    file is only a cache (rebuilt if that version is ever loaded again), and every version left one."""
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # another worker pruned it meanwhile
+            return 0.0
+
+    older = sorted((p for p in keep.parent.glob("*.faiss") if p != keep), key=mtime, reverse=True)
+    for p in older[KEEP_VERSIONS - 1 :]:
+        p.unlink(missing_ok=True)
+        Path(str(p) + ".lock").unlink(missing_ok=True)
+
+
 def build_index(
     vectors: np.ndarray,
     *,
@@ -278,6 +294,7 @@ def build_index(
             index = FaissIndex.build(vectors, kind)
             if cache_path is not None:
                 index.save(cache_path)
+                _prune_cache(cache_path)
             return index
         finally:
             if lock_fd is not None:
