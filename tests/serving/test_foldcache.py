@@ -114,3 +114,33 @@ def test_the_cache_is_bounded_least_recently_used_first() -> None:
     assert len(cache) == 2 and cache.get("b", 0, [("i1", "view", 1.0)]) is None
     assert cache.get("a", 0, [("i1", "view", 2.0)]) is None  # other rows: not this entry
     assert cache.get("a", 1, [("i1", "view", 1.0)]) is None  # another model row (a deleted user)
+
+
+def test_placements_use_the_kept_fold_in_and_answer_as_the_live_one(base_store, tmp_path) -> None:
+    """A fresh user's placement list (plain and boosted) comes from the service's kept fold-in, with the
+    live path's answer."""
+    kept, live = _pair(base_store, tmp_path, precomputed_k=30)
+    try:
+        st = kept.live.model
+        cats = kept.live.items.category_names
+        boost = {"name": "b", "rule": f'category == "{cats[0]}"' if len(cats) else "price > 0", "multiply": 3}
+        for svc in (kept, live):
+            svc.merchandising.placements.put("plain", {"strategy": "personal"})
+            svc.merchandising.placements.put("boosted", {"strategy": "personal", "boosts": [boost]})
+        users = st.user_ids[::40].tolist()
+        items = st.item_ids.tolist()
+        for j, user in enumerate(users):
+            _events(kept, user, [items[(5 * j) % len(items)], items[(5 * j + 2) % len(items)]])
+        for user in users:
+            for name in ("plain", "boosted"):
+                for _ in range(2):
+                    a = kept.merchandising.recommend(name, user_id=user, n=10)
+                    b = live.merchandising.recommend(name, user_id=user, n=10)
+                    assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]], (user, name)
+                    assert [i["reason"] for i in a["items"]] == [i["reason"] for i in b["items"]]
+            entry = st.fold_ins.get(user, st.user_row(user), kept.feed.recent_rows(user, st.snapshot, 1000))
+            assert entry is not None and isinstance(entry.query, FoldInQuery)
+        assert len(live.live.model.fold_ins) == 0
+    finally:
+        kept.close()
+        live.close()

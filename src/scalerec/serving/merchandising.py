@@ -47,6 +47,7 @@ from scalerec.models.base import EmbeddingRecommender, top_k
 from scalerec.serving.complementary import Complements, basket_matrix, complements
 from scalerec.serving.filters import ItemFilter, cap_per_group
 from scalerec.serving.index import SUBSET_EXACT_MAX
+from scalerec.serving.foldcache import FoldInQuery
 from scalerec.serving.precomputed import PrecomputedQuery
 from scalerec.serving.pipeline import (
     Candidates,
@@ -57,7 +58,7 @@ from scalerec.serving.pipeline import (
     retrieve,
 )
 from scalerec.serving.rules import ItemColumns, Rule, parse_rule
-from scalerec.serving.state import BULK_CHANGE_ITEMS, LiveState, history_row, user_history
+from scalerec.serving.state import BULK_CHANGE_ITEMS, LiveState, history_row
 
 log = logging.getLogger("scalerec.serving")
 
@@ -585,16 +586,13 @@ class Merchandiser:
 
     def _personal(self, live: LiveState, user_id: str, allowed: np.ndarray, exclude_seen: bool) -> tuple[Any, str]:
         st = live.model
-        row = st.user_row(user_id)
-        if row >= 0 and user_id in live.deleted_users:
-            row = -1
-        fresh = self.service._fresh(live, user_id)
-        seen_cols, history = user_history(st, row, fresh)
+        row = live.user_row(user_id)
+        fresh, seen_cols, history, query = self.service._fold_in(live, user_id, row)  # the service's own (cached)
         if exclude_seen:
             allowed[seen_cols] = False
             allowed[fresh.cols] = False
         if history is not None:
-            return st.retriever.history_query(history), "fold_in"
+            return query, "fold_in"
         if row >= 0:
             return st.retriever.user_query(row), "model"
         return None, "fallback"
@@ -789,6 +787,10 @@ class _Run:
         masked copy over a scattered filter."""
         index = _exact_index(self.live)
         q = req.query
+        if type(q) is FoldInQuery:  # a fresh user's kept list is by raw score
+            if not self.comp.boosts:
+                return retrieve(req, c)  # the list answers (or the retriever searches live)
+            q = q.base  # boosts need the live vector over the whole catalogue
         if type(q) is PrecomputedQuery:  # a known user's precomputed top items (by raw score)
             if not self.comp.boosts:
                 return retrieve(req, c)  # raw order: the list answers (or the retriever searches live)

@@ -294,13 +294,16 @@ class RecommendService:
         return self.entities.delete_item(item_id)
 
     # ------------------------------------------------------------------ helpers
+    def _fresh_rows(self, st: ModelState, user_id: str) -> list[Any]:
+        """The rows of the user's events not in the model (item, type, value)."""
+        fresh_users = st.fresh_users
+        if fresh_users is not None and not fresh_users.has_fresh(user_id):
+            return []  # one cached number read, no per-user query
+        return self.feed.recent_rows(user_id, st.snapshot, self.settings.serving.history_events)
+
     def _fresh(self, live: LiveState, user_id: str) -> FreshHistory:
         """The user's events not in the model, as a history over the model's items."""
-        fresh_users = live.model.fresh_users
-        if fresh_users is not None and not fresh_users.has_fresh(user_id):
-            return EMPTY_HISTORY  # one cached number read, no per-user query
-        rows = self.feed.recent_rows(user_id, live.model.snapshot, self.settings.serving.history_events)
-        return self._history_of(live.model, rows)
+        return self._history_of(live.model, self._fresh_rows(live.model, user_id))
 
     def _history_of(self, st: ModelState, rows: list[Any]) -> FreshHistory:
         if not rows:
@@ -313,10 +316,9 @@ class RecommendService:
         """(fresh events, seen columns, fold-in history or None, its query or None) of a user: a
         fresh user's from the version's fold-in cache while their event rows are the same."""
         st = live.model
-        fresh_users = st.fresh_users
-        if fresh_users is not None and not fresh_users.has_fresh(user_id):
+        rows = self._fresh_rows(st, user_id)
+        if not rows:
             return EMPTY_HISTORY, (st.seen(row)[0] if row >= 0 else np.zeros(0, np.int64)), None, None
-        rows = self.feed.recent_rows(user_id, st.snapshot, self.settings.serving.history_events)
         hit = st.fold_ins.get(user_id, row, rows)
         if hit is not None:
             return hit.fresh, hit.seen_cols, hit.history, hit.query
@@ -411,9 +413,7 @@ class RecommendService:
     ) -> tuple[Candidates, str]:
         """A user's ranked list on ``live`` and its strategy (recommend_user without the log)."""
         st = live.model
-        row = st.user_row(user_id)
-        if row >= 0 and user_id in live.deleted_users:
-            row = -1  # the user's data was deleted after this model was built
+        row = live.user_row(user_id)
         fresh, seen_cols, history, fold_query = self._fold_in(live, user_id, row)
         if row < 0 and fresh.empty and not boost_items:
             cold = self._segment_list(live, user_id, n, flt, context)
@@ -570,9 +570,7 @@ class RecommendService:
                    if (k and not s) or (not k and listed.get(i) is False)]
         keep_known = known & (servable | (not available_only))
         kcols = cols[keep_known]
-        row = st.user_row(user_id)
-        if row >= 0 and user_id in live.deleted_users:
-            row = -1
+        row = live.user_row(user_id)
         fresh = self._fresh(live, user_id)
         strategy = "model"
         reason = "model"

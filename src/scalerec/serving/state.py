@@ -112,6 +112,11 @@ class LiveState:
     # (which, n, filter) -> rendered trending/popular list; valid as long as this state (items) is.
     lists: dict[tuple[Any, ...], "Candidates"] = field(default_factory=dict, compare=False, repr=False)
 
+    def user_row(self, user_id: str) -> int:
+        """The user's row in the model, -1 when unknown or their data was deleted after it was built."""
+        row = self.model.user_row(user_id)
+        return -1 if row >= 0 and user_id in self.deleted_users else row
+
 
 # ---------------------------------------------------------------------- the model's data conventions
 def data_conventions(manifest: dict[str, Any]) -> tuple[datetime | None, dict[str, Any]]:
