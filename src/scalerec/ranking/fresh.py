@@ -99,21 +99,33 @@ def hour_counts_as_of(ev: pl.DataFrame, t: int, n_items: int, launch_us: np.ndar
     )
 
 
+def window_counts(base: HourCounts, shift: int, n_items: int) -> dict[str, np.ndarray]:
+    """Training's part of each kind's window counts ``shift`` whole hours after its end (float64)."""
+    out: dict[str, np.ndarray] = {}
+    for code, (name, _) in enumerate(F.ITEM_KINDS):
+        in_base = base.kind == code
+        for w in F.WINDOWS:
+            b = in_base & (base.hour < 24 * w - shift)
+            out[f"{name}_{w}d"] = np.bincount(base.item[b], weights=base.n[b], minlength=n_items)[:n_items]
+    return out
+
+
 def stats_at(base: HourCounts, now: int, fi: np.ndarray, fk: np.ndarray, ft: np.ndarray, fv: np.ndarray,
-             n_items: int) -> dict[str, np.ndarray]:
+             n_items: int, windows: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The item statistics of :data:`COLUMNS` at ``now`` from ``base`` plus fresh events (item
-    columns ``fi``, kind codes ``fk``, times ``ft``, values ``fv``), those before ``now`` only."""
+    columns ``fi``, kind codes ``fk``, times ``ft``, values ``fv``), those before ``now`` only;
+    ``windows``: :func:`window_counts` at this hour's shift, when the caller keeps it."""
     shift = max(0, (now - base.t) // HOUR_US)
+    if windows is None:
+        windows = window_counts(base, shift, n_items)
     past = ft < now
     age = now - ft
     out: dict[str, np.ndarray] = {}
     for code, (name, _) in enumerate(F.ITEM_KINDS):
-        in_base, in_fresh = base.kind == code, past & (fk == code)
+        in_fresh = past & (fk == code)
         for w in F.WINDOWS:
-            b = in_base & (base.hour < 24 * w - shift)
             f = in_fresh & (age < w * F.US_PER_DAY)
-            out[f"{name}_{w}d"] = (np.bincount(base.item[b], weights=base.n[b], minlength=n_items)[:n_items]
-                                   + np.bincount(fi[f], minlength=n_items)[:n_items]).astype(np.float32)
+            out[f"{name}_{w}d"] = (windows[f"{name}_{w}d"] + np.bincount(fi[f], minlength=n_items)[:n_items]).astype(np.float32)
     out["conversion_30d"] = out["purchases_30d"] / (out["views_30d"] + 1.0)
     out["events_all"] = base.events_all + np.bincount(fi[past], minlength=n_items)[:n_items].astype(np.float32)
     rev = past & (fk == REVIEW)
@@ -146,6 +158,7 @@ class FreshItemStats:
         self._cursor = 0
         self._block = block
         self._built_at = -np.inf
+        self._windows: tuple[int, dict[str, np.ndarray]] | None = None  # (hour shift, window_counts)
         with self._lock:
             self._read_new()
             self._rebuild()
@@ -207,7 +220,11 @@ class FreshItemStats:
         return self._fresh[0]
 
     def _rebuild(self) -> None:
-        stats = stats_at(self.base, int(self._clock() * 1_000_000), *self._arrays(), self.n_items)
+        now = int(self._clock() * 1_000_000)
+        shift = max(0, (now - self.base.t) // HOUR_US)
+        if self._windows is None or self._windows[0] != shift:  # training's part moves by whole hours only
+            self._windows = (shift, window_counts(self.base, shift, self.n_items))
+        stats = stats_at(self.base, now, *self._arrays(), self.n_items, windows=self._windows[1])
         block = self._template.copy()
         for j, name in enumerate(COLUMNS):
             block[:, j] = stats[name]
