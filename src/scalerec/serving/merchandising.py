@@ -380,6 +380,10 @@ class _Raised:
     gap: np.ndarray
     inv: np.ndarray
     rest_factor: float  # the largest factor of the other allowed items (at most 1)
+    up: np.ndarray | None = None  # float32 gap + inv: the factor of a positive raw score
+
+    def __post_init__(self) -> None:
+        self.up = (self.gap + self.inv).astype(np.float32)
 
 
 def _compile(spec: PlacementSettings) -> _Compiled:
@@ -981,7 +985,10 @@ class _Run:
         raw_r = (np.asarray(q.base, dtype=np.float32) @ sub.vectors.T)[0]
         at = sub.pos[ids]
         raw_r[at[at >= 0]] = -np.inf  # raised items the list holds: counted once, from the list
-        boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
+        if last >= 0:  # only positive raw scores can pass, whose factor is gap + inv (as _boosted_all computes it)
+            boost_r = raw_r * sub.up
+        else:
+            boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
         top = np.flatnonzero(boost_r > last)  # only these can enter (the check below needs k above it)
         want = c.k + max(prep.n_allowed - int(np.count_nonzero(req.allowed)), 0)  # and the request's exclusions
         if len(top) > want:
