@@ -526,13 +526,13 @@ def _listed(a, name: str, users: list[str], ns: tuple[int, ...]) -> list[list[tu
             for u in users for n in ns]
 
 
-def _first_capped_reference(order, ok, skip, need, groups, k, counts):
-    """The fallback fill under a cap as computed before the scan in chunks: the whole ordering."""
+def _first_unused_reference(order, ok, skip, need, groups=None, k=0, counts=None):
+    """Promotion and fallback fills as computed before the scan in chunks: the whole ordering."""
     from scalerec.serving.merchandising import _cap_small
 
     extra = order[ok[order]]
     extra = extra[~np.isin(extra, list(skip))]
-    return extra[_cap_small(extra, groups, k, counts)][:need].tolist()
+    return (extra if groups is None else extra[_cap_small(extra, groups, k, counts)])[:need].tolist()
 
 
 @pytest.mark.parametrize("spec", [
@@ -571,7 +571,7 @@ def test_kept_user_lists_are_the_lists_computed_afresh(api1, monkeypatch, spec):
     monkeypatch.setattr(merchandising._Run, "_from_list", lambda *args: None)
     monkeypatch.setattr(merchandising._Prepared, "promo_order", property(lambda self: [], lambda self, v: None),
                         raising=False)
-    monkeypatch.setattr(merchandising, "_first_capped", _first_capped_reference)
+    monkeypatch.setattr(merchandising, "_first_unused", _first_unused_reference)
     afresh = _listed(a, "p", users, (5, 20))
     assert merch.stats["lists_read"] - before["lists_read"] == kept  # none read back
     for got, want in zip(first, afresh):

@@ -766,36 +766,21 @@ def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
     return np.concatenate(parts)[:need] if parts else order[:0]
 
 
-def _first_unused(order: np.ndarray, ok: np.ndarray, skip: set[int], need: int) -> list[int]:
-    """The first ``need`` entries of ``order`` where ``ok`` holds that are not in ``skip``, scanning in
-    growing chunks (as :func:`_first_eligible`, without a copy of ``ok`` per request)."""
-    out: list[int] = []
-    start, step = 0, max(64, 4 * (need + len(skip)))
-    while start < len(order):
-        chunk = order[start : start + step]
-        for x in chunk[ok[chunk]].tolist():
-            if x not in skip:
-                out.append(x)
-                if len(out) == need:
-                    return out
-        start += step
-        step *= 4
-    return out
-
-
-def _first_capped(order: np.ndarray, ok: np.ndarray, skip: set[int], need: int, groups: np.ndarray, k: int,
-                  counts: Counter) -> list[int]:
-    """:func:`_first_unused` under a cap of ``k`` per group (``counts``: the groups already placed)."""
+def _first_unused(order: np.ndarray, ok: np.ndarray, skip: set[int], need: int, groups: np.ndarray | None = None,
+                 k: int = 0, counts: Counter | None = None) -> list[int]:
+    """The first ``need`` entries of ``order`` where ``ok`` holds that are not in ``skip`` (with
+    ``groups``: at most ``k`` per group, ``counts`` the groups already placed), scanning in growing
+    chunks (as :func:`_first_eligible`, without a copy of ``ok`` per request)."""
     counts = Counter(counts)
     out: list[int] = []
     start, step = 0, max(64, 4 * (need + len(skip)))
     while start < len(order):
         chunk = order[start : start + step]
         chunk = chunk[ok[chunk]]
-        for x, g in zip(chunk.tolist(), groups[chunk].tolist()):
+        for x, g in zip(chunk.tolist(), (groups[chunk] if groups is not None else chunk).tolist()):
             if x in skip:
                 continue
-            if g >= 0:
+            if groups is not None and g >= 0:
                 if counts[g] >= k:
                     continue
                 counts[g] += 1
@@ -1285,7 +1270,7 @@ class _Run:
                 extra = _first_unused(order, allowed, used, len(free))
             else:  # under the cap: the groups already placed count
                 counts = Counter(self.groups[[x for x in slot if x >= 0]].tolist())
-                extra = _first_capped(order, allowed, used, len(free), self.groups, self.comp.spec.diversity.max_per, counts)
+                extra = _first_unused(order, allowed, used, len(free), self.groups, self.comp.spec.diversity.max_per, counts)
             values = (st.trending if which == "trending" else st.popular)[extra].tolist()
             for at, col, v in zip(free, extra, values):
                 slot[at], reason[at], score[at] = col, which, v
