@@ -519,3 +519,93 @@ def test_a_promotion_reading_references_is_evaluated_over_the_candidates_first(a
     assert len(promoted) == 2 and all(_brand(cat[i]) == rare for i in promoted)
     # the common rule matched within the candidates; the rare brand needed one pass over the catalogue
     assert sizes.count(None) == 1 and len(sizes) == 3
+
+
+def _listed(a, name: str, users: list[str], ns: tuple[int, ...]) -> list[list[tuple]]:
+    return [[(i["item_id"], i["reason"], i["score"]) for i in _recs(a, name, user_id=u, n=n)["items"]]
+            for u in users for n in ns]
+
+
+def _first_unused_reference(order, ok, skip, need, groups=None, k=0, counts=None):
+    """Promotion and fallback fills as computed before the scan in chunks: the whole ordering."""
+    from scalerec.serving.merchandising import _cap_small
+
+    extra = order[ok[order]]
+    extra = extra[~np.isin(extra, list(skip))]
+    return (extra if groups is None else extra[_cap_small(extra, groups, k, counts)])[:need].tolist()
+
+
+@pytest.mark.parametrize("spec", [
+    {"filter": 'price > 1 and attributes.brand != "Juniper"',
+     "boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 1.5},
+                {"name": "toys", "rule": 'category == "toys"', "multiply": 0.5}],
+     "promotions": [{"name": "red", "rule": "price < 25", "slots": 2, "positions": [1, 5]}],
+     "diversity": {"by": "attributes.brand", "max_per": 2}},
+    # few allowed items: the layout fills from the fallback ordering under the cap
+    {"filter": "price < 12", "boosts": [{"name": "cheap", "rule": "price < 8", "multiply": 2}],
+     "promotions": [{"name": "rare", "rule": "price < 3", "slots": 1}],
+     "diversity": {"by": "category", "max_per": 1}, "fallbacks": ["popular"]},
+], ids=["bench-like", "fills-under-cap"])
+def test_kept_user_lists_are_the_lists_computed_afresh(api1, monkeypatch, spec):
+    """A returning known user's placement list is read back from the kept lists; it must be the
+    list computed afresh, which must be the whole catalogue's (no precomputed list, promotions and
+    fills from the whole catalogue mask)."""
+    from scalerec.serving import merchandising
+
+    a = api1
+    merch = a.service.merchandising
+    _put(a, "p", {"strategy": "personal", **spec})
+    users = [str(u) for u in a.service.live.model.user_ids[:30]]
+    first = _listed(a, "p", users, (5, 20))
+    before = Counter(merch.stats)
+    kept = before["lists_kept"]  # known users with a precomputed list (not those the retriever's path served)
+    assert kept > 0
+    again = _listed(a, "p", users, (5, 20))
+    assert merch.stats["lists_read"] - before["lists_read"] == kept  # every kept one read back
+    assert merch.stats["lists_kept"] == kept
+    assert again == first
+    # afresh: nothing kept, the whole catalogue scored, promotions and fills over the whole catalogue
+    monkeypatch.setattr(merchandising, "USER_LISTS_MAX", 0)
+    merch._user_lists.clear()
+    monkeypatch.setattr(merchandising, "EXACT_SUBSET_MAX", 0)
+    monkeypatch.setattr(merchandising._Run, "_from_list", lambda *args: None)
+    monkeypatch.setattr(merchandising._Prepared, "promo_order", property(lambda self: [], lambda self, v: None),
+                        raising=False)
+    monkeypatch.setattr(merchandising, "_first_unused", _first_unused_reference)
+    afresh = _listed(a, "p", users, (5, 20))
+    assert merch.stats["lists_read"] - before["lists_read"] == kept  # none read back
+    for got, want in zip(first, afresh):
+        assert [g[:2] for g in got] == [w[:2] for w in want]
+        np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-5, atol=2e-6)
+    assert any(r == "promoted:" + spec["promotions"][0]["name"] for lst in first for _, r, _ in lst)
+
+
+def test_kept_user_lists_follow_catalogue_writes_and_stay_while_nothing_they_read_changes(api1, monkeypatch):
+    from scalerec.serving import rules
+
+    a = api1
+    merch = a.service.merchandising
+    _put(a, "p", {"strategy": "personal", "boosts": [{"name": "cheap", "rule": "price < 30", "multiply": 3}],
+                  "diversity": {"by": "attributes.brand", "max_per": 3}})
+    placements = merch.placements
+    spec = placements.get("p")
+    placements._refresh(force=True)  # the row read again, unchanged: the same object (compiled once)
+    assert placements.get("p") is spec
+    user = _user(a)
+    items = _recs(a, "p", user_id=user, n=10)["items"]
+    boosted = next(i["item_id"] for i in items if i["reason"] == "boosted:cheap")
+    reads = merch.stats["lists_read"]
+    # a write to a field no rule reads, and the next age period: the same per-view data, lists kept
+    assert a.client.patch(f"/v1/items/{boosted}", json={"title": "renamed"}, headers=a.h("write")).status_code == 200
+    later = rules.time.time() + 2 * rules.AGE_REFRESH_S
+    monkeypatch.setattr(rules.time, "time", lambda: later)
+    assert _recs(a, "p", user_id=user, n=10)["items"] == items
+    assert merch.stats["lists_read"] == reads + 1
+    # a write the boost reads: the user's list is computed again and the item is no longer raised
+    assert a.client.patch(f"/v1/items/{boosted}", json={"price": 500.0}, headers=a.h("write")).status_code == 200
+    kept = merch.stats["lists_kept"]
+    after = _recs(a, "p", user_id=user, n=10)["items"]
+    assert merch.stats["lists_kept"] == kept + 1
+    assert (boosted, "boosted:cheap") not in [(i["item_id"], i["reason"]) for i in after]
+    merch._user_lists.clear()  # afresh: the same list
+    assert _recs(a, "p", user_id=user, n=10)["items"] == after

@@ -24,13 +24,14 @@ needs of a catalogue view is kept in :class:`_Prepared`. See docs/merchandising.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -75,6 +76,11 @@ EXACT_SUBSET_MAX = SUBSET_EXACT_MAX
 #: A known user's boosted list is read from their precomputed list plus the raised items' live scores
 #: while these are at most this share of the catalogue (else the whole catalogue is scored).
 RAISED_SUBSET_MAX_SHARE = 0.6
+#: Known users' boosted candidate lists kept (LRU over every placement and view, ~2 KB each): a
+#: returning user's retrieval, boosts and cap are read back, not recomputed, until the placement's
+#: per-view data changes (a catalogue write or an age period that changes what its rules match).
+USER_LISTS_MAX = 10_000
+_SERIALS = itertools.count()
 
 
 def validate_placement(body: Any, *, name: str | None = None) -> PlacementSettings:
@@ -110,20 +116,26 @@ class Placements:
         self._block: tuple[float, tuple[str, ...]] = (-1e9, ())
         self._config = {p.name: p for p in settings.placements}
         self._stored: dict[str, tuple[PlacementSettings, str]] = {}
+        self._texts: dict[str, tuple[str, str]] = {}  # each stored placement's (JSON, updated_at) as last read
         self._read_at = -1e9
         self._lock = threading.Lock()
 
     def _refresh(self, force: bool = False) -> dict[str, tuple[PlacementSettings, str]]:
         now = time.monotonic()
         if force or now - self._read_at > PLACEMENTS_TTL_S:
-            stored = {}
+            stored, texts = {}, {}
             for name, spec, at in self.catalog.placement_rows():
+                before = self._stored.get(name)
+                if before is not None and self._texts.get(name) == (spec, at):
+                    # unchanged: the same object, so what is compiled and prepared for it stays
+                    stored[name], texts[name] = before, (spec, at)
+                    continue
                 try:
-                    stored[name] = (validate_placement(json.loads(spec), name=name), at)
+                    stored[name], texts[name] = (validate_placement(json.loads(spec), name=name), at), (spec, at)
                 except (ScalerecError, ValueError):  # written by a newer version: skipped, not fatal
                     continue
             with self._lock:
-                self._stored, self._read_at = stored, now
+                self._stored, self._texts, self._read_at = stored, texts, now
         return self._stored
 
     def get(self, name: str) -> PlacementSettings:
@@ -318,6 +330,17 @@ class _Prepared:
     inv_scale: np.ndarray | None = None  # float32: 1 / scale
     scale_gap: np.ndarray | None = None  # float32: scale - 1 / scale
     _subset: Any = None  # _Raised, built on first use (False: none)
+    promo_order: list[np.ndarray | None] = field(default_factory=list)  # each promotion's allowed matches, most popular first
+    groups: np.ndarray | None = None  # the diversity cap's group per item (None: no cap)
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the user lists' keys (ids are reused)
+
+    def same(self, other: "_Prepared") -> bool:
+        """Whether ``other`` (built for another view or age period) holds the same data: its
+        derived caches (raised vectors, users' lists) then stay valid."""
+        pairs = [(self.allowed, other.allowed), (self.scale, other.scale), (self.label, other.label),
+                 (self.raised, other.raised), (self.groups, other.groups), *zip(self.promos, other.promos)]
+        return len(self.promos) == len(other.promos) and all(
+            (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b)) for a, b in pairs)
 
     def subset(self, index: Any) -> "_Raised | None":
         """The allowed raised items' vectors of an exact index, gathered once per view (None:
@@ -336,6 +359,17 @@ class _Prepared:
         return self._subset or None
 
 
+class _Listed:
+    """A known user's kept retrieval (boosted order, raw scores) and what the boost and cap stages made of it."""
+
+    __slots__ = ("cands", "boosted", "final", "arranged")
+
+    def __init__(self, cands: Candidates, boosted: np.ndarray) -> None:
+        self.cands, self.boosted = cands, boosted
+        self.final: Candidates | None = None
+        self.arranged: Candidates | None = None  # the layout stage's output of ``final`` (no exploration)
+
+
 @dataclass
 class _Raised:
     """A placement's allowed raised items over one view: columns, vectors, position per column (-1: not raised), factors."""
@@ -346,6 +380,10 @@ class _Raised:
     gap: np.ndarray
     inv: np.ndarray
     rest_factor: float  # the largest factor of the other allowed items (at most 1)
+    up: np.ndarray | None = None  # float32 gap + inv: the factor of a positive raw score
+
+    def __post_init__(self) -> None:
+        self.up = (self.gap + self.inv).astype(np.float32)
 
 
 def _compile(spec: PlacementSettings) -> _Compiled:
@@ -377,6 +415,21 @@ class Merchandiser:
         self._comp: dict[str, Complements] = {}
         self._compiled: dict[int, tuple[PlacementSettings, _Compiled]] = {}
         self._lock = threading.Lock()
+        self._user_lists: OrderedDict[tuple[Any, ...], _Listed] = OrderedDict()
+        self._lists_lock = threading.Lock()
+
+    def _listed(self, key: tuple[Any, ...]) -> "_Listed | None":
+        with self._lists_lock:
+            hit = self._user_lists.get(key)
+            if hit is not None:
+                self._user_lists.move_to_end(key)
+        return hit
+
+    def _keep_listed(self, key: tuple[Any, ...], entry: "_Listed") -> None:
+        with self._lists_lock:
+            self._user_lists[key] = entry
+            while len(self._user_lists) > USER_LISTS_MAX:
+                self._user_lists.popitem(last=False)
 
     # -- shared per-version data
     def columns(self, live: LiveState) -> tuple[ItemColumns, dict[Any, Any]]:
@@ -541,8 +594,12 @@ class Merchandiser:
         if view_col >= 0:
             allowed[view_col] = False
         seeds = np.zeros(0, np.int64)
+        listed = None  # the key of this request's boosted list among the kept ones (None: not kept)
         if strategy == "personal" and user_id:
-            query, used = self._personal(live, user_id, allowed, spec.exclude_seen)
+            query, used, plain = self._personal(live, user_id, allowed, spec.exclude_seen)
+            if plain and type(query) is PrecomputedQuery and not comp.refs and prep.allowed is not None and comp.boosts:
+                # allowed is the placement's minus the user's seen items and the item in view: the key says all
+                listed = (prep.serial, query.row, n, view_col)
         elif strategy == "similar" and view_col >= 0:
             query, used = st.retriever.item_query(view_col), "model"
         elif strategy == "complementary" and view_col >= 0:
@@ -570,6 +627,7 @@ class Merchandiser:
             source = "complementary" if query is not None and strategy == "complementary" else "model"
             if query is None and fills:  # no model query: the first fallback ordering is the candidate source
                 query, source = fills[0], "ordering"
+            run.listed = listed
             pipeline = run.pipeline(service.pipeline, source=source)
             req = Request(live, n, comp.flt, allowed, query, "model", fills=fills, seeds=seeds, context=context,
                           placement=name, variant=routed[1] if routed else None, fetch=run.fetch(n))
@@ -584,18 +642,21 @@ class Merchandiser:
         return service._response(live, ranked, kind="placement", strategy=used, subject=subject, context=context,
                                  placement=name, routed=routed)
 
-    def _personal(self, live: LiveState, user_id: str, allowed: np.ndarray, exclude_seen: bool) -> tuple[Any, str]:
+    def _personal(self, live: LiveState, user_id: str, allowed: np.ndarray,
+                  exclude_seen: bool) -> tuple[Any, str, bool]:
+        """(query, strategy, whether only the model's seen items were excluded) of a user."""
         st = live.model
         row = live.user_row(user_id)
         fresh, seen_cols, history, query = self.service._fold_in(live, user_id, row)  # the service's own (cached)
         if exclude_seen:
             allowed[seen_cols] = False
             allowed[fresh.cols] = False
+        plain = exclude_seen and not len(fresh.cols)
         if history is not None:
-            return query, "fold_in"
+            return query, "fold_in", plain
         if row >= 0:
-            return st.retriever.user_query(row), "model"
-        return None, "fallback"
+            return st.retriever.user_query(row), "model", plain
+        return None, "fallback", plain
 
     def _env(self, live: LiveState, cols: ItemColumns, comp: _Compiled, user_id: str | None, item_id: str | None,
              context: dict[str, str]) -> dict[str, Any]:
@@ -654,14 +715,35 @@ class Merchandiser:
                     scale[_full_mask(rule, cols, masks, {})] *= np.float32(b.multiply)
         promos = [_full_mask(rule, cols, masks, {}) if rule.constant else None for _, rule in comp.promotions]
         prep = _Prepared(key, allowed, scale, label, raised, promos)
+        div = comp.spec.diversity
+        if div is not None and div.max_per is not None:
+            prep.groups = cols.group_codes(div.by)
+        old = hit[1] if hit is not None and hit[0] is comp else self._other_view_prepared(live, masks, slot, comp)
+        if old is not None and old.same(prep):
+            # the same data (an age period or a write that changed nothing it reads): its caches stay
+            old.key = key
+            masks[slot] = (comp, old)
+            return old
         if allowed is not None:
             prep.penalty = np.where(allowed, np.float32(0), np.float32(-np.inf)).astype(np.float32)
             prep.n_allowed = int(np.count_nonzero(allowed))
+            order = live.model.popular_order
+            # a request's allowed items are a subset of these: its promotion fill scans this short list
+            prep.promo_order = [None if m is None else order[(m & allowed)[order]] for m in promos]
         if scale is not None:
             prep.inv_scale = (1 / scale).astype(np.float32)
             prep.scale_gap = (scale - prep.inv_scale).astype(np.float32)
         masks[slot] = (comp, prep)
         return prep
+
+    def _other_view_prepared(self, live: LiveState, masks: dict[Any, Any], slot: Any, comp: _Compiled) -> _Prepared | None:
+        """The placement's data over the newest other cached view of the same model, if built."""
+        for view in self._cols:
+            if view.model is live.model and view.masks is not masks:
+                hit = view.masks.get(slot)
+                if hit is not None and hit[0] is comp:
+                    return hit[1]
+        return None
 
 
 def _exact_index(live: LiveState) -> Any:
@@ -682,6 +764,32 @@ def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
         start += step
         step *= 4
     return np.concatenate(parts)[:need] if parts else order[:0]
+
+
+def _first_unused(order: np.ndarray, ok: np.ndarray, skip: set[int], need: int, groups: np.ndarray | None = None,
+                 k: int = 0, counts: Counter | None = None) -> list[int]:
+    """The first ``need`` entries of ``order`` where ``ok`` holds that are not in ``skip`` (with
+    ``groups``: at most ``k`` per group, ``counts`` the groups already placed), scanning in growing
+    chunks (as :func:`_first_eligible`, without a copy of ``ok`` per request)."""
+    counts = Counter(counts)
+    out: list[int] = []
+    start, step = 0, max(64, 4 * (need + len(skip)))
+    while start < len(order):
+        chunk = order[start : start + step]
+        chunk = chunk[ok[chunk]]
+        for x, g in zip(chunk.tolist(), (groups[chunk] if groups is not None else chunk).tolist()):
+            if x in skip:
+                continue
+            if groups is not None and g >= 0:
+                if counts[g] >= k:
+                    continue
+                counts[g] += 1
+            out.append(x)
+            if len(out) == need:
+                return out
+        start += step
+        step *= 4
+    return out
 
 
 def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, int] | None = None,
@@ -754,10 +862,12 @@ class _Run:
         self.allowed = allowed
         self.subject = subject
         self.fills = fills
-        div = comp.spec.diversity
-        self.groups = cols.group_codes(div.by) if div is not None and div.max_per is not None else None
         self.prep = prep or merch.prepared(live, cols, merch.columns(live)[1], comp)
+        self.groups = self.prep.groups  # the diversity cap's groups (None: no cap)
         self._exact: tuple[Candidates, np.ndarray] | None = None
+        self.listed: tuple[Any, ...] | None = None  # this request's key among the kept users' lists
+        self._entry: _Listed | None = None  # the kept list this request's retrieval returned
+        self._boost_out: Candidates | None = None  # the boost stage's output of that list
 
     def fetch(self, n: int) -> int:
         spec = self.comp.spec
@@ -779,6 +889,26 @@ class _Run:
 
     # -- candidates
     def retrieve_exact(self, req: Request, c: Candidates) -> Candidates:
+        """:meth:`_retrieve_exact`, read from the kept users' lists when the request has a key
+        there (a known user, only their seen items excluded, rules without $references): the list
+        is a function of the key, and the stages after it return the kept results for it unchanged."""
+        if self.listed is None:
+            return self._retrieve_exact(req, c)
+        key = (*self.listed, c.k)
+        hit = self.merch._listed(key)
+        if hit is None:
+            out = self._retrieve_exact(req, c)
+            if self._exact is None or self._exact[0] is not out:
+                return out  # the retriever's path (not in boosted order): not kept
+            hit = _Listed(out, self._exact[1])
+            self.merch._keep_listed(key, hit)
+            self.merch.stats["lists_kept"] += 1
+        else:
+            self.merch.stats["lists_read"] += 1
+        self._exact, self._entry = (hit.cands, hit.boosted), hit
+        return hit.cands
+
+    def _retrieve_exact(self, req: Request, c: Candidates) -> Candidates:
         """The top ``c.k`` allowed items by *boosted* score, over the whole catalogue (an exact
         index scores every item anyway), with their raw scores: so a raised item anywhere can
         enter, and the boost stage (after any reranker) applies the boosts once. Masks with the
@@ -840,7 +970,10 @@ class _Run:
         raw_r = (np.asarray(q.base, dtype=np.float32) @ sub.vectors.T)[0]
         at = sub.pos[ids]
         raw_r[at[at >= 0]] = -np.inf  # raised items the list holds: counted once, from the list
-        boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
+        if last >= 0:  # only positive raw scores can pass, whose factor is gap + inv (as _boosted_all computes it)
+            boost_r = raw_r * sub.up
+        else:
+            boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
         top = np.flatnonzero(boost_r > last)  # only these can enter (the check below needs k above it)
         want = c.k + max(prep.n_allowed - int(np.count_nonzero(req.allowed)), 0)  # and the request's exclusions
         if len(top) > want:
@@ -917,12 +1050,13 @@ class _Run:
         exact = self._exact
         if exact is not None and exact[0] is c and self.prep.label is not None:
             # straight from retrieve_exact (no reranker changed them): boosted and in boosted order
-            scores, label = exact[1], self.prep.label[c.ids]
-            if not (label >= 0).any():
-                return Candidates(c.ids, scores, c.reasons, c.k, c.backfilled)
-            names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
-            reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, label.tolist())]
-            return Candidates(c.ids, scores, reasons, c.k, c.backfilled)
+            entry = self._entry
+            if entry is not None and entry.cands is c:
+                if entry.final is not None:
+                    return entry.final  # boosted and capped already (the cap stage returns it as it is)
+                self._boost_out = self._boost_exact(c, exact[1])
+                return self._boost_out
+            return self._boost_exact(c, exact[1])
         scores, label = self._boosted(c.ids, c.scores)
         order = np.argsort(-scores, kind="stable")
         idx = order.tolist()
@@ -932,6 +1066,15 @@ class _Run:
         else:
             reasons = [c.reasons[i] for i in idx]
         return Candidates(c.ids[order], scores[order], reasons, c.k, c.backfilled)
+
+    def _boost_exact(self, c: Candidates, scores: np.ndarray) -> Candidates:
+        """Candidates in boosted order with their boosted ``scores``: the reasons of the raised ones."""
+        label = self.prep.label[c.ids]
+        if not (label >= 0).any():
+            return Candidates(c.ids, scores, c.reasons, c.k, c.backfilled)
+        names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+        reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, label.tolist())]
+        return Candidates(c.ids, scores, reasons, c.k, c.backfilled)
 
     def _boosted(self, ids: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(boosted scores, index of the first raising boost or -1) of candidates ``ids``."""
@@ -982,6 +1125,17 @@ class _Run:
 
     # -- per-group cap: at most k per group, or MMR
     def diversify(self, req: Request, c: Candidates) -> Candidates:
+        entry = self._entry
+        if entry is None:
+            return self._diversify(req, c)
+        if c is entry.final:
+            return c
+        out = self._diversify(req, c)
+        if c is self._boost_out:  # the kept list's boosted candidates: keep the capped ones too
+            entry.final = out
+        return out
+
+    def _diversify(self, req: Request, c: Candidates) -> Candidates:
         div = self.comp.spec.diversity
         if div is None or not len(c.ids):
             return c
@@ -1025,6 +1179,14 @@ class _Run:
         ones), exploration in the last free slots, then the model's items in order and the
         fallback orderings. Only allowed items are ever placed (a pinned or promoted item that is
         unavailable, filtered, blocked or seen is skipped); n slots are filled when n are eligible."""
+        entry = self._entry
+        if entry is None or c is not entry.final or self.comp.spec.exploration is not None:
+            return self._arrange(req, c)
+        if entry.arranged is None:  # a function of the kept list's key, as the list is
+            entry.arranged = self._arrange(req, c)
+        return entry.arranged
+
+    def _arrange(self, req: Request, c: Candidates) -> Candidates:
         spec, cols, st = self.comp.spec, self.cols, self.live.model
         n = req.n
         allowed = req.allowed
@@ -1033,12 +1195,7 @@ class _Run:
         reason = [""] * n
         used: set[int] = set()
         cids = c.ids.tolist()
-        model_score = dict(zip(cids, c.scores.tolist())) if (spec.pins or spec.promotions) else {}
-
-        def place(at: int, col: int, why: str, s: float | None = None) -> None:
-            slot[at], reason[at] = col, why
-            score[at] = model_score.get(col, 0.0) if s is None else s
-            used.add(col)
+        model_score = dict(zip(cids, c.scores.tolist())) if spec.pins else {}
 
         def unused(base: np.ndarray) -> np.ndarray:
             ok = base.copy()
@@ -1051,22 +1208,32 @@ class _Run:
             for p, col in sorted(zip(spec.pins, pcols), key=lambda t: t[0].position):
                 at = p.position - 1
                 if col >= 0 and at < n and allowed[col] and col not in used and slot[at] < 0:
-                    place(at, col, "pinned")
+                    slot[at], reason[at], score[at] = col, "pinned", model_score.get(col, 0.0)
+                    used.add(col)
         if self.comp.promotions:
-            for (promo, rule), full in zip(self.comp.promotions, self.prep.promos):
+            orders = self.prep.promo_order or [None] * len(self.comp.promotions)
+            cscores = c.scores.tolist()
+            for (promo, rule), full, order in zip(self.comp.promotions, self.prep.promos, orders):
                 # the model's best matches first (candidates are allowed items): a $-rule over the candidates only
                 hit = full[c.ids] if full is not None else rule.mask(cols, c.ids, self.env)
-                picks = [x for x in c.ids[hit & allowed[c.ids]].tolist() if x not in used][: promo.slots]
-                if len(picks) < promo.slots:  # too few among them: the rule over the whole catalogue
+                at_c = [i for i in np.flatnonzero(hit & allowed[c.ids]).tolist() if cids[i] not in used][: promo.slots]
+                picks = [(cids[i], cscores[i]) for i in at_c]  # a candidate keeps its model score
+                if len(picks) < promo.slots and order is not None:
+                    # the placement's matches by popularity (the request's allowed items are among them)
+                    more = _first_unused(order, allowed, used.union(x for x, _ in picks), promo.slots - len(picks))
+                    picks += [(x, 0.0) for x in more]
+                elif len(picks) < promo.slots:  # too few among them: the rule over the whole catalogue
                     match = full if full is not None else rule.mask(cols, None, self.env)
                     ok = unused(allowed & match)
-                    ok[picks] = False
+                    ok[[x for x, _ in picks]] = False
                     if ok.any():  # nothing eligible matches: no scan of the orderings
-                        picks += _first_eligible(st.popular_order, ok, promo.slots - len(picks)).tolist()
+                        picks += [(x, 0.0) for x in _first_eligible(st.popular_order, ok, promo.slots - len(picks)).tolist()]
                 wanted = [q - 1 for q in (promo.positions or []) if q - 1 < n and slot[q - 1] < 0]
                 free = [q for q in range(n) if slot[q] < 0 and q not in wanted]
-                for col, at in zip(picks, wanted + free):
-                    place(at, col, f"promoted:{promo.name}")
+                why = f"promoted:{promo.name}"
+                for (col, s), at in zip(picks, wanted + free):
+                    slot[at], reason[at], score[at] = col, why, s
+                    used.add(col)
         ex = spec.exploration
         if ex is not None:
             free = [q for q in range(n) if slot[q] < 0]
@@ -1076,39 +1243,44 @@ class _Run:
                 if len(pool):
                     day = int(time.time() // 86_400)
                     rng = np.random.default_rng(zlib.crc32(f"{req.placement}|{self.subject}|{day}".encode()))
-                    picks = rng.choice(pool, size=min(m, len(pool)), replace=False).tolist()
-                    for at, col in zip(free[len(free) - len(picks):], picks):
-                        place(at, col, _EXPLORATION)
-        free = [q for q in range(n) if slot[q] < 0]
-        if free:
-            k = 0
-            for col, s, r in zip(cids, c.scores.tolist(), c.reasons):
-                if k == len(free):
-                    break
-                if col not in used:
-                    place(free[k], col, r, s)
-                    k += 1
-            free = free[k:]
+                    picks_ = rng.choice(pool, size=min(m, len(pool)), replace=False).tolist()
+                    for at, col in zip(free[len(free) - len(picks_):], picks_):
+                        slot[at], reason[at], score[at] = col, _EXPLORATION, 0.0
+                        used.add(col)
+        if not used:  # nothing placed: the model's items in order, then the fallbacks
+            k = min(n, len(cids))
+            slot[:k], score[:k], reason[:k] = cids[:k], c.scores[:k].tolist(), c.reasons[:k]
+            used.update(cids[:k])
+            free = list(range(k, n))
+        else:
+            free = [q for q in range(n) if slot[q] < 0]
+            rest = [i for i, x in enumerate(cids) if x not in used][: len(free)]
+            if rest:
+                cscores = c.scores.tolist()
+                for at, i in zip(free, rest):
+                    slot[at], score[at], reason[at] = cids[i], cscores[i], c.reasons[i]
+                used.update(cids[i] for i in rest)
+                free = free[len(rest):]
         filled = 0
         for which in self.fills:
             if not free:
                 break
             order = st.trending_order if which == "trending" else st.popular_order
-            ok = unused(allowed)
             if self.groups is None:
-                extra = _first_eligible(order, ok, len(free))
+                extra = _first_unused(order, allowed, used, len(free))
             else:  # under the cap: the groups already placed count
                 counts = Counter(self.groups[[x for x in slot if x >= 0]].tolist())
-                extra = order[ok[order]]
-                extra = extra[_cap_small(extra, self.groups, self.comp.spec.diversity.max_per, counts)][: len(free)]
+                extra = _first_unused(order, allowed, used, len(free), self.groups, self.comp.spec.diversity.max_per, counts)
             values = (st.trending if which == "trending" else st.popular)[extra].tolist()
-            for at, col, v in zip(free, extra.tolist(), values):
-                place(at, col, which, v)
+            for at, col, v in zip(free, extra, values):
+                slot[at], reason[at], score[at] = col, which, v
+            used.update(extra)
             filled += len(extra)
             free = free[len(extra):]
-        keep = [q for q in range(n) if slot[q] >= 0]
-        return Candidates(np.array([slot[q] for q in keep], np.int64), np.array([score[q] for q in keep], np.float32),
-                          [reason[q] for q in keep], c.k, c.backfilled + filled)
+        if free:
+            keep = [q for q in range(n) if slot[q] >= 0]
+            slot, score, reason = [slot[q] for q in keep], [score[q] for q in keep], [reason[q] for q in keep]
+        return Candidates(np.array(slot, np.int64), np.array(score, np.float32), reason, c.k, c.backfilled + filled)
 
     def _new_mask(self, ex: Any) -> np.ndarray:
         """New or under-exposed items (kept per catalogue view and setting)."""

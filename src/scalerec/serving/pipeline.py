@@ -257,6 +257,8 @@ class Pipeline:
             for stage in self.retrieval:
                 c = stage(req, c)
             if len(c.ids) >= need or k >= n_allowed:
+                if len(c.ids) <= need and c.k == k and c.scores.dtype == np.float32 and not c.backfilled:
+                    return c  # as it is (a stage may recognise its own output)
                 return Candidates(c.ids[:need], c.scores[:need].astype(np.float32), c.reasons[:need], k)
             k = min(n_allowed, k * 4)
 
