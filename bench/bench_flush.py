@@ -36,6 +36,8 @@ from scalerec.serving.impressions import ImpressionLog
 from scalerec.serving.reclog import RecommendationLog
 
 n = int(sys.argv[1])
+if len(sys.argv) > 2:
+    sys.setswitchinterval(float(sys.argv[2]))
 rng = np.random.default_rng(0)
 def rec(k, now):
     items = [f"i{int(i):06d}" for i in rng.integers(0, 100_000, 20)]
@@ -73,9 +75,10 @@ print("FLUSH_JSON " + json.dumps(out))
 """
 
 
-def run(src: Path, records: int) -> dict:
+def run(src: Path, records: int, switch_s: float | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(records)], capture_output=True, text=True, env=env, check=True)
+    argv = [sys.executable, "-c", CHILD, str(records), *([str(switch_s)] if switch_s else [])]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("FLUSH_JSON "))
     return json.loads(line[len("FLUSH_JSON "):])
 
@@ -86,20 +89,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--src", type=Path, default=HERE.parent / "src")
     p.add_argument("--baseline-src", type=Path, default=None, help="an older checkout's src/, run alternately")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="also run this code with sys.setswitchinterval(S) (CPython's default is 0.005)")
     args = p.parse_args()
     machine = machine_info()
-    versions = {"this": args.src, **({"baseline": args.baseline_src} if args.baseline_src else {})}
+    versions = {"this": (args.src, None), **({"baseline": (args.baseline_src, None)} if args.baseline_src else {})}
+    if args.switch_interval:
+        versions[f"this, switch {args.switch_interval * 1e3:g} ms"] = (args.src, args.switch_interval)
     runs: dict[str, list[dict]] = {v: [] for v in versions}
     for i in range(args.rounds):
         for v in (list(versions) if i % 2 == 0 else list(versions)[::-1]):
-            runs[v].append(run(versions[v], args.records))
+            runs[v].append(run(versions[v][0], args.records, versions[v][1]))
     med = {v: {log: {k: statistics.median(r[log][k] for r in rs) for k in ("flush_ms", "max_late_ms", "p99_late_ms", "idle_max_late_ms")}
                for log in ("impressions", "reclog")} for v, rs in runs.items()}
     print(f"{args.records} records per flush, {args.rounds} rounds (medians)")
-    print(f"{'code':>9} {'log':>12} | {'flush ms':>9} {'worst wait ms':>13} {'p99 wait ms':>11} {'worst, no flush':>15}")
+    print(f"{'code':>20} {'log':>12} | {'flush ms':>9} {'worst wait ms':>13} {'p99 wait ms':>11} {'worst, no flush':>15}")
     for v, logs in med.items():
         for log, m in logs.items():
-            print(f"{v:>9} {log:>12} | {m['flush_ms']:>9.2f} {m['max_late_ms']:>13.2f} {m['p99_late_ms']:>11.2f} {m['idle_max_late_ms']:>15.2f}")
+            print(f"{v:>20} {log:>12} | {m['flush_ms']:>9.2f} {m['max_late_ms']:>13.2f} {m['p99_late_ms']:>11.2f} {m['idle_max_late_ms']:>15.2f}")
     print(load_line(machine))
     append_result("flush", {"records": args.records, "rounds": args.rounds, "medians": med, "runs": runs,
                             "baseline_src": str(args.baseline_src) if args.baseline_src else None}, machine=machine)
