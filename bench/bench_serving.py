@@ -400,6 +400,9 @@ def main() -> None:
     p.add_argument("--keep-ingested", action="store_true", help="leave the ingested events in the store")
     p.add_argument("--baseline-src", type=Path, default=None,
                    help="an older checkout's src/ folder served too, on the same store, in the same run")
+    p.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the baseline server only (e.g. SCALEREC_SERVING__REUSE_PORT=false with "
+                        "--baseline-src src: this code with uvicorn's shared socket)")
     p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file the result is appended to")
     p.add_argument("--note", default="", help="free text stored with the result (e.g. the code version)")
     args = p.parse_args()
@@ -454,7 +457,8 @@ def main() -> None:
             # started once the first server is up: both prepare the same metrics folder at start.
             baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
                               "--workers", str(args.workers)],
-                             {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
+                             {**env, "PYTHONPATH": str(args.baseline_src.resolve()),
+                              **dict(kv.split("=", 1) for kv in args.baseline_env)}, tmp / "baseline.log")
             servers["baseline"] = (port_b, None)
             procs["baseline"] = baseline
             wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
@@ -566,7 +570,7 @@ def main() -> None:
                    "hello_socket": "shared" if args.hello_shared_socket else "per-worker"},
         "store": {"users": args.users, "items": args.items, "events": args.events, **build, "fresh": fresh},
         "workers": args.workers, "wrk": rows, "paced": paced, "paced_rounds": paced_rounds, "rounds": rounds, "index": index, "ingest": ing,
-        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None, "baseline_env": args.baseline_env,
         "summary": summary,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)

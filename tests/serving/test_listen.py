@@ -67,7 +67,7 @@ def test_connections_opened_together_reach_both_workers_and_the_port_stays_taken
         listening = {pid: _listening_inodes(int(pid), port) for pid in seen}
         assert all(len(v) == 1 for v in listening.values()) and len(set().union(*listening.values())) == 2
         assert _listening_inodes(proc.pid, port) == set()
-        with pytest.raises(ConfigError, match="already in use"):
+        with pytest.raises(ConfigError, match="already in use"):  # a second server fails at start
             check_port_free("127.0.0.1", port)
     finally:
         proc.terminate()

@@ -89,6 +89,7 @@ def serve(
             host=host,
             port=port,
             workers=workers,
+            reuse_port=settings.serving.reuse_port,
             access_log=access_log,
             log_level="info" if access_log else "warning",
             timeout_graceful_shutdown=10,

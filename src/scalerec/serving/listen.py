@@ -59,13 +59,14 @@ class _PerWorker(list):  # type: ignore[type-arg]
         return _worker_sockets, (sock.family, sock.getsockname())
 
 
-def run(app: str, *, host: str, port: int, workers: int, **kwargs: Any) -> None:
-    """``uvicorn.run(app, host=..., port=..., workers=..., **kwargs)`` with a socket per worker."""
+def run(app: str, *, host: str, port: int, workers: int, reuse_port: bool = True, **kwargs: Any) -> None:
+    """``uvicorn.run(app, host=..., port=..., workers=..., **kwargs)`` with a socket per worker
+    (``reuse_port=False``: uvicorn's one shared socket)."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    if workers <= 1 or not reuse_port_available():
+    if workers <= 1 or not reuse_port or not reuse_port_available():
         uvicorn.run(app, host=host, port=port, workers=workers, **kwargs)
         return
     config = uvicorn.Config(app, host=host, port=port, workers=workers, **kwargs)
