@@ -14,7 +14,11 @@ throughput for the p99 goal. ``--baseline-src DIR`` also serves an older checkou
 (e.g. ``git archive <commit> src | tar -x -C DIR``) on the same store in the same run, so a
 before/after comparison shares the machine's load. The events the ingestion phase posts are
 deleted afterwards (``--keep-ingested`` keeps them), so repeated runs see the same share of
-users with fresh events (fold-in).
+users with fresh events (fold-in). ``--fresh-share 0.18`` posts two views newer than the model for
+18% of the user ids before measuring (the issue's "18% fresh users"; deleted afterwards too).
+Each measurement records the established connections per worker process halfway through (the
+hello world runs under the same per-worker-socket launcher as `scalerec serve` unless
+``--hello-shared-socket``).
 """
 
 from __future__ import annotations
@@ -249,6 +253,25 @@ def cpu_seconds(proc: subprocess.Popen) -> float:
     return total
 
 
+def connection_split(proc: subprocess.Popen, port: int) -> list[int]:
+    """Established connections on ``port`` per worker of a server (its children listening there), most first."""
+    import psutil
+
+    counts = []
+    try:
+        children = psutil.Process(proc.pid).children()
+    except psutil.Error:
+        return []
+    for q in children:
+        try:
+            conns = [c for c in q.net_connections("tcp") if c.laddr and c.laddr.port == port]
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN for c in conns):
+            counts.append(sum(c.status == psutil.CONN_ESTABLISHED for c in conns))
+    return sorted(counts, reverse=True)
+
+
 def start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     f = open(log_path, "w")
     return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
@@ -265,23 +288,24 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def ingest(base: str, key: str, user_width: int, n_users: int, n_items: int, batches: int, batch: int, clients: int) -> dict:
-    """Batched POST /events from ``clients`` threads; events/s acknowledged (durable)."""
-    import httpx
-
-    rng = np.random.default_rng(1)
-    uw = user_width
+def _event_bodies(users: np.ndarray, items: np.ndarray, user_width: int, n_items: int, batch: int) -> list[bytes]:
     iw = max(6, len(str(n_items)))
     bodies = []
-    for b in range(batches):
-        users = rng.integers(1, n_users + 1, size=batch)
-        items = rng.integers(1, n_items + 1, size=batch)
-        events = [{"user_id": f"u{u:0{uw}d}", "item_id": f"i{i:0{iw}d}", "event_type": "view",
-                   "timestamp": "2025-06-01T12:00:00Z", "context": {"device": "mobile"}} for u, i in zip(users, items)]
+    for lo in range(0, len(users), batch):
+        events = [{"user_id": f"u{u:0{user_width}d}", "item_id": f"i{i:0{iw}d}", "event_type": "view",
+                   "timestamp": "2025-06-01T12:00:00Z", "context": {"device": "mobile"}}
+                  for u, i in zip(users[lo:lo + batch].tolist(), items[lo:lo + batch].tolist())]
         bodies.append(json.dumps({"events": events}).encode())
+    return bodies
+
+
+def post_events(base: str, key: str, bodies: list[bytes], clients: int) -> dict:
+    """POST /events of these bodies from ``clients`` threads; events/s acknowledged (durable)."""
+    import httpx
+
     lock = threading.Lock()
     done = {"events": 0, "errors": 0}
-    todo = list(range(batches))
+    todo = list(range(len(bodies)))
 
     def worker() -> None:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
@@ -306,8 +330,27 @@ def ingest(base: str, key: str, user_width: int, n_users: int, n_items: int, bat
         th.join()
     el = time.perf_counter() - t
     return {"events": done["events"], "errors": done["errors"], "seconds": round(el, 2),
-            "events_per_s": round(done["events"] / el, 0), "batch": batch, "clients": clients,
-            "request_bytes": len(bodies[0])}
+            "events_per_s": round(done["events"] / el, 0), "clients": clients,
+            "request_bytes": len(bodies[0]) if bodies else 0}
+
+
+def ingest(base: str, key: str, user_width: int, n_users: int, n_items: int, batches: int, batch: int, clients: int) -> dict:
+    """Batched POST /events of random users' views from ``clients`` threads (the ingestion figure)."""
+    rng = np.random.default_rng(1)
+    users = rng.integers(1, n_users + 1, size=batches * batch)
+    items = rng.integers(1, n_items + 1, size=batches * batch)
+    return {**post_events(base, key, _event_bodies(users, items, user_width, n_items, batch), clients), "batch": batch}
+
+
+def post_fresh(base: str, key: str, user_width: int, n_users: int, n_items: int, share: float, per_user: int = 2) -> dict:
+    """Views newer than the model for a random ``share`` of the user ids wrk asks for, posted before
+    measuring: those users' requests fold their fresh events in (the issue's "18% fresh users")."""
+    rng = np.random.default_rng(2)
+    chosen = rng.choice(np.arange(1, n_users + 1), size=int(round(share * n_users)), replace=False)
+    users = np.repeat(chosen, per_user)
+    items = rng.integers(1, n_items + 1, size=len(users))
+    out = post_events(base, key, _event_bodies(users, items, user_width, n_items, 10_000), clients=2)
+    return {**out, "users": len(chosen), "per_user": per_user}
 
 
 def round_summary(rounds: list[dict], names: list[str]) -> dict:
@@ -342,12 +385,24 @@ def main() -> None:
                    help="after the sweep, this many rounds of every server alternately at --round-connections "
                         "(order reversed each round): median ratios and server CPU per request")
     p.add_argument("--round-connections", type=int, default=16)
+    p.add_argument("--paced-rounds", type=int, default=0,
+                   help="then this many paced windows of scalerec and the baseline alternately at the same pace "
+                        "(half scalerec's maximum): median p99 at half load, both under the same load")
     p.add_argument("--skip-index", action="store_true")
     p.add_argument("--build-only", action="store_true", help="build the store and model, then stop")
     p.add_argument("--skip-ingest", action="store_true")
+    p.add_argument("--fresh-share", type=float, default=0.0,
+                   help="before measuring, post two views newer than the model for this share of the user ids "
+                        "(the issue's figure is at 0.18: those requests fold in); deleted afterwards like the ingested")
+    p.add_argument("--hello-shared-socket", action="store_true",
+                   help="serve the hello world with uvicorn's own --workers (one shared socket) instead of "
+                        "scalerec's launcher (a SO_REUSEPORT socket per worker, as `scalerec serve` now)")
     p.add_argument("--keep-ingested", action="store_true", help="leave the ingested events in the store")
     p.add_argument("--baseline-src", type=Path, default=None,
                    help="an older checkout's src/ folder served too, on the same store, in the same run")
+    p.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the baseline server only (e.g. SCALEREC_SERVING__REUSE_PORT=false with "
+                        "--baseline-src src: this code with uvicorn's shared socket)")
     p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file the result is appended to")
     p.add_argument("--note", default="", help="free text stored with the result (e.g. the code version)")
     args = p.parse_args()
@@ -374,8 +429,14 @@ def main() -> None:
     fresh = fresh_share(args.data_dir, args.users)
     log(f"users with events newer than the model: {fresh}")
     load_before = load_avg()
-    hello = start([py, "-m", "uvicorn", "hello_app:app", "--app-dir", str(ROOT), "--port", str(port_h),
-                   "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"], env, tmp / "hello.log")
+    if args.hello_shared_socket:
+        hello_cmd = [py, "-m", "uvicorn", "hello_app:app", "--app-dir", str(ROOT), "--port", str(port_h),
+                     "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"]
+    else:  # the same launcher as `scalerec serve`, so both servers spread connections over workers alike
+        hello_cmd = [py, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from scalerec.serving.listen import run; "
+                     f"run('hello_app:app', host='127.0.0.1', port={port_h}, workers={args.workers}, "
+                     "log_level='warning', access_log=False)"]
+    hello = start(hello_cmd, env, tmp / "hello.log")
     server = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_s),
                     "--workers", str(args.workers)], env, tmp / "serve.log")
     servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, None)}
@@ -383,6 +444,7 @@ def main() -> None:
     baseline = None
     rows = []
     rounds: list[dict] = []
+    paced_rounds: list[dict] = []
     ing: dict = {}
     pre_s = None
     head = pending_head(args.data_dir)
@@ -395,22 +457,32 @@ def main() -> None:
             # started once the first server is up: both prepare the same metrics folder at start.
             baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
                               "--workers", str(args.workers)],
-                             {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
+                             {**env, "PYTHONPATH": str(args.baseline_src.resolve()),
+                              **dict(kv.split("=", 1) for kv in args.baseline_env)}, tmp / "baseline.log")
             servers["baseline"] = (port_b, None)
             procs["baseline"] = baseline
             wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
         log(f"servers ready in {time.perf_counter() - t:.0f} s")
+        width = max(6, len(str(args.users)))
+        if args.fresh_share > 0:
+            posted = post_fresh(f"http://127.0.0.1:{port_s}", key, width, args.users, args.items, args.fresh_share)
+            fresh = {**fresh_share(args.data_dir, args.users), "posted": posted}
+            log(f"posted fresh events before measuring: {fresh}")
         pre_s = wait_precomputed(args.data_dir)
         log(f"precomputed candidate lists ready {pre_s} s after that" if pre_s is not None
             else "no precomputed candidate lists (off, or not written in 600 s)")
-        width = max(6, len(str(args.users)))
         wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
 
         def measure(name: str, c: int, duration: int, **extra: str) -> dict:
             port, path = servers[name]
             e = {**wenv, **({"SR_PATH": path} if path else {}), **extra}
             cpu0 = cpu_seconds(procs[name])
+            split: list[list[int]] = []
+            timer = threading.Timer(duration / 2, lambda: split.append(connection_split(procs[name], port)))
+            timer.start()
             r = run_wrk(f"http://127.0.0.1:{port}", connections=c, duration_s=duration, env=e)
+            timer.join()
+            r["connections_per_worker"] = split[0] if split else None
             # the server's own CPU per answered request: less sensitive to the neighbours' load than req/s
             r["server_cpu_us_per_request"] = round((cpu_seconds(procs[name]) - cpu0) / max(1, r["requests"]) * 1e6, 1)
             return r
@@ -424,7 +496,8 @@ def main() -> None:
             rows.append(row)
             s, h = row["scalerec"], row["hello"]
             line = (f"c={c}: hello {h['rps']} rps p99 {h['p99_ms']} ms | scalerec {s['rps']} rps "
-                    f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms, non-2xx {s['non_2xx']}")
+                    f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms, non-2xx {s['non_2xx']}, "
+                    f"connections per worker {s['connections_per_worker']} (hello {h['connections_per_worker']})")
             if "baseline" in row:
                 line += f" | baseline {row['baseline']['rps']} rps p99 {row['baseline']['p99_ms']} ms"
             log(line + f" (load {row['load'][0]})")
@@ -438,6 +511,15 @@ def main() -> None:
             delay_b = max(1, round(16 * 1000 / (max_b / 2) - min(r["baseline"]["p50_ms"] for r in rows)))
             paced["baseline"] = measure("baseline", 16, args.duration, SR_DELAY_MS=str(delay_b))
         log(f"paced near half max: {paced}")
+        for i in range(args.paced_rounds):
+            # the same pace (half scalerec's maximum) for scalerec and the baseline, alternately
+            row = {"round": i, "load": load_avg(), "delay_ms": delay}
+            for name in ([n for n in ("scalerec", "baseline") if n in servers][:: 1 if i % 2 == 0 else -1]):
+                row[name] = measure(name, 16, args.duration, SR_DELAY_MS=str(delay))
+            paced_rounds.append(row)
+            log(f"paced round {i} (load {row['load'][0]}): " + ", ".join(
+                f"{n} {row[n]['rps']} rps p99 {row[n]['p99_ms']} ms {row[n]['connections_per_worker']}"
+                for n in ("scalerec", "baseline") if n in row))
         order = list(servers)
         for i in range(args.rounds):
             row = {"round": i, "load": load_avg()}
@@ -445,7 +527,8 @@ def main() -> None:
                 row[name] = measure(name, args.round_connections, args.duration)
             rounds.append(row)
             log(f"round {i} (c={args.round_connections}, load {row['load'][0]}): " + ", ".join(
-                f"{n} {row[n]['rps']} rps {row[n]['server_cpu_us_per_request']} us CPU/req" for n in order))
+                f"{n} {row[n]['rps']} rps {row[n]['server_cpu_us_per_request']} us CPU/req "
+                f"{row[n]['connections_per_worker']}" for n in order))
         if not args.skip_ingest:
             ing = ingest(f"http://127.0.0.1:{port_s}", key, width, args.users, args.items,
                          args.ingest_batches, 10_000, clients=2)
@@ -472,14 +555,22 @@ def main() -> None:
                         "rps_near_half_max_baseline": paced["baseline"]["rps"]})
     if rounds:
         summary["rounds"] = round_summary(rounds, list(servers))
+    if paced_rounds:
+        import statistics
+
+        summary["paced_rounds"] = {n: {"p99_ms_median": statistics.median(r[n]["p99_ms"] for r in paced_rounds),
+                                       "p99_ms": [r[n]["p99_ms"] for r in paced_rounds],
+                                       "rps": [r[n]["rps"] for r in paced_rounds]}
+                                   for n in ("scalerec", "baseline") if n in paced_rounds[0]}
     result = {
         "bench": "serving", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": args.note,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "server": {"workers": args.workers, **server_stack(), "wrk_threads": 1},
+        "server": {"workers": args.workers, **server_stack(), "wrk_threads": 1,
+                   "hello_socket": "shared" if args.hello_shared_socket else "per-worker"},
         "store": {"users": args.users, "items": args.items, "events": args.events, **build, "fresh": fresh},
-        "workers": args.workers, "wrk": rows, "paced": paced, "rounds": rounds, "index": index, "ingest": ing,
-        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+        "workers": args.workers, "wrk": rows, "paced": paced, "paced_rounds": paced_rounds, "rounds": rounds, "index": index, "ingest": ing,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None, "baseline_env": args.baseline_env,
         "summary": summary,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -501,6 +592,9 @@ def main() -> None:
             print(f"{name:>9} | {m['rps']:>8.0f} {m['p99_ms']:>7.2f} {m['server_cpu_us_per_request']:>10.0f}")
         for k, v in summary["rounds"]["ratios"].items():
             print(f"{k}: median {v['median']} (rounds {v['per_round']})")
+    for n, m in summary.get("paced_rounds", {}).items():
+        print(f"paced at half scalerec's maximum, {len(paced_rounds)} windows: {n} p99 median {m['p99_ms_median']} ms "
+              f"(windows {m['p99_ms']}, req/s {m['rps']})")
     print(json.dumps(result["summary"]))
 
 

@@ -181,6 +181,9 @@ class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
+    reuse_port: bool = Field(
+        True, description="with several workers on Linux, a SO_REUSEPORT socket per worker (false: uvicorn's one shared socket)"
+    )
     exact_index_max_items: int = Field(50_000, ge=1, description="above this, FAISS ANN retrieval")
     precomputed_k: int = Field(
         50, ge=0, description="each known user's top this many unseen items precomputed per model version (0: off)"

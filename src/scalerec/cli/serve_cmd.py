@@ -31,11 +31,10 @@ def serve(
 
     With --cluster (or the cluster.address setting) the app runs as an autoscaled Ray Serve deployment.
     """
-    import uvicorn
-
     from scalerec.data.store import DataStore
     from scalerec.monitoring.metrics import prepare_multiprocess_dir
     from scalerec.serving.auth import ApiKeyStore
+    from scalerec.serving import listen
     from scalerec.training.schedule import RetrainScheduler
 
     settings = with_cluster(get_settings(ctx), cluster)
@@ -83,12 +82,14 @@ def serve(
     console.print(f"serving {settings.data_dir} on http://{host}:{port}/v1 (docs: http://{host}:{port}/docs), "
                   f"{workers} worker(s)", markup=False, highlight=False)
     try:
-        uvicorn.run(
+        # one SO_REUSEPORT socket per worker: keep-alive connections spread over the workers (serving/listen.py)
+        listen.run(
             "scalerec.serving.http.app:app_from_env",
             factory=True,
             host=host,
             port=port,
             workers=workers,
+            reuse_port=settings.serving.reuse_port,
             access_log=access_log,
             log_level="info" if access_log else "warning",
             timeout_graceful_shutdown=10,
