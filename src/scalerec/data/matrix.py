@@ -414,6 +414,8 @@ class _BlockSum:
             data[at : at + band.nnz] = band.data
             at += band.nnz
             del band
+            if j % 4 == 3:  # the copied bands' pages go back before the next ones are written
+                _release_freed_memory()
         indptr[self.shape[0]] = at
         _release_freed_memory()
         return sp.csr_matrix((data, indices, indptr), shape=self.shape)
