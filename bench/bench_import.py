@@ -95,8 +95,9 @@ def run_child(args: list[str]) -> dict[str, Any]:
 
 # -- making a large CSV ------------------------------------------------------------------------------
 
-def make_csv(n_events: int, out: Path, seed: int = 0) -> None:
-    """A synthetic events CSV in the layout of `scalerec export events` (synth generator, streamed)."""
+def make_csv(n_events: int, out: Path, seed: int = 0, days: int = 180) -> None:
+    """A synthetic events CSV in the layout of `scalerec export events` (synth generator, streamed) over
+    ``days`` days: n_events / days rows per day file of the log."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -105,8 +106,8 @@ def make_csv(n_events: int, out: Path, seed: int = 0) -> None:
     from scalerec.data.export import csv_schema, flatten_for_csv
     from scalerec.data.schema import EVENT_SCHEMA
 
-    catalog = synth.make_catalog(max(2_000, n_events // 1_000), seed=seed, days=180)
-    users = synth.make_users(max(10_000, n_events // 50), seed=seed, days=180)
+    catalog = synth.make_catalog(max(2_000, n_events // 1_000), seed=seed, days=days)
+    users = synth.make_users(max(10_000, n_events // 50), seed=seed, days=days)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     writer = None
@@ -183,12 +184,14 @@ def main() -> None:
     ap.add_argument("--no-retail", action="store_true", help="skip the Online Retail file")
     ap.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default: the setting)")
     ap.add_argument("--make-csv", nargs=2, metavar=("N_EVENTS", "OUT"), help="write a synthetic events CSV and exit")
+    ap.add_argument("--days", type=int, default=180,
+                    help="days the --make-csv events span (rows per day file = N_EVENTS / days; default 180)")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/import.jsonl")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
                     help="where the temporary data directory goes (default: the system temp dir)")
     args = ap.parse_args()
     if args.make_csv:
-        make_csv(int(args.make_csv[0]), Path(args.make_csv[1]))
+        make_csv(int(args.make_csv[0]), Path(args.make_csv[1]), days=args.days)
         return
 
     console = Console()

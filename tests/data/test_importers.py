@@ -19,6 +19,7 @@ from scalerec.config import Settings
 from scalerec.data import importers as im
 from scalerec.data.importers import import_file
 from scalerec.data.importers.report import Staging
+from scalerec.data.importers import sources
 from scalerec.data.importers.sources import _SeparatorRewriter
 from scalerec.data.schema import FLAT_MAP
 from scalerec.data.store import DataStore
@@ -303,6 +304,30 @@ def test_malformed_csv_row_is_rejected_with_its_line_not_fatal(store, tmp_path):
     assert (report.rows_read, report.imported, report.rejected) == (4, 2, 2)
     # The row after the malformed one keeps its own line number.
     assert [(r.line, r.reason.split()[0]) for r in report.rejects] == [(3, "expected"), (5, "event_type")]
+
+
+@pytest.mark.parametrize("at", [3_000, 9_999])
+def test_malformed_row_far_into_a_file_read_in_parallel_keeps_every_line_number(store, tmp_path, monkeypatch, at):
+    """Blocks are parsed in parallel, which cannot number a malformed row: the read restarts serially
+    after the rows already handed out, so the rejects and imported rows are the serial parse's."""
+    rows = [f"u{i % 97},i{i % 31},view,2024-01-{1 + i % 28:02d}" for i in range(10_000)]
+    nope = set(range(at // 2, len(rows), 601))  # rejected by validation: their lines must stay exact
+    for i in nope:
+        rows[i] = rows[i].replace("view", "nope")
+    rows[at] = "u9,i9"  # line at + 2 (after the header)
+    extra = (at + 500) % len(rows)
+    rows[extra] += ",extra"
+    nope -= {at, extra}
+    f = write(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(sources, "READ_BLOCK_BYTES", 1)  # 16 KiB blocks: ~18 of them, read ahead in parallel
+    seen = []
+    for threaded in (True, False):
+        monkeypatch.setattr(sources, "THREADED_PARSE", threaded)
+        report = import_file(store, "events", f, on_error="skip", chunk_rows=1_000, allow_duplicate=True)
+        seen.append((report.rows_read, report.imported, [(r.line, r.reason.split()[0]) for r in report.rejects]))
+    assert seen[0] == seen[1]
+    assert seen[0][:2] == (10_000, 10_000 - 2 - len(nope))
+    assert sorted(seen[0][2]) == sorted([(i + 2, "event_type") for i in nope] + [(at + 2, "expected"), (extra + 2, "expected")])
 
 
 def test_quoted_line_breaks_and_commas(store, tmp_path):

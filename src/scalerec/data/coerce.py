@@ -530,15 +530,31 @@ def pack_map(n: int, columns: Mapping[str, pa.Array | pa.ChunkedArray]) -> pa.Ar
                                    mask=pa.array(counts == 0) if not counts.all() else None)
 
 
+#: The longest repeated-keys array built per key list: an import's chunks share one (sliced, zero-copy).
+_KEYS_CACHE: dict[tuple[str, ...], pa.Array] = {}
+_KEYS_CACHE_SIZE = 2
+
+
 def _repeated_keys(names: list[str], n: int) -> pa.Array:
-    """The key names repeated ``n`` times (n * len(names) strings), built from raw buffers."""
+    """The key names repeated ``n`` times (n * len(names) strings), built from raw buffers once per
+    key list and chunk size (arrays are immutable, so later chunks take a slice of it)."""
+    key = tuple(names)
+    cached = _KEYS_CACHE.get(key)
+    if cached is not None and len(cached) >= n * len(names):
+        return cached.slice(0, n * len(names))
     encoded = [name.encode("utf-8") for name in names]
-    data = np.tile(np.frombuffer(b"".join(encoded), dtype=np.uint8), n)
-    if len(data) >= 2**31:
+    row = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    if len(row) * n >= 2**31:
         raise DataImportError(f"{n:,} rows x {len(names)} map keys is too much for one chunk; use smaller chunks")
+    data = np.broadcast_to(row, (n, len(row))).ravel()  # one copy (np.tile repeats row by row)
+    lengths = np.array([len(b) for b in encoded], dtype=np.int32)
     offsets = np.zeros(n * len(names) + 1, dtype=np.int32)
-    np.cumsum(np.tile(np.array([len(b) for b in encoded], dtype=np.int32), n), out=offsets[1:])
-    return pa.StringArray.from_buffers(n * len(names), pa.py_buffer(offsets), pa.py_buffer(data))
+    np.cumsum(np.broadcast_to(lengths, (n, len(names))).ravel(), out=offsets[1:])
+    keys = pa.StringArray.from_buffers(n * len(names), pa.py_buffer(offsets), pa.py_buffer(data))
+    if len(_KEYS_CACHE) >= _KEYS_CACHE_SIZE:
+        _KEYS_CACHE.clear()
+    _KEYS_CACHE[key] = keys
+    return keys
 
 
 # --------------------------------------------------------------------------------------------

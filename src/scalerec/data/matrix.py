@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -343,47 +344,96 @@ def _build(
 
 
 class _BlockSum:
-    """The running sum of block CSRs. Blocks wait in a list until they hold MERGE_SHARE of the
-    sum's cells, then are summed together and added at once: the peak is about the sum, the
-    waiting blocks and the new sum (~2.5x the output), and the sum is rewritten only a few times.
+    """The running sum of block CSRs, kept per band of rows (BANDS of them). Each block is cut into
+    its bands at once (and dropped); a band's pieces wait until they hold MERGE_SHARE of the band's
+    cells, then are summed and added to it. Rewriting one band at a time, never the whole sum,
+    bounds the transient to a band: the peak is about the sum plus the waiting pieces (~1.3x the
+    output) until the bands are laid out as one CSR, each band freed as it is copied.
     One block stays float64 (exactly the old one-pass sums); blocks are float32 otherwise."""
 
     def __init__(self, shape: tuple[int, int], *, exact: bool) -> None:
         self.shape, self.exact = shape, exact
-        self.total: sp.csr_matrix | None = None
-        self.waiting: list[sp.csr_matrix] = []
-        self.waiting_nnz = 0
+        self.edges = np.unique(np.linspace(0, shape[0], BANDS + 1).astype(np.int64))
+        bands = max(len(self.edges) - 1, 0)
+        self.total: list[sp.csr_matrix | None] = [None] * bands
+        self.waiting: list[list[sp.csr_matrix]] = [[] for _ in range(bands)]
+        self.waiting_nnz = [0] * bands
 
     def add(self, block: sp.csr_matrix) -> None:
-        self.waiting.append(block if self.exact else block.astype(np.float32))
-        self.waiting_nnz += block.nnz
-        if self.total is None or self.waiting_nnz >= MERGE_SHARE * self.total.nnz:
-            self._merge()
+        block = block if self.exact else block.astype(np.float32)
+        for j in range(len(self.total)):
+            r0, r1 = int(self.edges[j]), int(self.edges[j + 1])
+            s, e = int(block.indptr[r0]), int(block.indptr[r1])
+            if s == e:
+                continue
+            piece = sp.csr_matrix((block.data[s:e].copy(), block.indices[s:e].copy(), block.indptr[r0 : r1 + 1] - s),
+                                  shape=(r1 - r0, self.shape[1]))
+            self.waiting[j].append(piece)
+            self.waiting_nnz[j] += piece.nnz
+            band = self.total[j]
+            if band is None or self.waiting_nnz[j] >= MERGE_SHARE * band.nnz:
+                self._merge(j)
 
-    def _merge(self) -> None:
-        blocks, self.waiting, self.waiting_nnz = self.waiting, [], 0
+    def _merge(self, j: int) -> None:
+        blocks, self.waiting[j], self.waiting_nnz[j] = self.waiting[j], [], 0
         if not blocks:
             return
         if len(blocks) == 1:
             merged = blocks[0]
         else:
-            rows = np.concatenate([np.repeat(np.arange(self.shape[0], dtype=np.int32), np.diff(b.indptr))
-                                   for b in blocks])
+            height = blocks[0].shape[0]
+            rows = np.concatenate([np.repeat(np.arange(height, dtype=np.int32), np.diff(b.indptr)) for b in blocks])
             cols = np.concatenate([b.indices for b in blocks])
             data = np.concatenate([b.data for b in blocks])
             del blocks
-            merged = sp.coo_matrix((data, (rows, cols)), shape=self.shape).tocsr()
+            merged = sp.coo_matrix((data, (rows, cols)), shape=(height, self.shape[1])).tocsr()
             del rows, cols, data
-        self.total = merged if self.total is None else self.total + merged
+        band = self.total[j]
+        self.total[j] = merged if band is None else band + merged
 
     def result(self) -> sp.csr_matrix:
-        self._merge()
-        assert self.total is not None
-        return self.total
+        for j in range(len(self.total)):
+            self._merge(j)
+        bands = [b if b is not None else sp.csr_matrix((int(self.edges[j + 1] - self.edges[j]), self.shape[1]),
+                                                       dtype=np.float64 if self.exact else np.float32)
+                 for j, b in enumerate(self.total)]
+        self.total = []
+        if len(bands) == 1:
+            return bands[0]
+        nnz = sum(b.nnz for b in bands)
+        index = np.int32 if max(nnz, self.shape[1]) < 2**31 else np.int64
+        indptr = np.empty(self.shape[0] + 1, dtype=index)
+        indices = np.empty(nnz, dtype=index)
+        data = np.empty(nnz, dtype=bands[0].dtype if bands else np.float32)
+        at = 0
+        for j in range(len(bands)):
+            band, bands[j] = bands[j], None  # freed once copied: the sum is not held twice
+            r0, r1 = int(self.edges[j]), int(self.edges[j + 1])
+            indptr[r0:r1] = band.indptr[:-1] + at
+            indices[at : at + band.nnz] = band.indices
+            data[at : at + band.nnz] = band.data
+            at += band.nnz
+            del band
+            if j % 4 == 3:  # the copied bands' pages go back before the next ones are written
+                _release_freed_memory()
+        indptr[self.shape[0]] = at
+        _release_freed_memory()
+        return sp.csr_matrix((data, indices, indptr), shape=self.shape)
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps freed blocks under 32 MB in the process,
+    so the bands copied out would otherwise still count in the build's peak memory)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 #: Waiting blocks are summed into the running sum once they hold this share of its cells.
 MERGE_SHARE = 0.25
+#: Row bands of the running sum: a merge rewrites one band (1/BANDS of the sum), not all of it.
+BANDS = 16
 
 
 #: Events per block of the matrix build (one event-log row group): a block's rows as polars

@@ -169,15 +169,17 @@ def import_file(
         if progress is not None:
             progress(min(chunk.bytes_done, total_bytes), total_bytes)
 
-    # The file's hash (GIL released) runs beside the parse of the first chunk; a duplicate is
-    # refused before anything is written.
+    # The file's hash (GIL released) runs beside the import; a duplicate is refused as soon as the
+    # hash is known, and always before the log commit: rows staged until then are discarded
+    # with the transaction, so nothing reaches the log (waiting for the hash first stalled the
+    # whole pipeline for a read of the file).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalerec-import-hash") if kind == "events" else None
     pending_fingerprint = hashing.submit(plan.fingerprint, path) if hashing is not None else None
     fingerprint: str | None = None
 
-    def fingerprint_checked() -> str | None:
+    def fingerprint_checked(block: bool = True) -> str | None:
         nonlocal pending_fingerprint, fingerprint
-        if pending_fingerprint is not None:
+        if pending_fingerprint is not None and (block or pending_fingerprint.done()):
             fingerprint, pending_fingerprint = pending_fingerprint.result(), None
             if not allow_duplicate:
                 _refuse_duplicate(store, fingerprint, path)
@@ -192,7 +194,7 @@ def import_file(
                 # released) on the log's writer thread; the transaction waits for the write in
                 # flight before it commits or rolls back, and holds at most one table in flight.
                 for chunk in chunks:
-                    fingerprint_checked()
+                    fingerprint_checked(block=False)
                     consume(chunk, tx.write_async)
                 fingerprint_checked()
                 tx.wait()

@@ -28,6 +28,11 @@ FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "dat")
 MAX_BLOCK_BYTES = 32 << 20
 #: Bytes pyarrow parses per batch: small, as its reader buffers many ahead (grouped up to MAX_BLOCK_BYTES).
 READ_BLOCK_BYTES = 4 << 20
+#: Parse CSV blocks on pyarrow's thread pool (the parse is a third of an import's CPU; on a shared
+#: machine more runnable threads also get more of it). pyarrow cannot number a malformed row when
+#: parsing in parallel, so the first malformed row (or parse error) restarts the read serially,
+#: skipping the rows already handed out: line numbers and messages are the serial parse's.
+THREADED_PARSE = True
 #: Bytes read ahead to find the header, the encoding and the row width.
 SNIFF_BYTES = 1 << 20
 
@@ -325,73 +330,117 @@ def _iter_csv(path: Path, spec: SourceSpec, chunk_rows: int) -> Iterator[Chunk]:
         malformed.append((line, f"expected {row.expected_columns} columns, found {row.actual_columns}", row.text))
         return "skip"
 
-    raw, stream = _open_stream(path, spec.compression)
-    source: Any = stream
-    if spec.multi_delimiter:
-        source = pa.PythonFile(_SeparatorRewriter(stream, spec.multi_delimiter, spec.delimiter), mode="r")
-    try:
-        reader = pacsv.open_csv(
-            source,
-            read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=1 if header else 0, block_size=block_size,
-                # Serial: malformed rows get line numbers, and it costs less CPU than threaded parsing.
-                encoding=encoding, use_threads=False,
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=spec.delimiter, quote_char='"' if spec.quoting else False,
-                newlines_in_values=spec.quoting, invalid_row_handler=on_invalid,
-            ),
-            # Everything is read as text: a column typed from its first block would make one bad
-            # value later in the file fail the whole import instead of rejecting that one row.
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, null_values=[""],
-                strings_can_be_null=True, quoted_strings_can_be_null=True,
-            ),
-        )
-        line = 2 if header else 1
-        done = False
-        while not done:
-            batches: list[pa.RecordBatch] = []
-            size = 0
-            while size < chunk_bytes and sum(b.num_rows for b in batches) < chunk_rows:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    done = True
+    first_row_line = 2 if header else 1
+    yielded = 0  # data rows handed out so far: a serial re-read skips them
+    threaded = THREADED_PARSE
+    while True:
+        restart = False
+        raw, stream = _open_stream(path, spec.compression)
+        source: Any = stream
+        if spec.multi_delimiter:
+            source = pa.PythonFile(_SeparatorRewriter(stream, spec.multi_delimiter, spec.delimiter), mode="r")
+        malformed.clear()
+        try:
+            reader = pacsv.open_csv(
+                source,
+                read_options=pacsv.ReadOptions(
+                    column_names=names, skip_rows=1 if header else 0, block_size=block_size,
+                    # Blocks parsed on pyarrow's thread pool; it cannot number a malformed row, so the
+                    # first one found switches to a serial re-read (see THREADED_PARSE).
+                    encoding=encoding, use_threads=threaded,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=spec.delimiter, quote_char='"' if spec.quoting else False,
+                    newlines_in_values=spec.quoting, invalid_row_handler=on_invalid,
+                ),
+                # Everything is read as text: a column typed from its first block would make one bad
+                # value later in the file fail the whole import instead of rejecting that one row.
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in names}, null_values=[""],
+                    strings_can_be_null=True, quoted_strings_can_be_null=True,
+                ),
+            )
+            line = first_row_line
+            skip = yielded
+            done = False
+            while not done:
+                batches: list[pa.RecordBatch] = []
+                size = rows = 0
+                while size < chunk_bytes and rows < chunk_rows:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        done = True
+                        break
+                    if threaded and malformed:
+                        restart = True
+                        break
+                    if skip:  # a serial re-read: rows before the malformed one were imported already
+                        cut = min(skip, batch.num_rows)
+                        skip -= cut
+                        line += cut
+                        batch = batch.slice(cut)
+                        if not batch.num_rows:
+                            continue
+                    batches.append(batch)
+                    size += batch.nbytes
+                    rows += batch.num_rows
+                if restart or (threaded and malformed):
+                    restart = True
                     break
-                batches.append(batch)
-                size += batch.nbytes
-            if not batches:
-                break
-            bad, malformed[:] = list(malformed), []
-            n = sum(b.num_rows for b in batches)
-            lines = np.arange(line, line + n + len(bad), dtype=np.int64)
-            if bad:  # the good rows are the record numbers that were not malformed
-                known = np.array([b[0] for b in bad if b[0] is not None], dtype=np.int64)
-                lines = np.setdiff1d(lines, known, assume_unique=True)[:n] if len(known) else lines[:n]
-            line += n + len(bad)
-            table = pa.Table.from_batches(batches, schema=batches[0].schema)
-            if guessed_latin1:
-                utf8_lines = _utf8_rows_in_latin1(table, lines)
-                if utf8_lines:
-                    raise DataImportError(
-                        f"{path.name} mixes encodings: its first MiB is not UTF-8 but line(s) "
-                        f"{', '.join(map(str, utf8_lines[:SHOWN_LINES]))} look like UTF-8, so nothing was imported. "
-                        "Re-save the file as UTF-8, or pass --encoding latin-1 if every line really is latin-1.",
-                        details={"utf8_lines": utf8_lines[:100]},
-                    )
-            yield Chunk(table, lines, raw.tell(), bad)
-        if malformed:
-            yield Chunk(pa.table({n: pa.array([], pa.string()) for n in names}), np.zeros(0, np.int64),
-                         raw.tell(), list(malformed))
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
+                if not batches:
+                    break
+                n = rows
+                lines, bad = _chunk_lines(line, n, malformed)
+                line = int(lines[-1]) + 1 if n else line
+                table = pa.Table.from_batches(batches, schema=batches[0].schema)
+                if guessed_latin1:
+                    utf8_lines = _utf8_rows_in_latin1(table, lines)
+                    if utf8_lines:
+                        raise DataImportError(
+                            f"{path.name} mixes encodings: its first MiB is not UTF-8 but line(s) "
+                            f"{', '.join(map(str, utf8_lines[:SHOWN_LINES]))} look like UTF-8, so nothing was imported. "
+                            "Re-save the file as UTF-8, or pass --encoding latin-1 if every line really is latin-1.",
+                            details={"utf8_lines": utf8_lines[:100]},
+                        )
+                yielded += n
+                yield Chunk(table, lines, raw.tell(), bad)
+            if not restart and malformed:
+                yield Chunk(pa.table({n: pa.array([], pa.string()) for n in names}), np.zeros(0, np.int64),
+                             raw.tell(), list(malformed))
+        except pa.ArrowInvalid as exc:
+            if threaded:  # read it serially: the same error, with the row numbers a serial parse gives
+                restart = True
+            elif "Empty CSV file" in str(exc):
+                return
+            else:
+                raise _stream_error(path, exc) from None
+        except OSError as exc:
+            if not threaded:
+                raise _stream_error(path, exc) from None
+            restart = True
+        finally:
+            raw.close()
+        if not restart:
             return
-        raise _stream_error(path, exc) from None
-    except OSError as exc:
-        raise _stream_error(path, exc) from None
-    finally:
-        raw.close()
+        threaded = False
+
+
+def _chunk_lines(line: int, n: int, malformed: list[tuple[int | None, str, str]]) -> tuple[np.ndarray, list]:
+    """(line numbers of a chunk's ``n`` good rows, starting at ``line``; the malformed rows among them).
+
+    The parser reports malformed rows as it parses, which may be a block ahead of the rows handed
+    out: only the reports up to the chunk's last good line belong to it; later ones are left in
+    ``malformed`` for the next chunk (a row of unknown number goes with the current chunk)."""
+    known = sorted(b[0] for b in malformed if b[0] is not None)
+    lines = np.arange(line, line + n + len(known), dtype=np.int64)
+    if known:  # the good rows are the record numbers that were not malformed
+        lines = np.setdiff1d(lines, np.array(known, dtype=np.int64), assume_unique=True)
+    lines = lines[:n]
+    last = int(lines[-1]) if n else line - 1
+    mine = [b for b in malformed if b[0] is None or b[0] <= last]
+    malformed[:] = [b for b in malformed if b[0] is not None and b[0] > last]
+    return lines, mine
 
 
 def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
