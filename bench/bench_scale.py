@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -157,10 +158,11 @@ def run_size(n_events: int, args: argparse.Namespace, console: Console) -> dict[
             extra = {"import": [str(csv_path)], "tuning": [str(args.trials)],
                      "serving": [str(args.serve_queries)]}.get(step, [])
             console.print(f"{n_events:,} events: {step} ...", highlight=False)
-            wall0 = time.perf_counter()
+            wall0, load0 = time.perf_counter(), os.getloadavg()[0]
             out, peak = run_child([__file__, "--child", step, str(data_dir), *extra])
             result = json.loads(out.strip().splitlines()[-1])
             result["process_s"] = time.perf_counter() - wall0
+            result["load"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # a shared machine: per step
             result["peak_rss_mib"] = peak
             steps[step] = result
     finally:
@@ -205,7 +207,7 @@ def main() -> None:
     slope = slopes(runs)
 
     table = Table(title="scalerec end to end: each step in its own process (peak RSS from wait4)")
-    for col in ("events", "step", "seconds", "peak RSS MiB", "detail"):
+    for col in ("events", "step", "seconds", "peak RSS MiB", "load", "detail"):
         table.add_column(col, justify="left" if col in ("step", "detail") else "right")
     for run in runs:
         for step in STEPS:
@@ -219,7 +221,8 @@ def main() -> None:
                 "serving": lambda r: (f"load {r['load_s']:.1f} s; {r['qps']:,.0f} q/s, median {r['median_ms']:.2f} ms, "
                                       f"p99 {r['p99_ms']:.2f} ms"),
             }[step](r)
-            table.add_row(f"{run['events']:,}", step, f"{r['seconds']:.2f}", f"{r['peak_rss_mib']:,.0f}", detail)
+            load = "-".join(f"{v:.1f}" for v in r.get("load", ()))
+            table.add_row(f"{run['events']:,}", step, f"{r['seconds']:.2f}", f"{r['peak_rss_mib']:,.0f}", load, detail)
     console.print(table)
     if slope:
         st = Table(title=f"slopes between {sizes[0]:,} and {sizes[-1]:,} events")
