@@ -4,6 +4,8 @@ Usage:
     .venv/bin/python bench/bench_scale.py --events 1000000                     # one size
     .venv/bin/python bench/bench_scale.py --events 1000000 --events 3000000    # slopes between sizes
     .venv/bin/python bench/bench_scale.py --events 1000000 --trials 2 --serve-queries 500
+    .venv/bin/python bench/bench_scale.py --events 1000000 --events 10000000 --lock /work/bigrun.lock \
+        --lock-steps tuning --lock-from-events 5000000     # a shared machine: the big step takes turns
 
 Steps, each in a fresh child process (its peak RSS is the kernel's high-water mark from wait4,
 so nothing is missed between samples): import (a synthetic events CSV in the layout of
@@ -21,11 +23,15 @@ line to bench/results/scale.jsonl.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +154,21 @@ def _csv_for(n_events: int, work_dir: Path, console: Console) -> Path:
     return path
 
 
+@contextmanager
+def _step_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive flock on ``path`` for one step (None: no lock): on a shared machine the large
+    steps take turns with other large runs, and the lock is free again between steps."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_size(n_events: int, args: argparse.Namespace, console: Console) -> dict[str, Any]:
     csv_path = _csv_for(n_events, args.work_dir, console)
     data_dir = Path(tempfile.mkdtemp(prefix="scalerec-scale-", dir=args.work_dir))
@@ -157,10 +178,13 @@ def run_size(n_events: int, args: argparse.Namespace, console: Console) -> dict[
             extra = {"import": [str(csv_path)], "tuning": [str(args.trials)],
                      "serving": [str(args.serve_queries)]}.get(step, [])
             console.print(f"{n_events:,} events: {step} ...", highlight=False)
-            wall0 = time.perf_counter()
-            out, peak = run_child([__file__, "--child", step, str(data_dir), *extra])
+            locked = step in args.lock_steps and n_events >= args.lock_from_events
+            with _step_lock(args.lock if locked else None):
+                wall0, load0 = time.perf_counter(), os.getloadavg()[0]
+                out, peak = run_child([__file__, "--child", step, str(data_dir), *extra])
             result = json.loads(out.strip().splitlines()[-1])
             result["process_s"] = time.perf_counter() - wall0
+            result["load"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # a shared machine: per step
             result["peak_rss_mib"] = peak
             steps[step] = result
     finally:
@@ -194,9 +218,17 @@ def main() -> None:
     ap.add_argument("--serve-queries", type=int, default=500, help="recommend_user calls timed (default 500)")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
                     help="where the CSVs and the temporary data directories go (default: the system temp dir)")
+    ap.add_argument("--lock", type=Path, help="flock this file around each step of --lock-steps (a shared machine's "
+                    "big-run lock), released between steps")
+    ap.add_argument("--lock-steps", default=",".join(STEPS),
+                    help=f"comma-separated steps that hold --lock (default: all of {','.join(STEPS)})")
+    ap.add_argument("--lock-from-events", type=int, default=0, help="only sizes of at least this many events hold --lock")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/scale.jsonl")
     args = ap.parse_args()
     sizes = sorted(args.events or [1_000_000])
+    args.lock_steps = {s.strip() for s in args.lock_steps.split(",") if s.strip()}
+    if args.lock_steps - set(STEPS):
+        ap.error(f"--lock-steps: unknown steps {sorted(args.lock_steps - set(STEPS))}; choose from {', '.join(STEPS)}")
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)
@@ -205,7 +237,7 @@ def main() -> None:
     slope = slopes(runs)
 
     table = Table(title="scalerec end to end: each step in its own process (peak RSS from wait4)")
-    for col in ("events", "step", "seconds", "peak RSS MiB", "detail"):
+    for col in ("events", "step", "seconds", "peak RSS MiB", "load", "detail"):
         table.add_column(col, justify="left" if col in ("step", "detail") else "right")
     for run in runs:
         for step in STEPS:
@@ -219,7 +251,8 @@ def main() -> None:
                 "serving": lambda r: (f"load {r['load_s']:.1f} s; {r['qps']:,.0f} q/s, median {r['median_ms']:.2f} ms, "
                                       f"p99 {r['p99_ms']:.2f} ms"),
             }[step](r)
-            table.add_row(f"{run['events']:,}", step, f"{r['seconds']:.2f}", f"{r['peak_rss_mib']:,.0f}", detail)
+            load = "-".join(f"{v:.1f}" for v in r.get("load", ()))
+            table.add_row(f"{run['events']:,}", step, f"{r['seconds']:.2f}", f"{r['peak_rss_mib']:,.0f}", load, detail)
     console.print(table)
     if slope:
         st = Table(title=f"slopes between {sizes[0]:,} and {sizes[-1]:,} events")

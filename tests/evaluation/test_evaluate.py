@@ -67,6 +67,38 @@ def test_evaluate_is_independent_of_block_size_and_reports_progress(split) -> No
     assert 0 < small["coverage@4"] <= 1 and 0 <= small["popularity_bias@4"] <= 1
 
 
+def test_catalogue_detail_kept_per_block_equals_the_all_users_lists(split) -> None:
+    """Coverage's and popularity bias's resampling detail, kept block by block, gives the metrics and
+    intervals of the all-users lists built at once (the old path, rebuilt here as the reference)."""
+    import scipy.sparse as sp
+
+    from scalerec.evaluation.evaluate import evaluate_per_user
+    from scalerec.evaluation.metrics import item_popularity_percentile
+    from scalerec.evaluation.stats import bootstrap_intervals
+
+    model = make_model("itemknn", neighbors=None).fit(split.train)
+    blocks = evaluate_per_user(model, split, k=(3, 5), block_users=2)
+    whole = evaluate_per_user(model, split, k=(3, 5), block_users=10_000)
+    # the means sum over blocks (rounding differs); the per-user detail and so the intervals do not
+    assert blocks.metrics == pytest.approx(whole.metrics) and blocks.intervals() == whole.intervals()
+
+    rows = split.test_users
+    ids, _ = model.recommend(rows, 5, exclude=split.history(rows))
+    top_all = np.where((ids >= 0) & (ids < split.train.n_items), ids, -1)
+    percentile = item_popularity_percentile(split.train.matrix)
+    ratios, cover = {}, {}
+    for k in (3, 5):
+        top = top_all[:, :k]
+        valid = top >= 0
+        r, c = np.nonzero(valid)
+        cover[f"coverage@{k}"] = sp.csr_matrix((np.ones(len(r)), (r, top[r, c])), shape=(len(rows), split.train.n_items))
+        ratios[f"popularity_bias@{k}"] = (np.where(valid, percentile[np.maximum(top, 0)], 0.0).sum(axis=1),
+                                          valid.sum(axis=1).astype(np.float64))
+    reference = bootstrap_intervals(blocks.per_user, ratios=ratios, coverage=cover)
+    assert blocks.intervals() == {key: reference[key] for key in blocks.metrics}
+    assert {key for key in blocks.metrics if key.startswith(("coverage", "popularity"))} == set(cover) | set(ratios)
+
+
 def test_evaluate_on_held_out_users_uses_fold_in() -> None:
     strong = split_users(events_table(popularity_rows(1)), test_fraction=0.4, seed=0)
     model = make_model("ease", l2=5.0).fit(strong.train)

@@ -135,7 +135,12 @@ def _evaluate(
     pop_count = dict.fromkeys(ks, 0)
     percentile = item_popularity_percentile(split.train.matrix) if "popularity_bias" in names else None
     detail = catalogue_detail and any(m in CATALOGUE_METRICS for m in names)
-    top_parts: list[np.ndarray] = []
+    # the catalogue metrics' resampling detail, kept per block in its final compact form (a user's valid
+    # top-k items as int32 CSR pieces, popularity as per-user sums): no all-users lists or COO temporaries
+    cover_len: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    cover_items: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    pop_num: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    pop_slots: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     recommend_s = 0.0
     total = len(rows)
     for start in range(0, total, block_users):  # one iteration per block of users
@@ -156,7 +161,8 @@ def _evaluate(
             for key, values in ranking_metrics(ids, relevant[block], ks, ranking).items():
                 parts[key].append(values)
         if detail:
-            top_parts.append(np.where((ids >= 0) & (ids < n_items), ids, -1).astype(np.int32))
+            _keep_detail(np.where((ids >= 0) & (ids < n_items), ids, -1).astype(np.int32), ks,
+                         "coverage" in names, percentile, cover_len, cover_items, pop_num, pop_slots)
         for k in ks:
             top = ids[:, :k]
             top = top[(top >= 0) & (top < n_items)]
@@ -179,20 +185,43 @@ def _evaluate(
                 out[key] = pop_sum[k] / pop_count[k] if pop_count[k] else 0.0
     catalogue: dict[str, Any] = {}
     if detail and total:
-        top_all = np.concatenate(top_parts)
         for k in ks:
-            top = top_all[:, :k]
-            valid = top >= 0
             if "coverage" in names:
-                r, c = np.nonzero(valid)
+                lengths = np.concatenate(cover_len[k])
+                indptr = np.zeros(total + 1, dtype=np.int64)
+                np.cumsum(lengths, out=indptr[1:])
+                indices = np.concatenate(cover_items[k])
+                cover_len[k] = cover_items[k] = []
                 catalogue[f"coverage@{k}"] = sp.csr_matrix(
-                    (np.ones(len(r)), (r, top[r, c])), shape=(total, n_items)
+                    (np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(total, n_items)
                 )
             if percentile is not None:
-                slots = valid.sum(axis=1).astype(np.float64)
+                slots = np.concatenate(pop_slots[k])
                 if slots.sum() > 0:
-                    catalogue[f"popularity_bias@{k}"] = (np.where(valid, percentile[np.maximum(top, 0)], 0.0).sum(axis=1), slots)
+                    catalogue[f"popularity_bias@{k}"] = (np.concatenate(pop_num[k]), slots)
     return Evaluation(out, per_user, np.asarray(rows), recommend_s, catalogue)
+
+
+def _keep_detail(
+    top_block: np.ndarray,
+    ks: tuple[int, ...],
+    coverage: bool,
+    percentile: np.ndarray | None,
+    cover_len: dict[int, list[np.ndarray]],
+    cover_items: dict[int, list[np.ndarray]],
+    pop_num: dict[int, list[np.ndarray]],
+    pop_slots: dict[int, list[np.ndarray]],
+) -> None:
+    """One block's share of the catalogue metrics' resampling detail (``top_block``: int32 ids, -1 = none)."""
+    for k in ks:
+        top = top_block[:, :k]
+        valid = top >= 0
+        if coverage:  # row-major order: the block's rows of the users x items CSR of recommended items
+            cover_len[k].append(valid.sum(axis=1))
+            cover_items[k].append(top[valid])
+        if percentile is not None:
+            pop_num[k].append(np.where(valid, percentile[np.maximum(top, 0)], 0.0).sum(axis=1))
+            pop_slots[k].append(valid.sum(axis=1).astype(np.float64))
 
 
 def evaluate(
