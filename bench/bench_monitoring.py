@@ -39,9 +39,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def build(d: Path, users: int, items: int, events: int) -> tuple[Settings, float]:
+def build(d: Path, users: int, items: int, events: int, train: bool = True) -> tuple[Settings, float]:
     """Generate the store here, train it as a shop does: `scalerec train` in its own process (so its
-    peak memory is a real training process's, not this one's after generating the data)."""
+    peak memory is a real training process's, not this one's after generating the data). A store
+    generated earlier with the same sizes (``generated.json``) is trained without generating it again."""
+    import json
     import subprocess
 
     from scalerec.data.store import DataStore
@@ -49,9 +51,15 @@ def build(d: Path, users: int, items: int, events: int) -> tuple[Settings, float
 
     settings = Settings(data={"dir": d})
     if not (d / "models").is_dir() or not any((d / "models").iterdir()):
-        shutil.rmtree(d, ignore_errors=True)
-        with DataStore.open(settings) as store:
-            generate_store(store, n_users=users, n_items=items, n_events=events, seed=7, days=90)
+        sizes = {"users": users, "items": items, "events": events}
+        marker = d / "generated.json"
+        if not marker.exists() or json.loads(marker.read_text()) != sizes:
+            shutil.rmtree(d, ignore_errors=True)
+            with DataStore.open(settings) as store:
+                generate_store(store, n_users=users, n_items=items, n_events=events, seed=7, days=90)
+            marker.write_text(json.dumps(sizes))
+        if not train:
+            return settings, float("nan")
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "scalerec", "--data-dir", str(d), "train", "--models", "als", "--trials", "1",
                         "--json"], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -403,7 +403,7 @@ class MonitoringSettings(_Section):
     baseline_days: int = Field(28, ge=2, description="drift: days before the checked day that form the baseline")
     drift_min_events: int = Field(200, ge=1, description="drift: a day with fewer events is not judged")
     kpi_min_impressions: int = Field(500, ge=1, description="KPI drop: a day of the production version with fewer impressions is not judged")
-    memory_budget_mb: float | None = Field(None, gt=0, description="capacity: memory one machine may use; none = its RAM")
+    memory_budget_mb: float | None = Field(None, gt=0, description="capacity: memory one machine may use; none = the process's cgroup limit or RAM less a 10% reserve (at least 1 GiB)")
     disk_budget_mb: float | None = Field(None, gt=0, description="capacity: disk the data directory may use; none = free + used")
     ann_recall_sample: int = Field(200, ge=10, description="users sampled per model to measure ANN recall against exact")
     use_default_alerts: bool = Field(True, description="add the built-in rules to those in [[alerts]] (same name: yours wins)")

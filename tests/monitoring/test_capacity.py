@@ -97,6 +97,10 @@ def test_capacity_cli_json(shops, capsys) -> None:
     assert out["projection"]["factors"] == {"traffic": 5.0, "users": 2.0, "events": 3.0, "items": 1.0}
     assert out["projection"]["peak_rps"] == 20.0 and out["projection"]["assumptions"]
     assert out["measured"]["model"]["bytes"]["users"] > 0
+    # the budget it judged one machine by, and how that budget was chosen (here: the default)
+    proj = out["projection"]
+    assert proj["memory_budget_bytes"] == out["measured"]["machine"]["memory_budget_bytes"] > 0
+    assert "reserve" in proj["memory_budget_basis"]
     with pytest.raises(SystemExit) as exc:
         main(["-d", str(small.data.dir), "capacity", "--traffic", "many"])
     assert exc.value.code == 2

@@ -103,3 +103,45 @@ def test_metrics_endpoint_exposes_every_part(base_store: Path, tmp_path: Path) -
     finally:
         mon.close()
         a.service.close()
+
+
+def _cgroup_tree(root: Path, proc: Path, lines: list[str], files: dict[str, str]) -> tuple[Path, Path]:
+    proc.write_text("\n".join(lines) + "\n")
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root, proc
+
+
+def test_cgroup_memory_limit_v1_v2_and_none(tmp_path: Path) -> None:
+    from scalerec.monitoring.figures import cgroup_memory_limit
+
+    # v2: the lowest memory.max from the process's group up to the root ("max" is no limit)
+    root, proc = _cgroup_tree(tmp_path / "v2", tmp_path / "v2.cgroup", ["0::/shop/train"],
+                              {"shop/train/memory.max": "max", "shop/memory.max": str(6 * 2**30), "memory.max": str(8 * 2**30)})
+    assert cgroup_memory_limit(root, proc) == 6 * 2**30
+    # v1: the memory controller's line; about 2^63 means unlimited
+    root, proc = _cgroup_tree(tmp_path / "v1", tmp_path / "v1.cgroup", ["4:memory:/job", "3:cpu:/job"],
+                              {"memory/job/memory.limit_in_bytes": str(3 * 2**30)})
+    assert cgroup_memory_limit(root, proc) == 3 * 2**30
+    root, proc = _cgroup_tree(tmp_path / "v1u", tmp_path / "v1u.cgroup", ["4:memory:/"],
+                              {"memory/memory.limit_in_bytes": "9223372036854771712"})
+    assert cgroup_memory_limit(root, proc) is None
+    assert cgroup_memory_limit(tmp_path / "absent", tmp_path / "absent.cgroup") is None
+
+
+def test_default_memory_budget_is_the_usable_memory_less_a_stated_reserve(tmp_path: Path) -> None:
+    import psutil
+
+    from scalerec.config import Settings
+    from scalerec.monitoring.figures import MEMORY_RESERVE_MIN, MEMORY_RESERVE_SHARE, cgroup_memory_limit, memory_budget
+
+    budget, basis = memory_budget(Settings(data={"dir": tmp_path}))
+    total = psutil.virtual_memory().total
+    limit = cgroup_memory_limit()
+    base = min(total, limit) if limit else total
+    reserve = min(max(base * MEMORY_RESERVE_SHARE, MEMORY_RESERVE_MIN), base / 2)
+    assert budget == pytest.approx(base - reserve)
+    assert 0 < budget < total and "reserve" in basis and ("RAM" in basis or "cgroup" in basis)
+    set_budget, set_basis = memory_budget(Settings(data={"dir": tmp_path}, monitoring={"memory_budget_mb": 4096}))
+    assert set_budget == 4096 * 2**20 and set_basis == "[monitoring] memory_budget_mb"

@@ -92,3 +92,57 @@ def test_context_lift_follows_where_a_category_sells() -> None:
     assert lw[1, rain] > 2.0 > 1.0 > lw[1, sun]
     assert lw[2, sun] > 1.0 > lw[2, rain]
     assert np.all(lw[:, 0] == 1.0)  # unknown weather lifts nothing
+
+
+def _random_events(seed: int, n: int = 4000) -> pl.DataFrame:
+    # ties in time (whole hours), repeated (user, item) pairs and anonymous events (user None)
+    rng = np.random.default_rng(seed)
+    users = np.array(["u1", "u2", "u3", None], dtype=object)
+    rows = [(users[rng.integers(0, 4)], ITEMS[rng.integers(0, 4)], ["view", "add_to_cart", "purchase", "rating"][rng.integers(0, 4)],
+             int(rng.integers(0, 24 * 120)), int(rng.integers(1, 5)), ["rain", "sun"][rng.integers(0, 2)]) for _ in range(n)]
+    return _events(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sliced_frame_gives_the_filtered_features_and_brute_force_pairs(seed: int) -> None:
+    ev = F.event_frame(_random_events(seed), USERS, ITEMS)
+    assert ev["t"].flags["SORTED_ASC"]  # before() and between() slice it
+    unflagged = ev.with_columns(pl.Series("t", ev["t"].to_list(), dtype=pl.Int64))  # no sorted flag: the filter path
+    assert not unflagged["t"].flags["SORTED_ASC"]
+    t = int(np.quantile(ev["t"].to_numpy(), 0.7))  # a cut-off on an event's own time (ties at it)
+    for a in (None, t - 30 * F.US_PER_DAY):
+        assert F.between(ev, a, t).equals(F.between(unflagged, a, t))
+    cut = F.before(ev, t)
+    assert cut.height == int((ev["t"] < t).sum()) and int(cut["t"].max()) < t
+    sliced = _all_features(ev)
+    filtered = _all_features(unflagged)
+    for key in sliced:
+        np.testing.assert_array_equal(sliced[key], filtered[key], err_msg=key)
+    # the pair statistics against a brute force over the rows
+    past = [r for r in ev.filter(pl.col("t") < CUT).iter_rows(named=True) if r["u"] >= 0]
+    last: dict[tuple[int, int], int] = {}
+    for r in past:
+        last[(r["u"], r["i"])] = max(last.get((r["u"], r["i"]), -1), r["t"])
+    touch = np.zeros((len(USERS), len(ITEMS)), np.float32)
+    for (u, i), tt in last.items():
+        touch[u, i] = 1.0 + (CUT - tt) / F.US_PER_DAY
+    np.testing.assert_allclose(sliced["touch"], touch, rtol=1e-6)
+    recent = np.zeros_like(touch)
+    for u in range(len(USERS)):
+        mine = sorted(((tt, i) for (uu, i), tt in last.items() if uu == u), key=lambda x: (-x[0], x[1]))[:2]
+        for r, (_, i) in enumerate(mine):
+            recent[u, i] = 1.0 / (r + 1)
+    np.testing.assert_array_equal(sliced["recent"], recent)
+
+
+def test_last_per_pair_keeps_the_newest_time_of_each_pair_in_any_order() -> None:
+    rng = np.random.default_rng(3)
+    u, c, ts = rng.integers(0, 50, 5000), rng.integers(0, 7, 5000), rng.integers(0, 10**6, 5000)
+    pu, pc, newest = F.last_per_pair(u, c, ts, 7)  # the times unsorted: reduced, not taken from the last row
+    ref: dict[tuple[int, int], int] = {}
+    for a, b, x in zip(u.tolist(), c.tolist(), ts.tolist()):
+        ref[(a, b)] = max(ref.get((a, b), -1), x)
+    assert list(zip(pu.tolist(), pc.tolist())) == sorted(ref)
+    assert newest.tolist() == [ref[k] for k in sorted(ref)]
+    e = F.last_per_pair(u[:0], c[:0], ts[:0], 7)
+    assert all(len(x) == 0 for x in e)

@@ -216,6 +216,7 @@ def capacity_cmd(
         t.add_row("training peak memory", gib(fam_tr["peak_rss_bytes"]) + f" ({fam_tr.get('memory_basis') or 'one size'})")
     if p["ranking"]["status"] == "active":
         t.add_row("  of the model, the ranking bundle", gib(p["ranking"]["bytes"]))
+    t.add_row("memory budget", gib(p["memory_budget_bytes"]) + (f" ({p['memory_budget_basis']})" if p.get("memory_budget_basis") else ""))
     t.add_row("one machine enough", "yes" if p["one_machine_enough"] else "no: " + "; ".join(p["why_cluster"]) + " -> use the Ray cluster")
     console.print(t)
     for n in p["notes"]:

@@ -264,7 +264,7 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True, cal
     """This store's sizes and costs: the basis of every projection. ``calibrate``: also refit the
     served family on shares of the users (:func:`training_calibration`; costs about two refits)."""
     from scalerec.data.store import DataStore
-    from scalerec.monitoring.figures import data_figures, process_figures, version_rows
+    from scalerec.monitoring.figures import data_figures, memory_budget, process_figures, version_rows
     from scalerec.registry import Registry
 
     base_rss = int(psutil.Process().memory_info().rss)
@@ -279,7 +279,8 @@ def measure(settings: Any, *, store: Any = None, time_requests: bool = True, cal
             "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "data": data,
             "machine": {"cpus": os.cpu_count() or 1, **{k: v for k, v in process_figures(settings).items()
-                                                         if k in ("memory_budget_bytes", "disk_budget_bytes", "system_memory_total_bytes", "data_dir_bytes")}},
+                                                         if k in ("memory_budget_bytes", "disk_budget_bytes", "system_memory_total_bytes", "data_dir_bytes")},
+                        "memory_budget_basis": memory_budget(settings)[1]},
             "model": None,
             "training": {},
             "requests_cpu_us": {},
@@ -442,6 +443,8 @@ def project(
         "training_peak_rss_bytes": train_peak,
         "ranking": ranking,
         "notes": notes,
+        "memory_budget_bytes": machine["memory_budget_bytes"],
+        "memory_budget_basis": machine.get("memory_budget_basis"),
         "one_machine_enough": not reasons,
         "why_cluster": reasons,
         "ray_replicas": workers if reasons else None,

@@ -111,6 +111,62 @@ def per_day_events(store: Any) -> dict[str, int]:
 # ---------------------------------------------------------------------------- process figures
 _PROC: psutil.Process | None = None
 
+#: the default memory budget leaves this share of the memory to the OS, page cache and other processes ...
+MEMORY_RESERVE_SHARE = 0.10
+#: ... and at least this much (never more than half of the memory)
+MEMORY_RESERVE_MIN = 2**30
+#: a cgroup "limit" at or above this is no limit (cgroup v1 writes about 2^63 for unlimited)
+_NO_LIMIT = 2**60
+
+
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """This process's cgroup memory limit in bytes (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``,
+    the lowest from its group up to the root), or None when it has none or it cannot be read."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        rel = Path(path.lstrip("/"))
+        if controllers == "":  # v2: one unified hierarchy
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        chain = [rel, *rel.parents] if str(rel) not in ("", ".") else [Path(".")]
+        candidates += [base / d / name for d in chain]
+    limits = []
+    for f in candidates:
+        try:
+            text = f.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _NO_LIMIT:
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def memory_budget(settings: Any) -> tuple[float, str]:
+    """The memory capacity may plan with, in bytes, and how it was chosen: ``[monitoring]
+    memory_budget_mb`` when set, else the memory this process may use (its cgroup limit when lower
+    than the machine's RAM) less a reserve of ``MEMORY_RESERVE_SHARE`` of it, at least
+    ``MEMORY_RESERVE_MIN`` (at most half), for the OS, the page cache and other processes."""
+    mon = settings.monitoring
+    if mon.memory_budget_mb:
+        return float(mon.memory_budget_mb * 2**20), "[monitoring] memory_budget_mb"
+    total = float(psutil.virtual_memory().total)
+    limit = cgroup_memory_limit()
+    base, what = (float(limit), "the cgroup memory limit") if limit is not None and limit < total else (total, "the machine's RAM")
+    reserve = min(max(base * MEMORY_RESERVE_SHARE, float(MEMORY_RESERVE_MIN)), base / 2)
+    return base - reserve, (f"{what} ({base / 2**30:.1f} GiB) less a reserve of {reserve / 2**30:.1f} GiB "
+                            f"({MEMORY_RESERVE_SHARE:.0%}, at least {MEMORY_RESERVE_MIN / 2**30:g} GiB) for the OS and other processes")
+
 
 def process_figures(settings: Any) -> dict[str, float]:
     """This process's memory, CPU, threads and files; the machine's memory; the data directory's disk."""
@@ -129,7 +185,7 @@ def process_figures(settings: Any) -> dict[str, float]:
     vm = psutil.virtual_memory()
     du = shutil.disk_usage(Path(settings.data.dir)) if Path(settings.data.dir).exists() else None
     mon = settings.monitoring
-    mem_budget = mon.memory_budget_mb * 2**20 if mon.memory_budget_mb else float(vm.total)
+    mem_budget, _ = memory_budget(settings)
     disk_total = float(du.total) if du else 0.0
     disk_budget = mon.disk_budget_mb * 2**20 if mon.disk_budget_mb else disk_total
     used_dir = _dir_bytes(Path(settings.data.dir))

@@ -100,8 +100,9 @@ def event_frame(events: Any, user_ids: np.ndarray, item_ids: np.ndarray, *, unti
     ordered = all(int(a["t"][-1]) <= int(b["t"][0]) for a, b in zip(blocks, blocks[1:]))
     out = pl.concat(blocks, how="vertical", rechunk=True)
     del blocks
-    # the log is read day by day, so the blocks usually follow each other: no second sort then
-    return out if ordered else out.sort("t", maintain_order=True)
+    # the log is read day by day, so the blocks usually follow each other: no second sort then;
+    # flagged sorted either way, so before() and between() are zero-copy slices
+    return out.with_columns(pl.col("t").set_sorted()) if ordered else out.sort("t", maintain_order=True)
 
 
 _EVENT_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value", "session_id", "context"]
@@ -171,7 +172,18 @@ def _event_block(df: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, unt
 
 def before(ev: pl.DataFrame, t: int) -> pl.DataFrame:
     """Events strictly before ``t`` (UTC us): the one filter every feature goes through."""
-    return ev.filter(pl.col("t") < t)
+    return between(ev, None, t)
+
+
+def between(ev: pl.DataFrame, a: int | None, b: int) -> pl.DataFrame:
+    """Events with ``a <= t < b`` (``a`` None: from the first). On a frame sorted by ``t`` (as
+    :func:`event_frame` returns it) a zero-copy slice: each point-in-time step once copied the
+    whole frame, and the copies of one step add up before the allocator returns them."""
+    col = ev["t"]
+    if col.flags["SORTED_ASC"] and not col.null_count():
+        lo = 0 if a is None else int(col.search_sorted(a, side="left"))
+        return ev.slice(lo, int(col.search_sorted(b, side="left")) - lo)
+    return ev.filter(pl.col("t") < b) if a is None else ev.filter((pl.col("t") >= a) & (pl.col("t") < b))
 
 
 def _bincount(idx: np.ndarray, n: int, w: np.ndarray | None = None) -> np.ndarray:
@@ -290,12 +302,23 @@ def last_touch_as_of(ev: pl.DataFrame, t: int, n_users: int, n_cols: int, cols: 
     mapping items to categories, on a category) and ``t``; absent = never touched."""
     past = before(ev, t).filter(pl.col("u") >= 0)
     c = past["i"].to_numpy() if cols is None else cols[past["i"].to_numpy()]
-    g = (
-        pl.DataFrame({"u": past["u"].to_numpy(), "c": c, "t": past["t"].to_numpy()})
-        .group_by("u", "c").agg(pl.col("t").max())
-    )
-    days = 1.0 + (t - g["t"].to_numpy()) / US_PER_DAY
-    return sp.csr_matrix((days.astype(np.float32), (g["u"].to_numpy(), g["c"].to_numpy())), shape=(n_users, n_cols))
+    pu, pc, newest = last_per_pair(past["u"].to_numpy(), c, past["t"].to_numpy(), n_cols)
+    days = 1.0 + (t - newest) / US_PER_DAY
+    return sp.csr_matrix((days.astype(np.float32), (pu, pc)), shape=(n_users, n_cols))
+
+
+def last_per_pair(u: np.ndarray, c: np.ndarray, ts: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, column, newest time) of each distinct (u, c) pair of the events, sorted by (u, c):
+    one sort of an int64 key, ~33 bytes an event at its peak (a Polars group-by on the two
+    columns held ~120, its hash tables growing with the events)."""
+    key = u.astype(np.int64) * n_cols + c
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+    newest = np.maximum.reduceat(ts[order], starts) if len(key) else ts[:0]
+    del order
+    key = key[starts]
+    return (key // n_cols).astype(np.int32), (key % n_cols).astype(np.int32), newest
 
 
 def affinity_as_of(ev: pl.DataFrame, t: int, n_users: int, category: np.ndarray, n_cat: int) -> sp.csr_matrix:
@@ -312,13 +335,16 @@ def recent_items_as_of(ev: pl.DataFrame, t: int, n_users: int, n_items: int, k: 
     """csr [n_users, n_items]: each user's ``k`` most recently touched items before ``t``, weight
     1 for the latest down to 1/k (the seeds of co-occurrence and content candidates)."""
     past = before(ev, t).filter(pl.col("u") >= 0)
-    g = (
-        past.group_by("u", "i").agg(pl.col("t").max())
-        .with_columns(pl.col("t").rank("ordinal", descending=True).over("u").alias("r"))
-        .filter(pl.col("r") <= k)
-    )
-    w = 1.0 / g["r"].to_numpy().astype(np.float32)
-    return sp.csr_matrix((w, (g["u"].to_numpy(), g["i"].to_numpy())), shape=(n_users, n_items))
+    u, i, newest = last_per_pair(past["u"].to_numpy(), past["i"].to_numpy(), past["t"].to_numpy(), n_items)
+    del past
+    # per user newest first (items touched at the same time: by column), rank 1..k
+    order = np.lexsort((-newest, u))
+    u, i = u[order], i[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, np.int64)
+    r = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)])) + 1
+    keep = r <= k
+    w = 1.0 / r[keep].astype(np.float32)
+    return sp.csr_matrix((w, (u[keep], i[keep])), shape=(n_users, n_items))
 
 
 def cooccurrence_as_of(ev: pl.DataFrame, t: int, n_users: int, n_items: int, k: int,
@@ -328,9 +354,13 @@ def cooccurrence_as_of(ev: pl.DataFrame, t: int, n_users: int, n_items: int, k: 
     normalised counts (cosine of the binary user vectors)."""
     from scalerec.ranking.content import top_neighbours
 
-    past = before(ev, t).filter((pl.col("u") >= 0) & (pl.col("t") >= t - int(window_days * US_PER_DAY)))
-    g = past.select("u", "i").unique()
-    x = sp.csr_matrix((np.ones(g.height, np.float32), (g["i"].to_numpy(), g["u"].to_numpy())), shape=(n_items, n_users))
+    past = between(ev, t - int(window_days * US_PER_DAY), t).filter(pl.col("u") >= 0)
+    # the binary item x user matrix straight from the events (duplicates summed, then set to 1):
+    # a Polars unique() of the (u, i) pairs first held ~110 bytes an event at its peak
+    x = sp.csr_matrix((np.ones(past.height, np.float32), (past["i"].to_numpy(), past["u"].to_numpy())), shape=(n_items, n_users))
+    del past
+    x.sum_duplicates()
+    x.data[:] = 1.0
     norm = np.sqrt(np.asarray(x.sum(axis=1)).ravel())
     x = sp.csr_matrix(sp.diags(1.0 / np.maximum(norm, 1e-9)) @ x)
     return top_neighbours(x, x, k, exclude_self=True)

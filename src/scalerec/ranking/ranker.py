@@ -322,7 +322,7 @@ class Queries:
 
 
 def make_queries(ev: pl.DataFrame, a: int, b: int, d: AsOf, world: World, max_q: int, seed: int) -> Queries:
-    win = ev.filter((pl.col("t") >= a) & (pl.col("t") < b) & (pl.col("u") >= 0))
+    win = F.between(ev, a, b).filter(pl.col("u") >= 0)
     win = win.with_columns((pl.col("t") // US_PER_DAY).alias("day"))
     grade = pl.col("type").replace_strict(GRADES, default=1, return_dtype=pl.Int8)
     pairs = win.group_by("u", "day", "i").agg(grade.max().alias("g"))
@@ -366,9 +366,9 @@ def fit_cf(family: str, params: dict[str, Any], events: pl.DataFrame, t: int, wo
 
     model = make_model(family, **params)
     cut = datetime.fromtimestamp(t / 1e6, tz=timezone.utc)
-    past = events.filter(pl.col("timestamp") < cut)
+    # end= filters lazily inside the build: no eager copy of the raw events before the cut
     matrix = MatrixSpec.from_settings(settings, model.matrix_overrides()).build(
-        past, user_ids=world.user_ids, item_ids=world.item_ids, now=cut)
+        events, user_ids=world.user_ids, item_ids=world.item_ids, now=cut, end=cut)
     model.fit(matrix)
     return model
 
@@ -518,7 +518,7 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
     end = int(ev["t"].max()) + 1
     seed = settings.evaluation.seed
     for name, a, b in (("learning window", t1, t2), ("test part", t2, end)):
-        n_q = ev.filter((pl.col("t") >= a) & (pl.col("t") < b) & (pl.col("u") >= 0)).select(
+        n_q = F.between(ev, a, b).filter(pl.col("u") >= 0).select(
             (pl.col("u").cast(pl.Int64) * 1_000_000 + pl.col("t") // US_PER_DAY).n_unique()).item()
         if n_q < cfg.min_queries:  # checked before any feature is computed: small stores skip at once
             return RankerRun({"status": "skipped", "side_information": kinds,
