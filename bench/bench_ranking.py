@@ -11,11 +11,15 @@ request: the same requests in-process with the ranker and with `[ranking] enable
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_ranking.py --online-retail
 
 ``--online-retail``: the two-stage model on the Online Retail protocol (../shared/datasets/online-retail/):
-the ranker learns on the (user, day) queries of the ``[ranking] window_days`` before the protocol's
-test start (CF and features as of the window's start), then ranks the protocol's test users'
-candidates with CF and features as of the test start; NDCG@20 against the CF model alone (the tuned
+the ranker learns on the (user, day) queries of ``[ranking] learning_windows`` windows of
+``window_days`` before the protocol's test start (ranker.learning_set: CF and features as of each
+window's start), then ranks the protocol's test users' candidates with CF and features as of the
+test start; NDCG@20 against the CF model alone (the tuned
 single model: EASE, lambda 312, recency half-life 30 days, chosen on validation by
-bench_selection.py) on the same users, with a paired bootstrap interval of the difference.
+bench_selection.py) on the same users, with a paired bootstrap interval of the difference; where the
+relevant pairs are (CF top k, the CF candidates, each source, all candidates: the ranker's ceiling,
+the ranked top k), the share of users the ranker helps and hurts, the repeat-purchase share and the
+features with most gain.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--online-retail", action="store_true", help="the Online Retail protocol instead of the synthetic shop")
     ap.add_argument("--window-days", type=float, default=None, help="[ranking] window_days for --online-retail")
+    ap.add_argument("--learning-windows", type=int, default=None, help="[ranking] learning_windows for --online-retail")
     args = ap.parse_args()
     machine = machine_info()
     if args.online_retail:
@@ -78,7 +83,10 @@ def main() -> None:
         sec = result.ranking
         print(f"trained {result.best_family} in {train_s:.0f} s (ranking stage {result.timings.get('ranking_s', 0):.0f} s): "
               f"{sec['status']}: {sec['reason']}")
-        record: dict = {"args": vars(args), "family": result.best_family, "status": sec["status"],
+        import scalerec
+
+        record: dict = {"args": vars(args), "src": str(Path(scalerec.__file__).parents[1]),
+                        "family": result.best_family, "status": sec["status"],
                         "train_s": train_s, "ranking_s": result.timings.get("ranking_s")}
         if sec["status"] != "active":
             append_result("ranking", record, machine=machine)
@@ -166,6 +174,8 @@ def online_retail(args: argparse.Namespace, machine: dict) -> None:
         ranking = {"segment_keys": ["country"]}
         if args.window_days:
             ranking["window_days"] = args.window_days
+        if args.learning_windows:
+            ranking["learning_windows"] = args.learning_windows
         settings = Settings(data={"dir": Path(tmp) / "data"}, ranking=ranking, matrix={"binary": True})
         cfg = settings.ranking
         store = DataStore.open(settings)
@@ -177,7 +187,6 @@ def online_retail(args: argparse.Namespace, machine: dict) -> None:
         world, ev = R.build_world(store, settings, np.asarray(split.train.user_ids), np.asarray(split.train.item_ids), raw)
         print(f"imported and prepared in {time.perf_counter() - t:.0f} s; side information: {R.side_information(world, ev)}")
         t2 = F._us(split.info["test_start"])
-        t1 = t2 - int(cfg.window_days * R.US_PER_DAY)
         purchases = raw.filter(pl.col("event_type") == "purchase")
 
         def cf_at(cut_us: int, **params):
@@ -192,44 +201,92 @@ def online_retail(args: argparse.Namespace, machine: dict) -> None:
 
         tuned = {"l2": 312.0, "recency_half_life_days": 30.0}
         t = time.perf_counter()
-        d1 = R.as_of(ev, t1, world, cfg)
-        q1 = R.make_queries(ev, t1, t2, d1, world, cfg.max_queries, settings.evaluation.seed)
-        cfb1 = R.cf_block(cf_at(t1, **tuned), d1, q1.users, cfg.cf_candidates)
-        cand1 = R.candidate_frame(d1, world, cfg, q1.users, cfb1, t1, weather=q1.ctx["weather"].astype(np.int64))
-        x1 = R.assemble(d1, world, cand1, q1.users, q1.ctx)
-        y1 = R.labels_of(cand1, q1.relevant)
-        keep = R.sample_negatives(cand1["q"].to_numpy(), y1, cfg.negatives, settings.evaluation.seed)
-        booster = R.fit_booster(x1[keep], y1[keep], cand1["q"].to_numpy()[keep], cfg, settings.evaluation.seed)
+        learn = R.learning_set(ev, world, cfg, t2, lambda cut: cf_at(cut, **tuned), settings.evaluation.seed)
+        booster = R.fit_booster(learn.x, learn.y, learn.q, cfg, settings.evaluation.seed)
+        n_learn = sum(w["queries"] for w in learn.windows)
         learn_s = time.perf_counter() - t
         users = np.asarray(split.test_users, np.int64)
         rel = sp.csr_matrix(split.test[users])
         d2 = R.as_of(ev, t2, world, cfg)
         ctx = {"weather": np.zeros(len(users), np.float32), "temp_c": np.full(len(users), np.nan, np.float32),
                "device": np.zeros(len(users), np.float32), **R.time_context(np.full(len(users), t2))}
-        rows = {}
+        rows, recall = {}, {}
         for label, params in (("EASE l2 312, half-life 30 d (tuned)", tuned), ("EASE l2 500 (reference)", {"l2": 500.0})):
             cfb = R.cf_block(cf_at(t2, **params), d2, users, cfg.cf_candidates)
             cand = R.candidate_frame(d2, world, cfg, users, cfb, t2, weather=np.zeros(len(users), np.int64))
-            ranked = R.top_lists(cand, booster.predict(R.assemble(d2, world, cand, users, ctx), num_threads=1), len(users), k)
+            ranked = R.top_lists(cand, R.predict_blocks(booster, d2, world, cand, users, ctx), len(users), k)
             rows[label] = (R.ndcg(ranked, rel, k), R.ndcg(cfb.ids[:, :k], rel, k), cand.height / len(users))
-        print(f"\nOnline Retail protocol, {len(users)} test users; learning window {cfg.window_days:g} days before the test "
-              f"start: {len(q1)} (user, day) queries, {int(keep.sum())} rows, learned in {learn_s:.0f} s")
+            recall[label] = _candidate_recall(cand, cfb, ranked, rel, k)
+        print(f"\nOnline Retail protocol, {len(users)} test users; learning windows {len(learn.windows)} x {cfg.window_days:g} days "
+              f"before the test start: {n_learn} (user, day) queries, {len(learn.y)} rows, learned in {learn_s:.0f} s")
         print(f"{'CF model':38} {'CF alone NDCG@20':>18} {'two-stage NDCG@20':>18} {'two-stage - CF [95%]':>28} {'ratio':>6}")
-        record: dict = {"args": vars(args), "users": len(users), "learn_queries": len(q1), "rows": {}}
+        record: dict = {"args": vars(args), "users": len(users), "learn_queries": n_learn, "learning_windows": learn.windows,
+                        "src": str(Path(R.__file__).parents[2]), "rows": {}}
         for label, (vr, vc, per) in rows.items():
             m, lo, hi = bootstrap_ci(vr - vc, confidence=0.95, n_boot=2000, seed=0)
             ratio = vr.mean() / vc.mean()
             print(f"{label:38} {vc.mean():18.4f} {vr.mean():18.4f} {f'{m:+.4f} [{lo:+.4f}, {hi:+.4f}]':>28} {ratio:6.3f}")
             record["rows"][label] = {"cf": float(vc.mean()), "two_stage": float(vr.mean()), "diff": [m, lo, hi],
                                      "ratio": float(ratio), "candidates_per_user": per}
+        print("\nwhere the relevant (user, item) pairs are: share of them in each list (the ranker's input vs the CF list)")
+        for label, r in recall.items():
+            print(f"  {label}: " + ", ".join(f"{n} {v:.3f}" for n, v in r.items()))
+            record["rows"][label]["recall"] = r
+        for label, (vr, vc, _) in rows.items():
+            share = {"better": float(np.mean(vr > vc + 1e-9)), "worse": float(np.mean(vr < vc - 1e-9)),
+                     "same": float(np.mean(np.abs(vr - vc) <= 1e-9))}
+            print(f"  per user, {label}: two-stage better for {share['better']:.3f}, worse {share['worse']:.3f}, "
+                  f"same {share['same']:.3f}")
+            record["rows"][label]["per_user"] = share
+        repeat = _repeat_share(purchases, world, users, t2)
+        print(f"  repeat purchases: {repeat['repeat_share']:.3f} of the test users' test-window (user, item) pairs were "
+              f"bought before the test start (the protocol's relevance excludes them, as the candidates do)")
+        record["repeat"] = repeat
         gains = dict(zip(R.FEATURES, booster.feature_importance("gain").tolist()))
-        top = sorted(gains.items(), key=lambda kv: -kv[1])[:8]
+        top = sorted(gains.items(), key=lambda kv: -kv[1])[:12]
         print("features with most gain: " + ", ".join(f"{n} {g:.0f}" for n, g in top))
         record["feature_gain"] = dict(top)
         store.close()
     print(f"{ONLINE_RETAIL_ATTRIBUTION}\nmachine: {load_line(machine)}")
     record["load"] = load_line(machine)
     append_result("ranking_online_retail", record, machine=machine)
+
+
+def _candidate_recall(cand, cfb, ranked: np.ndarray, rel: sp.csr_matrix, k: int) -> dict[str, float]:
+    """Share of the relevant (user, item) pairs in: the CF top k, the CF candidates, each source,
+    all candidates (the ranker's input, its ceiling) and the ranked top k."""
+    from scalerec.ranking.candidates import SOURCES
+
+    rel = sp.csr_matrix(rel > 0, dtype=np.float32)
+    total = max(rel.nnz, 1)
+
+    def hits(q: np.ndarray, i: np.ndarray) -> float:
+        keep = i >= 0
+        return float(np.asarray(rel[q[keep], i[keep]]).sum() / total)
+
+    qs = np.repeat(np.arange(ranked.shape[0]), ranked.shape[1])
+    cq, ci = cand["q"].to_numpy().astype(np.int64), cand["i"].to_numpy().astype(np.int64)
+    out = {f"cf top {k}": hits(np.repeat(np.arange(len(cfb.ids)), k), cfb.ids[:, :k].ravel()),
+           f"cf top {cfb.ids.shape[1]}": hits(np.repeat(np.arange(len(cfb.ids)), cfb.ids.shape[1]), cfb.ids.ravel())}
+    for s in SOURCES:
+        m = np.isfinite(cand[s].to_numpy())
+        if m.any():
+            out[s] = hits(cq[m], ci[m])
+    out["all candidates"] = hits(cq, ci)
+    out[f"ranked top {k}"] = hits(qs, ranked.ravel())
+    return out
+
+
+def _repeat_share(purchases, world, users: np.ndarray, t2: int) -> dict[str, float]:
+    """How much of the test users' test-window buying is of items they had bought before."""
+    import polars as pl
+
+    ids = set(np.asarray(world.user_ids)[users].astype(str).tolist())
+    p = purchases.filter(pl.col("user_id").is_in(list(ids))).with_columns(pl.col("timestamp").dt.epoch("us").alias("t"))
+    before = p.filter(pl.col("t") < t2).select("user_id", "item_id").unique()
+    after = p.filter(pl.col("t") >= t2).select("user_id", "item_id").unique()
+    again = after.join(before, on=["user_id", "item_id"], how="semi").height
+    return {"pairs": after.height, "repeat_share": again / max(after.height, 1)}
 
 
 if __name__ == "__main__":

@@ -367,6 +367,7 @@ class RankingSettings(_Section):
     recent_items: int = Field(10, ge=1, le=1000, description="recent items that seed co-occurrence and content")
     segment_keys: list[str] = Field(default_factory=lambda: ["location", "age_band"], description="user attributes of segments")
     window_days: float = Field(14.0, gt=0, description="days of queries the ranker learns from, before the test part")
+    learning_windows: int = Field(4, ge=1, le=52, description="learning windows of window_days each, stacked back from the test part (each with its own CF refit and features as of its start)")
     max_queries: int = Field(4000, ge=10, description="(user, day) queries sampled per window")
     min_queries: int = Field(1000, ge=1, description="skip the ranker with fewer (user, day) queries than this in a window")
     trees: int = Field(150, ge=1, le=5000, description="LightGBM boosting rounds")

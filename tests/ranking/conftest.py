@@ -8,7 +8,7 @@ import pytest
 
 from scalerec.config import Settings
 
-RANKING = {"min_queries": 50, "max_queries": 1500, "trees": 60}
+RANKING = {"min_queries": 50, "max_queries": 1500, "trees": 60, "learning_windows": 2}  # two: the stacking, at half the cost
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def _all_features(ev: pl.DataFrame) -> dict[str, np.ndarray]:
     cat = np.array([1, 1, 2, 2], np.int32)
     out = {f"item.{k}": v for k, v in F.item_stats_as_of(ev, CUT, n_i, launch).items()}
     out |= {f"user.{k}": v for k, v in F.user_stats_as_of(ev, CUT, n_u, price).items()}
+    out |= {f"item.{k}": v for k, v in F.item_trends_as_of(ev, CUT, n_i).items()}
     out["touch"] = F.last_touch_as_of(ev, CUT, n_u, n_i).toarray()
+    out["bought_cat"] = F.last_touch_as_of(ev, CUT, n_u, 3, cat, types=("purchase",)).toarray()
     out["affinity"] = F.affinity_as_of(ev, CUT, n_u, cat, 3).toarray()
     out["recent"] = F.recent_items_as_of(ev, CUT, n_u, n_i, 2).toarray()
     ids, scores = F.cooccurrence_as_of(ev, CUT, n_u, n_i, 2)
@@ -54,6 +56,34 @@ def _all_features(ev: pl.DataFrame) -> dict[str, np.ndarray]:
     lw, lt = F.context_lift_as_of(ev, CUT, cat, 3, F.Vocab(["rain", "sun"]))
     out["lift_w"], out["lift_t"] = lw, lt
     return out
+
+
+def _ranker_rows(ev: pl.DataFrame) -> np.ndarray:
+    """Every ranker feature (ranker.FEATURES) of fixed candidates of every user, as of CUT: the whole
+    path of training (as_of, candidate_frame with every source, assemble), cross scores and ranks included."""
+    import scipy.sparse as sp
+
+    from scalerec.config import Settings
+    from scalerec.ranking import ranker as R
+    from scalerec.ranking.candidates import Block
+
+    cfg = Settings(ranking={"recent_items": 2, "cooc_candidates": 3, "content_candidates": 3, "segment_candidates": 3,
+                            "context_candidates": 3}).ranking
+    cat = F.Catalogue(np.array([1, 1, 2, 2], np.int32), F.Vocab(["x", "y"]), np.array([10.0, 20.0, 5.0, 8.0], np.float32),
+                      np.full(4, -1, np.int64), True, True)
+    content = sp.csr_matrix(np.array([[0, .5, .2, 0], [.5, 0, 0, .3], [.2, 0, 0, .4], [0, .3, .4, 0]], np.float32))
+    world = R.World(USERS, ITEMS, cat, np.array([[1], [2], [1]], np.int32), [F.Vocab(["north", "south"])], ["location"],
+                    F.Vocab(["rain", "sun"]), F.Vocab([]), content)
+    d = R.as_of(ev, CUT, world, cfg)
+    qu = np.arange(len(USERS))
+    cf = Block("cf", np.array([[3, 2, -1], [0, 3, -1], [1, 2, 0]]), np.array([[.9, .5, 0], [.8, .1, 0], [.7, .6, .2]], np.float32))
+    weather = np.array([1, 2, 1])
+    cand = R.candidate_frame(d, world, cfg, qu, cf, CUT, ban_seen=False, weather=weather)
+    ctx = {"weather": weather.astype(np.float32), "temp_c": np.full(3, 12.5, np.float32),
+           "device": np.zeros(3, np.float32), **R.time_context(np.full(3, CUT))}
+    x = R.assemble(d, world, R.columns(cand), qu, ctx)
+    assert x.shape == (cand.height, len(R.FEATURES)) and cand.height >= 9
+    return np.column_stack([cand["q"].to_numpy(), cand["i"].to_numpy(), x])
 
 
 @pytest.mark.parametrize("hours_after", [0, 1, 24 * 30])
@@ -66,6 +96,26 @@ def test_a_planted_future_event_changes_no_feature(hours_after: int) -> None:
     assert before.keys() == after.keys()
     for key in before:
         np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    # and every feature the ranker reads, through the whole candidate and feature path
+    rows = _ranker_rows(F.event_frame(_events(BASE), USERS, ITEMS))
+    np.testing.assert_array_equal(rows, _ranker_rows(F.event_frame(_events(BASE + future * 5), USERS, ITEMS)))
+
+
+def test_a_past_event_changes_the_new_features() -> None:
+    """The planted-event test is not vacuous: the same burst an hour before the cut-off moves the
+    new features (decayed popularity, trend, cross scores, price_z, last category purchase)."""
+    from scalerec.ranking import ranker as R
+
+    past = [("u1", "c", "purchase", 71, 5, "rain"), ("u3", "b", "rating", 71, 1, "sun"), ("u2", "a", "view", 71, 1, "rain")]
+    a = _ranker_rows(F.event_frame(_events(BASE), USERS, ITEMS))
+    b = _ranker_rows(F.event_frame(_events(BASE + past * 5), USERS, ITEMS))
+    pos = {f: j + 2 for j, f in enumerate(R.FEATURES)}
+    key = lambda r: (r[:, 0] * 10 + r[:, 1]).astype(int)  # noqa: E731
+    common = np.intersect1d(key(a), key(b))
+    a, b = a[np.isin(key(a), common)], b[np.isin(key(b), common)]
+    a, b = a[np.argsort(key(a))], b[np.argsort(key(b))]
+    for name in ("popularity_decayed", "trend", "cooc_score", "price_z", "days_since_bought_category"):
+        assert not np.array_equal(a[:, pos[name]], b[:, pos[name]], equal_nan=True), name
 
 
 def test_features_count_the_past() -> None:
@@ -79,6 +129,43 @@ def test_features_count_the_past() -> None:
     # u1's latest item is b (hour 30), then a
     assert f["recent"][0, 1] == 1.0 and f["recent"][0, 0] == 0.5
     assert f["touch"][1, 3] == 0  # never touched
+
+
+def test_recent_items_of_one_basket_weigh_alike_and_are_drawn_the_same_way() -> None:
+    rows = [("u1", it, "purchase", 10, 1, "sun") for it in "abcd"] + [("u1", "a", "view", 5, 1, "sun"),
+                                                                     ("u2", "d", "view", 20, 1, "sun"), ("u2", "c", "view", 8, 1, "sun")]
+    ev = F.event_frame(_events(rows), USERS, ITEMS)
+    r = F.recent_items_as_of(ev, CUT, len(USERS), len(ITEMS), 2).toarray()
+    assert (r[0] > 0).sum() == 2 and set(r[0][r[0] > 0]) == {1.0}  # two of the basket's four, weight 1 each
+    assert r[1].tolist() == [0, 0, 0.5, 1.0]  # distinct times: 1, then 1/2
+    shuffled = F.event_frame(_events(rows[::-1]), USERS, ITEMS)  # the same events in another order
+    np.testing.assert_array_equal(r, F.recent_items_as_of(shuffled, CUT, len(USERS), len(ITEMS), 2).toarray())
+
+
+def test_trends_and_usual_price() -> None:
+    # item a is bought an hour before the cut-off, item d 60 days before: a rises, d fades
+    rows = [("u1", "a", "purchase", 71, 1, "sun"), ("u2", "a", "view", 70, 1, "sun"),
+            ("u1", "d", "purchase", 72 - 24 * 60, 1, "sun"), ("u3", "d", "purchase", 72 - 24 * 60, 1, "sun"),
+            ("u2", "b", "purchase", 72 - 24 * 60, 1, "sun"), ("u2", "c", "purchase", 72 - 24 * 10, 1, "sun")]
+    ev = F.event_frame(_events(rows), USERS, ITEMS)
+    tr = F.item_trends_as_of(ev, CUT, len(ITEMS))
+    np.testing.assert_allclose(tr["popularity_decayed"].sum(), len(ITEMS), rtol=1e-5)  # shares x items
+    assert tr["popularity_decayed"][0] > tr["popularity_decayed"][2] > tr["popularity_decayed"][3]
+    assert tr["trend"][0] > 1.0 > tr["trend"][3]
+    price = np.array([10.0, 40.0, 10.0, 10.0], np.float32)
+    us = F.user_stats_as_of(ev, CUT, len(USERS), price)
+    # u2 bought at 40 and 10: log mean log(20), spread log(2); u1 bought twice at 10: spread 0
+    np.testing.assert_allclose(us["log_price_mean"][1], np.log(20.0), rtol=1e-6)
+    np.testing.assert_allclose(us["log_price_std"][1], np.log(2.0), rtol=1e-6)
+    assert us["log_price_std"][0] == 0.0
+    from scalerec.ranking.ranker import PRICE_Z_EPS, price_z
+
+    z = price_z(np.array([10.0, 40.0, 0.0], np.float32), np.full(3, np.log(20.0), np.float32), np.full(3, np.log(2.0), np.float32))
+    np.testing.assert_allclose(z[:2], [-np.log(2.0) / (np.log(2.0) + PRICE_Z_EPS), np.log(2.0) / (np.log(2.0) + PRICE_Z_EPS)], rtol=1e-5)
+    assert np.isnan(z[2])  # no price: unknown, not -inf
+    bought = F.last_touch_as_of(ev, CUT, len(USERS), 3, np.array([1, 1, 2, 2], np.int32), types=("purchase",)).toarray()
+    assert bought[1, 1] == pytest.approx(1.0 + 60.0) and bought[1, 2] == pytest.approx(1.0 + 10.0)
+    assert bought[1].sum() == pytest.approx(61.0 + 11.0)  # u2's view of a is no purchase
 
 
 def test_context_lift_follows_where_a_category_sells() -> None:

@@ -44,3 +44,31 @@ def test_negative_sampling_keeps_every_positive() -> None:
     keep = sample_negatives(q, y, 4, seed=0)
     assert keep[[0, 11, 12]].all()
     assert np.bincount(q[keep], minlength=3).tolist() == [5, 6, 0]
+
+
+def test_learning_windows_stack_back_from_the_test_part(app) -> None:
+    section = app.service.live.model.manifest["ranking"]
+    wins = section["learning_windows"]
+    cfg = app.settings.ranking
+    assert 1 <= len(wins) <= cfg.learning_windows and len(wins) == 2  # the shop's 90 days hold both windows
+    assert wins[0]["window"][1] == section["windows"]["test"][0]  # the newest ends where the test part starts
+    for newer, older in zip(wins, wins[1:]):
+        assert older["window"][1] == newer["window"][0]  # contiguous, going back
+    assert section["windows"]["learn"] == [wins[-1]["window"][0], wins[0]["window"][1]]
+    assert wins[0]["queries"] >= cfg.min_queries and all(w["queries"] > 0 and w["rows"] > 0 for w in wins)
+    assert section["queries"]["learn_total"] == sum(w["queries"] for w in wins)
+    assert section["queries"]["learn"] == max(w["queries"] for w in wins)
+
+
+def test_a_bundle_of_another_feature_list_is_not_served(app) -> None:
+    """A version trained by a scalerec with other features passes through unranked (its booster
+    would read the wrong columns)."""
+    import dataclasses
+
+    from scalerec.ranking.stage import RankingStage
+
+    st = app.service.live.model
+    section = {**st.manifest["ranking"], "features": st.manifest["ranking"]["features"][:-3]}
+    old = dataclasses.replace(st, manifest={**st.manifest, "ranking": section})
+    assert RankingStage(app.settings).bundle(old) is None
+    assert RankingStage(app.settings).bundle(st) is not None

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scalerec.ranking.candidates import SOURCES, Block
-from scalerec.ranking.ranker import assemble, candidate_frame, columns, request_context
+from scalerec.ranking.candidates import RANKS, SOURCES, Block
+from scalerec.ranking.ranker import CROSS_SCORES, assemble, candidate_frame, columns, request_context
 from scalerec.ranking.tables import Rows
 
 NOW = 1_733_100_000 * 1_000_000
@@ -59,10 +59,11 @@ def test_serving_candidates_and_features_equal_trainings(served, row, n_session,
     ref = _training_side(st, b, cfg, row, ids, scores, allowed, ctx, seeds)
     order = np.argsort(ref["i"])
     np.testing.assert_array_equal(fast["i"], ref["i"][order])
-    for s in (*SOURCES, "cf_rank"):
+    for s in (*SOURCES, *RANKS, *CROSS_SCORES):
         np.testing.assert_array_equal(np.isfinite(fast[s]), np.isfinite(ref[s][order]), err_msg=s)
         np.testing.assert_allclose(fast[s], ref[s][order], rtol=1e-5, equal_nan=True, err_msg=s)
     assert np.isfinite(fast["cooc"]).any() and np.isfinite(fast["content"]).any()
+    assert (fast["cooc_score"] > 0).any() and (fast["content_sim"] > 0).any()
     assert np.isfinite(fast["segment"]).any() == (row >= 0)
     assert np.isfinite(fast["context"]).any() == (weather is not None)  # a weather lifts some category
     x = b.tables.features(fast, row, ctx)
@@ -79,6 +80,9 @@ def test_sized_sources_keep_trainings_best_scores(served, row, n_session, weathe
     for s in SOURCES:  # the same k best scores per source (which of several tied items fills the last slot may differ)
         got, want = np.sort(fast[s][np.isfinite(fast[s])]), np.sort(ref[s][np.isfinite(ref[s])])
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=s)
+        r = f"{s}_rank"  # ranks 0.. k-1 of the proposed items
+        np.testing.assert_array_equal(np.sort(fast[r][np.isfinite(fast[r])]), np.arange(np.isfinite(fast[s]).sum()), err_msg=r)
+        np.testing.assert_array_equal(np.sort(ref[r][np.isfinite(ref[r])]), np.arange(np.isfinite(ref[s]).sum()), err_msg=r)
 
 
 def test_rows_read_a_csr_matrix() -> None:

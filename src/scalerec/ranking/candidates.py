@@ -14,6 +14,8 @@ import polars as pl
 import scipy.sparse as sp
 
 SOURCES = ("cf", "cooc", "segment", "content", "context")
+#: each source's rank of the candidate (0 = its best; NaN where the source did not propose it)
+RANKS = tuple(f"{s}_rank" for s in SOURCES)
 
 
 def neighbour_matrix(ids: np.ndarray, scores: np.ndarray, n_items: int) -> sp.csr_matrix:
@@ -40,9 +42,9 @@ def top_of_rows(m: sp.csr_matrix, k: int, banned: sp.csr_matrix | None = None,
     scores = np.zeros((n, k), np.float32)
     if k == 0 or m.nnz == 0:
         return ids, scores
-    # one sort of all entries by (row, -score): vectorised, no Python loop per row
+    # one sort of all entries by (row, -score, column): vectorised, ties by column as serving breaks them
     row = np.repeat(np.arange(n), np.diff(m.indptr))
-    order = np.lexsort((-m.data, row))
+    order = np.lexsort((m.indices, -m.data, row))
     row, col, val = row[order], m.indices[order], m.data[order]
     rank = np.arange(len(row)) - m.indptr[row]
     keep = rank < k
@@ -61,22 +63,23 @@ class Block:
 
 
 def merge(blocks: list[Block]) -> pl.DataFrame:
-    """Long frame (q, i, <source> score columns, cf_rank) with one row per (query, item)."""
+    """Long frame (q, i, <source> score columns, <source>_rank columns) with one row per (query, item)."""
     frames = []
     for b in blocks:
         q = np.repeat(np.arange(b.ids.shape[0]), b.ids.shape[1])
         i = b.ids.ravel()
         keep = i >= 0
-        rank = np.tile(np.arange(b.ids.shape[1], dtype=np.float32), b.ids.shape[0])
+        # the rank among the row's proposed items (padding or dropped entries do not count), as serving ranks them
+        rank = (np.cumsum(b.ids >= 0, axis=1) - 1).astype(np.float32).ravel()
         f = pl.DataFrame({"q": q[keep].astype(np.int32), "i": i[keep].astype(np.int32),
                           "source": b.source, "score": b.scores.ravel()[keep].astype(np.float32),
                           "rank": rank[keep]})
         frames.append(f)
     if not frames:
-        return pl.DataFrame(schema={"q": pl.Int32, "i": pl.Int32, **{s: pl.Float32 for s in SOURCES}, "cf_rank": pl.Float32})
+        return pl.DataFrame(schema={"q": pl.Int32, "i": pl.Int32, **{s: pl.Float32 for s in (*SOURCES, *RANKS)}})
     long = pl.concat(frames)
     aggs = [pl.col("score").filter(pl.col("source") == s).max().alias(s) for s in SOURCES]
-    aggs.append(pl.col("rank").filter(pl.col("source") == "cf").min().alias("cf_rank"))
+    aggs += [pl.col("rank").filter(pl.col("source") == s).min().alias(r) for s, r in zip(SOURCES, RANKS)]
     return long.group_by("q", "i", maintain_order=True).agg(aggs).sort("q", maintain_order=True)
 
 

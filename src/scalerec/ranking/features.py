@@ -246,6 +246,33 @@ def item_stats_as_of(ev: pl.DataFrame, t: int, n_items: int, launch_us: np.ndarr
     return out
 
 
+#: half-lives (days) of the decayed popularity: the level, and the short over the long one as the trend
+DECAY_HALF_LIFE_DAYS = 7.0
+TREND_HALF_LIVES_DAYS = (3.0, 30.0)
+
+
+def item_trends_as_of(ev: pl.DataFrame, t: int, n_items: int) -> dict[str, np.ndarray]:
+    """Per item, from events before ``t``: ``popularity_decayed``, its share of all items' events
+    weighted by ``2^(-age / DECAY_HALF_LIFE_DAYS)`` times the number of items (1 = an average item),
+    and ``trend``, its share under the short half-life over its share under the long one (> 1:
+    rising). Shares, not sums: with no new events they stay the same as time passes, so the values
+    as of a bundle's data end hold at serving. Weighted by event kind strength (purchase 3, cart 2, else 1)."""
+    past = before(ev, t)
+    i = past["i"].to_numpy()
+    age = (t - past["t"].to_numpy()) / US_PER_DAY
+    typ = past["type"].cast(pl.String)
+    strength = typ.replace_strict({"purchase": 3.0, "add_to_cart": 2.0, "cart": 2.0}, default=1.0,
+                                  return_dtype=pl.Float64).to_numpy()
+
+    def share(half_life: float) -> np.ndarray:
+        w = np.bincount(i, weights=strength * np.exp2(-age / half_life), minlength=n_items)[:n_items]
+        return w / max(float(w.sum()), 1e-300)
+
+    short, long = (share(h) for h in TREND_HALF_LIVES_DAYS)
+    return {"popularity_decayed": (share(DECAY_HALF_LIFE_DAYS) * n_items).astype(np.float32),
+            "trend": np.where(long > 0, short / np.maximum(long, 1e-300), np.nan).astype(np.float32)}
+
+
 def context_lift_as_of(ev: pl.DataFrame, t: int, category: np.ndarray, n_cat: int,
                        weather: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """How much more a category is bought (carts + purchases, else all events) under each weather
@@ -272,7 +299,8 @@ def context_lift_as_of(ev: pl.DataFrame, t: int, category: np.ndarray, n_cat: in
 # ------------------------------------------------------------------------------------- user side
 def user_stats_as_of(ev: pl.DataFrame, t: int, n_users: int, price: np.ndarray) -> dict[str, np.ndarray]:
     """Per user, from events before ``t``: tenure and recency (days), events over 30 days,
-    purchases, spend and mean purchased price."""
+    purchases, spend, mean purchased price, and the mean and spread (standard deviation) of the
+    log price of the priced items bought (the user's usual price, for ``price_z``)."""
     past = before(ev, t).filter(pl.col("u") >= 0)
     u = past["u"].to_numpy()
     ts = past["t"].to_numpy()
@@ -287,7 +315,15 @@ def user_stats_as_of(ev: pl.DataFrame, t: int, n_users: int, price: np.ndarray) 
     n_buy = _bincount(u[buy], n_users)
     spend = np.bincount(u[buy], weights=p * qty, minlength=n_users)[:n_users]
     mean_price = np.bincount(u[buy], weights=p, minlength=n_users)[:n_users] / np.maximum(n_buy, 1)
+    raw = price[past["i"].to_numpy()[buy]].astype(np.float64)
+    priced = np.isfinite(raw) & (raw > 0)
+    lp, up = np.log(raw[priced]), u[buy][priced]
+    n_p = np.bincount(up, minlength=n_users)[:n_users]
+    m1 = np.bincount(up, weights=lp, minlength=n_users)[:n_users] / np.maximum(n_p, 1)
+    m2 = np.bincount(up, weights=lp * lp, minlength=n_users)[:n_users] / np.maximum(n_p, 1)
     return {
+        "log_price_mean": np.where(n_p > 0, m1, np.nan).astype(np.float32),
+        "log_price_std": np.where(n_p > 0, np.sqrt(np.maximum(m2 - m1 * m1, 0.0)), np.nan).astype(np.float32),
         "tenure_days": np.where(known, (t - first) / US_PER_DAY, np.nan).astype(np.float32),
         "recency_days": np.where(known, (t - last) / US_PER_DAY, np.nan).astype(np.float32),
         "events_30d": _bincount(u[(t - ts) < 30 * US_PER_DAY], n_users),
@@ -297,10 +333,13 @@ def user_stats_as_of(ev: pl.DataFrame, t: int, n_users: int, price: np.ndarray) 
     }
 
 
-def last_touch_as_of(ev: pl.DataFrame, t: int, n_users: int, n_cols: int, cols: np.ndarray | None = None) -> sp.csr_matrix:
-    """csr [n_users, n_cols]: 1 + days between a user's last event on an item (or, with ``cols``
-    mapping items to categories, on a category) and ``t``; absent = never touched."""
+def last_touch_as_of(ev: pl.DataFrame, t: int, n_users: int, n_cols: int, cols: np.ndarray | None = None,
+                     types: tuple[str, ...] | None = None) -> sp.csr_matrix:
+    """csr [n_users, n_cols]: 1 + days between a user's last event (of ``types``, default any) on
+    an item (or, with ``cols`` mapping items to categories, on a category) and ``t``; absent = never."""
     past = before(ev, t).filter(pl.col("u") >= 0)
+    if types is not None:
+        past = past.filter(pl.col("type").cast(pl.String).is_in(list(types)))
     c = past["i"].to_numpy() if cols is None else cols[past["i"].to_numpy()]
     pu, pc, newest = last_per_pair(past["u"].to_numpy(), c, past["t"].to_numpy(), n_cols)
     days = 1.0 + (t - newest) / US_PER_DAY
@@ -333,17 +372,24 @@ def affinity_as_of(ev: pl.DataFrame, t: int, n_users: int, category: np.ndarray,
 
 def recent_items_as_of(ev: pl.DataFrame, t: int, n_users: int, n_items: int, k: int) -> sp.csr_matrix:
     """csr [n_users, n_items]: each user's ``k`` most recently touched items before ``t``, weight
-    1 for the latest down to 1/k (the seeds of co-occurrence and content candidates)."""
+    1 / the rank of the item's last time among the user's (1 for the latest, items touched at the
+    same time alike; the seeds of co-occurrence and content candidates)."""
     past = before(ev, t).filter(pl.col("u") >= 0)
     u, i, newest = last_per_pair(past["u"].to_numpy(), past["i"].to_numpy(), past["t"].to_numpy(), n_items)
     del past
-    # per user newest first (items touched at the same time: by column), rank 1..k
-    order = np.lexsort((-newest, u))
-    u, i = u[order], i[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, np.int64)
-    r = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)])) + 1
+    # items of one basket share a time: equally recent, one weight (1 / rank of the time); which of
+    # them fill the last places is drawn by a fixed hash of (user, item), never by the column (that favours low ids)
+    h = (i.astype(np.uint64) * np.uint64(2654435761) + u.astype(np.uint64) * np.uint64(40503)) % np.uint64(4294967291)
+    order = np.lexsort((h, -newest, u))
+    u, i, newest = u[order], i[order], newest[order]
+    first = np.r_[True, u[1:] != u[:-1]] if len(u) else np.zeros(0, bool)
+    starts = np.flatnonzero(first)
+    group = np.cumsum(first) - 1
+    r = np.arange(len(u)) - starts[group] + 1  # place among the user's items
+    c = np.cumsum(first | np.r_[True, newest[1:] != newest[:-1]]) if len(u) else np.zeros(0, np.int64)
+    d = c - c[starts][group] + 1  # dense rank of the item's time among the user's
     keep = r <= k
-    w = 1.0 / r[keep].astype(np.float32)
+    w = 1.0 / d[keep].astype(np.float32)
     return sp.csr_matrix((w, (u[keep], i[keep])), shape=(n_users, n_items))
 
 

@@ -29,9 +29,10 @@ import polars as pl
 import pyarrow as pa
 import scipy.sparse as sp
 
+from scalerec.errors import EmptyDataError
 from scalerec.ranking import features as F
 from scalerec.ranking import fresh
-from scalerec.ranking.candidates import (SOURCES, Block, context_scores, merge, neighbour_matrix, segment_table,
+from scalerec.ranking.candidates import (RANKS, SOURCES, Block, context_scores, merge, neighbour_matrix, segment_table,
                                         top_of_rows)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,14 +41,22 @@ if TYPE_CHECKING:  # pragma: no cover
 US_PER_DAY = F.US_PER_DAY
 log = logging.getLogger(__name__)
 ITEM_FEATURES = fresh.COLUMNS  # the statistics serving keeps current (ranking/fresh.py)
-USER_FEATURES = ("tenure_days", "recency_days", "events_30d", "purchases", "spend", "mean_price")
+#: item statistics as shares of all items' (features.item_trends_as_of): those of the bundle's data end hold at serving
+ITEM_TRENDS = ("popularity_decayed", "trend")
+USER_FEATURES = ("tenure_days", "recency_days", "events_30d", "purchases", "spend", "mean_price",
+                 "log_price_mean", "log_price_std")
+#: per (user, item) scores of the whole seed combination, for every candidate (not only a source's top)
+CROSS_SCORES = ("cooc_score", "content_sim")
 FEATURES = (
-    *SOURCES, "cf_rank", "n_sources",
-    *ITEM_FEATURES, "price", "category",
+    *SOURCES, *RANKS, "n_sources", *CROSS_SCORES,
+    *ITEM_FEATURES, *ITEM_TRENDS, "price", "category",
     *USER_FEATURES, "age_band", "user_location",
-    "rel_price", "category_affinity", "days_since_item", "days_since_category", "lift_weather", "lift_temp",
+    "rel_price", "price_z", "category_affinity", "days_since_item", "days_since_category",
+    "days_since_bought_category", "lift_weather", "lift_temp",
     "weather", "temp_c", "month", "weekday", "hour", "device",
 )
+#: the spread added to a user's log-price spread in ``price_z`` (a user with one price has spread 0)
+PRICE_Z_EPS = 0.1
 CATEGORICAL = ("category", "age_band", "user_location", "weather", "device")
 #: graded relevance of a query's items (the highest event type of the user on the item that day)
 GRADES = {"purchase": 3, "add_to_cart": 2}
@@ -66,6 +75,7 @@ class AsOf:
     affinity: sp.csr_matrix
     touch_item: sp.csr_matrix
     touch_cat: sp.csr_matrix
+    buy_cat: sp.csr_matrix  # last purchase per (user, category), as touch_cat
     lift_weather: np.ndarray
     lift_temp: np.ndarray
     recent: sp.csr_matrix
@@ -74,7 +84,7 @@ class AsOf:
     segments: list[tuple[np.ndarray, np.ndarray]]  # per segment key: (ids, shares) [n_values + 1, k]
 
     _ARRAYS = ("lift_weather", "lift_temp")
-    _SPARSE = ("affinity", "touch_item", "touch_cat", "recent", "seen", "cooc")
+    _SPARSE = ("affinity", "touch_item", "touch_cat", "buy_cat", "recent", "seen", "cooc")
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -159,11 +169,12 @@ def as_of(ev: pl.DataFrame, t: int, world: World, cfg: Any) -> AsOf:
     lw, lt = F.context_lift_as_of(ev, t, cat.category, n_c, world.weather)
     return AsOf(
         t=t,
-        item=F.item_stats_as_of(ev, t, n_i, cat.launch_us),
+        item={**F.item_stats_as_of(ev, t, n_i, cat.launch_us), **F.item_trends_as_of(ev, t, n_i)},
         user=F.user_stats_as_of(ev, t, n_u, cat.price),
         affinity=F.affinity_as_of(ev, t, n_u, cat.category, n_c),
         touch_item=F.last_touch_as_of(ev, t, n_u, n_i),
         touch_cat=F.last_touch_as_of(ev, t, n_u, n_c, cat.category),
+        buy_cat=F.last_touch_as_of(ev, t, n_u, n_c, cat.category, types=("purchase",)),
         lift_weather=lw, lift_temp=lt,
         recent=F.recent_items_as_of(ev, t, n_u, n_i, cfg.recent_items),
         seen=seen,
@@ -187,10 +198,11 @@ def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, 
     if recent is None:
         recent = sp.csr_matrix(sp.diags(known.astype(np.float32)) @ d.recent[uq])
     blocks = [cf]
+    cross = {"cooc_score": sp.csr_matrix(recent @ d.cooc), "content_sim": sp.csr_matrix(recent @ world.content)}
     if cfg.cooc_candidates:
-        blocks.append(Block("cooc", *top_of_rows(recent @ d.cooc, cfg.cooc_candidates, seen, ok)))
+        blocks.append(Block("cooc", *top_of_rows(cross["cooc_score"], cfg.cooc_candidates, seen, ok)))
     if cfg.content_candidates and world.content.nnz:
-        blocks.append(Block("content", *top_of_rows(recent @ world.content, cfg.content_candidates, seen, ok)))
+        blocks.append(Block("content", *top_of_rows(cross["content_sim"], cfg.content_candidates, seen, ok)))
     if cfg.segment_candidates and d.segments:
         seg = sp.csr_matrix((len(qu), world.n_items), dtype=np.float32)
         for j, (ids, shares) in enumerate(d.segments):
@@ -212,7 +224,10 @@ def candidate_frame(d: AsOf, world: World, cfg: Any, qu: np.ndarray, cf: Block, 
         drop = (np.asarray(seen[rr, np.maximum(ids, 0).ravel()]).reshape(ids.shape) > 0) if seen.nnz else np.zeros(ids.shape, bool)
         ids = np.where(drop, -1, ids)
         blocks.append(Block("context", ids, scores))
-    return merge(blocks)
+    out = merge(blocks)
+    q, i = out["q"].to_numpy().astype(np.int64), out["i"].to_numpy().astype(np.int64)
+    # every candidate's co-occurrence and content score with the seeds, whichever source proposed it
+    return out.with_columns([pl.Series(name, np.asarray(m[q, i]).ravel().astype(np.float32)) for name, m in cross.items()])
 
 
 # -------------------------------------------------------------------------------- features
@@ -233,9 +248,10 @@ def assemble(d: AsOf, world: World, cand: dict[str, np.ndarray], qu: np.ndarray,
     src = np.stack([np.asarray(cand[s], np.float32) for s in SOURCES], axis=1)
     for j, s in enumerate(SOURCES):
         cols[s] = src[:, j]
-    cols["cf_rank"] = np.asarray(cand["cf_rank"], np.float32)
+    for name in (*RANKS, *CROSS_SCORES):
+        cols[name] = np.asarray(cand[name], np.float32)
     cols["n_sources"] = np.isfinite(src).sum(axis=1).astype(np.float32)
-    for name in ITEM_FEATURES:
+    for name in (*ITEM_FEATURES, *ITEM_TRENDS):
         cols[name] = d.item[name][i]
     price = world.catalogue.price[i]
     cols["price"] = price
@@ -246,6 +262,7 @@ def assemble(d: AsOf, world: World, cand: dict[str, np.ndarray], qu: np.ndarray,
     cols["age_band"] = np.where(known, world.attr_col("age_band")[uu], 0).astype(np.float32)
     cols["user_location"] = np.where(known, world.attr_col("location")[uu], 0).astype(np.float32)
     cols["rel_price"] = price / cols["mean_price"]
+    cols["price_z"] = price_z(price, cols["log_price_mean"], cols["log_price_std"])
 
     one = len(qu) == 1  # a served request: one user's rows, read densely once
 
@@ -262,6 +279,7 @@ def assemble(d: AsOf, world: World, cand: dict[str, np.ndarray], qu: np.ndarray,
     cols["category_affinity"] = np.where(known, aff, nan)
     cols["days_since_item"] = pick(d.touch_item, i)
     cols["days_since_category"] = pick(d.touch_cat, cat)
+    cols["days_since_bought_category"] = pick(d.buy_cat, cat)
     w = qctx["weather"][q].astype(np.int64)
     band = F.temp_band(qctx["temp_c"][q]) + 1
     cols["lift_weather"] = d.lift_weather[cat, w]
@@ -269,6 +287,13 @@ def assemble(d: AsOf, world: World, cand: dict[str, np.ndarray], qu: np.ndarray,
     for name in ("weather", "temp_c", "month", "weekday", "hour", "device"):
         cols[name] = qctx[name][q].astype(np.float32)
     return np.stack([cols[f] for f in FEATURES], axis=1).astype(np.float32)
+
+
+def price_z(price: np.ndarray, log_mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
+    """How far an item's log price is from the user's usual, in the user's own spread (NaN unknown)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (np.log(price) - log_mean) / (log_std + np.float32(PRICE_Z_EPS))
+    return np.where(price > 0, z, np.nan).astype(np.float32)
 
 
 #: candidate rows turned into features at a time: bounds assemble's per-column temporaries
@@ -488,6 +513,62 @@ def _window_eval(ev, events, world, cfg, settings, family, params, t, end, seed,
     return d, qs, cand, cfb
 
 
+@dataclass
+class LearningSet:
+    """The ranker's learning rows stacked over its windows (query ids unique across windows)."""
+
+    x: np.ndarray  # float32 [rows, len(FEATURES)]
+    y: np.ndarray  # int32 grades
+    q: np.ndarray  # query id per row, sorted
+    windows: list[dict[str, Any]]  # per window used: its span and query count
+    frame_bytes: int  # the stacked matrix plus the largest window's candidate frame
+
+
+def learning_set(ev: pl.DataFrame, world: World, cfg: Any, t2: int, fit_cf_at: Any, seed: int) -> LearningSet:
+    """Learning rows of ``[ranking] learning_windows`` windows of ``window_days`` each, the newest
+    ending at ``t2`` and each older one ending where the next begins; per window a CF model fitted
+    on the events before its start (``fit_cf_at(t)``) and every feature as of that start, so each
+    window is what the test part is to the served model. The newest window must hold
+    ``min_queries`` queries (the caller checks); older ones add what they hold (any query is more
+    to learn from), back to the first that starts at or before the data's first event. Each window's candidate frame is freed
+    before the next is built."""
+    span = int(cfg.window_days * US_PER_DAY)
+    first = int(ev["t"].min()) if ev.height else t2
+    xs, ys, qs, used, off, biggest = [], [], [], [], 0, 0
+    for j in range(cfg.learning_windows):
+        a, b = t2 - (j + 1) * span, t2 - j * span
+        if j > 0 and a <= first:  # nothing before the window to fit CF or features on
+            break
+        d = as_of(ev, a, world, cfg)
+        # the newest window keeps the seed it always had, so a single window learns what it did before
+        qy = make_queries(ev, a, b, d, world, cfg.max_queries, seed if j == 0 else seed + 1 + j)
+        if len(qy) == 0:  # the data's start: no older window holds any either
+            break
+        try:
+            model = fit_cf_at(a)
+        except EmptyDataError:
+            if j == 0:
+                raise
+            break  # an old window whose history leaves the CF model nothing to fit: the older ones too
+        cfb = cf_block(model, d, qy.users, cfg.cf_candidates)
+        cand = candidate_frame(d, world, cfg, qy.users, cfb, a, weather=qy.ctx["weather"].astype(np.int64))
+        y = labels_of(cand, qy.relevant)
+        keep = sample_negatives(cand["q"].to_numpy(), y, cfg.negatives, seed)
+        biggest = max(biggest, cand.estimated_size())
+        learn = cand.filter(pl.Series(keep))  # features of the sampled rows only, block by block
+        xs.append(assemble_blocks(d, world, learn, qy.users, qy.ctx))
+        ys.append(y[keep])
+        qs.append(learn["q"].to_numpy().astype(np.int64) + off)
+        used.append({"window": [_iso(a), _iso(b)], "queries": len(qy), "rows": int(keep.sum())})
+        off += len(qy)
+        del d, cand, learn, cfb
+    if not xs:
+        return LearningSet(np.zeros((0, len(FEATURES)), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), [], 0)
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    del xs
+    return LearningSet(x, np.concatenate(ys), np.concatenate(qs), used, int(x.nbytes + biggest))
+
+
 def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, family: str, params: dict[str, Any],
                  user_ids: np.ndarray, item_ids: np.ndarray, test_start: datetime | None, metric: str,
                  force: bool = False) -> RankerRun:
@@ -524,19 +605,17 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
             return RankerRun({"status": "skipped", "side_information": kinds,
                               "reason": f"only {n_q} (user, day) queries in the {name}, fewer than "
                                         f"[ranking] min_queries = {cfg.min_queries}"})
-    d1, q1, cand1, _ = _window_eval(ev, events, world, cfg, settings, family, params, t1, t2, seed)
-    if cand1 is None or len(q1) < cfg.min_queries:
+    learn = learning_set(ev, world, cfg, t2, lambda t: fit_cf(family, params, events, t, world, settings), seed)
+    n_learn = learn.windows[0]["queries"] if learn.windows else 0
+    if n_learn < cfg.min_queries:
         return RankerRun({"status": "skipped", "side_information": kinds,
-                          "reason": f"only {len(q1)} (user, day) queries in the {cfg.window_days:g} days before the test part, "
+                          "reason": f"only {n_learn} (user, day) queries in the {cfg.window_days:g} days before the test part, "
                                     f"fewer than [ranking] min_queries = {cfg.min_queries}"})
-    y1 = labels_of(cand1, q1.relevant)
-    keep = sample_negatives(cand1["q"].to_numpy(), y1, cfg.negatives, seed)
-    # features of the sampled rows only, block by block: the learning frame is never built whole
-    learn = cand1.filter(pl.Series(keep))
     # capacity's query-bound memory: the learning matrix and the candidate frames (test features go block by block)
-    frame_bytes = learn.height * len(FEATURES) * 4 + cand1.estimated_size()
-    booster = fit_booster(assemble_blocks(d1, world, learn, q1.users, q1.ctx), y1[keep], learn["q"].to_numpy(), cfg, seed)
-    del d1, cand1, learn, y1, keep  # the learning window's frames go before the test window's are built
+    frame_bytes = learn.frame_bytes
+    booster = fit_booster(learn.x, learn.y, learn.q, cfg, seed)
+    learn_windows = learn.windows
+    del learn  # the learning rows go before the test window's are built
     d2, q2, cand2, cfb2 = _window_eval(ev, events, world, cfg, settings, family, params, t2, end, seed + 1)
     if cand2 is None or len(q2) < cfg.min_queries:
         return RankerRun({"status": "skipped", "side_information": kinds,
@@ -573,8 +652,11 @@ def train_ranker(settings: "Settings", store: Any, events: pl.DataFrame, *, fami
         "status": "active" if decision["promoted"] else "refused",
         "reason": decision["reason"],
         "side_information": kinds,
-        "windows": {"learn": [_iso(t1), _iso(t2)], "test": [_iso(t2), _iso(end)]},
-        "queries": {"learn": len(q1), "test": len(q2)},
+        "windows": {"learn": [learn_windows[-1]["window"][0], _iso(t2)], "test": [_iso(t2), _iso(end)]},
+        "learning_windows": learn_windows,
+        # "learn": the most queries of one window, what max_queries caps (capacity scales the frames by it)
+        "queries": {"learn": max(w["queries"] for w in learn_windows), "test": len(q2),
+                    "learn_total": sum(w["queries"] for w in learn_windows)},
         "candidates_per_query": float(cand2.height / max(len(q2), 1)),
         "frame_bytes": int(frame_bytes + min(cand2.height, ASSEMBLE_BLOCK_ROWS) * len(FEATURES) * 4
                            + cand2.estimated_size()),

@@ -29,7 +29,7 @@ from scalerec.ranking import features as F
 from scalerec.ranking.compiled import load_predictor
 from scalerec.ranking.content import ContentIndex, item_texts
 from scalerec.ranking.fresh import FreshItemStats, HourCounts
-from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, AsOf, World, request_context
+from scalerec.ranking.ranker import CONTEXT_REASON_LIFT, DIR, FEATURES, AsOf, World, request_context
 from scalerec.ranking.tables import ServingTables
 from scalerec.serving.pipeline import Candidates, Request
 
@@ -92,7 +92,9 @@ class RankingStage:
                 return self._bundles[st.version]
             section = (st.manifest or {}).get("ranking") or {}
             root = self.models_dir / st.version / DIR
-            b = Bundle.load(root, st.user_ids, st.item_ids) if section.get("status") == "active" and root.is_dir() else None
+            # a bundle trained on another feature list (an older scalerec) passes through, unranked
+            usable = section.get("status") == "active" and root.is_dir() and section.get("features") == list(FEATURES)
+            b = Bundle.load(root, st.user_ids, st.item_ids) if usable else None
             if b is not None and (root / "item_hours.npz").exists():
                 feed = getattr(st.fresh_users, "feed", None)  # the catalogue the server acknowledges events in
                 b.fresh = FreshItemStats(HourCounts.load(root / "item_hours.npz"), b.tables.item_block, st.item_cols,

@@ -19,11 +19,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalerec.ranking import features as F
-from scalerec.ranking.candidates import SOURCES, context_scores
-from scalerec.ranking.ranker import FEATURES, ITEM_FEATURES, USER_FEATURES, AsOf, World
+from scalerec.ranking.candidates import RANKS, SOURCES, context_scores
+from scalerec.ranking.ranker import (CROSS_SCORES, FEATURES, ITEM_FEATURES, ITEM_TRENDS, USER_FEATURES, AsOf, World,
+                                     price_z)
 
 _POS = {f: j for j, f in enumerate(FEATURES)}
-_ITEM_COLS = (*ITEM_FEATURES, "price", "category")
+_ITEM_COLS = (*ITEM_FEATURES, *ITEM_TRENDS, "price", "category")  # fresh.py fills the first ones
 _USER_COLS = (*USER_FEATURES, "age_band", "user_location")
 _CTX_COLS = ("weather", "temp_c", "month", "weekday", "hour", "device")
 _EMPTY_I = np.zeros(0, np.int64)
@@ -96,6 +97,7 @@ class ServingTables:
     affinity: Rows
     touch_item: Rows
     touch_cat: Rows
+    buy_cat: Rows
     lift_weather: np.ndarray
     lift_temp: np.ndarray
     context_order: list[np.ndarray]  # per weather code: items with a positive context score, best first
@@ -121,7 +123,8 @@ class ServingTables:
             scores.append(s[hit])
         return cls(item_block, np.ascontiguousarray(np.vstack([known, unknown])), cat.category.astype(np.int64),
                    cat.price, cat.launch_us, Rows.of(d.recent), Rows.of(d.cooc), Rows.of(world.content),
-                   Rows.of(d.affinity), Rows.of(d.touch_item), Rows.of(d.touch_cat), d.lift_weather, d.lift_temp,
+                   Rows.of(d.affinity), Rows.of(d.touch_item), Rows.of(d.touch_cat), Rows.of(d.buy_cat),
+                   d.lift_weather, d.lift_temp,
                    orders, scores, d.segments, world.user_attrs)
 
     # ---------------------------------------------------------------- one request
@@ -138,7 +141,8 @@ class ServingTables:
 
     def candidates(self, cfg: Any, row: int, cf_ids: np.ndarray, cf_scores: np.ndarray, seeds: tuple[np.ndarray, np.ndarray],
                    allowed: np.ndarray, now: int, weather: int) -> dict[str, np.ndarray]:
-        """One request's merged candidates as columns (q, i, one score per source, cf_rank): the
+        """One request's merged candidates as columns (q, i, one score and rank per source, the cross
+        scores): the
         sources of :func:`~scalerec.ranking.ranker.candidate_frame` for one user, among ``allowed``
         items launched before ``now``; only candidate items are ever touched."""
 
@@ -157,10 +161,13 @@ class ServingTables:
                 blocks.append((name, cols[order], vals[order]))
 
         sc, sw = seeds
+        cross = {name: (_EMPTY_I, _EMPTY_F) for name in CROSS_SCORES}
         if len(sc):
-            top("cooc", *self.cooc.combine(sc, sw), cfg.cooc_candidates)
+            cross["cooc_score"] = self.cooc.combine(sc, sw)
+            top("cooc", *cross["cooc_score"], cfg.cooc_candidates)
             if len(self.content.indices):
-                top("content", *self.content.combine(sc, sw), cfg.content_candidates)
+                cross["content_sim"] = self.content.combine(sc, sw)
+                top("content", *cross["content_sim"], cfg.content_candidates)
         if row >= 0 and self.segments and cfg.segment_candidates:
             cols, vals = [], []
             for j, (sids, shares) in enumerate(self.segments):
@@ -188,16 +195,17 @@ class ServingTables:
         all_ids = np.concatenate([b[1] for b in blocks])
         uniq, inv = np.unique(all_ids, return_inverse=True)
         out: dict[str, np.ndarray] = {"q": np.zeros(len(uniq), np.int32), "i": uniq}
-        for name in SOURCES:
+        for name in (*SOURCES, *RANKS):
             out[name] = np.full(len(uniq), np.nan, np.float32)
-        out["cf_rank"] = np.full(len(uniq), np.nan, np.float32)
         at = 0
         for name, bids, bscores in blocks:
             pos = inv[at : at + len(bids)]
             out[name][pos] = bscores
-            if name == "cf":
-                out["cf_rank"][pos] = np.arange(len(bids), dtype=np.float32)
+            out[f"{name}_rank"][pos] = np.arange(len(bids), dtype=np.float32)
             at += len(bids)
+        for name, (cols, vals) in cross.items():  # the seeds' combined score at every candidate (sorted columns)
+            at_ = np.minimum(np.searchsorted(cols, uniq), max(len(cols) - 1, 0))
+            out[name] = np.where(cols[at_] == uniq, vals[at_], 0).astype(np.float32) if len(cols) else np.zeros(len(uniq), np.float32)
         return out
 
     def features(self, cand: dict[str, np.ndarray], row: int, ctx: dict[str, np.ndarray],
@@ -209,21 +217,25 @@ class ServingTables:
         x = np.empty((n, len(FEATURES)), np.float32)
         src = np.stack([cand[s] for s in SOURCES], axis=1)
         x[:, [_POS[s] for s in SOURCES]] = src
-        x[:, _POS["cf_rank"]] = cand["cf_rank"]
+        for name in (*RANKS, *CROSS_SCORES):
+            x[:, _POS[name]] = cand[name]
         x[:, _POS["n_sources"]] = np.isfinite(src).sum(axis=1)
         x[:, [_POS[c] for c in _ITEM_COLS]] = (self.item_block if item_block is None else item_block)[i]
         known = row >= 0
         x[:, [_POS[c] for c in _USER_COLS]] = self.user_block[row if known else -1]
         x[:, _POS["rel_price"]] = x[:, _POS["price"]] / x[:, _POS["mean_price"]]
+        x[:, _POS["price_z"]] = price_z(x[:, _POS["price"]], x[:, _POS["log_price_mean"]], x[:, _POS["log_price_std"]])
         cat = self.category[i]
         nan = np.float32(np.nan)
         if known:
             x[:, _POS["category_affinity"]] = self.affinity.lookup(row, cat)
-            for name, table, cols in (("days_since_item", self.touch_item, i), ("days_since_category", self.touch_cat, cat)):
+            for name, table, cols in (("days_since_item", self.touch_item, i), ("days_since_category", self.touch_cat, cat),
+                                      ("days_since_bought_category", self.buy_cat, cat)):
                 v = table.lookup(row, cols)
                 x[:, _POS[name]] = np.where(v > 0, v, nan)
         else:
-            x[:, [_POS["category_affinity"], _POS["days_since_item"], _POS["days_since_category"]]] = nan
+            x[:, [_POS[c] for c in ("category_affinity", "days_since_item", "days_since_category",
+                                    "days_since_bought_category")]] = nan
         x[:, _POS["lift_weather"]] = self.lift_weather[cat, int(ctx["weather"][0])]
         x[:, _POS["lift_temp"]] = self.lift_temp[cat, int(F.temp_band(ctx["temp_c"])[0]) + 1]
         x[:, [_POS[c] for c in _CTX_COLS]] = np.array([ctx[c][0] for c in _CTX_COLS], np.float32)
