@@ -164,6 +164,8 @@ def _row(store: str, result: Any, wall: float, minutes: float, scores: dict[str,
         "budget_minutes": minutes,
         "train_wall_s": round(wall, 1),
         "families": {f.family: f.best_value for f in result.families},
+        # why the chosen family won (training.select; absent on code before the tie rule)
+        "selection": getattr(result, "selection", None) or {},
         # where the budget went: trials (pruned), rounds taken part in, search seconds per family
         "spent": {f.family: {"trials": f.trials_total, "pruned": f.trials_pruned, "rounds": f.rounds,
                              "search_s": round(f.wall_s, 1), **PER_FAMILY.get(f.family, {})} for f in result.families},
@@ -217,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print("  per family (trials, pruned, search s, peak RSS MiB): " + "; ".join(
             f"{f} {v['trials']}, {v['pruned']}, {v['search_s']}, {v.get('peak_rss_mib')}" for f, v in r["spent"].items()),
             soft_wrap=True)
+        if r["selection"]:
+            console.print(f"  chosen by {r['selection'].get('decided_by')}: {r['selection'].get('reason')}", soft_wrap=True)
+            for family, f in (r["selection"].get("finalists") or {}).items():
+                console.print(f"    {family}: " + ", ".join(
+                    f"{part} {f[part]['mean']:.4f} [{f[part]['low']:.4f}, {f[part]['high']:.4f}]"
+                    for part in ("validation", "paired_validation", "second_fold", "paired_second_fold") if part in f)
+                    + f", {f.get('n_parameters', 0):,} learned values", soft_wrap=True)
         if r["store"].startswith("online-retail"):
             ok = r["recall@20"] >= GOAL and r["ndcg@20"] >= GOAL
             console.print(f"goal Recall@20 and NDCG@20 >= {GOAL}: {'met' if ok else 'NOT met'} with a "

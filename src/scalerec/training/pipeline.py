@@ -569,7 +569,7 @@ def train(
                 progress=lambda what: _emit(progress, "select", 0, 1, what),
             )
             timings["select_s"] = time.perf_counter() - t
-            _emit(progress, "select", 1, 1, f"{best.family}: {selection['reason']}")
+            _emit(progress, "select", 1, 1, f"{best.family} (by {selection['decided_by']})")  # why: in the summary
             assert best.best_params is not None and best.best_value is not None
             if all(float(f.best_value) == 0.0 for f in ok):  # type: ignore[arg-type]
                 warnings.append(f"every family scored {metric} 0 on the validation part: the choice of "
