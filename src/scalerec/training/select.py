@@ -89,19 +89,21 @@ def choose_family(
         return done(leader, "validation", f"the validation leader; no other family's {metric} interval reaches "
                                           f"its {lead:.4f}")
 
-    def score(family: "FamilyResult", split: "Split", part: str) -> tuple[Any, np.ndarray]:
+    def score(family: "FamilyResult", split: "Split", part: str) -> tuple[int, np.ndarray]:
+        """(learned values, per-user metric) of the family's best configuration fitted on ``split``; the
+        model is dropped at once (an EASE near its size limit holds GiB)."""
         if progress is not None:
             progress(f"{family.family} on the {part}")
         model, scores = fit_and_score(family.family, dict(family.best_params or {}), split, metric)
-        return model, np.asarray(scores.per_user[metric], dtype=np.float64)
+        return model.n_parameters(), np.asarray(scores.per_user[metric], dtype=np.float64)
 
     fams = [leader, *contenders]
     on_valid = {f.family: score(f, validation, "validation part") for f in fams}
     lead_values = on_valid[leader.family][1]
     for f in fams:
-        model, values = on_valid[f.family]
+        size, values = on_valid[f.family]
         entry: dict[str, Any] = {"validation": _interval(values, uncertainty), "trial_score": f.best_value,
-                                 "n_parameters": model.n_parameters()}
+                                 "n_parameters": size}
         if f is not leader:
             entry["paired_validation"] = _paired(sign * values, sign * lead_values, uncertainty)
         record["finalists"][f.family] = entry
