@@ -4,6 +4,7 @@ Usage (from the repository root):
 
     .venv/bin/python bench/bench_selection.py --minutes 3     # search budget per store (default 3)
     .venv/bin/python bench/bench_selection.py --skip-retail   # the synthetic shop only
+    .venv/bin/python bench/bench_selection.py --replay 2026-12-02T07:18   # the finalist rule alone (below)
 
 (a) Online Retail: the file is imported, the Online Retail protocol's test start and test users are
     taken from it, and only the events before that start go into a fresh store; `train` runs there
@@ -12,6 +13,10 @@ Usage (from the repository root):
     and NDCG@20 >= 0.125.
 (b) A front-loaded synthetic shop (most users active only for a day in the first third of the
     period): the same `train`, scored on the auto protocol's own test part.
+
+(c) --replay: the finalist rule (training.select) alone on Online Retail, its finalists the families and
+    configurations the recorded runs at that time chose, each also refitted as production and scored on
+    the protocol's test users (which the rule never sees).
 
 Prints a table of what the default protocol chose on each store and appends one JSON line per store
 to bench/results/selection.jsonl.
