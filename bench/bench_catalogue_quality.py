@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         per_user[family] = {m: np.asarray(scores.per_user[m]) for m in METRICS}
         ivs = bootstrap_intervals(per_user[family], n_boot=1000, seed=args.seed)
         rows.append({"family": family, "params": model.get_params(), "seconds": round(time.perf_counter() - t, 1),
-                     "rss_rise_mib": round(rss.peak_mib, 1), "n_parameters": model.n_parameters(),
+                     "rss_rise_mib": round(rss.peak_mib, 1),
                      "intervals": {m: ivs[m].to_dict() for m in METRICS}})
         del model
         console.print(f"{family}: " + ", ".join(f"{m} {ivs[m].mean:.4f} [{ivs[m].low:.4f}, {ivs[m].high:.4f}]"
@@ -91,15 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             m: paired_test(per_user[row["family"]][m], per_user[first][m], n_boot=1000, seed=args.seed, min_users=1).to_dict()
             for m in METRICS}
     table = Table(title=f"auto protocol's test users ({len(split.test_users):,}), class defaults unless -p; 95% bootstrap")
-    for col in ("family", "NDCG@20", "Recall@20", f"paired NDCG@20 - {first}", "fit+score s", "RSS rise MiB",
-                "learned values"):
+    for col in ("family", "NDCG@20", "Recall@20", f"paired NDCG@20 - {first}", "fit+score s", "RSS rise MiB"):
         table.add_column(col)
     for row in rows:
         iv = row["intervals"]
         d = row.get("paired_vs_" + first, {}).get("ndcg@20")
         table.add_row(row["family"], *(f"{iv[m]['mean']:.4f} [{iv[m]['low']:.4f}, {iv[m]['high']:.4f}]" for m in METRICS),
                       f"{d['mean_diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else "-",
-                      str(row["seconds"]), str(row["rss_rise_mib"]), f"{row['n_parameters']:,}")
+                      str(row["seconds"]), str(row["rss_rise_mib"]))
     console.print(table)
     console.print(load_line(before))
     append_result("catalogue_quality", {

@@ -265,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         sel = row["selection"]
         console.print(f"chosen: {row['chosen']} by {sel['decided_by']}: {sel['reason']}", soft_wrap=True)
         table = Table(title="finalists: validation and second fold (chose), Online Retail protocol test (not seen)")
-        for col in ("family", "validation ndcg@20", "paired - leader", "second fold ndcg@20", "paired - fold best",
-                    "learned values", "test recall@20", "test ndcg@20"):
+        for col in ("family", "validation ndcg@20", "paired - leader", "second fold ndcg@20", "paired - leader (fold)",
+                    "test recall@20", "test ndcg@20"):
             table.add_column(col)
         fmt = lambda d: f"{d['mean']:.4f} [{d['low']:.4f}, {d['high']:.4f}]" if d else "-"  # noqa: E731
         for family, f in sel["finalists"].items():
             t = row["on_protocol_test"][family]
             table.add_row(family, fmt(f.get("validation")), fmt(f.get("paired_validation")), fmt(f.get("second_fold")),
-                          fmt(f.get("paired_second_fold")), f"{f.get('n_parameters', 0):,}",
+                          fmt(f.get("paired_second_fold")),
                           *(f"{t[k]:.4f} [{t['intervals'][k]['low']:.4f}, {t['intervals'][k]['high']:.4f}]"
                             for k in ("recall@20", "ndcg@20")))
         console.print(table)
@@ -309,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             for family, f in (r["selection"].get("finalists") or {}).items():
                 console.print(f"    {family}: " + ", ".join(
                     f"{part} {f[part]['mean']:.4f} [{f[part]['low']:.4f}, {f[part]['high']:.4f}]"
-                    for part in ("validation", "paired_validation", "second_fold", "paired_second_fold") if part in f)
-                    + f", {f.get('n_parameters', 0):,} learned values", soft_wrap=True)
+                    for part in ("validation", "paired_validation", "second_fold", "paired_second_fold") if part in f),
+                    soft_wrap=True)
         if r["store"].startswith("online-retail"):
             ok = r["recall@20"] >= GOAL and r["ndcg@20"] >= GOAL
             console.print(f"goal Recall@20 and NDCG@20 >= {GOAL}: {'met' if ok else 'NOT met'} with a "

@@ -1,11 +1,10 @@
 """Choosing between the search's finalists (training.select): a tie on validation goes to a second fold,
-then to the smallest model; a clear leader is left alone."""
+which replaces the leader only when it shows another family better; a clear leader is left alone."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
@@ -23,19 +22,23 @@ UNCERTAINTY = {"confidence": 0.95, "n_boot": 200, "seed": 0}
 METRIC = "ndcg@20"
 
 
-class PaddedPopular(MostPopular):
-    """Ranks exactly as most-popular but keeps more learned values: a tie whose only difference is size."""
+class FoldSensitivePopular(MostPopular):
+    """Ranks exactly as most-popular on a training matrix of at least ``min_users`` rows, least-popular
+    first on a smaller one: tied with most-popular on the validation part, worse on the second fold
+    (whose training part is the validation part's, less its window)."""
 
-    family = "popular_padded"
+    family = "popular_fold"
+    min_users = 0
 
     def _fit(self, X: sp.csr_matrix, progress: Any) -> None:
         super()._fit(X, progress)
-        self.padding_ = np.zeros(10 * X.shape[1], dtype=np.float32)
+        if X.shape[0] < self.min_users:
+            self.popularity_ = -self.popularity_
 
 
 @pytest.fixture(autouse=True)
 def _families(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(MODELS, PaddedPopular.family, PaddedPopular)
+    monkeypatch.setitem(MODELS, FoldSensitivePopular.family, FoldSensitivePopular)
     monkeypatch.setitem(MODELS, LeastPopular.family, LeastPopular)
 
 
@@ -54,28 +57,39 @@ def _result(family: str, value: float, low: float, high: float, params: dict[str
                         best_intervals={METRIC: {"mean": value, "low": low, "high": high, "n_users": 30}})
 
 
-def test_families_tied_on_both_folds_go_to_the_smallest_model(parts) -> None:
+def test_a_tie_on_validation_is_settled_by_the_second_fold(parts, monkeypatch) -> None:
     inner, fold, *_ = parts
-    # the padded twin leads on validation by a hair (as a best-of-many trial does), the plain one ties it
-    padded = _result("popular_padded", 0.1001, 0.08, 0.12)
+    monkeypatch.setattr(FoldSensitivePopular, "min_users", inner.train.n_users)  # fold 2 trains on fewer users
+    # the leader leads on validation by a hair (as a best-of-many trial does) and ranks as the other there
+    leader = _result("popular_fold", 0.1001, 0.08, 0.12)
     plain = _result("popular", 0.1000, 0.08, 0.12)
-    winner, rec = choose_family([padded, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)
-    assert rec["leader"] == "popular_padded"
-    assert winner is plain and rec["chosen"] == "popular" and rec["decided_by"] == "parsimony"
+    winner, rec = choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)
+    assert rec["leader"] == "popular_fold"
     f = rec["finalists"]
-    # the same rankings: a paired difference of exactly 0 on the validation users and on the second fold
+    # the same rankings on the validation users: a paired difference of exactly 0, a tie
     assert f["popular"]["paired_validation"]["low"] == f["popular"]["paired_validation"]["high"] == 0.0
-    assert f["popular"]["tied_on_validation"] and f["popular"]["tied_on_second_fold"]
-    assert f["popular"]["n_parameters"] == inner.train.n_items < f["popular_padded"]["n_parameters"]
-    for family in ("popular", "popular_padded"):  # both folds' figures, each with its interval
+    assert f["popular"]["tied_on_validation"]
+    # on the second fold the leader turns out worse: the contender is shown better and wins
+    assert f["popular"]["paired_second_fold"]["low"] > 0 and f["popular"]["better_on_second_fold"]
+    assert winner is plain and rec["chosen"] == "popular" and rec["decided_by"] == "second fold"
+    for family in ("popular", "popular_fold"):  # both folds' figures, each with its interval
         for part in ("validation", "second_fold"):
             iv = f[family][part]
             assert iv["low"] <= iv["mean"] <= iv["high"] and iv["n_users"] > 0
     # the second fold is recorded: a window ending where the validation window starts
     assert rec["second_fold"]["end"] == inner.info["test_start"].isoformat() and rec["second_fold"]["users"] > 0
     # deterministic for a seed
-    again = choose_family([padded, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)[1]
-    assert again == rec
+    assert choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)[1] == rec
+
+
+def test_a_tie_the_second_fold_cannot_settle_keeps_the_leader(parts) -> None:
+    inner, fold, *_ = parts
+    # identical on both folds (min_users 0: most-popular everywhere): no evidence against the leader
+    leader, plain = _result("popular_fold", 0.1001, 0.08, 0.12), _result("popular", 0.1000, 0.08, 0.12)
+    winner, rec = choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)
+    assert winner is leader and rec["decided_by"] == "validation" and "shows none" in rec["reason"]
+    assert rec["finalists"]["popular"]["tied_on_validation"]
+    assert rec["finalists"]["popular"]["paired_second_fold"]["low"] == 0.0 == rec["finalists"]["popular"]["paired_second_fold"]["high"]
 
 
 def test_a_clearly_better_leader_is_not_overruled(parts) -> None:
@@ -87,13 +101,12 @@ def test_a_clearly_better_leader_is_not_overruled(parts) -> None:
         return fold()
 
     leader = _result("itemknn", 0.30, 0.25, 0.35)
-    # a worse and smaller model whose own interval (made wide here) reaches the leader: refitted, then shown worse
+    # a worse model whose own interval (made wide here) reaches the leader: refitted, then shown worse
     worse = _result("worst", 0.05, 0.0, 0.31)
     winner, rec = choose_family([worse, leader], inner, counted_fold, METRIC, uncertainty=UNCERTAINTY)
     assert winner is leader and rec["decided_by"] == "validation"
     paired = rec["finalists"]["worst"]["paired_validation"]
     assert paired["high"] < 0 and not rec["finalists"]["worst"]["tied_on_validation"]
-    assert rec["finalists"]["worst"]["n_parameters"] < rec["finalists"]["itemknn"]["n_parameters"]
     assert not built and "second_fold" not in rec  # no second fold needed, none built
 
 
@@ -105,12 +118,12 @@ def test_the_leader_rule_and_a_family_out_of_reach_need_no_refit(parts, monkeypa
         raise AssertionError("nothing to refit")
 
     monkeypatch.setattr(pipeline, "fit_and_score", no_fit)
-    padded, plain = _result("popular_padded", 0.1001, 0.08, 0.12), _result("popular", 0.1000, 0.08, 0.12)
-    winner, rec = choose_family([padded, plain], inner, fold, METRIC, tie_break="leader", uncertainty=UNCERTAINTY)
-    assert winner is padded and rec["decided_by"] == "validation"
+    leader, plain = _result("popular_fold", 0.1001, 0.08, 0.12), _result("popular", 0.1000, 0.08, 0.12)
+    winner, rec = choose_family([leader, plain], inner, fold, METRIC, tie_break="leader", uncertainty=UNCERTAINTY)
+    assert winner is leader and rec["decided_by"] == "validation"
     far = _result("popular", 0.05, 0.04, 0.06)  # its interval stops short of the leader's 0.1001
-    winner, rec = choose_family([padded, far], inner, fold, METRIC, uncertainty=UNCERTAINTY)
-    assert winner is padded and "reaches" in rec["reason"] and not rec["finalists"]
+    winner, rec = choose_family([leader, far], inner, fold, METRIC, uncertainty=UNCERTAINTY)
+    assert winner is leader and "reaches" in rec["reason"] and not rec["finalists"]
 
 
 def test_second_folds_are_disjoint_from_the_validation_part(parts) -> None:

@@ -81,7 +81,7 @@ def _selection_line(sel: dict[str, Any]) -> str:
         figures = [f"validation {_interval(f['validation']['mean'], f['validation'])}"]
         if "second_fold" in f:
             figures.append(f"second fold {_interval(f['second_fold']['mean'], f['second_fold'])}")
-        parts.append(f"{family}: " + ", ".join(figures) + f", {f.get('n_parameters', 0):,} learned values")
+        parts.append(f"{family}: " + ", ".join(figures))
     return escape("; ".join(parts))
 
 

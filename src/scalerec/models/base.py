@@ -378,23 +378,6 @@ class Recommender(ABC, metaclass=_RecommenderMeta):
             )
         return items
 
-    #: fitted attributes that hold the training data itself, not something learned from it
-    DATA_ATTRS: ClassVar[tuple[str, ...]] = ("user_items_",)
-
-    def n_parameters(self) -> int:
-        """Values the fitted model learned and keeps (dense arrays by size, sparse by stored entries),
-        the kept training matrix aside: the size that model selection's parsimony rule compares."""
-        self.check_is_fitted()
-        total = 0
-        for name, value in vars(self).items():
-            if not name.endswith("_") or name.startswith("_") or name in self.DATA_ATTRS:
-                continue
-            if isinstance(value, np.ndarray):
-                total += int(value.size)
-            elif sp.issparse(value):
-                total += int(value.nnz)
-        return total
-
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model to directory ``path``: params.json plus one .npy per learned array.

@@ -1,17 +1,16 @@
-"""Choosing the family once the search is done: the validation leader, unless the evidence cannot tell it
-from another family, in which case the smallest of the families still tied on a second fold.
+"""Choosing the family once the search is done: the validation leader, unless a family the validation part
+cannot tell from it is shown better on a second fold the search never saw.
 
-The rule (``[training] tie_break = "simplest"``; docs/training.md, "Choosing between finalists"):
+The rule (``[training] tie_break = "second-fold"``; docs/training.md, "Choosing between finalists"):
 
 1. rank the families by their best validation score; the first is the leader;
 2. contenders: the next families (at most ``MAX_FINALISTS - 1``) whose validation interval reaches the
    leader's score; each is refitted with the leader on the validation part and compared on the same
    users by a paired bootstrap; those whose difference interval holds 0 are tied with it;
-3. no one tied: the leader wins ("clear");
-4. the tied families are scored on a second fold the search never saw (the validation part's carving
-   applied once more, to its own training part); one shown worse there than that fold's best drops out;
-5. of those left, the one whose fitted model keeps the fewest learned values (``Recommender.n_parameters``,
-   on the validation part) wins; equal sizes keep the validation order.
+3. no one tied: the leader wins ("validation");
+4. the tied families are scored on the second fold (the validation part's carving applied once more, to
+   its own training part); a contender whose paired difference with the leader there lies above 0 is
+   shown better, and the best of those on that fold wins ("second fold"); none shown better: the leader.
 
 Deterministic for a seed: the refits are the trials' configurations, the resampling is seeded.
 """
@@ -56,7 +55,7 @@ def choose_family(
     metric: str,
     *,
     higher: bool = True,
-    tie_break: str = "simplest",
+    tie_break: str = "second-fold",
     uncertainty: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple["FamilyResult", dict[str, Any]]:
@@ -89,58 +88,48 @@ def choose_family(
         return done(leader, "validation", f"the validation leader; no other family's {metric} interval reaches "
                                           f"its {lead:.4f}")
 
-    def score(family: "FamilyResult", split: "Split", part: str) -> tuple[int, np.ndarray]:
-        """(learned values, per-user metric) of the family's best configuration fitted on ``split``; the
-        model is dropped at once (an EASE near its size limit holds GiB)."""
+    def score(family: "FamilyResult", split: "Split", part: str) -> np.ndarray:
+        """The per-user metric of the family's best configuration fitted on ``split`` (the model is dropped)."""
         if progress is not None:
             progress(f"{family.family} on the {part}")
-        model, scores = fit_and_score(family.family, dict(family.best_params or {}), split, metric)
-        return model.n_parameters(), np.asarray(scores.per_user[metric], dtype=np.float64)
+        _, scores = fit_and_score(family.family, dict(family.best_params or {}), split, metric)
+        return np.asarray(scores.per_user[metric], dtype=np.float64)
 
     fams = [leader, *contenders]
     on_valid = {f.family: score(f, validation, "validation part") for f in fams}
-    lead_values = on_valid[leader.family][1]
     for f in fams:
-        size, values = on_valid[f.family]
-        entry: dict[str, Any] = {"validation": _interval(values, uncertainty), "trial_score": f.best_value,
-                                 "n_parameters": size}
+        entry: dict[str, Any] = {"validation": _interval(on_valid[f.family], uncertainty), "trial_score": f.best_value}
         if f is not leader:
-            entry["paired_validation"] = _paired(sign * values, sign * lead_values, uncertainty)
+            entry["paired_validation"] = _paired(sign * on_valid[f.family], sign * on_valid[leader.family], uncertainty)
+            entry["tied_on_validation"] = entry["paired_validation"]["high"] >= 0
         record["finalists"][f.family] = entry
-    tied = [leader] + [f for f in contenders if record["finalists"][f.family]["paired_validation"]["high"] >= 0]
-    for f in contenders:
-        record["finalists"][f.family]["tied_on_validation"] = f in tied
-    if len(tied) == 1:
+    tied = [f for f in contenders if record["finalists"][f.family]["tied_on_validation"]]
+    if not tied:
         return done(leader, "validation", "the validation leader: every contender's paired difference on the "
                                           "validation users lies below 0")
-
     try:
         fold = second_fold()
     except ScalerecError as exc:
         record["second_fold"] = {"error": exc.message}
-        left = tied
-    else:
-        from scalerec.evaluation.protocol import PartRecord
+        return done(leader, "validation", f"tied on the validation users with {', '.join(f.family for f in tied)}; "
+                                          f"no second fold ({exc.message}): the validation leader")
+    from scalerec.evaluation.protocol import PartRecord
 
-        record["second_fold"] = PartRecord.of(fold).to_dict()
-        on_fold = {f.family: score(f, fold, "second fold")[1] for f in tied}
-        best = max(tied, key=lambda f: sign * float(on_fold[f.family].mean()))
-        left = []
-        for f in tied:
-            entry = record["finalists"][f.family]
-            entry["second_fold"] = _interval(on_fold[f.family], uncertainty)
-            if f is not best:
-                entry["paired_second_fold"] = _paired(sign * on_fold[f.family], sign * on_fold[best.family], uncertainty)
-            entry["tied_on_second_fold"] = f is best or entry["paired_second_fold"]["high"] >= 0
-            if entry["tied_on_second_fold"]:
-                left.append(f)
-    if len(left) == 1 and len(tied) > 1:
-        return done(left[0], "second fold", f"tied on the validation users; on the second fold the others are "
-                                            f"shown worse than {left[0].family}")
-    sizes = {f.family: record["finalists"][f.family]["n_parameters"] for f in left}
-    winner = min(left, key=lambda f: sizes[f.family])  # min is stable: equal sizes keep the validation order
-    names = ", ".join(f"{f.family} ({sizes[f.family]:,})" for f in left)
-    fold_note = ("and on the second fold" if "error" not in record["second_fold"]
-                 else f"(no second fold: {record['second_fold']['error']})")
-    return done(winner, "parsimony", f"tied on the validation users {fold_note}: {names}; the smallest fitted model "
-                                     "(learned values) wins")
+    record["second_fold"] = PartRecord.of(fold).to_dict()
+    on_fold = {f.family: score(f, fold, "second fold") for f in (leader, *tied)}
+    record["finalists"][leader.family]["second_fold"] = _interval(on_fold[leader.family], uncertainty)
+    better = []
+    for f in tied:
+        entry = record["finalists"][f.family]
+        entry["second_fold"] = _interval(on_fold[f.family], uncertainty)
+        entry["paired_second_fold"] = _paired(sign * on_fold[f.family], sign * on_fold[leader.family], uncertainty)
+        entry["better_on_second_fold"] = entry["paired_second_fold"]["low"] > 0
+        if entry["better_on_second_fold"]:
+            better.append(f)
+    names = ", ".join(f.family for f in tied)
+    if not better:
+        return done(leader, "validation", f"tied on the validation users with {names}; the second fold shows none "
+                                          "of them better: the validation leader")
+    winner = max(better, key=lambda f: sign * float(on_fold[f.family].mean()))  # max is stable: validation order
+    return done(winner, "second fold", f"tied on the validation users with {leader.family}; shown better than it on "
+                                       "the second fold")
