@@ -4,6 +4,7 @@ Usage (from the repository root):
 
     .venv/bin/python bench/bench_selection.py --minutes 3     # search budget per store (default 3)
     .venv/bin/python bench/bench_selection.py --skip-retail   # the synthetic shop only
+    .venv/bin/python bench/bench_selection.py --replay 2026-12-02T07:18   # the finalist rule alone (below)
 
 (a) Online Retail: the file is imported, the Online Retail protocol's test start and test users are
     taken from it, and only the events before that start go into a fresh store; `train` runs there
@@ -12,6 +13,10 @@ Usage (from the repository root):
     and NDCG@20 >= 0.125.
 (b) A front-loaded synthetic shop (most users active only for a day in the first third of the
     period): the same `train`, scored on the auto protocol's own test part.
+
+(c) --replay: the finalist rule (training.select) alone on Online Retail, its finalists the families and
+    configurations the recorded runs at that time chose, each also refitted as production and scored on
+    the protocol's test users (which the rule never sees).
 
 Prints a table of what the default protocol chose on each store and appends one JSON line per store
 to bench/results/selection.jsonl.
@@ -144,6 +149,65 @@ def front_loaded_shop(root: Path, minutes: float, jobs: int, n_users: int, n_eve
                 dict(result.metrics), scored_on="the auto protocol's test part")
 
 
+def replay(root: Path, prefix: str) -> dict[str, Any]:
+    """The finalist rule alone, on Online Retail, without the search's time lottery: the families and
+    configurations chosen by the Online Retail runs of ``bench/results/selection.jsonl`` whose time starts
+    with ``prefix`` are the finalists; each is scored on the run protocol's validation part as its trial
+    was (value and interval), ``training.select.choose_family`` chooses, and every finalist is refitted on
+    all the events as production would be and scored on the Online Retail protocol's test users (for the
+    table only: nothing of that test reaches the choice)."""
+    import json
+    from types import SimpleNamespace
+
+    from scalerec.data.importers import import_file
+    from scalerec.data.snapshot import take_snapshot
+    from scalerec.datasets.online_retail import online_retail_protocol
+    from scalerec.models import make_model
+    from scalerec.training.pipeline import (
+        _VocabAdapter, fit_and_score, full_matrix, make_run_protocol, make_second_fold, score_intervals,
+        uncertainty_options,
+    )
+    from scalerec.training.select import choose_family
+    from scalerec.training.tuning import FamilyResult
+    from scalerec.evaluation.evaluate import evaluate_per_user
+
+    runs = [json.loads(line) for line in (ROOT / "bench" / "results" / "selection.jsonl").read_text().splitlines()]
+    picked = {r["chosen"]: r["params"] for r in runs if r["time"].startswith(prefix) and r["store"].startswith("online")}
+    if len(picked) < 2:
+        raise SystemExit(f"runs at {prefix!r} chose {sorted(picked)}: a replay needs two families")
+    full = DataStore.open(Settings(data={"dir": root / "full"}))
+    import_file(full, "events", CSV, preset="online-retail")
+    protocol = online_retail_protocol(full)
+    settings = Settings(data={"dir": root / "before"})
+    store = DataStore.open(settings)
+    store.log.append(full.log.read(end=protocol.info["test_start"]))
+    full.close()
+    snapshot = take_snapshot(store)
+    store.close()
+    options = TrainOptions()
+    _, valid, _ = make_run_protocol(snapshot, settings, options)
+    uncertainty = uncertainty_options(settings)
+    results = []
+    for family, params in picked.items():
+        _, sc = fit_and_score(family, params, valid, "ndcg@20")
+        results.append(FamilyResult(family=family, study="replay", best_value=sc.value("ndcg@20"), best_params=params,
+                                    best_intervals=score_intervals(sc, uncertainty)))
+    winner, record = choose_family(results, valid, lambda: make_second_fold(valid, settings, options), "ndcg@20",
+                                   uncertainty=uncertainty)
+    on_test = {}
+    for f in results:  # production's refit of each finalist, scored on the protocol's test users
+        model = make_model(f.family, **(f.best_params or {}))
+        matrix = full_matrix(snapshot, settings, **model.matrix_overrides())
+        model.fit(matrix)
+        adapter = _VocabAdapter(SimpleNamespace(model=model, matrix=matrix), protocol)
+        adapter.history = _serving_history(matrix, protocol)
+        ev = evaluate_per_user(adapter, protocol, k=(20,), metrics=("recall", "ndcg"), catalogue_detail=False)
+        on_test[f.family] = {**ev.metrics, "intervals": {k: iv.to_dict() for k, iv in ev.intervals(seed=0).items()}}
+    return {"store": "online-retail replay of " + prefix, "finalists": picked, "selection": record,
+            "chosen": winner.family, "on_protocol_test": on_test, "src": str(Path(scalerec.__file__).resolve().parents[1]),
+            "load_before_after": [LOAD_BEFORE, round(os.getloadavg()[0], 2)]}
+
+
 def _row(store: str, result: Any, wall: float, minutes: float, scores: dict[str, float], scored_on: str) -> dict[str, Any]:
     p = result.protocol
     return {
@@ -164,6 +228,8 @@ def _row(store: str, result: Any, wall: float, minutes: float, scores: dict[str,
         "budget_minutes": minutes,
         "train_wall_s": round(wall, 1),
         "families": {f.family: f.best_value for f in result.families},
+        # why the chosen family won (training.select; absent on code before the tie rule)
+        "selection": getattr(result, "selection", None) or {},
         # where the budget went: trials (pruned), rounds taken part in, search seconds per family
         "spent": {f.family: {"trials": f.trials_total, "pruned": f.trials_pruned, "rounds": f.rounds,
                              "search_s": round(f.wall_s, 1), **PER_FAMILY.get(f.family, {})} for f in result.families},
@@ -188,9 +254,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shop-users", type=int, default=5000)
     ap.add_argument("--shop-events", type=int, default=300_000)
     ap.add_argument("--label", default="", help="recorded with the result (e.g. before / after)")
+    ap.add_argument("--replay", metavar="TIME_PREFIX",
+                    help="only the finalist rule on Online Retail: the families chosen by the recorded runs at this time")
     args = ap.parse_args(argv)
     global LABEL, LOAD_BEFORE
     LABEL, LOAD_BEFORE = args.label, round(os.getloadavg()[0], 2)
+    if args.replay:
+        with tempfile.TemporaryDirectory(prefix="bench-selection-") as tmp:
+            row = replay(Path(tmp), args.replay)
+        sel = row["selection"]
+        console.print(f"chosen: {row['chosen']} by {sel['decided_by']}: {sel['reason']}", soft_wrap=True)
+        table = Table(title="finalists: validation and second fold (chose), Online Retail protocol test (not seen)")
+        for col in ("family", "validation ndcg@20", "paired - leader", "second fold ndcg@20", "paired - leader (fold)",
+                    "test recall@20", "test ndcg@20"):
+            table.add_column(col)
+        fmt = lambda d: f"{d['mean']:.4f} [{d['low']:.4f}, {d['high']:.4f}]" if d else "-"  # noqa: E731
+        for family, f in sel["finalists"].items():
+            t = row["on_protocol_test"][family]
+            table.add_row(family, fmt(f.get("validation")), fmt(f.get("paired_validation")), fmt(f.get("second_fold")),
+                          fmt(f.get("paired_second_fold")),
+                          *(f"{t[k]:.4f} [{t['intervals'][k]['low']:.4f}, {t['intervals'][k]['high']:.4f}]"
+                            for k in ("recall@20", "ndcg@20")))
+        console.print(table)
+        append_result("selection_replay", row)
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as tmp:
         if not args.skip_retail:
@@ -217,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print("  per family (trials, pruned, search s, peak RSS MiB): " + "; ".join(
             f"{f} {v['trials']}, {v['pruned']}, {v['search_s']}, {v.get('peak_rss_mib')}" for f, v in r["spent"].items()),
             soft_wrap=True)
+        if r["selection"]:
+            console.print(f"  chosen by {r['selection'].get('decided_by')}: {r['selection'].get('reason')}", soft_wrap=True)
+            for family, f in (r["selection"].get("finalists") or {}).items():
+                console.print(f"    {family}: " + ", ".join(
+                    f"{part} {f[part]['mean']:.4f} [{f[part]['low']:.4f}, {f[part]['high']:.4f}]"
+                    for part in ("validation", "paired_validation", "second_fold", "paired_second_fold") if part in f),
+                    soft_wrap=True)
         if r["store"].startswith("online-retail"):
             ok = r["recall@20"] >= GOAL and r["ndcg@20"] >= GOAL
             console.print(f"goal Recall@20 and NDCG@20 >= {GOAL}: {'met' if ok else 'NOT met'} with a "

@@ -164,6 +164,11 @@ class TrainingSettings(_Section):
     promotion_tolerance: float = Field(0.02, ge=0, description="max relative drop vs production still promoted")
     # 100: below it a per-user NDCG/recall interval is about as wide as the metric itself, so no tolerance can be shown
     min_gate_users: int = Field(100, ge=1, description="the gate refuses to decide on fewer held-out users")
+    # "second-fold": a family the validation part cannot tell from the leader replaces it only when a second
+    # fold shows it better (docs/training.md, "Choosing between finalists")
+    tie_break: Literal["second-fold", "leader"] = Field(
+        "second-fold", description="families tied on validation: re-scored on a second fold (or the leader, unchecked)"
+    )
     keep_archived: int = Field(5, ge=0)
     schedule_interval_minutes: float | None = Field(None, gt=0)
     schedule_min_new_events: int = Field(0, ge=0)

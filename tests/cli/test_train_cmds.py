@@ -32,7 +32,8 @@ def test_train_prints_progress_and_summary_and_registers(data_dir: Path) -> None
     assert r.exit_code == 0, r.output
     prod = Registry(data_dir).production()
     assert prod is not None
-    for text in ("search popular", "search ease", "fit", "register", prod.version, "promoted to production", "ndcg@20"):
+    for text in ("search popular", "search ease", "fit", "register", prod.version, "promoted to production", "ndcg@20",
+                 "chosen"):
         assert text in r.output
     # the summary table: one row per family with its trial count (2 x 2 shared by successive
     # halving: 1 each, then the other 2 to the better family)
@@ -44,6 +45,7 @@ def test_train_json_and_if_new_events_skip(data_dir: Path) -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["status"] == "registered" and out["stage"] == "production" and out["family"] == "popular"
+    assert out["selection"]["chosen"] == "popular" and out["selection"]["reason"] == "the only family"
     r = _cli(data_dir, "train", "--models", "popular", "--if-new-events", "1", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["status"] == "skipped"

@@ -97,6 +97,10 @@ def test_train_registers_and_promotes_a_complete_version(store: tuple[Settings, 
     assert m["fit_seconds"] > 0 and m["peak_rss_bytes"] > 10_000_000
     assert m["promotion"]["promoted"] and m["promotion"]["production_score"] is None
     assert m["scalerec_version"]
+    # why the family won is recorded (training.select): here the validation leader, or a tie's figures
+    sel = m["search"]["selection"]
+    assert sel["chosen"] == result.best_family == result.selection["chosen"] and sel["reason"]
+    assert sel["decided_by"] in ("validation", "second fold")
     # the 2 x 3 trials are shared by successive halving: 1 each, then the rest to the better one;
     # every family's first trial is the model's defaults
     counts = {f.family: f.trials_total for f in result.families}

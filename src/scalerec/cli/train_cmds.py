@@ -72,6 +72,19 @@ class _ProgressView:
         self.progress.update(self.tasks[key], completed=ev.done, total=ev.total, detail=detail)
 
 
+def _selection_line(sel: dict[str, Any]) -> str:
+    """Why the family won (training.select's record), with the tied finalists' figures and intervals."""
+    from rich.markup import escape
+
+    parts = [f"{sel.get('chosen')} by {sel.get('decided_by')}: {sel.get('reason')}"]
+    for family, f in (sel.get("finalists") or {}).items():
+        figures = [f"validation {_interval(f['validation']['mean'], f['validation'])}"]
+        if "second_fold" in f:
+            figures.append(f"second fold {_interval(f['second_fold']['mean'], f['second_fold'])}")
+        parts.append(f"{family}: " + ", ".join(figures))
+    return escape("; ".join(parts))
+
+
 def _summary(result: "TrainResult") -> None:
     from rich import box
 
@@ -102,6 +115,8 @@ def _summary(result: "TrainResult") -> None:
     assert v is not None
     info.add_row("version", f"{v.version} ({v.stage})")
     info.add_row("model", f"{result.best_family} {_params(result.best_params)}")
+    if result.selection:
+        info.add_row("chosen", _selection_line(result.selection))
     iv = result.intervals
     level = f", {iv['confidence']:.0%} interval over users" if iv else ""
     info.add_row(f"{result.metric} test", _interval(result.metrics.get(result.metric), (iv.get("test") or {}).get(result.metric))
@@ -218,6 +233,7 @@ def train_cmd(
                     "peak_rss_bytes": result.peak_rss_bytes,
                     "families": [f.to_dict() for f in result.families],
                     "ranking": {k: result.ranking.get(k) for k in ("status", "reason", "test")} if result.ranking else None,
+                    "selection": result.selection,
                 },
                 default=str,
             )
@@ -414,6 +430,9 @@ def models_show(
                 shown = [f"{main} {_fmt(scores.get(main))}{bounds}"] + [
                     f"{k} {_fmt(val)}" for k, val in sorted(scores.items()) if k != main and isinstance(val, float)][:6]
                 info.add_row(part, ", ".join(shown))
+        selection = (typed.extra.get("search") or {}).get("selection")
+        if selection:
+            info.add_row("chosen", _selection_line(selection))
         if typed.protocol is not None:
             info.add_row("protocol", f"{typed.protocol.split} -> {typed.protocol.rule}: {typed.protocol.reason}")
             info.add_row("  test part", typed.protocol.test.describe())

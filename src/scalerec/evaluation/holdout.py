@@ -31,7 +31,7 @@ from scalerec.evaluation.splits import (
     split_random,
 )
 
-__all__ = ["Sizing", "auto_protocol", "size_window", "split_auto"]
+__all__ = ["Sizing", "auto_protocol", "earlier_fold", "size_window", "split_auto"]
 
 #: Window sizes tried, as shares of the events between holdout_share and max_holdout_share.
 N_CANDIDATES = 24
@@ -203,16 +203,13 @@ def auto_protocol(
                 "a new item and a training history"
             )
             if validation:
-                inner = _temporal_validation(raw, opts, sizing, outer, min(target, len(outer.test_users)))
+                inner = _carve(rule, raw, opts, sizing, outer, target, seed, settings)
         else:
             outer = None
     if outer is None:
         if end == start:
             rule, reason = "random", "all events carry the same time, so there is no order to hold the newest out by"
             outer = split_random(df, ratios=(1 - sizing.holdout_share, sizing.holdout_share), seed=seed, settings=settings)
-            if validation:
-                inner = split_random(outer.train_events, ratios=(1 - sizing.holdout_share, sizing.holdout_share),
-                                     seed=seed, settings=settings)
         else:
             best = max(tried, key=lambda w: w.users, default=None)
             seen = (f"the best window (newest {best.share:.1%} of the events, since {best.start:%Y-%m-%d}) holds "
@@ -224,8 +221,8 @@ def auto_protocol(
                 f"{sizing.holdout_share:.0%} of items is held out instead"
             )
             outer = _leave_last_share(df, opts, sizing.holdout_share)
-            if validation:
-                inner = _leave_last_share(outer.train_events, opts, sizing.holdout_share)
+        if validation:
+            inner = _carve(rule, raw, opts, sizing, outer, target, seed, settings)
     assert outer is not None and (inner is not None or not validation)
     _check_decidable(outer, floor, f"the auto protocol ({rule})")
     if inner is not None:
@@ -242,6 +239,37 @@ def auto_protocol(
     for part in parts:
         part.name, part.info["rule"], part.protocol = "auto", rule, record
     return outer, inner
+
+
+def _carve(rule: str, raw: pl.DataFrame, opts: _MatrixOptions, sizing: Sizing, outer: Split, target: int, seed: int,
+           settings: Settings | None) -> Split:
+    """The part carved from ``outer``'s training part by ``rule``: how the validation part is cut from the
+    test split, and how a second fold is cut from the validation split (:func:`earlier_fold`)."""
+    if rule == "temporal":
+        return _temporal_validation(raw, opts, sizing, outer, min(target, len(outer.test_users)))
+    if rule == "random":
+        return split_random(outer.train_events, ratios=(1 - sizing.holdout_share, sizing.holdout_share), seed=seed,
+                            settings=settings)
+    return _leave_last_share(outer.train_events, opts, sizing.holdout_share)
+
+
+def earlier_fold(inner: Split, *, settings: Settings | None = None) -> Split:
+    """A second validation fold, disjoint from the auto protocol's validation split ``inner``: the same rule
+    carving it from ``inner``'s training part (a temporal window ending where the validation window starts,
+    sized the same way; each user's next-newest share of items; a random share of the rest). Raises
+    EmptyDataError when it holds too few users to decide anything on."""
+    record = inner.protocol
+    if record is None or record.split != "auto" or inner.train_events is None:
+        raise ValidationError("earlier_fold takes the validation split of the auto protocol (split_auto(part='validation'))")
+    kept = {k: v for k, v in record.settings.items() if k in Sizing.__dataclass_fields__}
+    sizing = Sizing(**kept)
+    target = int(record.settings.get("target_users", sizing.min_test_users))
+    opts = _MatrixOptions.for_split(settings)
+    fold = _carve(record.rule, inner.train_events, opts, sizing, inner, target, int(record.settings.get("seed", 0)),
+                  settings)
+    _check_decidable(fold, min(MIN_DECISION_USERS, target), f"the second validation fold ({record.rule})")
+    fold.name, fold.info["rule"] = "auto", record.rule
+    return fold
 
 
 def _temporal_validation(raw: pl.DataFrame, opts: _MatrixOptions, sizing: Sizing, outer: Split, target: int) -> Split:

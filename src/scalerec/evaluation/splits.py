@@ -30,6 +30,7 @@ __all__ = [
     "make_split",
     "resolve_split_options",
     "register_split",
+    "second_fold",
     "split_entry",
     "split_names",
     "split_leave_last",
@@ -784,6 +785,24 @@ def make_protocol(
     )
     outer.protocol = inner.protocol = record
     return outer, inner
+
+
+def second_fold(name: str, inner: Split, *, settings: Settings | None = None, **options: Any) -> Split:
+    """A second validation fold of protocol ``name``, disjoint from its validation split ``inner``: the
+    validation part's own carving applied once more, to ``inner``'s training part (for temporal rules the
+    window before the validation window). Raises EmptyDataError when nothing decidable can be carved."""
+    entry = split_entry(name)
+    if entry.name == "auto":
+        from scalerec.evaluation.holdout import earlier_fold
+
+        return earlier_fold(inner, settings=settings)
+    if inner.train_events is None:
+        raise ValidationError(f"split {entry.name!r} keeps no training events: no second fold can be carved")
+    options = {k: v for k, v in options.items() if k != "part"}
+    _, inner_opts = _outer_and_inner_options(entry.name, options)
+    if "test_start" in inner.info and entry.name == "temporal":
+        inner_opts["now"] = inner.info["test_start"]  # ends where the validation window starts
+    return make_split(entry.name, inner.train_events, settings=settings, **inner_opts)
 
 
 #: Splits whose options ``resolve_split_options`` maps from flags; plug-ins take what their entry declares.

@@ -60,7 +60,7 @@ TRENDING_WINDOW_DAYS = 30.0
 class ProgressEvent:
     """One step of a long stage: ``done`` of ``total`` units (total None when unknown).
 
-    Stages: "snapshot", "split", "search" (units: trials of ``family``), "fit", "evaluate",
+    Stages: "snapshot", "split", "search" (units: trials of ``family``), "select", "fit", "evaluate",
     "gate", "rank" (the ranking stage), "register". ``detail`` is a short human-readable note.
     """
 
@@ -130,6 +130,8 @@ class TrainResult:
     new_events: int | None = None
     #: the ranking stage's manifest section (status active / refused / skipped and why)
     ranking: dict[str, Any] = field(default_factory=dict)
+    #: why the chosen family won (training.select.choose_family's record; manifest "search.selection")
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -193,6 +195,15 @@ def make_run_protocol(
     key = hashlib.sha256(f"{snapshot.fingerprint}|{name}|{sorted(opts.items())}".encode()).hexdigest()[:16]
     spec = SplitSpec(key=key, name=name, options=opts, settings=settings.model_dump(mode="json"))
     return outer, inner, spec
+
+
+def make_second_fold(inner: "Split", settings: "Settings", options: TrainOptions) -> "Split":
+    """The run protocol's second validation fold, disjoint from its validation split ``inner``
+    (``evaluation.splits.second_fold``): where training.select re-scores families tied on validation."""
+    from scalerec.evaluation.splits import second_fold
+
+    name, opts = _split_options(settings, options)
+    return second_fold(name, inner, settings=settings, **opts)
 
 
 def make_run_split(snapshot: Snapshot, settings: "Settings", options: TrainOptions) -> tuple["Split", SplitSpec]:
@@ -548,8 +559,17 @@ def train(
             if not ok:
                 errors = "; ".join(f"{f.family}: {f.error}" for f in families_out)
                 raise ScalerecError(f"every model family failed to train: {errors}")
-            sign = 1.0 if higher else -1.0
-            best = max(ok, key=lambda f: sign * float(f.best_value))  # type: ignore[arg-type]
+            # The validation leader, unless another family ties it there (training.select: a second fold, then parsimony).
+            from scalerec.training.select import choose_family
+
+            t = time.perf_counter()
+            best, selection = choose_family(
+                ok, search_split, lambda: make_second_fold(search_split, settings, options), metric, higher=higher,
+                tie_break=cfg.tie_break, uncertainty=uncertainty,
+                progress=lambda what: _emit(progress, "select", 0, 1, what),
+            )
+            timings["select_s"] = time.perf_counter() - t
+            _emit(progress, "select", 1, 1, f"{best.family} (by {selection['decided_by']})")  # why: in the summary
             assert best.best_params is not None and best.best_value is not None
             if all(float(f.best_value) == 0.0 for f in ok):  # type: ignore[arg-type]
                 warnings.append(f"every family scored {metric} 0 on the validation part: the choice of "
@@ -637,7 +657,7 @@ def train(
         popular, trending = fallback_scores(snapshot, settings, matrix.item_ids)
         manifest = _manifest(
             model, best, families_out, snapshot, split, settings, metric, test_scores.metrics, matrix, fit_s,
-            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals, outcome.stats,
+            mem["peak_rss_bytes"], decision, options, jobs, trials, minutes, intervals, outcome.stats, selection,
         )
         manifest.extra["ranking"] = _jsonable(ranking.section)
 
@@ -677,6 +697,7 @@ def train(
         split=split.summary(),
         timings=timings,
         ranking=ranking.section,
+        selection=selection,
     )
 
 
@@ -763,6 +784,7 @@ def _manifest(
     minutes: float | None,
     intervals: dict[str, Any] | None = None,
     stats: "DataStats | None" = None,
+    selection: dict[str, Any] | None = None,
 ) -> "Manifest":
     import platform
 
@@ -810,6 +832,8 @@ def _manifest(
                     "chosen": {k: (best.best_params or {}).get(k) for k in (stats.signals if stats is not None else {})},
                 },
                 "holdout_days": stats.holdout_days if stats is not None else None,
+                # why this family won: the validation leader, or the tie rule's figures (training.select)
+                "selection": _jsonable(selection or {}),
             },
             "scalerec_version": scalerec.__version__,
             "python": platform.python_version(),
