@@ -368,7 +368,8 @@ class _Prepared:
                     pos = np.full(len(self.raised), -1, np.int64)
                     pos[cols] = np.arange(len(cols))
                     self._subset = _Raised(cols, np.ascontiguousarray(index.vectors[cols], dtype=np.float32), pos,
-                                           self.scale_gap[cols], self.inv_scale[cols], top)
+                                           self.scale_gap[cols], self.inv_scale[cols], top,
+                                           up_all=(self.scale_gap + self.inv_scale).astype(np.float32))
         return self._subset or None
 
 
@@ -394,6 +395,7 @@ class _Raised:
     inv: np.ndarray
     rest_factor: float  # the largest factor of the other allowed items (at most 1)
     up: np.ndarray | None = None  # float32 gap + inv: the factor of a positive raw score
+    up_all: np.ndarray | None = None  # the same over every item (the precomputed lists' items)
 
     def __post_init__(self) -> None:
         self.up = (self.gap + self.inv).astype(np.float32)
@@ -991,11 +993,13 @@ class _Run:
         raw_l = lists.scores[q.slot]
         last = float(raw_l[-1])
         last = last * sub.rest_factor if last >= 0 else last / sub.rest_factor  # the most any other item reaches
-        ids = ids.astype(np.int64)
         ok = req.allowed[ids]
-        ids, raw_l = ids[ok], raw_l[ok]
+        ids, raw_l = ids[ok].astype(np.int64), raw_l[ok]
         prep = self.prep
-        boost_l = raw_l * (prep.scale_gap[ids] * (raw_l >= 0) + prep.inv_scale[ids])
+        if len(raw_l) and raw_l[-1] >= 0:  # best first: all positive, whose factor is gap + inv (as below)
+            boost_l = raw_l * sub.up_all[ids]
+        else:
+            boost_l = raw_l * (prep.scale_gap[ids] * (raw_l >= 0) + prep.inv_scale[ids])
         raw_r = (np.asarray(q.base, dtype=np.float32) @ sub.vectors.T)[0]
         at = sub.pos[ids]
         raw_r[at[at >= 0]] = -np.inf  # raised items the list holds: counted once, from the list
