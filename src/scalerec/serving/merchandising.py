@@ -1008,6 +1008,9 @@ class _Run:
         else:
             boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
         top = np.flatnonzero(boost_r > last)  # only these can enter (the check below needs k above it)
+        if len(top) + int(np.count_nonzero(boost_l > last)) < c.k:  # fewer than k can beat the bound: the check below fails
+            self.merch.stats["list_short"] += 1
+            return None
         want = c.k + max(prep.n_allowed - int(np.count_nonzero(req.allowed)), 0)  # and the request's exclusions
         if len(top) > want:
             best, _ = top_k(boost_r[top][None, :], want)
