@@ -826,19 +826,24 @@ def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, in
                limit: int | None = None) -> np.ndarray:
     """cap_per_group for short candidate lists (a few hundred): one pass in Python beats a dozen
     NumPy calls there; ``counts`` carries the groups already placed; stops once ``limit`` are kept."""
-    counts = dict(counts or {})
     keep = np.zeros(len(ids), bool)
-    kept = 0
-    for i, g in enumerate(groups[ids].tolist()):
-        if kept == limit:
+    keep[_capped_positions(groups[ids].tolist(), k, counts, limit)] = True
+    return keep
+
+
+def _capped_positions(gs: list[int], k: int, counts: dict[int, int] | None = None, limit: int | None = None) -> list[int]:
+    """Positions in ``gs`` (group per candidate, -1: none) kept by at most ``k`` per group, in order."""
+    counts = dict(counts or {})
+    keep: list[int] = []
+    for i, g in enumerate(gs):
+        if len(keep) == limit:
             break
         if g >= 0:
             c = counts.get(g, 0)
             if c >= k:
                 continue
             counts[g] = c + 1
-        keep[i] = True
-        kept += 1
+        keep.append(i)
     return keep
 
 
@@ -1114,19 +1119,7 @@ class _Run:
         names = self.comp.names
         reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, labels)] if max(labels) >= 0 else c.reasons
         out = Candidates(ids, scores, reasons, c.k, c.backfilled)
-        # as _cap_small(ids, groups, max_per, limit=n - pins), over plain lists
-        k, limit = div.max_per, req.n - len(req.pins)
-        counts: dict[int, int] = {}
-        keep: list[int] = []
-        for i, g in enumerate(groups[ids].tolist()):
-            if len(keep) == limit:
-                break
-            if g >= 0:
-                got = counts.get(g, 0)
-                if got >= k:
-                    continue
-                counts[g] = got + 1
-            keep.append(i)
+        keep = _capped_positions(groups[ids].tolist(), div.max_per, limit=req.n - len(req.pins))  # as _diversify's
         if len(keep) == len(reasons):
             self._capped = (out, out)
         else:
