@@ -25,13 +25,14 @@ import numpy as np
 from _common import append_result, load_line, machine_info
 from bench_serving import build_store, cpu_seconds, free_port, log, run_wrk, start, stop, wait_http
 
-#: three rules (a filter, a boost, a bury), a promotion and a per-brand cap
+#: three rules (a filter, a boost, a bury), a promotion and a per-brand cap; the bury's age bound
+#: is set per store (:func:`placement_for`): the older half of the catalogue, so it reorders
 PLACEMENT = {
     "strategy": "personal",
     "filter": 'price > 1 and attributes.brand != "Granite"',
     "boosts": [
         {"name": "cheap", "rule": "price < 30 and category != \"groceries\"", "multiply": 1.5},
-        {"name": "old", "rule": "age_days > 600", "multiply": 0.5},
+        {"name": "old", "rule": "age_days > {median_age}", "multiply": 0.5},
     ],
     "promotions": [{"name": "red", "rule": 'attributes.color == "red" and price < 60', "slots": 2, "positions": [1, 5]}],
     "diversity": {"by": "attributes.brand", "max_per": 3},
@@ -44,6 +45,32 @@ RULES = [
     'price > 1 and attributes.brand != "Granite" and category in ("toys", "shoes") or age_days < 30',
     "price < $item.price and attributes.brand == $user.brand",
 ]
+
+
+def placement_for(service) -> tuple[dict, dict]:
+    """PLACEMENT with the bury "old" over the older half of this store's items (synthetic items'
+    dates are fixed: a fixed bound would bury all of them as time passes), and the share of the
+    catalogue each of its rules matches."""
+    import copy
+
+    from scalerec.serving.rules import parse_rule
+
+    cols, _ = service.merchandising.columns(service.live)
+    age = cols.age_days()
+    median = int(np.nanmedian(age)) if np.isfinite(age).any() else 0
+    spec = copy.deepcopy(PLACEMENT)
+    for b in spec["boosts"]:
+        b["rule"] = b["rule"].replace("{median_age}", str(median))
+    allowed = parse_rule(spec["filter"]).mask(cols, None)
+    share = lambda m: round(float(np.mean(m)), 3)  # noqa: E731
+    shares = {"filter": share(allowed)}
+    for b in spec["boosts"]:
+        m = parse_rule(b["rule"]).mask(cols, None)
+        shares[b["name"]] = share(m)
+        shares[b["name"] + " among allowed"] = share(m[allowed])
+    for p in spec["promotions"]:
+        shares["promotion " + p["name"]] = share(parse_rule(p["rule"]).mask(cols, None))
+    return spec, shares
 
 
 def rule_costs(service, sizes: list[int], repeats: int) -> list[dict]:
@@ -171,7 +198,8 @@ def main() -> None:
     machine = machine_info()
     load_before = load_line()
     service = RecommendService(settings)
-    service.merchandising.placements.put("bench", PLACEMENT)
+    placement, shares = placement_for(service)
+    service.merchandising.placements.put("bench", placement)
     for _ in range(1200):  # the lists the HTTP servers serve from (a background process writes them)
         if service.live.model.retriever.precomputed is not None:
             break
@@ -252,6 +280,7 @@ def main() -> None:
             summary["old_cpu_ratio_median_of_rounds"] = round_ratio("old ", "cpu_us_per_request")
     load_after = load_line(machine)
     print(f"\nstore: {build}  n={args.n}  placement reasons seen: {reasons}")
+    print(f"rules: {[b['rule'] for b in placement['boosts']]}; share of the catalogue each matches: {shares}")
     print(f"load: before {load_before} | after {load_after}")
     if summary:
         print(f"\nHTTP (wrk, {args.connections} connections, {args.rounds} x {args.duration} s each, alternating)")
@@ -280,7 +309,7 @@ def main() -> None:
                                                           "old_src": str(args.old_src) if args.old_src else None}, "build": build,
                                    "load_before": load_before, "load_after": load_after, "http": http,
                                    "summary": summary, "in_process": calls, "stages": stages, "rule_costs": costs,
-                                   "placement": PLACEMENT}, machine=machine)
+                                   "placement": placement, "rule_shares": shares}, machine=machine)
     print(f"\nappended to {path}")
 
 

@@ -572,6 +572,9 @@ def test_kept_user_lists_are_the_lists_computed_afresh(api1, monkeypatch, spec):
     monkeypatch.setattr(merchandising._Prepared, "promo_order", property(lambda self: [], lambda self, v: None),
                         raising=False)
     monkeypatch.setattr(merchandising, "_first_unused", _first_unused_reference)
+    monkeypatch.setattr(merchandising._Prepared, "fill_order", lambda *args: None)  # fills over the whole ordering
+    # the boost stage alone, then the cap stage's own pass (not the cap fused into the boost's pass)
+    monkeypatch.setattr(merchandising._Run, "_boost_cap", lambda self, req, c, scores: self._boost_exact(c, scores))
     afresh = _listed(a, "p", users, (5, 20))
     assert merch.stats["lists_read"] - before["lists_read"] == kept  # none read back
     for got, want in zip(first, afresh):

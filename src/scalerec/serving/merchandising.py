@@ -312,6 +312,7 @@ class _Compiled:
     promotions: list[tuple[Any, Rule]]
     refs: frozenset[str]
     reads_age: bool  # a rule reads age_days: its per-view data is renewed each AGE_REFRESH_S period
+    names: list[str] = field(default_factory=list)  # each boost's reason, "boosted:<name>"
 
 
 @dataclass
@@ -332,6 +333,7 @@ class _Prepared:
     _subset: Any = None  # _Raised, built on first use (False: none)
     promo_order: list[np.ndarray | None] = field(default_factory=list)  # each promotion's allowed matches, most popular first
     groups: np.ndarray | None = None  # the diversity cap's group per item (None: no cap)
+    _fills: dict[str, Any] = field(default_factory=dict)  # fill_order's, per ordering
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names it in the user lists' keys (ids are reused)
 
     def same(self, other: "_Prepared") -> bool:
@@ -341,6 +343,17 @@ class _Prepared:
                  (self.raised, other.raised), (self.groups, other.groups), *zip(self.promos, other.promos)]
         return len(self.promos) == len(other.promos) and all(
             (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b)) for a, b in pairs)
+
+    def fill_order(self, which: str, order: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """A fallback ordering restricted to the placement's allowed items and their cap groups,
+        built once per view (None: the allowed items read $references)."""
+        if self.allowed is None:
+            return None
+        hit = self._fills.get(which)
+        if hit is None or hit[0] is not order:  # keyed by the ordering itself (a model's, never changed in place)
+            pre = order[self.allowed[order]]
+            hit = self._fills[which] = (order, pre, self.groups[pre] if self.groups is not None else None)
+        return hit[1], hit[2]
 
     def subset(self, index: Any) -> "_Raised | None":
         """The allowed raised items' vectors of an exact index, gathered once per view (None:
@@ -355,7 +368,8 @@ class _Prepared:
                     pos = np.full(len(self.raised), -1, np.int64)
                     pos[cols] = np.arange(len(cols))
                     self._subset = _Raised(cols, np.ascontiguousarray(index.vectors[cols], dtype=np.float32), pos,
-                                           self.scale_gap[cols], self.inv_scale[cols], top)
+                                           self.scale_gap[cols], self.inv_scale[cols], top,
+                                           up_all=(self.scale_gap + self.inv_scale).astype(np.float32))
         return self._subset or None
 
 
@@ -381,6 +395,7 @@ class _Raised:
     inv: np.ndarray
     rest_factor: float  # the largest factor of the other allowed items (at most 1)
     up: np.ndarray | None = None  # float32 gap + inv: the factor of a positive raw score
+    up_all: np.ndarray | None = None  # the same over every item (the precomputed lists' items)
 
     def __post_init__(self) -> None:
         self.up = (self.gap + self.inv).astype(np.float32)
@@ -395,7 +410,7 @@ def _compile(spec: PlacementSettings) -> _Compiled:
     reads_age = any("age_days" in r.paths for r in rules) or (
         spec.exploration is not None and spec.exploration.max_age_days is not None)
     flt = ItemFilter.from_values({**spec.filters.model_dump(), "max_per_category": None})
-    return _Compiled(spec, flt, filter_rule, boosts, promos, refs, reads_age)
+    return _Compiled(spec, flt, filter_rule, boosts, promos, refs, reads_age, [f"boosted:{b.name}" for b, _ in boosts])
 
 
 def _raises(b: Any) -> bool:
@@ -767,23 +782,38 @@ def _first_eligible(order: np.ndarray, ok: np.ndarray, need: int) -> np.ndarray:
 
 
 def _first_unused(order: np.ndarray, ok: np.ndarray, skip: set[int], need: int, groups: np.ndarray | None = None,
-                 k: int = 0, counts: Counter | None = None) -> list[int]:
+                 k: int = 0, counts: dict[int, int] | None = None, *, order_groups: np.ndarray | None = None,
+                 within: bool = False) -> list[int]:
     """The first ``need`` entries of ``order`` where ``ok`` holds that are not in ``skip`` (with
     ``groups``: at most ``k`` per group, ``counts`` the groups already placed), scanning in growing
-    chunks (as :func:`_first_eligible`, without a copy of ``ok`` per request)."""
-    counts = Counter(counts)
+    chunks (as :func:`_first_eligible`, without a copy of ``ok`` per request). ``within``: ``order``
+    holds only items of a superset of ``ok`` kept per view (``order_groups`` their groups), so each
+    chunk is read as a list and ``ok`` looked up only for an item that would be taken."""
+    counts = dict(counts or {})
     out: list[int] = []
     start, step = 0, max(64, 4 * (need + len(skip)))
     while start < len(order):
         chunk = order[start : start + step]
-        chunk = chunk[ok[chunk]]
-        for x, g in zip(chunk.tolist(), (groups[chunk] if groups is not None else chunk).tolist()):
+        if within:
+            gs = order_groups[start : start + step].tolist() if order_groups is not None else None
+            xs = chunk.tolist()
+        else:
+            chunk = chunk[ok[chunk]]
+            xs = chunk.tolist()
+            gs = groups[chunk].tolist() if groups is not None else None
+        for j, x in enumerate(xs):
             if x in skip:
                 continue
-            if groups is not None and g >= 0:
-                if counts[g] >= k:
+            if gs is not None:
+                g = gs[j]
+                if g >= 0 and counts.get(g, 0) >= k:
                     continue
-                counts[g] += 1
+                if within and not ok[x]:
+                    continue
+                if g >= 0:
+                    counts[g] = counts.get(g, 0) + 1
+            elif within and not ok[x]:
+                continue
             out.append(x)
             if len(out) == need:
                 return out
@@ -796,19 +826,24 @@ def _cap_small(ids: np.ndarray, groups: np.ndarray, k: int, counts: dict[int, in
                limit: int | None = None) -> np.ndarray:
     """cap_per_group for short candidate lists (a few hundred): one pass in Python beats a dozen
     NumPy calls there; ``counts`` carries the groups already placed; stops once ``limit`` are kept."""
-    counts = dict(counts or {})
     keep = np.zeros(len(ids), bool)
-    kept = 0
-    for i, g in enumerate(groups[ids].tolist()):
-        if kept == limit:
+    keep[_capped_positions(groups[ids].tolist(), k, counts, limit)] = True
+    return keep
+
+
+def _capped_positions(gs: list[int], k: int, counts: dict[int, int] | None = None, limit: int | None = None) -> list[int]:
+    """Positions in ``gs`` (group per candidate, -1: none) kept by at most ``k`` per group, in order."""
+    counts = dict(counts or {})
+    keep: list[int] = []
+    for i, g in enumerate(gs):
+        if len(keep) == limit:
             break
         if g >= 0:
             c = counts.get(g, 0)
             if c >= k:
                 continue
             counts[g] = c + 1
-        keep[i] = True
-        kept += 1
+        keep.append(i)
     return keep
 
 
@@ -868,6 +903,7 @@ class _Run:
         self.listed: tuple[Any, ...] | None = None  # this request's key among the kept users' lists
         self._entry: _Listed | None = None  # the kept list this request's retrieval returned
         self._boost_out: Candidates | None = None  # the boost stage's output of that list
+        self._capped: tuple[Candidates, Candidates] | None = None  # (boost stage's output, the cap's of it)
 
     def fetch(self, n: int) -> int:
         spec = self.comp.spec
@@ -962,11 +998,13 @@ class _Run:
         raw_l = lists.scores[q.slot]
         last = float(raw_l[-1])
         last = last * sub.rest_factor if last >= 0 else last / sub.rest_factor  # the most any other item reaches
-        ids = ids.astype(np.int64)
         ok = req.allowed[ids]
-        ids, raw_l = ids[ok], raw_l[ok]
+        ids, raw_l = ids[ok].astype(np.int64), raw_l[ok]
         prep = self.prep
-        boost_l = raw_l * (prep.scale_gap[ids] * (raw_l >= 0) + prep.inv_scale[ids])
+        if len(raw_l) and raw_l[-1] >= 0:  # best first: all positive, whose factor is gap + inv (as below)
+            boost_l = raw_l * sub.up_all[ids]
+        else:
+            boost_l = raw_l * (prep.scale_gap[ids] * (raw_l >= 0) + prep.inv_scale[ids])
         raw_r = (np.asarray(q.base, dtype=np.float32) @ sub.vectors.T)[0]
         at = sub.pos[ids]
         raw_r[at[at >= 0]] = -np.inf  # raised items the list holds: counted once, from the list
@@ -975,6 +1013,9 @@ class _Run:
         else:
             boost_r = raw_r * (sub.gap * (raw_r >= 0) + sub.inv)
         top = np.flatnonzero(boost_r > last)  # only these can enter (the check below needs k above it)
+        if len(top) + int(np.count_nonzero(boost_l > last)) < c.k:  # fewer than k can beat the bound: the check below fails
+            self.merch.stats["list_short"] += 1
+            return None
         want = c.k + max(prep.n_allowed - int(np.count_nonzero(req.allowed)), 0)  # and the request's exclusions
         if len(top) > want:
             best, _ = top_k(boost_r[top][None, :], want)
@@ -1054,25 +1095,44 @@ class _Run:
             if entry is not None and entry.cands is c:
                 if entry.final is not None:
                     return entry.final  # boosted and capped already (the cap stage returns it as it is)
-                self._boost_out = self._boost_exact(c, exact[1])
+                self._boost_out = self._boost_cap(req, c, exact[1])
                 return self._boost_out
-            return self._boost_exact(c, exact[1])
+            return self._boost_cap(req, c, exact[1])
         scores, label = self._boosted(c.ids, c.scores)
         order = np.argsort(-scores, kind="stable")
         idx = order.tolist()
         if (label >= 0).any():
-            names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+            names = self.comp.names
             reasons = [names[lb] if lb >= 0 else c.reasons[i] for i, lb in zip(idx, label[order].tolist())]
         else:
             reasons = [c.reasons[i] for i in idx]
         return Candidates(c.ids[order], scores[order], reasons, c.k, c.backfilled)
+
+    def _boost_cap(self, req: Request, c: Candidates, scores: np.ndarray) -> Candidates:
+        """:meth:`_boost_exact` and, under a per-group cap, the cap stage's output of it in the same
+        pass over the few candidates (kept for :meth:`diversify`, which returns it for this list)."""
+        groups, div = self.groups, self.comp.spec.diversity
+        if groups is None or len(c.ids) > 512:
+            return self._boost_exact(c, scores)
+        ids = c.ids
+        labels = self.prep.label[ids].tolist()
+        names = self.comp.names
+        reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, labels)] if max(labels) >= 0 else c.reasons
+        out = Candidates(ids, scores, reasons, c.k, c.backfilled)
+        keep = _capped_positions(groups[ids].tolist(), div.max_per, limit=req.n - len(req.pins))  # as _diversify's
+        if len(keep) == len(reasons):
+            self._capped = (out, out)
+        else:
+            idx = np.array(keep, np.int64)
+            self._capped = (out, Candidates(ids[idx], scores[idx], [reasons[i] for i in keep], c.k, c.backfilled))
+        return out
 
     def _boost_exact(self, c: Candidates, scores: np.ndarray) -> Candidates:
         """Candidates in boosted order with their boosted ``scores``: the reasons of the raised ones."""
         label = self.prep.label[c.ids]
         if not (label >= 0).any():
             return Candidates(c.ids, scores, c.reasons, c.k, c.backfilled)
-        names = [f"boosted:{b.name}" for b, _ in self.comp.boosts]
+        names = self.comp.names
         reasons = [names[lb] if lb >= 0 else r for r, lb in zip(c.reasons, label.tolist())]
         return Candidates(c.ids, scores, reasons, c.k, c.backfilled)
 
@@ -1139,6 +1199,9 @@ class _Run:
         div = self.comp.spec.diversity
         if div is None or not len(c.ids):
             return c
+        capped = self._capped
+        if capped is not None and capped[0] is c:  # the boost stage's output, capped in its pass
+            return capped[1]
         if self.groups is not None:
             if len(c.ids) <= 512:  # the retrieval keeps the first n: the cap may stop there
                 keep = _cap_small(c.ids, self.groups, div.max_per, limit=req.n - len(req.pins))
@@ -1220,7 +1283,7 @@ class _Run:
                 picks = [(cids[i], cscores[i]) for i in at_c]  # a candidate keeps its model score
                 if len(picks) < promo.slots and order is not None:
                     # the placement's matches by popularity (the request's allowed items are among them)
-                    more = _first_unused(order, allowed, used.union(x for x, _ in picks), promo.slots - len(picks))
+                    more = _first_unused(order, allowed, used.union(x for x, _ in picks), promo.slots - len(picks), within=True)
                     picks += [(x, 0.0) for x in more]
                 elif len(picks) < promo.slots:  # too few among them: the rule over the whole catalogue
                     match = full if full is not None else rule.mask(cols, None, self.env)
@@ -1266,11 +1329,15 @@ class _Run:
             if not free:
                 break
             order = st.trending_order if which == "trending" else st.popular_order
-            if self.groups is None:
-                extra = _first_unused(order, allowed, used, len(free))
-            else:  # under the cap: the groups already placed count
+            k = self.comp.spec.diversity.max_per if self.groups is not None else 0
+            counts = None
+            if self.groups is not None:  # under the cap: the groups already placed count
                 counts = Counter(self.groups[[x for x in slot if x >= 0]].tolist())
-                extra = _first_unused(order, allowed, used, len(free), self.groups, self.comp.spec.diversity.max_per, counts)
+            pre = self.prep.fill_order(which, order)
+            if pre is not None:  # the ordering over the placement's allowed items, kept per view
+                extra = _first_unused(pre[0], allowed, used, len(free), self.groups, k, counts, order_groups=pre[1], within=True)
+            else:
+                extra = _first_unused(order, allowed, used, len(free), self.groups, k, counts)
             values = (st.trending if which == "trending" else st.popular)[extra].tolist()
             for at, col, v in zip(free, extra, values):
                 slot[at], reason[at], score[at] = col, which, v
