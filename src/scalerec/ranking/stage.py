@@ -98,9 +98,21 @@ class RankingStage:
                 b.fresh = FreshItemStats(HourCounts.load(root / "item_hours.npz"), b.tables.item_block, st.item_cols,
                                          None if feed is None else feed.catalog)
             if len(self._bundles) >= MAX_BUNDLES:
-                self._bundles.clear()
+                self._close_bundles()
             self._bundles[st.version] = b
             return b
+
+    def _close_bundles(self) -> None:
+        """Drop every loaded bundle, stopping their fresh-statistics updaters (under the lock)."""
+        for b in self._bundles.values():
+            if b is not None and b.fresh is not None:
+                b.fresh.close()
+        self._bundles.clear()
+
+    def close(self) -> None:
+        """Stop the bundles' background updaters (the service's close)."""
+        with self._lock:
+            self._close_bundles()
 
     def fetch(self, st: Any) -> int:
         """How many CF candidates the pipeline's first retrieval should bring for model state ``st``
