@@ -15,6 +15,12 @@ throughput for the p99 goal. ``--baseline-src DIR`` also serves an older checkou
 before/after comparison shares the machine's load. The events the ingestion phase posts are
 deleted afterwards (``--keep-ingested`` keeps them), so repeated runs see the same share of
 users with fresh events (fold-in).
+
+A store with a trained ranker (``bench/bench_rerank.py --build-only --data-dir DIR``) is served as
+it is, so the figures include the ranking stage; ``--model-users N`` asks for N random users of the
+production model (every request personal and reranked, none a new user's fallback),
+``--query context.weather=rain`` adds request context and ``--serve-env KEY=VALUE`` sets server
+settings (e.g. ``SCALEREC_RANKING__CF_CANDIDATES=120`` for about 200 candidates reranked).
 """
 
 from __future__ import annotations
@@ -197,6 +203,17 @@ def wait_precomputed(data_dir: Path, timeout_s: float = 600) -> float | None:
     return None
 
 
+def model_user_file(data_dir: Path, n: int, out: Path) -> int:
+    """``n`` random user ids of the production model, one a line (for wrk's SR_IDS_FILE)."""
+    from scalerec.config import Settings
+    from scalerec.registry import Registry
+
+    ids = Registry(Settings(data={"dir": data_dir})).load(None).matrix.user_ids
+    pick = np.random.default_rng(2).choice(len(ids), size=min(n, len(ids)), replace=False)
+    out.write_text("\n".join(str(ids[j]) for j in pick) + "\n")
+    return len(pick)
+
+
 def pending_head(data_dir: Path) -> int:
     from scalerec.config import Settings
     from scalerec.serving.realtime import ChangeFeed
@@ -350,6 +367,11 @@ def main() -> None:
                    help="an older checkout's src/ folder served too, on the same store, in the same run")
     p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file the result is appended to")
     p.add_argument("--note", default="", help="free text stored with the result (e.g. the code version)")
+    p.add_argument("--model-users", type=int, default=0,
+                   help="request this many random users of the production model (0: numbered ids 1..--users)")
+    p.add_argument("--query", default="", help="added to every scalerec request's query string, e.g. context.weather=rain")
+    p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the scalerec servers (settings such as SCALEREC_RANKING__CF_CANDIDATES=120)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -369,6 +391,7 @@ def main() -> None:
     py = sys.executable
     port_h, port_s, port_b = free_port(), free_port(), free_port()
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    serve_env = {**env, **dict(kv.split("=", 1) for kv in args.serve_env)}
     tmp = args.data_dir / "bench-logs"
     tmp.mkdir(exist_ok=True)
     fresh = fresh_share(args.data_dir, args.users)
@@ -377,8 +400,9 @@ def main() -> None:
     hello = start([py, "-m", "uvicorn", "hello_app:app", "--app-dir", str(ROOT), "--port", str(port_h),
                    "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"], env, tmp / "hello.log")
     server = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_s),
-                    "--workers", str(args.workers)], env, tmp / "serve.log")
-    servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, None)}
+                    "--workers", str(args.workers)], serve_env, tmp / "serve.log")
+    path = "/v1/users/%s/recommendations?n=20" + (f"&{args.query}" if args.query else "")
+    servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, path)}
     procs = {"hello": hello, "scalerec": server}
     baseline = None
     rows = []
@@ -395,8 +419,8 @@ def main() -> None:
             # started once the first server is up: both prepare the same metrics folder at start.
             baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
                               "--workers", str(args.workers)],
-                             {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
-            servers["baseline"] = (port_b, None)
+                             {**serve_env, "PYTHONPATH": str(args.baseline_src.resolve())}, tmp / "baseline.log")
+            servers["baseline"] = (port_b, path)
             procs["baseline"] = baseline
             wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
         log(f"servers ready in {time.perf_counter() - t:.0f} s")
@@ -405,6 +429,10 @@ def main() -> None:
             else "no precomputed candidate lists (off, or not written in 600 s)")
         width = max(6, len(str(args.users)))
         wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
+        if args.model_users:
+            n_ids = model_user_file(args.data_dir, args.model_users, tmp / "model-users.txt")
+            wenv["SR_IDS_FILE"] = str(tmp / "model-users.txt")
+            log(f"requests for {n_ids:,} random users of the production model")
 
         def measure(name: str, c: int, duration: int, **extra: str) -> dict:
             port, path = servers[name]
@@ -480,6 +508,7 @@ def main() -> None:
         "store": {"users": args.users, "items": args.items, "events": args.events, **build, "fresh": fresh},
         "workers": args.workers, "wrk": rows, "paced": paced, "rounds": rounds, "index": index, "ingest": ing,
         "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+        "requests": {"model_users": args.model_users, "query": args.query, "serve_env": args.serve_env},
         "summary": summary,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
