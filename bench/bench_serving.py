@@ -19,6 +19,12 @@ users with fresh events (fold-in). ``--fresh-share 0.18`` posts two views newer 
 Each measurement records the established connections per worker process halfway through (the
 hello world runs under the same per-worker-socket launcher as `scalerec serve` unless
 ``--hello-shared-socket``).
+
+A store with a trained ranker (``bench/bench_rerank.py --build-only --data-dir DIR``) is served as
+it is, so the figures include the ranking stage; ``--model-users N`` asks for N random users of the
+production model (every request personal and reranked, none a new user's fallback),
+``--query context.weather=rain`` adds request context and ``--serve-env KEY=VALUE`` sets server
+settings (e.g. ``SCALEREC_RANKING__CF_CANDIDATES=120`` for about 200 candidates reranked).
 """
 
 from __future__ import annotations
@@ -199,6 +205,17 @@ def wait_precomputed(data_dir: Path, timeout_s: float = 600) -> float | None:
             return round(time.perf_counter() - t, 1)
         time.sleep(0.5)
     return None
+
+
+def model_user_file(data_dir: Path, n: int, out: Path) -> int:
+    """``n`` random user ids of the production model, one a line (for wrk's SR_IDS_FILE)."""
+    from scalerec.config import Settings
+    from scalerec.registry import Registry
+
+    ids = Registry(Settings(data={"dir": data_dir})).load(None).matrix.user_ids
+    pick = np.random.default_rng(2).choice(len(ids), size=min(n, len(ids)), replace=False)
+    out.write_text("\n".join(str(ids[j]) for j in pick) + "\n")
+    return len(pick)
 
 
 def pending_head(data_dir: Path) -> int:
@@ -405,6 +422,11 @@ def main() -> None:
                         "--baseline-src src: this code with uvicorn's shared socket)")
     p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file the result is appended to")
     p.add_argument("--note", default="", help="free text stored with the result (e.g. the code version)")
+    p.add_argument("--model-users", type=int, default=0,
+                   help="request this many random users of the production model (0: numbered ids 1..--users)")
+    p.add_argument("--query", default="", help="added to every scalerec request's query string, e.g. context.weather=rain")
+    p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the scalerec servers (settings such as SCALEREC_RANKING__CF_CANDIDATES=120)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -424,6 +446,7 @@ def main() -> None:
     py = sys.executable
     port_h, port_s, port_b = free_port(), free_port(), free_port()
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    serve_env = {**env, **dict(kv.split("=", 1) for kv in args.serve_env)}
     tmp = args.data_dir / "bench-logs"
     tmp.mkdir(exist_ok=True)
     fresh = fresh_share(args.data_dir, args.users)
@@ -438,8 +461,9 @@ def main() -> None:
                      "log_level='warning', access_log=False)"]
     hello = start(hello_cmd, env, tmp / "hello.log")
     server = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_s),
-                    "--workers", str(args.workers)], env, tmp / "serve.log")
-    servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, None)}
+                    "--workers", str(args.workers)], serve_env, tmp / "serve.log")
+    path = "/v1/users/%s/recommendations?n=20" + (f"&{args.query}" if args.query else "")
+    servers = {"hello": (port_h, "/hello/%s"), "scalerec": (port_s, path)}
     procs = {"hello": hello, "scalerec": server}
     baseline = None
     rows = []
@@ -457,9 +481,9 @@ def main() -> None:
             # started once the first server is up: both prepare the same metrics folder at start.
             baseline = start([py, "-m", "scalerec", "--data-dir", str(args.data_dir), "serve", "--port", str(port_b),
                               "--workers", str(args.workers)],
-                             {**env, "PYTHONPATH": str(args.baseline_src.resolve()),
+                             {**serve_env, "PYTHONPATH": str(args.baseline_src.resolve()),
                               **dict(kv.split("=", 1) for kv in args.baseline_env)}, tmp / "baseline.log")
-            servers["baseline"] = (port_b, None)
+            servers["baseline"] = (port_b, path)
             procs["baseline"] = baseline
             wait_http(f"http://127.0.0.1:{port_b}/v1/health/ready", proc=baseline)
         log(f"servers ready in {time.perf_counter() - t:.0f} s")
@@ -472,6 +496,10 @@ def main() -> None:
         log(f"precomputed candidate lists ready {pre_s} s after that" if pre_s is not None
             else "no precomputed candidate lists (off, or not written in 600 s)")
         wenv = {"SR_KEY": key, "SR_USERS": str(args.users), "SR_WIDTH": str(width)}
+        if args.model_users:
+            n_ids = model_user_file(args.data_dir, args.model_users, tmp / "model-users.txt")
+            wenv["SR_IDS_FILE"] = str(tmp / "model-users.txt")
+            log(f"requests for {n_ids:,} random users of the production model")
 
         def measure(name: str, c: int, duration: int, **extra: str) -> dict:
             port, path = servers[name]
@@ -487,6 +515,15 @@ def main() -> None:
             r["server_cpu_us_per_request"] = round((cpu_seconds(procs[name]) - cpu0) / max(1, r["requests"]) * 1e6, 1)
             return r
 
+        if args.model_users:  # a large ranking bundle loads on a worker's first list: not in the measured windows
+            import httpx
+
+            warm_ids = (tmp / "model-users.txt").read_text().split()[:40]
+            t_warm = time.perf_counter()
+            for u in warm_ids:  # a new connection each: the workers take turns accepting
+                httpx.get(f"http://127.0.0.1:{port_s}" + path % u, headers={"Authorization": f"Bearer {key}"},
+                          timeout=600).raise_for_status()
+            log(f"first 40 personal lists (bundle loads) in {time.perf_counter() - t_warm:.1f} s")
         for name in servers:  # warm up (page in the memory-mapped arrays, fill caches)
             measure(name, 8, 3)
         for c in [int(x) for x in args.connections.split(",")]:
@@ -571,6 +608,7 @@ def main() -> None:
         "store": {"users": args.users, "items": args.items, "events": args.events, **build, "fresh": fresh},
         "workers": args.workers, "wrk": rows, "paced": paced, "paced_rounds": paced_rounds, "rounds": rounds, "index": index, "ingest": ing,
         "baseline_src": str(args.baseline_src) if args.baseline_src else None, "baseline_env": args.baseline_env,
+        "requests": {"model_users": args.model_users, "query": args.query, "serve_env": args.serve_env},
         "summary": summary,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)

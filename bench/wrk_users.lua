@@ -1,6 +1,7 @@
 -- wrk script: GET a random user's recommendations (ids u<zero-padded n>), print percentiles as JSON.
 -- Environment: SR_PATH (a format with %s for the user id), SR_KEY, SR_USERS, SR_WIDTH, SR_PREFIX,
--- SR_DELAY_MS (pause before each request of a connection: a paced load below the maximum).
+-- SR_DELAY_MS (pause before each request of a connection: a paced load below the maximum),
+-- SR_IDS_FILE (user ids one a line, picked at random instead of the numbered ids: e.g. the model's users).
 local path_fmt = os.getenv("SR_PATH") or "/v1/users/%s/recommendations?n=20"
 local key = os.getenv("SR_KEY") or ""
 local n_users = tonumber(os.getenv("SR_USERS") or "1000")
@@ -8,6 +9,14 @@ local width = tonumber(os.getenv("SR_WIDTH") or "7")
 local prefix = os.getenv("SR_PREFIX") or "u"
 local fmt = prefix .. "%0" .. width .. "d"
 local delay_ms = tonumber(os.getenv("SR_DELAY_MS") or "0")
+local ids_file = os.getenv("SR_IDS_FILE")
+local ids = nil
+if ids_file and ids_file ~= "" then
+  ids = {}
+  for line in io.lines(ids_file) do
+    ids[#ids + 1] = line
+  end
+end
 
 function setup(thread)
   thread:set("seed", math.random(1, 1000000))
@@ -19,7 +28,7 @@ function init(args)
 end
 
 function request()
-  local user = string.format(fmt, math.random(1, n_users))
+  local user = ids and ids[math.random(1, #ids)] or string.format(fmt, math.random(1, n_users))
   return wrk.format("GET", string.format(path_fmt, user))
 end
 

@@ -1,11 +1,12 @@
 """Fresh item statistics at serving: the counters a version keeps from the events the server
 acknowledges equal training's point-in-time statistics as of the request's time (made-up events
-in a real SQLite catalogue), and through the real app a new event changes the served feature and
-moves the item the way its new score says."""
+in a real SQLite catalogue), the updater thread never changes a block a reader holds, and through
+the real app a new event changes the served feature and moves the item the way its new score says."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import threading
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -72,19 +73,78 @@ def test_served_counters_equal_point_in_time_statistics_of_now(tmp_path) -> None
     got = stats.block()
     np.testing.assert_allclose(got[:, : len(ITEM_FEATURES)], _expected(both, now, launch), rtol=1e-6)
     assert (got[:, -1] == 7.0).all() and (block[:, 0] == 0).all(), "the template is never written"
-    # new events arrive: added in place on the next read, as training would count them at now
+    held, kept = got, got.copy()
+    # new events arrive: the updater thread adds them, as training would count them at now
     later = _rows(rng, 200, 29, 29.99)
     future = _rows(rng, 50, 31, 40)  # stamped after now: no statistic of now may see them
     _post(catalog, later)
     _post(catalog, future)
+    assert stats.caught_up(timeout=60)
     got = stats.block()
     assert stats.n_fresh == 550
     everything = pl.concat([both, _frame(later), _frame(future)])
     np.testing.assert_allclose(got[:, : len(ITEM_FEATURES)], _expected(everything, now, launch), rtol=1e-5)
+    assert got is not held and not np.array_equal(got, kept)
+    np.testing.assert_array_equal(held, kept, err_msg="a block a request holds is never written")
+    assert not held.flags.writeable and not got.flags.writeable
     # the windows slide: a rebuild a day later counts the future events and drops what left the day
     now = END_US + 54 * HOUR
-    stats._rebuild()
+    stats.refresh(rebuild=True)
     np.testing.assert_allclose(stats.block()[:, : len(ITEM_FEATURES)], _expected(everything, now, launch), rtol=1e-6)
+    stats.close()
+    catalog.close()
+
+
+def test_readers_see_whole_blocks_while_the_updater_adds_events(tmp_path) -> None:
+    """A writer acknowledges events batch by batch while the updater thread publishes blocks and a
+    reader checks every block it gets: each fresh event counted once in its 1, 7 and 30-day
+    windows and in the all-time count alike (what a half-applied increment breaks), conversion
+    from the same block's counts; at the end the block is training's statistics as of now."""
+    rng = np.random.default_rng(8)
+    launch = np.full(len(ITEMS), -1, np.int64)
+    trained = _rows(rng, 2000, -40 * 24, -0.001)
+    catalog = open_catalog(tmp_path / "catalogue.db")
+    base = fresh.hour_counts_as_of(_frame(trained), END_US, len(ITEMS), launch)
+    now = END_US + 12 * HOUR
+    stats = fresh.FreshItemStats(base, np.zeros((len(ITEMS), len(ITEM_FEATURES)), np.float32),
+                                 lambda ids: lookup(ITEMS, ids), catalog, clock=lambda: now / 1e6)
+    pos = {c: j for j, c in enumerate(ITEM_FEATURES)}
+    kinds = [n for n, _ in F.ITEM_KINDS]
+    first = stats.block()
+    e0 = first[:, pos["events_all"]].astype(np.float64)
+    w0 = {w: sum(first[:, pos[f"{k}_{w}d"]].astype(np.float64) for k in kinds) for w in F.WINDOWS}
+    batches = []
+    for _ in range(30):  # counted kinds only, all in the last day before now
+        r = _rows(rng, 40, 0, 11.9)
+        r["type"] = rng.choice(np.array(["view", "add_to_cart", "purchase"]), 40)
+        batches.append(r)
+
+    def write() -> None:
+        for r in batches:
+            _post(catalog, r)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen: set[int] = set()
+    checked = 0
+    while writer.is_alive() or checked == 0:
+        b = stats.block()
+        seen.add(id(b))
+        added = b[:, pos["events_all"]] - e0
+        for w in F.WINDOWS:
+            np.testing.assert_allclose(sum(b[:, pos[f"{k}_{w}d"]].astype(np.float64) for k in kinds) - w0[w], added,
+                                       err_msg=f"{w}-day windows vs all-time count")
+        np.testing.assert_allclose(b[:, pos["conversion_30d"]], b[:, pos["purchases_30d"]] / (b[:, pos["views_30d"]] + 1),
+                                   rtol=1e-6)
+        assert not b.flags.writeable
+        checked += 1
+    writer.join()
+    assert stats.caught_up(timeout=60)
+    everything = pl.concat([_frame(trained), *[_frame(r) for r in batches]])
+    np.testing.assert_allclose(stats.block(), _expected(everything, now, launch), rtol=1e-6)
+    assert stats.n_fresh == 30 * 40 and len(seen | {id(stats.block())}) > 1
+    stats.close()
+    assert not stats._thread.is_alive()
     catalog.close()
 
 
@@ -118,6 +178,7 @@ def test_an_acknowledged_event_changes_the_served_feature_and_the_rank(app) -> N
     before = b.fresh.block()[col].copy()
     events = [{"user_id": f"buyer-{k}", "item_id": x, "event_type": "purchase"} for k in range(30)]
     assert app.post("/v1/events", json={"events": events}).status_code in (200, 202)
+    assert b.fresh.caught_up(timeout=60)  # the updater thread counts them, not the request
     second = app.get(f"/v1/users/{u}/recommendations?n=40").json()["items"]
     after = b.fresh.block()[col]
     pos = {c: j for j, c in enumerate(ITEM_FEATURES)}

@@ -96,3 +96,26 @@ def test_rows_read_a_csr_matrix() -> None:
     np.testing.assert_allclose(vals, want[want != 0])
     pos, c, v = rows.entries(np.array([2, 0]))
     assert pos.tolist() == [0, 0, 1, 1] and c.tolist() == [0, 2, 1, 3] and v.tolist() == [3, 4, 2, 1]
+
+
+def test_a_known_users_day_counts_are_as_of_the_request(app, served) -> None:
+    """Tenure, recency and days since the item or its category served at a later time equal
+    training's features as of that time (the version's data end plus the days since, for a user
+    with no event after it), not the frozen ones of the data end."""
+    from scalerec.ranking.ranker import as_of, build_world
+    from scalerec.ranking.stage import DAY_COLUMNS, days_to_now
+
+    st, b, cfg = served
+    store = app.service.store
+    _, ev = build_world(store, app.settings, st.user_ids, st.item_ids, store)
+    later = b.asof.t + 3 * 86_400_000_000 + 3_600_000_000  # three days and an hour after the data end
+    d_later = as_of(ev, later, b.world, cfg)
+    for row in (5, 17):
+        allowed, ids, scores, ctx, seeds = _request(st, b, cfg, row, np.zeros(0, np.int64), "rain")
+        fast = b.tables.candidates(cfg, row, ids, scores, seeds, allowed, later, int(ctx["weather"][0]))
+        x = b.tables.features(fast, row, ctx)
+        frozen = x[:, DAY_COLUMNS].copy()
+        days_to_now(x, b.asof.t, later)
+        want = assemble(d_later, b.world, fast, np.array([row]), ctx)[:, DAY_COLUMNS]
+        np.testing.assert_allclose(x[:, DAY_COLUMNS], want, rtol=1e-5, equal_nan=True)
+        assert np.isfinite(want).any() and not np.allclose(frozen[np.isfinite(frozen)], want[np.isfinite(want)])

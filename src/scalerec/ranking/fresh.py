@@ -8,18 +8,22 @@ end) (:func:`hour_counts_as_of`, a few entries per item and hour, never the even
 
 - adds the events the catalogue acknowledged since the data end, read by pending-event id range
   only when the pending head moved (as :class:`~scalerec.serving.realtime.FreshUsers` does), as
-  in-place increments of the rows they touch;
+  increments of the rows they touch on a copy of the block;
 - rebuilds the block from the hour counts and the fresh events every :data:`SLIDE_S`, so the
   windows slide: with no new events, at a whole number of hours after the data end it equals
   ``item_stats_as_of(now)`` exactly; in between, training's events are counted to the hour.
 
-A request reads the current block; nothing is computed per request.
+Both run on one updater thread per served version, which publishes each new block (read-only) by
+one reference swap. A request reads the current block and, when the pending stamp moved, wakes the
+updater; it computes nothing (the updater counts a new event within a pass, not on that request).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,8 @@ import numpy as np
 import polars as pl
 
 from scalerec.ranking import features as F
+
+log = logging.getLogger(__name__)
 
 HOUR_US = 3_600_000_000
 #: hours of training's events kept (the longest window)
@@ -145,13 +151,21 @@ class FreshItemStats:
 
     ``block``: the bundle's item block (its first columns are :data:`COLUMNS`; copied, never written);
     ``cols``: item ids -> the version's item columns (-1 unknown); ``catalog``: the change-feed store
-    to follow (None: no fresh events, the windows still slide)."""
+    to follow (None: no fresh events, the windows still slide); ``start``: run the updater thread
+    (False: only :meth:`refresh` updates, as tests with a stepped clock do).
+
+    One updater thread per served version reads the new events and rebuilds; every block it
+    publishes is a new read-only array swapped in by one reference assignment, so a request that
+    holds a block keeps a consistent one (never half of an update) and never computes any of it."""
 
     def __init__(self, base: HourCounts, block: np.ndarray, cols: Callable[[Any], np.ndarray],
-                 catalog: Any = None, clock: Callable[[], float] = time.time) -> None:
+                 catalog: Any = None, clock: Callable[[], float] = time.time, start: bool = True) -> None:
         self.base, self.n_items, self._cols, self._catalog, self._clock = base, block.shape[0], cols, catalog, clock
         self._template = block
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one updater at a time (the thread, or a caller of refresh)
+        self._done = threading.Condition()  # notified when the cursor moves (caught_up waits on it)
+        self._wake = threading.Event()  # a request saw the pending stamp move
+        self._stop = threading.Event()
         self._fresh: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._stamp = getattr(catalog, "pending_stamp", None)
         self._seen_stamp: bytes | None = None
@@ -162,6 +176,12 @@ class FreshItemStats:
         with self._lock:
             self._read_new()
             self._rebuild()
+        self._thread: threading.Thread | None = None
+        if start:
+            # the thread holds only a weak reference: a dropped version's updater ends on its own
+            self._thread = threading.Thread(target=_updater, args=(weakref.ref(self), self._stop, self._wake),
+                                            name="scalerec-fresh-items", daemon=True)
+            self._thread.start()
 
     @property
     def n_fresh(self) -> int:
@@ -169,26 +189,52 @@ class FreshItemStats:
         return sum(len(f[0]) for f in self._fresh)
 
     def block(self) -> np.ndarray:
-        """The current item block (float32 [n_items, cols]): polls the pending head first (one
-        number, or the stamp), rebuilds when :data:`SLIDE_S` passed. Treat it as read-only."""
+        """The current item block (float32 [n_items, cols], read-only). The request path: reads the
+        pending stamp (a mapped file) and wakes the updater when it moved; computes nothing."""
+        if self._stamp is not None and self._thread is not None and self._stamp() != self._seen_stamp:
+            self._wake.set()
+        return self._block
+
+    def refresh(self, rebuild: bool = False) -> None:
+        """One pass of the updater: reads the events acknowledged since the last pass when the
+        pending head may have moved (adds them to a copy of the block), and rebuilds the block when
+        :data:`SLIDE_S` passed since the last rebuild (or ``rebuild``)."""
         from scalerec.serving.realtime import STAMP_RECHECK_S
 
-        due = time.monotonic() - self._built_at >= SLIDE_S
-        stamp = self._stamp() if self._stamp is not None else None
-        moved = self._catalog is not None and (stamp is None or stamp != self._seen_stamp
-                                                or time.monotonic() >= self._recheck_at)
-        if (due or moved) and self._lock.acquire(blocking=False):  # one thread updates, the others read on
-            try:
-                if moved:
-                    self._seen_stamp, self._recheck_at = stamp, time.monotonic() + STAMP_RECHECK_S
-                    new = self._read_new()
-                    if new is not None and not due:
-                        self._add(*new)
-                if due:
-                    self._rebuild()
-            finally:
-                self._lock.release()
-        return self._block
+        with self._lock:
+            stamp = self._stamp() if self._stamp is not None else None
+            moved = self._catalog is not None and (stamp is None or stamp != self._seen_stamp
+                                                    or time.monotonic() >= self._recheck_at)
+            due = rebuild or time.monotonic() - self._built_at >= SLIDE_S
+            new = None
+            if moved:
+                self._seen_stamp, self._recheck_at = stamp, time.monotonic() + STAMP_RECHECK_S
+                new = self._read_new()
+            if due:
+                self._rebuild()
+            elif new is not None:
+                self._add(*new)
+        with self._done:
+            self._done.notify_all()
+
+    def caught_up(self, timeout: float | None = None) -> bool:
+        """Wait until the block counts every event acknowledged before this call (the catalogue's
+        pending head now); False if ``timeout`` seconds passed first."""
+        if self._catalog is None:
+            return True
+        head = self._catalog.pending_head()
+        if self._thread is None:
+            self.refresh()
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._cursor >= head, timeout)
+
+    def close(self) -> None:
+        """Stop the updater thread (the current block stays readable)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     # ---------------------------------------------------------------- under the lock
     def _read_new(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
@@ -199,18 +245,19 @@ class FreshItemStats:
         if head <= self._cursor:
             return None
         rows = self._catalog.item_events_between(self._cursor, head, self.base.t)
-        self._cursor = head
-        if not rows:
-            return None
-        items, types, stamps, values = zip(*rows)
-        i = self._cols(np.asarray(items, dtype=object))
-        k = kind_codes(np.asarray(types, dtype=object))
-        ok = (i >= 0) & (i < self.n_items)
-        new = (i[ok].astype(np.int64), k[ok], np.asarray(stamps, np.int64)[ok], np.asarray(values, np.float64)[ok])
-        if len(new[0]):
-            self._fresh.append(new)
-            return new
-        return None
+        new = None
+        if rows:
+            items, types, stamps, values = zip(*rows)
+            i = self._cols(np.asarray(items, dtype=object))
+            k = kind_codes(np.asarray(types, dtype=object))
+            ok = (i >= 0) & (i < self.n_items)
+            new = (i[ok].astype(np.int64), k[ok], np.asarray(stamps, np.int64)[ok], np.asarray(values, np.float64)[ok])
+            if len(new[0]):
+                self._fresh.append(new)
+            else:
+                new = None
+        self._cursor = head  # after the events are kept: caught_up never returns before they count
+        return new
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not self._fresh:
@@ -218,6 +265,10 @@ class FreshItemStats:
         if len(self._fresh) > 1:  # one chunk again: a rebuild reads them all
             self._fresh = [tuple(np.concatenate(c) for c in zip(*self._fresh))]  # type: ignore[list-item]
         return self._fresh[0]
+
+    def _publish(self, block: np.ndarray) -> None:
+        block.flags.writeable = False  # a published block is never written again (readers hold it)
+        self._block = block  # one reference swap: readers see the old or the new block
 
     def _rebuild(self) -> None:
         now = int(self._clock() * 1_000_000)
@@ -228,17 +279,18 @@ class FreshItemStats:
         block = self._template.copy()
         for j, name in enumerate(COLUMNS):
             block[:, j] = stats[name]
-        self._block = block  # one reference swap: readers see the old or the new block
+        self._publish(block)
         self._built_at = time.monotonic()
 
     def _add(self, i: np.ndarray, k: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
-        """The new events' increments, in place (events stamped after now wait for the next rebuild)."""
+        """The new events' increments on a copy of the block, then published (events stamped after
+        now wait for the next rebuild)."""
         now = int(self._clock() * 1_000_000)
         ok = t < now
         i, k, age, v = i[ok], k[ok], now - t[ok], v[ok]
         if not len(i):
             return
-        b, pos = self._block, {c: j for j, c in enumerate(COLUMNS)}
+        b, pos = self._block.copy(), {c: j for j, c in enumerate(COLUMNS)}
         for code, (name, _) in enumerate(F.ITEM_KINDS):
             for w in F.WINDOWS:
                 m = (k == code) & (age < w * F.US_PER_DAY)
@@ -261,3 +313,22 @@ class FreshItemStats:
             first = np.full(self.n_items, _NEVER)
             np.minimum.at(first, i, now - age)
             ages[unborn] = ((now - first[unborn]) / F.US_PER_DAY).astype(np.float32)
+        self._publish(b)
+
+
+def _updater(ref: "weakref.ref[FreshItemStats]", stop: threading.Event, wake: threading.Event) -> None:
+    """The updater thread: a pass when a request saw the stamp move, else every second (the
+    pending head's recheck, for writers that do not stamp), until stopped or the stats are dropped."""
+    from scalerec.serving.realtime import STAMP_RECHECK_S
+
+    while not stop.is_set():
+        wake.wait(STAMP_RECHECK_S)
+        wake.clear()
+        stats = ref()
+        if stats is None or stop.is_set():
+            return
+        try:
+            stats.refresh()
+        except Exception:  # never let the updater die: requests keep the last block
+            log.exception("fresh item statistics: update failed; serving the last block")
+        del stats

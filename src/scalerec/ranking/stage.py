@@ -35,6 +35,8 @@ from scalerec.serving.pipeline import Candidates, Request
 
 #: bundles kept loaded (the production version and the one before it, during a swap)
 MAX_BUNDLES = 2
+#: user features counted in days up to the query's time (training's cut-off; serving's now)
+DAY_COLUMNS = np.array([FEATURES.index(c) for c in ("tenure_days", "recency_days", "days_since_item", "days_since_category")])
 
 
 @dataclass
@@ -100,9 +102,21 @@ class RankingStage:
                 b.fresh = FreshItemStats(HourCounts.load(root / "item_hours.npz"), b.tables.item_block, st.item_cols,
                                          None if feed is None else feed.catalog)
             if len(self._bundles) >= MAX_BUNDLES:
-                self._bundles.clear()
+                self._close_bundles()
             self._bundles[st.version] = b
             return b
+
+    def _close_bundles(self) -> None:
+        """Drop every loaded bundle, stopping their fresh-statistics updaters (under the lock)."""
+        for b in self._bundles.values():
+            if b is not None and b.fresh is not None:
+                b.fresh.close()
+        self._bundles.clear()
+
+    def close(self) -> None:
+        """Stop the bundles' background updaters (the service's close)."""
+        with self._lock:
+            self._close_bundles()
 
     def fetch(self, st: Any) -> int:
         """How many CF candidates the pipeline's first retrieval should bring for model state ``st``
@@ -134,7 +148,11 @@ class RankingStage:
         cand = tb.candidates(cfg, row, ids, scores, seeds, req.allowed, now, int(ctx["weather"][0]))
         if len(cand["i"]) == 0:
             return c
-        s = b.predict(tb.features(cand, row, ctx, None if b.fresh is None else b.fresh.block()))
+        x = tb.features(cand, row, ctx, None if b.fresh is None else b.fresh.block())
+        fresh_users = st.fresh_users
+        if row >= 0 and fresh_users is not None and not fresh_users.has_fresh(req.user_id):
+            days_to_now(x, b.asof.t, now)
+        s = b.predict(x)
         order = np.argsort(-s, kind="stable")
         items = cand["i"][order]
         reasons = self._reasons(b, req, cand, order, items, seeds[0], row, ctx)
@@ -214,6 +232,16 @@ class RankingStage:
         if vec.nnz == 0:
             return None
         return np.asarray((b.vectors @ vec.T).toarray()).ravel().astype(np.float32)
+
+
+def days_to_now(x: np.ndarray, end_us: int, now_us: int) -> None:
+    """A known user's day counts (tenure, recency, days since the item or category) moved from the
+    version's data end to ``now``, in place: training counts them to each query's time, and a user
+    without events since the end has the same first and last events now (a user with fresh events
+    keeps the end's, the fresh rows carrying no times)."""
+    shift = (now_us - end_us) / F.US_PER_DAY
+    if shift > 0:
+        x[:, DAY_COLUMNS] += np.float32(shift)  # NaN (never touched) stays NaN
 
 
 def content_retrieve(req: Request, c: Candidates) -> Candidates:

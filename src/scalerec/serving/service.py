@@ -189,6 +189,8 @@ class RecommendService:
         self.state.close()
         self.reclog.close()
         self.impressions.close()
+        if self.ranking is not None:
+            self.ranking.close()
 
     def _watch(self) -> None:
         next_model = time.monotonic() + MODEL_POLL_S
