@@ -14,6 +14,7 @@ from scalerec.data.snapshot import take_snapshot
 from scalerec.evaluation.splits import make_protocol, second_fold
 from scalerec.models import MODELS
 from scalerec.models.popular import MostPopular
+from scalerec.training.pipeline import fit_and_score
 from scalerec.training.select import choose_family
 from scalerec.training.tuning import FamilyResult
 from test_pipeline import LeastPopular, tiny_store
@@ -63,7 +64,7 @@ def test_a_tie_on_validation_is_settled_by_the_second_fold(parts, monkeypatch) -
     # the leader leads on validation by a hair (as a best-of-many trial does) and ranks as the other there
     leader = _result("popular_fold", 0.1001, 0.08, 0.12)
     plain = _result("popular", 0.1000, 0.08, 0.12)
-    winner, rec = choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)
+    winner, rec = choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY, fit_score=fit_and_score)
     assert rec["leader"] == "popular_fold"
     f = rec["finalists"]
     # the same rankings on the validation users: a paired difference of exactly 0, a tie
@@ -79,14 +80,14 @@ def test_a_tie_on_validation_is_settled_by_the_second_fold(parts, monkeypatch) -
     # the second fold is recorded: a window ending where the validation window starts
     assert rec["second_fold"]["end"] == inner.info["test_start"].isoformat() and rec["second_fold"]["users"] > 0
     # deterministic for a seed
-    assert choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)[1] == rec
+    assert choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY, fit_score=fit_and_score)[1] == rec
 
 
 def test_a_tie_the_second_fold_cannot_settle_keeps_the_leader(parts) -> None:
     inner, fold, *_ = parts
     # identical on both folds (min_users 0: most-popular everywhere): no evidence against the leader
     leader, plain = _result("popular_fold", 0.1001, 0.08, 0.12), _result("popular", 0.1000, 0.08, 0.12)
-    winner, rec = choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY)
+    winner, rec = choose_family([leader, plain], inner, fold, METRIC, uncertainty=UNCERTAINTY, fit_score=fit_and_score)
     assert winner is leader and rec["decided_by"] == "validation" and "shows none" in rec["reason"]
     assert rec["finalists"]["popular"]["tied_on_validation"]
     assert rec["finalists"]["popular"]["paired_second_fold"]["low"] == 0.0 == rec["finalists"]["popular"]["paired_second_fold"]["high"]
@@ -103,26 +104,23 @@ def test_a_clearly_better_leader_is_not_overruled(parts) -> None:
     leader = _result("itemknn", 0.30, 0.25, 0.35)
     # a worse model whose own interval (made wide here) reaches the leader: refitted, then shown worse
     worse = _result("worst", 0.05, 0.0, 0.31)
-    winner, rec = choose_family([worse, leader], inner, counted_fold, METRIC, uncertainty=UNCERTAINTY)
+    winner, rec = choose_family([worse, leader], inner, counted_fold, METRIC, uncertainty=UNCERTAINTY, fit_score=fit_and_score)
     assert winner is leader and rec["decided_by"] == "validation"
     paired = rec["finalists"]["worst"]["paired_validation"]
     assert paired["high"] < 0 and not rec["finalists"]["worst"]["tied_on_validation"]
     assert not built and "second_fold" not in rec  # no second fold needed, none built
 
 
-def test_the_leader_rule_and_a_family_out_of_reach_need_no_refit(parts, monkeypatch) -> None:
+def test_the_leader_rule_and_a_family_out_of_reach_need_no_refit(parts) -> None:
     inner, fold, *_ = parts
-    import scalerec.training.pipeline as pipeline
-
     def no_fit(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("nothing to refit")
 
-    monkeypatch.setattr(pipeline, "fit_and_score", no_fit)
     leader, plain = _result("popular_fold", 0.1001, 0.08, 0.12), _result("popular", 0.1000, 0.08, 0.12)
-    winner, rec = choose_family([leader, plain], inner, fold, METRIC, tie_break="leader", uncertainty=UNCERTAINTY)
+    winner, rec = choose_family([leader, plain], inner, fold, METRIC, tie_break="leader", uncertainty=UNCERTAINTY, fit_score=no_fit)
     assert winner is leader and rec["decided_by"] == "validation"
     far = _result("popular", 0.05, 0.04, 0.06)  # its interval stops short of the leader's 0.1001
-    winner, rec = choose_family([leader, far], inner, fold, METRIC, uncertainty=UNCERTAINTY)
+    winner, rec = choose_family([leader, far], inner, fold, METRIC, uncertainty=UNCERTAINTY, fit_score=no_fit)
     assert winner is leader and "reaches" in rec["reason"] and not rec["finalists"]
 
 

@@ -613,6 +613,8 @@ class SplitEntry:
     help: str = ""
     #: builds the (test, validation) pair itself (events, settings=, validation=, **options); None: carved by make_protocol
     protocol: Callable[..., Any] | None = None
+    #: carves a second validation fold from its validation split (inner, settings=); None: the inner carving again
+    second_fold: Callable[..., Any] | None = None
 
 
 #: The named splits (core ones below, dataset protocols from scalerec.datasets).
@@ -631,13 +633,15 @@ def register_split(
     aliases: Sequence[str] = (),
     help: str = "",
     protocol: Callable[..., Any] | None = None,
+    second_fold: Callable[..., Any] | None = None,
 ) -> SplitEntry:
     """Make ``fn`` available as split ``name`` (``make_split``, ``scalerec evaluate/train --split``).
 
     Names and aliases match ignoring case and '_' vs '-'. Raises ConfigError when one is taken
     by another split; registering the same name again replaces it.
     """
-    entry = SplitEntry(name, fn, uses_settings, tuple(options), default_test_days, tuple(aliases), help, protocol)
+    entry = SplitEntry(name, fn, uses_settings, tuple(options), default_test_days, tuple(aliases), help, protocol,
+                       second_fold)
     return SPLIT_REGISTRY.add(name, entry, tuple(aliases))
 
 
@@ -693,6 +697,7 @@ split_auto = _Deferred("scalerec.evaluation.holdout:split_auto")
 
 register_split(
     "auto", split_auto, options=("seed", "part"), protocol=_Deferred("scalerec.evaluation.holdout:auto_protocol"),
+    second_fold=_Deferred("scalerec.evaluation.holdout:earlier_fold"),
     help="chosen from the data: the newest window holding [training] holdout_share of the events and "
     "min_test_users users, else each user's newest items",
 )
@@ -792,10 +797,8 @@ def second_fold(name: str, inner: Split, *, settings: Settings | None = None, **
     validation part's own carving applied once more, to ``inner``'s training part (for temporal rules the
     window before the validation window). Raises EmptyDataError when nothing decidable can be carved."""
     entry = split_entry(name)
-    if entry.name == "auto":
-        from scalerec.evaluation.holdout import earlier_fold
-
-        return earlier_fold(inner, settings=settings)
+    if entry.second_fold is not None:
+        return entry.second_fold(inner, settings=settings)
     if inner.train_events is None:
         raise ValidationError(f"split {entry.name!r} keeps no training events: no second fold can be carved")
     options = {k: v for k, v in options.items() if k != "part"}

@@ -564,8 +564,8 @@ def train(
 
             t = time.perf_counter()
             best, selection = choose_family(
-                ok, search_split, lambda: make_second_fold(search_split, settings, options), metric, higher=higher,
-                tie_break=cfg.tie_break, uncertainty=uncertainty,
+                ok, search_split, lambda: make_second_fold(search_split, settings, options), metric,
+                fit_score=fit_and_score, higher=higher, tie_break=cfg.tie_break, uncertainty=uncertainty,
                 progress=lambda what: _emit(progress, "select", 0, 1, what),
             )
             timings["select_s"] = time.perf_counter() - t

@@ -54,6 +54,7 @@ def choose_family(
     second_fold: Callable[[], "Split"],
     metric: str,
     *,
+    fit_score: Callable[..., tuple[Any, Any]],
     higher: bool = True,
     tie_break: str = "second-fold",
     uncertainty: dict[str, Any] | None = None,
@@ -61,9 +62,8 @@ def choose_family(
 ) -> tuple["FamilyResult", dict[str, Any]]:
     """(the chosen family's result, the selection record for the manifest) among the families ``ok``
     (each with a best trial). ``second_fold()`` builds the second fold (may raise EmptyDataError);
-    ``uncertainty`` = ``{"confidence", "n_boot", "seed"}`` (None: intervals off, the leader wins)."""
-    from scalerec.training.pipeline import fit_and_score
-
+    ``uncertainty`` = ``{"confidence", "n_boot", "seed"}`` (None: intervals off, the leader wins);
+    ``fit_score(family, params, split, metric)`` -> (model, Scores): the pipeline's ``fit_and_score``."""
     sign = 1.0 if higher else -1.0
     ranked = sorted(ok, key=lambda f: -sign * float(f.best_value))  # type: ignore[arg-type]  # stable: given order
     leader = ranked[0]
@@ -92,7 +92,7 @@ def choose_family(
         """The per-user metric of the family's best configuration fitted on ``split`` (the model is dropped)."""
         if progress is not None:
             progress(f"{family.family} on the {part}")
-        _, scores = fit_and_score(family.family, dict(family.best_params or {}), split, metric)
+        _, scores = fit_score(family.family, dict(family.best_params or {}), split, metric)
         return np.asarray(scores.per_user[metric], dtype=np.float64)
 
     fams = [leader, *contenders]
