@@ -250,8 +250,10 @@ def test_exhausted_search_space_stops_early(store) -> None:
     f = r.families[0]
     assert "exhausted" in f.stopped and f.trials_total < 40
     # only two distinct configurations exist; each is fitted once, repeats reuse the score
-    fitted = [t for st in load_report(Path(settings.data.dir), "popular") for t in st["trials"] if t["fit_s"]]
-    assert len({str(t["params"]) for t in fitted}) == 2
+    trials = [t for st in load_report(Path(settings.data.dir), "popular") for t in st["trials"]]
+    fitted = [t for t in trials if not t["duplicate"]]
+    assert sorted(str(t["params"]) for t in fitted) == ["{'weighted': False}", "{'weighted': True}"]
+    assert len(trials) == f.trials_total
 
 
 def test_every_family_failing_is_an_error(tmp_path: Path) -> None:
